@@ -1,0 +1,177 @@
+/*
+ * libkvtier: the client library an inference engine links to keep its attention KV cache in the
+ * kvtier daemon (kvtierd). This header is the specification: every function says what it returns,
+ * who owns the memory it touches and how long a pointer must stay valid.
+ *
+ * Model of use:
+ *   1. kvt_connect() opens a Unix-socket session and shares a transfer arena (a sealed memfd the
+ *      library creates) with the daemon. Buffers from kvt_arena_alloc() live in that arena, so
+ *      Put and Get move bytes with one copy by the daemon and none through the socket.
+ *   2. kvt_register() declares a namespace: a model's KV geometry plus the tenant of the session.
+ *   3. kvt_chunk_keys() turns token ids into chained 128-bit chunk keys; kvt_lookup() says how many
+ *      leading chunks are cached; kvt_get()/kvt_put() move chunk bytes in the canonical layout
+ *      [layer][token][k|v][kv_head][head_dim].
+ *
+ * Failure model: every call is bounded by the session timeout. When the daemon is down or restarts
+ * the call fails fast with KVT_E_DISCONNECTED (a lookup also reports zero hits); the next call
+ * reconnects, shares the same arena again and re-registers every namespace, so handles and arena
+ * pointers stay valid across daemon restarts. An engine never hangs because its cache went away.
+ *
+ * Threads: a struct kvt_client is not thread-safe; use one per thread (they may share nothing).
+ * All functions return 0 or a negative code from <kvtier/errors.h> unless stated otherwise.
+ */
+#ifndef KVTIER_KVTIER_H
+#define KVTIER_KVTIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtier/errors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVT_DEFAULT_SOCKET "/tmp/kvtier.sock"
+#define KVT_TENANT_MAX 64
+#define KVT_MODEL_ID_MAX 128
+
+struct kvt_client;
+
+/* A 128-bit chunk key (XXH3-128). Equal keys mean equal KV bytes within one namespace. */
+struct kvt_key {
+    uint64_t lo;
+    uint64_t hi;
+};
+
+enum kvt_dtype { KVT_DTYPE_FP16 = 0, KVT_DTYPE_BF16 = 1, KVT_DTYPE_FP32 = 2, KVT_DTYPE_FP8 = 3 };
+
+/* Where a chunk was found. */
+enum kvt_tier_id {
+    KVT_TIER_NONE = 0,
+    KVT_TIER_GPU = 1,
+    KVT_TIER_CPU = 2,
+    KVT_TIER_DISK = 3,
+    KVT_TIER_REMOTE = 4
+};
+
+struct kvt_connect_opts {
+    const char *socket_path; /* borrowed during the call; NULL means $KVTIER_SOCKET or default */
+    const char *tenant;      /* borrowed; NULL or "" means tenant "default" */
+    uint64_t arena_bytes;    /* transfer arena size; 0 means 64 MiB */
+    uint32_t timeout_ms;     /* per call; 0 means 5000 */
+};
+
+/* Opens a session. On success *out owns the connection and arena until kvt_close(). If the daemon
+ * is not reachable the call still fails (KVT_E_DISCONNECTED): a session starts connected. */
+int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out);
+
+/* Closes the session and unmaps the arena: every arena pointer becomes invalid. NULL-safe. */
+void kvt_close(struct kvt_client *c);
+
+/* Model geometry of a namespace. The daemon derives the chunk size from it and rejects Puts whose
+ * size disagrees. Two registrations with equal fields and tenant name the same namespace. */
+struct kvt_ns_spec {
+    const char *model_id;      /* borrowed during the call; at most KVT_MODEL_ID_MAX-1 bytes */
+    uint32_t layers;           /* >= 1 */
+    uint32_t kv_heads;         /* >= 1 */
+    uint32_t head_dim;         /* >= 1 */
+    enum kvt_dtype dtype;      /* element type of K and V */
+    uint32_t tokens_per_chunk; /* >= 1; keys cover full chunks only */
+    float rope_theta;          /* RoPE base, recorded for re-rotation; 0 if none */
+    uint32_t rotary_dims;      /* dims rotated by RoPE; 0 means head_dim */
+    uint32_t rope_style;       /* 0 = neox (halves), 1 = gpt-j (interleaved) */
+    int allow_lossy;           /* nonzero lets the daemon quantize or cluster this namespace */
+};
+
+/* What a registered namespace is, as the library and the engine see it. Copied to the caller. */
+struct kvt_ns_info {
+    uint32_t handle;          /* pass to the calls below; stable across daemon restarts */
+    uint64_t seed;            /* namespace seed mixed into every chunk key */
+    uint32_t tokens_per_chunk;
+    uint64_t bytes_per_token; /* layers * 2 * kv_heads * head_dim * sizeof(dtype) */
+    uint64_t chunk_bytes;     /* bytes_per_token * tokens_per_chunk */
+};
+
+int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec, struct kvt_ns_info *out);
+
+/* Computes chained keys for the full chunks of tokens: key_0 = H(seed, 0, chunk_0),
+ * key_i = H(seed, key_{i-1}, chunk_i). Writes min(n_tokens / tokens_per_chunk, max_keys) keys and
+ * returns that count. Pure: needs no daemon. `parent` may be NULL (start of a sequence) or the key
+ * of the chunk before tokens[0], to continue a chain. */
+size_t kvt_chunk_keys(const struct kvt_ns_info *ns, const struct kvt_key *parent,
+                      const int32_t *tokens, size_t n_tokens, struct kvt_key *keys,
+                      size_t max_keys);
+
+/* Transfer arena. kvt_arena_alloc returns a 4 KiB-aligned buffer inside the arena (NULL when the
+ * arena has no room). The buffer is owned by the caller until kvt_arena_free; it survives daemon
+ * restarts and is unmapped by kvt_close. Put/Get on arena buffers are zero-copy on the client side;
+ * other buffers are staged through the arena (or travel inline when small). */
+void *kvt_arena_alloc(struct kvt_client *c, size_t bytes);
+void kvt_arena_free(struct kvt_client *c, void *p);
+
+/* Stores one chunk of n_tokens tokens (0 means tokens_per_chunk); len must equal
+ * n_tokens * bytes_per_token. buf is borrowed during the call. Storing a key that is already
+ * present succeeds without copying. */
+int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
+            size_t len, uint32_t n_tokens);
+
+/* Reads one chunk into buf (capacity cap). *len_out gets the chunk's length; *tier_out, when not
+ * NULL, where it was found. A missing key is KVT_E_NOTFOUND. */
+int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf, size_t cap,
+            size_t *len_out, enum kvt_tier_id *tier_out);
+
+/* One item of a batch. The caller fills key/buf/len (and n_tokens for puts); the library fills
+ * status (0 or an error) and, for gets, len with the chunk length and tier. */
+struct kvt_item {
+    struct kvt_key key;
+    void *buf;
+    size_t len; /* put: bytes to store; get: capacity in, chunk length out */
+    uint32_t n_tokens;
+    int status;
+    enum kvt_tier_id tier;
+};
+
+/* Batch forms pipeline one request per item. They return 0 when every item was answered (each
+ * item then has its own status), or a session error (timeout, disconnect) after which items that
+ * were not answered carry that error too. */
+int kvt_put_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
+int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
+
+/* How many leading keys of a chained list are cached (*hits_out), and for each of those the tier
+ * it is in (tiers_out, may be NULL, at least n entries). On any error *hits_out is 0: a cache that
+ * cannot answer reports a miss. */
+int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
+               size_t *hits_out, enum kvt_tier_id *tiers_out);
+
+/* Deletes keys; status_out (may be NULL) gets 0 or KVT_E_NOTFOUND per key. */
+int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
+               int *status_out);
+
+int kvt_ping(struct kvt_client *c);
+
+/* Daemon statistics as name/value pairs. *out is allocated by the library and freed with
+ * kvt_stats_free. */
+struct kvt_stat {
+    char *name;
+    uint64_t value;
+};
+int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out);
+void kvt_stats_free(struct kvt_stat *stats, size_t n);
+
+/* Runtime configuration. value is copied into buf (NUL-terminated, truncated to cap). */
+int kvt_config_get(struct kvt_client *c, const char *key, char *buf, size_t cap);
+int kvt_config_set(struct kvt_client *c, const char *key, const char *value);
+
+/* Bytes per element of a dtype (fp8: 1). 0 for an unknown dtype. */
+size_t kvt_dtype_size(enum kvt_dtype dtype);
+
+/* Parses a key written by kvt_key_format (32 hex digits, hi then lo). */
+int kvt_key_parse(const char *text, struct kvt_key *out);
+/* Writes 32 hex digits and a NUL into buf (at least 33 bytes). Returns buf. */
+char *kvt_key_format(const struct kvt_key *key, char *buf);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
