@@ -111,7 +111,7 @@ all: $(BINS) $(UNIT_BIN) $(INTEG_BIN)
 
 -include mk/*.mk
 
-test: all
+test: all $(TEST_PREREQS)
 	$(Q)KVT_BUILD=$(BUILD) ./tests/run.sh $(UNIT_BIN) $(INTEG_BIN) $(EXTRA_TESTS)
 
 run: all
