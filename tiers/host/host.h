@@ -1,0 +1,63 @@
+/*
+ * CPU tier: one shared-memory arena (memfd, huge pages when available) carved by a size-class
+ * slab allocator. The arena is split into equal pages; a page serves one size class at a time and
+ * is cut into equal slots. Slot sizes are multiples of 4 KiB so every slot is aligned for O_DIRECT
+ * and GPU registration. The allocator keeps an LRU per class and evicts on its own when a class has
+ * no free slot and no free page is left, by asking the owner (through the evict callback) whether
+ * an object may go; an object that is being read or written is refused and skipped, so a reader is
+ * never left with freed bytes. No heap allocation happens after create.
+ *
+ * Single-threaded: the daemon's event loop calls every function here; workers only copy bytes into
+ * and out of slots the loop handed them.
+ */
+#ifndef KVT_TIERS_HOST_H
+#define KVT_TIERS_HOST_H
+
+#include <stdint.h>
+
+#include "tiers/tier.h"
+
+#define KVT_HOST_GRANULE_BYTES 4096u
+
+struct kvt_host;
+
+struct kvt_host_config {
+    uint64_t arena_bytes; /* rounded down to a multiple of page_bytes */
+    uint64_t page_bytes;  /* largest object; multiple of 4 KiB */
+    int hugepages;        /* try MFD_HUGETLB first */
+    int prefault;         /* touch every page at create (MAP_POPULATE) */
+};
+
+/* Asked before a slot is reclaimed. Return 0 to let it go (the owner forgets the slot; the tier
+ * frees it after the call) or nonzero to keep it (pinned, being read or written). The callback
+ * must not call back into this tier. */
+typedef int (*kvt_host_evict_fn)(void *owner, uint32_t cookie, uint64_t off);
+
+int kvt_host_create(const struct kvt_host_config *cfg, kvt_host_evict_fn evict, void *owner,
+                    struct kvt_host **out);
+void kvt_host_destroy(struct kvt_host *h);
+
+/* Reserves a slot for bytes (1 .. page_bytes), evicting least recently used objects when needed.
+ * The slot is at arena offset *off_out and carries cookie (the owner's handle) for the evict
+ * callback. KVT_E_TOOBIG when bytes exceeds page_bytes; KVT_E_FULL when nothing can be evicted. */
+int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
+/* Returns a slot to its class. off must come from kvt_host_alloc. */
+void kvt_host_free(struct kvt_host *h, uint64_t off);
+/* Marks a slot most recently used. */
+void kvt_host_touch(struct kvt_host *h, uint64_t off);
+
+/* Address of an arena offset; valid until destroy. */
+void *kvt_host_ptr(const struct kvt_host *h, uint64_t off);
+/* The arena's memfd (owned by the tier), e.g. for io_uring or CUDA registration. */
+int kvt_host_fd(const struct kvt_host *h);
+uint64_t kvt_host_arena_bytes(const struct kvt_host *h);
+uint64_t kvt_host_page_bytes(const struct kvt_host *h);
+/* Slot size that bytes would occupy (0 when too big). */
+uint64_t kvt_host_slot_bytes(const struct kvt_host *h, uint64_t bytes);
+
+/* Counts a lookup result for stats. */
+void kvt_host_count(struct kvt_host *h, int hit);
+
+extern const struct kvt_tier_ops kvt_host_tier_ops;
+
+#endif
