@@ -1,0 +1,382 @@
+/*
+ * Block formats, conversions and dot products. The portable versions are written as plain loops
+ * over one block; the AVX2 versions (x86-64 only) are compiled with a target attribute so the rest
+ * of the build keeps the baseline instruction set, and are picked at run time by
+ * kvt_eng_quant_init after a CPU check.
+ */
+#include "engine/quant.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define KVT_ENG_HAVE_AVX2 1
+#else
+#define KVT_ENG_HAVE_AVX2 0
+#endif
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float kvt_eng_fp16_to_fp32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    if (exp == 0x1f)
+        return bits_f32(sign | 0x7f800000 | (man << 13));
+    if (exp == 0) {
+        /* Subnormal halves are exact in fp32: value = man * 2^-24. */
+        float v = (float)man * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+uint16_t kvt_eng_fp32_to_fp16(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t absx = x & 0x7fffffff;
+    if (absx >= 0x7f800000)
+        return sign | (absx > 0x7f800000 ? 0x7e00 : 0x7c00);
+    if (absx >= 0x477ff000) /* 65520 and above round to infinity */
+        return sign | 0x7c00;
+    if (absx < 0x38800000) {    /* below 2^-14: a half subnormal or zero */
+        if (absx <= 0x33000000) /* at most 2^-25: ties to even gives zero */
+            return sign;
+        uint32_t e = absx >> 23;
+        uint32_t m = (absx & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e;
+        uint32_t r = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1);
+        uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1)))
+            r++;
+        return sign | (uint16_t)r;
+    }
+    uint32_t r = ((absx >> 23) - 112) << 10 | ((absx & 0x7fffff) >> 13);
+    uint32_t rem = absx & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
+        r++;
+    return sign | (uint16_t)r;
+}
+
+/* fp16 -> fp32 through a table on the hot paths of the portable code. */
+static float g_f16_table[1 << 16];
+static int g_f16_table_ready;
+
+static inline float h2f(uint16_t h)
+{
+    return g_f16_table[h];
+}
+
+int kvt_eng_dequantize_row(enum kvt_eng_type t, const void *row, float *out, size_t n)
+{
+    size_t nb = n / KVT_ENG_QK;
+    switch (t) {
+    case KVT_ENG_TYPE_F32:
+        memcpy(out, row, n * sizeof(float));
+        return 0;
+    case KVT_ENG_TYPE_F16: {
+        const uint16_t *h = row;
+        for (size_t i = 0; i < n; i++)
+            out[i] = kvt_eng_fp16_to_fp32(h[i]);
+        return 0;
+    }
+    case KVT_ENG_TYPE_Q4_1: {
+        const struct kvt_eng_block_q4_1 *b = row;
+        if (n % KVT_ENG_QK)
+            return -EINVAL;
+        for (size_t i = 0; i < nb; i++) {
+            float d = kvt_eng_fp16_to_fp32(b[i].d), m = kvt_eng_fp16_to_fp32(b[i].m);
+            for (int j = 0; j < 16; j++) {
+                out[i * 32 + j] = (float)(b[i].qs[j] & 0xf) * d + m;
+                out[i * 32 + j + 16] = (float)(b[i].qs[j] >> 4) * d + m;
+            }
+        }
+        return 0;
+    }
+    case KVT_ENG_TYPE_Q8_0: {
+        const struct kvt_eng_block_q8_0 *b = row;
+        if (n % KVT_ENG_QK)
+            return -EINVAL;
+        for (size_t i = 0; i < nb; i++) {
+            float d = kvt_eng_fp16_to_fp32(b[i].d);
+            for (int j = 0; j < 32; j++)
+                out[i * 32 + j] = (float)b[i].qs[j] * d;
+        }
+        return 0;
+    }
+    }
+    return -EINVAL;
+}
+
+enum kvt_eng_act_type kvt_eng_act_type_for(enum kvt_eng_type weight_type)
+{
+    switch (weight_type) {
+    case KVT_ENG_TYPE_Q4_1:
+        return KVT_ENG_ACT_Q8_1;
+    case KVT_ENG_TYPE_Q8_0:
+        return KVT_ENG_ACT_Q8_0;
+    default:
+        return KVT_ENG_ACT_F32;
+    }
+}
+
+size_t kvt_eng_act_row_bytes(enum kvt_eng_act_type a, size_t n)
+{
+    switch (a) {
+    case KVT_ENG_ACT_Q8_0:
+        return n / KVT_ENG_QK * sizeof(struct kvt_eng_block_q8_0);
+    case KVT_ENG_ACT_Q8_1:
+        return n / KVT_ENG_QK * sizeof(struct kvt_eng_block_q8_1);
+    default:
+        return n * sizeof(float);
+    }
+}
+
+void kvt_eng_quantize_act(enum kvt_eng_act_type a, const float *x, void *out, size_t n)
+{
+    size_t nb = n / KVT_ENG_QK;
+    if (a == KVT_ENG_ACT_F32) {
+        memcpy(out, x, n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < nb; i++) {
+        const float *xb = x + i * KVT_ENG_QK;
+        float amax = 0.0f;
+        for (int j = 0; j < KVT_ENG_QK; j++) {
+            float v = fabsf(xb[j]);
+            amax = v > amax ? v : amax;
+        }
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int8_t *qs;
+        if (a == KVT_ENG_ACT_Q8_0) {
+            struct kvt_eng_block_q8_0 *b = (struct kvt_eng_block_q8_0 *)out + i;
+            b->d = kvt_eng_fp32_to_fp16(d);
+            qs = b->qs;
+            for (int j = 0; j < KVT_ENG_QK; j++)
+                qs[j] = (int8_t)roundf(xb[j] * id);
+        } else {
+            struct kvt_eng_block_q8_1 *b = (struct kvt_eng_block_q8_1 *)out + i;
+            int sum = 0;
+            b->d = kvt_eng_fp32_to_fp16(d);
+            qs = b->qs;
+            for (int j = 0; j < KVT_ENG_QK; j++) {
+                qs[j] = (int8_t)roundf(xb[j] * id);
+                sum += qs[j];
+            }
+            b->s = kvt_eng_fp32_to_fp16((float)sum * d);
+        }
+    }
+}
+
+/* ---- portable dot products --------------------------------------------------------------------
+ */
+
+static float dot_q4_1_q8_1_c(const void *w, const void *x, size_t nb)
+{
+    const struct kvt_eng_block_q4_1 *a = w;
+    const struct kvt_eng_block_q8_1 *b = x;
+    float sum = 0.0f;
+    for (size_t i = 0; i < nb; i++) {
+        int sumi = 0;
+        for (int j = 0; j < 16; j++) {
+            sumi += (a[i].qs[j] & 0xf) * b[i].qs[j];
+            sumi += (a[i].qs[j] >> 4) * b[i].qs[j + 16];
+        }
+        sum += h2f(a[i].d) * h2f(b[i].d) * (float)sumi + h2f(a[i].m) * h2f(b[i].s);
+    }
+    return sum;
+}
+
+static float dot_q8_0_q8_0_c(const void *w, const void *x, size_t nb)
+{
+    const struct kvt_eng_block_q8_0 *a = w;
+    const struct kvt_eng_block_q8_0 *b = x;
+    float sum = 0.0f;
+    for (size_t i = 0; i < nb; i++) {
+        int sumi = 0;
+        for (int j = 0; j < 32; j++)
+            sumi += a[i].qs[j] * b[i].qs[j];
+        sum += h2f(a[i].d) * h2f(b[i].d) * (float)sumi;
+    }
+    return sum;
+}
+
+static float dot_f32_f16_c(const float *x, const uint16_t *h, size_t n)
+{
+    float acc[8] = {0};
+    for (size_t i = 0; i < n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += x[i + j] * h2f(h[i + j]);
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static void axpy_f16_c(float a, const uint16_t *h, float *acc, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        acc[i] += a * h2f(h[i]);
+}
+
+/* ---- AVX2 dot products ------------------------------------------------------------------------
+ */
+
+#if KVT_ENG_HAVE_AVX2
+#define KVT_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+KVT_AVX2 static inline float hsum256(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    __m128 sh = _mm_movehl_ps(lo, lo);
+    lo = _mm_add_ps(lo, sh);
+    sh = _mm_shuffle_ps(lo, lo, 0x1);
+    lo = _mm_add_ss(lo, sh);
+    return _mm_cvtss_f32(lo);
+}
+
+KVT_AVX2 static float dot_q4_1_q8_1_avx2(const void *w, const void *x, size_t nb)
+{
+    const struct kvt_eng_block_q4_1 *a = w;
+    const struct kvt_eng_block_q8_1 *b = x;
+    const __m128i low = _mm_set1_epi8(0xf);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (size_t i = 0; i < nb; i++) {
+        float d = _cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d);
+        summs += _cvtsh_ss(a[i].m) * _cvtsh_ss(b[i].s);
+        __m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
+        __m128i lo = _mm_and_si128(q, low);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        __m256i qa = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        __m256i qb = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, qb), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum256(acc) + summs;
+}
+
+KVT_AVX2 static float dot_q8_0_q8_0_avx2(const void *w, const void *x, size_t nb)
+{
+    const struct kvt_eng_block_q8_0 *a = w;
+    const struct kvt_eng_block_q8_0 *b = x;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        float d = _cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d);
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i qb = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        /* maddubs wants one unsigned operand: move a's sign onto b. */
+        __m256i ua = _mm256_sign_epi8(qa, qa);
+        __m256i sb = _mm256_sign_epi8(qb, qa);
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum256(acc);
+}
+
+KVT_AVX2 static float dot_f32_f16_avx2(const float *x, const uint16_t *h, size_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < n; i += 8) {
+        __m256 hv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), hv, acc);
+    }
+    return hsum256(acc);
+}
+
+KVT_AVX2 static void axpy_f16_avx2(float a, const uint16_t *h, float *acc, size_t n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    for (size_t i = 0; i < n; i += 8) {
+        __m256 hv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(av, hv, _mm256_loadu_ps(acc + i)));
+    }
+}
+#endif
+
+/* ---- dispatch ---------------------------------------------------------------------------------
+ */
+
+static float (*g_dot_q4_1)(const void *, const void *, size_t) = dot_q4_1_q8_1_c;
+static float (*g_dot_q8_0)(const void *, const void *, size_t) = dot_q8_0_q8_0_c;
+static float (*g_dot_f32_f16)(const float *, const uint16_t *, size_t) = dot_f32_f16_c;
+static void (*g_axpy_f16)(float, const uint16_t *, float *, size_t) = axpy_f16_c;
+
+const char *kvt_eng_quant_init(int force_generic)
+{
+    if (!g_f16_table_ready) {
+        for (uint32_t i = 0; i < (1u << 16); i++)
+            g_f16_table[i] = kvt_eng_fp16_to_fp32((uint16_t)i);
+        g_f16_table_ready = 1;
+    }
+    g_dot_q4_1 = dot_q4_1_q8_1_c;
+    g_dot_q8_0 = dot_q8_0_q8_0_c;
+    g_dot_f32_f16 = dot_f32_f16_c;
+    g_axpy_f16 = axpy_f16_c;
+#if KVT_ENG_HAVE_AVX2
+    if (!force_generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        g_dot_q4_1 = dot_q4_1_q8_1_avx2;
+        g_dot_q8_0 = dot_q8_0_q8_0_avx2;
+        g_dot_f32_f16 = dot_f32_f16_avx2;
+        g_axpy_f16 = axpy_f16_avx2;
+        return "avx2";
+    }
+#endif
+    return "generic";
+}
+
+float kvt_eng_dot(enum kvt_eng_type t, const void *w_row, const void *x_act, size_t n)
+{
+    switch (t) {
+    case KVT_ENG_TYPE_Q4_1:
+        return g_dot_q4_1(w_row, x_act, n / KVT_ENG_QK);
+    case KVT_ENG_TYPE_Q8_0:
+        return g_dot_q8_0(w_row, x_act, n / KVT_ENG_QK);
+    case KVT_ENG_TYPE_F32: {
+        const float *a = w_row, *b = x_act;
+        float s = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            s += a[i] * b[i];
+        return s;
+    }
+    case KVT_ENG_TYPE_F16: {
+        const uint16_t *a = w_row;
+        const float *b = x_act;
+        float s = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            s += kvt_eng_fp16_to_fp32(a[i]) * b[i];
+        return s;
+    }
+    }
+    return 0.0f;
+}
+
+float kvt_eng_dot_f32_f16(const float *x, const uint16_t *h, size_t n)
+{
+    return g_dot_f32_f16(x, h, n);
+}
+
+void kvt_eng_axpy_f16(float a, const uint16_t *h, float *acc, size_t n)
+{
+    g_axpy_f16(a, h, acc, n);
+}
