@@ -1,0 +1,911 @@
+/*
+ * libkvtier: session, framing, transfer arena and the request calls of <kvtier/kvtier.h>.
+ *
+ * The library owns the arena: a memfd sealed against shrinking and growing, so the daemon can map
+ * it without fear of SIGBUS, and so the same arena (and every pointer into it) survives a daemon
+ * restart: on reconnect the library shares it again and re-registers every namespace.
+ *
+ * Every wait is bounded by the session timeout. A timeout or a broken socket closes the session's
+ * socket (its state is unknown) and the next call reconnects; reconnect attempts back off so a
+ * dead daemon costs a failing call microseconds, not a timeout each.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client/lib/arena.h"
+#include "common/time.h"
+#include "kvtier.pb-c.h"
+#include "kvtier/kvtier.h"
+
+#define PROTO_VERSION 1
+#define DEFAULT_ARENA_BYTES (64ull << 20)
+#define DEFAULT_TIMEOUT_MS 5000u
+#define NS_MAX 64
+#define RECONNECT_BACKOFF_MS 100
+#define IN_EXTRA_BYTES (64 * 1024 + 4)
+#define BATCH_WINDOW 64 /* requests in flight at once in batch calls */
+
+struct ns_slot {
+    int used;
+    uint32_t daemon_id; /* 0 when not registered on the current connection */
+    struct kvt_ns_spec spec;
+    char model_id[KVT_MODEL_ID_MAX];
+    struct kvt_ns_info info;
+};
+
+struct kvt_client {
+    char socket_path[108];
+    char tenant[KVT_TENANT_MAX];
+    uint32_t timeout_ms;
+    int fd; /* -1 when disconnected */
+    uint64_t next_id;
+    uint64_t retry_after_ms;
+
+    int arena_fd;
+    uint8_t *arena;
+    uint64_t arena_bytes;
+    struct kvt_arena_alloc alloc;
+
+    uint64_t max_frame_bytes;
+    uint64_t inline_max_bytes;
+    uint8_t *in;
+    size_t in_len, in_cap;
+    uint8_t *out;
+    size_t out_cap;
+
+    struct ns_slot ns[NS_MAX];
+};
+
+/* ---- socket and frames -------------------------------------------------------------------- */
+
+static void drop_connection(struct kvt_client *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->in_len = 0;
+    for (int i = 0; i < NS_MAX; i++)
+        c->ns[i].daemon_id = 0;
+}
+
+static int send_all(struct kvt_client *c, const uint8_t *p, size_t n, int fd_to_pass,
+                    uint64_t deadline_ms)
+{
+    int first = 1;
+    while (n > 0) {
+        struct iovec iov = {(void *)p, n};
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } cb;
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (first && fd_to_pass >= 0) {
+            mh.msg_control = cb.buf;
+            mh.msg_controllen = sizeof(cb.buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &fd_to_pass, sizeof(int));
+        }
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            first = 0;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            uint64_t now = kvt_now_ms();
+            if (now >= deadline_ms)
+                return KVT_E_TIMEOUT;
+            struct pollfd pf = {c->fd, POLLOUT, 0};
+            poll(&pf, 1, (int)(deadline_ms - now));
+            continue;
+        }
+        return KVT_E_DISCONNECTED;
+    }
+    return 0;
+}
+
+static int send_request(struct kvt_client *c, Kvtier__Request *req, int fd_to_pass,
+                        uint64_t deadline_ms)
+{
+    size_t n = kvtier__request__get_packed_size(req);
+    if (n + 4 > c->out_cap || n > c->max_frame_bytes)
+        return KVT_E_TOOBIG;
+    c->out[0] = (uint8_t)n;
+    c->out[1] = (uint8_t)(n >> 8);
+    c->out[2] = (uint8_t)(n >> 16);
+    c->out[3] = (uint8_t)(n >> 24);
+    kvtier__request__pack(req, c->out + 4);
+    return send_all(c, c->out, n + 4, fd_to_pass, deadline_ms);
+}
+
+/* Receives the next response frame. *out must be freed with kvtier__response__free_unpacked. */
+static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms)
+{
+    for (;;) {
+        if (c->in_len >= 4) {
+            uint32_t len = (uint32_t)c->in[0] | (uint32_t)c->in[1] << 8 |
+                           (uint32_t)c->in[2] << 16 | (uint32_t)c->in[3] << 24;
+            if ((size_t)len + 4 > c->in_cap)
+                return KVT_E_PROTO;
+            if (c->in_len >= (size_t)len + 4) {
+                Kvtier__Response *r = kvtier__response__unpack(NULL, len, c->in + 4);
+                memmove(c->in, c->in + 4 + len, c->in_len - 4 - len);
+                c->in_len -= 4 + len;
+                if (!r)
+                    return KVT_E_PROTO;
+                *out = r;
+                return 0;
+            }
+        }
+        uint64_t now = kvt_now_ms();
+        if (now >= deadline_ms)
+            return KVT_E_TIMEOUT;
+        struct pollfd pf = {c->fd, POLLIN, 0};
+        int pr = poll(&pf, 1, (int)(deadline_ms - now));
+        if (pr < 0 && errno != EINTR)
+            return KVT_E_DISCONNECTED;
+        if (pr <= 0)
+            continue;
+        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+        if (n > 0)
+            c->in_len += (size_t)n;
+        else if (n == 0 || (errno != EAGAIN && errno != EINTR))
+            return KVT_E_DISCONNECTED;
+    }
+}
+
+/* Waits for the response to request id. Responses to other ids (late answers to requests that
+ * were abandoned) are discarded. A connection-level error (id 0) ends the wait with its status. */
+static int wait_response(struct kvt_client *c, uint64_t id, Kvtier__Response **out,
+                         uint64_t deadline_ms)
+{
+    for (;;) {
+        Kvtier__Response *r;
+        int rc = recv_response(c, &r, deadline_ms);
+        if (rc)
+            return rc;
+        if (r->id == id) {
+            *out = r;
+            return 0;
+        }
+        if (r->id == 0 && r->status) {
+            rc = r->status;
+            kvtier__response__free_unpacked(r, NULL);
+            return rc;
+        }
+        kvtier__response__free_unpacked(r, NULL);
+    }
+}
+
+/* ---- connect, hello, register ------------------------------------------------------------- */
+
+static int fill_spec(Kvtier__NamespaceSpec *sp, const struct kvt_ns_spec *spec)
+{
+    kvtier__namespace_spec__init(sp);
+    sp->model_id = (char *)spec->model_id;
+    sp->layers = spec->layers;
+    sp->kv_heads = spec->kv_heads;
+    sp->head_dim = spec->head_dim;
+    sp->dtype = (uint32_t)spec->dtype;
+    sp->tokens_per_chunk = spec->tokens_per_chunk;
+    sp->rope_theta = spec->rope_theta;
+    sp->rotary_dims = spec->rotary_dims;
+    sp->rope_style = spec->rope_style;
+    sp->allow_lossy = spec->allow_lossy != 0;
+    return 0;
+}
+
+static int register_on_daemon(struct kvt_client *c, struct ns_slot *slot, uint64_t deadline_ms)
+{
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
+    Kvtier__NamespaceSpec sp;
+    fill_spec(&sp, &slot->spec);
+    rr.spec = &sp;
+    req.id = ++c->next_id;
+    req.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
+    req.register_ns = &rr;
+    int rc = send_request(c, &req, -1, deadline_ms);
+    Kvtier__Response *resp = NULL;
+    if (!rc)
+        rc = wait_response(c, req.id, &resp, deadline_ms);
+    if (rc)
+        return rc;
+    rc = resp->status;
+    if (!rc && resp->result_case == KVTIER__RESPONSE__RESULT_REGISTER_NS) {
+        slot->daemon_id = resp->register_ns->ns_id;
+        slot->info.seed = resp->register_ns->seed;
+        slot->info.bytes_per_token = resp->register_ns->bytes_per_token;
+        slot->info.chunk_bytes = resp->register_ns->chunk_bytes;
+        slot->info.tokens_per_chunk = slot->spec.tokens_per_chunk;
+    } else if (!rc) {
+        rc = KVT_E_PROTO;
+    }
+    kvtier__response__free_unpacked(resp, NULL);
+    return rc;
+}
+
+static int is_session_error(int rc)
+{
+    return rc == KVT_E_DISCONNECTED || rc == KVT_E_TIMEOUT || rc == KVT_E_PROTO;
+}
+
+/* Opens the socket, shares the arena and re-registers every namespace. */
+static int open_session(struct kvt_client *c, uint32_t timeout_ms)
+{
+    uint64_t deadline = kvt_now_ms() + timeout_ms;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, c->socket_path, sizeof(c->socket_path));
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        return KVT_E_DISCONNECTED;
+    }
+    c->fd = fd;
+    c->in_len = 0;
+
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
+    h.version = PROTO_VERSION;
+    h.tenant = c->tenant;
+    h.arena_bytes = c->arena_bytes;
+    h.client_name = (char *)"libkvtier";
+    req.id = ++c->next_id;
+    req.op_case = KVTIER__REQUEST__OP_HELLO;
+    req.hello = &h;
+    Kvtier__Response *resp = NULL;
+    int rc = send_request(c, &req, c->arena_fd, deadline);
+    if (!rc)
+        rc = wait_response(c, req.id, &resp, deadline);
+    if (!rc) {
+        rc = resp->status;
+        if (!rc && resp->result_case == KVTIER__RESPONSE__RESULT_HELLO) {
+            c->max_frame_bytes = resp->hello->max_frame_bytes;
+            c->inline_max_bytes = resp->hello->inline_max_bytes;
+        } else if (!rc) {
+            rc = KVT_E_PROTO;
+        }
+        kvtier__response__free_unpacked(resp, NULL);
+    }
+    for (int i = 0; !rc && i < NS_MAX; i++)
+        if (c->ns[i].used)
+            rc = register_on_daemon(c, &c->ns[i], deadline);
+    if (rc) {
+        drop_connection(c);
+        return rc;
+    }
+    return 0;
+}
+
+/* Makes sure the session is connected, reconnecting when needed. */
+static int ensure_session(struct kvt_client *c)
+{
+    if (c->fd >= 0)
+        return 0;
+    uint64_t now = kvt_now_ms();
+    if (now < c->retry_after_ms)
+        return KVT_E_DISCONNECTED;
+    uint32_t t = c->timeout_ms < 1000 ? c->timeout_ms : 1000;
+    int rc = open_session(c, t);
+    if (rc) {
+        c->retry_after_ms = now + RECONNECT_BACKOFF_MS;
+        return is_session_error(rc) ? KVT_E_DISCONNECTED : rc;
+    }
+    return 0;
+}
+
+/* After a failed exchange: session errors drop the socket so the next call starts clean. */
+static int session_fail(struct kvt_client *c, int rc)
+{
+    if (is_session_error(rc) || rc == KVT_E_SHUTDOWN)
+        drop_connection(c);
+    return rc;
+}
+
+int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
+{
+    struct kvt_connect_opts o = opts ? *opts : (struct kvt_connect_opts){0};
+    const char *path = o.socket_path;
+    if (!path || !*path)
+        path = getenv("KVTIER_SOCKET");
+    if (!path || !*path)
+        path = KVT_DEFAULT_SOCKET;
+    if (!out || strlen(path) >= sizeof(((struct kvt_client *)0)->socket_path))
+        return KVT_E_INVAL;
+    const char *tenant = (o.tenant && *o.tenant) ? o.tenant : "default";
+    if (strlen(tenant) >= KVT_TENANT_MAX)
+        return KVT_E_INVAL;
+
+    struct kvt_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return KVT_E_NOMEM;
+    snprintf(c->socket_path, sizeof(c->socket_path), "%s", path);
+    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    c->timeout_ms = o.timeout_ms ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
+    c->arena_bytes = o.arena_bytes ? (o.arena_bytes + 4095) & ~4095ull : DEFAULT_ARENA_BYTES;
+    c->fd = -1;
+    c->max_frame_bytes = 1u << 20;
+    int rc = KVT_E_NOMEM;
+
+    c->arena_fd = memfd_create("kvtier-transfer", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (c->arena_fd < 0) {
+        rc = -errno;
+        goto err_free;
+    }
+    if (ftruncate(c->arena_fd, (off_t)c->arena_bytes) ||
+        fcntl(c->arena_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+        rc = -errno;
+        goto err_close_memfd;
+    }
+    c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, c->arena_fd, 0);
+    if (c->arena == MAP_FAILED) {
+        rc = -errno;
+        goto err_close_memfd;
+    }
+    rc = kvt_arena_alloc_init(&c->alloc, c->arena_bytes);
+    if (rc)
+        goto err_unmap;
+    /* Room for the largest frame any daemon configuration may send. */
+    c->in_cap = (64u << 20) + IN_EXTRA_BYTES;
+    c->out_cap = (64u << 20) + 4;
+    c->in = malloc(c->in_cap);
+    c->out = malloc(c->out_cap);
+    if (!c->in || !c->out) {
+        rc = KVT_E_NOMEM;
+        goto err_bufs;
+    }
+    rc = open_session(c, c->timeout_ms);
+    if (rc) {
+        rc = is_session_error(rc) ? KVT_E_DISCONNECTED : rc;
+        goto err_bufs;
+    }
+    *out = c;
+    return 0;
+
+err_bufs:
+    free(c->in);
+    free(c->out);
+    kvt_arena_alloc_deinit(&c->alloc);
+err_unmap:
+    munmap(c->arena, c->arena_bytes);
+err_close_memfd:
+    close(c->arena_fd);
+err_free:
+    free(c);
+    return rc;
+}
+
+void kvt_close(struct kvt_client *c)
+{
+    if (!c)
+        return;
+    drop_connection(c);
+    kvt_arena_alloc_deinit(&c->alloc);
+    munmap(c->arena, c->arena_bytes);
+    close(c->arena_fd);
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec, struct kvt_ns_info *out)
+{
+    if (!c || !spec || !spec->model_id || strlen(spec->model_id) >= KVT_MODEL_ID_MAX)
+        return KVT_E_INVAL;
+    int rc = ensure_session(c);
+    if (rc)
+        return rc;
+    int free_slot = -1;
+    for (int i = 0; i < NS_MAX; i++) {
+        if (!c->ns[i].used) {
+            if (free_slot < 0)
+                free_slot = i;
+            continue;
+        }
+        const struct kvt_ns_spec *o = &c->ns[i].spec;
+        if (!strcmp(c->ns[i].model_id, spec->model_id) && o->layers == spec->layers &&
+            o->kv_heads == spec->kv_heads && o->head_dim == spec->head_dim &&
+            o->dtype == spec->dtype && o->tokens_per_chunk == spec->tokens_per_chunk &&
+            o->rope_theta == spec->rope_theta && o->rotary_dims == spec->rotary_dims &&
+            o->rope_style == spec->rope_style && !o->allow_lossy == !spec->allow_lossy) {
+            if (out)
+                *out = c->ns[i].info;
+            return 0;
+        }
+    }
+    if (free_slot < 0)
+        return KVT_E_FULL;
+    struct ns_slot *slot = &c->ns[free_slot];
+    memset(slot, 0, sizeof(*slot));
+    slot->spec = *spec;
+    snprintf(slot->model_id, sizeof(slot->model_id), "%s", spec->model_id);
+    slot->spec.model_id = slot->model_id;
+    rc = register_on_daemon(c, slot, kvt_now_ms() + c->timeout_ms);
+    if (rc)
+        return session_fail(c, rc);
+    slot->used = 1;
+    slot->info.handle = (uint32_t)free_slot + 1;
+    if (out)
+        *out = slot->info;
+    return 0;
+}
+
+static int ns_daemon_id(struct kvt_client *c, uint32_t handle, uint32_t *id)
+{
+    if (handle == 0 || handle > NS_MAX || !c->ns[handle - 1].used)
+        return KVT_E_NONS;
+    *id = c->ns[handle - 1].daemon_id;
+    return 0;
+}
+
+/* ---- arena -------------------------------------------------------------------------------- */
+
+void *kvt_arena_alloc(struct kvt_client *c, size_t bytes)
+{
+    uint64_t off;
+    if (!c || kvt_arena_alloc_get(&c->alloc, bytes, &off))
+        return NULL;
+    return c->arena + off;
+}
+
+void kvt_arena_free(struct kvt_client *c, void *p)
+{
+    if (!c || !p)
+        return;
+    kvt_arena_alloc_put(&c->alloc, (uint64_t)((uint8_t *)p - c->arena));
+}
+
+static int in_arena(const struct kvt_client *c, const void *p, size_t len, uint64_t *off)
+{
+    const uint8_t *b = p;
+    if (b < c->arena || b >= c->arena + c->arena_bytes)
+        return 0;
+    *off = (uint64_t)(b - c->arena);
+    return len <= c->arena_bytes - *off;
+}
+
+/* ---- put / get (pipelined core) ----------------------------------------------------------- */
+
+enum xfer_kind { XFER_PUT, XFER_GET };
+
+/* Per item bookkeeping while a batch is in flight. */
+struct xfer {
+    uint64_t req_id;
+    uint64_t stage_off; /* staging buffer in the arena, or UINT64_MAX */
+    int inline_get;
+};
+
+static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
+                      struct kvt_item *it, struct xfer *x, Kvtier__Request *req,
+                      Kvtier__PutReq *pr, Kvtier__GetReq *gr, Kvtier__Key *key)
+{
+    kvtier__key__init(key);
+    key->lo = it->key.lo;
+    key->hi = it->key.hi;
+    x->stage_off = UINT64_MAX;
+    x->inline_get = 0;
+    uint64_t off = 0;
+    req->id = x->req_id = ++c->next_id;
+    if (kind == XFER_PUT) {
+        kvtier__put_req__init(pr);
+        pr->ns = ns_id;
+        pr->key = key;
+        pr->n_tokens = it->n_tokens;
+        pr->length = it->len;
+        if (in_arena(c, it->buf, it->len, &off)) {
+            pr->offset = off;
+        } else if (it->len <= c->inline_max_bytes && it->len + 512 < c->max_frame_bytes) {
+            pr->inline_data.data = it->buf;
+            pr->inline_data.len = it->len;
+        } else if (kvt_arena_alloc_get(&c->alloc, it->len, &x->stage_off) == 0) {
+            memcpy(c->arena + x->stage_off, it->buf, it->len);
+            pr->offset = x->stage_off;
+        } else {
+            return KVT_E_NOMEM;
+        }
+        req->op_case = KVTIER__REQUEST__OP_PUT;
+        req->put = pr;
+    } else {
+        kvtier__get_req__init(gr);
+        gr->ns = ns_id;
+        gr->key = key;
+        gr->capacity = it->len;
+        if (in_arena(c, it->buf, it->len, &off)) {
+            gr->offset = off;
+        } else if (it->len <= c->inline_max_bytes) {
+            gr->want_inline = 1;
+            x->inline_get = 1;
+        } else if (kvt_arena_alloc_get(&c->alloc, it->len, &x->stage_off) == 0) {
+            gr->offset = x->stage_off;
+        } else {
+            return KVT_E_NOMEM;
+        }
+        req->op_case = KVTIER__REQUEST__OP_GET;
+        req->get = gr;
+    }
+    return 0;
+}
+
+static void finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_item *it,
+                        struct xfer *x, const Kvtier__Response *r)
+{
+    it->status = r->status;
+    if (kind == XFER_GET && r->result_case == KVTIER__RESPONSE__RESULT_GET) {
+        const Kvtier__GetResp *g = r->get;
+        size_t cap = it->len;
+        it->len = g->length;
+        it->tier = (enum kvt_tier_id)g->tier;
+        if (!r->status && x->inline_get) {
+            if (g->inline_data.len != g->length || g->length > cap)
+                it->status = KVT_E_PROTO;
+            else
+                memcpy(it->buf, g->inline_data.data, g->length);
+        } else if (!r->status && x->stage_off != UINT64_MAX) {
+            memcpy(it->buf, c->arena + x->stage_off, g->length);
+        }
+    } else if (kind == XFER_PUT && r->result_case == KVTIER__RESPONSE__RESULT_PUT) {
+        it->tier = (enum kvt_tier_id)r->put->tier;
+    } else if (!r->status) {
+        it->status = KVT_E_PROTO;
+    }
+}
+
+static void release_stage(struct kvt_client *c, struct xfer *x)
+{
+    if (x->stage_off != UINT64_MAX)
+        kvt_arena_alloc_put(&c->alloc, x->stage_off);
+    x->stage_off = UINT64_MAX;
+}
+
+static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, struct kvt_item *items,
+                     size_t n)
+{
+    if (!c || (!items && n))
+        return KVT_E_INVAL;
+    for (size_t i = 0; i < n; i++)
+        items[i].status = KVT_E_DISCONNECTED;
+    int rc = ensure_session(c);
+    if (rc) {
+        for (size_t i = 0; i < n; i++)
+            items[i].status = rc;
+        return rc;
+    }
+    uint32_t ns_id;
+    if ((rc = ns_daemon_id(c, ns, &ns_id))) {
+        for (size_t i = 0; i < n; i++)
+            items[i].status = rc;
+        return 0; /* every item answered, with its own error */
+    }
+    uint64_t deadline = kvt_now_ms() + c->timeout_ms;
+    struct xfer xs[BATCH_WINDOW];
+    size_t sent = 0, done = 0;
+    rc = 0;
+    while (done < n && !rc) {
+        /* Keep up to BATCH_WINDOW requests in flight. */
+        while (sent < n && sent - done < BATCH_WINDOW && !rc) {
+            Kvtier__Request req = KVTIER__REQUEST__INIT;
+            Kvtier__PutReq pr;
+            Kvtier__GetReq gr;
+            Kvtier__Key key;
+            struct xfer *x = &xs[sent % BATCH_WINDOW];
+            int brc = build_xfer(c, kind, ns_id, &items[sent], x, &req, &pr, &gr, &key);
+            if (brc) {
+                /* Cannot stage this item: answer it locally, keep the window in order. */
+                items[sent].status = brc;
+                x->req_id = 0;
+            } else {
+                rc = send_request(c, &req, -1, deadline);
+            }
+            sent++;
+        }
+        if (rc)
+            break;
+        struct xfer *x = &xs[done % BATCH_WINDOW];
+        if (x->req_id == 0) {
+            done++;
+            continue;
+        }
+        Kvtier__Response *r = NULL;
+        rc = recv_response(c, &r, deadline);
+        if (rc)
+            break;
+        /* Match by id: responses may come out of order. */
+        size_t k = done;
+        while (k < sent && xs[k % BATCH_WINDOW].req_id != r->id)
+            k++;
+        if (k < sent) {
+            finish_xfer(c, kind, &items[k], &xs[k % BATCH_WINDOW], r);
+            release_stage(c, &xs[k % BATCH_WINDOW]);
+            xs[k % BATCH_WINDOW].req_id = 0;
+        } else if (r->id == 0 && r->status) {
+            rc = r->status;
+        }
+        kvtier__response__free_unpacked(r, NULL);
+        while (done < sent && xs[done % BATCH_WINDOW].req_id == 0)
+            done++;
+    }
+    if (rc) {
+        /* Unanswered items keep their staging buffers: the daemon may still copy into or out of
+         * them, so they are never handed out again in this session (a bounded leak that only
+         * timeouts cause). */
+        for (size_t k = done; k < sent; k++)
+            if (xs[k % BATCH_WINDOW].req_id)
+                items[k].status = rc;
+        for (size_t k = sent; k < n; k++)
+            items[k].status = rc;
+        return session_fail(c, rc);
+    }
+    return 0;
+}
+
+int kvt_put_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n)
+{
+    return run_batch(c, XFER_PUT, ns, items, n);
+}
+
+int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n)
+{
+    return run_batch(c, XFER_GET, ns, items, n);
+}
+
+int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
+            size_t len, uint32_t n_tokens)
+{
+    if (!key || (!buf && len))
+        return KVT_E_INVAL;
+    struct kvt_item it = {.key = *key, .buf = (void *)buf, .len = len, .n_tokens = n_tokens};
+    int rc = run_batch(c, XFER_PUT, ns, &it, 1);
+    return rc ? rc : it.status;
+}
+
+int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf, size_t cap,
+            size_t *len_out, enum kvt_tier_id *tier_out)
+{
+    if (!key || (!buf && cap))
+        return KVT_E_INVAL;
+    struct kvt_item it = {.key = *key, .buf = buf, .len = cap};
+    int rc = run_batch(c, XFER_GET, ns, &it, 1);
+    if (len_out)
+        *len_out = rc ? 0 : it.len;
+    if (tier_out)
+        *tier_out = rc || it.status ? KVT_TIER_NONE : it.tier;
+    return rc ? rc : it.status;
+}
+
+/* ---- simple request/response calls -------------------------------------------------------- */
+
+static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out)
+{
+    int rc = ensure_session(c);
+    if (rc)
+        return rc;
+    uint64_t deadline = kvt_now_ms() + c->timeout_ms;
+    req->id = ++c->next_id;
+    rc = send_request(c, req, -1, deadline);
+    if (!rc)
+        rc = wait_response(c, req->id, out, deadline);
+    return rc ? session_fail(c, rc) : 0;
+}
+
+static Kvtier__Key **keys_to_proto(const struct kvt_key *keys, size_t n, Kvtier__Key **store)
+{
+    Kvtier__Key *k = malloc(n * sizeof(*k) + 1);
+    Kvtier__Key **p = malloc(n * sizeof(*p) + 1);
+    if (!k || !p) {
+        free(k);
+        free(p);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        kvtier__key__init(&k[i]);
+        k[i].lo = keys[i].lo;
+        k[i].hi = keys[i].hi;
+        p[i] = &k[i];
+    }
+    *store = k;
+    return p;
+}
+
+int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
+               size_t *hits_out, enum kvt_tier_id *tiers_out)
+{
+    if (hits_out)
+        *hits_out = 0;
+    if (!c || !hits_out || (!keys && n))
+        return KVT_E_INVAL;
+    int rc = ensure_session(c);
+    if (rc)
+        return rc;
+    uint32_t ns_id;
+    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+        return rc;
+    Kvtier__Key *store = NULL;
+    Kvtier__Key **kp = keys_to_proto(keys, n, &store);
+    if (!kp)
+        return KVT_E_NOMEM;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__LookupReq lr = KVTIER__LOOKUP_REQ__INIT;
+    lr.ns = ns_id;
+    lr.n_keys = n;
+    lr.keys = kp;
+    req.op_case = KVTIER__REQUEST__OP_LOOKUP;
+    req.lookup = &lr;
+    Kvtier__Response *r = NULL;
+    rc = call(c, &req, &r);
+    free(kp);
+    free(store);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case == KVTIER__RESPONSE__RESULT_LOOKUP && r->lookup->hits <= n &&
+        r->lookup->n_tiers == r->lookup->hits) {
+        *hits_out = r->lookup->hits;
+        for (size_t i = 0; tiers_out && i < r->lookup->hits; i++)
+            tiers_out[i] = (enum kvt_tier_id)r->lookup->tiers[i];
+    } else if (!rc) {
+        rc = KVT_E_PROTO;
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
+               int *status_out)
+{
+    if (!c || (!keys && n))
+        return KVT_E_INVAL;
+    int rc = ensure_session(c);
+    if (rc)
+        return rc;
+    uint32_t ns_id;
+    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+        return rc;
+    Kvtier__Key *store = NULL;
+    Kvtier__Key **kp = keys_to_proto(keys, n, &store);
+    if (!kp)
+        return KVT_E_NOMEM;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__DeleteReq dr = KVTIER__DELETE_REQ__INIT;
+    dr.ns = ns_id;
+    dr.n_keys = n;
+    dr.keys = kp;
+    req.op_case = KVTIER__REQUEST__OP_DEL;
+    req.del = &dr;
+    Kvtier__Response *r = NULL;
+    rc = call(c, &req, &r);
+    free(kp);
+    free(store);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case == KVTIER__RESPONSE__RESULT_DEL && r->del->n_status == n) {
+        for (size_t i = 0; status_out && i < n; i++)
+            status_out[i] = r->del->status[i];
+    } else if (!rc) {
+        rc = KVT_E_PROTO;
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_ping(struct kvt_client *c)
+{
+    if (!c)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__PingReq pr = KVTIER__PING_REQ__INIT;
+    pr.nonce = kvt_now_ns();
+    req.op_case = KVTIER__REQUEST__OP_PING;
+    req.ping = &pr;
+    Kvtier__Response *r = NULL;
+    int rc = call(c, &req, &r);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && (r->result_case != KVTIER__RESPONSE__RESULT_PING || r->ping->nonce != pr.nonce))
+        rc = KVT_E_PROTO;
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out)
+{
+    if (!c || !out || !n_out)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__StatsReq sr = KVTIER__STATS_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_STATS;
+    req.stats = &sr;
+    Kvtier__Response *r = NULL;
+    int rc = call(c, &req, &r);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case != KVTIER__RESPONSE__RESULT_STATS)
+        rc = KVT_E_PROTO;
+    if (!rc) {
+        size_t n = r->stats->n_stats;
+        struct kvt_stat *v = calloc(n + 1, sizeof(*v));
+        for (size_t i = 0; v && i < n; i++) {
+            v[i].name = strdup(r->stats->stats[i]->name ? r->stats->stats[i]->name : "");
+            v[i].value = r->stats->stats[i]->value;
+            if (!v[i].name) {
+                kvt_stats_free(v, i);
+                v = NULL;
+            }
+        }
+        if (v) {
+            *out = v;
+            *n_out = n;
+        } else {
+            rc = KVT_E_NOMEM;
+        }
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+void kvt_stats_free(struct kvt_stat *stats, size_t n)
+{
+    for (size_t i = 0; stats && i < n; i++)
+        free(stats[i].name);
+    free(stats);
+}
+
+static int config_call(struct kvt_client *c, Kvtier__Request *req, char *buf, size_t cap)
+{
+    Kvtier__Response *r = NULL;
+    int rc = call(c, req, &r);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case == KVTIER__RESPONSE__RESULT_CONFIG) {
+        if (buf && cap)
+            snprintf(buf, cap, "%s", r->config->value ? r->config->value : "");
+    } else if (!rc) {
+        rc = KVT_E_PROTO;
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_config_get(struct kvt_client *c, const char *key, char *buf, size_t cap)
+{
+    if (!c || !key)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__ConfigGetReq g = KVTIER__CONFIG_GET_REQ__INIT;
+    g.key = (char *)key;
+    req.op_case = KVTIER__REQUEST__OP_CONFIG_GET;
+    req.config_get = &g;
+    return config_call(c, &req, buf, cap);
+}
+
+int kvt_config_set(struct kvt_client *c, const char *key, const char *value)
+{
+    if (!c || !key || !value)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__ConfigSetReq s = KVTIER__CONFIG_SET_REQ__INIT;
+    s.key = (char *)key;
+    s.value = (char *)value;
+    req.op_case = KVTIER__REQUEST__OP_CONFIG_SET;
+    req.config_set = &s;
+    return config_call(c, &req, NULL, 0);
+}

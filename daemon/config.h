@@ -1,0 +1,36 @@
+/*
+ * kvtierd's settings: one struct and the one table that describes it. The table drives the config
+ * file, command-line overrides, runtime Config get/set and --dump-config; deploy/kvtier.conf is the
+ * output of --dump-config with the defaults.
+ */
+#ifndef KVT_DAEMON_CONFIG_H
+#define KVT_DAEMON_CONFIG_H
+
+#include <stdint.h>
+
+#include "common/config.h"
+
+struct kvt_dconfig {
+    char socket[256];
+    char socket_mode[8];
+    char allowed_uids[256];
+    char data_dir[256];
+    char log_level[8];
+    uint64_t max_clients;
+    uint64_t max_frame_bytes;
+    uint64_t inline_max_bytes;
+    uint64_t max_arena_bytes;
+    uint64_t max_inflight_per_conn;
+    uint64_t workers;
+    uint64_t copy_offload_bytes;
+    uint64_t max_namespaces;
+    uint64_t index_max_objects;
+    uint64_t cpu_arena_bytes;
+    uint64_t cpu_page_bytes;
+    int cpu_hugepages;
+    int cpu_prefault;
+};
+
+extern const struct kvt_cfg_table kvt_dconfig_table;
+
+#endif

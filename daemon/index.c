@@ -1,0 +1,93 @@
+/*
+ * Chunk index implementation: power-of-two bucket array (twice the pool size, so chains stay
+ * short) and an entry pool with an intrusive free list.
+ */
+#include <string.h>
+
+#include "common/alloc.h"
+#include "daemon/index.h"
+
+static uint32_t bucket_of(const struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key)
+{
+    /* Keys are XXH3 output, already uniform: mix in the namespace and fold. */
+    uint64_t h = key->lo ^ (key->hi * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)ns_id << 32);
+    h ^= h >> 29;
+    return (uint32_t)h & idx->mask;
+}
+
+int kvt_index_init(struct kvt_index *idx, uint32_t cap)
+{
+    uint32_t nb = 1;
+    while (nb < cap * 2u && nb < (1u << 31))
+        nb <<= 1;
+    memset(idx, 0, sizeof(*idx));
+    idx->e = kvt_calloc(KVT_ALLOC_INDEX, cap, sizeof(*idx->e));
+    idx->buckets = kvt_malloc(KVT_ALLOC_INDEX, (size_t)nb * sizeof(uint32_t));
+    if (!idx->e || !idx->buckets) {
+        kvt_index_deinit(idx);
+        return KVT_E_NOMEM;
+    }
+    memset(idx->buckets, 0xff, (size_t)nb * sizeof(uint32_t));
+    idx->cap = cap;
+    idx->mask = nb - 1;
+    for (uint32_t i = 0; i < cap; i++)
+        idx->e[i].hnext = i + 1 < cap ? i + 1 : KVT_INDEX_NIL;
+    idx->free_head = 0;
+    return 0;
+}
+
+void kvt_index_deinit(struct kvt_index *idx)
+{
+    kvt_free(KVT_ALLOC_INDEX, idx->e);
+    kvt_free(KVT_ALLOC_INDEX, idx->buckets);
+    memset(idx, 0, sizeof(*idx));
+}
+
+uint32_t kvt_index_find(const struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key)
+{
+    uint32_t id = idx->buckets[bucket_of(idx, ns_id, key)];
+    for (uint32_t hops = 0; id != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
+        const struct kvt_entry *e = &idx->e[id];
+        if (e->ns_id == ns_id && e->key.lo == key->lo && e->key.hi == key->hi)
+            return id;
+        id = e->hnext;
+    }
+    return KVT_INDEX_NIL;
+}
+
+int kvt_index_insert(struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key,
+                     uint32_t *id_out)
+{
+    if (idx->free_head == KVT_INDEX_NIL)
+        return KVT_E_FULL;
+    uint32_t id = idx->free_head;
+    struct kvt_entry *e = &idx->e[id];
+    idx->free_head = e->hnext;
+    memset(e, 0, sizeof(*e));
+    e->key = *key;
+    e->ns_id = ns_id;
+    e->state = KVT_ENTRY_PENDING;
+    uint32_t b = bucket_of(idx, ns_id, key);
+    e->hnext = idx->buckets[b];
+    idx->buckets[b] = id;
+    idx->n++;
+    *id_out = id;
+    return 0;
+}
+
+void kvt_index_remove(struct kvt_index *idx, uint32_t id)
+{
+    struct kvt_entry *e = &idx->e[id];
+    uint32_t *link = &idx->buckets[bucket_of(idx, e->ns_id, &e->key)];
+    for (uint32_t hops = 0; *link != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
+        if (*link == id) {
+            *link = e->hnext;
+            break;
+        }
+        link = &idx->e[*link].hnext;
+    }
+    e->state = KVT_ENTRY_FREE;
+    e->hnext = idx->free_head;
+    idx->free_head = id;
+    idx->n--;
+}

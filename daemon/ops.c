@@ -1,0 +1,653 @@
+/*
+ * Request handlers. Each validates everything it was sent (namespace and tenant, geometry,
+ * offsets and lengths inside the connection's arena) before it changes anything, so a bad request
+ * gets its error and leaves the daemon exactly as it was.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "common/version.h"
+#include "daemon/server.h"
+
+#define STATS_RESERVE_BYTES (16 * 1024)
+#define BASE_RESERVE_BYTES 512
+#define KEY_STATUS_BYTES 12
+
+static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
+{
+    return c->arena && off <= c->arena_bytes && len <= c->arena_bytes - off;
+}
+
+size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req)
+{
+    switch (req->op_case) {
+    case KVTIER__REQUEST__OP_GET:
+        return BASE_RESERVE_BYTES + (req->get->want_inline ? s->cfg->inline_max_bytes : 0);
+    case KVTIER__REQUEST__OP_STATS:
+        return STATS_RESERVE_BYTES;
+    case KVTIER__REQUEST__OP_LOOKUP:
+        return BASE_RESERVE_BYTES + req->lookup->n_keys * KEY_STATUS_BYTES;
+    case KVTIER__REQUEST__OP_DEL:
+        return BASE_RESERVE_BYTES + req->del->n_keys * KEY_STATUS_BYTES;
+    default:
+        return BASE_RESERVE_BYTES;
+    }
+}
+
+static void reply_error(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, int status,
+                        const char *detail)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    kvt__server_respond(s, c, op, &resp, status, detail);
+}
+
+/* Resolves the namespace of a request and counts the rejection kinds. */
+static int resolve_ns(struct kvt_server *s, struct kvt_conn *c, uint32_t id,
+                      const struct kvt_ns **ns)
+{
+    int rc = kvt_ns_resolve(&s->ns, id, c->tenant, ns);
+    if (rc == KVT_E_NONS)
+        s->st.unknown_namespace++;
+    else if (rc == KVT_E_ACCESS)
+        s->st.access_denied++;
+    return rc;
+}
+
+static int key_of(const Kvtier__Key *k, struct kvt_key *out)
+{
+    if (!k)
+        return KVT_E_INVAL;
+    out->lo = k->lo;
+    out->hi = k->hi;
+    return 0;
+}
+
+/* ---- Hello -------------------------------------------------------------------------------- */
+
+static int tenant_ok(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0 || n >= KVT_TENANT_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)t[i] < 0x21 || (unsigned char)t[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static int map_arena(struct kvt_server *s, struct kvt_conn *c, uint64_t bytes, const char **why)
+{
+    if (bytes > s->cfg->max_arena_bytes) {
+        *why = "arena larger than max_arena_bytes";
+        return KVT_E_TOOBIG;
+    }
+    if (c->pending_fd < 0) {
+        *why = "arena_bytes set but no memfd was passed with the Hello frame";
+        return KVT_E_NOARENA;
+    }
+    int fd = c->pending_fd;
+    c->pending_fd = -1;
+    /* Without a seal against shrinking, the client could truncate the file under our mapping and
+     * turn our next copy into SIGBUS. */
+    int seals = fcntl(fd, F_GET_SEALS);
+    struct stat st;
+    int rc = 0;
+    if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+        *why = "arena must be a memfd sealed with F_SEAL_SHRINK";
+        rc = KVT_E_INVAL;
+    } else if (fstat(fd, &st) || (uint64_t)st.st_size < bytes) {
+        *why = "arena memfd is smaller than arena_bytes";
+        rc = KVT_E_RANGE;
+    } else {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            *why = "cannot map the arena";
+            rc = -errno;
+        } else {
+            c->arena = p;
+            c->arena_bytes = bytes;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+static void op_hello(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                     const Kvtier__HelloReq *h)
+{
+    const char *why = NULL;
+    if (c->hello_done) {
+        reply_error(s, c, op, KVT_E_PROTO, "Hello was already sent on this connection");
+        return;
+    }
+    if (h->version != KVT_PROTO_VERSION) {
+        reply_error(s, c, op, KVT_E_PROTO, "unsupported protocol version");
+        return;
+    }
+    const char *tenant = (h->tenant && *h->tenant) ? h->tenant : "default";
+    if (!tenant_ok(tenant)) {
+        reply_error(s, c, op, KVT_E_INVAL, "tenant must be 1-63 printable non-space characters");
+        return;
+    }
+    if (h->arena_bytes) {
+        int rc = map_arena(s, c, h->arena_bytes, &why);
+        if (rc) {
+            reply_error(s, c, op, rc, why);
+            return;
+        }
+    }
+    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    c->hello_done = 1;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__HelloResp hr = KVTIER__HELLO_RESP__INIT;
+    hr.version = KVT_PROTO_VERSION;
+    hr.arena_bytes = c->arena_bytes;
+    hr.max_frame_bytes = s->cfg->max_frame_bytes;
+    hr.inline_max_bytes = s->cfg->inline_max_bytes;
+    hr.daemon_version = (char *)"kvtierd " KVT_VERSION_STRING;
+    resp.result_case = KVTIER__RESPONSE__RESULT_HELLO;
+    resp.hello = &hr;
+    KVT_DEBUG("ops", "hello conn=%llu tenant=%s arena_bytes=%llu", (unsigned long long)c->id,
+              c->tenant, (unsigned long long)c->arena_bytes);
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+/* ---- RegisterNamespace -------------------------------------------------------------------- */
+
+static void op_register(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                        const Kvtier__RegisterReq *r)
+{
+    const Kvtier__NamespaceSpec *sp = r->spec;
+    if (!sp) {
+        reply_error(s, c, op, KVT_E_INVAL, "RegisterNamespace without a spec");
+        return;
+    }
+    struct kvt_ns_def d = {.model_id = sp->model_id,
+                           .layers = sp->layers,
+                           .kv_heads = sp->kv_heads,
+                           .head_dim = sp->head_dim,
+                           .dtype = sp->dtype,
+                           .tokens_per_chunk = sp->tokens_per_chunk,
+                           .rotary_dims = sp->rotary_dims,
+                           .rope_style = sp->rope_style,
+                           .rope_theta = sp->rope_theta,
+                           .allow_lossy = sp->allow_lossy};
+    const struct kvt_ns *ns = NULL;
+    const char *why = NULL;
+    int rc = kvt_ns_register(&s->ns, c->tenant, &d, &ns, &why);
+    if (rc) {
+        reply_error(s, c, op, rc, why);
+        return;
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__RegisterResp rr = KVTIER__REGISTER_RESP__INIT;
+    rr.ns_id = ns->id;
+    rr.seed = ns->seed;
+    rr.bytes_per_token = ns->bytes_per_token;
+    rr.chunk_bytes = ns->chunk_bytes;
+    resp.result_case = KVTIER__RESPONSE__RESULT_REGISTER_NS;
+    resp.register_ns = &rr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+/* ---- Put ---------------------------------------------------------------------------------- */
+
+static void put_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, int existed)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__PutResp pr = KVTIER__PUT_RESP__INIT;
+    pr.existed = existed;
+    pr.tier = KVT_TIER_CPU;
+    resp.result_case = KVTIER__RESPONSE__RESULT_PUT;
+    resp.put = &pr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                   const Kvtier__PutReq *p)
+{
+    const struct kvt_ns *ns;
+    struct kvt_key key;
+    char why[160];
+    int rc = resolve_ns(s, c, p->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    if (key_of(p->key, &key)) {
+        reply_error(s, c, op, KVT_E_INVAL, "Put without a key");
+        return;
+    }
+    uint32_t n_tokens = p->n_tokens ? p->n_tokens : ns->tokens_per_chunk;
+    uint64_t len = p->inline_data.len ? p->inline_data.len : p->length;
+    if (n_tokens > ns->tokens_per_chunk || len != n_tokens * ns->bytes_per_token) {
+        s->st.geometry_errors++;
+        snprintf(why, sizeof(why),
+                 "chunk of %u tokens must be %" PRIu64 " bytes in this namespace, got %" PRIu64,
+                 n_tokens, n_tokens * ns->bytes_per_token, len);
+        reply_error(s, c, op, KVT_E_GEOMETRY, why);
+        return;
+    }
+    const uint8_t *src;
+    if (p->inline_data.len) {
+        if (len > s->cfg->inline_max_bytes) {
+            reply_error(s, c, op, KVT_E_TOOBIG, "inline data larger than inline_max_bytes");
+            return;
+        }
+        src = p->inline_data.data;
+    } else if (!c->arena) {
+        reply_error(s, c, op, KVT_E_NOARENA, NULL);
+        return;
+    } else if (!range_ok(c, p->offset, len)) {
+        s->st.range_errors++;
+        snprintf(why, sizeof(why),
+                 "offset %" PRIu64 " + length %" PRIu64 " outside the %" PRIu64 "-byte arena",
+                 p->offset, len, c->arena_bytes);
+        reply_error(s, c, op, KVT_E_RANGE, why);
+        return;
+    } else {
+        src = c->arena + p->offset;
+    }
+    s->st.puts++;
+    if (kvt_index_find(&s->idx, ns->id, &key) != KVT_INDEX_NIL) {
+        s->st.puts_existed++;
+        put_reply(s, c, op, 1);
+        return;
+    }
+    uint32_t id;
+    if (kvt_index_insert(&s->idx, ns->id, &key, &id)) {
+        s->st.index_full++;
+        reply_error(s, c, op, KVT_E_FULL, "index full (index.max_objects)");
+        return;
+    }
+    uint64_t off;
+    rc = kvt_host_alloc(s->host, len, id, &off);
+    if (rc) {
+        kvt_index_remove(&s->idx, id);
+        if (rc == KVT_E_FULL)
+            s->st.tier_full++;
+        reply_error(s, c, op, rc, rc == KVT_E_TOOBIG ? "chunk larger than cpu.page_bytes" : NULL);
+        return;
+    }
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    e->host_off = off;
+    e->in_host = 1;
+    e->length = len;
+    e->n_tokens = n_tokens;
+    e->refs = 1; /* the writer: the slot cannot be evicted while it fills */
+    op->entry = id;
+    op->length = len;
+    op->job.dst = kvt_host_ptr(s->host, off);
+    op->job.src = src;
+    op->job.len = len;
+    if (p->inline_data.len) {
+        /* Inline bytes live in the request, which is freed after dispatch: copy now. */
+        memcpy(op->job.dst, src, len);
+        kvt__ops_complete(s, op);
+        return;
+    }
+    kvt__server_submit(s, op);
+}
+
+/* ---- Get ---------------------------------------------------------------------------------- */
+
+static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const struct kvt_entry *e, const uint8_t *inline_data)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+    gr.length = e->length;
+    gr.n_tokens = e->n_tokens;
+    gr.tier = KVT_TIER_CPU;
+    if (inline_data) {
+        gr.inline_data.data = (uint8_t *)inline_data;
+        gr.inline_data.len = e->length;
+    }
+    resp.result_case = KVTIER__RESPONSE__RESULT_GET;
+    resp.get = &gr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                   const Kvtier__GetReq *g)
+{
+    const struct kvt_ns *ns;
+    struct kvt_key key;
+    char why[160];
+    int rc = resolve_ns(s, c, g->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    if (key_of(g->key, &key)) {
+        reply_error(s, c, op, KVT_E_INVAL, "Get without a key");
+        return;
+    }
+    if (!g->want_inline) {
+        if (!c->arena) {
+            reply_error(s, c, op, KVT_E_NOARENA, NULL);
+            return;
+        }
+        if (!range_ok(c, g->offset, g->capacity)) {
+            s->st.range_errors++;
+            snprintf(why, sizeof(why),
+                     "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64
+                     "-byte arena",
+                     g->offset, g->capacity, c->arena_bytes);
+            reply_error(s, c, op, KVT_E_RANGE, why);
+            return;
+        }
+    }
+    s->st.gets++;
+    uint32_t id = kvt_index_find(&s->idx, ns->id, &key);
+    struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+    if (!e || e->state != KVT_ENTRY_READY || !e->in_host) {
+        s->st.get_misses++;
+        kvt_host_count(s->host, 0);
+        reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
+        return;
+    }
+    if (g->want_inline ? e->length > s->cfg->inline_max_bytes : e->length > g->capacity) {
+        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+        Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+        gr.length = e->length; /* tells the client how much room it needs */
+        resp.result_case = KVTIER__RESPONSE__RESULT_GET;
+        resp.get = &gr;
+        kvt__server_respond(s, c, op, &resp, g->want_inline ? KVT_E_TOOBIG : KVT_E_SMALLBUF,
+                            NULL);
+        return;
+    }
+    s->st.get_hits++;
+    s->st.get_bytes += e->length;
+    kvt_host_count(s->host, 1);
+    kvt_host_touch(s->host, e->host_off);
+    if (g->want_inline) {
+        get_reply(s, c, op, e, kvt_host_ptr(s->host, e->host_off));
+        return;
+    }
+    e->refs++;
+    op->entry = id;
+    op->length = e->length;
+    op->job.dst = c->arena + g->offset;
+    op->job.src = kvt_host_ptr(s->host, e->host_off);
+    op->job.len = e->length;
+    kvt__server_submit(s, op);
+}
+
+void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    e->refs--;
+    if (op->kind == KVTIER__REQUEST__OP_PUT && op->conn->dead) {
+        /* The client gave up on this Put (timeout or exit) and may already reuse its buffer:
+         * the copied bytes cannot be trusted, so the chunk is dropped, never served. */
+        kvt_host_free(s->host, e->host_off);
+        kvt_index_remove(&s->idx, op->entry);
+        kvt__server_respond(s, op->conn, op, &(Kvtier__Response)KVTIER__RESPONSE__INIT,
+                            KVT_E_DISCONNECTED, NULL);
+        return;
+    }
+    if (op->kind == KVTIER__REQUEST__OP_PUT) {
+        e->state = KVT_ENTRY_READY;
+        s->st.put_bytes += op->length;
+        put_reply(s, op->conn, op, 0);
+    } else {
+        get_reply(s, op->conn, op, e, NULL);
+    }
+}
+
+/* ---- Lookup and Delete -------------------------------------------------------------------- */
+
+static void op_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const Kvtier__LookupReq *l)
+{
+    const struct kvt_ns *ns;
+    int rc = resolve_ns(s, c, l->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    /* Static buffers are safe: the loop is single-threaded and packs the response before the
+     * handler returns. */
+    enum { LOOKUP_KEYS_MAX = 65536 };
+    if (l->n_keys > LOOKUP_KEYS_MAX) {
+        reply_error(s, c, op, KVT_E_TOOBIG, "more than 65536 keys in one Lookup");
+        return;
+    }
+    static uint32_t tiers[LOOKUP_KEYS_MAX];
+    size_t hits = 0;
+    for (size_t i = 0; i < l->n_keys; i++) {
+        struct kvt_key key;
+        if (key_of(l->keys[i], &key))
+            break;
+        uint32_t id = kvt_index_find(&s->idx, ns->id, &key);
+        if (id == KVT_INDEX_NIL || kvt_index_at(&s->idx, id)->state != KVT_ENTRY_READY)
+            break;
+        tiers[hits++] = KVT_TIER_CPU;
+    }
+    s->st.lookups++;
+    s->st.lookup_keys += l->n_keys;
+    s->st.lookup_hits += hits;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__LookupResp lr = KVTIER__LOOKUP_RESP__INIT;
+    lr.hits = (uint32_t)hits;
+    lr.n_tiers = hits;
+    lr.tiers = tiers;
+    resp.result_case = KVTIER__RESPONSE__RESULT_LOOKUP;
+    resp.lookup = &lr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+static void op_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const Kvtier__DeleteReq *d)
+{
+    const struct kvt_ns *ns;
+    int rc = resolve_ns(s, c, d->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    enum { DELETE_KEYS_MAX = 65536 };
+    if (d->n_keys > DELETE_KEYS_MAX) {
+        reply_error(s, c, op, KVT_E_TOOBIG, "more than 65536 keys in one Delete");
+        return;
+    }
+    static int32_t status[DELETE_KEYS_MAX];
+    for (size_t i = 0; i < d->n_keys; i++) {
+        struct kvt_key key;
+        uint32_t id = key_of(d->keys[i], &key) ? KVT_INDEX_NIL
+                                                : kvt_index_find(&s->idx, ns->id, &key);
+        struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+        if (!e) {
+            status[i] = KVT_E_NOTFOUND;
+        } else if (e->refs) {
+            status[i] = KVT_E_BUSY; /* being read or written: the caller may retry */
+        } else {
+            if (e->in_host)
+                kvt_host_free(s->host, e->host_off);
+            kvt_index_remove(&s->idx, id);
+            status[i] = 0;
+            s->st.deletes++;
+        }
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
+    dr.n_status = d->n_keys;
+    dr.status = status;
+    resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
+    resp.del = &dr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+int kvt__ops_evict(void *server, uint32_t cookie, uint64_t off)
+{
+    struct kvt_server *s = server;
+    struct kvt_entry *e = kvt_index_at(&s->idx, cookie);
+    (void)off;
+    if (e->refs || e->state != KVT_ENTRY_READY)
+        return 1;
+    kvt_index_remove(&s->idx, cookie);
+    return 0;
+}
+
+/* ---- Stats, Ping, Config ------------------------------------------------------------------ */
+
+#define STATS_MAX 128
+
+struct stats_buf {
+    Kvtier__Stat items[STATS_MAX];
+    Kvtier__Stat *ptrs[STATS_MAX];
+    char names[STATS_MAX][64];
+    size_t n;
+};
+
+static void stat_add(struct stats_buf *b, const char *prefix, const char *name, uint64_t v)
+{
+    if (b->n == STATS_MAX)
+        return;
+    Kvtier__Stat *st = &b->items[b->n];
+    kvtier__stat__init(st);
+    snprintf(b->names[b->n], sizeof(b->names[0]), "%s%s", prefix, name);
+    st->name = b->names[b->n];
+    st->value = v;
+    b->ptrs[b->n] = st;
+    b->n++;
+}
+
+static void op_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op)
+{
+    static struct stats_buf b;
+    b.n = 0;
+#define KVT__DSTAT_ADD(name) stat_add(&b, "", #name, s->st.name);
+    KVT_DAEMON_STATS(KVT__DSTAT_ADD)
+#undef KVT__DSTAT_ADD
+    stat_add(&b, "", "uptime_ms", kvt_now_ms() - s->start_ms);
+    stat_add(&b, "", "connections", s->n_conns);
+    stat_add(&b, "", "namespaces", s->ns.n);
+    stat_add(&b, "", "index_objects", s->idx.n);
+    stat_add(&b, "", "index_capacity", s->idx.cap);
+    stat_add(&b, "", "workers", s->n_workers);
+    struct kvt_tier_stats ts;
+    kvt_host_tier_ops.stats(s->host, &ts);
+#define KVT__TSTAT_ADD(name) stat_add(&b, "cpu.", #name, ts.name);
+    KVT_TIER_STATS(KVT__TSTAT_ADD)
+#undef KVT__TSTAT_ADD
+    for (int t = 0; t < KVT_ALLOC_TAG_COUNT; t++) {
+        char name[48];
+        snprintf(name, sizeof(name), "%s_bytes", kvt_alloc_tag_name((enum kvt_alloc_tag)t));
+        for (char *p = name; *p; p++)
+            *p = (char)((*p >= 'A' && *p <= 'Z') ? *p + 32 : *p);
+        stat_add(&b, "mem.", name, kvt_alloc_bytes((enum kvt_alloc_tag)t));
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__StatsResp sr = KVTIER__STATS_RESP__INIT;
+    sr.n_stats = b.n;
+    sr.stats = b.ptrs;
+    resp.result_case = KVTIER__RESPONSE__RESULT_STATS;
+    resp.stats = &sr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+static void op_ping(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                    const Kvtier__PingReq *p)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__PingResp pr = KVTIER__PING_RESP__INIT;
+    pr.nonce = p->nonce;
+    resp.result_case = KVTIER__RESPONSE__RESULT_PING;
+    resp.ping = &pr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+static void config_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                         const char *key)
+{
+    char val[512];
+    int rc = kvt_cfg_get(&kvt_dconfig_table, s->cfg, key ? key : "", val, sizeof(val));
+    if (rc) {
+        reply_error(s, c, op, rc, "unknown config key");
+        return;
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__ConfigResp cr = KVTIER__CONFIG_RESP__INIT;
+    cr.key = (char *)key;
+    cr.value = val;
+    resp.result_case = KVTIER__RESPONSE__RESULT_CONFIG;
+    resp.config = &cr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+static void op_config_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                          const Kvtier__ConfigSetReq *r)
+{
+    char why[256];
+    const char *key = r->key ? r->key : "";
+    const char *value = r->value ? r->value : "";
+    /* Validate cross-key constraints on a copy, then commit. */
+    struct kvt_dconfig next = *s->cfg;
+    int rc = kvt_cfg_set(&kvt_dconfig_table, &next, key, value, 1, why, sizeof(why));
+    if (!rc && next.inline_max_bytes + 4096 > next.max_frame_bytes) {
+        snprintf(why, sizeof(why), "inline_max_bytes must stay 4K below max_frame_bytes");
+        rc = KVT_E_BADCONFIG;
+    }
+    if (rc) {
+        reply_error(s, c, op, rc, why);
+        return;
+    }
+    *s->cfg = next;
+    kvt_log_set_level(kvt_log_level_parse(s->cfg->log_level));
+    KVT_INFO("ops", "config set %s = %s", key, value);
+    config_reply(s, c, op, key);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const Kvtier__Request *req)
+{
+    switch (req->op_case) {
+    case KVTIER__REQUEST__OP_HELLO:
+        op_hello(s, c, op, req->hello);
+        return 0;
+    case KVTIER__REQUEST__OP_REGISTER_NS:
+        op_register(s, c, op, req->register_ns);
+        return 0;
+    case KVTIER__REQUEST__OP_PUT:
+        op_put(s, c, op, req->put);
+        return 0;
+    case KVTIER__REQUEST__OP_GET:
+        op_get(s, c, op, req->get);
+        return 0;
+    case KVTIER__REQUEST__OP_LOOKUP:
+        op_lookup(s, c, op, req->lookup);
+        return 0;
+    case KVTIER__REQUEST__OP_DEL:
+        op_delete(s, c, op, req->del);
+        return 0;
+    case KVTIER__REQUEST__OP_STATS:
+        op_stats(s, c, op);
+        return 0;
+    case KVTIER__REQUEST__OP_PING:
+        op_ping(s, c, op, req->ping);
+        return 0;
+    case KVTIER__REQUEST__OP_CONFIG_GET:
+        config_reply(s, c, op, req->config_get->key);
+        return 0;
+    case KVTIER__REQUEST__OP_CONFIG_SET:
+        op_config_set(s, c, op, req->config_set);
+        return 0;
+    default:
+        s->st.unknown_ops++;
+        reply_error(s, c, op, KVT_E_BADOP, "unknown or missing operation");
+        return 0;
+    }
+}

@@ -1,0 +1,691 @@
+/*
+ * Event loop, connections and framing. Frames are a 4-byte little-endian length and a protobuf
+ * message. A frame that cannot be trusted (too long, unparsable, cut short) gets one error
+ * response and closes its own connection; everything else about the daemon carries on.
+ *
+ * Output flow control: before a request is dispatched, room for its largest possible response is
+ * reserved in the connection's fixed output buffer; when there is no room, or the connection
+ * already has max_inflight_per_conn requests in flight, the loop stops reading that connection
+ * until responses drain. So output never grows and a slow reader only slows itself.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "daemon/server.h"
+
+#define EVENTS_MAX 64
+#define SCRATCH_BYTES (64 * 1024)
+#define OUT_EXTRA_BYTES (64 * 1024)
+#define SHUTDOWN_GRACE_MS 5000
+#define FDS_PER_MSG_MAX 4
+
+static void conn_close(struct kvt_server *s, struct kvt_conn *c);
+
+/* ---- protobuf-c allocator over the per-connection scratch -------------------------------- */
+
+static void *scratch_alloc(void *data, size_t size)
+{
+    struct kvt_scratch *sc = data;
+    size = (size + 15) & ~(size_t)15;
+    if (size <= sc->cap - sc->used) {
+        void *p = sc->buf + sc->used;
+        sc->used += size;
+        return p;
+    }
+    return malloc(size); /* a rare large request: heap, freed right after */
+}
+
+static void scratch_free(void *data, void *p)
+{
+    struct kvt_scratch *sc = data;
+    if ((uint8_t *)p >= sc->buf && (uint8_t *)p < sc->buf + sc->cap)
+        return;
+    free(p);
+}
+
+/* ---- epoll helpers ------------------------------------------------------------------------ */
+
+static int ep_add(struct kvt_server *s, int fd, uint32_t events, void *ptr)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
+}
+
+static void ep_mod(struct kvt_server *s, struct kvt_conn *c, int want_out)
+{
+    if (c->dead || c->epollout == want_out)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (want_out ? EPOLLOUT : 0),
+                             .data.ptr = &c->src};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0)
+        c->epollout = want_out;
+}
+
+/* ---- output ------------------------------------------------------------------------------- */
+
+static void conn_flush(struct kvt_server *s, struct kvt_conn *c)
+{
+    while (!c->dead && c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ep_mod(s, c, 1);
+            return;
+        }
+        /* Peer gone: nothing more can be delivered. */
+        c->out_off = c->out_len = 0;
+        conn_close(s, c);
+        return;
+    }
+    c->out_off = c->out_len = 0;
+    ep_mod(s, c, 0);
+}
+
+void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                         Kvtier__Response *resp, int status, const char *detail)
+{
+    if (op) {
+        resp->id = op->req_id;
+        c->out_reserved -= op->reserve;
+        op->next_free = c->free_ops;
+        c->free_ops = op;
+        c->inflight--;
+    }
+    if (status) {
+        resp->status = status;
+        resp->error = (char *)(detail ? detail : kvt_strerror(status));
+        s->st.errors++;
+    }
+    if (c->dead)
+        return;
+    size_t need = kvtier__response__get_packed_size(resp);
+    if (c->out_off > 0 && c->out_len + 4 + need > c->out_cap) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+    }
+    if (c->out_len + 4 + need > c->out_cap) {
+        /* Reservation makes this unreachable; if it happens, drop the connection, not the
+         * daemon. */
+        KVT_ERR("server", "response does not fit conn=%llu need=%zu", (unsigned long long)c->id,
+                need);
+        conn_close(s, c);
+        return;
+    }
+    uint8_t *p = c->out + c->out_len;
+    uint32_t len = (uint32_t)need;
+    p[0] = (uint8_t)len;
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)(len >> 16);
+    p[3] = (uint8_t)(len >> 24);
+    kvtier__response__pack(resp, p + 4);
+    c->out_len += 4 + need;
+}
+
+/* Sends one error that belongs to no request (id 0) and stops reading the connection. */
+static void conn_fail(struct kvt_server *s, struct kvt_conn *c, int status, const char *detail)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "closing conn=%llu: %s (%s)",
+                        (unsigned long long)c->id, kvt_strerror_name(status), detail);
+    kvt__server_respond(s, c, NULL, &resp, status, detail);
+    c->closing = 1;
+    c->in_len = 0;
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+static void conn_free(struct kvt_conn *c)
+{
+    if (c->arena)
+        munmap(c->arena, c->arena_bytes);
+    if (c->pending_fd >= 0)
+        close(c->pending_fd);
+    kvt_free(KVT_ALLOC_CONN, c->in);
+    kvt_free(KVT_ALLOC_CONN, c->out);
+    kvt_free(KVT_ALLOC_CONN, c->ops);
+    kvt_free(KVT_ALLOC_CONN, c->scratch.buf);
+    kvt_free(KVT_ALLOC_CONN, c);
+}
+
+static void conn_unlink(struct kvt_server *s, struct kvt_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_conns--;
+}
+
+/* Closes the socket now; the memory goes when the last in-flight op finishes, because workers
+ * may still be copying through this connection's arena. */
+static void conn_close(struct kvt_server *s, struct kvt_conn *c)
+{
+    if (!c->dead) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->dead = 1;
+        conn_unlink(s, c);
+        KVT_DEBUG("server", "conn closed id=%llu inflight=%u", (unsigned long long)c->id,
+                  c->inflight);
+    }
+    if (c->inflight == 0)
+        conn_free(c);
+}
+
+static struct kvt_conn *conn_new(struct kvt_server *s, int fd)
+{
+    const struct kvt_dconfig *cfg = s->cfg;
+    struct kvt_conn *c = kvt_calloc(KVT_ALLOC_CONN, 1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->src.kind = KVT_EV_CONN;
+    c->fd = fd;
+    c->pending_fd = -1;
+    c->id = ++s->next_conn_id;
+    snprintf(c->tenant, sizeof(c->tenant), "default");
+    c->in_cap = cfg->max_frame_bytes + 4;
+    c->out_cap = cfg->max_frame_bytes + 4 + OUT_EXTRA_BYTES;
+    c->in = kvt_malloc(KVT_ALLOC_CONN, c->in_cap);
+    c->out = kvt_malloc(KVT_ALLOC_CONN, c->out_cap);
+    c->ops = kvt_calloc(KVT_ALLOC_CONN, cfg->max_inflight_per_conn, sizeof(*c->ops));
+    c->scratch.buf = kvt_malloc(KVT_ALLOC_CONN, SCRATCH_BYTES);
+    c->scratch.cap = SCRATCH_BYTES;
+    if (!c->in || !c->out || !c->ops || !c->scratch.buf) {
+        conn_free(c);
+        return NULL;
+    }
+    for (uint64_t i = 0; i < cfg->max_inflight_per_conn; i++) {
+        c->ops[i].conn = c;
+        c->ops[i].next_free = c->free_ops;
+        c->free_ops = &c->ops[i];
+    }
+    return c;
+}
+
+static int uid_allowed(const char *list, uid_t uid)
+{
+    if (!*list)
+        return 1;
+    const char *p = list;
+    while (*p) {
+        char *end;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end != p && v == (unsigned long)uid)
+            return 1;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* Rejects a connection with one error frame, written best effort on the fresh socket. */
+static void reject(int fd, int status)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    resp.status = status;
+    resp.error = (char *)kvt_strerror(status);
+    uint8_t buf[512];
+    size_t n = kvtier__response__get_packed_size(&resp);
+    if (n + 4 <= sizeof(buf)) {
+        buf[0] = (uint8_t)n;
+        buf[1] = (uint8_t)(n >> 8);
+        buf[2] = buf[3] = 0;
+        kvtier__response__pack(&resp, buf + 4);
+        ssize_t w = send(fd, buf, n + 4, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    close(fd);
+}
+
+static void on_accept(struct kvt_server *s)
+{
+    for (int i = 0; i < EVENTS_MAX; i++) {
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "accept: %s", strerror(errno));
+            return;
+        }
+        struct ucred cred = {0};
+        socklen_t cl = sizeof(cred);
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
+        if (!uid_allowed(s->cfg->allowed_uids, cred.uid)) {
+            s->st.connections_rejected_uid++;
+            KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "rejected uid=%u pid=%d", cred.uid,
+                                cred.pid);
+            reject(fd, KVT_E_ACCESS);
+            continue;
+        }
+        if (s->n_conns >= s->cfg->max_clients || s->stop) {
+            s->st.connections_rejected_busy++;
+            KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "rejected connection: %u clients (max %llu)",
+                                s->n_conns, (unsigned long long)s->cfg->max_clients);
+            reject(fd, s->stop ? KVT_E_SHUTDOWN : KVT_E_BUSY);
+            continue;
+        }
+        struct kvt_conn *c = conn_new(s, fd);
+        if (!c) {
+            reject(fd, KVT_E_NOMEM);
+            continue;
+        }
+        c->uid = cred.uid;
+        if (ep_add(s, fd, EPOLLIN | EPOLLRDHUP, &c->src)) {
+            close(fd);
+            conn_free(c);
+            continue;
+        }
+        c->next = s->conns;
+        if (s->conns)
+            s->conns->prev = c;
+        s->conns = c;
+        s->n_conns++;
+        s->st.connections_accepted++;
+        KVT_DEBUG("server", "conn open id=%llu uid=%u pid=%d", (unsigned long long)c->id,
+                  cred.uid, cred.pid);
+    }
+}
+
+/* ---- input -------------------------------------------------------------------------------- */
+
+static void take_fds(struct kvt_conn *c, struct msghdr *mh)
+{
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *fds = (int *)CMSG_DATA(cm);
+        for (size_t i = 0; i < n; i++) {
+            /* Keep only the newest descriptor; a client cannot make us hoard fds. */
+            if (c->pending_fd >= 0)
+                close(c->pending_fd);
+            c->pending_fd = fds[i];
+        }
+    }
+}
+
+static uint32_t frame_len(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Dispatches every complete frame the connection has buffered, as far as flow control allows. */
+static void process_frames(struct kvt_server *s, struct kvt_conn *c)
+{
+    size_t pos = 0;
+    while (!c->closing && !c->dead && c->in_len - pos >= 4) {
+        uint32_t len = frame_len(c->in + pos);
+        if (len > s->cfg->max_frame_bytes) {
+            s->st.oversized_frames++;
+            char why[128];
+            snprintf(why, sizeof(why), "frame of %u bytes exceeds max_frame_bytes %llu", len,
+                     (unsigned long long)s->cfg->max_frame_bytes);
+            conn_fail(s, c, KVT_E_TOOBIG, why);
+            return;
+        }
+        if (c->in_len - pos - 4 < len)
+            break;
+        if (!c->free_ops)
+            break;
+
+        ProtobufCAllocator pa = {scratch_alloc, scratch_free, &c->scratch};
+        c->scratch.used = 0;
+        Kvtier__Request *req = kvtier__request__unpack(&pa, len, c->in + pos + 4);
+        if (!req) {
+            s->st.bad_frames++;
+            conn_fail(s, c, KVT_E_BADFRAME, "request frame is not a valid protobuf message");
+            return;
+        }
+        size_t reserve = kvt__ops_reserve(s, req);
+        if (c->out_len - c->out_off + c->out_reserved + reserve + 4 > c->out_cap) {
+            kvtier__request__free_unpacked(req, &pa);
+            break; /* resumes when output drains */
+        }
+        struct kvt_op *op = c->free_ops;
+        c->free_ops = op->next_free;
+        c->inflight++;
+        memset(&op->job, 0, sizeof(op->job));
+        op->req_id = req->id;
+        op->reserve = reserve;
+        op->kind = req->op_case;
+        c->out_reserved += reserve;
+        s->st.requests++;
+        kvt__ops_dispatch(s, c, op, req);
+        kvtier__request__free_unpacked(req, &pa);
+        pos += 4 + len;
+    }
+    if (pos) {
+        memmove(c->in, c->in + pos, c->in_len - pos);
+        c->in_len -= pos;
+    }
+}
+
+static void conn_maybe_finish(struct kvt_server *s, struct kvt_conn *c)
+{
+    if (c->dead)
+        return;
+    if (c->read_eof && !c->closing) {
+        process_frames(s, c);
+        if (c->in_len > 0 && c->free_ops && !c->closing) {
+            /* The peer stopped sending in the middle of a frame. */
+            s->st.truncated_frames++;
+            conn_fail(s, c, KVT_E_TRUNCATED, "connection ended inside a frame");
+        } else if (c->in_len == 0) {
+            c->closing = 1;
+        }
+    }
+    conn_flush(s, c);
+    if (!c->dead && c->closing && c->inflight == 0 && c->out_len == c->out_off)
+        conn_close(s, c);
+}
+
+static void on_readable(struct kvt_server *s, struct kvt_conn *c)
+{
+    for (int rounds = 0; rounds < 16 && !c->closing && !c->read_eof; rounds++) {
+        if (c->in_len == c->in_cap)
+            break; /* full of frames waiting for flow control */
+        struct iovec iov = {c->in + c->in_len, c->in_cap - c->in_len};
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * FDS_PER_MSG_MAX)];
+            struct cmsghdr align;
+        } cbuf;
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = cbuf.buf,
+                            .msg_controllen = sizeof(cbuf.buf)};
+        ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            c->read_eof = 1;
+            break;
+        }
+        take_fds(c, &mh);
+        if (n == 0) {
+            c->read_eof = 1;
+            break;
+        }
+        c->in_len += (size_t)n;
+        process_frames(s, c);
+    }
+    conn_maybe_finish(s, c);
+}
+
+/* ---- workers ------------------------------------------------------------------------------ */
+
+void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
+{
+    op->job.fn = kvt_job_copy;
+    if (!s->workers || op->job.len < s->cfg->copy_offload_bytes) {
+        op->job.fn(&op->job);
+        kvt__ops_complete(s, op);
+        return;
+    }
+    s->st.worker_jobs++;
+    kvt_workers_submit(s->workers, &op->job);
+}
+
+static void on_workers(struct kvt_server *s)
+{
+    struct kvt_job *j = kvt_workers_reap(s->workers);
+    while (j) {
+        struct kvt_job *next = j->next;
+        struct kvt_op *op = (struct kvt_op *)j;
+        struct kvt_conn *c = op->conn;
+        kvt__ops_complete(s, op);
+        if (c->dead) {
+            if (c->inflight == 0)
+                conn_free(c);
+        } else {
+            /* A freed op or drained output may unblock buffered frames. */
+            process_frames(s, c);
+            conn_maybe_finish(s, c);
+        }
+        j = next;
+    }
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+static int socket_in_use(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    int live = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return live;
+}
+
+static int bind_socket(struct kvt_server *s)
+{
+    const char *path = s->cfg->socket;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(a.sun_path)) {
+        KVT_ERR("server", "socket path too long (max %zu): %s", sizeof(a.sun_path) - 1, path);
+        return KVT_E_INVAL;
+    }
+    if (socket_in_use(path)) {
+        KVT_ERR("server", "another daemon is listening on %s", path);
+        return -EADDRINUSE;
+    }
+    unlink(path); /* a stale socket from a daemon that died */
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    mode_t mode = (mode_t)strtoul(s->cfg->socket_mode, NULL, 8) & 0777;
+    mode_t old = umask(0777 & ~mode);
+    int rc = bind(fd, (struct sockaddr *)&a, sizeof(a));
+    umask(old);
+    if (rc || listen(fd, 512)) {
+        rc = -errno;
+        KVT_ERR("server", "cannot listen on %s: %s", path, strerror(-rc));
+        close(fd);
+        return rc;
+    }
+    chmod(path, mode);
+    s->listen_fd = fd;
+    return 0;
+}
+
+static uint32_t worker_count(const struct kvt_dconfig *cfg)
+{
+    if (cfg->workers)
+        return (uint32_t)cfg->workers;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return cores > 2 ? (uint32_t)(cores - 1) : 1;
+}
+
+int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
+{
+    struct kvt_server *s = kvt_calloc(KVT_ALLOC_MISC, 1, sizeof(*s));
+    if (!s)
+        return KVT_E_NOMEM;
+    s->cfg = cfg;
+    s->epfd = s->listen_fd = s->signal_fd = -1;
+    s->start_ms = kvt_now_ms();
+    int rc;
+    /* Block the shutdown signals before any thread starts, so every thread inherits the mask and
+     * only the loop's signalfd sees them. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    if (cfg->inline_max_bytes + 4096 > cfg->max_frame_bytes) {
+        KVT_ERR("server", "inline_max_bytes must be at least 4K below max_frame_bytes");
+        rc = KVT_E_BADCONFIG;
+        goto err;
+    }
+    if ((rc = kvt_ns_table_init(&s->ns, (uint32_t)cfg->max_namespaces)))
+        goto err;
+    if ((rc = kvt_index_init(&s->idx, (uint32_t)cfg->index_max_objects)))
+        goto err;
+    struct kvt_host_config hc = {.arena_bytes = cfg->cpu_arena_bytes,
+                                 .page_bytes = cfg->cpu_page_bytes,
+                                 .hugepages = cfg->cpu_hugepages,
+                                 .prefault = cfg->cpu_prefault};
+    if ((rc = kvt_host_create(&hc, kvt__ops_evict, s, &s->host))) {
+        KVT_ERR("server", "cpu tier: %s (arena_bytes must be at least page_bytes, a 4K multiple)",
+                kvt_strerror(rc));
+        goto err;
+    }
+    s->n_workers = worker_count(cfg);
+    if ((rc = kvt_workers_create(s->n_workers, &s->workers)))
+        goto err;
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0) {
+        rc = -errno;
+        goto err;
+    }
+    s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (s->signal_fd < 0) {
+        rc = -errno;
+        goto err;
+    }
+    if ((rc = bind_socket(s)))
+        goto err;
+    s->listen_src.kind = KVT_EV_LISTEN;
+    s->signal_src.kind = KVT_EV_SIGNAL;
+    s->workers_src.kind = KVT_EV_WORKERS;
+    if ((rc = ep_add(s, s->listen_fd, EPOLLIN, &s->listen_src)) ||
+        (rc = ep_add(s, s->signal_fd, EPOLLIN, &s->signal_src)) ||
+        (rc = ep_add(s, kvt_workers_fd(s->workers), EPOLLIN, &s->workers_src)))
+        goto err;
+    KVT_INFO("server", "listening socket=%s workers=%u max_clients=%llu", cfg->socket,
+             s->n_workers, (unsigned long long)cfg->max_clients);
+    *out = s;
+    return 0;
+err:
+    kvt_server_destroy(s);
+    return rc;
+}
+
+static void begin_shutdown(struct kvt_server *s)
+{
+    if (s->stop)
+        return;
+    s->stop = 1;
+    s->stop_deadline_ms = kvt_now_ms() + SHUTDOWN_GRACE_MS;
+    KVT_INFO("server", "shutting down: %u connections", s->n_conns);
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->listen_fd, NULL);
+    close(s->listen_fd);
+    s->listen_fd = -1;
+    unlink(s->cfg->socket);
+    /* Stop reading requests; answer what is in flight. */
+    for (struct kvt_conn *c = s->conns; c; c = c->next)
+        c->closing = 1;
+}
+
+static int inflight_total(const struct kvt_server *s)
+{
+    int n = 0;
+    for (const struct kvt_conn *c = s->conns; c; c = c->next)
+        n += (int)c->inflight;
+    return n;
+}
+
+int kvt_server_run(struct kvt_server *s)
+{
+    struct epoll_event ev[EVENTS_MAX];
+    for (;;) {
+        if (s->stop) {
+            for (struct kvt_conn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                conn_maybe_finish(s, c);
+            }
+            if (s->n_conns == 0 || inflight_total(s) == 0 || kvt_now_ms() > s->stop_deadline_ms)
+                break;
+        }
+        int n = epoll_wait(s->epfd, ev, EVENTS_MAX, s->stop ? 50 : 1000);
+        if (n < 0 && errno != EINTR) {
+            KVT_ERR("server", "epoll_wait: %s", strerror(errno));
+            return -errno;
+        }
+        for (int i = 0; i < n; i++) {
+            struct kvt_evsrc *src = ev[i].data.ptr;
+            switch (src->kind) {
+            case KVT_EV_LISTEN:
+                on_accept(s);
+                break;
+            case KVT_EV_SIGNAL: {
+                struct signalfd_siginfo si;
+                while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si))
+                    KVT_INFO("server", "signal %u received", si.ssi_signo);
+                begin_shutdown(s);
+                break;
+            }
+            case KVT_EV_WORKERS:
+                on_workers(s);
+                break;
+            case KVT_EV_CONN: {
+                struct kvt_conn *c = (struct kvt_conn *)src;
+                if (c->dead)
+                    break;
+                if (ev[i].events & EPOLLOUT)
+                    conn_flush(s, c);
+                if (!c->dead && (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+                    on_readable(s, c);
+                else if (!c->dead)
+                    conn_maybe_finish(s, c);
+                break;
+            }
+            }
+        }
+    }
+    KVT_INFO("server", "stopped after %llu requests", (unsigned long long)s->st.requests);
+    return 0;
+}
+
+void kvt_server_destroy(struct kvt_server *s)
+{
+    if (!s)
+        return;
+    /* Workers first: after this no job references a connection. */
+    kvt_workers_destroy(s->workers);
+    s->workers = NULL;
+    while (s->conns) {
+        struct kvt_conn *c = s->conns;
+        conn_unlink(s, c);
+        if (!c->dead)
+            close(c->fd);
+        conn_free(c);
+    }
+    if (s->listen_fd >= 0) {
+        close(s->listen_fd);
+        unlink(s->cfg->socket);
+    }
+    if (s->signal_fd >= 0)
+        close(s->signal_fd);
+    if (s->epfd >= 0)
+        close(s->epfd);
+    kvt_host_destroy(s->host);
+    kvt_index_deinit(&s->idx);
+    kvt_ns_table_deinit(&s->ns);
+    kvt_free(KVT_ALLOC_MISC, s);
+}

@@ -1,0 +1,164 @@
+/*
+ * kvtierd's event loop: one thread owns the listening socket, every connection, the namespace
+ * table and the chunk index (no locks on them, like Redis). It reads length-prefixed protobuf
+ * frames, validates each request completely before changing anything, answers small requests at
+ * once and hands large copies to the worker pool, answering when the worker is done.
+ *
+ * server.c holds the loop, connections and framing; ops.c the request handlers. Both see the
+ * structures below; nothing outside the daemon does.
+ */
+#ifndef KVT_DAEMON_SERVER_H
+#define KVT_DAEMON_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "daemon/config.h"
+#include "daemon/index.h"
+#include "daemon/ns.h"
+#include "daemon/workers.h"
+#include "kvtier.pb-c.h"
+#include "tiers/host/host.h"
+
+#define KVT_PROTO_VERSION 1
+
+/* Daemon counters; every rejection has one. */
+#define KVT_DAEMON_STATS(X)                                                                        \
+    X(connections_accepted)                                                                        \
+    X(connections_rejected_busy)                                                                   \
+    X(connections_rejected_uid)                                                                    \
+    X(requests)                                                                                    \
+    X(puts)                                                                                        \
+    X(puts_existed)                                                                                \
+    X(put_bytes)                                                                                   \
+    X(gets)                                                                                        \
+    X(get_hits)                                                                                    \
+    X(get_misses)                                                                                  \
+    X(get_bytes)                                                                                   \
+    X(lookups)                                                                                     \
+    X(lookup_keys)                                                                                 \
+    X(lookup_hits)                                                                                 \
+    X(deletes)                                                                                     \
+    X(errors)                                                                                      \
+    X(bad_frames)                                                                                  \
+    X(truncated_frames)                                                                            \
+    X(oversized_frames)                                                                            \
+    X(unknown_ops)                                                                                 \
+    X(range_errors)                                                                                \
+    X(geometry_errors)                                                                             \
+    X(unknown_namespace)                                                                           \
+    X(access_denied)                                                                               \
+    X(index_full)                                                                                  \
+    X(tier_full)                                                                                   \
+    X(worker_jobs)
+
+struct kvt_dstats {
+#define KVT__DSTAT_FIELD(name) uint64_t name;
+    KVT_DAEMON_STATS(KVT__DSTAT_FIELD)
+#undef KVT__DSTAT_FIELD
+};
+
+enum kvt_evsrc_kind { KVT_EV_LISTEN, KVT_EV_SIGNAL, KVT_EV_WORKERS, KVT_EV_CONN };
+
+struct kvt_evsrc {
+    enum kvt_evsrc_kind kind;
+};
+
+struct kvt_conn;
+
+/* One request being served. Ops are preallocated per connection (max_inflight_per_conn). */
+struct kvt_op {
+    struct kvt_job job; /* first: a reaped job is its op */
+    struct kvt_conn *conn;
+    struct kvt_op *next_free;
+    uint64_t req_id;
+    size_t reserve; /* output bytes reserved for the response */
+    uint32_t kind;  /* Kvtier__Request__OpCase */
+    uint32_t entry;
+    uint64_t length;
+    uint32_t n_tokens;
+};
+
+/* Bump allocator for unpacking one request without touching the heap in the common case. */
+struct kvt_scratch {
+    uint8_t *buf;
+    size_t cap;
+    size_t used;
+};
+
+struct kvt_conn {
+    struct kvt_evsrc src;
+    int fd;
+    uint64_t id;
+    uid_t uid;
+    char tenant[KVT_TENANT_MAX];
+    int hello_done;
+    uint8_t *arena;
+    uint64_t arena_bytes;
+    int pending_fd; /* fd received with SCM_RIGHTS, waiting for Hello */
+
+    uint8_t *in;
+    size_t in_len, in_cap;
+    uint8_t *out;
+    size_t out_off, out_len, out_cap, out_reserved;
+    int epollout;
+
+    struct kvt_op *ops;
+    struct kvt_op *free_ops;
+    uint32_t inflight;
+    struct kvt_scratch scratch;
+
+    int read_eof; /* peer finished sending */
+    int closing;  /* no more requests: close once responses are out and ops done */
+    int dead;     /* socket closed; freed when inflight reaches 0 */
+    struct kvt_conn *prev, *next;
+};
+
+struct kvt_server {
+    struct kvt_dconfig *cfg; /* borrowed from main; runtime Config set edits it */
+    int epfd;
+    int listen_fd;
+    int signal_fd;
+    struct kvt_evsrc listen_src, signal_src, workers_src;
+    volatile int stop;
+    uint64_t stop_deadline_ms;
+    struct kvt_ns_table ns;
+    struct kvt_index idx;
+    struct kvt_host *host;
+    struct kvt_workers *workers;
+    uint32_t n_workers;
+    struct kvt_conn *conns;
+    uint32_t n_conns;
+    uint64_t next_conn_id;
+    uint64_t start_ms;
+    struct kvt_dstats st;
+};
+
+/* Builds every subsystem from cfg and binds the socket. */
+int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out);
+/* Runs the loop until SIGTERM/SIGINT; returns 0 after a graceful shutdown. */
+int kvt_server_run(struct kvt_server *s);
+void kvt_server_destroy(struct kvt_server *s);
+
+/* --- shared between server.c and ops.c --- */
+
+/* Handles one unpacked request. Either answers at once (kvt__server_respond) and returns 0, or
+ * keeps op in flight and returns 1; it answers later from kvt__server_job_done. */
+int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const Kvtier__Request *req);
+/* Finishes an op whose worker job completed. */
+void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
+/* Bytes of output to reserve for the response to req. */
+size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
+/* Eviction callback for the CPU tier. */
+int kvt__ops_evict(void *server, uint32_t cookie, uint64_t off);
+
+/* Packs resp into the connection's output and releases op (which may be NULL for errors that
+ * belong to no op). status != 0 sets resp->status and the error text. */
+void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                         Kvtier__Response *resp, int status, const char *detail);
+/* Hands a copy to a worker (or runs it inline when small); the op completes later. */
+void kvt__server_submit(struct kvt_server *s, struct kvt_op *op);
+
+#endif

@@ -1,0 +1,122 @@
+/*
+ * Spawns and stops a real kvtierd for tests and benchmarks. The daemon's stderr goes to a log
+ * file in its directory so a failing test can show it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvtier/kvtier.h"
+#include "tests/lib/daemon.h"
+
+#define ARGS_MAX 64
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int kvt_test_daemon_start(struct kvt_test_daemon *d, const char *const *extra_args)
+{
+    if (!d->dir[0]) {
+        snprintf(d->dir, sizeof(d->dir), "/tmp/kvtier-test-XXXXXX");
+        if (!mkdtemp(d->dir))
+            return -1;
+    }
+    snprintf(d->socket_path, sizeof(d->socket_path), "%s/kvtier.sock", d->dir);
+    snprintf(d->log_path, sizeof(d->log_path), "%s/kvtierd.log", d->dir);
+    const char *build = getenv("KVT_BUILD");
+    char bin[512], sock_arg[400], dir_arg[400];
+    snprintf(bin, sizeof(bin), "%s/kvtierd", build && *build ? build : "build");
+    snprintf(sock_arg, sizeof(sock_arg), "--socket=%s", d->socket_path);
+    snprintf(dir_arg, sizeof(dir_arg), "--data_dir=%s", d->dir);
+    const char *argv[ARGS_MAX];
+    int n = 0;
+    argv[n++] = bin;
+    argv[n++] = sock_arg;
+    argv[n++] = dir_arg;
+    argv[n++] = "--cpu.arena_bytes=256M";
+    argv[n++] = "--cpu.hugepages=false";
+    for (int i = 0; extra_args && extra_args[i] && n < ARGS_MAX - 1; i++)
+        argv[n++] = extra_args[i];
+    argv[n] = NULL;
+
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, STDERR_FILENO);
+            close(fd);
+        }
+        execv(bin, (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+        _exit(127);
+    }
+    d->pid = pid;
+    for (int i = 0; i < 1000; i++) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            d->pid = 0;
+            fprintf(stderr, "kvtierd exited at start; log %s\n", d->log_path);
+            return -1;
+        }
+        struct kvt_client *c = NULL;
+        struct kvt_connect_opts o = {.socket_path = d->socket_path, .arena_bytes = 4096,
+                                     .timeout_ms = 1000};
+        if (access(d->socket_path, F_OK) == 0 && kvt_connect(&o, &c) == 0) {
+            int rc = kvt_ping(c);
+            kvt_close(c);
+            if (rc == 0)
+                return 0;
+        }
+        sleep_ms(10);
+    }
+    kvt_test_daemon_kill(d);
+    return -1;
+}
+
+int kvt_test_daemon_stop(struct kvt_test_daemon *d)
+{
+    if (d->pid <= 0)
+        return -1;
+    kill(d->pid, SIGTERM);
+    int status = 0;
+    for (int i = 0; i < 1000; i++) {
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        }
+        sleep_ms(10);
+    }
+    kvt_test_daemon_kill(d);
+    return -1;
+}
+
+void kvt_test_daemon_kill(struct kvt_test_daemon *d)
+{
+    if (d->pid <= 0)
+        return;
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, NULL, 0);
+    d->pid = 0;
+}
+
+void kvt_test_daemon_cleanup(struct kvt_test_daemon *d)
+{
+    if (!d->dir[0])
+        return;
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
+    int rc = system(cmd);
+    (void)rc;
+    d->dir[0] = '\0';
+}
