@@ -561,8 +561,11 @@ static void finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_it
         }
     } else if (kind == XFER_PUT && r->result_case == KVTIER__RESPONSE__RESULT_PUT) {
         it->tier = (enum kvt_tier_id)r->put->tier;
-    } else if (!r->status) {
-        it->status = KVT_E_PROTO;
+    } else {
+        if (kind == XFER_GET)
+            it->len = 0;
+        if (!r->status)
+            it->status = KVT_E_PROTO;
     }
 }
 
