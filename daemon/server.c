@@ -255,6 +255,11 @@ static void reject(int fd, int status)
         ssize_t w = send(fd, buf, n + 4, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
     }
+    /* Read what the client already sent, so closing does not reset the connection before it
+     * has read why. */
+    shutdown(fd, SHUT_WR);
+    while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+        ;
     close(fd);
 }
 

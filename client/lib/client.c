@@ -271,8 +271,18 @@ static int open_session(struct kvt_client *c, uint32_t timeout_ms)
     req.hello = &h;
     Kvtier__Response *resp = NULL;
     int rc = send_request(c, &req, c->arena_fd, deadline);
-    if (!rc)
+    if (rc == KVT_E_DISCONNECTED) {
+        /* A daemon that turns us away (E_BUSY, E_SHUTDOWN) writes why and closes before it
+         * reads our Hello: fetch that answer rather than report a bare disconnect. */
+        int why = wait_response(c, req.id, &resp, kvt_now_ms() + 100);
+        if (why && why != KVT_E_TIMEOUT && why != KVT_E_DISCONNECTED)
+            rc = why;
+        else if (!why)
+            kvtier__response__free_unpacked(resp, NULL);
+        resp = NULL;
+    } else if (!rc) {
         rc = wait_response(c, req.id, &resp, deadline);
+    }
     if (!rc) {
         rc = resp->status;
         if (!rc && resp->result_case == KVTIER__RESPONSE__RESULT_HELLO) {
