@@ -1,0 +1,715 @@
+/*
+ * Tests of the disk tier as a library: write then read back through io_uring, restart with data
+ * intact, corruption answered as a counted miss, injected EIO and ENOSPC, latching after repeated
+ * errors, the O_DIRECT policy, the owner lock, and a crash test that SIGKILLs a writing child at
+ * random moments and checks that every acknowledged write survives and nothing wrong is served.
+ * Every test works in its own mkdtemp directory under /tmp and removes it.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvtier/errors.h"
+#include "tiers/disk/disk.h"
+
+#define NS 0x5eed5eed12345678ull
+#define MAX_OBJ (256u * 1024u)
+
+struct env {
+    char dir[64];
+    char path[96];
+    struct kvt_disk_config cfg;
+    struct kvt_disk_faults faults;
+    char err[256];
+};
+
+static struct kvt_obj_id obj_id(uint64_t k)
+{
+    struct kvt_obj_id id = {.ns_seed = NS, .key = {.lo = k * 0x9e3779b97f4a7c15ull, .hi = k}};
+    return id;
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return x;
+}
+
+/* Length and bytes of object k are a function of k, so any reader can check what it got. Even
+ * keys get fp16-like (compressible) data, odd keys random bytes (stored raw). */
+static size_t obj_len(uint64_t k)
+{
+    return 1 + (size_t)(mix(k + 1) % MAX_OBJ);
+}
+
+static void obj_fill(uint64_t k, unsigned char *b, size_t len)
+{
+    uint64_t s = mix(k) | 1;
+    for (size_t i = 0; i < len; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        b[i] = (k & 1)   ? (unsigned char)s
+               : (i & 1) ? (unsigned char)(0x30 + (s & 3))
+                         : (unsigned char)s;
+    }
+}
+
+static void env_init(struct env *e)
+{
+    memset(e, 0, sizeof(*e));
+    snprintf(e->dir, sizeof(e->dir), "/tmp/kvt-disk-XXXXXX");
+    assert_non_null(mkdtemp(e->dir));
+    snprintf(e->path, sizeof(e->path), "%s/data0", e->dir);
+    kvt_disk_config_init(&e->cfg);
+    e->cfg.paths[0] = e->path;
+    e->cfg.n_paths = 1;
+    e->cfg.file_bytes = 64u << 20;
+    e->cfg.object_bytes_max = MAX_OBJ;
+    e->cfg.staging_bytes = 16u * (MAX_OBJ + 4096u);
+    e->cfg.queue_depth = 16;
+    e->cfg.objects_max = 4096;
+    e->cfg.io_errors_max = 3;
+    e->cfg.faults = &e->faults;
+    e->cfg.err_buf = e->err;
+    e->cfg.err_buf_bytes = sizeof(e->err);
+}
+
+static void env_cleanup(struct env *e)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", e->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static struct kvt_disk *open_store(struct env *e)
+{
+    struct kvt_disk *d = NULL;
+    int rc = kvt_disk_create(&e->cfg, &d);
+    if (rc)
+        fprintf(stderr, "create: %d %s\n", rc, e->err);
+    assert_int_equal(rc, 0);
+    return d;
+}
+
+struct result {
+    int done;
+    int res;
+};
+
+static void on_done(void *arg, int res)
+{
+    struct result *r = arg;
+    r->done++;
+    r->res = res;
+}
+
+static void wait_for(struct kvt_disk *d, struct result *r)
+{
+    for (int i = 0; i < 10000 && !r->done; i++)
+        kvt_disk_wait(d, 100);
+    assert_int_equal(r->done, 1);
+}
+
+static int write_sync(struct kvt_disk *d, uint64_t k)
+{
+    static unsigned char buf[MAX_OBJ];
+    struct kvt_obj_id id = obj_id(k);
+    struct result r = {0, 0};
+    size_t len = obj_len(k);
+    int rc;
+
+    obj_fill(k, buf, len);
+    rc = kvt_disk_write(d, &id, buf, len, 16, 2, on_done, &r);
+    if (rc)
+        return rc;
+    wait_for(d, &r);
+    return r.res;
+}
+
+/* Reads object k and checks its bytes when found; returns the callback's result or the call's. */
+static int read_check(struct kvt_disk *d, uint64_t k)
+{
+    static unsigned char buf[MAX_OBJ], want[MAX_OBJ];
+    struct kvt_obj_id id = obj_id(k);
+    struct result r = {0, 0};
+    size_t len = obj_len(k);
+    int rc;
+
+    memset(buf, 0xcc, len);
+    rc = kvt_disk_read(d, &id, buf, sizeof(buf), on_done, &r);
+    if (rc)
+        return rc;
+    wait_for(d, &r);
+    if (r.res >= 0) {
+        assert_int_equal(r.res, (int)len);
+        obj_fill(k, want, len);
+        assert_memory_equal(buf, want, len);
+    }
+    return r.res;
+}
+
+static void test_write_read(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_obj_id id = obj_id(3);
+    struct result r = {0, 0};
+    unsigned char small[16];
+
+    env_init(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 40; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    for (uint64_t k = 0; k < 40; k++)
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    assert_int_equal(read_check(d, 1000), KVT_E_NOTFOUND);
+    assert_int_equal(write_sync(d, 5), KVT_E_EXISTS);
+    assert_int_equal(kvt_disk_read(d, &id, small, sizeof(small), on_done, &r), KVT_E_SMALLBUF);
+    assert_int_equal(kvt_disk_remove(d, &id), 0);
+    assert_int_equal(kvt_disk_remove(d, &id), KVT_E_NOTFOUND);
+    assert_int_equal(read_check(d, 3), KVT_E_NOTFOUND);
+    assert_int_equal(kvt_disk_lookup(d, &id, NULL), KVT_E_NOTFOUND);
+    id = obj_id(4);
+    assert_int_equal(kvt_disk_lookup(d, &id, NULL), 0);
+
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.objects, 39);
+    assert_int_equal(st.tier.hits, 40);
+    assert_int_equal(st.tier.misses, 2);
+    assert_int_equal(st.writes_durable, 40);
+    assert_true(st.compressed_objects > 0 && st.compressed_objects < 40);
+    assert_true(st.tier.bytes_used > 0 && st.tier.bytes_used <= st.tier.bytes_capacity);
+    assert_int_equal(st.tier.failed, 0);
+    assert_true(kvt_disk_tier_ops.event_fd(d) >= 0);
+    assert_int_equal(kvt_disk_inflight(d), 0);
+    kvt_disk_destroy(d);
+    kvt_disk_destroy(NULL);
+    env_cleanup(&e);
+}
+
+/* Many writes submitted together (plugged) share group commits. */
+static void test_batched_writes(void **state)
+{
+    (void)state;
+    static unsigned char buf[MAX_OBJ];
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct result r[16];
+
+    env_init(&e);
+    d = open_store(&e);
+    memset(r, 0, sizeof(r));
+    kvt_disk_plug(d);
+    for (uint64_t k = 0; k < 16; k++) {
+        struct kvt_obj_id id = obj_id(100 + k);
+        obj_fill(100 + k, buf, obj_len(100 + k));
+        assert_int_equal(kvt_disk_write(d, &id, buf, obj_len(100 + k), 16, 2, on_done, &r[k]), 0);
+    }
+    {
+        struct kvt_obj_id id = obj_id(999);
+        assert_int_equal(kvt_disk_write(d, &id, buf, 10, 1, 2, on_done, &r[0]), KVT_E_BUSY);
+    }
+    kvt_disk_unplug(d);
+    for (int k = 0; k < 16; k++) {
+        wait_for(d, &r[k]);
+        assert_int_equal(r[k].res, 0);
+    }
+    kvt_disk_stats(d, &st);
+    assert_true(st.commits < 16);
+    assert_int_equal(st.busy_rejects, 1);
+    for (uint64_t k = 0; k < 16; k++)
+        assert_int_equal(read_check(d, 100 + k), (int)obj_len(100 + k));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+struct enum_ctx {
+    uint64_t seen;
+    int bad;
+};
+
+static int enum_cb(void *arg, const struct kvt_disk_obj_info *info)
+{
+    struct enum_ctx *c = arg;
+    uint64_t k = info->id.key.hi;
+    struct kvt_obj_id id = obj_id(k);
+    if (info->id.ns_seed != NS || info->id.key.lo != id.key.lo || info->raw_len != obj_len(k) ||
+        info->n_tokens != 16)
+        c->bad++;
+    c->seen++;
+    return 0;
+}
+
+static void test_restart(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct enum_ctx c = {0, 0};
+
+    env_init(&e);
+    /* A small checkpoint interval so that the restart reads a checkpoint and a journal. */
+    e.cfg.checkpoint_records = 16;
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 60; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    for (uint64_t k = 0; k < 60; k += 7) {
+        struct kvt_obj_id id = obj_id(k);
+        assert_int_equal(kvt_disk_remove(d, &id), 0);
+    }
+    kvt_disk_destroy(d);
+
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.recovered_objects, 60 - 9);
+    assert_int_equal(st.recovery_dropped, 0);
+    assert_int_equal(kvt_disk_enumerate(d, enum_cb, &c), 60 - 9);
+    assert_int_equal(c.seen, 60 - 9);
+    assert_int_equal(c.bad, 0);
+    for (uint64_t k = 0; k < 60; k++)
+        assert_int_equal(read_check(d, k), k % 7 == 0 ? KVT_E_NOTFOUND : (int)obj_len(k));
+    /* Space of removed objects is reusable and new writes get fresh sequence numbers. */
+    for (uint64_t k = 60; k < 80; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+    d = open_store(&e);
+    for (uint64_t k = 60; k < 80; k++)
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static void corrupt_file(const char *path, off_t off)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char b;
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, &b, 1, off), 1);
+    b ^= 0x40;
+    assert_int_equal(pwrite(fd, &b, 1, off), 1);
+    assert_int_equal(fsync(fd), 0);
+    close(fd);
+}
+
+static void test_corruption_is_a_miss(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_disk_obj_info info;
+    struct kvt_obj_id id = obj_id(0);
+
+    env_init(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 4; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+    /* First fit puts object 0 at offset 0: flip one payload byte and one header byte of it. */
+    corrupt_file(e.path, 128 + 77);
+
+    d = open_store(&e);
+    assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
+    assert_int_equal(read_check(d, 0), KVT_E_NOTFOUND);
+    assert_int_equal(kvt_disk_lookup(d, &id, &info), KVT_E_NOTFOUND);
+    assert_int_equal(read_check(d, 0), KVT_E_NOTFOUND);
+    for (uint64_t k = 1; k < 4; k++)
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.checksum_failures, 1);
+    assert_int_equal(st.tier.misses, 2);
+    assert_int_equal(st.tier.objects, 3);
+    assert_int_equal(st.tier.failed, 0);
+    /* The object can be written again and is then served. */
+    assert_int_equal(write_sync(d, 0), 0);
+    assert_int_equal(read_check(d, 0), (int)obj_len(0));
+    kvt_disk_destroy(d);
+
+    /* A header corruption is caught the same way. */
+    corrupt_file(e.path, 20);
+    d = open_store(&e);
+    {
+        int rc0 = read_check(d, 0), rc1 = read_check(d, 1);
+        assert_true(rc0 == KVT_E_NOTFOUND || rc1 == KVT_E_NOTFOUND);
+    }
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.checksum_failures, 1);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static void test_injected_eio(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+
+    env_init(&e);
+    d = open_store(&e);
+    e.faults.fail_next_io = 1;
+    assert_int_equal(write_sync(d, 1), KVT_E_IO);
+    assert_int_equal(read_check(d, 1), KVT_E_NOTFOUND);
+    assert_int_equal(write_sync(d, 1), 0);
+    e.faults.fail_next_io = 1;
+    assert_int_equal(read_check(d, 1), KVT_E_IO);
+    assert_int_equal(read_check(d, 1), (int)obj_len(1));
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.io_errors, 2);
+    assert_int_equal(st.tier.failed, 0);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static void test_enospc_and_full(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    int rc = 0;
+    uint64_t k;
+
+    env_init(&e);
+    e.cfg.file_bytes = 2u << 20;
+    d = open_store(&e);
+    e.faults.fail_next_io = 1;
+    e.faults.fail_errno = ENOSPC;
+    assert_int_equal(write_sync(d, 2), KVT_E_FULL);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.enospc, 1);
+    assert_int_equal(st.tier.io_errors, 0);
+    /* Fill the 2 MiB file: the allocator then refuses synchronously with KVT_E_FULL. */
+    for (k = 10; k < 200 && rc == 0; k++)
+        rc = write_sync(d, k);
+    assert_int_equal(rc, KVT_E_FULL);
+    kvt_disk_stats(d, &st);
+    assert_true(st.full_rejects >= 1);
+    assert_int_equal(st.tier.failed, 0);
+    /* Removing makes room again (after the tombstone commit). */
+    for (uint64_t j = 10; j < k - 1; j++) {
+        struct kvt_obj_id id = obj_id(j);
+        assert_int_equal(kvt_disk_remove(d, &id), 0);
+    }
+    for (int i = 0; i < 100 && kvt_disk_inflight(d) == 0; i++)
+        if (kvt_disk_wait(d, 10) == 0 && write_sync(d, 500) == 0)
+            break;
+    assert_int_equal(read_check(d, 500), (int)obj_len(500));
+    kvt_disk_destroy(d);
+
+    /* Files that cannot be allocated at all fail create with KVT_E_FULL. */
+    e.cfg.file_bytes = 1ull << 46;
+    {
+        struct kvt_disk *d2 = NULL;
+        char path2[128];
+        snprintf(path2, sizeof(path2), "%s/huge", e.dir);
+        e.cfg.paths[0] = path2;
+        assert_int_equal(kvt_disk_create(&e.cfg, &d2), KVT_E_FULL);
+        assert_null(d2);
+        e.cfg.paths[0] = e.path;
+    }
+    env_cleanup(&e);
+}
+
+static void test_latch_after_repeated_errors(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_obj_id id = obj_id(1);
+    unsigned char b[8] = {0};
+    struct result r = {0, 0};
+
+    env_init(&e);
+    d = open_store(&e);
+    assert_int_equal(write_sync(d, 1), 0);
+    e.faults.fail_next_io = 1000;
+    assert_int_equal(write_sync(d, 2), KVT_E_IO);
+    assert_int_equal(read_check(d, 1), KVT_E_IO);
+    assert_int_equal(write_sync(d, 3), KVT_E_TIERFAILED);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.failed, 1);
+    assert_int_equal(st.tier.io_errors, 3);
+    assert_int_equal(kvt_disk_write(d, &id, b, 8, 1, 0, on_done, &r), KVT_E_TIERFAILED);
+    assert_int_equal(kvt_disk_read(d, &id, b, 8, on_done, &r), KVT_E_TIERFAILED);
+    assert_int_equal(kvt_disk_remove(d, &id), KVT_E_TIERFAILED);
+    assert_int_equal(r.done, 0);
+    kvt_disk_destroy(d);
+    /* A latched store is healthy again after a restart with a working device. */
+    e.faults.fail_next_io = 0;
+    d = open_store(&e);
+    assert_int_equal(read_check(d, 1), (int)obj_len(1));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static void test_odirect_policy(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d = NULL;
+
+    env_init(&e);
+    e.faults.odirect_einval = 1;
+    assert_int_equal(kvt_disk_create(&e.cfg, &d), KVT_E_BADCONFIG);
+    assert_null(d);
+    assert_non_null(strstr(e.err, "O_DIRECT"));
+    e.cfg.allow_buffered = 1;
+    d = open_store(&e);
+    assert_int_equal(write_sync(d, 8), 0);
+    assert_int_equal(read_check(d, 8), (int)obj_len(8));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static void test_owner_lock(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d, *d2 = NULL;
+
+    env_init(&e);
+    d = open_store(&e);
+    e.cfg.lock_wait_ms = 50;
+    assert_int_equal(kvt_disk_create(&e.cfg, &d2), KVT_E_BUSY);
+    kvt_disk_destroy(d);
+    d = open_store(&e);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+/* ---- crash test ------------------------------------------------------------------------------ */
+
+#define CRASH_ROUNDS 24
+#define KEYS_PER_ROUND 100000u
+
+struct child_ctx {
+    int fd;
+    uint64_t k;
+};
+
+static void child_done(void *arg, int res)
+{
+    struct child_ctx *c = arg;
+    if (res == 0 && write(c->fd, &c->k, sizeof(c->k)) != (ssize_t)sizeof(c->k))
+        _exit(3);
+    free(c);
+}
+
+struct collect {
+    struct kvt_obj_id *ids;
+    size_t n, cap;
+};
+
+static int collect_cb(void *arg, const struct kvt_disk_obj_info *info)
+{
+    struct collect *c = arg;
+    if (c->n >= c->cap)
+        return 1;
+    c->ids[c->n++] = info->id;
+    return 0;
+}
+
+/* Writes objects round*KEYS_PER_ROUND, +1, ... as fast as it can, with several in flight, and
+ * reports each key on the pipe once its write is acknowledged durable. Removes a few older keys
+ * to exercise tombstones. Never returns: the parent kills it. */
+static void crash_child(struct env *e, int round, int fd)
+{
+    static unsigned char buf[MAX_OBJ];
+    struct kvt_disk *d = NULL;
+    uint64_t k = (uint64_t)round * KEYS_PER_ROUND;
+
+    if (kvt_disk_create(&e->cfg, &d) != 0)
+        _exit(2);
+    for (;;) {
+        struct kvt_obj_id id = obj_id(k);
+        struct child_ctx *c = malloc(sizeof(*c));
+        size_t len = obj_len(k) / 4 + 1;
+        int rc;
+
+        c->fd = fd;
+        c->k = k;
+        obj_fill(k, buf, obj_len(k));
+        rc = kvt_disk_write(d, &id, buf, len, 16, 2, child_done, c);
+        if (rc == KVT_E_BUSY || rc == KVT_E_FULL) {
+            free(c);
+            kvt_disk_wait(d, 10);
+            if (rc == KVT_E_FULL) {
+                /* Make room by removing everything stored, then tell the parent: it requires
+                 * only the keys acknowledged after the last such mark. */
+                static struct kvt_obj_id ids[4096];
+                struct collect cl = {ids, 0, 4096};
+                uint64_t mark = UINT64_MAX - k;
+                kvt_disk_enumerate(d, collect_cb, &cl);
+                for (size_t j = 0; j < cl.n; j++)
+                    kvt_disk_remove(d, &ids[j]);
+                if (write(fd, &mark, sizeof(mark)) != (ssize_t)sizeof(mark))
+                    _exit(3);
+            }
+            continue;
+        }
+        if (rc != 0)
+            _exit(4);
+        k++;
+        kvt_disk_poll(d);
+    }
+}
+
+static uint64_t crash_len(uint64_t k)
+{
+    return obj_len(k) / 4 + 1;
+}
+
+static void crash_read_check(struct kvt_disk *d, uint64_t k, int must_exist)
+{
+    static unsigned char buf[MAX_OBJ], want[MAX_OBJ];
+    struct kvt_obj_id id = obj_id(k);
+    struct result r = {0, 0};
+    size_t len = crash_len(k);
+    int rc = kvt_disk_read(d, &id, buf, sizeof(buf), on_done, &r);
+
+    if (rc == KVT_E_NOTFOUND) {
+        if (must_exist)
+            fprintf(stderr, "acknowledged key %llu missing\n", (unsigned long long)k);
+        assert_false(must_exist);
+        return;
+    }
+    assert_int_equal(rc, 0);
+    wait_for(d, &r);
+    assert_int_equal(r.res, (int)len);
+    obj_fill(k, want, obj_len(k));
+    assert_memory_equal(buf, want, len);
+}
+
+struct served_ctx {
+    struct kvt_disk *d;
+    uint64_t n;
+};
+
+static void test_crash_recovery(void **state)
+{
+    (void)state;
+    struct env e;
+    uint64_t rng = (uint64_t)time(NULL) | 1, total_acked = 0;
+    uint64_t *acked = malloc(sizeof(uint64_t) * 200000);
+
+    env_init(&e);
+    e.cfg.file_bytes = 32u << 20;
+    e.cfg.checkpoint_records = 64;
+    assert_non_null(acked);
+    fprintf(stderr, "crash test seed %llu\n", (unsigned long long)rng);
+    for (int round = 0; round < CRASH_ROUNDS; round++) {
+        int p[2];
+        pid_t pid;
+        size_t n_acked = 0, base = 0;
+        uint64_t v;
+        struct kvt_disk *d;
+        uint64_t listed = 0;
+
+        assert_int_equal(pipe(p), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(p[0]);
+            crash_child(&e, round, p[1]);
+        }
+        close(p[1]);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        /* Let it write for 20..220 ms, draining the pipe, then kill it wherever it is. */
+        {
+            struct timespec t0, t;
+            long ms = 20 + (long)(rng % 200);
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (;;) {
+                struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                long el = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+                if (el >= ms)
+                    break;
+                if (poll(&pfd, 1, (int)(ms - el)) > 0) {
+                    if (read(p[0], &v, sizeof(v)) != (ssize_t)sizeof(v))
+                        break;
+                    if (v > UINT64_MAX / 2)
+                        base = n_acked;
+                    else if (n_acked < 200000)
+                        acked[n_acked++] = v;
+                }
+            }
+        }
+        kill(pid, SIGKILL);
+        {
+            int status;
+            assert_int_equal(waitpid(pid, &status, 0), pid);
+            assert_true(WIFSIGNALED(status));
+        }
+        while (read(p[0], &v, sizeof(v)) == (ssize_t)sizeof(v)) {
+            if (v > UINT64_MAX / 2)
+                base = n_acked;
+            else if (n_acked < 200000)
+                acked[n_acked++] = v;
+        }
+        close(p[0]);
+
+        d = open_store(&e);
+        /* Every acknowledged write since the child last removed keys must be there and right. */
+        for (size_t i = base; i < n_acked; i++)
+            crash_read_check(d, acked[i], 1);
+        /* Everything the store lists is served with exactly the bytes that were written. */
+        {
+            static struct kvt_obj_id ids[4096];
+            struct collect cl = {ids, 0, 4096};
+            listed = kvt_disk_enumerate(d, collect_cb, &cl);
+            assert_int_equal(listed, cl.n);
+            for (size_t i = 0; i < cl.n; i++)
+                crash_read_check(d, ids[i].key.hi, 1);
+        }
+        total_acked += n_acked;
+        kvt_disk_destroy(d);
+    }
+    fprintf(stderr, "crash test: %d kills, %llu acknowledged writes checked\n", CRASH_ROUNDS,
+            (unsigned long long)total_acked);
+    assert_true(total_acked > 0);
+    free(acked);
+    env_cleanup(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_write_read),
+        cmocka_unit_test(test_batched_writes),
+        cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_corruption_is_a_miss),
+        cmocka_unit_test(test_injected_eio),
+        cmocka_unit_test(test_enospc_and_full),
+        cmocka_unit_test(test_latch_after_repeated_errors),
+        cmocka_unit_test(test_odirect_policy),
+        cmocka_unit_test(test_owner_lock),
+        cmocka_unit_test(test_crash_recovery),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

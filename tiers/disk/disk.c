@@ -1,0 +1,1702 @@
+/*
+ * The disk tier (see disk.h and docs/disk.md). Objects live in 4 KiB-aligned extents of
+ * preallocated files; an in-memory hash index maps (namespace seed, key) to extent, lengths and
+ * sequence number. Durability is a group commit: once data writes have completed, one journal
+ * write (records naming each new object and each tombstone) and one fdatasync per touched file
+ * make the whole batch durable, and only then do callbacks report success. The journal is folded
+ * into a checkpoint file every checkpoint_records records, at start and at clean shutdown, so
+ * restart reads one checkpoint plus a bounded journal and validates the header of each object
+ * written after the checkpoint.
+ *
+ * Every operation owns one staging slot in a registered buffer for its whole life (encode, I/O,
+ * verify, decode), so the data path never allocates and the number of operations in flight is
+ * bounded by min(slots, queue_depth).
+ */
+#include "tiers/disk/disk.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/fs.h>
+#include <liburing.h>
+#include <xxhash.h>
+
+#include "kvtier/errors.h"
+#include "tiers/disk/extent.h"
+#include "tiers/disk/object.h"
+
+#define BLOCK KVT_EXTENT_BLOCK_BYTES
+#define OP_NONE UINT32_MAX
+#define CKPT_NAME "kvtier-disk.ckpt"
+#define CKPT_TMP_NAME "kvtier-disk.ckpt.tmp"
+#define JOURNAL_NAME "kvtier-disk.journal"
+/* Tombstones staged per group commit; past it kvt_disk_remove answers KVT_E_BUSY. */
+#define DELS_PER_COMMIT 4096u
+/* Journal and checkpoint records. */
+#define REC_BYTES 88u
+#define REC_MAGIC 0x4a54564bu /* "KVTJ" */
+#define REC_PUT 1u
+#define REC_DEL 2u
+#define CKPT_MAGIC 0x4354564bu /* "KVTC" */
+#define CKPT_VERSION 1u
+#define CKPT_HEADER_BYTES 64u
+/* Journal bytes read per pread during recovery. */
+#define RECOVERY_READ_BYTES (1u << 20)
+#define UD_OP 1u
+#define UD_COMMIT 2u
+
+struct ient {
+    uint64_t ns_seed, key_lo, key_hi, seq;
+    uint64_t raw_len, stored_len, start;
+    uint32_t blocks, n_tokens;
+    uint16_t codec;
+    uint8_t file;
+    uint8_t used;    /* slot in use */
+    uint8_t unknown; /* recovery: written after the checkpoint, header not validated yet */
+};
+
+enum op_kind { OP_WRITE = 1, OP_READ = 2 };
+enum op_state { ST_FREE = 0, ST_INFLIGHT, ST_READY, ST_COMMITTING, ST_DONE };
+
+struct op {
+    uint8_t kind, state, file;
+    uint32_t next;
+    uint32_t codec, n_tokens, blocks;
+    struct kvt_obj_id id;
+    uint64_t start, seq, raw_len, stored_len;
+    void *dst;
+    size_t cap;
+    kvt_tier_done_fn done;
+    void *arg;
+    int res;
+};
+
+struct olist {
+    uint32_t head, tail, n;
+};
+
+struct pfree {
+    uint64_t start, blocks, gen;
+    uint8_t file;
+};
+
+struct dfile {
+    int fd;
+    int odirect;
+    struct kvt_extent *ext;
+    uint64_t bytes;
+};
+
+struct kvt_disk {
+    struct kvt_disk_config cfg;
+    char meta_dir[PATH_MAX];
+    struct dfile files[KVT_DISK_PATHS_MAX];
+    uint32_t n_files;
+    int journal_fd;
+    int event_fd;
+    struct io_uring ring;
+    int ring_ready;
+    struct kvt_codec *codec;
+
+    unsigned char *staging; /* n_slots * slot_bytes, registered as buffer 0 */
+    size_t staging_bytes;
+    size_t slot_bytes;
+    struct op *ops; /* one per slot */
+    uint32_t n_ops;
+    uint32_t *free_ops;
+    uint32_t n_free_ops;
+    struct olist ready; /* data written, waiting for a group commit */
+    struct olist done;  /* completed, callback pending */
+    uint32_t inflight;  /* ops not free */
+
+    struct ient *index;
+    uint64_t index_mask;
+    uint32_t index_count;
+    uint64_t allocated; /* extents allocated in all files */
+
+    struct pfree *pfree;
+    uint32_t n_pfree, pfree_max;
+
+    /* Group commit: journal buffers alternate between staging and in flight. */
+    unsigned char *jbuf[2];
+    uint32_t jrecs[2];
+    uint32_t jcap;  /* records per buffer */
+    uint32_t jdels; /* tombstones in the staging buffer */
+    int jstage;
+    uint64_t journal_off;
+    uint64_t journal_since_ckpt;
+    struct {
+        int inflight;
+        uint32_t pending;
+        int res;
+        uint64_t gen;
+        struct olist ops;
+    } commit;
+    uint64_t gen_next;    /* generation the next commit will get */
+    uint64_t gen_durable; /* last generation known durable */
+    uint64_t ckpt_gen;    /* journal records carry the generation of their checkpoint */
+
+    unsigned char *ckpt_buf;
+    size_t ckpt_buf_bytes;
+
+    uint64_t next_seq;
+    uint32_t next_file;
+    uint32_t io_err_streak;
+    int failed;
+    int plugged;
+    int in_poll;
+    struct kvt_disk_stats st;
+};
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static void set_err(const struct kvt_disk_config *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void set_err(const struct kvt_disk_config *cfg, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!cfg->err_buf || cfg->err_buf_bytes == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(cfg->err_buf, cfg->err_buf_bytes, fmt, ap);
+    va_end(ap);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void put_le(unsigned char *p, uint64_t v, unsigned bytes)
+{
+    for (unsigned i = 0; i < bytes; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *p, unsigned bytes)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < bytes; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t blocks_for(uint64_t bytes)
+{
+    return (bytes + BLOCK - 1) / BLOCK;
+}
+
+/* ---- index: open addressing, linear probing, backward-shift deletion ----------------------- */
+
+static uint64_t id_hash(uint64_t ns, uint64_t lo, uint64_t hi)
+{
+    uint64_t h = ns * 0x9e3779b97f4a7c15ull ^ lo ^ (hi * 0xc2b2ae3d27d4eb4full);
+    h ^= h >> 31;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 29;
+    return h;
+}
+
+static struct ient *index_find(struct kvt_disk *d, const struct kvt_obj_id *id)
+{
+    uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi) & d->index_mask;
+
+    for (uint64_t n = 0; n <= d->index_mask; n++, i = (i + 1) & d->index_mask) {
+        struct ient *e = &d->index[i];
+        if (!e->used)
+            return NULL;
+        if (e->ns_seed == id->ns_seed && e->key_lo == id->key.lo && e->key_hi == id->key.hi)
+            return e;
+    }
+    return NULL;
+}
+
+/* Returns the entry for id, claiming an empty slot when absent; NULL when the index holds
+ * objects_max entries already. */
+static struct ient *index_claim(struct kvt_disk *d, const struct kvt_obj_id *id)
+{
+    uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi) & d->index_mask;
+
+    for (uint64_t n = 0; n <= d->index_mask; n++, i = (i + 1) & d->index_mask) {
+        struct ient *e = &d->index[i];
+        if (!e->used) {
+            if (d->index_count >= d->cfg.objects_max)
+                return NULL;
+            memset(e, 0, sizeof(*e));
+            e->used = 1;
+            e->ns_seed = id->ns_seed;
+            e->key_lo = id->key.lo;
+            e->key_hi = id->key.hi;
+            d->index_count++;
+            return e;
+        }
+        if (e->ns_seed == id->ns_seed && e->key_lo == id->key.lo && e->key_hi == id->key.hi)
+            return e;
+    }
+    return NULL;
+}
+
+static void index_delete(struct kvt_disk *d, struct ient *e)
+{
+    uint64_t i = (uint64_t)(e - d->index), j = i;
+
+    assert(e->used && d->index_count > 0);
+    e->used = 0;
+    d->index_count--;
+    /* Shift later members of the probe run back so lookups never stop at the hole early. */
+    for (uint64_t n = 0; n < d->index_mask; n++) {
+        j = (j + 1) & d->index_mask;
+        struct ient *f = &d->index[j];
+        if (!f->used)
+            break;
+        uint64_t home = id_hash(f->ns_seed, f->key_lo, f->key_hi) & d->index_mask;
+        /* f may move to i when its home is not cyclically within (i, j]. */
+        if (((j - home) & d->index_mask) >= ((j - i) & d->index_mask)) {
+            d->index[i] = *f;
+            f->used = 0;
+            i = j;
+        }
+    }
+}
+
+static void ient_info(const struct ient *e, struct kvt_disk_obj_info *out)
+{
+    out->id.ns_seed = e->ns_seed;
+    out->id.key.lo = e->key_lo;
+    out->id.key.hi = e->key_hi;
+    out->n_tokens = e->n_tokens;
+    out->codec = e->codec;
+    out->raw_len = e->raw_len;
+    out->stored_len = e->stored_len;
+    out->seq = e->seq;
+}
+
+/* ---- journal and checkpoint records --------------------------------------------------------- */
+
+struct rec {
+    uint32_t type, codec, gen, n_tokens, blocks;
+    uint8_t file;
+    uint64_t seq, ns_seed, key_lo, key_hi, start, raw_len, stored_len;
+};
+
+static void rec_encode(unsigned char *p, const struct rec *r)
+{
+    memset(p, 0, REC_BYTES);
+    put_le(p + 0, REC_MAGIC, 4);
+    put_le(p + 4, r->type, 1);
+    put_le(p + 5, r->file, 1);
+    put_le(p + 6, r->codec, 2);
+    put_le(p + 8, r->gen, 4);
+    put_le(p + 12, r->n_tokens, 4);
+    put_le(p + 16, r->seq, 8);
+    put_le(p + 24, r->ns_seed, 8);
+    put_le(p + 32, r->key_lo, 8);
+    put_le(p + 40, r->key_hi, 8);
+    put_le(p + 48, r->start, 8);
+    put_le(p + 56, r->blocks, 4);
+    put_le(p + 64, r->raw_len, 8);
+    put_le(p + 72, r->stored_len, 8);
+    put_le(p + 80, XXH3_64bits(p, 80), 8);
+}
+
+static int rec_decode(const unsigned char *p, struct rec *r)
+{
+    if (get_le(p, 4) != REC_MAGIC || get_le(p + 80, 8) != XXH3_64bits(p, 80))
+        return KVT_E_CORRUPT;
+    r->type = (uint32_t)get_le(p + 4, 1);
+    r->file = (uint8_t)get_le(p + 5, 1);
+    r->codec = (uint32_t)get_le(p + 6, 2);
+    r->gen = (uint32_t)get_le(p + 8, 4);
+    r->n_tokens = (uint32_t)get_le(p + 12, 4);
+    r->seq = get_le(p + 16, 8);
+    r->ns_seed = get_le(p + 24, 8);
+    r->key_lo = get_le(p + 32, 8);
+    r->key_hi = get_le(p + 40, 8);
+    r->start = get_le(p + 48, 8);
+    r->blocks = (uint32_t)get_le(p + 56, 4);
+    r->raw_len = get_le(p + 64, 8);
+    r->stored_len = get_le(p + 72, 8);
+    if (r->type != REC_PUT && r->type != REC_DEL)
+        return KVT_E_CORRUPT;
+    return 0;
+}
+
+static void rec_from_ient(const struct ient *e, uint32_t type, uint32_t gen, struct rec *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->type = type;
+    r->gen = gen;
+    r->file = e->file;
+    r->codec = e->codec;
+    r->n_tokens = e->n_tokens;
+    r->seq = e->seq;
+    r->ns_seed = e->ns_seed;
+    r->key_lo = e->key_lo;
+    r->key_hi = e->key_hi;
+    r->start = e->start;
+    r->blocks = e->blocks;
+    r->raw_len = e->raw_len;
+    r->stored_len = e->stored_len;
+}
+
+static void jstage_rec(struct kvt_disk *d, const struct rec *r)
+{
+    int b = d->jstage;
+
+    assert(d->jrecs[b] < d->jcap);
+    rec_encode(d->jbuf[b] + (size_t)d->jrecs[b] * REC_BYTES, r);
+    d->jrecs[b]++;
+}
+
+/* ---- op lists and slots --------------------------------------------------------------------- */
+
+static void olist_push(struct kvt_disk *d, struct olist *l, uint32_t i)
+{
+    d->ops[i].next = OP_NONE;
+    if (l->n == 0)
+        l->head = i;
+    else
+        d->ops[l->tail].next = i;
+    l->tail = i;
+    l->n++;
+}
+
+static uint32_t olist_pop(struct kvt_disk *d, struct olist *l)
+{
+    uint32_t i = l->head;
+
+    if (l->n == 0)
+        return OP_NONE;
+    l->head = d->ops[i].next;
+    l->n--;
+    return i;
+}
+
+static void olist_splice(struct kvt_disk *d, struct olist *dst, struct olist *src)
+{
+    uint32_t i;
+    while ((i = olist_pop(d, src)) != OP_NONE)
+        olist_push(d, dst, i);
+}
+
+static unsigned char *slot_of(struct kvt_disk *d, uint32_t i)
+{
+    return d->staging + (size_t)i * d->slot_bytes;
+}
+
+static uint32_t op_get(struct kvt_disk *d)
+{
+    uint32_t i;
+
+    if (d->n_free_ops == 0)
+        return OP_NONE;
+    i = d->free_ops[--d->n_free_ops];
+    memset(&d->ops[i], 0, sizeof(d->ops[i]));
+    d->ops[i].next = OP_NONE;
+    d->inflight++;
+    return i;
+}
+
+static void op_put(struct kvt_disk *d, uint32_t i)
+{
+    d->ops[i].state = ST_FREE;
+    d->free_ops[d->n_free_ops++] = i;
+    d->inflight--;
+}
+
+static void op_finish(struct kvt_disk *d, uint32_t i, int res)
+{
+    d->ops[i].res = res;
+    d->ops[i].state = ST_DONE;
+    olist_push(d, &d->done, i);
+}
+
+/* ---- extents across files ------------------------------------------------------------------- */
+
+static int extent_alloc(struct kvt_disk *d, uint64_t blocks, uint8_t *file, uint64_t *start)
+{
+    if (d->allocated >= d->cfg.objects_max)
+        return KVT_E_FULL;
+    /* Round-robin over files so that several devices share the load. */
+    for (uint32_t k = 0; k < d->n_files; k++) {
+        uint32_t f = (d->next_file + k) % d->n_files;
+        if (kvt_extent_alloc(d->files[f].ext, blocks, start) == 0) {
+            *file = (uint8_t)f;
+            d->next_file = (f + 1) % d->n_files;
+            d->allocated++;
+            return 0;
+        }
+    }
+    return KVT_E_FULL;
+}
+
+static int extent_being_read(struct kvt_disk *d, uint8_t file, uint64_t start)
+{
+    for (uint32_t i = 0; i < d->n_ops; i++) {
+        const struct op *o = &d->ops[i];
+        if (o->state == ST_INFLIGHT && o->kind == OP_READ && o->file == file && o->start == start)
+            return 1;
+    }
+    return 0;
+}
+
+/* Returns an extent to its allocator once generation gen is durable and no read targets it;
+ * until then it waits in the pending list, which cannot overflow because every entry is an
+ * allocated extent and those are bounded by objects_max. */
+static void extent_release(struct kvt_disk *d, uint8_t file, uint64_t start, uint64_t blocks,
+                           uint64_t gen)
+{
+    if (gen <= d->gen_durable && !extent_being_read(d, file, start)) {
+        kvt_extent_free(d->files[file].ext, start, blocks);
+        d->allocated--;
+        return;
+    }
+    assert(d->n_pfree < d->pfree_max);
+    d->pfree[d->n_pfree++] =
+        (struct pfree){.start = start, .blocks = blocks, .gen = gen, .file = file};
+}
+
+static void pfree_sweep(struct kvt_disk *d)
+{
+    uint32_t keep = 0;
+
+    for (uint32_t i = 0; i < d->n_pfree; i++) {
+        struct pfree *p = &d->pfree[i];
+        if (p->gen <= d->gen_durable && !extent_being_read(d, p->file, p->start)) {
+            kvt_extent_free(d->files[p->file].ext, p->start, p->blocks);
+            d->allocated--;
+        } else {
+            d->pfree[keep++] = *p;
+        }
+    }
+    d->n_pfree = keep;
+}
+
+/* ---- submission ----------------------------------------------------------------------------- */
+
+static struct io_uring_sqe *get_sqe(struct kvt_disk *d)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&d->ring);
+
+    if (!sqe) {
+        io_uring_submit(&d->ring);
+        sqe = io_uring_get_sqe(&d->ring);
+    }
+    /* The ring has room for every op plus a full commit, so this is a programmer error. */
+    assert(sqe);
+    return sqe;
+}
+
+static void submit(struct kvt_disk *d)
+{
+    if (!d->plugged && io_uring_sq_ready(&d->ring) > 0)
+        io_uring_submit(&d->ring);
+}
+
+static void latch(struct kvt_disk *d)
+{
+    d->failed = 1;
+    d->st.tier.failed = 1;
+}
+
+static void count_io_error(struct kvt_disk *d)
+{
+    d->st.tier.io_errors++;
+    if (++d->io_err_streak >= d->cfg.io_errors_max)
+        latch(d);
+}
+
+/* ---- public operations ---------------------------------------------------------------------- */
+
+int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
+                   uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg)
+{
+    struct ient *e;
+    struct op *o;
+    struct kvt_object_meta m;
+    struct io_uring_sqe *sqe;
+    unsigned char *slot;
+    size_t stored = 0;
+    uint32_t codec = 0, i;
+    int rc;
+
+    if (!d || !id || (!buf && len) || !done)
+        return KVT_E_INVAL;
+    if (d->failed)
+        return KVT_E_TIERFAILED;
+    if (len > d->cfg.object_bytes_max)
+        return KVT_E_TOOBIG;
+    e = index_find(d, id);
+    if (e && e->raw_len == len)
+        return KVT_E_EXISTS;
+    i = op_get(d);
+    if (i == OP_NONE) {
+        d->st.busy_rejects++;
+        return KVT_E_BUSY;
+    }
+    o = &d->ops[i];
+    slot = slot_of(d, i);
+    rc = kvt_codec_encode(d->codec, buf, len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
+                          d->slot_bytes - KVT_OBJECT_HEADER_BYTES, &stored, &codec);
+    if (rc)
+        goto err_put_op;
+    o->blocks = (uint32_t)blocks_for(KVT_OBJECT_HEADER_BYTES + stored);
+    rc = extent_alloc(d, o->blocks, &o->file, &o->start);
+    if (rc) {
+        d->st.full_rejects++;
+        goto err_put_op;
+    }
+    o->kind = OP_WRITE;
+    o->state = ST_INFLIGHT;
+    o->id = *id;
+    o->codec = codec;
+    o->n_tokens = n_tokens;
+    o->raw_len = len;
+    o->stored_len = stored;
+    o->seq = d->next_seq++;
+    o->done = done;
+    o->arg = arg;
+    m = (struct kvt_object_meta){.ns_seed = id->ns_seed,
+                                 .key = id->key,
+                                 .n_tokens = n_tokens,
+                                 .codec = codec,
+                                 .raw_len = len,
+                                 .stored_len = stored,
+                                 .seq = o->seq};
+    /* Zero the tail of the last block so no stale staging bytes reach the disk. */
+    memset(slot + KVT_OBJECT_HEADER_BYTES + stored, 0,
+           (size_t)o->blocks * BLOCK - KVT_OBJECT_HEADER_BYTES - stored);
+    kvt_object_seal(slot, &m);
+
+    sqe = get_sqe(d);
+    io_uring_prep_write_fixed(sqe, o->file, slot, o->blocks * BLOCK, o->start * BLOCK, 0);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
+    d->st.writes++;
+    d->st.raw_bytes_written += len;
+    d->st.stored_bytes_written += stored;
+    if (codec != KVT_CODEC_RAW)
+        d->st.compressed_objects++;
+    submit(d);
+    return 0;
+
+err_put_op:
+    op_put(d, i);
+    return rc;
+}
+
+int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                  kvt_tier_done_fn done, void *arg)
+{
+    struct ient *e;
+    struct op *o;
+    struct io_uring_sqe *sqe;
+    uint32_t i;
+
+    if (!d || !id || !done || (!dst && cap))
+        return KVT_E_INVAL;
+    if (d->failed)
+        return KVT_E_TIERFAILED;
+    e = index_find(d, id);
+    if (!e) {
+        d->st.tier.misses++;
+        return KVT_E_NOTFOUND;
+    }
+    if (cap < e->raw_len)
+        return KVT_E_SMALLBUF;
+    i = op_get(d);
+    if (i == OP_NONE) {
+        d->st.busy_rejects++;
+        return KVT_E_BUSY;
+    }
+    o = &d->ops[i];
+    o->kind = OP_READ;
+    o->state = ST_INFLIGHT;
+    o->id = *id;
+    o->file = e->file;
+    o->start = e->start;
+    o->blocks = e->blocks;
+    o->seq = e->seq;
+    o->raw_len = e->raw_len;
+    o->dst = dst;
+    o->cap = cap;
+    o->done = done;
+    o->arg = arg;
+    sqe = get_sqe(d);
+    io_uring_prep_read_fixed(sqe, o->file, slot_of(d, i), o->blocks * BLOCK, o->start * BLOCK, 0);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
+    d->st.reads++;
+    submit(d);
+    return 0;
+}
+
+static void start_commit(struct kvt_disk *d);
+
+int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id)
+{
+    struct ient *e;
+    struct rec r;
+
+    if (!d || !id)
+        return KVT_E_INVAL;
+    if (d->failed)
+        return KVT_E_TIERFAILED;
+    e = index_find(d, id);
+    if (!e)
+        return KVT_E_NOTFOUND;
+    if (d->jdels >= DELS_PER_COMMIT) {
+        d->st.busy_rejects++;
+        return KVT_E_BUSY;
+    }
+    rec_from_ient(e, REC_DEL, (uint32_t)d->ckpt_gen, &r);
+    r.seq = d->next_seq++;
+    jstage_rec(d, &r);
+    d->jdels++;
+    extent_release(d, e->file, e->start, e->blocks, d->gen_next);
+    d->st.tier.bytes_used -= (uint64_t)e->blocks * BLOCK;
+    index_delete(d, e);
+    d->st.removes++;
+    d->st.tier.evictions++;
+    start_commit(d);
+    submit(d);
+    return 0;
+}
+
+int kvt_disk_lookup(struct kvt_disk *d, const struct kvt_obj_id *id, struct kvt_disk_obj_info *out)
+{
+    struct ient *e = index_find(d, id);
+
+    if (!e)
+        return KVT_E_NOTFOUND;
+    if (out)
+        ient_info(e, out);
+    return 0;
+}
+
+size_t kvt_disk_enumerate(struct kvt_disk *d, kvt_disk_enum_fn fn, void *arg)
+{
+    struct kvt_disk_obj_info info;
+    size_t n = 0;
+
+    for (uint64_t i = 0; i <= d->index_mask; i++) {
+        if (!d->index[i].used)
+            continue;
+        ient_info(&d->index[i], &info);
+        n++;
+        if (fn(arg, &info))
+            break;
+    }
+    return n;
+}
+
+void kvt_disk_plug(struct kvt_disk *d)
+{
+    d->plugged++;
+}
+
+void kvt_disk_unplug(struct kvt_disk *d)
+{
+    assert(d->plugged > 0);
+    if (--d->plugged == 0)
+        submit(d);
+}
+
+int kvt_disk_event_fd(struct kvt_disk *d)
+{
+    return d->event_fd;
+}
+
+uint32_t kvt_disk_inflight(const struct kvt_disk *d)
+{
+    return d->inflight;
+}
+
+void kvt_disk_stats(struct kvt_disk *d, struct kvt_disk_stats *out)
+{
+    *out = d->st;
+    out->tier.objects = d->index_count;
+    out->tier.failed = (uint64_t)d->failed;
+}
+
+/* ---- group commit --------------------------------------------------------------------------- */
+
+/* Starts a group commit when none is in flight and there is something to make durable: the
+ * staged records go out in one journal write linked to an fdatasync of the journal, alongside an
+ * fdatasync of every data file the batch wrote to. */
+static void start_commit(struct kvt_disk *d)
+{
+    uint32_t files_mask = 0, i, n_sqe = 0;
+    struct io_uring_sqe *sqe;
+    struct rec r;
+    int b = d->jstage;
+
+    if (d->commit.inflight || d->failed || (d->ready.n == 0 && d->jrecs[b] == 0))
+        return;
+    for (i = d->ready.head; d->ready.n && i != OP_NONE; i = d->ops[i].next) {
+        struct op *o = &d->ops[i];
+        memset(&r, 0, sizeof(r));
+        r.type = REC_PUT;
+        r.gen = (uint32_t)d->ckpt_gen;
+        r.file = o->file;
+        r.codec = o->codec;
+        r.n_tokens = o->n_tokens;
+        r.seq = o->seq;
+        r.ns_seed = o->id.ns_seed;
+        r.key_lo = o->id.key.lo;
+        r.key_hi = o->id.key.hi;
+        r.start = o->start;
+        r.blocks = o->blocks;
+        r.raw_len = o->raw_len;
+        r.stored_len = o->stored_len;
+        jstage_rec(d, &r);
+        files_mask |= 1u << o->file;
+        o->state = ST_COMMITTING;
+    }
+    olist_splice(d, &d->commit.ops, &d->ready);
+
+    d->commit.inflight = 1;
+    d->commit.res = 0;
+    d->commit.gen = d->gen_next++;
+    sqe = get_sqe(d);
+    io_uring_prep_write(sqe, (int)d->n_files, d->jbuf[b], d->jrecs[b] * REC_BYTES, d->journal_off);
+    sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_LINK;
+    io_uring_sqe_set_data64(sqe, (uint64_t)UD_COMMIT << 32);
+    sqe = get_sqe(d);
+    io_uring_prep_fsync(sqe, (int)d->n_files, IORING_FSYNC_DATASYNC);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ((uint64_t)UD_COMMIT << 32) | 1u);
+    n_sqe = 2;
+    for (uint32_t f = 0; f < d->n_files; f++) {
+        if (!(files_mask & (1u << f)))
+            continue;
+        sqe = get_sqe(d);
+        io_uring_prep_fsync(sqe, (int)f, IORING_FSYNC_DATASYNC);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        io_uring_sqe_set_data64(sqe, ((uint64_t)UD_COMMIT << 32) | 2u);
+        n_sqe++;
+    }
+    d->commit.pending = n_sqe;
+    d->journal_since_ckpt += d->jrecs[b];
+    d->st.journal_records += d->jrecs[b];
+    d->st.commits++;
+    /* Tombstones staged from now on belong to the next commit. */
+    d->jstage = 1 - b;
+    d->jrecs[d->jstage] = 0;
+    d->jdels = 0;
+}
+
+static int checkpoint_write(struct kvt_disk *d);
+
+/* Every write of the batch is durable: publish it in the index (unless a newer write of the same
+ * key got there first) and release the extents it replaced. */
+static void finish_commit(struct kvt_disk *d)
+{
+    uint32_t i;
+    int b = 1 - d->jstage;
+
+    d->commit.inflight = 0;
+    if (d->commit.res == 0) {
+        /* The journal write landed whole, so the next batch appends after it. */
+        d->journal_off += (uint64_t)d->jrecs[b] * REC_BYTES;
+        d->gen_durable = d->commit.gen;
+    } else {
+        /* After a failed fdatasync the kernel may have dropped dirty pages; nothing written
+         * since can be trusted, so the tier stops rather than guess. */
+        latch(d);
+    }
+    d->jrecs[b] = 0;
+    while ((i = olist_pop(d, &d->commit.ops)) != OP_NONE) {
+        struct op *o = &d->ops[i];
+        struct ient *e;
+
+        if (d->failed) {
+            op_finish(d, i, KVT_E_TIERFAILED);
+            continue;
+        }
+        e = index_find(d, &o->id);
+        if (e && e->seq > o->seq) {
+            extent_release(d, o->file, o->start, o->blocks, 0);
+        } else {
+            if (e)
+                extent_release(d, e->file, e->start, e->blocks, 0);
+            else
+                e = index_claim(d, &o->id);
+            /* The extent bound keeps the index below objects_max: a claim cannot fail here. */
+            assert(e);
+            if (e->blocks)
+                d->st.tier.bytes_used -= (uint64_t)e->blocks * BLOCK;
+            e->seq = o->seq;
+            e->file = o->file;
+            e->start = o->start;
+            e->blocks = o->blocks;
+            e->codec = (uint16_t)o->codec;
+            e->n_tokens = o->n_tokens;
+            e->raw_len = o->raw_len;
+            e->stored_len = o->stored_len;
+            d->st.tier.bytes_used += (uint64_t)o->blocks * BLOCK;
+            d->st.tier.demotions++;
+        }
+        d->st.writes_durable++;
+        op_finish(d, i, 0);
+    }
+    pfree_sweep(d);
+    if (!d->failed && d->journal_since_ckpt >= d->cfg.checkpoint_records && d->ready.n == 0)
+        checkpoint_write(d);
+}
+
+/* ---- completions ---------------------------------------------------------------------------- */
+
+static void drop_corrupt(struct kvt_disk *d, struct op *o)
+{
+    struct ient *e = index_find(d, &o->id);
+
+    d->st.tier.checksum_failures++;
+    d->st.tier.misses++;
+    if (e && e->seq == o->seq) {
+        /* Every reader verifies, so the extent can be reused at once: a later crash can at worst
+         * bring back an entry whose bytes fail the checksum again. */
+        extent_release(d, e->file, e->start, e->blocks, 0);
+        d->st.tier.bytes_used -= (uint64_t)e->blocks * BLOCK;
+        index_delete(d, e);
+    }
+}
+
+static void read_done(struct kvt_disk *d, uint32_t i, int res)
+{
+    struct op *o = &d->ops[i];
+    struct kvt_object_meta m;
+    unsigned char *slot = slot_of(d, i);
+
+    if (res < 0) {
+        op_finish(d, i, res == -ENOSPC ? KVT_E_FULL : KVT_E_IO);
+        return;
+    }
+    o->state = ST_DONE;
+    if (kvt_object_verify(slot, (size_t)res, &m) != 0 || m.ns_seed != o->id.ns_seed ||
+        m.key.lo != o->id.key.lo || m.key.hi != o->id.key.hi || m.seq != o->seq ||
+        m.raw_len != o->raw_len ||
+        kvt_codec_decode(d->codec, m.codec, slot + KVT_OBJECT_HEADER_BYTES, m.stored_len, o->dst,
+                         m.raw_len) != 0) {
+        drop_corrupt(d, o);
+        op_finish(d, i, KVT_E_NOTFOUND);
+        return;
+    }
+    d->st.tier.hits++;
+    d->st.tier.promotions++;
+    op_finish(d, i, (int)m.raw_len);
+}
+
+static void handle_cqe(struct kvt_disk *d, uint64_t ud, int res)
+{
+    uint32_t kind = (uint32_t)(ud >> 32), i = (uint32_t)ud;
+    struct kvt_disk_faults *f = d->cfg.faults;
+
+    if (f) {
+        f->ios_completed++;
+        if (f->fail_next_io > 0) {
+            f->fail_next_io--;
+            res = -(f->fail_errno ? f->fail_errno : EIO);
+        }
+    }
+    if (res == -ENOSPC) {
+        d->st.enospc++;
+    } else if (res < 0) {
+        count_io_error(d);
+    } else {
+        d->io_err_streak = 0;
+    }
+
+    if (kind == UD_COMMIT) {
+        assert(d->commit.inflight && d->commit.pending > 0);
+        if (res < 0 && d->commit.res == 0)
+            d->commit.res = res;
+        if (i == 0 && res >= 0 && (size_t)res != (size_t)d->jrecs[1 - d->jstage] * REC_BYTES &&
+            d->commit.res == 0)
+            d->commit.res = -EIO;
+        if (--d->commit.pending == 0)
+            finish_commit(d);
+        return;
+    }
+    assert(kind == UD_OP && i < d->n_ops && d->ops[i].state == ST_INFLIGHT);
+    if (res >= 0 && (uint64_t)res != (uint64_t)d->ops[i].blocks * BLOCK) {
+        /* A short transfer on a preallocated extent means the device misbehaved. */
+        count_io_error(d);
+        res = -EIO;
+    }
+    if (d->ops[i].kind == OP_READ) {
+        read_done(d, i, res);
+        return;
+    }
+    if (res < 0) {
+        struct op *o = &d->ops[i];
+        extent_release(d, o->file, o->start, o->blocks, 0);
+        op_finish(d, i, res == -ENOSPC ? KVT_E_FULL : d->failed ? KVT_E_TIERFAILED : KVT_E_IO);
+        return;
+    }
+    d->ops[i].state = ST_READY;
+    olist_push(d, &d->ready, i);
+}
+
+static int run_callbacks(struct kvt_disk *d)
+{
+    uint32_t i;
+    int ran = 0;
+
+    while ((i = olist_pop(d, &d->done)) != OP_NONE) {
+        kvt_tier_done_fn fn = d->ops[i].done;
+        void *arg = d->ops[i].arg;
+        int res = d->ops[i].res;
+        op_put(d, i);
+        fn(arg, res);
+        ran++;
+    }
+    return ran;
+}
+
+int kvt_disk_poll(struct kvt_disk *d)
+{
+    struct io_uring_cqe *cqe;
+    uint64_t v;
+    uint32_t n = 0, limit = *d->ring.cq.kring_entries;
+
+    if (d->in_poll)
+        return 0;
+    d->in_poll = 1;
+    if (read(d->event_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+        count_io_error(d);
+    /* Bounded: at most one completion-queue's worth per call; the eventfd stays signalled by
+     * the kernel for anything left. */
+    while (n < limit && io_uring_peek_cqe(&d->ring, &cqe) == 0) {
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&d->ring, cqe);
+        handle_cqe(d, ud, res);
+        n++;
+    }
+    if (d->failed) {
+        uint32_t i;
+        while ((i = olist_pop(d, &d->ready)) != OP_NONE) {
+            struct op *o = &d->ops[i];
+            extent_release(d, o->file, o->start, o->blocks, 0);
+            op_finish(d, i, KVT_E_TIERFAILED);
+        }
+    }
+    start_commit(d);
+    pfree_sweep(d);
+    if (io_uring_sq_ready(&d->ring) > 0)
+        io_uring_submit(&d->ring);
+    n = (uint32_t)run_callbacks(d);
+    d->in_poll = 0;
+    return (int)n;
+}
+
+int kvt_disk_wait(struct kvt_disk *d, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = d->event_fd, .events = POLLIN};
+
+    if (d->inflight == 0 && !d->commit.inflight)
+        return kvt_disk_poll(d);
+    if (io_uring_cq_ready(&d->ring) == 0)
+        poll(&pfd, 1, timeout_ms);
+    return kvt_disk_poll(d);
+}
+
+/* ---- checkpoint ----------------------------------------------------------------------------- */
+
+static int write_all(int fd, const unsigned char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* Writes the index as a new checkpoint (temporary file, fdatasync, rename, directory fsync) and
+ * empties the journal. Runs on the owner thread and blocks for one file write and two syncs; it
+ * happens every checkpoint_records journal records, at start and at shutdown. Only durable
+ * objects are in the index, and journal records carry the checkpoint generation, so a journal
+ * left over by a crash between rename and truncate is ignored at the next start. */
+static int checkpoint_write(struct kvt_disk *d)
+{
+    char tmp[PATH_MAX + 32], path[PATH_MAX + 32];
+    unsigned char *p = d->ckpt_buf, *h = d->ckpt_buf;
+    uint64_t gen = d->ckpt_gen + 1, count = 0;
+    struct rec r;
+    size_t len;
+    int fd, rc;
+
+    assert(!d->commit.inflight);
+    p += CKPT_HEADER_BYTES;
+    for (uint64_t i = 0; i <= d->index_mask; i++) {
+        if (!d->index[i].used)
+            continue;
+        rec_from_ient(&d->index[i], REC_PUT, (uint32_t)gen, &r);
+        rec_encode(p, &r);
+        p += REC_BYTES;
+        count++;
+    }
+    memset(h, 0, CKPT_HEADER_BYTES);
+    put_le(h + 0, CKPT_MAGIC, 4);
+    put_le(h + 4, CKPT_VERSION, 4);
+    put_le(h + 8, gen, 8);
+    put_le(h + 16, d->next_seq, 8);
+    put_le(h + 24, count, 8);
+    put_le(h + 32, d->n_files, 4);
+    put_le(h + 40, XXH3_64bits(h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES)), 8);
+    put_le(h + 56, XXH3_64bits(h, 56), 8);
+    len = CKPT_HEADER_BYTES + (size_t)count * REC_BYTES;
+
+    snprintf(tmp, sizeof(tmp), "%s/%s", d->meta_dir, CKPT_TMP_NAME);
+    snprintf(path, sizeof(path), "%s/%s", d->meta_dir, CKPT_NAME);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = -errno;
+        goto err_latch;
+    }
+    rc = write_all(fd, d->ckpt_buf, len);
+    if (rc == 0 && fdatasync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    if (rc)
+        goto err_latch;
+    if (rename(tmp, path) != 0) {
+        rc = -errno;
+        goto err_latch;
+    }
+    rc = fsync_dir(d->meta_dir);
+    if (rc)
+        goto err_latch;
+    d->ckpt_gen = gen;
+    /* Tombstones still staged are reflected in the checkpoint; their extents are free to go. */
+    d->jrecs[d->jstage] = 0;
+    d->jdels = 0;
+    for (uint32_t i = 0; i < d->n_pfree; i++)
+        d->pfree[i].gen = 0;
+    if (ftruncate(d->journal_fd, 0) != 0 || fdatasync(d->journal_fd) != 0) {
+        rc = -errno;
+        goto err_latch;
+    }
+    d->journal_off = 0;
+    d->journal_since_ckpt = 0;
+    d->st.checkpoints++;
+    pfree_sweep(d);
+    return 0;
+
+err_latch:
+    count_io_error(d);
+    latch(d);
+    return rc;
+}
+
+/* ---- recovery ------------------------------------------------------------------------------- */
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    *got = done;
+    return 0;
+}
+
+/* Applies one PUT or DEL record; the higher sequence number wins. */
+static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint64_t *max_seq)
+{
+    struct kvt_obj_id id = {.ns_seed = r->ns_seed, .key = {.lo = r->key_lo, .hi = r->key_hi}};
+    struct ient *e = index_find(d, &id);
+
+    if (r->seq > *max_seq)
+        *max_seq = r->seq;
+    if (r->type == REC_DEL) {
+        if (e && e->seq < r->seq)
+            index_delete(d, e);
+        return;
+    }
+    if (e && e->seq >= r->seq)
+        return;
+    if (r->file >= d->n_files || r->blocks == 0 || r->raw_len > d->cfg.object_bytes_max ||
+        r->stored_len > r->raw_len ||
+        r->blocks != blocks_for(KVT_OBJECT_HEADER_BYTES + r->stored_len)) {
+        d->st.recovery_dropped++;
+        return;
+    }
+    if (!e)
+        e = index_claim(d, &id);
+    if (!e) {
+        d->st.recovery_dropped++;
+        return;
+    }
+    e->seq = r->seq;
+    e->file = r->file;
+    e->start = r->start;
+    e->blocks = r->blocks;
+    e->codec = (uint16_t)r->codec;
+    e->n_tokens = r->n_tokens;
+    e->raw_len = r->raw_len;
+    e->stored_len = r->stored_len;
+    e->unknown = (uint8_t)unknown;
+    /* bytes_used is recomputed once extents are reserved. */
+    e->blocks = r->blocks;
+}
+
+static int load_checkpoint(struct kvt_disk *d, uint64_t *gen, uint64_t *max_seq)
+{
+    char path[PATH_MAX + 32];
+    unsigned char *h = d->ckpt_buf;
+    uint64_t count;
+    size_t got = 0;
+    struct rec r;
+    int fd, rc;
+
+    snprintf(path, sizeof(path), "%s/%s", d->meta_dir, CKPT_NAME);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    rc = read_full(fd, h, CKPT_HEADER_BYTES, 0, &got);
+    if (rc || got != CKPT_HEADER_BYTES || get_le(h, 4) != CKPT_MAGIC ||
+        get_le(h + 4, 4) != CKPT_VERSION || get_le(h + 56, 8) != XXH3_64bits(h, 56))
+        goto corrupt;
+    count = get_le(h + 24, 8);
+    if (count > d->cfg.objects_max || CKPT_HEADER_BYTES + count * REC_BYTES > d->ckpt_buf_bytes)
+        goto corrupt;
+    rc = read_full(fd, h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES), CKPT_HEADER_BYTES, &got);
+    if (rc || got != count * REC_BYTES ||
+        get_le(h + 40, 8) != XXH3_64bits(h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES)))
+        goto corrupt;
+    close(fd);
+    *gen = get_le(h + 8, 8);
+    if (get_le(h + 16, 8) > *max_seq + 1)
+        *max_seq = get_le(h + 16, 8) - 1;
+    for (uint64_t i = 0; i < count; i++) {
+        if (rec_decode(h + CKPT_HEADER_BYTES + i * REC_BYTES, &r) != 0 || r.type != REC_PUT) {
+            d->st.recovery_dropped++;
+            continue;
+        }
+        apply_rec(d, &r, 0, max_seq);
+    }
+    return 0;
+
+corrupt:
+    /* A checkpoint that fails its checks is ignored as a whole: the store starts empty, which a
+     * cache can afford, rather than trusting part of it. */
+    close(fd);
+    d->st.recovery_dropped++;
+    return 0;
+}
+
+static int replay_journal(struct kvt_disk *d, uint64_t gen, uint64_t *max_seq)
+{
+    /* Bounded by what the running store can have written between two checkpoints. */
+    uint64_t limit = ((uint64_t)d->cfg.checkpoint_records + 2u * d->jcap) * REC_BYTES;
+    unsigned char *buf = d->ckpt_buf;
+    size_t chunk = RECOVERY_READ_BYTES / REC_BYTES * REC_BYTES, got;
+    uint64_t off = 0;
+    struct rec r;
+
+    if (chunk > d->ckpt_buf_bytes)
+        chunk = d->ckpt_buf_bytes / REC_BYTES * REC_BYTES;
+    while (off < limit) {
+        int rc = read_full(d->journal_fd, buf, chunk, off, &got);
+        if (rc)
+            return rc;
+        for (size_t k = 0; k + REC_BYTES <= got; k += REC_BYTES) {
+            /* The first record that fails its check is the torn end of the journal. */
+            if (rec_decode(buf + k, &r) != 0)
+                return 0;
+            if (r.gen == gen)
+                apply_rec(d, &r, 1, max_seq);
+        }
+        if (got < chunk)
+            return 0;
+        off += got;
+    }
+    return 0;
+}
+
+static int cmp_seq_desc(const void *a, const void *b, void *arg)
+{
+    const struct ient *ix = arg;
+    uint64_t sa = ix[*(const uint64_t *)a].seq, sb = ix[*(const uint64_t *)b].seq;
+    return sa < sb ? 1 : sa > sb ? -1 : 0;
+}
+
+/* Rebuilds allocator state from the index: newer objects claim their extents first, and an
+ * older entry whose extent overlaps a newer one was overwritten after its record and is dropped.
+ * Entries known only from the journal then have their header read back and compared. */
+static int rebuild_extents(struct kvt_disk *d)
+{
+    uint64_t *order, n = 0;
+    unsigned char *blk = d->staging;
+    struct kvt_object_meta m;
+    size_t got;
+
+    order = malloc(sizeof(*order) * (d->index_count + 1u));
+    if (!order)
+        return KVT_E_NOMEM;
+    for (uint64_t i = 0; i <= d->index_mask; i++)
+        if (d->index[i].used)
+            order[n++] = i;
+    qsort_r(order, n, sizeof(*order), cmp_seq_desc, d->index);
+    for (uint64_t k = 0; k < n; k++) {
+        struct ient *e = &d->index[order[k]];
+        if (kvt_extent_reserve(d->files[e->file].ext, e->start, e->blocks) != 0) {
+            e->unknown = 2;
+            continue;
+        }
+        d->allocated++;
+        if (!e->unknown)
+            continue;
+        if (read_full(d->files[e->file].fd, blk, BLOCK, e->start * BLOCK, &got) != 0 ||
+            got != BLOCK || kvt_object_parse_header(blk, &m) != 0 || m.ns_seed != e->ns_seed ||
+            m.key.lo != e->key_lo || m.key.hi != e->key_hi || m.seq != e->seq ||
+            m.raw_len != e->raw_len || m.stored_len != e->stored_len || m.codec != e->codec) {
+            kvt_extent_free(d->files[e->file].ext, e->start, e->blocks);
+            d->allocated--;
+            e->unknown = 2;
+            continue;
+        }
+        e->unknown = 0;
+    }
+    free(order);
+    /* Deleting while iterating would shift entries under the loop, so drop in a second pass. */
+    for (uint64_t i = 0; i <= d->index_mask;) {
+        struct ient *e = &d->index[i];
+        if (e->used && e->unknown == 2) {
+            index_delete(d, e);
+            d->st.recovery_dropped++;
+            continue;
+        }
+        if (e->used)
+            d->st.tier.bytes_used += (uint64_t)e->blocks * BLOCK;
+        i++;
+    }
+    return 0;
+}
+
+static int recover(struct kvt_disk *d)
+{
+    uint64_t t0 = now_ms(), gen = 0, max_seq = 0;
+    int rc;
+
+    rc = load_checkpoint(d, &gen, &max_seq);
+    if (rc)
+        return rc;
+    rc = replay_journal(d, gen, &max_seq);
+    if (rc)
+        return rc;
+    rc = rebuild_extents(d);
+    if (rc)
+        return rc;
+    d->ckpt_gen = gen;
+    d->next_seq = max_seq + 1;
+    d->st.recovered_objects = d->index_count;
+    /* Start every run from a fresh checkpoint and an empty journal. */
+    rc = checkpoint_write(d);
+    d->st.recovery_ms = now_ms() - t0;
+    return rc;
+}
+
+/* ---- create / destroy ----------------------------------------------------------------------- */
+
+void kvt_disk_config_init(struct kvt_disk_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->queue_depth = 64;
+    cfg->staging_bytes = 64u << 20;
+    cfg->object_bytes_max = 4u << 20;
+    cfg->objects_max = 65536;
+    cfg->io_errors_max = 8;
+    cfg->checkpoint_records = 4096;
+    cfg->lock_wait_ms = 5000;
+    kvt_codec_config_init(&cfg->codec);
+}
+
+static int open_data_file(struct kvt_disk *d, uint32_t k)
+{
+    const struct kvt_disk_config *cfg = &d->cfg;
+    struct dfile *f = &d->files[k];
+    const char *path = cfg->paths[k];
+    struct stat sb;
+    int inject = cfg->faults && cfg->faults->odirect_einval, rc;
+
+    f->fd = inject ? -1 : open(path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+    if (inject)
+        errno = EINVAL;
+    f->odirect = f->fd >= 0;
+    if (f->fd < 0 && errno == EINVAL) {
+        if (!cfg->allow_buffered) {
+            set_err(cfg,
+                    "%s: O_DIRECT not supported here; set allow_buffered to accept buffered "
+                    "I/O",
+                    path);
+            return KVT_E_BADCONFIG;
+        }
+        f->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    }
+    if (f->fd < 0) {
+        rc = -errno;
+        set_err(cfg, "%s: open: %s", path, strerror(errno));
+        return rc;
+    }
+    if (fstat(f->fd, &sb) != 0) {
+        rc = -errno;
+        set_err(cfg, "%s: stat: %s", path, strerror(errno));
+        return rc;
+    }
+    if (S_ISBLK(sb.st_mode)) {
+        uint64_t dev_bytes = 0;
+        if (ioctl(f->fd, BLKGETSIZE64, &dev_bytes) != 0) {
+            rc = -errno;
+            set_err(cfg, "%s: BLKGETSIZE64: %s", path, strerror(errno));
+            return rc;
+        }
+        f->bytes = cfg->file_bytes ? cfg->file_bytes : dev_bytes / BLOCK * BLOCK;
+        if (f->bytes > dev_bytes) {
+            set_err(cfg, "%s: device holds %llu bytes, file_bytes asks for %llu", path,
+                    (unsigned long long)dev_bytes, (unsigned long long)f->bytes);
+            return KVT_E_BADCONFIG;
+        }
+        return 0;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        set_err(cfg, "%s: neither a regular file nor a block device", path);
+        return KVT_E_BADCONFIG;
+    }
+    f->bytes = cfg->file_bytes;
+    rc = posix_fallocate(f->fd, 0, (off_t)f->bytes);
+    if (rc) {
+        set_err(cfg, "%s: fallocate %llu bytes: %s", path, (unsigned long long)f->bytes,
+                strerror(rc));
+        return rc == ENOSPC || rc == EFBIG ? KVT_E_FULL : -rc;
+    }
+    return 0;
+}
+
+/* A killed previous owner's io_uring keeps the files (and their lock) until its in-flight I/O
+ * has drained, so waiting for the lock also waits for that I/O; a live owner keeps it forever. */
+static int lock_files(struct kvt_disk *d)
+{
+    uint64_t deadline = now_ms() + d->cfg.lock_wait_ms;
+
+    for (;;) {
+        if (flock(d->files[0].fd, LOCK_EX | LOCK_NB) == 0)
+            return 0;
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            set_err(&d->cfg, "%s: flock: %s", d->cfg.paths[0], strerror(errno));
+            return -errno;
+        }
+        if (now_ms() >= deadline) {
+            set_err(&d->cfg, "%s: locked by another kvtier disk store", d->cfg.paths[0]);
+            return KVT_E_BUSY;
+        }
+        usleep(5000);
+    }
+}
+
+static int validate(const struct kvt_disk_config *cfg)
+{
+    if (cfg->n_paths == 0 || cfg->n_paths > KVT_DISK_PATHS_MAX) {
+        set_err(cfg, "n_paths must be 1..%d", KVT_DISK_PATHS_MAX);
+        return KVT_E_BADCONFIG;
+    }
+    for (uint32_t k = 0; k < cfg->n_paths; k++) {
+        if (!cfg->paths[k] || !cfg->paths[k][0] || strlen(cfg->paths[k]) >= PATH_MAX) {
+            set_err(cfg, "paths[%u] is empty or too long", k);
+            return KVT_E_BADCONFIG;
+        }
+    }
+    if (cfg->file_bytes % BLOCK || cfg->file_bytes / BLOCK > UINT32_MAX * 64ull) {
+        set_err(cfg, "file_bytes must be a multiple of 4096");
+        return KVT_E_BADCONFIG;
+    }
+    if (cfg->queue_depth == 0 || cfg->queue_depth > 4096 || cfg->objects_max == 0 ||
+        cfg->objects_max > (1u << 28) || cfg->object_bytes_max == 0 ||
+        cfg->object_bytes_max > (1u << 30) || cfg->staging_bytes > (1ull << 30) ||
+        cfg->io_errors_max == 0 || cfg->checkpoint_records == 0) {
+        set_err(cfg, "queue_depth, objects_max, object_bytes_max, staging_bytes, "
+                     "io_errors_max or checkpoint_records out of range");
+        return KVT_E_BADCONFIG;
+    }
+    return 0;
+}
+
+static int setup_memory(struct kvt_disk *d)
+{
+    uint64_t cap = 1;
+    struct kvt_codec_config ccfg = d->cfg.codec;
+
+    d->slot_bytes = (size_t)blocks_for(KVT_OBJECT_HEADER_BYTES + d->cfg.object_bytes_max) * BLOCK;
+    d->n_ops = (uint32_t)(d->cfg.staging_bytes / d->slot_bytes);
+    if (d->n_ops == 0) {
+        set_err(&d->cfg, "staging_bytes %llu cannot hold one object of %llu bytes",
+                (unsigned long long)d->cfg.staging_bytes,
+                (unsigned long long)d->cfg.object_bytes_max);
+        return KVT_E_BADCONFIG;
+    }
+    if (d->n_ops > d->cfg.queue_depth)
+        d->n_ops = d->cfg.queue_depth;
+    d->staging_bytes = (size_t)d->n_ops * d->slot_bytes;
+    if (posix_memalign((void **)&d->staging, BLOCK, d->staging_bytes) != 0)
+        return KVT_E_NOMEM;
+    d->ops = calloc(d->n_ops, sizeof(*d->ops));
+    d->free_ops = calloc(d->n_ops, sizeof(*d->free_ops));
+    while (cap < 2ull * d->cfg.objects_max)
+        cap <<= 1;
+    d->index = calloc(cap, sizeof(*d->index));
+    d->index_mask = cap - 1;
+    d->pfree_max = d->cfg.objects_max;
+    d->pfree = calloc(d->pfree_max, sizeof(*d->pfree));
+    d->jcap = d->n_ops + DELS_PER_COMMIT;
+    d->jbuf[0] = malloc((size_t)d->jcap * REC_BYTES);
+    d->jbuf[1] = malloc((size_t)d->jcap * REC_BYTES);
+    d->ckpt_buf_bytes = CKPT_HEADER_BYTES + (size_t)d->cfg.objects_max * REC_BYTES;
+    if (d->ckpt_buf_bytes < RECOVERY_READ_BYTES)
+        d->ckpt_buf_bytes = RECOVERY_READ_BYTES;
+    d->ckpt_buf = malloc(d->ckpt_buf_bytes);
+    if (!d->ops || !d->free_ops || !d->index || !d->pfree || !d->jbuf[0] || !d->jbuf[1] ||
+        !d->ckpt_buf)
+        return KVT_E_NOMEM;
+    for (uint32_t i = 0; i < d->n_ops; i++)
+        d->free_ops[i] = d->n_ops - 1 - i;
+    d->n_free_ops = d->n_ops;
+    ccfg.input_bytes_max = d->cfg.object_bytes_max;
+    return kvt_codec_create(&ccfg, &d->codec);
+}
+
+static int setup_ring(struct kvt_disk *d)
+{
+    struct io_uring_params p;
+    struct iovec iov = {.iov_base = d->staging, .iov_len = d->staging_bytes};
+    int fds[KVT_DISK_PATHS_MAX + 1], rc;
+
+    memset(&p, 0, sizeof(p));
+    rc = io_uring_queue_init_params(d->n_ops + d->n_files + 2, &d->ring, &p);
+    if (rc) {
+        set_err(&d->cfg, "io_uring_queue_init: %s", strerror(-rc));
+        return rc;
+    }
+    d->ring_ready = 1;
+    rc = io_uring_register_buffers(&d->ring, &iov, 1);
+    if (rc) {
+        set_err(&d->cfg,
+                "io_uring_register_buffers (%zu bytes): %s; raise RLIMIT_MEMLOCK or "
+                "lower staging_bytes",
+                d->staging_bytes, strerror(-rc));
+        return rc;
+    }
+    for (uint32_t k = 0; k < d->n_files; k++)
+        fds[k] = d->files[k].fd;
+    fds[d->n_files] = d->journal_fd;
+    rc = io_uring_register_files(&d->ring, fds, d->n_files + 1);
+    if (rc) {
+        set_err(&d->cfg, "io_uring_register_files: %s", strerror(-rc));
+        return rc;
+    }
+    d->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (d->event_fd < 0)
+        return -errno;
+    rc = io_uring_register_eventfd(&d->ring, d->event_fd);
+    if (rc)
+        set_err(&d->cfg, "io_uring_register_eventfd: %s", strerror(-rc));
+    return rc;
+}
+
+static void teardown(struct kvt_disk *d)
+{
+    if (d->ring_ready)
+        io_uring_queue_exit(&d->ring);
+    if (d->event_fd >= 0)
+        close(d->event_fd);
+    if (d->journal_fd >= 0)
+        close(d->journal_fd);
+    for (uint32_t k = 0; k < KVT_DISK_PATHS_MAX; k++) {
+        if (d->files[k].fd >= 0)
+            close(d->files[k].fd);
+        kvt_extent_destroy(d->files[k].ext);
+    }
+    kvt_codec_destroy(d->codec);
+    free(d->ckpt_buf);
+    free(d->jbuf[0]);
+    free(d->jbuf[1]);
+    free(d->pfree);
+    free(d->index);
+    free(d->free_ops);
+    free(d->ops);
+    free(d->staging);
+    free(d);
+}
+
+int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
+{
+    struct kvt_disk *d;
+    char path[PATH_MAX + 32];
+    int rc;
+
+    if (!cfg || !out)
+        return KVT_E_INVAL;
+    rc = validate(cfg);
+    if (rc)
+        return rc;
+    d = calloc(1, sizeof(*d));
+    if (!d)
+        return KVT_E_NOMEM;
+    d->cfg = *cfg;
+    d->journal_fd = -1;
+    d->event_fd = -1;
+    for (uint32_t k = 0; k < KVT_DISK_PATHS_MAX; k++)
+        d->files[k].fd = -1;
+    d->n_files = cfg->n_paths;
+    d->gen_next = 1;
+
+    if (cfg->meta_dir) {
+        snprintf(d->meta_dir, sizeof(d->meta_dir), "%s", cfg->meta_dir);
+    } else {
+        const char *slash = strrchr(cfg->paths[0], '/');
+        if (!slash)
+            snprintf(d->meta_dir, sizeof(d->meta_dir), ".");
+        else if (slash == cfg->paths[0])
+            snprintf(d->meta_dir, sizeof(d->meta_dir), "/");
+        else
+            snprintf(d->meta_dir, sizeof(d->meta_dir), "%.*s", (int)(slash - cfg->paths[0]),
+                     cfg->paths[0]);
+    }
+    rc = setup_memory(d);
+    if (rc)
+        goto err_teardown;
+    for (uint32_t k = 0; k < d->n_files; k++) {
+        struct kvt_extent_config ecfg;
+        rc = open_data_file(d, k);
+        if (rc)
+            goto err_teardown;
+        if (d->files[k].bytes < BLOCK) {
+            set_err(cfg, "%s: capacity below one block (set file_bytes)", cfg->paths[k]);
+            rc = KVT_E_BADCONFIG;
+            goto err_teardown;
+        }
+        ecfg.blocks = d->files[k].bytes / BLOCK;
+        ecfg.extents_max = cfg->objects_max;
+        rc = kvt_extent_create(&ecfg, &d->files[k].ext);
+        if (rc)
+            goto err_teardown;
+        d->st.tier.bytes_capacity += d->files[k].bytes;
+        if (k == 0) {
+            rc = lock_files(d);
+            if (rc)
+                goto err_teardown;
+        }
+    }
+    snprintf(path, sizeof(path), "%s/%s", d->meta_dir, JOURNAL_NAME);
+    d->journal_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (d->journal_fd < 0) {
+        rc = -errno;
+        set_err(cfg, "%s: open: %s", path, strerror(errno));
+        goto err_teardown;
+    }
+    rc = setup_ring(d);
+    if (rc)
+        goto err_teardown;
+    rc = recover(d);
+    if (rc) {
+        set_err(cfg, "recovery in %s: %s", d->meta_dir, kvt_strerror(rc));
+        goto err_teardown;
+    }
+    *out = d;
+    return 0;
+
+err_teardown:
+    teardown(d);
+    return rc;
+}
+
+void kvt_disk_destroy(struct kvt_disk *d)
+{
+    if (!d)
+        return;
+    /* Bounded by the I/O in flight: every op completes or fails in the kernel, and poll starts
+     * the commits that make completed writes durable. Staged tombstones need no commit: the
+     * checkpoint below records their effect. */
+    while (d->inflight > 0 || d->commit.inflight) {
+        if (io_uring_sq_ready(&d->ring) > 0)
+            io_uring_submit(&d->ring);
+        kvt_disk_wait(d, 100);
+    }
+    if (!d->failed)
+        checkpoint_write(d);
+    /* Nothing is in flight: give the files back now rather than when the kernel tears the ring
+     * down asynchronously, so that a new store can take the lock at once. */
+    io_uring_unregister_files(&d->ring);
+    flock(d->files[0].fd, LOCK_UN);
+    teardown(d);
+}
+
+/* ---- tier ops table ------------------------------------------------------------------------- */
+
+static void ops_stats(void *tier, struct kvt_tier_stats *out)
+{
+    struct kvt_disk_stats s;
+    kvt_disk_stats(tier, &s);
+    *out = s.tier;
+}
+
+static int ops_event_fd(void *tier)
+{
+    return kvt_disk_event_fd(tier);
+}
+
+static int ops_poll(void *tier)
+{
+    return kvt_disk_poll(tier);
+}
+
+const struct kvt_tier_ops kvt_disk_tier_ops = {
+    .name = "disk",
+    .id = KVT_TIER_DISK,
+    .stats = ops_stats,
+    .event_fd = ops_event_fd,
+    .poll = ops_poll,
+};

@@ -1,0 +1,180 @@
+/*
+ * kvtier disk tier: a self-contained store of checksummed, self-describing objects in preallocated
+ * files (or raw block devices), driven by io_uring with O_DIRECT, registered buffers and files.
+ * It knows nothing of the daemon: the daemon's event-loop thread drives it through calls that
+ * never wait for I/O, an eventfd that becomes readable when completions are pending, and
+ * kvt_disk_poll(), which runs completion callbacks on the calling thread.
+ *
+ * How the daemon drives it:
+ *   - start:     kvt_disk_create() rebuilds the index from the checkpoint and journal (reading a
+ *                header per object written since the last checkpoint) and may take a while;
+ *                kvt_disk_enumerate() then lists what the disk holds so the daemon can fill its
+ *                own index. Watch kvt_disk_event_fd() with epoll (EPOLLIN).
+ *   - demotion:  kvt_disk_write() encodes the chunk into a staging buffer (the source is
+ *                borrowed only during the call) and submits it; the callback runs with 0 once the
+ *                object is on stable storage (group commit: one journal write and one fdatasync
+ *                per file cover every write that completed before it) or with an error.
+ *   - DRAM miss: kvt_disk_read() submits a read into a staging buffer; the callback runs with the
+ *                raw length after the checksum was verified and the payload decoded into dst.
+ *                A checksum failure drops the object and answers KVT_E_NOTFOUND.
+ *   - eventfd:   kvt_disk_poll() reaps completions, starts the next group commit and runs the
+ *                callbacks; call it whenever the eventfd is readable.
+ *   - eviction:  kvt_disk_remove() forgets an object; its extent is reused only after the
+ *                tombstone is durable, so a crash can never resurrect a half-overwritten object.
+ *
+ * Threads: a struct kvt_disk is owned by one thread; nothing here is thread-safe. Callbacks run
+ * only inside kvt_disk_poll(), kvt_disk_wait() and kvt_disk_destroy(), never inside the call that
+ * submitted the work, and never when that call returned an error. A callback may submit new work
+ * but must not call poll, wait, destroy or enumerate.
+ *
+ * All functions return 0 or a negative code (kvtier codes from kvtier/errors.h, -errno for system
+ * errors). Once the tier has latched failed (repeated I/O errors, a failed fdatasync) every call
+ * returns KVT_E_TIERFAILED and the stats say failed=1; the process keeps running.
+ */
+#ifndef KVT_TIERS_DISK_DISK_H
+#define KVT_TIERS_DISK_DISK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tiers/codec.h"
+#include "tiers/tier.h"
+
+#define KVT_DISK_PATHS_MAX 8
+
+/* Fault injection for tests: a struct the test owns and changes between calls; the tier reads
+ * and counts it down. Never set in production (config.faults == NULL). */
+struct kvt_disk_faults {
+    uint32_t fail_next_io;  /* the next N I/O completions report fail_errno instead */
+    int fail_errno;         /* errno injected by fail_next_io: 0 means EIO; ENOSPC allowed */
+    int odirect_einval;     /* create behaves as if open(O_DIRECT) failed with EINVAL */
+    uint64_t ios_completed; /* out: I/O completions seen so far (to aim a fault) */
+};
+
+struct kvt_disk_config {
+    const char *paths[KVT_DISK_PATHS_MAX]; /* borrowed during create: files or block devices */
+    uint32_t n_paths;                      /* >= 1 */
+    uint64_t file_bytes;           /* capacity per file (multiple of 4 KiB); for a block device 0
+                                      means the whole device */
+    const char *meta_dir;          /* checkpoint and journal; NULL = directory of paths[0]. Required
+                                      when paths[0] is a block device. Borrowed during create. */
+    uint32_t queue_depth;          /* io_uring entries and most I/Os in flight; default 64 */
+    uint64_t staging_bytes;        /* registered staging buffers; default 64 MiB */
+    uint64_t object_bytes_max;     /* largest raw object; default 4 MiB */
+    uint32_t objects_max;          /* index and extent bound; default 65536 */
+    uint32_t io_errors_max;        /* consecutive failed I/Os that latch the tier; default 8 */
+    uint32_t checkpoint_records;   /* journal records between checkpoints; default 4096 */
+    uint32_t lock_wait_ms;         /* wait for a previous owner's I/O to drain; default 5000 */
+    int allow_buffered;            /* use buffered I/O where O_DIRECT is refused; default 0 */
+    struct kvt_codec_config codec; /* default: lz4, shuffle width 2, min saving 0.10 */
+    struct kvt_disk_faults *faults; /* borrowed for the store's life; tests only */
+    char *err_buf;                  /* optional: a one-line reason when create fails */
+    size_t err_buf_bytes;
+};
+
+/* Tier counters (tiers/tier.h) plus disk-specific ones, from one list. */
+#define KVT_DISK_STATS(X)                                                                          \
+    X(writes)                                                                                      \
+    X(writes_durable)                                                                              \
+    X(reads)                                                                                       \
+    X(removes)                                                                                     \
+    X(busy_rejects)                                                                                \
+    X(full_rejects)                                                                                \
+    X(enospc)                                                                                      \
+    X(commits)                                                                                     \
+    X(checkpoints)                                                                                 \
+    X(journal_records)                                                                             \
+    X(raw_bytes_written)                                                                           \
+    X(stored_bytes_written)                                                                        \
+    X(compressed_objects)                                                                          \
+    X(recovered_objects)                                                                           \
+    X(recovery_dropped)                                                                            \
+    X(recovery_ms)
+
+struct kvt_disk_stats {
+    struct kvt_tier_stats tier;
+#define KVT__DISK_STAT_FIELD(name) uint64_t name;
+    KVT_DISK_STATS(KVT__DISK_STAT_FIELD)
+#undef KVT__DISK_STAT_FIELD
+};
+
+/* What the store knows of one object (copied to the caller). */
+struct kvt_disk_obj_info {
+    struct kvt_obj_id id;
+    uint32_t n_tokens;
+    uint32_t codec;
+    uint64_t raw_len;
+    uint64_t stored_len;
+    uint64_t seq;
+};
+
+struct kvt_disk;
+
+/* Fills cfg with the defaults above and no paths. */
+void kvt_disk_config_init(struct kvt_disk_config *cfg);
+
+/* Opens or creates the files (fallocate to file_bytes), takes an exclusive lock on them (waiting
+ * up to lock_wait_ms for a killed previous owner's in-flight I/O to drain), sets up io_uring and
+ * rebuilds the index. Returns 0; KVT_E_BADCONFIG (bad values; O_DIRECT refused without
+ * allow_buffered); KVT_E_FULL (no space for the files); KVT_E_BUSY (another owner holds the
+ * lock); KVT_E_NOMEM; -errno. On failure err_buf, when given, says why. */
+int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out);
+
+/* Waits for in-flight I/O (running its callbacks), writes a checkpoint unless failed, closes.
+ * NULL-safe. */
+void kvt_disk_destroy(struct kvt_disk *d);
+
+/* Submits a write of len bytes (<= object_bytes_max) of buf as object id. n_tokens is recorded;
+ * elem_bytes picks the shuffle width for the codec (0 = configured default, 1 = none). buf is
+ * borrowed during the call only. done(arg, 0) runs once the object is durable and readable;
+ * done(arg, err) on failure (KVT_E_FULL for ENOSPC, KVT_E_IO, KVT_E_TIERFAILED). Returns 0, or
+ * without callback: KVT_E_EXISTS (already stored with this length: nothing to do), KVT_E_BUSY
+ * (all staging buffers in use: poll and retry), KVT_E_FULL, KVT_E_TOOBIG, KVT_E_INVAL,
+ * KVT_E_TIERFAILED. */
+int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
+                   uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg);
+
+/* Submits a read of object id into dst (capacity cap), which must stay valid until done runs.
+ * done(arg, raw_len) on success; done(arg, KVT_E_NOTFOUND) when the stored object failed its
+ * checksum (it is dropped and counted); KVT_E_IO, KVT_E_TIERFAILED. Returns 0, or without
+ * callback: KVT_E_NOTFOUND (a miss), KVT_E_SMALLBUF, KVT_E_BUSY, KVT_E_TIERFAILED. */
+int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                  kvt_tier_done_fn done, void *arg);
+
+/* Forgets object id; the space is reused after the tombstone is durable. Returns 0,
+ * KVT_E_NOTFOUND, KVT_E_TIERFAILED. */
+int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id);
+
+/* Looks an object up without I/O. Returns 0 (and fills *out when not NULL) or KVT_E_NOTFOUND. */
+int kvt_disk_lookup(struct kvt_disk *d, const struct kvt_obj_id *id, struct kvt_disk_obj_info *out);
+
+/* Calls fn for every stored object (order unspecified) until fn returns nonzero; returns how many
+ * objects were visited. fn must not call into the store. */
+typedef int (*kvt_disk_enum_fn)(void *arg, const struct kvt_disk_obj_info *info);
+size_t kvt_disk_enumerate(struct kvt_disk *d, kvt_disk_enum_fn fn, void *arg);
+
+/* Batching: between plug and unplug, writes and reads are queued and submitted together at
+ * unplug (or when the submission queue fills). Without plugging each call submits at once. */
+void kvt_disk_plug(struct kvt_disk *d);
+void kvt_disk_unplug(struct kvt_disk *d);
+
+/* eventfd (nonblocking) that becomes readable when completions are pending. Owned by the store. */
+int kvt_disk_event_fd(struct kvt_disk *d);
+
+/* Reaps completions, advances group commits and runs callbacks; returns how many callbacks ran.
+ * Never blocks. */
+int kvt_disk_poll(struct kvt_disk *d);
+
+/* Blocks up to timeout_ms (-1: no limit) until something completes, then polls. For tests,
+ * tools and shutdown only; the event loop uses the eventfd. Returns callbacks run. */
+int kvt_disk_wait(struct kvt_disk *d, int timeout_ms);
+
+/* Number of operations whose callback has not run yet. */
+uint32_t kvt_disk_inflight(const struct kvt_disk *d);
+
+void kvt_disk_stats(struct kvt_disk *d, struct kvt_disk_stats *out);
+
+/* The operations table, for the tier manager: stats, event_fd, poll on a struct kvt_disk. */
+extern const struct kvt_tier_ops kvt_disk_tier_ops;
+
+#endif
