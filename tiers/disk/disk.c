@@ -1265,15 +1265,78 @@ static int cmp_seq_desc(const void *a, const void *b, void *arg)
     return sa < sb ? 1 : sa > sb ? -1 : 0;
 }
 
+static int header_matches(const struct ient *e, const unsigned char *blk)
+{
+    struct kvt_object_meta m;
+
+    return kvt_object_parse_header(blk, &m) == 0 && m.ns_seed == e->ns_seed &&
+           m.key.lo == e->key_lo && m.key.hi == e->key_hi && m.seq == e->seq &&
+           m.raw_len == e->raw_len && m.stored_len == e->stored_len && m.codec == e->codec;
+}
+
+/* Reads the first block of each listed entry through the ring, as many at once as the ring and
+ * the staging area allow, and marks entries whose header does not match their record (a write
+ * that never reached the disk, or an extent reused since) for dropping. */
+static int verify_headers(struct kvt_disk *d, const uint64_t *list, uint64_t n)
+{
+    uint32_t depth = d->ring.sq.ring_entries, n_free = 0;
+    uint32_t *free_blk;
+    uint64_t next = 0, done = 0;
+    int rc = 0;
+
+    if (depth > d->staging_bytes / BLOCK)
+        depth = (uint32_t)(d->staging_bytes / BLOCK);
+    free_blk = malloc(sizeof(*free_blk) * depth);
+    if (!free_blk)
+        return KVT_E_NOMEM;
+    for (uint32_t b = 0; b < depth; b++)
+        free_blk[n_free++] = b;
+    while (done < n && rc == 0) {
+        struct io_uring_cqe *cqe;
+        while (n_free > 0 && next < n) {
+            struct ient *e = &d->index[list[next]];
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&d->ring);
+            uint32_t b;
+            if (!sqe)
+                break;
+            b = free_blk[--n_free];
+            io_uring_prep_read_fixed(sqe, e->file, d->staging + (size_t)b * BLOCK, BLOCK,
+                                     e->start * BLOCK, 0);
+            sqe->flags |= IOSQE_FIXED_FILE;
+            io_uring_sqe_set_data64(sqe, (next << 20) | b);
+            next++;
+        }
+        rc = io_uring_submit_and_wait(&d->ring, 1);
+        if (rc < 0)
+            break;
+        rc = 0;
+        while (io_uring_peek_cqe(&d->ring, &cqe) == 0) {
+            uint64_t ud = io_uring_cqe_get_data64(cqe);
+            uint32_t b = (uint32_t)(ud & 0xfffffu);
+            struct ient *e = &d->index[list[ud >> 20]];
+            if (cqe->res != (int)BLOCK || !header_matches(e, d->staging + (size_t)b * BLOCK)) {
+                kvt_extent_free(d->files[e->file].ext, e->start, e->blocks);
+                d->allocated--;
+                e->unknown = 2;
+            } else {
+                e->unknown = 0;
+            }
+            io_uring_cqe_seen(&d->ring, cqe);
+            free_blk[n_free++] = b;
+            done++;
+        }
+    }
+    free(free_blk);
+    return rc;
+}
+
 /* Rebuilds allocator state from the index: newer objects claim their extents first, and an
  * older entry whose extent overlaps a newer one was overwritten after its record and is dropped.
  * Entries known only from the journal then have their header read back and compared. */
 static int rebuild_extents(struct kvt_disk *d)
 {
-    uint64_t *order, n = 0;
-    unsigned char *blk = d->staging;
-    struct kvt_object_meta m;
-    size_t got;
+    uint64_t *order, n = 0, n_verify = 0;
+    int rc;
 
     order = malloc(sizeof(*order) * (d->index_count + 1u));
     if (!order)
@@ -1289,21 +1352,16 @@ static int rebuild_extents(struct kvt_disk *d)
             continue;
         }
         d->allocated++;
-        if (!e->unknown)
-            continue;
-        if (read_full(d->files[e->file].fd, blk, BLOCK, e->start * BLOCK, &got) != 0 ||
-            got != BLOCK || kvt_object_parse_header(blk, &m) != 0 || m.ns_seed != e->ns_seed ||
-            m.key.lo != e->key_lo || m.key.hi != e->key_hi || m.seq != e->seq ||
-            m.raw_len != e->raw_len || m.stored_len != e->stored_len || m.codec != e->codec) {
-            kvt_extent_free(d->files[e->file].ext, e->start, e->blocks);
-            d->allocated--;
-            e->unknown = 2;
-            continue;
-        }
-        e->unknown = 0;
+        /* Compact the entries to verify at the front; k >= n_verify so nothing is lost. */
+        if (e->unknown)
+            order[n_verify++] = order[k];
     }
+    rc = verify_headers(d, order, n_verify);
     free(order);
-    /* Deleting while iterating would shift entries under the loop, so drop in a second pass. */
+    if (rc)
+        return rc;
+    /* Deleting while iterating would shift entries under the loop, so drop in a second pass
+     * (revisiting the slot a deletion refilled) and count bytes in a third. */
     for (uint64_t i = 0; i <= d->index_mask;) {
         struct ient *e = &d->index[i];
         if (e->used && e->unknown == 2) {
@@ -1311,10 +1369,11 @@ static int rebuild_extents(struct kvt_disk *d)
             d->st.recovery_dropped++;
             continue;
         }
-        if (e->used)
-            d->st.tier.bytes_used += (uint64_t)e->blocks * BLOCK;
         i++;
     }
+    for (uint64_t i = 0; i <= d->index_mask; i++)
+        if (d->index[i].used)
+            d->st.tier.bytes_used += (uint64_t)d->index[i].blocks * BLOCK;
     return 0;
 }
 
