@@ -85,14 +85,14 @@ $(BUILD)/kvtier: $(call obj,client/cli.c) $(CLIENT_A)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 BENCH_SRC := $(wildcard bench/*.c)
-$(BUILD)/kvtier-bench: $(call obj,$(BENCH_SRC)) $(DAEMON_O) $(CLIENT_A) $(CORE_A)
+TEST_HELPERS := $(call obj,$(wildcard tests/lib/*.c))
+$(BUILD)/kvtier-bench: $(call obj,$(BENCH_SRC)) $(TEST_HELPERS) $(CLIENT_A) $(CORE_A)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 # ---- tests: one cmocka binary per file -----------------------------------------------------------
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 INTEG_SRC := $(wildcard tests/integration/test_*.c)
-TEST_HELPERS := $(call obj,$(wildcard tests/lib/*.c))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRC))
 INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(INTEG_SRC))
 

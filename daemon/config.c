@@ -44,8 +44,11 @@ static const struct kvt_cfg_entry entries[] = {
     U64("max_inflight_per_conn", max_inflight_per_conn, "128", 1, 4096, 0,
         "Requests of one connection being served at once; more wait in the socket"),
     U64("workers", workers, "0", 0, 64, 0, "Copy worker threads; 0 = one per core minus one (min 1)"),
-    BYTES("copy_offload_bytes", copy_offload_bytes, "64K", 0, 1024 * GIB, KVT_CFG_RUNTIME,
+    BYTES("copy_offload_bytes", copy_offload_bytes, "2M", 0, 1024 * GIB, KVT_CFG_RUNTIME,
           "Copies at least this large run on a worker instead of the event loop"),
+    U64("busy_poll_us", busy_poll_us, "50", 0, 100000, KVT_CFG_RUNTIME,
+        "After handling events, the loop polls without sleeping this long before it blocks "
+        "(lower latency for busy clients; 0 = always block)"),
     U64("max_namespaces", max_namespaces, "256", 1, 65536, 0, "Most registered namespaces"),
     U64("index.max_objects", index_max_objects, "262144", 16, 1u << 30, 0,
         "Most chunks the index tracks across all tiers (about 80 bytes each, allocated at start)"),

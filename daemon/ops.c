@@ -17,6 +17,7 @@
 #include "common/time.h"
 #include "common/version.h"
 #include "daemon/server.h"
+#include "kernels/copy.h"
 
 #define STATS_RESERVE_BYTES (16 * 1024)
 #define BASE_RESERVE_BYTES 512
@@ -291,7 +292,7 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     op->job.len = len;
     if (p->inline_data.len) {
         /* Inline bytes live in the request, which is freed after dispatch: copy now. */
-        memcpy(op->job.dst, src, len);
+        kvt_copy_stream(op->job.dst, src, len);
         kvt__ops_complete(s, op);
         return;
     }

@@ -12,6 +12,7 @@
 
 #include "common/alloc.h"
 #include "daemon/workers.h"
+#include "kernels/copy.h"
 #include "kvtier/errors.h"
 
 #define WORKERS_MAX 64
@@ -45,6 +46,12 @@ static void fifo_push(struct fifo *f, struct kvt_job *j)
 void kvt_job_copy(struct kvt_job *job)
 {
     memcpy(job->dst, job->src, job->len);
+    job->res = 0;
+}
+
+void kvt_job_copy_stream(struct kvt_job *job)
+{
+    kvt_copy_stream(job->dst, job->src, job->len);
     job->res = 0;
 }
 

@@ -36,5 +36,7 @@ struct kvt_job *kvt_workers_reap(struct kvt_workers *w);
 
 /* The plain copy job: memcpy(dst, src, len). */
 void kvt_job_copy(struct kvt_job *job);
+/* The same with streaming stores, for copies into cold memory (a new chunk in the CPU tier). */
+void kvt_job_copy_stream(struct kvt_job *job);
 
 #endif

@@ -28,6 +28,7 @@
 #define PROTO_VERSION 1
 #define DEFAULT_ARENA_BYTES (64ull << 20)
 #define DEFAULT_TIMEOUT_MS 5000u
+#define DEFAULT_SPIN_US 50u
 #define NS_MAX 64
 #define RECONNECT_BACKOFF_MS 100
 #define IN_EXTRA_BYTES (64 * 1024 + 4)
@@ -45,6 +46,7 @@ struct kvt_client {
     char socket_path[108];
     char tenant[KVT_TENANT_MAX];
     uint32_t timeout_ms;
+    uint32_t spin_us;
     int fd; /* -1 when disconnected */
     uint64_t next_id;
     uint64_t retry_after_ms;
@@ -151,6 +153,19 @@ static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t 
                 return 0;
             }
         }
+        /* Spin briefly before sleeping: most answers come within microseconds, and a wake-up
+         * from poll() can cost tens of them. */
+        uint64_t spin_end = kvt_now_ns() + (uint64_t)c->spin_us * 1000u;
+        ssize_t got = -1;
+        do {
+            got = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+        } while (got < 0 && errno == EAGAIN && kvt_now_ns() < spin_end);
+        if (got > 0) {
+            c->in_len += (size_t)got;
+            continue;
+        }
+        if (got == 0 || (errno != EAGAIN && errno != EINTR))
+            return KVT_E_DISCONNECTED;
         uint64_t now = kvt_now_ms();
         if (now >= deadline_ms)
             return KVT_E_TIMEOUT;
@@ -348,6 +363,7 @@ int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
     snprintf(c->socket_path, sizeof(c->socket_path), "%s", path);
     snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
     c->timeout_ms = o.timeout_ms ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
+    c->spin_us = o.spin_us == UINT32_MAX ? 0 : o.spin_us ? o.spin_us : DEFAULT_SPIN_US;
     c->arena_bytes = o.arena_bytes ? (o.arena_bytes + 4095) & ~4095ull : DEFAULT_ARENA_BYTES;
     c->fd = -1;
     c->max_frame_bytes = 1u << 20;

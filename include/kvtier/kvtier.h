@@ -60,6 +60,8 @@ struct kvt_connect_opts {
     const char *tenant;      /* borrowed; NULL or "" means tenant "default" */
     uint64_t arena_bytes;    /* transfer arena size; 0 means 64 MiB */
     uint32_t timeout_ms;     /* per call; 0 means 5000 */
+    uint32_t spin_us;        /* busy-wait this long for an answer before sleeping; 0 means 50,
+                                UINT32_MAX means never spin */
 };
 
 /* Opens a session. On success *out owns the connection and arena until kvt_close(). If the daemon

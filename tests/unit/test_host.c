@@ -132,6 +132,26 @@ static void test_page_moves_between_classes(void **state)
     kvt_host_destroy(h);
 }
 
+static void test_new_size_takes_memory_of_old_size(void **state)
+{
+    (void)state;
+    struct owner o;
+    /* 4 pages of 1 MiB filled with 64 KiB objects (cookies < 1000), then a workload of 256 KiB
+     * objects (cookies >= 1000) that needs 3 pages: it must take the old pages rather than cycle
+     * through the one page it gets first. */
+    struct kvt_host *h = make(&o, 4 * MIB, MIB);
+    uint64_t off;
+    for (uint32_t i = 0; i < 64; i++)
+        assert_int_equal(kvt_host_alloc(h, 64 * 1024, i, &off), 0);
+    uint64_t slot = kvt_host_slot_bytes(h, 200 * 1024);
+    uint32_t per_page = (uint32_t)(MIB / slot);
+    for (uint32_t i = 0; i < 3 * per_page; i++)
+        assert_int_equal(kvt_host_alloc(h, 200 * 1024, 1000 + i, &off), 0);
+    for (uint32_t i = 0; i < o.n_evicted; i++)
+        assert_true(o.evicted[i] < 1000);
+    kvt_host_destroy(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +160,7 @@ int main(void)
         cmocka_unit_test(test_lru_eviction_order),
         cmocka_unit_test(test_pinned_never_evicted),
         cmocka_unit_test(test_page_moves_between_classes),
+        cmocka_unit_test(test_new_size_takes_memory_of_old_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,9 +6,10 @@
  * live on two doubly-linked lists threaded through the granule records: a slot is on exactly one of
  * them, so a page taken from one class can unlink its slots in O(slots per page).
  *
- * Reclaim order when a class is out of slots: a free page, then the class's own LRU tail, then a
- * whole page taken from another class (round-robin, skipping pages with pinned slots). Every loop
- * is bounded by the number of slots or pages.
+ * Reclaim order when a class is out of slots: a free page; else, when the tier's oldest object
+ * (by a wrapping use clock) is in another class, that object's whole page moves over; else the
+ * class's own LRU tail; else any page whose objects can all go. Every loop is bounded by the
+ * number of slots, classes or pages.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +31,7 @@ enum { SLOT_NONE = 0, SLOT_FREE = 1, SLOT_USED = 2 };
 struct granule {
     uint32_t prev, next; /* list links (free list or LRU of the slot's class) */
     uint32_t cookie;
+    uint32_t tick; /* last use, on the tier's wrapping clock */
     uint8_t state;
     uint8_t cls;
 };
@@ -64,6 +66,7 @@ struct kvt_host {
     uint32_t free_page_head;
     uint32_t free_pages;
     uint32_t steal_cursor;
+    uint32_t clock; /* advances on every alloc and touch */
     struct size_class cls[CLASSES_MAX];
     uint32_t n_cls;
     kvt_host_evict_fn evict;
@@ -309,38 +312,75 @@ static int evict_from_lru(struct kvt_host *h, uint32_t ci)
     return 0;
 }
 
-/* Empties one page of another class (every used slot must be evictable) and gives it to ci. */
+static int reclaim_page(struct kvt_host *h, uint32_t pi, uint32_t ci);
+
+/* Last resort: any page of another class whose objects can all go. */
 static int steal_page(struct kvt_host *h, uint32_t ci)
 {
     for (uint32_t n = 0; n < h->n_pages; n++) {
         uint32_t pi = h->steal_cursor;
         h->steal_cursor = (h->steal_cursor + 1) % h->n_pages;
-        struct page *p = &h->pages[pi];
-        if (p->cls < 0 || (uint32_t)p->cls == ci)
-            continue;
-        struct size_class *c = &h->cls[p->cls];
-        uint32_t g0 = pi * h->granules_per_page;
-        uint32_t step = (uint32_t)(c->slot_bytes / KVT_HOST_GRANULE_BYTES);
-        /* Evict what the owner lets go; if anything stays pinned, the page is skipped. */
-        for (uint32_t s = 0; s < c->slots_per_page; s++) {
-            uint32_t gi = g0 + s * step;
-            if (h->g[gi].state == SLOT_USED &&
-                h->evict(h->owner, h->g[gi].cookie, goff(gi)) == 0) {
-                slot_release(h, gi);
-                h->st.evictions++;
-            }
-        }
-        if (p->used)
-            continue;
-        for (uint32_t s = 0; s < c->slots_per_page; s++) {
-            uint32_t gi = g0 + s * step;
-            list_unlink(h, &c->free_slots, gi);
-            h->g[gi].state = SLOT_NONE;
-        }
-        page_assign(h, pi, ci);
-        return 1;
+        if (h->pages[pi].cls >= 0 && (uint32_t)h->pages[pi].cls != ci && reclaim_page(h, pi, ci))
+            return 1;
     }
     return 0;
+}
+
+/* Ticks are compared by wrapping difference: "a is older than b". */
+static int older(uint32_t a, uint32_t b)
+{
+    return (int32_t)(a - b) < 0;
+}
+
+/* The class whose least recently used slot is the oldest in the tier, or -1. */
+static int oldest_class(const struct kvt_host *h)
+{
+    int best = -1;
+    for (uint32_t i = 0; i < h->n_cls; i++) {
+        uint32_t tail = h->cls[i].lru.tail;
+        if (tail != NIL && (best < 0 || older(h->g[tail].tick, h->g[h->cls[best].lru.tail].tick)))
+            best = (int)i;
+    }
+    return best;
+}
+
+/* Empties page pi (every used slot must be evictable) and gives it to class ci. */
+static int reclaim_page(struct kvt_host *h, uint32_t pi, uint32_t ci)
+{
+    struct page *p = &h->pages[pi];
+    struct size_class *c = &h->cls[p->cls];
+    uint32_t g0 = pi * h->granules_per_page;
+    uint32_t step = (uint32_t)(c->slot_bytes / KVT_HOST_GRANULE_BYTES);
+    /* Evict what the owner lets go; if anything stays pinned, the page cannot move. */
+    for (uint32_t s = 0; s < c->slots_per_page; s++) {
+        uint32_t gi = g0 + s * step;
+        if (h->g[gi].state == SLOT_USED && h->evict(h->owner, h->g[gi].cookie, goff(gi)) == 0) {
+            slot_release(h, gi);
+            h->st.evictions++;
+        }
+    }
+    if (p->used)
+        return 0;
+    for (uint32_t s = 0; s < c->slots_per_page; s++) {
+        uint32_t gi = g0 + s * step;
+        list_unlink(h, &c->free_slots, gi);
+        h->g[gi].state = SLOT_NONE;
+    }
+    page_assign(h, pi, ci);
+    return 1;
+}
+
+/* Makes room in class ci when it has no free slot and no free page is left. Approximates one LRU
+ * across all classes: when the oldest object of the tier belongs to another class, its whole page
+ * moves to ci (as memcached's slab rebalancing does), so a size that stops being used does not
+ * hold its memory forever. */
+static int make_room(struct kvt_host *h, uint32_t ci)
+{
+    int oc = oldest_class(h);
+    if (oc >= 0 && (uint32_t)oc != ci &&
+        reclaim_page(h, h->cls[oc].lru.tail / h->granules_per_page, ci))
+        return 1;
+    return evict_from_lru(h, ci) || steal_page(h, ci);
 }
 
 int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t *off_out)
@@ -349,14 +389,14 @@ int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t
     if (ci < 0)
         return bytes ? KVT_E_TOOBIG : KVT_E_INVAL;
     struct size_class *c = &h->cls[ci];
-    if (c->free_slots.n == 0 && !take_free_page(h, (uint32_t)ci) &&
-        !evict_from_lru(h, (uint32_t)ci) && !steal_page(h, (uint32_t)ci))
+    if (c->free_slots.n == 0 && !take_free_page(h, (uint32_t)ci) && !make_room(h, (uint32_t)ci))
         return KVT_E_FULL;
     uint32_t gi = c->free_slots.head;
     list_unlink(h, &c->free_slots, gi);
     struct granule *x = &h->g[gi];
     x->state = SLOT_USED;
     x->cookie = cookie;
+    x->tick = ++h->clock;
     list_push_head(h, &c->lru, gi);
     h->pages[gi / h->granules_per_page].used++;
     h->st.objects++;
@@ -381,6 +421,7 @@ void kvt_host_touch(struct kvt_host *h, uint64_t off)
     if (off >= h->arena_bytes || h->g[gi].state != SLOT_USED)
         return;
     struct dlist *l = &h->cls[h->g[gi].cls].lru;
+    h->g[gi].tick = ++h->clock;
     if (l->head == gi)
         return;
     list_unlink(h, l, gi);

@@ -1,0 +1,115 @@
+/*
+ * kvtier-bench: runs one benchmark (or all) and renders its report. Usage:
+ *   kvtier-bench NAME|all [--quick] [--json FILE]
+ * Without --json, results still go to bench/out/NAME.json and .csv for `make bench-plot`.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "bench/report.h"
+
+#pragma weak kvt_bench_host
+#pragma weak kvt_bench_lookup
+#pragma weak kvt_bench_disk
+#pragma weak kvt_bench_codec
+
+struct bench_entry {
+    const char *name;
+    kvt_bench_fn fn;
+    const char *what;
+};
+
+static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opts,
+                   const char *json_path)
+{
+    if (!b->fn) {
+        fprintf(stderr, "kvtier-bench: %s is not built into this binary\n", b->name);
+        return 1;
+    }
+    static struct kvt_bench_report r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.name, sizeof(r.name), "%s", b->name);
+    fprintf(stderr, "kvtier-bench %s%s: %s\n", b->name, opts->quick ? " (quick)" : "", b->what);
+    int rc = b->fn(opts, &r);
+    kvt_bench_print(&r, stdout);
+    char jp[512], cp[512];
+    if (json_path) {
+        snprintf(jp, sizeof(jp), "%s", json_path);
+    } else {
+        mkdir("bench/out", 0755);
+        snprintf(jp, sizeof(jp), "bench/out/%s.json", b->name);
+    }
+    snprintf(cp, sizeof(cp), "%.*s.csv",
+             (int)(strlen(jp) > 5 && !strcmp(jp + strlen(jp) - 5, ".json") ? strlen(jp) - 5
+                                                                            : strlen(jp)),
+             jp);
+    if (kvt_bench_write_json(&r, jp) || kvt_bench_write_csv(&r, cp))
+        fprintf(stderr, "kvtier-bench: cannot write %s\n", jp);
+    else
+        fprintf(stderr, "wrote %s and %s\n", jp, cp);
+    if (rc)
+        fprintf(stderr, "kvtier-bench %s failed: %d\n", b->name, rc);
+    return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const struct bench_entry benches[] = {
+        {"host", kvt_bench_host, "Put/Get through the CPU tier vs memcpy and redis-server"},
+        {"lookup", kvt_bench_lookup, "32-key Lookup latency vs redis-server PING and MGET"},
+        {"disk", kvt_bench_disk, "disk tier writes and cold reads vs plain io_uring and files"},
+        {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd"},
+    };
+    const size_t n = sizeof(benches) / sizeof(benches[0]);
+    struct kvt_bench_opts opts = {0};
+    const char *name = NULL, *json = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick"))
+            opts.quick = 1;
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
+        else if (argv[i][0] != '-' && !name)
+            name = argv[i];
+        else {
+            name = NULL;
+            break;
+        }
+    }
+    if (!name) {
+        fprintf(stderr, "usage: kvtier-bench NAME|all [--quick] [--json FILE]\nbenchmarks:");
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %s", benches[i].name);
+        fprintf(stderr, "\n");
+        return 2;
+    }
+    char dir[] = "/tmp/kvtier-bench-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    opts.work_dir = dir;
+    const char *b = getenv("KVT_BUILD");
+    opts.bin_dir = b && *b ? b : "build";
+    int rc = 0, found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(name, "all") && strcmp(name, benches[i].name))
+            continue;
+        found = 1;
+        if (!strcmp(name, "all") && !benches[i].fn)
+            continue;
+        rc |= run_one(&benches[i], &opts, strcmp(name, "all") ? json : NULL);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "kvtier-bench: could not remove %s\n", dir);
+    if (!found) {
+        fprintf(stderr, "kvtier-bench: unknown benchmark %s\n", name);
+        return 2;
+    }
+    return rc;
+}
