@@ -163,22 +163,24 @@ void kvt_eng_quantize_act(enum kvt_eng_act_type a, const float *x, void *out, si
             float v = fabsf(xb[j]);
             amax = v > amax ? v : amax;
         }
+        /* The scale and the rounding (to nearest even) are those of llama.cpp's x86 quantizer, so
+         * that both engines feed the same integers to the dot products. */
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         int8_t *qs;
         if (a == KVT_ENG_ACT_Q8_0) {
             struct kvt_eng_block_q8_0 *b = (struct kvt_eng_block_q8_0 *)out + i;
             b->d = kvt_eng_fp32_to_fp16(d);
             qs = b->qs;
             for (int j = 0; j < KVT_ENG_QK; j++)
-                qs[j] = (int8_t)roundf(xb[j] * id);
+                qs[j] = (int8_t)nearbyintf(xb[j] * id);
         } else {
             struct kvt_eng_block_q8_1 *b = (struct kvt_eng_block_q8_1 *)out + i;
             int sum = 0;
             b->d = kvt_eng_fp32_to_fp16(d);
             qs = b->qs;
             for (int j = 0; j < KVT_ENG_QK; j++) {
-                qs[j] = (int8_t)roundf(xb[j] * id);
+                qs[j] = (int8_t)nearbyintf(xb[j] * id);
                 sum += qs[j];
             }
             b->s = kvt_eng_fp32_to_fp16((float)sum * d);
@@ -232,6 +234,62 @@ static void axpy_f16_c(float a, const uint16_t *h, float *acc, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         acc[i] += a * h2f(h[i]);
+}
+
+/* ---- exp approximation ------------------------------------------------------------------------
+ */
+
+#define EXP_SHIFT 0x1.8p23f      /* adding it rounds to an integer in the low mantissa bits */
+#define EXP_LOG2E 0x1.715476p+0f /* 1 / ln 2 */
+#define EXP_LN2_HI 0x1.62e4p-1f  /* ln 2 split in two for an exact reduction */
+#define EXP_LN2_LO 0x1.7f7d1cp-20f
+#define EXP_C1 0x1.ffffecp-1f
+#define EXP_C2 0x1.fffdb6p-2f
+#define EXP_C3 0x1.555e66p-3f
+#define EXP_C4 0x1.573e2ep-5f
+#define EXP_C5 0x1.0e4020p-7f
+
+float kvt_eng_expf_approx(float x)
+{
+    float z = fmaf(x, EXP_LOG2E, EXP_SHIFT);
+    float n = z - EXP_SHIFT;
+    float b = fmaf(-n, EXP_LN2_LO, fmaf(-n, EXP_LN2_HI, x));
+    uint32_t e = f32_bits(z) << 23;
+    float k = bits_f32(e + f32_bits(1.0f)); /* 2^n while n stays in range */
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(EXP_C5, b, EXP_C4), u, fmaf(EXP_C3, b, EXP_C2)), u, EXP_C1 * b);
+    if (!(fabsf(n) > 126.0f))
+        return fmaf(j, k, k);
+    /* Out of range for one scale: split 2^n in two factors (or saturate past 192). */
+    uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    float s1 = bits_f32(g + 0x7f000000u);
+    float s2 = bits_f32(e - g);
+    if (fabsf(n) > 192.0f)
+        return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+static inline float hsum8_ref(const float *l)
+{
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+static double softmax_exp_c(float *x, size_t n, float mx)
+{
+    double sum = 0.0;
+    for (size_t b = 0; b < n; b += 8) {
+        float e[8] = {0};
+        for (size_t i = 0; i < 8 && b + i < n; i++)
+            e[i] = x[b + i] = kvt_eng_expf_approx(x[b + i] - mx);
+        sum += (double)hsum8_ref(e);
+    }
+    return sum;
+}
+
+static void swiglu_c(const float *g, const float *u, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = g[i] / (1.0f + kvt_eng_expf_approx(0.0f - g[i])) * u[i];
 }
 
 /* ---- AVX2 dot products ------------------------------------------------------------------------
@@ -311,6 +369,72 @@ KVT_AVX2 static void axpy_f16_avx2(float a, const uint16_t *h, float *acc, size_
         _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(av, hv, _mm256_loadu_ps(acc + i)));
     }
 }
+KVT_AVX2 static inline __m256 expf_avx2(__m256 x)
+{
+    const __m256 shift = _mm256_set1_ps(EXP_SHIFT);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shift);
+    __m256 n = _mm256_sub_ps(z, shift);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
+                                _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2))),
+        u, _mm256_mul_ps(_mm256_set1_ps(EXP_C1), b));
+    __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    if (!_mm256_movemask_ps(big))
+        return _mm256_fmadd_ps(j, k, k);
+    /* Rare: some lane needs the two-factor scale; do those lanes one by one. */
+    float xs[8], rs[8];
+    _mm256_storeu_ps(xs, x);
+    _mm256_storeu_ps(rs, _mm256_fmadd_ps(j, k, k));
+    int mask = _mm256_movemask_ps(big);
+    for (int i = 0; i < 8; i++)
+        if (mask & (1 << i))
+            rs[i] = kvt_eng_expf_approx(xs[i]);
+    return _mm256_loadu_ps(rs);
+}
+
+KVT_AVX2 static double softmax_exp_avx2(float *x, size_t n, float mx)
+{
+    double sum = 0.0;
+    __m256 m = _mm256_set1_ps(mx);
+    size_t b = 0;
+    for (; b + 8 <= n; b += 8) {
+        __m256 v = expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + b), m));
+        _mm256_storeu_ps(x + b, v);
+        sum += (double)hsum256(v);
+    }
+    if (b < n) {
+        float e[8] = {0};
+        for (size_t i = 0; b + i < n; i++)
+            e[i] = x[b + i] - mx;
+        __m256 v = expf_avx2(_mm256_loadu_ps(e));
+        _mm256_storeu_ps(e, v);
+        for (size_t i = 0; i < 8; i++) {
+            if (b + i < n)
+                x[b + i] = e[i];
+            else
+                e[i] = 0.0f;
+        }
+        sum += (double)hsum256(_mm256_loadu_ps(e));
+    }
+    return sum;
+}
+
+KVT_AVX2 static void swiglu_avx2(const float *g, const float *u, float *out, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 ex = expf_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        __m256 silu = _mm256_div_ps(x, _mm256_add_ps(one, ex));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    }
+}
 #endif
 
 /* ---- dispatch ---------------------------------------------------------------------------------
@@ -320,6 +444,8 @@ static float (*g_dot_q4_1)(const void *, const void *, size_t) = dot_q4_1_q8_1_c
 static float (*g_dot_q8_0)(const void *, const void *, size_t) = dot_q8_0_q8_0_c;
 static float (*g_dot_f32_f16)(const float *, const uint16_t *, size_t) = dot_f32_f16_c;
 static void (*g_axpy_f16)(float, const uint16_t *, float *, size_t) = axpy_f16_c;
+static double (*g_softmax_exp)(float *, size_t, float) = softmax_exp_c;
+static void (*g_swiglu)(const float *, const float *, float *, size_t) = swiglu_c;
 
 const char *kvt_eng_quant_init(int force_generic)
 {
@@ -332,6 +458,8 @@ const char *kvt_eng_quant_init(int force_generic)
     g_dot_q8_0 = dot_q8_0_q8_0_c;
     g_dot_f32_f16 = dot_f32_f16_c;
     g_axpy_f16 = axpy_f16_c;
+    g_softmax_exp = softmax_exp_c;
+    g_swiglu = swiglu_c;
 #if KVT_ENG_HAVE_AVX2
     if (!force_generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
@@ -339,6 +467,8 @@ const char *kvt_eng_quant_init(int force_generic)
         g_dot_q8_0 = dot_q8_0_q8_0_avx2;
         g_dot_f32_f16 = dot_f32_f16_avx2;
         g_axpy_f16 = axpy_f16_avx2;
+        g_softmax_exp = softmax_exp_avx2;
+        g_swiglu = swiglu_avx2;
         return "avx2";
     }
 #endif
@@ -379,4 +509,14 @@ float kvt_eng_dot_f32_f16(const float *x, const uint16_t *h, size_t n)
 void kvt_eng_axpy_f16(float a, const uint16_t *h, float *acc, size_t n)
 {
     g_axpy_f16(a, h, acc, n);
+}
+
+double kvt_eng_softmax_exp(float *x, size_t n, float mx)
+{
+    return g_softmax_exp(x, n, mx);
+}
+
+void kvt_eng_swiglu(const float *g, const float *u, float *out, size_t n)
+{
+    g_swiglu(g, u, out, n);
 }

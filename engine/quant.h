@@ -65,4 +65,16 @@ float kvt_eng_dot(enum kvt_eng_type t, const void *w_row, const void *x_act, siz
 float kvt_eng_dot_f32_f16(const float *x, const uint16_t *h, size_t n);
 void kvt_eng_axpy_f16(float a, const uint16_t *h, float *acc, size_t n);
 
+/* exp(x) with the polynomial approximation llama.cpp's x86 kernels use for softmax and SiLU (a
+ * Cody-Waite reduction to 2^n * e^b and a degree-5 polynomial; within ~1.5 ulp of expf). The
+ * engine uses it where llama.cpp does, so probabilities and gates round the same way. */
+float kvt_eng_expf_approx(float x);
+
+/* In place: x[i] = exp(x[i] - mx) for i < n. Returns the sum accumulated like llama.cpp's softmax:
+ * one float partial per aligned block of 8 (lanes past n count as 0), summed in double. */
+double kvt_eng_softmax_exp(float *x, size_t n, float mx);
+
+/* out[i] = silu(g[i]) * u[i] with silu(x) = x / (1 + exp(-x)); n is a multiple of 8. */
+void kvt_eng_swiglu(const float *g, const float *u, float *out, size_t n);
+
 #endif

@@ -1,0 +1,115 @@
+/*
+ * The KV seam: every place the engine keeps attention keys and values goes through one small
+ * operations table, so that new strategies (sparse retrieval, position-independent reuse,
+ * clustering, quantization) plug in without touching the forward pass.
+ *
+ * Data model. For each layer and position the engine produces one "row" of fp16 values laid out
+ * [k|v][kv_head][head_dim] (keys after RoPE). That is exactly one token of one layer in kvtier's
+ * canonical chunk layout [layer][token][k|v][kv_head][head_dim], so a mode can move rows between
+ * its memory and kvtier without reshuffling. Readers see the KV of a layer as an ordered list of
+ * spans, each a run of consecutive positions whose rows are contiguous in memory.
+ *
+ * Call order for one forward step over positions [pos, pos+n):
+ *   prepare(pos, n)                          make the KV of [0, pos) readable (fetch, decompress)
+ *   for each layer: append(layer, pos, n, rows); spans(layer, pos+n, ...)
+ *   commit(tokens, pos+n)                    persist what became complete (full chunks)
+ * begin() starts a sequence and may declare a prefix already available (prefix reuse).
+ *
+ * Modes in this tree: resident (kv_resident.c) and offload (kv_offload.c).
+ */
+#ifndef KVT_ENGINE_KV_H
+#define KVT_ENGINE_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kvt_eng_kv_geom {
+    uint32_t n_layer;
+    uint32_t n_head_kv;
+    uint32_t head_dim;
+    size_t ctx_max;   /* positions a sequence may reach */
+    size_t batch_max; /* positions one step may append */
+};
+
+/* fp16 values in one row: 2 * n_head_kv * head_dim. */
+static inline size_t kvt_eng_kv_row_halfs(const struct kvt_eng_kv_geom *g)
+{
+    return 2 * (size_t)g->n_head_kv * g->head_dim;
+}
+
+/* A run of positions [pos, pos + n_tokens) of one layer; row i starts at rows + i * row_halfs. */
+struct kvt_eng_kv_span {
+    const uint16_t *rows;
+    size_t pos;
+    size_t n_tokens;
+};
+
+/* Counters every mode keeps. Bytes fetched are split by the tier that served them (indexed by
+ * enum kvt_tier_id; 0 is local memory). */
+#define KVT_ENG_KV_TIERS 5
+struct kvt_eng_kv_stats {
+    uint64_t fetch_bytes[KVT_ENG_KV_TIERS];
+    uint64_t fetch_chunks;
+    uint64_t store_bytes;
+    uint64_t store_chunks;
+    uint64_t reused_tokens;
+    uint64_t fetch_ns;
+    uint64_t store_ns;
+};
+
+struct kvt_eng_kv;
+
+struct kvt_eng_kv_ops {
+    const char *name;
+    /* Starts a sequence whose first n tokens will be tokens[0..n). With allow_reuse the mode may
+     * find the KV of a leading part elsewhere: *reused_out gets how many leading positions need
+     * no computing (always < n, so the last token is computed and gives logits). */
+    int (*begin)(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int allow_reuse,
+                 size_t *reused_out);
+    /* Before computing [pos, pos + n): makes [0, pos) readable through spans(). */
+    int (*prepare)(struct kvt_eng_kv *kv, size_t pos, size_t n);
+    /* Stores the rows of positions [pos, pos + n) of one layer (copied). */
+    int (*append)(struct kvt_eng_kv *kv, uint32_t layer, size_t pos, size_t n,
+                  const uint16_t *rows);
+    /* Fills out (capacity max) with the spans covering [0, end) of a layer, in position order;
+     * returns their count or a negative error. Pointers stay valid until the next prepare. */
+    int (*spans)(struct kvt_eng_kv *kv, uint32_t layer, size_t end, struct kvt_eng_kv_span *out,
+                 size_t max);
+    /* After a step: tokens[0..n) is the whole sequence so far. */
+    int (*commit)(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n);
+    void (*destroy)(struct kvt_eng_kv *kv);
+};
+
+/* Base of every mode's state (first member). */
+struct kvt_eng_kv {
+    const struct kvt_eng_kv_ops *ops;
+    struct kvt_eng_kv_geom geom;
+    struct kvt_eng_kv_stats stats;
+    size_t spans_max; /* most spans spans() returns for one layer; callers size arrays with it */
+};
+
+int kvt_eng_kv_resident_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv **out);
+
+/* Offload: full chunks live in kvtier, the partial tail in local memory. */
+struct kvt_eng_offload_config {
+    const char *socket_path; /* NULL: $KVTIER_SOCKET or the default */
+    const char *tenant;      /* NULL: "default" */
+    const char *model_id;    /* namespace model id */
+    uint32_t tokens_per_chunk;
+    uint32_t timeout_ms; /* per libkvtier call; 0: 5000 */
+    float rope_theta;
+    uint32_t rotary_dims;
+    uint32_t rope_style; /* kvt_ns_spec.rope_style: 0 neox, 1 gpt-j (interleaved pairs) */
+};
+
+/* Connects to the daemon and registers the namespace; errors from libkvtier pass through. */
+int kvt_eng_kv_offload_create(const struct kvt_eng_kv_geom *geom,
+                              const struct kvt_eng_offload_config *cfg, struct kvt_eng_kv **out);
+
+static inline void kvt_eng_kv_destroy(struct kvt_eng_kv *kv)
+{
+    if (kv)
+        kv->ops->destroy(kv);
+}
+
+#endif
