@@ -858,7 +858,9 @@ static void finish_commit(struct kvt_disk *d)
         op_finish(d, i, 0);
     }
     pfree_sweep(d);
-    if (!d->failed && d->journal_since_ckpt >= d->cfg.checkpoint_records && d->ready.n == 0)
+    /* Writes still waiting for a commit have no journal record yet, so they do not hold the
+     * checkpoint back: their records will carry the new generation. */
+    if (!d->failed && d->journal_since_ckpt >= d->cfg.checkpoint_records)
         checkpoint_write(d);
 }
 
@@ -982,8 +984,8 @@ int kvt_disk_poll(struct kvt_disk *d)
     d->in_poll = 1;
     if (read(d->event_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
         count_io_error(d);
-    /* Bounded: at most one completion-queue's worth per call; the eventfd stays signalled by
-     * the kernel for anything left. */
+    /* Bounded: at most one completion-queue's worth per call; what is left is signalled on the
+     * eventfd again below so the loop comes back for it. */
     while (n < limit && io_uring_peek_cqe(&d->ring, &cqe) == 0) {
         uint64_t ud = io_uring_cqe_get_data64(cqe);
         int res = cqe->res;
@@ -1003,6 +1005,11 @@ int kvt_disk_poll(struct kvt_disk *d)
     pfree_sweep(d);
     if (io_uring_sq_ready(&d->ring) > 0)
         io_uring_submit(&d->ring);
+    if (io_uring_cq_ready(&d->ring) > 0) {
+        v = 1;
+        if (write(d->event_fd, &v, sizeof(v)) < 0)
+            count_io_error(d);
+    }
     n = (uint32_t)run_callbacks(d);
     d->in_poll = 0;
     return (int)n;
@@ -1014,6 +1021,9 @@ int kvt_disk_wait(struct kvt_disk *d, int timeout_ms)
 
     if (d->inflight == 0 && !d->commit.inflight)
         return kvt_disk_poll(d);
+    /* Blocking anyway, so work queued under a plug goes out now rather than never. */
+    if (io_uring_sq_ready(&d->ring) > 0)
+        io_uring_submit(&d->ring);
     if (io_uring_cq_ready(&d->ring) == 0)
         poll(&pfd, 1, timeout_ms);
     return kvt_disk_poll(d);
@@ -1231,13 +1241,18 @@ corrupt:
 
 static int replay_journal(struct kvt_disk *d, uint64_t gen, uint64_t *max_seq)
 {
-    /* Bounded by what the running store can have written between two checkpoints. */
-    uint64_t limit = ((uint64_t)d->cfg.checkpoint_records + 2u * d->jcap) * REC_BYTES;
+    /* Bounded by the file, which the running store keeps within about checkpoint_records plus
+     * one commit's records; a journal written under a larger setting is still read whole. */
+    struct stat sb;
+    uint64_t limit;
     unsigned char *buf = d->ckpt_buf;
     size_t chunk = RECOVERY_READ_BYTES / REC_BYTES * REC_BYTES, got;
     uint64_t off = 0;
     struct rec r;
 
+    if (fstat(d->journal_fd, &sb) != 0)
+        return -errno;
+    limit = (uint64_t)sb.st_size;
     if (chunk > d->ckpt_buf_bytes)
         chunk = d->ckpt_buf_bytes / REC_BYTES * REC_BYTES;
     while (off < limit) {
