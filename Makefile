@@ -111,8 +111,9 @@ all: $(BINS) $(UNIT_BIN) $(INTEG_BIN)
 
 -include mk/*.mk
 
+INTEG_SH := $(wildcard tests/integration/test_*.sh)
 test: all $(TEST_PREREQS)
-	$(Q)KVT_BUILD=$(BUILD) ./tests/run.sh $(UNIT_BIN) $(INTEG_BIN) $(EXTRA_TESTS)
+	$(Q)KVT_BUILD=$(BUILD) ./tests/run.sh $(UNIT_BIN) $(INTEG_BIN) $(INTEG_SH) $(EXTRA_TESTS)
 
 run: all
 	$(BUILD)/kvtierd $(ARGS)
