@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -239,6 +240,78 @@ static void test_batched_writes(void **state)
     assert_int_equal(st.busy_rejects, 1);
     for (uint64_t k = 0; k < 16; k++)
         assert_int_equal(read_check(d, 100 + k), (int)obj_len(100 + k));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+struct encode_job {
+    struct kvt_disk_wslot *ws;
+    size_t n;
+    int rc;
+};
+
+/* A worker thread with its own codec encodes reservations the owner thread made. */
+static void *encode_worker(void *arg)
+{
+    static unsigned char buf[MAX_OBJ];
+    struct encode_job *job = arg;
+    struct kvt_codec_config cfg;
+    struct kvt_codec *c = NULL;
+
+    kvt_codec_config_init(&cfg);
+    cfg.algo = KVT_CODEC_ZSTD;
+    cfg.input_bytes_max = MAX_OBJ;
+    job->rc = kvt_codec_create(&cfg, &c);
+    for (size_t i = 0; i < job->n && job->rc == 0; i++) {
+        uint64_t k = job->ws[i].id.key.hi;
+        obj_fill(k, buf, obj_len(k));
+        job->rc = kvt_disk_encode(c, &job->ws[i], buf, 2);
+    }
+    kvt_codec_destroy(c);
+    return NULL;
+}
+
+static void test_two_phase_write_on_worker(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_wslot ws[8], extra;
+    struct result r[8];
+    struct encode_job job = {ws, 8, 0};
+    pthread_t t;
+    struct kvt_obj_id id;
+
+    env_init(&e);
+    d = open_store(&e);
+    memset(r, 0, sizeof(r));
+    for (uint64_t k = 0; k < 8; k++) {
+        id = obj_id(200 + k);
+        assert_int_equal(kvt_disk_write_reserve(d, &id, obj_len(200 + k), 16, &ws[k]), 0);
+    }
+    assert_int_equal(pthread_create(&t, NULL, encode_worker, &job), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(job.rc, 0);
+    kvt_disk_plug(d);
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(kvt_disk_write_submit(d, &ws[k], on_done, &r[k]), 0);
+    kvt_disk_unplug(d);
+    for (int k = 0; k < 8; k++) {
+        wait_for(d, &r[k]);
+        assert_int_equal(r[k].res, 0);
+    }
+    for (uint64_t k = 0; k < 8; k++)
+        assert_int_equal(read_check(d, 200 + k), (int)obj_len(200 + k));
+    /* A cancelled reservation gives its buffer back and writes nothing. */
+    id = obj_id(300);
+    assert_int_equal(kvt_disk_write_reserve(d, &id, 100, 1, &extra), 0);
+    kvt_disk_write_cancel(d, &extra);
+    assert_int_equal(kvt_disk_inflight(d), 0);
+    assert_int_equal(read_check(d, 300), KVT_E_NOTFOUND);
+    /* Submitting an unsealed reservation is refused and releases it. */
+    assert_int_equal(kvt_disk_write_reserve(d, &id, 100, 1, &extra), 0);
+    assert_int_equal(kvt_disk_write_submit(d, &extra, on_done, &r[0]), KVT_E_INVAL);
+    assert_int_equal(kvt_disk_inflight(d), 0);
     kvt_disk_destroy(d);
     env_cleanup(&e);
 }
@@ -837,6 +910,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_read),
         cmocka_unit_test(test_batched_writes),
+        cmocka_unit_test(test_two_phase_write_on_worker),
         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_corruption_is_a_miss),
         cmocka_unit_test(test_injected_eio),

@@ -69,7 +69,7 @@ struct ient {
 };
 
 enum op_kind { OP_WRITE = 1, OP_READ = 2 };
-enum op_state { ST_FREE = 0, ST_INFLIGHT, ST_READY, ST_COMMITTING, ST_DONE };
+enum op_state { ST_FREE = 0, ST_RESERVED, ST_INFLIGHT, ST_READY, ST_COMMITTING, ST_DONE };
 
 struct op {
     uint8_t kind, state, file;
@@ -121,6 +121,7 @@ struct kvt_disk {
     struct olist ready; /* data written, waiting for a group commit */
     struct olist done;  /* completed, callback pending */
     uint32_t inflight;  /* ops not free */
+    uint32_t reserved;  /* of which reserved writes not yet submitted (no I/O) */
 
     struct ient *index;
     uint64_t index_mask;
@@ -525,19 +526,14 @@ static void count_io_error(struct kvt_disk *d)
 
 /* ---- public operations ---------------------------------------------------------------------- */
 
-int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
-                   uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg)
+int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
+                           uint32_t n_tokens, struct kvt_disk_wslot *ws)
 {
     struct ient *e;
     struct op *o;
-    struct kvt_object_meta m;
-    struct io_uring_sqe *sqe;
-    unsigned char *slot;
-    size_t stored = 0;
-    uint32_t codec = 0, i;
-    int rc;
+    uint32_t i;
 
-    if (!d || !id || (!buf && len) || !done)
+    if (!d || !id || !ws)
         return KVT_E_INVAL;
     if (d->failed)
         return KVT_E_TIERFAILED;
@@ -552,54 +548,132 @@ int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *
         return KVT_E_BUSY;
     }
     o = &d->ops[i];
-    slot = slot_of(d, i);
-    rc = kvt_codec_encode(d->codec, buf, len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
-                          d->slot_bytes - KVT_OBJECT_HEADER_BYTES, &stored, &codec);
+    o->kind = OP_WRITE;
+    o->state = ST_RESERVED;
+    o->id = *id;
+    o->n_tokens = n_tokens;
+    o->raw_len = len;
+    /* The sequence number is taken now, in call order on the owner thread, so it orders
+     * writes of the same key however long their encoding takes. */
+    o->seq = d->next_seq++;
+    d->reserved++;
+    memset(ws, 0, sizeof(*ws));
+    ws->handle = i;
+    ws->buf = slot_of(d, i);
+    ws->cap = d->slot_bytes;
+    ws->id = *id;
+    ws->n_tokens = n_tokens;
+    ws->raw_len = len;
+    ws->seq = o->seq;
+    return 0;
+}
+
+int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const void *src,
+                    uint32_t elem_bytes)
+{
+    unsigned char *slot = ws->buf;
+    struct kvt_object_meta m;
+    size_t stored = 0, total;
+    uint32_t id = 0;
+    int rc;
+
+    if (!codec || (!src && ws->raw_len))
+        return KVT_E_INVAL;
+    rc = kvt_codec_encode(codec, src, ws->raw_len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
+                          ws->cap - KVT_OBJECT_HEADER_BYTES, &stored, &id);
     if (rc)
-        goto err_put_op;
-    o->blocks = (uint32_t)blocks_for(KVT_OBJECT_HEADER_BYTES + stored);
+        return rc;
+    m = (struct kvt_object_meta){.ns_seed = ws->id.ns_seed,
+                                 .key = ws->id.key,
+                                 .n_tokens = ws->n_tokens,
+                                 .codec = id,
+                                 .raw_len = ws->raw_len,
+                                 .stored_len = stored,
+                                 .seq = ws->seq};
+    /* Zero the tail of the last block so no stale staging bytes reach the disk. */
+    total = (size_t)blocks_for(KVT_OBJECT_HEADER_BYTES + stored) * BLOCK;
+    memset(slot + KVT_OBJECT_HEADER_BYTES + stored, 0, total - KVT_OBJECT_HEADER_BYTES - stored);
+    kvt_object_seal(slot, &m);
+    ws->stored_len = stored;
+    ws->codec = id;
+    ws->sealed = 1;
+    return 0;
+}
+
+void kvt_disk_write_cancel(struct kvt_disk *d, struct kvt_disk_wslot *ws)
+{
+    assert(ws->handle < d->n_ops && d->ops[ws->handle].state == ST_RESERVED &&
+           d->ops[ws->handle].seq == ws->seq);
+    d->reserved--;
+    op_put(d, ws->handle);
+    ws->buf = NULL;
+}
+
+int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tier_done_fn done,
+                          void *arg)
+{
+    struct io_uring_sqe *sqe;
+    struct op *o;
+    uint32_t i = ws->handle;
+    int rc;
+
+    /* A handle that is not a live reservation is a programmer error. */
+    assert(i < d->n_ops && d->ops[i].state == ST_RESERVED && d->ops[i].seq == ws->seq);
+    o = &d->ops[i];
+    if (!done || !ws->sealed) {
+        rc = KVT_E_INVAL;
+        goto err_cancel;
+    }
+    if (d->failed) {
+        rc = KVT_E_TIERFAILED;
+        goto err_cancel;
+    }
+    o->blocks = (uint32_t)blocks_for(KVT_OBJECT_HEADER_BYTES + ws->stored_len);
     rc = extent_alloc(d, o->blocks, &o->file, &o->start);
     if (rc) {
         d->st.full_rejects++;
-        goto err_put_op;
+        goto err_cancel;
     }
-    o->kind = OP_WRITE;
+    d->reserved--;
     o->state = ST_INFLIGHT;
-    o->id = *id;
-    o->codec = codec;
-    o->n_tokens = n_tokens;
-    o->raw_len = len;
-    o->stored_len = stored;
-    o->seq = d->next_seq++;
+    o->codec = ws->codec;
+    o->stored_len = ws->stored_len;
     o->done = done;
     o->arg = arg;
-    m = (struct kvt_object_meta){.ns_seed = id->ns_seed,
-                                 .key = id->key,
-                                 .n_tokens = n_tokens,
-                                 .codec = codec,
-                                 .raw_len = len,
-                                 .stored_len = stored,
-                                 .seq = o->seq};
-    /* Zero the tail of the last block so no stale staging bytes reach the disk. */
-    memset(slot + KVT_OBJECT_HEADER_BYTES + stored, 0,
-           (size_t)o->blocks * BLOCK - KVT_OBJECT_HEADER_BYTES - stored);
-    kvt_object_seal(slot, &m);
-
     sqe = get_sqe(d);
-    io_uring_prep_write_fixed(sqe, o->file, slot, o->blocks * BLOCK, o->start * BLOCK, 0);
+    io_uring_prep_write_fixed(sqe, o->file, slot_of(d, i), o->blocks * BLOCK, o->start * BLOCK, 0);
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
     d->st.writes++;
-    d->st.raw_bytes_written += len;
-    d->st.stored_bytes_written += stored;
-    if (codec != KVT_CODEC_RAW)
+    d->st.raw_bytes_written += o->raw_len;
+    d->st.stored_bytes_written += o->stored_len;
+    if (o->codec != KVT_CODEC_RAW)
         d->st.compressed_objects++;
     submit(d);
     return 0;
 
-err_put_op:
-    op_put(d, i);
+err_cancel:
+    kvt_disk_write_cancel(d, ws);
     return rc;
+}
+
+int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
+                   uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_disk_wslot ws;
+    int rc;
+
+    if (!d || !id || (!buf && len) || !done)
+        return KVT_E_INVAL;
+    rc = kvt_disk_write_reserve(d, id, len, n_tokens, &ws);
+    if (rc)
+        return rc;
+    rc = kvt_disk_encode(d->codec, &ws, buf, elem_bytes);
+    if (rc) {
+        kvt_disk_write_cancel(d, &ws);
+        return rc;
+    }
+    return kvt_disk_write_submit(d, &ws, done, arg);
 }
 
 int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
@@ -1019,7 +1093,7 @@ int kvt_disk_wait(struct kvt_disk *d, int timeout_ms)
 {
     struct pollfd pfd = {.fd = d->event_fd, .events = POLLIN};
 
-    if (d->inflight == 0 && !d->commit.inflight)
+    if (d->inflight == d->reserved && !d->commit.inflight)
         return kvt_disk_poll(d);
     /* Blocking anyway, so work queued under a plug goes out now rather than never. */
     if (io_uring_sq_ready(&d->ring) > 0)
@@ -1734,7 +1808,7 @@ void kvt_disk_destroy(struct kvt_disk *d)
     /* Bounded by the I/O in flight: every op completes or fails in the kernel, and poll starts
      * the commits that make completed writes durable. Staged tombstones need no commit: the
      * checkpoint below records their effect. */
-    while (d->inflight > 0 || d->commit.inflight) {
+    while (d->inflight > d->reserved || d->commit.inflight) {
         if (io_uring_sq_ready(&d->ring) > 0)
             io_uring_submit(&d->ring);
         kvt_disk_wait(d, 100);

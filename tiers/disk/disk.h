@@ -134,6 +134,41 @@ void kvt_disk_destroy(struct kvt_disk *d);
 int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
                    uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg);
 
+/* Two-phase write, so that the CPU work of a write (encoding and checksumming up to
+ * object_bytes_max bytes) can run on a worker thread while the owner thread only reserves and
+ * submits:
+ *   owner:  kvt_disk_write_reserve(d, &id, len, n_tokens, &ws)   takes a staging buffer
+ *   worker: kvt_disk_encode(worker_codec, &ws, src, elem_bytes)    touches only ws and ws.buf
+ *   owner:  kvt_disk_write_submit(d, &ws, done, arg)               allocates the extent, submits
+ * or kvt_disk_write_cancel(d, &ws) to give the buffer back. The worker's codec must accept
+ * object_bytes_max inputs. Every reservation must be submitted or cancelled before destroy.
+ * kvt_disk_write() is the three steps in one call on the owner thread. */
+struct kvt_disk_wslot {
+    uint32_t handle; /* store-private */
+    void *buf;       /* staging buffer owned by the store, valid until submit or cancel */
+    size_t cap;      /* bytes at buf */
+    struct kvt_obj_id id;
+    uint32_t n_tokens;
+    size_t raw_len;
+    uint64_t seq;
+    size_t stored_len; /* set by kvt_disk_encode */
+    uint32_t codec;    /* set by kvt_disk_encode */
+    int sealed;        /* set by kvt_disk_encode */
+};
+
+/* Returns 0, KVT_E_EXISTS, KVT_E_BUSY, KVT_E_TOOBIG, KVT_E_INVAL, KVT_E_TIERFAILED. */
+int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
+                           uint32_t n_tokens, struct kvt_disk_wslot *ws);
+/* Encodes ws->raw_len bytes of src (borrowed for the call) and seals the object. Thread-safe with
+ * respect to the store: uses only codec (one per thread) and ws. Returns 0 or a codec error. */
+int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const void *src,
+                    uint32_t elem_bytes);
+/* Submits a sealed reservation; the same callback contract as kvt_disk_write. On an error
+ * (KVT_E_FULL, KVT_E_TIERFAILED, KVT_E_INVAL) the reservation is released and no callback runs. */
+int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tier_done_fn done,
+                          void *arg);
+void kvt_disk_write_cancel(struct kvt_disk *d, struct kvt_disk_wslot *ws);
+
 /* Submits a read of object id into dst (capacity cap), which must stay valid until done runs.
  * done(arg, raw_len) on success; done(arg, KVT_E_NOTFOUND) when the stored object failed its
  * checksum (it is dropped and counted); KVT_E_IO, KVT_E_TIERFAILED. Returns 0, or without
