@@ -1,0 +1,290 @@
+/*
+ * Offload KV mode: every full chunk of KV goes to kvtier as soon as it is complete and is read back
+ * through libkvtier for every step that needs it; only the partial tail chunk stays in the
+ * engine's memory. Chunks use the canonical layout [layer][token][k|v][kv_head][head_dim] in fp16,
+ * and their keys are kvtier's chained chunk keys over the token ids, so any engine (or a later run
+ * of this one) finds the same prefix under the same keys.
+ *
+ * Buffers: one arena region big enough for every chunk of a full context (the fetch area, where
+ * kvt_get_batch lands chunks with no client-side copy) and one chunk of put staging, both from
+ * kvt_arena_alloc. Before prefill, kvt_lookup says how many leading chunks of the prompt are
+ * cached; those are fetched instead of computed (prefix reuse).
+ *
+ * Errors from libkvtier (daemon gone, timeout, a chunk evicted) are returned unchanged; the caller
+ * decides between stopping and recomputing (session.c).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/kv.h"
+#include "kvtier/kvtier.h"
+
+#define OFFLOAD_ARENA_SLACK (1u << 20)
+
+struct kv_offload {
+    struct kvt_eng_kv base;
+    struct kvt_client *client;
+    struct kvt_ns_info ns;
+    size_t C;         /* tokens per chunk */
+    size_t row_halfs; /* fp16 values of one token of one layer */
+    size_t chunk_bytes;
+    size_t max_chunks;
+    struct kvt_key *keys; /* keys of the chunks [0, n_chunks) that are in kvtier */
+    size_t n_chunks;
+    struct kvt_item *items;
+    uint8_t *fetch; /* arena: max_chunks * chunk_bytes */
+    size_t fetched; /* chunks readable in fetch since the last prepare */
+    uint8_t *stage; /* arena: one chunk being stored */
+    uint16_t *tail; /* local: [layer][tail_cap][row] for positions [tail_start, +tail_len) */
+    size_t tail_cap, tail_start, tail_len;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint16_t *tail_rows(struct kv_offload *o, uint32_t layer, size_t pos)
+{
+    return o->tail + ((size_t)layer * o->tail_cap + (pos - o->tail_start)) * o->row_halfs;
+}
+
+static int off_begin(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int allow_reuse,
+                     size_t *reused_out)
+{
+    struct kv_offload *o = (struct kv_offload *)kv;
+    o->n_chunks = 0;
+    o->fetched = 0;
+    o->tail_start = 0;
+    o->tail_len = 0;
+    *reused_out = 0;
+    if (!allow_reuse || n <= o->C)
+        return 0;
+    size_t nk = kvt_chunk_keys(&o->ns, NULL, tokens, n, o->keys, o->max_chunks);
+    size_t hits = 0;
+    int rc = kvt_lookup(o->client, o->ns.handle, o->keys, nk, &hits, NULL);
+    if (rc)
+        return rc;
+    /* Keep the last prompt token to compute: its logits start generation. */
+    size_t usable = (n - 1) / o->C;
+    if (hits < usable)
+        usable = hits;
+    o->n_chunks = usable;
+    o->tail_start = usable * o->C;
+    kv->stats.reused_tokens += o->tail_start;
+    *reused_out = o->tail_start;
+    return 0;
+}
+
+static int off_prepare(struct kvt_eng_kv *kv, size_t pos, size_t n)
+{
+    struct kv_offload *o = (struct kv_offload *)kv;
+    if (pos != o->tail_start + o->tail_len || n > kv->geom.batch_max ||
+        pos + n > kv->geom.ctx_max || o->tail_len + n > o->tail_cap)
+        return -EINVAL;
+    o->fetched = 0;
+    if (o->n_chunks == 0)
+        return 0;
+    for (size_t i = 0; i < o->n_chunks; i++) {
+        struct kvt_item *it = &o->items[i];
+        memset(it, 0, sizeof(*it));
+        it->key = o->keys[i];
+        it->buf = o->fetch + i * o->chunk_bytes;
+        it->len = o->chunk_bytes;
+    }
+    uint64_t t0 = now_ns();
+    int rc = kvt_get_batch(o->client, o->ns.handle, o->items, o->n_chunks);
+    kv->stats.fetch_ns += now_ns() - t0;
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < o->n_chunks; i++) {
+        const struct kvt_item *it = &o->items[i];
+        if (it->status)
+            return it->status;
+        if (it->len != o->chunk_bytes)
+            return KVT_E_GEOMETRY;
+        size_t tier = it->tier < KVT_ENG_KV_TIERS ? (size_t)it->tier : 0;
+        kv->stats.fetch_bytes[tier] += it->len;
+        kv->stats.fetch_chunks++;
+    }
+    o->fetched = o->n_chunks;
+    return 0;
+}
+
+static int off_append(struct kvt_eng_kv *kv, uint32_t layer, size_t pos, size_t n,
+                      const uint16_t *rows)
+{
+    struct kv_offload *o = (struct kv_offload *)kv;
+    if (layer >= kv->geom.n_layer || pos < o->tail_start || pos + n - o->tail_start > o->tail_cap)
+        return -EINVAL;
+    memcpy(tail_rows(o, layer, pos), rows, n * o->row_halfs * sizeof(uint16_t));
+    if (pos + n - o->tail_start > o->tail_len)
+        o->tail_len = pos + n - o->tail_start;
+    return 0;
+}
+
+static int off_spans(struct kvt_eng_kv *kv, uint32_t layer, size_t end, struct kvt_eng_kv_span *out,
+                     size_t max)
+{
+    struct kv_offload *o = (struct kv_offload *)kv;
+    size_t ns = 0;
+    if (layer >= kv->geom.n_layer || end > o->tail_start + o->tail_len ||
+        (o->tail_start > 0 && o->fetched * o->C < o->tail_start && end > o->fetched * o->C))
+        return -EINVAL;
+    size_t layer_bytes = o->C * o->row_halfs * sizeof(uint16_t);
+    for (size_t c = 0; c < o->fetched && c * o->C < end; c++) {
+        if (ns >= max)
+            return -ENOSPC;
+        out[ns].rows = (const uint16_t *)(o->fetch + c * o->chunk_bytes + layer * layer_bytes);
+        out[ns].pos = c * o->C;
+        out[ns].n_tokens = end - c * o->C < o->C ? end - c * o->C : o->C;
+        ns++;
+    }
+    if (end > o->tail_start) {
+        if (ns >= max)
+            return -ENOSPC;
+        out[ns].rows = tail_rows(o, layer, o->tail_start);
+        out[ns].pos = o->tail_start;
+        out[ns].n_tokens = end - o->tail_start;
+        ns++;
+    }
+    return (int)ns;
+}
+
+static int off_commit(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n)
+{
+    struct kv_offload *o = (struct kv_offload *)kv;
+    if (n != o->tail_start + o->tail_len)
+        return -EINVAL;
+    size_t layer_bytes = o->C * o->row_halfs * sizeof(uint16_t);
+    while (o->tail_len >= o->C) {
+        if (o->n_chunks >= o->max_chunks)
+            return -ENOSPC;
+        for (uint32_t l = 0; l < kv->geom.n_layer; l++)
+            memcpy(o->stage + l * layer_bytes, tail_rows(o, l, o->tail_start), layer_bytes);
+        struct kvt_key key;
+        const struct kvt_key *parent = o->n_chunks ? &o->keys[o->n_chunks - 1] : NULL;
+        if (kvt_chunk_keys(&o->ns, parent, tokens + o->tail_start, o->C, &key, 1) != 1)
+            return -EINVAL;
+        uint64_t t0 = now_ns();
+        int rc = kvt_put(o->client, o->ns.handle, &key, o->stage, o->chunk_bytes, (uint32_t)o->C);
+        kv->stats.store_ns += now_ns() - t0;
+        if (rc)
+            return rc;
+        kv->stats.store_bytes += o->chunk_bytes;
+        kv->stats.store_chunks++;
+        o->keys[o->n_chunks++] = key;
+        o->tail_start += o->C;
+        o->tail_len -= o->C;
+        /* The rest of the tail moves to the front of each layer's tail area. */
+        for (uint32_t l = 0; l < kv->geom.n_layer && o->tail_len; l++) {
+            uint16_t *dst = o->tail + (size_t)l * o->tail_cap * o->row_halfs;
+            memmove(dst, dst + o->C * o->row_halfs, o->tail_len * o->row_halfs * sizeof(uint16_t));
+        }
+    }
+    return 0;
+}
+
+static void off_destroy(struct kvt_eng_kv *kv)
+{
+    struct kv_offload *o = (struct kv_offload *)kv;
+    if (o->client) {
+        kvt_arena_free(o->client, o->fetch);
+        kvt_arena_free(o->client, o->stage);
+        kvt_close(o->client);
+    }
+    free(o->keys);
+    free(o->items);
+    free(o->tail);
+    free(o);
+}
+
+static const struct kvt_eng_kv_ops offload_ops = {
+    .name = "offload",
+    .begin = off_begin,
+    .prepare = off_prepare,
+    .append = off_append,
+    .spans = off_spans,
+    .commit = off_commit,
+    .destroy = off_destroy,
+};
+
+int kvt_eng_kv_offload_create(const struct kvt_eng_kv_geom *geom,
+                              const struct kvt_eng_offload_config *cfg, struct kvt_eng_kv **out)
+{
+    int rc;
+    if (!cfg->tokens_per_chunk || !cfg->model_id || !geom->batch_max)
+        return -EINVAL;
+    struct kv_offload *o = calloc(1, sizeof(*o));
+    if (!o)
+        return -ENOMEM;
+    o->base.ops = &offload_ops;
+    o->base.geom = *geom;
+    o->C = cfg->tokens_per_chunk;
+    o->row_halfs = kvt_eng_kv_row_halfs(geom);
+    o->max_chunks = geom->ctx_max / o->C + 1;
+    o->base.spans_max = o->max_chunks + 1;
+    o->tail_cap = o->C + geom->batch_max;
+    o->keys = calloc(o->max_chunks, sizeof(*o->keys));
+    o->items = calloc(o->max_chunks, sizeof(*o->items));
+    o->tail = calloc((size_t)geom->n_layer * o->tail_cap * o->row_halfs, sizeof(uint16_t));
+    if (!o->keys || !o->items || !o->tail) {
+        rc = -ENOMEM;
+        goto err_free;
+    }
+
+    size_t bytes_per_token = (size_t)geom->n_layer * o->row_halfs * sizeof(uint16_t);
+    struct kvt_connect_opts co = {
+        .socket_path = cfg->socket_path,
+        .tenant = cfg->tenant,
+        .arena_bytes = (uint64_t)(o->max_chunks + 1) * o->C * bytes_per_token + OFFLOAD_ARENA_SLACK,
+        .timeout_ms = cfg->timeout_ms,
+    };
+    rc = kvt_connect(&co, &o->client);
+    if (rc)
+        goto err_free;
+    struct kvt_ns_spec spec = {
+        .model_id = cfg->model_id,
+        .layers = geom->n_layer,
+        .kv_heads = geom->n_head_kv,
+        .head_dim = geom->head_dim,
+        .dtype = KVT_DTYPE_FP16,
+        .tokens_per_chunk = cfg->tokens_per_chunk,
+        .rope_theta = cfg->rope_theta,
+        .rotary_dims = cfg->rotary_dims,
+        .rope_style = cfg->rope_style,
+        .allow_lossy = 0,
+    };
+    rc = kvt_register(o->client, &spec, &o->ns);
+    if (rc)
+        goto err_close;
+    if (o->ns.bytes_per_token != bytes_per_token || o->ns.tokens_per_chunk != o->C) {
+        rc = KVT_E_GEOMETRY;
+        goto err_close;
+    }
+    o->chunk_bytes = (size_t)o->ns.chunk_bytes;
+    o->fetch = kvt_arena_alloc(o->client, o->max_chunks * o->chunk_bytes);
+    o->stage = kvt_arena_alloc(o->client, o->chunk_bytes);
+    if (!o->fetch || !o->stage) {
+        rc = KVT_E_NOMEM;
+        goto err_close;
+    }
+    *out = &o->base;
+    return 0;
+
+err_close:
+    kvt_arena_free(o->client, o->fetch);
+    kvt_arena_free(o->client, o->stage);
+    kvt_close(o->client);
+    o->client = NULL;
+err_free:
+    free(o->keys);
+    free(o->items);
+    free(o->tail);
+    free(o);
+    return rc;
+}

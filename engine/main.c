@@ -1,0 +1,577 @@
+/*
+ * kvtier-engine: the reference inference engine's command line.
+ *
+ *   kvtier-engine generate --model M --prompt P [--max-tokens N] [--mode resident|offload]
+ *                 [--socket S] [--temp T --top-k K --top-p P --seed S] [--raw]
+ *   kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] [--socket S]
+ *
+ * Common options: --threads N (0: all cores), --ctx N, --batch N, --chunk-tokens N,
+ * --timeout-ms N, --on-error recompute|stop, --tenant T.
+ * generate wraps the prompt in the model's chat template unless --raw; eval scores a text with no
+ * BOS (like llama.cpp for this model) and, for a mode other than resident, also runs resident in
+ * the same process to report top-1 agreement and whether the logits are bit-identical.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/model.h"
+#include "engine/pool.h"
+#include "engine/quant.h"
+#include "engine/sampler.h"
+#include "engine/session.h"
+#include "kvtier/kvtier.h"
+
+#define DEFAULT_SYSTEM "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+struct opts {
+    const char *cmd;
+    const char *model;
+    const char *prompt;
+    const char *text;
+    const char *json;
+    const char *socket;
+    const char *tenant;
+    const char *system;
+    enum kvt_eng_mode mode;
+    size_t max_tokens;
+    size_t eval_tokens;
+    size_t ctx;
+    size_t batch;
+    unsigned threads;
+    uint32_t chunk_tokens;
+    uint32_t timeout_ms;
+    int stop_on_error;
+    int raw;
+    int compare;
+    struct kvt_eng_sampler_config sampling;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage:\n"
+            "  kvtier-engine generate --model M --prompt P [--max-tokens N] "
+            "[--mode resident|offload]\n"
+            "                [--socket S] [--temp T] [--top-k K] [--top-p P] [--seed S] [--raw]\n"
+            "  kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] "
+            "[--socket S]\n"
+            "                [--no-compare]\n"
+            "common: --threads N --ctx N --batch N --chunk-tokens N --timeout-ms N\n"
+            "        --on-error recompute|stop --tenant T\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int parse_size(const char *v, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end || end == v)
+        return -EINVAL;
+    *out = (size_t)x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    size_t v;
+    if (argc < 2)
+        return -EINVAL;
+    o->cmd = argv[1];
+    for (int i = 2; i < argc; i++) {
+        char *a = argv[i];
+        const char *val = NULL;
+        if (strncmp(a, "--", 2) != 0)
+            goto bad;
+        char *eq = strchr(a, '=');
+        if (eq) {
+            *eq = '\0';
+            val = eq + 1;
+        }
+        a += 2;
+        /* Flags without a value. */
+        if (!strcmp(a, "raw") || !strcmp(a, "no-compare")) {
+            if (!strcmp(a, "raw"))
+                o->raw = 1;
+            else
+                o->compare = 0;
+            continue;
+        }
+        if (!val) {
+            if (i + 1 >= argc)
+                goto bad;
+            val = argv[++i];
+        }
+        if (!strcmp(a, "model"))
+            o->model = val;
+        else if (!strcmp(a, "prompt"))
+            o->prompt = val;
+        else if (!strcmp(a, "text"))
+            o->text = val;
+        else if (!strcmp(a, "json"))
+            o->json = val;
+        else if (!strcmp(a, "socket"))
+            o->socket = val;
+        else if (!strcmp(a, "tenant"))
+            o->tenant = val;
+        else if (!strcmp(a, "system"))
+            o->system = val;
+        else if (!strcmp(a, "mode")) {
+            if (kvt_eng_mode_parse(val, &o->mode))
+                goto bad;
+        } else if (!strcmp(a, "on-error")) {
+            if (!strcmp(val, "stop"))
+                o->stop_on_error = 1;
+            else if (!strcmp(val, "recompute"))
+                o->stop_on_error = 0;
+            else
+                goto bad;
+        } else if (!strcmp(a, "temp"))
+            o->sampling.temp = strtof(val, NULL);
+        else if (!strcmp(a, "top-p"))
+            o->sampling.top_p = strtof(val, NULL);
+        else if (!strcmp(a, "max-tokens") && !parse_size(val, &v))
+            o->max_tokens = v;
+        else if (!strcmp(a, "tokens") && !parse_size(val, &v))
+            o->eval_tokens = v;
+        else if (!strcmp(a, "ctx") && !parse_size(val, &v) && v > 0)
+            o->ctx = v;
+        else if (!strcmp(a, "batch") && !parse_size(val, &v) && v > 0)
+            o->batch = v;
+        else if (!strcmp(a, "threads") && !parse_size(val, &v) && v < 1024)
+            o->threads = (unsigned)v;
+        else if (!strcmp(a, "chunk-tokens") && !parse_size(val, &v) && v > 0 && v <= 65536)
+            o->chunk_tokens = (uint32_t)v;
+        else if (!strcmp(a, "timeout-ms") && !parse_size(val, &v) && v <= 3600000)
+            o->timeout_ms = (uint32_t)v;
+        else if (!strcmp(a, "top-k") && !parse_size(val, &v) && v <= UINT32_MAX)
+            o->sampling.top_k = (uint32_t)v;
+        else if (!strcmp(a, "seed") && !parse_size(val, &v))
+            o->sampling.seed = v;
+        else
+            goto bad;
+        continue;
+    bad:
+        fprintf(stderr, "kvtier-engine: bad or incomplete option '%s'\n", argv[i]);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int read_file(const char *path, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -errno;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (n < cap)
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!buf)
+        return -ENOMEM;
+    if (err) {
+        free(buf);
+        return -EIO;
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static int tokenize(const struct kvt_eng_model *m, const char *text, size_t len, int special,
+                    int32_t **out, size_t *n_out)
+{
+    size_t n = 0;
+    int rc = kvt_eng_tok_encode(m->tok, text, len, special, NULL, 0, &n);
+    if (rc && rc != -ENOSPC)
+        return rc;
+    int32_t *ids = malloc((n ? n : 1) * sizeof(*ids));
+    if (!ids)
+        return -ENOMEM;
+    rc = kvt_eng_tok_encode(m->tok, text, len, special, ids, n, &n);
+    if (rc) {
+        free(ids);
+        return rc;
+    }
+    *out = ids;
+    *n_out = n;
+    return 0;
+}
+
+static struct kvt_eng_session_config session_config(const struct opts *o, enum kvt_eng_mode mode,
+                                                    size_t ctx)
+{
+    struct kvt_eng_session_config c = {
+        .mode = mode,
+        .ctx_max = ctx,
+        .batch_max = o->batch,
+        .stop_on_error = o->stop_on_error,
+        .log = stderr,
+    };
+    c.offload.socket_path = o->socket;
+    c.offload.tenant = o->tenant;
+    c.offload.tokens_per_chunk = o->chunk_tokens;
+    c.offload.timeout_ms = o->timeout_ms;
+    return c;
+}
+
+static void print_kv_stats(FILE *f, const struct kvt_eng_kv_stats *st, size_t tokens)
+{
+    static const char *const tier[KVT_ENG_KV_TIERS] = {"local", "gpu", "dram", "disk", "remote"};
+    uint64_t total = 0;
+    for (int i = 0; i < KVT_ENG_KV_TIERS; i++)
+        total += st->fetch_bytes[i];
+    fprintf(f, "kv: fetched %llu bytes in %llu chunks (", (unsigned long long)total,
+            (unsigned long long)st->fetch_chunks);
+    for (int i = 1; i < KVT_ENG_KV_TIERS; i++)
+        fprintf(f, "%s%s %llu", i > 1 ? ", " : "", tier[i], (unsigned long long)st->fetch_bytes[i]);
+    fprintf(f, "), stored %llu bytes in %llu chunks, %.0f bytes fetched per token\n",
+            (unsigned long long)st->store_bytes, (unsigned long long)st->store_chunks,
+            tokens ? (double)total / (double)tokens : 0.0);
+}
+
+/* ---- generate ----------------------------------------------------------------------------------
+ */
+
+static int cmd_generate(const struct opts *o, const struct kvt_eng_model *m,
+                        struct kvt_eng_pool *pool)
+{
+    char *text = NULL;
+    int32_t *prompt = NULL;
+    size_t n_prompt = 0;
+    float *logits = NULL;
+    struct kvt_eng_session *s = NULL;
+    struct kvt_eng_sampler *smp = NULL;
+    int rc;
+
+    if (!o->prompt) {
+        fprintf(stderr, "kvtier-engine: generate needs --prompt\n");
+        return -EINVAL;
+    }
+    if (o->raw) {
+        rc = tokenize(m, o->prompt, strlen(o->prompt), 0, &prompt, &n_prompt);
+    } else {
+        const char *sys = o->system ? o->system : DEFAULT_SYSTEM;
+        size_t cap = strlen(sys) + strlen(o->prompt) + 128;
+        text = malloc(cap);
+        if (!text)
+            return -ENOMEM;
+        int len = snprintf(text, cap,
+                           "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n"
+                           "<|im_start|>assistant\n",
+                           sys, o->prompt);
+        rc = tokenize(m, text, (size_t)len, 1, &prompt, &n_prompt);
+    }
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: cannot tokenize the prompt: %s\n", strerror(-rc));
+        goto out;
+    }
+    size_t ctx = o->ctx ? o->ctx : n_prompt + o->max_tokens + 1;
+    if (n_prompt + o->max_tokens > ctx) {
+        fprintf(stderr, "kvtier-engine: prompt (%zu tokens) + --max-tokens exceed --ctx %zu\n",
+                n_prompt, ctx);
+        rc = -EINVAL;
+        goto out;
+    }
+    struct kvt_eng_session_config sc = session_config(o, o->mode, ctx);
+    rc = kvt_eng_session_create(m, pool, &sc, &s);
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: cannot start a %s session: %s\n",
+                kvt_eng_mode_name(o->mode), kvt_strerror(rc));
+        goto out;
+    }
+    rc = kvt_eng_sampler_create(&o->sampling, m->hp.n_vocab, &smp);
+    logits = malloc(m->hp.n_vocab * sizeof(float));
+    if (rc || !logits) {
+        rc = rc ? rc : -ENOMEM;
+        goto out;
+    }
+
+    double t0 = now_s();
+    rc = kvt_eng_session_start(s, prompt, n_prompt, 1, logits, NULL, NULL);
+    double t1 = now_s();
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: prompt failed: %s\n", kvt_strerror(rc));
+        goto out;
+    }
+    size_t produced = 0;
+    char piece[256];
+    for (; produced < o->max_tokens; produced++) {
+        int32_t id = kvt_eng_sampler_pick(smp, logits);
+        if (id == kvt_eng_tok_eos(m->tok) || kvt_eng_tok_is_control(m->tok, id))
+            break;
+        int l = kvt_eng_tok_decode(m->tok, id, 0, piece, sizeof(piece));
+        if (l > 0)
+            fwrite(piece, 1, (size_t)l, stdout);
+        fflush(stdout);
+        if (produced + 1 == o->max_tokens)
+            break;
+        rc = kvt_eng_session_next(s, id, logits);
+        if (rc) {
+            fprintf(stderr, "\nkvtier-engine: generation stopped: %s\n", kvt_strerror(rc));
+            goto out;
+        }
+    }
+    double t2 = now_s();
+    fputc('\n', stdout);
+    fflush(stdout);
+    struct kvt_eng_kv_stats st = kvt_eng_session_kv_stats(s);
+    fprintf(stderr,
+            "mode %s%s: prompt %zu tokens (%zu reused from kvtier) in %.1f ms, %zu tokens "
+            "generated, %.2f ms/token\n",
+            kvt_eng_mode_name(o->mode), s->fell_back ? " (fell back to resident)" : "", n_prompt,
+            s->reused, (t1 - t0) * 1e3, produced, produced ? (t2 - t1) * 1e3 / produced : 0.0);
+    print_kv_stats(stderr, &st, s->n_past);
+
+out:
+    kvt_eng_sampler_destroy(smp);
+    kvt_eng_session_destroy(s);
+    free(logits);
+    free(prompt);
+    free(text);
+    return rc;
+}
+
+/* ---- eval --------------------------------------------------------------------------------------
+ */
+
+struct eval_acc {
+    const int32_t *tokens;
+    size_t n;
+    size_t V;
+    double nll;
+    size_t scored;
+    int32_t *argmax;  /* per position */
+    uint64_t *digest; /* per position: FNV-1a of the logits' bytes */
+};
+
+static void eval_cb(void *arg, size_t pos, size_t n, const float *logits)
+{
+    struct eval_acc *a = arg;
+    for (size_t i = 0; i < n; i++) {
+        const float *l = logits + i * a->V;
+        size_t p = pos + i;
+        a->argmax[p] = kvt_eng_argmax(l, a->V);
+        uint64_t h = 1469598103934665603ull;
+        const unsigned char *b = (const unsigned char *)l;
+        for (size_t k = 0; k < a->V * sizeof(float); k++)
+            h = (h ^ b[k]) * 1099511628211ull;
+        a->digest[p] = h;
+        if (p + 1 < a->n) {
+            double mx = l[a->argmax[p]], sum = 0.0;
+            for (size_t k = 0; k < a->V; k++)
+                sum += exp((double)l[k] - mx);
+            a->nll += mx + log(sum) - (double)l[a->tokens[p + 1]];
+            a->scored++;
+        }
+    }
+}
+
+struct eval_run {
+    double seconds;
+    double ppl;
+    struct kvt_eng_kv_stats kv;
+    int fell_back;
+    int last_error;
+};
+
+static int eval_one(const struct opts *o, const struct kvt_eng_model *m, struct kvt_eng_pool *pool,
+                    enum kvt_eng_mode mode, struct eval_acc *acc, struct eval_run *run)
+{
+    struct kvt_eng_session *s = NULL;
+    struct kvt_eng_session_config sc = session_config(o, mode, acc->n);
+    int rc = kvt_eng_session_create(m, pool, &sc, &s);
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: cannot start a %s session: %s\n", kvt_eng_mode_name(mode),
+                kvt_strerror(rc));
+        return rc;
+    }
+    acc->nll = 0.0;
+    acc->scored = 0;
+    double t0 = now_s();
+    /* Every position needs its logits, so a cached prefix is not reused here. */
+    rc = kvt_eng_session_start(s, acc->tokens, acc->n, 0, NULL, eval_cb, acc);
+    run->seconds = now_s() - t0;
+    if (rc)
+        fprintf(stderr, "kvtier-engine: %s eval failed: %s\n", kvt_eng_mode_name(mode),
+                kvt_strerror(rc));
+    run->ppl = acc->scored ? exp(acc->nll / (double)acc->scored) : 0.0;
+    run->kv = kvt_eng_session_kv_stats(s);
+    run->fell_back = s->fell_back;
+    run->last_error = s->last_error;
+    kvt_eng_session_destroy(s);
+    return rc;
+}
+
+static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct kvt_eng_pool *pool,
+                    const char *simd)
+{
+    char *text = NULL;
+    size_t len = 0, n_all = 0;
+    int32_t *ids = NULL;
+    struct eval_acc ref = {0}, cur = {0};
+    struct eval_run ref_run = {0}, cur_run = {0};
+    int rc;
+    if (!o->text || !o->json) {
+        fprintf(stderr, "kvtier-engine: eval needs --text and --json\n");
+        return -EINVAL;
+    }
+    if ((rc = read_file(o->text, &text, &len))) {
+        fprintf(stderr, "kvtier-engine: cannot read %s: %s\n", o->text, strerror(-rc));
+        return rc;
+    }
+    if ((rc = tokenize(m, text, len, 0, &ids, &n_all)))
+        goto out;
+    size_t n = o->eval_tokens && o->eval_tokens < n_all ? o->eval_tokens : n_all;
+    if (n < 2) {
+        fprintf(stderr, "kvtier-engine: the text has fewer than 2 tokens\n");
+        rc = -EINVAL;
+        goto out;
+    }
+    int compare = o->compare && o->mode != KVT_ENG_MODE_RESIDENT;
+    struct eval_acc *accs[2] = {&ref, &cur};
+    for (int i = 0; i < 2; i++) {
+        *accs[i] = (struct eval_acc){.tokens = ids, .n = n, .V = m->hp.n_vocab};
+        accs[i]->argmax = calloc(n, sizeof(int32_t));
+        accs[i]->digest = calloc(n, sizeof(uint64_t));
+        if (!accs[i]->argmax || !accs[i]->digest) {
+            rc = -ENOMEM;
+            goto out;
+        }
+    }
+    if (compare && (rc = eval_one(o, m, pool, KVT_ENG_MODE_RESIDENT, &ref, &ref_run)))
+        goto out;
+    if ((rc = eval_one(o, m, pool, o->mode, &cur, &cur_run)))
+        goto out;
+
+    size_t agree = 0, exact = 0;
+    for (size_t p = 0; compare && p < n; p++) {
+        agree += ref.argmax[p] == cur.argmax[p];
+        exact += ref.digest[p] == cur.digest[p];
+    }
+    uint64_t fetched = 0;
+    for (int i = 0; i < KVT_ENG_KV_TIERS; i++)
+        fetched += cur_run.kv.fetch_bytes[i];
+
+    FILE *f = fopen(o->json, "w");
+    if (!f) {
+        rc = -errno;
+        fprintf(stderr, "kvtier-engine: cannot write %s: %s\n", o->json, strerror(errno));
+        goto out;
+    }
+    fprintf(f, "{\n  \"model\": \"%s\",\n  \"text\": \"%s\",\n  \"mode\": \"%s\",\n", m->model_id,
+            o->text, kvt_eng_mode_name(o->mode));
+    fprintf(f, "  \"tokens\": %zu,\n  \"positions_scored\": %zu,\n  \"perplexity\": %.6f,\n", n,
+            cur.scored, cur_run.ppl);
+    fprintf(f, "  \"ms_per_token\": %.3f,\n", cur_run.seconds * 1e3 / (double)n);
+    if (compare) {
+        fprintf(f, "  \"resident_perplexity\": %.6f,\n  \"resident_ms_per_token\": %.3f,\n",
+                ref_run.ppl, ref_run.seconds * 1e3 / (double)n);
+        fprintf(f, "  \"top1_agreement_with_resident\": %.6f,\n", (double)agree / (double)n);
+        fprintf(f, "  \"bit_exact_with_resident\": %s,\n", exact == n ? "true" : "false");
+    }
+    fprintf(f,
+            "  \"kv_bytes_per_token\": {\"fetched\": %.1f, \"dram\": %.1f, \"disk\": %.1f, "
+            "\"gpu\": %.1f, \"remote\": %.1f, \"stored\": %.1f},\n",
+            (double)fetched / n, (double)cur_run.kv.fetch_bytes[KVT_TIER_CPU] / n,
+            (double)cur_run.kv.fetch_bytes[KVT_TIER_DISK] / n,
+            (double)cur_run.kv.fetch_bytes[KVT_TIER_GPU] / n,
+            (double)cur_run.kv.fetch_bytes[KVT_TIER_REMOTE] / n,
+            (double)cur_run.kv.store_bytes / n);
+    fprintf(f, "  \"kv_fetch_ms\": %.1f,\n  \"kv_store_ms\": %.1f,\n",
+            (double)cur_run.kv.fetch_ns / 1e6, (double)cur_run.kv.store_ns / 1e6);
+    fprintf(f, "  \"fell_back_to_resident\": %s,\n", cur_run.fell_back ? "true" : "false");
+    fprintf(
+        f,
+        "  \"batch\": %zu,\n  \"chunk_tokens\": %u,\n  \"threads\": %u,\n  \"simd\": \"%s\"\n}\n",
+        o->batch, o->chunk_tokens ? o->chunk_tokens : 64, kvt_eng_pool_size(pool), simd);
+    fclose(f);
+
+    fprintf(stderr, "%s: %zu tokens, perplexity %.4f, %.2f ms/token", kvt_eng_mode_name(o->mode), n,
+            cur_run.ppl, cur_run.seconds * 1e3 / (double)n);
+    if (compare)
+        fprintf(stderr, "; resident perplexity %.4f (%.2f ms/token), top-1 agreement %.4f, %s",
+                ref_run.ppl, ref_run.seconds * 1e3 / (double)n, (double)agree / (double)n,
+                exact == n ? "bit-exact" : "NOT bit-exact");
+    fputc('\n', stderr);
+    print_kv_stats(stderr, &cur_run.kv, n);
+
+out:
+    for (int i = 0; i < 2; i++) {
+        free(accs[i]->argmax);
+        free(accs[i]->digest);
+    }
+    free(ids);
+    free(text);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {
+        .mode = KVT_ENG_MODE_RESIDENT,
+        .max_tokens = 128,
+        .eval_tokens = 2048,
+        .batch = 64,
+        .chunk_tokens = 64,
+        .timeout_ms = 5000,
+        .compare = 1,
+        .sampling = {.temp = 0.0f, .top_k = 40, .top_p = 0.95f, .seed = 42},
+    };
+    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+        usage(stdout);
+        return 0;
+    }
+    if (parse_args(argc, argv, &o) || (strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval")) ||
+        !o.model) {
+        usage(stderr);
+        return 2;
+    }
+    const char *simd = kvt_eng_quant_init(0);
+    struct kvt_eng_model *m = NULL;
+    struct kvt_eng_pool *pool = NULL;
+    char err[512];
+    int rc = kvt_eng_model_load(o.model, &m, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: %s (%s)\n", err,
+                strerror(rc < 0 && rc > -4096 ? -rc : EINVAL));
+        return 1;
+    }
+    rc = kvt_eng_pool_create(o.threads, &pool);
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: cannot start threads: %s\n", strerror(-rc));
+        kvt_eng_model_free(m);
+        return 1;
+    }
+    if (!strcmp(o.cmd, "generate"))
+        rc = cmd_generate(&o, m, pool);
+    else
+        rc = cmd_eval(&o, m, pool, simd);
+    kvt_eng_pool_destroy(pool);
+    kvt_eng_model_free(m);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,31 @@
+# Reference inference engine (issue 4): $(BUILD)/kvtier-engine, the engine archive its tests link,
+# the model fetch that `make test` needs, and `make demo`.
+
+ENGINE_SRC   := $(filter-out engine/main.c,$(wildcard engine/*.c))
+ENGINE_OBJ   := $(call obj,$(ENGINE_SRC) engine/main.c)
+ENGINE_A     := $(BUILD)/libkvtengine.a
+ENGINE_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+$(ENGINE_A): $(call obj,$(ENGINE_SRC))
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/kvtier-engine: $(call obj,engine/main.c) $(ENGINE_A) $(CLIENT_A)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+all: $(BUILD)/kvtier-engine
+
+# Engine tests link the engine archive; libkvtier goes once more after it because the offload
+# mode calls into the client library and archives are scanned in order.
+$(BUILD)/tests/unit/test_engine_%: $(ENGINE_A)
+$(BUILD)/tests/integration/test_engine_%: $(ENGINE_A) $(BUILD)/kvtierd
+$(BUILD)/tests/unit/test_engine_%: LIBS += $(ENGINE_A) $(CLIENT_A)
+$(BUILD)/tests/integration/test_engine_%: LIBS += $(ENGINE_A) $(CLIENT_A)
+
+# The engine tests read the model; fetch it (once) before any test runs.
+$(ENGINE_MODEL):
+	$(Q)./scripts/fetch-model.sh models >/dev/null
+TEST_PREREQS += $(ENGINE_MODEL)
+
+demo: $(BUILD)/kvtierd $(BUILD)/kvtier $(BUILD)/kvtier-engine
+	$(Q)BUILD=$(BUILD) ./scripts/demo.sh
