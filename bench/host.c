@@ -44,8 +44,8 @@ static struct kvt_client *open_client(const char *sock, uint64_t arena)
     return kvt_connect(&o, &c) ? NULL : c;
 }
 
-static double put_gbps(struct kvt_client *c, const struct kvt_ns_info *ns, size_t bytes,
-                       int iters, uint64_t key_base)
+static double put_gbps(struct kvt_client *c, const struct kvt_ns_info *ns, size_t bytes, int iters,
+                       uint64_t key_base)
 {
     uint8_t *buf = kvt_arena_alloc(c, bytes);
     if (!buf)
@@ -65,8 +65,8 @@ static double put_gbps(struct kvt_client *c, const struct kvt_ns_info *ns, size_
 }
 
 /* Gets round-robin over n_keys stored chunks into one warm arena buffer. */
-static double get_gbps(struct kvt_client *c, const struct kvt_ns_info *ns, size_t bytes,
-                       int iters, uint64_t key_base, int n_keys)
+static double get_gbps(struct kvt_client *c, const struct kvt_ns_info *ns, size_t bytes, int iters,
+                       uint64_t key_base, int n_keys)
 {
     uint8_t *buf = kvt_arena_alloc(c, bytes);
     if (!buf)
@@ -164,8 +164,8 @@ int kvt_bench_host(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
     const char *names[] = {"64k", "1m", "4m"};
     const uint64_t budget = opts->quick ? 512ull * MIB : 4096ull * MIB;
     struct kvt_test_daemon d = {0};
-    const char *args[] = {"--cpu.arena_bytes=1G", "--cpu.page_bytes=32M",
-                          "--cpu.prefault=true", "--log_level=warn", NULL};
+    const char *args[] = {"--cpu.arena_bytes=1G", "--cpu.page_bytes=32M", "--cpu.prefault=true",
+                          "--log_level=warn", NULL};
     if (kvt_test_daemon_start(&d, args)) {
         fprintf(stderr, "host: cannot start kvtierd\n");
         return 1;
@@ -212,7 +212,7 @@ int kvt_bench_host(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
         struct thread_arg ta[THREADS_MAX];
         pthread_t th[THREADS_MAX];
         for (int t = 0; t < THREADS_MAX; t++) {
-            ta[t] = (struct thread_arg){d.socket_path, bytes, iters / THREADS_MAX,
+            ta[t] = (struct thread_arg){d.socket_path, bytes,  iters / THREADS_MAX,
                                         base + 500000, n_keys, 0};
             pthread_create(&th[t], NULL, get_thread, &ta[t]);
         }

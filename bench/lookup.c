@@ -47,8 +47,8 @@ static int raw_recv_one(struct raw *r)
 {
     for (;;) {
         if (r->have >= 4) {
-            uint32_t n = (uint32_t)r->in[0] | (uint32_t)r->in[1] << 8 |
-                         (uint32_t)r->in[2] << 16 | (uint32_t)r->in[3] << 24;
+            uint32_t n = (uint32_t)r->in[0] | (uint32_t)r->in[1] << 8 | (uint32_t)r->in[2] << 16 |
+                         (uint32_t)r->in[3] << 24;
             if (r->have >= 4 + n) {
                 Kvtier__Response *resp = kvtier__response__unpack(NULL, n, r->in + 4);
                 int st = resp ? resp->status : -1;
@@ -214,8 +214,8 @@ int kvt_bench_lookup(const struct kvt_bench_opts *opts, struct kvt_bench_report 
                 freeReplyObject(rep);
             }
         }
-        double pops = (double)(n / PIPELINE_DEPTH * PIPELINE_DEPTH) * 1e9 /
-                      (double)(kvt_bench_now_ns() - t0);
+        double pops =
+            (double)(n / PIPELINE_DEPTH * PIPELINE_DEPTH) * 1e9 / (double)(kvt_bench_now_ns() - t0);
         double ping_p50 = kvt_bench_percentile(lat, (size_t)n, 50);
         latency_row(r, "redis PING", lat, n, pops);
         for (int i = 0; i < n; i++) {

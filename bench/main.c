@@ -45,7 +45,7 @@ static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opt
     }
     snprintf(cp, sizeof(cp), "%.*s.csv",
              (int)(strlen(jp) > 5 && !strcmp(jp + strlen(jp) - 5, ".json") ? strlen(jp) - 5
-                                                                            : strlen(jp)),
+                                                                           : strlen(jp)),
              jp);
     if (kvt_bench_write_json(&r, jp) || kvt_bench_write_csv(&r, cp))
         fprintf(stderr, "kvtier-bench: cannot write %s\n", jp);

@@ -145,8 +145,7 @@ static void machine_json(FILE *f)
     }
     if (ci)
         fclose(ci);
-    fprintf(f,
-            "{\"cores\": %ld, \"memory_bytes\": %lld, \"kernel\": \"%s %s\", \"cpu\": \"%s\"}",
+    fprintf(f, "{\"cores\": %ld, \"memory_bytes\": %lld, \"kernel\": \"%s %s\", \"cpu\": \"%s\"}",
             sysconf(_SC_NPROCESSORS_ONLN), (long long)pages * psz, u.sysname, u.release, model);
 }
 

@@ -70,8 +70,10 @@ static int parse_dtype(const char *s, enum kvt_dtype *out)
 
 static int open_client(const struct cli *o, struct kvt_client **c, uint64_t arena_bytes)
 {
-    struct kvt_connect_opts co = {.socket_path = o->socket, .tenant = o->tenant,
-                                  .arena_bytes = arena_bytes, .timeout_ms = o->timeout_ms};
+    struct kvt_connect_opts co = {.socket_path = o->socket,
+                                  .tenant = o->tenant,
+                                  .arena_bytes = arena_bytes,
+                                  .timeout_ms = o->timeout_ms};
     int rc = kvt_connect(&co, c);
     if (rc)
         return die("connect", rc);
@@ -222,8 +224,8 @@ static int cmd_get(const struct cli *o, char **args, int n)
         return 2;
     struct kvt_client *c;
     struct kvt_ns_info ns;
-    uint64_t arena = (o->spec.tokens_per_chunk * (uint64_t)o->spec.layers * 2 *
-                      o->spec.kv_heads * o->spec.head_dim * kvt_dtype_size(o->spec.dtype)) +
+    uint64_t arena = (o->spec.tokens_per_chunk * (uint64_t)o->spec.layers * 2 * o->spec.kv_heads *
+                      o->spec.head_dim * kvt_dtype_size(o->spec.dtype)) +
                      4096;
     if (open_client(o, &c, arena))
         return 1;

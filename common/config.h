@@ -29,7 +29,7 @@ struct kvt_cfg_entry {
     size_t offset;  /* of the field inside the config struct */
     size_t str_cap; /* STR/ENUM: size of the char array */
     const char *def;
-    double min, max; /* numeric limits (inclusive); ignored when min > max */
+    double min, max;            /* numeric limits (inclusive); ignored when min > max */
     const char *const *choices; /* ENUM: NULL-terminated */
     unsigned flags;
     const char *doc;

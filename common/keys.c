@@ -25,8 +25,7 @@ size_t kvt_dtype_size(enum kvt_dtype dtype)
 }
 
 size_t kvt_chunk_keys(const struct kvt_ns_info *ns, const struct kvt_key *parent,
-                      const int32_t *tokens, size_t n_tokens, struct kvt_key *keys,
-                      size_t max_keys)
+                      const int32_t *tokens, size_t n_tokens, struct kvt_key *keys, size_t max_keys)
 {
     if (!ns || !ns->tokens_per_chunk || (!tokens && n_tokens))
         return 0;

@@ -51,7 +51,7 @@ int kvt_log_ratelimit_pass(struct kvt_log_ratelimit *rl, uint32_t *suppressed_ou
     do {                                                                                           \
         static struct kvt_log_ratelimit kvt__rl;                                                   \
         uint32_t kvt__supp = 0;                                                                    \
-        if ((level) <= kvt_log_level_current && kvt_log_ratelimit_pass(&kvt__rl, &kvt__supp))     \
+        if ((level) <= kvt_log_level_current && kvt_log_ratelimit_pass(&kvt__rl, &kvt__supp))      \
             kvt_log_write((level), (module), __VA_ARGS__);                                         \
     } while (0)
 

@@ -7,14 +7,22 @@
 #include "daemon/config.h"
 
 #define U64(k, f, d, lo, hi, fl, doc)                                                              \
-    {k, KVT_CFG_U64, offsetof(struct kvt_dconfig, f), 0, d, lo, hi, NULL, fl, doc}
+    {                                                                                              \
+        k, KVT_CFG_U64, offsetof(struct kvt_dconfig, f), 0, d, lo, hi, NULL, fl, doc               \
+    }
 #define BYTES(k, f, d, lo, hi, fl, doc)                                                            \
-    {k, KVT_CFG_BYTES, offsetof(struct kvt_dconfig, f), 0, d, lo, hi, NULL, fl, doc}
+    {                                                                                              \
+        k, KVT_CFG_BYTES, offsetof(struct kvt_dconfig, f), 0, d, lo, hi, NULL, fl, doc             \
+    }
 #define STR(k, f, d, fl, doc)                                                                      \
-    {k,  KVT_CFG_STR, offsetof(struct kvt_dconfig, f), sizeof(((struct kvt_dconfig *)0)->f), d, 1, \
-     0,  NULL,        fl,                              doc}
+    {                                                                                              \
+        k, KVT_CFG_STR, offsetof(struct kvt_dconfig, f), sizeof(((struct kvt_dconfig *)0)->f), d,  \
+            1, 0, NULL, fl, doc                                                                    \
+    }
 #define BOOL(k, f, d, fl, doc)                                                                     \
-    {k, KVT_CFG_BOOL, offsetof(struct kvt_dconfig, f), 0, d, 1, 0, NULL, fl, doc}
+    {                                                                                              \
+        k, KVT_CFG_BOOL, offsetof(struct kvt_dconfig, f), 0, d, 1, 0, NULL, fl, doc                \
+    }
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 
@@ -43,7 +51,8 @@ static const struct kvt_cfg_entry entries[] = {
           "Largest transfer arena a client may share at Hello"),
     U64("max_inflight_per_conn", max_inflight_per_conn, "128", 1, 4096, 0,
         "Requests of one connection being served at once; more wait in the socket"),
-    U64("workers", workers, "0", 0, 64, 0, "Copy worker threads; 0 = one per core minus one (min 1)"),
+    U64("workers", workers, "0", 0, 64, 0,
+        "Copy worker threads; 0 = one per core minus one (min 1)"),
     BYTES("copy_offload_bytes", copy_offload_bytes, "2M", 0, 1024 * GIB, KVT_CFG_RUNTIME,
           "Copies at least this large run on a worker instead of the event loop"),
     U64("busy_poll_us", busy_poll_us, "50", 0, 100000, KVT_CFG_RUNTIME,

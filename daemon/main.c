@@ -18,10 +18,11 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: kvtierd [--config FILE] [--KEY=VALUE ...] [--dump-config] [--version]\n"
-                 "  Every config key can be given on the command line, e.g. --cpu.arena_bytes=4G\n"
-                 "  --socket=/tmp/kvtier.sock. Dashes in keys may be written as underscores.\n"
-                 "  --dump-config prints every key with its documentation and value, then exits.\n");
+    fprintf(out,
+            "usage: kvtierd [--config FILE] [--KEY=VALUE ...] [--dump-config] [--version]\n"
+            "  Every config key can be given on the command line, e.g. --cpu.arena_bytes=4G\n"
+            "  --socket=/tmp/kvtier.sock. Dashes in keys may be written as underscores.\n"
+            "  --dump-config prints every key with its documentation and value, then exits.\n");
 }
 
 /* Turns "--data-dir" into "data_dir". */

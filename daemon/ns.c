@@ -34,7 +34,7 @@ static uint64_t seed_of(const char *tenant, const struct kvt_ns_def *d)
     XXH3_64bits_reset(&st);
     XXH3_64bits_update(&st, tenant, strlen(tenant) + 1);
     XXH3_64bits_update(&st, d->model_id, strlen(d->model_id) + 1);
-    uint32_t f[7] = {d->layers, d->kv_heads,    d->head_dim,  d->dtype,
+    uint32_t f[7] = {d->layers,           d->kv_heads,    d->head_dim,  d->dtype,
                      d->tokens_per_chunk, d->rotary_dims, d->rope_style};
     XXH3_64bits_update(&st, f, sizeof(f));
     XXH3_64bits_update(&st, &d->rope_theta, sizeof(d->rope_theta));

@@ -341,8 +341,7 @@ static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         if (!range_ok(c, g->offset, g->capacity)) {
             s->st.range_errors++;
             snprintf(why, sizeof(why),
-                     "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64
-                     "-byte arena",
+                     "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64 "-byte arena",
                      g->offset, g->capacity, c->arena_bytes);
             reply_error(s, c, op, KVT_E_RANGE, why);
             return;
@@ -363,8 +362,7 @@ static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         gr.length = e->length; /* tells the client how much room it needs */
         resp.result_case = KVTIER__RESPONSE__RESULT_GET;
         resp.get = &gr;
-        kvt__server_respond(s, c, op, &resp, g->want_inline ? KVT_E_TOOBIG : KVT_E_SMALLBUF,
-                            NULL);
+        kvt__server_respond(s, c, op, &resp, g->want_inline ? KVT_E_TOOBIG : KVT_E_SMALLBUF, NULL);
         return;
     }
     s->st.get_hits++;
@@ -465,8 +463,8 @@ static void op_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     static int32_t status[DELETE_KEYS_MAX];
     for (size_t i = 0; i < d->n_keys; i++) {
         struct kvt_key key;
-        uint32_t id = key_of(d->keys[i], &key) ? KVT_INDEX_NIL
-                                                : kvt_index_find(&s->idx, ns->id, &key);
+        uint32_t id =
+            key_of(d->keys[i], &key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, ns->id, &key);
         struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
         if (!e) {
             status[i] = KVT_E_NOTFOUND;

@@ -284,8 +284,9 @@ static void on_accept(struct kvt_server *s)
         }
         if (s->n_conns >= s->cfg->max_clients || s->stop) {
             s->st.connections_rejected_busy++;
-            KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "rejected connection: %u clients (max %llu)",
-                                s->n_conns, (unsigned long long)s->cfg->max_clients);
+            KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server",
+                                "rejected connection: %u clients (max %llu)", s->n_conns,
+                                (unsigned long long)s->cfg->max_clients);
             reject(fd, s->stop ? KVT_E_SHUTDOWN : KVT_E_BUSY);
             continue;
         }
@@ -306,8 +307,8 @@ static void on_accept(struct kvt_server *s)
         s->conns = c;
         s->n_conns++;
         s->st.connections_accepted++;
-        KVT_DEBUG("server", "conn open id=%llu uid=%u pid=%d", (unsigned long long)c->id,
-                  cred.uid, cred.pid);
+        KVT_DEBUG("server", "conn open id=%llu uid=%u pid=%d", (unsigned long long)c->id, cred.uid,
+                  cred.pid);
     }
 }
 
@@ -475,13 +476,26 @@ static void on_workers(struct kvt_server *s)
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
+/* Fills a Unix socket address; -1 when the path does not fit. */
+static int unix_addr(const char *path, struct sockaddr_un *a)
+{
+    size_t n = strlen(path);
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    if (n >= sizeof(a->sun_path))
+        return -1;
+    memcpy(a->sun_path, path, n + 1);
+    return 0;
+}
+
 static int socket_in_use(const char *path)
 {
+    struct sockaddr_un a;
+    if (unix_addr(path, &a))
+        return 0;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 0;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
     int live = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
     close(fd);
     return live;
@@ -490,8 +504,8 @@ static int socket_in_use(const char *path)
 static int bind_socket(struct kvt_server *s)
 {
     const char *path = s->cfg->socket;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(a.sun_path)) {
+    struct sockaddr_un a;
+    if (unix_addr(path, &a)) {
         KVT_ERR("server", "socket path too long (max %zu): %s", sizeof(a.sun_path) - 1, path);
         return KVT_E_INVAL;
     }
@@ -500,7 +514,6 @@ static int bind_socket(struct kvt_server *s)
         return -EADDRINUSE;
     }
     unlink(path); /* a stale socket from a daemon that died */
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
@@ -583,8 +596,8 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
         (rc = ep_add(s, s->signal_fd, EPOLLIN, &s->signal_src)) ||
         (rc = ep_add(s, kvt_workers_fd(s->workers), EPOLLIN, &s->workers_src)))
         goto err;
-    KVT_INFO("server", "listening socket=%s workers=%u max_clients=%llu", cfg->socket,
-             s->n_workers, (unsigned long long)cfg->max_clients);
+    KVT_INFO("server", "listening socket=%s workers=%u max_clients=%llu", cfg->socket, s->n_workers,
+             (unsigned long long)cfg->max_clients);
     *out = s;
     return 0;
 err:

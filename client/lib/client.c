@@ -139,8 +139,8 @@ static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t 
 {
     for (;;) {
         if (c->in_len >= 4) {
-            uint32_t len = (uint32_t)c->in[0] | (uint32_t)c->in[1] << 8 |
-                           (uint32_t)c->in[2] << 16 | (uint32_t)c->in[3] << 24;
+            uint32_t len = (uint32_t)c->in[0] | (uint32_t)c->in[1] << 8 | (uint32_t)c->in[2] << 16 |
+                           (uint32_t)c->in[3] << 24;
             if ((size_t)len + 4 > c->in_cap)
                 return KVT_E_PROTO;
             if (c->in_len >= (size_t)len + 4) {
@@ -518,8 +518,8 @@ struct xfer {
 };
 
 static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
-                      struct kvt_item *it, struct xfer *x, Kvtier__Request *req,
-                      Kvtier__PutReq *pr, Kvtier__GetReq *gr, Kvtier__Key *key)
+                      struct kvt_item *it, struct xfer *x, Kvtier__Request *req, Kvtier__PutReq *pr,
+                      Kvtier__GetReq *gr, Kvtier__Key *key)
 {
     kvtier__key__init(key);
     key->lo = it->key.lo;

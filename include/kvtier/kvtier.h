@@ -88,8 +88,8 @@ struct kvt_ns_spec {
 
 /* What a registered namespace is, as the library and the engine see it. Copied to the caller. */
 struct kvt_ns_info {
-    uint32_t handle;          /* pass to the calls below; stable across daemon restarts */
-    uint64_t seed;            /* namespace seed mixed into every chunk key */
+    uint32_t handle; /* pass to the calls below; stable across daemon restarts */
+    uint64_t seed;   /* namespace seed mixed into every chunk key */
     uint32_t tokens_per_chunk;
     uint64_t bytes_per_token; /* layers * 2 * kv_heads * head_dim * sizeof(dtype) */
     uint64_t chunk_bytes;     /* bytes_per_token * tokens_per_chunk */

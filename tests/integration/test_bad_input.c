@@ -29,16 +29,19 @@ static struct kvt_ns_info bns;
 static struct kvt_key bkey = {0x1234, 0x5678};
 static uint8_t bdata[2048];
 
-static const struct kvt_ns_spec spec = {
-    .model_id = "bad-input", .layers = 2, .kv_heads = 2, .head_dim = 8,
-    .dtype = KVT_DTYPE_FP16, .tokens_per_chunk = 16};
+static const struct kvt_ns_spec spec = {.model_id = "bad-input",
+                                        .layers = 2,
+                                        .kv_heads = 2,
+                                        .head_dim = 8,
+                                        .dtype = KVT_DTYPE_FP16,
+                                        .tokens_per_chunk = 16};
 #define CHUNK_BYTES 2048
 
 static int setup(void **state)
 {
     (void)state;
-    const char *args[] = {"--max_clients=8", "--max_frame_bytes=64K",
-                          "--inline_max_bytes=16K", NULL};
+    const char *args[] = {"--max_clients=8", "--max_frame_bytes=64K", "--inline_max_bytes=16K",
+                          NULL};
     if (kvt_test_daemon_start(&dp, args))
         return -1;
     struct kvt_connect_opts o = {.socket_path = dp.socket_path, .arena_bytes = 1 << 20};
@@ -346,8 +349,8 @@ static void test_unsealed_arena_refused(void **state)
         char c[CMSG_SPACE(sizeof(int))];
         struct cmsghdr a;
     } cb;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.c,
-                        .msg_controllen = sizeof(cb.c)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.c, .msg_controllen = sizeof(cb.c)};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
@@ -509,9 +512,9 @@ static void test_stats_count_rejections(void **state)
     struct kvt_stat *st;
     size_t n;
     assert_int_equal(kvt_stats(bystander, &st, &n), 0);
-    const char *names[] = {"bad_frames", "truncated_frames", "oversized_frames", "unknown_ops",
-                           "range_errors", "geometry_errors", "unknown_namespace",
-                           "access_denied", "connections_rejected_busy"};
+    const char *names[] = {"bad_frames",        "truncated_frames", "oversized_frames",
+                           "unknown_ops",       "range_errors",     "geometry_errors",
+                           "unknown_namespace", "access_denied",    "connections_rejected_busy"};
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         uint64_t v = 0;
         for (size_t i = 0; i < n; i++)

@@ -19,9 +19,12 @@
 static struct kvt_test_daemon daemon_proc;
 
 /* Small geometry: 2 layers x 2 heads x 8 dims x fp16 = 128 bytes per token, 16 tokens/chunk. */
-static const struct kvt_ns_spec spec = {
-    .model_id = "test-model", .layers = 2, .kv_heads = 2, .head_dim = 8,
-    .dtype = KVT_DTYPE_FP16, .tokens_per_chunk = 16};
+static const struct kvt_ns_spec spec = {.model_id = "test-model",
+                                        .layers = 2,
+                                        .kv_heads = 2,
+                                        .head_dim = 8,
+                                        .dtype = KVT_DTYPE_FP16,
+                                        .tokens_per_chunk = 16};
 #define CHUNK_BYTES (16 * 128)
 
 static int setup(void **state)
@@ -41,8 +44,10 @@ static int teardown(void **state)
 
 static struct kvt_client *connect_as(const char *tenant)
 {
-    struct kvt_connect_opts o = {.socket_path = daemon_proc.socket_path, .tenant = tenant,
-                                 .arena_bytes = 16 << 20, .timeout_ms = 3000};
+    struct kvt_connect_opts o = {.socket_path = daemon_proc.socket_path,
+                                 .tenant = tenant,
+                                 .arena_bytes = 16 << 20,
+                                 .timeout_ms = 3000};
     struct kvt_client *c = NULL;
     assert_int_equal(kvt_connect(&o, &c), 0);
     return c;
@@ -143,8 +148,8 @@ static void test_batches(void **state)
     struct kvt_item items[N];
     for (int i = 0; i < N; i++) {
         fill(buf + (size_t)i * CHUNK_BYTES, CHUNK_BYTES, 100 + (uint32_t)i);
-        items[i] = (struct kvt_item){.key = keys[i], .buf = buf + (size_t)i * CHUNK_BYTES,
-                                     .len = CHUNK_BYTES};
+        items[i] = (struct kvt_item){
+            .key = keys[i], .buf = buf + (size_t)i * CHUNK_BYTES, .len = CHUNK_BYTES};
     }
     /* One item has the wrong size: only it fails. */
     items[17].len = CHUNK_BYTES - 2;
@@ -154,8 +159,8 @@ static void test_batches(void **state)
 
     uint8_t *out = kvt_arena_alloc(c, (size_t)N * CHUNK_BYTES);
     for (int i = 0; i < N; i++)
-        items[i] = (struct kvt_item){.key = keys[i], .buf = out + (size_t)i * CHUNK_BYTES,
-                                     .len = CHUNK_BYTES};
+        items[i] = (struct kvt_item){
+            .key = keys[i], .buf = out + (size_t)i * CHUNK_BYTES, .len = CHUNK_BYTES};
     assert_int_equal(kvt_get_batch(c, ns.handle, items, N), 0);
     for (int i = 0; i < N; i++) {
         if (i == 17) {
@@ -310,12 +315,9 @@ static void test_reconnect_after_restart(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get_roundtrip),
-        cmocka_unit_test(test_batches),
-        cmocka_unit_test(test_tenants_isolated),
-        cmocka_unit_test(test_eviction_under_pressure),
-        cmocka_unit_test(test_config_and_stats),
-        cmocka_unit_test(test_reconnect_after_restart),
+        cmocka_unit_test(test_put_get_roundtrip), cmocka_unit_test(test_batches),
+        cmocka_unit_test(test_tenants_isolated),  cmocka_unit_test(test_eviction_under_pressure),
+        cmocka_unit_test(test_config_and_stats),  cmocka_unit_test(test_reconnect_after_restart),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

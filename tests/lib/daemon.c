@@ -70,8 +70,8 @@ int kvt_test_daemon_start(struct kvt_test_daemon *d, const char *const *extra_ar
             return -1;
         }
         struct kvt_client *c = NULL;
-        struct kvt_connect_opts o = {.socket_path = d->socket_path, .arena_bytes = 4096,
-                                     .timeout_ms = 1000};
+        struct kvt_connect_opts o = {
+            .socket_path = d->socket_path, .arena_bytes = 4096, .timeout_ms = 1000};
         if (access(d->socket_path, F_OK) == 0 && kvt_connect(&o, &c) == 0) {
             int rc = kvt_ping(c);
             kvt_close(c);

@@ -128,8 +128,8 @@ static void build_classes(struct kvt_host *h)
             break;
         /* Grow by about 1.25x, rounded up to the granule, so waste stays under ~20%. */
         uint64_t next = size + size / 4;
-        next = (next + KVT_HOST_GRANULE_BYTES - 1) / KVT_HOST_GRANULE_BYTES *
-               KVT_HOST_GRANULE_BYTES;
+        next =
+            (next + KVT_HOST_GRANULE_BYTES - 1) / KVT_HOST_GRANULE_BYTES * KVT_HOST_GRANULE_BYTES;
         size = next > size ? next : size + KVT_HOST_GRANULE_BYTES;
     }
 }
@@ -189,8 +189,8 @@ static int map_arena(struct kvt_host *h)
     h->fd = fd;
     h->base = p;
     KVT_INFO("host", "cpu arena mapped bytes=%llu pages=%u page_bytes=%llu hugetlb=%d",
-             (unsigned long long)h->arena_bytes, h->n_pages,
-             (unsigned long long)h->cfg.page_bytes, huge);
+             (unsigned long long)h->arena_bytes, h->n_pages, (unsigned long long)h->cfg.page_bytes,
+             huge);
     return 0;
 }
 
