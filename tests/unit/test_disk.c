@@ -376,6 +376,51 @@ static void test_restart(void **state)
     env_cleanup(&e);
 }
 
+/* Objects spread over two files survive a restart; the same files given in another order (or
+ * replaced) are recognised as foreign and formatted instead of being misread. */
+static void test_two_files_and_identity(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    char path1[128];
+
+    env_init(&e);
+    snprintf(path1, sizeof(path1), "%s/data1", e.dir);
+    e.cfg.paths[1] = path1;
+    e.cfg.n_paths = 2;
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.formats, 1);
+    assert_int_equal(st.tier.bytes_capacity, 2 * e.cfg.file_bytes);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.formats, 0);
+    assert_int_equal(st.tier.objects, 20);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    kvt_disk_destroy(d);
+
+    e.cfg.paths[0] = path1;
+    e.cfg.paths[1] = e.path;
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.formats, 1);
+    assert_int_equal(st.tier.objects, 0);
+    assert_int_equal(read_check(d, 3), KVT_E_NOTFOUND);
+    assert_int_equal(write_sync(d, 3), 0);
+    assert_int_equal(read_check(d, 3), (int)obj_len(3));
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.checksum_failures, 0);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
 static void corrupt_file(const char *path, off_t off)
 {
     int fd = open(path, O_RDWR);
@@ -402,8 +447,9 @@ static void test_corruption_is_a_miss(void **state)
     for (uint64_t k = 0; k < 4; k++)
         assert_int_equal(write_sync(d, k), 0);
     kvt_disk_destroy(d);
-    /* First fit puts object 0 at offset 0: flip one payload byte and one header byte of it. */
-    corrupt_file(e.path, 128 + 77);
+    /* Block 0 is the superblock and first fit puts object 0 right after it: flip one payload
+     * byte of it. */
+    corrupt_file(e.path, 4096 + 128 + 77);
 
     d = open_store(&e);
     assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
@@ -423,7 +469,7 @@ static void test_corruption_is_a_miss(void **state)
     kvt_disk_destroy(d);
 
     /* A header corruption is caught the same way. */
-    corrupt_file(e.path, 20);
+    corrupt_file(e.path, 4096 + 20);
     d = open_store(&e);
     {
         int rc0 = read_check(d, 0), rc1 = read_check(d, 1);
@@ -652,7 +698,7 @@ static void test_unwritten_extent_dropped(void **state)
     run_and_abandon(&e, write_30);
     fd = open(e.path, O_RDWR);
     assert_true(fd >= 0);
-    assert_int_equal(pwrite(fd, zero, sizeof(zero), 0), (ssize_t)sizeof(zero));
+    assert_int_equal(pwrite(fd, zero, sizeof(zero), 4096), (ssize_t)sizeof(zero));
     close(fd);
 
     d = open_store(&e);
@@ -912,6 +958,7 @@ int main(void)
         cmocka_unit_test(test_batched_writes),
         cmocka_unit_test(test_two_phase_write_on_worker),
         cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_two_files_and_identity),
         cmocka_unit_test(test_corruption_is_a_miss),
         cmocka_unit_test(test_injected_eio),
         cmocka_unit_test(test_enospc_and_full),

@@ -26,6 +26,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +54,8 @@
 #define CKPT_MAGIC 0x4354564bu /* "KVTC" */
 #define CKPT_VERSION 1u
 #define CKPT_HEADER_BYTES 64u
+#define SB_MAGIC 0x5354564bu /* "KVTS" */
+#define SB_VERSION 1u
 /* Journal bytes read per pread during recovery. */
 #define RECOVERY_READ_BYTES (1u << 20)
 #define UD_OP 1u
@@ -153,6 +156,7 @@ struct kvt_disk {
     unsigned char *ckpt_buf;
     size_t ckpt_buf_bytes;
 
+    uint64_t store_id; /* in every superblock and in the checkpoint */
     uint64_t next_seq;
     uint32_t next_file;
     uint32_t io_err_streak;
@@ -1163,6 +1167,7 @@ static int checkpoint_write(struct kvt_disk *d)
     put_le(h + 24, count, 8);
     put_le(h + 32, d->n_files, 4);
     put_le(h + 40, XXH3_64bits(h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES)), 8);
+    put_le(h + 48, d->store_id, 8);
     put_le(h + 56, XXH3_64bits(h, 56), 8);
     len = CKPT_HEADER_BYTES + (size_t)count * REC_BYTES;
 
@@ -1268,6 +1273,8 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
     e->blocks = r->blocks;
 }
 
+/* Loads the checkpoint into the index. *gen stays 0 (so no journal record applies) when there is
+ * no usable checkpoint of this store. */
 static int load_checkpoint(struct kvt_disk *d, uint64_t *gen, uint64_t *max_seq)
 {
     char path[PATH_MAX + 32];
@@ -1288,6 +1295,8 @@ static int load_checkpoint(struct kvt_disk *d, uint64_t *gen, uint64_t *max_seq)
     count = get_le(h + 24, 8);
     if (count > d->cfg.objects_max || CKPT_HEADER_BYTES + count * REC_BYTES > d->ckpt_buf_bytes)
         goto corrupt;
+    if (get_le(h + 48, 8) != d->store_id)
+        goto corrupt;
     rc = read_full(fd, h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES), CKPT_HEADER_BYTES, &got);
     if (rc || got != count * REC_BYTES ||
         get_le(h + 40, 8) != XXH3_64bits(h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES)))
@@ -1306,8 +1315,9 @@ static int load_checkpoint(struct kvt_disk *d, uint64_t *gen, uint64_t *max_seq)
     return 0;
 
 corrupt:
-    /* A checkpoint that fails its checks is ignored as a whole: the store starts empty, which a
-     * cache can afford, rather than trusting part of it. */
+    /* A checkpoint that fails its checks, or belongs to other data files, is ignored as a
+     * whole: the store starts empty, which a cache can afford, rather than trusting part of
+     * it. */
     close(fd);
     d->st.recovery_dropped++;
     return 0;
@@ -1466,15 +1476,80 @@ static int rebuild_extents(struct kvt_disk *d)
     return 0;
 }
 
+static void sb_encode(unsigned char *b, uint64_t store_id, uint32_t k, uint32_t n, uint64_t bytes)
+{
+    memset(b, 0, BLOCK);
+    put_le(b + 0, SB_MAGIC, 4);
+    put_le(b + 4, SB_VERSION, 4);
+    put_le(b + 8, store_id, 8);
+    put_le(b + 16, k, 4);
+    put_le(b + 20, n, 4);
+    put_le(b + 24, bytes, 8);
+    put_le(b + 32, XXH3_64bits(b, 32), 8);
+}
+
+static int sb_valid(const unsigned char *b, uint32_t k, uint32_t n, uint64_t bytes)
+{
+    return get_le(b, 4) == SB_MAGIC && get_le(b + 4, 4) == SB_VERSION &&
+           get_le(b + 32, 8) == XXH3_64bits(b, 32) && get_le(b + 16, 4) == k &&
+           get_le(b + 20, 4) == n && get_le(b + 24, 8) == bytes;
+}
+
+/* Block 0 of every data file holds a superblock naming the store, the file's place in it and the
+ * geometry. When any file's superblock is missing or disagrees (new files, files swapped,
+ * resized or replaced), the files are formatted as a new store and nothing recorded for the old
+ * one is trusted, so a checkpoint can never point into the wrong file. Returns 1 when the store
+ * was formatted, 0 when it was recognised, or an error. */
+static int superblocks(struct kvt_disk *d)
+{
+    unsigned char *b = d->staging;
+    uint64_t id = 0;
+    size_t got;
+    int ok = 1, rc;
+
+    for (uint32_t k = 0; k < d->n_files && ok; k++) {
+        rc = read_full(d->files[k].fd, b, BLOCK, 0, &got);
+        if (rc)
+            return rc;
+        ok = got == BLOCK && sb_valid(b, k, d->n_files, d->files[k].bytes) &&
+             (k == 0 || get_le(b + 8, 8) == id);
+        id = get_le(b + 8, 8);
+    }
+    if (ok) {
+        d->store_id = id;
+        return 0;
+    }
+    if (getrandom(&id, sizeof(id), 0) != (ssize_t)sizeof(id))
+        id = now_ms() ^ ((uint64_t)getpid() << 32);
+    for (uint32_t k = 0; k < d->n_files; k++) {
+        sb_encode(b, id, k, d->n_files, d->files[k].bytes);
+        if (pwrite(d->files[k].fd, b, BLOCK, 0) != (ssize_t)BLOCK || fdatasync(d->files[k].fd))
+            return errno ? -errno : -EIO;
+    }
+    d->store_id = id;
+    d->st.formats++;
+    return 1;
+}
+
 static int recover(struct kvt_disk *d)
 {
     uint64_t t0 = now_ms(), gen = 0, max_seq = 0;
     int rc;
 
+    rc = superblocks(d);
+    if (rc < 0)
+        return rc;
+    for (uint32_t k = 0; k < d->n_files; k++) {
+        rc = kvt_extent_reserve(d->files[k].ext, 0, 1);
+        if (rc)
+            return rc;
+    }
     rc = load_checkpoint(d, &gen, &max_seq);
     if (rc)
         return rc;
-    rc = replay_journal(d, gen, &max_seq);
+    /* Without a checkpoint of this store, no journal record can be trusted either. */
+    if (gen > 0)
+        rc = replay_journal(d, gen, &max_seq);
     if (rc)
         return rc;
     rc = rebuild_extents(d);
@@ -1761,13 +1836,13 @@ int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
         rc = open_data_file(d, k);
         if (rc)
             goto err_teardown;
-        if (d->files[k].bytes < BLOCK) {
-            set_err(cfg, "%s: capacity below one block (set file_bytes)", cfg->paths[k]);
+        if (d->files[k].bytes < 2 * BLOCK) {
+            set_err(cfg, "%s: capacity below two blocks (set file_bytes)", cfg->paths[k]);
             rc = KVT_E_BADCONFIG;
             goto err_teardown;
         }
         ecfg.blocks = d->files[k].bytes / BLOCK;
-        ecfg.extents_max = cfg->objects_max;
+        ecfg.extents_max = cfg->objects_max + 1; /* + the superblock */
         rc = kvt_extent_create(&ecfg, &d->files[k].ext);
         if (rc)
             goto err_teardown;

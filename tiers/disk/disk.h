@@ -89,6 +89,7 @@ struct kvt_disk_config {
     X(compressed_objects)                                                                          \
     X(recovered_objects)                                                                           \
     X(recovery_dropped)                                                                            \
+    X(formats)                                                                                     \
     X(recovery_ms)
 
 struct kvt_disk_stats {
