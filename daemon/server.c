@@ -178,20 +178,37 @@ static void conn_unlink(struct kvt_server *s, struct kvt_conn *c)
     s->n_conns--;
 }
 
-/* Closes the socket now; the memory goes when the last in-flight op finishes, because workers
- * may still be copying through this connection's arena. */
+/* Closes the socket now. The memory is freed later by sweep_closed(), once no worker copies
+ * through this connection's arena any more and no caller up the stack still holds the pointer. */
 static void conn_close(struct kvt_server *s, struct kvt_conn *c)
 {
-    if (!c->dead) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
-        c->dead = 1;
-        conn_unlink(s, c);
-        KVT_DEBUG("server", "conn closed id=%llu inflight=%u", (unsigned long long)c->id,
-                  c->inflight);
+    if (c->dead)
+        return;
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->dead = 1;
+    conn_unlink(s, c);
+    c->prev = NULL;
+    c->next = s->closed;
+    s->closed = c;
+    KVT_DEBUG("server", "conn closed id=%llu inflight=%u", (unsigned long long)c->id,
+              c->inflight);
+}
+
+/* Frees closed connections whose in-flight ops have all come back. Runs between loop
+ * iterations, when no handler holds a connection pointer. */
+static void sweep_closed(struct kvt_server *s)
+{
+    struct kvt_conn **link = &s->closed;
+    while (*link) {
+        struct kvt_conn *c = *link;
+        if (c->inflight == 0) {
+            *link = c->next;
+            conn_free(c);
+        } else {
+            link = &c->next;
+        }
     }
-    if (c->inflight == 0)
-        conn_free(c);
 }
 
 static struct kvt_conn *conn_new(struct kvt_server *s, int fd)
@@ -462,10 +479,7 @@ static void on_workers(struct kvt_server *s)
         struct kvt_op *op = (struct kvt_op *)j;
         struct kvt_conn *c = op->conn;
         kvt__ops_complete(s, op);
-        if (c->dead) {
-            if (c->inflight == 0)
-                conn_free(c);
-        } else {
+        if (!c->dead) {
             /* A freed op or drained output may unblock buffered frames. */
             process_frames(s, c);
             conn_maybe_finish(s, c);
@@ -685,6 +699,7 @@ int kvt_server_run(struct kvt_server *s)
             }
             }
         }
+        sweep_closed(s);
     }
     KVT_INFO("server", "stopped after %llu requests", (unsigned long long)s->st.requests);
     return 0;
@@ -694,9 +709,20 @@ void kvt_server_destroy(struct kvt_server *s)
 {
     if (!s)
         return;
-    /* Workers first: after this no job references a connection. */
-    kvt_workers_destroy(s->workers);
-    s->workers = NULL;
+    /* Workers first: after this no job references a connection. Jobs they finished but the
+     * loop never reaped still count as in flight; settle them so every connection can go. */
+    if (s->workers) {
+        kvt_workers_stop(s->workers);
+        for (struct kvt_job *j = kvt_workers_reap(s->workers); j; j = j->next)
+            ((struct kvt_op *)j)->conn->inflight--;
+        kvt_workers_destroy(s->workers);
+        s->workers = NULL;
+    }
+    while (s->closed) {
+        struct kvt_conn *c = s->closed;
+        s->closed = c->next;
+        conn_free(c);
+    }
     while (s->conns) {
         struct kvt_conn *c = s->conns;
         conn_unlink(s, c);

@@ -128,7 +128,8 @@ struct kvt_server {
     struct kvt_host *host;
     struct kvt_workers *workers;
     uint32_t n_workers;
-    struct kvt_conn *conns;
+    struct kvt_conn *conns;  /* open connections */
+    struct kvt_conn *closed; /* closed, freed once their in-flight ops are back */
     uint32_t n_conns;
     uint64_t next_conn_id;
     uint64_t start_ms;

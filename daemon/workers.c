@@ -115,16 +115,22 @@ err_free:
     return rc;
 }
 
-void kvt_workers_destroy(struct kvt_workers *w)
+void kvt_workers_stop(struct kvt_workers *w)
 {
-    if (!w)
-        return;
     pthread_mutex_lock(&w->mu);
     w->stopping = 1;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     for (uint32_t i = 0; i < w->n; i++)
         pthread_join(w->th[i], NULL);
+    w->n = 0;
+}
+
+void kvt_workers_destroy(struct kvt_workers *w)
+{
+    if (!w)
+        return;
+    kvt_workers_stop(w);
     close(w->efd);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);

@@ -25,7 +25,10 @@ struct kvt_workers;
 
 /* Starts n threads (n >= 1). */
 int kvt_workers_create(uint32_t n, struct kvt_workers **out);
-/* Stops the threads after the queued jobs ran; undone jobs stay on the done list. NULL-safe. */
+/* Stops the threads after the queued jobs ran; finished jobs stay on the done list for a last
+ * kvt_workers_reap. Idempotent. */
+void kvt_workers_stop(struct kvt_workers *w);
+/* Stops the threads and frees the pool. NULL-safe. */
 void kvt_workers_destroy(struct kvt_workers *w);
 /* eventfd that becomes readable when jobs are done. */
 int kvt_workers_fd(const struct kvt_workers *w);

@@ -84,16 +84,36 @@ int kvt_test_daemon_start(struct kvt_test_daemon *d, const char *const *extra_ar
     return -1;
 }
 
+/* Shows the end of the daemon's log: a test that saw the daemon die says why. */
+static void dump_log(const struct kvt_test_daemon *d, const char *why)
+{
+    char cmd[600];
+    fprintf(stderr, "kvtierd %s; last lines of %s:\n", why, d->log_path);
+    snprintf(cmd, sizeof(cmd), "tail -n 40 '%s' >&2", d->log_path);
+    int rc = system(cmd);
+    (void)rc;
+}
+
 int kvt_test_daemon_stop(struct kvt_test_daemon *d)
 {
-    if (d->pid <= 0)
+    if (d->pid <= 0) {
+        dump_log(d, "was not running at stop");
         return -1;
-    kill(d->pid, SIGTERM);
+    }
     int status = 0;
+    if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+        d->pid = 0;
+        dump_log(d, "had already exited");
+        return -1;
+    }
+    kill(d->pid, SIGTERM);
     for (int i = 0; i < 1000; i++) {
         if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
             d->pid = 0;
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            if (rc)
+                dump_log(d, "did not shut down cleanly");
+            return rc;
         }
         sleep_ms(10);
     }
