@@ -260,7 +260,8 @@ int kvt_codec_encode(struct kvt_codec *c, const void *src, size_t len, uint32_t 
     return 0;
 
 store_raw:
-    memcpy(dst, src, len);
+    if (len)
+        memcpy(dst, src, len);
     *out_len = len;
     *codec_out = KVT_CODEC_RAW;
     return 0;
@@ -294,7 +295,8 @@ int kvt_codec_decode(struct kvt_codec *c, uint32_t codec, const void *src, size_
     if (algo == KVT_CODEC_NONE) {
         if (len != raw_len)
             return KVT_E_CORRUPT;
-        memcpy(dst, src, len);
+        if (len)
+            memcpy(dst, src, len);
         return 0;
     }
     if (!w)

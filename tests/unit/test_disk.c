@@ -192,11 +192,23 @@ static void test_write_read(void **state)
     id = obj_id(4);
     assert_int_equal(kvt_disk_lookup(d, &id, NULL), 0);
 
+    /* An empty object is a valid object. */
+    id = obj_id(77777);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(kvt_disk_write(d, &id, NULL, 0, 0, 0, on_done, &r), 0);
+    wait_for(d, &r);
+    assert_int_equal(r.res, 0);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(kvt_disk_read(d, &id, NULL, 0, on_done, &r), 0);
+    wait_for(d, &r);
+    assert_int_equal(r.res, 0);
+    assert_int_equal(kvt_disk_remove(d, &id), 0);
+
     kvt_disk_stats(d, &st);
     assert_int_equal(st.tier.objects, 39);
-    assert_int_equal(st.tier.hits, 40);
+    assert_int_equal(st.tier.hits, 41);
     assert_int_equal(st.tier.misses, 2);
-    assert_int_equal(st.writes_durable, 40);
+    assert_int_equal(st.writes_durable, 41);
     assert_true(st.compressed_objects > 0 && st.compressed_objects < 40);
     assert_true(st.tier.bytes_used > 0 && st.tier.bytes_used <= st.tier.bytes_capacity);
     assert_int_equal(st.tier.failed, 0);
