@@ -328,6 +328,111 @@ static void test_two_phase_write_on_worker(void **state)
     env_cleanup(&e);
 }
 
+static void corrupt_file(const char *path, off_t off);
+
+struct lend_result {
+    int done;
+    int res;
+    struct kvt_disk_lent lent;
+};
+
+static void on_lent(void *arg, int res, const struct kvt_disk_lent *lent)
+{
+    struct lend_result *r = arg;
+    r->done++;
+    r->res = res;
+    if (lent)
+        r->lent = *lent;
+}
+
+struct decode_job {
+    struct lend_result *r;
+    size_t n;
+    int status[8];
+};
+
+static void *decode_worker(void *arg)
+{
+    static unsigned char buf[MAX_OBJ], want[MAX_OBJ];
+    struct decode_job *job = arg;
+    struct kvt_codec_config cfg;
+    struct kvt_codec *c = NULL;
+
+    kvt_codec_config_init(&cfg);
+    cfg.input_bytes_max = MAX_OBJ;
+    if (kvt_codec_create(&cfg, &c) != 0)
+        return NULL;
+    for (size_t i = 0; i < job->n; i++) {
+        uint64_t k = job->r[i].lent.id.key.hi;
+        job->status[i] = kvt_disk_decode(c, &job->r[i].lent, buf, sizeof(buf));
+        obj_fill(k, want, obj_len(k));
+        if (job->status[i] == 0 && memcmp(buf, want, obj_len(k)) != 0)
+            job->status[i] = -1;
+    }
+    kvt_codec_destroy(c);
+    return NULL;
+}
+
+/* Reads whose verification and decoding run on a worker; a corrupt object found there is
+ * dropped on release exactly as an ordinary read would drop it. */
+static void test_lending_read_on_worker(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct lend_result r[8];
+    struct decode_job job;
+    struct kvt_obj_id id;
+    pthread_t t;
+
+    env_init(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 8; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+    corrupt_file(e.path, 4096 + 128 + 5); /* object 0 */
+    d = open_store(&e);
+
+    memset(r, 0, sizeof(r));
+    for (uint64_t k = 0; k < 8; k++) {
+        id = obj_id(k);
+        assert_int_equal(kvt_disk_read_lend(d, &id, on_lent, &r[k]), 0);
+    }
+    for (int k = 0; k < 8; k++) {
+        for (int i = 0; i < 1000 && !r[k].done; i++)
+            kvt_disk_wait(d, 100);
+        assert_int_equal(r[k].res, (int)obj_len((uint64_t)k));
+    }
+    job.r = r;
+    job.n = 8;
+    assert_int_equal(pthread_create(&t, NULL, decode_worker, &job), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(job.status[0], KVT_E_CORRUPT);
+    for (int k = 1; k < 8; k++)
+        assert_int_equal(job.status[k], 0);
+    for (int k = 0; k < 8; k++)
+        kvt_disk_read_release(d, &r[k].lent, job.status[k]);
+    assert_int_equal(kvt_disk_inflight(d), 0);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.tier.checksum_failures, 1);
+    assert_int_equal(st.tier.hits, 7);
+    id = obj_id(0);
+    assert_int_equal(kvt_disk_lookup(d, &id, NULL), KVT_E_NOTFOUND);
+
+    /* An I/O error reaches the lending callback with no loan. */
+    e.faults.fail_next_io = 1;
+    memset(r, 0, sizeof(r));
+    id = obj_id(1);
+    assert_int_equal(kvt_disk_read_lend(d, &id, on_lent, &r[0]), 0);
+    while (!r[0].done)
+        kvt_disk_wait(d, 100);
+    assert_int_equal(r[0].res, KVT_E_IO);
+    assert_int_equal(kvt_disk_inflight(d), 0);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
 struct enum_ctx {
     uint64_t seen;
     int bad;
@@ -969,6 +1074,7 @@ int main(void)
         cmocka_unit_test(test_write_read),
         cmocka_unit_test(test_batched_writes),
         cmocka_unit_test(test_two_phase_write_on_worker),
+        cmocka_unit_test(test_lending_read_on_worker),
         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_two_files_and_identity),
         cmocka_unit_test(test_corruption_is_a_miss),

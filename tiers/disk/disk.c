@@ -72,7 +72,7 @@ struct ient {
 };
 
 enum op_kind { OP_WRITE = 1, OP_READ = 2 };
-enum op_state { ST_FREE = 0, ST_RESERVED, ST_INFLIGHT, ST_READY, ST_COMMITTING, ST_DONE };
+enum op_state { ST_FREE = 0, ST_RESERVED, ST_INFLIGHT, ST_READY, ST_COMMITTING, ST_DONE, ST_LENT };
 
 struct op {
     uint8_t kind, state, file;
@@ -83,6 +83,7 @@ struct op {
     void *dst;
     size_t cap;
     kvt_tier_done_fn done;
+    kvt_disk_lent_fn lent_done; /* set for reads that lend the undecoded object */
     void *arg;
     int res;
 };
@@ -125,6 +126,7 @@ struct kvt_disk {
     struct olist done;  /* completed, callback pending */
     uint32_t inflight;  /* ops not free */
     uint32_t reserved;  /* of which reserved writes not yet submitted (no I/O) */
+    uint32_t lent;      /* of which read buffers lent to the caller */
 
     struct ient *index;
     uint64_t index_mask;
@@ -680,16 +682,14 @@ int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *
     return kvt_disk_write_submit(d, &ws, done, arg);
 }
 
-int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
-                  kvt_tier_done_fn done, void *arg)
+static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                       kvt_tier_done_fn done, kvt_disk_lent_fn lent_done, void *arg)
 {
     struct ient *e;
     struct op *o;
     struct io_uring_sqe *sqe;
     uint32_t i;
 
-    if (!d || !id || !done || (!dst && cap))
-        return KVT_E_INVAL;
     if (d->failed)
         return KVT_E_TIERFAILED;
     e = index_find(d, id);
@@ -697,7 +697,7 @@ int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, si
         d->st.tier.misses++;
         return KVT_E_NOTFOUND;
     }
-    if (cap < e->raw_len)
+    if (done && cap < e->raw_len)
         return KVT_E_SMALLBUF;
     i = op_get(d);
     if (i == OP_NONE) {
@@ -716,6 +716,7 @@ int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, si
     o->dst = dst;
     o->cap = cap;
     o->done = done;
+    o->lent_done = lent_done;
     o->arg = arg;
     sqe = get_sqe(d);
     io_uring_prep_read_fixed(sqe, o->file, slot_of(d, i), o->blocks * BLOCK, o->start * BLOCK, 0);
@@ -724,6 +725,65 @@ int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, si
     d->st.reads++;
     submit(d);
     return 0;
+}
+
+int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                  kvt_tier_done_fn done, void *arg)
+{
+    if (!d || !id || !done || (!dst && cap))
+        return KVT_E_INVAL;
+    return read_submit(d, id, dst, cap, done, NULL, arg);
+}
+
+int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk_lent_fn done,
+                       void *arg)
+{
+    if (!d || !id || !done)
+        return KVT_E_INVAL;
+    return read_submit(d, id, NULL, 0, NULL, done, arg);
+}
+
+static int object_matches(const struct kvt_object_meta *m, const struct kvt_obj_id *id,
+                          uint64_t seq, uint64_t raw_len)
+{
+    return m->ns_seed == id->ns_seed && m->key.lo == id->key.lo && m->key.hi == id->key.hi &&
+           m->seq == seq && m->raw_len == raw_len;
+}
+
+int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
+                    size_t cap)
+{
+    struct kvt_object_meta m;
+    const unsigned char *p = lent->buf;
+
+    if (!codec || (!dst && cap))
+        return KVT_E_INVAL;
+    if (cap < lent->raw_len)
+        return KVT_E_SMALLBUF;
+    if (kvt_object_verify(p, lent->bytes, &m) != 0 ||
+        !object_matches(&m, &lent->id, lent->seq, lent->raw_len) ||
+        kvt_codec_decode(codec, m.codec, p + KVT_OBJECT_HEADER_BYTES, m.stored_len, dst,
+                         m.raw_len) != 0)
+        return KVT_E_CORRUPT;
+    return 0;
+}
+
+static void drop_corrupt(struct kvt_disk *d, struct op *o);
+
+void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status)
+{
+    uint32_t i = lent->handle;
+
+    /* Releasing anything but a live loan is a programmer error. */
+    assert(i < d->n_ops && d->ops[i].state == ST_LENT && d->ops[i].seq == lent->seq);
+    if (status == KVT_E_CORRUPT) {
+        drop_corrupt(d, &d->ops[i]);
+    } else {
+        d->st.tier.hits++;
+        d->st.tier.promotions++;
+    }
+    d->lent--;
+    op_put(d, i);
 }
 
 static void start_commit(struct kvt_disk *d);
@@ -970,9 +1030,13 @@ static void read_done(struct kvt_disk *d, uint32_t i, int res)
         return;
     }
     o->state = ST_DONE;
-    if (kvt_object_verify(slot, (size_t)res, &m) != 0 || m.ns_seed != o->id.ns_seed ||
-        m.key.lo != o->id.key.lo || m.key.hi != o->id.key.hi || m.seq != o->seq ||
-        m.raw_len != o->raw_len ||
+    if (o->lent_done) {
+        /* Verification and decoding are the borrower's, on its own thread. */
+        op_finish(d, i, res);
+        return;
+    }
+    if (kvt_object_verify(slot, (size_t)res, &m) != 0 ||
+        !object_matches(&m, &o->id, o->seq, o->raw_len) ||
         kvt_codec_decode(d->codec, m.codec, slot + KVT_OBJECT_HEADER_BYTES, m.stored_len, o->dst,
                          m.raw_len) != 0) {
         drop_corrupt(d, o);
@@ -1041,12 +1105,29 @@ static int run_callbacks(struct kvt_disk *d)
     int ran = 0;
 
     while ((i = olist_pop(d, &d->done)) != OP_NONE) {
-        kvt_tier_done_fn fn = d->ops[i].done;
-        void *arg = d->ops[i].arg;
-        int res = d->ops[i].res;
-        op_put(d, i);
-        fn(arg, res);
+        struct op *o = &d->ops[i];
+        kvt_tier_done_fn fn = o->done;
+        kvt_disk_lent_fn lent_fn = o->lent_done;
+        void *arg = o->arg;
+        int res = o->res;
         ran++;
+        if (lent_fn && res >= 0) {
+            struct kvt_disk_lent lent = {.handle = i,
+                                         .buf = slot_of(d, i),
+                                         .bytes = (size_t)res,
+                                         .id = o->id,
+                                         .seq = o->seq,
+                                         .raw_len = o->raw_len};
+            o->state = ST_LENT;
+            d->lent++;
+            lent_fn(arg, (int)o->raw_len, &lent);
+            continue;
+        }
+        op_put(d, i);
+        if (lent_fn)
+            lent_fn(arg, res, NULL);
+        else
+            fn(arg, res);
     }
     return ran;
 }
@@ -1097,7 +1178,7 @@ int kvt_disk_wait(struct kvt_disk *d, int timeout_ms)
 {
     struct pollfd pfd = {.fd = d->event_fd, .events = POLLIN};
 
-    if (d->inflight == d->reserved && !d->commit.inflight)
+    if (d->inflight == d->reserved + d->lent && !d->commit.inflight)
         return kvt_disk_poll(d);
     /* Blocking anyway, so work queued under a plug goes out now rather than never. */
     if (io_uring_sq_ready(&d->ring) > 0)
@@ -1883,7 +1964,7 @@ void kvt_disk_destroy(struct kvt_disk *d)
     /* Bounded by the I/O in flight: every op completes or fails in the kernel, and poll starts
      * the commits that make completed writes durable. Staged tombstones need no commit: the
      * checkpoint below records their effect. */
-    while (d->inflight > d->reserved || d->commit.inflight) {
+    while (d->inflight > d->reserved + d->lent || d->commit.inflight) {
         if (io_uring_sq_ready(&d->ring) > 0)
             io_uring_submit(&d->ring);
         kvt_disk_wait(d, 100);

@@ -177,6 +177,34 @@ void kvt_disk_write_cancel(struct kvt_disk *d, struct kvt_disk_wslot *ws);
 int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
                   kvt_tier_done_fn done, void *arg);
 
+/* Lending read, so that checksum verification and decoding can run on a worker thread: the
+ * callback receives the stored object itself, still in the store's staging buffer.
+ *   owner:  kvt_disk_read_lend(d, &id, done, arg)
+ *           done(arg, raw_len, lent) on the owner thread (copy *lent; lent->buf stays valid
+ *           until release), or done(arg, err, NULL) after an I/O error
+ *   worker: kvt_disk_decode(worker_codec, &lent, dst, cap) -> 0 or KVT_E_CORRUPT
+ *   owner:  kvt_disk_read_release(d, &lent, status) with the decode result; KVT_E_CORRUPT
+ *           drops the object and counts a checksum failure and a miss, as kvt_disk_read does.
+ * Every loan must be released before destroy. */
+struct kvt_disk_lent {
+    uint32_t handle; /* store-private */
+    const void *buf; /* header + payload as stored; owned by the store until release */
+    size_t bytes;    /* bytes at buf */
+    struct kvt_obj_id id;
+    uint64_t seq;
+    uint64_t raw_len;
+};
+typedef void (*kvt_disk_lent_fn)(void *arg, int res, const struct kvt_disk_lent *lent);
+
+/* Returns 0, or without callback KVT_E_NOTFOUND, KVT_E_BUSY, KVT_E_INVAL, KVT_E_TIERFAILED. */
+int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk_lent_fn done,
+                       void *arg);
+/* Verifies the lent object (header, identity, checksum) and decodes it into dst. Uses only codec
+ * and the lent bytes: safe on any thread. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
+int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
+                    size_t cap);
+void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status);
+
 /* Forgets object id; the space is reused after the tombstone is durable. Returns 0,
  * KVT_E_NOTFOUND, KVT_E_TIERFAILED. */
 int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id);
