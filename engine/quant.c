@@ -191,34 +191,50 @@ void kvt_eng_quantize_act(enum kvt_eng_act_type a, const float *x, void *out, si
 /* ---- portable dot products --------------------------------------------------------------------
  */
 
+/* The portable kernels keep the lane structure of the AVX2 ones (8 float accumulators, fused
+ * multiply-adds, the same final horizontal sum), so that both paths produce the same bits. */
+
+static inline float hsum8_lanes(const float *l)
+{
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
 static float dot_q4_1_q8_1_c(const void *w, const void *x, size_t nb)
 {
     const struct kvt_eng_block_q4_1 *a = w;
     const struct kvt_eng_block_q8_1 *b = x;
-    float sum = 0.0f;
+    float acc[8] = {0}, summs = 0.0f;
     for (size_t i = 0; i < nb; i++) {
-        int sumi = 0;
-        for (int j = 0; j < 16; j++) {
-            sumi += (a[i].qs[j] & 0xf) * b[i].qs[j];
-            sumi += (a[i].qs[j] >> 4) * b[i].qs[j + 16];
+        float d = h2f(a[i].d) * h2f(b[i].d);
+        summs += h2f(a[i].m) * h2f(b[i].s);
+        /* Lane k holds elements 4k..4k+3 (low nibbles are elements 0..15, high 16..31). */
+        for (int k = 0; k < 8; k++) {
+            int s = 0;
+            for (int e = 4 * k; e < 4 * k + 4; e++) {
+                int q = e < 16 ? (a[i].qs[e] & 0xf) : (a[i].qs[e - 16] >> 4);
+                s += q * b[i].qs[e];
+            }
+            acc[k] = fmaf(d, (float)s, acc[k]);
         }
-        sum += h2f(a[i].d) * h2f(b[i].d) * (float)sumi + h2f(a[i].m) * h2f(b[i].s);
     }
-    return sum;
+    return hsum8_lanes(acc) + summs;
 }
 
 static float dot_q8_0_q8_0_c(const void *w, const void *x, size_t nb)
 {
     const struct kvt_eng_block_q8_0 *a = w;
     const struct kvt_eng_block_q8_0 *b = x;
-    float sum = 0.0f;
+    float acc[8] = {0};
     for (size_t i = 0; i < nb; i++) {
-        int sumi = 0;
-        for (int j = 0; j < 32; j++)
-            sumi += a[i].qs[j] * b[i].qs[j];
-        sum += h2f(a[i].d) * h2f(b[i].d) * (float)sumi;
+        float d = h2f(a[i].d) * h2f(b[i].d);
+        for (int k = 0; k < 8; k++) {
+            int s = 0;
+            for (int e = 4 * k; e < 4 * k + 4; e++)
+                s += a[i].qs[e] * b[i].qs[e];
+            acc[k] = fmaf(d, (float)s, acc[k]);
+        }
     }
-    return sum;
+    return hsum8_lanes(acc);
 }
 
 static float dot_f32_f16_c(const float *x, const uint16_t *h, size_t n)
@@ -226,14 +242,14 @@ static float dot_f32_f16_c(const float *x, const uint16_t *h, size_t n)
     float acc[8] = {0};
     for (size_t i = 0; i < n; i += 8)
         for (int j = 0; j < 8; j++)
-            acc[j] += x[i + j] * h2f(h[i + j]);
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            acc[j] = fmaf(x[i + j], h2f(h[i + j]), acc[j]);
+    return hsum8_lanes(acc);
 }
 
 static void axpy_f16_c(float a, const uint16_t *h, float *acc, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        acc[i] += a * h2f(h[i]);
+        acc[i] = fmaf(a, h2f(h[i]), acc[i]);
 }
 
 /* ---- exp approximation ------------------------------------------------------------------------
@@ -269,11 +285,6 @@ float kvt_eng_expf_approx(float x)
     return fmaf(s2, j, s2) * s1;
 }
 
-static inline float hsum8_ref(const float *l)
-{
-    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-}
-
 static double softmax_exp_c(float *x, size_t n, float mx)
 {
     double sum = 0.0;
@@ -281,7 +292,7 @@ static double softmax_exp_c(float *x, size_t n, float mx)
         float e[8] = {0};
         for (size_t i = 0; i < 8 && b + i < n; i++)
             e[i] = x[b + i] = kvt_eng_expf_approx(x[b + i] - mx);
-        sum += (double)hsum8_ref(e);
+        sum += (double)hsum8_lanes(e);
     }
     return sum;
 }

@@ -15,12 +15,14 @@ $(BUILD)/kvtier-engine: $(call obj,engine/main.c) $(ENGINE_A) $(CLIENT_A)
 
 all: $(BUILD)/kvtier-engine
 
-# Engine tests link the engine archive; libkvtier goes once more after it because the offload
-# mode calls into the client library and archives are scanned in order.
-$(BUILD)/tests/unit/test_engine_%: $(ENGINE_A)
-$(BUILD)/tests/integration/test_engine_%: $(ENGINE_A) $(BUILD)/kvtierd
-$(BUILD)/tests/unit/test_engine_%: LIBS += $(ENGINE_A) $(CLIENT_A)
-$(BUILD)/tests/integration/test_engine_%: LIBS += $(ENGINE_A) $(CLIENT_A)
+# Engine tests link the engine archive. The targets are listed explicitly: a pattern rule without
+# a recipe would add no prerequisites. libkvtier goes once more after the engine archive because
+# the offload mode calls into it and archives are scanned in order.
+ENGINE_UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(wildcard tests/unit/test_engine_*.c))
+ENGINE_INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(wildcard tests/integration/test_engine_*.c))
+$(ENGINE_UNIT_BIN): $(ENGINE_A)
+$(ENGINE_INTEG_BIN): $(ENGINE_A) $(BUILD)/kvtierd
+$(ENGINE_UNIT_BIN) $(ENGINE_INTEG_BIN): LIBS += $(ENGINE_A) $(CLIENT_A)
 
 # The engine tests read the model; fetch it (once) before any test runs.
 $(ENGINE_MODEL):
