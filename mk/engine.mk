@@ -21,7 +21,7 @@ all: $(BUILD)/kvtier-engine
 ENGINE_UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(wildcard tests/unit/test_engine_*.c))
 ENGINE_INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(wildcard tests/integration/test_engine_*.c))
 $(ENGINE_UNIT_BIN): $(ENGINE_A)
-$(ENGINE_INTEG_BIN): $(ENGINE_A) $(BUILD)/kvtierd
+$(ENGINE_INTEG_BIN): $(ENGINE_A) | $(BUILD)/kvtierd
 $(ENGINE_UNIT_BIN) $(ENGINE_INTEG_BIN): LIBS += $(ENGINE_A) $(CLIENT_A)
 
 # The engine tests read the model; fetch it (once) before any test runs.
