@@ -249,9 +249,12 @@ static void print_kv_stats(FILE *f, const struct kvt_eng_kv_stats *st, size_t to
             (unsigned long long)st->fetch_chunks);
     for (int i = 1; i < KVT_ENG_KV_TIERS; i++)
         fprintf(f, "%s%s %llu", i > 1 ? ", " : "", tier[i], (unsigned long long)st->fetch_bytes[i]);
-    fprintf(f, "), stored %llu bytes in %llu chunks, %.0f bytes fetched per token\n",
+    fprintf(f,
+            "), stored %llu bytes in %llu chunks, %.0f bytes fetched per token; "
+            "fetch %.1f ms, store %.1f ms\n",
             (unsigned long long)st->store_bytes, (unsigned long long)st->store_chunks,
-            tokens ? (double)total / (double)tokens : 0.0);
+            tokens ? (double)total / (double)tokens : 0.0, (double)st->fetch_ns / 1e6,
+            (double)st->store_ns / 1e6);
 }
 
 /* ---- generate ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #define POOL_MAX_THREADS 64
-#define POOL_SPIN_NS 2000000L /* 2 ms of spinning before a worker sleeps */
+#define POOL_SPIN_NS 200000L /* 200 us of spinning before a worker sleeps */
 
 struct kvt_eng_pool {
     unsigned n;
