@@ -1699,6 +1699,10 @@ static int open_data_file(struct kvt_disk *d, uint32_t k)
             set_err(cfg, "%s: BLKGETSIZE64: %s", path, strerror(errno));
             return rc;
         }
+        if (k == 0 && !cfg->meta_dir) {
+            set_err(cfg, "%s: a block device needs meta_dir for the checkpoint and journal", path);
+            return KVT_E_BADCONFIG;
+        }
         f->bytes = cfg->file_bytes ? cfg->file_bytes : dev_bytes / BLOCK * BLOCK;
         if (f->bytes > dev_bytes) {
             set_err(cfg, "%s: device holds %llu bytes, file_bytes asks for %llu", path,
