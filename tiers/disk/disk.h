@@ -22,6 +22,11 @@
  *   - eviction:  kvt_disk_remove() forgets an object; its extent is reused only after the
  *                tombstone is durable, so a crash can never resurrect a half-overwritten object.
  *
+ *   - CPU work:  encoding and decoding can move to worker threads with the two-phase write
+ *                (kvt_disk_write_reserve / kvt_disk_encode / kvt_disk_write_submit) and the
+ *                lending read (kvt_disk_read_lend / kvt_disk_decode / kvt_disk_read_release);
+ *                only kvt_disk_encode and kvt_disk_decode may run off the owner thread.
+ *
  * Threads: a struct kvt_disk is owned by one thread; nothing here is thread-safe. Callbacks run
  * only inside kvt_disk_poll(), kvt_disk_wait() and kvt_disk_destroy(), never inside the call that
  * submitted the work, and never when that call returned an error. A callback may submit new work
