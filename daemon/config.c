@@ -24,7 +24,20 @@
         k, KVT_CFG_BOOL, offsetof(struct kvt_dconfig, f), 0, d, 1, 0, NULL, fl, doc                \
     }
 
+#define DOUBLE(k, f, d, lo, hi, fl, doc)                                                           \
+    {                                                                                              \
+        k, KVT_CFG_DOUBLE, offsetof(struct kvt_dconfig, f), 0, d, lo, hi, NULL, fl, doc            \
+    }
+#define ENUM(k, f, d, choices, fl, doc)                                                            \
+    {                                                                                              \
+        k, KVT_CFG_ENUM, offsetof(struct kvt_dconfig, f), sizeof(((struct kvt_dconfig *)0)->f),    \
+            d, 1, 0, choices, fl, doc                                                              \
+    }
+
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const codecs[] = {"none", "lz4", "zstd", NULL};
+static const char *const write_policies[] = {"write-back", "write-through", NULL};
+static const char *const admissions[] = {"on-evict", "second-access", NULL};
 
 #define KIB 1024.0
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -69,6 +82,42 @@ static const struct kvt_cfg_entry entries[] = {
          "Back the CPU arena with huge pages when the system has them reserved"),
     BOOL("cpu.prefault", cpu_prefault, "false", 0,
          "Touch the whole CPU arena at start (slower start, no page faults later)"),
+    DOUBLE("cpu.high_watermark", cpu_high_watermark, "0.9", 0.1, 1.0, KVT_CFG_RUNTIME,
+           "When less than (1 - this) of the CPU tier is free for new chunks, its coldest chunks "
+           "are written back to disk ahead of eviction"),
+    BYTES("disk.bytes", disk_bytes, "0", 0, 1e15, 0,
+          "Capacity of the disk tier, split over disk.paths; 0 = no disk tier"),
+    STR("disk.paths", disk_paths, "", 0,
+        "Comma-separated data files or block devices of the disk tier; empty = "
+        "data_dir/disk.0"),
+    U64("disk.queue_depth", disk_queue_depth, "64", 1, 4096, 0,
+        "io_uring entries and most disk I/Os in flight"),
+    BYTES("disk.staging_bytes", disk_staging_bytes, "128M", 64 * KIB, 64 * GIB, 0,
+          "Registered staging buffers for disk I/O (at least one disk.object_bytes_max)"),
+    BYTES("disk.object_bytes_max", disk_object_bytes_max, "8M", 4 * KIB, 4 * GIB, 0,
+          "Largest chunk the disk tier stores; larger ones stay in DRAM only"),
+    U64("disk.objects_max", disk_objects_max, "262144", 16, 1u << 30, 0,
+        "Most objects on disk (sizes the disk index at start)"),
+    ENUM("disk.codec", disk_codec, "lz4", codecs, 0,
+         "Lossless compression on disk after byte-shuffle: none, lz4 or zstd"),
+    U64("disk.codec_level", disk_codec_level, "1", 1, 19, 0,
+        "zstd level, or lz4 acceleration"),
+    DOUBLE("disk.min_saving", disk_min_saving, "0.1", 0, 0.99, 0,
+           "Keep the compressed form only when it saves at least this fraction"),
+    BOOL("disk.allow_buffered", disk_allow_buffered, "false", 0,
+         "Allow buffered I/O where O_DIRECT is refused (it fills the page cache)"),
+    U64("disk.io_errors_max", disk_io_errors_max, "8", 1, 1000000, 0,
+        "Consecutive failed disk I/Os that latch the disk tier failed"),
+    U64("disk.fault_fail_next_io", disk_fault_fail_next_io, "0", 0, 1000000, KVT_CFG_RUNTIME,
+        "Fault injection for tests: fail the next N disk I/Os"),
+    U64("disk.fault_errno", disk_fault_errno, "0", 0, 4095, KVT_CFG_RUNTIME,
+        "Fault injection for tests: errno of injected failures (0 = EIO; 28 = ENOSPC)"),
+    ENUM("tier.write_policy", write_policy, "write-back", write_policies, 0,
+         "write-back: a Put is answered once in DRAM and written to disk under pressure; "
+         "write-through: a Put is answered once durable on disk"),
+    ENUM("tier.disk_admission", disk_admission, "on-evict", admissions, KVT_CFG_RUNTIME,
+         "Which chunks leaving DRAM are written to disk: on-evict (all) or second-access (only "
+         "chunks read at least once)"),
 };
 
 const struct kvt_cfg_table kvt_dconfig_table = {entries, sizeof(entries) / sizeof(entries[0])};

@@ -30,6 +30,22 @@ struct kvt_dconfig {
     uint64_t cpu_page_bytes;
     int cpu_hugepages;
     int cpu_prefault;
+    double cpu_high_watermark;
+    uint64_t disk_bytes;
+    char disk_paths[512];
+    uint64_t disk_queue_depth;
+    uint64_t disk_staging_bytes;
+    uint64_t disk_object_bytes_max;
+    uint64_t disk_objects_max;
+    char disk_codec[8];
+    uint64_t disk_codec_level;
+    double disk_min_saving;
+    int disk_allow_buffered;
+    uint64_t disk_io_errors_max;
+    uint64_t disk_fault_fail_next_io;
+    uint64_t disk_fault_errno;
+    char write_policy[16];
+    char disk_admission[16];
 };
 
 extern const struct kvt_cfg_table kvt_dconfig_table;

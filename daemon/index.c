@@ -7,10 +7,11 @@
 #include "common/alloc.h"
 #include "daemon/index.h"
 
-static uint32_t bucket_of(const struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key)
+static uint32_t bucket_of(const struct kvt_index *idx, uint64_t ns_seed,
+                          const struct kvt_key *key)
 {
     /* Keys are XXH3 output, already uniform: mix in the namespace and fold. */
-    uint64_t h = key->lo ^ (key->hi * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)ns_id << 32);
+    uint64_t h = key->lo ^ (key->hi * 0x9e3779b97f4a7c15ull) ^ (ns_seed * 0xff51afd7ed558ccdull);
     h ^= h >> 29;
     return (uint32_t)h & idx->mask;
 }
@@ -43,19 +44,19 @@ void kvt_index_deinit(struct kvt_index *idx)
     memset(idx, 0, sizeof(*idx));
 }
 
-uint32_t kvt_index_find(const struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key)
+uint32_t kvt_index_find(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key)
 {
-    uint32_t id = idx->buckets[bucket_of(idx, ns_id, key)];
+    uint32_t id = idx->buckets[bucket_of(idx, ns_seed, key)];
     for (uint32_t hops = 0; id != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
         const struct kvt_entry *e = &idx->e[id];
-        if (e->ns_id == ns_id && e->key.lo == key->lo && e->key.hi == key->hi)
+        if (e->ns_seed == ns_seed && e->key.lo == key->lo && e->key.hi == key->hi)
             return id;
         id = e->hnext;
     }
     return KVT_INDEX_NIL;
 }
 
-int kvt_index_insert(struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key,
+int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key,
                      uint32_t *id_out)
 {
     if (idx->free_head == KVT_INDEX_NIL)
@@ -65,9 +66,10 @@ int kvt_index_insert(struct kvt_index *idx, uint32_t ns_id, const struct kvt_key
     idx->free_head = e->hnext;
     memset(e, 0, sizeof(*e));
     e->key = *key;
-    e->ns_id = ns_id;
+    e->ns_seed = ns_seed;
+    e->gen = ++idx->gen;
     e->state = KVT_ENTRY_PENDING;
-    uint32_t b = bucket_of(idx, ns_id, key);
+    uint32_t b = bucket_of(idx, ns_seed, key);
     e->hnext = idx->buckets[b];
     idx->buckets[b] = id;
     idx->n++;
@@ -78,7 +80,7 @@ int kvt_index_insert(struct kvt_index *idx, uint32_t ns_id, const struct kvt_key
 void kvt_index_remove(struct kvt_index *idx, uint32_t id)
 {
     struct kvt_entry *e = &idx->e[id];
-    uint32_t *link = &idx->buckets[bucket_of(idx, e->ns_id, &e->key)];
+    uint32_t *link = &idx->buckets[bucket_of(idx, e->ns_seed, &e->key)];
     for (uint32_t hops = 0; *link != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
         if (*link == id) {
             *link = e->hnext;
@@ -87,6 +89,7 @@ void kvt_index_remove(struct kvt_index *idx, uint32_t id)
         link = &idx->e[*link].hnext;
     }
     e->state = KVT_ENTRY_FREE;
+    e->gen = ++idx->gen;
     e->hnext = idx->free_head;
     idx->free_head = id;
     idx->n--;

@@ -1,5 +1,5 @@
 /*
- * The chunk index: (namespace, key) -> entry, owned by the event loop (no locks). Entries come
+ * The chunk index: (namespace seed, key) -> entry, owned by the event loop (no locks). Entries come
  * from a pool sized at start and are found through a chained hash table of 32-bit entry ids, so
  * inserting and removing never allocate. An entry records where the chunk's bytes are (per tier),
  * its state and how many readers hold it.
@@ -19,16 +19,28 @@ enum kvt_entry_state {
     KVT_ENTRY_READY = 2,
 };
 
+/* Where a chunk's disk copy stands. */
+enum kvt_entry_disk {
+    KVT_ENTRY_DISK_NONE = 0,
+    KVT_ENTRY_DISK_WRITING = 1, /* being encoded or written; not readable from disk yet */
+    KVT_ENTRY_DISK_DURABLE = 2, /* on stable storage and readable */
+};
+
 struct kvt_entry {
     struct kvt_key key;
+    uint64_t ns_seed; /* namespace identity: stable across restarts, unlike its id */
     uint64_t host_off; /* valid when in_host */
     uint64_t length;
-    uint32_t ns_id;
     uint32_t hnext; /* hash chain, or free list when FREE */
     uint32_t n_tokens;
     uint32_t refs; /* readers and writers holding the bytes: never evicted while > 0 */
+    uint32_t gen;  /* changes every time the slot is reused: async callbacks check it */
+    uint16_t hits; /* reads since stored (saturating), for disk admission */
     uint8_t state;
     uint8_t in_host;
+    uint8_t disk;       /* enum kvt_entry_disk */
+    uint8_t elem_bytes; /* element size of the namespace's dtype, the codec's shuffle width */
+    uint8_t promoting;  /* a read from disk into a new DRAM slot is in flight */
 };
 
 struct kvt_index {
@@ -38,15 +50,16 @@ struct kvt_index {
     uint32_t mask;
     uint32_t free_head;
     uint32_t n;
+    uint32_t gen;
 };
 
 int kvt_index_init(struct kvt_index *idx, uint32_t cap);
 void kvt_index_deinit(struct kvt_index *idx);
 
-/* Entry id for (ns_id, key), or KVT_INDEX_NIL. */
-uint32_t kvt_index_find(const struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key);
+/* Entry id for (ns_seed, key), or KVT_INDEX_NIL. */
+uint32_t kvt_index_find(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key);
 /* Inserts a new PENDING entry (the key must not be present). KVT_E_FULL when the pool is empty. */
-int kvt_index_insert(struct kvt_index *idx, uint32_t ns_id, const struct kvt_key *key,
+int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key,
                      uint32_t *id_out);
 void kvt_index_remove(struct kvt_index *idx, uint32_t id);
 

@@ -202,15 +202,21 @@ static void op_register(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
 
 /* ---- Put ---------------------------------------------------------------------------------- */
 
-static void put_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, int existed)
+static void put_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, int existed,
+                      enum kvt_tier_id tier)
 {
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__PutResp pr = KVTIER__PUT_RESP__INIT;
     pr.existed = existed;
-    pr.tier = KVT_TIER_CPU;
+    pr.tier = tier;
     resp.result_case = KVTIER__RESPONSE__RESULT_PUT;
     resp.put = &pr;
     kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_id tier)
+{
+    put_reply(s, op->conn, op, 0, tier);
 }
 
 static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
@@ -259,19 +265,21 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         src = c->arena + p->offset;
     }
     s->st.puts++;
-    if (kvt_index_find(&s->idx, ns->id, &key) != KVT_INDEX_NIL) {
+    uint32_t found = kvt_index_find(&s->idx, ns->seed, &key);
+    if (found != KVT_INDEX_NIL) {
         s->st.puts_existed++;
-        put_reply(s, c, op, 1);
+        enum kvt_tier_id t = kvt_tm_tier_of(kvt_index_at(&s->idx, found));
+        put_reply(s, c, op, 1, t == KVT_TIER_NONE ? KVT_TIER_CPU : t);
         return;
     }
     uint32_t id;
-    if (kvt_index_insert(&s->idx, ns->id, &key, &id)) {
+    if (kvt_index_insert(&s->idx, ns->seed, &key, &id)) {
         s->st.index_full++;
         reply_error(s, c, op, KVT_E_FULL, "index full (index.max_objects)");
         return;
     }
     uint64_t off;
-    rc = kvt_host_alloc(s->host, len, id, &off);
+    rc = kvt_tm_host_alloc(s, len, id, &off);
     if (rc) {
         kvt_index_remove(&s->idx, id);
         if (rc == KVT_E_FULL)
@@ -284,6 +292,7 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     e->in_host = 1;
     e->length = len;
     e->n_tokens = n_tokens;
+    e->elem_bytes = (uint8_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
     e->refs = 1; /* the writer: the slot cannot be evicted while it fills */
     op->entry = id;
     op->length = len;
@@ -308,7 +317,7 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
     gr.length = e->length;
     gr.n_tokens = e->n_tokens;
-    gr.tier = KVT_TIER_CPU;
+    gr.tier = op->tier;
     if (inline_data) {
         gr.inline_data.data = (uint8_t *)inline_data;
         gr.inline_data.len = e->length;
@@ -316,6 +325,37 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     resp.result_case = KVTIER__RESPONSE__RESULT_GET;
     resp.get = &gr;
     kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
+{
+    s->st.get_hits++;
+    s->st.get_bytes += e->length;
+    get_reply(s, op->conn, op, e, NULL);
+}
+
+void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
+{
+    if (status == KVT_E_NOTFOUND)
+        s->st.get_misses++;
+    reply_error(s, op->conn, op, status, NULL);
+}
+
+void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    s->st.get_hits++;
+    s->st.get_bytes += e->length;
+    if (op->want_inline) {
+        e->refs--;
+        get_reply(s, op->conn, op, e, kvt_host_ptr(s->host, e->host_off));
+        return;
+    }
+    /* refs stays taken until the copy to the client completes (kvt__ops_complete). */
+    op->length = e->length;
+    op->job.src = kvt_host_ptr(s->host, e->host_off);
+    op->job.len = e->length;
+    kvt__server_submit(s, op);
 }
 
 static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
@@ -348,9 +388,10 @@ static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         }
     }
     s->st.gets++;
-    uint32_t id = kvt_index_find(&s->idx, ns->id, &key);
+    uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
     struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
-    if (!e || e->state != KVT_ENTRY_READY || !e->in_host) {
+    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
+    if (tier == KVT_TIER_NONE) {
         s->st.get_misses++;
         kvt_host_count(s->host, 0);
         reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
@@ -363,6 +404,19 @@ static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         resp.result_case = KVTIER__RESPONSE__RESULT_GET;
         resp.get = &gr;
         kvt__server_respond(s, c, op, &resp, g->want_inline ? KVT_E_TOOBIG : KVT_E_SMALLBUF, NULL);
+        return;
+    }
+    if (e->hits < UINT16_MAX)
+        e->hits++;
+    op->tier = tier;
+    op->want_inline = g->want_inline;
+    if (tier == KVT_TIER_DISK) {
+        kvt_host_count(s->host, 0);
+        op->length = e->length;
+        op->job.dst = g->want_inline ? NULL : c->arena + g->offset;
+        rc = kvt_tm_get_from_disk(s, op, id);
+        if (rc)
+            kvt__ops_get_fail(s, op, rc);
         return;
     }
     s->st.get_hits++;
@@ -398,7 +452,8 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
         e->state = KVT_ENTRY_READY;
         s->st.put_bytes += op->length;
-        put_reply(s, op->conn, op, 0);
+        if (!kvt_tm_put_committed(s, op, op->entry))
+            put_reply(s, op->conn, op, 0, KVT_TIER_CPU);
     } else {
         get_reply(s, op->conn, op, e, NULL);
     }
@@ -428,10 +483,12 @@ static void op_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         struct kvt_key key;
         if (key_of(l->keys[i], &key))
             break;
-        uint32_t id = kvt_index_find(&s->idx, ns->id, &key);
-        if (id == KVT_INDEX_NIL || kvt_index_at(&s->idx, id)->state != KVT_ENTRY_READY)
+        uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
+        enum kvt_tier_id t =
+            id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(kvt_index_at(&s->idx, id));
+        if (t == KVT_TIER_NONE)
             break;
-        tiers[hits++] = KVT_TIER_CPU;
+        tiers[hits++] = t;
     }
     s->st.lookups++;
     s->st.lookup_keys += l->n_keys;
@@ -464,18 +521,14 @@ static void op_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     for (size_t i = 0; i < d->n_keys; i++) {
         struct kvt_key key;
         uint32_t id =
-            key_of(d->keys[i], &key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, ns->id, &key);
+            key_of(d->keys[i], &key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, ns->seed, &key);
         struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
-        if (!e) {
-            status[i] = KVT_E_NOTFOUND;
-        } else if (e->refs) {
-            status[i] = KVT_E_BUSY; /* being read or written: the caller may retry */
+        if (!e || e->state != KVT_ENTRY_READY) {
+            status[i] = e ? KVT_E_BUSY : KVT_E_NOTFOUND;
         } else {
-            if (e->in_host)
-                kvt_host_free(s->host, e->host_off);
-            kvt_index_remove(&s->idx, id);
-            status[i] = 0;
-            s->st.deletes++;
+            /* In use (being read or written): KVT_E_BUSY, the caller may retry. */
+            status[i] = kvt_tm_delete(s, id);
+            s->st.deletes += status[i] == 0;
         }
     }
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
@@ -487,20 +540,9 @@ static void op_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }
 
-int kvt__ops_evict(void *server, uint32_t cookie, uint64_t off)
-{
-    struct kvt_server *s = server;
-    struct kvt_entry *e = kvt_index_at(&s->idx, cookie);
-    (void)off;
-    if (e->refs || e->state != KVT_ENTRY_READY)
-        return 1;
-    kvt_index_remove(&s->idx, cookie);
-    return 0;
-}
-
 /* ---- Stats, Ping, Config ------------------------------------------------------------------ */
 
-#define STATS_MAX 128
+#define STATS_MAX 192
 
 struct stats_buf {
     Kvtier__Stat items[STATS_MAX];
@@ -522,6 +564,11 @@ static void stat_add(struct stats_buf *b, const char *prefix, const char *name, 
     b->n++;
 }
 
+static void stat_add_cb(void *arg, const char *prefix, const char *name, uint64_t v)
+{
+    stat_add(arg, prefix, name, v);
+}
+
 static void op_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op)
 {
     static struct stats_buf b;
@@ -540,6 +587,7 @@ static void op_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
 #define KVT__TSTAT_ADD(name) stat_add(&b, "cpu.", #name, ts.name);
     KVT_TIER_STATS(KVT__TSTAT_ADD)
 #undef KVT__TSTAT_ADD
+    kvt_tm_stats(s, stat_add_cb, &b);
     for (int t = 0; t < KVT_ALLOC_TAG_COUNT; t++) {
         char name[48];
         snprintf(name, sizeof(name), "%s_bytes", kvt_alloc_tag_name((enum kvt_alloc_tag)t));
@@ -604,6 +652,7 @@ static void op_config_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_o
     }
     *s->cfg = next;
     kvt_log_set_level(kvt_log_level_parse(s->cfg->log_level));
+    kvt_tm_config_changed(s);
     KVT_INFO("ops", "config set %s = %s", key, value);
     config_reply(s, c, op, key);
 }

@@ -30,7 +30,7 @@
 #define EVENTS_MAX 64
 #define SCRATCH_BYTES (64 * 1024)
 #define OUT_EXTRA_BYTES (64 * 1024)
-#define SHUTDOWN_GRACE_MS 5000
+#define SHUTDOWN_GRACE_MS 10000
 #define FDS_PER_MSG_MAX 4
 
 static void conn_close(struct kvt_server *s, struct kvt_conn *c);
@@ -458,10 +458,30 @@ static void on_readable(struct kvt_server *s, struct kvt_conn *c)
 
 /* ---- workers ------------------------------------------------------------------------------ */
 
+/* Loop-side completion of an op's copy job. */
+static void op_job_done(struct kvt_job *j)
+{
+    struct kvt_op *op = (struct kvt_op *)j;
+    struct kvt_server *s = j->ctx;
+    struct kvt_conn *c = op->conn;
+    if (s->destroying) {
+        c->inflight--;
+        return;
+    }
+    kvt__ops_complete(s, op);
+    if (!c->dead) {
+        /* A freed op or drained output may unblock buffered frames. */
+        process_frames(s, c);
+        conn_maybe_finish(s, c);
+    }
+}
+
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
 {
     /* A Put fills a slot nobody has touched lately: stream it past the caches. */
     op->job.fn = op->kind == KVTIER__REQUEST__OP_PUT ? kvt_job_copy_stream : kvt_job_copy;
+    op->job.done = op_job_done;
+    op->job.ctx = s;
     if (!s->workers || op->job.len < s->cfg->copy_offload_bytes) {
         op->job.fn(&op->job);
         kvt__ops_complete(s, op);
@@ -471,19 +491,26 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
     kvt_workers_submit(s->workers, &op->job);
 }
 
+void kvt__server_offload(struct kvt_server *s, struct kvt_job *job)
+{
+    s->st.worker_jobs++;
+    kvt_workers_submit(s->workers, job);
+}
+
+void kvt__server_after_ops(struct kvt_server *s, struct kvt_conn *c)
+{
+    if (!c->dead) {
+        process_frames(s, c);
+        conn_maybe_finish(s, c);
+    }
+}
+
 static void on_workers(struct kvt_server *s)
 {
     struct kvt_job *j = kvt_workers_reap(s->workers);
     while (j) {
         struct kvt_job *next = j->next;
-        struct kvt_op *op = (struct kvt_op *)j;
-        struct kvt_conn *c = op->conn;
-        kvt__ops_complete(s, op);
-        if (!c->dead) {
-            /* A freed op or drained output may unblock buffered frames. */
-            process_frames(s, c);
-            conn_maybe_finish(s, c);
-        }
+        j->done(j);
         j = next;
     }
 }
@@ -583,11 +610,13 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
                                  .page_bytes = cfg->cpu_page_bytes,
                                  .hugepages = cfg->cpu_hugepages,
                                  .prefault = cfg->cpu_prefault};
-    if ((rc = kvt_host_create(&hc, kvt__ops_evict, s, &s->host))) {
+    if ((rc = kvt_host_create(&hc, kvt_tm_evict, s, &s->host))) {
         KVT_ERR("server", "cpu tier: %s (arena_bytes must be at least page_bytes, a 4K multiple)",
                 kvt_strerror(rc));
         goto err;
     }
+    if ((rc = kvt_tm_init(s)))
+        goto err;
     s->n_workers = worker_count(cfg);
     if ((rc = kvt_workers_create(s->n_workers, &s->workers)))
         goto err;
@@ -610,6 +639,9 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
         (rc = ep_add(s, s->signal_fd, EPOLLIN, &s->signal_src)) ||
         (rc = ep_add(s, kvt_workers_fd(s->workers), EPOLLIN, &s->workers_src)))
         goto err;
+    s->disk_src.kind = KVT_EV_DISK;
+    if (kvt_tm_event_fd(s) >= 0 && (rc = ep_add(s, kvt_tm_event_fd(s), EPOLLIN, &s->disk_src)))
+        goto err;
     KVT_INFO("server", "listening socket=%s workers=%u max_clients=%llu", cfg->socket, s->n_workers,
              (unsigned long long)cfg->max_clients);
     *out = s;
@@ -630,9 +662,10 @@ static void begin_shutdown(struct kvt_server *s)
     close(s->listen_fd);
     s->listen_fd = -1;
     unlink(s->cfg->socket);
-    /* Stop reading requests; answer what is in flight. */
+    /* Stop reading requests; answer what is in flight; write back what DRAM holds alone. */
     for (struct kvt_conn *c = s->conns; c; c = c->next)
         c->closing = 1;
+    s->tm.flushing = 1;
 }
 
 static int inflight_total(const struct kvt_server *s)
@@ -653,13 +686,14 @@ int kvt_server_run(struct kvt_server *s)
                 next = c->next;
                 conn_maybe_finish(s, c);
             }
-            if (s->n_conns == 0 || inflight_total(s) == 0 || kvt_now_ms() > s->stop_deadline_ms)
+            int conns_done = s->n_conns == 0 || inflight_total(s) == 0;
+            if ((conns_done && !kvt_tm_busy(s)) || kvt_now_ms() > s->stop_deadline_ms)
                 break;
         }
         /* Right after activity, poll without sleeping for busy_poll_us: the next request of a
          * pipelined client usually arrives within microseconds, and waking a sleeping thread on
          * another core costs tens of them on virtual machines. */
-        int timeout_ms = s->stop ? 50 : 1000;
+        int timeout_ms = s->stop ? (kvt_tm_busy(s) ? 1 : 50) : 1000;
         if (kvt_now_ns() - last_event_ns < s->cfg->busy_poll_us * 1000ull)
             timeout_ms = 0;
         int n = epoll_wait(s->epfd, ev, EVENTS_MAX, timeout_ms);
@@ -685,6 +719,9 @@ int kvt_server_run(struct kvt_server *s)
             case KVT_EV_WORKERS:
                 on_workers(s);
                 break;
+            case KVT_EV_DISK:
+                kvt_tm_poll(s);
+                break;
             case KVT_EV_CONN: {
                 struct kvt_conn *c = (struct kvt_conn *)src;
                 if (c->dead)
@@ -699,6 +736,7 @@ int kvt_server_run(struct kvt_server *s)
             }
             }
         }
+        kvt_tm_tick(s);
         sweep_closed(s);
     }
     KVT_INFO("server", "stopped after %llu requests", (unsigned long long)s->st.requests);
@@ -712,12 +750,17 @@ void kvt_server_destroy(struct kvt_server *s)
     /* Workers first: after this no job references a connection. Jobs they finished but the
      * loop never reaped still count as in flight; settle them so every connection can go. */
     if (s->workers) {
+        s->destroying = 1;
         kvt_workers_stop(s->workers);
-        for (struct kvt_job *j = kvt_workers_reap(s->workers); j; j = j->next)
-            ((struct kvt_op *)j)->conn->inflight--;
+        for (struct kvt_job *j = kvt_workers_reap(s->workers), *next; j; j = next) {
+            next = j->next;
+            j->done(j);
+        }
         kvt_workers_destroy(s->workers);
         s->workers = NULL;
     }
+    s->destroying = 1;
+    kvt_tm_deinit(s); /* waits for disk I/O; its callbacks only release what they hold */
     while (s->closed) {
         struct kvt_conn *c = s->closed;
         s->closed = c->next;

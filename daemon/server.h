@@ -17,6 +17,7 @@
 #include "daemon/config.h"
 #include "daemon/index.h"
 #include "daemon/ns.h"
+#include "daemon/tiermgr.h"
 #include "daemon/workers.h"
 #include "kvtier.pb-c.h"
 #include "tiers/host/host.h"
@@ -59,7 +60,7 @@ struct kvt_dstats {
 #undef KVT__DSTAT_FIELD
 };
 
-enum kvt_evsrc_kind { KVT_EV_LISTEN, KVT_EV_SIGNAL, KVT_EV_WORKERS, KVT_EV_CONN };
+enum kvt_evsrc_kind { KVT_EV_LISTEN, KVT_EV_SIGNAL, KVT_EV_WORKERS, KVT_EV_DISK, KVT_EV_CONN };
 
 struct kvt_evsrc {
     enum kvt_evsrc_kind kind;
@@ -76,8 +77,13 @@ struct kvt_op {
     size_t reserve; /* output bytes reserved for the response */
     uint32_t kind;  /* Kvtier__Request__OpCase */
     uint32_t entry;
+    uint32_t gen; /* of the entry, for answers that come after other requests ran */
     uint64_t length;
     uint32_t n_tokens;
+    uint32_t tier;        /* where a Get was served from */
+    int want_inline;      /* Get: answer with the bytes in the response */
+    uint64_t slot_off;    /* Get from disk: the DRAM slot being filled */
+    struct kvt_op *tm_next; /* tier manager's queue of write-through Puts */
 };
 
 /* Bump allocator for unpacking one request without touching the heap in the common case. */
@@ -120,12 +126,14 @@ struct kvt_server {
     int epfd;
     int listen_fd;
     int signal_fd;
-    struct kvt_evsrc listen_src, signal_src, workers_src;
+    struct kvt_evsrc listen_src, signal_src, workers_src, disk_src;
     volatile int stop;
+    int destroying; /* job completions only release what they hold */
     uint64_t stop_deadline_ms;
     struct kvt_ns_table ns;
     struct kvt_index idx;
     struct kvt_host *host;
+    struct kvt_tiermgr tm;
     struct kvt_workers *workers;
     uint32_t n_workers;
     struct kvt_conn *conns;  /* open connections */
@@ -152,8 +160,14 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
 void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
 /* Bytes of output to reserve for the response to req. */
 size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
-/* Eviction callback for the CPU tier. */
-int kvt__ops_evict(void *server, uint32_t cookie, uint64_t off);
+/* Answers a Put (op) that the tier manager held until its chunk was durable or not. */
+void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_id tier);
+/* Answers a Get with an error (the tier manager could not read the chunk). */
+void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status);
+/* A Get's chunk has just been promoted into DRAM: deliver it from there. */
+void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op);
+/* Answers a Get whose bytes are already at the client's destination. */
+void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e);
 
 /* Packs resp into the connection's output and releases op (which may be NULL for errors that
  * belong to no op). status != 0 sets resp->status and the error text. */
@@ -161,5 +175,9 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
                          Kvtier__Response *resp, int status, const char *detail);
 /* Hands a copy to a worker (or runs it inline when small); the op completes later. */
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op);
+/* Hands any job (fn, done and ctx set) to the worker pool. */
+void kvt__server_offload(struct kvt_server *s, struct kvt_job *job);
+/* After an op of c finished outside the worker path: resume its buffered frames, flush. */
+void kvt__server_after_ops(struct kvt_server *s, struct kvt_conn *c);
 
 #endif

@@ -14,7 +14,9 @@ typedef void (*kvt_job_fn)(struct kvt_job *job);
 
 struct kvt_job {
     struct kvt_job *next;
-    kvt_job_fn fn; /* runs on a worker thread */
+    kvt_job_fn fn;   /* runs on a worker thread */
+    kvt_job_fn done; /* runs on the loop thread once the job is reaped */
+    void *ctx;       /* for done: the owner (the server) */
     void *dst;
     const void *src;
     uint64_t len;

@@ -428,6 +428,34 @@ void kvt_host_touch(struct kvt_host *h, uint64_t off)
     list_push_head(h, l, gi);
 }
 
+uint64_t kvt_host_free_bytes(const struct kvt_host *h)
+{
+    uint64_t b = (uint64_t)h->free_pages * h->cfg.page_bytes;
+    for (uint32_t i = 0; i < h->n_cls; i++)
+        b += h->cls[i].free_slots.n * h->cls[i].slot_bytes;
+    return b;
+}
+
+size_t kvt_host_coldest(const struct kvt_host *h, uint32_t *cookies, size_t max)
+{
+    /* A k-way merge of the class LRU lists by last-use tick. */
+    uint32_t cur[CLASSES_MAX];
+    for (uint32_t i = 0; i < h->n_cls; i++)
+        cur[i] = h->cls[i].lru.tail;
+    size_t n = 0;
+    while (n < max) {
+        int best = -1;
+        for (uint32_t i = 0; i < h->n_cls; i++)
+            if (cur[i] != NIL && (best < 0 || older(h->g[cur[i]].tick, h->g[cur[best]].tick)))
+                best = (int)i;
+        if (best < 0)
+            break;
+        cookies[n++] = h->g[cur[best]].cookie;
+        cur[best] = h->g[cur[best]].prev;
+    }
+    return n;
+}
+
 void *kvt_host_ptr(const struct kvt_host *h, uint64_t off)
 {
     return h->base + off;

@@ -13,6 +13,7 @@
 #ifndef KVT_TIERS_HOST_H
 #define KVT_TIERS_HOST_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tiers/tier.h"
@@ -45,6 +46,13 @@ int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t
 void kvt_host_free(struct kvt_host *h, uint64_t off);
 /* Marks a slot most recently used. */
 void kvt_host_touch(struct kvt_host *h, uint64_t off);
+
+/* Bytes that can be allocated without evicting: free pages plus free slots of every class. */
+uint64_t kvt_host_free_bytes(const struct kvt_host *h);
+
+/* Writes the cookies of up to max least recently used objects, coldest first across every size
+ * class, and returns how many. */
+size_t kvt_host_coldest(const struct kvt_host *h, uint32_t *cookies, size_t max);
 
 /* Address of an arena offset; valid until destroy. */
 void *kvt_host_ptr(const struct kvt_host *h, uint64_t off);

@@ -1,0 +1,614 @@
+/*
+ * Tier manager: demotion (write-back and write-through), promotion, eviction decisions, recovery
+ * at start and the shutdown flush. Runs on the loop thread; only kvt_disk_encode runs on workers,
+ * each with its own codec (thread-local, freed when the worker exits).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "daemon/server.h"
+#include "daemon/tiermgr.h"
+
+#define COLDEST_SCAN 64
+#define FLUSH_SCAN 4096
+#define HITS_MAX 0xffff
+
+/* One write to disk in progress: encoding on a worker, then I/O. */
+struct kvt_demote {
+    struct kvt_job job; /* first: a reaped job is its demote */
+    struct kvt_demote *next_free;
+    struct kvt_disk_wslot ws;
+    const struct kvt_codec_config *codec_cfg;
+    struct kvt_op *op; /* write-through Put waiting for durability, or NULL */
+    uint32_t entry;
+    uint32_t gen;
+    uint32_t elem_bytes;
+};
+
+/* ---- worker-side encoding ----------------------------------------------------------------- */
+
+static pthread_key_t codec_key;
+static pthread_once_t codec_key_once = PTHREAD_ONCE_INIT;
+
+static void codec_key_free(void *p)
+{
+    kvt_codec_destroy(p);
+}
+
+static void codec_key_make(void)
+{
+    pthread_key_create(&codec_key, codec_key_free);
+}
+
+static void encode_job(struct kvt_job *job)
+{
+    struct kvt_demote *d = (struct kvt_demote *)job;
+    pthread_once(&codec_key_once, codec_key_make);
+    struct kvt_codec *codec = pthread_getspecific(codec_key);
+    if (!codec) {
+        if (kvt_codec_create(d->codec_cfg, &codec)) {
+            job->res = KVT_E_NOMEM;
+            return;
+        }
+        pthread_setspecific(codec_key, codec);
+    }
+    job->res = kvt_disk_encode(codec, &d->ws, job->src, d->elem_bytes);
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static struct kvt_obj_id obj_id(const struct kvt_entry *e)
+{
+    return (struct kvt_obj_id){.ns_seed = e->ns_seed, .key = e->key};
+}
+
+static int admitted(const struct kvt_server *s, const struct kvt_entry *e)
+{
+    if (s->tm.write_through)
+        return 1;
+    return strcmp(s->cfg->disk_admission, "second-access") != 0 || e->hits > 0;
+}
+
+static int disk_usable(const struct kvt_server *s, const struct kvt_entry *e)
+{
+    return s->tm.disk && e->length <= s->cfg->disk_object_bytes_max;
+}
+
+/* An entry left with no copy anywhere leaves the index. */
+static void forget_if_homeless(struct kvt_server *s, uint32_t id)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (e->state == KVT_ENTRY_READY && !e->in_host && e->disk != KVT_ENTRY_DISK_DURABLE &&
+        e->refs == 0)
+        kvt_index_remove(&s->idx, id);
+}
+
+enum kvt_tier_id kvt_tm_tier_of(const struct kvt_entry *e)
+{
+    if (e->state != KVT_ENTRY_READY)
+        return KVT_TIER_NONE;
+    if (e->in_host)
+        return KVT_TIER_CPU;
+    if (e->disk == KVT_ENTRY_DISK_DURABLE)
+        return KVT_TIER_DISK;
+    return KVT_TIER_NONE;
+}
+
+/* ---- demotion ----------------------------------------------------------------------------- */
+
+static void demote_finish(struct kvt_server *s, struct kvt_demote *d, int durable)
+{
+    struct kvt_op *op = d->op;
+    d->op = NULL;
+    d->next_free = s->tm.free_demotes;
+    s->tm.free_demotes = d;
+    s->tm.demotes_inflight--;
+    if (op && !s->destroying) {
+        struct kvt_conn *c = op->conn;
+        kvt__ops_put_reply(s, op, durable ? KVT_TIER_DISK : KVT_TIER_CPU);
+        kvt__server_after_ops(s, c);
+    }
+}
+
+static void demote_durable(void *arg, int res)
+{
+    struct kvt_demote *d = arg;
+    struct kvt_server *s = d->job.ctx;
+    struct kvt_entry *e = kvt_index_at(&s->idx, d->entry);
+    if (e->state == KVT_ENTRY_FREE || e->gen != d->gen) {
+        /* Deleted (or dropped) while it was being written: the disk copy must not outlive it. */
+        struct kvt_obj_id id = d->ws.id;
+        if (res == 0 && kvt_disk_remove(s->tm.disk, &id) == 0)
+            s->tm.st.orphans_removed++;
+        demote_finish(s, d, 0);
+        return;
+    }
+    if (res == 0) {
+        e->disk = KVT_ENTRY_DISK_DURABLE;
+        s->tm.st.demotions++;
+    } else {
+        e->disk = KVT_ENTRY_DISK_NONE;
+        s->tm.st.demotion_failures++;
+        KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "write to disk failed: %s", kvt_strerror(res));
+        forget_if_homeless(s, d->entry);
+    }
+    demote_finish(s, d, res == 0);
+}
+
+static void demote_encoded(struct kvt_job *job)
+{
+    struct kvt_demote *d = (struct kvt_demote *)job;
+    struct kvt_server *s = job->ctx;
+    struct kvt_entry *e = kvt_index_at(&s->idx, d->entry);
+    e->refs--;
+    int rc = job->res;
+    if (s->destroying) {
+        kvt_disk_write_cancel(s->tm.disk, &d->ws);
+        demote_finish(s, d, 0);
+        return;
+    }
+    if (rc == 0)
+        rc = kvt_disk_write_submit(s->tm.disk, &d->ws, demote_durable, d);
+    else
+        kvt_disk_write_cancel(s->tm.disk, &d->ws);
+    if (rc) {
+        e->disk = KVT_ENTRY_DISK_NONE;
+        s->tm.st.demotion_failures++;
+        KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "cannot write chunk to disk: %s",
+                            kvt_strerror(rc));
+        demote_finish(s, d, 0);
+    }
+}
+
+/* Starts writing entry id to disk. 0 when started (op, if any, is answered when durable),
+ * KVT_E_EXISTS when the disk already holds it, KVT_E_BUSY when no staging buffer is free. */
+static int demote_start(struct kvt_server *s, uint32_t id, struct kvt_op *op)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    struct kvt_demote *d = tm->free_demotes;
+    if (!d)
+        return KVT_E_BUSY;
+    struct kvt_obj_id oid = obj_id(e);
+    int rc = kvt_disk_write_reserve(tm->disk, &oid, e->length, e->n_tokens, &d->ws);
+    if (rc == KVT_E_EXISTS) {
+        e->disk = KVT_ENTRY_DISK_DURABLE;
+        return rc;
+    }
+    if (rc)
+        return rc;
+    tm->free_demotes = d->next_free;
+    tm->demotes_inflight++;
+    d->op = op;
+    d->entry = id;
+    d->gen = e->gen;
+    d->elem_bytes = e->elem_bytes ? e->elem_bytes : 1;
+    e->refs++; /* the slot is read by the encoder: it must not be evicted or freed */
+    e->disk = KVT_ENTRY_DISK_WRITING;
+    memset(&d->job, 0, sizeof(d->job));
+    d->job.fn = encode_job;
+    d->job.done = demote_encoded;
+    d->job.ctx = s;
+    d->job.src = kvt_host_ptr(s->host, e->host_off);
+    d->job.len = e->length;
+    kvt__server_offload(s, &d->job);
+    return 0;
+}
+
+/* Whether entry id is a chunk in DRAM with no disk copy that the disk should get. */
+static int wants_demotion(const struct kvt_server *s, uint32_t id)
+{
+    const struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    return e->state == KVT_ENTRY_READY && e->in_host && e->disk == KVT_ENTRY_DISK_NONE &&
+           disk_usable(s, e) && admitted(s, e);
+}
+
+int kvt_tm_put_committed(struct kvt_server *s, struct kvt_op *op, uint32_t entry)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    if (!tm->disk || !tm->write_through || !wants_demotion(s, entry))
+        return 0;
+    op->entry = entry;
+    op->gen = kvt_index_at(&s->idx, entry)->gen;
+    int rc = demote_start(s, entry, op);
+    if (rc == 0)
+        return 1;
+    if (rc == KVT_E_BUSY) {
+        /* Answer when a staging buffer frees up; the chunk is already readable from DRAM. */
+        op->tm_next = NULL;
+        if (tm->wt_tail)
+            tm->wt_tail->tm_next = op;
+        else
+            tm->wt_head = op;
+        tm->wt_tail = op;
+        return 1;
+    }
+    return 0;
+}
+
+static void drain_write_through(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    while (tm->wt_head && tm->free_demotes) {
+        struct kvt_op *op = tm->wt_head;
+        struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+        int valid = e->state == KVT_ENTRY_READY && e->gen == op->gen;
+        int rc = valid && wants_demotion(s, op->entry) ? demote_start(s, op->entry, op)
+                                                       : KVT_E_EXISTS;
+        if (rc == KVT_E_BUSY)
+            return;
+        tm->wt_head = op->tm_next;
+        if (!tm->wt_head)
+            tm->wt_tail = NULL;
+        if (rc != 0) {
+            struct kvt_conn *c = op->conn;
+            kvt__ops_put_reply(s, op,
+                               valid && e->disk == KVT_ENTRY_DISK_DURABLE ? KVT_TIER_DISK
+                                                                          : KVT_TIER_CPU);
+            kvt__server_after_ops(s, c);
+        }
+    }
+}
+
+void kvt_tm_tick(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    if (!tm->disk || s->destroying)
+        return;
+    drain_write_through(s);
+    if (!tm->free_demotes)
+        return;
+    if (tm->flushing) {
+        for (uint32_t n = 0; n < FLUSH_SCAN && tm->flush_cursor < s->idx.cap && tm->free_demotes;
+             n++, tm->flush_cursor++) {
+            if (wants_demotion(s, tm->flush_cursor) &&
+                kvt_index_at(&s->idx, tm->flush_cursor)->refs == 0 &&
+                demote_start(s, tm->flush_cursor, NULL) == KVT_E_BUSY)
+                break;
+        }
+        return;
+    }
+    /* Pressure is measured as memory free for new chunks, not bytes in use: slots of the wrong
+     * size class are not free for the next Put. */
+    double cap = (double)kvt_host_arena_bytes(s->host);
+    if ((double)kvt_host_free_bytes(s->host) > (1.0 - s->cfg->cpu_high_watermark) * cap)
+        return;
+    /* Write back the coldest dirty chunks, so eviction finds clean ones to drop. */
+    uint32_t cold[COLDEST_SCAN];
+    size_t n = kvt_host_coldest(s->host, cold, COLDEST_SCAN);
+    for (size_t i = 0; i < n && tm->free_demotes; i++) {
+        if (!wants_demotion(s, cold[i]) || kvt_index_at(&s->idx, cold[i])->refs)
+            continue;
+        if (demote_start(s, cold[i], NULL) == KVT_E_BUSY)
+            break;
+    }
+}
+
+int kvt_tm_busy(const struct kvt_server *s)
+{
+    const struct kvt_tiermgr *tm = &s->tm;
+    if (!tm->disk)
+        return 0;
+    return tm->demotes_inflight > 0 || tm->wt_head || kvt_disk_inflight(tm->disk) > 0 ||
+           (tm->flushing && tm->flush_cursor < s->idx.cap);
+}
+
+/* ---- eviction and allocation -------------------------------------------------------------- */
+
+int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off)
+{
+    struct kvt_server *s = server;
+    struct kvt_entry *e = kvt_index_at(&s->idx, cookie);
+    (void)off;
+    if (e->refs || e->state != KVT_ENTRY_READY)
+        return 1;
+    if (e->disk != KVT_ENTRY_DISK_NONE) {
+        /* Clean (or its encoded copy is on its way): DRAM can let go at once. */
+        e->in_host = 0;
+        s->tm.st.evicted_to_disk++;
+        return 0;
+    }
+    if (s->tm.disk && !s->tm.evict_force) {
+        if (!disk_usable(s, e)) {
+            s->tm.st.too_big_for_disk++;
+        } else if (admitted(s, e)) {
+            return 1; /* dirty: the write-back will make it clean */
+        } else {
+            s->tm.st.admission_skipped++;
+        }
+    } else if (s->tm.disk) {
+        s->tm.st.dropped_dirty++;
+    }
+    kvt_index_remove(&s->idx, cookie);
+    return 0;
+}
+
+int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uint64_t *off_out)
+{
+    int rc = kvt_host_alloc(s->host, bytes, cookie, off_out);
+    if (rc == KVT_E_FULL && s->tm.disk) {
+        /* Everything evictable is waiting for write-back: rather than fail, drop dirty
+         * chunks (counted), the cache's job being to stay available. */
+        s->tm.evict_force = 1;
+        rc = kvt_host_alloc(s->host, bytes, cookie, off_out);
+        s->tm.evict_force = 0;
+    }
+    return rc;
+}
+
+/* ---- promotion and reads from disk -------------------------------------------------------- */
+
+static void disk_miss(struct kvt_server *s, uint32_t id, int res)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    s->tm.st.disk_read_misses++;
+    if (res == KVT_E_NOTFOUND || res == KVT_E_CORRUPT) {
+        /* The disk dropped the object (failed checksum): so does the index. */
+        e->disk = KVT_ENTRY_DISK_NONE;
+        forget_if_homeless(s, id);
+    }
+}
+
+static void promote_done(void *arg, int res)
+{
+    struct kvt_op *op = arg;
+    struct kvt_server *s = op->job.ctx;
+    struct kvt_conn *c = op->conn;
+    struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    e->promoting = 0;
+    if (s->destroying) {
+        kvt_host_free(s->host, op->slot_off);
+        e->refs--;
+        c->inflight--;
+        return;
+    }
+    if (res < 0) {
+        kvt_host_free(s->host, op->slot_off);
+        e->refs--;
+        disk_miss(s, op->entry, res);
+        kvt__ops_get_fail(s, op, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
+        kvt__server_after_ops(s, c);
+        return;
+    }
+    e->in_host = 1;
+    e->host_off = op->slot_off;
+    s->tm.st.promotions++;
+    op->tier = KVT_TIER_DISK;
+    kvt__ops_get_deliver(s, op);
+    kvt__server_after_ops(s, c);
+}
+
+static void direct_done(void *arg, int res)
+{
+    struct kvt_op *op = arg;
+    struct kvt_server *s = op->job.ctx;
+    struct kvt_conn *c = op->conn;
+    struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    e->refs--;
+    if (s->destroying) {
+        c->inflight--;
+        return;
+    }
+    if (res < 0) {
+        disk_miss(s, op->entry, res);
+        kvt__ops_get_fail(s, op, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
+    } else {
+        s->tm.st.disk_direct_reads++;
+        op->tier = KVT_TIER_DISK;
+        kvt__ops_get_reply_entry(s, op, e);
+    }
+    kvt__server_after_ops(s, c);
+}
+
+int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (!s->tm.disk || e->disk != KVT_ENTRY_DISK_DURABLE)
+        return KVT_E_NOTFOUND;
+    struct kvt_obj_id oid = obj_id(e);
+    op->entry = id;
+    op->job.ctx = s;
+    e->refs++;
+    int rc = KVT_E_FULL;
+    if (!e->promoting && kvt_tm_host_alloc(s, e->length, id, &op->slot_off) == 0) {
+        rc = kvt_disk_read(s->tm.disk, &oid, kvt_host_ptr(s->host, op->slot_off), e->length,
+                           promote_done, op);
+        if (rc == 0) {
+            e->promoting = 1;
+            return 0;
+        }
+        kvt_host_free(s->host, op->slot_off);
+    }
+    if (rc != KVT_E_NOTFOUND && !op->want_inline) {
+        /* No DRAM slot (or a promotion already running): read into the client's buffer. */
+        rc = kvt_disk_read(s->tm.disk, &oid, op->job.dst, e->length, direct_done, op);
+        if (rc == 0)
+            return 0;
+    }
+    e->refs--;
+    if (rc == KVT_E_NOTFOUND || rc == KVT_E_CORRUPT) {
+        disk_miss(s, id, rc);
+        rc = KVT_E_NOTFOUND;
+    }
+    return rc;
+}
+
+int kvt_tm_delete(struct kvt_server *s, uint32_t id)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (e->refs || e->promoting)
+        return KVT_E_BUSY;
+    if (e->disk == KVT_ENTRY_DISK_DURABLE && s->tm.disk) {
+        struct kvt_obj_id oid = obj_id(e);
+        int rc = kvt_disk_remove(s->tm.disk, &oid);
+        if (rc == KVT_E_BUSY)
+            return rc;
+    }
+    if (e->in_host)
+        kvt_host_free(s->host, e->host_off);
+    /* A write still in flight sees the generation change and removes its object. */
+    kvt_index_remove(&s->idx, id);
+    return 0;
+}
+
+/* ---- start, stop, stats ------------------------------------------------------------------- */
+
+struct load_ctx {
+    struct kvt_server *s;
+    uint64_t loaded, skipped;
+};
+
+static int load_object(void *arg, const struct kvt_disk_obj_info *info)
+{
+    struct load_ctx *lc = arg;
+    struct kvt_server *s = lc->s;
+    uint32_t id;
+    if (kvt_index_find(&s->idx, info->id.ns_seed, &info->id.key) != KVT_INDEX_NIL ||
+        kvt_index_insert(&s->idx, info->id.ns_seed, &info->id.key, &id)) {
+        lc->skipped++;
+        return 0;
+    }
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    e->state = KVT_ENTRY_READY;
+    e->disk = KVT_ENTRY_DISK_DURABLE;
+    e->length = info->raw_len;
+    e->n_tokens = info->n_tokens;
+    lc->loaded++;
+    return 0;
+}
+
+static int split_paths(char *list, const char **paths, uint32_t max)
+{
+    uint32_t n = 0;
+    for (char *save = NULL, *p = strtok_r(list, ",", &save); p && n < max;
+         p = strtok_r(NULL, ",", &save))
+        if (*p)
+            paths[n++] = p;
+    return (int)n;
+}
+
+int kvt_tm_init(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    const struct kvt_dconfig *cfg = s->cfg;
+    memset(tm, 0, sizeof(*tm));
+    tm->write_through = strcmp(cfg->write_policy, "write-through") == 0;
+    if (cfg->disk_bytes == 0) {
+        KVT_INFO("tier", "disk tier off (disk.bytes = 0)");
+        return 0;
+    }
+    static char path_buf[sizeof(cfg->disk_paths)], default_path[300];
+    const char *paths[KVT_DISK_PATHS_MAX];
+    snprintf(path_buf, sizeof(path_buf), "%s", cfg->disk_paths);
+    int n = split_paths(path_buf, paths, KVT_DISK_PATHS_MAX);
+    if (n == 0) {
+        snprintf(default_path, sizeof(default_path), "%s/disk.0", cfg->data_dir);
+        paths[0] = default_path;
+        n = 1;
+    }
+    struct kvt_disk_config dc;
+    kvt_disk_config_init(&dc);
+    for (int i = 0; i < n; i++)
+        dc.paths[i] = paths[i];
+    dc.n_paths = (uint32_t)n;
+    dc.file_bytes = cfg->disk_bytes / (uint64_t)n / 4096 * 4096;
+    dc.meta_dir = cfg->data_dir;
+    dc.queue_depth = (uint32_t)cfg->disk_queue_depth;
+    dc.staging_bytes = cfg->disk_staging_bytes;
+    dc.object_bytes_max = cfg->disk_object_bytes_max;
+    dc.objects_max = (uint32_t)cfg->disk_objects_max;
+    dc.io_errors_max = (uint32_t)cfg->disk_io_errors_max;
+    dc.allow_buffered = cfg->disk_allow_buffered;
+    kvt_codec_config_init(&dc.codec);
+    dc.codec.algo = !strcmp(cfg->disk_codec, "zstd")  ? KVT_CODEC_ZSTD
+                    : !strcmp(cfg->disk_codec, "lz4") ? KVT_CODEC_LZ4
+                                                      : KVT_CODEC_NONE;
+    dc.codec.level = (int)cfg->disk_codec_level;
+    dc.codec.min_saving_ratio = cfg->disk_min_saving;
+    dc.codec.input_bytes_max = cfg->disk_object_bytes_max;
+    dc.faults = &tm->faults;
+    char why[256] = "";
+    dc.err_buf = why;
+    dc.err_buf_bytes = sizeof(why);
+    tm->codec_cfg = dc.codec;
+    uint64_t t0 = kvt_now_ms();
+    int rc = kvt_disk_create(&dc, &tm->disk);
+    if (rc) {
+        KVT_ERR("tier", "disk tier cannot start on %s: %s (%s)", paths[0], kvt_strerror(rc), why);
+        tm->disk = NULL;
+        return rc;
+    }
+    tm->n_demotes = (uint32_t)cfg->disk_queue_depth;
+    tm->demotes = kvt_calloc(KVT_ALLOC_TIER, tm->n_demotes, sizeof(*tm->demotes));
+    if (!tm->demotes) {
+        kvt_disk_destroy(tm->disk);
+        tm->disk = NULL;
+        return KVT_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < tm->n_demotes; i++) {
+        tm->demotes[i].codec_cfg = &tm->codec_cfg;
+        tm->demotes[i].next_free = tm->free_demotes;
+        tm->free_demotes = &tm->demotes[i];
+    }
+    struct load_ctx lc = {s, 0, 0};
+    kvt_disk_enumerate(tm->disk, load_object, &lc);
+    tm->st.recovered_objects = lc.loaded;
+    tm->st.recovery_ms = kvt_now_ms() - t0;
+    if (lc.skipped)
+        KVT_WARN("tier", "%llu disk objects not indexed (index.max_objects too small)",
+                 (unsigned long long)lc.skipped);
+    KVT_INFO("tier", "disk tier ready paths=%d bytes=%llu objects=%llu start_ms=%llu policy=%s",
+             n, (unsigned long long)cfg->disk_bytes, (unsigned long long)lc.loaded,
+             (unsigned long long)tm->st.recovery_ms, cfg->write_policy);
+    return 0;
+}
+
+void kvt_tm_deinit(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    if (tm->disk)
+        kvt_disk_destroy(tm->disk); /* runs the last callbacks; s->destroying mutes replies */
+    tm->disk = NULL;
+    kvt_free(KVT_ALLOC_TIER, tm->demotes);
+    tm->demotes = NULL;
+}
+
+int kvt_tm_event_fd(const struct kvt_server *s)
+{
+    return s->tm.disk ? kvt_disk_event_fd(s->tm.disk) : -1;
+}
+
+void kvt_tm_poll(struct kvt_server *s)
+{
+    if (s->tm.disk)
+        kvt_disk_poll(s->tm.disk);
+}
+
+void kvt_tm_config_changed(struct kvt_server *s)
+{
+    s->tm.faults.fail_next_io = (uint32_t)s->cfg->disk_fault_fail_next_io;
+    s->tm.faults.fail_errno = (int)s->cfg->disk_fault_errno;
+}
+
+void kvt_tm_stats(struct kvt_server *s, kvt_tm_stat_fn fn, void *arg)
+{
+#define KVT__TM_STAT_ADD(name) fn(arg, "tier.", #name, s->tm.st.name);
+    KVT_TM_STATS(KVT__TM_STAT_ADD)
+#undef KVT__TM_STAT_ADD
+    if (!s->tm.disk)
+        return;
+    struct kvt_disk_stats ds;
+    kvt_disk_stats(s->tm.disk, &ds);
+#define KVT__DT_STAT_ADD(name) fn(arg, "disk.", #name, ds.tier.name);
+    KVT_TIER_STATS(KVT__DT_STAT_ADD)
+#undef KVT__DT_STAT_ADD
+#define KVT__DD_STAT_ADD(name) fn(arg, "disk.", #name, ds.name);
+    KVT_DISK_STATS(KVT__DD_STAT_ADD)
+#undef KVT__DD_STAT_ADD
+}

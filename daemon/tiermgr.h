@@ -1,0 +1,107 @@
+/*
+ * The tier manager: where a chunk lives and how it moves between the CPU tier and the disk tier.
+ *
+ * - Put lands in DRAM. Under write-back (the default) it is answered at once and written to disk
+ *   later, when the CPU tier fills past cpu.high_watermark, coldest chunks first, so that eviction
+ *   finds clean chunks it can drop instantly. Under write-through it is written at once and
+ *   answered when durable (the answer says tier DISK).
+ * - Eviction from DRAM keeps the chunk's index entry when a disk copy exists (or is being
+ *   written); a chunk without one is written back first when admitted (disk admission policy),
+ *   and dropped only when memory cannot be found otherwise (counted as dropped_dirty).
+ * - Get of a chunk only on disk reads it back into a new DRAM slot (promotion) and serves it from
+ *   there; when no slot can be had it reads straight into the client's buffer.
+ * - At start the disk's objects are enumerated into the index, so a restarted daemon serves them.
+ *
+ * Disk encoding (shuffle + compression + checksum) runs on the worker pool; the loop only reserves
+ * staging buffers and submits I/O. Every asynchronous completion re-checks the index entry's
+ * generation, so a chunk deleted meanwhile is never resurrected.
+ */
+#ifndef KVT_DAEMON_TIERMGR_H
+#define KVT_DAEMON_TIERMGR_H
+
+#include <stdint.h>
+
+#include "daemon/index.h"
+#include "daemon/workers.h"
+#include "tiers/codec.h"
+#include "tiers/disk/disk.h"
+
+struct kvt_server;
+struct kvt_op;
+
+#define KVT_TM_STATS(X)                                                                            \
+    X(demotions)                                                                                   \
+    X(demotion_failures)                                                                           \
+    X(promotions)                                                                                  \
+    X(disk_direct_reads)                                                                           \
+    X(disk_read_misses)                                                                            \
+    X(evicted_to_disk)                                                                             \
+    X(dropped_dirty)                                                                               \
+    X(admission_skipped)                                                                           \
+    X(too_big_for_disk)                                                                            \
+    X(orphans_removed)                                                                             \
+    X(recovered_objects)                                                                           \
+    X(recovery_ms)
+
+struct kvt_tm_stats {
+#define KVT__TM_STAT_FIELD(name) uint64_t name;
+    KVT_TM_STATS(KVT__TM_STAT_FIELD)
+#undef KVT__TM_STAT_FIELD
+};
+
+struct kvt_demote;
+
+struct kvt_tiermgr {
+    struct kvt_disk *disk; /* NULL when the disk tier is off */
+    struct kvt_disk_faults faults;
+    struct kvt_codec_config codec_cfg;
+    struct kvt_demote *demotes;
+    struct kvt_demote *free_demotes;
+    uint32_t n_demotes;
+    uint32_t demotes_inflight;
+    struct kvt_op *wt_head, *wt_tail; /* write-through Puts waiting for a staging buffer */
+    int evict_force;                  /* drop dirty chunks: memory could not be found otherwise */
+    int write_through;
+    int flushing;          /* shutdown: write back every dirty chunk */
+    uint32_t flush_cursor; /* next index entry the flush looks at */
+    struct kvt_tm_stats st;
+};
+
+/* Opens the disk tier when configured and loads what it holds into the index. */
+int kvt_tm_init(struct kvt_server *s);
+/* Releases everything; in-flight disk I/O is waited for. NULL-safe on a zeroed manager. */
+void kvt_tm_deinit(struct kvt_server *s);
+/* eventfd of the disk tier, or -1. */
+int kvt_tm_event_fd(const struct kvt_server *s);
+/* Runs disk completions (the eventfd was readable) and follow-up work. */
+void kvt_tm_poll(struct kvt_server *s);
+/* Background work after each loop iteration: queued write-through Puts, write-back under
+ * pressure, the shutdown flush. Bounded per call. */
+void kvt_tm_tick(struct kvt_server *s);
+/* During shutdown: 1 while disk work is still in flight or a flush has chunks left. */
+int kvt_tm_busy(const struct kvt_server *s);
+/* Applies runtime config (fault injection). */
+void kvt_tm_config_changed(struct kvt_server *s);
+
+/* CPU-tier allocation for a chunk: evicts clean chunks, and dirty ones only when nothing else
+ * frees memory. */
+int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
+/* The CPU tier's eviction callback (cookie = entry id). */
+int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off);
+
+/* A Put's bytes are in DRAM and the entry is READY. Returns 1 when the manager answers the op
+ * later (write-through), 0 when the caller answers now. */
+int kvt_tm_put_committed(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
+/* Serves a Get of a chunk whose only copy is on disk. Returns 0 when the op will be answered
+ * later, or an error for the caller to answer. */
+int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
+/* Deletes a chunk from every tier: 0, or KVT_E_BUSY when it is in use (retry). */
+int kvt_tm_delete(struct kvt_server *s, uint32_t entry);
+/* The tier a READY entry is served from, or KVT_TIER_NONE when no readable copy exists yet. */
+enum kvt_tier_id kvt_tm_tier_of(const struct kvt_entry *e);
+
+/* Appends "disk.*" and "tier.*" statistics. */
+typedef void (*kvt_tm_stat_fn)(void *arg, const char *prefix, const char *name, uint64_t v);
+void kvt_tm_stats(struct kvt_server *s, kvt_tm_stat_fn fn, void *arg);
+
+#endif
