@@ -17,11 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/kv.h"
 #include "kvtier/kvtier.h"
 
 #define OFFLOAD_ARENA_SLACK (1u << 20)
+/* Chunks requested at once: the daemon bounds requests in flight per connection and answers
+ * E_BUSY past its limit. */
+#define OFFLOAD_FETCH_WINDOW 8
+/* E_BUSY is transient: retry with a growing pause, at most about 2 s in all. */
+#define OFFLOAD_BUSY_RETRIES 20
+#define OFFLOAD_BUSY_PAUSE_US 10000
 
 struct kv_offload {
     struct kvt_eng_kv base;
@@ -80,6 +87,38 @@ static int off_begin(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int
     return 0;
 }
 
+/* Gets items[0..n), asking again (after a pause) for those the daemon answered E_BUSY. Items may
+ * be reordered (each keeps its own buffer). Returns 0 when every item arrived, else the session
+ * error or an item's error. */
+static int get_with_retry(struct kv_offload *o, struct kvt_item *items, size_t n)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = kvt_get_batch(o->client, o->ns.handle, items, n);
+        if (rc)
+            return rc;
+        /* Move the busy items to the front; anything else that failed ends the fetch. */
+        size_t busy = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (items[i].status != KVT_E_BUSY) {
+                if (items[i].status)
+                    return items[i].status;
+                continue;
+            }
+            struct kvt_item tmp = items[busy];
+            items[busy] = items[i];
+            items[i] = tmp;
+            items[busy].len = o->chunk_bytes; /* capacity again, for the retry */
+            busy++;
+        }
+        if (busy == 0)
+            return 0;
+        if (attempt == OFFLOAD_BUSY_RETRIES)
+            return KVT_E_BUSY;
+        usleep((useconds_t)(OFFLOAD_BUSY_PAUSE_US * (attempt + 1) / 4));
+        n = busy;
+    }
+}
+
 static int off_prepare(struct kvt_eng_kv *kv, size_t pos, size_t n)
 {
     struct kv_offload *o = (struct kv_offload *)kv;
@@ -97,14 +136,17 @@ static int off_prepare(struct kvt_eng_kv *kv, size_t pos, size_t n)
         it->len = o->chunk_bytes;
     }
     uint64_t t0 = now_ns();
-    int rc = kvt_get_batch(o->client, o->ns.handle, o->items, o->n_chunks);
+    int rc = 0;
+    for (size_t first = 0; first < o->n_chunks && rc == 0; first += OFFLOAD_FETCH_WINDOW) {
+        size_t n_win =
+            o->n_chunks - first < OFFLOAD_FETCH_WINDOW ? o->n_chunks - first : OFFLOAD_FETCH_WINDOW;
+        rc = get_with_retry(o, o->items + first, n_win);
+    }
     kv->stats.fetch_ns += now_ns() - t0;
     if (rc)
         return rc;
     for (size_t i = 0; i < o->n_chunks; i++) {
         const struct kvt_item *it = &o->items[i];
-        if (it->status)
-            return it->status;
         if (it->len != o->chunk_bytes)
             return KVT_E_GEOMETRY;
         size_t tier = it->tier < KVT_ENG_KV_TIERS ? (size_t)it->tier : 0;
@@ -171,7 +213,13 @@ static int off_commit(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n)
         if (kvt_chunk_keys(&o->ns, parent, tokens + o->tail_start, o->C, &key, 1) != 1)
             return -EINVAL;
         uint64_t t0 = now_ns();
-        int rc = kvt_put(o->client, o->ns.handle, &key, o->stage, o->chunk_bytes, (uint32_t)o->C);
+        int rc;
+        for (int attempt = 0;; attempt++) {
+            rc = kvt_put(o->client, o->ns.handle, &key, o->stage, o->chunk_bytes, (uint32_t)o->C);
+            if (rc != KVT_E_BUSY || attempt == OFFLOAD_BUSY_RETRIES)
+                break;
+            usleep((useconds_t)(OFFLOAD_BUSY_PAUSE_US * (attempt + 1) / 4));
+        }
         kv->stats.store_ns += now_ns() - t0;
         if (rc)
             return rc;
