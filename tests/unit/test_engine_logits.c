@@ -5,8 +5,8 @@
  * Tolerance (measured; see docs/engine.md): the engine reproduces llama.cpp's x86 CPU numerics
  * bit for bit, with its AVX2 kernels and with the portable ones (same lane order, fused
  * multiply-adds), so top-1 must agree at every position and the top-5 logits within 1e-4 (the
- * fixture keeps 4 decimals). The portable kernels are slow, so they are checked on the first
- * 64 positions only.
+ * fixture keeps 4 decimals). The portable kernels are slow (and much slower under the
+ * sanitizers), so they are checked on the first 16 positions only.
  * Also: results do not depend on the batch size, and the sampler is greedy or seeded.
  */
 #include <math.h>
@@ -27,7 +27,7 @@
 #include "tests/engine/fixture.h"
 
 #define LOGIT_TOL 1e-4
-#define GENERIC_POSITIONS 64
+#define GENERIC_POSITIONS 16
 
 struct lg_state {
     struct kvt_eng_model *m;
