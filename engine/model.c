@@ -294,7 +294,18 @@ static void mm_worker(void *arg, unsigned ith, unsigned nth)
             break;
         for (size_t r = lo; r < hi; r++) {
             const uint8_t *wr = (const uint8_t *)w->data + r * w->row_bytes;
-            for (size_t t = 0; t < j->n_tok; t++)
+            size_t t = 0;
+            /* Four tokens per weight row pass: the row's blocks are unpacked once. */
+            for (; t + 4 <= j->n_tok; t += 4) {
+                const void *x4[4];
+                float o4[4];
+                for (int k = 0; k < 4; k++)
+                    x4[k] = j->act + (t + (size_t)k) * j->act_stride;
+                kvt_eng_dot_x4(w->type, wr, x4, n_in, o4);
+                for (int k = 0; k < 4; k++)
+                    j->y[mi][(t + (size_t)k) * rows + r] = o4[k];
+            }
+            for (; t < j->n_tok; t++)
                 j->y[mi][t * rows + r] = kvt_eng_dot(w->type, wr, j->act + t * j->act_stride, n_in);
         }
         base += rows;
@@ -410,7 +421,8 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
         }
     }
     double sum = kvt_eng_softmax_exp(scores, last + 1, mx);
-    float inv = (float)(1.0 / sum);
+    /* Normalized probabilities, rounded to fp16 as llama.cpp feeds them to the value product. */
+    kvt_eng_scale_round_f16(scores, last + 1, (float)(1.0 / sum));
 
     memset(lanes, 0, 8 * hd * sizeof(float));
     for (size_t s = 0; s < n_spans && spans[s].pos <= last; s++) {
@@ -418,8 +430,8 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
         size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
         for (size_t i = 0; i < n; i++) {
             size_t p = sp->pos + i;
-            float pr = kvt_eng_fp16_to_fp32(kvt_eng_fp32_to_fp16(scores[p] * inv));
-            kvt_eng_axpy_f16(pr, sp->rows + i * row + v_off + kvh * hd, lanes + (p & 7) * hd, hd);
+            kvt_eng_axpy_f16(scores[p], sp->rows + i * row + v_off + kvh * hd, lanes + (p & 7) * hd,
+                             hd);
         }
     }
     for (size_t d = 0; d < hd; d++) {

@@ -303,6 +303,12 @@ static void swiglu_c(const float *g, const float *u, float *out, size_t n)
         out[i] = g[i] / (1.0f + kvt_eng_expf_approx(0.0f - g[i])) * u[i];
 }
 
+static void scale_round_f16_c(float *x, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = h2f(kvt_eng_fp32_to_fp16(x[i] * s));
+}
+
 /* ---- AVX2 dot products ------------------------------------------------------------------------
  */
 
@@ -446,6 +452,70 @@ KVT_AVX2 static void swiglu_avx2(const float *g, const float *u, float *out, siz
         _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
     }
 }
+KVT_AVX2 static void dot_q4_1_q8_1_x4_avx2(const void *w, const void *const x[4], size_t nb,
+                                           float out[4])
+{
+    const struct kvt_eng_block_q4_1 *a = w;
+    const struct kvt_eng_block_q8_1 *b[4] = {x[0], x[1], x[2], x[3]};
+    const __m128i low = _mm_set1_epi8(0xf);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    float summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (size_t i = 0; i < nb; i++) {
+        float da = _cvtsh_ss(a[i].d), ma = _cvtsh_ss(a[i].m);
+        __m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
+        __m128i lo = _mm_and_si128(q, low);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        __m256i qa = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        for (int t = 0; t < 4; t++) {
+            float d = da * _cvtsh_ss(b[t][i].d);
+            summs[t] += ma * _cvtsh_ss(b[t][i].s);
+            __m256i qb = _mm256_loadu_si256((const __m256i *)b[t][i].qs);
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, qb), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++)
+        out[t] = hsum256(acc[t]) + summs[t];
+}
+
+KVT_AVX2 static void dot_q8_0_q8_0_x4_avx2(const void *w, const void *const x[4], size_t nb,
+                                           float out[4])
+{
+    const struct kvt_eng_block_q8_0 *a = w;
+    const struct kvt_eng_block_q8_0 *b[4] = {x[0], x[1], x[2], x[3]};
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (size_t i = 0; i < nb; i++) {
+        float da = _cvtsh_ss(a[i].d);
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i ua = _mm256_sign_epi8(qa, qa);
+        for (int t = 0; t < 4; t++) {
+            float d = da * _cvtsh_ss(b[t][i].d);
+            __m256i qb = _mm256_loadu_si256((const __m256i *)b[t][i].qs);
+            __m256i sb = _mm256_sign_epi8(qb, qa);
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++)
+        out[t] = hsum256(acc[t]);
+}
+
+KVT_AVX2 static void scale_round_f16_avx2(float *x, size_t n, float s)
+{
+    __m256 sv = _mm256_set1_ps(s);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h =
+            _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
+    }
+    for (; i < n; i++)
+        x[i] = _cvtsh_ss(_cvtss_sh(x[i] * s, _MM_FROUND_TO_NEAREST_INT));
+}
 #endif
 
 /* ---- dispatch ---------------------------------------------------------------------------------
@@ -457,6 +527,9 @@ static float (*g_dot_f32_f16)(const float *, const uint16_t *, size_t) = dot_f32
 static void (*g_axpy_f16)(float, const uint16_t *, float *, size_t) = axpy_f16_c;
 static double (*g_softmax_exp)(float *, size_t, float) = softmax_exp_c;
 static void (*g_swiglu)(const float *, const float *, float *, size_t) = swiglu_c;
+static void (*g_dot_q4_1_x4)(const void *, const void *const[4], size_t, float[4]) = NULL;
+static void (*g_dot_q8_0_x4)(const void *, const void *const[4], size_t, float[4]) = NULL;
+static void (*g_scale_round_f16)(float *, size_t, float) = scale_round_f16_c;
 
 const char *kvt_eng_quant_init(int force_generic)
 {
@@ -471,6 +544,9 @@ const char *kvt_eng_quant_init(int force_generic)
     g_axpy_f16 = axpy_f16_c;
     g_softmax_exp = softmax_exp_c;
     g_swiglu = swiglu_c;
+    g_dot_q4_1_x4 = NULL;
+    g_dot_q8_0_x4 = NULL;
+    g_scale_round_f16 = scale_round_f16_c;
 #if KVT_ENG_HAVE_AVX2
     if (!force_generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
@@ -480,6 +556,9 @@ const char *kvt_eng_quant_init(int force_generic)
         g_axpy_f16 = axpy_f16_avx2;
         g_softmax_exp = softmax_exp_avx2;
         g_swiglu = swiglu_avx2;
+        g_dot_q4_1_x4 = dot_q4_1_q8_1_x4_avx2;
+        g_dot_q8_0_x4 = dot_q8_0_q8_0_x4_avx2;
+        g_scale_round_f16 = scale_round_f16_avx2;
         return "avx2";
     }
 #endif
@@ -530,4 +609,24 @@ double kvt_eng_softmax_exp(float *x, size_t n, float mx)
 void kvt_eng_swiglu(const float *g, const float *u, float *out, size_t n)
 {
     g_swiglu(g, u, out, n);
+}
+
+void kvt_eng_dot_x4(enum kvt_eng_type t, const void *w_row, const void *const x[4], size_t n,
+                    float out[4])
+{
+    if (t == KVT_ENG_TYPE_Q4_1 && g_dot_q4_1_x4) {
+        g_dot_q4_1_x4(w_row, x, n / KVT_ENG_QK, out);
+        return;
+    }
+    if (t == KVT_ENG_TYPE_Q8_0 && g_dot_q8_0_x4) {
+        g_dot_q8_0_x4(w_row, x, n / KVT_ENG_QK, out);
+        return;
+    }
+    for (int i = 0; i < 4; i++)
+        out[i] = kvt_eng_dot(t, w_row, x[i], n);
+}
+
+void kvt_eng_scale_round_f16(float *x, size_t n, float s)
+{
+    g_scale_round_f16(x, n, s);
 }

@@ -77,4 +77,12 @@ double kvt_eng_softmax_exp(float *x, size_t n, float mx);
 /* out[i] = silu(g[i]) * u[i] with silu(x) = x / (1 + exp(-x)); n is a multiple of 8. */
 void kvt_eng_swiglu(const float *g, const float *u, float *out, size_t n);
 
+/* Four dot products of one weight row with four activation rows: out[i] = w_row . x[i]. Gives
+ * the same bits as four kvt_eng_dot calls; the weight blocks are unpacked once. */
+void kvt_eng_dot_x4(enum kvt_eng_type t, const void *w_row, const void *const x[4], size_t n,
+                    float out[4]);
+
+/* x[i] = fp16 rounding of (x[i] * s), as llama.cpp converts softmax probabilities. */
+void kvt_eng_scale_round_f16(float *x, size_t n, float s);
+
 #endif

@@ -172,6 +172,35 @@ static void check_dots(void)
     got = kvt_eng_dot(KVT_ENG_TYPE_Q8_0, w8, a0, N);
     assert_true(fabs(got - ref) <= 1e-4 * (1.0 + fabs(ref)));
 
+    /* The four-row kernels give exactly the single dot products' bits. */
+    struct kvt_eng_block_q8_1 a1s[4][NB];
+    struct kvt_eng_block_q8_0 a0s[4][NB];
+    for (int t = 0; t < 4; t++) {
+        float xt[N];
+        for (int i = 0; i < N; i++)
+            xt[i] = frand() * (float)(t + 1);
+        kvt_eng_quantize_act(KVT_ENG_ACT_Q8_1, xt, a1s[t], N);
+        kvt_eng_quantize_act(KVT_ENG_ACT_Q8_0, xt, a0s[t], N);
+    }
+    const void *x1[4] = {a1s[0], a1s[1], a1s[2], a1s[3]};
+    const void *x0[4] = {a0s[0], a0s[1], a0s[2], a0s[3]};
+    float o4[4];
+    kvt_eng_dot_x4(KVT_ENG_TYPE_Q4_1, w4, x1, N, o4);
+    for (int t = 0; t < 4; t++)
+        assert_true(o4[t] == kvt_eng_dot(KVT_ENG_TYPE_Q4_1, w4, a1s[t], N));
+    kvt_eng_dot_x4(KVT_ENG_TYPE_Q8_0, w8, x0, N, o4);
+    for (int t = 0; t < 4; t++)
+        assert_true(o4[t] == kvt_eng_dot(KVT_ENG_TYPE_Q8_0, w8, a0s[t], N));
+
+    float r16[20];
+    for (int i = 0; i < 20; i++)
+        r16[i] = frand();
+    float want[20];
+    for (int i = 0; i < 20; i++)
+        want[i] = kvt_eng_fp16_to_fp32(kvt_eng_fp32_to_fp16(r16[i] * 0.37f));
+    kvt_eng_scale_round_f16(r16, 20, 0.37f);
+    assert_memory_equal(r16, want, sizeof(want));
+
     uint16_t h[64];
     float q[64], acc[64] = {0};
     ref = 0.0;
