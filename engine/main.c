@@ -303,7 +303,7 @@ static int cmd_generate(const struct opts *o, const struct kvt_eng_model *m,
     struct kvt_eng_session_config sc = session_config(o, o->mode, ctx);
     rc = kvt_eng_session_create(m, pool, &sc, &s);
     if (rc) {
-        fprintf(stderr, "kvtier-engine: cannot start a %s session: %s\n",
+        fprintf(stderr, "kvtier-engine: cannot start the %s session: %s\n",
                 kvt_eng_mode_name(o->mode), kvt_strerror(rc));
         goto out;
     }
@@ -409,7 +409,7 @@ static int eval_one(const struct opts *o, const struct kvt_eng_model *m, struct 
     struct kvt_eng_session_config sc = session_config(o, mode, acc->n);
     int rc = kvt_eng_session_create(m, pool, &sc, &s);
     if (rc) {
-        fprintf(stderr, "kvtier-engine: cannot start a %s session: %s\n", kvt_eng_mode_name(mode),
+        fprintf(stderr, "kvtier-engine: cannot start the %s session: %s\n", kvt_eng_mode_name(mode),
                 kvt_strerror(rc));
         return rc;
     }

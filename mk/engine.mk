@@ -31,3 +31,4 @@ TEST_PREREQS += $(ENGINE_MODEL)
 
 demo: $(BUILD)/kvtierd $(BUILD)/kvtier $(BUILD)/kvtier-engine
 	$(Q)BUILD=$(BUILD) ./scripts/demo.sh
+EXTRA_TESTS += tests/engine/test_cli.sh
