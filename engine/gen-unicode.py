@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes engine/unicode_tab.c: code point ranges of the Unicode categories the pre-tokenizer
 regex needs (\\p{L} letters, \\p{N} numbers), from Python's unicodedata. Whitespace follows
-llama.cpp's own list and is written by hand in tokenizer.c. Run: python3 engine/gen-unicode.py"""
+llama.cpp's own list and is written by hand in tokenizer.c.
+Run: python3 engine/gen-unicode.py && clang-format -i engine/unicode_tab.c"""
 import sys
 import unicodedata
 
