@@ -296,7 +296,17 @@ static void mm_rows(const struct mm_job *j, size_t r0, size_t r1)
                 for (size_t o = 0; o < w->row_bytes; o += 64)
                     __builtin_prefetch(wr + MM_PREFETCH_ROWS * w->row_bytes + o);
             size_t t = 0;
-            /* Four tokens per weight row pass: the row's blocks are unpacked once. */
+            /* Eight, then four tokens per weight row pass: the row's blocks are unpacked once. */
+            for (; t + 8 <= j->n_tok; t += 8) {
+                const void *x8[8];
+                float o8[8];
+                for (int k = 0; k < 8; k++)
+                    x8[k] = j->act + (t + (size_t)k) * j->act_stride;
+                if (kvt_eng_dot_x8(w->type, wr, x8, n_in, o8) != 0)
+                    break;
+                for (int k = 0; k < 8; k++)
+                    j->y[mi][(t + (size_t)k) * rows + r] = o8[k];
+            }
             for (; t + 4 <= j->n_tok; t += 4) {
                 const void *x4[4];
                 float o4[4];

@@ -452,32 +452,48 @@ KVT_AVX2 static void swiglu_avx2(const float *g, const float *u, float *out, siz
         _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
     }
 }
-KVT_AVX2 static void dot_q4_1_q8_1_x4_avx2(const void *w, const void *const x[4], size_t nb,
-                                           float out[4])
+/* NT activation rows against one weight row; NT is a compile-time constant at each call. */
+KVT_AVX2 static inline void dot_q4_1_q8_1_xn_avx2(const void *w, const void *const *x, size_t nb,
+                                                  float *out, int NT)
 {
     const struct kvt_eng_block_q4_1 *a = w;
-    const struct kvt_eng_block_q8_1 *b[4] = {x[0], x[1], x[2], x[3]};
     const __m128i low = _mm_set1_epi8(0xf);
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    float summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    __m256 acc[8];
+    float summs[8];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+        summs[t] = 0.0f;
+    }
     for (size_t i = 0; i < nb; i++) {
         float da = _cvtsh_ss(a[i].d), ma = _cvtsh_ss(a[i].m);
         __m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
         __m128i lo = _mm_and_si128(q, low);
         __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
         __m256i qa = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-        for (int t = 0; t < 4; t++) {
-            float d = da * _cvtsh_ss(b[t][i].d);
-            summs[t] += ma * _cvtsh_ss(b[t][i].s);
-            __m256i qb = _mm256_loadu_si256((const __m256i *)b[t][i].qs);
+        for (int t = 0; t < NT; t++) {
+            const struct kvt_eng_block_q8_1 *b = (const struct kvt_eng_block_q8_1 *)x[t] + i;
+            float d = da * _cvtsh_ss(b->d);
+            summs[t] += ma * _cvtsh_ss(b->s);
+            __m256i qb = _mm256_loadu_si256((const __m256i *)b->qs);
             __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, qb), ones);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc[t]);
         }
     }
-    for (int t = 0; t < 4; t++)
+    for (int t = 0; t < NT; t++)
         out[t] = hsum256(acc[t]) + summs[t];
+}
+
+KVT_AVX2 static void dot_q4_1_q8_1_x4_avx2(const void *w, const void *const x[4], size_t nb,
+                                           float out[4])
+{
+    dot_q4_1_q8_1_xn_avx2(w, x, nb, out, 4);
+}
+
+KVT_AVX2 static void dot_q4_1_q8_1_x8_avx2(const void *w, const void *const x[8], size_t nb,
+                                           float out[8])
+{
+    dot_q4_1_q8_1_xn_avx2(w, x, nb, out, 8);
 }
 
 KVT_AVX2 static void dot_q8_0_q8_0_x4_avx2(const void *w, const void *const x[4], size_t nb,
@@ -529,6 +545,7 @@ static double (*g_softmax_exp)(float *, size_t, float) = softmax_exp_c;
 static void (*g_swiglu)(const float *, const float *, float *, size_t) = swiglu_c;
 static void (*g_dot_q4_1_x4)(const void *, const void *const[4], size_t, float[4]) = NULL;
 static void (*g_dot_q8_0_x4)(const void *, const void *const[4], size_t, float[4]) = NULL;
+static void (*g_dot_q4_1_x8)(const void *, const void *const[8], size_t, float[8]) = NULL;
 static void (*g_scale_round_f16)(float *, size_t, float) = scale_round_f16_c;
 
 const char *kvt_eng_quant_init(int force_generic)
@@ -546,6 +563,7 @@ const char *kvt_eng_quant_init(int force_generic)
     g_swiglu = swiglu_c;
     g_dot_q4_1_x4 = NULL;
     g_dot_q8_0_x4 = NULL;
+    g_dot_q4_1_x8 = NULL;
     g_scale_round_f16 = scale_round_f16_c;
 #if KVT_ENG_HAVE_AVX2
     if (!force_generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -558,6 +576,7 @@ const char *kvt_eng_quant_init(int force_generic)
         g_swiglu = swiglu_avx2;
         g_dot_q4_1_x4 = dot_q4_1_q8_1_x4_avx2;
         g_dot_q8_0_x4 = dot_q8_0_q8_0_x4_avx2;
+        g_dot_q4_1_x8 = dot_q4_1_q8_1_x8_avx2;
         g_scale_round_f16 = scale_round_f16_avx2;
         return "avx2";
     }
@@ -629,4 +648,14 @@ void kvt_eng_dot_x4(enum kvt_eng_type t, const void *w_row, const void *const x[
 void kvt_eng_scale_round_f16(float *x, size_t n, float s)
 {
     g_scale_round_f16(x, n, s);
+}
+
+int kvt_eng_dot_x8(enum kvt_eng_type t, const void *w_row, const void *const x[8], size_t n,
+                   float out[8])
+{
+    if (t == KVT_ENG_TYPE_Q4_1 && g_dot_q4_1_x8) {
+        g_dot_q4_1_x8(w_row, x, n / KVT_ENG_QK, out);
+        return 0;
+    }
+    return -1;
 }

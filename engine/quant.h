@@ -85,4 +85,9 @@ void kvt_eng_dot_x4(enum kvt_eng_type t, const void *w_row, const void *const x[
 /* x[i] = fp16 rounding of (x[i] * s), as llama.cpp converts softmax probabilities. */
 void kvt_eng_scale_round_f16(float *x, size_t n, float s);
 
+/* Eight rows at once where a kernel exists for type t (0), else -1 and nothing is computed. Same
+ * bits as eight kvt_eng_dot calls. */
+int kvt_eng_dot_x8(enum kvt_eng_type t, const void *w_row, const void *const x[8], size_t n,
+                   float out[8]);
+
 #endif

@@ -188,6 +188,11 @@ static void check_dots(void)
     kvt_eng_dot_x4(KVT_ENG_TYPE_Q4_1, w4, x1, N, o4);
     for (int t = 0; t < 4; t++)
         assert_true(o4[t] == kvt_eng_dot(KVT_ENG_TYPE_Q4_1, w4, a1s[t], N));
+    const void *x1x8[8] = {a1s[0], a1s[1], a1s[2], a1s[3], a1s[3], a1s[2], a1s[1], a1s[0]};
+    float o8[8];
+    if (kvt_eng_dot_x8(KVT_ENG_TYPE_Q4_1, w4, x1x8, N, o8) == 0)
+        for (int t = 0; t < 8; t++)
+            assert_true(o8[t] == kvt_eng_dot(KVT_ENG_TYPE_Q4_1, w4, x1x8[t], N));
     kvt_eng_dot_x4(KVT_ENG_TYPE_Q8_0, w8, x0, N, o4);
     for (int t = 0; t < 4; t++)
         assert_true(o4[t] == kvt_eng_dot(KVT_ENG_TYPE_Q8_0, w8, a0s[t], N));
