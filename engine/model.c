@@ -448,11 +448,9 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
     for (size_t s = 0; s < n_spans && spans[s].pos <= last; s++) {
         const struct kvt_eng_kv_span *sp = &spans[s];
         size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
-        for (size_t i = 0; i < n; i++) {
-            float sc = kvt_eng_dot_f32_f16(qh, sp->rows + i * row + kvh * hd, hd) * scale;
-            scores[sp->pos + i] = sc;
-            mx = sc > mx ? sc : mx;
-        }
+        kvt_eng_attn_scores(qh, sp->rows + kvh * hd, row, n, hd, scale, scores + sp->pos);
+        for (size_t i = 0; i < n; i++)
+            mx = scores[sp->pos + i] > mx ? scores[sp->pos + i] : mx;
     }
     double sum = kvt_eng_softmax_exp(scores, last + 1, mx);
     /* Normalized probabilities, rounded to fp16 as llama.cpp feeds them to the value product. */
@@ -462,11 +460,8 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
     for (size_t s = 0; s < n_spans && spans[s].pos <= last; s++) {
         const struct kvt_eng_kv_span *sp = &spans[s];
         size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
-        for (size_t i = 0; i < n; i++) {
-            size_t p = sp->pos + i;
-            kvt_eng_axpy_f16(scores[p], sp->rows + i * row + v_off + kvh * hd, lanes + (p & 7) * hd,
-                             hd);
-        }
+        kvt_eng_attn_values(scores + sp->pos, sp->rows + v_off + kvh * hd, row, n, sp->pos, hd,
+                            lanes);
     }
     for (size_t d = 0; d < hd; d++) {
         float l8[8];

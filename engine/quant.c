@@ -309,6 +309,20 @@ static void scale_round_f16_c(float *x, size_t n, float s)
         x[i] = h2f(kvt_eng_fp32_to_fp16(x[i] * s));
 }
 
+static void attn_scores_c(const float *q, const uint16_t *rows, size_t stride, size_t n, size_t hd,
+                          float scale, float *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = dot_f32_f16_c(q, rows + i * stride, hd) * scale;
+}
+
+static void attn_values_c(const float *p, const uint16_t *rows, size_t stride, size_t n,
+                          size_t pos0, size_t hd, float *lanes)
+{
+    for (size_t i = 0; i < n; i++)
+        axpy_f16_c(p[i], rows + i * stride, lanes + ((pos0 + i) & 7) * hd, hd);
+}
+
 /* ---- AVX2 dot products ------------------------------------------------------------------------
  */
 
@@ -532,6 +546,33 @@ KVT_AVX2 static void scale_round_f16_avx2(float *x, size_t n, float s)
     for (; i < n; i++)
         x[i] = _cvtsh_ss(_cvtss_sh(x[i] * s, _MM_FROUND_TO_NEAREST_INT));
 }
+KVT_AVX2 static void attn_scores_avx2(const float *q, const uint16_t *rows, size_t stride, size_t n,
+                                      size_t hd, float scale, float *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        const uint16_t *k = rows + i * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (size_t d = 0; d < hd; d += 8) {
+            __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d)));
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv, acc);
+        }
+        out[i] = hsum256(acc) * scale;
+    }
+}
+
+KVT_AVX2 static void attn_values_avx2(const float *p, const uint16_t *rows, size_t stride, size_t n,
+                                      size_t pos0, size_t hd, float *lanes)
+{
+    for (size_t i = 0; i < n; i++) {
+        const uint16_t *v = rows + i * stride;
+        float *acc = lanes + ((pos0 + i) & 7) * hd;
+        __m256 pv = _mm256_set1_ps(p[i]);
+        for (size_t d = 0; d < hd; d += 8) {
+            __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d)));
+            _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(acc + d)));
+        }
+    }
+}
 #endif
 
 /* ---- dispatch ---------------------------------------------------------------------------------
@@ -547,6 +588,10 @@ static void (*g_dot_q4_1_x4)(const void *, const void *const[4], size_t, float[4
 static void (*g_dot_q8_0_x4)(const void *, const void *const[4], size_t, float[4]) = NULL;
 static void (*g_dot_q4_1_x8)(const void *, const void *const[8], size_t, float[8]) = NULL;
 static void (*g_scale_round_f16)(float *, size_t, float) = scale_round_f16_c;
+static void (*g_attn_scores)(const float *, const uint16_t *, size_t, size_t, size_t, float,
+                             float *) = attn_scores_c;
+static void (*g_attn_values)(const float *, const uint16_t *, size_t, size_t, size_t, size_t,
+                             float *) = attn_values_c;
 
 const char *kvt_eng_quant_init(int force_generic)
 {
@@ -565,6 +610,8 @@ const char *kvt_eng_quant_init(int force_generic)
     g_dot_q8_0_x4 = NULL;
     g_dot_q4_1_x8 = NULL;
     g_scale_round_f16 = scale_round_f16_c;
+    g_attn_scores = attn_scores_c;
+    g_attn_values = attn_values_c;
 #if KVT_ENG_HAVE_AVX2
     if (!force_generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
@@ -578,6 +625,8 @@ const char *kvt_eng_quant_init(int force_generic)
         g_dot_q8_0_x4 = dot_q8_0_q8_0_x4_avx2;
         g_dot_q4_1_x8 = dot_q4_1_q8_1_x8_avx2;
         g_scale_round_f16 = scale_round_f16_avx2;
+        g_attn_scores = attn_scores_avx2;
+        g_attn_values = attn_values_avx2;
         return "avx2";
     }
 #endif
@@ -658,4 +707,16 @@ int kvt_eng_dot_x8(enum kvt_eng_type t, const void *w_row, const void *const x[8
         return 0;
     }
     return -1;
+}
+
+void kvt_eng_attn_scores(const float *q, const uint16_t *rows, size_t stride, size_t n, size_t hd,
+                         float scale, float *out)
+{
+    g_attn_scores(q, rows, stride, n, hd, scale, out);
+}
+
+void kvt_eng_attn_values(const float *p, const uint16_t *rows, size_t stride, size_t n, size_t pos0,
+                         size_t hd, float *lanes)
+{
+    g_attn_values(p, rows, stride, n, pos0, hd, lanes);
 }

@@ -90,4 +90,12 @@ void kvt_eng_scale_round_f16(float *x, size_t n, float s);
 int kvt_eng_dot_x8(enum kvt_eng_type t, const void *w_row, const void *const x[8], size_t n,
                    float out[8]);
 
+/* Attention over a span of n rows (row i at rows + i * stride, fp16): out[i] = (q . k_i) * scale,
+ * and lanes[((pos0 + i) % 8) * hd + d] += p[i] * v_i[d]. Same bits as per-row calls of
+ * kvt_eng_dot_f32_f16 and kvt_eng_axpy_f16. hd is a multiple of 8. */
+void kvt_eng_attn_scores(const float *q, const uint16_t *rows, size_t stride, size_t n, size_t hd,
+                         float scale, float *out);
+void kvt_eng_attn_values(const float *p, const uint16_t *rows, size_t stride, size_t n, size_t pos0,
+                         size_t hd, float *lanes);
+
 #endif

@@ -215,6 +215,21 @@ static void check_dots(void)
         ref += (double)q[i] * kvt_eng_fp16_to_fp32(h[i]);
     }
     assert_true(fabs(kvt_eng_dot_f32_f16(q, h, 64) - ref) < 1e-5);
+
+    /* Span kernels equal per-row calls. Rows of 80 halves; 16 in head_dim 16 at offset 8. */
+    uint16_t rowsbuf[5 * 80];
+    float pr[5], sc[5], lanes_a[8 * 16] = {0}, lanes_b[8 * 16] = {0};
+    for (int i = 0; i < 5 * 80; i++)
+        rowsbuf[i] = kvt_eng_fp32_to_fp16(frand());
+    for (int i = 0; i < 5; i++)
+        pr[i] = frand();
+    kvt_eng_attn_scores(q, rowsbuf + 8, 80, 5, 16, 0.125f, sc);
+    kvt_eng_attn_values(pr, rowsbuf + 8, 80, 5, 6, 16, lanes_a);
+    for (int i = 0; i < 5; i++) {
+        assert_true(sc[i] == kvt_eng_dot_f32_f16(q, rowsbuf + 8 + i * 80, 16) * 0.125f);
+        kvt_eng_axpy_f16(pr[i], rowsbuf + 8 + i * 80, lanes_b + ((6 + i) & 7) * 16, 16);
+    }
+    assert_memory_equal(lanes_a, lanes_b, sizeof(lanes_a));
     kvt_eng_axpy_f16(0.5f, h, acc, 64);
     for (int i = 0; i < 64; i++)
         assert_true(acc[i] == 0.5f * kvt_eng_fp16_to_fp32(h[i]));
