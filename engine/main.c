@@ -294,6 +294,14 @@ static int cmd_generate(const struct opts *o, const struct kvt_eng_model *m,
         goto out;
     }
     size_t ctx = o->ctx ? o->ctx : n_prompt + o->max_tokens + 1;
+    if (ctx > m->hp.ctx_train) {
+        fprintf(stderr,
+                "kvtier-engine: context of %zu tokens exceeds the model's %u (lower --max-tokens "
+                "or --ctx)\n",
+                ctx, m->hp.ctx_train);
+        rc = -EINVAL;
+        goto out;
+    }
     if (n_prompt + o->max_tokens > ctx) {
         fprintf(stderr, "kvtier-engine: prompt (%zu tokens) + --max-tokens exceed --ctx %zu\n",
                 n_prompt, ctx);
@@ -450,6 +458,13 @@ static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct 
     if ((rc = tokenize(m, text, len, 0, &ids, &n_all)))
         goto out;
     size_t n = o->eval_tokens && o->eval_tokens < n_all ? o->eval_tokens : n_all;
+    if (n > m->hp.ctx_train) {
+        fprintf(stderr,
+                "kvtier-engine: %zu tokens exceed the model's context of %u; use --tokens\n", n,
+                m->hp.ctx_train);
+        rc = -EINVAL;
+        goto out;
+    }
     if (n < 2) {
         fprintf(stderr, "kvtier-engine: the text has fewer than 2 tokens\n");
         rc = -EINVAL;
