@@ -256,11 +256,14 @@ static void drain_write_through(struct kvt_server *s)
     }
 }
 
+static void drain_reads(struct kvt_server *s);
+
 void kvt_tm_tick(struct kvt_server *s)
 {
     struct kvt_tiermgr *tm = &s->tm;
     if (!tm->disk || s->destroying)
         return;
+    drain_reads(s); /* reads first: a client waits on them */
     drain_write_through(s);
     if (!tm->free_demotes)
         return;
@@ -295,7 +298,8 @@ int kvt_tm_busy(const struct kvt_server *s)
     const struct kvt_tiermgr *tm = &s->tm;
     if (!tm->disk)
         return 0;
-    return tm->demotes_inflight > 0 || tm->wt_head || kvt_disk_inflight(tm->disk) > 0 ||
+    return tm->demotes_inflight > 0 || tm->wt_head || tm->rd_head ||
+           kvt_disk_inflight(tm->disk) > 0 ||
            (tm->flushing && tm->flush_cursor < s->idx.cap);
 }
 
@@ -406,15 +410,13 @@ static void direct_done(void *arg, int res)
     kvt__server_after_ops(s, c);
 }
 
-int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
+/* Starts the read of a Get whose entry is pinned (refs taken). 0, KVT_E_BUSY (no staging buffer:
+ * retry later, still pinned) or an error (unpinned). */
+static int read_start(struct kvt_server *s, struct kvt_op *op)
 {
+    uint32_t id = op->entry;
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
-    if (!s->tm.disk || e->disk != KVT_ENTRY_DISK_DURABLE)
-        return KVT_E_NOTFOUND;
     struct kvt_obj_id oid = obj_id(e);
-    op->entry = id;
-    op->job.ctx = s;
-    e->refs++;
     int rc = KVT_E_FULL;
     if (!e->promoting && kvt_tm_host_alloc(s, e->length, id, &op->slot_off) == 0) {
         rc = kvt_disk_read(s->tm.disk, &oid, kvt_host_ptr(s->host, op->slot_off), e->length,
@@ -431,12 +433,55 @@ int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
         if (rc == 0)
             return 0;
     }
+    if (rc == KVT_E_BUSY)
+        return rc;
     e->refs--;
     if (rc == KVT_E_NOTFOUND || rc == KVT_E_CORRUPT) {
         disk_miss(s, id, rc);
         rc = KVT_E_NOTFOUND;
     }
     return rc;
+}
+
+int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (!tm->disk || e->disk != KVT_ENTRY_DISK_DURABLE)
+        return KVT_E_NOTFOUND;
+    op->entry = id;
+    op->job.ctx = s;
+    e->refs++;
+    int rc = tm->rd_head ? KVT_E_BUSY : read_start(s, op);
+    if (rc != KVT_E_BUSY)
+        return rc;
+    /* Every staging buffer is busy: the read waits its turn (pinned), first come first served. */
+    op->tm_next = NULL;
+    if (tm->rd_tail)
+        tm->rd_tail->tm_next = op;
+    else
+        tm->rd_head = op;
+    tm->rd_tail = op;
+    return 0;
+}
+
+static void drain_reads(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    while (tm->rd_head) {
+        struct kvt_op *op = tm->rd_head;
+        int rc = read_start(s, op);
+        if (rc == KVT_E_BUSY)
+            return;
+        tm->rd_head = op->tm_next;
+        if (!tm->rd_head)
+            tm->rd_tail = NULL;
+        if (rc) {
+            struct kvt_conn *c = op->conn;
+            kvt__ops_get_fail(s, op, rc);
+            kvt__server_after_ops(s, c);
+        }
+    }
 }
 
 int kvt_tm_delete(struct kvt_server *s, uint32_t id)
@@ -544,7 +589,12 @@ int kvt_tm_init(struct kvt_server *s)
         tm->disk = NULL;
         return rc;
     }
-    tm->n_demotes = (uint32_t)cfg->disk_queue_depth;
+    /* Background writes may use at most half the staging buffers: reads must find one. */
+    uint64_t buffers = cfg->disk_staging_bytes / cfg->disk_object_bytes_max;
+    tm->n_demotes = (uint32_t)(buffers / 2 < cfg->disk_queue_depth ? buffers / 2
+                                                                   : cfg->disk_queue_depth);
+    if (tm->n_demotes == 0)
+        tm->n_demotes = 1;
     tm->demotes = kvt_calloc(KVT_ALLOC_TIER, tm->n_demotes, sizeof(*tm->demotes));
     if (!tm->demotes) {
         kvt_disk_destroy(tm->disk);

@@ -60,6 +60,7 @@ struct kvt_tiermgr {
     uint32_t n_demotes;
     uint32_t demotes_inflight;
     struct kvt_op *wt_head, *wt_tail; /* write-through Puts waiting for a staging buffer */
+    struct kvt_op *rd_head, *rd_tail; /* Gets waiting for a staging buffer (entries pinned) */
     int evict_force;                  /* drop dirty chunks: memory could not be found otherwise */
     int write_through;
     int flushing;          /* shutdown: write back every dirty chunk */
