@@ -30,8 +30,8 @@
     }
 #define ENUM(k, f, d, choices, fl, doc)                                                            \
     {                                                                                              \
-        k, KVT_CFG_ENUM, offsetof(struct kvt_dconfig, f), sizeof(((struct kvt_dconfig *)0)->f),    \
-            d, 1, 0, choices, fl, doc                                                              \
+        k, KVT_CFG_ENUM, offsetof(struct kvt_dconfig, f), sizeof(((struct kvt_dconfig *)0)->f), d, \
+            1, 0, choices, fl, doc                                                                 \
     }
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
@@ -100,8 +100,7 @@ static const struct kvt_cfg_entry entries[] = {
         "Most objects on disk (sizes the disk index at start)"),
     ENUM("disk.codec", disk_codec, "lz4", codecs, 0,
          "Lossless compression on disk after byte-shuffle: none, lz4 or zstd"),
-    U64("disk.codec_level", disk_codec_level, "1", 1, 19, 0,
-        "zstd level, or lz4 acceleration"),
+    U64("disk.codec_level", disk_codec_level, "1", 1, 19, 0, "zstd level, or lz4 acceleration"),
     DOUBLE("disk.min_saving", disk_min_saving, "0.1", 0, 0.99, 0,
            "Keep the compressed form only when it saves at least this fraction"),
     BOOL("disk.allow_buffered", disk_allow_buffered, "false", 0,

@@ -7,8 +7,7 @@
 #include "common/alloc.h"
 #include "daemon/index.h"
 
-static uint32_t bucket_of(const struct kvt_index *idx, uint64_t ns_seed,
-                          const struct kvt_key *key)
+static uint32_t bucket_of(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key)
 {
     /* Keys are XXH3 output, already uniform: mix in the namespace and fold. */
     uint64_t h = key->lo ^ (key->hi * 0x9e3779b97f4a7c15ull) ^ (ns_seed * 0xff51afd7ed558ccdull);

@@ -28,7 +28,7 @@ enum kvt_entry_disk {
 
 struct kvt_entry {
     struct kvt_key key;
-    uint64_t ns_seed; /* namespace identity: stable across restarts, unlike its id */
+    uint64_t ns_seed;  /* namespace identity: stable across restarts, unlike its id */
     uint64_t host_off; /* valid when in_host */
     uint64_t length;
     uint32_t hnext; /* hash chain, or free list when FREE */

@@ -191,8 +191,7 @@ static void conn_close(struct kvt_server *s, struct kvt_conn *c)
     c->prev = NULL;
     c->next = s->closed;
     s->closed = c;
-    KVT_DEBUG("server", "conn closed id=%llu inflight=%u", (unsigned long long)c->id,
-              c->inflight);
+    KVT_DEBUG("server", "conn closed id=%llu inflight=%u", (unsigned long long)c->id, c->inflight);
 }
 
 /* Frees closed connections whose in-flight ops have all come back. Runs between loop

@@ -80,9 +80,9 @@ struct kvt_op {
     uint32_t gen; /* of the entry, for answers that come after other requests ran */
     uint64_t length;
     uint32_t n_tokens;
-    uint32_t tier;        /* where a Get was served from */
-    int want_inline;      /* Get: answer with the bytes in the response */
-    uint64_t slot_off;    /* Get from disk: the DRAM slot being filled */
+    uint32_t tier;          /* where a Get was served from */
+    int want_inline;        /* Get: answer with the bytes in the response */
+    uint64_t slot_off;      /* Get from disk: the DRAM slot being filled */
     struct kvt_op *tm_next; /* tier manager's queue of write-through Puts */
 };
 

@@ -239,8 +239,8 @@ static void drain_write_through(struct kvt_server *s)
         struct kvt_op *op = tm->wt_head;
         struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
         int valid = e->state == KVT_ENTRY_READY && e->gen == op->gen;
-        int rc = valid && wants_demotion(s, op->entry) ? demote_start(s, op->entry, op)
-                                                       : KVT_E_EXISTS;
+        int rc =
+            valid && wants_demotion(s, op->entry) ? demote_start(s, op->entry, op) : KVT_E_EXISTS;
         if (rc == KVT_E_BUSY)
             return;
         tm->wt_head = op->tm_next;
@@ -248,9 +248,8 @@ static void drain_write_through(struct kvt_server *s)
             tm->wt_tail = NULL;
         if (rc != 0) {
             struct kvt_conn *c = op->conn;
-            kvt__ops_put_reply(s, op,
-                               valid && e->disk == KVT_ENTRY_DISK_DURABLE ? KVT_TIER_DISK
-                                                                          : KVT_TIER_CPU);
+            kvt__ops_put_reply(
+                s, op, valid && e->disk == KVT_ENTRY_DISK_DURABLE ? KVT_TIER_DISK : KVT_TIER_CPU);
             kvt__server_after_ops(s, c);
         }
     }
@@ -299,8 +298,7 @@ int kvt_tm_busy(const struct kvt_server *s)
     if (!tm->disk)
         return 0;
     return tm->demotes_inflight > 0 || tm->wt_head || tm->rd_head ||
-           kvt_disk_inflight(tm->disk) > 0 ||
-           (tm->flushing && tm->flush_cursor < s->idx.cap);
+           kvt_disk_inflight(tm->disk) > 0 || (tm->flushing && tm->flush_cursor < s->idx.cap);
 }
 
 /* ---- eviction and allocation -------------------------------------------------------------- */
@@ -591,8 +589,8 @@ int kvt_tm_init(struct kvt_server *s)
     }
     /* Background writes may use at most half the staging buffers: reads must find one. */
     uint64_t buffers = cfg->disk_staging_bytes / cfg->disk_object_bytes_max;
-    tm->n_demotes = (uint32_t)(buffers / 2 < cfg->disk_queue_depth ? buffers / 2
-                                                                   : cfg->disk_queue_depth);
+    tm->n_demotes =
+        (uint32_t)(buffers / 2 < cfg->disk_queue_depth ? buffers / 2 : cfg->disk_queue_depth);
     if (tm->n_demotes == 0)
         tm->n_demotes = 1;
     tm->demotes = kvt_calloc(KVT_ALLOC_TIER, tm->n_demotes, sizeof(*tm->demotes));
@@ -613,8 +611,8 @@ int kvt_tm_init(struct kvt_server *s)
     if (lc.skipped)
         KVT_WARN("tier", "%llu disk objects not indexed (index.max_objects too small)",
                  (unsigned long long)lc.skipped);
-    KVT_INFO("tier", "disk tier ready paths=%d bytes=%llu objects=%llu start_ms=%llu policy=%s",
-             n, (unsigned long long)cfg->disk_bytes, (unsigned long long)lc.loaded,
+    KVT_INFO("tier", "disk tier ready paths=%d bytes=%llu objects=%llu start_ms=%llu policy=%s", n,
+             (unsigned long long)cfg->disk_bytes, (unsigned long long)lc.loaded,
              (unsigned long long)tm->st.recovery_ms, cfg->write_policy);
     return 0;
 }

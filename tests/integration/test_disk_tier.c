@@ -45,9 +45,8 @@ static void fill(void *buf, size_t n, uint64_t seed)
 
 static struct kvt_client *connect_ns(const struct kvt_test_daemon *d, struct kvt_ns_info *ns)
 {
-    struct kvt_connect_opts o = {.socket_path = d->socket_path,
-                                 .arena_bytes = 8 << 20,
-                                 .timeout_ms = 5000};
+    struct kvt_connect_opts o = {
+        .socket_path = d->socket_path, .arena_bytes = 8 << 20, .timeout_ms = 5000};
     struct kvt_client *c = NULL;
     assert_int_equal(kvt_connect(&o, &c), 0);
     assert_int_equal(kvt_register(c, &spec, ns), 0);
@@ -98,9 +97,9 @@ static int put_chunk(struct kvt_client *c, uint32_t ns, uint64_t i)
     return kvt_put(c, ns, &k, buf, CHUNK, 0);
 }
 
-static const char *small_cpu[] = {"--cpu.arena_bytes=1M", "--cpu.page_bytes=256K",
-                                  "--disk.bytes=128M", "--disk.staging_bytes=4M",
-                                  "--disk.object_bytes_max=256K", NULL};
+static const char *small_cpu[] = {
+    "--cpu.arena_bytes=1M",    "--cpu.page_bytes=256K",        "--disk.bytes=128M",
+    "--disk.staging_bytes=4M", "--disk.object_bytes_max=256K", NULL};
 
 static void test_evict_to_disk_and_back(void **state)
 {
@@ -193,8 +192,7 @@ static int corrupt_object(const char *dir, int n)
         return -1;
     uint8_t blk[4096];
     int seen = 0;
-    for (off_t off = 4096; pread(fd, blk, sizeof(blk), off) == (ssize_t)sizeof(blk);
-         off += 4096) {
+    for (off_t off = 4096; pread(fd, blk, sizeof(blk), off) == (ssize_t)sizeof(blk); off += 4096) {
         if (memcmp(blk, "KVTO", 4) != 0 || seen++ < n)
             continue;
         blk[128 + 77] ^= 0x5a;
@@ -312,9 +310,12 @@ static void test_kill9_loop(void **state)
     (void)state;
     enum { ROUNDS = 20, BATCH = 8, KEYS_MAX = 40000 };
     struct kvt_test_daemon d = {0};
-    const char *args[] = {"--tier.write_policy=write-through", "--disk.bytes=512M",
-                          "--disk.object_bytes_max=256K", "--cpu.arena_bytes=2M",
-                          "--cpu.page_bytes=256K", NULL};
+    const char *args[] = {"--tier.write_policy=write-through",
+                          "--disk.bytes=512M",
+                          "--disk.object_bytes_max=256K",
+                          "--cpu.arena_bytes=2M",
+                          "--cpu.page_bytes=256K",
+                          NULL};
     static uint8_t durable[KEYS_MAX];
     uint64_t next = 10000, attempted_from = next;
     srand(12345);
@@ -341,9 +342,8 @@ static void test_kill9_loop(void **state)
                 break;
             for (int b = 0; b < BATCH; b++) {
                 fill(bufs[b], CHUNK, next + (uint64_t)b);
-                items[b] = (struct kvt_item){.key = key_of(next + (uint64_t)b),
-                                             .buf = bufs[b],
-                                             .len = CHUNK};
+                items[b] = (struct kvt_item){
+                    .key = key_of(next + (uint64_t)b), .buf = bufs[b], .len = CHUNK};
             }
             int rc = kvt_put_batch(c, ns.handle, items, BATCH);
             for (int b = 0; b < BATCH; b++)
@@ -393,9 +393,8 @@ static void test_restart_10000_chunks(void **state)
         struct kvt_item items[BATCH];
         for (int b = 0; b < BATCH; b++) {
             fill(bufs[b], CHUNK, 50000 + i + (uint64_t)b);
-            items[b] = (struct kvt_item){.key = key_of(50000 + i + (uint64_t)b),
-                                         .buf = bufs[b],
-                                         .len = CHUNK};
+            items[b] = (struct kvt_item){
+                .key = key_of(50000 + i + (uint64_t)b), .buf = bufs[b], .len = CHUNK};
         }
         assert_int_equal(kvt_put_batch(c, ns.handle, items, BATCH), 0);
         for (int b = 0; b < BATCH; b++)
