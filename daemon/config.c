@@ -66,8 +66,11 @@ static const struct kvt_cfg_entry entries[] = {
         "Requests of one connection being served at once; more wait in the socket"),
     U64("workers", workers, "0", 0, 64, 0,
         "Copy worker threads; 0 = one per core minus one (min 1)"),
-    BYTES("copy_offload_bytes", copy_offload_bytes, "2M", 0, 1024 * GIB, KVT_CFG_RUNTIME,
-          "Copies at least this large run on a worker instead of the event loop"),
+    BYTES("copy_offload_bytes", copy_offload_bytes, "512K", 0, 1024 * GIB, KVT_CFG_RUNTIME,
+          "Copies at least this large are split into stripes copied in parallel by the workers "
+          "and the event loop; smaller ones are done on the loop"),
+    BYTES("copy_stripe_bytes", copy_stripe_bytes, "256K", 4 * KIB, 1024 * GIB, KVT_CFG_RUNTIME,
+          "Smallest stripe of a split copy (a copy of less than two stripes goes to one worker)"),
     U64("busy_poll_us", busy_poll_us, "50", 0, 100000, KVT_CFG_RUNTIME,
         "After handling events, the loop polls without sleeping this long before it blocks "
         "(lower latency for busy clients; 0 = always block)"),

@@ -23,6 +23,7 @@ struct kvt_dconfig {
     uint64_t max_inflight_per_conn;
     uint64_t workers;
     uint64_t copy_offload_bytes;
+    uint64_t copy_stripe_bytes;
     uint64_t busy_poll_us;
     uint64_t max_namespaces;
     uint64_t index_max_objects;

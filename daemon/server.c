@@ -475,19 +475,65 @@ static void op_job_done(struct kvt_job *j)
     }
 }
 
+/* Loop-side completion of one worker's part of a striped copy: the last part completes the op. */
+static void stripe_done(struct kvt_job *j)
+{
+    struct kvt_op *op = j->ctx;
+    if (--op->stripes_left == 0) {
+        op->job.res = 0;
+        op_job_done(&op->job);
+    }
+}
+
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
 {
     /* A Put fills a slot nobody has touched lately: stream it past the caches. */
     op->job.fn = op->kind == KVTIER__REQUEST__OP_PUT ? kvt_job_copy_stream : kvt_job_copy;
     op->job.done = op_job_done;
     op->job.ctx = s;
-    if (!s->workers || op->job.len < s->cfg->copy_offload_bytes) {
+    uint64_t len = op->job.len, stripe_min = s->cfg->copy_stripe_bytes;
+    if (!s->workers || len < s->cfg->copy_offload_bytes) {
         op->job.fn(&op->job);
         kvt__ops_complete(s, op);
         return;
     }
-    s->st.worker_jobs++;
-    kvt_workers_submit(s->workers, &op->job);
+    /* A large copy is split into stripes copied at once by the workers and the loop: one core
+     * cannot move bytes as fast as the memory system can. */
+    uint64_t parts = stripe_min ? len / stripe_min : 1;
+    if (parts > s->n_workers + 1u)
+        parts = s->n_workers + 1u;
+    if (parts > KVT_STRIPES_MAX)
+        parts = KVT_STRIPES_MAX;
+    /* Stripes end on 4 KiB boundaries (which may leave fewer of them); the loop's stripe, the
+     * op's own job, is the first. */
+    uint64_t per = parts > 1 ? (len / parts + 4095) & ~(uint64_t)4095 : len;
+    parts = (len + per - 1) / per;
+    if (parts < 2) {
+        s->st.worker_jobs++;
+        op->stripes_left = 1;
+        kvt_workers_submit(s->workers, &op->job);
+        return;
+    }
+    uint8_t *dst = op->job.dst;
+    const uint8_t *src = op->job.src;
+    op->stripes_left = (uint32_t)parts;
+    for (uint64_t k = 1; k < parts; k++) {
+        struct kvt_job *j = &op->stripe[k - 1];
+        uint64_t at = k * per;
+        j->fn = op->job.fn;
+        j->done = stripe_done;
+        j->ctx = op;
+        j->dst = dst + at;
+        j->src = src + at;
+        j->len = k + 1 < parts ? per : len - at;
+        s->st.worker_jobs++;
+        kvt_workers_submit(s->workers, j);
+    }
+    op->job.len = per;
+    op->job.fn(&op->job);
+    op->job.len = len;
+    /* The workers' stripes are reaped later, through the loop: the last of them completes. */
+    op->stripes_left--;
 }
 
 void kvt__server_offload(struct kvt_server *s, struct kvt_job *job)

@@ -69,8 +69,12 @@ struct kvt_evsrc {
 struct kvt_conn;
 
 /* One request being served. Ops are preallocated per connection (max_inflight_per_conn). */
+#define KVT_STRIPES_MAX 4 /* parts a large copy is split into: the loop's and up to 3 workers' */
+
 struct kvt_op {
-    struct kvt_job job; /* first: a reaped job is its op */
+    struct kvt_job job;                         /* first: a reaped job is its op */
+    struct kvt_job stripe[KVT_STRIPES_MAX - 1]; /* the workers' parts of a striped copy */
+    uint32_t stripes_left;                      /* parts of the copy not yet reaped */
     struct kvt_conn *conn;
     struct kvt_op *next_free;
     uint64_t req_id;

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,10 @@
 #define DEFAULT_ARENA_BYTES (64ull << 20)
 #define DEFAULT_TIMEOUT_MS 5000u
 #define DEFAULT_SPIN_US 50u
+/* While bulk bytes are in flight the wait is stretched by the time the daemon needs to copy them
+ * (assumed no faster than this), up to SPIN_BULK_MAX_US, yielding the core between polls. */
+#define SPIN_BULK_BYTES_PER_US 4096u
+#define SPIN_BULK_MAX_US 2000u
 #define NS_MAX 64
 #define RECONNECT_BACKOFF_MS 100
 #define IN_EXTRA_BYTES (64 * 1024 + 4)
@@ -135,8 +140,17 @@ static int send_request(struct kvt_client *c, Kvtier__Request *req, int fd_to_pa
 }
 
 /* Receives the next response frame. *out must be freed with kvtier__response__free_unpacked. */
-static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms)
+/* Receives one response. The caller spins for spin_us, then for the copy time of bulk_bytes in
+ * flight (yielding the core between polls, so that other threads on a busy machine, the daemon's
+ * included, still run), and only then sleeps in poll(): a wake-up from poll() costs tens of
+ * microseconds on a virtual machine, more than a small copy takes. */
+static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms,
+                         uint64_t bulk_bytes)
 {
+    uint64_t bulk_us = c->spin_us ? bulk_bytes / SPIN_BULK_BYTES_PER_US : 0;
+    if (bulk_us > SPIN_BULK_MAX_US)
+        bulk_us = SPIN_BULK_MAX_US;
+
     for (;;) {
         if (c->in_len >= 4) {
             uint32_t len = (uint32_t)c->in[0] | (uint32_t)c->in[1] << 8 | (uint32_t)c->in[2] << 16 |
@@ -153,13 +167,17 @@ static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t 
                 return 0;
             }
         }
-        /* Spin briefly before sleeping: most answers come within microseconds, and a wake-up
-         * from poll() can cost tens of them. */
-        uint64_t spin_end = kvt_now_ns() + (uint64_t)c->spin_us * 1000u;
+        uint64_t now_ns = kvt_now_ns();
+        uint64_t yield_from = now_ns + (uint64_t)c->spin_us * 1000u;
+        uint64_t spin_end = yield_from + bulk_us * 1000u;
         ssize_t got = -1;
-        do {
+        for (;;) {
             got = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
-        } while (got < 0 && errno == EAGAIN && kvt_now_ns() < spin_end);
+            if (got >= 0 || errno != EAGAIN || (now_ns = kvt_now_ns()) >= spin_end)
+                break;
+            if (now_ns >= yield_from)
+                sched_yield();
+        }
         if (got > 0) {
             c->in_len += (size_t)got;
             continue;
@@ -190,7 +208,7 @@ static int wait_response(struct kvt_client *c, uint64_t id, Kvtier__Response **o
 {
     for (;;) {
         Kvtier__Response *r;
-        int rc = recv_response(c, &r, deadline_ms);
+        int rc = recv_response(c, &r, deadline_ms, 0);
         if (rc)
             return rc;
         if (r->id == id) {
@@ -515,6 +533,7 @@ struct xfer {
     uint64_t req_id;
     uint64_t stage_off; /* staging buffer in the arena, or UINT64_MAX */
     int inline_get;
+    uint64_t bytes; /* bulk bytes the request moves, for the wait's spin budget */
 };
 
 static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
@@ -624,6 +643,7 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
     uint64_t deadline = kvt_now_ms() + c->timeout_ms;
     struct xfer xs[BATCH_WINDOW];
     size_t sent = 0, done = 0;
+    uint64_t bulk = 0; /* bytes of the requests in flight */
     rc = 0;
     while (done < n && !rc) {
         /* Keep up to BATCH_WINDOW requests in flight. */
@@ -640,6 +660,8 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
                 x->req_id = 0;
             } else {
                 rc = send_request(c, &req, -1, deadline);
+                x->bytes = items[sent].len;
+                bulk += x->bytes;
             }
             sent++;
         }
@@ -651,7 +673,7 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             continue;
         }
         Kvtier__Response *r = NULL;
-        rc = recv_response(c, &r, deadline);
+        rc = recv_response(c, &r, deadline, bulk);
         if (rc)
             break;
         /* Match by id: responses may come out of order. */
@@ -659,6 +681,7 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
         while (k < sent && xs[k % BATCH_WINDOW].req_id != r->id)
             k++;
         if (k < sent) {
+            bulk -= xs[k % BATCH_WINDOW].bytes;
             finish_xfer(c, kind, &items[k], &xs[k % BATCH_WINDOW], r);
             release_stage(c, &xs[k % BATCH_WINDOW]);
             xs[k % BATCH_WINDOW].req_id = 0;

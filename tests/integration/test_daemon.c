@@ -312,12 +312,77 @@ static void test_reconnect_after_restart(void **state)
     kvt_close(c);
 }
 
+static struct kvt_test_daemon striped;
+
+static int striped_setup(void **state)
+{
+    (void)state;
+    const char *const args[] = {"--workers=3", "--copy_offload_bytes=8K", "--copy_stripe_bytes=4K",
+                                NULL};
+    memset(&striped, 0, sizeof(striped));
+    return kvt_test_daemon_start(&striped, args);
+}
+
+static int striped_teardown(void **state)
+{
+    (void)state;
+    int rc = kvt_test_daemon_stop(&striped);
+    kvt_test_daemon_cleanup(&striped);
+    return rc;
+}
+
+/* Copies split into stripes (three workers and the loop, 4 KiB stripes) put and get back every
+ * byte, whatever the length: whole stripes, a short last stripe, fewer stripes than workers, and
+ * copies too small to split. */
+static void test_striped_copies(void **state)
+{
+    (void)state;
+    struct kvt_connect_opts o = {
+        .socket_path = striped.socket_path, .arena_bytes = 4 << 20, .timeout_ms = 3000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    struct kvt_ns_spec big = spec;
+    big.tokens_per_chunk = 1000; /* 128,000 bytes: not a multiple of 4 KiB */
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_register(c, &big, &ns), 0);
+    uint8_t *in = kvt_arena_alloc(c, ns.chunk_bytes);
+    uint8_t *out = kvt_arena_alloc(c, ns.chunk_bytes + 4096);
+    assert_non_null(in);
+    assert_non_null(out);
+    const uint32_t tokens[] = {1, 63, 64, 65, 96, 97, 132, 200, 257, 511, 999, 1000};
+    for (size_t i = 0; i < sizeof(tokens) / sizeof(tokens[0]); i++) {
+        size_t len = (size_t)tokens[i] * 128, got = 0;
+        struct kvt_key k = {0x5171fe00u + i, 42};
+        fill(in, len, (uint32_t)i + 11);
+        memset(out, 0xee, ns.chunk_bytes + 4096);
+        assert_int_equal(kvt_put(c, ns.handle, &k, in, len, tokens[i]), 0);
+        assert_int_equal(kvt_get(c, ns.handle, &k, out, ns.chunk_bytes, &got, NULL), 0);
+        assert_int_equal(got, len);
+        assert_memory_equal(out, in, len);
+        assert_int_equal(out[len], 0xee); /* nothing written past the chunk */
+    }
+    struct kvt_stat *st = NULL;
+    size_t n = 0;
+    uint64_t jobs = 0;
+    assert_int_equal(kvt_stats(c, &st, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(st[i].name, "worker_jobs"))
+            jobs = st[i].value;
+    kvt_stats_free(st, n);
+    assert_true(jobs >= 2 * 3); /* the 128,000-byte Put and Get went to three workers each */
+    kvt_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get_roundtrip), cmocka_unit_test(test_batches),
-        cmocka_unit_test(test_tenants_isolated),  cmocka_unit_test(test_eviction_under_pressure),
-        cmocka_unit_test(test_config_and_stats),  cmocka_unit_test(test_reconnect_after_restart),
+        cmocka_unit_test(test_put_get_roundtrip),
+        cmocka_unit_test(test_batches),
+        cmocka_unit_test(test_tenants_isolated),
+        cmocka_unit_test(test_eviction_under_pressure),
+        cmocka_unit_test(test_config_and_stats),
+        cmocka_unit_test(test_reconnect_after_restart),
+        cmocka_unit_test_setup_teardown(test_striped_copies, striped_setup, striped_teardown),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
