@@ -121,6 +121,10 @@ run: all
 bench: all
 	$(BUILD)/kvtier-bench all --quick
 
+# PNG charts of the CSVs the last benchmarks wrote to bench/out (installs gnuplot-nox if missing).
+bench-plot:
+	$(Q)./scripts/bench-plot.sh bench/out
+
 asan:
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 

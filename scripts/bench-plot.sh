@@ -1,0 +1,75 @@
+#!/bin/sh
+# Turns the CSVs that kvtier-bench writes (bench/out/NAME.csv, long format: bench,label,field,value)
+# into PNG bar charts with gnuplot: one chart per benchmark and unit (_gbps, _us, _ms, _ops_per_s),
+# one group of bars per row label, one bar per field. Installs gnuplot-nox when it is missing.
+# Usage: scripts/bench-plot.sh [DIR]   (default bench/out)
+set -eu
+
+dir=${1:-bench/out}
+if ! ls "$dir"/*.csv >/dev/null 2>&1; then
+    echo "bench-plot: no CSV in $dir: run 'make bench' (or build/kvtier-bench NAME) first" >&2
+    exit 1
+fi
+if ! command -v gnuplot >/dev/null 2>&1; then
+    echo "bench-plot: installing gnuplot-nox" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get install -y -q gnuplot-nox >/dev/null ||
+        { echo "bench-plot: cannot install gnuplot-nox" >&2; exit 1; }
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+made=0
+for csv in "$dir"/*.csv; do
+    name=$(basename "$csv" .csv)
+    for unit in gbps us ms ops_per_s; do
+        # Wide table: one line per label, one column per field with this unit ("-" = missing).
+        awk -F, -v unit="$unit" '
+            NR == 1 { next }
+            {
+                suffix = "_" unit
+                if (substr($3, length($3) - length(suffix) + 1) != suffix) next
+                if (unit == "us" && $3 ~ /_ops_per_s$/) next
+                if ($4 == "") next
+                if (!($2 in seen_l)) { seen_l[$2] = 1; labels[nl++] = $2 }
+                if (!($3 in seen_f)) { seen_f[$3] = 1; fields[nf++] = $3 }
+                v[$2 SUBSEP $3] = $4
+            }
+            END {
+                if (nl == 0) exit
+                printf "label"
+                for (j = 0; j < nf; j++) printf "\t%s", fields[j]
+                printf "\n"
+                for (i = 0; i < nl; i++) {
+                    printf "\"%s\"", labels[i]
+                    for (j = 0; j < nf; j++) {
+                        k = labels[i] SUBSEP fields[j]
+                        printf "\t%s", (k in v) ? v[k] : "-"
+                    }
+                    printf "\n"
+                }
+            }' "$csv" >"$tmp/$name-$unit.tsv"
+        [ -s "$tmp/$name-$unit.tsv" ] || continue
+        cols=$(head -1 "$tmp/$name-$unit.tsv" | awk -F'\t' '{ print NF }')
+        png="$dir/${name}_$unit.png"
+        gnuplot <<EOF
+set terminal pngcairo size 1400,700 noenhanced
+set output "$png"
+set title "kvtier-bench $name ($unit)"
+set datafile separator "\t"
+set datafile missing "-"
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set key outside right top
+set xtics rotate by -30 left
+set yrange [0:*]
+set ylabel "$unit"
+plot for [c=2:$cols] "$tmp/$name-$unit.tsv" using c:xtic(1) title columnheader(c)
+EOF
+        echo "wrote $png"
+        made=$((made + 1))
+    done
+done
+[ "$made" -gt 0 ] || { echo "bench-plot: nothing to plot" >&2; exit 1; }
