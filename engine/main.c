@@ -33,6 +33,7 @@ struct opts {
     const char *prompt;
     const char *text;
     const char *json;
+    const char *out; /* dump-kv output file */
     const char *socket;
     const char *tenant;
     const char *system;
@@ -60,6 +61,8 @@ static void usage(FILE *f)
             "  kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] "
             "[--socket S]\n"
             "                [--no-compare]\n"
+            "  kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]\n"
+            "                (real KV in kvtier's canonical chunk layout, fp16, for benchmarks)\n"
             "common: --threads N --ctx N --batch N --chunk-tokens N --timeout-ms N\n"
             "        --on-error recompute|stop --tenant T\n");
 }
@@ -120,6 +123,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->text = val;
         else if (!strcmp(a, "json"))
             o->json = val;
+        else if (!strcmp(a, "out"))
+            o->out = val;
         else if (!strcmp(a, "socket"))
             o->socket = val;
         else if (!strcmp(a, "tenant"))
@@ -548,6 +553,89 @@ out:
     return rc;
 }
 
+/* dump-kv: the real KV of a text, for benchmarks and tests of what kvtier stores (codecs,
+ * compression). Runs the resident mode over the first --tokens tokens of --text and writes
+ * whole chunks of --chunk-tokens tokens to --out, each in kvtier's canonical layout
+ * [layer][token][k|v][kv_head][head_dim], fp16 little-endian, one after the other. */
+static int cmd_dump_kv(const struct opts *o, const struct kvt_eng_model *m,
+                       struct kvt_eng_pool *pool)
+{
+    char *text = NULL;
+    size_t len = 0, n_all = 0;
+    int32_t *ids = NULL;
+    struct kvt_eng_session *s = NULL;
+    struct kvt_eng_kv_span *spans = NULL;
+    FILE *f = NULL;
+    int rc;
+    if (!o->text || !o->out) {
+        fprintf(stderr, "kvtier-engine: dump-kv needs --text and --out\n");
+        return -EINVAL;
+    }
+    if ((rc = read_file(o->text, &text, &len))) {
+        fprintf(stderr, "kvtier-engine: cannot read %s: %s\n", o->text, strerror(-rc));
+        return rc;
+    }
+    if ((rc = tokenize(m, text, len, 0, &ids, &n_all)))
+        goto out;
+    size_t T = o->chunk_tokens,
+           n = o->eval_tokens && o->eval_tokens < n_all ? o->eval_tokens : n_all;
+    if (n > m->hp.ctx_train)
+        n = m->hp.ctx_train;
+    n -= n % T;
+    if (n == 0) {
+        fprintf(stderr, "kvtier-engine: the text has fewer than %zu tokens (one chunk)\n", T);
+        rc = -EINVAL;
+        goto out;
+    }
+    struct kvt_eng_session_config sc = session_config(o, KVT_ENG_MODE_RESIDENT, n);
+    if ((rc = kvt_eng_session_create(m, pool, &sc, &s)) ||
+        (rc = kvt_eng_session_start(s, ids, n, 0, NULL, NULL, NULL))) {
+        fprintf(stderr, "kvtier-engine: dump-kv: %s\n", kvt_strerror(rc));
+        goto out;
+    }
+    struct kvt_eng_kv *kv = s->kv;
+    size_t row_bytes = kvt_eng_kv_row_halfs(&kv->geom) * sizeof(uint16_t);
+    spans = calloc(kv->spans_max, sizeof(*spans));
+    f = fopen(o->out, "wb");
+    if (!spans || !f) {
+        rc = spans ? -errno : -ENOMEM;
+        fprintf(stderr, "kvtier-engine: cannot write %s: %s\n", o->out, strerror(-rc));
+        goto out;
+    }
+    for (size_t c = 0; c < n / T && !rc; c++)
+        for (uint32_t l = 0; l < kv->geom.n_layer && !rc; l++) {
+            int ns = kv->ops->spans(kv, l, n, spans, kv->spans_max);
+            if (ns < 0) {
+                rc = ns;
+                break;
+            }
+            for (size_t p = c * T; p < (c + 1) * T && !rc; p++) {
+                const uint16_t *row = NULL;
+                for (int k = 0; k < ns && !row; k++)
+                    if (p >= spans[k].pos && p < spans[k].pos + spans[k].n_tokens)
+                        row = spans[k].rows + (p - spans[k].pos) * (row_bytes / 2);
+                if (!row || fwrite(row, 1, row_bytes, f) != row_bytes)
+                    rc = row ? -EIO : -EFAULT;
+            }
+        }
+    if (!rc && fclose(f) != 0)
+        rc = -EIO;
+    f = NULL;
+    if (rc)
+        fprintf(stderr, "kvtier-engine: dump-kv: cannot write %s\n", o->out);
+    else
+        fprintf(stderr, "dump-kv: %zu chunks of %zu tokens (%zu bytes each) from %s to %s\n", n / T,
+                T, T * kv->geom.n_layer * row_bytes, o->text, o->out);
+out:
+    if (f)
+        fclose(f);
+    free(spans);
+    kvt_eng_session_destroy(s);
+    free(ids);
+    free(text);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {
@@ -564,7 +652,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (parse_args(argc, argv, &o) || (strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval")) ||
+    if (parse_args(argc, argv, &o) ||
+        (strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval") && strcmp(o.cmd, "dump-kv")) ||
         !o.model) {
         usage(stderr);
         return 2;
@@ -587,6 +676,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(o.cmd, "generate"))
         rc = cmd_generate(&o, m, pool);
+    else if (!strcmp(o.cmd, "dump-kv"))
+        rc = cmd_dump_kv(&o, m, pool);
     else
         rc = cmd_eval(&o, m, pool, simd);
     kvt_eng_pool_destroy(pool);

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Smoke test of the kvtier-engine command line: generate (resident and offload through a real
 # daemon, with prefix reuse on the second offload run), eval with its JSON report, and clear
-# errors for a missing daemon and bad options. Run by `make test` (EXTRA_TESTS); KVT_BUILD names
-# the build directory. Skips (exit 0) when the model has not been fetched.
+# errors for a missing daemon and bad options; dump-kv's layout. Run by `make test` (EXTRA_TESTS);
+# KVT_BUILD names the build directory. Skips (exit 0) when the model has not been fetched.
 set -eu
 
 B=${KVT_BUILD:-build}
@@ -61,6 +61,17 @@ grep -q '"fell_back_to_resident": false' "$tmp/eval.json" || fail "eval fell bac
 ppl=$(sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p' "$tmp/eval.json")
 rppl=$(sed -n 's/.*"resident_perplexity": \([0-9.]*\).*/\1/p' "$tmp/eval.json")
 [ -n "$ppl" ] && [ "$ppl" = "$rppl" ] || fail "perplexities differ: $ppl vs $rppl"
+
+# dump-kv: whole chunks in the canonical layout (30 layers x 3 KV heads x 64 dims x k|v x fp16 =
+# 23,040 bytes per token), and causal: the first chunk does not depend on the tokens after it.
+"$E" dump-kv --model "$M" --text "$tmp/text" --tokens 70 --chunk-tokens 32 --out "$tmp/kv2" \
+    2>/dev/null || fail "dump-kv failed"
+"$E" dump-kv --model "$M" --text "$tmp/text" --tokens 32 --chunk-tokens 32 --out "$tmp/kv1" \
+    2>/dev/null || fail "dump-kv of one chunk failed"
+[ "$(wc -c <"$tmp/kv2")" -eq $((2 * 32 * 23040)) ] || fail "dump-kv size $(wc -c <"$tmp/kv2")"
+head -c $((32 * 23040)) "$tmp/kv2" | cmp -s - "$tmp/kv1" || fail "dump-kv first chunk differs"
+if "$E" dump-kv --model "$M" --text "$tmp/text" --out "$tmp/kv3" --tokens 10 --chunk-tokens 32 \
+    2>/dev/null; then fail "dump-kv of less than a chunk succeeded"; fi
 
 # Errors are clear and quick.
 if "$E" generate --model "$M" --mode offload --socket "$tmp/nope" --prompt hi 2>"$tmp/err"; then
