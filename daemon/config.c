@@ -38,6 +38,7 @@ static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL}
 static const char *const codecs[] = {"none", "lz4", "zstd", NULL};
 static const char *const write_policies[] = {"write-back", "write-through", NULL};
 static const char *const admissions[] = {"on-evict", "second-access", NULL};
+static const char *const dirty_full_policies[] = {"drop", "reject", NULL};
 
 #define KIB 1024.0
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -120,6 +121,9 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("tier.disk_admission", disk_admission, "on-evict", admissions, KVT_CFG_RUNTIME,
          "Which chunks leaving DRAM are written to disk: on-evict (all) or second-access (only "
          "chunks read at least once)"),
+    ENUM("tier.dirty_full", dirty_full, "drop", dirty_full_policies, KVT_CFG_RUNTIME,
+         "Write-back, DRAM full of chunks not yet on disk: drop the coldest of them (counted in "
+         "tier.dropped_dirty) or reject the Put with E_BUSY until the disk catches up"),
 };
 
 const struct kvt_cfg_table kvt_dconfig_table = {entries, sizeof(entries) / sizeof(entries[0])};

@@ -47,6 +47,7 @@ struct kvt_dconfig {
     uint64_t disk_fault_errno;
     char write_policy[16];
     char disk_admission[16];
+    char dirty_full[8];
 };
 
 extern const struct kvt_cfg_table kvt_dconfig_table;

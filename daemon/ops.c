@@ -284,7 +284,11 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         kvt_index_remove(&s->idx, id);
         if (rc == KVT_E_FULL)
             s->st.tier_full++;
-        reply_error(s, c, op, rc, rc == KVT_E_TOOBIG ? "chunk larger than cpu.page_bytes" : NULL);
+        reply_error(s, c, op, rc,
+                    rc == KVT_E_TOOBIG ? "chunk larger than cpu.page_bytes"
+                    : rc == KVT_E_BUSY ? "CPU tier full of chunks not yet written to disk "
+                                         "(tier.dirty_full = reject): retry"
+                                       : NULL);
         return;
     }
     struct kvt_entry *e = kvt_index_at(&s->idx, id);

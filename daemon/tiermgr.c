@@ -136,6 +136,8 @@ static void demote_durable(void *arg, int res)
         e->disk = KVT_ENTRY_DISK_NONE;
         s->tm.st.demotion_failures++;
         KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "write to disk failed: %s", kvt_strerror(res));
+        if (!e->in_host)
+            s->tm.st.dropped_dirty++; /* let go of under memory pressure while being written */
         forget_if_homeless(s, d->entry);
     }
     demote_finish(s, d, res == 0);
@@ -310,12 +312,16 @@ int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off)
     (void)off;
     if (e->refs || e->state != KVT_ENTRY_READY)
         return 1;
-    if (e->disk != KVT_ENTRY_DISK_NONE) {
-        /* Clean (or its encoded copy is on its way): DRAM can let go at once. */
+    if (e->disk == KVT_ENTRY_DISK_DURABLE ||
+        (e->disk == KVT_ENTRY_DISK_WRITING && s->tm.evict_force)) {
+        /* Clean: DRAM can let go at once. A chunk whose write is still in flight is let go only
+         * when memory is short: until the write lands it is unreadable, and lost if it fails. */
         e->in_host = 0;
         s->tm.st.evicted_to_disk++;
         return 0;
     }
+    if (e->disk == KVT_ENTRY_DISK_WRITING)
+        return 1; /* clean as soon as its write is durable */
     if (s->tm.disk && !s->tm.evict_force) {
         if (!disk_usable(s, e)) {
             s->tm.st.too_big_for_disk++;
@@ -331,9 +337,24 @@ int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off)
     return 0;
 }
 
+/* Whether the disk tier latched failed: then nothing will ever make DRAM clean again. */
+static int disk_failed(const struct kvt_server *s)
+{
+    struct kvt_disk_stats st;
+    kvt_disk_stats(s->tm.disk, &st);
+    return st.tier.failed != 0;
+}
+
 int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uint64_t *off_out)
 {
     int rc = kvt_host_alloc(s->host, bytes, cookie, off_out);
+    if (rc == KVT_E_FULL && s->tm.disk && !s->tm.write_through &&
+        !strcmp(s->cfg->dirty_full, "reject") && !disk_failed(s)) {
+        /* Everything evictable is waiting for write-back, and the operator would rather have
+         * the writer wait than lose a chunk. */
+        s->tm.st.rejected_dirty_full++;
+        return KVT_E_BUSY;
+    }
     if (rc == KVT_E_FULL && s->tm.disk) {
         /* Everything evictable is waiting for write-back: rather than fail, drop dirty
          * chunks (counted), the cache's job being to stay available. */
@@ -606,6 +627,8 @@ int kvt_tm_init(struct kvt_server *s)
     }
     struct load_ctx lc = {s, 0, 0};
     kvt_disk_enumerate(tm->disk, load_object, &lc);
+    /* Injected faults given at start count from the first I/O after recovery. */
+    kvt_tm_config_changed(s);
     tm->st.recovered_objects = lc.loaded;
     tm->st.recovery_ms = kvt_now_ms() - t0;
     if (lc.skipped)

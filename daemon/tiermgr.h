@@ -7,7 +7,8 @@
  *   answered when durable (the answer says tier DISK).
  * - Eviction from DRAM keeps the chunk's index entry when a disk copy exists (or is being
  *   written); a chunk without one is written back first when admitted (disk admission policy),
- *   and dropped only when memory cannot be found otherwise (counted as dropped_dirty).
+ *   and dropped only when memory cannot be found otherwise (counted as dropped_dirty), unless
+ *   tier.dirty_full = reject: then the Put that needs the memory gets E_BUSY instead.
  * - Get of a chunk only on disk reads it back into a new DRAM slot (promotion) and serves it from
  *   there; when no slot can be had it reads straight into the client's buffer.
  * - At start the disk's objects are enumerated into the index, so a restarted daemon serves them.
@@ -37,6 +38,7 @@ struct kvt_op;
     X(disk_read_misses)                                                                            \
     X(evicted_to_disk)                                                                             \
     X(dropped_dirty)                                                                               \
+    X(rejected_dirty_full)                                                                         \
     X(admission_skipped)                                                                           \
     X(too_big_for_disk)                                                                            \
     X(orphans_removed)                                                                             \

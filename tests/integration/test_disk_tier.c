@@ -135,6 +135,46 @@ static void test_write_back_under_pressure(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+static void test_write_back_reject_when_dirty_full(void **state)
+{
+    (void)state;
+    /* tier.dirty_full = reject: while the disk cannot take the chunks (its first writes fail),
+     * DRAM fills with dirty chunks and Puts get E_BUSY instead of dropping any; retried, every
+     * chunk is kept, intact. */
+    const char *args[] = {"--cpu.arena_bytes=1M",
+                          "--cpu.page_bytes=256K",
+                          "--disk.bytes=128M",
+                          "--disk.staging_bytes=4M",
+                          "--disk.object_bytes_max=256K",
+                          "--disk.io_errors_max=1000000",
+                          "--disk.fault_fail_next_io=300",
+                          "--tier.dirty_full=reject",
+                          NULL};
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_ns(&d, &ns);
+    uint64_t busy = 0;
+    for (uint64_t i = 0; i < 100; i++) {
+        int rc;
+        while ((rc = put_chunk(c, ns.handle, 700 + i)) == KVT_E_BUSY && busy < 100000) {
+            busy++;
+            usleep(1000);
+        }
+        assert_int_equal(rc, 0);
+    }
+    assert_true(busy > 0);
+    assert_int_equal(stat_of(c, "tier.rejected_dirty_full"), busy);
+    assert_int_equal(stat_of(c, "tier.dropped_dirty"), 0);
+    assert_true(stat_of(c, "tier.demotion_failures") > 0);
+    enum kvt_tier_id t;
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(check_chunk(c, ns.handle, 700 + i, &t), 0);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 static void test_evict_to_disk_and_back(void **state)
 {
     (void)state;
@@ -461,6 +501,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_evict_to_disk_and_back),
         cmocka_unit_test(test_write_back_under_pressure),
+        cmocka_unit_test(test_write_back_reject_when_dirty_full),
         cmocka_unit_test(test_shutdown_flushes_dram),
         cmocka_unit_test(test_corrupt_object_is_a_miss),
         cmocka_unit_test(test_io_errors_enospc_and_latch),

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,8 +53,12 @@ int kvt_test_daemon_start(struct kvt_test_daemon *d, const char *const *extra_ar
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* A test that fails (cmocka jumps out of it) must not leave a daemon behind: it dies
+         * with its parent, and it holds none of the parent's output pipes open. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
             close(fd);
         }
