@@ -105,6 +105,9 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("disk.codec", disk_codec, "lz4", codecs, 0,
          "Lossless compression on disk after byte-shuffle: none, lz4 or zstd"),
     U64("disk.codec_level", disk_codec_level, "1", 1, 19, 0, "zstd level, or lz4 acceleration"),
+    DOUBLE("disk.high_watermark", disk_high_watermark, "0.95", 0.1, 1.0, KVT_CFG_RUNTIME,
+           "Above this fraction of the disk tier in use, chunks only on disk are evicted, "
+           "coldest first"),
     DOUBLE("disk.min_saving", disk_min_saving, "0.1", 0, 0.99, 0,
            "Keep the compressed form only when it saves at least this fraction"),
     BOOL("disk.allow_buffered", disk_allow_buffered, "false", 0,

@@ -41,6 +41,7 @@ struct kvt_dconfig {
     char disk_codec[8];
     uint64_t disk_codec_level;
     double disk_min_saving;
+    double disk_high_watermark;
     int disk_allow_buffered;
     uint64_t disk_io_errors_max;
     uint64_t disk_fault_fail_next_io;

@@ -41,6 +41,7 @@ struct kvt_entry {
     uint8_t disk;       /* enum kvt_entry_disk */
     uint8_t elem_bytes; /* element size of the namespace's dtype, the codec's shuffle width */
     uint8_t promoting;  /* a read from disk into a new DRAM slot is in flight */
+    uint8_t referenced; /* read or written since the disk eviction's clock hand last passed */
 };
 
 struct kvt_index {

@@ -412,6 +412,7 @@ static void op_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     if (e->hits < UINT16_MAX)
         e->hits++;
+    e->referenced = 1;
     op->tier = tier;
     op->want_inline = g->want_inline;
     if (tier == KVT_TIER_DISK) {

@@ -17,6 +17,7 @@
 
 #define COLDEST_SCAN 64
 #define FLUSH_SCAN 4096
+#define CLOCK_SCAN 4096 /* index entries the disk eviction looks at per loop iteration */
 #define HITS_MAX 0xffff
 
 /* One write to disk in progress: encoding on a worker, then I/O. */
@@ -131,6 +132,7 @@ static void demote_durable(void *arg, int res)
     }
     if (res == 0) {
         e->disk = KVT_ENTRY_DISK_DURABLE;
+        e->referenced = 1;
         s->tm.st.demotions++;
     } else {
         e->disk = KVT_ENTRY_DISK_NONE;
@@ -259,11 +261,46 @@ static void drain_write_through(struct kvt_server *s)
 
 static void drain_reads(struct kvt_server *s);
 
+/* Disk above its high watermark: removes chunks that are only on disk, coldest first (CLOCK),
+ * looking at no more than CLOCK_SCAN entries per call. Chunks also in DRAM stay (removing their
+ * disk copy would make them dirty again), as do pinned ones. */
+static void evict_disk(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    struct kvt_disk_stats ds;
+    kvt_disk_stats(tm->disk, &ds);
+    double high = s->cfg->disk_high_watermark * (double)ds.tier.bytes_capacity;
+    if ((double)ds.tier.bytes_used <= high || ds.tier.failed)
+        return;
+    uint64_t used = ds.tier.bytes_used;
+    for (uint32_t n = 0; n < CLOCK_SCAN && (double)used > high; n++) {
+        uint32_t id = tm->clock_hand;
+        tm->clock_hand = tm->clock_hand + 1 < s->idx.cap ? tm->clock_hand + 1 : 0;
+        struct kvt_entry *e = kvt_index_at(&s->idx, id);
+        if (e->state != KVT_ENTRY_READY || e->disk != KVT_ENTRY_DISK_DURABLE || e->in_host ||
+            e->refs || e->promoting)
+            continue;
+        if (e->referenced) {
+            e->referenced = 0;
+            continue;
+        }
+        struct kvt_obj_id oid = obj_id(e);
+        int rc = kvt_disk_remove(tm->disk, &oid);
+        if (rc == KVT_E_BUSY)
+            return; /* too many removals waiting for a commit: next iteration */
+        kvt_disk_stats(tm->disk, &ds);
+        used = ds.tier.bytes_used;
+        tm->st.disk_evictions++;
+        kvt_index_remove(&s->idx, id);
+    }
+}
+
 void kvt_tm_tick(struct kvt_server *s)
 {
     struct kvt_tiermgr *tm = &s->tm;
     if (!tm->disk || s->destroying)
         return;
+    evict_disk(s);
     drain_reads(s); /* reads first: a client waits on them */
     drain_write_through(s);
     if (!tm->free_demotes)
@@ -429,14 +466,21 @@ static void direct_done(void *arg, int res)
     kvt__server_after_ops(s, c);
 }
 
-/* Starts the read of a Get whose entry is pinned (refs taken). 0, KVT_E_BUSY (no staging buffer:
- * retry later, still pinned) or an error (unpinned). */
+/* Starts the read of a Get whose entry is pinned (refs taken). 0, KVT_E_BUSY (no staging buffer,
+ * or no DRAM slot for an inline answer: retry later, still pinned) or an error (unpinned). */
 static int read_start(struct kvt_server *s, struct kvt_op *op)
 {
     uint32_t id = op->entry;
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
     struct kvt_obj_id oid = obj_id(e);
     int rc = KVT_E_FULL;
+    if (e->in_host) {
+        /* Promoted by another Get while this one waited: serve it from DRAM. */
+        op->tier = KVT_TIER_CPU;
+        kvt_host_touch(s->host, e->host_off);
+        kvt__ops_get_deliver(s, op);
+        return 0;
+    }
     if (!e->promoting && kvt_tm_host_alloc(s, e->length, id, &op->slot_off) == 0) {
         rc = kvt_disk_read(s->tm.disk, &oid, kvt_host_ptr(s->host, op->slot_off), e->length,
                            promote_done, op);
@@ -452,8 +496,8 @@ static int read_start(struct kvt_server *s, struct kvt_op *op)
         if (rc == 0)
             return 0;
     }
-    if (rc == KVT_E_BUSY)
-        return rc;
+    if (rc == KVT_E_BUSY || (rc == KVT_E_FULL && op->want_inline))
+        return KVT_E_BUSY; /* an inline answer needs the chunk in DRAM: wait for a slot */
     e->refs--;
     if (rc == KVT_E_NOTFOUND || rc == KVT_E_CORRUPT) {
         disk_miss(s, id, rc);
@@ -489,17 +533,16 @@ static void drain_reads(struct kvt_server *s)
     struct kvt_tiermgr *tm = &s->tm;
     while (tm->rd_head) {
         struct kvt_op *op = tm->rd_head;
+        struct kvt_conn *c = op->conn;
         int rc = read_start(s, op);
         if (rc == KVT_E_BUSY)
             return;
         tm->rd_head = op->tm_next;
         if (!tm->rd_head)
             tm->rd_tail = NULL;
-        if (rc) {
-            struct kvt_conn *c = op->conn;
+        if (rc)
             kvt__ops_get_fail(s, op, rc);
-            kvt__server_after_ops(s, c);
-        }
+        kvt__server_after_ops(s, c); /* answered now, or an answer may have been sent */
     }
 }
 

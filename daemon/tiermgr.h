@@ -11,6 +11,9 @@
  *   tier.dirty_full = reject: then the Put that needs the memory gets E_BUSY instead.
  * - Get of a chunk only on disk reads it back into a new DRAM slot (promotion) and serves it from
  *   there; when no slot can be had it reads straight into the client's buffer.
+ * - When the disk fills past disk.high_watermark, chunks that are only on disk leave it, coldest
+ *   first by a CLOCK sweep over the index (a chunk read or written since the hand last passed
+ *   gets a second chance): the disk is a cache too.
  * - At start the disk's objects are enumerated into the index, so a restarted daemon serves them.
  *
  * Disk encoding (shuffle + compression + checksum) runs on the worker pool; the loop only reserves
@@ -42,6 +45,7 @@ struct kvt_op;
     X(admission_skipped)                                                                           \
     X(too_big_for_disk)                                                                            \
     X(orphans_removed)                                                                             \
+    X(disk_evictions)                                                                              \
     X(recovered_objects)                                                                           \
     X(recovery_ms)
 
@@ -67,6 +71,7 @@ struct kvt_tiermgr {
     int write_through;
     int flushing;          /* shutdown: write back every dirty chunk */
     uint32_t flush_cursor; /* next index entry the flush looks at */
+    uint32_t clock_hand;   /* next index entry the disk eviction looks at */
     struct kvt_tm_stats st;
 };
 

@@ -175,6 +175,54 @@ static void test_write_back_reject_when_dirty_full(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+static void test_disk_full_evicts_coldest(void **state)
+{
+    (void)state;
+    /* A 4 MiB disk tier behind a 1 MiB CPU tier takes 400 chunks of 32 KiB (12.5 MiB): the disk
+     * evicts chunks that are only on disk, coldest first, so demotion never stops. Every chunk is
+     * then intact or a miss, every miss is a counted disk eviction (no Put is dropped under
+     * tier.dirty_full = reject), and the chunk read back at every step is still there. */
+    const char *args[] = {"--cpu.arena_bytes=1M",
+                          "--cpu.page_bytes=256K",
+                          "--disk.bytes=4M",
+                          "--disk.staging_bytes=1M",
+                          "--disk.object_bytes_max=64K",
+                          "--tier.dirty_full=reject",
+                          NULL};
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_ns(&d, &ns);
+    enum kvt_tier_id t;
+    for (uint64_t i = 0; i < 400; i++) {
+        int rc, tries = 0;
+        while ((rc = put_chunk(c, ns.handle, 3000 + i)) == KVT_E_BUSY && tries++ < 10000)
+            usleep(1000);
+        assert_int_equal(rc, 0);
+        /* Chunk 3000 is read all along: CLOCK keeps it (on disk or in DRAM). */
+        assert_int_equal(check_chunk(c, ns.handle, 3000, &t), 0);
+    }
+    uint64_t evicted = stat_of(c, "tier.disk_evictions");
+    assert_true(evicted > 0);
+    assert_true(stat_of(c, "disk.bytes_used") <= stat_of(c, "disk.bytes_capacity"));
+    assert_int_equal(stat_of(c, "tier.dropped_dirty"), 0);
+    uint64_t misses = 0;
+    for (uint64_t i = 0; i < 400; i++) {
+        int rc = check_chunk(c, ns.handle, 3000 + i, &t);
+        assert_true(rc == 0 || rc == KVT_E_NOTFOUND);
+        misses += rc != 0;
+    }
+    /* Reading promotes chunks into DRAM, which pushes the last dirty ones to disk, which may
+     * evict more: every miss is an eviction counted before the reads or during them. */
+    assert_true(misses >= evicted);
+    assert_true(misses <= stat_of(c, "tier.disk_evictions"));
+    for (uint64_t i = 390; i < 400; i++) /* the newest are kept */
+        assert_int_equal(check_chunk(c, ns.handle, 3000 + i, &t), 0);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 static void test_evict_to_disk_and_back(void **state)
 {
     (void)state;
@@ -502,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_evict_to_disk_and_back),
         cmocka_unit_test(test_write_back_under_pressure),
         cmocka_unit_test(test_write_back_reject_when_dirty_full),
+        cmocka_unit_test(test_disk_full_evicts_coldest),
         cmocka_unit_test(test_shutdown_flushes_dram),
         cmocka_unit_test(test_corrupt_object_is_a_miss),
         cmocka_unit_test(test_io_errors_enospc_and_latch),
