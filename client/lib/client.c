@@ -139,9 +139,9 @@ static int send_request(struct kvt_client *c, Kvtier__Request *req, int fd_to_pa
     return send_all(c, c->out, n + 4, fd_to_pass, deadline_ms);
 }
 
-/* Receives the next response frame. *out must be freed with kvtier__response__free_unpacked. */
-/* Receives one response. The caller spins for spin_us, then for the copy time of bulk_bytes in
- * flight (yielding the core between polls, so that other threads on a busy machine, the daemon's
+/* Receives the next response frame; *out must be freed with kvtier__response__free_unpacked.
+ * While waiting it polls the socket for spin_us, then for the copy time of bulk_bytes in flight
+ * (yielding the core between polls, so that other threads on a busy machine, the daemon's
  * included, still run), and only then sleeps in poll(): a wake-up from poll() costs tens of
  * microseconds on a virtual machine, more than a small copy takes. */
 static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms,

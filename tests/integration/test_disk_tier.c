@@ -300,6 +300,97 @@ static void test_shutdown_flushes_dram(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* A raw block device as the disk tier: a loop device over a sparse file, when the test runs as
+ * root with losetup; skipped otherwise. */
+struct blockdev {
+    char img[64];
+    char dev[64];
+};
+
+static int blockdev_setup(void **state)
+{
+    static struct blockdev b;
+    *state = NULL;
+    memset(&b, 0, sizeof(b));
+    snprintf(b.img, sizeof(b.img), "/tmp/kvtier-blk-XXXXXX");
+    int fd = mkstemp(b.img);
+    if (fd < 0)
+        return 0;
+    int ok = ftruncate(fd, 64 << 20) == 0;
+    close(fd);
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "losetup -f --show %s 2>/dev/null", b.img);
+    FILE *p = geteuid() == 0 && ok ? popen(cmd, "r") : NULL;
+    if (p) {
+        if (!fgets(b.dev, sizeof(b.dev), p))
+            b.dev[0] = '\0';
+        b.dev[strcspn(b.dev, "\n")] = '\0';
+        pclose(p);
+    }
+    if (strncmp(b.dev, "/dev/", 5) != 0) {
+        unlink(b.img);
+        return 0;
+    }
+    *state = &b;
+    return 0;
+}
+
+static int blockdev_teardown(void **state)
+{
+    struct blockdev *b = *state;
+    if (b) {
+        char cmd[160];
+        snprintf(cmd, sizeof(cmd), "losetup -d %s", b->dev);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot detach %s\n", b->dev);
+        unlink(b->img);
+    }
+    return 0;
+}
+
+static void test_block_device(void **state)
+{
+    struct blockdev *b = *state;
+    if (!b) {
+        print_message("no loop device (needs root and losetup): skipped\n");
+        skip();
+    }
+    char paths[96];
+    snprintf(paths, sizeof(paths), "--disk.paths=%s", b->dev);
+    const char *args[] = {"--cpu.arena_bytes=1M",
+                          "--cpu.page_bytes=256K",
+                          "--disk.bytes=32M",
+                          "--disk.object_bytes_max=256K",
+                          paths,
+                          NULL};
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_ns(&d, &ns);
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(put_chunk(c, ns.handle, 9000 + i), 0);
+    assert_true(stat_of(c, "tier.demotions") > 0);
+    assert_int_equal(stat_of(c, "disk.bytes_capacity"), 32u << 20);
+    uint64_t dropped = stat_of(c, "tier.dropped_dirty");
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    /* Restarted with nothing in DRAM: every chunk comes back from the device. */
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    c = connect_ns(&d, &ns);
+    enum kvt_tier_id t;
+    uint64_t misses = 0;
+    for (uint64_t i = 0; i < 100; i++) {
+        int rc = check_chunk(c, ns.handle, 9000 + i, &t);
+        assert_true(rc == 0 || rc == KVT_E_NOTFOUND);
+        misses += rc != 0;
+        assert_true(rc != 0 || t == KVT_TIER_DISK);
+    }
+    assert_int_equal(misses, dropped); /* the stop wrote back every chunk it still had */
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 static const char *write_through[] = {"--tier.write_policy=write-through", "--disk.bytes=64M",
                                       "--disk.object_bytes_max=256K", "--disk.io_errors_max=4",
                                       NULL};
@@ -552,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_write_back_reject_when_dirty_full),
         cmocka_unit_test(test_disk_full_evicts_coldest),
         cmocka_unit_test(test_shutdown_flushes_dram),
+        cmocka_unit_test_setup_teardown(test_block_device, blockdev_setup, blockdev_teardown),
         cmocka_unit_test(test_corrupt_object_is_a_miss),
         cmocka_unit_test(test_io_errors_enospc_and_latch),
         cmocka_unit_test(test_kill9_loop),
