@@ -96,7 +96,8 @@ enum kvt_tier_id kvt_tm_tier_of(const struct kvt_entry *e)
         return KVT_TIER_NONE;
     if (e->in_host)
         return KVT_TIER_CPU;
-    if (e->disk == KVT_ENTRY_DISK_DURABLE)
+    /* A chunk let go of while its write is in flight is served once the write lands. */
+    if (e->disk == KVT_ENTRY_DISK_DURABLE || e->disk == KVT_ENTRY_DISK_WRITING)
         return KVT_TIER_DISK;
     return KVT_TIER_NONE;
 }
@@ -151,6 +152,7 @@ static void demote_encoded(struct kvt_job *job)
     struct kvt_server *s = job->ctx;
     struct kvt_entry *e = kvt_index_at(&s->idx, d->entry);
     e->refs--;
+    s->tm.encoding_bytes -= d->job.len;
     int rc = job->res;
     if (s->destroying) {
         kvt_disk_write_cancel(s->tm.disk, &d->ws);
@@ -179,6 +181,10 @@ static int demote_start(struct kvt_server *s, uint32_t id, struct kvt_op *op)
     struct kvt_demote *d = tm->free_demotes;
     if (!d)
         return KVT_E_BUSY;
+    /* Encoders pin their DRAM slots: never more than a quarter of the CPU tier at once, so
+     * Puts always find memory to evict. */
+    if (tm->encoding_bytes && tm->encoding_bytes + e->length > kvt_host_arena_bytes(s->host) / 4)
+        return KVT_E_BUSY;
     struct kvt_obj_id oid = obj_id(e);
     int rc = kvt_disk_write_reserve(tm->disk, &oid, e->length, e->n_tokens, &d->ws);
     if (rc == KVT_E_EXISTS) {
@@ -194,6 +200,7 @@ static int demote_start(struct kvt_server *s, uint32_t id, struct kvt_op *op)
     d->gen = e->gen;
     d->elem_bytes = e->elem_bytes ? e->elem_bytes : 1;
     e->refs++; /* the slot is read by the encoder: it must not be evicted or freed */
+    tm->encoding_bytes += e->length;
     e->disk = KVT_ENTRY_DISK_WRITING;
     memset(&d->job, 0, sizeof(d->job));
     d->job.fn = encode_job;
@@ -481,7 +488,16 @@ static int read_start(struct kvt_server *s, struct kvt_op *op)
         kvt__ops_get_deliver(s, op);
         return 0;
     }
-    if (!e->promoting && kvt_tm_host_alloc(s, e->length, id, &op->slot_off) == 0) {
+    if (e->disk == KVT_ENTRY_DISK_WRITING)
+        return KVT_E_BUSY; /* readable once its write is durable */
+    if (e->disk != KVT_ENTRY_DISK_DURABLE) {
+        /* Its write failed while this Get waited: the chunk is gone. */
+        e->refs--;
+        forget_if_homeless(s, id);
+        return KVT_E_NOTFOUND;
+    }
+    /* A promotion takes DRAM that is free or clean: a read never costs a chunk not yet on disk. */
+    if (!e->promoting && kvt_host_alloc(s->host, e->length, id, &op->slot_off) == 0) {
         rc = kvt_disk_read(s->tm.disk, &oid, kvt_host_ptr(s->host, op->slot_off), e->length,
                            promote_done, op);
         if (rc == 0) {
@@ -510,7 +526,7 @@ int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
 {
     struct kvt_tiermgr *tm = &s->tm;
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
-    if (!tm->disk || e->disk != KVT_ENTRY_DISK_DURABLE)
+    if (!tm->disk || e->disk == KVT_ENTRY_DISK_NONE)
         return KVT_E_NOTFOUND;
     op->entry = id;
     op->job.ctx = s;

@@ -65,6 +65,7 @@ struct kvt_tiermgr {
     struct kvt_demote *free_demotes;
     uint32_t n_demotes;
     uint32_t demotes_inflight;
+    uint64_t encoding_bytes;          /* DRAM pinned by encoders */
     struct kvt_op *wt_head, *wt_tail; /* write-through Puts waiting for a staging buffer */
     struct kvt_op *rd_head, *rd_tail; /* Gets waiting for a staging buffer (entries pinned) */
     int evict_force;                  /* drop dirty chunks: memory could not be found otherwise */
@@ -91,8 +92,8 @@ int kvt_tm_busy(const struct kvt_server *s);
 /* Applies runtime config (fault injection). */
 void kvt_tm_config_changed(struct kvt_server *s);
 
-/* CPU-tier allocation for a chunk: evicts clean chunks, and dirty ones only when nothing else
- * frees memory. */
+/* CPU-tier allocation for a new chunk (a Put): evicts clean chunks, and dirty ones only when
+ * nothing else frees memory (tier.dirty_full = drop; with reject, KVT_E_BUSY instead). */
 int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
 /* The CPU tier's eviction callback (cookie = entry id). */
 int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off);
