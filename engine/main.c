@@ -443,11 +443,25 @@ static int eval_one(const struct opts *o, const struct kvt_eng_model *m, struct 
     return rc;
 }
 
+/* Reads --text and tokenizes it (no BOS); on error says why and returns it, with *text and *ids
+ * left for the caller to free. */
+static int text_tokens(const struct opts *o, const struct kvt_eng_model *m, char **text,
+                       int32_t **ids, size_t *n_all)
+{
+    size_t len = 0;
+    int rc = read_file(o->text, text, &len);
+    if (rc) {
+        fprintf(stderr, "kvtier-engine: cannot read %s: %s\n", o->text, strerror(-rc));
+        return rc;
+    }
+    return tokenize(m, *text, len, 0, ids, n_all);
+}
+
 static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct kvt_eng_pool *pool,
                     const char *simd)
 {
     char *text = NULL;
-    size_t len = 0, n_all = 0;
+    size_t n_all = 0;
     int32_t *ids = NULL;
     struct eval_acc ref = {0}, cur = {0};
     struct eval_run ref_run = {0}, cur_run = {0};
@@ -456,11 +470,7 @@ static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct 
         fprintf(stderr, "kvtier-engine: eval needs --text and --json\n");
         return -EINVAL;
     }
-    if ((rc = read_file(o->text, &text, &len))) {
-        fprintf(stderr, "kvtier-engine: cannot read %s: %s\n", o->text, strerror(-rc));
-        return rc;
-    }
-    if ((rc = tokenize(m, text, len, 0, &ids, &n_all)))
+    if ((rc = text_tokens(o, m, &text, &ids, &n_all)))
         goto out;
     size_t n = o->eval_tokens && o->eval_tokens < n_all ? o->eval_tokens : n_all;
     if (n > m->hp.ctx_train) {
@@ -561,7 +571,7 @@ static int cmd_dump_kv(const struct opts *o, const struct kvt_eng_model *m,
                        struct kvt_eng_pool *pool)
 {
     char *text = NULL;
-    size_t len = 0, n_all = 0;
+    size_t n_all = 0;
     int32_t *ids = NULL;
     struct kvt_eng_session *s = NULL;
     struct kvt_eng_kv_span *spans = NULL;
@@ -571,11 +581,7 @@ static int cmd_dump_kv(const struct opts *o, const struct kvt_eng_model *m,
         fprintf(stderr, "kvtier-engine: dump-kv needs --text and --out\n");
         return -EINVAL;
     }
-    if ((rc = read_file(o->text, &text, &len))) {
-        fprintf(stderr, "kvtier-engine: cannot read %s: %s\n", o->text, strerror(-rc));
-        return rc;
-    }
-    if ((rc = tokenize(m, text, len, 0, &ids, &n_all)))
+    if ((rc = text_tokens(o, m, &text, &ids, &n_all)))
         goto out;
     size_t T = o->chunk_tokens,
            n = o->eval_tokens && o->eval_tokens < n_all ? o->eval_tokens : n_all;
