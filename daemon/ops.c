@@ -589,6 +589,10 @@ static void op_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     stat_add(&b, "", "workers", s->n_workers);
     struct kvt_tier_stats ts;
     kvt_host_tier_ops.stats(s->host, &ts);
+    /* Moves between tiers are the tier manager's: chunks written from DRAM to disk, and read
+     * from disk into DRAM. */
+    ts.demotions = s->tm.st.demotions;
+    ts.promotions = s->tm.st.promotions;
 #define KVT__TSTAT_ADD(name) stat_add(&b, "cpu.", #name, ts.name);
     KVT_TIER_STATS(KVT__TSTAT_ADD)
 #undef KVT__TSTAT_ADD

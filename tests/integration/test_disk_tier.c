@@ -252,6 +252,12 @@ static void test_evict_to_disk_and_back(void **state)
     for (uint64_t i = 0; i < 200; i++)
         assert_int_equal(check_chunk(c, ns.handle, i, &t), 0);
     assert_true(stat_of(c, "tier.promotions") > 0);
+    /* Per-tier counters: DRAM evicted and demoted, the disk was read and written. */
+    assert_true(stat_of(c, "cpu.evictions") > 0);
+    assert_int_equal(stat_of(c, "cpu.demotions"), stat_of(c, "tier.demotions"));
+    assert_int_equal(stat_of(c, "cpu.promotions"), stat_of(c, "tier.promotions"));
+    assert_true(stat_of(c, "disk.hits") > 0);
+    assert_true(stat_of(c, "disk.objects") >= 190);
     /* A promoted chunk is now in DRAM. */
     assert_int_equal(check_chunk(c, ns.handle, 199, &t), 0);
     assert_int_equal(check_chunk(c, ns.handle, 0, &t), 0);
