@@ -170,6 +170,8 @@ static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t 
         uint64_t now_ns = kvt_now_ns();
         uint64_t yield_from = now_ns + (uint64_t)c->spin_us * 1000u;
         uint64_t spin_end = yield_from + bulk_us * 1000u;
+        if (spin_end > deadline_ms * 1000000ull)
+            spin_end = deadline_ms * 1000000ull; /* the call's timeout bounds the spinning too */
         ssize_t got = -1;
         for (;;) {
             got = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
