@@ -1,6 +1,7 @@
 /*
- * Allocation accounting: each block carries a 16-byte header with its size, so frees can be
- * accounted without the caller repeating the size. Counters are atomics because workers and the
+ * Allocation accounting: each block carries a 32-byte header (size, tag, and the address malloc
+ * returned, which differs for aligned blocks), so frees can be accounted without the caller
+ * repeating the size. Counters are atomics because workers and the
  * event loop may allocate concurrently (rarely: only at start and for control-plane objects).
  */
 #include <stdatomic.h>
@@ -11,6 +12,8 @@
 struct alloc_hdr {
     uint64_t size;
     uint64_t tag;
+    void *base;   /* what to pass to free() */
+    uint64_t pad; /* keeps the block after the header 16-byte aligned */
 };
 
 static _Atomic uint64_t tag_bytes[KVT_ALLOC_TAG_COUNT];
@@ -41,8 +44,27 @@ void *kvt_malloc(enum kvt_alloc_tag tag, size_t size)
         return NULL;
     h->size = size;
     h->tag = (uint64_t)tag;
+    h->base = h;
     atomic_fetch_add(&tag_bytes[tag], size);
     return h + 1;
+}
+
+void *kvt_aligned_alloc(enum kvt_alloc_tag tag, size_t align, size_t size)
+{
+    if (align < 16 || (align & (align - 1)) || size > SIZE_MAX - sizeof(struct alloc_hdr) - align ||
+        injected_failure())
+        return NULL;
+    uint8_t *base = malloc(sizeof(struct alloc_hdr) + align + size);
+    if (!base)
+        return NULL;
+    uintptr_t p =
+        ((uintptr_t)base + sizeof(struct alloc_hdr) + align - 1) & ~(uintptr_t)(align - 1);
+    struct alloc_hdr *h = (struct alloc_hdr *)p - 1;
+    h->size = size;
+    h->tag = (uint64_t)tag;
+    h->base = base;
+    atomic_fetch_add(&tag_bytes[tag], size);
+    return (void *)p;
 }
 
 void *kvt_calloc(enum kvt_alloc_tag tag, size_t n, size_t size)
@@ -57,6 +79,7 @@ void *kvt_calloc(enum kvt_alloc_tag tag, size_t n, size_t size)
         return NULL;
     h->size = total;
     h->tag = (uint64_t)tag;
+    h->base = h;
     atomic_fetch_add(&tag_bytes[tag], total);
     return h + 1;
 }
@@ -68,7 +91,7 @@ void kvt_free(enum kvt_alloc_tag tag, void *p)
     struct alloc_hdr *h = (struct alloc_hdr *)p - 1;
     (void)tag;
     atomic_fetch_sub(&tag_bytes[h->tag], h->size);
-    free(h);
+    free(h->base);
 }
 
 uint64_t kvt_alloc_bytes(enum kvt_alloc_tag tag)

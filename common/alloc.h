@@ -15,6 +15,7 @@
     X(CONN)                                                                                        \
     X(INDEX)                                                                                       \
     X(TIER)                                                                                        \
+    X(DISK)                                                                                        \
     X(PROTO)                                                                                       \
     X(CLIENT)
 
@@ -28,7 +29,9 @@ enum kvt_alloc_tag {
 /* Allocate zeroed memory. Returns NULL on failure (or injected failure). */
 void *kvt_calloc(enum kvt_alloc_tag tag, size_t n, size_t size);
 void *kvt_malloc(enum kvt_alloc_tag tag, size_t size);
-/* Frees memory from kvt_calloc/kvt_malloc with the same tag. NULL-safe. */
+/* Uninitialized memory aligned to align (a power of two, at least 16), e.g. for O_DIRECT. */
+void *kvt_aligned_alloc(enum kvt_alloc_tag tag, size_t align, size_t size);
+/* Frees memory from any of the above with the same tag. NULL-safe. */
 void kvt_free(enum kvt_alloc_tag tag, void *p);
 
 /* Bytes currently held under a tag. */

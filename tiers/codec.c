@@ -5,6 +5,7 @@
  * output limit equal to the largest size worth keeping, so an incompressible chunk costs one
  * failed attempt and a copy, never a second buffer.
  */
+#include "common/alloc.h"
 #include "tiers/codec.h"
 
 #include <limits.h>
@@ -52,13 +53,13 @@ int kvt_codec_create(const struct kvt_codec_config *cfg, struct kvt_codec **out)
         cfg->min_saving_ratio < 0.0 || cfg->min_saving_ratio >= 1.0 || cfg->input_bytes_max == 0 ||
         cfg->input_bytes_max > INT_MAX)
         return KVT_E_INVAL;
-    c = calloc(1, sizeof(*c));
+    c = kvt_calloc(KVT_ALLOC_DISK, 1, sizeof(*c));
     if (!c)
         return KVT_E_NOMEM;
     c->cfg = *cfg;
     if (c->cfg.level < 1)
         c->cfg.level = 1;
-    c->scratch = malloc(cfg->input_bytes_max);
+    c->scratch = kvt_malloc(KVT_ALLOC_DISK, cfg->input_bytes_max);
     if (!c->scratch)
         goto err_free_codec;
     c->cctx = ZSTD_createCCtx();
@@ -73,9 +74,9 @@ int kvt_codec_create(const struct kvt_codec_config *cfg, struct kvt_codec **out)
 err_free_cctx:
     ZSTD_freeCCtx(c->cctx);
 err_free_scratch:
-    free(c->scratch);
+    kvt_free(KVT_ALLOC_DISK, c->scratch);
 err_free_codec:
-    free(c);
+    kvt_free(KVT_ALLOC_DISK, c);
     return KVT_E_NOMEM;
 }
 
@@ -85,8 +86,8 @@ void kvt_codec_destroy(struct kvt_codec *c)
         return;
     ZSTD_freeDCtx(c->dctx);
     ZSTD_freeCCtx(c->cctx);
-    free(c->scratch);
-    free(c);
+    kvt_free(KVT_ALLOC_DISK, c->scratch);
+    kvt_free(KVT_ALLOC_DISK, c);
 }
 
 /* The byte-plane transposes run at memory speed with SSE2 (every x86-64 CPU has it), 16 elements

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "kvtier/errors.h"
 #include "tiers/disk/disk.h"
 
@@ -1068,6 +1069,42 @@ static void test_crash_recovery(void **state)
     env_cleanup(&e);
 }
 
+/* Every allocation of kvt_disk_create, recovery included, fails in turn: each failure is a clean
+ * KVT_E_NOMEM that holds no memory and no lock, and the store then opens with every object. */
+static void test_alloc_failures(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    int opened = 0;
+
+    env_init(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+    uint64_t base = kvt_alloc_bytes(KVT_ALLOC_DISK);
+    for (uint64_t nth = 1; nth < 1000 && !opened; nth++) {
+        d = NULL;
+        kvt_alloc_fail_nth(nth);
+        int rc = kvt_disk_create(&e.cfg, &d);
+        kvt_alloc_fail_nth(0);
+        if (rc == 0) {
+            opened = 1;
+            assert_true(nth > 5); /* the store does allocate, and every one was tried */
+            for (uint64_t k = 0; k < 20; k++)
+                assert_int_equal(read_check(d, k), (int)obj_len(k));
+            kvt_disk_destroy(d);
+        } else {
+            assert_int_equal(rc, KVT_E_NOMEM);
+            assert_null(d);
+        }
+        assert_int_equal(kvt_alloc_bytes(KVT_ALLOC_DISK), base);
+    }
+    assert_true(opened);
+    env_cleanup(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1087,6 +1124,7 @@ int main(void)
         cmocka_unit_test(test_unwritten_extent_dropped),
         cmocka_unit_test(test_remove_and_reuse_across_crash),
         cmocka_unit_test(test_crash_recovery),
+        cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

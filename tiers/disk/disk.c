@@ -12,6 +12,7 @@
  * verify, decode), so the data path never allocates and the number of operations in flight is
  * bounded by min(slots, queue_depth).
  */
+#include "common/alloc.h"
 #include "tiers/disk/disk.h"
 
 #include <assert.h>
@@ -1466,7 +1467,7 @@ static int verify_headers(struct kvt_disk *d, const uint64_t *list, uint64_t n)
 
     if (depth > d->staging_bytes / BLOCK)
         depth = (uint32_t)(d->staging_bytes / BLOCK);
-    free_blk = malloc(sizeof(*free_blk) * depth);
+    free_blk = kvt_malloc(KVT_ALLOC_DISK, sizeof(*free_blk) * depth);
     if (!free_blk)
         return KVT_E_NOMEM;
     for (uint32_t b = 0; b < depth; b++)
@@ -1506,7 +1507,7 @@ static int verify_headers(struct kvt_disk *d, const uint64_t *list, uint64_t n)
             done++;
         }
     }
-    free(free_blk);
+    kvt_free(KVT_ALLOC_DISK, free_blk);
     return rc;
 }
 
@@ -1518,7 +1519,7 @@ static int rebuild_extents(struct kvt_disk *d)
     uint64_t *order, n = 0, n_verify = 0;
     int rc;
 
-    order = malloc(sizeof(*order) * (d->index_count + 1u));
+    order = kvt_malloc(KVT_ALLOC_DISK, sizeof(*order) * (d->index_count + 1u));
     if (!order)
         return KVT_E_NOMEM;
     for (uint64_t i = 0; i <= d->index_mask; i++)
@@ -1537,7 +1538,7 @@ static int rebuild_extents(struct kvt_disk *d)
             order[n_verify++] = order[k];
     }
     rc = verify_headers(d, order, n_verify);
-    free(order);
+    kvt_free(KVT_ALLOC_DISK, order);
     if (rc)
         return rc;
     /* Deleting while iterating would shift entries under the loop, so drop in a second pass
@@ -1789,23 +1790,24 @@ static int setup_memory(struct kvt_disk *d)
     if (d->n_ops > d->cfg.queue_depth)
         d->n_ops = d->cfg.queue_depth;
     d->staging_bytes = (size_t)d->n_ops * d->slot_bytes;
-    if (posix_memalign((void **)&d->staging, BLOCK, d->staging_bytes) != 0)
+    d->staging = kvt_aligned_alloc(KVT_ALLOC_DISK, BLOCK, d->staging_bytes);
+    if (!d->staging)
         return KVT_E_NOMEM;
-    d->ops = calloc(d->n_ops, sizeof(*d->ops));
-    d->free_ops = calloc(d->n_ops, sizeof(*d->free_ops));
+    d->ops = kvt_calloc(KVT_ALLOC_DISK, d->n_ops, sizeof(*d->ops));
+    d->free_ops = kvt_calloc(KVT_ALLOC_DISK, d->n_ops, sizeof(*d->free_ops));
     while (cap < 2ull * d->cfg.objects_max)
         cap <<= 1;
-    d->index = calloc(cap, sizeof(*d->index));
+    d->index = kvt_calloc(KVT_ALLOC_DISK, cap, sizeof(*d->index));
     d->index_mask = cap - 1;
     d->pfree_max = d->cfg.objects_max;
-    d->pfree = calloc(d->pfree_max, sizeof(*d->pfree));
+    d->pfree = kvt_calloc(KVT_ALLOC_DISK, d->pfree_max, sizeof(*d->pfree));
     d->jcap = d->n_ops + DELS_PER_COMMIT;
-    d->jbuf[0] = malloc((size_t)d->jcap * REC_BYTES);
-    d->jbuf[1] = malloc((size_t)d->jcap * REC_BYTES);
+    d->jbuf[0] = kvt_malloc(KVT_ALLOC_DISK, (size_t)d->jcap * REC_BYTES);
+    d->jbuf[1] = kvt_malloc(KVT_ALLOC_DISK, (size_t)d->jcap * REC_BYTES);
     d->ckpt_buf_bytes = CKPT_HEADER_BYTES + (size_t)d->cfg.objects_max * REC_BYTES;
     if (d->ckpt_buf_bytes < RECOVERY_READ_BYTES)
         d->ckpt_buf_bytes = RECOVERY_READ_BYTES;
-    d->ckpt_buf = malloc(d->ckpt_buf_bytes);
+    d->ckpt_buf = kvt_malloc(KVT_ALLOC_DISK, d->ckpt_buf_bytes);
     if (!d->ops || !d->free_ops || !d->index || !d->pfree || !d->jbuf[0] || !d->jbuf[1] ||
         !d->ckpt_buf)
         return KVT_E_NOMEM;
@@ -1868,15 +1870,15 @@ static void teardown(struct kvt_disk *d)
         kvt_extent_destroy(d->files[k].ext);
     }
     kvt_codec_destroy(d->codec);
-    free(d->ckpt_buf);
-    free(d->jbuf[0]);
-    free(d->jbuf[1]);
-    free(d->pfree);
-    free(d->index);
-    free(d->free_ops);
-    free(d->ops);
-    free(d->staging);
-    free(d);
+    kvt_free(KVT_ALLOC_DISK, d->ckpt_buf);
+    kvt_free(KVT_ALLOC_DISK, d->jbuf[0]);
+    kvt_free(KVT_ALLOC_DISK, d->jbuf[1]);
+    kvt_free(KVT_ALLOC_DISK, d->pfree);
+    kvt_free(KVT_ALLOC_DISK, d->index);
+    kvt_free(KVT_ALLOC_DISK, d->free_ops);
+    kvt_free(KVT_ALLOC_DISK, d->ops);
+    kvt_free(KVT_ALLOC_DISK, d->staging);
+    kvt_free(KVT_ALLOC_DISK, d);
 }
 
 int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
@@ -1890,7 +1892,7 @@ int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
     rc = validate(cfg);
     if (rc)
         return rc;
-    d = calloc(1, sizeof(*d));
+    d = kvt_calloc(KVT_ALLOC_DISK, 1, sizeof(*d));
     if (!d)
         return KVT_E_NOMEM;
     d->cfg = *cfg;

@@ -3,6 +3,7 @@
  * (one entry per free run, bounded by extents_max + 1), so linear scans and memmove are cheaper
  * than a tree at the sizes the disk tier uses and keep the metadata fixed at create.
  */
+#include "common/alloc.h"
 #include "tiers/disk/extent.h"
 
 #include <assert.h>
@@ -32,13 +33,13 @@ int kvt_extent_create(const struct kvt_extent_config *cfg, struct kvt_extent **o
 
     if (!cfg || !out || cfg->blocks == 0 || cfg->extents_max == 0 || cfg->extents_max == UINT32_MAX)
         return KVT_E_INVAL;
-    a = calloc(1, sizeof(*a));
+    a = kvt_calloc(KVT_ALLOC_DISK, 1, sizeof(*a));
     if (!a)
         return KVT_E_NOMEM;
     a->runs_max = cfg->extents_max + 1;
-    a->runs = calloc(a->runs_max, sizeof(*a->runs));
+    a->runs = kvt_calloc(KVT_ALLOC_DISK, a->runs_max, sizeof(*a->runs));
     if (!a->runs) {
-        free(a);
+        kvt_free(KVT_ALLOC_DISK, a);
         return KVT_E_NOMEM;
     }
     a->total_blocks = cfg->blocks;
@@ -55,8 +56,8 @@ void kvt_extent_destroy(struct kvt_extent *a)
 {
     if (!a)
         return;
-    free(a->runs);
-    free(a);
+    kvt_free(KVT_ALLOC_DISK, a->runs);
+    kvt_free(KVT_ALLOC_DISK, a);
 }
 
 static void remove_run(struct kvt_extent *a, uint32_t i)
