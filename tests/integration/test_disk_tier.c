@@ -53,6 +53,21 @@ static struct kvt_client *connect_ns(const struct kvt_test_daemon *d, struct kvt
     return c;
 }
 
+static struct kvt_client *start_connect(struct kvt_test_daemon *d, const char **args,
+                                        struct kvt_ns_info *ns)
+{
+    assert_int_equal(kvt_test_daemon_start(d, args), 0);
+    return connect_ns(d, ns);
+}
+
+/* Closes the client, stops the daemon (a clean exit) and removes its directory. */
+static void close_stop(struct kvt_test_daemon *d, struct kvt_client *c)
+{
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(d), 0);
+    kvt_test_daemon_cleanup(d);
+}
+
 static uint64_t stat_of(struct kvt_client *c, const char *name)
 {
     struct kvt_stat *st;
@@ -128,9 +143,8 @@ static void test_write_back_under_pressure(void **state)
      * drops dirty chunks rather than fail Puts. Whatever it keeps must be intact, and every miss
      * must be one it counted as dropped. */
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, small_cpu), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, small_cpu, &ns);
     for (uint64_t i = 0; i < 200; i++)
         assert_int_equal(put_chunk(c, ns.handle, 500 + i), 0);
     assert_true(stat_of(c, "tier.demotions") > 0);
@@ -142,9 +156,7 @@ static void test_write_back_under_pressure(void **state)
         misses += rc != 0;
     }
     assert_int_equal(misses, dropped);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static void test_write_back_reject_when_dirty_full(void **state)
@@ -163,9 +175,8 @@ static void test_write_back_reject_when_dirty_full(void **state)
                           "--tier.dirty_full=reject",
                           NULL};
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, args, &ns);
     uint64_t busy = 0;
     for (uint64_t i = 0; i < 100; i++)
         assert_int_equal(put_chunk_retry(c, ns.handle, 700 + i, &busy), 0);
@@ -176,9 +187,7 @@ static void test_write_back_reject_when_dirty_full(void **state)
     enum kvt_tier_id t;
     for (uint64_t i = 0; i < 100; i++)
         assert_int_equal(check_chunk(c, ns.handle, 700 + i, &t), 0);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static void test_disk_full_evicts_coldest(void **state)
@@ -196,9 +205,8 @@ static void test_disk_full_evicts_coldest(void **state)
                           "--tier.dirty_full=reject",
                           NULL};
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, args, &ns);
     enum kvt_tier_id t;
     uint64_t busy = 0;
     for (uint64_t i = 0; i < 400; i++) {
@@ -222,18 +230,15 @@ static void test_disk_full_evicts_coldest(void **state)
     assert_true(misses <= stat_of(c, "tier.disk_evictions"));
     for (uint64_t i = 390; i < 400; i++) /* the newest are kept */
         assert_int_equal(check_chunk(c, ns.handle, 3000 + i, &t), 0);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static void test_evict_to_disk_and_back(void **state)
 {
     (void)state;
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, small_cpu_wt), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, small_cpu_wt, &ns);
     /* 1 MiB of DRAM holds about 24 chunks of 32 KiB: 200 must go through the disk. */
     for (uint64_t i = 0; i < 200; i++)
         assert_int_equal(put_chunk(c, ns.handle, i), 0);
@@ -279,9 +284,7 @@ static void test_evict_to_disk_and_back(void **state)
     assert_true(stat_of(c, "tier.recovered_objects") >= 190);
     for (uint64_t i = 0; i < 200; i++)
         assert_int_equal(check_chunk(c, ns.handle, i, &t), i == 5 ? KVT_E_NOTFOUND : 0);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static void test_shutdown_flushes_dram(void **state)
@@ -290,9 +293,8 @@ static void test_shutdown_flushes_dram(void **state)
     /* Chunks that fit in DRAM are never under pressure; a clean stop writes them back. */
     const char *args[] = {"--disk.bytes=64M", "--disk.object_bytes_max=256K", NULL};
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, args, &ns);
     for (uint64_t i = 0; i < 50; i++)
         assert_int_equal(put_chunk(c, ns.handle, 1000 + i), 0);
     assert_int_equal(stat_of(c, "disk.objects"), 0);
@@ -305,9 +307,7 @@ static void test_shutdown_flushes_dram(void **state)
         assert_int_equal(check_chunk(c, ns.handle, 1000 + i, &t), 0);
         assert_int_equal(t, KVT_TIER_DISK);
     }
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 /* A raw block device as the disk tier: a loop device over a sparse file, when the test runs as
@@ -374,9 +374,8 @@ static void test_block_device(void **state)
                           paths,
                           NULL};
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, args, &ns);
     for (uint64_t i = 0; i < 100; i++)
         assert_int_equal(put_chunk(c, ns.handle, 9000 + i), 0);
     assert_true(stat_of(c, "tier.demotions") > 0);
@@ -396,9 +395,7 @@ static void test_block_device(void **state)
         assert_true(rc != 0 || t == KVT_TIER_DISK);
     }
     assert_int_equal(misses, dropped); /* the stop wrote back every chunk it still had */
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static const char *write_through[] = {"--tier.write_policy=write-through", "--disk.bytes=64M",
@@ -431,9 +428,8 @@ static void test_corrupt_object_is_a_miss(void **state)
 {
     (void)state;
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, write_through), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, write_through, &ns);
     for (uint64_t i = 0; i < 10; i++)
         assert_int_equal(put_chunk(c, ns.handle, 2000 + i), 0);
     assert_int_equal(stat_of(c, "disk.writes_durable"), 10);
@@ -455,18 +451,15 @@ static void test_corrupt_object_is_a_miss(void **state)
     for (uint64_t i = 0; i < 10; i++)
         check_chunk(c, ns.handle, 2000 + i, &t);
     assert_int_equal(stat_of(c, "disk.checksum_failures"), 1);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static void test_io_errors_enospc_and_latch(void **state)
 {
     (void)state;
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, write_through), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, write_through, &ns);
     static uint8_t buf[CHUNK];
     struct kvt_item it = {.buf = buf, .len = CHUNK};
 
@@ -509,9 +502,7 @@ static void test_io_errors_enospc_and_latch(void **state)
         assert_int_equal(check_chunk(c, ns.handle, 3100 + i, &t), 0);
     assert_int_equal(put_chunk(c, ns.handle, 3200), 0);
     assert_int_equal(kvt_ping(c), 0);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 struct killer {
@@ -587,18 +578,15 @@ static void test_kill9_loop(void **state)
                   ROUNDS, (unsigned long long)(next - attempted_from), n_durable);
     assert_true(n_durable > 0);
     /* A last restart, checked the same way. */
-    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, args, &ns);
     enum kvt_tier_id t;
     for (uint64_t i = attempted_from; i < next; i++) {
         int rc = check_chunk(c, ns.handle, i, &t);
         if (durable[i - attempted_from])
             assert_int_equal(rc, 0);
     }
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 static void test_restart_10000_chunks(void **state)
@@ -608,9 +596,8 @@ static void test_restart_10000_chunks(void **state)
     const char *args[] = {"--tier.write_policy=write-through", "--disk.bytes=1G",
                           "--disk.object_bytes_max=64K", "--cpu.arena_bytes=64M", NULL};
     struct kvt_test_daemon d = {0};
-    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_ns_info ns;
-    struct kvt_client *c = connect_ns(&d, &ns);
+    struct kvt_client *c = start_connect(&d, args, &ns);
     static uint8_t bufs[BATCH][CHUNK];
     for (uint64_t i = 0; i < N; i += BATCH) {
         struct kvt_item items[BATCH];
@@ -640,9 +627,7 @@ static void test_restart_10000_chunks(void **state)
     enum kvt_tier_id t;
     for (uint64_t i = 0; i < N; i += 97)
         assert_int_equal(check_chunk(c, ns.handle, 50000 + i, &t), 0);
-    kvt_close(c);
-    assert_int_equal(kvt_test_daemon_stop(&d), 0);
-    kvt_test_daemon_cleanup(&d);
+    close_stop(&d, c);
 }
 
 int main(void)
