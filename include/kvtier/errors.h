@@ -20,7 +20,7 @@
     X(E_NONS, -10009, "unknown namespace")                                                         \
     X(E_ACCESS, -10010, "namespace belongs to another tenant")                                     \
     X(E_NOTFOUND, -10011, "key not found")                                                         \
-    X(E_BUSY, -10012, "too many connections or requests in flight; retry later")                   \
+    X(E_BUSY, -10012, "resource temporarily busy (no staging buffer or slot free); retry later")   \
     X(E_FULL, -10013, "tier full: no space could be reclaimed")                                    \
     X(E_TIMEOUT, -10014, "timed out waiting for the daemon")                                       \
     X(E_DISCONNECTED, -10015, "daemon unreachable or connection lost")                             \
@@ -33,7 +33,19 @@
     X(E_TIERFAILED, -10022, "tier latched failed after repeated errors")                           \
     X(E_SMALLBUF, -10023, "destination buffer too small")                                          \
     X(E_EXISTS, -10024, "already exists")                                                          \
-    X(E_SHUTDOWN, -10025, "daemon is shutting down")
+    X(E_SHUTDOWN, -10025, "daemon is shutting down")                                               \
+    X(E_CONNLIMIT, -10026, "too many client connections (max_clients); retry later")               \
+    X(E_DIRTYFULL, -10027, "CPU tier full of chunks not yet written to disk; retry later")         \
+    X(E_INUSE, -10028, "chunk is being read or written; retry later")                              \
+    X(E_PEERUID, -10029, "peer uid not allowed to connect (allowed_uids)")                         \
+    X(E_INDEXFULL, -10030, "index full (index.max_objects) and no chunk could be evicted")         \
+    X(E_TENANT, -10031, "tenant not bound to the peer's credentials (tenants)")                    \
+    X(E_NOTADMIN, -10032, "config key can only be changed by an admin uid (admin_uids)")           \
+    X(E_CHECKSUM, -10033,                                                                          \
+      "payload does not match its checksum: the buffer changed during the copy")                   \
+    X(E_FAULT, -10034, "client memory could not be accessed (arena page gone)")                    \
+    X(E_QUOTA, -10035, "tenant quota exceeded")                                                    \
+    X(E_UNTRUSTED, -10036, "socket is served by an untrusted uid, not kvtierd")
 
 enum kvt_error {
 #define KVT__ERR_ENUM(name, code, text) KVT_##name = (code),

@@ -1,0 +1,19 @@
+/*
+ * Payload checksum: see checksum.h for the definition.
+ */
+#include <xxhash.h>
+
+#include "common/checksum.h"
+
+uint64_t kvt_checksum_part(const void *p, size_t n, uint64_t first_off)
+{
+    const uint8_t *b = p;
+    uint64_t sum = 0, block = first_off / KVT_CHECKSUM_BLOCK_BYTES;
+    while (n > 0) {
+        size_t len = n < KVT_CHECKSUM_BLOCK_BYTES ? n : KVT_CHECKSUM_BLOCK_BYTES;
+        sum += XXH3_64bits_withSeed(b, len, block++);
+        b += len;
+        n -= len;
+    }
+    return sum;
+}
