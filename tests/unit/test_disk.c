@@ -872,6 +872,243 @@ static void test_remove_and_reuse_across_crash(void **state)
     env_cleanup(&e);
 }
 
+static void flip_byte(const char *path, off_t off)
+{
+    unsigned char b;
+    int fd = open(path, O_RDWR);
+
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, &b, 1, off), 1);
+    b ^= 0x5a;
+    assert_int_equal(pwrite(fd, &b, 1, off), 1);
+    close(fd);
+}
+
+/* Waits for a durability barrier; the callback never runs inside kvt_disk_sync itself. */
+static int sync_wait(struct kvt_disk *d)
+{
+    struct kvt_disk_sync sy;
+    struct result r = {0, 0};
+    int rc = kvt_disk_sync(d, &sy, on_done, &r);
+
+    if (rc)
+        return rc;
+    if (r.done)
+        return -1;
+    for (int i = 0; i < 10000 && !r.done; i++)
+        kvt_disk_wait(d, 100);
+    return r.done == 1 ? r.res : -2;
+}
+
+/* One flipped byte in the checkpoint (in a record, in the header) or a missing checkpoint no
+ * longer costs the store: the data files are scanned and every object comes back intact, and the
+ * next start is an ordinary one again. */
+static void test_scan_after_damaged_checkpoint(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    char ckpt[128];
+    const off_t where[] = {64 + 88 * 50 + 20, 10, -1};
+
+    env_init(&e);
+    e.cfg.checkpoint_records = 16;
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 100; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+    snprintf(ckpt, sizeof(ckpt), "%s/kvtier-disk.ckpt", e.dir);
+    for (size_t w = 0; w < sizeof(where) / sizeof(where[0]); w++) {
+        if (where[w] >= 0)
+            flip_byte(ckpt, where[w]);
+        else
+            assert_int_equal(unlink(ckpt), 0);
+        d = open_store(&e);
+        kvt_disk_stats(d, &st);
+        assert_int_equal(st.scans, 1);
+        assert_int_equal(st.recovered_by_scan, 100);
+        assert_int_equal(st.recovered_objects, 100);
+        assert_int_equal(st.scan_dropped, 0);
+        for (uint64_t k = 0; k < 100; k++)
+            assert_int_equal(read_check(d, k), (int)obj_len(k));
+        kvt_disk_destroy(d);
+        d = open_store(&e);
+        kvt_disk_stats(d, &st);
+        assert_int_equal(st.scans, 0);
+        assert_int_equal(st.recovered_objects, 100);
+        kvt_disk_destroy(d);
+    }
+    env_cleanup(&e);
+}
+
+static void write_30_remove_5(struct kvt_disk *d)
+{
+    write_30(d);
+    for (uint64_t k = 5; k < 10; k++) {
+        struct kvt_obj_id id = obj_id(k);
+        if (kvt_disk_remove(d, &id) != 0)
+            _exit(4);
+    }
+    if (sync_wait(d) != 0)
+        _exit(5);
+}
+
+/* A flipped byte inside the journal (a sound record after a bad one: damage, not a torn tail)
+ * falls back to the scan: the object whose record was hit comes back from its own header, and
+ * removals recorded in the rest of the journal stay removed. */
+static void test_scan_after_damaged_journal(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    char jpath[128];
+
+    env_init(&e);
+    e.cfg.checkpoint_records = 100000;
+    run_and_abandon(&e, write_30_remove_5);
+    snprintf(jpath, sizeof(jpath), "%s/kvtier-disk.journal", e.dir);
+    flip_byte(jpath, 3 * 88 + 30);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.scans, 1);
+    assert_int_equal(st.recovered_by_scan, 25);
+    assert_int_equal(st.recovered_objects, 25);
+    for (uint64_t k = 0; k < 30; k++)
+        assert_int_equal(read_check(d, k), k >= 5 && k < 10 ? KVT_E_NOTFOUND : (int)obj_len(k));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+/* An object whose payload was damaged on disk is dropped by the scan (counted) and its space is
+ * reused; the others come back. */
+static void test_scan_drops_corrupt_object(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_disk_obj_info info;
+    struct kvt_obj_id id = obj_id(7);
+    char ckpt[128];
+
+    env_init(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
+    kvt_disk_destroy(d);
+    /* Object 7's payload starts right after its 128-byte header; find its extent by reading
+     * the checkpoint would need internals, so damage it through the scan's own view: flip a
+     * payload byte of the block where the store put it (enumerated order is not extent order,
+     * so search the file for its header). */
+    {
+        int fd = open(e.path, O_RDWR);
+        static unsigned char blk[4096];
+        off_t found = -1;
+        assert_true(fd >= 0);
+        for (off_t off = 4096; off < (off_t)e.cfg.file_bytes && found < 0; off += 4096) {
+            assert_int_equal(pread(fd, blk, sizeof(blk), off), (ssize_t)sizeof(blk));
+            uint64_t lo = 0, hi = 0;
+            memcpy(&lo, blk + 24, 8);
+            memcpy(&hi, blk + 32, 8);
+            if (memcmp(blk, "KVTO", 4) == 0 && lo == id.key.lo && hi == id.key.hi)
+                found = off;
+        }
+        close(fd);
+        assert_true(found > 0);
+        flip_byte(e.path, found + 200);
+    }
+    snprintf(ckpt, sizeof(ckpt), "%s/kvtier-disk.ckpt", e.dir);
+    flip_byte(ckpt, 20);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.scans, 1);
+    assert_int_equal(st.recovered_by_scan, 19);
+    assert_true(st.scan_dropped >= 1);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(read_check(d, k), k == 7 ? KVT_E_NOTFOUND : (int)obj_len(k));
+    for (uint64_t k = 100; k < 120; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+/* kvt_disk_sync calls back, from poll only, once the removals before it are durable; a removal
+ * so acknowledged survives a crash right after. */
+static void test_sync_barrier(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_disk_sync sy;
+    struct result r = {0, 0};
+
+    env_init(&e);
+    e.cfg.checkpoint_records = 100000;
+    d = open_store(&e);
+    /* Nothing pending: still called back from poll, not from the call. */
+    assert_int_equal(kvt_disk_sync(d, &sy, on_done, &r), 0);
+    assert_int_equal(r.done, 0);
+    kvt_disk_poll(d);
+    assert_int_equal(r.done, 1);
+    assert_int_equal(r.res, 0);
+    kvt_disk_destroy(d);
+    run_and_abandon(&e, write_30_remove_5);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.scans, 0);
+    assert_int_equal(st.recovered_objects, 25);
+    for (uint64_t k = 0; k < 30; k++)
+        assert_int_equal(read_check(d, k), k >= 5 && k < 10 ? KVT_E_NOTFOUND : (int)obj_len(k));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static uint64_t ckpt_round_base;
+
+static void write_200_small_ckpt(struct kvt_disk *d)
+{
+    struct kvt_disk_stats st;
+
+    for (uint64_t k = ckpt_round_base; k < ckpt_round_base + 200; k++)
+        if (write_sync(d, k) != 0)
+            _exit(3);
+    kvt_disk_stats(d, &st);
+    if (st.checkpoints < 10)
+        _exit(4);
+}
+
+/* Checkpoints every 8 records run on the store's thread while commits go on in the other journal;
+ * abandoned at any point (likely in the middle of one), the store comes back with every
+ * acknowledged object. */
+static void test_checkpoints_off_loop(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+
+    env_init(&e);
+    e.cfg.checkpoint_records = 8;
+    e.cfg.file_bytes = 160u << 20;
+    for (int round = 0; round < 3; round++) {
+        ckpt_round_base = (uint64_t)round * 200;
+        run_and_abandon(&e, write_200_small_ckpt);
+        d = open_store(&e);
+        kvt_disk_stats(d, &st);
+        assert_int_equal(st.scans, 0);
+        assert_int_equal(st.recovery_dropped, 0);
+        assert_int_equal(st.recovered_objects, 200 * (uint64_t)(round + 1));
+        for (uint64_t k = 0; k < ckpt_round_base + 200; k++)
+            assert_int_equal(read_check(d, k), (int)obj_len(k));
+        kvt_disk_destroy(d);
+    }
+    env_cleanup(&e);
+}
+
 /* ---- crash test ------------------------------------------------------------------------------ */
 
 #define CRASH_ROUNDS 24
@@ -1123,6 +1360,11 @@ int main(void)
         cmocka_unit_test(test_torn_journal_tail),
         cmocka_unit_test(test_unwritten_extent_dropped),
         cmocka_unit_test(test_remove_and_reuse_across_crash),
+        cmocka_unit_test(test_scan_after_damaged_checkpoint),
+        cmocka_unit_test(test_scan_after_damaged_journal),
+        cmocka_unit_test(test_scan_drops_corrupt_object),
+        cmocka_unit_test(test_sync_barrier),
+        cmocka_unit_test(test_checkpoints_off_loop),
         cmocka_unit_test(test_crash_recovery),
         cmocka_unit_test(test_alloc_failures),
     };

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
@@ -36,6 +37,7 @@
 #include <liburing.h>
 #include <xxhash.h>
 
+#include "common/log.h"
 #include "kvtier/errors.h"
 #include "tiers/disk/extent.h"
 #include "tiers/disk/object.h"
@@ -44,7 +46,11 @@
 #define OP_NONE UINT32_MAX
 #define CKPT_NAME "kvtier-disk.ckpt"
 #define CKPT_TMP_NAME "kvtier-disk.ckpt.tmp"
-#define JOURNAL_NAME "kvtier-disk.journal"
+/* Two journals alternate: while a checkpoint is being written from a snapshot, new records go to
+ * the other one, so that the previous checkpoint and both journals stay a valid history until the
+ * new checkpoint is in place. */
+#define JOURNAL_NAME_0 "kvtier-disk.journal"
+#define JOURNAL_NAME_1 "kvtier-disk.journal.1"
 /* Tombstones staged per group commit; past it kvt_disk_remove answers KVT_E_BUSY. */
 #define DELS_PER_COMMIT 4096u
 /* Journal and checkpoint records. */
@@ -70,6 +76,8 @@ struct ient {
     uint8_t file;
     uint8_t used;    /* slot in use */
     uint8_t unknown; /* recovery: written after the checkpoint, header not validated yet */
+    uint8_t dead;    /* recovery only: a tombstone (seq is the removal's), not an object */
+    uint8_t found;   /* recovery scan: the object was read back whole and verified */
 };
 
 enum op_kind { OP_WRITE = 1, OP_READ = 2 };
@@ -110,7 +118,8 @@ struct kvt_disk {
     char meta_dir[PATH_MAX];
     struct dfile files[KVT_DISK_PATHS_MAX];
     uint32_t n_files;
-    int journal_fd;
+    int journal_fds[2];
+    int jactive; /* journal the commits append to (registered file n_files + jactive) */
     int event_fd;
     struct io_uring ring;
     int ring_ready;
@@ -132,7 +141,8 @@ struct kvt_disk {
     struct ient *index;
     uint64_t index_mask;
     uint32_t index_count;
-    uint64_t allocated; /* extents allocated in all files */
+    uint32_t index_dead; /* recovery only: tombstones among index_count */
+    uint64_t allocated;  /* extents allocated in all files */
 
     struct pfree *pfree;
     uint32_t n_pfree, pfree_max;
@@ -156,8 +166,30 @@ struct kvt_disk {
     uint64_t gen_durable; /* last generation known durable */
     uint64_t ckpt_gen;    /* journal records carry the generation of their checkpoint */
 
-    unsigned char *ckpt_buf;
+    /* Checkpoint thread. The loop copies the index into snap (live entries only) and hands
+     * snap, ckpt_buf and the journal to empty to the thread, which owns them until it reports
+     * done; the loop touches neither until then, so they need no lock. The mutex guards only
+     * the request and done flags. */
+    unsigned char *ckpt_buf; /* encoded checkpoint; recovery's read buffer before the thread */
     size_t ckpt_buf_bytes;
+    struct ient *snap; /* objects_max entries */
+    struct {
+        pthread_t thread;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        int started;   /* thread running */
+        int stop;      /* destroy: thread exits */
+        int requested; /* a job is handed to the thread */
+        int done;      /* the thread finished the job; res is its result */
+        int busy;      /* loop side: a job is out (requested and not yet reaped) */
+        int res;
+        uint64_t count, gen, next_seq;
+        int trunc_fd;      /* journal the thread empties once the checkpoint is in place */
+        uint64_t write_us; /* how long the thread took */
+    } ck;
+
+    struct kvt_disk_sync *sync_head, *sync_tail;   /* waiting for their generation */
+    struct kvt_disk_sync *sdone_head, *sdone_tail; /* durable: callback pending */
 
     uint64_t store_id; /* in every superblock and in the checkpoint */
     uint64_t next_seq;
@@ -237,28 +269,37 @@ static struct ient *index_find(struct kvt_disk *d, const struct kvt_obj_id *id)
 }
 
 /* Returns the entry for id, claiming an empty slot when absent; NULL when the index holds
- * objects_max entries already. */
-static struct ient *index_claim(struct kvt_disk *d, const struct kvt_obj_id *id)
+ * objects_max objects already. A tombstone (recovery only) may take any slot but the last free
+ * one, which keeps every probe run finite. */
+static struct ient *index_claim_as(struct kvt_disk *d, const struct kvt_obj_id *id, int dead)
 {
     uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi) & d->index_mask;
 
     for (uint64_t n = 0; n <= d->index_mask; n++, i = (i + 1) & d->index_mask) {
         struct ient *e = &d->index[i];
         if (!e->used) {
-            if (d->index_count >= d->cfg.objects_max)
+            if (d->index_count >= d->index_mask ||
+                (!dead && d->index_count - d->index_dead >= d->cfg.objects_max))
                 return NULL;
             memset(e, 0, sizeof(*e));
             e->used = 1;
             e->ns_seed = id->ns_seed;
             e->key_lo = id->key.lo;
             e->key_hi = id->key.hi;
+            e->dead = (uint8_t)dead;
             d->index_count++;
+            d->index_dead += (uint32_t)dead;
             return e;
         }
         if (e->ns_seed == id->ns_seed && e->key_lo == id->key.lo && e->key_hi == id->key.hi)
             return e;
     }
     return NULL;
+}
+
+static struct ient *index_claim(struct kvt_disk *d, const struct kvt_obj_id *id)
+{
+    return index_claim_as(d, id, 0);
 }
 
 static void index_delete(struct kvt_disk *d, struct ient *e)
@@ -268,6 +309,8 @@ static void index_delete(struct kvt_disk *d, struct ient *e)
     assert(e->used && d->index_count > 0);
     e->used = 0;
     d->index_count--;
+    if (e->dead)
+        d->index_dead--;
     /* Shift later members of the probe run back so lookups never stop at the hole early. */
     for (uint64_t n = 0; n < d->index_mask; n++) {
         j = (j + 1) & d->index_mask;
@@ -788,6 +831,7 @@ void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent,
 }
 
 static void start_commit(struct kvt_disk *d);
+static void sync_advance(struct kvt_disk *d);
 
 int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id)
 {
@@ -814,6 +858,48 @@ int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id)
     index_delete(d, e);
     d->st.removes++;
     d->st.tier.evictions++;
+    start_commit(d);
+    submit(d);
+    return 0;
+}
+
+static void wake(struct kvt_disk *d)
+{
+    uint64_t v = 1;
+    if (write(d->event_fd, &v, sizeof(v)) < 0)
+        count_io_error(d);
+}
+
+int kvt_disk_sync(struct kvt_disk *d, struct kvt_disk_sync *sy, kvt_tier_done_fn done, void *arg)
+{
+    if (!d || !sy || !done)
+        return KVT_E_INVAL;
+    if (d->failed)
+        return KVT_E_TIERFAILED;
+    sy->done = done;
+    sy->arg = arg;
+    sy->res = 0;
+    sy->next = NULL;
+    /* Records staged now go out in the next commit, which gets gen_next; otherwise the last
+     * commit started covers everything before this call. */
+    if (d->jrecs[d->jstage] > 0 || d->ready.n > 0)
+        sy->gen = d->gen_next;
+    else if (d->commit.inflight)
+        sy->gen = d->commit.gen;
+    else
+        sy->gen = d->gen_durable;
+    d->st.syncs++;
+    if (d->sync_tail)
+        d->sync_tail->next = sy;
+    else
+        d->sync_head = sy;
+    d->sync_tail = sy;
+    if (sy->gen <= d->gen_durable) {
+        /* Durable already: the callback still runs from poll, never inside this call. */
+        sync_advance(d);
+        wake(d);
+        return 0;
+    }
     start_commit(d);
     submit(d);
     return 0;
@@ -915,11 +1001,12 @@ static void start_commit(struct kvt_disk *d)
     d->commit.res = 0;
     d->commit.gen = d->gen_next++;
     sqe = get_sqe(d);
-    io_uring_prep_write(sqe, (int)d->n_files, d->jbuf[b], d->jrecs[b] * REC_BYTES, d->journal_off);
+    io_uring_prep_write(sqe, (int)d->n_files + d->jactive, d->jbuf[b], d->jrecs[b] * REC_BYTES,
+                        d->journal_off);
     sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_LINK;
     io_uring_sqe_set_data64(sqe, (uint64_t)UD_COMMIT << 32);
     sqe = get_sqe(d);
-    io_uring_prep_fsync(sqe, (int)d->n_files, IORING_FSYNC_DATASYNC);
+    io_uring_prep_fsync(sqe, (int)d->n_files + d->jactive, IORING_FSYNC_DATASYNC);
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_COMMIT << 32) | 1u);
     n_sqe = 2;
@@ -942,7 +1029,7 @@ static void start_commit(struct kvt_disk *d)
     d->jdels = 0;
 }
 
-static int checkpoint_write(struct kvt_disk *d);
+static void checkpoint_start(struct kvt_disk *d);
 
 /* Every write of the batch is durable: publish it in the index (unless a newer write of the same
  * key got there first) and release the extents it replaced. */
@@ -997,10 +1084,11 @@ static void finish_commit(struct kvt_disk *d)
         op_finish(d, i, 0);
     }
     pfree_sweep(d);
+    sync_advance(d);
     /* Writes still waiting for a commit have no journal record yet, so they do not hold the
      * checkpoint back: their records will carry the new generation. */
     if (!d->failed && d->journal_since_ckpt >= d->cfg.checkpoint_records)
-        checkpoint_write(d);
+        checkpoint_start(d);
 }
 
 /* ---- completions ---------------------------------------------------------------------------- */
@@ -1133,6 +1221,23 @@ static int run_callbacks(struct kvt_disk *d)
     return ran;
 }
 
+static int run_syncs(struct kvt_disk *d)
+{
+    int ran = 0;
+
+    while (d->sdone_head) {
+        struct kvt_disk_sync *sy = d->sdone_head;
+        d->sdone_head = sy->next;
+        if (!d->sdone_head)
+            d->sdone_tail = NULL;
+        ran++;
+        sy->done(sy->arg, sy->res);
+    }
+    return ran;
+}
+
+static void checkpoint_reap(struct kvt_disk *d);
+
 int kvt_disk_poll(struct kvt_disk *d)
 {
     struct io_uring_cqe *cqe;
@@ -1161,6 +1266,9 @@ int kvt_disk_poll(struct kvt_disk *d)
             op_finish(d, i, KVT_E_TIERFAILED);
         }
     }
+    checkpoint_reap(d);
+    if (d->failed)
+        sync_advance(d);
     start_commit(d);
     pfree_sweep(d);
     if (io_uring_sq_ready(&d->ring) > 0)
@@ -1171,6 +1279,7 @@ int kvt_disk_poll(struct kvt_disk *d)
             count_io_error(d);
     }
     n = (uint32_t)run_callbacks(d);
+    n += (uint32_t)run_syncs(d);
     d->in_poll = 0;
     return (int)n;
 }
@@ -1179,7 +1288,7 @@ int kvt_disk_wait(struct kvt_disk *d, int timeout_ms)
 {
     struct pollfd pfd = {.fd = d->event_fd, .events = POLLIN};
 
-    if (d->inflight == d->reserved + d->lent && !d->commit.inflight)
+    if (d->inflight == d->reserved + d->lent && !d->commit.inflight && !d->ck.busy)
         return kvt_disk_poll(d);
     /* Blocking anyway, so work queued under a plug goes out now rather than never. */
     if (io_uring_sq_ready(&d->ring) > 0)
@@ -1217,35 +1326,38 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
-/* Writes the index as a new checkpoint (temporary file, fdatasync, rename, directory fsync) and
- * empties the journal. Runs on the owner thread and blocks for one file write and two syncs; it
- * happens every checkpoint_records journal records, at start and at shutdown. Only durable
- * objects are in the index, and journal records carry the checkpoint generation, so a journal
- * left over by a crash between rename and truncate is ignored at the next start. */
-static int checkpoint_write(struct kvt_disk *d)
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Encodes count snapshot entries as checkpoint gen and puts the file in place (temporary file,
+ * fdatasync, rename, directory fsync), then empties the journals in trunc_fds, whose records the
+ * checkpoint now holds. Uses only its arguments, ckpt_buf and what is fixed at create (meta_dir,
+ * store_id, n_files), so it runs on the checkpoint thread as well as on the owner thread. A crash
+ * anywhere in it leaves either the old checkpoint or the new one, each with the journals that
+ * complete it. */
+static int ckpt_put(struct kvt_disk *d, const struct ient *snap, uint64_t count, uint64_t gen,
+                    uint64_t next_seq, const int *trunc_fds, int n_trunc)
 {
     char tmp[PATH_MAX + 32], path[PATH_MAX + 32];
-    unsigned char *p = d->ckpt_buf, *h = d->ckpt_buf;
-    uint64_t gen = d->ckpt_gen + 1, count = 0;
+    unsigned char *p = d->ckpt_buf + CKPT_HEADER_BYTES, *h = d->ckpt_buf;
     struct rec r;
     size_t len;
     int fd, rc;
 
-    assert(!d->commit.inflight);
-    p += CKPT_HEADER_BYTES;
-    for (uint64_t i = 0; i <= d->index_mask; i++) {
-        if (!d->index[i].used)
-            continue;
-        rec_from_ient(&d->index[i], REC_PUT, (uint32_t)gen, &r);
+    assert(CKPT_HEADER_BYTES + count * REC_BYTES <= d->ckpt_buf_bytes);
+    for (uint64_t i = 0; i < count; i++, p += REC_BYTES) {
+        rec_from_ient(&snap[i], REC_PUT, (uint32_t)gen, &r);
         rec_encode(p, &r);
-        p += REC_BYTES;
-        count++;
     }
     memset(h, 0, CKPT_HEADER_BYTES);
     put_le(h + 0, CKPT_MAGIC, 4);
     put_le(h + 4, CKPT_VERSION, 4);
     put_le(h + 8, gen, 8);
-    put_le(h + 16, d->next_seq, 8);
+    put_le(h + 16, next_seq, 8);
     put_le(h + 24, count, 8);
     put_le(h + 32, d->n_files, 4);
     put_le(h + 40, XXH3_64bits(h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES)), 8);
@@ -1256,43 +1368,191 @@ static int checkpoint_write(struct kvt_disk *d)
     snprintf(tmp, sizeof(tmp), "%s/%s", d->meta_dir, CKPT_TMP_NAME);
     snprintf(path, sizeof(path), "%s/%s", d->meta_dir, CKPT_NAME);
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        rc = -errno;
-        goto err_latch;
-    }
+    if (fd < 0)
+        return -errno;
     rc = write_all(fd, d->ckpt_buf, len);
     if (rc == 0 && fdatasync(fd) != 0)
         rc = -errno;
     close(fd);
     if (rc)
-        goto err_latch;
-    if (rename(tmp, path) != 0) {
-        rc = -errno;
-        goto err_latch;
-    }
+        return rc;
+    if (rename(tmp, path) != 0)
+        return -errno;
     rc = fsync_dir(d->meta_dir);
     if (rc)
-        goto err_latch;
-    d->ckpt_gen = gen;
-    /* Tombstones still staged are reflected in the checkpoint; their extents are free to go. */
-    d->jrecs[d->jstage] = 0;
-    d->jdels = 0;
-    for (uint32_t i = 0; i < d->n_pfree; i++)
-        d->pfree[i].gen = 0;
-    if (ftruncate(d->journal_fd, 0) != 0 || fdatasync(d->journal_fd) != 0) {
-        rc = -errno;
-        goto err_latch;
+        return rc;
+    for (int k = 0; k < n_trunc; k++)
+        if (ftruncate(trunc_fds[k], 0) != 0 || fdatasync(trunc_fds[k]) != 0)
+            return -errno;
+    return 0;
+}
+
+/* Copies the live index entries (only durable objects are ever in the index) into snap: the one
+ * pass over the index a checkpoint costs the owner thread. */
+static uint64_t snapshot(struct kvt_disk *d)
+{
+    uint64_t count = 0;
+
+    for (uint64_t i = 0; i <= d->index_mask; i++)
+        if (d->index[i].used && !d->index[i].dead)
+            d->snap[count++] = d->index[i];
+    assert(count <= d->cfg.objects_max);
+    return count;
+}
+
+/* Completes, in order, the barriers whose generation is durable (all of them, failed, once the
+ * tier latched); their callbacks run from poll. */
+static void sync_advance(struct kvt_disk *d)
+{
+    while (d->sync_head && (d->failed || d->sync_head->gen <= d->gen_durable)) {
+        struct kvt_disk_sync *sy = d->sync_head;
+        d->sync_head = sy->next;
+        if (!d->sync_head)
+            d->sync_tail = NULL;
+        sy->res = d->failed ? KVT_E_TIERFAILED : 0;
+        sy->next = NULL;
+        if (d->sdone_tail)
+            d->sdone_tail->next = sy;
+        else
+            d->sdone_head = sy;
+        d->sdone_tail = sy;
     }
+}
+
+/* The checkpoint at start and at shutdown, on the owner thread (nothing is served then): both
+ * journals are emptied and commits continue in journal 0. Tombstones still staged are in the
+ * snapshot, so they count as durable as if committed. */
+static int checkpoint_sync(struct kvt_disk *d)
+{
+    uint64_t gen = d->ckpt_gen + 1, count, t0 = now_us();
+    int rc;
+
+    assert(!d->commit.inflight && !d->ck.busy);
+    count = snapshot(d);
+    rc = ckpt_put(d, d->snap, count, gen, d->next_seq, d->journal_fds, 2);
+    if (rc) {
+        count_io_error(d);
+        latch(d);
+        sync_advance(d);
+        return rc;
+    }
+    d->ckpt_gen = gen;
+    d->jactive = 0;
     d->journal_off = 0;
     d->journal_since_ckpt = 0;
+    if (d->jrecs[d->jstage] > 0)
+        d->gen_durable = d->gen_next++;
+    d->jrecs[d->jstage] = 0;
+    d->jdels = 0;
     d->st.checkpoints++;
+    if (now_us() - t0 > d->st.checkpoint_write_us_max)
+        d->st.checkpoint_write_us_max = now_us() - t0;
     pfree_sweep(d);
+    sync_advance(d);
     return 0;
+}
 
-err_latch:
-    count_io_error(d);
-    latch(d);
-    return rc;
+/* Journal records carry the generation of the checkpoint they follow: those staged for the next
+ * commit are re-sealed with the new one when the journals switch. */
+static void jstage_regen(struct kvt_disk *d)
+{
+    unsigned char *p = d->jbuf[d->jstage];
+
+    for (uint32_t k = 0; k < d->jrecs[d->jstage]; k++, p += REC_BYTES) {
+        put_le(p + 8, d->ckpt_gen, 4);
+        put_le(p + 80, XXH3_64bits(p, 80), 8);
+    }
+}
+
+/* Starts a checkpoint without waiting for it: the index is copied into snap, commits switch to
+ * the other (empty) journal under the new generation, and the thread writes the file and then
+ * empties the journal the checkpoint replaces. Until the rename, the old checkpoint, the old
+ * journal and the new journal together are the history recovery reads; after it, the new
+ * checkpoint and the new journal. Called between commits only, so no journal write is in flight
+ * on the journal being switched away from. */
+static void checkpoint_start(struct kvt_disk *d)
+{
+    uint64_t t0 = now_us(), count;
+    int old = d->jactive;
+
+    assert(!d->commit.inflight);
+    if (d->ck.busy || d->failed)
+        return;
+    count = snapshot(d);
+    d->ckpt_gen++;
+    d->jactive = 1 - old;
+    d->journal_off = 0;
+    d->journal_since_ckpt = 0;
+    jstage_regen(d);
+    pthread_mutex_lock(&d->ck.mu);
+    d->ck.count = count;
+    d->ck.gen = d->ckpt_gen;
+    d->ck.next_seq = d->next_seq;
+    d->ck.trunc_fd = d->journal_fds[old];
+    d->ck.requested = 1;
+    d->ck.done = 0;
+    pthread_cond_signal(&d->ck.cv);
+    pthread_mutex_unlock(&d->ck.mu);
+    d->ck.busy = 1;
+    if (now_us() - t0 > d->st.checkpoint_loop_us_max)
+        d->st.checkpoint_loop_us_max = now_us() - t0;
+}
+
+/* Takes the thread's result once it reported done. */
+static void checkpoint_reap(struct kvt_disk *d)
+{
+    int done, res = 0;
+
+    if (!d->ck.busy)
+        return;
+    pthread_mutex_lock(&d->ck.mu);
+    done = d->ck.done;
+    if (done) {
+        res = d->ck.res;
+        d->ck.requested = 0;
+        d->ck.done = 0;
+        if (d->ck.write_us > d->st.checkpoint_write_us_max)
+            d->st.checkpoint_write_us_max = d->ck.write_us;
+    }
+    pthread_mutex_unlock(&d->ck.mu);
+    if (!done)
+        return;
+    d->ck.busy = 0;
+    if (res) {
+        count_io_error(d);
+        latch(d);
+        sync_advance(d);
+        return;
+    }
+    d->st.checkpoints++;
+}
+
+static void *ckpt_main(void *arg)
+{
+    struct kvt_disk *d = arg;
+
+    pthread_mutex_lock(&d->ck.mu);
+    for (;;) {
+        while (!d->ck.stop && (!d->ck.requested || d->ck.done))
+            pthread_cond_wait(&d->ck.cv, &d->ck.mu);
+        if (d->ck.stop)
+            break;
+        uint64_t count = d->ck.count, gen = d->ck.gen, next_seq = d->ck.next_seq, t0 = now_us();
+        int fd = d->ck.trunc_fd, rc;
+        pthread_mutex_unlock(&d->ck.mu);
+        rc = ckpt_put(d, d->snap, count, gen, next_seq, &fd, 1);
+        pthread_mutex_lock(&d->ck.mu);
+        d->ck.res = rc;
+        d->ck.write_us = now_us() - t0;
+        d->ck.done = 1;
+        /* The owner thread sleeps on the eventfd: wake it to reap the result. */
+        uint64_t v = 1;
+        if (write(d->event_fd, &v, sizeof(v)) < 0) {
+            /* Only a saturated counter fails, and then the owner is woken already. */
+        }
+    }
+    pthread_mutex_unlock(&d->ck.mu);
+    return NULL;
 }
 
 /* ---- recovery ------------------------------------------------------------------------------- */
@@ -1315,7 +1575,9 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
     return 0;
 }
 
-/* Applies one PUT or DEL record; the higher sequence number wins. */
+/* Applies one PUT or DEL record in history order. A PUT wins over an older entry; a DEL turns
+ * the entry into a tombstone, kept until recovery ends so that a scan of the data files (when the
+ * metadata turns out damaged) does not bring the removed object back. */
 static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint64_t *max_seq)
 {
     struct kvt_obj_id id = {.ns_seed = r->ns_seed, .key = {.lo = r->key_lo, .hi = r->key_hi}};
@@ -1324,11 +1586,20 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
     if (r->seq > *max_seq)
         *max_seq = r->seq;
     if (r->type == REC_DEL) {
-        if (e && e->seq < r->seq)
-            index_delete(d, e);
+        if (!e) {
+            e = index_claim_as(d, &id, 1);
+            if (e)
+                e->seq = r->seq;
+        } else if (e->seq < r->seq) {
+            if (!e->dead)
+                d->index_dead++;
+            e->dead = 1;
+            e->unknown = 0;
+            e->seq = r->seq;
+        }
         return;
     }
-    if (e && e->seq >= r->seq)
+    if (e && !e->dead && e->seq >= r->seq)
         return;
     if (r->file >= d->n_files || r->blocks == 0 || r->raw_len > d->cfg.object_bytes_max ||
         r->stored_len > r->raw_len ||
@@ -1336,8 +1607,17 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
         d->st.recovery_dropped++;
         return;
     }
-    if (!e)
+    if (!e) {
         e = index_claim(d, &id);
+    } else if (e->dead) {
+        /* Written again after its removal (the write was in flight when it was removed). */
+        if (d->index_count - d->index_dead >= d->cfg.objects_max) {
+            e = NULL;
+        } else {
+            e->dead = 0;
+            d->index_dead--;
+        }
+    }
     if (!e) {
         d->st.recovery_dropped++;
         return;
@@ -1352,89 +1632,285 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
     e->stored_len = r->stored_len;
     e->unknown = (uint8_t)unknown;
     /* bytes_used is recomputed once extents are reserved. */
-    e->blocks = r->blocks;
 }
 
-/* Loads the checkpoint into the index. *gen stays 0 (so no journal record applies) when there is
- * no usable checkpoint of this store. */
-static int load_checkpoint(struct kvt_disk *d, uint64_t *gen, uint64_t *max_seq)
+enum ckpt_state {
+    CK_OK = 0,     /* checkpoint read whole */
+    CK_NONE = 1,   /* no checkpoint file */
+    CK_BADHDR = 2, /* header unreadable, foreign or inconsistent: generation unknown */
+    CK_BADBODY = 3 /* header sound, records damaged or missing: the sound records are used */
+};
+
+/* Loads the checkpoint into the index and says what state it was in. */
+static int load_checkpoint(struct kvt_disk *d, enum ckpt_state *state, uint64_t *gen,
+                           uint64_t *next_seq, uint64_t *max_seq)
 {
     char path[PATH_MAX + 32];
     unsigned char *h = d->ckpt_buf;
-    uint64_t count;
+    uint64_t count, whole;
     size_t got = 0;
     struct rec r;
     int fd, rc;
 
     snprintf(path, sizeof(path), "%s/%s", d->meta_dir, CKPT_NAME);
     fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
+        *state = CK_NONE;
         return errno == ENOENT ? 0 : -errno;
+    }
+    *state = CK_BADHDR;
     rc = read_full(fd, h, CKPT_HEADER_BYTES, 0, &got);
     if (rc || got != CKPT_HEADER_BYTES || get_le(h, 4) != CKPT_MAGIC ||
         get_le(h + 4, 4) != CKPT_VERSION || get_le(h + 56, 8) != XXH3_64bits(h, 56))
-        goto corrupt;
+        goto out_close;
     count = get_le(h + 24, 8);
     if (count > d->cfg.objects_max || CKPT_HEADER_BYTES + count * REC_BYTES > d->ckpt_buf_bytes)
-        goto corrupt;
+        goto out_close;
     if (get_le(h + 48, 8) != d->store_id)
-        goto corrupt;
-    rc = read_full(fd, h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES), CKPT_HEADER_BYTES, &got);
-    if (rc || got != count * REC_BYTES ||
-        get_le(h + 40, 8) != XXH3_64bits(h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES)))
-        goto corrupt;
-    close(fd);
+        goto out_close;
     *gen = get_le(h + 8, 8);
-    if (get_le(h + 16, 8) > *max_seq + 1)
-        *max_seq = get_le(h + 16, 8) - 1;
-    for (uint64_t i = 0; i < count; i++) {
+    *next_seq = get_le(h + 16, 8);
+    whole = get_le(h + 40, 8);
+    if (*next_seq > *max_seq + 1)
+        *max_seq = *next_seq - 1;
+    rc = read_full(fd, h + CKPT_HEADER_BYTES, (size_t)(count * REC_BYTES), CKPT_HEADER_BYTES, &got);
+    if (rc)
+        got = 0;
+    *state = got == count * REC_BYTES && whole == XXH3_64bits(h + CKPT_HEADER_BYTES, got)
+                 ? CK_OK
+                 : CK_BADBODY;
+    /* Every record has its own check: of a damaged checkpoint the sound records still count. */
+    for (uint64_t i = 0; i + 1 <= got / REC_BYTES; i++) {
         if (rec_decode(h + CKPT_HEADER_BYTES + i * REC_BYTES, &r) != 0 || r.type != REC_PUT) {
             d->st.recovery_dropped++;
             continue;
         }
         apply_rec(d, &r, 0, max_seq);
     }
-    return 0;
-
-corrupt:
-    /* A checkpoint that fails its checks, or belongs to other data files, is ignored as a
-     * whole: the store starts empty, which a cache can afford, rather than trusting part of
-     * it. */
+out_close:
     close(fd);
-    d->st.recovery_dropped++;
     return 0;
 }
 
-static int replay_journal(struct kvt_disk *d, uint64_t gen, uint64_t *max_seq)
+/* Generation of the first sound record of a journal, or UINT64_MAX when it has none. */
+static uint64_t journal_gen(struct kvt_disk *d, int fd)
+{
+    size_t got = 0;
+    struct rec r;
+
+    if (read_full(fd, d->ckpt_buf, RECOVERY_READ_BYTES / REC_BYTES * REC_BYTES, 0, &got) != 0)
+        return UINT64_MAX;
+    for (size_t k = 0; k + REC_BYTES <= got; k += REC_BYTES)
+        if (rec_decode(d->ckpt_buf + k, &r) == 0)
+            return r.gen;
+    return UINT64_MAX;
+}
+
+/* Applies the records of one journal whose generation is gen (any, for UINT64_MAX). A record
+ * that fails its check with nothing sound after it is the torn end a crash leaves; a sound
+ * record after a failed one means the journal itself is damaged (*damaged). */
+static int replay_journal(struct kvt_disk *d, int fd, uint64_t gen, uint64_t *max_seq, int *damaged)
 {
     /* Bounded by the file, which the running store keeps within about checkpoint_records plus
-     * one commit's records; a journal written under a larger setting is still read whole. */
+     * the commits made while a checkpoint is written; a longer journal is still read whole. */
     struct stat sb;
     uint64_t limit;
     unsigned char *buf = d->ckpt_buf;
     size_t chunk = RECOVERY_READ_BYTES / REC_BYTES * REC_BYTES, got;
     uint64_t off = 0;
+    int bad = 0;
     struct rec r;
 
-    if (fstat(d->journal_fd, &sb) != 0)
+    if (fstat(fd, &sb) != 0)
         return -errno;
     limit = (uint64_t)sb.st_size;
     if (chunk > d->ckpt_buf_bytes)
         chunk = d->ckpt_buf_bytes / REC_BYTES * REC_BYTES;
     while (off < limit) {
-        int rc = read_full(d->journal_fd, buf, chunk, off, &got);
+        int rc = read_full(fd, buf, chunk, off, &got);
         if (rc)
             return rc;
         for (size_t k = 0; k + REC_BYTES <= got; k += REC_BYTES) {
-            /* The first record that fails its check is the torn end of the journal. */
-            if (rec_decode(buf + k, &r) != 0)
-                return 0;
-            if (r.gen == gen)
+            if (rec_decode(buf + k, &r) != 0) {
+                bad = 1;
+                continue;
+            }
+            if (bad)
+                *damaged = 1;
+            if (gen == UINT64_MAX || r.gen == gen)
                 apply_rec(d, &r, 1, max_seq);
         }
         if (got < chunk)
             return 0;
         off += got;
+    }
+    return 0;
+}
+
+/* Replays both journals in history order. With the checkpoint's generation G known, journal
+ * records of G come first and those of G + 1 (written while checkpoint G + 1 was being put in
+ * place) after; each journal holds one generation, since it is emptied before reuse. Without it,
+ * the journal whose records are older goes first. */
+static int replay_journals(struct kvt_disk *d, uint64_t gen, int gen_known, uint64_t *max_seq,
+                           int *damaged)
+{
+    int rc = 0;
+
+    if (gen_known) {
+        for (uint64_t g = gen; g <= gen + 1 && rc == 0; g++)
+            for (int j = 0; j < 2 && rc == 0; j++)
+                rc = replay_journal(d, d->journal_fds[j], g, max_seq, damaged);
+        return rc;
+    }
+    uint64_t g0 = journal_gen(d, d->journal_fds[0]), g1 = journal_gen(d, d->journal_fds[1]);
+    int first = g1 < g0;
+    rc = replay_journal(d, d->journal_fds[first], UINT64_MAX, max_seq, damaged);
+    if (rc == 0)
+        rc = replay_journal(d, d->journal_fds[1 - first], UINT64_MAX, max_seq, damaged);
+    return rc;
+}
+
+/* Removes the tombstones recovery kept; revisits the slot a deletion refilled. */
+static void drop_dead(struct kvt_disk *d)
+{
+    for (uint64_t i = 0; i <= d->index_mask && d->index_dead > 0;) {
+        if (d->index[i].used && d->index[i].dead) {
+            index_delete(d, &d->index[i]);
+            continue;
+        }
+        i++;
+    }
+}
+
+/* One object the scan read back whole with a sound checksum: it joins the index unless the
+ * history says it was removed or replaced. ck_next_seq is the first sequence number an intact
+ * checkpoint did not cover (0 when none is intact): an older object missing from such a checkpoint
+ * was removed before it. */
+static void scan_merge(struct kvt_disk *d, uint32_t f, uint64_t start, uint64_t blocks,
+                       const struct kvt_object_meta *m, uint64_t ck_next_seq, uint64_t *max_seq)
+{
+    struct kvt_obj_id id = {.ns_seed = m->ns_seed, .key = m->key};
+    struct ient *e = index_find(d, &id);
+
+    if (m->seq > *max_seq)
+        *max_seq = m->seq;
+    if (e && e->dead && e->seq > m->seq)
+        return; /* removed after it was written */
+    if (e && !e->dead) {
+        if (e->seq > m->seq)
+            return; /* an older version of the key */
+        if (e->seq == m->seq) {
+            e->found = e->file == f && e->start == start && e->blocks == blocks;
+            return;
+        }
+        /* Newer than the history knows: its record went with the damaged part. */
+    } else if (!e && m->seq < ck_next_seq) {
+        return;
+    }
+    if (!e) {
+        e = index_claim(d, &id);
+    } else if (e->dead) {
+        if (d->index_count - d->index_dead >= d->cfg.objects_max) {
+            e = NULL;
+        } else {
+            e->dead = 0;
+            d->index_dead--;
+        }
+    }
+    if (!e) {
+        d->st.scan_dropped++;
+        return;
+    }
+    e->seq = m->seq;
+    e->file = (uint8_t)f;
+    e->start = start;
+    e->blocks = (uint32_t)blocks;
+    e->codec = (uint16_t)m->codec;
+    e->n_tokens = m->n_tokens;
+    e->raw_len = m->raw_len;
+    e->stored_len = m->stored_len;
+    e->unknown = 0;
+    e->found = 1;
+}
+
+/* Reads a window of the data file f starting at block b into the staging area. */
+static int scan_window(struct kvt_disk *d, uint32_t f, uint64_t b, uint64_t n_blocks,
+                       uint64_t *w_start, uint64_t *w_blocks)
+{
+    size_t len = d->staging_bytes / BLOCK * BLOCK, got = 0;
+    int rc;
+
+    if (len > (n_blocks - b) * BLOCK)
+        len = (size_t)((n_blocks - b) * BLOCK);
+    rc = read_full(d->files[f].fd, d->staging, len, b * BLOCK, &got);
+    if (rc)
+        return rc;
+    if (got < BLOCK)
+        return -EIO;
+    *w_start = b;
+    *w_blocks = got / BLOCK;
+    return 0;
+}
+
+/* The fallback when the checkpoint or a journal is damaged: every block of every data file is
+ * tried as the start of an object (each is self-describing: header magic, version and header
+ * check), and an object whose whole checksum holds joins the index (see scan_merge); a header
+ * whose payload fails the checksum is a torn or overwritten object and is skipped. What the
+ * metadata listed but the scan could not read back sound is dropped. Extents are rebuilt from the
+ * result, so the space of everything dropped is free again. Reads sequentially through the
+ * staging area, which holds at least one object of object_bytes_max. */
+static int scan_files(struct kvt_disk *d, uint64_t ck_next_seq, uint64_t *max_seq)
+{
+    struct kvt_object_meta m;
+    int rc;
+
+    for (uint32_t f = 0; f < d->n_files; f++) {
+        uint64_t n_blocks = d->files[f].bytes / BLOCK, ws = 0, wn = 0;
+        for (uint64_t b = 1; b < n_blocks;) {
+            if (b < ws || b >= ws + wn) {
+                rc = scan_window(d, f, b, n_blocks, &ws, &wn);
+                if (rc)
+                    return rc;
+            }
+            const unsigned char *p = d->staging + (b - ws) * BLOCK;
+            if (kvt_object_parse_header(p, &m) != 0 || m.raw_len > d->cfg.object_bytes_max) {
+                b++;
+                continue;
+            }
+            uint64_t nb = blocks_for(KVT_OBJECT_HEADER_BYTES + m.stored_len);
+            if (b + nb > n_blocks) {
+                b++;
+                continue;
+            }
+            if (b + nb > ws + wn) {
+                rc = scan_window(d, f, b, n_blocks, &ws, &wn);
+                if (rc)
+                    return rc;
+                p = d->staging;
+                if (nb > wn) {
+                    b++;
+                    continue;
+                }
+            }
+            if (kvt_object_verify(p, (size_t)(nb * BLOCK), &m) != 0) {
+                d->st.scan_dropped++;
+                b++;
+                continue;
+            }
+            scan_merge(d, f, b, nb, &m, ck_next_seq, max_seq);
+            b += nb;
+        }
+    }
+    for (uint64_t i = 0; i <= d->index_mask;) {
+        struct ient *e = &d->index[i];
+        if (e->used && !e->dead && !e->found) {
+            index_delete(d, e);
+            d->st.scan_dropped++;
+            continue;
+        }
+        if (e->used)
+            e->unknown = 0;
+        i++;
     }
     return 0;
 }
@@ -1615,33 +2091,51 @@ static int superblocks(struct kvt_disk *d)
 
 static int recover(struct kvt_disk *d)
 {
-    uint64_t t0 = now_ms(), gen = 0, max_seq = 0;
-    int rc;
+    static const char *const ck_why[] = {"", "missing", "unreadable", "damaged"};
+    uint64_t t0 = now_ms(), gen = 0, next_seq = 0, max_seq = 0;
+    enum ckpt_state ck = CK_NONE;
+    int rc, formatted, j_damaged = 0;
 
     rc = superblocks(d);
     if (rc < 0)
         return rc;
+    formatted = rc == 1;
     for (uint32_t k = 0; k < d->n_files; k++) {
         rc = kvt_extent_reserve(d->files[k].ext, 0, 1);
         if (rc)
             return rc;
     }
-    rc = load_checkpoint(d, &gen, &max_seq);
-    if (rc)
-        return rc;
-    /* Without a checkpoint of this store, no journal record can be trusted either. */
-    if (gen > 0)
-        rc = replay_journal(d, gen, &max_seq);
-    if (rc)
-        return rc;
+    /* A new store trusts nothing recorded for the files' previous life. */
+    if (!formatted) {
+        rc = load_checkpoint(d, &ck, &gen, &next_seq, &max_seq);
+        if (rc == 0)
+            rc = replay_journals(d, gen, ck == CK_OK || ck == CK_BADBODY, &max_seq, &j_damaged);
+        if (rc)
+            return rc;
+    }
+    if (!formatted && (ck != CK_OK || j_damaged)) {
+        uint64_t dropped0 = d->st.scan_dropped;
+        rc = scan_files(d, ck == CK_OK ? next_seq : 0, &max_seq);
+        if (rc)
+            return rc;
+        drop_dead(d);
+        d->st.scans++;
+        d->st.recovered_by_scan = d->index_count;
+        KVT_WARN("disk", "recovered %u objects by scan (%llu dropped): checkpoint %s%s%s in %s",
+                 d->index_count, (unsigned long long)(d->st.scan_dropped - dropped0),
+                 ck == CK_OK ? "sound" : ck_why[ck], j_damaged ? ", journal damaged" : "",
+                 ck == CK_NONE || ck == CK_OK ? "" : "; removals recorded only there may be undone",
+                 d->meta_dir);
+    }
+    drop_dead(d);
     rc = rebuild_extents(d);
     if (rc)
         return rc;
     d->ckpt_gen = gen;
     d->next_seq = max_seq + 1;
     d->st.recovered_objects = d->index_count;
-    /* Start every run from a fresh checkpoint and an empty journal. */
-    rc = checkpoint_write(d);
+    /* Start every run from a fresh checkpoint and empty journals. */
+    rc = checkpoint_sync(d);
     d->st.recovery_ms = now_ms() - t0;
     return rc;
 }
@@ -1808,8 +2302,9 @@ static int setup_memory(struct kvt_disk *d)
     if (d->ckpt_buf_bytes < RECOVERY_READ_BYTES)
         d->ckpt_buf_bytes = RECOVERY_READ_BYTES;
     d->ckpt_buf = kvt_malloc(KVT_ALLOC_DISK, d->ckpt_buf_bytes);
+    d->snap = kvt_calloc(KVT_ALLOC_DISK, d->cfg.objects_max, sizeof(*d->snap));
     if (!d->ops || !d->free_ops || !d->index || !d->pfree || !d->jbuf[0] || !d->jbuf[1] ||
-        !d->ckpt_buf)
+        !d->ckpt_buf || !d->snap)
         return KVT_E_NOMEM;
     for (uint32_t i = 0; i < d->n_ops; i++)
         d->free_ops[i] = d->n_ops - 1 - i;
@@ -1822,7 +2317,7 @@ static int setup_ring(struct kvt_disk *d)
 {
     struct io_uring_params p;
     struct iovec iov = {.iov_base = d->staging, .iov_len = d->staging_bytes};
-    int fds[KVT_DISK_PATHS_MAX + 1], rc;
+    int fds[KVT_DISK_PATHS_MAX + 2], rc;
 
     memset(&p, 0, sizeof(p));
     rc = io_uring_queue_init_params(d->n_ops + d->n_files + 2, &d->ring, &p);
@@ -1841,8 +2336,9 @@ static int setup_ring(struct kvt_disk *d)
     }
     for (uint32_t k = 0; k < d->n_files; k++)
         fds[k] = d->files[k].fd;
-    fds[d->n_files] = d->journal_fd;
-    rc = io_uring_register_files(&d->ring, fds, d->n_files + 1);
+    fds[d->n_files] = d->journal_fds[0];
+    fds[d->n_files + 1] = d->journal_fds[1];
+    rc = io_uring_register_files(&d->ring, fds, d->n_files + 2);
     if (rc) {
         set_err(&d->cfg, "io_uring_register_files: %s", strerror(-rc));
         return rc;
@@ -1858,12 +2354,22 @@ static int setup_ring(struct kvt_disk *d)
 
 static void teardown(struct kvt_disk *d)
 {
+    if (d->ck.started) {
+        pthread_mutex_lock(&d->ck.mu);
+        d->ck.stop = 1;
+        pthread_cond_signal(&d->ck.cv);
+        pthread_mutex_unlock(&d->ck.mu);
+        pthread_join(d->ck.thread, NULL);
+        pthread_cond_destroy(&d->ck.cv);
+        pthread_mutex_destroy(&d->ck.mu);
+    }
     if (d->ring_ready)
         io_uring_queue_exit(&d->ring);
     if (d->event_fd >= 0)
         close(d->event_fd);
-    if (d->journal_fd >= 0)
-        close(d->journal_fd);
+    for (int j = 0; j < 2; j++)
+        if (d->journal_fds[j] >= 0)
+            close(d->journal_fds[j]);
     for (uint32_t k = 0; k < KVT_DISK_PATHS_MAX; k++) {
         if (d->files[k].fd >= 0)
             close(d->files[k].fd);
@@ -1871,6 +2377,7 @@ static void teardown(struct kvt_disk *d)
     }
     kvt_codec_destroy(d->codec);
     kvt_free(KVT_ALLOC_DISK, d->ckpt_buf);
+    kvt_free(KVT_ALLOC_DISK, d->snap);
     kvt_free(KVT_ALLOC_DISK, d->jbuf[0]);
     kvt_free(KVT_ALLOC_DISK, d->jbuf[1]);
     kvt_free(KVT_ALLOC_DISK, d->pfree);
@@ -1896,7 +2403,7 @@ int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
     if (!d)
         return KVT_E_NOMEM;
     d->cfg = *cfg;
-    d->journal_fd = -1;
+    d->journal_fds[0] = d->journal_fds[1] = -1;
     d->event_fd = -1;
     for (uint32_t k = 0; k < KVT_DISK_PATHS_MAX; k++)
         d->files[k].fd = -1;
@@ -1940,12 +2447,14 @@ int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
                 goto err_teardown;
         }
     }
-    snprintf(path, sizeof(path), "%s/%s", d->meta_dir, JOURNAL_NAME);
-    d->journal_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (d->journal_fd < 0) {
-        rc = -errno;
-        set_err(cfg, "%s: open: %s", path, strerror(errno));
-        goto err_teardown;
+    for (int j = 0; j < 2; j++) {
+        snprintf(path, sizeof(path), "%s/%s", d->meta_dir, j ? JOURNAL_NAME_1 : JOURNAL_NAME_0);
+        d->journal_fds[j] = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (d->journal_fds[j] < 0) {
+            rc = -errno;
+            set_err(cfg, "%s: open: %s", path, strerror(errno));
+            goto err_teardown;
+        }
     }
     rc = setup_ring(d);
     if (rc)
@@ -1955,6 +2464,16 @@ int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
         set_err(cfg, "recovery in %s: %s", d->meta_dir, kvt_strerror(rc));
         goto err_teardown;
     }
+    pthread_mutex_init(&d->ck.mu, NULL);
+    pthread_cond_init(&d->ck.cv, NULL);
+    rc = -pthread_create(&d->ck.thread, NULL, ckpt_main, d);
+    if (rc) {
+        pthread_cond_destroy(&d->ck.cv);
+        pthread_mutex_destroy(&d->ck.mu);
+        set_err(cfg, "checkpoint thread: %s", strerror(-rc));
+        goto err_teardown;
+    }
+    d->ck.started = 1;
     *out = d;
     return 0;
 
@@ -1970,13 +2489,16 @@ void kvt_disk_destroy(struct kvt_disk *d)
     /* Bounded by the I/O in flight: every op completes or fails in the kernel, and poll starts
      * the commits that make completed writes durable. Staged tombstones need no commit: the
      * checkpoint below records their effect. */
-    while (d->inflight > d->reserved + d->lent || d->commit.inflight) {
+    while (d->inflight > d->reserved + d->lent || d->commit.inflight || d->ck.busy) {
         if (io_uring_sq_ready(&d->ring) > 0)
             io_uring_submit(&d->ring);
         kvt_disk_wait(d, 100);
     }
     if (!d->failed)
-        checkpoint_write(d);
+        checkpoint_sync(d);
+    /* The checkpoint made every removal durable (or the tier failed): barriers complete now. */
+    sync_advance(d);
+    run_syncs(d);
     /* Nothing is in flight: give the files back now rather than when the kernel tears the ring
      * down asynchronously, so that a new store can take the lock at once. */
     io_uring_unregister_files(&d->ring);

@@ -21,13 +21,24 @@
  *                callbacks; call it whenever the eventfd is readable.
  *   - eviction:  kvt_disk_remove() forgets an object; its extent is reused only after the
  *                tombstone is durable, so a crash can never resurrect a half-overwritten object.
+ *                kvt_disk_sync() calls back once every removal made before it is durable, so
+ *                that a Delete can be answered only when a crash can no longer undo it.
+ *   - damage:    when the checkpoint or a journal fails its checks (not a torn journal tail,
+ *                which a crash leaves), create falls back to reading every object in the data
+ *                files (each is self-describing and checksummed) and rebuilds the index from
+ *                them; stats say recovered_by_scan and scan_dropped.
+ *   - checkpoint: every checkpoint_records journal records the owner thread copies the index
+ *                into a snapshot and a thread of the store writes, syncs and renames the file;
+ *                commits meanwhile go to the second journal, so the loop never waits for it.
  *
  *   - CPU work:  encoding and decoding can move to worker threads with the two-phase write
  *                (kvt_disk_write_reserve / kvt_disk_encode / kvt_disk_write_submit) and the
  *                lending read (kvt_disk_read_lend / kvt_disk_decode / kvt_disk_read_release);
  *                only kvt_disk_encode and kvt_disk_decode may run off the owner thread.
  *
- * Threads: a struct kvt_disk is owned by one thread; nothing here is thread-safe. Callbacks run
+ * Threads: a struct kvt_disk is owned by one thread; nothing here is thread-safe. The store runs
+ * one thread of its own, which only writes checkpoints from a snapshot it is handed and wakes
+ * the owner through the eventfd. Callbacks run
  * only inside kvt_disk_poll(), kvt_disk_wait() and kvt_disk_destroy(), never inside the call that
  * submitted the work, and never when that call returned an error. A callback may submit new work
  * but must not call poll, wait, destroy or enumerate.
@@ -94,8 +105,14 @@ struct kvt_disk_config {
     X(compressed_objects)                                                                          \
     X(recovered_objects)                                                                           \
     X(recovery_dropped)                                                                            \
+    X(recovered_by_scan)                                                                           \
+    X(scan_dropped)                                                                                \
+    X(scans)                                                                                       \
     X(formats)                                                                                     \
-    X(recovery_ms)
+    X(recovery_ms)                                                                                 \
+    X(checkpoint_loop_us_max)                                                                      \
+    X(checkpoint_write_us_max)                                                                     \
+    X(syncs)
 
 struct kvt_disk_stats {
     struct kvt_tier_stats tier;
@@ -213,6 +230,21 @@ void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent,
 /* Forgets object id; the space is reused after the tombstone is durable. Returns 0,
  * KVT_E_NOTFOUND, KVT_E_TIERFAILED. */
 int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id);
+
+/* A durability barrier, in caller-owned storage that must stay untouched until done runs. */
+struct kvt_disk_sync {
+    struct kvt_disk_sync *next; /* store-private */
+    uint64_t gen;               /* store-private */
+    kvt_tier_done_fn done;
+    void *arg;
+    int res;
+};
+
+/* done(arg, 0) runs (inside poll) once every kvt_disk_remove() made before this call, and every
+ * write whose callback already ran, is durable; done(arg, KVT_E_TIERFAILED) when the tier latches
+ * first. Barriers complete in the order they were made. Returns 0, KVT_E_INVAL or
+ * KVT_E_TIERFAILED (no callback). */
+int kvt_disk_sync(struct kvt_disk *d, struct kvt_disk_sync *sync, kvt_tier_done_fn done, void *arg);
 
 /* Looks an object up without I/O. Returns 0 (and fills *out when not NULL) or KVT_E_NOTFOUND. */
 int kvt_disk_lookup(struct kvt_disk *d, const struct kvt_obj_id *id, struct kvt_disk_obj_info *out);
