@@ -22,6 +22,11 @@ static const struct kvt_cfg_entry *find(const struct kvt_cfg_table *t, const cha
     return NULL;
 }
 
+const struct kvt_cfg_entry *kvt_cfg_find(const struct kvt_cfg_table *t, const char *key)
+{
+    return find(t, key);
+}
+
 int kvt_cfg_parse_bytes(const char *text, uint64_t *out)
 {
     char *end;

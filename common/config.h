@@ -22,6 +22,8 @@ enum kvt_cfg_type {
 };
 
 #define KVT_CFG_RUNTIME 0x1u /* may be changed with Config set while running */
+#define KVT_CFG_ADMIN 0x2u   /* changing it at run time needs an admin uid (admin_uids) */
+#define KVT_CFG_FAULT 0x4u   /* fault injection: settable only when fault_injection is on */
 
 struct kvt_cfg_entry {
     const char *key;
@@ -48,6 +50,9 @@ int kvt_cfg_defaults(const struct kvt_cfg_table *t, void *obj);
  * nothing changes. */
 int kvt_cfg_set(const struct kvt_cfg_table *t, void *obj, const char *key, const char *value,
                 int runtime, char *err, size_t err_cap);
+
+/* The entry of key, or NULL. */
+const struct kvt_cfg_entry *kvt_cfg_find(const struct kvt_cfg_table *t, const char *key);
 
 /* Writes the current value of key as text into buf. KVT_E_BADCONFIG for an unknown key. */
 int kvt_cfg_get(const struct kvt_cfg_table *t, const void *obj, const char *key, char *buf,

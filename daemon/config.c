@@ -3,8 +3,12 @@
  * Limits keep every value in a range the daemon is tested with.
  */
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/resource.h>
 
+#include "daemon/auth.h"
 #include "daemon/config.h"
+#include "kvtier/errors.h"
 
 #define U64(k, f, d, lo, hi, fl, doc)                                                              \
     {                                                                                              \
@@ -39,27 +43,52 @@ static const char *const codecs[] = {"none", "lz4", "zstd", NULL};
 static const char *const write_policies[] = {"write-back", "write-through", NULL};
 static const char *const admissions[] = {"on-evict", "second-access", NULL};
 static const char *const dirty_full_policies[] = {"drop", "reject", NULL};
+static const char *const checksum_policies[] = {"required", "optional", NULL};
+
+#define ADMIN (KVT_CFG_RUNTIME | KVT_CFG_ADMIN)
+#define FAULT (KVT_CFG_RUNTIME | KVT_CFG_ADMIN | KVT_CFG_FAULT)
 
 #define KIB 1024.0
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 static const struct kvt_cfg_entry entries[] = {
-    STR("socket", socket, "/tmp/kvtier.sock", 0, "Unix socket path the daemon listens on"),
+    STR("socket", socket, "", 0,
+        "Unix socket path the daemon listens on; empty = /run/kvtier/kvtier.sock as root, else "
+        "$XDG_RUNTIME_DIR/kvtier/kvtier.sock, else /tmp/kvtier-<uid>/kvtier.sock (the daemon "
+        "creates the directory and refuses one that others could write to)"),
     STR("socket_mode", socket_mode, "0660", 0,
         "Permissions of the socket file (octal); the directory's permissions also apply"),
-    STR("allowed_uids", allowed_uids, "", KVT_CFG_RUNTIME,
+    STR("allowed_uids", allowed_uids, "", ADMIN,
         "Comma-separated uids allowed to connect (checked with SO_PEERCRED); empty = any uid "
         "that can open the socket"),
+    STR("admin_uids", admin_uids, "", 0,
+        "Comma-separated uids that may change admin keys at run time; empty = root and the "
+        "daemon's own uid"),
+    STR("tenants", tenants, "", ADMIN,
+        "Which peers may act for which tenant: 'name=uid:N,gid:N;name2=uid:N'. Every "
+        "connection may act for its own uid's tenant 'uid-<uid>' (the default at Hello)"),
+    BOOL("fault_injection", fault_injection, "false", 0,
+         "Enable the fault-injection keys (disk.fault_*): for tests only"),
+    ENUM("put_checksum", put_checksum, "required", checksum_policies, ADMIN,
+         "Puts from the transfer arena must carry their payload checksum (required) or may omit "
+         "it (optional); a checksum that is sent is always verified"),
+    U64("quota.namespaces_per_tenant", quota_namespaces, "64", 1, 65536, ADMIN,
+        "Most namespaces one tenant may hold registered at once; namespaces that no connection "
+        "holds and that store no chunk are reclaimed when the table or the quota is full"),
+    DOUBLE("quota.objects_share", quota_objects_share, "1.0", 0.001, 1.0, ADMIN,
+           "Largest share of index.max_objects one tenant's chunks may take; beyond it its Puts "
+           "get E_QUOTA (1.0 = no per-tenant limit)"),
     STR("data_dir", data_dir, "/tmp/kvtier-data", 0,
         "Directory for the daemon's persistent state (disk tier files, checkpoints)"),
     {"log_level", KVT_CFG_ENUM, offsetof(struct kvt_dconfig, log_level),
-     sizeof(((struct kvt_dconfig *)0)->log_level), "info", 1, 0, log_levels, KVT_CFG_RUNTIME,
+     sizeof(((struct kvt_dconfig *)0)->log_level), "info", 1, 0, log_levels, ADMIN,
      "Log verbosity: error, warn, info or debug"},
-    U64("max_clients", max_clients, "256", 1, 65536, KVT_CFG_RUNTIME,
-        "Most client connections at once; further ones get E_BUSY and are closed"),
+    U64("max_clients", max_clients, "256", 1, 65536, ADMIN,
+        "Most client connections at once; further ones get E_CONNLIMIT and are closed (must fit "
+        "RLIMIT_NOFILE, which the daemon raises to its hard limit when needed)"),
     BYTES("max_frame_bytes", max_frame_bytes, "1M", 4 * KIB, 64 * 1024 * KIB, 0,
           "Largest protocol frame accepted; a longer one gets E_TOOBIG and closes the connection"),
-    BYTES("inline_max_bytes", inline_max_bytes, "256K", 0, 32 * 1024 * KIB, KVT_CFG_RUNTIME,
+    BYTES("inline_max_bytes", inline_max_bytes, "256K", 0, 32 * 1024 * KIB, ADMIN,
           "Largest chunk that may travel inline in a frame (must stay below max_frame_bytes)"),
     BYTES("max_arena_bytes", max_arena_bytes, "16G", 4 * KIB, 1024 * GIB, 0,
           "Largest transfer arena a client may share at Hello"),
@@ -114,19 +143,49 @@ static const struct kvt_cfg_entry entries[] = {
          "Allow buffered I/O where O_DIRECT is refused (it fills the page cache)"),
     U64("disk.io_errors_max", disk_io_errors_max, "8", 1, 1000000, 0,
         "Consecutive failed disk I/Os that latch the disk tier failed"),
-    U64("disk.fault_fail_next_io", disk_fault_fail_next_io, "0", 0, 1000000, KVT_CFG_RUNTIME,
+    U64("disk.fault_fail_next_io", disk_fault_fail_next_io, "0", 0, 1000000, FAULT,
         "Fault injection for tests: fail the next N disk I/Os"),
-    U64("disk.fault_errno", disk_fault_errno, "0", 0, 4095, KVT_CFG_RUNTIME,
+    U64("disk.fault_errno", disk_fault_errno, "0", 0, 4095, FAULT,
         "Fault injection for tests: errno of injected failures (0 = EIO; 28 = ENOSPC)"),
     ENUM("tier.write_policy", write_policy, "write-back", write_policies, 0,
          "write-back: a Put is answered once in DRAM and written to disk under pressure; "
          "write-through: a Put is answered once durable on disk"),
-    ENUM("tier.disk_admission", disk_admission, "on-evict", admissions, KVT_CFG_RUNTIME,
+    ENUM("tier.disk_admission", disk_admission, "on-evict", admissions, ADMIN,
          "Which chunks leaving DRAM are written to disk: on-evict (all) or second-access (only "
          "chunks read at least once)"),
-    ENUM("tier.dirty_full", dirty_full, "drop", dirty_full_policies, KVT_CFG_RUNTIME,
+    ENUM("tier.dirty_full", dirty_full, "drop", dirty_full_policies, ADMIN,
          "Write-back, DRAM full of chunks not yet on disk: drop the coldest of them (counted in "
-         "tier.dropped_dirty) or reject the Put with E_BUSY until the disk catches up"),
+         "tier.dropped_dirty) or reject the Put with E_DIRTYFULL until the disk catches up"),
 };
 
 const struct kvt_cfg_table kvt_dconfig_table = {entries, sizeof(entries) / sizeof(entries[0])};
+
+int kvt_dconfig_check(const struct kvt_dconfig *cfg, char *why, size_t why_cap)
+{
+    if (cfg->inline_max_bytes + 4096 > cfg->max_frame_bytes) {
+        snprintf(why, why_cap, "inline_max_bytes must stay at least 4K below max_frame_bytes");
+        return KVT_E_BADCONFIG;
+    }
+    if (!kvt_uid_list_valid(cfg->allowed_uids, why, why_cap) ||
+        !kvt_uid_list_valid(cfg->admin_uids, why, why_cap) ||
+        !kvt_tenant_map_valid(cfg->tenants, why, why_cap))
+        return KVT_E_BADCONFIG;
+    if (!cfg->fault_injection && (cfg->disk_fault_fail_next_io || cfg->disk_fault_errno)) {
+        snprintf(why, why_cap,
+                 "fault injection is off: start kvtierd with --fault_injection=true to use the "
+                 "disk.fault_* keys");
+        return KVT_E_BADCONFIG;
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        cfg->max_clients + KVT_FDS_RESERVED > rl.rlim_cur) {
+        snprintf(why, why_cap,
+                 "max_clients %llu needs %llu descriptors but RLIMIT_NOFILE is %llu: raise the "
+                 "limit (ulimit -n) or lower max_clients",
+                 (unsigned long long)cfg->max_clients,
+                 (unsigned long long)(cfg->max_clients + KVT_FDS_RESERVED),
+                 (unsigned long long)rl.rlim_cur);
+        return KVT_E_BADCONFIG;
+    }
+    return 0;
+}

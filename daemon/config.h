@@ -10,10 +10,20 @@
 
 #include "common/config.h"
 
+/* Descriptors the daemon needs besides one per client: epoll, signalfd, eventfds, the listening
+ * socket, the spare for refusing connections, disk files and journal, logs. */
+#define KVT_FDS_RESERVED 64
+
 struct kvt_dconfig {
     char socket[256];
     char socket_mode[8];
     char allowed_uids[256];
+    char admin_uids[256];
+    char tenants[1024];
+    int fault_injection;
+    char put_checksum[12];
+    uint64_t quota_namespaces;
+    double quota_objects_share;
     char data_dir[256];
     char log_level[8];
     uint64_t max_clients;
@@ -52,5 +62,10 @@ struct kvt_dconfig {
 };
 
 extern const struct kvt_cfg_table kvt_dconfig_table;
+
+/* Checks what no single key can: cross-key limits, uid lists and the tenant map, fault keys
+ * without fault_injection, max_clients against the descriptor limit. 0, or KVT_E_BADCONFIG with
+ * the reason in why. Runs at start, on every runtime change and on reload. */
+int kvt_dconfig_check(const struct kvt_dconfig *cfg, char *why, size_t why_cap);
 
 #endif

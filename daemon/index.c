@@ -87,9 +87,22 @@ void kvt_index_remove(struct kvt_index *idx, uint32_t id)
         }
         link = &idx->e[*link].hnext;
     }
+    kvt_index_set_owner(idx, id, 0);
     e->state = KVT_ENTRY_FREE;
     e->gen = ++idx->gen;
     e->hnext = idx->free_head;
     idx->free_head = id;
     idx->n--;
+}
+
+void kvt_index_set_owner(struct kvt_index *idx, uint32_t id, uint16_t owner)
+{
+    struct kvt_entry *e = &idx->e[id];
+    if (!idx->owner_objects)
+        return;
+    if (e->owner && e->owner <= idx->n_owners)
+        idx->owner_objects[e->owner - 1]--;
+    e->owner = owner <= idx->n_owners ? owner : 0;
+    if (e->owner)
+        idx->owner_objects[e->owner - 1]++;
 }

@@ -42,6 +42,7 @@ struct kvt_entry {
     uint8_t elem_bytes; /* element size of the namespace's dtype, the codec's shuffle width */
     uint8_t promoting;  /* a read from disk into a new DRAM slot is in flight */
     uint8_t referenced; /* read or written since the disk eviction's clock hand last passed */
+    uint16_t owner;     /* 1 + namespace slot that stored it (per-tenant quotas); 0 = none */
 };
 
 struct kvt_index {
@@ -52,6 +53,10 @@ struct kvt_index {
     uint32_t free_head;
     uint32_t n;
     uint32_t gen;
+    /* Objects per owner (kvt_index_set_owner), borrowed from the namespace table: entry owner o
+     * counts in owner_objects[o - 1] until it is removed. NULL: not counted. */
+    uint32_t *owner_objects;
+    uint32_t n_owners;
 };
 
 int kvt_index_init(struct kvt_index *idx, uint32_t cap);
@@ -63,6 +68,8 @@ uint32_t kvt_index_find(const struct kvt_index *idx, uint64_t ns_seed, const str
 int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key,
                      uint32_t *id_out);
 void kvt_index_remove(struct kvt_index *idx, uint32_t id);
+/* Records which namespace slot (1-based; 0 = none) stored entry id, for per-tenant counts. */
+void kvt_index_set_owner(struct kvt_index *idx, uint32_t id, uint16_t owner);
 
 static inline struct kvt_entry *kvt_index_at(const struct kvt_index *idx, uint32_t id)
 {

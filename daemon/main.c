@@ -138,6 +138,7 @@ int main(int argc, char **argv)
         KVT_ERR("main", "start failed: %s", kvt_strerror(rc));
         return 1;
     }
+    s->config_path = config_file; /* reread on SIGHUP */
     rc = kvt_server_run(s);
     kvt_server_destroy(s);
     KVT_INFO("main", "exit status=%d", rc ? 1 : 0);

@@ -13,19 +13,62 @@
 
 int kvt_ns_table_init(struct kvt_ns_table *t, uint32_t cap)
 {
+    memset(t, 0, sizeof(*t));
+    if (cap == 0 || cap >= (1u << KVT_NS_SLOT_BITS))
+        return KVT_E_INVAL;
     t->v = kvt_calloc(KVT_ALLOC_INDEX, cap, sizeof(*t->v));
-    if (!t->v)
+    t->objects = kvt_calloc(KVT_ALLOC_INDEX, cap, sizeof(*t->objects));
+    if (!t->v || !t->objects) {
+        kvt_ns_table_deinit(t);
         return KVT_E_NOMEM;
+    }
     t->cap = cap;
-    t->n = 0;
     return 0;
 }
 
 void kvt_ns_table_deinit(struct kvt_ns_table *t)
 {
     kvt_free(KVT_ALLOC_INDEX, t->v);
-    t->v = NULL;
-    t->cap = t->n = 0;
+    kvt_free(KVT_ALLOC_INDEX, t->objects);
+    memset(t, 0, sizeof(*t));
+}
+
+static uint64_t tenant_hash(const char *tenant)
+{
+    return XXH3_64bits(tenant, strlen(tenant));
+}
+
+static int idle(const struct kvt_ns_table *t, uint32_t slot)
+{
+    return t->v[slot].id && t->v[slot].conns == 0 && t->objects[slot] == 0;
+}
+
+static void reclaim(struct kvt_ns_table *t, uint32_t slot)
+{
+    t->v[slot].id = 0;
+    t->n--;
+    t->reclaimed++;
+}
+
+void kvt_ns_hold(struct kvt_ns_table *t, uint32_t slot)
+{
+    t->v[slot].conns++;
+}
+
+void kvt_ns_release(struct kvt_ns_table *t, uint32_t slot)
+{
+    if (t->v[slot].conns)
+        t->v[slot].conns--;
+}
+
+uint64_t kvt_ns_tenant_objects(const struct kvt_ns_table *t, const struct kvt_ns *ns)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < t->used; i++)
+        if (t->v[i].id && t->v[i].tenant_hash == ns->tenant_hash &&
+            !strcmp(t->v[i].tenant, ns->tenant))
+            n += t->objects[i];
+    return n;
 }
 
 static uint64_t seed_of(const char *tenant, const struct kvt_ns_def *d)
@@ -59,15 +102,16 @@ static const char *validate(const struct kvt_ns_def *d, uint64_t *bpt)
         return "unknown dtype";
     if (d->rotary_dims > d->head_dim || d->rope_style > 1)
         return "rotary_dims larger than head_dim or unknown rope_style";
-    /* Each factor is at most 2^16, so the products below cannot overflow 64 bits. */
+    /* Each factor is at most 2^16, so bytes per token fits (2^51); the chunk size may not. */
     *bpt = (uint64_t)d->layers * 2u * d->kv_heads * d->head_dim * es;
-    if (*bpt * d->tokens_per_chunk > (1ull << 40))
+    uint64_t chunk;
+    if (__builtin_mul_overflow(*bpt, (uint64_t)d->tokens_per_chunk, &chunk) || chunk > (1ull << 40))
         return "chunk larger than 1 TiB";
     return NULL;
 }
 
 int kvt_ns_register(struct kvt_ns_table *t, const char *tenant, const struct kvt_ns_def *def,
-                    const struct kvt_ns **out, const char **why)
+                    uint32_t quota, const struct kvt_ns **out, const char **why)
 {
     uint64_t bpt = 0;
     const char *bad = validate(def, &bpt);
@@ -75,21 +119,54 @@ int kvt_ns_register(struct kvt_ns_table *t, const char *tenant, const struct kvt
         *why = bad;
         return KVT_E_INVAL;
     }
-    uint64_t seed = seed_of(tenant, def);
-    for (uint32_t i = 0; i < t->n; i++) {
-        if (t->v[i].seed == seed && strcmp(t->v[i].tenant, tenant) == 0) {
-            *out = &t->v[i];
+    uint64_t seed = seed_of(tenant, def), th = tenant_hash(tenant);
+    uint32_t held = 0, own_idle = UINT32_MAX, any_idle = UINT32_MAX, free_slot = UINT32_MAX;
+    for (uint32_t i = 0; i < t->used; i++) {
+        const struct kvt_ns *x = &t->v[i];
+        if (!x->id) {
+            if (free_slot == UINT32_MAX)
+                free_slot = i;
+            continue;
+        }
+        int mine = x->tenant_hash == th && strcmp(x->tenant, tenant) == 0;
+        if (mine && x->seed == seed) {
+            *out = x;
             return 0;
         }
+        held += mine;
+        if (idle(t, i)) {
+            if (mine && own_idle == UINT32_MAX)
+                own_idle = i;
+            if (any_idle == UINT32_MAX)
+                any_idle = i;
+        }
     }
-    if (t->n == t->cap) {
-        *why = "namespace table full (max_namespaces)";
+    if (held >= quota) {
+        if (own_idle == UINT32_MAX) {
+            *why = "tenant holds quota.namespaces_per_tenant namespaces, all in use";
+            return KVT_E_QUOTA;
+        }
+        reclaim(t, own_idle);
+        free_slot = own_idle;
+    }
+    if (free_slot == UINT32_MAX && t->used < t->cap)
+        free_slot = t->used++;
+    if (free_slot == UINT32_MAX && any_idle != UINT32_MAX) {
+        reclaim(t, any_idle);
+        free_slot = any_idle;
+    }
+    if (free_slot == UINT32_MAX) {
+        *why = "namespace table full of namespaces in use (max_namespaces)";
         return KVT_E_FULL;
     }
-    struct kvt_ns *ns = &t->v[t->n];
+    struct kvt_ns *ns = &t->v[free_slot];
     memset(ns, 0, sizeof(*ns));
-    ns->id = ++t->n;
+    t->objects[free_slot] = 0;
+    t->gen = (t->gen + 1) & ((1u << (32 - KVT_NS_SLOT_BITS)) - 1);
+    ns->id = t->gen << KVT_NS_SLOT_BITS | (free_slot + 1);
+    t->n++;
     ns->seed = seed;
+    ns->tenant_hash = th;
     snprintf(ns->tenant, sizeof(ns->tenant), "%s", tenant);
     snprintf(ns->model_id, sizeof(ns->model_id), "%s", def->model_id);
     ns->layers = def->layers;
@@ -110,9 +187,10 @@ int kvt_ns_register(struct kvt_ns_table *t, const char *tenant, const struct kvt
 int kvt_ns_resolve(const struct kvt_ns_table *t, uint32_t id, const char *tenant,
                    const struct kvt_ns **out)
 {
-    if (id == 0 || id > t->n)
+    uint32_t slot = (id & ((1u << KVT_NS_SLOT_BITS) - 1)) - 1;
+    if (slot >= t->used || t->v[slot].id != id || id == 0)
         return KVT_E_NONS;
-    const struct kvt_ns *ns = &t->v[id - 1];
+    const struct kvt_ns *ns = &t->v[slot];
     if (strcmp(ns->tenant, tenant) != 0)
         return KVT_E_ACCESS;
     *out = ns;

@@ -8,19 +8,25 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/assert.h"
+#include "common/checksum.h"
 #include "common/log.h"
 #include "common/time.h"
 #include "common/version.h"
+#include "daemon/auth.h"
 #include "daemon/server.h"
 #include "kernels/copy.h"
 
-#define STATS_RESERVE_BYTES (16 * 1024)
-#define BASE_RESERVE_BYTES 512
+#define STATS_RESERVE_BYTES (48 * 1024)
+#define BASE_RESERVE_BYTES KVT_ERROR_RESERVE_BYTES
 #define KEY_STATUS_BYTES 12
 
 static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
@@ -85,6 +91,20 @@ static int tenant_ok(const char *t)
     return 1;
 }
 
+/* Whether the peer of c may act for tenant: its own uid's tenant, or one the tenants map grants
+ * to its uid or one of its groups (primary from SO_PEERCRED, supplementary from SO_PEERGROUPS). */
+static int peer_may_act_for(const struct kvt_server *s, const struct kvt_conn *c,
+                            const char *tenant)
+{
+    enum { GROUPS_MAX = 64 };
+    gid_t groups[GROUPS_MAX];
+    socklen_t len = sizeof(groups);
+    size_t n = 0;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+        n = len / sizeof(gid_t);
+    return kvt_tenant_allowed(s->cfg->tenants, tenant, c->uid, c->gid, groups, n);
+}
+
 static int map_arena(struct kvt_server *s, struct kvt_conn *c, uint64_t bytes, const char **why)
 {
     if (bytes > s->cfg->max_arena_bytes) {
@@ -97,15 +117,28 @@ static int map_arena(struct kvt_server *s, struct kvt_conn *c, uint64_t bytes, c
     }
     int fd = c->pending_fd;
     c->pending_fd = -1;
-    /* Without a seal against shrinking, the client could truncate the file under our mapping and
-     * turn our next copy into SIGBUS. */
+    /* The daemon must be able to read the arena's pages whenever it likes. Without a seal
+     * against shrinking the client could truncate the file under our mapping; on hugetlbfs it
+     * could punch a page out and use up the free huge pages, so that the page cannot come back.
+     * Either turns our next copy into SIGBUS. Only a sealed shmem memfd (pages that are always
+     * there or can be allocated again) is accepted; the copies are guarded all the same. */
     int seals = fcntl(fd, F_GET_SEALS);
     struct stat st;
+    struct statfs fs;
     int rc = 0;
-    if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+    if (fstatfs(fd, &fs) || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        *why = "arena must be a memfd";
+        rc = KVT_E_INVAL;
+    } else if ((unsigned long)fs.f_type == HUGETLBFS_MAGIC) {
+        *why = "arena must not be a hugetlb memfd: its pages can vanish under the daemon";
+        rc = KVT_E_INVAL;
+    } else if ((unsigned long)fs.f_type != TMPFS_MAGIC) {
+        *why = "arena must be a memfd (shmem), not a file on another file system";
+        rc = KVT_E_INVAL;
+    } else if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
         *why = "arena must be a memfd sealed with F_SEAL_SHRINK";
         rc = KVT_E_INVAL;
-    } else if (fstat(fd, &st) || (uint64_t)st.st_size < bytes) {
+    } else if ((uint64_t)st.st_size < bytes) {
         *why = "arena memfd is smaller than arena_bytes";
         rc = KVT_E_RANGE;
     } else {
@@ -134,9 +167,19 @@ static void op_hello(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         reply_error(s, c, op, KVT_E_PROTO, "unsupported protocol version");
         return;
     }
-    const char *tenant = (h->tenant && *h->tenant) ? h->tenant : "default";
+    /* No tenant (or "default") keeps the one the connection started with: its uid's. */
+    const char *tenant =
+        (h->tenant && *h->tenant && strcmp(h->tenant, "default") != 0) ? h->tenant : c->tenant;
     if (!tenant_ok(tenant)) {
         reply_error(s, c, op, KVT_E_INVAL, "tenant must be 1-63 printable non-space characters");
+        return;
+    }
+    if (!peer_may_act_for(s, c, tenant)) {
+        s->st.tenant_denied++;
+        KVT_LOG_RATELIMITED(KVT_LOG_WARN, "ops", "conn=%llu uid=%u may not act for tenant %s",
+                            (unsigned long long)c->id, (unsigned)c->uid, tenant);
+        reply_error(s, c, op, KVT_E_TENANT,
+                    "this uid may not act for that tenant: the tenants map does not list it");
         return;
     }
     if (h->arena_bytes) {
@@ -184,10 +227,26 @@ static void op_register(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
                            .allow_lossy = sp->allow_lossy};
     const struct kvt_ns *ns = NULL;
     const char *why = NULL;
-    int rc = kvt_ns_register(&s->ns, c->tenant, &d, &ns, &why);
+    int rc = kvt_ns_register(&s->ns, c->tenant, &d, (uint32_t)s->cfg->quota_namespaces, &ns, &why);
     if (rc) {
+        if (rc == KVT_E_QUOTA)
+            s->st.quota_rejections++;
         reply_error(s, c, op, rc, why);
         return;
+    }
+    /* The connection holds the namespace until it closes: a held namespace is never reclaimed. */
+    uint32_t slot = kvt_ns_slot(ns);
+    int held = 0;
+    for (uint32_t i = 0; i < c->n_ns_held && !held; i++)
+        held = c->ns_held[i] == slot;
+    if (!held) {
+        if (c->n_ns_held == KVT_CONN_NS_MAX) {
+            s->st.quota_rejections++;
+            reply_error(s, c, op, KVT_E_QUOTA, "one connection may hold at most 64 namespaces");
+            return;
+        }
+        c->ns_held[c->n_ns_held++] = slot;
+        kvt_ns_hold(&s->ns, slot);
     }
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__RegisterResp rr = KVTIER__REGISTER_RESP__INIT;
@@ -264,6 +323,12 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     } else {
         src = c->arena + p->offset;
     }
+    if (!p->checksum && !p->inline_data.len && !strcmp(s->cfg->put_checksum, "required")) {
+        s->st.put_checksum_missing++;
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "Put from the arena without a payload checksum (put_checksum = required)");
+        return;
+    }
     s->st.puts++;
     uint32_t found = kvt_index_find(&s->idx, ns->seed, &key);
     if (found != KVT_INDEX_NIL) {
@@ -272,12 +337,21 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         put_reply(s, c, op, 1, t == KVT_TIER_NONE ? KVT_TIER_CPU : t);
         return;
     }
+    if (s->cfg->quota_objects_share < 1.0 && (double)kvt_ns_tenant_objects(&s->ns, ns) >=
+                                                 s->cfg->quota_objects_share * (double)s->idx.cap) {
+        s->st.quota_rejections++;
+        reply_error(s, c, op, KVT_E_QUOTA,
+                    "tenant stores its share of index.max_objects (quota.objects_share): delete "
+                    "chunks or raise the quota");
+        return;
+    }
     uint32_t id;
     if (kvt_index_insert(&s->idx, ns->seed, &key, &id)) {
         s->st.index_full++;
-        reply_error(s, c, op, KVT_E_FULL, "index full (index.max_objects)");
+        reply_error(s, c, op, KVT_E_INDEXFULL, NULL);
         return;
     }
+    kvt_index_set_owner(&s->idx, id, (uint16_t)(kvt_ns_slot(ns) + 1));
     uint64_t off;
     rc = kvt_tm_host_alloc(s, len, id, &off);
     if (rc) {
@@ -300,12 +374,18 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     e->refs = 1; /* the writer: the slot cannot be evicted while it fills */
     op->entry = id;
     op->length = len;
+    op->has_checksum = p->checksum != NULL;
+    op->checksum = p->checksum ? p->checksum->value : 0;
     op->job.dst = kvt_host_ptr(s->host, off);
     op->job.src = src;
     op->job.len = len;
+    op->job.want_sum = (uint8_t)op->has_checksum;
     if (p->inline_data.len) {
-        /* Inline bytes live in the request, which is freed after dispatch: copy now. */
+        /* Inline bytes live in the request, which is freed after dispatch: copy now. They are
+         * the daemon's own memory: no guard needed. */
         kvt_copy_stream(op->job.dst, src, len);
+        op->copy_res = 0;
+        op->sum = op->has_checksum ? kvt_payload_checksum(op->job.dst, len) : 0;
         kvt__ops_complete(s, op);
         return;
     }
@@ -445,13 +525,32 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
     e->refs--;
-    if (op->kind == KVTIER__REQUEST__OP_PUT && op->conn->dead) {
-        /* The client gave up on this Put (timeout or exit) and may already reuse its buffer:
-         * the copied bytes cannot be trusted, so the chunk is dropped, never served. */
-        kvt_host_free(s->host, e->host_off);
-        kvt_index_remove(&s->idx, op->entry);
-        kvt__server_respond(s, op->conn, op, &(Kvtier__Response)KVTIER__RESPONSE__INIT,
-                            KVT_E_DISCONNECTED, NULL);
+    if (op->kind == KVTIER__REQUEST__OP_PUT) {
+        /* The copied bytes cannot be trusted when the client gave up on this Put (timeout or
+         * exit: it may already reuse its buffer), when its memory vanished mid-copy, or when
+         * they are not the bytes it checksummed: the chunk is dropped, never served. */
+        int status = op->conn->dead                                ? KVT_E_DISCONNECTED
+                     : op->copy_res                                ? op->copy_res
+                     : op->has_checksum && op->sum != op->checksum ? KVT_E_CHECKSUM
+                                                                   : 0;
+        if (status) {
+            if (status == KVT_E_CHECKSUM)
+                s->st.put_checksum_errors++;
+            else if (status == KVT_E_FAULT)
+                s->st.client_memory_faults++;
+            kvt_host_free(s->host, e->host_off);
+            kvt_index_remove(&s->idx, op->entry);
+            reply_error(s, op->conn, op, status,
+                        status == KVT_E_CHECKSUM
+                            ? "the bytes copied from the arena do not match the Put's checksum: "
+                              "the buffer changed during the copy; nothing was stored"
+                            : NULL);
+            return;
+        }
+    } else if (op->copy_res) {
+        s->st.client_memory_faults++;
+        reply_error(s, op->conn, op, op->copy_res,
+                    "the Get's destination in the arena could not be written");
         return;
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
@@ -547,7 +646,9 @@ static void op_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
 
 /* ---- Stats, Ping, Config ------------------------------------------------------------------ */
 
-#define STATS_MAX 192
+/* Room for every statistic the daemon has (about 150 today); a stat that does not fit is a bug
+ * caught by the assertion below and by the stats test, never a silent truncation. */
+#define STATS_MAX 512
 
 struct stats_buf {
     Kvtier__Stat items[STATS_MAX];
@@ -558,8 +659,7 @@ struct stats_buf {
 
 static void stat_add(struct stats_buf *b, const char *prefix, const char *name, uint64_t v)
 {
-    if (b->n == STATS_MAX)
-        return;
+    KVT_ASSERT(b->n < STATS_MAX);
     Kvtier__Stat *st = &b->items[b->n];
     kvtier__stat__init(st);
     snprintf(b->names[b->n], sizeof(b->names[0]), "%s%s", prefix, name);
@@ -648,22 +748,34 @@ static void op_config_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_o
     char why[256];
     const char *key = r->key ? r->key : "";
     const char *value = r->value ? r->value : "";
+    const struct kvt_cfg_entry *e = kvt_cfg_find(&kvt_dconfig_table, key);
+    if (e && (e->flags & KVT_CFG_RUNTIME) && (e->flags & KVT_CFG_ADMIN) && !c->admin) {
+        s->st.config_denied++;
+        KVT_LOG_RATELIMITED(KVT_LOG_WARN, "ops", "config set %s refused: uid=%u is not an admin",
+                            key, (unsigned)c->uid);
+        snprintf(why, sizeof(why), "'%s' can only be changed by an admin uid (admin_uids)", key);
+        reply_error(s, c, op, KVT_E_NOTADMIN, why);
+        return;
+    }
     /* Validate cross-key constraints on a copy, then commit. */
     struct kvt_dconfig next = *s->cfg;
     int rc = kvt_cfg_set(&kvt_dconfig_table, &next, key, value, 1, why, sizeof(why));
-    if (!rc && next.inline_max_bytes + 4096 > next.max_frame_bytes) {
-        snprintf(why, sizeof(why), "inline_max_bytes must stay 4K below max_frame_bytes");
-        rc = KVT_E_BADCONFIG;
-    }
+    if (!rc)
+        rc = kvt_dconfig_check(&next, why, sizeof(why));
     if (rc) {
         reply_error(s, c, op, rc, why);
         return;
     }
     *s->cfg = next;
+    kvt__server_config_applied(s);
+    KVT_INFO("ops", "config set %s = %s by uid=%u", key, value, (unsigned)c->uid);
+    config_reply(s, c, op, key);
+}
+
+void kvt__server_config_applied(struct kvt_server *s)
+{
     kvt_log_set_level(kvt_log_level_parse(s->cfg->log_level));
     kvt_tm_config_changed(s);
-    KVT_INFO("ops", "config set %s = %s", key, value);
-    config_reply(s, c, op, key);
 }
 
 /* ---- dispatch ----------------------------------------------------------------------------- */

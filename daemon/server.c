@@ -22,9 +22,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
 #include "common/alloc.h"
+#include "common/checksum.h"
 #include "common/log.h"
+#include "common/memguard.h"
+#include "common/paths.h"
 #include "common/time.h"
+#include "daemon/auth.h"
 #include "daemon/server.h"
 
 #define EVENTS_MAX 64
@@ -65,14 +71,35 @@ static int ep_add(struct kvt_server *s, int fd, uint32_t events, void *ptr)
     return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
 }
 
-static void ep_mod(struct kvt_server *s, struct kvt_conn *c, int want_out)
+/* Arms exactly the events the connection can act on. Level-triggered epoll reports a readable
+ * socket on every wait, so input interest is dropped while the input buffer is full (frames wait
+ * for flow control) and after end of input; otherwise a client that does not read, or one that
+ * half-closed, would make the loop spin. */
+static void conn_arm(struct kvt_server *s, struct kvt_conn *c)
 {
-    if (c->dead || c->epollout == want_out)
+    if (c->dead)
         return;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (want_out ? EPOLLOUT : 0),
-                             .data.ptr = &c->src};
+    uint32_t want = 0;
+    if (!c->read_eof && !c->closing && c->in_len < c->in_cap)
+        want |= EPOLLIN | EPOLLRDHUP;
+    if (c->out_off < c->out_len)
+        want |= EPOLLOUT;
+    if (want == c->ep_events)
+        return;
+    struct epoll_event ev = {.events = want, .data.ptr = &c->src};
     if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0)
-        c->epollout = want_out;
+        c->ep_events = want;
+}
+
+/* Queues c to resume its buffered frames before the loop sleeps: an op finished or output drained.
+ * Completions never dispatch new requests themselves (STYLE.md: like Redis's blocked clients). */
+static void conn_queue(struct kvt_server *s, struct kvt_conn *c)
+{
+    if (c->dead || c->queued)
+        return;
+    c->queued = 1;
+    c->ready_next = s->ready;
+    s->ready = c;
 }
 
 /* ---- output ------------------------------------------------------------------------------- */
@@ -88,7 +115,7 @@ static void conn_flush(struct kvt_server *s, struct kvt_conn *c)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            ep_mod(s, c, 1);
+            conn_arm(s, c);
             return;
         }
         /* Peer gone: nothing more can be delivered. */
@@ -97,7 +124,7 @@ static void conn_flush(struct kvt_server *s, struct kvt_conn *c)
         return;
     }
     c->out_off = c->out_len = 0;
-    ep_mod(s, c, 0);
+    conn_arm(s, c);
 }
 
 void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
@@ -109,6 +136,7 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
         op->next_free = c->free_ops;
         c->free_ops = op;
         c->inflight--;
+        conn_queue(s, c); /* a freed op may let buffered frames through */
     }
     if (status) {
         resp->status = status;
@@ -187,6 +215,9 @@ static void conn_close(struct kvt_server *s, struct kvt_conn *c)
     epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->dead = 1;
+    for (uint32_t i = 0; i < c->n_ns_held; i++)
+        kvt_ns_release(&s->ns, c->ns_held[i]);
+    c->n_ns_held = 0;
     conn_unlink(s, c);
     c->prev = NULL;
     c->next = s->closed;
@@ -201,7 +232,7 @@ static void sweep_closed(struct kvt_server *s)
     struct kvt_conn **link = &s->closed;
     while (*link) {
         struct kvt_conn *c = *link;
-        if (c->inflight == 0) {
+        if (c->inflight == 0 && !c->queued) {
             *link = c->next;
             conn_free(c);
         } else {
@@ -220,7 +251,6 @@ static struct kvt_conn *conn_new(struct kvt_server *s, int fd)
     c->fd = fd;
     c->pending_fd = -1;
     c->id = ++s->next_conn_id;
-    snprintf(c->tenant, sizeof(c->tenant), "default");
     c->in_cap = cfg->max_frame_bytes + 4;
     c->out_cap = cfg->max_frame_bytes + 4 + OUT_EXTRA_BYTES;
     c->in = kvt_malloc(KVT_ALLOC_CONN, c->in_cap);
@@ -238,21 +268,6 @@ static struct kvt_conn *conn_new(struct kvt_server *s, int fd)
         c->free_ops = &c->ops[i];
     }
     return c;
-}
-
-static int uid_allowed(const char *list, uid_t uid)
-{
-    if (!*list)
-        return 1;
-    const char *p = list;
-    while (*p) {
-        char *end;
-        unsigned long v = strtoul(p, &end, 10);
-        if (end != p && v == (unsigned long)uid)
-            return 1;
-        p = *end ? end + 1 : end;
-    }
-    return 0;
 }
 
 /* Rejects a connection with one error frame, written best effort on the fresh socket. */
@@ -279,23 +294,51 @@ static void reject(int fd, int status)
     close(fd);
 }
 
+/* Out of descriptors: the pending connection would keep the listening socket readable and the
+ * loop spinning. Give back the spare descriptor, accept the connection, tell it why and close it,
+ * then take the spare again. */
+static void accept_out_of_fds(struct kvt_server *s, int err)
+{
+    s->st.connections_rejected_nofile++;
+    KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server",
+                        "accept: %s: refusing connections until descriptors free up "
+                        "(raise RLIMIT_NOFILE or lower max_clients)",
+                        strerror(err));
+    if (s->spare_fd >= 0) {
+        close(s->spare_fd);
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            reject(fd, KVT_E_CONNLIMIT);
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+}
+
 static void on_accept(struct kvt_server *s)
 {
     for (int i = 0; i < EVENTS_MAX; i++) {
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EINTR)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                accept_out_of_fds(s, errno);
+            else if (errno != EAGAIN && errno != EINTR)
                 KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "accept: %s", strerror(errno));
             return;
         }
         struct ucred cred = {0};
         socklen_t cl = sizeof(cred);
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
-        if (!uid_allowed(s->cfg->allowed_uids, cred.uid)) {
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) || cl != sizeof(cred)) {
+            /* Without credentials the peer cannot be told apart from root: refuse it. */
+            s->st.connections_rejected_uid++;
+            KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "rejected connection: SO_PEERCRED: %s",
+                                strerror(errno));
+            reject(fd, KVT_E_PEERUID);
+            continue;
+        }
+        if (!kvt_uid_listed(s->cfg->allowed_uids, cred.uid, 1)) {
             s->st.connections_rejected_uid++;
             KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server", "rejected uid=%u pid=%d", cred.uid,
                                 cred.pid);
-            reject(fd, KVT_E_ACCESS);
+            reject(fd, KVT_E_PEERUID);
             continue;
         }
         if (s->n_conns >= s->cfg->max_clients || s->stop) {
@@ -303,7 +346,7 @@ static void on_accept(struct kvt_server *s)
             KVT_LOG_RATELIMITED(KVT_LOG_WARN, "server",
                                 "rejected connection: %u clients (max %llu)", s->n_conns,
                                 (unsigned long long)s->cfg->max_clients);
-            reject(fd, s->stop ? KVT_E_SHUTDOWN : KVT_E_BUSY);
+            reject(fd, s->stop ? KVT_E_SHUTDOWN : KVT_E_CONNLIMIT);
             continue;
         }
         struct kvt_conn *c = conn_new(s, fd);
@@ -312,6 +355,11 @@ static void on_accept(struct kvt_server *s)
             continue;
         }
         c->uid = cred.uid;
+        c->gid = cred.gid;
+        c->pid = cred.pid;
+        c->admin = kvt_admin_uid(s->cfg, cred.uid);
+        kvt_tenant_default(cred.uid, c->tenant, sizeof(c->tenant));
+        c->ep_events = EPOLLIN | EPOLLRDHUP;
         if (ep_add(s, fd, EPOLLIN | EPOLLRDHUP, &c->src)) {
             close(fd);
             conn_free(c);
@@ -379,6 +427,9 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
             return;
         }
         size_t reserve = kvt__ops_reserve(s, req);
+        int too_big = reserve > s->cfg->max_frame_bytes;
+        if (too_big)
+            reserve = KVT_ERROR_RESERVE_BYTES; /* only an error answer will be sent */
         if (c->out_len - c->out_off + c->out_reserved + reserve + 4 > c->out_cap) {
             kvtier__request__free_unpacked(req, &pa);
             break; /* resumes when output drains */
@@ -392,7 +443,20 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
         op->kind = req->op_case;
         c->out_reserved += reserve;
         s->st.requests++;
-        kvt__ops_dispatch(s, c, op, req);
+        if (too_big) {
+            /* Its answer would exceed max_frame_bytes (a Lookup or Delete of too many keys):
+             * refuse it rather than wait forever for output room that can never exist. */
+            char why[160];
+            s->st.requests_too_big++;
+            snprintf(why, sizeof(why),
+                     "the answer to this request would exceed max_frame_bytes %llu: send fewer "
+                     "keys",
+                     (unsigned long long)s->cfg->max_frame_bytes);
+            kvt__server_respond(s, c, op, &(Kvtier__Response)KVTIER__RESPONSE__INIT, KVT_E_TOOBIG,
+                                why);
+        } else {
+            kvt__ops_dispatch(s, c, op, req);
+        }
         kvtier__request__free_unpacked(req, &pa);
         pos += 4 + len;
     }
@@ -402,27 +466,48 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
     }
 }
 
+/* The peer hung up (or half-closed): requests it sent but that were not dispatched yet are
+ * dropped, not served. A client that gave up on its calls may already reuse the arena buffers
+ * they name, so a Put dispatched now could store bytes that were never meant for its key. */
+static void conn_input_ended(struct kvt_server *s, struct kvt_conn *c)
+{
+    size_t pos = 0;
+    uint64_t dropped = 0;
+    while (c->in_len - pos >= 4 && c->in_len - pos - 4 >= frame_len(c->in + pos)) {
+        pos += 4 + (size_t)frame_len(c->in + pos);
+        dropped++;
+    }
+    if (dropped) {
+        s->st.requests_dropped_eof += dropped;
+        KVT_LOG_RATELIMITED(KVT_LOG_INFO, "server",
+                            "conn=%llu hung up: %llu buffered requests dropped",
+                            (unsigned long long)c->id, (unsigned long long)dropped);
+    }
+    if (pos < c->in_len) {
+        /* The peer stopped sending in the middle of a frame. */
+        s->st.truncated_frames++;
+        conn_fail(s, c, KVT_E_TRUNCATED, "connection ended inside a frame");
+    }
+    c->in_len = 0;
+    c->closing = 1;
+}
+
 static void conn_maybe_finish(struct kvt_server *s, struct kvt_conn *c)
 {
     if (c->dead)
         return;
-    if (c->read_eof && !c->closing) {
-        process_frames(s, c);
-        if (c->in_len > 0 && c->free_ops && !c->closing) {
-            /* The peer stopped sending in the middle of a frame. */
-            s->st.truncated_frames++;
-            conn_fail(s, c, KVT_E_TRUNCATED, "connection ended inside a frame");
-        } else if (c->in_len == 0) {
-            c->closing = 1;
-        }
-    }
+    if (c->read_eof && !c->closing)
+        conn_input_ended(s, c);
     conn_flush(s, c);
     if (!c->dead && c->closing && c->inflight == 0 && c->out_len == c->out_off)
         conn_close(s, c);
+    conn_arm(s, c);
 }
 
 static void on_readable(struct kvt_server *s, struct kvt_conn *c)
 {
+    /* Read what is there first and dispatch after: frames that arrived together with the end of
+     * input are dropped with it (conn_input_ended). */
     for (int rounds = 0; rounds < 16 && !c->closing && !c->read_eof; rounds++) {
         if (c->in_len == c->in_cap)
             break; /* full of frames waiting for flow control */
@@ -450,50 +535,66 @@ static void on_readable(struct kvt_server *s, struct kvt_conn *c)
             break;
         }
         c->in_len += (size_t)n;
-        process_frames(s, c);
     }
+    if (!c->read_eof)
+        process_frames(s, c);
     conn_maybe_finish(s, c);
 }
 
 /* ---- workers ------------------------------------------------------------------------------ */
 
-/* Loop-side completion of an op's copy job. */
-static void op_job_done(struct kvt_job *j)
+/* Adds one part of an op's copy to its result: the first fault wins, checksums add up. */
+static void op_merge_part(struct kvt_op *op, const struct kvt_job *part)
 {
-    struct kvt_op *op = (struct kvt_op *)j;
-    struct kvt_server *s = j->ctx;
+    if (part->res && !op->copy_res)
+        op->copy_res = part->res;
+    op->sum += part->sum;
+}
+
+/* Loop-side completion of an op whose whole copy was done (on the loop or by the workers). */
+static void op_copied(struct kvt_server *s, struct kvt_op *op)
+{
     struct kvt_conn *c = op->conn;
     if (s->destroying) {
         c->inflight--;
         return;
     }
     kvt__ops_complete(s, op);
-    if (!c->dead) {
-        /* A freed op or drained output may unblock buffered frames. */
-        process_frames(s, c);
-        conn_maybe_finish(s, c);
-    }
+    conn_queue(s, c); /* answered, or dropped: either way c may resume */
+}
+
+/* A worker copied the whole op. */
+static void op_job_done(struct kvt_job *j)
+{
+    struct kvt_op *op = (struct kvt_op *)j;
+    op_merge_part(op, j);
+    op_copied(j->ctx, op);
 }
 
 /* Loop-side completion of one worker's part of a striped copy: the last part completes the op. */
 static void stripe_done(struct kvt_job *j)
 {
     struct kvt_op *op = j->ctx;
-    if (--op->stripes_left == 0) {
-        op->job.res = 0;
-        op_job_done(&op->job);
-    }
+    op_merge_part(op, j);
+    if (--op->stripes_left == 0)
+        op_copied(op->job.ctx, op);
 }
 
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
 {
-    /* A Put fills a slot nobody has touched lately: stream it past the caches. */
+    /* A Put fills a slot nobody has touched lately: stream it past the caches (a Put that is
+     * checksummed uses ordinary stores and hashes each block while it is in cache). */
     op->job.fn = op->kind == KVTIER__REQUEST__OP_PUT ? kvt_job_copy_stream : kvt_job_copy;
     op->job.done = op_job_done;
     op->job.ctx = s;
+    op->job.sum_off = 0;
+    op->job.sum = 0;
+    op->copy_res = 0;
+    op->sum = 0;
     uint64_t len = op->job.len, stripe_min = s->cfg->copy_stripe_bytes;
     if (!s->workers || len < s->cfg->copy_offload_bytes) {
         op->job.fn(&op->job);
+        op_merge_part(op, &op->job);
         kvt__ops_complete(s, op);
         return;
     }
@@ -504,9 +605,10 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
         parts = s->n_workers + 1u;
     if (parts > KVT_STRIPES_MAX)
         parts = KVT_STRIPES_MAX;
-    /* Stripes end on 4 KiB boundaries (which may leave fewer of them); the loop's stripe, the
-     * op's own job, is the first. */
-    uint64_t per = parts > 1 ? (len / parts + 4095) & ~(uint64_t)4095 : len;
+    /* Stripes end on checksum block boundaries (64 KiB, which may leave fewer of them) so each
+     * part's checksum is its own; the loop's stripe, the op's own job, is the first. */
+    const uint64_t align = KVT_CHECKSUM_BLOCK_BYTES;
+    uint64_t per = parts > 1 ? (len / parts + align - 1) / align * align : len;
     parts = (len + per - 1) / per;
     if (parts < 2) {
         s->st.worker_jobs++;
@@ -526,11 +628,16 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
         j->dst = dst + at;
         j->src = src + at;
         j->len = k + 1 < parts ? per : len - at;
+        j->want_sum = op->job.want_sum;
+        j->sum_off = at;
+        j->sum = 0;
+        j->res = 0;
         s->st.worker_jobs++;
         kvt_workers_submit(s->workers, j);
     }
     op->job.len = per;
     op->job.fn(&op->job);
+    op_merge_part(op, &op->job);
     op->job.len = len;
     /* The workers' stripes are reaped later, through the loop: the last of them completes. */
     op->stripes_left--;
@@ -544,9 +651,24 @@ void kvt__server_offload(struct kvt_server *s, struct kvt_job *job)
 
 void kvt__server_after_ops(struct kvt_server *s, struct kvt_conn *c)
 {
-    if (!c->dead) {
-        process_frames(s, c);
-        conn_maybe_finish(s, c);
+    conn_queue(s, c);
+}
+
+/* Resumes the connections queued since the last call: their buffered frames, their output. Those
+ * queued meanwhile wait for the next call (the loop then does not sleep). */
+static void resume_ready(struct kvt_server *s)
+{
+    struct kvt_conn *c = s->ready;
+    s->ready = NULL;
+    while (c) {
+        struct kvt_conn *next = c->ready_next;
+        c->queued = 0;
+        c->ready_next = NULL;
+        if (!c->dead) {
+            process_frames(s, c);
+            conn_maybe_finish(s, c);
+        }
+        c = next;
     }
 }
 
@@ -589,6 +711,23 @@ static int socket_in_use(const char *path)
 
 static int bind_socket(struct kvt_server *s)
 {
+    char why[256];
+    if (!*s->cfg->socket) {
+        /* The default lives in a directory of the daemon's own, never in a world-writable one
+         * where another user could bind the name first. */
+        int rc = kvt_socket_default(s->cfg->socket, sizeof(s->cfg->socket));
+        if (rc == 0)
+            rc = kvt_socket_dir_prepare(s->cfg->socket, why, sizeof(why));
+        if (rc) {
+            KVT_ERR("server",
+                    "default socket %s: %s (set --socket to a path in a directory only "
+                    "the daemon's user can write)",
+                    s->cfg->socket, rc == KVT_E_TOOBIG ? "path too long" : why);
+            return rc;
+        }
+    } else if (kvt_socket_dir_prepare(s->cfg->socket, why, sizeof(why))) {
+        KVT_WARN("server", "socket %s: %s: another user could bind it first", s->cfg->socket, why);
+    }
     const char *path = s->cfg->socket;
     struct sockaddr_un a;
     if (unix_addr(path, &a)) {
@@ -618,6 +757,20 @@ static int bind_socket(struct kvt_server *s)
     return 0;
 }
 
+/* Raises the soft descriptor limit to what max_clients needs, as far as the hard limit allows;
+ * kvt_dconfig_check then refuses a max_clients that still does not fit. */
+static void raise_nofile(const struct kvt_dconfig *cfg)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)(cfg->max_clients + KVT_FDS_RESERVED);
+    if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        KVT_INFO("server", "RLIMIT_NOFILE raised to %llu for max_clients",
+                 (unsigned long long)rl.rlim_cur);
+}
+
 static uint32_t worker_count(const struct kvt_dconfig *cfg)
 {
     if (cfg->workers)
@@ -632,25 +785,35 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
     if (!s)
         return KVT_E_NOMEM;
     s->cfg = cfg;
-    s->epfd = s->listen_fd = s->signal_fd = -1;
+    s->epfd = s->listen_fd = s->signal_fd = s->spare_fd = -1;
     s->start_ms = kvt_now_ms();
     int rc;
-    /* Block the shutdown signals before any thread starts, so every thread inherits the mask and
-     * only the loop's signalfd sees them. */
+    /* Block the shutdown and reload signals before any thread starts, so every thread inherits
+     * the mask and only the loop's signalfd sees them. */
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
-    if (cfg->inline_max_bytes + 4096 > cfg->max_frame_bytes) {
-        KVT_ERR("server", "inline_max_bytes must be at least 4K below max_frame_bytes");
-        rc = KVT_E_BADCONFIG;
+    signal(SIGPIPE, SIG_IGN); /* a peer that vanished is an error return, never a signal */
+    raise_nofile(cfg);
+    char why[256];
+    if ((rc = kvt_dconfig_check(cfg, why, sizeof(why)))) {
+        KVT_ERR("server", "%s", why);
         goto err;
     }
+    if ((rc = kvt_memguard_init())) {
+        KVT_ERR("server", "cannot install the SIGBUS guard: %s", kvt_strerror(rc));
+        goto err;
+    }
+    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if ((rc = kvt_ns_table_init(&s->ns, (uint32_t)cfg->max_namespaces)))
         goto err;
     if ((rc = kvt_index_init(&s->idx, (uint32_t)cfg->index_max_objects)))
         goto err;
+    s->idx.owner_objects = s->ns.objects; /* chunks per namespace, for quotas and reclaim */
+    s->idx.n_owners = s->ns.cap;
     struct kvt_host_config hc = {.arena_bytes = cfg->cpu_arena_bytes,
                                  .page_bytes = cfg->cpu_page_bytes,
                                  .hugepages = cfg->cpu_hugepages,
@@ -696,6 +859,50 @@ err:
     return rc;
 }
 
+/* SIGHUP: reads the config file again and applies the keys that may change at run time (with the
+ * same checks as a runtime Config set), then reopens the log. A bad file changes nothing. */
+static void reload(struct kvt_server *s)
+{
+    kvt_log_reopen();
+    if (!s->config_path) {
+        KVT_INFO("server", "SIGHUP: log reopened; no config file to reload (--config)");
+        return;
+    }
+    char why[512];
+    struct kvt_dconfig next = *s->cfg;
+    int rc = kvt_cfg_load_file(&kvt_dconfig_table, &next, s->config_path, why, sizeof(why));
+    if (!rc)
+        rc = kvt_dconfig_check(&next, why, sizeof(why));
+    if (rc) {
+        s->st.reload_failures++;
+        KVT_ERR("server", "SIGHUP: config not reloaded: %s", why);
+        return;
+    }
+    const struct kvt_cfg_table *t = &kvt_dconfig_table;
+    unsigned changed = 0, ignored = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct kvt_cfg_entry *e = &t->entries[i];
+        char before[1100], after[1100];
+        kvt_cfg_get(t, s->cfg, e->key, before, sizeof(before));
+        kvt_cfg_get(t, &next, e->key, after, sizeof(after));
+        if (!strcmp(before, after))
+            continue;
+        if (!(e->flags & KVT_CFG_RUNTIME)) {
+            ignored++;
+            KVT_WARN("server", "SIGHUP: %s changed in %s but needs a restart", e->key,
+                     s->config_path);
+            continue;
+        }
+        kvt_cfg_set(t, s->cfg, e->key, after, 1, NULL, 0);
+        changed++;
+        KVT_INFO("server", "SIGHUP: %s = %s", e->key, after);
+    }
+    kvt__server_config_applied(s);
+    s->st.reloads++;
+    KVT_INFO("server", "SIGHUP: config reloaded from %s (%u changed, %u need a restart)",
+             s->config_path, changed, ignored);
+}
+
 static void begin_shutdown(struct kvt_server *s)
 {
     if (s->stop)
@@ -739,7 +946,7 @@ int kvt_server_run(struct kvt_server *s)
          * pipelined client usually arrives within microseconds, and waking a sleeping thread on
          * another core costs tens of them on virtual machines. */
         int timeout_ms = s->stop ? (kvt_tm_busy(s) ? 1 : 50) : 1000;
-        if (kvt_now_ns() - last_event_ns < s->cfg->busy_poll_us * 1000ull)
+        if (kvt_now_ns() - last_event_ns < s->cfg->busy_poll_us * 1000ull || s->ready)
             timeout_ms = 0;
         int n = epoll_wait(s->epfd, ev, EVENTS_MAX, timeout_ms);
         if (n > 0)
@@ -756,9 +963,13 @@ int kvt_server_run(struct kvt_server *s)
                 break;
             case KVT_EV_SIGNAL: {
                 struct signalfd_siginfo si;
-                while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si))
+                while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si)) {
                     KVT_INFO("server", "signal %u received", si.ssi_signo);
-                begin_shutdown(s);
+                    if (si.ssi_signo == SIGHUP)
+                        reload(s);
+                    else
+                        begin_shutdown(s);
+                }
                 break;
             }
             case KVT_EV_WORKERS:
@@ -771,9 +982,23 @@ int kvt_server_run(struct kvt_server *s)
                 struct kvt_conn *c = (struct kvt_conn *)src;
                 if (c->dead)
                     break;
-                if (ev[i].events & EPOLLOUT)
+                if (ev[i].events & (EPOLLHUP | EPOLLERR)) {
+                    /* Gone both ways: nothing more can be delivered, and epoll would report it
+                     * on every wait until the fd is closed. What it sent is read (and dropped
+                     * with the end of input, never dispatched), then the socket is closed. */
+                    on_readable(s, c);
+                    if (!c->dead && !c->read_eof) {
+                        c->read_eof = 1;
+                        conn_input_ended(s, c);
+                    }
+                    conn_close(s, c);
+                    break;
+                }
+                if (ev[i].events & EPOLLOUT) {
                     conn_flush(s, c);
-                if (!c->dead && (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+                    conn_queue(s, c); /* drained output may let buffered frames through */
+                }
+                if (!c->dead && (ev[i].events & (EPOLLIN | EPOLLRDHUP)))
                     on_readable(s, c);
                 else if (!c->dead)
                     conn_maybe_finish(s, c);
@@ -782,6 +1007,7 @@ int kvt_server_run(struct kvt_server *s)
             }
         }
         kvt_tm_tick(s);
+        resume_ready(s);
         sweep_closed(s);
     }
     KVT_INFO("server", "stopped after %llu requests", (unsigned long long)s->st.requests);
@@ -824,6 +1050,8 @@ void kvt_server_destroy(struct kvt_server *s)
     }
     if (s->signal_fd >= 0)
         close(s->signal_fd);
+    if (s->spare_fd >= 0)
+        close(s->spare_fd);
     if (s->epfd >= 0)
         close(s->epfd);
     kvt_host_destroy(s->host);

@@ -23,12 +23,25 @@
 #include "tiers/host/host.h"
 
 #define KVT_PROTO_VERSION 1
+#define KVT_CONN_NS_MAX 64          /* namespaces one connection may hold */
+#define KVT_ERROR_RESERVE_BYTES 512 /* output reserved for an answer that is only an error */
 
 /* Daemon counters; every rejection has one. */
 #define KVT_DAEMON_STATS(X)                                                                        \
     X(connections_accepted)                                                                        \
     X(connections_rejected_busy)                                                                   \
     X(connections_rejected_uid)                                                                    \
+    X(connections_rejected_nofile)                                                                 \
+    X(requests_dropped_eof)                                                                        \
+    X(requests_too_big)                                                                            \
+    X(tenant_denied)                                                                               \
+    X(config_denied)                                                                               \
+    X(put_checksum_missing)                                                                        \
+    X(put_checksum_errors)                                                                         \
+    X(client_memory_faults)                                                                        \
+    X(quota_rejections)                                                                            \
+    X(reloads)                                                                                     \
+    X(reload_failures)                                                                             \
     X(requests)                                                                                    \
     X(puts)                                                                                        \
     X(puts_existed)                                                                                \
@@ -75,6 +88,10 @@ struct kvt_op {
     struct kvt_job job;                         /* first: a reaped job is its op */
     struct kvt_job stripe[KVT_STRIPES_MAX - 1]; /* the workers' parts of a striped copy */
     uint32_t stripes_left;                      /* parts of the copy not yet reaped */
+    int copy_res;                               /* first failure of a part (KVT_E_FAULT) */
+    uint64_t sum;                               /* Put: checksum of what the parts stored */
+    uint64_t checksum;                          /* Put: the client's, when has_checksum */
+    int has_checksum;
     struct kvt_conn *conn;
     struct kvt_op *next_free;
     uint64_t req_id;
@@ -101,7 +118,10 @@ struct kvt_conn {
     struct kvt_evsrc src;
     int fd;
     uint64_t id;
-    uid_t uid;
+    uid_t uid; /* peer credentials (SO_PEERCRED) at accept */
+    gid_t gid;
+    pid_t pid;
+    int admin; /* uid is in admin_uids: may change security and fault settings */
     char tenant[KVT_TENANT_MAX];
     int hello_done;
     uint8_t *arena;
@@ -112,7 +132,7 @@ struct kvt_conn {
     size_t in_len, in_cap;
     uint8_t *out;
     size_t out_off, out_len, out_cap, out_reserved;
-    int epollout;
+    uint32_t ep_events; /* what epoll is armed for (conn_arm) */
 
     struct kvt_op *ops;
     struct kvt_op *free_ops;
@@ -122,6 +142,10 @@ struct kvt_conn {
     int read_eof; /* peer finished sending */
     int closing;  /* no more requests: close once responses are out and ops done */
     int dead;     /* socket closed; freed when inflight reaches 0 */
+    int queued;   /* on the server's ready list */
+    uint32_t ns_held[KVT_CONN_NS_MAX]; /* slots of the namespaces it registered */
+    uint32_t n_ns_held;
+    struct kvt_conn *ready_next;
     struct kvt_conn *prev, *next;
 };
 
@@ -142,6 +166,9 @@ struct kvt_server {
     uint32_t n_workers;
     struct kvt_conn *conns;  /* open connections */
     struct kvt_conn *closed; /* closed, freed once their in-flight ops are back */
+    struct kvt_conn *ready;  /* to resume before the loop sleeps (conn_queue) */
+    int spare_fd;            /* kept open to accept-and-refuse when out of descriptors */
+    const char *config_path; /* borrowed from main: reread on SIGHUP; NULL when none */
     uint32_t n_conns;
     uint64_t next_conn_id;
     uint64_t start_ms;
@@ -181,7 +208,10 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op);
 /* Hands any job (fn, done and ctx set) to the worker pool. */
 void kvt__server_offload(struct kvt_server *s, struct kvt_job *job);
-/* After an op of c finished outside the worker path: resume its buffered frames, flush. */
+/* A runtime config change (Config set or SIGHUP) was committed to s->cfg: apply it. */
+void kvt__server_config_applied(struct kvt_server *s);
+/* After an op of c finished outside the worker path: queues c to resume its buffered frames and
+ * flush before the loop sleeps (never dispatches anything itself). */
 void kvt__server_after_ops(struct kvt_server *s, struct kvt_conn *c);
 
 #endif

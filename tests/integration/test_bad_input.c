@@ -19,11 +19,19 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include "common/checksum.h"
 #include "kvtier.pb-c.h"
 #include "kvtier/kvtier.h"
 #include "tests/lib/daemon.h"
 
 static struct kvt_test_daemon dp;
+static const char *raw_path; /* the daemon raw_connect() talks to: dp unless a test says so */
 static struct kvt_client *bystander;
 static struct kvt_ns_info bns;
 static struct kvt_key bkey = {0x1234, 0x5678};
@@ -36,14 +44,20 @@ static const struct kvt_ns_spec spec = {.model_id = "bad-input",
                                         .dtype = KVT_DTYPE_FP16,
                                         .tokens_per_chunk = 16};
 #define CHUNK_BYTES 2048
+/* The daemon's id of the bystander's namespace: the first slot, first generation. */
+#define BNS_DAEMON_ID ((1u << 17) | 1u)
 
 static int setup(void **state)
 {
     (void)state;
+    static char tenants[128];
+    /* "mallory" is a tenant this uid may act for; "victim" is one it may not. */
+    snprintf(tenants, sizeof(tenants), "--tenants=mallory=uid:%u;victim=uid:4000000", getuid());
     const char *args[] = {"--max_clients=8", "--max_frame_bytes=64K", "--inline_max_bytes=16K",
-                          NULL};
+                          tenants, NULL};
     if (kvt_test_daemon_start(&dp, args))
         return -1;
+    raw_path = dp.socket_path;
     struct kvt_connect_opts o = {.socket_path = dp.socket_path, .arena_bytes = 1 << 20};
     if (kvt_connect(&o, &bystander) || kvt_register(bystander, &spec, &bns))
         return -1;
@@ -77,7 +91,7 @@ static int raw_connect(void)
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     assert_true(fd >= 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, dp.socket_path, strnlen(dp.socket_path, sizeof(a.sun_path) - 1));
+    memcpy(a.sun_path, raw_path, strnlen(raw_path, sizeof(a.sun_path) - 1));
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     return fd;
 }
@@ -214,12 +228,17 @@ static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_o
     return fd;
 }
 
-static int put_status(int fd, uint64_t id, uint32_t ns, uint64_t off, uint64_t len,
-                      uint32_t n_tokens)
+/* A raw Put of arena[off, off + len) with its checksum (arena NULL: a checksum of 0, for requests
+ * that must be refused before any copy). */
+static int put_status(int fd, uint64_t id, uint32_t ns, const uint8_t *arena, uint64_t off,
+                      uint64_t len, uint32_t n_tokens)
 {
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__PutReq p = KVTIER__PUT_REQ__INIT;
     Kvtier__Key k = KVTIER__KEY__INIT;
+    Kvtier__Checksum ck = KVTIER__CHECKSUM__INIT;
+    ck.value = arena ? kvt_payload_checksum(arena + off, len) : 0;
+    p.checksum = &ck;
     k.lo = id * 1000 + 1;
     k.hi = 99;
     p.ns = ns;
@@ -298,9 +317,9 @@ static void test_offsets_outside_arena(void **state)
     uint8_t *arena;
     uint32_t ns;
     int fd = raw_session(64 * 1024, &arena, &ns, NULL);
-    assert_int_equal(put_status(fd, 10, ns, 64 * 1024 - 1024, CHUNK_BYTES, 0), KVT_E_RANGE);
-    assert_int_equal(put_status(fd, 11, ns, UINT64_MAX - 10, CHUNK_BYTES, 0), KVT_E_RANGE);
-    assert_int_equal(put_status(fd, 12, ns, 0, CHUNK_BYTES, 0), 0);
+    assert_int_equal(put_status(fd, 10, ns, NULL, 64 * 1024 - 1024, CHUNK_BYTES, 0), KVT_E_RANGE);
+    assert_int_equal(put_status(fd, 11, ns, NULL, UINT64_MAX - 10, CHUNK_BYTES, 0), KVT_E_RANGE);
+    assert_int_equal(put_status(fd, 12, ns, arena, 0, CHUNK_BYTES, 0), 0);
     /* Get into a region outside the arena. */
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
@@ -369,11 +388,11 @@ static void test_wrong_size_for_geometry(void **state)
     uint8_t *arena;
     uint32_t ns;
     int fd = raw_session(64 * 1024, &arena, &ns, NULL);
-    assert_int_equal(put_status(fd, 20, ns, 0, CHUNK_BYTES - 1, 0), KVT_E_GEOMETRY);
-    assert_int_equal(put_status(fd, 21, ns, 0, CHUNK_BYTES + 128, 0), KVT_E_GEOMETRY);
-    assert_int_equal(put_status(fd, 22, ns, 0, 3 * 128, 4), KVT_E_GEOMETRY);
-    assert_int_equal(put_status(fd, 23, ns, 0, 17 * 128, 17), KVT_E_GEOMETRY);
-    assert_int_equal(put_status(fd, 24, ns, 0, 4 * 128, 4), 0);
+    assert_int_equal(put_status(fd, 20, ns, NULL, 0, CHUNK_BYTES - 1, 0), KVT_E_GEOMETRY);
+    assert_int_equal(put_status(fd, 21, ns, NULL, 0, CHUNK_BYTES + 128, 0), KVT_E_GEOMETRY);
+    assert_int_equal(put_status(fd, 22, ns, NULL, 0, 3 * 128, 4), KVT_E_GEOMETRY);
+    assert_int_equal(put_status(fd, 23, ns, NULL, 0, 17 * 128, 17), KVT_E_GEOMETRY);
+    assert_int_equal(put_status(fd, 24, ns, arena, 0, 4 * 128, 4), 0);
     munmap(arena, 64 * 1024);
     close(fd);
     /* Through the library too. */
@@ -389,8 +408,8 @@ static void test_unknown_namespace(void **state)
     uint8_t *arena;
     uint32_t ns;
     int fd = raw_session(64 * 1024, &arena, &ns, NULL);
-    assert_int_equal(put_status(fd, 30, 9999, 0, CHUNK_BYTES, 0), KVT_E_NONS);
-    assert_int_equal(put_status(fd, 31, 0, 0, CHUNK_BYTES, 0), KVT_E_NONS);
+    assert_int_equal(put_status(fd, 30, 9999, NULL, 0, CHUNK_BYTES, 0), KVT_E_NONS);
+    assert_int_equal(put_status(fd, 31, 0, NULL, 0, CHUNK_BYTES, 0), KVT_E_NONS);
     munmap(arena, 64 * 1024);
     close(fd);
     assert_daemon_healthy();
@@ -402,14 +421,14 @@ static void test_other_tenants_namespace(void **state)
     uint8_t *arena;
     uint32_t ns;
     int fd = raw_session(64 * 1024, &arena, &ns, "mallory");
-    /* bns belongs to tenant "default": every operation on it is refused. */
-    assert_int_equal(put_status(fd, 40, bns.handle, 0, CHUNK_BYTES, 0), KVT_E_ACCESS);
+    /* bns belongs to the tenant of this uid, "uid-N": every operation on it is refused. */
+    assert_int_equal(put_status(fd, 40, BNS_DAEMON_ID, NULL, 0, CHUNK_BYTES, 0), KVT_E_ACCESS);
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
     Kvtier__Key k = KVTIER__KEY__INIT;
     k.lo = bkey.lo;
     k.hi = bkey.hi;
-    g.ns = 1; /* the daemon id of the bystander's namespace */
+    g.ns = BNS_DAEMON_ID;
     g.key = &k;
     g.capacity = CHUNK_BYTES;
     req.id = 41;
@@ -419,7 +438,7 @@ static void test_other_tenants_namespace(void **state)
     assert_int_equal(expect_status(fd, 41), KVT_E_ACCESS);
     Kvtier__DeleteReq d = KVTIER__DELETE_REQ__INIT;
     Kvtier__Key *kp = &k;
-    d.ns = 1;
+    d.ns = BNS_DAEMON_ID;
     d.n_keys = 1;
     d.keys = &kp;
     Kvtier__Request dreq = KVTIER__REQUEST__INIT;
@@ -485,16 +504,16 @@ static void test_too_many_connections(void **state)
     for (int i = 0; i < 7; i++)
         assert_int_equal(kvt_connect(&o, &c[i]), 0);
     struct kvt_client *extra = NULL;
-    assert_int_equal(kvt_connect(&o, &extra), KVT_E_BUSY);
+    assert_int_equal(kvt_connect(&o, &extra), KVT_E_CONNLIMIT);
     assert_null(extra);
     int fd = raw_connect();
-    assert_int_equal(expect_status(fd, 0), KVT_E_BUSY);
+    assert_int_equal(expect_status(fd, 0), KVT_E_CONNLIMIT);
     assert_closed(fd);
     close(fd);
     kvt_close(c[0]);
     /* A slot frees up once a client leaves. */
-    int rc = KVT_E_BUSY;
-    for (int i = 0; i < 100 && rc == KVT_E_BUSY; i++) {
+    int rc = KVT_E_CONNLIMIT;
+    for (int i = 0; i < 100 && rc == KVT_E_CONNLIMIT; i++) {
         rc = kvt_connect(&o, &extra);
         if (rc)
             usleep(10000);
@@ -526,6 +545,607 @@ static void test_stats_count_rejections(void **state)
     kvt_stats_free(st, n);
 }
 
+/* ---- hardening: each test below sends what an adversarial client sent ------------------------ */
+
+static uint64_t daemon_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    assert_non_null(p);
+    unsigned long long ut = 0, st = 0;
+    /* Fields after the command: state(3) ... utime(14) stime(15). */
+    int field = 2;
+    for (const char *q = p + 1; *q && field < 15; q++) {
+        if (*q == ' ') {
+            field++;
+            if (field == 14)
+                ut = strtoull(q + 1, NULL, 10);
+            else if (field == 15)
+                st = strtoull(q + 1, NULL, 10);
+        }
+    }
+    return (ut + st) * 1000ull / (unsigned long long)sysconf(_SC_CLK_TCK);
+}
+
+static void send_lookup_empty_keys(int fd, uint64_t id, uint32_t ns, size_t n_keys)
+{
+    /* Keys of zero encode as empty messages (2 bytes each): many fit in a small frame. */
+    Kvtier__Key zero = KVTIER__KEY__INIT;
+    Kvtier__Key **keys = malloc(n_keys * sizeof(*keys));
+    for (size_t i = 0; i < n_keys; i++)
+        keys[i] = &zero;
+    Kvtier__LookupReq l = KVTIER__LOOKUP_REQ__INIT;
+    l.ns = ns;
+    l.n_keys = n_keys;
+    l.keys = keys;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_LOOKUP;
+    req.lookup = &l;
+    size_t n = kvtier__request__get_packed_size(&req);
+    uint8_t *buf = malloc(n);
+    kvtier__request__pack(&req, buf);
+    send_frame(fd, buf, (uint32_t)n);
+    free(buf);
+    free(keys);
+}
+
+static void test_lookup_answer_too_big(void **state)
+{
+    (void)state;
+    uint8_t *arena;
+    uint32_t ns;
+    int fd = raw_session(0, &arena, &ns, NULL);
+    /* 30,000 keys fit a 64 KiB frame but their answer would not: E_TOOBIG, not a hang. */
+    send_lookup_empty_keys(fd, 60, ns, 30000);
+    assert_int_equal(expect_status(fd, 60), KVT_E_TOOBIG);
+    /* The connection still works. */
+    send_lookup_empty_keys(fd, 61, ns, 10);
+    assert_int_equal(expect_status(fd, 61), 0);
+    close(fd);
+    assert_daemon_healthy();
+}
+
+struct pipeline_reader {
+    int fd;
+    int want;
+    int got;
+};
+
+/* Reads frames as a stream (answers arrive back to back) and counts the good ones. */
+static void *pipeline_read(void *arg)
+{
+    struct pipeline_reader *r = arg;
+    static uint8_t buf[1 << 20];
+    size_t have = 0;
+    while (r->got < r->want) {
+        while (have >= 4) {
+            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
+                         (uint32_t)buf[3] << 24;
+            if (have < 4 + (size_t)n)
+                break;
+            Kvtier__Response *resp = kvtier__response__unpack(NULL, n, buf + 4);
+            if (resp && resp->status == 0)
+                r->got++;
+            kvtier__response__free_unpacked(resp, NULL);
+            memmove(buf, buf + 4 + n, have - 4 - n);
+            have -= 4 + n;
+        }
+        struct pollfd pf = {r->fd, POLLIN, 0};
+        if (r->got == r->want || poll(&pf, 1, 5000) <= 0)
+            break;
+        ssize_t got = recv(r->fd, buf + have, sizeof(buf) - have, 0);
+        if (got <= 0)
+            break;
+        have += (size_t)got;
+    }
+    return NULL;
+}
+
+static void test_pipelining_never_stalls(void **state)
+{
+    (void)state;
+    uint8_t *arena;
+    uint32_t ns;
+    int fd = raw_session(0, &arena, &ns, NULL);
+    /* Stats answers are large (their reservation alone fills the output buffer after a few), so
+     * the daemon must resume the buffered requests each time output drains. */
+    enum { N = 400 };
+    struct pipeline_reader r = {fd, N, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pipeline_read, &r), 0);
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__StatsReq sr = KVTIER__STATS_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_STATS;
+    req.stats = &sr;
+    for (int i = 0; i < N; i++) {
+        req.id = 1000 + (uint64_t)i;
+        send_request(fd, &req);
+    }
+    pthread_join(t, NULL);
+    assert_int_equal(r.got, N);
+    close(fd);
+    assert_daemon_healthy();
+}
+
+static void test_no_busy_loop_on_stuck_clients(void **state)
+{
+    (void)state;
+    uint8_t *arena;
+    uint32_t ns;
+    /* (a) A client that sends and never reads: the daemon's buffers fill and it must stop
+     * listening to that socket rather than spin on it. */
+    int a = raw_session(0, &arena, &ns, NULL);
+    int sndbuf = 1 << 20;
+    setsockopt(a, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    fcntl(a, F_SETFL, O_NONBLOCK);
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__StatsReq sr = KVTIER__STATS_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_STATS;
+    req.stats = &sr;
+    uint8_t frame[64];
+    req.id = 7;
+    size_t n = kvtier__request__get_packed_size(&req);
+    kvtier__request__pack(&req, frame + 4);
+    frame[0] = (uint8_t)n;
+    frame[1] = frame[2] = frame[3] = 0;
+    for (int i = 0; i < 200000; i++)
+        if (send(a, frame, n + 4, MSG_NOSIGNAL) < 0)
+            break;
+    /* (b) A client that half-closes while its answers cannot be delivered. */
+    int b = raw_session(0, &arena, &ns, NULL);
+    for (int i = 0; i < 2000; i++)
+        send_raw(b, frame, n + 4);
+    shutdown(b, SHUT_WR);
+    usleep(200000);
+    uint64_t before = daemon_cpu_ms(dp.pid);
+    usleep(1000000);
+    uint64_t used = daemon_cpu_ms(dp.pid) - before;
+    printf("daemon CPU over 1 s with a non-reading and a half-closed client: %llu ms\n",
+           (unsigned long long)used);
+    assert_true(used < 300);
+    close(a);
+    close(b);
+    assert_daemon_healthy();
+}
+
+static void test_put_checksum(void **state)
+{
+    (void)state;
+    uint8_t *arena;
+    uint32_t ns;
+    int fd = raw_session(64 * 1024, &arena, &ns, NULL);
+    for (size_t i = 0; i < CHUNK_BYTES; i++)
+        arena[i] = (uint8_t)(i * 7 + 3);
+    /* A checksum that does not match the bytes: refused, nothing stored. */
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__PutReq p = KVTIER__PUT_REQ__INIT;
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    Kvtier__Checksum ck = KVTIER__CHECKSUM__INIT;
+    k.lo = 0xc0ffee;
+    ck.value = kvt_payload_checksum(arena, CHUNK_BYTES) + 1;
+    p.ns = ns;
+    p.key = &k;
+    p.length = CHUNK_BYTES;
+    p.checksum = &ck;
+    req.id = 70;
+    req.op_case = KVTIER__REQUEST__OP_PUT;
+    req.put = &p;
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, 70), KVT_E_CHECKSUM);
+    /* No checksum at all: refused (put_checksum = required). */
+    p.checksum = NULL;
+    req.id = 71;
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, 71), KVT_E_INVAL);
+    /* Neither stored anything under the key. */
+    Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
+    g.ns = ns;
+    g.key = &k;
+    g.offset = 8192;
+    g.capacity = CHUNK_BYTES;
+    Kvtier__Request greq = KVTIER__REQUEST__INIT;
+    greq.id = 72;
+    greq.op_case = KVTIER__REQUEST__OP_GET;
+    greq.get = &g;
+    send_request(fd, &greq);
+    assert_int_equal(expect_status(fd, 72), KVT_E_NOTFOUND);
+    /* The right checksum: stored. */
+    ck.value = kvt_payload_checksum(arena, CHUNK_BYTES);
+    p.checksum = &ck;
+    req.id = 73;
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, 73), 0);
+    greq.id = 74;
+    send_request(fd, &greq);
+    assert_int_equal(expect_status(fd, 74), 0);
+    assert_memory_equal(arena + 8192, arena, CHUNK_BYTES);
+    munmap(arena, 64 * 1024);
+    close(fd);
+    assert_daemon_healthy();
+}
+
+/* The reported case: one request in flight per connection, write-through, a Put from the arena,
+ * more Puts buffered, close, overwrite the arena. No key may ever return the new bytes. */
+static void test_no_wrong_bytes_after_hangup(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    const char *args[] = {"--max_inflight_per_conn=1", "--disk.bytes=64M",
+                          "--tier.write_policy=write-through", NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    raw_path = d.socket_path;
+    enum { ROUNDS = 20, PUTS = 8 };
+    for (int round = 0; round < ROUNDS; round++) {
+        uint8_t *arena;
+        uint32_t ns;
+        int fd = raw_session(1 << 20, &arena, &ns, NULL);
+        memset(arena, 0xA5, 64 * 1024);
+        uint64_t sum = kvt_payload_checksum(arena, CHUNK_BYTES);
+        for (int i = 0; i < PUTS; i++) {
+            Kvtier__Request req = KVTIER__REQUEST__INIT;
+            Kvtier__PutReq p = KVTIER__PUT_REQ__INIT;
+            Kvtier__Key k = KVTIER__KEY__INIT;
+            Kvtier__Checksum ck = KVTIER__CHECKSUM__INIT;
+            k.lo = (uint64_t)round * 100 + (uint64_t)i + 1;
+            k.hi = 0xbadbad;
+            ck.value = sum;
+            p.ns = ns;
+            p.key = &k;
+            p.length = CHUNK_BYTES;
+            p.checksum = &ck;
+            req.id = 100 + (uint64_t)i;
+            req.op_case = KVTIER__REQUEST__OP_PUT;
+            req.put = &p;
+            send_request(fd, &req);
+        }
+        close(fd);
+        memset(arena, 0x5A, 64 * 1024); /* the client reuses its buffer */
+        munmap(arena, 1 << 20);
+    }
+    struct kvt_connect_opts o = {.socket_path = d.socket_path, .arena_bytes = 1 << 20};
+    struct kvt_client *c;
+    struct kvt_ns_info info;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &spec, &info), 0);
+    uint8_t out[CHUNK_BYTES], want[CHUNK_BYTES];
+    memset(want, 0xA5, sizeof(want));
+    int found = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < PUTS; i++) {
+            struct kvt_key k = {(uint64_t)round * 100 + (uint64_t)i + 1, 0xbadbad};
+            size_t len;
+            int rc = kvt_get(c, info.handle, &k, out, sizeof(out), &len, NULL);
+            assert_true(rc == 0 || rc == KVT_E_NOTFOUND);
+            if (rc == 0) {
+                found++;
+                assert_memory_equal(out, want, sizeof(want));
+            }
+        }
+    }
+    printf("%d of %d Puts of clients that hung up were stored, all with the right bytes\n", found,
+           ROUNDS * PUTS);
+    struct kvt_stat *st;
+    size_t n;
+    assert_int_equal(kvt_stats(c, &st, &n), 0);
+    uint64_t dropped = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(st[i].name, "requests_dropped_eof"))
+            dropped = st[i].value;
+    kvt_stats_free(st, n);
+    assert_true(dropped > 0); /* buffered Puts of a closed connection were not run */
+    kvt_close(c);
+    raw_path = dp.socket_path;
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void register_status_geometry(int fd, uint64_t id, uint32_t layers, uint32_t heads,
+                                     uint32_t dim, uint32_t tokens, int want)
+{
+    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
+    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
+    sp.model_id = (char *)"geometry";
+    sp.layers = layers;
+    sp.kv_heads = heads;
+    sp.head_dim = dim;
+    sp.tokens_per_chunk = tokens;
+    rr.spec = &sp;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
+    req.register_ns = &rr;
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, id), want);
+}
+
+static void test_geometry_overflow(void **state)
+{
+    (void)state;
+    uint8_t *arena;
+    uint32_t ns;
+    int fd = raw_session(0, &arena, &ns, NULL);
+    /* Used to register as an 8,192-byte chunk: the size wrapped around 2^64. */
+    register_status_geometry(fd, 80, 43691, 52232, 45712, 65536, KVT_E_INVAL);
+    register_status_geometry(fd, 81, 43691, 52232, 45712, 256, KVT_E_INVAL);
+    close(fd);
+    assert_daemon_healthy();
+}
+
+static int hello_status(int fd, uint64_t id, const char *tenant)
+{
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
+    h.version = 1;
+    h.tenant = (char *)tenant;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_HELLO;
+    req.hello = &h;
+    send_request(fd, &req);
+    return expect_status(fd, id);
+}
+
+static void test_tenant_bound_to_credentials(void **state)
+{
+    (void)state;
+    /* "victim" is mapped to another uid: claiming it is refused, whatever the client says. */
+    int fd = raw_connect();
+    assert_int_equal(hello_status(fd, 90, "victim"), KVT_E_TENANT);
+    assert_int_equal(hello_status(fd, 91, "some-unmapped-name"), KVT_E_TENANT);
+    /* Its own uid's tenant and a mapped one are fine. */
+    char own[32];
+    snprintf(own, sizeof(own), "uid-%u", getuid());
+    assert_int_equal(hello_status(fd, 92, own), 0);
+    close(fd);
+    fd = raw_connect();
+    assert_int_equal(hello_status(fd, 93, "mallory"), 0);
+    close(fd);
+    assert_daemon_healthy();
+}
+
+static int config_set_status(int fd, uint64_t id, const char *key, const char *value)
+{
+    Kvtier__ConfigSetReq cs = KVTIER__CONFIG_SET_REQ__INIT;
+    cs.key = (char *)key;
+    cs.value = (char *)value;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_CONFIG_SET;
+    req.config_set = &cs;
+    send_request(fd, &req);
+    return expect_status(fd, id);
+}
+
+/* Another uid (nobody) connects: it may not change admin keys nor act for a tenant it claims. */
+static void test_other_uid_is_no_admin(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip(); /* needs root to become another uid */
+    struct kvt_test_daemon d = {0};
+    d.no_fault_injection = 1;
+    const char *args[] = {"--socket_mode=0666", "--tenants=team-a=uid:0", NULL};
+    snprintf(d.dir, sizeof(d.dir), "/tmp/kvtier-test-XXXXXX");
+    assert_non_null(mkdtemp(d.dir));
+    assert_int_equal(chmod(d.dir, 0711), 0);
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    raw_path = d.socket_path;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (setgid(65534) || setuid(65534))
+            _exit(10);
+        int fd = raw_connect();
+        int bad = 0;
+        bad |= (hello_status(fd, 1, "team-a") != KVT_E_TENANT) << 0;
+        bad |= (hello_status(fd, 2, "uid-65534") != 0) << 1;
+        bad |= (config_set_status(fd, 3, "max_clients", "1") != KVT_E_NOTADMIN) << 2;
+        bad |= (config_set_status(fd, 4, "allowed_uids", "65534") != KVT_E_NOTADMIN) << 3;
+        bad |= (config_set_status(fd, 5, "disk.fault_fail_next_io", "1") != KVT_E_NOTADMIN) << 4;
+        bad |= (config_set_status(fd, 6, "busy_poll_us", "40") != 0) << 5; /* not admin-only */
+        _exit(bad);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* Root is an admin, but fault injection is off unless the daemon was started for tests. */
+    int fd = raw_connect();
+    assert_int_equal(config_set_status(fd, 7, "disk.fault_fail_next_io", "1"), KVT_E_BADCONFIG);
+    assert_int_equal(config_set_status(fd, 8, "max_clients", "100"), 0);
+    assert_int_equal(config_set_status(fd, 9, "tenants", "bad map"), KVT_E_BADCONFIG);
+    close(fd);
+    raw_path = dp.socket_path;
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void test_namespaces_reclaimed_and_quota(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    const char *args[] = {"--max_namespaces=8", "--quota.namespaces_per_tenant=4", NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    raw_path = d.socket_path;
+    /* Clients come, register namespaces and go, many times over: the table never stays full. */
+    for (int round = 0; round < 6; round++) {
+        int fd = raw_connect();
+        for (uint32_t i = 0; i < 4; i++)
+            register_status_geometry(fd, 100 + i, 1 + i + (uint32_t)round * 4, 1, 8, 16, 0);
+        /* A fifth namespace held at once is over the tenant's quota. */
+        register_status_geometry(fd, 110, 200 + (uint32_t)round, 1, 8, 16, KVT_E_QUOTA);
+        close(fd);
+        usleep(20000);
+    }
+    int fd = raw_connect();
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__StatsReq sr = KVTIER__STATS_REQ__INIT;
+    req.id = 120;
+    req.op_case = KVTIER__REQUEST__OP_STATS;
+    req.stats = &sr;
+    send_request(fd, &req);
+    Kvtier__Response *r = read_response(fd);
+    assert_non_null(r);
+    uint64_t quota = 0, namespaces = 99;
+    for (size_t i = 0; i < r->stats->n_stats; i++) {
+        if (!strcmp(r->stats->stats[i]->name, "quota_rejections"))
+            quota = r->stats->stats[i]->value;
+        if (!strcmp(r->stats->stats[i]->name, "namespaces"))
+            namespaces = r->stats->stats[i]->value;
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    assert_int_equal(quota, 6);
+    assert_true(namespaces <= 8);
+    close(fd);
+    raw_path = dp.socket_path;
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void test_max_clients_checked_against_nofile(void **state)
+{
+    (void)state;
+    struct rlimit old, low;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low.rlim_cur = 200;
+    low.rlim_max = 200;
+    if (old.rlim_max != RLIM_INFINITY && old.rlim_max < 200)
+        skip();
+    /* The daemon inherits a hard limit of 200 descriptors: 256 clients cannot fit. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setrlimit(RLIMIT_NOFILE, &low);
+        struct kvt_test_daemon d = {0};
+        const char *args[] = {"--max_clients=256", NULL};
+        int rc = kvt_test_daemon_start(&d, args);
+        int ok = rc != 0; /* refused to start */
+        if (rc == 0)
+            kvt_test_daemon_stop(&d);
+        const char *args2[] = {"--max_clients=100", NULL};
+        struct kvt_test_daemon d2 = {0};
+        ok &= kvt_test_daemon_start(&d2, args2) == 0;
+        kvt_test_daemon_stop(&d2);
+        kvt_test_daemon_cleanup(&d);
+        kvt_test_daemon_cleanup(&d2);
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static void test_sighup_reloads_config(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    snprintf(d.dir, sizeof(d.dir), "/tmp/kvtier-test-XXXXXX");
+    assert_non_null(mkdtemp(d.dir));
+    char conf[320], arg[340];
+    snprintf(conf, sizeof(conf), "%s/kvtier.conf", d.dir);
+    FILE *f = fopen(conf, "w");
+    fprintf(f, "busy_poll_us = 10\n");
+    fclose(f);
+    snprintf(arg, sizeof(arg), "--config=%s", conf);
+    const char *args[] = {arg, NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    f = fopen(conf, "w");
+    fprintf(f, "busy_poll_us = 33\nmax_namespaces = 99\n");
+    fclose(f);
+    assert_int_equal(kill(d.pid, SIGHUP), 0);
+    struct kvt_connect_opts o = {.socket_path = d.socket_path, .arena_bytes = 4096};
+    struct kvt_client *c;
+    char v[64] = "";
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    for (int i = 0; i < 200 && strcmp(v, "33"); i++) {
+        usleep(10000);
+        assert_int_equal(kvt_config_get(c, "busy_poll_us", v, sizeof(v)), 0);
+    }
+    assert_string_equal(v, "33");
+    /* A key that needs a restart is left as it was. */
+    assert_int_equal(kvt_config_get(c, "max_namespaces", v, sizeof(v)), 0);
+    assert_string_equal(v, "256");
+    /* A broken file changes nothing and the daemon lives on. */
+    f = fopen(conf, "w");
+    fprintf(f, "busy_poll_us = lots\n");
+    fclose(f);
+    assert_int_equal(kill(d.pid, SIGHUP), 0);
+    usleep(100000);
+    assert_int_equal(kvt_ping(c), 0);
+    assert_int_equal(kvt_config_get(c, "busy_poll_us", v, sizeof(v)), 0);
+    assert_string_equal(v, "33");
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void test_hugetlb_and_file_arenas_refused(void **state)
+{
+    (void)state;
+    /* A file on a disk file system, sealed or not, is not a memfd. */
+    int fd = raw_connect();
+    char path[] = "/var/tmp/kvtier-arena-XXXXXX";
+    int afd = mkstemp(path);
+    assert_true(afd >= 0);
+    unlink(path);
+    assert_int_equal(ftruncate(afd, 65536), 0);
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
+    h.version = 1;
+    h.arena_bytes = 65536;
+    req.id = 95;
+    req.op_case = KVTIER__REQUEST__OP_HELLO;
+    req.hello = &h;
+    uint8_t buf[256];
+    size_t n = kvtier__request__get_packed_size(&req);
+    kvtier__request__pack(&req, buf + 4);
+    buf[0] = (uint8_t)n;
+    buf[1] = buf[2] = buf[3] = 0;
+    struct iovec iov = {buf, n + 4};
+    union {
+        char c[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr a;
+    } cb;
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.c, .msg_controllen = sizeof(cb.c)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    int send_fd = afd;
+    memcpy(CMSG_DATA(cm), &send_fd, sizeof(int));
+    assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+    assert_int_equal(expect_status(fd, 95), KVT_E_INVAL);
+    close(afd);
+    /* A hugetlb memfd sealed against shrinking: its pages can still vanish (punch a hole and use
+     * up the free huge pages), so it is refused. Skipped where huge pages cannot be had. */
+    afd = memfd_create("huge-arena", MFD_HUGETLB | MFD_ALLOW_SEALING);
+    if (afd >= 0 && ftruncate(afd, 2 << 20) == 0 && fcntl(afd, F_ADD_SEALS, F_SEAL_SHRINK) == 0) {
+        h.arena_bytes = 2 << 20;
+        req.id = 96;
+        n = kvtier__request__get_packed_size(&req);
+        kvtier__request__pack(&req, buf + 4);
+        buf[0] = (uint8_t)n;
+        iov.iov_len = n + 4;
+        memcpy(CMSG_DATA(cm), &afd, sizeof(int));
+        assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+        assert_int_equal(expect_status(fd, 96), KVT_E_INVAL);
+    } else {
+        printf("hugetlb memfd not available here: that case is skipped\n");
+    }
+    if (afd >= 0)
+        close(afd);
+    close(fd);
+    assert_daemon_healthy();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -541,6 +1161,18 @@ int main(void)
         cmocka_unit_test(test_get_missing_key),
         cmocka_unit_test(test_disconnect_mid_request),
         cmocka_unit_test(test_too_many_connections),
+        cmocka_unit_test(test_lookup_answer_too_big),
+        cmocka_unit_test(test_pipelining_never_stalls),
+        cmocka_unit_test(test_no_busy_loop_on_stuck_clients),
+        cmocka_unit_test(test_put_checksum),
+        cmocka_unit_test(test_no_wrong_bytes_after_hangup),
+        cmocka_unit_test(test_geometry_overflow),
+        cmocka_unit_test(test_tenant_bound_to_credentials),
+        cmocka_unit_test(test_other_uid_is_no_admin),
+        cmocka_unit_test(test_namespaces_reclaimed_and_quota),
+        cmocka_unit_test(test_max_clients_checked_against_nofile),
+        cmocka_unit_test(test_sighup_reloads_config),
+        cmocka_unit_test(test_hugetlb_and_file_arenas_refused),
         cmocka_unit_test(test_stats_count_rejections),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -45,6 +45,8 @@ int kvt_test_daemon_start(struct kvt_test_daemon *d, const char *const *extra_ar
     argv[n++] = dir_arg;
     argv[n++] = "--cpu.arena_bytes=256M";
     argv[n++] = "--cpu.hugepages=false";
+    if (!d->no_fault_injection)
+        argv[n++] = "--fault_injection=true"; /* tests inject disk faults */
     for (int i = 0; extra_args && extra_args[i] && n < ARGS_MAX - 1; i++)
         argv[n++] = extra_args[i];
     argv[n] = NULL;

@@ -10,9 +10,10 @@
 
 struct kvt_test_daemon {
     pid_t pid;
-    char dir[256];         /* temporary directory, also --data-dir */
-    char socket_path[320]; /* dir/kvtier.sock */
-    char log_path[320];    /* dir/kvtierd.log: the daemon's stderr */
+    char dir[256];          /* temporary directory, also --data-dir */
+    char socket_path[320];  /* dir/kvtier.sock */
+    char log_path[320];     /* dir/kvtierd.log: the daemon's stderr */
+    int no_fault_injection; /* start without --fault_injection=true (the production default) */
 };
 
 /* Creates a temp dir (unless d->dir is already set, to restart on the same data) and starts

@@ -61,12 +61,12 @@ static void test_ns_register_and_resolve(void **state)
     assert_int_equal(kvt_ns_table_init(&t, 2), 0);
     const struct kvt_ns *a, *a2, *b, *r;
     const char *why = NULL;
-    assert_int_equal(kvt_ns_register(&t, "alice", &def, &a, &why), 0);
+    assert_int_equal(kvt_ns_register(&t, "alice", &def, 64, &a, &why), 0);
     assert_int_equal(a->bytes_per_token, 2 * 2 * 4 * 64 * 2);
     assert_int_equal(a->chunk_bytes, a->bytes_per_token * 16);
-    assert_int_equal(kvt_ns_register(&t, "alice", &def, &a2, &why), 0);
+    assert_int_equal(kvt_ns_register(&t, "alice", &def, 64, &a2, &why), 0);
     assert_ptr_equal(a, a2); /* idempotent */
-    assert_int_equal(kvt_ns_register(&t, "bob", &def, &b, &why), 0);
+    assert_int_equal(kvt_ns_register(&t, "bob", &def, 64, &b, &why), 0);
     assert_true(a->seed != b->seed);
     assert_int_equal(kvt_ns_resolve(&t, a->id, "alice", &r), 0);
     assert_int_equal(kvt_ns_resolve(&t, a->id, "bob", &r), KVT_E_ACCESS);
@@ -74,7 +74,64 @@ static void test_ns_register_and_resolve(void **state)
     assert_int_equal(kvt_ns_resolve(&t, 99, "alice", &r), KVT_E_NONS);
     struct kvt_ns_def other = def;
     other.layers = 3;
-    assert_int_equal(kvt_ns_register(&t, "alice", &other, &r, &why), KVT_E_FULL);
+    /* Both slots are held by connections: the table is full. */
+    kvt_ns_hold(&t, kvt_ns_slot(a));
+    kvt_ns_hold(&t, kvt_ns_slot(b));
+    assert_int_equal(kvt_ns_register(&t, "alice", &other, 64, &r, &why), KVT_E_FULL);
+    /* Once bob's connection lets go and bob stores nothing, his slot is reclaimed, under a new
+     * id: the old one is unknown, never the new namespace. */
+    uint32_t old_b = b->id;
+    kvt_ns_release(&t, kvt_ns_slot(b));
+    assert_int_equal(kvt_ns_register(&t, "alice", &other, 64, &r, &why), 0);
+    assert_int_equal(kvt_ns_slot(r), 1);
+    assert_true(r->id != old_b);
+    assert_int_equal(kvt_ns_resolve(&t, old_b, "bob", &r), KVT_E_NONS);
+    assert_int_equal(t.reclaimed, 1);
+    kvt_ns_table_deinit(&t);
+}
+
+static void test_ns_quota_and_objects(void **state)
+{
+    (void)state;
+    struct kvt_ns_table t;
+    assert_int_equal(kvt_ns_table_init(&t, 8), 0);
+    const struct kvt_ns *a, *b, *r;
+    const char *why = NULL;
+    struct kvt_ns_def d2 = def, d3 = def;
+    d2.layers = 3;
+    d3.layers = 4;
+    assert_int_equal(kvt_ns_register(&t, "alice", &def, 2, &a, &why), 0);
+    assert_int_equal(kvt_ns_register(&t, "alice", &d2, 2, &b, &why), 0);
+    kvt_ns_hold(&t, kvt_ns_slot(a));
+    t.objects[kvt_ns_slot(b)] = 5; /* b stores chunks: not idle either */
+    assert_int_equal(kvt_ns_register(&t, "alice", &d3, 2, &r, &why), KVT_E_QUOTA);
+    assert_non_null(why);
+    /* Another tenant is not limited by alice's quota. */
+    assert_int_equal(kvt_ns_register(&t, "bob", &d3, 2, &r, &why), 0);
+    t.objects[kvt_ns_slot(a)] = 3;
+    assert_int_equal(kvt_ns_tenant_objects(&t, a), 8);
+    assert_int_equal(kvt_ns_tenant_objects(&t, r), 0);
+    kvt_ns_table_deinit(&t);
+}
+
+static void test_ns_chunk_size_overflow(void **state)
+{
+    (void)state;
+    struct kvt_ns_table t;
+    assert_int_equal(kvt_ns_table_init(&t, 8), 0);
+    const struct kvt_ns *r;
+    const char *why = NULL;
+    /* layers 43691 x kv_heads 52232 x head_dim 45712 used to wrap to an 8,192-byte chunk. */
+    struct kvt_ns_def d = def;
+    d.layers = 43691;
+    d.kv_heads = 52232;
+    d.head_dim = 45712;
+    d.tokens_per_chunk = 256;
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
+    assert_non_null(why);
+    d.tokens_per_chunk = 1 << 16;
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
+    assert_int_equal(t.n, 0);
     kvt_ns_table_deinit(&t);
 }
 
@@ -88,20 +145,20 @@ static void test_ns_rejects_bad_geometry(void **state)
     struct kvt_ns_def d;
     d = def;
     d.layers = 0;
-    assert_int_equal(kvt_ns_register(&t, "x", &d, &r, &why), KVT_E_INVAL);
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
     assert_non_null(why);
     d = def;
     d.dtype = 7;
-    assert_int_equal(kvt_ns_register(&t, "x", &d, &r, &why), KVT_E_INVAL);
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
     d = def;
     d.head_dim = 1u << 20;
-    assert_int_equal(kvt_ns_register(&t, "x", &d, &r, &why), KVT_E_INVAL);
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
     d = def;
     d.model_id = "";
-    assert_int_equal(kvt_ns_register(&t, "x", &d, &r, &why), KVT_E_INVAL);
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
     d = def;
     d.rotary_dims = 65;
-    assert_int_equal(kvt_ns_register(&t, "x", &d, &r, &why), KVT_E_INVAL);
+    assert_int_equal(kvt_ns_register(&t, "x", &d, 64, &r, &why), KVT_E_INVAL);
     assert_int_equal(t.n, 0);
     kvt_ns_table_deinit(&t);
 }
@@ -136,6 +193,8 @@ int main(void)
         cmocka_unit_test(test_index_insert_find_remove),
         cmocka_unit_test(test_ns_register_and_resolve),
         cmocka_unit_test(test_ns_rejects_bad_geometry),
+        cmocka_unit_test(test_ns_quota_and_objects),
+        cmocka_unit_test(test_ns_chunk_size_overflow),
         cmocka_unit_test(test_arena_allocator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
