@@ -8,6 +8,19 @@
  * Every wait is bounded by the session timeout. A timeout or a broken socket closes the session's
  * socket (its state is unknown) and the next call reconnects; reconnect attempts back off so a
  * dead daemon costs a failing call microseconds, not a timeout each.
+ *
+ * Trust: before the Hello that carries the arena memfd, the library asks the kernel who serves the
+ * socket (SO_PEERCRED) and shares nothing unless it is our euid, root or the configured daemon
+ * uid: whoever bound a squatted socket would otherwise read and write every chunk we move.
+ *
+ * Staging buffers of requests that were never answered (a timeout, a lost connection) may still
+ * be copied into or out of by the daemon. They are quarantined with the old socket, which is shut
+ * down for writing and kept open to drain: the daemon answers or drops every request of a
+ * connection whose peer stopped sending, and closes it only once none is in flight, so end of file
+ * on that socket is the moment the buffers are safe to hand out again. At most DRAIN_MAX old
+ * sockets drain at once; past that the oldest is closed and its buffers are never reused (counted
+ * in stage_lost), the one way staging memory can still be lost, and only to a daemon that keeps
+ * requests in flight through DRAIN_MAX timeouts.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,9 +32,12 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "client/lib/arena.h"
+#include "common/checksum.h"
+#include "common/paths.h"
 #include "common/time.h"
 #include "kvtier.pb-c.h"
 #include "kvtier/kvtier.h"
@@ -38,6 +54,9 @@
 #define RECONNECT_BACKOFF_MS 100
 #define IN_EXTRA_BYTES (64 * 1024 + 4)
 #define BATCH_WINDOW 64 /* requests in flight at once in batch calls */
+#define DRAIN_MAX 4     /* old sockets whose staging buffers wait for the daemon to let go */
+#define DRAIN_READ_BYTES (1u << 20) /* discarded per recv() while draining */
+#define DRAIN_READS_MAX 64          /* recv() calls per socket per reap: bounds one reap's work */
 
 struct ns_slot {
     int used;
@@ -47,9 +66,18 @@ struct ns_slot {
     struct kvt_ns_info info;
 };
 
+/* An old connection draining: shut down for writing, read until the daemon closes it. */
+struct drain {
+    int fd; /* -1: slot free */
+    uint64_t seq;
+    uint32_t n_stage;
+    uint64_t stage_off[BATCH_WINDOW]; /* staging buffers of its unanswered requests */
+};
+
 struct kvt_client {
-    char socket_path[108];
+    char socket_path[KVT_SOCKET_PATH_MAX];
     char tenant[KVT_TENANT_MAX];
+    int64_t daemon_uid; /* a uid trusted besides our euid and root; -1: none */
     uint32_t timeout_ms;
     uint32_t spin_us;
     int fd; /* -1 when disconnected */
@@ -69,13 +97,94 @@ struct kvt_client {
     size_t out_cap;
 
     struct ns_slot ns[NS_MAX];
+
+    /* Staging buffers of unanswered requests on the current socket; they go with it to a drain
+     * slot when it is dropped (at most one batch window is in flight). */
+    uint32_t n_pending;
+    uint64_t pending_off[BATCH_WINDOW];
+    struct drain drain[DRAIN_MAX];
+    uint64_t drain_seq;
+    uint64_t stage_lost; /* buffers given up on for good (see the top of this file) */
 };
 
 /* ---- socket and frames -------------------------------------------------------------------- */
 
+static void drain_release(struct kvt_client *c, struct drain *d)
+{
+    for (uint32_t i = 0; i < d->n_stage; i++)
+        kvt_arena_alloc_put(&c->alloc, d->stage_off[i]);
+    d->n_stage = 0;
+    close(d->fd);
+    d->fd = -1;
+}
+
+/* Reads and discards what the draining sockets have; a socket at end of file (or broken) gives
+ * its buffers back. Waits up to deadline_ms for that (0: only what is there now). Returns the
+ * number of sockets still draining. */
+static int drains_reap(struct kvt_client *c, uint64_t deadline_ms)
+{
+    for (;;) {
+        struct pollfd pf[DRAIN_MAX];
+        int n = 0;
+        for (int i = 0; i < DRAIN_MAX; i++) {
+            struct drain *d = &c->drain[i];
+            if (d->fd < 0)
+                continue;
+            int reads = 0;
+            for (; reads < DRAIN_READS_MAX; reads++) {
+                ssize_t got = recv(d->fd, c->out, DRAIN_READ_BYTES, MSG_DONTWAIT);
+                if (got > 0 || (got < 0 && errno == EINTR))
+                    continue;
+                if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                    break;
+                drain_release(c, d); /* end of file, or the connection is gone anyway */
+                break;
+            }
+            if (d->fd >= 0)
+                pf[n++] = (struct pollfd){d->fd, POLLIN, 0};
+        }
+        uint64_t now = kvt_now_ms();
+        if (n == 0 || now >= deadline_ms)
+            return n;
+        if (poll(pf, (nfds_t)n, (int)(deadline_ms - now)) < 0 && errno != EINTR)
+            return n;
+    }
+}
+
+/* Moves the current socket and its pending staging buffers to a drain slot. */
+static void drain_start(struct kvt_client *c)
+{
+    drains_reap(c, 0);
+    struct drain *d = &c->drain[0]; /* a free slot, else the oldest */
+    for (int i = 0; i < DRAIN_MAX; i++) {
+        struct drain *e = &c->drain[i];
+        if (e->fd < 0) {
+            d = e;
+            break;
+        }
+        if (e->seq < d->seq)
+            d = e;
+    }
+    if (d->fd >= 0) {
+        /* Every slot busy: give up on the oldest. Its buffers stay allocated forever, since the
+         * daemon may still use them; closing its socket does not tell us when it stops. */
+        c->stage_lost += d->n_stage;
+        d->n_stage = 0;
+        close(d->fd);
+    }
+    shutdown(c->fd, SHUT_WR); /* the daemon sees end of file, finishes and closes */
+    d->fd = c->fd;
+    d->seq = ++c->drain_seq;
+    d->n_stage = c->n_pending;
+    memcpy(d->stage_off, c->pending_off, c->n_pending * sizeof(c->pending_off[0]));
+    c->n_pending = 0;
+}
+
 static void drop_connection(struct kvt_client *c)
 {
-    if (c->fd >= 0)
+    if (c->fd >= 0 && c->n_pending > 0)
+        drain_start(c);
+    else if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
     c->in_len = 0;
@@ -279,7 +388,21 @@ static int is_session_error(int rc)
     return rc == KVT_E_DISCONNECTED || rc == KVT_E_TIMEOUT || rc == KVT_E_PROTO;
 }
 
-/* Opens the socket, shares the arena and re-registers every namespace. */
+/* 0 when the process serving fd runs as our euid, root or the configured daemon uid;
+ * KVT_E_UNTRUSTED otherwise, and when the kernel cannot tell (nothing is shared unverified). */
+static int check_daemon_peer(const struct kvt_client *c, int fd)
+{
+    struct ucred cr;
+    socklen_t len = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || len != sizeof(cr))
+        return KVT_E_UNTRUSTED;
+    if (cr.uid == geteuid() || cr.uid == 0 ||
+        (c->daemon_uid >= 0 && (int64_t)cr.uid == c->daemon_uid))
+        return 0;
+    return KVT_E_UNTRUSTED;
+}
+
+/* Opens the socket, checks who serves it, shares the arena and re-registers every namespace. */
 static int open_session(struct kvt_client *c, uint32_t timeout_ms)
 {
     uint64_t deadline = kvt_now_ms() + timeout_ms;
@@ -291,6 +414,11 @@ static int open_session(struct kvt_client *c, uint32_t timeout_ms)
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
         close(fd);
         return KVT_E_DISCONNECTED;
+    }
+    int trust = check_daemon_peer(c, fd);
+    if (trust) {
+        close(fd);
+        return trust;
     }
     c->fd = fd;
     c->in_len = 0;
@@ -307,8 +435,8 @@ static int open_session(struct kvt_client *c, uint32_t timeout_ms)
     Kvtier__Response *resp = NULL;
     int rc = send_request(c, &req, c->arena_fd, deadline);
     if (rc == KVT_E_DISCONNECTED) {
-        /* A daemon that turns us away (E_BUSY, E_SHUTDOWN) writes why and closes before it
-         * reads our Hello: fetch that answer rather than report a bare disconnect. */
+        /* A daemon that turns us away (E_CONNLIMIT, E_PEERUID, E_SHUTDOWN) writes why and closes
+         * before it reads our Hello: fetch that answer rather than report a bare disconnect. */
         int why = wait_response(c, req.id, &resp, kvt_now_ms() + 100);
         if (why && why != KVT_E_TIMEOUT && why != KVT_E_DISCONNECTED)
             rc = why;
@@ -341,6 +469,7 @@ static int open_session(struct kvt_client *c, uint32_t timeout_ms)
 /* Makes sure the session is connected, reconnecting when needed. */
 static int ensure_session(struct kvt_client *c)
 {
+    drains_reap(c, 0);
     if (c->fd >= 0)
         return 0;
     uint64_t now = kvt_now_ms();
@@ -363,24 +492,56 @@ static int session_fail(struct kvt_client *c, int rc)
     return rc;
 }
 
+/* A uid written in decimal, nothing else: 0 or KVT_E_INVAL. */
+static int parse_uid(const char *s, int64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return KVT_E_INVAL;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v >= UINT32_MAX) /* (uid_t)-1 is no uid */
+        return KVT_E_INVAL;
+    *out = (int64_t)v;
+    return 0;
+}
+
 int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
 {
     struct kvt_connect_opts o = opts ? *opts : (struct kvt_connect_opts){0};
+    char def[KVT_SOCKET_PATH_MAX];
     const char *path = o.socket_path;
     if (!path || !*path)
         path = getenv("KVTIER_SOCKET");
-    if (!path || !*path)
-        path = KVT_DEFAULT_SOCKET;
+    if (!path || !*path) {
+        if (kvt_socket_default(def, sizeof(def)))
+            return KVT_E_INVAL;
+        path = def;
+    }
     if (!out || strlen(path) >= sizeof(((struct kvt_client *)0)->socket_path))
         return KVT_E_INVAL;
     const char *tenant = (o.tenant && *o.tenant) ? o.tenant : "default";
     if (strlen(tenant) >= KVT_TENANT_MAX)
         return KVT_E_INVAL;
+    int64_t daemon_uid = o.daemon_uid;
+    if (daemon_uid == 0 || daemon_uid == -1) {
+        const char *env = getenv("KVTIER_DAEMON_UID");
+        daemon_uid = -1;
+        if (env && *env && parse_uid(env, &daemon_uid))
+            return KVT_E_INVAL;
+    } else if (daemon_uid < 0 || daemon_uid >= UINT32_MAX) {
+        return KVT_E_INVAL;
+    }
+    if (daemon_uid == 0)
+        daemon_uid = -1; /* root is trusted anyway */
 
     struct kvt_client *c = calloc(1, sizeof(*c));
     if (!c)
         return KVT_E_NOMEM;
     snprintf(c->socket_path, sizeof(c->socket_path), "%s", path);
+    c->daemon_uid = daemon_uid;
+    for (int i = 0; i < DRAIN_MAX; i++)
+        c->drain[i].fd = -1;
     snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
     c->timeout_ms = o.timeout_ms ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
     c->spin_us = o.spin_us == UINT32_MAX ? 0 : o.spin_us ? o.spin_us : DEFAULT_SPIN_US;
@@ -437,11 +598,19 @@ err_free:
     return rc;
 }
 
+const char *kvt_socket_path(const struct kvt_client *c)
+{
+    return c ? c->socket_path : "";
+}
+
 void kvt_close(struct kvt_client *c)
 {
     if (!c)
         return;
     drop_connection(c);
+    for (int i = 0; i < DRAIN_MAX; i++)
+        if (c->drain[i].fd >= 0)
+            close(c->drain[i].fd); /* the arena goes too: nothing to give back */
     kvt_arena_alloc_deinit(&c->alloc);
     munmap(c->arena, c->arena_bytes);
     close(c->arena_fd);
@@ -538,9 +707,26 @@ struct xfer {
     uint64_t bytes; /* bulk bytes the request moves, for the wait's spin budget */
 };
 
+/* A staging buffer of bytes. When the arena is full while old sockets still drain, waits for
+ * them (up to deadline_ms) rather than fail while buffers are about to come back. */
+static int stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint64_t deadline_ms)
+{
+    for (;;) {
+        int rc = kvt_arena_alloc_get(&c->alloc, bytes, off);
+        if (rc != KVT_E_NOMEM)
+            return rc;
+        int draining = drains_reap(c, 0);
+        rc = kvt_arena_alloc_get(&c->alloc, bytes, off);
+        if (rc != KVT_E_NOMEM || draining == 0 || kvt_now_ms() >= deadline_ms)
+            return rc;
+        drains_reap(c, kvt_now_ms() + 1); /* a millisecond at a time: any drain may end first */
+    }
+}
+
 static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
                       struct kvt_item *it, struct xfer *x, Kvtier__Request *req, Kvtier__PutReq *pr,
-                      Kvtier__GetReq *gr, Kvtier__Key *key)
+                      Kvtier__GetReq *gr, Kvtier__Key *key, Kvtier__Checksum *ck,
+                      uint64_t deadline_ms)
 {
     kvtier__key__init(key);
     key->lo = it->key.lo;
@@ -555,17 +741,24 @@ static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
         pr->key = key;
         pr->n_tokens = it->n_tokens;
         pr->length = it->len;
+        const void *bytes = it->buf;
         if (in_arena(c, it->buf, it->len, &off)) {
             pr->offset = off;
         } else if (it->len <= c->inline_max_bytes && it->len + 512 < c->max_frame_bytes) {
             pr->inline_data.data = it->buf;
             pr->inline_data.len = it->len;
-        } else if (kvt_arena_alloc_get(&c->alloc, it->len, &x->stage_off) == 0) {
+        } else if (stage_alloc(c, it->len, &x->stage_off, deadline_ms) == 0) {
             memcpy(c->arena + x->stage_off, it->buf, it->len);
             pr->offset = x->stage_off;
+            bytes = c->arena + x->stage_off;
         } else {
             return KVT_E_NOMEM;
         }
+        /* Of the bytes the daemon will copy: it refuses the Put (E_CHECKSUM) when they changed
+         * before its copy ended, e.g. an arena buffer reused after a timeout. */
+        kvtier__checksum__init(ck);
+        ck->value = kvt_payload_checksum(bytes, it->len);
+        pr->checksum = ck;
         req->op_case = KVTIER__REQUEST__OP_PUT;
         req->put = pr;
     } else {
@@ -578,7 +771,7 @@ static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
         } else if (it->len <= c->inline_max_bytes) {
             gr->want_inline = 1;
             x->inline_get = 1;
-        } else if (kvt_arena_alloc_get(&c->alloc, it->len, &x->stage_off) == 0) {
+        } else if (stage_alloc(c, it->len, &x->stage_off, deadline_ms) == 0) {
             gr->offset = x->stage_off;
         } else {
             return KVT_E_NOMEM;
@@ -595,11 +788,16 @@ static void finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_it
     it->status = r->status;
     if (kind == XFER_GET && r->result_case == KVTIER__RESPONSE__RESULT_GET) {
         const Kvtier__GetResp *g = r->get;
-        size_t cap = it->len;
+        size_t cap = it->len; /* the staging buffer has this capacity too */
         it->len = g->length;
         it->tier = (enum kvt_tier_id)g->tier;
-        if (!r->status && x->inline_get) {
-            if (g->inline_data.len != g->length || g->length > cap)
+        if (!r->status && g->length > cap) {
+            /* The daemon claims more than it may have written: a broken or hostile daemon.
+             * Copying that length would overrun the caller's buffer. */
+            it->status = KVT_E_PROTO;
+            it->len = 0;
+        } else if (!r->status && x->inline_get) {
+            if (g->inline_data.len != g->length)
                 it->status = KVT_E_PROTO;
             else
                 memcpy(it->buf, g->inline_data.data, g->length);
@@ -654,14 +852,23 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             Kvtier__PutReq pr;
             Kvtier__GetReq gr;
             Kvtier__Key key;
+            Kvtier__Checksum ck;
             struct xfer *x = &xs[sent % BATCH_WINDOW];
-            int brc = build_xfer(c, kind, ns_id, &items[sent], x, &req, &pr, &gr, &key);
+            int brc =
+                build_xfer(c, kind, ns_id, &items[sent], x, &req, &pr, &gr, &key, &ck, deadline);
+            if (!brc) {
+                rc = send_request(c, &req, -1, deadline);
+                if (rc == KVT_E_TOOBIG) {
+                    brc = rc; /* refused before a byte was sent: this item's own error */
+                    release_stage(c, x);
+                    rc = 0;
+                }
+            }
             if (brc) {
-                /* Cannot stage this item: answer it locally, keep the window in order. */
+                /* Cannot stage or send this item: answer it locally, keep the window in order. */
                 items[sent].status = brc;
                 x->req_id = 0;
             } else {
-                rc = send_request(c, &req, -1, deadline);
                 x->bytes = items[sent].len;
                 bulk += x->bytes;
             }
@@ -696,13 +903,21 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
     }
     if (rc) {
         /* Unanswered items keep their staging buffers: the daemon may still copy into or out of
-         * them, so they are never handed out again in this session (a bounded leak that only
-         * timeouts cause). */
-        for (size_t k = done; k < sent; k++)
-            if (xs[k % BATCH_WINDOW].req_id)
-                items[k].status = rc;
+         * them. They are quarantined with this socket, which then drains (see the top of this
+         * file): a socket with requests we no longer wait for is never used again. */
+        for (size_t k = done; k < sent; k++) {
+            struct xfer *x = &xs[k % BATCH_WINDOW];
+            if (!x->req_id)
+                continue;
+            items[k].status = rc;
+            if (x->stage_off != UINT64_MAX)
+                c->pending_off[c->n_pending++] = x->stage_off;
+            x->stage_off = UINT64_MAX;
+        }
         for (size_t k = sent; k < n; k++)
             items[k].status = rc;
+        if (c->n_pending)
+            drop_connection(c);
         return session_fail(c, rc);
     }
     return 0;

@@ -17,6 +17,25 @@
  * reconnects, shares the same arena again and re-registers every namespace, so handles and arena
  * pointers stay valid across daemon restarts. An engine never hangs because its cache went away.
  *
+ * Trust: the arena holds every byte the engine moves, so the library shares it only with a daemon
+ * it trusts. After connecting (and on every reconnect) it asks the kernel for the uid of the
+ * process serving the socket (SO_PEERCRED) and goes on only when that uid is the caller's euid,
+ * root, or the daemon uid configured in kvt_connect_opts.daemon_uid / $KVTIER_DAEMON_UID;
+ * otherwise the call fails with KVT_E_UNTRUSTED and nothing (no memfd, no Hello) is sent.
+ *
+ * Socket path: kvt_connect_opts.socket_path, else $KVTIER_SOCKET, else the default that kvtierd
+ * uses too: /run/kvtier/kvtier.sock for root, $XDG_RUNTIME_DIR/kvtier/kvtier.sock when that
+ * variable is set to an absolute path (and the result fits a socket address), else
+ * /tmp/kvtier-<euid>/kvtier.sock. A directory of the daemon's own, not /tmp itself: any user can
+ * bind a name in /tmp first. (There is no KVT_DEFAULT_SOCKET constant any more, since the
+ * default depends on the caller; kvt_socket_path() says which path a session uses.)
+ *
+ * Retryable errors: KVT_E_BUSY (a daemon slot or staging buffer is briefly taken),
+ * KVT_E_DIRTYFULL (a Put while the CPU tier is full of chunks not yet written to disk) and
+ * KVT_E_INUSE (a Delete of a chunk being read or written) mean "the same call may succeed
+ * later"; KVT_E_CONNLIMIT (the daemon's max_clients) fails kvt_connect or the reconnect of a
+ * call, and the next call tries to reconnect again.
+ *
  * Threads: a struct kvt_client is not thread-safe; use one per thread (they may share nothing).
  * All functions return 0 or a negative code from <kvtier/errors.h> unless stated otherwise.
  */
@@ -32,7 +51,6 @@
 extern "C" {
 #endif
 
-#define KVT_DEFAULT_SOCKET "/tmp/kvtier.sock"
 #define KVT_TENANT_MAX 64
 #define KVT_MODEL_ID_MAX 128
 
@@ -55,8 +73,12 @@ enum kvt_tier_id {
     KVT_TIER_REMOTE = 4
 };
 
+/* Session options. Zero in every field means its default, so initialize the whole struct (e.g.
+ * with a designated initializer) and set what you need. New fields are only ever appended; the
+ * library reads the whole struct, so a program is rebuilt against the header it links with. */
 struct kvt_connect_opts {
-    const char *socket_path; /* borrowed during the call; NULL means $KVTIER_SOCKET or default */
+    const char *socket_path; /* borrowed during the call; NULL means $KVTIER_SOCKET or the
+                                default (see the top of this file) */
     const char *tenant;      /* borrowed; NULL or "" means tenant "default" */
     uint64_t arena_bytes;    /* transfer arena size; 0 means 64 MiB */
     uint32_t timeout_ms;     /* per call; 0 means 5000 */
@@ -64,11 +86,23 @@ struct kvt_connect_opts {
                                 UINT32_MAX means never spin. While bulk bytes are in flight the
                                 wait goes on for their copy time (4 KiB/us, at most 2 ms),
                                 yielding the core between polls */
+    int64_t daemon_uid;      /* one more uid trusted to serve the socket, besides the caller's
+                                euid and root (e.g. a kvtierd running as user "kvtier"). 0 or -1:
+                                none here, then $KVTIER_DAEMON_UID (a decimal uid) when set.
+                                Valid: 0 .. 4294967294 */
 };
 
 /* Opens a session. On success *out owns the connection and arena until kvt_close(). If the daemon
- * is not reachable the call still fails (KVT_E_DISCONNECTED): a session starts connected. */
+ * is not reachable the call still fails (KVT_E_DISCONNECTED): a session starts connected.
+ * Errors besides: KVT_E_UNTRUSTED (the socket is served by a uid not trusted, see the top of
+ * this file; nothing was shared), KVT_E_CONNLIMIT (the daemon serves max_clients already),
+ * KVT_E_PEERUID (the daemon does not serve our uid), KVT_E_INVAL (bad options, a socket path
+ * longer than 107 bytes, or $KVTIER_DAEMON_UID that is not a decimal uid). */
 int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out);
+
+/* The socket path the session connects to (after $KVTIER_SOCKET and the default were applied).
+ * Borrowed: valid until kvt_close(c). */
+const char *kvt_socket_path(const struct kvt_client *c);
 
 /* Closes the session and unmaps the arena: every arena pointer becomes invalid. NULL-safe. */
 void kvt_close(struct kvt_client *c);
@@ -116,12 +150,18 @@ void kvt_arena_free(struct kvt_client *c, void *p);
 
 /* Stores one chunk of n_tokens tokens (0 means tokens_per_chunk); len must equal
  * n_tokens * bytes_per_token. buf is borrowed during the call. Storing a key that is already
- * present succeeds without copying. */
+ * present succeeds without copying. Every Put carries a checksum of its bytes
+ * (kvt_payload_checksum, computed by the library: one XXH3 pass over len bytes); the daemon
+ * verifies what it copied and answers KVT_E_CHECKSUM, storing nothing, when the bytes changed
+ * meanwhile (an arena buffer written again while a Put from it, perhaps one that timed out, was
+ * still being copied). KVT_E_DIRTYFULL and KVT_E_BUSY: retry later. */
 int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
             size_t len, uint32_t n_tokens);
 
 /* Reads one chunk into buf (capacity cap). *len_out gets the chunk's length; *tier_out, when not
- * NULL, where it was found. A missing key is KVT_E_NOTFOUND. */
+ * NULL, where it was found. A missing key is KVT_E_NOTFOUND. The library never writes more than
+ * cap bytes into buf: a daemon that reports a longer chunk as a success gets KVT_E_PROTO (and
+ * *len_out 0). */
 int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf, size_t cap,
             size_t *len_out, enum kvt_tier_id *tier_out);
 
@@ -138,7 +178,18 @@ struct kvt_item {
 
 /* Batch forms pipeline one request per item. They return 0 when every item was answered (each
  * item then has its own status), or a session error (timeout, disconnect) after which items that
- * were not answered carry that error too. */
+ * were not answered carry that error too.
+ *
+ * After a session error the daemon may still be working on the unanswered items. Buffers of the
+ * caller's own in the arena may then still be read (Put) or written (Get) by the daemon for a
+ * while: a Put's checksum catches a buffer reused too early; a Get's buffer should not be trusted
+ * until a later Get into it succeeds. The library's staging buffers (for buffers outside the
+ * arena) are quarantined with the old connection, which is kept open, shut down for writing, until
+ * the daemon closes it, i.e. has finished every request of it; only then are they reused. So
+ * timeouts do not exhaust the arena. At most 4 old connections drain at once; the buffers of an
+ * older one are then never reused (a daemon that never finishes them costs at most 64 staging
+ * buffers per such connection). A call that needs a staging buffer while the arena is full waits
+ * for draining connections up to its timeout before it fails with KVT_E_NOMEM. */
 int kvt_put_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
 int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
 
@@ -148,7 +199,8 @@ int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, siz
 int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
                size_t *hits_out, enum kvt_tier_id *tiers_out);
 
-/* Deletes keys; status_out (may be NULL) gets 0 or KVT_E_NOTFOUND per key. */
+/* Deletes keys; status_out (may be NULL) gets 0, KVT_E_NOTFOUND or KVT_E_INUSE (the chunk is
+ * being read or written: retry) per key. */
 int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
                int *status_out);
 
