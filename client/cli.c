@@ -5,6 +5,10 @@
  * Chunks live in a namespace; the CLI registers one from its geometry flags. The defaults describe
  * a "blob" geometry (1 layer, 1 KV head, head_dim 2048, fp8: 4096 bytes per token), so any file
  * whose size is a multiple of 4 KiB can be stored as a chunk.
+ *
+ * Numbers on the command line are decimal digits only, checked against a range: a typo must not
+ * turn into a different value ("abc" into 0, 4294967424 into 128), so anything else is refused
+ * with exit status 2.
  */
 #define XXH_STATIC_LINKING_ONLY
 #include <errno.h>
@@ -15,8 +19,18 @@
 #include <time.h>
 #include <xxhash.h>
 
+#include "common/paths.h"
 #include "common/version.h"
 #include "kvtier/kvtier.h"
+
+/* Ranges of the numeric options. The geometry bounds keep the chunk size computable; the chunk
+ * itself must also stay below CLI_CHUNK_BYTES_MAX, since the CLI maps an arena that large. */
+#define CLI_TIMEOUT_MS_MAX 3600000u
+#define CLI_LAYERS_MAX 4096u
+#define CLI_KV_HEADS_MAX 4096u
+#define CLI_HEAD_DIM_MAX 65536u
+#define CLI_TOKENS_PER_CHUNK_MAX (1u << 24)
+#define CLI_CHUNK_BYTES_MAX (64ull << 30)
 
 struct cli {
     const char *socket;
@@ -28,6 +42,9 @@ struct cli {
 
 static void usage(FILE *out)
 {
+    char def[KVT_SOCKET_PATH_MAX];
+    if (kvt_socket_default(def, sizeof(def)))
+        snprintf(def, sizeof(def), "(none)");
     fprintf(out,
             "usage: kvtier [OPTIONS] COMMAND [ARGS]\n"
             "commands:\n"
@@ -43,18 +60,44 @@ static void usage(FILE *out)
             "options:\n"
             "  --socket PATH     daemon socket (default $KVTIER_SOCKET or %s)\n"
             "  --tenant NAME     tenant (default \"default\")\n"
-            "  --timeout-ms N    per-call timeout (default 5000)\n"
+            "  --timeout-ms N    per-call timeout, 1..%u (default 5000)\n"
             "  --json            machine-readable output\n"
             "  namespace geometry for put/get/lookup/delete:\n"
             "  --model ID (cli-blob) --layers N (1) --kv-heads N (1) --head-dim N (2048)\n"
-            "  --dtype fp16|bf16|fp32|fp8 (fp8) --tokens-per-chunk N (65536)\n",
-            KVT_DEFAULT_SOCKET);
+            "  --dtype fp16|bf16|fp32|fp8 (fp8) --tokens-per-chunk N (65536)\n"
+            "  numbers are decimal digits only; out-of-range values are refused (exit 2)\n",
+            def, CLI_TIMEOUT_MS_MAX);
 }
 
 static int die(const char *what, int rc)
 {
     fprintf(stderr, "kvtier: %s: %s (%s)\n", what, kvt_strerror(rc), kvt_strerror_name(rc));
     return 1;
+}
+
+/* Parses the value of option opt as a decimal number in [min, max] into *out. Digits only: no
+ * sign, space, suffix or base prefix. Prints why and returns -1 otherwise. */
+static int parse_num(const char *opt, const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+    char *end = NULL;
+    unsigned long long v = 0;
+    int ok = s[0] >= '0' && s[0] <= '9';
+    if (ok) {
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        ok = *end == '\0';
+        if (ok && (errno == ERANGE || v < min || v > max)) {
+            fprintf(stderr, "kvtier: %s: %s is out of range (%u..%u)\n", opt, s, min, max);
+            return -1;
+        }
+    }
+    if (!ok) {
+        fprintf(stderr, "kvtier: %s: '%s' is not a number (decimal digits, %u..%u)\n", opt, s, min,
+                max);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
 }
 
 static int parse_dtype(const char *s, enum kvt_dtype *out)
@@ -89,6 +132,8 @@ static int cmd_ping(const struct cli *o)
     clock_gettime(CLOCK_MONOTONIC, &a);
     int rc = kvt_ping(c);
     clock_gettime(CLOCK_MONOTONIC, &b);
+    char sock[KVT_SOCKET_PATH_MAX];
+    snprintf(sock, sizeof(sock), "%s", kvt_socket_path(c));
     kvt_close(c);
     if (rc)
         return die("ping", rc);
@@ -96,7 +141,7 @@ static int cmd_ping(const struct cli *o)
     if (o->json)
         printf("{\"ok\": true, \"rtt_us\": %.1f}\n", us);
     else
-        printf("pong from %s in %.1f us\n", o->socket ? o->socket : KVT_DEFAULT_SOCKET, us);
+        printf("pong from %s in %.1f us\n", sock, us);
     return 0;
 }
 
@@ -226,7 +271,7 @@ static int cmd_get(const struct cli *o, char **args, int n)
     struct kvt_ns_info ns;
     uint64_t arena = (o->spec.tokens_per_chunk * (uint64_t)o->spec.layers * 2 * o->spec.kv_heads *
                       o->spec.head_dim * kvt_dtype_size(o->spec.dtype)) +
-                     4096;
+                     4096; /* bounded in main() */
     if (open_client(o, &c, arena))
         return 1;
     if (register_ns(o, c, &ns)) {
@@ -365,22 +410,23 @@ int main(int argc, char **argv)
             return 2;
         }
         i++;
+        int bad = 0;
         if (!strcmp(a, "--socket"))
             o.socket = v;
         else if (!strcmp(a, "--tenant"))
             o.tenant = v;
         else if (!strcmp(a, "--timeout-ms"))
-            o.timeout_ms = (uint32_t)strtoul(v, NULL, 10);
+            bad = parse_num(a, v, 1, CLI_TIMEOUT_MS_MAX, &o.timeout_ms);
         else if (!strcmp(a, "--model"))
             o.spec.model_id = v;
         else if (!strcmp(a, "--layers"))
-            o.spec.layers = (uint32_t)strtoul(v, NULL, 10);
+            bad = parse_num(a, v, 1, CLI_LAYERS_MAX, &o.spec.layers);
         else if (!strcmp(a, "--kv-heads"))
-            o.spec.kv_heads = (uint32_t)strtoul(v, NULL, 10);
+            bad = parse_num(a, v, 1, CLI_KV_HEADS_MAX, &o.spec.kv_heads);
         else if (!strcmp(a, "--head-dim"))
-            o.spec.head_dim = (uint32_t)strtoul(v, NULL, 10);
+            bad = parse_num(a, v, 1, CLI_HEAD_DIM_MAX, &o.spec.head_dim);
         else if (!strcmp(a, "--tokens-per-chunk"))
-            o.spec.tokens_per_chunk = (uint32_t)strtoul(v, NULL, 10);
+            bad = parse_num(a, v, 1, CLI_TOKENS_PER_CHUNK_MAX, &o.spec.tokens_per_chunk);
         else if (!strcmp(a, "--dtype")) {
             if (parse_dtype(v, &o.spec.dtype)) {
                 fprintf(stderr, "kvtier: unknown dtype %s\n", v);
@@ -391,6 +437,20 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+        if (bad)
+            return 2;
+    }
+    /* The chunk size, multiplied out without overflowing: each factor is at least 1. */
+    const uint32_t factors[] = {o.spec.layers, o.spec.kv_heads, o.spec.head_dim,
+                                o.spec.tokens_per_chunk};
+    uint64_t chunk_bytes = 2 * kvt_dtype_size(o.spec.dtype); /* K and V */
+    for (size_t f = 0; f < sizeof(factors) / sizeof(factors[0]); f++) {
+        if (chunk_bytes > CLI_CHUNK_BYTES_MAX / factors[f]) {
+            fprintf(stderr, "kvtier: this geometry makes chunks larger than %llu bytes (64 GiB)\n",
+                    CLI_CHUNK_BYTES_MAX);
+            return 2;
+        }
+        chunk_bytes *= factors[f];
     }
     if (i >= argc) {
         usage(stderr);

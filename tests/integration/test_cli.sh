@@ -2,6 +2,7 @@
 # The kvtier CLI and kvtierd's command line through a real daemon: ping, put/get of a file,
 # lookup, delete, stats as a table and as JSON, config get/set, config file and override
 # precedence, rejected settings, the documented config reference, and a clean SIGTERM exit.
+# The CLI's numbers are parsed strictly; its default socket is not in /tmp itself.
 set -u
 B=${KVT_BUILD:-build}
 D=$(mktemp -d /tmp/kvtier-cli-XXXXXX)
@@ -27,12 +28,41 @@ printf 'max_clients 7\n' > "$D/bad.conf"
 $B/kvtierd --config "$D/bad.conf" 2>"$D/err"; rc=$?
 check "malformed config file names the line" "[ $rc -eq 2 ] && grep -q 'bad.conf:1' '$D/err'"
 
+# CLI numbers: decimal digits in range, or exit 2 with the option named (no daemon needed: the
+# options are refused before any connection).
+refused() { # OPTION VALUE WHY
+    "$B/kvtier" --socket "$D/none.sock" "$1" "$2" ping >/dev/null 2>"$D/err"
+    local rc=$?
+    [ $rc -eq 2 ] && grep -q -- "$1" "$D/err" && grep -q "$3" "$D/err"
+}
+check "--timeout-ms abc refused" "refused --timeout-ms abc 'not a number'"
+check "--timeout-ms 12x refused" "refused --timeout-ms 12x 'not a number'"
+check "--timeout-ms '' refused" "refused --timeout-ms '' 'not a number'"
+check "--timeout-ms -5 refused" "refused --timeout-ms -5 'not a number'"
+check "--timeout-ms ' 5' refused" "refused --timeout-ms ' 5' 'not a number'"
+check "--timeout-ms +5 refused" "refused --timeout-ms +5 'not a number'"
+check "--timeout-ms 4294967424 refused, not truncated" "refused --timeout-ms 4294967424 'out of range'"
+check "--timeout-ms 0 refused" "refused --timeout-ms 0 'out of range'"
+check "--layers 2^64 refused" "refused --layers 18446744073709551616 'out of range'"
+check "--kv-heads 0x10 refused" "refused --kv-heads 0x10 'not a number'"
+check "--head-dim 65537 refused" "refused --head-dim 65537 'out of range'"
+check "--tokens-per-chunk -1 refused" "refused --tokens-per-chunk -1 'not a number'"
+"$B/kvtier" --layers 4096 --kv-heads 4096 --head-dim 65536 ping >/dev/null 2>"$D/err"; rc=$?
+check "geometry too large refused" "[ $rc -eq 2 ] && grep -q 'larger than' '$D/err'"
+"$B/kvtier" --timeout-ms 1000 --socket "$D/none.sock" ping >/dev/null 2>"$D/err"; rc=$?
+check "valid numbers accepted (fails later, on the missing daemon)" "[ $rc -eq 1 ] && grep -q E_DISCONNECTED '$D/err'"
+defsock="/tmp/kvtier-$(id -u)/kvtier.sock"
+case "${XDG_RUNTIME_DIR:-}" in /*) defsock="$XDG_RUNTIME_DIR/kvtier/kvtier.sock" ;; esac
+[ "$(id -u)" -eq 0 ] && defsock=/run/kvtier/kvtier.sock
+check "default socket in a directory of its own" "$B/kvtier --help | grep -qF '$defsock'"
+
 S="$D/kvtier.sock"
 $B/kvtierd --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M 2>"$D/log" &
 PID=$!
 for _ in $(seq 100); do [ -S "$S" ] && break; sleep 0.05; done
 K="$B/kvtier --socket $S"
 check "ping" "$K ping | grep -q pong"
+check "ping names the socket; \$KVTIER_SOCKET is used" "KVTIER_SOCKET='$S' $B/kvtier --timeout-ms 3000 ping | grep -qF 'pong from $S'"
 head -c 16384 /dev/urandom > "$D/blob"
 key=$($K put "$D/blob")
 check "put prints a key" "[ \${#key} -eq 32 ]"
