@@ -26,7 +26,7 @@
 /* Chunks requested at once: the daemon bounds requests in flight per connection and answers
  * E_BUSY past its limit. */
 #define OFFLOAD_FETCH_WINDOW 8
-/* E_BUSY is transient: retry with a growing pause, at most about 2 s in all. */
+/* E_BUSY and E_DIRTYFULL are transient: retry with a growing pause, at most about 2 s in all. */
 #define OFFLOAD_BUSY_RETRIES 20
 #define OFFLOAD_BUSY_PAUSE_US 10000
 
@@ -47,6 +47,14 @@ struct kv_offload {
     uint16_t *tail; /* local: [layer][tail_cap][row] for positions [tail_start, +tail_len) */
     size_t tail_cap, tail_start, tail_len;
 };
+
+/* Answers after which the same request may succeed: a daemon slot or staging buffer was taken
+ * (E_BUSY), or DRAM is full of chunks the disk has not taken yet (E_DIRTYFULL, with
+ * tier.dirty_full = reject). */
+static int is_transient(int rc)
+{
+    return rc == KVT_E_BUSY || rc == KVT_E_DIRTYFULL;
+}
 
 static uint64_t now_ns(void)
 {
@@ -87,9 +95,9 @@ static int off_begin(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int
     return 0;
 }
 
-/* Gets items[0..n), asking again (after a pause) for those the daemon answered E_BUSY. Items may
- * be reordered (each keeps its own buffer). Returns 0 when every item arrived, else the session
- * error or an item's error. */
+/* Gets items[0..n), asking again (after a pause) for those the daemon answered with a transient
+ * error. Items may be reordered (each keeps its own buffer). Returns 0 when every item arrived,
+ * else the session error or an item's error (the last transient one once retries run out). */
 static int get_with_retry(struct kv_offload *o, struct kvt_item *items, size_t n)
 {
     for (int attempt = 0;; attempt++) {
@@ -98,12 +106,14 @@ static int get_with_retry(struct kv_offload *o, struct kvt_item *items, size_t n
             return rc;
         /* Move the busy items to the front; anything else that failed ends the fetch. */
         size_t busy = 0;
+        int last = 0;
         for (size_t i = 0; i < n; i++) {
-            if (items[i].status != KVT_E_BUSY) {
+            if (!is_transient(items[i].status)) {
                 if (items[i].status)
                     return items[i].status;
                 continue;
             }
+            last = items[i].status;
             struct kvt_item tmp = items[busy];
             items[busy] = items[i];
             items[i] = tmp;
@@ -113,7 +123,7 @@ static int get_with_retry(struct kv_offload *o, struct kvt_item *items, size_t n
         if (busy == 0)
             return 0;
         if (attempt == OFFLOAD_BUSY_RETRIES)
-            return KVT_E_BUSY;
+            return last;
         usleep((useconds_t)(OFFLOAD_BUSY_PAUSE_US * (attempt + 1) / 4));
         n = busy;
     }
@@ -216,7 +226,7 @@ static int off_commit(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n)
         int rc;
         for (int attempt = 0;; attempt++) {
             rc = kvt_put(o->client, o->ns.handle, &key, o->stage, o->chunk_bytes, (uint32_t)o->C);
-            if (rc != KVT_E_BUSY || attempt == OFFLOAD_BUSY_RETRIES)
+            if (!is_transient(rc) || attempt == OFFLOAD_BUSY_RETRIES)
                 break;
             usleep((useconds_t)(OFFLOAD_BUSY_PAUSE_US * (attempt + 1) / 4));
         }
