@@ -41,7 +41,8 @@ int kvt_socket_default(char *buf, size_t cap)
     return 0;
 }
 
-static int say(char *why, size_t why_cap, int rc, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static int say(char *why, size_t why_cap, int rc,
+                                                     const char *fmt, ...)
 {
     if (why && why_cap) {
         va_list ap;
