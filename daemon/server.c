@@ -294,6 +294,36 @@ static void reject(int fd, int status)
     close(fd);
 }
 
+int kvt__server_adopt(struct kvt_server *s, int fd, const struct ucred *cred)
+{
+    struct kvt_conn *c = conn_new(s, fd);
+    if (!c) {
+        reject(fd, KVT_E_NOMEM);
+        return KVT_E_NOMEM;
+    }
+    c->uid = cred->uid;
+    c->gid = cred->gid;
+    c->pid = cred->pid;
+    c->admin = kvt_admin_uid(s->cfg, cred->uid);
+    kvt_tenant_default(cred->uid, c->tenant, sizeof(c->tenant));
+    c->ep_events = EPOLLIN | EPOLLRDHUP;
+    int rc = ep_add(s, fd, EPOLLIN | EPOLLRDHUP, &c->src);
+    if (rc) {
+        close(fd);
+        conn_free(c);
+        return rc;
+    }
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    s->st.connections_accepted++;
+    KVT_DEBUG("server", "conn open id=%llu uid=%u pid=%d", (unsigned long long)c->id, cred->uid,
+              cred->pid);
+    return 0;
+}
+
 /* Out of descriptors: the pending connection would keep the listening socket readable and the
  * loop spinning. Give back the spare descriptor, accept the connection, tell it why and close it,
  * then take the spare again. */
@@ -349,30 +379,7 @@ static void on_accept(struct kvt_server *s)
             reject(fd, s->stop ? KVT_E_SHUTDOWN : KVT_E_CONNLIMIT);
             continue;
         }
-        struct kvt_conn *c = conn_new(s, fd);
-        if (!c) {
-            reject(fd, KVT_E_NOMEM);
-            continue;
-        }
-        c->uid = cred.uid;
-        c->gid = cred.gid;
-        c->pid = cred.pid;
-        c->admin = kvt_admin_uid(s->cfg, cred.uid);
-        kvt_tenant_default(cred.uid, c->tenant, sizeof(c->tenant));
-        c->ep_events = EPOLLIN | EPOLLRDHUP;
-        if (ep_add(s, fd, EPOLLIN | EPOLLRDHUP, &c->src)) {
-            close(fd);
-            conn_free(c);
-            continue;
-        }
-        c->next = s->conns;
-        if (s->conns)
-            s->conns->prev = c;
-        s->conns = c;
-        s->n_conns++;
-        s->st.connections_accepted++;
-        KVT_DEBUG("server", "conn open id=%llu uid=%u pid=%d", (unsigned long long)c->id, cred.uid,
-                  cred.pid);
+        kvt__server_adopt(s, fd, &cred);
     }
 }
 
@@ -928,9 +935,80 @@ static int inflight_total(const struct kvt_server *s)
     return n;
 }
 
-int kvt_server_run(struct kvt_server *s)
+/* Handles one epoll event. */
+static void on_event(struct kvt_server *s, const struct epoll_event *e)
+{
+    struct kvt_evsrc *src = e->data.ptr;
+    switch (src->kind) {
+    case KVT_EV_LISTEN:
+        on_accept(s);
+        break;
+    case KVT_EV_SIGNAL: {
+        struct signalfd_siginfo si;
+        while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si)) {
+            KVT_INFO("server", "signal %u received", si.ssi_signo);
+            if (si.ssi_signo == SIGHUP)
+                reload(s);
+            else
+                begin_shutdown(s);
+        }
+        break;
+    }
+    case KVT_EV_WORKERS:
+        on_workers(s);
+        break;
+    case KVT_EV_DISK:
+        kvt_tm_poll(s);
+        break;
+    case KVT_EV_CONN: {
+        struct kvt_conn *c = (struct kvt_conn *)src;
+        if (c->dead)
+            break;
+        if (e->events & (EPOLLHUP | EPOLLERR)) {
+            /* Gone both ways: nothing more can be delivered, and epoll would report it on every
+             * wait until the fd is closed. What it sent is read (and dropped with the end of
+             * input, never dispatched), then the socket is closed. */
+            on_readable(s, c);
+            if (!c->dead && !c->read_eof) {
+                c->read_eof = 1;
+                conn_input_ended(s, c);
+            }
+            conn_close(s, c);
+            break;
+        }
+        if (e->events & EPOLLOUT) {
+            conn_flush(s, c);
+            conn_queue(s, c); /* drained output may let buffered frames through */
+        }
+        if (!c->dead && (e->events & (EPOLLIN | EPOLLRDHUP)))
+            on_readable(s, c);
+        else if (!c->dead)
+            conn_maybe_finish(s, c);
+        break;
+    }
+    }
+}
+
+int kvt_server_run_once(struct kvt_server *s, int timeout_ms)
 {
     struct epoll_event ev[EVENTS_MAX];
+    if (s->ready)
+        timeout_ms = 0;
+    int n = epoll_wait(s->epfd, ev, EVENTS_MAX, timeout_ms);
+    if (n < 0 && errno != EINTR) {
+        KVT_ERR("server", "epoll_wait: %s", strerror(errno));
+        return -errno;
+    }
+    for (int i = 0; i < n; i++)
+        on_event(s, &ev[i]);
+    kvt_tm_tick(s);
+    resume_ready(s);
+    sweep_closed(s);
+    return n < 0 ? 0 : n;
+}
+
+int kvt_server_run(struct kvt_server *s)
+{
     uint64_t last_event_ns = 0;
     for (;;) {
         if (s->stop) {
@@ -946,69 +1024,13 @@ int kvt_server_run(struct kvt_server *s)
          * pipelined client usually arrives within microseconds, and waking a sleeping thread on
          * another core costs tens of them on virtual machines. */
         int timeout_ms = s->stop ? (kvt_tm_busy(s) ? 1 : 50) : 1000;
-        if (kvt_now_ns() - last_event_ns < s->cfg->busy_poll_us * 1000ull || s->ready)
+        if (kvt_now_ns() - last_event_ns < s->cfg->busy_poll_us * 1000ull)
             timeout_ms = 0;
-        int n = epoll_wait(s->epfd, ev, EVENTS_MAX, timeout_ms);
+        int n = kvt_server_run_once(s, timeout_ms);
+        if (n < 0)
+            return n;
         if (n > 0)
             last_event_ns = kvt_now_ns();
-        if (n < 0 && errno != EINTR) {
-            KVT_ERR("server", "epoll_wait: %s", strerror(errno));
-            return -errno;
-        }
-        for (int i = 0; i < n; i++) {
-            struct kvt_evsrc *src = ev[i].data.ptr;
-            switch (src->kind) {
-            case KVT_EV_LISTEN:
-                on_accept(s);
-                break;
-            case KVT_EV_SIGNAL: {
-                struct signalfd_siginfo si;
-                while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si)) {
-                    KVT_INFO("server", "signal %u received", si.ssi_signo);
-                    if (si.ssi_signo == SIGHUP)
-                        reload(s);
-                    else
-                        begin_shutdown(s);
-                }
-                break;
-            }
-            case KVT_EV_WORKERS:
-                on_workers(s);
-                break;
-            case KVT_EV_DISK:
-                kvt_tm_poll(s);
-                break;
-            case KVT_EV_CONN: {
-                struct kvt_conn *c = (struct kvt_conn *)src;
-                if (c->dead)
-                    break;
-                if (ev[i].events & (EPOLLHUP | EPOLLERR)) {
-                    /* Gone both ways: nothing more can be delivered, and epoll would report it
-                     * on every wait until the fd is closed. What it sent is read (and dropped
-                     * with the end of input, never dispatched), then the socket is closed. */
-                    on_readable(s, c);
-                    if (!c->dead && !c->read_eof) {
-                        c->read_eof = 1;
-                        conn_input_ended(s, c);
-                    }
-                    conn_close(s, c);
-                    break;
-                }
-                if (ev[i].events & EPOLLOUT) {
-                    conn_flush(s, c);
-                    conn_queue(s, c); /* drained output may let buffered frames through */
-                }
-                if (!c->dead && (ev[i].events & (EPOLLIN | EPOLLRDHUP)))
-                    on_readable(s, c);
-                else if (!c->dead)
-                    conn_maybe_finish(s, c);
-                break;
-            }
-            }
-        }
-        kvt_tm_tick(s);
-        resume_ready(s);
-        sweep_closed(s);
     }
     KVT_INFO("server", "stopped after %llu requests", (unsigned long long)s->st.requests);
     return 0;

@@ -179,6 +179,14 @@ struct kvt_server {
 int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out);
 /* Runs the loop until SIGTERM/SIGINT; returns 0 after a graceful shutdown. */
 int kvt_server_run(struct kvt_server *s);
+/* One iteration of the loop: waits up to timeout_ms for events, handles them, then the tier
+ * manager's background work and the queued connections. Events handled, or -errno. (The loop
+ * itself, and harnesses such as the fuzz target, call it.) */
+int kvt_server_run_once(struct kvt_server *s, int timeout_ms);
+/* Takes a connected socket as a client connection with these peer credentials (accept's second
+ * half; the fuzz harness feeds socketpairs through it). Closes fd on failure. */
+struct ucred;
+int kvt__server_adopt(struct kvt_server *s, int fd, const struct ucred *cred);
 void kvt_server_destroy(struct kvt_server *s);
 
 /* --- shared between server.c and ops.c --- */

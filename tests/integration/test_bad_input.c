@@ -101,9 +101,29 @@ static void send_raw(int fd, const void *p, size_t n)
     assert_int_equal(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
 }
 
+/* With KVT_FUZZ_SEED_DIR set, every frame these tests send is also written there as one file:
+ * the seeds of the frame fuzzer (tests/fuzz/seeds, make fuzz). */
+static void save_seed(const uint8_t *h, const void *p, uint32_t n)
+{
+    static unsigned seq;
+    const char *dir = getenv("KVT_FUZZ_SEED_DIR");
+    if (!dir || n > 65536 - 4)
+        return;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/bad-input-%03u", dir, seq++);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return;
+    fwrite(h, 1, 4, f);
+    if (n)
+        fwrite(p, 1, n, f);
+    fclose(f);
+}
+
 static void send_frame(int fd, const void *p, uint32_t n)
 {
     uint8_t h[4] = {(uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
+    save_seed(h, p, n);
     send_raw(fd, h, 4);
     if (n)
         send_raw(fd, p, n);
