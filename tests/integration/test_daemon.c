@@ -31,7 +31,11 @@ static int setup(void **state)
 {
     (void)state;
     memset(&daemon_proc, 0, sizeof(daemon_proc));
-    return kvt_test_daemon_start(&daemon_proc, NULL);
+    /* This uid may act for tenants alice and bob (test_tenants_isolated). */
+    static char tenants[96];
+    snprintf(tenants, sizeof(tenants), "--tenants=alice=uid:%u;bob=uid:%u", getuid(), getuid());
+    const char *args[] = {tenants, NULL};
+    return kvt_test_daemon_start(&daemon_proc, args);
 }
 
 static int teardown(void **state)
