@@ -322,10 +322,10 @@ void kvt_tm_tick(struct kvt_server *s)
         }
         return;
     }
-    /* Pressure is measured as memory free for new chunks, not bytes in use: slots of the wrong
-     * size class are not free for the next Put. */
-    double cap = (double)kvt_host_arena_bytes(s->host);
-    if ((double)kvt_host_free_bytes(s->host) > (1.0 - s->cfg->cpu_high_watermark) * cap)
+    /* Pressure is measured as memory free for new chunks, per size class being asked for: free
+     * slots of a class nobody asks for are no room for the next Put, and a class that has to
+     * evict (or found only dirty chunks) needs write-back now, whatever the other classes hold. */
+    if (!kvt_host_pressure(s->host, 1.0 - s->cfg->cpu_high_watermark))
         return;
     /* Write back the coldest dirty chunks, so eviction finds clean ones to drop. */
     uint32_t cold[COLDEST_SCAN];

@@ -16,9 +16,12 @@
 
 #include "kvtier/kvtier.h"
 
-/* Per-tier statistics, generated from one list so that stats output and docs stay in step. */
+/* Per-tier statistics, generated from one list so that stats output and docs stay in step.
+ * bytes_used is what the tier's objects occupy (slots, blocks); bytes_payload what their bytes
+ * are, before rounding, compression or metadata (0 in a tier that does not track it). */
 #define KVT_TIER_STATS(X)                                                                          \
     X(bytes_used)                                                                                  \
+    X(bytes_payload)                                                                               \
     X(bytes_capacity)                                                                              \
     X(objects)                                                                                     \
     X(hits)                                                                                        \

@@ -7,6 +7,13 @@
  * an object may go; an object that is being read or written is refused and skipped, so a reader is
  * never left with freed bytes. No heap allocation happens after create.
  *
+ * Eviction keeps the arena useful when sizes mix: a class that is out of slots evicts its own least
+ * recently used object; whole pages move between classes only when that costs nothing (a page with
+ * nothing live), when a size has no page to be stored in, or when age balancing finds a class
+ * whose oldest object is much older than the requester's (it holds more than its share), and such
+ * moves are rate-limited. A size with no page of its own borrows slots of a slightly larger class.
+ * host.c's opening comment has the full order.
+ *
  * Single-threaded: the daemon's event loop calls every function here; workers only copy bytes into
  * and out of slots the loop handed them.
  */
@@ -40,15 +47,28 @@ void kvt_host_destroy(struct kvt_host *h);
 
 /* Reserves a slot for bytes (1 .. page_bytes), evicting least recently used objects when needed.
  * The slot is at arena offset *off_out and carries cookie (the owner's handle) for the evict
- * callback. KVT_E_TOOBIG when bytes exceeds page_bytes; KVT_E_FULL when nothing can be evicted. */
+ * callback. It is at least kvt_host_slot_bytes(bytes) long (a size without a page of its own may
+ * get a larger slot). KVT_E_TOOBIG when bytes exceeds page_bytes; KVT_E_FULL when nothing can be
+ * evicted (or a page move that would be needed is rate-limited). */
 int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
 /* Returns a slot to its class. off must come from kvt_host_alloc. */
 void kvt_host_free(struct kvt_host *h, uint64_t off);
 /* Marks a slot most recently used. */
 void kvt_host_touch(struct kvt_host *h, uint64_t off);
 
-/* Bytes that can be allocated without evicting: free pages plus free slots of every class. */
+/* Bytes that can be allocated without evicting: free pages plus free slots of every class. Slots
+ * of one class are no room for another, so this is not a measure of pressure: see below. */
 uint64_t kvt_host_free_bytes(const struct kvt_host *h);
+
+/* Whether memory is short for the sizes being asked for, so that dirty objects should be made
+ * clean (written back) before eviction needs them: nonzero when some class that served (or failed)
+ * an allocation during the last turnover of the tier's objects has room for less than free_frac
+ * of what it could hold (its free slots plus free pages, over its pages plus free pages), or when
+ * an allocation in that time found only objects the owner refused to let go. O(classes). */
+int kvt_host_pressure(const struct kvt_host *h, double free_frac);
+
+/* Pages moved from one size class to another since create (for tests and stats). */
+uint64_t kvt_host_page_moves(const struct kvt_host *h);
 
 /* Writes the cookies of up to max least recently used objects, coldest first across every size
  * class, and returns how many. */
