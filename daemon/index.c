@@ -59,7 +59,7 @@ int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_k
                      uint32_t *id_out)
 {
     if (idx->free_head == KVT_INDEX_NIL)
-        return KVT_E_FULL;
+        return KVT_E_INDEXFULL;
     uint32_t id = idx->free_head;
     struct kvt_entry *e = &idx->e[id];
     idx->free_head = e->hnext;

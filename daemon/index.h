@@ -64,7 +64,8 @@ void kvt_index_deinit(struct kvt_index *idx);
 
 /* Entry id for (ns_seed, key), or KVT_INDEX_NIL. */
 uint32_t kvt_index_find(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key);
-/* Inserts a new PENDING entry (the key must not be present). KVT_E_FULL when the pool is empty. */
+/* Inserts a new PENDING entry (the key must not be present). KVT_E_INDEXFULL when the pool is
+ * empty (the tier manager's kvt_tm_index_insert evicts and retries). */
 int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key,
                      uint32_t *id_out);
 void kvt_index_remove(struct kvt_index *idx, uint32_t id);

@@ -621,20 +621,28 @@ static void op_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         reply_error(s, c, op, KVT_E_TOOBIG, "more than 65536 keys in one Delete");
         return;
     }
-    static int32_t status[DELETE_KEYS_MAX];
+    /* The statuses live with the tier manager: the answer may wait for the tombstones. */
+    int32_t *status = kvt_tm_delete_begin(s, (uint32_t)d->n_keys);
+    if (!status) {
+        reply_error(s, c, op, KVT_E_BUSY, "too many Deletes waiting for the disk: retry");
+        return;
+    }
     for (size_t i = 0; i < d->n_keys; i++) {
         struct kvt_key key;
         uint32_t id =
             key_of(d->keys[i], &key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, ns->seed, &key);
         struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
         if (!e || e->state != KVT_ENTRY_READY) {
-            status[i] = e ? KVT_E_BUSY : KVT_E_NOTFOUND;
+            status[i] = e ? KVT_E_INUSE : KVT_E_NOTFOUND; /* being written: retry */
         } else {
-            /* In use (being read or written): KVT_E_BUSY, the caller may retry. */
+            /* In use (being read or written): KVT_E_INUSE, the caller may retry. */
             status[i] = kvt_tm_delete(s, id);
             s->st.deletes += status[i] == 0;
         }
     }
+    /* Answered once every tombstone it staged is durable, so a crash cannot undo it. */
+    if (kvt_tm_delete_end(s, op, status, (uint32_t)d->n_keys))
+        return;
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
     dr.n_status = d->n_keys;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/assert.h"
 #include "common/log.h"
 #include "common/time.h"
 #include "daemon/server.h"
@@ -268,19 +269,23 @@ static void drain_write_through(struct kvt_server *s)
 
 static void drain_reads(struct kvt_server *s);
 
-/* Disk above its high watermark: removes chunks that are only on disk, coldest first (CLOCK),
- * looking at no more than CLOCK_SCAN entries per call. Chunks also in DRAM stay (removing their
- * disk copy would make them dirty again), as do pinned ones. */
+/* Disk above its high watermark, of bytes or of objects (disk.objects_max): removes chunks that
+ * are only on disk, coldest first (CLOCK), looking at no more than CLOCK_SCAN entries per call.
+ * Chunks also in DRAM stay (removing their disk copy would make them dirty again), as do pinned
+ * ones. */
 static void evict_disk(struct kvt_server *s)
 {
     struct kvt_tiermgr *tm = &s->tm;
     struct kvt_disk_stats ds;
     kvt_disk_stats(tm->disk, &ds);
     double high = s->cfg->disk_high_watermark * (double)ds.tier.bytes_capacity;
-    if ((double)ds.tier.bytes_used <= high || ds.tier.failed)
+    double high_objects = s->cfg->disk_high_watermark * (double)s->cfg->disk_objects_max;
+    if (((double)ds.tier.bytes_used <= high && (double)ds.tier.objects <= high_objects) ||
+        ds.tier.failed)
         return;
-    uint64_t used = ds.tier.bytes_used;
-    for (uint32_t n = 0; n < CLOCK_SCAN && (double)used > high; n++) {
+    uint64_t used = ds.tier.bytes_used, objects = ds.tier.objects;
+    for (uint32_t n = 0; n < CLOCK_SCAN && ((double)used > high || (double)objects > high_objects);
+         n++) {
         uint32_t id = tm->clock_hand;
         tm->clock_hand = tm->clock_hand + 1 < s->idx.cap ? tm->clock_hand + 1 : 0;
         struct kvt_entry *e = kvt_index_at(&s->idx, id);
@@ -297,9 +302,99 @@ static void evict_disk(struct kvt_server *s)
             return; /* too many removals waiting for a commit: next iteration */
         kvt_disk_stats(tm->disk, &ds);
         used = ds.tier.bytes_used;
+        objects = ds.tier.objects;
         tm->st.disk_evictions++;
         kvt_index_remove(&s->idx, id);
     }
+}
+
+/* ---- index eviction ------------------------------------------------------------------------ */
+
+/* Whether entry id may leave the index now: a READY chunk nobody holds, no I/O in flight. */
+static int index_evictable(const struct kvt_entry *e)
+{
+    return e->state == KVT_ENTRY_READY && !e->refs && !e->promoting &&
+           e->disk != KVT_ENTRY_DISK_WRITING;
+}
+
+/* Removes entry id from every tier. Returns 0, or KVT_E_BUSY when the disk tier cannot stage
+ * another removal in this commit. */
+static int index_drop(struct kvt_server *s, uint32_t id)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (e->disk == KVT_ENTRY_DISK_DURABLE && s->tm.disk) {
+        struct kvt_obj_id oid = obj_id(e);
+        int rc = kvt_disk_remove(s->tm.disk, &oid);
+        if (rc == KVT_E_BUSY)
+            return rc;
+    }
+    if (e->in_host)
+        kvt_host_free(s->host, e->host_off);
+    kvt_index_remove(&s->idx, id);
+    s->tm.st.index_evictions++;
+    return 0;
+}
+
+/* Frees one index entry, coldest first: chunks only on disk (they left DRAM already) by the
+ * CLOCK hand with its second chance, then the coldest chunks in DRAM, clean ones before dirty
+ * ones, and dirty ones only under tier.dirty_full = drop. Returns 1 when an entry went. */
+static int index_evict_one(struct kvt_server *s)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    if (tm->disk) {
+        for (uint32_t n = 0; n < CLOCK_SCAN; n++) {
+            uint32_t id = tm->clock_hand;
+            tm->clock_hand = tm->clock_hand + 1 < s->idx.cap ? tm->clock_hand + 1 : 0;
+            struct kvt_entry *e = kvt_index_at(&s->idx, id);
+            if (!index_evictable(e) || e->in_host || e->disk != KVT_ENTRY_DISK_DURABLE)
+                continue;
+            if (e->referenced) {
+                e->referenced = 0;
+                continue;
+            }
+            if (index_drop(s, id) == KVT_E_BUSY)
+                break;
+            tm->st.disk_evictions++;
+            return 1;
+        }
+    }
+    uint32_t cold[COLDEST_SCAN];
+    size_t n = kvt_host_coldest(s->host, cold, COLDEST_SCAN);
+    int may_drop_dirty = !tm->disk || strcmp(s->cfg->dirty_full, "reject") != 0;
+    for (int dirty = 0; dirty < 2; dirty++) {
+        for (size_t i = 0; i < n; i++) {
+            struct kvt_entry *e = kvt_index_at(&s->idx, cold[i]);
+            int clean = e->disk == KVT_ENTRY_DISK_DURABLE;
+            if (!index_evictable(e) || !e->in_host || clean == dirty)
+                continue;
+            if (dirty && !may_drop_dirty)
+                return 0;
+            if (index_drop(s, cold[i]) == KVT_E_BUSY)
+                continue;
+            if (dirty && tm->disk)
+                tm->st.dropped_dirty++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int kvt_tm_index_insert(struct kvt_server *s, uint64_t seed, const struct kvt_key *key,
+                        uint32_t *id_out)
+{
+    int rc = kvt_index_insert(&s->idx, seed, key, id_out);
+    if (rc != KVT_E_INDEXFULL)
+        return rc;
+    /* Bounded: each try frees an entry or gives up after one look at the coldest chunks. */
+    for (int tries = 0; tries < 4; tries++) {
+        if (!index_evict_one(s))
+            break;
+        rc = kvt_index_insert(&s->idx, seed, key, id_out);
+        if (rc != KVT_E_INDEXFULL)
+            return rc;
+    }
+    s->tm.st.index_full++;
+    return KVT_E_INDEXFULL;
 }
 
 void kvt_tm_tick(struct kvt_server *s)
@@ -343,7 +438,7 @@ int kvt_tm_busy(const struct kvt_server *s)
     const struct kvt_tiermgr *tm = &s->tm;
     if (!tm->disk)
         return 0;
-    return tm->demotes_inflight > 0 || tm->wt_head || tm->rd_head ||
+    return tm->demotes_inflight > 0 || tm->wt_head || tm->rd_head || tm->del_head ||
            kvt_disk_inflight(tm->disk) > 0 || (tm->flushing && tm->flush_cursor < s->idx.cap);
 }
 
@@ -397,7 +492,7 @@ int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uin
         /* Everything evictable is waiting for write-back, and the operator would rather have
          * the writer wait than lose a chunk. */
         s->tm.st.rejected_dirty_full++;
-        return KVT_E_BUSY;
+        return KVT_E_DIRTYFULL;
     }
     if (rc == KVT_E_FULL && s->tm.disk) {
         /* Everything evictable is waiting for write-back: rather than fail, drop dirty
@@ -565,19 +660,134 @@ static void drain_reads(struct kvt_server *s)
 int kvt_tm_delete(struct kvt_server *s, uint32_t id)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
-    if (e->refs || e->promoting)
-        return KVT_E_BUSY;
+    /* A chunk whose disk write is in flight is in use too: deleting it now would leave an object
+     * that becomes durable after the answer, and a crash could bring it back. */
+    if (e->refs || e->promoting || e->disk == KVT_ENTRY_DISK_WRITING)
+        return KVT_E_INUSE;
     if (e->disk == KVT_ENTRY_DISK_DURABLE && s->tm.disk) {
         struct kvt_obj_id oid = obj_id(e);
         int rc = kvt_disk_remove(s->tm.disk, &oid);
         if (rc == KVT_E_BUSY)
             return rc;
+        if (rc == 0)
+            s->tm.del_staged = 1;
     }
     if (e->in_host)
         kvt_host_free(s->host, e->host_off);
-    /* A write still in flight sees the generation change and removes its object. */
     kvt_index_remove(&s->idx, id);
     return 0;
+}
+
+/* ---- durable deletes ---------------------------------------------------------------------- */
+
+struct kvt_tm_del {
+    struct kvt_disk_sync sync; /* the disk tier's barrier, in our storage */
+    struct kvt_server *s;
+    struct kvt_op *op;
+    int32_t *status;
+    uint32_t off, n; /* place in the status ring */
+    struct kvt_tm_del *next;
+};
+
+/* Where n statuses fit in the ring, which is used in FIFO order: [tail, head) or, wrapped,
+ * [tail, end) and [0, head). */
+static int del_ring_fit(struct kvt_tiermgr *tm, uint32_t n, uint32_t *off)
+{
+    if (tm->n_dels_waiting == 0) {
+        tm->ds_head = tm->ds_tail = 0;
+        *off = 0;
+        return n <= KVT_TM_DEL_STATUS_MAX;
+    }
+    if (tm->ds_head >= tm->ds_tail) {
+        if (KVT_TM_DEL_STATUS_MAX - tm->ds_head >= n) {
+            *off = tm->ds_head;
+            return 1;
+        }
+        *off = 0;
+        return tm->ds_tail > n;
+    }
+    *off = tm->ds_head;
+    return tm->ds_tail - tm->ds_head > n;
+}
+
+int32_t *kvt_tm_delete_begin(struct kvt_server *s, uint32_t n)
+{
+    static int32_t immediate[KVT_TM_DEL_KEYS_MAX];
+    struct kvt_tiermgr *tm = &s->tm;
+    tm->del_staged = 0;
+    if (n > KVT_TM_DEL_KEYS_MAX)
+        return NULL;
+    if (!tm->disk)
+        return immediate;
+    if (!tm->free_dels || !del_ring_fit(tm, n, &tm->del_off)) {
+        tm->st.delete_busy++;
+        return NULL;
+    }
+    return tm->del_status + tm->del_off;
+}
+
+static void delete_durable(void *arg, int res)
+{
+    struct kvt_tm_del *d = arg;
+    struct kvt_server *s = d->s;
+    struct kvt_tiermgr *tm = &s->tm;
+    /* Barriers complete in the order they were made, which is the ring's order. */
+    KVT_ASSERT(tm->del_head == d);
+    tm->del_head = d->next;
+    if (!tm->del_head)
+        tm->del_tail = NULL;
+    if (res)
+        KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "delete answered without a durable tombstone: %s",
+                            kvt_strerror(res));
+    if (!s->destroying) {
+        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+        Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
+        struct kvt_conn *c = d->op->conn;
+        dr.n_status = d->n;
+        dr.status = d->status;
+        resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
+        resp.del = &dr;
+        kvt__server_respond(s, c, d->op, &resp, 0, NULL);
+        kvt__server_after_ops(s, c);
+    }
+    tm->ds_tail = d->off + d->n;
+    if (--tm->n_dels_waiting == 0)
+        tm->ds_head = tm->ds_tail = 0;
+    d->op = NULL;
+    d->next = tm->free_dels;
+    tm->free_dels = d;
+}
+
+int kvt_tm_delete_end(struct kvt_server *s, struct kvt_op *op, int32_t *status, uint32_t n)
+{
+    struct kvt_tiermgr *tm = &s->tm;
+    if (!tm->disk || !tm->del_staged)
+        return 0;
+    struct kvt_tm_del *d = tm->free_dels;
+    /* begin handed this ring space out, or returned NULL and nothing was deleted. */
+    KVT_ASSERT(d && status == tm->del_status + tm->del_off);
+    int rc = kvt_disk_sync(tm->disk, &d->sync, delete_durable, d);
+    if (rc) {
+        KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "delete answered without a durable tombstone: %s",
+                            kvt_strerror(rc));
+        return 0;
+    }
+    tm->free_dels = d->next;
+    d->s = s;
+    d->op = op;
+    d->status = status;
+    d->off = tm->del_off;
+    d->n = n;
+    d->next = NULL;
+    if (tm->del_tail)
+        tm->del_tail->next = d;
+    else
+        tm->del_head = d;
+    tm->del_tail = d;
+    tm->ds_head = tm->del_off + n;
+    tm->n_dels_waiting++;
+    tm->st.deletes_deferred++;
+    return 1;
 }
 
 /* ---- start, stop, stats ------------------------------------------------------------------- */
@@ -585,6 +795,8 @@ int kvt_tm_delete(struct kvt_server *s, uint32_t id)
 struct load_ctx {
     struct kvt_server *s;
     uint64_t loaded, skipped;
+    struct kvt_obj_id orphans[256]; /* disk objects the index could not take, per pass */
+    uint32_t n_orphans;
 };
 
 static int load_object(void *arg, const struct kvt_disk_obj_info *info)
@@ -604,6 +816,40 @@ static int load_object(void *arg, const struct kvt_disk_obj_info *info)
     e->n_tokens = info->n_tokens;
     lc->loaded++;
     return 0;
+}
+
+static int collect_orphan(void *arg, const struct kvt_disk_obj_info *info)
+{
+    struct load_ctx *lc = arg;
+    if (kvt_index_find(&lc->s->idx, info->id.ns_seed, &info->id.key) != KVT_INDEX_NIL)
+        return 0;
+    lc->orphans[lc->n_orphans++] = info->id;
+    return lc->n_orphans == sizeof(lc->orphans) / sizeof(lc->orphans[0]);
+}
+
+/* Disk objects that did not fit in the index (index.max_objects below what the disk holds) would
+ * hold disk space no chunk can ever reach: remove them, a batch per pass over the disk's index,
+ * waiting for a commit whenever the disk tier has staged as many removals as one takes. */
+static uint64_t remove_orphans(struct kvt_server *s, struct load_ctx *lc)
+{
+    uint64_t removed = 0;
+    for (uint64_t pass = 0; pass <= lc->skipped / 256 + 1; pass++) {
+        lc->n_orphans = 0;
+        kvt_disk_enumerate(s->tm.disk, collect_orphan, lc);
+        if (lc->n_orphans == 0)
+            break;
+        for (uint32_t i = 0; i < lc->n_orphans; i++) {
+            int rc = kvt_disk_remove(s->tm.disk, &lc->orphans[i]);
+            for (int tries = 0; rc == KVT_E_BUSY && tries < 100; tries++) {
+                kvt_disk_wait(s->tm.disk, 100);
+                rc = kvt_disk_remove(s->tm.disk, &lc->orphans[i]);
+            }
+            if (rc)
+                return removed; /* latched failed: nothing more to do */
+            removed++;
+        }
+    }
+    return removed;
 }
 
 static int split_paths(char *list, const char **paths, uint32_t max)
@@ -684,15 +930,31 @@ int kvt_tm_init(struct kvt_server *s)
         tm->demotes[i].next_free = tm->free_demotes;
         tm->free_demotes = &tm->demotes[i];
     }
-    struct load_ctx lc = {s, 0, 0};
+    tm->dels = kvt_calloc(KVT_ALLOC_TIER, KVT_TM_DELS_MAX, sizeof(*tm->dels));
+    tm->del_status = kvt_calloc(KVT_ALLOC_TIER, KVT_TM_DEL_STATUS_MAX, sizeof(*tm->del_status));
+    if (!tm->dels || !tm->del_status) {
+        kvt_tm_deinit(s);
+        return KVT_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < KVT_TM_DELS_MAX; i++) {
+        tm->dels[i].next = tm->free_dels;
+        tm->free_dels = &tm->dels[i];
+    }
+    static struct load_ctx lc;
+    memset(&lc, 0, sizeof(lc));
+    lc.s = s;
     kvt_disk_enumerate(tm->disk, load_object, &lc);
     /* Injected faults given at start count from the first I/O after recovery. */
     kvt_tm_config_changed(s);
     tm->st.recovered_objects = lc.loaded;
     tm->st.recovery_ms = kvt_now_ms() - t0;
-    if (lc.skipped)
-        KVT_WARN("tier", "%llu disk objects not indexed (index.max_objects too small)",
-                 (unsigned long long)lc.skipped);
+    if (lc.skipped) {
+        tm->st.recovery_removed = remove_orphans(s, &lc);
+        KVT_WARN("tier",
+                 "%llu disk objects do not fit in the index (index.max_objects too small): "
+                 "%llu removed from disk",
+                 (unsigned long long)lc.skipped, (unsigned long long)tm->st.recovery_removed);
+    }
     KVT_INFO("tier", "disk tier ready paths=%d bytes=%llu objects=%llu start_ms=%llu policy=%s", n,
              (unsigned long long)cfg->disk_bytes, (unsigned long long)lc.loaded,
              (unsigned long long)tm->st.recovery_ms, cfg->write_policy);
@@ -707,6 +969,10 @@ void kvt_tm_deinit(struct kvt_server *s)
     tm->disk = NULL;
     kvt_free(KVT_ALLOC_TIER, tm->demotes);
     tm->demotes = NULL;
+    kvt_free(KVT_ALLOC_TIER, tm->dels);
+    tm->dels = tm->free_dels = tm->del_head = tm->del_tail = NULL;
+    kvt_free(KVT_ALLOC_TIER, tm->del_status);
+    tm->del_status = NULL;
 }
 
 int kvt_tm_event_fd(const struct kvt_server *s)

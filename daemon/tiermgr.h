@@ -8,7 +8,11 @@
  * - Eviction from DRAM keeps the chunk's index entry when a disk copy exists (or is being
  *   written); a chunk without one is written back first when admitted (disk admission policy),
  *   and dropped only when memory cannot be found otherwise (counted as dropped_dirty), unless
- *   tier.dirty_full = reject: then the Put that needs the memory gets E_BUSY instead.
+ *   tier.dirty_full = reject: then the Put that needs the memory gets E_DIRTYFULL instead.
+ * - When the index is full, a Put evicts the coldest chunk that can go (kvt_tm_index_insert);
+ *   the disk tier is kept under disk.high_watermark of its bytes and of disk.objects_max.
+ * - A Delete is answered once its tombstone is durable on disk (kvt_tm_delete_begin/_end), so a
+ *   crash after the answer cannot bring the chunk back.
  * - Get of a chunk only on disk reads it back into a new DRAM slot (promotion) and serves it from
  *   there; when no slot can be had it reads straight into the client's buffer.
  * - When the disk fills past disk.high_watermark, chunks that are only on disk leave it, coldest
@@ -46,7 +50,12 @@ struct kvt_op;
     X(too_big_for_disk)                                                                            \
     X(orphans_removed)                                                                             \
     X(disk_evictions)                                                                              \
+    X(index_evictions)                                                                             \
+    X(index_full)                                                                                  \
     X(recovered_objects)                                                                           \
+    X(recovery_removed)                                                                            \
+    X(deletes_deferred)                                                                            \
+    X(delete_busy)                                                                                 \
     X(recovery_ms)
 
 struct kvt_tm_stats {
@@ -56,6 +65,14 @@ struct kvt_tm_stats {
 };
 
 struct kvt_demote;
+
+/* Deletes answered once their tombstones are durable: at most KVT_TM_DELS_MAX waiting, their
+ * per-key statuses in one ring of KVT_TM_DEL_STATUS_MAX entries (twice the keys of the largest
+ * Delete, so one always fits when nothing waits). */
+#define KVT_TM_DELS_MAX 256u
+#define KVT_TM_DEL_KEYS_MAX 65536u
+#define KVT_TM_DEL_STATUS_MAX (2u * KVT_TM_DEL_KEYS_MAX)
+struct kvt_tm_del;
 
 struct kvt_tiermgr {
     struct kvt_disk *disk; /* NULL when the disk tier is off */
@@ -73,6 +90,12 @@ struct kvt_tiermgr {
     int flushing;          /* shutdown: write back every dirty chunk */
     uint32_t flush_cursor; /* next index entry the flush looks at */
     uint32_t clock_hand;   /* next index entry the disk eviction looks at */
+    struct kvt_tm_del *dels, *free_dels;
+    struct kvt_tm_del *del_head, *del_tail; /* waiting, oldest first */
+    int32_t *del_status;                    /* the ring */
+    uint32_t ds_head, ds_tail, n_dels_waiting;
+    uint32_t del_off; /* ring offset handed out by the last kvt_tm_delete_begin */
+    int del_staged;   /* a tombstone was staged since kvt_tm_delete_begin */
     struct kvt_tm_stats st;
 };
 
@@ -93,7 +116,7 @@ int kvt_tm_busy(const struct kvt_server *s);
 void kvt_tm_config_changed(struct kvt_server *s);
 
 /* CPU-tier allocation for a new chunk (a Put): evicts clean chunks, and dirty ones only when
- * nothing else frees memory (tier.dirty_full = drop; with reject, KVT_E_BUSY instead). */
+ * nothing else frees memory (tier.dirty_full = drop; with reject, KVT_E_DIRTYFULL instead). */
 int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
 /* The CPU tier's eviction callback (cookie = entry id). */
 int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off);
@@ -104,7 +127,27 @@ int kvt_tm_put_committed(struct kvt_server *s, struct kvt_op *op, uint32_t entry
 /* Serves a Get of a chunk whose only copy is on disk. Returns 0 when the op will be answered
  * later, or an error for the caller to answer. */
 int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
-/* Deletes a chunk from every tier: 0, or KVT_E_BUSY when it is in use (retry). */
+/* Inserts a new PENDING entry for a Put. When the index is full (index.max_objects) it first
+ * evicts the coldest chunk that can go: a chunk only on disk (CLOCK hand) is removed from disk; a
+ * clean chunk in DRAM loses its DRAM slot and its disk copy; a dirty chunk goes only under
+ * tier.dirty_full = drop (counted as dropped_dirty); never a chunk with readers or writers or in
+ * flight. Returns 0, or KVT_E_INDEXFULL when nothing could go. The key must not be present. */
+int kvt_tm_index_insert(struct kvt_server *s, uint64_t seed, const struct kvt_key *key,
+                        uint32_t *id_out);
+
+/* Delete of n keys, durable before it is answered:
+ *   status = kvt_tm_delete_begin(s, n)    NULL: answer the whole Delete KVT_E_BUSY (too many
+ *                                           Deletes waiting for the disk); else room for n
+ *   status[i] = kvt_tm_delete(s, entry) or the caller's own per-key code
+ *   kvt_tm_delete_end(s, op, status, n)   1: the manager answers op once every tombstone staged
+ *                                           since begin is durable; 0: answer now with status
+ * status belongs to the manager; it stays valid until op is answered. Without a disk tier, or
+ * when no tombstone was staged, nothing waits. Once the disk tier has latched failed, Deletes are
+ * answered at once and their removal from disk is not durable. */
+int32_t *kvt_tm_delete_begin(struct kvt_server *s, uint32_t n);
+int kvt_tm_delete_end(struct kvt_server *s, struct kvt_op *op, int32_t *status, uint32_t n);
+/* Deletes a chunk from every tier: 0; KVT_E_INUSE when it is being read, promoted or written
+ * (retry); KVT_E_BUSY when the disk tier has too many removals staged for one commit (retry). */
 int kvt_tm_delete(struct kvt_server *s, uint32_t entry);
 /* The tier a READY entry is served from, or KVT_TIER_NONE when no readable copy exists yet. */
 enum kvt_tier_id kvt_tm_tier_of(const struct kvt_entry *e);

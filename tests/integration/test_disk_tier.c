@@ -112,12 +112,12 @@ static int put_chunk(struct kvt_client *c, uint32_t ns, uint64_t i)
     return kvt_put(c, ns, &k, buf, CHUNK, 0);
 }
 
-/* put_chunk, retried while the daemon answers E_BUSY (tier.dirty_full = reject); *busy counts
- * the refusals. */
+/* put_chunk, retried while the daemon answers E_DIRTYFULL (tier.dirty_full = reject); *busy
+ * counts the refusals. */
 static int put_chunk_retry(struct kvt_client *c, uint32_t ns, uint64_t i, uint64_t *busy)
 {
     int rc, tries = 0;
-    while ((rc = put_chunk(c, ns, i)) == KVT_E_BUSY && tries++ < 20000) {
+    while ((rc = put_chunk(c, ns, i)) == KVT_E_DIRTYFULL && tries++ < 20000) {
         (*busy)++;
         usleep(1000);
     }
@@ -163,7 +163,7 @@ static void test_write_back_reject_when_dirty_full(void **state)
 {
     (void)state;
     /* tier.dirty_full = reject: while the disk cannot take the chunks (its first writes fail),
-     * DRAM fills with dirty chunks and Puts get E_BUSY instead of dropping any; retried, every
+     * DRAM fills with dirty chunks and Puts get E_DIRTYFULL instead of dropping any; retried, every
      * chunk is kept, intact. */
     const char *args[] = {"--cpu.arena_bytes=1M",
                           "--cpu.page_bytes=256K",

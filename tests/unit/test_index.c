@@ -25,7 +25,7 @@ static void test_index_insert_find_remove(void **state)
     }
     struct kvt_key extra = {1, 1};
     uint32_t id;
-    assert_int_equal(kvt_index_insert(&idx, 1, &extra, &id), KVT_E_FULL);
+    assert_int_equal(kvt_index_insert(&idx, 1, &extra, &id), KVT_E_INDEXFULL);
     for (uint32_t i = 0; i < 64; i++) {
         struct kvt_key k = {i * 7919u, i};
         assert_int_equal(kvt_index_find(&idx, 1 + i % 2, &k), ids[i]);
