@@ -689,6 +689,12 @@ uint64_t kvt_host_page_moves(const struct kvt_host *h)
     return h->page_moves;
 }
 
+uint32_t kvt_host_class_pages(const struct kvt_host *h, uint64_t bytes)
+{
+    int ci = class_of(h, bytes);
+    return ci < 0 ? 0 : h->cls[ci].pages;
+}
+
 size_t kvt_host_coldest(const struct kvt_host *h, uint32_t *cookies, size_t max)
 {
     /* A k-way merge of the class LRU lists by last-use tick. */

@@ -69,6 +69,8 @@ int kvt_host_pressure(const struct kvt_host *h, double free_frac);
 
 /* Pages moved from one size class to another since create (for tests and stats). */
 uint64_t kvt_host_page_moves(const struct kvt_host *h);
+/* Pages held by the size class objects of bytes belong to (0 when too big). */
+uint32_t kvt_host_class_pages(const struct kvt_host *h, uint64_t bytes);
 
 /* Writes the cookies of up to max least recently used objects, coldest first across every size
  * class, and returns how many. */
