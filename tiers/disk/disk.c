@@ -142,6 +142,7 @@ struct kvt_disk {
     uint64_t index_mask;
     uint32_t index_count;
     uint32_t index_dead; /* recovery only: tombstones among index_count */
+    uint64_t *used_bits; /* one bit per index slot: a snapshot visits only used slots */
     uint64_t allocated;  /* extents allocated in all files */
 
     struct pfree *pfree;
@@ -254,6 +255,15 @@ static uint64_t id_hash(uint64_t ns, uint64_t lo, uint64_t hi)
     return h;
 }
 
+static void slot_mark(struct kvt_disk *d, uint64_t i, int used)
+{
+    d->index[i].used = (uint8_t)used;
+    if (used)
+        d->used_bits[i / 64] |= 1ull << (i % 64);
+    else
+        d->used_bits[i / 64] &= ~(1ull << (i % 64));
+}
+
 static struct ient *index_find(struct kvt_disk *d, const struct kvt_obj_id *id)
 {
     uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi) & d->index_mask;
@@ -282,7 +292,7 @@ static struct ient *index_claim_as(struct kvt_disk *d, const struct kvt_obj_id *
                 (!dead && d->index_count - d->index_dead >= d->cfg.objects_max))
                 return NULL;
             memset(e, 0, sizeof(*e));
-            e->used = 1;
+            slot_mark(d, i, 1);
             e->ns_seed = id->ns_seed;
             e->key_lo = id->key.lo;
             e->key_hi = id->key.hi;
@@ -307,7 +317,7 @@ static void index_delete(struct kvt_disk *d, struct ient *e)
     uint64_t i = (uint64_t)(e - d->index), j = i;
 
     assert(e->used && d->index_count > 0);
-    e->used = 0;
+    slot_mark(d, i, 0);
     d->index_count--;
     if (e->dead)
         d->index_dead--;
@@ -321,7 +331,8 @@ static void index_delete(struct kvt_disk *d, struct ient *e)
         /* f may move to i when its home is not cyclically within (i, j]. */
         if (((j - home) & d->index_mask) >= ((j - i) & d->index_mask)) {
             d->index[i] = *f;
-            f->used = 0;
+            slot_mark(d, i, 1);
+            slot_mark(d, j, 0);
             i = j;
         }
     }
@@ -1387,15 +1398,20 @@ static int ckpt_put(struct kvt_disk *d, const struct ient *snap, uint64_t count,
     return 0;
 }
 
-/* Copies the live index entries (only durable objects are ever in the index) into snap: the one
- * pass over the index a checkpoint costs the owner thread. */
+/* Copies the live index entries (only durable objects are ever in the index) into snap: what a
+ * checkpoint costs the owner thread. The used-slot bitmap keeps it proportional to the objects
+ * stored, not to the index's capacity (2 x objects_max slots). */
 static uint64_t snapshot(struct kvt_disk *d)
 {
     uint64_t count = 0;
 
-    for (uint64_t i = 0; i <= d->index_mask; i++)
-        if (d->index[i].used && !d->index[i].dead)
-            d->snap[count++] = d->index[i];
+    for (uint64_t w = 0; w <= d->index_mask / 64; w++) {
+        for (uint64_t bits = d->used_bits[w]; bits; bits &= bits - 1) {
+            const struct ient *e = &d->index[w * 64 + (uint64_t)__builtin_ctzll(bits)];
+            if (!e->dead)
+                d->snap[count++] = *e;
+        }
+    }
     assert(count <= d->cfg.objects_max);
     return count;
 }
@@ -2292,6 +2308,7 @@ static int setup_memory(struct kvt_disk *d)
     while (cap < 2ull * d->cfg.objects_max)
         cap <<= 1;
     d->index = kvt_calloc(KVT_ALLOC_DISK, cap, sizeof(*d->index));
+    d->used_bits = kvt_calloc(KVT_ALLOC_DISK, (cap + 63) / 64, sizeof(*d->used_bits));
     d->index_mask = cap - 1;
     d->pfree_max = d->cfg.objects_max;
     d->pfree = kvt_calloc(KVT_ALLOC_DISK, d->pfree_max, sizeof(*d->pfree));
@@ -2304,7 +2321,7 @@ static int setup_memory(struct kvt_disk *d)
     d->ckpt_buf = kvt_malloc(KVT_ALLOC_DISK, d->ckpt_buf_bytes);
     d->snap = kvt_calloc(KVT_ALLOC_DISK, d->cfg.objects_max, sizeof(*d->snap));
     if (!d->ops || !d->free_ops || !d->index || !d->pfree || !d->jbuf[0] || !d->jbuf[1] ||
-        !d->ckpt_buf || !d->snap)
+        !d->ckpt_buf || !d->snap || !d->used_bits)
         return KVT_E_NOMEM;
     for (uint32_t i = 0; i < d->n_ops; i++)
         d->free_ops[i] = d->n_ops - 1 - i;
@@ -2382,6 +2399,7 @@ static void teardown(struct kvt_disk *d)
     kvt_free(KVT_ALLOC_DISK, d->jbuf[1]);
     kvt_free(KVT_ALLOC_DISK, d->pfree);
     kvt_free(KVT_ALLOC_DISK, d->index);
+    kvt_free(KVT_ALLOC_DISK, d->used_bits);
     kvt_free(KVT_ALLOC_DISK, d->free_ops);
     kvt_free(KVT_ALLOC_DISK, d->ops);
     kvt_free(KVT_ALLOC_DISK, d->staging);
