@@ -17,15 +17,25 @@ struct kvt_job {
     kvt_job_fn fn;   /* runs on a worker thread */
     kvt_job_fn done; /* runs on the loop thread once the job is reaped */
     void *ctx;       /* for done: the owner (the server) */
+    /* The copy jobs' operands, borrowed until the job is reaped. Either side may be memory a
+     * client shares (its arena): the copy jobs run under the SIGBUS guard, so a page the client
+     * made vanish fails that job with KVT_E_FAULT in res instead of killing the daemon. */
     void *dst;
     const void *src;
     uint64_t len;
-    int res;
+    /* Checksum of what a copy job stored (common/checksum.h), for a Put to verify against the
+     * client's: set want_sum (or use kvt_job_copy_sum) and sum_off, the payload offset of src[0]
+     * (a multiple of KVT_CHECKSUM_BLOCK_BYTES, so a striped copy's parts are summed by the
+     * threads that copy them and added up). sum is written only when res is 0. */
+    uint64_t sum_off;
+    uint64_t sum;
+    uint8_t want_sum;
+    int res; /* 0, or the job's error (KVT_E_FAULT for the copy jobs) */
 };
 
 struct kvt_workers;
 
-/* Starts n threads (n >= 1). */
+/* Starts n threads (n >= 1), after kvt_memguard_init so the copy jobs are guarded. */
 int kvt_workers_create(uint32_t n, struct kvt_workers **out);
 /* Stops the threads after the queued jobs ran; finished jobs stay on the done list for a last
  * kvt_workers_reap. Idempotent. */
@@ -39,9 +49,18 @@ void kvt_workers_submit(struct kvt_workers *w, struct kvt_job *job);
 /* Takes every finished job, oldest first, as a list linked through ->next. */
 struct kvt_job *kvt_workers_reap(struct kvt_workers *w);
 
-/* The plain copy job: memcpy(dst, src, len). */
+/* The copy jobs. Each copies len bytes from src to dst under the SIGBUS guard (the process must
+ * have called kvt_memguard_init; kvt_workers_create does) and sets res to 0 or KVT_E_FAULT.
+ * With want_sum set, each also computes sum over dst as kvt_job_copy_sum does. */
+
+/* The plain copy: memcpy(dst, src, len). */
 void kvt_job_copy(struct kvt_job *job);
-/* The same with streaming stores, for copies into cold memory (a new chunk in the CPU tier). */
+/* The same with streaming stores, for copies into cold memory (a new chunk in the CPU tier).
+ * With want_sum it copies with ordinary stores instead: hashing each block while it is still in
+ * cache costs less than hashing streamed bytes back from memory (docs/perf figures in
+ * tests/unit/test_copy.c). */
 void kvt_job_copy_stream(struct kvt_job *job);
+/* The copy with ordinary stores, fused with the checksum of dst (want_sum is implied). */
+void kvt_job_copy_sum(struct kvt_job *job);
 
 #endif

@@ -1,12 +1,19 @@
 /*
  * Copy kernels: SSE2 streaming stores on x86-64 (every x86-64 CPU has SSE2, so no run-time
  * dispatch is needed), memcpy elsewhere. The head up to the first 16-byte boundary of dst and the
- * tail are copied with memcpy; the body with 64 bytes per iteration.
+ * tail are copied with memcpy; the body with 64 bytes per iteration. The guarded copies wrap
+ * these in the SIGBUS guard of common/memguard.
  */
+#include <assert.h>
+#include <setjmp.h>
 #include <stdint.h>
 #include <string.h>
+#include <xxhash.h>
 
+#include "common/checksum.h"
+#include "common/memguard.h"
 #include "kernels/copy.h"
+#include "kvtier/errors.h"
 
 #if defined(__x86_64__)
 #include <emmintrin.h>
@@ -50,4 +57,41 @@ void kvt_copy_stream(void *dst, const void *src, size_t n)
 #else
     memcpy(dst, src, n);
 #endif
+}
+
+/* The guarded functions below keep nothing in locals that is read after a fault: siglongjmp
+ * restores registers to their values at sigsetjmp, so only constants are used on that path. */
+
+int kvt_copy_guarded(void *dst, const void *src, size_t n, int stream)
+{
+    struct kvt_memguard g;
+    if (sigsetjmp(g.env, 0))
+        return KVT_E_FAULT;
+    kvt_memguard_arm(&g, dst, n, src, n);
+    if (stream)
+        kvt_copy_stream(dst, src, n);
+    else
+        memcpy(dst, src, n);
+    kvt_memguard_disarm(&g);
+    return 0;
+}
+
+int kvt_copy_guarded_sum(void *dst, const void *src, size_t n, uint64_t first_off, uint64_t *sum)
+{
+    assert(first_off % KVT_CHECKSUM_BLOCK_BYTES == 0);
+    struct kvt_memguard g;
+    if (sigsetjmp(g.env, 0))
+        return KVT_E_FAULT;
+    kvt_memguard_arm(&g, dst, n, src, n);
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    uint64_t acc = 0, block = first_off / KVT_CHECKSUM_BLOCK_BYTES;
+    for (size_t at = 0; at < n; at += KVT_CHECKSUM_BLOCK_BYTES) {
+        size_t len = n - at < KVT_CHECKSUM_BLOCK_BYTES ? n - at : KVT_CHECKSUM_BLOCK_BYTES;
+        memcpy(d + at, s + at, len);
+        acc += XXH3_64bits_withSeed(d + at, len, block++);
+    }
+    kvt_memguard_disarm(&g);
+    *sum = acc;
+    return 0;
 }
