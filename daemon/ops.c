@@ -346,7 +346,7 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     uint32_t id;
-    if (kvt_index_insert(&s->idx, ns->seed, &key, &id)) {
+    if (kvt_tm_index_insert(s, ns->seed, &key, &id)) {
         s->st.index_full++;
         reply_error(s, c, op, KVT_E_INDEXFULL, NULL);
         return;
@@ -359,10 +359,10 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         if (rc == KVT_E_FULL)
             s->st.tier_full++;
         reply_error(s, c, op, rc,
-                    rc == KVT_E_TOOBIG ? "chunk larger than cpu.page_bytes"
-                    : rc == KVT_E_BUSY ? "CPU tier full of chunks not yet written to disk "
-                                         "(tier.dirty_full = reject): retry"
-                                       : NULL);
+                    rc == KVT_E_TOOBIG      ? "chunk larger than cpu.page_bytes"
+                    : rc == KVT_E_DIRTYFULL ? "CPU tier full of chunks not yet written to disk "
+                                              "(tier.dirty_full = reject): retry"
+                                            : NULL);
         return;
     }
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
