@@ -14,6 +14,10 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>
+#endif
 
 #include "common/checksum.h"
 #include "common/memguard.h"
@@ -133,9 +137,23 @@ enum bench_kind {
     BENCH_MEMCPY,
     BENCH_STREAM,
     BENCH_MEMCPY_THEN_SUM,
-    BENCH_STREAM_THEN_SUM,
-    BENCH_FUSED
+    BENCH_MEMCPY_THEN_FAST_SUM,
+    BENCH_STREAM_THEN_FAST_SUM,
+    BENCH_FUSED,
+    BENCH_KINDS
 };
+
+/* kvt_checksum_part with the dispatching XXH3 that the fused kernel uses, so the comparison
+ * shows what fusing gains apart from the faster hash. */
+static uint64_t fast_sum(const uint8_t *p, size_t n)
+{
+    uint64_t sum = 0, block = 0;
+    for (size_t at = 0; at < n; at += KVT_CHECKSUM_BLOCK_BYTES) {
+        size_t len = n - at < KVT_CHECKSUM_BLOCK_BYTES ? n - at : KVT_CHECKSUM_BLOCK_BYTES;
+        sum += XXH3_64bits_withSeed(p + at, len, block++);
+    }
+    return sum;
+}
 
 /* GB/s of one kind of copy of n bytes, repeated over a working set much larger than the
  * last-level cache so every copy reads and writes cold memory, as a Put into the CPU tier does. */
@@ -160,20 +178,38 @@ static double bench_one(enum bench_kind kind, uint8_t *src, uint8_t *dst, size_t
                 memcpy(d, s, n);
                 sum = kvt_checksum_part(d, n, 0);
                 break;
-            case BENCH_STREAM_THEN_SUM:
+            case BENCH_MEMCPY_THEN_FAST_SUM:
+                memcpy(d, s, n);
+                sum = fast_sum(d, n);
+                break;
+            case BENCH_STREAM_THEN_FAST_SUM:
                 kvt_copy_stream(d, s, n);
-                sum = kvt_checksum_part(d, n, 0);
+                sum = fast_sum(d, n);
                 break;
             case BENCH_FUSED:
                 assert_int_equal(kvt_copy_guarded_sum(d, s, n, 0, &sum), 0);
+                break;
+            case BENCH_KINDS:
                 break;
             }
             *sink += sum;
         }
         done += slots * n;
         t = now_s() - t0;
-    } while (t < 0.3);
+    } while (t < 0.2);
     return (double)done / t / 1e9;
+}
+
+/* Best of a few runs: the machine is shared, and the best run is the one least disturbed. */
+static double bench_best(enum bench_kind kind, uint8_t *src, uint8_t *dst, size_t set, size_t n,
+                         uint64_t *sink)
+{
+    double best = 0;
+    for (int r = 0; r < 5; r++) {
+        double g = bench_one(kind, src, dst, set, n, sink);
+        best = g > best ? g : best;
+    }
+    return best;
 }
 
 static void test_bench(void **state)
@@ -184,23 +220,28 @@ static void test_bench(void **state)
         return;
     }
     assert_int_equal(kvt_memguard_init(), 0);
-    const size_t set = 512u << 20;
+    /* Larger than the 480 MiB L3 of the machine the figures in the report came from. */
+    const size_t set = 1024u << 20;
     uint8_t *src = malloc(set), *dst = malloc(set);
     assert_non_null(src);
     assert_non_null(dst);
     memset(src, 0x11, set);
     memset(dst, 0x22, set);
-    static const char *const names[] = {"memcpy", "stream", "memcpy+sum", "stream+sum",
-                                        "fused_sum"};
+    static const char *const names[BENCH_KINDS] = {"memcpy",      "stream",      "memcpy+sum",
+                                                   "memcpy+fsum", "stream+fsum", "fused_sum"};
     const size_t sizes[] = {64u << 10, 1u << 20, 4u << 20};
     uint64_t sink = 0;
-    printf("# copy GB/s over a %zu MiB working set (cold memory)\n", set >> 20);
-    printf("%-10s %10s %10s %10s %10s %10s\n", "size", names[0], names[1], names[2], names[3],
-           names[4]);
+    printf("# copy GB/s, best of 5, over a %zu MiB working set (cold memory); sum = "
+           "kvt_checksum_part, fsum = the same with the dispatching XXH3 of the fused kernel\n",
+           set >> 20);
+    printf("%-8s", "size");
+    for (int k = 0; k < BENCH_KINDS; k++)
+        printf(" %12s", names[k]);
+    printf("\n");
     for (size_t s = 0; s < 3; s++) {
-        printf("%-10zu", sizes[s]);
-        for (int k = BENCH_MEMCPY; k <= BENCH_FUSED; k++)
-            printf(" %10.2f", bench_one((enum bench_kind)k, src, dst, set, sizes[s], &sink));
+        printf("%-8zu", sizes[s]);
+        for (int k = 0; k < BENCH_KINDS; k++)
+            printf(" %12.2f", bench_best((enum bench_kind)k, src, dst, set, sizes[s], &sink));
         printf("\n");
     }
     printf("# sink %llu\n", (unsigned long long)sink);
