@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -310,7 +311,15 @@ int kvt_log_start(void)
     int rc = 0;
     pthread_mutex_lock(&L.mu);
     if (!L.running) {
+        /* The thread blocks every signal (it inherits the mask it is created with), so signals
+         * meant for the loop's signalfd never land on it, whenever kvt_log_start runs. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         rc = -pthread_create(&L.th, NULL, log_main, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (!rc)
+            pthread_setname_np(L.th, "kvt-log"); /* for top -H, gdb and the tests */
         if (!rc) {
             L.running = 1;
             if (!L.atexit_set && atexit(log_atexit) == 0)

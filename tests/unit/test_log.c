@@ -5,7 +5,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <poll.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -175,6 +177,41 @@ static void rotate_round(const char *dir, const char *tag)
     assert_null(strstr(buf, "before rotation"));
 }
 
+/* The SigBlk mask of this process's thread named name, or 0 when there is none. */
+static uint64_t thread_sigblk(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    uint64_t mask = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        char path[300], buf[4096];
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+        slurp(path, buf, sizeof(buf));
+        if (strncmp(buf, name, strlen(name)) != 0 || buf[strlen(name)] != '\n')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/status", e->d_name);
+        slurp(path, buf, sizeof(buf));
+        char *blk = strstr(buf, "SigBlk:");
+        assert_non_null(blk);
+        mask = strtoull(blk + 7, NULL, 16);
+    }
+    closedir(d);
+    return mask;
+}
+
+static void test_thread_blocks_signals(void **state)
+{
+    (void)state;
+    assert_int_equal(kvt_log_start(), 0);
+    uint64_t mask = thread_sigblk("kvt-log");
+    /* Blocked there, so the loop's signalfd gets them even when the log started first. */
+    assert_true(mask & (1ull << (SIGHUP - 1)));
+    assert_true(mask & (1ull << (SIGTERM - 1)));
+    assert_true(mask & (1ull << (SIGINT - 1)));
+    kvt_log_stop(5000);
+    assert_true(thread_sigblk("kvt-log") == 0); /* stopped: the thread is gone */
+}
+
 static void test_file_and_reopen(void **state)
 {
     (void)state;
@@ -237,6 +274,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_pipe_never_blocks),
         cmocka_unit_test(test_file_and_reopen),
+        cmocka_unit_test(test_thread_blocks_signals),
         cmocka_unit_test(test_level_before_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
