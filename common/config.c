@@ -268,12 +268,17 @@ int kvt_cfg_load_file(const struct kvt_cfg_table *t, void *obj, const char *path
 
 void kvt_cfg_dump(const struct kvt_cfg_table *t, const void *obj, FILE *out)
 {
-    char val[512];
+    char val[1100];
     for (size_t i = 0; i < t->n; i++) {
         const struct kvt_cfg_entry *e = &t->entries[i];
         kvt_cfg_get(t, obj, e->key, val, sizeof(val));
-        fprintf(out, "# %s\n# default: %s%s\n", e->doc, e->def,
-                (e->flags & KVT_CFG_RUNTIME) ? "; changeable at run time" : "");
+        const char *when = !(e->flags & KVT_CFG_RUNTIME) ? ""
+                           : (e->flags & KVT_CFG_FAULT)
+                               ? "; changeable at run time by an admin uid, "
+                                 "only with fault_injection"
+                           : (e->flags & KVT_CFG_ADMIN) ? "; changeable at run time by an admin uid"
+                                                        : "; changeable at run time";
+        fprintf(out, "# %s\n# default: %s%s\n", e->doc, e->def, when);
         if (e->type == KVT_CFG_ENUM) {
             fprintf(out, "# one of:");
             for (const char *const *c = e->choices; c && *c; c++)

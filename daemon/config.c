@@ -83,6 +83,10 @@ static const struct kvt_cfg_entry entries[] = {
     {"log_level", KVT_CFG_ENUM, offsetof(struct kvt_dconfig, log_level),
      sizeof(((struct kvt_dconfig *)0)->log_level), "info", 1, 0, log_levels, ADMIN,
      "Log verbosity: error, warn, info or debug"},
+    STR("log_file", log_file, "", 0,
+        "Log to this file (appended; reopened on SIGHUP, for logrotate) instead of stderr; "
+        "empty = stderr. Lines are written by a log thread and dropped (counted in "
+        "log_lines_dropped) rather than block the daemon when the output cannot keep up"),
     U64("max_clients", max_clients, "256", 1, 65536, ADMIN,
         "Most client connections at once; further ones get E_CONNLIMIT and are closed (must fit "
         "RLIMIT_NOFILE, which the daemon raises to its hard limit when needed)"),

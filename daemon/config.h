@@ -26,6 +26,7 @@ struct kvt_dconfig {
     double quota_objects_share;
     char data_dir[256];
     char log_level[8];
+    char log_file[256];
     uint64_t max_clients;
     uint64_t max_frame_bytes;
     uint64_t inline_max_bytes;

@@ -4,6 +4,7 @@
  * daemon then runs its event loop until SIGTERM or SIGINT.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,7 +61,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvtierd: invalid embedded defaults\n");
         return 2;
     }
-    int dump = 0;
+    int dump = 0, rc0;
     const char *config_file = NULL;
     /* First pass: options that are not config keys, and the config file. */
     for (int i = 1; i < argc; i++) {
@@ -126,6 +127,21 @@ int main(int argc, char **argv)
     }
     kvt_log_set_level(kvt_log_level_parse(cfg.log_level));
     signal(SIGPIPE, SIG_IGN);
+    if (*cfg.log_file && (rc0 = kvt_log_set_file(cfg.log_file))) {
+        fprintf(stderr, "kvtierd: cannot open log_file %s: %s\n", cfg.log_file, kvt_strerror(rc0));
+        return 1;
+    }
+    /* Threads inherit the signal mask: block the signals the loop reads from its signalfd
+     * before the first thread starts, or the log thread would take SIGTERM's default action. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    /* From here on the loop never blocks on its log output (a log thread writes it). */
+    if ((rc0 = kvt_log_start()))
+        fprintf(stderr, "kvtierd: no log thread (%s): logging blocks\n", kvt_strerror(rc0));
     int rc = mkdir_p(cfg.data_dir);
     if (rc) {
         KVT_ERR("main", "cannot create data_dir %s: %s", cfg.data_dir, strerror(-rc));
@@ -142,5 +158,6 @@ int main(int argc, char **argv)
     rc = kvt_server_run(s);
     kvt_server_destroy(s);
     KVT_INFO("main", "exit status=%d", rc ? 1 : 0);
+    kvt_log_stop(2000);
     return rc ? 1 : 0;
 }

@@ -695,6 +695,8 @@ static void op_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     stat_add(&b, "", "index_objects", s->idx.n);
     stat_add(&b, "", "index_capacity", s->idx.cap);
     stat_add(&b, "", "workers", s->n_workers);
+    stat_add(&b, "", "log_lines_dropped", kvt_log_dropped());
+    stat_add(&b, "cpu.", "page_moves", kvt_host_page_moves(s->host));
     struct kvt_tier_stats ts;
     kvt_host_tier_ops.stats(s->host, &ts);
     /* Moves between tiers are the tier manager's: chunks written from DRAM to disk, and read

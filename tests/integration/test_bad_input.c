@@ -1074,8 +1074,14 @@ static void test_sighup_reloads_config(void **state)
     fprintf(f, "busy_poll_us = 10\n");
     fclose(f);
     snprintf(arg, sizeof(arg), "--config=%s", conf);
-    const char *args[] = {arg, NULL};
+    char logf[320], logarg[340], rotated[330];
+    snprintf(logf, sizeof(logf), "%s/k.log", d.dir);
+    snprintf(rotated, sizeof(rotated), "%s.1", logf);
+    snprintf(logarg, sizeof(logarg), "--log_file=%s", logf);
+    const char *args[] = {arg, logarg, NULL};
     assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    /* logrotate renames the file; SIGHUP makes the daemon write a new one. */
+    assert_int_equal(rename(logf, rotated), 0);
     f = fopen(conf, "w");
     fprintf(f, "busy_poll_us = 33\nmax_namespaces = 99\n");
     fclose(f);
@@ -1089,6 +1095,7 @@ static void test_sighup_reloads_config(void **state)
         assert_int_equal(kvt_config_get(c, "busy_poll_us", v, sizeof(v)), 0);
     }
     assert_string_equal(v, "33");
+    assert_int_equal(access(logf, F_OK), 0); /* reopened under its name */
     /* A key that needs a restart is left as it was. */
     assert_int_equal(kvt_config_get(c, "max_namespaces", v, sizeof(v)), 0);
     assert_string_equal(v, "256");
