@@ -17,6 +17,7 @@
 #include "daemon/tiermgr.h"
 
 #define COLDEST_SCAN 64
+#define WRITEBACK_SCAN 1024 /* DRAM chunks the write-back looks at per loop iteration */
 #define FLUSH_SCAN 4096
 #define CLOCK_SCAN 4096 /* index entries the disk eviction looks at per loop iteration */
 #define HITS_MAX 0xffff
@@ -397,6 +398,13 @@ int kvt_tm_index_insert(struct kvt_server *s, uint64_t seed, const struct kvt_ke
     return KVT_E_INDEXFULL;
 }
 
+/* A DRAM chunk the write-back may start on now: dirty, admitted, nobody holding it. */
+static int writeback_candidate(void *arg, uint32_t id)
+{
+    struct kvt_server *s = arg;
+    return wants_demotion(s, id) && kvt_index_at(&s->idx, id)->refs == 0;
+}
+
 void kvt_tm_tick(struct kvt_server *s)
 {
     struct kvt_tiermgr *tm = &s->tm;
@@ -422,12 +430,15 @@ void kvt_tm_tick(struct kvt_server *s)
      * evict (or found only dirty chunks) needs write-back now, whatever the other classes hold. */
     if (!kvt_host_pressure(s->host, 1.0 - s->cfg->cpu_high_watermark))
         return;
-    /* Write back the coldest dirty chunks, so eviction finds clean ones to drop. */
+    /* Write back the coldest dirty chunks, so eviction finds clean ones to drop. The scan looks
+     * past clean chunks (up to WRITEBACK_SCAN of them): a run of clean cold chunks must not hide
+     * the dirty ones behind it. */
+    if (!tm->free_demotes)
+        return;
     uint32_t cold[COLDEST_SCAN];
-    size_t n = kvt_host_coldest(s->host, cold, COLDEST_SCAN);
+    size_t n =
+        kvt_host_coldest_where(s->host, writeback_candidate, s, cold, COLDEST_SCAN, WRITEBACK_SCAN);
     for (size_t i = 0; i < n && tm->free_demotes; i++) {
-        if (!wants_demotion(s, cold[i]) || kvt_index_at(&s->idx, cold[i])->refs)
-            continue;
         if (demote_start(s, cold[i], NULL) == KVT_E_BUSY)
             break;
     }

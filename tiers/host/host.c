@@ -695,24 +695,32 @@ uint32_t kvt_host_class_pages(const struct kvt_host *h, uint64_t bytes)
     return ci < 0 ? 0 : h->cls[ci].pages;
 }
 
-size_t kvt_host_coldest(const struct kvt_host *h, uint32_t *cookies, size_t max)
+size_t kvt_host_coldest_where(const struct kvt_host *h, kvt_host_pick_fn pick, void *arg,
+                              uint32_t *cookies, size_t max, size_t scan_max)
 {
     /* A k-way merge of the class LRU lists by last-use tick. */
     uint32_t cur[CLASSES_MAX];
     for (uint32_t i = 0; i < h->n_cls; i++)
         cur[i] = h->cls[i].lru.tail;
     size_t n = 0;
-    while (n < max) {
+    for (size_t seen = 0; n < max && seen < scan_max; seen++) {
         int best = -1;
         for (uint32_t i = 0; i < h->n_cls; i++)
             if (cur[i] != NIL && (best < 0 || older(h->g[cur[i]].tick, h->g[cur[best]].tick)))
                 best = (int)i;
         if (best < 0)
             break;
-        cookies[n++] = h->g[cur[best]].cookie;
+        uint32_t cookie = h->g[cur[best]].cookie;
+        if (!pick || pick(arg, cookie))
+            cookies[n++] = cookie;
         cur[best] = h->g[cur[best]].prev;
     }
     return n;
+}
+
+size_t kvt_host_coldest(const struct kvt_host *h, uint32_t *cookies, size_t max)
+{
+    return kvt_host_coldest_where(h, NULL, NULL, cookies, max, max);
 }
 
 void *kvt_host_ptr(const struct kvt_host *h, uint64_t off)

@@ -75,6 +75,12 @@ uint32_t kvt_host_class_pages(const struct kvt_host *h, uint64_t bytes);
 /* Writes the cookies of up to max least recently used objects, coldest first across every size
  * class, and returns how many. */
 size_t kvt_host_coldest(const struct kvt_host *h, uint32_t *cookies, size_t max);
+/* The same, keeping only objects pick(arg, cookie) accepts, looking at no more than scan_max
+ * objects in all (so a long run of objects the caller has no use for, such as clean chunks for a
+ * write-back, does not hide the ones it wants). pick must not call into this tier. */
+typedef int (*kvt_host_pick_fn)(void *arg, uint32_t cookie);
+size_t kvt_host_coldest_where(const struct kvt_host *h, kvt_host_pick_fn pick, void *arg,
+                              uint32_t *cookies, size_t max, size_t scan_max);
 
 /* Address of an arena offset; valid until destroy. */
 void *kvt_host_ptr(const struct kvt_host *h, uint64_t off);
