@@ -78,6 +78,10 @@ static const struct kvt_cfg_entry entries[] = {
     DOUBLE("quota.objects_share", quota_objects_share, "1.0", 0.001, 1.0, ADMIN,
            "Largest share of index.max_objects one tenant's chunks may take; beyond it its Puts "
            "get E_QUOTA (1.0 = no per-tenant limit)"),
+    DOUBLE("quota.cpu_share", quota_cpu_share, "1.0", 0.001, 1.0, ADMIN,
+           "Largest share of the CPU tier one tenant's chunks may hold; a Put beyond it first "
+           "evicts that tenant's own coldest chunks, and gets E_QUOTA only when none can go "
+           "(1.0 = no per-tenant limit)"),
     STR("data_dir", data_dir, "/tmp/kvtier-data", 0,
         "Directory for the daemon's persistent state (disk tier files, checkpoints)"),
     {"log_level", KVT_CFG_ENUM, offsetof(struct kvt_dconfig, log_level),

@@ -24,6 +24,7 @@ struct kvt_dconfig {
     char put_checksum[12];
     uint64_t quota_namespaces;
     double quota_objects_share;
+    double quota_cpu_share;
     char data_dir[256];
     char log_level[8];
     char log_file[256];

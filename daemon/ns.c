@@ -18,7 +18,8 @@ int kvt_ns_table_init(struct kvt_ns_table *t, uint32_t cap)
         return KVT_E_INVAL;
     t->v = kvt_calloc(KVT_ALLOC_INDEX, cap, sizeof(*t->v));
     t->objects = kvt_calloc(KVT_ALLOC_INDEX, cap, sizeof(*t->objects));
-    if (!t->v || !t->objects) {
+    t->dram_bytes = kvt_calloc(KVT_ALLOC_INDEX, cap, sizeof(*t->dram_bytes));
+    if (!t->v || !t->objects || !t->dram_bytes) {
         kvt_ns_table_deinit(t);
         return KVT_E_NOMEM;
     }
@@ -30,6 +31,7 @@ void kvt_ns_table_deinit(struct kvt_ns_table *t)
 {
     kvt_free(KVT_ALLOC_INDEX, t->v);
     kvt_free(KVT_ALLOC_INDEX, t->objects);
+    kvt_free(KVT_ALLOC_INDEX, t->dram_bytes);
     memset(t, 0, sizeof(*t));
 }
 
@@ -40,7 +42,8 @@ static uint64_t tenant_hash(const char *tenant)
 
 static int idle(const struct kvt_ns_table *t, uint32_t slot)
 {
-    return t->v[slot].id && t->v[slot].conns == 0 && t->objects[slot] == 0;
+    return t->v[slot].id && t->v[slot].conns == 0 && t->objects[slot] == 0 &&
+           t->dram_bytes[slot] == 0;
 }
 
 static void reclaim(struct kvt_ns_table *t, uint32_t slot)
@@ -61,13 +64,27 @@ void kvt_ns_release(struct kvt_ns_table *t, uint32_t slot)
         t->v[slot].conns--;
 }
 
+int kvt_ns_same_tenant(const struct kvt_ns_table *t, uint32_t slot, const struct kvt_ns *ns)
+{
+    return slot < t->used && t->v[slot].id && t->v[slot].tenant_hash == ns->tenant_hash &&
+           !strcmp(t->v[slot].tenant, ns->tenant);
+}
+
 uint64_t kvt_ns_tenant_objects(const struct kvt_ns_table *t, const struct kvt_ns *ns)
 {
     uint64_t n = 0;
     for (uint32_t i = 0; i < t->used; i++)
-        if (t->v[i].id && t->v[i].tenant_hash == ns->tenant_hash &&
-            !strcmp(t->v[i].tenant, ns->tenant))
+        if (kvt_ns_same_tenant(t, i, ns))
             n += t->objects[i];
+    return n;
+}
+
+uint64_t kvt_ns_tenant_dram_bytes(const struct kvt_ns_table *t, const struct kvt_ns *ns)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < t->used; i++)
+        if (kvt_ns_same_tenant(t, i, ns))
+            n += t->dram_bytes[i];
     return n;
 }
 

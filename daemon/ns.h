@@ -40,7 +40,8 @@ struct kvt_ns_def {
 
 struct kvt_ns_table {
     struct kvt_ns *v;
-    uint32_t *objects; /* chunks stored through each slot (the index counts them) */
+    uint32_t *objects;    /* chunks stored through each slot (the index counts them) */
+    uint64_t *dram_bytes; /* CPU-tier bytes of those chunks (the CPU tier counts them) */
     uint32_t cap;
     uint32_t n;    /* live namespaces */
     uint32_t used; /* slots ever used (live ones are below it) */
@@ -72,7 +73,10 @@ static inline uint32_t kvt_ns_slot(const struct kvt_ns *ns)
 void kvt_ns_hold(struct kvt_ns_table *t, uint32_t slot);
 void kvt_ns_release(struct kvt_ns_table *t, uint32_t slot);
 
-/* Chunks stored by all namespaces of tenant. */
+/* Chunks stored by all namespaces of ns's tenant, and the CPU-tier bytes they hold. */
 uint64_t kvt_ns_tenant_objects(const struct kvt_ns_table *t, const struct kvt_ns *ns);
+uint64_t kvt_ns_tenant_dram_bytes(const struct kvt_ns_table *t, const struct kvt_ns *ns);
+/* Whether namespace slot `slot` (0-based) is live and belongs to ns's tenant. */
+int kvt_ns_same_tenant(const struct kvt_ns_table *t, uint32_t slot, const struct kvt_ns *ns);
 
 #endif

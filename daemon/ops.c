@@ -261,6 +261,51 @@ static void op_register(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
 
 /* ---- Put ---------------------------------------------------------------------------------- */
 
+struct tenant_pick {
+    struct kvt_server *s;
+    const struct kvt_ns *ns;
+};
+
+/* A chunk in DRAM of the Put's tenant that nobody holds. */
+static int tenant_chunk(void *arg, uint32_t id)
+{
+    const struct tenant_pick *tp = arg;
+    const struct kvt_entry *e = kvt_index_at(&tp->s->idx, id);
+    return e->owner && e->state == KVT_ENTRY_READY && e->in_host && !e->refs && !e->promoting &&
+           kvt_ns_same_tenant(&tp->s->ns, e->owner - 1u, tp->ns);
+}
+
+/* quota.cpu_share: before a tenant's Put takes DRAM beyond its share, its own coldest chunks make
+ * room (written back or dropped as the tier manager decides for any eviction), so one tenant
+ * cannot push every other out of the CPU tier. KVT_E_QUOTA when none of them can go. */
+static int tenant_dram_room(struct kvt_server *s, const struct kvt_ns *ns, uint64_t len)
+{
+    enum { PICK = 16, SCAN = 4096, ROUNDS = 8 };
+    if (s->cfg->quota_cpu_share >= 1.0)
+        return 0;
+    double limit = s->cfg->quota_cpu_share * (double)kvt_host_arena_bytes(s->host);
+    uint64_t need = kvt_host_slot_bytes(s->host, len);
+    struct tenant_pick tp = {s, ns};
+    for (int round = 0; round < ROUNDS; round++) {
+        if ((double)(kvt_ns_tenant_dram_bytes(&s->ns, ns) + need) <= limit)
+            return 0;
+        uint32_t ids[PICK];
+        size_t n = kvt_host_coldest_where(s->host, tenant_chunk, &tp, ids, PICK, SCAN);
+        size_t freed = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t off = kvt_index_at(&s->idx, ids[i])->host_off;
+            if (kvt_tm_evict(s, ids[i], off) == 0) {
+                kvt_host_free(s->host, off);
+                freed++;
+                s->st.quota_evictions++;
+            }
+        }
+        if (!freed)
+            break;
+    }
+    return (double)(kvt_ns_tenant_dram_bytes(&s->ns, ns) + need) <= limit ? 0 : KVT_E_QUOTA;
+}
+
 static void put_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, int existed,
                       enum kvt_tier_id tier)
 {
@@ -353,6 +398,14 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     kvt_index_set_owner(&s->idx, id, (uint16_t)(kvt_ns_slot(ns) + 1));
     uint64_t off;
+    if (tenant_dram_room(s, ns, len)) {
+        kvt_index_remove(&s->idx, id);
+        s->st.quota_rejections++;
+        reply_error(s, c, op, KVT_E_QUOTA,
+                    "tenant holds its share of the CPU tier (quota.cpu_share) and none of its "
+                    "chunks can be evicted now: retry");
+        return;
+    }
     rc = kvt_tm_host_alloc(s, len, id, &off);
     if (rc) {
         kvt_index_remove(&s->idx, id);
@@ -366,6 +419,7 @@ static void op_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    kvt_host_set_owner(s->host, off, e->owner);
     e->host_off = off;
     e->in_host = 1;
     e->length = len;

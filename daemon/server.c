@@ -830,6 +830,7 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
                 kvt_strerror(rc));
         goto err;
     }
+    kvt_host_set_owners(s->host, s->ns.dram_bytes, s->ns.cap); /* per-tenant DRAM quotas */
     if ((rc = kvt_tm_init(s)))
         goto err;
     s->n_workers = worker_count(cfg);

@@ -40,6 +40,7 @@
     X(put_checksum_errors)                                                                         \
     X(client_memory_faults)                                                                        \
     X(quota_rejections)                                                                            \
+    X(quota_evictions)                                                                             \
     X(reloads)                                                                                     \
     X(reload_failures)                                                                             \
     X(requests)                                                                                    \

@@ -604,6 +604,7 @@ static int read_start(struct kvt_server *s, struct kvt_op *op)
     }
     /* A promotion takes DRAM that is free or clean: a read never costs a chunk not yet on disk. */
     if (!e->promoting && kvt_host_alloc(s->host, e->length, id, &op->slot_off) == 0) {
+        kvt_host_set_owner(s->host, op->slot_off, e->owner); /* per-tenant DRAM accounting */
         rc = kvt_disk_read(s->tm.disk, &oid, kvt_host_ptr(s->host, op->slot_off), e->length,
                            promote_done, op);
         if (rc == 0) {

@@ -1173,6 +1173,71 @@ static void test_hugetlb_and_file_arenas_refused(void **state)
     assert_daemon_healthy();
 }
 
+/* One tenant filling the CPU tier far past its quota.cpu_share evicts only its own chunks: the
+ * other tenant's older chunks survive, and the filler's Puts keep succeeding. */
+static void test_cpu_quota_per_tenant(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    static char tenants[96];
+    snprintf(tenants, sizeof(tenants), "--tenants=quiet=uid:%u", getuid());
+    const char *args[] = {"--quota.cpu_share=0.5", "--cpu.page_bytes=4M", tenants, NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0); /* a 256 MiB CPU tier */
+    const struct kvt_ns_spec big = {.model_id = "quota",
+                                    .layers = 2,
+                                    .kv_heads = 2,
+                                    .head_dim = 64,
+                                    .dtype = KVT_DTYPE_FP16,
+                                    .tokens_per_chunk = 1024}; /* 1 MiB chunks */
+    struct kvt_connect_opts oq = {
+        .socket_path = d.socket_path, .tenant = "quiet", .arena_bytes = 4 << 20};
+    struct kvt_connect_opts of = {.socket_path = d.socket_path, .arena_bytes = 4 << 20};
+    struct kvt_client *quiet, *filler;
+    struct kvt_ns_info nq, nf;
+    assert_int_equal(kvt_connect(&oq, &quiet), 0);
+    assert_int_equal(kvt_connect(&of, &filler), 0);
+    assert_int_equal(kvt_register(quiet, &big, &nq), 0);
+    assert_int_equal(kvt_register(filler, &big, &nf), 0);
+    uint8_t *buf = kvt_arena_alloc(quiet, 1 << 20), *fbuf = kvt_arena_alloc(filler, 1 << 20);
+    assert_non_null(buf);
+    assert_non_null(fbuf);
+    enum { QUIET = 32, FILL = 600 };
+    for (uint64_t i = 0; i < QUIET; i++) {
+        memset(buf, (int)i, 1 << 20);
+        struct kvt_key k = {i + 1, 7};
+        assert_int_equal(kvt_put(quiet, nq.handle, &k, buf, 1 << 20, 0), 0);
+    }
+    /* 600 MiB into a 256 MiB tier, at most half of it for this tenant. */
+    for (uint64_t i = 0; i < FILL; i++) {
+        memset(fbuf, (int)(i * 3), 1 << 20);
+        struct kvt_key k = {i + 1, 9};
+        assert_int_equal(kvt_put(filler, nf.handle, &k, fbuf, 1 << 20, 0), 0);
+    }
+    for (uint64_t i = 0; i < QUIET; i++) {
+        struct kvt_key k = {i + 1, 7};
+        size_t len;
+        assert_int_equal(kvt_get(quiet, nq.handle, &k, buf, 1 << 20, &len, NULL), 0);
+        assert_int_equal(buf[0], (uint8_t)i);
+        assert_int_equal(buf[(1 << 20) - 1], (uint8_t)i);
+    }
+    struct kvt_stat *st;
+    size_t n;
+    uint64_t evictions = 0;
+    assert_int_equal(kvt_stats(filler, &st, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(st[i].name, "quota_evictions"))
+            evictions = st[i].value;
+    kvt_stats_free(st, n);
+    printf("filler: %d Puts of 1 MiB, %llu of its own chunks evicted for its quota; all %d of the "
+           "quiet tenant's chunks intact\n",
+           FILL, (unsigned long long)evictions, QUIET);
+    assert_true(evictions > 0);
+    kvt_close(quiet);
+    kvt_close(filler);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1197,6 +1262,7 @@ int main(void)
         cmocka_unit_test(test_tenant_bound_to_credentials),
         cmocka_unit_test(test_other_uid_is_no_admin),
         cmocka_unit_test(test_namespaces_reclaimed_and_quota),
+        cmocka_unit_test(test_cpu_quota_per_tenant),
         cmocka_unit_test(test_max_clients_checked_against_nofile),
         cmocka_unit_test(test_sighup_reloads_config),
         cmocka_unit_test(test_hugetlb_and_file_arenas_refused),

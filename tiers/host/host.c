@@ -60,6 +60,7 @@ struct granule {
     uint32_t slack; /* slot bytes a used slot's payload leaves unused (< slot_bytes <= 4 GiB) */
     uint8_t state;
     uint8_t cls;
+    uint16_t owner; /* kvt_host_set_owner; 0 = none */
 };
 
 struct page {
@@ -104,6 +105,8 @@ struct kvt_host {
     struct size_class cls[CLASSES_MAX];
     uint32_t n_cls;
     kvt_host_evict_fn evict;
+    uint64_t *owner_bytes; /* borrowed (kvt_host_set_owners): slot bytes per owner */
+    uint32_t n_owners;
     void *owner;
     uint64_t demand_bytes; /* sum over classes */
     struct kvt_tier_stats st;
@@ -369,6 +372,9 @@ static void slot_release(struct kvt_host *h, uint32_t gi)
     h->st.objects--;
     h->st.bytes_used -= c->slot_bytes;
     h->st.bytes_payload -= c->slot_bytes - x->slack;
+    if (x->owner)
+        h->owner_bytes[x->owner - 1] -= c->slot_bytes;
+    x->owner = 0;
 }
 
 /* Asks the owner to let slot gi go; 1 when it went. A refusal is remembered for the pressure
@@ -622,6 +628,7 @@ int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t
     x->cookie = cookie;
     x->tick = h->clock;
     x->slack = (uint32_t)(c->slot_bytes - bytes);
+    x->owner = 0;
     list_push_head(h, &c->lru, gi);
     if (p->used++ == 0)
         h->empty_pages--;
@@ -631,6 +638,25 @@ int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t
     h->st.bytes_payload += bytes;
     *off_out = goff(gi);
     return 0;
+}
+
+void kvt_host_set_owners(struct kvt_host *h, uint64_t *owner_bytes, uint32_t n_owners)
+{
+    h->owner_bytes = owner_bytes;
+    h->n_owners = owner_bytes ? n_owners : 0;
+}
+
+void kvt_host_set_owner(struct kvt_host *h, uint64_t off, uint16_t owner)
+{
+    struct granule *x = &h->g[gidx(off)];
+    if (!h->owner_bytes || x->state != SLOT_USED || owner > h->n_owners)
+        return;
+    uint64_t slot = h->cls[x->cls].slot_bytes;
+    if (x->owner)
+        h->owner_bytes[x->owner - 1] -= slot;
+    x->owner = owner;
+    if (owner)
+        h->owner_bytes[owner - 1] += slot;
 }
 
 void kvt_host_free(struct kvt_host *h, uint64_t off)

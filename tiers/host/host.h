@@ -51,6 +51,12 @@ void kvt_host_destroy(struct kvt_host *h);
  * get a larger slot). KVT_E_TOOBIG when bytes exceeds page_bytes; KVT_E_FULL when nothing can be
  * evicted (or a page move that would be needed is rate-limited). */
 int kvt_host_alloc(struct kvt_host *h, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
+/* Per-owner accounting (the daemon's owners are namespace slots, for per-tenant quotas): the
+ * tier adds each owned slot's bytes to owner_bytes[owner - 1] (borrowed, n_owners entries, until
+ * destroy) and takes them off when the slot is freed or evicted. */
+void kvt_host_set_owners(struct kvt_host *h, uint64_t *owner_bytes, uint32_t n_owners);
+/* Records the owner (1..n_owners; 0 = none) of the used slot at off. */
+void kvt_host_set_owner(struct kvt_host *h, uint64_t off, uint16_t owner);
 /* Returns a slot to its class. off must come from kvt_host_alloc. */
 void kvt_host_free(struct kvt_host *h, uint64_t off);
 /* Marks a slot most recently used. */
