@@ -94,8 +94,9 @@ static const struct kvt_cfg_entry entries[] = {
     U64("max_clients", max_clients, "256", 1, 65536, ADMIN,
         "Most client connections at once; further ones get E_CONNLIMIT and are closed (must fit "
         "RLIMIT_NOFILE, which the daemon raises to its hard limit when needed)"),
-    BYTES("max_frame_bytes", max_frame_bytes, "1M", 4 * KIB, 64 * 1024 * KIB, 0,
-          "Largest protocol frame accepted; a longer one gets E_TOOBIG and closes the connection"),
+    BYTES("max_frame_bytes", max_frame_bytes, "1M", 64 * KIB, 64 * 1024 * KIB, 0,
+          "Largest protocol frame accepted; a longer one gets E_TOOBIG and closes the connection "
+          "(at least 64K: a Stats answer needs that much)"),
     BYTES("inline_max_bytes", inline_max_bytes, "256K", 0, 32 * 1024 * KIB, ADMIN,
           "Largest chunk that may travel inline in a frame (must stay below max_frame_bytes)"),
     BYTES("max_arena_bytes", max_arena_bytes, "16G", 4 * KIB, 1024 * GIB, 0,
@@ -186,12 +187,12 @@ int kvt_dconfig_check(const struct kvt_dconfig *cfg, char *why, size_t why_cap)
     }
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        cfg->max_clients + KVT_FDS_RESERVED > rl.rlim_cur) {
+        KVT_FDS_NEEDED(cfg->max_clients) > rl.rlim_cur) {
         snprintf(why, why_cap,
                  "max_clients %llu needs %llu descriptors but RLIMIT_NOFILE is %llu: raise the "
                  "limit (ulimit -n) or lower max_clients",
                  (unsigned long long)cfg->max_clients,
-                 (unsigned long long)(cfg->max_clients + KVT_FDS_RESERVED),
+                 (unsigned long long)KVT_FDS_NEEDED(cfg->max_clients),
                  (unsigned long long)rl.rlim_cur);
         return KVT_E_BADCONFIG;
     }

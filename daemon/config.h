@@ -10,9 +10,12 @@
 
 #include "common/config.h"
 
-/* Descriptors the daemon needs besides one per client: epoll, signalfd, eventfds, the listening
- * socket, the spare for refusing connections, disk files and journal, logs. */
+/* Descriptors the daemon needs: two per client (its socket, and a descriptor it passed that waits
+ * for Hello; an arena's is closed once mapped), plus the daemon's own: epoll, signalfd, eventfds,
+ * the listening socket, the spare for refusing connections, disk files and journals, logs. */
+#define KVT_FDS_PER_CLIENT 2
 #define KVT_FDS_RESERVED 64
+#define KVT_FDS_NEEDED(max_clients) ((max_clients)*KVT_FDS_PER_CLIENT + KVT_FDS_RESERVED)
 
 struct kvt_dconfig {
     char socket[256];

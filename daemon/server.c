@@ -769,7 +769,7 @@ static int bind_socket(struct kvt_server *s)
 static void raise_nofile(const struct kvt_dconfig *cfg)
 {
     struct rlimit rl;
-    rlim_t need = (rlim_t)(cfg->max_clients + KVT_FDS_RESERVED);
+    rlim_t need = (rlim_t)KVT_FDS_NEEDED(cfg->max_clients);
     if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
         return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;

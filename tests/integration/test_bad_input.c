@@ -1048,7 +1048,7 @@ static void test_max_clients_checked_against_nofile(void **state)
         int ok = rc != 0; /* refused to start */
         if (rc == 0)
             kvt_test_daemon_stop(&d);
-        const char *args2[] = {"--max_clients=100", NULL};
+        const char *args2[] = {"--max_clients=60", NULL}; /* 2 x 60 + 64 fit in 200 */
         struct kvt_test_daemon d2 = {0};
         ok &= kvt_test_daemon_start(&d2, args2) == 0;
         kvt_test_daemon_stop(&d2);
@@ -1238,6 +1238,50 @@ static void test_cpu_quota_per_tenant(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* quota.objects_share: one tenant's chunks take at most its share of the index; another tenant
+ * can still store. */
+static void test_objects_quota_per_tenant(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    static char tenants[96];
+    snprintf(tenants, sizeof(tenants), "--tenants=other=uid:%u", getuid());
+    const char *args[] = {"--index.max_objects=1000", "--quota.objects_share=0.1", tenants, NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_connect_opts oa = {.socket_path = d.socket_path, .arena_bytes = 1 << 20};
+    struct kvt_connect_opts ob = oa;
+    ob.tenant = "other";
+    struct kvt_client *a, *b;
+    struct kvt_ns_info na, nb;
+    assert_int_equal(kvt_connect(&oa, &a), 0);
+    assert_int_equal(kvt_connect(&ob, &b), 0);
+    assert_int_equal(kvt_register(a, &spec, &na), 0);
+    assert_int_equal(kvt_register(b, &spec, &nb), 0);
+    uint8_t buf[CHUNK_BYTES];
+    memset(buf, 1, sizeof(buf));
+    int stored = 0, refused = 0;
+    for (uint64_t i = 0; i < 150; i++) {
+        struct kvt_key k = {i + 1, 3};
+        int rc = kvt_put(a, na.handle, &k, buf, sizeof(buf), 0);
+        assert_true(rc == 0 || rc == KVT_E_QUOTA);
+        stored += rc == 0;
+        refused += rc == KVT_E_QUOTA;
+    }
+    assert_int_equal(stored, 100);
+    assert_int_equal(refused, 50);
+    struct kvt_key k = {1, 4};
+    assert_int_equal(kvt_put(b, nb.handle, &k, buf, sizeof(buf), 0), 0);
+    /* Deleting frees the quota again. */
+    struct kvt_key first = {1, 3};
+    assert_int_equal(kvt_delete(a, na.handle, &first, 1, NULL), 0);
+    struct kvt_key again = {500, 3};
+    assert_int_equal(kvt_put(a, na.handle, &again, buf, sizeof(buf), 0), 0);
+    kvt_close(a);
+    kvt_close(b);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1263,6 +1307,7 @@ int main(void)
         cmocka_unit_test(test_other_uid_is_no_admin),
         cmocka_unit_test(test_namespaces_reclaimed_and_quota),
         cmocka_unit_test(test_cpu_quota_per_tenant),
+        cmocka_unit_test(test_objects_quota_per_tenant),
         cmocka_unit_test(test_max_clients_checked_against_nofile),
         cmocka_unit_test(test_sighup_reloads_config),
         cmocka_unit_test(test_hugetlb_and_file_arenas_refused),
