@@ -179,17 +179,16 @@ static void assert_closed(int fd)
     assert_int_equal(recv(fd, &b, 1, 0), 0);
 }
 
-/* A raw connection with Hello (and optionally an arena) and the test namespace registered. */
-static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_out,
-                       const char *tenant)
+/* Sends a Hello (tenant may be NULL) announcing arena_bytes, passing pass_fd (-1: none) with it as
+ * SCM_RIGHTS, the way a client shares its arena. */
+static void send_hello(int fd, uint64_t id, const char *tenant, uint64_t arena_bytes, int pass_fd)
 {
-    int fd = raw_connect();
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
     h.version = 1;
     h.tenant = (char *)tenant;
     h.arena_bytes = arena_bytes;
-    req.id = 1;
+    req.id = id;
     req.op_case = KVTIER__REQUEST__OP_HELLO;
     req.hello = &h;
     uint8_t buf[512];
@@ -198,6 +197,30 @@ static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_o
     buf[0] = (uint8_t)n;
     buf[1] = (uint8_t)(n >> 8);
     buf[2] = buf[3] = 0;
+    save_seed(buf, buf + 4, (uint32_t)n);
+    struct iovec iov = {buf, n + 4};
+    union {
+        char c[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr a;
+    } cb;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pass_fd >= 0) {
+        mh.msg_control = cb.c;
+        mh.msg_controllen = sizeof(cb.c);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    }
+    assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+}
+
+/* A raw connection with Hello (and optionally an arena) and the test namespace registered. */
+static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_out,
+                       const char *tenant)
+{
+    int fd = raw_connect();
     int mfd = -1;
     if (arena_bytes) {
         mfd = memfd_create("test-arena", MFD_ALLOW_SEALING);
@@ -206,22 +229,7 @@ static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_o
         *arena_out = mmap(NULL, arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
         assert_true(*arena_out != MAP_FAILED);
     }
-    struct iovec iov = {buf, n + 4};
-    union {
-        char c[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr a;
-    } cb;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (mfd >= 0) {
-        mh.msg_control = cb.c;
-        mh.msg_controllen = sizeof(cb.c);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &mfd, sizeof(int));
-    }
-    assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+    send_hello(fd, 1, tenant, arena_bytes, mfd);
     if (mfd >= 0)
         close(mfd);
     assert_int_equal(expect_status(fd, 1), 0);
@@ -371,31 +379,7 @@ static void test_unsealed_arena_refused(void **state)
     int fd = raw_connect();
     int mfd = memfd_create("unsealed", 0);
     assert_int_equal(ftruncate(mfd, 65536), 0);
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
-    h.version = 1;
-    h.arena_bytes = 65536;
-    req.id = 3;
-    req.op_case = KVTIER__REQUEST__OP_HELLO;
-    req.hello = &h;
-    uint8_t buf[256];
-    size_t n = kvtier__request__get_packed_size(&req);
-    kvtier__request__pack(&req, buf + 4);
-    buf[0] = (uint8_t)n;
-    buf[1] = buf[2] = buf[3] = 0;
-    struct iovec iov = {buf, n + 4};
-    union {
-        char c[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr a;
-    } cb;
-    struct msghdr mh = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.c, .msg_controllen = sizeof(cb.c)};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &mfd, sizeof(int));
-    assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+    send_hello(fd, 3, NULL, 65536, mfd);
     assert_int_equal(expect_status(fd, 3), KVT_E_INVAL);
     close(mfd);
     close(fd);
@@ -900,14 +884,7 @@ static void test_geometry_overflow(void **state)
 
 static int hello_status(int fd, uint64_t id, const char *tenant)
 {
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
-    h.version = 1;
-    h.tenant = (char *)tenant;
-    req.id = id;
-    req.op_case = KVTIER__REQUEST__OP_HELLO;
-    req.hello = &h;
-    send_request(fd, &req);
+    send_hello(fd, id, tenant, 0, -1);
     return expect_status(fd, id);
 }
 
@@ -1123,46 +1100,14 @@ static void test_hugetlb_and_file_arenas_refused(void **state)
     assert_true(afd >= 0);
     unlink(path);
     assert_int_equal(ftruncate(afd, 65536), 0);
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
-    h.version = 1;
-    h.arena_bytes = 65536;
-    req.id = 95;
-    req.op_case = KVTIER__REQUEST__OP_HELLO;
-    req.hello = &h;
-    uint8_t buf[256];
-    size_t n = kvtier__request__get_packed_size(&req);
-    kvtier__request__pack(&req, buf + 4);
-    buf[0] = (uint8_t)n;
-    buf[1] = buf[2] = buf[3] = 0;
-    struct iovec iov = {buf, n + 4};
-    union {
-        char c[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr a;
-    } cb;
-    struct msghdr mh = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.c, .msg_controllen = sizeof(cb.c)};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    int send_fd = afd;
-    memcpy(CMSG_DATA(cm), &send_fd, sizeof(int));
-    assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+    send_hello(fd, 95, NULL, 65536, afd);
     assert_int_equal(expect_status(fd, 95), KVT_E_INVAL);
     close(afd);
     /* A hugetlb memfd sealed against shrinking: its pages can still vanish (punch a hole and use
      * up the free huge pages), so it is refused. Skipped where huge pages cannot be had. */
     afd = memfd_create("huge-arena", MFD_HUGETLB | MFD_ALLOW_SEALING);
     if (afd >= 0 && ftruncate(afd, 2 << 20) == 0 && fcntl(afd, F_ADD_SEALS, F_SEAL_SHRINK) == 0) {
-        h.arena_bytes = 2 << 20;
-        req.id = 96;
-        n = kvtier__request__get_packed_size(&req);
-        kvtier__request__pack(&req, buf + 4);
-        buf[0] = (uint8_t)n;
-        iov.iov_len = n + 4;
-        memcpy(CMSG_DATA(cm), &afd, sizeof(int));
-        assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+        send_hello(fd, 96, NULL, 2 << 20, afd);
         assert_int_equal(expect_status(fd, 96), KVT_E_INVAL);
     } else {
         printf("hugetlb memfd not available here: that case is skipped\n");
