@@ -75,14 +75,7 @@ static void close_stop(struct kvt_test_daemon *d, struct kvt_client *c)
 
 static uint64_t stat_of(struct kvt_client *c, const char *name)
 {
-    struct kvt_stat *st;
-    size_t n;
-    uint64_t v = UINT64_MAX;
-    assert_int_equal(kvt_stats(c, &st, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(st[i].name, name))
-            v = st[i].value;
-    kvt_stats_free(st, n);
+    uint64_t v = kvt_test_stat(c, name);
     if (v == UINT64_MAX)
         fail_msg("no stat %s", name);
     return v;

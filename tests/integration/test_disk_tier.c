@@ -30,19 +30,6 @@ static const struct kvt_ns_spec spec = {.model_id = "disk-test",
                                         .tokens_per_chunk = 128};
 #define CHUNK (128 * 256)
 
-static void fill(void *buf, size_t n, uint64_t seed)
-{
-    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
-    uint8_t *p = buf;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        /* Half the bytes repeat, so lz4 has something to compress. */
-        p[i] = (i & 1) ? (uint8_t)(x >> 24) : (uint8_t)(seed & 0x3f);
-    }
-}
-
 static struct kvt_client *connect_ns(const struct kvt_test_daemon *d, struct kvt_ns_info *ns)
 {
     struct kvt_connect_opts o = {
@@ -70,14 +57,7 @@ static void close_stop(struct kvt_test_daemon *d, struct kvt_client *c)
 
 static uint64_t stat_of(struct kvt_client *c, const char *name)
 {
-    struct kvt_stat *st;
-    size_t n;
-    uint64_t v = UINT64_MAX;
-    assert_int_equal(kvt_stats(c, &st, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(st[i].name, name))
-            v = st[i].value;
-    kvt_stats_free(st, n);
+    uint64_t v = kvt_test_stat(c, name);
     if (v == UINT64_MAX)
         fail_msg("no stat %s", name);
     return v;
@@ -97,7 +77,7 @@ static int check_chunk(struct kvt_client *c, uint32_t ns, uint64_t i, enum kvt_t
     int rc = kvt_get(c, ns, &k, got, sizeof(got), &len, tier);
     if (rc == 0) {
         assert_int_equal(len, CHUNK);
-        fill(want, CHUNK, i);
+        kvt_test_fill(want, CHUNK, i);
         if (memcmp(got, want, CHUNK) != 0)
             fail_msg("chunk %llu served with wrong bytes", (unsigned long long)i);
     }
@@ -107,7 +87,7 @@ static int check_chunk(struct kvt_client *c, uint32_t ns, uint64_t i, enum kvt_t
 static int put_chunk(struct kvt_client *c, uint32_t ns, uint64_t i)
 {
     static uint8_t buf[CHUNK];
-    fill(buf, CHUNK, i);
+    kvt_test_fill(buf, CHUNK, i);
     struct kvt_key k = key_of(i);
     return kvt_put(c, ns, &k, buf, CHUNK, 0);
 }
@@ -464,7 +444,7 @@ static void test_io_errors_enospc_and_latch(void **state)
     struct kvt_item it = {.buf = buf, .len = CHUNK};
 
     /* Healthy: a write-through Put is answered durable. */
-    fill(buf, CHUNK, 3000);
+    kvt_test_fill(buf, CHUNK, 3000);
     it.key = key_of(3000);
     assert_int_equal(kvt_put_batch(c, ns.handle, &it, 1), 0);
     assert_int_equal(it.status, 0);
@@ -472,7 +452,7 @@ static void test_io_errors_enospc_and_latch(void **state)
 
     /* One injected EIO: the Put still succeeds, from DRAM, and says it is not durable. */
     assert_int_equal(kvt_config_set(c, "disk.fault_fail_next_io", "1"), 0);
-    fill(buf, CHUNK, 3001);
+    kvt_test_fill(buf, CHUNK, 3001);
     it.key = key_of(3001);
     assert_int_equal(kvt_put_batch(c, ns.handle, &it, 1), 0);
     assert_int_equal(it.status, 0);
@@ -484,7 +464,7 @@ static void test_io_errors_enospc_and_latch(void **state)
     /* ENOSPC: counted as a full disk, the chunk stays in DRAM. */
     assert_int_equal(kvt_config_set(c, "disk.fault_errno", "28"), 0);
     assert_int_equal(kvt_config_set(c, "disk.fault_fail_next_io", "1"), 0);
-    fill(buf, CHUNK, 3002);
+    kvt_test_fill(buf, CHUNK, 3002);
     it.key = key_of(3002);
     assert_int_equal(kvt_put_batch(c, ns.handle, &it, 1), 0);
     assert_int_equal(it.status, 0);
@@ -555,7 +535,7 @@ static void test_kill9_loop(void **state)
             if (next + BATCH - attempted_from >= KEYS_MAX)
                 break;
             for (int b = 0; b < BATCH; b++) {
-                fill(bufs[b], CHUNK, next + (uint64_t)b);
+                kvt_test_fill(bufs[b], CHUNK, next + (uint64_t)b);
                 items[b] = (struct kvt_item){
                     .key = key_of(next + (uint64_t)b), .buf = bufs[b], .len = CHUNK};
             }
@@ -602,7 +582,7 @@ static void test_restart_10000_chunks(void **state)
     for (uint64_t i = 0; i < N; i += BATCH) {
         struct kvt_item items[BATCH];
         for (int b = 0; b < BATCH; b++) {
-            fill(bufs[b], CHUNK, 50000 + i + (uint64_t)b);
+            kvt_test_fill(bufs[b], CHUNK, 50000 + i + (uint64_t)b);
             items[b] = (struct kvt_item){
                 .key = key_of(50000 + i + (uint64_t)b), .buf = bufs[b], .len = CHUNK};
         }

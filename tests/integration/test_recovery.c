@@ -28,18 +28,6 @@ static const struct kvt_ns_spec spec = {.model_id = "recovery-test",
                                         .tokens_per_chunk = 64};
 #define CHUNK (64 * 256)
 
-static void fill(void *buf, size_t n, uint64_t seed)
-{
-    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
-    uint8_t *p = buf;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        p[i] = (i & 1) ? (uint8_t)(x >> 24) : (uint8_t)(seed & 0x3f);
-    }
-}
-
 static struct kvt_client *connect_ns(const struct kvt_test_daemon *d, struct kvt_ns_info *ns)
 {
     struct kvt_connect_opts o = {
@@ -52,14 +40,7 @@ static struct kvt_client *connect_ns(const struct kvt_test_daemon *d, struct kvt
 
 static uint64_t stat_of(struct kvt_client *c, const char *name)
 {
-    struct kvt_stat *st;
-    size_t n;
-    uint64_t v = UINT64_MAX;
-    assert_int_equal(kvt_stats(c, &st, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(st[i].name, name))
-            v = st[i].value;
-    kvt_stats_free(st, n);
+    uint64_t v = kvt_test_stat(c, name);
     if (v == UINT64_MAX)
         fail_msg("no stat %s", name);
     return v;
@@ -73,7 +54,7 @@ static struct kvt_key key_of(uint64_t i)
 static int put_chunk(struct kvt_client *c, uint32_t ns, uint64_t i)
 {
     static uint8_t buf[CHUNK];
-    fill(buf, CHUNK, i);
+    kvt_test_fill(buf, CHUNK, i);
     struct kvt_key k = key_of(i);
     return kvt_put(c, ns, &k, buf, CHUNK, 0);
 }
@@ -88,7 +69,7 @@ static int check_chunk(struct kvt_client *c, uint32_t ns, uint64_t i)
     int rc = kvt_get(c, ns, &k, got, sizeof(got), &len, &tier);
     if (rc == 0) {
         assert_int_equal(len, CHUNK);
-        fill(want, CHUNK, i);
+        kvt_test_fill(want, CHUNK, i);
         if (memcmp(got, want, CHUNK) != 0)
             fail_msg("chunk %llu served with wrong bytes", (unsigned long long)i);
     }

@@ -147,3 +147,29 @@ void kvt_test_daemon_cleanup(struct kvt_test_daemon *d)
     (void)rc;
     d->dir[0] = '\0';
 }
+
+uint64_t kvt_test_stat(struct kvt_client *c, const char *name)
+{
+    struct kvt_stat *st;
+    size_t n;
+    uint64_t v = UINT64_MAX;
+    if (kvt_stats(c, &st, &n))
+        return v;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(st[i].name, name))
+            v = st[i].value;
+    kvt_stats_free(st, n);
+    return v;
+}
+
+void kvt_test_fill(void *buf, size_t n, uint64_t seed)
+{
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    uint8_t *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (i & 1) ? (uint8_t)(x >> 24) : (uint8_t)(seed & 0x3f);
+    }
+}

@@ -6,6 +6,8 @@
 #ifndef KVT_TESTS_LIB_DAEMON_H
 #define KVT_TESTS_LIB_DAEMON_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct kvt_test_daemon {
@@ -26,5 +28,13 @@ int kvt_test_daemon_stop(struct kvt_test_daemon *d);
 void kvt_test_daemon_kill(struct kvt_test_daemon *d);
 /* Removes the temporary directory (after stop/kill). */
 void kvt_test_daemon_cleanup(struct kvt_test_daemon *d);
+
+struct kvt_client;
+/* The daemon statistic called name, read through c; UINT64_MAX when the call fails or no stat has
+ * that name. */
+uint64_t kvt_test_stat(struct kvt_client *c, const char *name);
+/* Fills n bytes with a pattern of seed: half the bytes random, half repeating (so lz4 has
+ * something to compress). */
+void kvt_test_fill(void *buf, size_t n, uint64_t seed);
 
 #endif
