@@ -63,6 +63,12 @@ PROTO_O  := $(BUILD)/gen/kvtier.pb-c.o
 CORE_A   := $(BUILD)/libkvtcore.a
 CLIENT_A := $(BUILD)/libkvtier.a
 CLIENT_SO:= $(BUILD)/libkvtier.so
+# The shared library's soname follows the header's ABI generation: a change to the ABI (a
+# function's signature, or the size of a struct the library reads, such as kvt_connect_opts)
+# bumps KVT_ABI_VERSION, so programs built against the old one keep loading theirs.
+CLIENT_ABI    := $(shell awk '$$2 == "KVT_ABI_VERSION" { print $$3 }' include/kvtier/kvtier.h)
+CLIENT_SONAME := libkvtier.so.$(CLIENT_ABI)
+CLIENT_MAP    := client/lib/libkvtier.map
 DAEMON_O := $(call obj,$(DAEMON_SRC))
 
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
@@ -74,8 +80,17 @@ $(CORE_A): $(call obj,$(COMMON_SRC) $(KERNELS_SRC) $(TIERS_SRC)) $(PROTO_O)
 	$(Q)rm -f $@ && ar rcs $@ $^
 $(CLIENT_A): $(call obj,$(CLIENT_SRC) $(COMMON_SRC)) $(PROTO_O)
 	$(Q)rm -f $@ && ar rcs $@ $^
-$(CLIENT_SO): $(call obj,$(CLIENT_SRC) $(COMMON_SRC)) $(PROTO_O)
-	$(Q)$(CC) -shared $(LDFLAGS) -o $@ $^ -lprotobuf-c -lxxhash -lm
+# libkvtier.so exports only the public API: the objects it is made of are compiled with hidden
+# visibility (KVT_API in include/kvtier/*.h marks what is public) and the version script lists
+# the same names, which also hides the generated protobuf code. The same objects go into the
+# static archives; hidden visibility changes nothing for a static link.
+$(call obj,$(CLIENT_SRC) $(COMMON_SRC)): CFLAGS += -fvisibility=hidden
+$(BUILD)/$(CLIENT_SONAME): $(call obj,$(CLIENT_SRC) $(COMMON_SRC)) $(PROTO_O) $(CLIENT_MAP)
+	@echo "  LD    $@"
+	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,$(CLIENT_SONAME) -Wl,--version-script=$(CLIENT_MAP) \
+		-o $@ $(filter %.o,$^) -lprotobuf-c -lxxhash -lm
+$(CLIENT_SO): $(BUILD)/$(CLIENT_SONAME)
+	$(Q)ln -sf $(CLIENT_SONAME) $@
 
 $(BUILD)/kvtierd: $(call obj,daemon/main.c) $(DAEMON_O) $(CORE_A)
 	@echo "  LD    $@"

@@ -7,6 +7,19 @@
 #ifndef KVTIER_ERRORS_H
 #define KVTIER_ERRORS_H
 
+/* KVT_API marks the functions that libkvtier.so exports. The library is compiled with
+ * -fvisibility=hidden and linked with a version script (client/lib/libkvtier.map) that names
+ * the same functions, so nothing else of it (allocator, config, logger, protobuf code) can be
+ * bound to by a program, and tests/integration/test_abi.sh checks that the two lists agree.
+ * Defined here because every public header includes this one. */
+#ifndef KVT_API
+#if defined(__GNUC__) || defined(__clang__)
+#define KVT_API __attribute__((visibility("default")))
+#else
+#define KVT_API
+#endif
+#endif
+
 #define KVT_ERRORS(X)                                                                              \
     X(OK, 0, "success")                                                                            \
     X(E_INVAL, -10001, "invalid argument")                                                         \
@@ -47,6 +60,10 @@
     X(E_QUOTA, -10035, "tenant quota exceeded")                                                    \
     X(E_UNTRUSTED, -10036, "socket is served by an untrusted uid, not kvtierd")
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum kvt_error {
 #define KVT__ERR_ENUM(name, code, text) KVT_##name = (code),
     KVT_ERRORS(KVT__ERR_ENUM)
@@ -55,9 +72,13 @@ enum kvt_error {
 
 /* Text for any code: kvtier codes, -errno values and unknown values alike. Never NULL; the
  * returned string is static. */
-const char *kvt_strerror(int err);
+KVT_API const char *kvt_strerror(int err);
 
 /* Symbolic name ("E_RANGE", "OK", "ENOENT" for -errno, "UNKNOWN") for logs and JSON. Static. */
-const char *kvt_strerror_name(int err);
+KVT_API const char *kvt_strerror_name(int err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -38,6 +38,52 @@
  *
  * Threads: a struct kvt_client is not thread-safe; use one per thread (they may share nothing).
  * All functions return 0 or a negative code from <kvtier/errors.h> unless stated otherwise.
+ *
+ * Memory: every pointer below says who owns it, in these words.
+ *   borrowed     the library uses it during the call only, unless the comment names a later
+ *                end ("borrowed until kvt_close(c)" for a pointer the library returns);
+ *   copied       the library keeps its own copy: the caller may reuse its storage on return;
+ *   transferred  ownership moves with the pointer: to the caller, who releases it with the
+ *                function named, or back to the library, after which the pointer is invalid;
+ *   pinned       must stay valid, at the same address, for longer than the call: the arena is
+ *                mapped at one address from kvt_connect() to kvt_close(), and the daemon writes
+ *                and reads arena buffers directly.
+ * Output parameters (*_out, buffers the library fills) are written during the call and never
+ * after it returns, with the one exception below.
+ *
+ * After a timeout: a call that fails with KVT_E_TIMEOUT (or KVT_E_DISCONNECTED, KVT_E_PROTO)
+ * after its requests were sent leaves them with the daemon. The library drops that socket and
+ * never reads an answer from it again: a late answer is discarded, the next call connects anew.
+ * Dropping the socket does not stop the daemon's copies: it drops the requests it had not
+ * started yet, but one it had started (a copy or a disk read into the arena) runs to its end,
+ * however long after the call returned. So:
+ *   - A buffer outside the arena is never touched after the call returns. Get data reaches it
+ *     through the frame or a library staging buffer, copied only on a success answer; Put bytes
+ *     were copied out before the call returned.
+ *   - A Put source in the arena may still be read. Writing it is safe: the Put's checksum makes
+ *     the daemon store nothing (KVT_E_CHECKSUM, never seen by the caller) if the bytes changed.
+ *   - A Get destination in the arena may still be written by the daemon, until the daemon
+ *     finishes that request. The library does not track the caller's own arena buffers and
+ *     offers no way to wait for that moment; kvt_close() is the one sure end (the arena is then
+ *     unmapped from this process). Until then the buffer's bytes are not the chunk: do not read
+ *     them as such (a later kvt_get into the buffer that succeeds rewrites it, though a write of
+ *     the abandoned request could still land after it), and do not kvt_arena_free() it, because
+ *     the library could hand the space out as a staging buffer for another call. Set it aside
+ *     and allocate another.
+ *   - The library's own staging buffers (for buffers outside the arena) are quarantined with
+ *     the old socket, which the library shuts down for writing and keeps open until the daemon
+ *     closes it, i.e. until every request of that connection has finished; only then are they
+ *     reused (details at kvt_put_batch). Without staging buffers in flight the socket is closed
+ *     at once.
+ *
+ * Linking and versions: programs include <kvtier/kvtier.h> and link -lkvtier (libkvtier.so, or
+ * libkvtier.a plus -lprotobuf-c -lxxhash -lm). The shared library exports exactly the functions
+ * marked KVT_API in the kvtier headers, under the symbol version KVTIER_1; nothing else of it can
+ * be bound to. Its soname is libkvtier.so.<KVT_ABI_VERSION>, which changes with any change a
+ * program built against an older header could not survive: a function's signature or meaning, or
+ * a field appended to struct kvt_connect_opts (the library reads the whole struct). Releases that
+ * only add functions keep the soname. kvt_version() returns the release of the library loaded;
+ * KVT_VERSION_* below are those of the header compiled against.
  */
 #ifndef KVTIER_KVTIER_H
 #define KVTIER_KVTIER_H
@@ -50,6 +96,20 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The release of kvtier this header belongs to (the daemon and CLI report the same one with
+ * --version). kvt_version() says which release the library actually loaded is. */
+#define KVT_VERSION_MAJOR 0
+#define KVT_VERSION_MINOR 1
+#define KVT_VERSION_PATCH 0
+/* The ABI generation of libkvtier: the shared library's soname is libkvtier.so.<KVT_ABI_VERSION>
+ * and its symbols carry the version KVTIER_<KVT_ABI_VERSION>. It goes up with any change that a
+ * program built against an older header could not survive (see "Linking" at the top). */
+#define KVT_ABI_VERSION 1
+
+/* The release of the library linked (or loaded), "MAJOR.MINOR.PATCH": a program can compare it
+ * with the KVT_VERSION_* it was compiled with. Static, never NULL. */
+KVT_API const char *kvt_version(void);
 
 #define KVT_TENANT_MAX 64
 #define KVT_MODEL_ID_MAX 128
@@ -77,9 +137,10 @@ enum kvt_tier_id {
  * with a designated initializer) and set what you need. New fields are only ever appended; the
  * library reads the whole struct, so a program is rebuilt against the header it links with. */
 struct kvt_connect_opts {
-    const char *socket_path; /* borrowed during the call; NULL means $KVTIER_SOCKET or the
-                                default (see the top of this file) */
-    const char *tenant;      /* borrowed; NULL or "" means tenant "default" */
+    const char *socket_path; /* borrowed during the call (copied); NULL means $KVTIER_SOCKET
+                                or the default (see the top of this file) */
+    const char *tenant;      /* borrowed during the call (copied); NULL or "" means tenant
+                                "default" */
     uint64_t arena_bytes;    /* transfer arena size; 0 means 64 MiB */
     uint32_t timeout_ms;     /* per call; 0 means 5000 */
     uint32_t spin_us;        /* busy-wait this long for an answer before sleeping; 0 means 50,
@@ -92,25 +153,29 @@ struct kvt_connect_opts {
                                 Valid: 0 .. 4294967294 */
 };
 
-/* Opens a session. On success *out owns the connection and arena until kvt_close(). If the daemon
+/* Opens a session. opts (may be NULL: every default) is borrowed during the call. On success the
+ * client is transferred to the caller in *out (untouched on failure): it owns the connection and
+ * arena until kvt_close(). If the daemon
  * is not reachable the call still fails (KVT_E_DISCONNECTED): a session starts connected.
  * Errors besides: KVT_E_UNTRUSTED (the socket is served by a uid not trusted, see the top of
  * this file; nothing was shared), KVT_E_CONNLIMIT (the daemon serves max_clients already),
  * KVT_E_PEERUID (the daemon does not serve our uid), KVT_E_INVAL (bad options, a socket path
  * longer than 107 bytes, or $KVTIER_DAEMON_UID that is not a decimal uid). */
-int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out);
+KVT_API int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out);
 
 /* The socket path the session connects to (after $KVTIER_SOCKET and the default were applied).
- * Borrowed: valid until kvt_close(c). */
-const char *kvt_socket_path(const struct kvt_client *c);
+ * Borrowed: valid until kvt_close(c). A static "" for a NULL c. */
+KVT_API const char *kvt_socket_path(const struct kvt_client *c);
 
-/* Closes the session and unmaps the arena: every arena pointer becomes invalid. NULL-safe. */
-void kvt_close(struct kvt_client *c);
+/* Closes the session and unmaps the arena: c is transferred back to the library and every arena
+ * pointer becomes invalid (the daemon can no longer write into this process). NULL-safe. */
+KVT_API void kvt_close(struct kvt_client *c);
 
 /* Model geometry of a namespace. The daemon derives the chunk size from it and rejects Puts whose
  * size disagrees. Two registrations with equal fields and tenant name the same namespace. */
 struct kvt_ns_spec {
-    const char *model_id;      /* borrowed during the call; at most KVT_MODEL_ID_MAX-1 bytes */
+    const char *model_id;      /* borrowed during the call (copied, for reconnects); at most
+                                  KVT_MODEL_ID_MAX-1 bytes */
     uint32_t layers;           /* >= 1 */
     uint32_t kv_heads;         /* >= 1 */
     uint32_t head_dim;         /* >= 1 */
@@ -131,42 +196,55 @@ struct kvt_ns_info {
     uint64_t chunk_bytes;     /* bytes_per_token * tokens_per_chunk */
 };
 
-int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec, struct kvt_ns_info *out);
+/* Registers (or finds again) a namespace. spec is borrowed during the call and copied, so the
+ * library can register it again after a daemon restart. *out (may be NULL) is filled on success.
+ * KVT_E_FULL: the session has 64 namespaces already. */
+KVT_API int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec,
+                         struct kvt_ns_info *out);
 
 /* Computes chained keys for the full chunks of tokens: key_0 = H(seed, 0, chunk_0),
  * key_i = H(seed, key_{i-1}, chunk_i). Writes min(n_tokens / tokens_per_chunk, max_keys) keys and
  * returns that count. Pure: needs no daemon. `parent` may be NULL (start of a sequence) or the key
- * of the chunk before tokens[0], to continue a chain. */
-size_t kvt_chunk_keys(const struct kvt_ns_info *ns, const struct kvt_key *parent,
-                      const int32_t *tokens, size_t n_tokens, struct kvt_key *keys,
-                      size_t max_keys);
+ * of the chunk before tokens[0], to continue a chain. ns, parent and tokens (n_tokens entries) are
+ * borrowed during the call; keys is caller storage for max_keys entries. */
+KVT_API size_t kvt_chunk_keys(const struct kvt_ns_info *ns, const struct kvt_key *parent,
+                              const int32_t *tokens, size_t n_tokens, struct kvt_key *keys,
+                              size_t max_keys);
 
 /* Transfer arena. kvt_arena_alloc returns a 4 KiB-aligned buffer inside the arena (NULL when the
- * arena has no room). The buffer is owned by the caller until kvt_arena_free; it survives daemon
- * restarts and is unmapped by kvt_close. Put/Get on arena buffers are zero-copy on the client side;
- * other buffers are staged through the arena (or travel inline when small). */
-void *kvt_arena_alloc(struct kvt_client *c, size_t bytes);
-void kvt_arena_free(struct kvt_client *c, void *p);
+ * arena has no room). The buffer is transferred to the caller until kvt_arena_free and pinned:
+ * it stays at that address across daemon restarts and is unmapped by kvt_close. Put/Get on arena
+ * buffers are zero-copy on the client side; other buffers are staged through the arena (or travel
+ * inline when small). kvt_arena_free transfers p (a pointer kvt_arena_alloc returned on this
+ * client; others are ignored) back: the library may then use the space as a staging buffer, so
+ * never free a buffer a timed-out Get named (see "After a timeout" at the top). NULL-safe. */
+KVT_API void *kvt_arena_alloc(struct kvt_client *c, size_t bytes);
+KVT_API void kvt_arena_free(struct kvt_client *c, void *p);
 
 /* Stores one chunk of n_tokens tokens (0 means tokens_per_chunk); len must equal
- * n_tokens * bytes_per_token. buf is borrowed during the call. Storing a key that is already
+ * n_tokens * bytes_per_token. key and buf are borrowed during the call (an arena buf may still
+ * be read by the daemon after a timeout, see the top of this file). Storing a key that is already
  * present succeeds without copying. Every Put carries a checksum of its bytes
  * (kvt_payload_checksum, computed by the library: one XXH3 pass over len bytes); the daemon
  * verifies what it copied and answers KVT_E_CHECKSUM, storing nothing, when the bytes changed
  * meanwhile (an arena buffer written again while a Put from it, perhaps one that timed out, was
  * still being copied). KVT_E_DIRTYFULL and KVT_E_BUSY: retry later. */
-int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
-            size_t len, uint32_t n_tokens);
+KVT_API int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
+                    size_t len, uint32_t n_tokens);
 
-/* Reads one chunk into buf (capacity cap). *len_out gets the chunk's length; *tier_out, when not
- * NULL, where it was found. A missing key is KVT_E_NOTFOUND. The library never writes more than
- * cap bytes into buf: a daemon that reports a longer chunk as a success gets KVT_E_PROTO (and
- * *len_out 0). */
-int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf, size_t cap,
-            size_t *len_out, enum kvt_tier_id *tier_out);
+/* Reads one chunk into buf (capacity cap). *len_out (may be NULL) gets the chunk's length, 0 on
+ * a session error; *tier_out, when not NULL, where it was found. A missing key is KVT_E_NOTFOUND.
+ * The library never writes more than cap bytes into buf: a daemon that reports a longer chunk as
+ * a success gets KVT_E_PROTO (and *len_out 0). key is borrowed during the call; buf is borrowed
+ * during the call too, except that a buf in the arena may still be written by the daemon after a
+ * call that timed out (see "After a timeout" at the top of this file). */
+KVT_API int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf,
+                    size_t cap, size_t *len_out, enum kvt_tier_id *tier_out);
 
 /* One item of a batch. The caller fills key/buf/len (and n_tokens for puts); the library fills
- * status (0 or an error) and, for gets, len with the chunk length and tier. */
+ * status (0 or an error) and, for gets, len with the chunk length and tier. The items array and
+ * each buf are borrowed during the batch call, with kvt_put's and kvt_get's rules for arena
+ * buffers after a timeout. */
 struct kvt_item {
     struct kvt_key key;
     void *buf;
@@ -181,30 +259,31 @@ struct kvt_item {
  * were not answered carry that error too.
  *
  * After a session error the daemon may still be working on the unanswered items. Buffers of the
- * caller's own in the arena may then still be read (Put) or written (Get) by the daemon for a
- * while: a Put's checksum catches a buffer reused too early; a Get's buffer should not be trusted
- * until a later Get into it succeeds. The library's staging buffers (for buffers outside the
- * arena) are quarantined with the old connection, which is kept open, shut down for writing, until
- * the daemon closes it, i.e. has finished every request of it; only then are they reused. So
- * timeouts do not exhaust the arena. At most 4 old connections drain at once; the buffers of an
- * older one are then never reused (a daemon that never finishes them costs at most 64 staging
- * buffers per such connection). A call that needs a staging buffer while the arena is full waits
- * for draining connections up to its timeout before it fails with KVT_E_NOMEM. */
-int kvt_put_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
-int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
+ * caller's own in the arena may then still be read (Put) or written (Get) by the daemon, as the
+ * top of this file says: a Put's checksum catches a buffer reused too early; a Get's buffer is
+ * not the chunk and must not be freed until kvt_close(). The library's staging buffers (for buffers
+ * outside the arena) are quarantined with the old connection, which is kept open, shut down for
+ * writing, until the daemon closes it, i.e. has finished every request of it; only then are they
+ * reused. So timeouts do not exhaust the arena. At most 4 old connections drain at once; the
+ * buffers of an older one are then never reused (a daemon that never finishes them costs at most 64
+ * staging buffers per such connection). A call that needs a staging buffer while the arena is full
+ * waits for draining connections up to its timeout before it fails with KVT_E_NOMEM. */
+KVT_API int kvt_put_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
+KVT_API int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
 
 /* How many leading keys of a chained list are cached (*hits_out), and for each of those the tier
  * it is in (tiers_out, may be NULL, at least n entries). On any error *hits_out is 0: a cache that
- * cannot answer reports a miss. */
-int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
-               size_t *hits_out, enum kvt_tier_id *tiers_out);
+ * cannot answer reports a miss. keys (n entries) is borrowed during the call. */
+KVT_API int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
+                       size_t *hits_out, enum kvt_tier_id *tiers_out);
 
-/* Deletes keys; status_out (may be NULL) gets 0, KVT_E_NOTFOUND or KVT_E_INUSE (the chunk is
- * being read or written: retry) per key. */
-int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
-               int *status_out);
+/* Deletes keys (n entries, borrowed during the call); status_out (may be NULL, else n entries)
+ * gets 0, KVT_E_NOTFOUND or KVT_E_INUSE (the chunk is being read or written: retry) per key. */
+KVT_API int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
+                       int *status_out);
 
-int kvt_ping(struct kvt_client *c);
+/* A round trip to the daemon (reconnecting first if needed). */
+KVT_API int kvt_ping(struct kvt_client *c);
 
 /* Daemon statistics as name/value pairs. *out is allocated by the library and freed with
  * kvt_stats_free. */
@@ -212,20 +291,23 @@ struct kvt_stat {
     char *name;
     uint64_t value;
 };
-int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out);
-void kvt_stats_free(struct kvt_stat *stats, size_t n);
+KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out);
+KVT_API void kvt_stats_free(struct kvt_stat *stats, size_t n);
 
-/* Runtime configuration. value is copied into buf (NUL-terminated, truncated to cap). */
-int kvt_config_get(struct kvt_client *c, const char *key, char *buf, size_t cap);
-int kvt_config_set(struct kvt_client *c, const char *key, const char *value);
+/* Runtime configuration. key and value are borrowed during the call; the value read is copied
+ * into buf (caller storage of cap bytes; NUL-terminated, truncated to cap). */
+KVT_API int kvt_config_get(struct kvt_client *c, const char *key, char *buf, size_t cap);
+KVT_API int kvt_config_set(struct kvt_client *c, const char *key, const char *value);
 
 /* Bytes per element of a dtype (fp8: 1). 0 for an unknown dtype. */
-size_t kvt_dtype_size(enum kvt_dtype dtype);
+KVT_API size_t kvt_dtype_size(enum kvt_dtype dtype);
 
-/* Parses a key written by kvt_key_format (32 hex digits, hi then lo). */
-int kvt_key_parse(const char *text, struct kvt_key *out);
-/* Writes 32 hex digits and a NUL into buf (at least 33 bytes). Returns buf. */
-char *kvt_key_format(const struct kvt_key *key, char *buf);
+/* Parses a key written by kvt_key_format (32 hex digits, hi then lo). text is borrowed during the
+ * call; *out is filled on success. */
+KVT_API int kvt_key_parse(const char *text, struct kvt_key *out);
+/* Writes 32 hex digits and a NUL into buf (caller storage, at least 33 bytes; key is borrowed).
+ * Returns buf. */
+KVT_API char *kvt_key_format(const struct kvt_key *key, char *buf);
 
 #ifdef __cplusplus
 }
