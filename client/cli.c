@@ -1,6 +1,6 @@
 /*
- * kvtier: the command-line client. Health checks, stats (table or JSON), put/get of a file as a
- * chunk, lookup, delete and runtime config, all through libkvtier.
+ * kvtier: the command-line client. Health checks, stats (table, JSON or Prometheus), put/get of a
+ * file as a chunk, lookup, delete and runtime config, all through libkvtier.
  *
  * Chunks live in a namespace; the CLI registers one from its geometry flags. The defaults describe
  * a "blob" geometry (1 layer, 1 KV head, head_dim 2048, fp8: 4096 bytes per token), so any file
@@ -20,6 +20,7 @@
 #include <xxhash.h>
 
 #include "common/paths.h"
+#include "common/stats.h"
 #include "common/version.h"
 #include "kvtier/kvtier.h"
 
@@ -49,7 +50,8 @@ static void usage(FILE *out)
             "usage: kvtier [OPTIONS] COMMAND [ARGS]\n"
             "commands:\n"
             "  ping                         check that the daemon answers (prints round-trip)\n"
-            "  stats [--json]               daemon statistics\n"
+            "  stats [--json|--prometheus]  daemon statistics with type and help; --prometheus:\n"
+            "                               the Prometheus text format (docs/stats.md)\n"
             "  put FILE [KEY]               store FILE as one chunk (KEY: 32 hex digits; default:\n"
             "                               a hash of the content); prints the key\n"
             "  get KEY FILE                 write the chunk KEY to FILE ('-' = stdout)\n"
@@ -145,8 +147,138 @@ static int cmd_ping(const struct cli *o)
     return 0;
 }
 
-static int cmd_stats(const struct cli *o)
+/* JSON string: the stat strings are ASCII from the daemon, but a quote, backslash or control
+ * character must still not break the document. */
+static void json_str(const char *v)
 {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+/* {"name": value, ...} as before (scripts read d["puts"]), a histogram as {"count", "sum",
+ * "buckets": [{"le", "count"}...]} (not cumulative; the last le is "+Inf"), and the type, unit
+ * and help of every stat under "_meta" (no stat name starts with '_'). */
+static void stats_json(const struct kvt_stat *st, size_t n)
+{
+    printf("{");
+    for (size_t i = 0; i < n; i++) {
+        printf("%s", i ? ", " : "");
+        json_str(st[i].name);
+        if (st[i].type != KVT_STAT_HISTOGRAM) {
+            printf(": %" PRIu64, st[i].value);
+            continue;
+        }
+        printf(": {\"count\": %" PRIu64 ", \"sum\": %" PRIu64 ", \"buckets\": [", st[i].value,
+               st[i].sum);
+        for (size_t b = 0; b < st[i].n_buckets; b++) {
+            printf("%s{\"le\": ", b ? ", " : "");
+            if (st[i].bucket_le[b] == UINT64_MAX)
+                printf("\"+Inf\"");
+            else
+                printf("%" PRIu64, st[i].bucket_le[b]);
+            printf(", \"count\": %" PRIu64 "}", st[i].bucket_counts[b]);
+        }
+        printf("]}");
+    }
+    printf("%s\"_meta\": {", n ? ", " : "");
+    for (size_t i = 0; i < n; i++) {
+        printf("%s", i ? ", " : "");
+        json_str(st[i].name);
+        printf(": {\"type\": \"%s\", \"unit\": ", kvt_stat_type_name(st[i].type));
+        json_str(st[i].unit);
+        printf(", \"help\": ");
+        json_str(st[i].help);
+        printf("}");
+    }
+    printf("}}\n");
+}
+
+/* HELP text escapes backslash and newline (text exposition format 0.0.4). */
+static void prom_help(const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\')
+            fputs("\\\\", stdout);
+        else if (*v == '\n')
+            fputs("\\n", stdout);
+        else
+            putchar(*v);
+    }
+}
+
+/* The Prometheus text exposition format: "kvtier_" + the name with dots as underscores,
+ * counters with "_total", histograms as cumulative _bucket{le=...} series with _sum and _count.
+ * Returns nonzero when a name does not fit. */
+static int stats_prometheus(const struct kvt_stat *st, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char name[128];
+        if (kvt_stats_prom_name(st[i].name, st[i].type, name, sizeof(name))) {
+            fprintf(stderr, "kvtier: stat name too long: %s\n", st[i].name);
+            return 1;
+        }
+        printf("# HELP %s ", name);
+        prom_help(st[i].help);
+        printf("\n# TYPE %s %s\n", name, kvt_stat_type_name(st[i].type));
+        if (st[i].type != KVT_STAT_HISTOGRAM) {
+            printf("%s %" PRIu64 "\n", name, st[i].value);
+            continue;
+        }
+        uint64_t cum = 0;
+        for (size_t b = 0; b < st[i].n_buckets; b++) {
+            cum += st[i].bucket_counts[b];
+            if (st[i].bucket_le[b] == UINT64_MAX)
+                printf("%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, cum);
+            else
+                printf("%s_bucket{le=\"%" PRIu64 "\"} %" PRIu64 "\n", name, st[i].bucket_le[b],
+                       cum);
+        }
+        printf("%s_sum %" PRIu64 "\n%s_count %" PRIu64 "\n", name, st[i].sum, name, st[i].value);
+    }
+    return 0;
+}
+
+/* One row per stat: name, type, value (a histogram's count), unit and help; a histogram adds a
+ * row of its non-empty buckets and its sum. */
+static void stats_table(const struct kvt_stat *st, size_t n)
+{
+    printf("%-34s %-9s %20s %-5s %s\n", "stat", "type", "value", "unit", "help");
+    for (size_t i = 0; i < n; i++) {
+        printf("%-34s %-9s %20" PRIu64 " %-5s %s\n", st[i].name, kvt_stat_type_name(st[i].type),
+               st[i].value, st[i].unit, st[i].help);
+        if (st[i].type != KVT_STAT_HISTOGRAM)
+            continue;
+        printf("%-34s", "");
+        for (size_t b = 0; b < st[i].n_buckets; b++) {
+            if (!st[i].bucket_counts[b])
+                continue;
+            if (st[i].bucket_le[b] == UINT64_MAX)
+                printf(" +Inf:%" PRIu64, st[i].bucket_counts[b]);
+            else
+                printf(" <=%" PRIu64 ":%" PRIu64, st[i].bucket_le[b], st[i].bucket_counts[b]);
+        }
+        printf(" sum:%" PRIu64 "\n", st[i].sum);
+    }
+}
+
+static int cmd_stats(const struct cli *o, char **args, int n_args)
+{
+    int prometheus = 0;
+    for (int a = 0; a < n_args; a++) {
+        if (strcmp(args[a], "--prometheus")) {
+            fprintf(stderr, "kvtier: stats takes --json or --prometheus, not %s\n", args[a]);
+            return 2;
+        }
+        prometheus = 1;
+    }
     struct kvt_client *c;
     if (open_client(o, &c, 4096))
         return 1;
@@ -156,18 +288,15 @@ static int cmd_stats(const struct cli *o)
     kvt_close(c);
     if (rc)
         return die("stats", rc);
-    if (o->json) {
-        printf("{");
-        for (size_t i = 0; i < n; i++)
-            printf("%s\"%s\": %" PRIu64, i ? ", " : "", st[i].name, st[i].value);
-        printf("}\n");
-    } else {
-        printf("%-32s %20s\n", "stat", "value");
-        for (size_t i = 0; i < n; i++)
-            printf("%-32s %20" PRIu64 "\n", st[i].name, st[i].value);
-    }
+    int ret = 0;
+    if (prometheus)
+        ret = stats_prometheus(st, n);
+    else if (o->json)
+        stats_json(st, n);
+    else
+        stats_table(st, n);
     kvt_stats_free(st, n);
-    return 0;
+    return ret;
 }
 
 static int parse_keys(char **args, int n, struct kvt_key *keys)
@@ -467,7 +596,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "ping"))
         return cmd_ping(&o);
     if (!strcmp(cmd, "stats"))
-        return cmd_stats(&o);
+        return cmd_stats(&o, args, n);
     if (!strcmp(cmd, "put"))
         return cmd_put(&o, args, n);
     if (!strcmp(cmd, "get"))

@@ -131,6 +131,13 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
                          Kvtier__Response *resp, int status, const char *detail)
 {
     if (op) {
+        /* Every answer passes here: its latency, from the frame to the answer (docs/stats.md). */
+        struct kvt_hist *lat = op->kind == KVTIER__REQUEST__OP_PUT      ? &s->st.put_latency_us
+                               : op->kind == KVTIER__REQUEST__OP_GET    ? &s->st.get_latency_us
+                               : op->kind == KVTIER__REQUEST__OP_LOOKUP ? &s->st.lookup_latency_us
+                                                                        : NULL;
+        if (lat)
+            kvt_hist_observe_since_ns(lat, op->start_ns);
         resp->id = op->req_id;
         c->out_reserved -= op->reserve;
         op->next_free = c->free_ops;
@@ -448,6 +455,7 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
         op->req_id = req->id;
         op->reserve = reserve;
         op->kind = req->op_case;
+        op->start_ns = kvt_now_ns();
         c->out_reserved += reserve;
         s->st.requests++;
         if (too_big) {

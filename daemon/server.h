@@ -27,51 +27,78 @@
 #define KVT_ERROR_RESERVE_BYTES 512 /* output reserved for an answer that is only an error */
 
 /* Daemon counters; every rejection has one. */
-#define KVT_DAEMON_STATS(X)                                                                        \
-    X(connections_accepted)                                                                        \
-    X(connections_rejected_busy)                                                                   \
-    X(connections_rejected_uid)                                                                    \
-    X(connections_rejected_nofile)                                                                 \
-    X(requests_dropped_eof)                                                                        \
-    X(requests_too_big)                                                                            \
-    X(tenant_denied)                                                                               \
-    X(config_denied)                                                                               \
-    X(put_checksum_missing)                                                                        \
-    X(put_checksum_errors)                                                                         \
-    X(client_memory_faults)                                                                        \
-    X(quota_rejections)                                                                            \
-    X(quota_evictions)                                                                             \
-    X(reloads)                                                                                     \
-    X(reload_failures)                                                                             \
-    X(requests)                                                                                    \
-    X(puts)                                                                                        \
-    X(puts_existed)                                                                                \
-    X(put_bytes)                                                                                   \
-    X(gets)                                                                                        \
-    X(get_hits)                                                                                    \
-    X(get_misses)                                                                                  \
-    X(get_bytes)                                                                                   \
-    X(lookups)                                                                                     \
-    X(lookup_keys)                                                                                 \
-    X(lookup_hits)                                                                                 \
-    X(deletes)                                                                                     \
-    X(errors)                                                                                      \
-    X(bad_frames)                                                                                  \
-    X(truncated_frames)                                                                            \
-    X(oversized_frames)                                                                            \
-    X(unknown_ops)                                                                                 \
-    X(range_errors)                                                                                \
-    X(geometry_errors)                                                                             \
-    X(unknown_namespace)                                                                           \
-    X(access_denied)                                                                               \
-    X(index_full)                                                                                  \
-    X(tier_full)                                                                                   \
-    X(worker_jobs)
+/* name, type, unit, help: see common/stats.h. The help is one line of docs/stats.md. */
+#define KVT_DAEMON_STATS_DEF(X, A)                                                                 \
+    X(A, connections_accepted, KVT_STAT_COUNTER, "", "client connections accepted")                \
+    X(A, connections_rejected_busy, KVT_STAT_COUNTER, "",                                          \
+      "connections refused because max_clients clients were connected")                            \
+    X(A, connections_rejected_uid, KVT_STAT_COUNTER, "",                                           \
+      "connections refused because the peer uid is not allowed")                                   \
+    X(A, connections_rejected_nofile, KVT_STAT_COUNTER, "",                                        \
+      "connections refused for lack of file descriptors")                                          \
+    X(A, requests_dropped_eof, KVT_STAT_COUNTER, "",                                               \
+      "requests buffered but never served because the client hung up")                             \
+    X(A, requests_too_big, KVT_STAT_COUNTER, "",                                                   \
+      "requests refused because their answer would exceed max_frame_bytes")                        \
+    X(A, tenant_denied, KVT_STAT_COUNTER, "",                                                      \
+      "Hellos refused because the peer may not act for the tenant it named")                       \
+    X(A, config_denied, KVT_STAT_COUNTER, "",                                                      \
+      "config sets of admin keys refused to a uid that is not an admin")                           \
+    X(A, put_checksum_missing, KVT_STAT_COUNTER, "",                                               \
+      "Puts refused for lack of a checksum (put_checksum = required)")                             \
+    X(A, put_checksum_errors, KVT_STAT_COUNTER, "",                                                \
+      "Puts whose bytes did not match the client checksum")                                        \
+    X(A, client_memory_faults, KVT_STAT_COUNTER, "",                                               \
+      "copies from client memory that faulted (arena truncated or unmapped)")                      \
+    X(A, quota_rejections, KVT_STAT_COUNTER, "",                                                   \
+      "Puts refused because the tenant was at its quota")                                          \
+    X(A, quota_evictions, KVT_STAT_COUNTER, "",                                                    \
+      "chunks evicted because their tenant was past its CPU share")                                \
+    X(A, reloads, KVT_STAT_COUNTER, "", "configuration reloads (SIGHUP)")                          \
+    X(A, reload_failures, KVT_STAT_COUNTER, "",                                                    \
+      "configuration reloads that failed and kept the old settings")                               \
+    X(A, requests, KVT_STAT_COUNTER, "", "requests read from client frames")                       \
+    X(A, puts, KVT_STAT_COUNTER, "", "Put requests that passed validation")                        \
+    X(A, puts_existed, KVT_STAT_COUNTER, "", "Puts of a key that was already stored")              \
+    X(A, put_bytes, KVT_STAT_COUNTER, "bytes", "bytes stored by Puts")                             \
+    X(A, gets, KVT_STAT_COUNTER, "", "Get requests")                                               \
+    X(A, get_hits, KVT_STAT_COUNTER, "", "Gets that found their chunk")                            \
+    X(A, get_misses, KVT_STAT_COUNTER, "", "Gets of a key that is not stored")                     \
+    X(A, get_bytes, KVT_STAT_COUNTER, "bytes", "bytes returned by Gets")                           \
+    X(A, lookups, KVT_STAT_COUNTER, "", "Lookup requests")                                         \
+    X(A, lookup_keys, KVT_STAT_COUNTER, "", "keys named by Lookups")                               \
+    X(A, lookup_hits, KVT_STAT_COUNTER, "", "leading keys Lookups found cached")                   \
+    X(A, deletes, KVT_STAT_COUNTER, "", "chunks removed by Deletes")                               \
+    X(A, errors, KVT_STAT_COUNTER, "", "answers with an error status")                             \
+    X(A, bad_frames, KVT_STAT_COUNTER, "", "frames that were not a valid protobuf Request")        \
+    X(A, truncated_frames, KVT_STAT_COUNTER, "", "connections that ended inside a frame")          \
+    X(A, oversized_frames, KVT_STAT_COUNTER, "", "frames longer than max_frame_bytes")             \
+    X(A, unknown_ops, KVT_STAT_COUNTER, "", "requests with an op this daemon does not know")       \
+    X(A, range_errors, KVT_STAT_COUNTER, "", "requests naming bytes outside the client arena")     \
+    X(A, geometry_errors, KVT_STAT_COUNTER, "",                                                    \
+      "requests whose length does not match the namespace geometry")                               \
+    X(A, unknown_namespace, KVT_STAT_COUNTER, "",                                                  \
+      "requests naming a namespace handle that does not exist")                                    \
+    X(A, access_denied, KVT_STAT_COUNTER, "", "requests for a namespace of another tenant")        \
+    X(A, index_full, KVT_STAT_COUNTER, "",                                                         \
+      "Puts refused because the index was full and nothing could be evicted")                      \
+    X(A, tier_full, KVT_STAT_COUNTER, "", "Puts refused because the CPU tier was full")            \
+    X(A, worker_jobs, KVT_STAT_COUNTER, "", "copies handed to the worker threads")
+#define KVT_DAEMON_STATS(A) KVT_DAEMON_STATS_DEF(KVT_STAT_NAME_ONLY, A)
+
+/* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */
+#define KVT_DAEMON_HISTS(X)                                                                        \
+    X(put_latency_us, "us", "Put requests, taken from the frame to answered")                      \
+    X(get_latency_us, "us", "Get requests, taken from the frame to answered")                      \
+    X(lookup_latency_us, "us", "Lookup requests, taken from the frame to answered")
 
 struct kvt_dstats {
 #define KVT__DSTAT_FIELD(name) uint64_t name;
     KVT_DAEMON_STATS(KVT__DSTAT_FIELD)
 #undef KVT__DSTAT_FIELD
+#define KVT__DHIST_FIELD(name, unit, help) struct kvt_hist name;
+    KVT_DAEMON_HISTS(KVT__DHIST_FIELD)
+#undef KVT__DHIST_FIELD
 };
 
 enum kvt_evsrc_kind { KVT_EV_LISTEN, KVT_EV_SIGNAL, KVT_EV_WORKERS, KVT_EV_DISK, KVT_EV_CONN };
@@ -106,6 +133,7 @@ struct kvt_op {
     int want_inline;        /* Get: answer with the bytes in the response */
     uint64_t slot_off;      /* Get from disk: the DRAM slot being filled */
     struct kvt_op *tm_next; /* tier manager's queue of write-through Puts */
+    uint64_t start_ns;      /* when the request was taken from its frame (latency stats) */
 };
 
 /* Bump allocator for unpacking one request without touching the heap in the common case. */

@@ -37,26 +37,37 @@
 struct kvt_server;
 struct kvt_op;
 
-#define KVT_TM_STATS(X)                                                                            \
-    X(demotions)                                                                                   \
-    X(demotion_failures)                                                                           \
-    X(promotions)                                                                                  \
-    X(disk_direct_reads)                                                                           \
-    X(disk_read_misses)                                                                            \
-    X(evicted_to_disk)                                                                             \
-    X(dropped_dirty)                                                                               \
-    X(rejected_dirty_full)                                                                         \
-    X(admission_skipped)                                                                           \
-    X(too_big_for_disk)                                                                            \
-    X(orphans_removed)                                                                             \
-    X(disk_evictions)                                                                              \
-    X(index_evictions)                                                                             \
-    X(index_full)                                                                                  \
-    X(recovered_objects)                                                                           \
-    X(recovery_removed)                                                                            \
-    X(deletes_deferred)                                                                            \
-    X(delete_busy)                                                                                 \
-    X(recovery_ms)
+/* name, type, unit, help: see common/stats.h. The help is one line of docs/stats.md. */
+#define KVT_TM_STATS_DEF(X, A)                                                                     \
+    X(A, demotions, KVT_STAT_COUNTER, "", "chunks written from the CPU tier to disk")              \
+    X(A, demotion_failures, KVT_STAT_COUNTER, "", "writes to disk that failed")                    \
+    X(A, promotions, KVT_STAT_COUNTER, "", "chunks read from disk back into the CPU tier")         \
+    X(A, disk_direct_reads, KVT_STAT_COUNTER, "",                                                  \
+      "Gets served straight from disk without a copy in DRAM")                                     \
+    X(A, disk_read_misses, KVT_STAT_COUNTER, "", "reads of chunks the disk tier no longer had")    \
+    X(A, evicted_to_disk, KVT_STAT_COUNTER, "", "CPU tier evictions of chunks that stay on disk")  \
+    X(A, dropped_dirty, KVT_STAT_COUNTER, "",                                                      \
+      "chunks evicted from DRAM before they were written to disk")                                 \
+    X(A, rejected_dirty_full, KVT_STAT_COUNTER, "",                                                \
+      "Puts refused because DRAM was full of chunks not yet on disk")                              \
+    X(A, admission_skipped, KVT_STAT_COUNTER, "",                                                  \
+      "chunks the disk admission policy did not write")                                            \
+    X(A, too_big_for_disk, KVT_STAT_COUNTER, "", "chunks larger than the disk tier takes")         \
+    X(A, orphans_removed, KVT_STAT_COUNTER, "",                                                    \
+      "disk objects removed at start because the index does not name them")                        \
+    X(A, disk_evictions, KVT_STAT_COUNTER, "", "objects removed from disk to make room")           \
+    X(A, index_evictions, KVT_STAT_COUNTER, "", "chunks evicted to make room in a full index")     \
+    X(A, index_full, KVT_STAT_COUNTER, "",                                                         \
+      "index inserts that found the index full and nothing to evict")                              \
+    X(A, recovered_objects, KVT_STAT_COUNTER, "", "chunks indexed from the disk tier at start")    \
+    X(A, recovery_removed, KVT_STAT_COUNTER, "",                                                   \
+      "disk objects dropped at start (unknown namespace or duplicate)")                            \
+    X(A, deletes_deferred, KVT_STAT_COUNTER, "",                                                   \
+      "Deletes answered only once their tombstones were durable")                                  \
+    X(A, delete_busy, KVT_STAT_COUNTER, "",                                                        \
+      "Deletes refused because too many were waiting for durability")                              \
+    X(A, recovery_ms, KVT_STAT_GAUGE, "ms", "time the start-up recovery from disk took")
+#define KVT_TM_STATS(A) KVT_TM_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 struct kvt_tm_stats {
 #define KVT__TM_STAT_FIELD(name) uint64_t name;

@@ -14,24 +14,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/stats.h"
 #include "kvtier/kvtier.h"
 
 /* Per-tier statistics, generated from one list so that stats output and docs stay in step.
  * bytes_used is what the tier's objects occupy (slots, blocks); bytes_payload what their bytes
  * are, before rounding, compression or metadata (0 in a tier that does not track it). */
-#define KVT_TIER_STATS(X)                                                                          \
-    X(bytes_used)                                                                                  \
-    X(bytes_payload)                                                                               \
-    X(bytes_capacity)                                                                              \
-    X(objects)                                                                                     \
-    X(hits)                                                                                        \
-    X(misses)                                                                                      \
-    X(evictions)                                                                                   \
-    X(demotions)                                                                                   \
-    X(promotions)                                                                                  \
-    X(checksum_failures)                                                                           \
-    X(io_errors)                                                                                   \
-    X(failed)
+/* name, type, unit, help: see common/stats.h. The help is one line of docs/stats.md. */
+#define KVT_TIER_STATS_DEF(X, A)                                                                   \
+    X(A, bytes_used, KVT_STAT_GAUGE, "bytes", "bytes the tier holds, with allocation overhead")    \
+    X(A, bytes_payload, KVT_STAT_GAUGE, "bytes", "bytes of chunk data the tier holds")             \
+    X(A, bytes_capacity, KVT_STAT_GAUGE, "bytes", "bytes the tier may hold")                       \
+    X(A, objects, KVT_STAT_GAUGE, "", "chunks the tier holds")                                     \
+    X(A, hits, KVT_STAT_COUNTER, "", "reads that found their chunk in the tier")                   \
+    X(A, misses, KVT_STAT_COUNTER, "", "reads of chunks the tier did not have")                    \
+    X(A, evictions, KVT_STAT_COUNTER, "",                                                          \
+      "chunks removed from the tier to make room or by Delete")                                    \
+    X(A, demotions, KVT_STAT_COUNTER, "", "chunks moved from this tier to a lower one")            \
+    X(A, promotions, KVT_STAT_COUNTER, "", "chunks moved into a higher tier from this one")        \
+    X(A, checksum_failures, KVT_STAT_COUNTER, "", "reads whose data failed its checksum")          \
+    X(A, io_errors, KVT_STAT_COUNTER, "", "I/O errors the tier saw")                               \
+    X(A, failed, KVT_STAT_GAUGE, "", "1 once the tier latched failed after unrecoverable errors")
+#define KVT_TIER_STATS(A) KVT_TIER_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 struct kvt_tier_stats {
 #define KVT__TIER_STAT_FIELD(name) uint64_t name;

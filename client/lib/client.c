@@ -1093,6 +1093,39 @@ int kvt_ping(struct kvt_client *c)
     return rc;
 }
 
+/* Copies one Stat into v (strings and buckets owned by v). KVT_E_PROTO for a histogram whose
+ * buckets do not add up: one bound fewer than counts, bounds rising. */
+static int stat_copy(const Kvtier__Stat *m, struct kvt_stat *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->name = strdup(m->name ? m->name : "");
+    v->help = strdup(m->help ? m->help : "");
+    v->unit = strdup(m->unit ? m->unit : "");
+    if (!v->name || !v->help || !v->unit)
+        return KVT_E_NOMEM;
+    v->value = m->value;
+    v->type = (enum kvt_stat_type)m->type;
+    v->sum = m->sum;
+    if (m->type != KVTIER__STAT_TYPE__STAT_HISTOGRAM)
+        return 0;
+    size_t n = m->n_bucket_counts;
+    if (n == 0 || n > 1024 || m->n_bucket_le + 1 != n)
+        return KVT_E_PROTO;
+    for (size_t i = 1; i + 1 < n; i++)
+        if (m->bucket_le[i] <= m->bucket_le[i - 1])
+            return KVT_E_PROTO;
+    v->bucket_le = calloc(n, sizeof(*v->bucket_le));
+    v->bucket_counts = calloc(n, sizeof(*v->bucket_counts));
+    if (!v->bucket_le || !v->bucket_counts)
+        return KVT_E_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        v->bucket_le[i] = i + 1 < n ? m->bucket_le[i] : UINT64_MAX;
+        v->bucket_counts[i] = m->bucket_counts[i];
+    }
+    v->n_buckets = n;
+    return 0;
+}
+
 int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out)
 {
     if (!c || !out || !n_out)
@@ -1111,19 +1144,16 @@ int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out)
     if (!rc) {
         size_t n = r->stats->n_stats;
         struct kvt_stat *v = calloc(n + 1, sizeof(*v));
-        for (size_t i = 0; v && i < n; i++) {
-            v[i].name = strdup(r->stats->stats[i]->name ? r->stats->stats[i]->name : "");
-            v[i].value = r->stats->stats[i]->value;
-            if (!v[i].name) {
-                kvt_stats_free(v, i);
-                v = NULL;
-            }
-        }
-        if (v) {
+        size_t i = 0;
+        if (!v)
+            rc = KVT_E_NOMEM;
+        for (; !rc && i < n; i++)
+            rc = stat_copy(r->stats->stats[i], &v[i]);
+        if (rc) {
+            kvt_stats_free(v, i); /* the failed one is partly filled: free it too */
+        } else {
             *out = v;
             *n_out = n;
-        } else {
-            rc = KVT_E_NOMEM;
         }
     }
     kvtier__response__free_unpacked(r, NULL);
@@ -1132,8 +1162,13 @@ int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out)
 
 void kvt_stats_free(struct kvt_stat *stats, size_t n)
 {
-    for (size_t i = 0; stats && i < n; i++)
+    for (size_t i = 0; stats && i < n; i++) {
         free(stats[i].name);
+        free(stats[i].help);
+        free(stats[i].unit);
+        free(stats[i].bucket_le);
+        free(stats[i].bucket_counts);
+    }
     free(stats);
 }
 

@@ -38,6 +38,7 @@
 #include <xxhash.h>
 
 #include "common/log.h"
+#include "common/time.h"
 #include "kvtier/errors.h"
 #include "tiers/disk/extent.h"
 #include "tiers/disk/object.h"
@@ -95,6 +96,7 @@ struct op {
     kvt_disk_lent_fn lent_done; /* set for reads that lend the undecoded object */
     void *arg;
     int res;
+    uint64_t submit_ns; /* when the read or data write went to the ring (latency stats) */
 };
 
 struct olist {
@@ -705,6 +707,7 @@ int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tie
     io_uring_prep_write_fixed(sqe, o->file, slot_of(d, i), o->blocks * BLOCK, o->start * BLOCK, 0);
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
+    o->submit_ns = kvt_now_ns();
     d->st.writes++;
     d->st.raw_bytes_written += o->raw_len;
     d->st.stored_bytes_written += o->stored_len;
@@ -777,6 +780,7 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
     io_uring_prep_read_fixed(sqe, o->file, slot_of(d, i), o->blocks * BLOCK, o->start * BLOCK, 0);
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
+    o->submit_ns = kvt_now_ns();
     d->st.reads++;
     submit(d);
     return 0;
@@ -1180,6 +1184,9 @@ static void handle_cqe(struct kvt_disk *d, uint64_t ud, int res)
         return;
     }
     assert(kind == UD_OP && i < d->n_ops && d->ops[i].state == ST_INFLIGHT);
+    kvt_hist_observe_since_ns(d->ops[i].kind == OP_READ ? &d->st.read_latency_us
+                                                        : &d->st.write_latency_us,
+                              d->ops[i].submit_ns);
     if (res >= 0 && (uint64_t)res != (uint64_t)d->ops[i].blocks * BLOCK) {
         /* A short transfer on a preallocated extent means the device misbehaved. */
         count_io_error(d);

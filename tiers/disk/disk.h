@@ -89,36 +89,54 @@ struct kvt_disk_config {
 };
 
 /* Tier counters (tiers/tier.h) plus disk-specific ones, from one list. */
-#define KVT_DISK_STATS(X)                                                                          \
-    X(writes)                                                                                      \
-    X(writes_durable)                                                                              \
-    X(reads)                                                                                       \
-    X(removes)                                                                                     \
-    X(busy_rejects)                                                                                \
-    X(full_rejects)                                                                                \
-    X(enospc)                                                                                      \
-    X(commits)                                                                                     \
-    X(checkpoints)                                                                                 \
-    X(journal_records)                                                                             \
-    X(raw_bytes_written)                                                                           \
-    X(stored_bytes_written)                                                                        \
-    X(compressed_objects)                                                                          \
-    X(recovered_objects)                                                                           \
-    X(recovery_dropped)                                                                            \
-    X(recovered_by_scan)                                                                           \
-    X(scan_dropped)                                                                                \
-    X(scans)                                                                                       \
-    X(formats)                                                                                     \
-    X(recovery_ms)                                                                                 \
-    X(checkpoint_loop_us_max)                                                                      \
-    X(checkpoint_write_us_max)                                                                     \
-    X(syncs)
+/* name, type, unit, help: see common/stats.h. The help is one line of docs/stats.md. */
+#define KVT_DISK_STATS_DEF(X, A)                                                                   \
+    X(A, writes, KVT_STAT_COUNTER, "", "object writes submitted")                                  \
+    X(A, writes_durable, KVT_STAT_COUNTER, "", "object writes made durable by a group commit")     \
+    X(A, reads, KVT_STAT_COUNTER, "", "object reads submitted")                                    \
+    X(A, removes, KVT_STAT_COUNTER, "", "objects removed")                                         \
+    X(A, busy_rejects, KVT_STAT_COUNTER, "",                                                       \
+      "operations refused because every staging slot was in use")                                  \
+    X(A, full_rejects, KVT_STAT_COUNTER, "", "writes refused because no extent was free")          \
+    X(A, enospc, KVT_STAT_COUNTER, "", "I/O that failed with ENOSPC")                              \
+    X(A, commits, KVT_STAT_COUNTER, "", "group commits (a journal write and fdatasyncs)")          \
+    X(A, checkpoints, KVT_STAT_COUNTER, "", "checkpoints written")                                 \
+    X(A, journal_records, KVT_STAT_COUNTER, "", "records written to the journal")                  \
+    X(A, raw_bytes_written, KVT_STAT_COUNTER, "bytes",                                             \
+      "bytes of objects written before compression")                                               \
+    X(A, stored_bytes_written, KVT_STAT_COUNTER, "bytes",                                          \
+      "bytes of objects written after compression")                                                \
+    X(A, compressed_objects, KVT_STAT_COUNTER, "", "objects written compressed")                   \
+    X(A, recovered_objects, KVT_STAT_COUNTER, "",                                                  \
+      "objects found at start from the checkpoint and journal")                                    \
+    X(A, recovery_dropped, KVT_STAT_COUNTER, "",                                                   \
+      "objects dropped at start because their header did not validate")                            \
+    X(A, recovered_by_scan, KVT_STAT_COUNTER, "",                                                  \
+      "objects found at start by scanning the data files")                                         \
+    X(A, scan_dropped, KVT_STAT_COUNTER, "", "objects a scan found invalid")                       \
+    X(A, scans, KVT_STAT_COUNTER, "", "recoveries that scanned the data files")                    \
+    X(A, formats, KVT_STAT_COUNTER, "", "stores formatted from empty")                             \
+    X(A, recovery_ms, KVT_STAT_GAUGE, "ms", "time the store recovery took at start")               \
+    X(A, checkpoint_loop_us_max, KVT_STAT_GAUGE, "us",                                             \
+      "longest time the loop spent preparing one checkpoint")                                      \
+    X(A, checkpoint_write_us_max, KVT_STAT_GAUGE, "us",                                            \
+      "longest time the checkpoint thread took writing one")                                       \
+    X(A, syncs, KVT_STAT_COUNTER, "", "durability barriers requested (kvt_disk_sync)")
+#define KVT_DISK_STATS(A) KVT_DISK_STATS_DEF(KVT_STAT_NAME_ONLY, A)
+
+/* Latency histograms (name, unit, help), from submission to the completion of the I/O. */
+#define KVT_DISK_HISTS(X)                                                                          \
+    X(read_latency_us, "us", "object reads, submitted to completed")                               \
+    X(write_latency_us, "us", "object data writes, submitted to completed (before the commit)")
 
 struct kvt_disk_stats {
     struct kvt_tier_stats tier;
 #define KVT__DISK_STAT_FIELD(name) uint64_t name;
     KVT_DISK_STATS(KVT__DISK_STAT_FIELD)
 #undef KVT__DISK_STAT_FIELD
+#define KVT__DISK_HIST_FIELD(name, unit, help) struct kvt_hist name;
+    KVT_DISK_HISTS(KVT__DISK_HIST_FIELD)
+#undef KVT__DISK_HIST_FIELD
 };
 
 /* What the store knows of one object (copied to the caller). */
