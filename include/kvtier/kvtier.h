@@ -285,11 +285,28 @@ KVT_API int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *
 /* A round trip to the daemon (reconnecting first if needed). */
 KVT_API int kvt_ping(struct kvt_client *c);
 
-/* Daemon statistics as name/value pairs. *out is allocated by the library and freed with
- * kvt_stats_free. */
+/* What a statistic measures (docs/stats.md). */
+enum kvt_stat_type {
+    KVT_STAT_COUNTER = 0,   /* only goes up until the daemon restarts */
+    KVT_STAT_GAUGE = 1,     /* a current level, or a maximum seen */
+    KVT_STAT_HISTOGRAM = 2, /* a distribution: value is its count */
+};
+
+/* Daemon statistics, every one the daemon has, with type, unit and help (docs/stats.md). *out
+ * is allocated by the library and freed with kvt_stats_free, which frees every string and array
+ * in it. A histogram has n_buckets buckets: bucket_counts[i] observations (not cumulative) of at
+ * most bucket_le[i], the last bound UINT64_MAX ("+Inf"); other stats have n_buckets 0 and NULL
+ * arrays. */
 struct kvt_stat {
     char *name;
     uint64_t value;
+    enum kvt_stat_type type;
+    char *help; /* "" when the daemon sent none */
+    char *unit; /* "bytes", "ms", "us" or "" */
+    size_t n_buckets;
+    uint64_t *bucket_le;
+    uint64_t *bucket_counts;
+    uint64_t sum; /* histogram: of the observed values, in unit */
 };
 KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out);
 KVT_API void kvt_stats_free(struct kvt_stat *stats, size_t n);
