@@ -110,7 +110,11 @@ int main(void)
     return kvt_dtype_size(KVT_DTYPE_BF16) == 2 ? 0 : 6;
 }
 EOF
-CFLAGS_PROG="-std=c11 -Wall -Wextra -Werror -pedantic -I$D/include"
+# A sanitizer build (make asan) of the library needs its runtime first in the program too.
+SAN=
+readelf -d "$SO" | grep -q 'NEEDED.*libasan' && SAN="$SAN -fsanitize=address"
+readelf -d "$SO" | grep -q 'NEEDED.*libubsan' && SAN="$SAN -fsanitize=undefined"
+CFLAGS_PROG="-std=c11 -Wall -Wextra -Werror -pedantic $SAN -I$D/include"
 check "C program builds against the installed headers and -lkvtier" \
     "$CC $CFLAGS_PROG '$D/prog.c' -o '$D/prog' -L'$B' -lkvtier -Wl,-rpath,'$BDIR' 2>'$D/cc.err' || { cat '$D/cc.err'; false; }"
 check "it loads libkvtier.so.$abi from $B" \
@@ -119,11 +123,11 @@ check "it runs without a daemon" "'$D/prog' > '$D/out.so' || { cat '$D/out.so'; 
 sed 's/^/     /' "$D/out.so"
 check "it counts 2 chunk keys" "grep -qx 'chunk_keys 2' '$D/out.so'"
 check "the static library gives the same output" \
-    "$CC $CFLAGS_PROG '$D/prog.c' -o '$D/prog_static' '$B/libkvtier.a' -lprotobuf-c -lxxhash -lm -pthread && '$D/prog_static' | diff '$D/out.so' - >/dev/null"
+    "$CC $CFLAGS_PROG '$D/prog.c' -o '$D/prog_static' '$B/libkvtier.a' -lprotobuf-c -lxxhash -lm -pthread 2>'$D/cc.err' && '$D/prog_static' | diff '$D/out.so' - >/dev/null || { head -5 '$D/cc.err'; false; }"
 if command -v "$CXX" >/dev/null 2>&1; then
     cp "$D/prog.c" "$D/prog.cc"
     check "C++ program links against the same C symbols (extern \"C\")" \
-        "$CXX -std=c++11 -Wall -Wextra -Werror -I'$D/include' '$D/prog.cc' -o '$D/prog_cxx' -L'$B' -lkvtier -Wl,-rpath,'$BDIR' 2>'$D/cxx.err' && '$D/prog_cxx' | diff '$D/out.so' - >/dev/null || { cat '$D/cxx.err'; false; }"
+        "$CXX -std=c++11 -Wall -Wextra -Werror $SAN -I'$D/include' '$D/prog.cc' -o '$D/prog_cxx' -L'$B' -lkvtier -Wl,-rpath,'$BDIR' 2>'$D/cxx.err' && '$D/prog_cxx' | diff '$D/out.so' - >/dev/null || { cat '$D/cxx.err'; false; }"
 else
     echo "skip C++ check: no $CXX"
 fi
@@ -131,7 +135,7 @@ fi
 # Internals are not part of the ABI: a program that reaches for one does not link.
 printf 'void *kvt_malloc(int tag, unsigned long n);\nint main(void) { return kvt_malloc(0, 1) != 0; }\n' > "$D/internal.c"
 check "an internal function (kvt_malloc) cannot be linked from libkvtier.so" \
-    "! $CC -I'$D/include' '$D/internal.c' -o '$D/internal' -L'$B' -lkvtier -Wl,-rpath,'$BDIR' 2>/dev/null"
+    "! $CC $SAN -I'$D/include' '$D/internal.c' -o '$D/internal' -L'$B' -lkvtier -Wl,-rpath,'$BDIR' 2>/dev/null"
 
 # One release number for the library, the daemon and the CLI.
 check "kvt_version() is the release kvtierd --version reports" \
