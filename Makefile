@@ -52,7 +52,7 @@ $(BUILD)/gen/kvtier.pb-c.o: $(PROTO_C)
 
 # ---- sources -----------------------------------------------------------------------------------
 COMMON_SRC  := $(wildcard common/*.c)
-KERNELS_SRC := $(wildcard kernels/*.c)
+KERNELS_SRC := $(wildcard kernels/*.c kernels/*/*.c)
 TIERS_SRC   := $(wildcard tiers/*.c tiers/*/*.c)
 DAEMON_SRC  := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC  := $(wildcard client/lib/*.c)

@@ -2,7 +2,8 @@
  * Bulk copy kernels. kvt_copy_stream writes with non-temporal stores: storing a new chunk into
  * the CPU tier lands in memory that is cold in every cache, where ordinary stores first read each
  * line in (read-for-ownership); streaming stores skip that and measure about twice as fast on
- * large copies. kvt_copy_ref is the portable reference the kernel is tested against.
+ * large copies. kvt_copy_ref is the portable reference the kernel is tested against. Both are
+ * the streaming copy of the kernel table (kernels/kernels.h), which picks the variant.
  *
  * The guarded copies are the ones used on memory a client shares with the daemon (its arena):
  * the client can make those pages vanish, and a copy that touches one then returns KVT_E_FAULT
@@ -15,8 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Same result as memcpy (regions must not overlap). Uses streaming stores when the platform has
- * them; any alignment and size are accepted. */
+/* Same result as memcpy (regions must not overlap): kvt_kernels()->copy_stream, streaming stores
+ * when the active variant has them; any alignment and size are accepted. */
 void kvt_copy_stream(void *dst, const void *src, size_t n);
 
 /* Reference implementation: memcpy. */

@@ -14,10 +14,8 @@
 
 #include <lz4.h>
 #include <zstd.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
+#include "kernels/kernels.h"
 #include "kvtier/errors.h"
 
 /* Inputs shorter than this are never worth a compressor call. */
@@ -90,130 +88,29 @@ void kvt_codec_destroy(struct kvt_codec *c)
     kvt_free(KVT_ALLOC_DISK, c);
 }
 
-/* The byte-plane transposes run at memory speed with SSE2 (every x86-64 CPU has it), 16 elements
- * per step; the scalar loops finish the tail and serve other architectures. Without this the
- * shuffle ran at ~3 GB/s, slower than the disk it feeds. */
-static size_t shuffle_simd(const unsigned char *s, size_t n, uint32_t w, unsigned char *d)
-{
-    size_t i = 0;
-#ifdef __SSE2__
-    const __m128i m8 = _mm_set1_epi16(0x00ff), m32 = _mm_set1_epi32(0xff);
-    if (w == 2) {
-        for (; i + 16 <= n; i += 16) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(s + 2 * i));
-            __m128i b = _mm_loadu_si128((const __m128i *)(s + 2 * i + 16));
-            __m128i lo = _mm_packus_epi16(_mm_and_si128(a, m8), _mm_and_si128(b, m8));
-            __m128i hi = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
-            _mm_storeu_si128((__m128i *)(d + i), lo);
-            _mm_storeu_si128((__m128i *)(d + n + i), hi);
-        }
-    } else if (w == 4) {
-        for (; i + 16 <= n; i += 16) {
-            __m128i v[4];
-            for (int k = 0; k < 4; k++)
-                v[k] = _mm_loadu_si128((const __m128i *)(s + 4 * i + 16 * (size_t)k));
-            for (int b = 0; b < 4; b++) {
-                __m128i x0 = _mm_and_si128(_mm_srli_epi32(v[0], 8 * b), m32);
-                __m128i x1 = _mm_and_si128(_mm_srli_epi32(v[1], 8 * b), m32);
-                __m128i x2 = _mm_and_si128(_mm_srli_epi32(v[2], 8 * b), m32);
-                __m128i x3 = _mm_and_si128(_mm_srli_epi32(v[3], 8 * b), m32);
-                __m128i p = _mm_packus_epi16(_mm_packs_epi32(x0, x1), _mm_packs_epi32(x2, x3));
-                _mm_storeu_si128((__m128i *)(d + (size_t)b * n + i), p);
-            }
-        }
-    }
-#else
-    (void)s;
-    (void)w;
-    (void)d;
-#endif
-    (void)n;
-    return i;
-}
-
-static size_t unshuffle_simd(const unsigned char *s, size_t n, uint32_t w, unsigned char *d)
-{
-    size_t i = 0;
-#ifdef __SSE2__
-    if (w == 2) {
-        for (; i + 16 <= n; i += 16) {
-            __m128i lo = _mm_loadu_si128((const __m128i *)(s + i));
-            __m128i hi = _mm_loadu_si128((const __m128i *)(s + n + i));
-            _mm_storeu_si128((__m128i *)(d + 2 * i), _mm_unpacklo_epi8(lo, hi));
-            _mm_storeu_si128((__m128i *)(d + 2 * i + 16), _mm_unpackhi_epi8(lo, hi));
-        }
-    } else if (w == 4) {
-        for (; i + 16 <= n; i += 16) {
-            __m128i p0 = _mm_loadu_si128((const __m128i *)(s + i));
-            __m128i p1 = _mm_loadu_si128((const __m128i *)(s + n + i));
-            __m128i p2 = _mm_loadu_si128((const __m128i *)(s + 2 * n + i));
-            __m128i p3 = _mm_loadu_si128((const __m128i *)(s + 3 * n + i));
-            __m128i a = _mm_unpacklo_epi8(p0, p1), b = _mm_unpackhi_epi8(p0, p1);
-            __m128i c = _mm_unpacklo_epi8(p2, p3), e = _mm_unpackhi_epi8(p2, p3);
-            unsigned char *o = d + 4 * i;
-            _mm_storeu_si128((__m128i *)o, _mm_unpacklo_epi16(a, c));
-            _mm_storeu_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(a, c));
-            _mm_storeu_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(b, e));
-            _mm_storeu_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(b, e));
-        }
-    }
-#else
-    (void)s;
-    (void)w;
-    (void)d;
-#endif
-    (void)n;
-    return i;
-}
-
+/* The byte-plane transposes are kernels (kernels/kernels.h): AVX2 or AVX-512 where the CPU has
+ * them, run at memory speed; the portable reference ran at ~3 GB/s, slower than the disk the
+ * codec feeds. Every variant gives the same bytes, so what is stored never depends on the CPU. */
 void kvt_codec_shuffle(const void *src, size_t len, uint32_t w, void *dst)
 {
-    const unsigned char *s = src;
-    unsigned char *d = dst;
-    size_t n = len / w, i;
-
-    if (w == 2) {
-        for (i = shuffle_simd(s, n, w, d); i < n; i++) {
-            d[i] = s[2 * i];
-            d[n + i] = s[2 * i + 1];
-        }
-    } else if (w == 4) {
-        for (i = shuffle_simd(s, n, w, d); i < n; i++) {
-            d[i] = s[4 * i];
-            d[n + i] = s[4 * i + 1];
-            d[2 * n + i] = s[4 * i + 2];
-            d[3 * n + i] = s[4 * i + 3];
-        }
-    } else {
-        n = 0;
-        w = 1;
-    }
-    memcpy(d + n * w, s + n * w, len - n * w);
+    const struct kvt_kernels *k = kvt_kernels();
+    if (w == 2)
+        k->shuffle2(src, len, dst);
+    else if (w == 4)
+        k->shuffle4(src, len, dst);
+    else if (len)
+        memcpy(dst, src, len);
 }
 
 void kvt_codec_unshuffle(const void *src, size_t len, uint32_t w, void *dst)
 {
-    const unsigned char *s = src;
-    unsigned char *d = dst;
-    size_t n = len / w, i;
-
-    if (w == 2) {
-        for (i = unshuffle_simd(s, n, w, d); i < n; i++) {
-            d[2 * i] = s[i];
-            d[2 * i + 1] = s[n + i];
-        }
-    } else if (w == 4) {
-        for (i = unshuffle_simd(s, n, w, d); i < n; i++) {
-            d[4 * i] = s[i];
-            d[4 * i + 1] = s[n + i];
-            d[4 * i + 2] = s[2 * n + i];
-            d[4 * i + 3] = s[3 * n + i];
-        }
-    } else {
-        n = 0;
-        w = 1;
-    }
-    memcpy(d + n * w, s + n * w, len - n * w);
+    const struct kvt_kernels *k = kvt_kernels();
+    if (w == 2)
+        k->unshuffle2(src, len, dst);
+    else if (w == 4)
+        k->unshuffle4(src, len, dst);
+    else if (len)
+        memcpy(dst, src, len);
 }
 
 /* Compresses in into out with at most limit output bytes; returns the compressed size or 0 when

@@ -57,7 +57,8 @@ int kvt_codec_decode(struct kvt_codec *c, uint32_t codec, const void *src, size_
                      size_t raw_len);
 
 /* Byte-plane shuffle of len bytes with element width w (2 or 4): plane b holds byte b of every
- * element; trailing len % w bytes are copied unchanged. Exposed for tests and benchmarks. */
+ * element; trailing len % w bytes are copied unchanged (any other w copies). They run the
+ * active kernel table's shuffles (kernels/kernels.h). Exposed for tests and benchmarks. */
 void kvt_codec_shuffle(const void *src, size_t len, uint32_t w, void *dst);
 void kvt_codec_unshuffle(const void *src, size_t len, uint32_t w, void *dst);
 

@@ -1,0 +1,58 @@
+/*
+ * What the kernel variants share inside kernels/: the reference functions (the SIMD versions
+ * call them for tails and for kernels they have no version of) and each variant's table, which
+ * kernels/kernels.c picks from. Not for use outside kernels/.
+ */
+#ifndef KVT_KERNELS_INTERNAL_H
+#define KVT_KERNELS_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+/* Sentinels of the fp16 order keys (see kvt__kernels_f16_key): +inf and -inf. */
+#define KVT__KERNELS_KEY_PINF ((int16_t)0x7c00)
+#define KVT__KERNELS_KEY_NINF ((int16_t)-31745) /* key of 0xfc00 */
+
+/* Maps fp16 bits to a signed 16-bit key whose integer order is the value order, with -0.0
+ * below +0.0 (negative values have their magnitude bits flipped). The map is its own inverse.
+ * NaNs map beyond the infinities; the min/max kernels replace them by the sentinels first. */
+static inline int16_t kvt__kernels_f16_key(uint16_t h)
+{
+    return (int16_t)(h ^ ((h & 0x8000u) ? 0x7fffu : 0u));
+}
+
+static inline int kvt__kernels_f16_isnan(uint16_t h)
+{
+    return (h & 0x7fffu) > 0x7c00u;
+}
+
+/* Exact fp16 to fp32 (subnormals, infinities and NaN payloads included). */
+float kvt__kernels_f16_to_f32(uint16_t h);
+
+void kvt__kernels_copy_ref(void *dst, const void *src, size_t n);
+void kvt__kernels_shuffle2_ref(const void *src, size_t len, void *dst);
+void kvt__kernels_unshuffle2_ref(const void *src, size_t len, void *dst);
+void kvt__kernels_shuffle4_ref(const void *src, size_t len, void *dst);
+void kvt__kernels_unshuffle4_ref(const void *src, size_t len, void *dst);
+
+/* Plane form of the shuffles for the SIMD tails: elements [from, n) of a buffer of n elements
+ * (the planes are n bytes apart). The len % w trailing bytes are the caller's. */
+void kvt__kernels_shuffle_ref_from(const uint8_t *s, size_t n, uint32_t w, size_t from, uint8_t *d);
+void kvt__kernels_unshuffle_ref_from(const uint8_t *s, size_t n, uint32_t w, size_t from,
+                                     uint8_t *d);
+
+void kvt__kernels_abstract_minmax_f16_ref(const uint16_t *keys, size_t n, size_t stride,
+                                          size_t head_dim, float *min_out, float *max_out);
+/* Channels [c0, c1) only: the SIMD versions finish their tail channels with it. */
+void kvt__kernels_minmax_f16_ref_cols(const uint16_t *keys, size_t n, size_t stride, size_t c0,
+                                      size_t c1, float *min_out, float *max_out);
+
+extern const struct kvt_kernels kvt__kernels_ref;
+#if defined(__x86_64__)
+extern const struct kvt_kernels kvt__kernels_avx2;
+extern const struct kvt_kernels kvt__kernels_avx512;
+#endif
+
+#endif
