@@ -161,37 +161,56 @@ KVT_AVX2_INLINE void minmax_store(__m256i lo, __m256i hi, float *min_out, float 
     }
 }
 
-/* Channels in groups of 64 (four vectors of minimum and four of maximum in registers) over all
- * rows, then single vectors of 16, then the reference for the last head_dim % 16. A group reads
- * 128 contiguous bytes of each row, whole cache lines, so no line is fetched twice. */
+/* Channels in groups of 64 (four vectors of minimum and four of maximum in registers), then
+ * single vectors of 16, then the reference for the last head_dim % 16. Rows go in blocks of 32:
+ * every group of a window of up to 512 channels runs over one block before the next block, so
+ * the groups after the first find the block in L1 instead of reading the span from memory once
+ * per group. The running keys of the window live in two small arrays between blocks. */
 KVT_AVX2 static void abstract_minmax_f16_avx2(const uint16_t *keys, size_t n, size_t stride,
                                               size_t head_dim, float *min_out, float *max_out)
 {
-    const __m256i pinf = _mm256_set1_epi16(KVT__KERNELS_KEY_PINF);
-    const __m256i ninf = _mm256_set1_epi16(KVT__KERNELS_KEY_NINF);
-    size_t c = 0;
-    for (; c + 64 <= head_dim; c += 64) {
-        __m256i l0 = pinf, l1 = pinf, l2 = pinf, l3 = pinf;
-        __m256i h0 = ninf, h1 = ninf, h2 = ninf, h3 = ninf;
-        for (size_t r = 0; r < n; r++) {
-            const uint16_t *p = keys + r * stride + c;
-            minmax_step(_mm256_loadu_si256((const __m256i *)p), &l0, &h0);
-            minmax_step(_mm256_loadu_si256((const __m256i *)(p + 16)), &l1, &h1);
-            minmax_step(_mm256_loadu_si256((const __m256i *)(p + 32)), &l2, &h2);
-            minmax_step(_mm256_loadu_si256((const __m256i *)(p + 48)), &l3, &h3);
+    enum { WINDOW = 512, ROW_BLOCK = 32 };
+    const size_t vec_dim = head_dim - head_dim % 16;
+    _Alignas(32) int16_t lo[WINDOW], hi[WINDOW];
+    for (size_t w0 = 0; w0 < vec_dim; w0 += WINDOW) {
+        const size_t wn = vec_dim - w0 < WINDOW ? vec_dim - w0 : WINDOW;
+        for (size_t c = 0; c < wn; c++) {
+            lo[c] = KVT__KERNELS_KEY_PINF;
+            hi[c] = KVT__KERNELS_KEY_NINF;
         }
-        minmax_store(l0, h0, min_out + c, max_out + c);
-        minmax_store(l1, h1, min_out + c + 16, max_out + c + 16);
-        minmax_store(l2, h2, min_out + c + 32, max_out + c + 32);
-        minmax_store(l3, h3, min_out + c + 48, max_out + c + 48);
+        for (size_t r0 = 0; r0 < n; r0 += ROW_BLOCK) {
+            const size_t r1 = n - r0 < ROW_BLOCK ? n : r0 + ROW_BLOCK;
+            const uint16_t *blk = keys + r0 * stride + w0;
+            size_t c = 0;
+            for (; c + 64 <= wn; c += 64) {
+                __m256i *pl = (__m256i *)(lo + c), *ph = (__m256i *)(hi + c);
+                __m256i l0 = pl[0], l1 = pl[1], l2 = pl[2], l3 = pl[3];
+                __m256i h0 = ph[0], h1 = ph[1], h2 = ph[2], h3 = ph[3];
+                for (size_t r = r0; r < r1; r++) {
+                    const uint16_t *p = blk + (r - r0) * stride + c;
+                    minmax_step(_mm256_loadu_si256((const __m256i *)p), &l0, &h0);
+                    minmax_step(_mm256_loadu_si256((const __m256i *)(p + 16)), &l1, &h1);
+                    minmax_step(_mm256_loadu_si256((const __m256i *)(p + 32)), &l2, &h2);
+                    minmax_step(_mm256_loadu_si256((const __m256i *)(p + 48)), &l3, &h3);
+                }
+                pl[0] = l0, pl[1] = l1, pl[2] = l2, pl[3] = l3;
+                ph[0] = h0, ph[1] = h1, ph[2] = h2, ph[3] = h3;
+            }
+            for (; c < wn; c += 16) {
+                __m256i *pl = (__m256i *)(lo + c), *ph = (__m256i *)(hi + c);
+                __m256i l0 = *pl, h0 = *ph;
+                for (size_t r = r0; r < r1; r++)
+                    minmax_step(_mm256_loadu_si256((const __m256i *)(blk + (r - r0) * stride + c)),
+                                &l0, &h0);
+                *pl = l0;
+                *ph = h0;
+            }
+        }
+        for (size_t c = 0; c < wn; c += 16)
+            minmax_store(*(const __m256i *)(lo + c), *(const __m256i *)(hi + c), min_out + w0 + c,
+                         max_out + w0 + c);
     }
-    for (; c + 16 <= head_dim; c += 16) {
-        __m256i l0 = pinf, h0 = ninf;
-        for (size_t r = 0; r < n; r++)
-            minmax_step(_mm256_loadu_si256((const __m256i *)(keys + r * stride + c)), &l0, &h0);
-        minmax_store(l0, h0, min_out + c, max_out + c);
-    }
-    kvt__kernels_minmax_f16_ref_cols(keys, n, stride, c, head_dim, min_out, max_out);
+    kvt__kernels_minmax_f16_ref_cols(keys, n, stride, vec_dim, head_dim, min_out, max_out);
 }
 
 const struct kvt_kernels kvt__kernels_avx2 = {

@@ -1,7 +1,8 @@
 /*
  * Unit tests for the shuffle + lz4/zstd codec: round trips for every algorithm and shuffle width
  * (including lengths that are not a multiple of the width), the raw fallback for incompressible
- * data, the minimum-saving rule, and rejection of corrupt or oversized input.
+ * data, the minimum-saving rule, rejection of corrupt or oversized input, and stored bytes that
+ * do not depend on which kernel variant ran the shuffle.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "kernels/kernels.h"
 #include "kvtier/errors.h"
 #include "tiers/codec.h"
 
@@ -93,6 +95,55 @@ static void test_shuffle_matches_reference(void **state)
             assert_memory_equal(back, src, len);
         }
     }
+}
+
+/* The shuffle runs on whichever kernel variant is active (kernels/kernels.h): what one CPU
+ * stores, any other must read. Encode under every variant this CPU has, check the stored bytes
+ * are identical, and decode each under every variant. */
+static void test_shuffle_same_bytes_every_variant(void **state)
+{
+    (void)state;
+    enum { LEN = 65536 + 37 };
+    const struct kvt_kernels *t[KVT_KERNELS_VARIANT_COUNT];
+    size_t count = 0;
+    for (int v = KVT_KERNELS_REF; v < KVT_KERNELS_VARIANT_COUNT; v++)
+        if ((t[count] = kvt_kernels_variant((enum kvt_kernels_variant)v)) != NULL)
+            count++;
+    unsigned char *src = malloc(LEN), *dec = malloc(LEN);
+    unsigned char *enc[KVT_KERNELS_VARIANT_COUNT];
+    size_t out[KVT_KERNELS_VARIANT_COUNT];
+    assert_non_null(src);
+    assert_non_null(dec);
+    fill_kv_like(src, LEN, 77);
+    for (uint32_t w = 2; w <= 4; w += 2) {
+        struct kvt_codec *c = make_codec(KVT_CODEC_ZSTD, w, 0.01);
+        for (size_t v = 0; v < count; v++) {
+            uint32_t id = 0;
+            enc[v] = malloc(LEN);
+            assert_non_null(enc[v]);
+            assert_int_equal(kvt_kernels_force(t[v]->variant), 0);
+            assert_int_equal(kvt_codec_encode(c, src, LEN, 0, enc[v], LEN, &out[v], &id), 0);
+            assert_int_equal(id, KVT_CODEC_ID(KVT_CODEC_ZSTD, w));
+            assert_int_equal(out[v], out[0]);
+            assert_memory_equal(enc[v], enc[0], out[0]);
+        }
+        for (size_t v = 0; v < count; v++) {
+            assert_int_equal(kvt_kernels_force(t[v]->variant), 0);
+            for (size_t e = 0; e < count; e++) {
+                memset(dec, 0, LEN);
+                assert_int_equal(
+                    kvt_codec_decode(c, KVT_CODEC_ID(KVT_CODEC_ZSTD, w), enc[e], out[e], dec, LEN),
+                    0);
+                assert_memory_equal(dec, src, LEN);
+            }
+        }
+        for (size_t v = 0; v < count; v++)
+            free(enc[v]);
+        kvt_codec_destroy(c);
+    }
+    assert_int_equal(kvt_kernels_force(KVT_KERNELS_AUTO), 0);
+    free(src);
+    free(dec);
 }
 
 static void roundtrip_all(enum kvt_codec_algo algo, uint32_t width)
@@ -245,6 +296,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shuffle_roundtrip),
         cmocka_unit_test(test_shuffle_matches_reference),
+        cmocka_unit_test(test_shuffle_same_bytes_every_variant),
         cmocka_unit_test(test_roundtrip_lz4),
         cmocka_unit_test(test_roundtrip_zstd),
         cmocka_unit_test(test_roundtrip_none),
