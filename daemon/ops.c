@@ -951,3 +951,55 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         return 0;
     }
 }
+
+/* ---- completions the tier manager reports ------------------------------------------------- */
+
+/* Each answers its op and queues the connection to resume before the loop sleeps. */
+static void tm_put_done(void *arg, struct kvt_op *op, enum kvt_tier_id tier)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_put_reply(arg, op, tier);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_get_failed(void *arg, struct kvt_op *op, int status)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_get_fail(arg, op, status);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_get_in_dram(void *arg, struct kvt_op *op)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_get_deliver(arg, op);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_get_read_direct(void *arg, struct kvt_op *op, const struct kvt_entry *e)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_get_reply_entry(arg, op, e);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_delete_done(void *arg, struct kvt_op *op, const int32_t *status, uint32_t n)
+{
+    struct kvt_conn *c = op->conn;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
+    dr.n_status = n;
+    dr.status = (int32_t *)status;
+    resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
+    resp.del = &dr;
+    kvt__server_respond(arg, c, op, &resp, 0, NULL);
+    kvt__server_after_ops(arg, c);
+}
+
+const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
+    .put_done = tm_put_done,
+    .get_failed = tm_get_failed,
+    .get_in_dram = tm_get_in_dram,
+    .get_read_direct = tm_get_read_direct,
+    .delete_done = tm_delete_done,
+};

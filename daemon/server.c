@@ -38,8 +38,17 @@
 #define OUT_EXTRA_BYTES (64 * 1024)
 #define SHUTDOWN_GRACE_MS 10000
 #define FDS_PER_MSG_MAX 4
+#define ACCEPT_RETRY_MS 100
 
 static void conn_close(struct kvt_server *s, struct kvt_conn *c);
+static void on_conn_event(void *arg, uint32_t events);
+static void on_listen(void *arg, uint32_t events);
+static void on_signal(void *arg, uint32_t events);
+static void on_workers(void *arg, uint32_t events);
+static void on_disk(void *arg, uint32_t events);
+static int tick_hook(void *arg);
+static int ready_hook(void *arg);
+static int sweep_hook(void *arg);
 
 /* ---- protobuf-c allocator over the per-connection scratch -------------------------------- */
 
@@ -65,12 +74,6 @@ static void scratch_free(void *data, void *p)
 
 /* ---- epoll helpers ------------------------------------------------------------------------ */
 
-static int ep_add(struct kvt_server *s, int fd, uint32_t events, void *ptr)
-{
-    struct epoll_event ev = {.events = events, .data.ptr = ptr};
-    return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
-}
-
 /* Arms exactly the events the connection can act on. Level-triggered epoll reports a readable
  * socket on every wait, so input interest is dropped while the input buffer is full (frames wait
  * for flow control) and after end of input; otherwise a client that does not read, or one that
@@ -84,11 +87,7 @@ static void conn_arm(struct kvt_server *s, struct kvt_conn *c)
         want |= EPOLLIN | EPOLLRDHUP;
     if (c->out_off < c->out_len)
         want |= EPOLLOUT;
-    if (want == c->ep_events)
-        return;
-    struct epoll_event ev = {.events = want, .data.ptr = &c->src};
-    if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0)
-        c->ep_events = want;
+    kvt_loop_rearm(s->loop, &c->w, want);
 }
 
 /* Queues c to resume its buffered frames before the loop sleeps: an op finished or output drained.
@@ -219,7 +218,7 @@ static void conn_close(struct kvt_server *s, struct kvt_conn *c)
 {
     if (c->dead)
         return;
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    kvt_loop_unwatch(s->loop, &c->w);
     close(c->fd);
     c->dead = 1;
     for (uint32_t i = 0; i < c->n_ns_held; i++)
@@ -254,8 +253,8 @@ static struct kvt_conn *conn_new(struct kvt_server *s, int fd)
     struct kvt_conn *c = kvt_calloc(KVT_ALLOC_CONN, 1, sizeof(*c));
     if (!c)
         return NULL;
-    c->src.kind = KVT_EV_CONN;
     c->fd = fd;
+    c->server = s;
     c->pending_fd = -1;
     c->id = ++s->next_conn_id;
     c->in_cap = cfg->max_frame_bytes + 4;
@@ -313,8 +312,7 @@ int kvt__server_adopt(struct kvt_server *s, int fd, const struct ucred *cred)
     c->pid = cred->pid;
     c->admin = kvt_admin_uid(s->cfg, cred->uid);
     kvt_tenant_default(cred->uid, c->tenant, sizeof(c->tenant));
-    c->ep_events = EPOLLIN | EPOLLRDHUP;
-    int rc = ep_add(s, fd, EPOLLIN | EPOLLRDHUP, &c->src);
+    int rc = kvt_loop_watch(s->loop, &c->w, fd, EPOLLIN | EPOLLRDHUP, on_conn_event, c);
     if (rc) {
         close(fd);
         conn_free(c);
@@ -330,6 +328,8 @@ int kvt__server_adopt(struct kvt_server *s, int fd, const struct ucred *cred)
               cred->pid);
     return 0;
 }
+
+static void accept_retry(void *arg);
 
 /* Out of descriptors: the pending connection would keep the listening socket readable and the
  * loop spinning. Give back the spare descriptor, accept the connection, tell it why and close it,
@@ -348,6 +348,22 @@ static void accept_out_of_fds(struct kvt_server *s, int err)
             reject(fd, KVT_E_CONNLIMIT);
         s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
+    if (s->spare_fd < 0 && !kvt_loop_timer_armed(&s->accept_retry)) {
+        /* No spare to refuse with: stop listening for a while rather than spin on a listening
+         * socket that stays readable. */
+        kvt_loop_rearm(s->loop, &s->listen_w, 0);
+        kvt_loop_timer_start(s->loop, &s->accept_retry, ACCEPT_RETRY_MS, accept_retry, s);
+    }
+}
+
+/* The pause after running out of descriptors is over: take a spare again and listen. */
+static void accept_retry(void *arg)
+{
+    struct kvt_server *s = arg;
+    if (s->spare_fd < 0)
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (s->listen_fd >= 0)
+        kvt_loop_rearm(s->loop, &s->listen_w, EPOLLIN);
 }
 
 static void on_accept(struct kvt_server *s)
@@ -658,12 +674,6 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
     op->stripes_left--;
 }
 
-void kvt__server_offload(struct kvt_server *s, struct kvt_job *job)
-{
-    s->st.worker_jobs++;
-    kvt_workers_submit(s->workers, job);
-}
-
 void kvt__server_after_ops(struct kvt_server *s, struct kvt_conn *c)
 {
     conn_queue(s, c);
@@ -687,8 +697,10 @@ static void resume_ready(struct kvt_server *s)
     }
 }
 
-static void on_workers(struct kvt_server *s)
+static void on_workers(void *arg, uint32_t events)
 {
+    struct kvt_server *s = arg;
+    (void)events;
     struct kvt_job *j = kvt_workers_reap(s->workers);
     while (j) {
         struct kvt_job *next = j->next;
@@ -800,7 +812,7 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
     if (!s)
         return KVT_E_NOMEM;
     s->cfg = cfg;
-    s->epfd = s->listen_fd = s->signal_fd = s->spare_fd = -1;
+    s->listen_fd = s->signal_fd = s->spare_fd = -1;
     s->start_ms = kvt_now_ms();
     int rc;
     /* Block the shutdown and reload signals before any thread starts, so every thread inherits
@@ -844,11 +856,10 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
     s->n_workers = worker_count(cfg);
     if ((rc = kvt_workers_create(s->n_workers, &s->workers)))
         goto err;
-    s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (s->epfd < 0) {
-        rc = -errno;
+    kvt_tm_set_callbacks(&s->tm, &kvt__ops_tm_callbacks, s, s->workers);
+    struct kvt_loop_config lc = {.timers_max = 64};
+    if ((rc = kvt_loop_create(&lc, &s->loop)))
         goto err;
-    }
     s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (s->signal_fd < 0) {
         rc = -errno;
@@ -856,16 +867,19 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
     }
     if ((rc = bind_socket(s)))
         goto err;
-    s->listen_src.kind = KVT_EV_LISTEN;
-    s->signal_src.kind = KVT_EV_SIGNAL;
-    s->workers_src.kind = KVT_EV_WORKERS;
-    if ((rc = ep_add(s, s->listen_fd, EPOLLIN, &s->listen_src)) ||
-        (rc = ep_add(s, s->signal_fd, EPOLLIN, &s->signal_src)) ||
-        (rc = ep_add(s, kvt_workers_fd(s->workers), EPOLLIN, &s->workers_src)))
+    if ((rc = kvt_loop_watch(s->loop, &s->listen_w, s->listen_fd, EPOLLIN, on_listen, s)) ||
+        (rc = kvt_loop_watch(s->loop, &s->signal_w, s->signal_fd, EPOLLIN, on_signal, s)) ||
+        (rc = kvt_loop_watch(s->loop, &s->workers_w, kvt_workers_fd(s->workers), EPOLLIN,
+                             on_workers, s)))
         goto err;
-    s->disk_src.kind = KVT_EV_DISK;
-    if (kvt_tm_event_fd(s) >= 0 && (rc = ep_add(s, kvt_tm_event_fd(s), EPOLLIN, &s->disk_src)))
+    if (kvt_tm_event_fd(s) >= 0 &&
+        (rc = kvt_loop_watch(s->loop, &s->disk_w, kvt_tm_event_fd(s), EPOLLIN, on_disk, s)))
         goto err;
+    /* Before the loop sleeps: the tier manager's background work, then the connections that
+     * completions queued, then freeing the closed ones nobody refers to any more. */
+    kvt_loop_before_sleep(s->loop, &s->tick_hook, tick_hook, s);
+    kvt_loop_before_sleep(s->loop, &s->ready_hook, ready_hook, s);
+    kvt_loop_before_sleep(s->loop, &s->sweep_hook, sweep_hook, s);
     KVT_INFO("server", "listening socket=%s workers=%u max_clients=%llu", cfg->socket, s->n_workers,
              (unsigned long long)cfg->max_clients);
     *out = s;
@@ -926,7 +940,8 @@ static void begin_shutdown(struct kvt_server *s)
     s->stop = 1;
     s->stop_deadline_ms = kvt_now_ms() + SHUTDOWN_GRACE_MS;
     KVT_INFO("server", "shutting down: %u connections", s->n_conns);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->listen_fd, NULL);
+    kvt_loop_timer_stop(s->loop, &s->accept_retry);
+    kvt_loop_unwatch(s->loop, &s->listen_w);
     close(s->listen_fd);
     s->listen_fd = -1;
     unlink(s->cfg->socket);
@@ -944,76 +959,85 @@ static int inflight_total(const struct kvt_server *s)
     return n;
 }
 
-/* Handles one epoll event. */
-static void on_event(struct kvt_server *s, const struct epoll_event *e)
+static void on_listen(void *arg, uint32_t events)
 {
-    struct kvt_evsrc *src = e->data.ptr;
-    switch (src->kind) {
-    case KVT_EV_LISTEN:
-        on_accept(s);
-        break;
-    case KVT_EV_SIGNAL: {
-        struct signalfd_siginfo si;
-        while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si)) {
-            KVT_INFO("server", "signal %u received", si.ssi_signo);
-            if (si.ssi_signo == SIGHUP)
-                reload(s);
-            else
-                begin_shutdown(s);
-        }
-        break;
+    (void)events;
+    on_accept(arg);
+}
+
+static void on_signal(void *arg, uint32_t events)
+{
+    struct kvt_server *s = arg;
+    (void)events;
+    struct signalfd_siginfo si;
+    while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si)) {
+        KVT_INFO("server", "signal %u received", si.ssi_signo);
+        if (si.ssi_signo == SIGHUP)
+            reload(s);
+        else
+            begin_shutdown(s);
     }
-    case KVT_EV_WORKERS:
-        on_workers(s);
-        break;
-    case KVT_EV_DISK:
-        kvt_tm_poll(s);
-        break;
-    case KVT_EV_CONN: {
-        struct kvt_conn *c = (struct kvt_conn *)src;
-        if (c->dead)
-            break;
-        if (e->events & (EPOLLHUP | EPOLLERR)) {
-            /* Gone both ways: nothing more can be delivered, and epoll would report it on every
-             * wait until the fd is closed. What it sent is read (and dropped with the end of
-             * input, never dispatched), then the socket is closed. */
-            on_readable(s, c);
-            if (!c->dead && !c->read_eof) {
-                c->read_eof = 1;
-                conn_input_ended(s, c);
-            }
-            conn_close(s, c);
-            break;
+}
+
+static void on_disk(void *arg, uint32_t events)
+{
+    (void)events;
+    kvt_tm_poll(arg);
+}
+
+static void on_conn_event(void *arg, uint32_t events)
+{
+    struct kvt_conn *c = arg;
+    struct kvt_server *s = c->server;
+    if (c->dead)
+        return;
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        /* Gone both ways: nothing more can be delivered, and epoll would report it on every
+         * wait until the fd is closed. What it sent is read (and dropped with the end of input,
+         * never dispatched), then the socket is closed. */
+        on_readable(s, c);
+        if (!c->dead && !c->read_eof) {
+            c->read_eof = 1;
+            conn_input_ended(s, c);
         }
-        if (e->events & EPOLLOUT) {
-            conn_flush(s, c);
-            conn_queue(s, c); /* drained output may let buffered frames through */
-        }
-        if (!c->dead && (e->events & (EPOLLIN | EPOLLRDHUP)))
-            on_readable(s, c);
-        else if (!c->dead)
-            conn_maybe_finish(s, c);
-        break;
+        conn_close(s, c);
+        return;
     }
+    if (events & EPOLLOUT) {
+        conn_flush(s, c);
+        conn_queue(s, c); /* drained output may let buffered frames through */
     }
+    if (!c->dead && (events & (EPOLLIN | EPOLLRDHUP)))
+        on_readable(s, c);
+    else if (!c->dead)
+        conn_maybe_finish(s, c);
+}
+
+static int tick_hook(void *arg)
+{
+    kvt_tm_tick(arg);
+    return 0;
+}
+
+static int ready_hook(void *arg)
+{
+    struct kvt_server *s = arg;
+    resume_ready(s);
+    return s->ready != NULL; /* queued meanwhile: the next iteration must not sleep */
+}
+
+static int sweep_hook(void *arg)
+{
+    sweep_closed(arg);
+    return 0;
 }
 
 int kvt_server_run_once(struct kvt_server *s, int timeout_ms)
 {
-    struct epoll_event ev[EVENTS_MAX];
-    if (s->ready)
-        timeout_ms = 0;
-    int n = epoll_wait(s->epfd, ev, EVENTS_MAX, timeout_ms);
-    if (n < 0 && errno != EINTR) {
-        KVT_ERR("server", "epoll_wait: %s", strerror(errno));
-        return -errno;
-    }
-    for (int i = 0; i < n; i++)
-        on_event(s, &ev[i]);
-    kvt_tm_tick(s);
-    resume_ready(s);
-    sweep_closed(s);
-    return n < 0 ? 0 : n;
+    int n = kvt_loop_run_once(s->loop, s->ready ? 0 : timeout_ms);
+    if (n < 0)
+        KVT_ERR("server", "epoll_wait: %s", strerror(-n));
+    return n;
 }
 
 int kvt_server_run(struct kvt_server *s)
@@ -1083,8 +1107,7 @@ void kvt_server_destroy(struct kvt_server *s)
         close(s->signal_fd);
     if (s->spare_fd >= 0)
         close(s->spare_fd);
-    if (s->epfd >= 0)
-        close(s->epfd);
+    kvt_loop_destroy(s->loop);
     kvt_host_destroy(s->host);
     kvt_index_deinit(&s->idx);
     kvt_ns_table_deinit(&s->ns);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/loop.h"
 #include "daemon/config.h"
 #include "daemon/index.h"
 #include "daemon/ns.h"
@@ -101,12 +102,6 @@ struct kvt_dstats {
 #undef KVT__DHIST_FIELD
 };
 
-enum kvt_evsrc_kind { KVT_EV_LISTEN, KVT_EV_SIGNAL, KVT_EV_WORKERS, KVT_EV_DISK, KVT_EV_CONN };
-
-struct kvt_evsrc {
-    enum kvt_evsrc_kind kind;
-};
-
 struct kvt_conn;
 
 /* One request being served. Ops are preallocated per connection (max_inflight_per_conn). */
@@ -144,7 +139,8 @@ struct kvt_scratch {
 };
 
 struct kvt_conn {
-    struct kvt_evsrc src;
+    struct kvt_watch w; /* its socket in the loop (conn_arm) */
+    struct kvt_server *server;
     int fd;
     uint64_t id;
     uid_t uid; /* peer credentials (SO_PEERCRED) at accept */
@@ -161,7 +157,6 @@ struct kvt_conn {
     size_t in_len, in_cap;
     uint8_t *out;
     size_t out_off, out_len, out_cap, out_reserved;
-    uint32_t ep_events; /* what epoll is armed for (conn_arm) */
 
     struct kvt_op *ops;
     struct kvt_op *free_ops;
@@ -180,10 +175,12 @@ struct kvt_conn {
 
 struct kvt_server {
     struct kvt_dconfig *cfg; /* borrowed from main; runtime Config set edits it */
-    int epfd;
+    struct kvt_loop *loop;
     int listen_fd;
     int signal_fd;
-    struct kvt_evsrc listen_src, signal_src, workers_src, disk_src;
+    struct kvt_watch listen_w, signal_w, workers_w, disk_w;
+    struct kvt_hook tick_hook, ready_hook, sweep_hook;
+    struct kvt_timer accept_retry; /* out of descriptors and no spare: listen again later */
     volatile int stop;
     int destroying; /* job completions only release what they hold */
     uint64_t stop_deadline_ms;
@@ -228,6 +225,8 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
 void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
 /* Bytes of output to reserve for the response to req. */
 size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
+/* The tier manager's completions, answered by the request handlers (ops.c). */
+extern const struct kvt_tm_callbacks kvt__ops_tm_callbacks;
 /* Answers a Put (op) that the tier manager held until its chunk was durable or not. */
 void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_id tier);
 /* Answers a Get with an error (the tier manager could not read the chunk). */
@@ -243,8 +242,6 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
                          Kvtier__Response *resp, int status, const char *detail);
 /* Hands a copy to a worker (or runs it inline when small); the op completes later. */
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op);
-/* Hands any job (fn, done and ctx set) to the worker pool. */
-void kvt__server_offload(struct kvt_server *s, struct kvt_job *job);
 /* A runtime config change (Config set or SIGHUP) was committed to s->cfg: apply it. */
 void kvt__server_config_applied(struct kvt_server *s);
 /* After an op of c finished outside the worker path: queues c to resume its buffered frames and

@@ -113,11 +113,8 @@ static void demote_finish(struct kvt_server *s, struct kvt_demote *d, int durabl
     d->next_free = s->tm.free_demotes;
     s->tm.free_demotes = d;
     s->tm.demotes_inflight--;
-    if (op && !s->destroying) {
-        struct kvt_conn *c = op->conn;
-        kvt__ops_put_reply(s, op, durable ? KVT_TIER_DISK : KVT_TIER_CPU);
-        kvt__server_after_ops(s, c);
-    }
+    if (op && !s->destroying)
+        s->tm.cb->put_done(s->tm.cb_arg, op, durable ? KVT_TIER_DISK : KVT_TIER_CPU);
 }
 
 static void demote_durable(void *arg, int res)
@@ -210,7 +207,7 @@ static int demote_start(struct kvt_server *s, uint32_t id, struct kvt_op *op)
     d->job.ctx = s;
     d->job.src = kvt_host_ptr(s->host, e->host_off);
     d->job.len = e->length;
-    kvt__server_offload(s, &d->job);
+    kvt_workers_submit(tm->workers, &d->job);
     return 0;
 }
 
@@ -259,12 +256,10 @@ static void drain_write_through(struct kvt_server *s)
         tm->wt_head = op->tm_next;
         if (!tm->wt_head)
             tm->wt_tail = NULL;
-        if (rc != 0) {
-            struct kvt_conn *c = op->conn;
-            kvt__ops_put_reply(
-                s, op, valid && e->disk == KVT_ENTRY_DISK_DURABLE ? KVT_TIER_DISK : KVT_TIER_CPU);
-            kvt__server_after_ops(s, c);
-        }
+        if (rc != 0)
+            tm->cb->put_done(tm->cb_arg, op,
+                             valid && e->disk == KVT_ENTRY_DISK_DURABLE ? KVT_TIER_DISK
+                                                                        : KVT_TIER_CPU);
     }
 }
 
@@ -545,16 +540,14 @@ static void promote_done(void *arg, int res)
         kvt_host_free(s->host, op->slot_off);
         e->refs--;
         disk_miss(s, op->entry, res);
-        kvt__ops_get_fail(s, op, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
-        kvt__server_after_ops(s, c);
+        s->tm.cb->get_failed(s->tm.cb_arg, op, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
         return;
     }
     e->in_host = 1;
     e->host_off = op->slot_off;
     s->tm.st.promotions++;
     op->tier = KVT_TIER_DISK;
-    kvt__ops_get_deliver(s, op);
-    kvt__server_after_ops(s, c);
+    s->tm.cb->get_in_dram(s->tm.cb_arg, op);
 }
 
 static void direct_done(void *arg, int res)
@@ -570,13 +563,12 @@ static void direct_done(void *arg, int res)
     }
     if (res < 0) {
         disk_miss(s, op->entry, res);
-        kvt__ops_get_fail(s, op, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
+        s->tm.cb->get_failed(s->tm.cb_arg, op, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
     } else {
         s->tm.st.disk_direct_reads++;
         op->tier = KVT_TIER_DISK;
-        kvt__ops_get_reply_entry(s, op, e);
+        s->tm.cb->get_read_direct(s->tm.cb_arg, op, e);
     }
-    kvt__server_after_ops(s, c);
 }
 
 /* Starts the read of a Get whose entry is pinned (refs taken). 0, KVT_E_BUSY (no staging buffer,
@@ -591,7 +583,7 @@ static int read_start(struct kvt_server *s, struct kvt_op *op)
         /* Promoted by another Get while this one waited: serve it from DRAM. */
         op->tier = KVT_TIER_CPU;
         kvt_host_touch(s->host, e->host_off);
-        kvt__ops_get_deliver(s, op);
+        s->tm.cb->get_in_dram(s->tm.cb_arg, op);
         return 0;
     }
     if (e->disk == KVT_ENTRY_DISK_WRITING)
@@ -656,7 +648,6 @@ static void drain_reads(struct kvt_server *s)
     struct kvt_tiermgr *tm = &s->tm;
     while (tm->rd_head) {
         struct kvt_op *op = tm->rd_head;
-        struct kvt_conn *c = op->conn;
         int rc = read_start(s, op);
         if (rc == KVT_E_BUSY)
             return;
@@ -664,8 +655,7 @@ static void drain_reads(struct kvt_server *s)
         if (!tm->rd_head)
             tm->rd_tail = NULL;
         if (rc)
-            kvt__ops_get_fail(s, op, rc);
-        kvt__server_after_ops(s, c); /* answered now, or an answer may have been sent */
+            tm->cb->get_failed(tm->cb_arg, op, rc);
     }
 }
 
@@ -751,17 +741,8 @@ static void delete_durable(void *arg, int res)
     if (res)
         KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "delete answered without a durable tombstone: %s",
                             kvt_strerror(res));
-    if (!s->destroying) {
-        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
-        Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
-        struct kvt_conn *c = d->op->conn;
-        dr.n_status = d->n;
-        dr.status = d->status;
-        resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
-        resp.del = &dr;
-        kvt__server_respond(s, c, d->op, &resp, 0, NULL);
-        kvt__server_after_ops(s, c);
-    }
+    if (!s->destroying)
+        tm->cb->delete_done(tm->cb_arg, d->op, d->status, d->n);
     tm->ds_tail = d->off + d->n;
     if (--tm->n_dels_waiting == 0)
         tm->ds_head = tm->ds_tail = 0;
@@ -872,6 +853,14 @@ static int split_paths(char *list, const char **paths, uint32_t max)
         if (*p)
             paths[n++] = p;
     return (int)n;
+}
+
+void kvt_tm_set_callbacks(struct kvt_tiermgr *tm, const struct kvt_tm_callbacks *cb, void *arg,
+                          struct kvt_workers *workers)
+{
+    tm->cb = cb;
+    tm->cb_arg = arg;
+    tm->workers = workers;
 }
 
 int kvt_tm_init(struct kvt_server *s)
@@ -1002,21 +991,4 @@ void kvt_tm_config_changed(struct kvt_server *s)
 {
     s->tm.faults.fail_next_io = (uint32_t)s->cfg->disk_fault_fail_next_io;
     s->tm.faults.fail_errno = (int)s->cfg->disk_fault_errno;
-}
-
-void kvt_tm_stats(struct kvt_server *s, kvt_tm_stat_fn fn, void *arg)
-{
-#define KVT__TM_STAT_ADD(name) fn(arg, "tier.", #name, s->tm.st.name);
-    KVT_TM_STATS(KVT__TM_STAT_ADD)
-#undef KVT__TM_STAT_ADD
-    if (!s->tm.disk)
-        return;
-    struct kvt_disk_stats ds;
-    kvt_disk_stats(s->tm.disk, &ds);
-#define KVT__DT_STAT_ADD(name) fn(arg, "disk.", #name, ds.tier.name);
-    KVT_TIER_STATS(KVT__DT_STAT_ADD)
-#undef KVT__DT_STAT_ADD
-#define KVT__DD_STAT_ADD(name) fn(arg, "disk.", #name, ds.name);
-    KVT_DISK_STATS(KVT__DD_STAT_ADD)
-#undef KVT__DD_STAT_ADD
 }

@@ -85,8 +85,29 @@ struct kvt_demote;
 #define KVT_TM_DEL_STATUS_MAX (2u * KVT_TM_DEL_KEYS_MAX)
 struct kvt_tm_del;
 
+/* How the tier manager reports the requests it finishes later. The request layer registers these
+ * (kvt_tm_set_callbacks) so that the tier manager never calls into request handling or the
+ * server: each callback answers the op and queues its connection to resume before the loop
+ * sleeps; none of them may call back into the tier manager's queues synchronously. */
+struct kvt_tm_callbacks {
+    /* A write-through Put's chunk is durable on `tier` (or stayed in DRAM only: KVT_TIER_CPU). */
+    void (*put_done)(void *arg, struct kvt_op *op, enum kvt_tier_id tier);
+    /* A Get from disk failed with status (the chunk is gone, or an I/O error). */
+    void (*get_failed)(void *arg, struct kvt_op *op, int status);
+    /* A Get's chunk is in DRAM now (promoted, or promoted by another Get meanwhile): deliver it
+     * from there. */
+    void (*get_in_dram)(void *arg, struct kvt_op *op);
+    /* A Get was read from disk straight into the client's buffer. */
+    void (*get_read_direct)(void *arg, struct kvt_op *op, const struct kvt_entry *e);
+    /* A Delete's tombstones are durable: answer with one status per key. */
+    void (*delete_done)(void *arg, struct kvt_op *op, const int32_t *status, uint32_t n);
+};
+
 struct kvt_tiermgr {
-    struct kvt_disk *disk; /* NULL when the disk tier is off */
+    const struct kvt_tm_callbacks *cb;
+    void *cb_arg;
+    struct kvt_workers *workers; /* encoding jobs go there */
+    struct kvt_disk *disk;       /* NULL when the disk tier is off */
     struct kvt_disk_faults faults;
     struct kvt_codec_config codec_cfg;
     struct kvt_demote *demotes;
@@ -112,6 +133,10 @@ struct kvt_tiermgr {
 
 /* Opens the disk tier when configured and loads what it holds into the index. */
 int kvt_tm_init(struct kvt_server *s);
+/* Registers the request layer's completion callbacks (borrowed until deinit) and the worker pool
+ * encoding runs on. */
+void kvt_tm_set_callbacks(struct kvt_tiermgr *tm, const struct kvt_tm_callbacks *cb, void *arg,
+                          struct kvt_workers *workers);
 /* Releases everything; in-flight disk I/O is waited for. NULL-safe on a zeroed manager. */
 void kvt_tm_deinit(struct kvt_server *s);
 /* eventfd of the disk tier, or -1. */
@@ -162,9 +187,5 @@ int kvt_tm_delete_end(struct kvt_server *s, struct kvt_op *op, int32_t *status, 
 int kvt_tm_delete(struct kvt_server *s, uint32_t entry);
 /* The tier a READY entry is served from, or KVT_TIER_NONE when no readable copy exists yet. */
 enum kvt_tier_id kvt_tm_tier_of(const struct kvt_entry *e);
-
-/* Appends "disk.*" and "tier.*" statistics. */
-typedef void (*kvt_tm_stat_fn)(void *arg, const char *prefix, const char *name, uint64_t v);
-void kvt_tm_stats(struct kvt_server *s, kvt_tm_stat_fn fn, void *arg);
 
 #endif
