@@ -67,6 +67,48 @@ static int raw_recv_one(struct raw *r)
     }
 }
 
+/* Registers spec on the raw connection (the same uid, so the same tenant and namespace as the
+ * library's connection) and returns the daemon's namespace id, or 0. */
+static uint32_t raw_register(struct raw *r, const struct kvt_ns_spec *spec)
+{
+    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
+    sp.model_id = (char *)spec->model_id;
+    sp.layers = spec->layers;
+    sp.kv_heads = spec->kv_heads;
+    sp.head_dim = spec->head_dim;
+    sp.dtype = spec->dtype;
+    sp.tokens_per_chunk = spec->tokens_per_chunk;
+    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
+    rr.spec = &sp;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = 1;
+    req.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
+    req.register_ns = &rr;
+    uint8_t frame[512];
+    size_t n = kvtier__request__get_packed_size(&req);
+    if (n + 4 > sizeof(frame))
+        return 0;
+    kvtier__request__pack(&req, frame + 4);
+    frame[0] = (uint8_t)n;
+    frame[1] = (uint8_t)(n >> 8);
+    frame[2] = frame[3] = 0;
+    if (send(r->fd, frame, n + 4, MSG_NOSIGNAL) != (ssize_t)(n + 4))
+        return 0;
+    while (r->have < 4 || r->have < 4 + ((size_t)r->in[0] | (size_t)r->in[1] << 8)) {
+        ssize_t got = recv(r->fd, r->in + r->have, sizeof(r->in) - r->have, 0);
+        if (got <= 0)
+            return 0;
+        r->have += (size_t)got;
+    }
+    size_t len = (size_t)r->in[0] | (size_t)r->in[1] << 8;
+    Kvtier__Response *resp = kvtier__response__unpack(NULL, len, r->in + 4);
+    uint32_t id = resp && resp->status == 0 && resp->register_ns ? resp->register_ns->ns_id : 0;
+    kvtier__response__free_unpacked(resp, NULL);
+    memmove(r->in, r->in + 4 + len, r->have - 4 - len);
+    r->have -= 4 + len;
+    return id;
+}
+
 static double pipelined_ops(struct raw *r, uint32_t ns_id, const struct kvt_key *keys, int total)
 {
     Kvtier__Key k[KEYS], *kp[KEYS];
@@ -157,8 +199,10 @@ int kvt_bench_lookup(const struct kvt_bench_opts *opts, struct kvt_bench_report 
     struct raw raw;
     double kops = -1;
     if (raw_open(&raw, d.socket_path) == 0) {
-        /* A fresh connection without Hello acts for tenant "default", like c: same namespace. */
-        kops = pipelined_ops(&raw, 1, keys, n);
+        /* A fresh connection without Hello acts for its uid's tenant, like c: registering the
+         * same spec names the same namespace. */
+        uint32_t ns_id = raw_register(&raw, &spec);
+        kops = ns_id ? pipelined_ops(&raw, ns_id, keys, n) : -1;
         close(raw.fd);
     }
     double kvt_p50 = kvt_bench_percentile(lat, (size_t)n, 50);

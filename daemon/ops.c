@@ -189,7 +189,8 @@ static void op_hello(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
             return;
         }
     }
-    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    if (tenant != c->tenant) /* a claimed name; the uid's own needs no copy (nor an overlap) */
+        snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
     c->hello_done = 1;
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__HelloResp hr = KVTIER__HELLO_RESP__INIT;

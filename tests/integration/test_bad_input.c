@@ -216,6 +216,8 @@ static void send_hello(int fd, uint64_t id, const char *tenant, uint64_t arena_b
     assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
 }
 
+static uint32_t register_ns_id(int fd, uint64_t id, const struct kvt_ns_spec *sp_in);
+
 /* A raw connection with Hello (and optionally an arena) and the test namespace registered. */
 static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_out,
                        const char *tenant)
@@ -234,25 +236,7 @@ static int raw_session(uint64_t arena_bytes, uint8_t **arena_out, uint32_t *ns_o
         close(mfd);
     assert_int_equal(expect_status(fd, 1), 0);
 
-    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
-    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
-    sp.model_id = (char *)spec.model_id;
-    sp.layers = spec.layers;
-    sp.kv_heads = spec.kv_heads;
-    sp.head_dim = spec.head_dim;
-    sp.dtype = spec.dtype;
-    sp.tokens_per_chunk = spec.tokens_per_chunk;
-    rr.spec = &sp;
-    Kvtier__Request reg = KVTIER__REQUEST__INIT;
-    reg.id = 2;
-    reg.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
-    reg.register_ns = &rr;
-    send_request(fd, &reg);
-    Kvtier__Response *r = read_response(fd);
-    assert_non_null(r);
-    assert_int_equal(r->status, 0);
-    *ns_out = r->register_ns->ns_id;
-    kvtier__response__free_unpacked(r, NULL);
+    *ns_out = register_ns_id(fd, 2, &spec);
     return fd;
 }
 
@@ -875,6 +859,31 @@ static void test_geometry_overflow(void **state)
     assert_daemon_healthy();
 }
 
+/* Registers spec on a raw connection; the daemon's namespace id (asserts success). */
+static uint32_t register_ns_id(int fd, uint64_t id, const struct kvt_ns_spec *sp_in)
+{
+    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
+    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
+    sp.model_id = (char *)sp_in->model_id;
+    sp.layers = sp_in->layers;
+    sp.kv_heads = sp_in->kv_heads;
+    sp.head_dim = sp_in->head_dim;
+    sp.dtype = sp_in->dtype;
+    sp.tokens_per_chunk = sp_in->tokens_per_chunk;
+    rr.spec = &sp;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
+    req.register_ns = &rr;
+    send_request(fd, &req);
+    Kvtier__Response *r = read_response(fd);
+    assert_non_null(r);
+    assert_int_equal(r->status, 0);
+    uint32_t ns = r->register_ns->ns_id;
+    kvtier__response__free_unpacked(r, NULL);
+    return ns;
+}
+
 static int hello_status(int fd, uint64_t id, const char *tenant)
 {
     send_hello(fd, id, tenant, 0, -1);
@@ -896,6 +905,15 @@ static void test_tenant_bound_to_credentials(void **state)
     fd = raw_connect();
     assert_int_equal(hello_status(fd, 93, "mallory"), 0);
     close(fd);
+    /* "default" (or no tenant) is the uid's own tenant, the bystander's: registering its spec
+     * names its namespace, with or without a Hello. */
+    for (int hello = 0; hello < 2; hello++) {
+        fd = raw_connect();
+        if (hello)
+            assert_int_equal(hello_status(fd, 94, "default"), 0);
+        assert_int_equal(register_ns_id(fd, 95, &spec), BNS_DAEMON_ID);
+        close(fd);
+    }
     assert_daemon_healthy();
 }
 
