@@ -1,0 +1,428 @@
+/*
+ * Data handlers: Put (geometry, arena range, the tenant's object and CPU-tier quotas, then a copy
+ * into the CPU tier) and Get (from DRAM, or through the tier manager from disk), the completion
+ * of their copies, and the tier manager's completion callbacks (kvt__ops_tm_callbacks). A Put's
+ * chunk is served only once its bytes are known good.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/checksum.h"
+#include "daemon/ops.h"
+#include "kernels/copy.h"
+
+static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
+{
+    return c->arena && off <= c->arena_bytes && len <= c->arena_bytes - off;
+}
+
+/* ---- Put ---------------------------------------------------------------------------------- */
+
+struct tenant_pick {
+    struct kvt_server *s;
+    const struct kvt_ns *ns;
+};
+
+/* A chunk in DRAM of the Put's tenant that nobody holds. */
+static int tenant_chunk(void *arg, uint32_t id)
+{
+    const struct tenant_pick *tp = arg;
+    const struct kvt_entry *e = kvt_index_at(&tp->s->idx, id);
+    return e->owner && e->state == KVT_ENTRY_READY && e->in_host && !e->refs && !e->promoting &&
+           kvt_ns_same_tenant(&tp->s->ns, e->owner - 1u, tp->ns);
+}
+
+/* quota.cpu_share: before a tenant's Put takes DRAM beyond its share, its own coldest chunks make
+ * room (written back or dropped as the tier manager decides for any eviction), so one tenant
+ * cannot push every other out of the CPU tier. KVT_E_QUOTA when none of them can go. */
+static int tenant_dram_room(struct kvt_server *s, const struct kvt_ns *ns, uint64_t len)
+{
+    enum { PICK = 16, SCAN = 4096, ROUNDS = 8 };
+    if (s->cfg->quota_cpu_share >= 1.0)
+        return 0;
+    double limit = s->cfg->quota_cpu_share * (double)kvt_host_arena_bytes(s->host);
+    uint64_t need = kvt_host_slot_bytes(s->host, len);
+    struct tenant_pick tp = {s, ns};
+    for (int round = 0; round < ROUNDS; round++) {
+        if ((double)(kvt_ns_tenant_dram_bytes(&s->ns, ns) + need) <= limit)
+            return 0;
+        uint32_t ids[PICK];
+        size_t n = kvt_host_coldest_where(s->host, tenant_chunk, &tp, ids, PICK, SCAN);
+        size_t freed = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t off = kvt_index_at(&s->idx, ids[i])->host_off;
+            if (kvt_tm_evict(s, ids[i], off) == 0) {
+                kvt_host_free(s->host, off);
+                freed++;
+                s->st.quota_evictions++;
+            }
+        }
+        if (!freed)
+            break;
+    }
+    return (double)(kvt_ns_tenant_dram_bytes(&s->ns, ns) + need) <= limit ? 0 : KVT_E_QUOTA;
+}
+
+static void put_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, int existed,
+                      enum kvt_tier_id tier)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__PutResp pr = KVTIER__PUT_RESP__INIT;
+    pr.existed = existed;
+    pr.tier = tier;
+    resp.result_case = KVTIER__RESPONSE__RESULT_PUT;
+    resp.put = &pr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_id tier)
+{
+    put_reply(s, op->conn, op, 0, tier);
+}
+
+void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                  const Kvtier__PutReq *p)
+{
+    const struct kvt_ns *ns;
+    struct kvt_key key;
+    char why[160];
+    int rc = resolve_ns(s, c, p->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    if (key_of(p->key, &key)) {
+        reply_error(s, c, op, KVT_E_INVAL, "Put without a key");
+        return;
+    }
+    uint32_t n_tokens = p->n_tokens ? p->n_tokens : ns->tokens_per_chunk;
+    uint64_t len = p->inline_data.len ? p->inline_data.len : p->length;
+    if (n_tokens > ns->tokens_per_chunk || len != n_tokens * ns->bytes_per_token) {
+        s->st.geometry_errors++;
+        snprintf(why, sizeof(why),
+                 "chunk of %u tokens must be %" PRIu64 " bytes in this namespace, got %" PRIu64,
+                 n_tokens, n_tokens * ns->bytes_per_token, len);
+        reply_error(s, c, op, KVT_E_GEOMETRY, why);
+        return;
+    }
+    const uint8_t *src;
+    if (p->inline_data.len) {
+        if (len > s->cfg->inline_max_bytes) {
+            reply_error(s, c, op, KVT_E_TOOBIG, "inline data larger than inline_max_bytes");
+            return;
+        }
+        src = p->inline_data.data;
+    } else if (!c->arena) {
+        reply_error(s, c, op, KVT_E_NOARENA, NULL);
+        return;
+    } else if (!range_ok(c, p->offset, len)) {
+        s->st.range_errors++;
+        snprintf(why, sizeof(why),
+                 "offset %" PRIu64 " + length %" PRIu64 " outside the %" PRIu64 "-byte arena",
+                 p->offset, len, c->arena_bytes);
+        reply_error(s, c, op, KVT_E_RANGE, why);
+        return;
+    } else {
+        src = c->arena + p->offset;
+    }
+    if (!p->checksum && !p->inline_data.len && !strcmp(s->cfg->put_checksum, "required")) {
+        s->st.put_checksum_missing++;
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "Put from the arena without a payload checksum (put_checksum = required)");
+        return;
+    }
+    s->st.puts++;
+    uint32_t found = kvt_index_find(&s->idx, ns->seed, &key);
+    if (found != KVT_INDEX_NIL) {
+        s->st.puts_existed++;
+        enum kvt_tier_id t = kvt_tm_tier_of(kvt_index_at(&s->idx, found));
+        put_reply(s, c, op, 1, t == KVT_TIER_NONE ? KVT_TIER_CPU : t);
+        return;
+    }
+    if (s->cfg->quota_objects_share < 1.0 && (double)kvt_ns_tenant_objects(&s->ns, ns) >=
+                                                 s->cfg->quota_objects_share * (double)s->idx.cap) {
+        s->st.quota_rejections++;
+        reply_error(s, c, op, KVT_E_QUOTA,
+                    "tenant stores its share of index.max_objects (quota.objects_share): delete "
+                    "chunks or raise the quota");
+        return;
+    }
+    uint32_t id;
+    if (kvt_tm_index_insert(s, ns->seed, &key, &id)) {
+        s->st.index_full++;
+        reply_error(s, c, op, KVT_E_INDEXFULL, NULL);
+        return;
+    }
+    kvt_index_set_owner(&s->idx, id, (uint16_t)(kvt_ns_slot(ns) + 1));
+    uint64_t off;
+    if (tenant_dram_room(s, ns, len)) {
+        kvt_index_remove(&s->idx, id);
+        s->st.quota_rejections++;
+        reply_error(s, c, op, KVT_E_QUOTA,
+                    "tenant holds its share of the CPU tier (quota.cpu_share) and none of its "
+                    "chunks can be evicted now: retry");
+        return;
+    }
+    rc = kvt_tm_host_alloc(s, len, id, &off);
+    if (rc) {
+        kvt_index_remove(&s->idx, id);
+        if (rc == KVT_E_FULL)
+            s->st.tier_full++;
+        reply_error(s, c, op, rc,
+                    rc == KVT_E_TOOBIG      ? "chunk larger than cpu.page_bytes"
+                    : rc == KVT_E_DIRTYFULL ? "CPU tier full of chunks not yet written to disk "
+                                              "(tier.dirty_full = reject): retry"
+                                            : NULL);
+        return;
+    }
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    kvt_host_set_owner(s->host, off, e->owner);
+    e->host_off = off;
+    e->in_host = 1;
+    e->length = len;
+    e->n_tokens = n_tokens;
+    e->elem_bytes = (uint8_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
+    e->refs = 1; /* the writer: the slot cannot be evicted while it fills */
+    op->entry = id;
+    op->length = len;
+    op->has_checksum = p->checksum != NULL;
+    op->checksum = p->checksum ? p->checksum->value : 0;
+    op->job.dst = kvt_host_ptr(s->host, off);
+    op->job.src = src;
+    op->job.len = len;
+    op->job.want_sum = (uint8_t)op->has_checksum;
+    if (p->inline_data.len) {
+        /* Inline bytes live in the request, which is freed after dispatch: copy now. They are
+         * the daemon's own memory: no guard needed. */
+        kvt_copy_stream(op->job.dst, src, len);
+        op->copy_res = 0;
+        op->sum = op->has_checksum ? kvt_payload_checksum(op->job.dst, len) : 0;
+        kvt__ops_complete(s, op);
+        return;
+    }
+    kvt__server_submit(s, op);
+}
+
+/* ---- Get ---------------------------------------------------------------------------------- */
+
+static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const struct kvt_entry *e, const uint8_t *inline_data)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+    gr.length = e->length;
+    gr.n_tokens = e->n_tokens;
+    gr.tier = op->tier;
+    if (inline_data) {
+        gr.inline_data.data = (uint8_t *)inline_data;
+        gr.inline_data.len = e->length;
+    }
+    resp.result_case = KVTIER__RESPONSE__RESULT_GET;
+    resp.get = &gr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
+{
+    s->st.get_hits++;
+    s->st.get_bytes += e->length;
+    get_reply(s, op->conn, op, e, NULL);
+}
+
+void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
+{
+    if (status == KVT_E_NOTFOUND)
+        s->st.get_misses++;
+    reply_error(s, op->conn, op, status, NULL);
+}
+
+void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    s->st.get_hits++;
+    s->st.get_bytes += e->length;
+    if (op->want_inline) {
+        e->refs--;
+        get_reply(s, op->conn, op, e, kvt_host_ptr(s->host, e->host_off));
+        return;
+    }
+    /* refs stays taken until the copy to the client completes (kvt__ops_complete). */
+    op->length = e->length;
+    op->job.src = kvt_host_ptr(s->host, e->host_off);
+    op->job.len = e->length;
+    kvt__server_submit(s, op);
+}
+
+void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                  const Kvtier__GetReq *g)
+{
+    const struct kvt_ns *ns;
+    struct kvt_key key;
+    char why[160];
+    int rc = resolve_ns(s, c, g->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    if (key_of(g->key, &key)) {
+        reply_error(s, c, op, KVT_E_INVAL, "Get without a key");
+        return;
+    }
+    if (!g->want_inline) {
+        if (!c->arena) {
+            reply_error(s, c, op, KVT_E_NOARENA, NULL);
+            return;
+        }
+        if (!range_ok(c, g->offset, g->capacity)) {
+            s->st.range_errors++;
+            snprintf(why, sizeof(why),
+                     "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64 "-byte arena",
+                     g->offset, g->capacity, c->arena_bytes);
+            reply_error(s, c, op, KVT_E_RANGE, why);
+            return;
+        }
+    }
+    s->st.gets++;
+    uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
+    struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
+    if (tier == KVT_TIER_NONE) {
+        s->st.get_misses++;
+        kvt_host_count(s->host, 0);
+        reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
+        return;
+    }
+    if (g->want_inline ? e->length > s->cfg->inline_max_bytes : e->length > g->capacity) {
+        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+        Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+        gr.length = e->length; /* tells the client how much room it needs */
+        resp.result_case = KVTIER__RESPONSE__RESULT_GET;
+        resp.get = &gr;
+        kvt__server_respond(s, c, op, &resp, g->want_inline ? KVT_E_TOOBIG : KVT_E_SMALLBUF, NULL);
+        return;
+    }
+    if (e->hits < UINT16_MAX)
+        e->hits++;
+    e->referenced = 1;
+    op->tier = tier;
+    op->want_inline = g->want_inline;
+    if (tier == KVT_TIER_DISK) {
+        kvt_host_count(s->host, 0);
+        op->length = e->length;
+        op->job.dst = g->want_inline ? NULL : c->arena + g->offset;
+        rc = kvt_tm_get_from_disk(s, op, id);
+        if (rc)
+            kvt__ops_get_fail(s, op, rc);
+        return;
+    }
+    s->st.get_hits++;
+    s->st.get_bytes += e->length;
+    kvt_host_count(s->host, 1);
+    kvt_host_touch(s->host, e->host_off);
+    if (g->want_inline) {
+        get_reply(s, c, op, e, kvt_host_ptr(s->host, e->host_off));
+        return;
+    }
+    e->refs++;
+    op->entry = id;
+    op->length = e->length;
+    op->job.dst = c->arena + g->offset;
+    op->job.src = kvt_host_ptr(s->host, e->host_off);
+    op->job.len = e->length;
+    kvt__server_submit(s, op);
+}
+
+void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    e->refs--;
+    if (op->kind == KVTIER__REQUEST__OP_PUT) {
+        /* The copied bytes cannot be trusted when the client gave up on this Put (timeout or
+         * exit: it may already reuse its buffer), when its memory vanished mid-copy, or when
+         * they are not the bytes it checksummed: the chunk is dropped, never served. */
+        int status = op->conn->dead                                ? KVT_E_DISCONNECTED
+                     : op->copy_res                                ? op->copy_res
+                     : op->has_checksum && op->sum != op->checksum ? KVT_E_CHECKSUM
+                                                                   : 0;
+        if (status) {
+            if (status == KVT_E_CHECKSUM)
+                s->st.put_checksum_errors++;
+            else if (status == KVT_E_FAULT)
+                s->st.client_memory_faults++;
+            kvt_host_free(s->host, e->host_off);
+            kvt_index_remove(&s->idx, op->entry);
+            reply_error(s, op->conn, op, status,
+                        status == KVT_E_CHECKSUM
+                            ? "the bytes copied from the arena do not match the Put's checksum: "
+                              "the buffer changed during the copy; nothing was stored"
+                            : NULL);
+            return;
+        }
+    } else if (op->copy_res) {
+        s->st.client_memory_faults++;
+        reply_error(s, op->conn, op, op->copy_res,
+                    "the Get's destination in the arena could not be written");
+        return;
+    }
+    if (op->kind == KVTIER__REQUEST__OP_PUT) {
+        e->state = KVT_ENTRY_READY;
+        s->st.put_bytes += op->length;
+        if (!kvt_tm_put_committed(s, op, op->entry))
+            put_reply(s, op->conn, op, 0, KVT_TIER_CPU);
+    } else {
+        get_reply(s, op->conn, op, e, NULL);
+    }
+}
+
+/* ---- completions the tier manager reports ------------------------------------------------- */
+
+/* Each answers its op and queues the connection to resume before the loop sleeps. */
+static void tm_put_done(void *arg, struct kvt_op *op, enum kvt_tier_id tier)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_put_reply(arg, op, tier);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_get_failed(void *arg, struct kvt_op *op, int status)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_get_fail(arg, op, status);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_get_in_dram(void *arg, struct kvt_op *op)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_get_deliver(arg, op);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_get_read_direct(void *arg, struct kvt_op *op, const struct kvt_entry *e)
+{
+    struct kvt_conn *c = op->conn;
+    kvt__ops_get_reply_entry(arg, op, e);
+    kvt__server_after_ops(arg, c);
+}
+
+static void tm_delete_done(void *arg, struct kvt_op *op, const int32_t *status, uint32_t n)
+{
+    struct kvt_conn *c = op->conn;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
+    dr.n_status = n;
+    dr.status = (int32_t *)status;
+    resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
+    resp.del = &dr;
+    kvt__server_respond(arg, c, op, &resp, 0, NULL);
+    kvt__server_after_ops(arg, c);
+}
+
+const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
+    .put_done = tm_put_done,
+    .get_failed = tm_get_failed,
+    .get_in_dram = tm_get_in_dram,
+    .get_read_direct = tm_get_read_direct,
+    .delete_done = tm_delete_done,
+};

@@ -1,0 +1,94 @@
+/*
+ * Key handlers: Lookup (how many leading keys of a list are stored, and in which tier) and Delete
+ * (answered once its tombstones are durable). Both bound the number of keys one request may name.
+ */
+#include "daemon/ops.h"
+
+/* ---- Lookup and Delete -------------------------------------------------------------------- */
+
+void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                     const Kvtier__LookupReq *l)
+{
+    const struct kvt_ns *ns;
+    int rc = resolve_ns(s, c, l->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    /* Static buffers are safe: the loop is single-threaded and packs the response before the
+     * handler returns. */
+    enum { LOOKUP_KEYS_MAX = 65536 };
+    if (l->n_keys > LOOKUP_KEYS_MAX) {
+        reply_error(s, c, op, KVT_E_TOOBIG, "more than 65536 keys in one Lookup");
+        return;
+    }
+    static uint32_t tiers[LOOKUP_KEYS_MAX];
+    size_t hits = 0;
+    for (size_t i = 0; i < l->n_keys; i++) {
+        struct kvt_key key;
+        if (key_of(l->keys[i], &key))
+            break;
+        uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
+        enum kvt_tier_id t =
+            id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(kvt_index_at(&s->idx, id));
+        if (t == KVT_TIER_NONE)
+            break;
+        tiers[hits++] = t;
+    }
+    s->st.lookups++;
+    s->st.lookup_keys += l->n_keys;
+    s->st.lookup_hits += hits;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__LookupResp lr = KVTIER__LOOKUP_RESP__INIT;
+    lr.hits = (uint32_t)hits;
+    lr.n_tiers = hits;
+    lr.tiers = tiers;
+    resp.result_case = KVTIER__RESPONSE__RESULT_LOOKUP;
+    resp.lookup = &lr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                     const Kvtier__DeleteReq *d)
+{
+    const struct kvt_ns *ns;
+    int rc = resolve_ns(s, c, d->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    enum { DELETE_KEYS_MAX = 65536 };
+    if (d->n_keys > DELETE_KEYS_MAX) {
+        reply_error(s, c, op, KVT_E_TOOBIG, "more than 65536 keys in one Delete");
+        return;
+    }
+    /* The statuses live with the tier manager: the answer may wait for the tombstones. */
+    int32_t *status = kvt_tm_delete_begin(s, (uint32_t)d->n_keys);
+    if (!status) {
+        reply_error(s, c, op, KVT_E_BUSY, "too many Deletes waiting for the disk: retry");
+        return;
+    }
+    for (size_t i = 0; i < d->n_keys; i++) {
+        struct kvt_key key;
+        uint32_t id =
+            key_of(d->keys[i], &key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, ns->seed, &key);
+        struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+        if (!e || e->state != KVT_ENTRY_READY) {
+            status[i] = e ? KVT_E_INUSE : KVT_E_NOTFOUND; /* being written: retry */
+        } else {
+            /* In use (being read or written): KVT_E_INUSE, the caller may retry. */
+            status[i] = kvt_tm_delete(s, id);
+            s->st.deletes += status[i] == 0;
+        }
+    }
+    /* Answered once every tombstone it staged is durable, so a crash cannot undo it. */
+    if (kvt_tm_delete_end(s, op, status, (uint32_t)d->n_keys))
+        return;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
+    dr.n_status = d->n_keys;
+    dr.status = status;
+    resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
+    resp.del = &dr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
