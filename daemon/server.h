@@ -4,7 +4,7 @@
  * frames, validates each request completely before changing anything, answers small requests at
  * once and hands large copies to the worker pool, answering when the worker is done.
  *
- * server.c holds the loop, connections and framing; ops.c the request handlers. Both see the
+ * server.c holds the loop, connections and framing; ops*.c the request handlers. Both see the
  * structures below; nothing outside the daemon does.
  */
 #ifndef KVT_DAEMON_SERVER_H
@@ -215,7 +215,7 @@ struct ucred;
 int kvt__server_adopt(struct kvt_server *s, int fd, const struct ucred *cred);
 void kvt_server_destroy(struct kvt_server *s);
 
-/* --- shared between server.c and ops.c --- */
+/* --- shared between server.c and the ops*.c files --- */
 
 /* Handles one unpacked request. Either answers at once (kvt__server_respond) and returns 0, or
  * keeps op in flight and returns 1; it answers later from kvt__server_job_done. */
@@ -225,7 +225,7 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
 void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
 /* Bytes of output to reserve for the response to req. */
 size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
-/* The tier manager's completions, answered by the request handlers (ops.c). */
+/* The tier manager's completions, answered by the request handlers (ops_data.c). */
 extern const struct kvt_tm_callbacks kvt__ops_tm_callbacks;
 /* Answers a Put (op) that the tier manager held until its chunk was durable or not. */
 void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_id tier);

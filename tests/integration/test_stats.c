@@ -92,7 +92,7 @@ static void test_every_stat_once(void **state)
     KVT_DISK_STATS_DEF(KVT_STAT_FULL, DT)
 #define DDH(name, unit, help) EXPECT("disk.", name, KVT_STAT_HISTOGRAM, unit, help)
     KVT_DISK_HISTS(DDH)
-    /* The levels op_stats reads on demand, and one byte count per allocation tag. */
+    /* The levels kvt__ops_stats reads on demand, and one byte count per allocation tag. */
     static const char *const extra[] = {"uptime_ms",         "connections",    "namespaces",
                                         "index_objects",     "index_capacity", "workers",
                                         "log_lines_dropped", "cpu.page_moves"};
