@@ -1,7 +1,9 @@
 /*
- * Unit tests for self-describing disk objects: seal then verify round trip, the exact on-disk
- * byte layout (little-endian fields at fixed offsets), and detection of a flipped bit anywhere in
- * header or payload, of truncation and of inconsistent lengths.
+ * Unit tests for self-describing disk objects, format v2: the header block's byte layout
+ * (little-endian fields at fixed offsets) and metadata frame, the blocked layout's geometry
+ * (layers 4 KiB-aligned, blocks with trailers, the range arithmetic), seal/verify/decode round
+ * trips of both layouts, detection of a flipped bit anywhere in header or body, and refusal of
+ * truncated objects and inconsistent geometry.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,116 +18,249 @@
 #include "tiers/codec.h"
 #include "tiers/disk/object.h"
 
-#define PAYLOAD 1000u
+/* 3 layers of 40 tokens of 64-byte rows: blocks of 16, 16 and 8 tokens. */
+#define LAYERS 3u
+#define TOKENS 40u
+#define ROW 64u
+#define RAW (LAYERS * TOKENS * ROW)
 
-static unsigned char buf[KVT_OBJECT_HEADER_BYTES + PAYLOAD];
+static unsigned char raw[RAW], out[RAW];
+static unsigned char buf[KVT_OBJECT_HEADER_BYTES + LAYERS * 4096u];
 
 static struct kvt_object_meta sample(void)
 {
-    struct kvt_object_meta m = {
-        .ns_seed = 0x1122334455667788ull,
-        .key = {.lo = 0xa1a2a3a4a5a6a7a8ull, .hi = 0xb1b2b3b4b5b6b7b8ull},
-        .n_tokens = 16,
-        .codec = KVT_CODEC_ID(KVT_CODEC_LZ4, 2),
-        .raw_len = 4096,
-        .stored_len = PAYLOAD,
-        .seq = 77,
-    };
+    struct kvt_object_meta m;
+    memset(&m, 0, sizeof(m));
+    m.ns_seed = 0x1122334455667788ull;
+    m.key.lo = 0xa1a2a3a4a5a6a7a8ull;
+    m.key.hi = 0xb1b2b3b4b5b6b7b8ull;
+    m.n_tokens = TOKENS;
+    m.codec = KVT_CODEC_RAW;
+    m.raw_len = RAW;
+    m.seq = 77;
+    m.g.n_layers = LAYERS;
+    m.g.n_kv_heads = 2;
+    m.g.head_dim = 8;
+    m.g.elem_bytes = 2;
+    m.g.dtype = 5;
+    m.g.start_pos = 4096;
     return m;
 }
 
 static void seal_sample(void)
 {
     struct kvt_object_meta m = sample();
-    for (unsigned i = 0; i < PAYLOAD; i++)
-        buf[KVT_OBJECT_HEADER_BYTES + i] = (unsigned char)(i * 7);
+    for (unsigned i = 0; i < RAW; i++)
+        raw[i] = (unsigned char)(i * 7 + (i >> 8));
+    assert_int_equal(kvt_object_layout(&m), 0);
+    kvt_object_put_rows(buf + KVT_OBJECT_HEADER_BYTES, &m, raw);
     kvt_object_seal(buf, &m);
-}
-
-static void test_roundtrip(void **state)
-{
-    (void)state;
-    struct kvt_object_meta in = sample(), out;
-
-    seal_sample();
-    memset(&out, 0, sizeof(out));
-    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &out), 0);
-    assert_memory_equal(&in, &out, sizeof(in));
-    memset(&out, 0, sizeof(out));
-    assert_int_equal(kvt_object_parse_header(buf, &out), 0);
-    assert_int_equal(out.seq, 77);
 }
 
 static void test_layout(void **state)
 {
     (void)state;
+    struct kvt_object_meta m = sample();
+    uint64_t off, len;
+    const void *v;
+    uint16_t vlen;
+
+    assert_int_equal(kvt_object_layout(&m), 0);
+    assert_int_equal(m.row_bytes, ROW);
+    assert_int_equal(m.g.block_tokens, KVT_OBJECT_BLOCK_TOKENS);
+    assert_int_equal(m.layer_stride, 4096);
+    assert_int_equal(m.stored_len, LAYERS * 4096u);
+    assert_int_equal(kvt_object_layer_blocks(&m), 3);
+    /* Tokens 20..35 of layer 2: blocks 1 and 2, 1032 + 520 bytes with trailers. */
+    kvt_object_range(&m, 2, 20, 16, &off, &len);
+    assert_int_equal(off, 2 * 4096 + 1032);
+    assert_int_equal(len, 1032 + 520);
+
     seal_sample();
     assert_memory_equal(buf, "KVTO", 4);
-    assert_int_equal(buf[4], 1);
-    assert_int_equal(buf[6], 128);
-    assert_int_equal(buf[8], 0x21);
-    assert_int_equal(buf[12], 16);
+    assert_int_equal(buf[4], 2);
+    assert_int_equal(buf[6] | buf[7] << 8, 4096);
+    assert_int_equal(buf[8], 0);
+    assert_int_equal(buf[12], TOKENS);
     assert_int_equal(buf[16], 0x88);
-    assert_int_equal(buf[23], 0x11);
     assert_int_equal(buf[24], 0xa8);
     assert_int_equal(buf[39], 0xb1);
-    assert_int_equal(buf[41], 0x10); /* raw 4096 */
-    assert_int_equal(buf[48], PAYLOAD & 0xff);
     assert_int_equal(buf[56], 77);
-    for (unsigned i = 64; i < 112; i++)
-        assert_int_equal(buf[i], 0);
+    assert_int_equal(buf[64], LAYERS);
+    assert_int_equal(buf[68], 2);
+    assert_int_equal(buf[72], 8);
+    assert_int_equal(buf[76], 2);
+    assert_int_equal(buf[78], 5);
+    assert_int_equal(buf[80], 16);
+    assert_int_equal(buf[84], ROW);
+    assert_int_equal(buf[89], 0x10); /* start_pos 4096 */
+    assert_int_equal(buf[105], 2);   /* metadata frame at 512 */
+    assert_memory_equal(buf + 512, "KVTM", 4);
+    assert_int_equal(kvt_object_meta_find(buf, KVT_OBJECT_META_VERSION_INFO, &v, &vlen), 0);
+    assert_non_null(strstr((const char *)v, "format 2"));
+    assert_int_equal(kvt_object_meta_find(buf, 999, &v, &vlen), KVT_E_NOTFOUND);
+    /* Layer 1 starts 4 KiB-aligned in the body with token 0's row. */
+    assert_memory_equal(buf + KVT_OBJECT_HEADER_BYTES + 4096, raw + TOKENS * ROW, ROW);
+
+    /* Unknown geometry: one layer; one opaque block when the rows do not divide. */
+    m = sample();
+    memset(&m.g, 0, sizeof(m.g));
+    m.raw_len = 1001;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    assert_int_equal(m.g.n_layers, 1);
+    assert_int_equal(m.row_bytes, 0);
+    assert_int_equal(m.stored_len, 4096);
+    /* A shape that does not describe the rows, or layers that do not divide, is refused. */
+    m = sample();
+    m.g.head_dim = 16;
+    assert_int_equal(kvt_object_layout(&m), KVT_E_INVAL);
+    m = sample();
+    m.raw_len = RAW - 1;
+    assert_int_equal(kvt_object_layout(&m), KVT_E_INVAL);
 }
 
-/* Every single-bit flip must be caught: in the header by either check, in the payload by the
- * object checksum (while the header alone still parses). */
+static void test_roundtrip_blocked_and_ranges(void **state)
+{
+    (void)state;
+    struct kvt_object_meta in = sample(), m;
+    uint64_t off, len;
+
+    seal_sample();
+    assert_int_equal(kvt_object_layout(&in), 0);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &m), 0);
+    assert_memory_equal(&in, &m, sizeof(in));
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode(NULL, buf, sizeof(buf), out, sizeof(out), &m), 0);
+    assert_memory_equal(out, raw, RAW);
+    /* Every range of every layer, from only the bytes kvt_object_range names. */
+    for (uint32_t l = 0; l < LAYERS; l++) {
+        for (uint32_t t0 = 0; t0 < TOKENS; t0 += 3) {
+            for (uint32_t n = 1; t0 + n <= TOKENS; n += 5) {
+                kvt_object_range(&in, l, t0, n, &off, &len);
+                memset(out, 0, sizeof(out));
+                assert_int_equal(kvt_object_get_rows(buf + KVT_OBJECT_HEADER_BYTES + off, off,
+                                                     (size_t)len, &in, l, l + 1, t0, n, out),
+                                 0);
+                assert_memory_equal(out, raw + ((size_t)l * TOKENS + t0) * ROW, n * ROW);
+                /* One byte short of the covering blocks is refused, not read past. */
+                assert_int_equal(kvt_object_get_rows(buf + KVT_OBJECT_HEADER_BYTES + off, off,
+                                                     (size_t)len - 1, &in, l, l + 1, t0, n, out),
+                                 KVT_E_CORRUPT);
+            }
+        }
+    }
+    /* The same bytes under another sequence number (a reused extent) never verify. */
+    in.seq = 78;
+    kvt_object_range(&in, 0, 0, 16, &off, &len);
+    assert_int_equal(
+        kvt_object_get_rows(buf + KVT_OBJECT_HEADER_BYTES, 0, (size_t)len, &in, 0, 1, 0, 16, out),
+        KVT_E_CORRUPT);
+}
+
+static void test_roundtrip_packed(void **state)
+{
+    (void)state;
+    struct kvt_codec_config cfg;
+    struct kvt_codec *c = NULL;
+    struct kvt_object_meta m = sample(), got;
+    size_t stored = 0;
+    uint32_t id = 0;
+
+    memset(raw, 3, sizeof(raw));
+    kvt_codec_config_init(&cfg);
+    assert_int_equal(kvt_codec_create(&cfg, &c), 0);
+    assert_int_equal(kvt_codec_encode(c, raw, RAW, 2, buf + KVT_OBJECT_HEADER_BYTES,
+                                      sizeof(buf) - KVT_OBJECT_HEADER_BYTES, &stored, &id),
+                     0);
+    assert_true(id != KVT_CODEC_RAW);
+    m.codec = id;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    m.stored_len = stored;
+    kvt_object_seal(buf, &m);
+    assert_int_equal(kvt_object_verify(buf, KVT_OBJECT_HEADER_BYTES + stored, &got), 0);
+    assert_int_equal(got.stored_len, stored);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(
+        kvt_object_decode(c, buf, KVT_OBJECT_HEADER_BYTES + stored, out, sizeof(out), &got), 0);
+    assert_memory_equal(out, raw, RAW);
+    assert_int_equal(
+        kvt_object_decode(c, buf, KVT_OBJECT_HEADER_BYTES + stored, out, RAW - 1, &got),
+        KVT_E_SMALLBUF);
+    buf[KVT_OBJECT_HEADER_BYTES + stored / 2] ^= 1;
+    assert_int_equal(kvt_object_verify(buf, KVT_OBJECT_HEADER_BYTES + stored, &got), KVT_E_CORRUPT);
+    assert_int_equal(
+        kvt_object_decode(c, buf, KVT_OBJECT_HEADER_BYTES + stored, out, sizeof(out), &got),
+        KVT_E_CORRUPT);
+    kvt_codec_destroy(c);
+}
+
+/* Every single-bit flip must be caught: in the header block by the header check, in the body by
+ * the block's trailer (while the header alone still parses), in a trailer by itself. */
 static void test_every_bit_flip_detected(void **state)
 {
     (void)state;
-    struct kvt_object_meta out;
+    struct kvt_object_meta out_m;
+    size_t used = KVT_OBJECT_HEADER_BYTES + 2 * 4096u + TOKENS * ROW + 3 * 8;
 
     seal_sample();
-    for (size_t byte = 0; byte < sizeof(buf); byte += 3) {
+    for (size_t byte = 0; byte < used; byte += 5) {
+        /* Padding after a layer's last trailer is not data: skip it. */
+        size_t in_layer =
+            byte >= KVT_OBJECT_HEADER_BYTES ? (byte - KVT_OBJECT_HEADER_BYTES) % 4096 : 0;
+        if (byte >= KVT_OBJECT_HEADER_BYTES && in_layer >= TOKENS * ROW + 3 * 8)
+            continue;
         for (int bit = 0; bit < 8; bit += 3) {
             buf[byte] ^= (unsigned char)(1u << bit);
-            assert_int_equal(kvt_object_verify(buf, sizeof(buf), &out), KVT_E_CORRUPT);
+            assert_int_equal(kvt_object_verify(buf, sizeof(buf), &out_m), KVT_E_CORRUPT);
+            assert_int_equal(kvt_object_decode(NULL, buf, sizeof(buf), out, sizeof(out), &out_m),
+                             KVT_E_CORRUPT);
             if (byte >= KVT_OBJECT_HEADER_BYTES)
-                assert_int_equal(kvt_object_parse_header(buf, &out), 0);
+                assert_int_equal(kvt_object_parse_header(buf, &out_m), 0);
             buf[byte] ^= (unsigned char)(1u << bit);
         }
     }
-    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &out), 0);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &out_m), 0);
 }
 
 static void test_truncation_and_lengths(void **state)
 {
     (void)state;
-    struct kvt_object_meta m = sample(), out;
+    struct kvt_object_meta m = sample(), out_m;
 
     seal_sample();
-    assert_int_equal(kvt_object_verify(buf, sizeof(buf) - 1, &out), KVT_E_CORRUPT);
-    assert_int_equal(kvt_object_verify(buf, 100, &out), KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf) - 1, &out_m), KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_verify(buf, 100, &out_m), KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_decode(NULL, buf, sizeof(buf), out, RAW - 1, &out_m),
+                     KVT_E_SMALLBUF);
 
-    /* A stored length larger than the raw length is refused even with valid checks. */
-    m.raw_len = PAYLOAD - 1;
+    /* A sealed header whose lengths disagree with its geometry is refused. */
+    assert_int_equal(kvt_object_layout(&m), 0);
+    m.stored_len += 4096;
     kvt_object_seal(buf, &m);
-    assert_int_equal(kvt_object_parse_header(buf, &out), KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_parse_header(buf, &out_m), KVT_E_CORRUPT);
     m = sample();
-    m.codec = KVT_CODEC_RAW;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    m.codec = KVT_CODEC_ID(KVT_CODEC_LZ4, 2);
+    m.stored_len = RAW + 1; /* a codec never expands */
     kvt_object_seal(buf, &m);
-    assert_int_equal(kvt_object_parse_header(buf, &out), KVT_E_CORRUPT);
-    m.raw_len = PAYLOAD;
+    assert_int_equal(kvt_object_parse_header(buf, &out_m), KVT_E_CORRUPT);
+    m = sample();
+    assert_int_equal(kvt_object_layout(&m), 0);
     kvt_object_seal(buf, &m);
-    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &out), 0);
+    assert_int_equal(kvt_object_parse_header(buf, &out_m), 0);
+    buf[4] = 1; /* a v1 header is not read */
+    assert_int_equal(kvt_object_parse_header(buf, &out_m), KVT_E_CORRUPT);
 
     memset(buf, 0, KVT_OBJECT_HEADER_BYTES);
-    assert_int_equal(kvt_object_parse_header(buf, &out), KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_parse_header(buf, &out_m), KVT_E_CORRUPT);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_roundtrip_blocked_and_ranges),
+        cmocka_unit_test(test_roundtrip_packed),
         cmocka_unit_test(test_every_bit_flip_detected),
         cmocka_unit_test(test_truncation_and_lengths),
     };

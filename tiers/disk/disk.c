@@ -8,9 +8,11 @@
  * restart reads one checkpoint plus a bounded journal and validates the header of each object
  * written after the checkpoint.
  *
- * Every operation owns one staging slot in a registered buffer for its whole life (encode, I/O,
- * verify, decode), so the data path never allocates and the number of operations in flight is
- * bounded by min(slots, queue_depth).
+ * Every operation owns a run of 4 KiB staging pages in one registered buffer for its whole life
+ * (encode, I/O, verify, decode), sized by what it transfers: a whole object takes its extent's
+ * size, a range read only the covering blocks. The pages come from a first-fit allocator over the
+ * buffer (the extent allocator again), so the data path never allocates, and operations in flight
+ * are bounded by queue_depth and by the pages free.
  */
 #include "common/alloc.h"
 #include "tiers/disk/disk.h"
@@ -55,15 +57,16 @@
 /* Tombstones staged per group commit; past it kvt_disk_remove answers KVT_E_BUSY. */
 #define DELS_PER_COMMIT 4096u
 /* Journal and checkpoint records. */
-#define REC_BYTES 88u
+#define REC_BYTES 96u
 #define REC_MAGIC 0x4a54564bu /* "KVTJ" */
 #define REC_PUT 1u
 #define REC_DEL 2u
 #define CKPT_MAGIC 0x4354564bu /* "KVTC" */
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u
 #define CKPT_HEADER_BYTES 64u
 #define SB_MAGIC 0x5354564bu /* "KVTS" */
-#define SB_VERSION 1u
+/* Version 2: objects in format v2 (object.h). A v1 store is refused at start (see superblocks). */
+#define SB_VERSION 2u
 /* Journal bytes read per pread during recovery. */
 #define RECOVERY_READ_BYTES (1u << 20)
 #define UD_OP 1u
@@ -73,6 +76,9 @@ struct ient {
     uint64_t ns_seed, key_lo, key_hi, seq;
     uint64_t raw_len, stored_len, start;
     uint32_t blocks, n_tokens;
+    uint32_t row_bytes; /* geometry of the blocked layout, for range reads */
+    uint16_t n_layers;  /* without reading the header */
+    uint16_t block_tokens;
     uint16_t codec;
     uint8_t file;
     uint8_t used;    /* slot in use */
@@ -86,8 +92,13 @@ enum op_state { ST_FREE = 0, ST_RESERVED, ST_INFLIGHT, ST_READY, ST_COMMITTING, 
 
 struct op {
     uint8_t kind, state, file;
+    uint8_t range; /* a range read: rows [t0, t0 + n_rows) of one layer */
     uint32_t next;
     uint32_t codec, n_tokens, blocks;
+    uint32_t sp_start, sp_pages; /* staging pages */
+    uint64_t io_off, io_bytes;   /* the transfer, relative to the extent */
+    uint32_t layer, t0, n_rows;
+    struct kvt_object_meta m; /* writes: the layout; range reads: the layout from the index */
     struct kvt_obj_id id;
     uint64_t start, seq, raw_len, stored_len;
     void *dst;
@@ -127,10 +138,10 @@ struct kvt_disk {
     int ring_ready;
     struct kvt_codec *codec;
 
-    unsigned char *staging; /* n_slots * slot_bytes, registered as buffer 0 */
+    unsigned char *staging; /* registered as buffer 0 */
     size_t staging_bytes;
-    size_t slot_bytes;
-    struct op *ops; /* one per slot */
+    struct kvt_extent *sp; /* staging pages */
+    struct op *ops;        /* queue_depth */
     uint32_t n_ops;
     uint32_t *free_ops;
     uint32_t n_free_ops;
@@ -356,6 +367,7 @@ static void ient_info(const struct ient *e, struct kvt_disk_obj_info *out)
 
 struct rec {
     uint32_t type, codec, gen, n_tokens, blocks;
+    uint32_t n_layers, block_tokens, row_bytes;
     uint8_t file;
     uint64_t seq, ns_seed, key_lo, key_hi, start, raw_len, stored_len;
 };
@@ -377,12 +389,15 @@ static void rec_encode(unsigned char *p, const struct rec *r)
     put_le(p + 56, r->blocks, 4);
     put_le(p + 64, r->raw_len, 8);
     put_le(p + 72, r->stored_len, 8);
-    put_le(p + 80, XXH3_64bits(p, 80), 8);
+    put_le(p + 80, r->n_layers, 2);
+    put_le(p + 82, r->block_tokens, 2);
+    put_le(p + 84, r->row_bytes, 4);
+    put_le(p + 88, XXH3_64bits(p, 88), 8);
 }
 
 static int rec_decode(const unsigned char *p, struct rec *r)
 {
-    if (get_le(p, 4) != REC_MAGIC || get_le(p + 80, 8) != XXH3_64bits(p, 80))
+    if (get_le(p, 4) != REC_MAGIC || get_le(p + 88, 8) != XXH3_64bits(p, 88))
         return KVT_E_CORRUPT;
     r->type = (uint32_t)get_le(p + 4, 1);
     r->file = (uint8_t)get_le(p + 5, 1);
@@ -397,6 +412,9 @@ static int rec_decode(const unsigned char *p, struct rec *r)
     r->blocks = (uint32_t)get_le(p + 56, 4);
     r->raw_len = get_le(p + 64, 8);
     r->stored_len = get_le(p + 72, 8);
+    r->n_layers = (uint32_t)get_le(p + 80, 2);
+    r->block_tokens = (uint32_t)get_le(p + 82, 2);
+    r->row_bytes = (uint32_t)get_le(p + 84, 4);
     if (r->type != REC_PUT && r->type != REC_DEL)
         return KVT_E_CORRUPT;
     return 0;
@@ -418,6 +436,9 @@ static void rec_from_ient(const struct ient *e, uint32_t type, uint32_t gen, str
     r->blocks = e->blocks;
     r->raw_len = e->raw_len;
     r->stored_len = e->stored_len;
+    r->n_layers = e->n_layers;
+    r->block_tokens = e->block_tokens;
+    r->row_bytes = e->row_bytes;
 }
 
 static void jstage_rec(struct kvt_disk *d, const struct rec *r)
@@ -462,24 +483,29 @@ static void olist_splice(struct kvt_disk *d, struct olist *dst, struct olist *sr
 
 static unsigned char *slot_of(struct kvt_disk *d, uint32_t i)
 {
-    return d->staging + (size_t)i * d->slot_bytes;
+    return d->staging + (size_t)d->ops[i].sp_start * BLOCK;
 }
 
-static uint32_t op_get(struct kvt_disk *d)
+/* Takes an op and bytes of staging (rounded up to pages); OP_NONE when either is exhausted. */
+static uint32_t op_get(struct kvt_disk *d, uint64_t bytes)
 {
+    uint64_t pages = blocks_for(bytes ? bytes : 1), start = 0;
     uint32_t i;
 
-    if (d->n_free_ops == 0)
+    if (d->n_free_ops == 0 || kvt_extent_alloc(d->sp, pages, &start) != 0)
         return OP_NONE;
     i = d->free_ops[--d->n_free_ops];
     memset(&d->ops[i], 0, sizeof(d->ops[i]));
     d->ops[i].next = OP_NONE;
+    d->ops[i].sp_start = (uint32_t)start;
+    d->ops[i].sp_pages = (uint32_t)pages;
     d->inflight++;
     return i;
 }
 
 static void op_put(struct kvt_disk *d, uint32_t i)
 {
+    kvt_extent_free(d->sp, d->ops[i].sp_start, d->ops[i].sp_pages);
     d->ops[i].state = ST_FREE;
     d->free_ops[d->n_free_ops++] = i;
     d->inflight--;
@@ -592,6 +618,14 @@ static void count_io_error(struct kvt_disk *d)
 int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
                            uint32_t n_tokens, struct kvt_disk_wslot *ws)
 {
+    return kvt_disk_write_reserve_geom(d, id, len, n_tokens, NULL, ws);
+}
+
+int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
+                                uint32_t n_tokens, const struct kvt_disk_geom *geom,
+                                struct kvt_disk_wslot *ws)
+{
+    struct kvt_object_meta m;
     struct ient *e;
     struct op *o;
     uint32_t i;
@@ -602,10 +636,23 @@ int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size
         return KVT_E_TIERFAILED;
     if (len > d->cfg.object_bytes_max)
         return KVT_E_TOOBIG;
+    memset(&m, 0, sizeof(m));
+    m.ns_seed = id->ns_seed;
+    m.key = id->key;
+    m.n_tokens = n_tokens;
+    m.raw_len = len;
+    m.codec = KVT_CODEC_RAW;
+    if (geom)
+        m.g = geom->g;
+    if (kvt_object_layout(&m) != 0)
+        return KVT_E_INVAL;
+    /* The blocked layout is the largest form (a packed body is at most raw_len bytes). */
+    if (kvt_object_bytes(&m) > d->staging_bytes)
+        return KVT_E_TOOBIG;
     e = index_find(d, id);
     if (e && e->raw_len == len)
         return KVT_E_EXISTS;
-    i = op_get(d);
+    i = op_get(d, kvt_object_bytes(&m));
     if (i == OP_NONE) {
         d->st.busy_rejects++;
         return KVT_E_BUSY;
@@ -619,11 +666,14 @@ int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size
     /* The sequence number is taken now, in call order on the owner thread, so it orders
      * writes of the same key however long their encoding takes. */
     o->seq = d->next_seq++;
+    m.seq = o->seq;
     d->reserved++;
     memset(ws, 0, sizeof(*ws));
     ws->handle = i;
     ws->buf = slot_of(d, i);
-    ws->cap = d->slot_bytes;
+    ws->cap = (size_t)o->sp_pages * BLOCK;
+    ws->m = m;
+    ws->sparse = geom ? geom->sparse : 0;
     ws->id = *id;
     ws->n_tokens = n_tokens;
     ws->raw_len = len;
@@ -635,30 +685,38 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
                     uint32_t elem_bytes)
 {
     unsigned char *slot = ws->buf;
-    struct kvt_object_meta m;
+    struct kvt_object_meta m = ws->m;
     size_t stored = 0, total;
-    uint32_t id = 0;
+    uint32_t id = KVT_CODEC_RAW;
     int rc;
 
     if (!codec || (!src && ws->raw_len))
         return KVT_E_INVAL;
-    rc = kvt_codec_encode(codec, src, ws->raw_len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
-                          ws->cap - KVT_OBJECT_HEADER_BYTES, &stored, &id);
-    if (rc)
-        return rc;
-    m = (struct kvt_object_meta){.ns_seed = ws->id.ns_seed,
-                                 .key = ws->id.key,
-                                 .n_tokens = ws->n_tokens,
-                                 .codec = id,
-                                 .raw_len = ws->raw_len,
-                                 .stored_len = stored,
-                                 .seq = ws->seq};
+    /* Compression applies to the whole object and only when it pays (the codec's min_saving);
+     * a sparse namespace never compresses, so that every object of it stays range-readable. */
+    if (!ws->sparse && ws->raw_len > 0) {
+        rc = kvt_codec_encode(codec, src, ws->raw_len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
+                              ws->cap - KVT_OBJECT_HEADER_BYTES, &stored, &id);
+        if (rc)
+            return rc;
+    }
+    if (id == KVT_CODEC_RAW) {
+        m.codec = KVT_CODEC_RAW;
+        rc = kvt_object_layout(&m);
+        if (rc)
+            return rc;
+        kvt_object_put_rows(slot + KVT_OBJECT_HEADER_BYTES, &m, src);
+    } else {
+        m.codec = id;
+        m.stored_len = stored;
+    }
     /* Zero the tail of the last block so no stale staging bytes reach the disk. */
-    total = (size_t)blocks_for(KVT_OBJECT_HEADER_BYTES + stored) * BLOCK;
-    memset(slot + KVT_OBJECT_HEADER_BYTES + stored, 0, total - KVT_OBJECT_HEADER_BYTES - stored);
+    total = (size_t)blocks_for(kvt_object_bytes(&m)) * BLOCK;
+    memset(slot + kvt_object_bytes(&m), 0, total - (size_t)kvt_object_bytes(&m));
     kvt_object_seal(slot, &m);
-    ws->stored_len = stored;
-    ws->codec = id;
+    ws->m = m;
+    ws->stored_len = (size_t)m.stored_len;
+    ws->codec = m.codec;
     ws->sealed = 1;
     return 0;
 }
@@ -691,7 +749,9 @@ int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tie
         rc = KVT_E_TIERFAILED;
         goto err_cancel;
     }
-    o->blocks = (uint32_t)blocks_for(KVT_OBJECT_HEADER_BYTES + ws->stored_len);
+    o->blocks = (uint32_t)blocks_for(kvt_object_bytes(&ws->m));
+    o->m = ws->m;
+    o->io_bytes = (uint64_t)o->blocks * BLOCK;
     rc = extent_alloc(d, o->blocks, &o->file, &o->start);
     if (rc) {
         d->st.full_rejects++;
@@ -724,12 +784,19 @@ err_cancel:
 int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
                    uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg)
 {
+    return kvt_disk_write_geom(d, id, buf, len, n_tokens, NULL, elem_bytes, done, arg);
+}
+
+int kvt_disk_write_geom(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf,
+                        size_t len, uint32_t n_tokens, const struct kvt_disk_geom *geom,
+                        uint32_t elem_bytes, kvt_tier_done_fn done, void *arg)
+{
     struct kvt_disk_wslot ws;
     int rc;
 
     if (!d || !id || (!buf && len) || !done)
         return KVT_E_INVAL;
-    rc = kvt_disk_write_reserve(d, id, len, n_tokens, &ws);
+    rc = kvt_disk_write_reserve_geom(d, id, len, n_tokens, geom, &ws);
     if (rc)
         return rc;
     rc = kvt_disk_encode(d->codec, &ws, buf, elem_bytes);
@@ -740,12 +807,37 @@ int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *
     return kvt_disk_write_submit(d, &ws, done, arg);
 }
 
+/* Submits the read of bytes [off, off + bytes) of e's extent into op i's staging pages. */
+static void read_go(struct kvt_disk *d, uint32_t i, const struct ient *e, uint64_t off,
+                    uint64_t bytes)
+{
+    struct op *o = &d->ops[i];
+    struct io_uring_sqe *sqe;
+
+    o->state = ST_INFLIGHT;
+    o->file = e->file;
+    o->start = e->start;
+    o->blocks = e->blocks;
+    o->seq = e->seq;
+    o->raw_len = e->raw_len;
+    o->io_off = off;
+    o->io_bytes = bytes;
+    sqe = get_sqe(d);
+    io_uring_prep_read_fixed(sqe, o->file, slot_of(d, i), (unsigned)bytes, o->start * BLOCK + off,
+                             0);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
+    o->submit_ns = kvt_now_ns();
+    d->st.reads++;
+    d->st.bytes_read += bytes;
+    submit(d);
+}
+
 static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
                        kvt_tier_done_fn done, kvt_disk_lent_fn lent_done, void *arg)
 {
     struct ient *e;
     struct op *o;
-    struct io_uring_sqe *sqe;
     uint32_t i;
 
     if (d->failed)
@@ -757,32 +849,95 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
     }
     if (done && cap < e->raw_len)
         return KVT_E_SMALLBUF;
-    i = op_get(d);
+    i = op_get(d, (uint64_t)e->blocks * BLOCK);
     if (i == OP_NONE) {
         d->st.busy_rejects++;
         return KVT_E_BUSY;
     }
     o = &d->ops[i];
     o->kind = OP_READ;
-    o->state = ST_INFLIGHT;
     o->id = *id;
-    o->file = e->file;
-    o->start = e->start;
-    o->blocks = e->blocks;
-    o->seq = e->seq;
-    o->raw_len = e->raw_len;
     o->dst = dst;
     o->cap = cap;
     o->done = done;
     o->lent_done = lent_done;
     o->arg = arg;
-    sqe = get_sqe(d);
-    io_uring_prep_read_fixed(sqe, o->file, slot_of(d, i), o->blocks * BLOCK, o->start * BLOCK, 0);
-    sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
-    o->submit_ns = kvt_now_ns();
-    d->st.reads++;
-    submit(d);
+    read_go(d, i, e, 0, (uint64_t)e->blocks * BLOCK);
+    return 0;
+}
+
+/* The layout of e's blocked body as the index knows it (no header read). */
+static void ient_meta(const struct ient *e, const struct kvt_obj_id *id, struct kvt_object_meta *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->ns_seed = id->ns_seed;
+    m->key = id->key;
+    m->n_tokens = e->n_tokens;
+    m->raw_len = e->raw_len;
+    m->seq = e->seq;
+    m->codec = e->codec;
+    m->stored_len = e->stored_len;
+    m->g.n_layers = e->n_layers;
+    m->g.block_tokens = e->block_tokens;
+    (void)kvt_object_layout(m);
+}
+
+int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                        uint32_t token_first, uint32_t n_tokens, void *dst, size_t cap,
+                        kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_object_meta m;
+    uint64_t off = 0, len = 0, a0, a1, need;
+    struct ient *e;
+    struct op *o;
+    uint32_t i;
+
+    if (!d || !id || !done || !dst || n_tokens == 0)
+        return KVT_E_INVAL;
+    if (d->failed)
+        return KVT_E_TIERFAILED;
+    e = index_find(d, id);
+    if (!e) {
+        d->st.tier.misses++;
+        return KVT_E_NOTFOUND;
+    }
+    if (e->row_bytes == 0 || layer >= e->n_layers || token_first > e->n_tokens ||
+        n_tokens > e->n_tokens - token_first)
+        return KVT_E_INVAL;
+    if (cap < (uint64_t)n_tokens * e->row_bytes)
+        return KVT_E_SMALLBUF;
+    ient_meta(e, id, &m);
+    if (e->codec == KVT_CODEC_RAW) {
+        /* Only the covering blocks and their trailers, rounded out to whole 4 KiB pages. */
+        kvt_object_range(&m, layer, token_first, n_tokens, &off, &len);
+        a0 = (KVT_OBJECT_HEADER_BYTES + off) / BLOCK * BLOCK;
+        a1 = blocks_for(KVT_OBJECT_HEADER_BYTES + off + len) * BLOCK;
+        need = a1 - a0;
+    } else {
+        /* A packed object is read whole and decoded behind itself in the same staging run. */
+        a0 = 0;
+        a1 = (uint64_t)e->blocks * BLOCK;
+        need = a1 + e->raw_len;
+    }
+    i = op_get(d, need);
+    if (i == OP_NONE) {
+        d->st.busy_rejects++;
+        return KVT_E_BUSY;
+    }
+    o = &d->ops[i];
+    o->kind = OP_READ;
+    o->range = 1;
+    o->m = m;
+    o->layer = layer;
+    o->t0 = token_first;
+    o->n_rows = n_tokens;
+    o->id = *id;
+    o->dst = dst;
+    o->cap = cap;
+    o->done = done;
+    o->arg = arg;
+    d->st.range_reads++;
+    read_go(d, i, e, a0, a1 - a0);
     return 0;
 }
 
@@ -819,10 +974,8 @@ int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, v
         return KVT_E_INVAL;
     if (cap < lent->raw_len)
         return KVT_E_SMALLBUF;
-    if (kvt_object_verify(p, lent->bytes, &m) != 0 ||
-        !object_matches(&m, &lent->id, lent->seq, lent->raw_len) ||
-        kvt_codec_decode(codec, m.codec, p + KVT_OBJECT_HEADER_BYTES, m.stored_len, dst,
-                         m.raw_len) != 0)
+    if (kvt_object_decode(codec, p, lent->bytes, dst, cap, &m) != 0 ||
+        !object_matches(&m, &lent->id, lent->seq, lent->raw_len))
         return KVT_E_CORRUPT;
     return 0;
 }
@@ -1006,6 +1159,9 @@ static void start_commit(struct kvt_disk *d)
         r.blocks = o->blocks;
         r.raw_len = o->raw_len;
         r.stored_len = o->stored_len;
+        r.n_layers = o->m.g.n_layers;
+        r.block_tokens = o->m.g.block_tokens;
+        r.row_bytes = o->m.row_bytes;
         jstage_rec(d, &r);
         files_mask |= 1u << o->file;
         o->state = ST_COMMITTING;
@@ -1092,6 +1248,9 @@ static void finish_commit(struct kvt_disk *d)
             e->n_tokens = o->n_tokens;
             e->raw_len = o->raw_len;
             e->stored_len = o->stored_len;
+            e->n_layers = (uint16_t)o->m.g.n_layers;
+            e->block_tokens = (uint16_t)o->m.g.block_tokens;
+            e->row_bytes = o->m.row_bytes;
             d->st.tier.bytes_used += (uint64_t)o->blocks * BLOCK;
             d->st.tier.demotions++;
         }
@@ -1123,6 +1282,37 @@ static void drop_corrupt(struct kvt_disk *d, struct op *o)
     }
 }
 
+/* A range read landed: verify every covering block (a packed object: the whole object) and copy
+ * the rows asked for. Any failure drops the object and answers KVT_E_CORRUPT: never wrong bytes. */
+static void range_done(struct kvt_disk *d, uint32_t i, unsigned char *slot, size_t got)
+{
+    struct op *o = &d->ops[i];
+    const struct kvt_object_meta *m = &o->m;
+    uint64_t want = (uint64_t)o->n_rows * m->row_bytes;
+    struct kvt_object_meta h;
+    int rc;
+
+    if (m->codec == KVT_CODEC_RAW) {
+        rc = kvt_object_get_rows(slot, o->io_off - KVT_OBJECT_HEADER_BYTES, got, m, o->layer,
+                                 o->layer + 1, o->t0, o->n_rows, o->dst);
+    } else {
+        unsigned char *raw = slot + o->io_bytes;
+        rc = kvt_object_decode(d->codec, slot, got, raw, (size_t)o->raw_len, &h);
+        if (rc == 0 && !object_matches(&h, &o->id, o->seq, o->raw_len))
+            rc = KVT_E_CORRUPT;
+        if (rc == 0)
+            memcpy(o->dst, raw + ((uint64_t)o->layer * m->n_tokens + o->t0) * m->row_bytes,
+                   (size_t)want);
+    }
+    if (rc) {
+        drop_corrupt(d, o);
+        op_finish(d, i, KVT_E_CORRUPT);
+        return;
+    }
+    d->st.tier.hits++;
+    op_finish(d, i, (int)want);
+}
+
 static void read_done(struct kvt_disk *d, uint32_t i, int res)
 {
     struct op *o = &d->ops[i];
@@ -1139,10 +1329,12 @@ static void read_done(struct kvt_disk *d, uint32_t i, int res)
         op_finish(d, i, res);
         return;
     }
-    if (kvt_object_verify(slot, (size_t)res, &m) != 0 ||
-        !object_matches(&m, &o->id, o->seq, o->raw_len) ||
-        kvt_codec_decode(d->codec, m.codec, slot + KVT_OBJECT_HEADER_BYTES, m.stored_len, o->dst,
-                         m.raw_len) != 0) {
+    if (o->range) {
+        range_done(d, i, slot, (size_t)res);
+        return;
+    }
+    if (kvt_object_decode(d->codec, slot, (size_t)res, o->dst, o->cap, &m) != 0 ||
+        !object_matches(&m, &o->id, o->seq, o->raw_len)) {
         drop_corrupt(d, o);
         op_finish(d, i, KVT_E_NOTFOUND);
         return;
@@ -1187,7 +1379,7 @@ static void handle_cqe(struct kvt_disk *d, uint64_t ud, int res)
     kvt_hist_observe_since_ns(d->ops[i].kind == OP_READ ? &d->st.read_latency_us
                                                         : &d->st.write_latency_us,
                               d->ops[i].submit_ns);
-    if (res >= 0 && (uint64_t)res != (uint64_t)d->ops[i].blocks * BLOCK) {
+    if (res >= 0 && (uint64_t)res != d->ops[i].io_bytes) {
         /* A short transfer on a preallocated extent means the device misbehaved. */
         count_io_error(d);
         res = -EIO;
@@ -1598,6 +1790,25 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
     return 0;
 }
 
+/* A PUT record's geometry must give exactly its lengths, or range reads would miss their blocks. */
+static int rec_layout_ok(const struct rec *r)
+{
+    struct kvt_object_meta m;
+
+    memset(&m, 0, sizeof(m));
+    m.n_tokens = r->n_tokens;
+    m.raw_len = r->raw_len;
+    m.codec = r->codec;
+    m.stored_len = r->stored_len;
+    m.g.n_layers = r->n_layers;
+    m.g.block_tokens = r->block_tokens;
+    if (r->n_layers == 0 || r->block_tokens == 0 || kvt_object_layout(&m) != 0 ||
+        m.row_bytes != r->row_bytes || m.stored_len != r->stored_len ||
+        (r->codec != KVT_CODEC_RAW && r->stored_len > r->raw_len))
+        return 0;
+    return r->blocks == blocks_for(kvt_object_bytes(&m));
+}
+
 /* Applies one PUT or DEL record in history order. A PUT wins over an older entry; a DEL turns
  * the entry into a tombstone, kept until recovery ends so that a scan of the data files (when the
  * metadata turns out damaged) does not bring the removed object back. */
@@ -1625,8 +1836,7 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
     if (e && !e->dead && e->seq >= r->seq)
         return;
     if (r->file >= d->n_files || r->blocks == 0 || r->raw_len > d->cfg.object_bytes_max ||
-        r->stored_len > r->raw_len ||
-        r->blocks != blocks_for(KVT_OBJECT_HEADER_BYTES + r->stored_len)) {
+        !rec_layout_ok(r)) {
         d->st.recovery_dropped++;
         return;
     }
@@ -1653,6 +1863,9 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
     e->n_tokens = r->n_tokens;
     e->raw_len = r->raw_len;
     e->stored_len = r->stored_len;
+    e->n_layers = (uint16_t)r->n_layers;
+    e->block_tokens = (uint16_t)r->block_tokens;
+    e->row_bytes = r->row_bytes;
     e->unknown = (uint8_t)unknown;
     /* bytes_used is recomputed once extents are reserved. */
 }
@@ -1852,6 +2065,9 @@ static void scan_merge(struct kvt_disk *d, uint32_t f, uint64_t start, uint64_t 
     e->n_tokens = m->n_tokens;
     e->raw_len = m->raw_len;
     e->stored_len = m->stored_len;
+    e->n_layers = (uint16_t)m->g.n_layers;
+    e->block_tokens = (uint16_t)m->g.block_tokens;
+    e->row_bytes = m->row_bytes;
     e->unknown = 0;
     e->found = 1;
 }
@@ -1900,7 +2116,7 @@ static int scan_files(struct kvt_disk *d, uint64_t ck_next_seq, uint64_t *max_se
                 b++;
                 continue;
             }
-            uint64_t nb = blocks_for(KVT_OBJECT_HEADER_BYTES + m.stored_len);
+            uint64_t nb = blocks_for(kvt_object_bytes(&m));
             if (b + nb > n_blocks) {
                 b++;
                 continue;
@@ -1951,7 +2167,9 @@ static int header_matches(const struct ient *e, const unsigned char *blk)
 
     return kvt_object_parse_header(blk, &m) == 0 && m.ns_seed == e->ns_seed &&
            m.key.lo == e->key_lo && m.key.hi == e->key_hi && m.seq == e->seq &&
-           m.raw_len == e->raw_len && m.stored_len == e->stored_len && m.codec == e->codec;
+           m.raw_len == e->raw_len && m.stored_len == e->stored_len && m.codec == e->codec &&
+           m.g.n_layers == e->n_layers && m.g.block_tokens == e->block_tokens &&
+           m.row_bytes == e->row_bytes;
 }
 
 /* Reads the first block of each listed entry through the ring, as many at once as the ring and
@@ -2092,6 +2310,18 @@ static int superblocks(struct kvt_disk *d)
         rc = read_full(d->files[k].fd, b, BLOCK, 0, &got);
         if (rc)
             return rc;
+        /* A store written by a build with object format v1 holds objects this build cannot
+         * read. Formatting it would silently drop a cache someone may still want to serve with
+         * the older build, so it is refused and the operator decides. */
+        if (got == BLOCK && get_le(b, 4) == SB_MAGIC && get_le(b + 4, 4) == 1 &&
+            get_le(b + 32, 8) == XXH3_64bits(b, 32)) {
+            set_err(&d->cfg,
+                    "%s: disk store format v1 (written by an older kvtier); this build reads "
+                    "only format v2: remove the data files and %s/" CKPT_NAME
+                    " to start empty, or use the older build",
+                    d->cfg.paths[k], d->meta_dir);
+            return KVT_E_BADCONFIG;
+        }
         ok = got == BLOCK && sb_valid(b, k, d->n_files, d->files[k].bytes) &&
              (k == 0 || get_le(b + 8, 8) == id);
         id = get_le(b + 8, 8);
@@ -2296,19 +2526,28 @@ static int setup_memory(struct kvt_disk *d)
     uint64_t cap = 1;
     struct kvt_codec_config ccfg = d->cfg.codec;
 
-    d->slot_bytes = (size_t)blocks_for(KVT_OBJECT_HEADER_BYTES + d->cfg.object_bytes_max) * BLOCK;
-    d->n_ops = (uint32_t)(d->cfg.staging_bytes / d->slot_bytes);
-    if (d->n_ops == 0) {
-        set_err(&d->cfg, "staging_bytes %llu cannot hold one object of %llu bytes",
+    struct kvt_extent_config scfg;
+    /* Room for one object of object_bytes_max in the blocked layout: its trailers (8 bytes per
+     * block, at most 1/64 of the bytes for blocks of 512 bytes or more) and a page of padding. A
+     * geometry that needs more (tiny rows, many layers) is refused per write with KVT_E_TOOBIG. */
+    uint64_t one = blocks_for(KVT_OBJECT_HEADER_BYTES + d->cfg.object_bytes_max +
+                              d->cfg.object_bytes_max / 64 + BLOCK) *
+                   BLOCK;
+
+    d->staging_bytes = (size_t)(d->cfg.staging_bytes / BLOCK * BLOCK);
+    if (d->staging_bytes < one) {
+        set_err(&d->cfg, "staging_bytes %llu cannot hold one object of %llu bytes (needs %llu)",
                 (unsigned long long)d->cfg.staging_bytes,
-                (unsigned long long)d->cfg.object_bytes_max);
+                (unsigned long long)d->cfg.object_bytes_max, (unsigned long long)one);
         return KVT_E_BADCONFIG;
     }
-    if (d->n_ops > d->cfg.queue_depth)
-        d->n_ops = d->cfg.queue_depth;
-    d->staging_bytes = (size_t)d->n_ops * d->slot_bytes;
+    d->n_ops = d->cfg.queue_depth;
     d->staging = kvt_aligned_alloc(KVT_ALLOC_DISK, BLOCK, d->staging_bytes);
     if (!d->staging)
+        return KVT_E_NOMEM;
+    scfg.blocks = d->staging_bytes / BLOCK;
+    scfg.extents_max = d->n_ops;
+    if (kvt_extent_create(&scfg, &d->sp) != 0)
         return KVT_E_NOMEM;
     d->ops = kvt_calloc(KVT_ALLOC_DISK, d->n_ops, sizeof(*d->ops));
     d->free_ops = kvt_calloc(KVT_ALLOC_DISK, d->n_ops, sizeof(*d->free_ops));
@@ -2409,6 +2648,7 @@ static void teardown(struct kvt_disk *d)
     kvt_free(KVT_ALLOC_DISK, d->used_bits);
     kvt_free(KVT_ALLOC_DISK, d->free_ops);
     kvt_free(KVT_ALLOC_DISK, d->ops);
+    kvt_extent_destroy(d->sp);
     kvt_free(KVT_ALLOC_DISK, d->staging);
     kvt_free(KVT_ALLOC_DISK, d);
 }
@@ -2486,7 +2726,8 @@ int kvt_disk_create(const struct kvt_disk_config *cfg, struct kvt_disk **out)
         goto err_teardown;
     rc = recover(d);
     if (rc) {
-        set_err(cfg, "recovery in %s: %s", d->meta_dir, kvt_strerror(rc));
+        if (rc != KVT_E_BADCONFIG) /* that one has said why already */
+            set_err(cfg, "recovery in %s: %s", d->meta_dir, kvt_strerror(rc));
         goto err_teardown;
     }
     pthread_mutex_init(&d->ck.mu, NULL);

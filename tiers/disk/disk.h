@@ -54,9 +54,12 @@
 #include <stdint.h>
 
 #include "tiers/codec.h"
+#include "tiers/disk/object.h"
 #include "tiers/tier.h"
 
 #define KVT_DISK_PATHS_MAX 8
+
+struct kvt_disk_geom; /* a chunk's shape, below */
 
 /* Fault injection for tests: a struct the test owns and changes between calls; the tier reads
  * and counts it down. Never set in production (config.faults == NULL). */
@@ -121,7 +124,9 @@ struct kvt_disk_config {
       "longest time the loop spent preparing one checkpoint")                                      \
     X(A, checkpoint_write_us_max, KVT_STAT_GAUGE, "us",                                            \
       "longest time the checkpoint thread took writing one")                                       \
-    X(A, syncs, KVT_STAT_COUNTER, "", "durability barriers requested (kvt_disk_sync)")
+    X(A, syncs, KVT_STAT_COUNTER, "", "durability barriers requested (kvt_disk_sync)")             \
+    X(A, range_reads, KVT_STAT_COUNTER, "", "token-range reads of one layer submitted")            \
+    X(A, bytes_read, KVT_STAT_COUNTER, "bytes", "bytes read from the data files by object reads")
 #define KVT_DISK_STATS(A) KVT_DISK_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help), from submission to the completion of the I/O. */
@@ -174,6 +179,10 @@ void kvt_disk_destroy(struct kvt_disk *d);
  * KVT_E_TIERFAILED. */
 int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf, size_t len,
                    uint32_t n_tokens, uint32_t elem_bytes, kvt_tier_done_fn done, void *arg);
+/* kvt_disk_write with a geometry (NULL = unknown), as kvt_disk_write_reserve_geom. */
+int kvt_disk_write_geom(struct kvt_disk *d, const struct kvt_obj_id *id, const void *buf,
+                        size_t len, uint32_t n_tokens, const struct kvt_disk_geom *geom,
+                        uint32_t elem_bytes, kvt_tier_done_fn done, void *arg);
 
 /* Two-phase write, so that the CPU work of a write (encoding and checksumming up to
  * object_bytes_max bytes) can run on a worker thread while the owner thread only reserves and
@@ -185,9 +194,11 @@ int kvt_disk_write(struct kvt_disk *d, const struct kvt_obj_id *id, const void *
  * object_bytes_max inputs. Every reservation must be submitted or cancelled before destroy.
  * kvt_disk_write() is the three steps in one call on the owner thread. */
 struct kvt_disk_wslot {
-    uint32_t handle; /* store-private */
-    void *buf;       /* staging buffer owned by the store, valid until submit or cancel */
-    size_t cap;      /* bytes at buf */
+    uint32_t handle;          /* store-private */
+    struct kvt_object_meta m; /* store-private: the object's layout */
+    int sparse;               /* store-private: never compress */
+    void *buf;                /* staging buffer owned by the store, valid until submit or cancel */
+    size_t cap;               /* bytes at buf */
     struct kvt_obj_id id;
     uint32_t n_tokens;
     size_t raw_len;
@@ -197,9 +208,27 @@ struct kvt_disk_wslot {
     int sealed;        /* set by kvt_disk_encode */
 };
 
-/* Returns 0, KVT_E_EXISTS, KVT_E_BUSY, KVT_E_TOOBIG, KVT_E_INVAL, KVT_E_TIERFAILED. */
+/* Returns 0, KVT_E_EXISTS, KVT_E_BUSY, KVT_E_TOOBIG, KVT_E_INVAL, KVT_E_TIERFAILED. The geometry
+ * is unknown: one layer of n_tokens rows of len / n_tokens bytes (one opaque block when that does
+ * not divide). */
 int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
                            uint32_t n_tokens, struct kvt_disk_wslot *ws);
+
+/* A chunk's shape (copied): lets kvt_disk_read_range address one layer's token rows. The bytes
+ * given to encode are in the canonical order [layer][token][k|v][kv_head][head_dim]. sparse: a
+ * namespace read in token ranges; its objects are never compressed (a compressed object is read
+ * whole even for a range). */
+struct kvt_disk_geom {
+    struct kvt_object_geom g;
+    int sparse;
+};
+
+/* As kvt_disk_write_reserve, with the geometry (NULL = unknown). KVT_E_INVAL when the geometry
+ * does not describe len bytes of n_tokens tokens; KVT_E_TOOBIG when the object in the blocked
+ * layout would not fit in the whole staging area. */
+int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
+                                uint32_t n_tokens, const struct kvt_disk_geom *geom,
+                                struct kvt_disk_wslot *ws);
 /* Encodes ws->raw_len bytes of src (borrowed for the call) and seals the object. Thread-safe with
  * respect to the store: uses only codec (one per thread) and ws. Returns 0 or a codec error. */
 int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const void *src,
@@ -216,6 +245,19 @@ void kvt_disk_write_cancel(struct kvt_disk *d, struct kvt_disk_wslot *ws);
  * callback: KVT_E_NOTFOUND (a miss), KVT_E_SMALLBUF, KVT_E_BUSY, KVT_E_TIERFAILED. */
 int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
                   kvt_tier_done_fn done, void *arg);
+
+/* Reads rows [token_first, token_first + n_tokens) of one layer of object id into dst (capacity
+ * cap >= n_tokens x row bytes), which must stay valid until done runs. Only the blocks covering
+ * the range are read (with their trailers, rounded out to 4 KiB; a compressed object is read
+ * whole), into staging sized by that read, and every one is verified. done(arg, bytes copied) on
+ * success; done(arg, KVT_E_CORRUPT) when a covering block fails its checksum (the object is
+ * dropped; counted as a checksum failure and a miss; dst holds no wrong rows to trust);
+ * KVT_E_IO, KVT_E_TIERFAILED. Returns 0, or without callback: KVT_E_NOTFOUND (a miss),
+ * KVT_E_INVAL (no such rows, or an object of unknown geometry), KVT_E_SMALLBUF, KVT_E_BUSY,
+ * KVT_E_TIERFAILED. */
+int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                        uint32_t token_first, uint32_t n_tokens, void *dst, size_t cap,
+                        kvt_tier_done_fn done, void *arg);
 
 /* Lending read, so that checksum verification and decoding can run on a worker thread: the
  * callback receives the stored object itself, still in the store's staging buffer.

@@ -1,7 +1,8 @@
 /*
- * Encoding and verification of self-describing disk objects (see object.h). Fields are written
- * byte by byte in little-endian order so that the format does not depend on the host or on struct
- * padding.
+ * Encoding and verification of self-describing disk objects, format v2 (see object.h). Fields are
+ * written byte by byte in little-endian order so that the format does not depend on the host or
+ * on struct padding. Every layout computation lives here, so the store, the recovery scan and the
+ * range reader agree on where each block and trailer sits.
  */
 #include "tiers/disk/object.h"
 
@@ -10,7 +11,10 @@
 #include <xxhash.h>
 
 #include "kvtier/errors.h"
-#include "tiers/codec.h"
+
+#define HDR KVT_OBJECT_HEADER_BYTES
+#define TRL KVT_OBJECT_TRAILER_BYTES
+#define ALIGN 4096u
 
 #define OFF_MAGIC 0
 #define OFF_VERSION 4
@@ -23,8 +27,22 @@
 #define OFF_RAW 40
 #define OFF_STORED 48
 #define OFF_SEQ 56
-#define OFF_HCHECK 112
-#define OFF_CHECKSUM 120
+#define OFF_LAYERS 64
+#define OFF_HEADS 68
+#define OFF_DIM 72
+#define OFF_ELEM 76
+#define OFF_DTYPE 78
+#define OFF_BTOKENS 80
+#define OFF_ROW 84
+#define OFF_START 88
+#define OFF_STRIDE 96
+#define OFF_META_OFF 104
+#define OFF_META_BYTES 108
+#define OFF_BODYSUM 112
+#define OFF_HCHECK 120
+#define OFF_BCHECK 4088
+
+static const char VERSION_INFO[] = "kvtier object format 2";
 
 static void put_le(unsigned char *p, uint64_t v, unsigned bytes)
 {
@@ -40,20 +58,185 @@ static uint64_t get_le(const unsigned char *p, unsigned bytes)
     return v;
 }
 
-static uint64_t payload_checksum(const unsigned char *buf, uint64_t stored_len)
+static uint64_t align_up(uint64_t v)
 {
-    XXH64_hash_t seed = XXH3_64bits(buf, OFF_CHECKSUM);
-    return XXH3_64bits_withSeed(buf + KVT_OBJECT_HEADER_BYTES, (size_t)stored_len, seed);
+    return (v + ALIGN - 1) / ALIGN * ALIGN;
+}
+
+/* The identity every body checksum is seeded with: a block or body from another object, or from
+ * an older version of this key, never verifies. */
+static uint64_t identity_seed(const struct kvt_object_meta *m)
+{
+    unsigned char b[40];
+    put_le(b, m->ns_seed, 8);
+    put_le(b + 8, m->key.lo, 8);
+    put_le(b + 16, m->key.hi, 8);
+    put_le(b + 24, m->seq, 8);
+    put_le(b + 32, m->raw_len, 8);
+    return XXH3_64bits(b, sizeof(b));
+}
+
+static uint64_t block_sum(uint64_t seed, uint32_t layer, uint32_t b, const void *p, size_t len)
+{
+    uint64_t s = seed ^ ((((uint64_t)layer << 32) | b) * 0x9e3779b97f4a7c15ull);
+    return XXH3_64bits_withSeed(p, len, s);
+}
+
+int kvt_object_layout(struct kvt_object_meta *m)
+{
+    struct kvt_object_geom *g = &m->g;
+    uint64_t rows;
+
+    if (g->n_layers == 0)
+        g->n_layers = 1;
+    if (g->block_tokens == 0)
+        g->block_tokens = KVT_OBJECT_BLOCK_TOKENS;
+    if (g->n_layers > KVT_OBJECT_LAYERS_MAX || g->block_tokens > UINT16_MAX)
+        return KVT_E_INVAL;
+    rows = (uint64_t)g->n_layers * m->n_tokens;
+    if (rows > 0 && m->raw_len > 0 && m->raw_len % rows == 0 && m->raw_len / rows <= UINT32_MAX) {
+        m->row_bytes = (uint32_t)(m->raw_len / rows);
+    } else if (g->n_layers == 1) {
+        m->row_bytes = 0; /* opaque bytes: one block */
+    } else {
+        return KVT_E_INVAL;
+    }
+    /* When the shape is given it must describe the rows: [k|v][kv_head][head_dim] elements. */
+    if (g->n_kv_heads && g->head_dim && g->elem_bytes &&
+        (uint64_t)2 * g->n_kv_heads * g->head_dim * g->elem_bytes != m->row_bytes)
+        return KVT_E_INVAL;
+    m->layer_stride =
+        align_up(m->raw_len / g->n_layers + (uint64_t)kvt_object_layer_blocks(m) * TRL);
+    if (m->codec == KVT_CODEC_RAW)
+        m->stored_len = m->layer_stride * g->n_layers;
+    return 0;
+}
+
+uint64_t kvt_object_bytes(const struct kvt_object_meta *m)
+{
+    return HDR + m->stored_len;
+}
+
+uint32_t kvt_object_layer_blocks(const struct kvt_object_meta *m)
+{
+    if (m->row_bytes == 0 || m->n_tokens == 0)
+        return 1;
+    return (m->n_tokens + m->g.block_tokens - 1) / m->g.block_tokens;
+}
+
+/* Block b of a layer: offset in the layer (data then trailer) and data bytes. */
+static void block_span(const struct kvt_object_meta *m, uint32_t b, uint64_t *off, size_t *len)
+{
+    uint64_t full = (uint64_t)m->g.block_tokens * m->row_bytes;
+    uint32_t left;
+
+    if (m->row_bytes == 0) {
+        *off = 0;
+        *len = (size_t)m->raw_len;
+        return;
+    }
+    left = m->n_tokens - b * m->g.block_tokens;
+    *off = (uint64_t)b * (full + TRL);
+    *len = (size_t)((left < m->g.block_tokens ? left : m->g.block_tokens) * (uint64_t)m->row_bytes);
+}
+
+void kvt_object_range(const struct kvt_object_meta *m, uint32_t layer, uint32_t t0, uint32_t n,
+                      uint64_t *off, uint64_t *len)
+{
+    uint32_t b0 = t0 / m->g.block_tokens, b1 = (t0 + n - 1) / m->g.block_tokens;
+    uint64_t o0, o1;
+    size_t l1;
+
+    block_span(m, b0, &o0, &l1);
+    block_span(m, b1, &o1, &l1);
+    *off = (uint64_t)layer * m->layer_stride + o0;
+    *len = o1 + l1 + TRL - o0;
+}
+
+void kvt_object_put_rows(void *body, const struct kvt_object_meta *m, const void *src)
+{
+    unsigned char *out = body;
+    const unsigned char *in = src;
+    uint64_t seed = identity_seed(m), layer_raw = m->raw_len / m->g.n_layers;
+    uint32_t nb = kvt_object_layer_blocks(m);
+
+    for (uint32_t l = 0; l < m->g.n_layers; l++) {
+        unsigned char *lp = out + (size_t)l * m->layer_stride;
+        const unsigned char *ls = in + (size_t)l * layer_raw;
+        uint64_t off = 0;
+        size_t len = 0, used = 0;
+        for (uint32_t b = 0; b < nb; b++) {
+            block_span(m, b, &off, &len);
+            if (len)
+                memcpy(lp + off, ls + (size_t)b * m->g.block_tokens * m->row_bytes, len);
+            put_le(lp + off + len, block_sum(seed, l, b, lp + off, len), TRL);
+            used = (size_t)off + len + TRL;
+        }
+        memset(lp + used, 0, (size_t)m->layer_stride - used);
+    }
+}
+
+int kvt_object_get_rows(const void *buf, uint64_t buf_off, size_t buf_bytes,
+                        const struct kvt_object_meta *m, uint32_t l0, uint32_t l1, uint32_t t0,
+                        uint32_t n, void *dst)
+{
+    const unsigned char *p = buf;
+    unsigned char *out = dst;
+    uint64_t seed = identity_seed(m);
+    uint32_t bt = m->g.block_tokens, b0, b1;
+
+    if (m->row_bytes == 0) {
+        b0 = 0;
+        b1 = 0;
+    } else {
+        if (n == 0)
+            return 0;
+        b0 = t0 / bt;
+        b1 = (t0 + n - 1) / bt;
+    }
+    for (uint32_t l = l0; l < l1; l++) {
+        for (uint32_t b = b0; b <= b1; b++) {
+            uint64_t off, at;
+            size_t len;
+            block_span(m, b, &off, &len);
+            at = (uint64_t)l * m->layer_stride + off;
+            if (at < buf_off || at + len + TRL > buf_off + buf_bytes)
+                return KVT_E_CORRUPT;
+            const unsigned char *bp = p + (at - buf_off);
+            if (get_le(bp + len, TRL) != block_sum(seed, l, b, bp, len))
+                return KVT_E_CORRUPT;
+            if (!out)
+                continue;
+            if (m->row_bytes == 0) {
+                memcpy(out, bp, len);
+                continue;
+            }
+            /* Copy the part of this block inside [t0, t0 + n). */
+            uint32_t first = b * bt, lo = t0 > first ? t0 : first;
+            uint32_t hi = first + (uint32_t)(len / m->row_bytes);
+            if (hi > t0 + n)
+                hi = t0 + n;
+            memcpy(out + ((uint64_t)(l - l0) * n + (lo - t0)) * m->row_bytes,
+                   bp + (uint64_t)(lo - first) * m->row_bytes, (size_t)(hi - lo) * m->row_bytes);
+        }
+    }
+    return 0;
+}
+
+static uint64_t body_sum(const struct kvt_object_meta *m, const unsigned char *body)
+{
+    return XXH3_64bits_withSeed(body, (size_t)m->stored_len, identity_seed(m));
 }
 
 void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
 {
-    unsigned char *p = buf;
+    unsigned char *p = buf, *f = p + KVT_OBJECT_META_OFF;
+    uint32_t meta_bytes = 8 + 4 + (uint32_t)sizeof(VERSION_INFO);
 
-    memset(p, 0, KVT_OBJECT_HEADER_BYTES);
+    memset(p, 0, HDR);
     put_le(p + OFF_MAGIC, KVT_OBJECT_MAGIC, 4);
     put_le(p + OFF_VERSION, KVT_OBJECT_VERSION, 2);
-    put_le(p + OFF_HDR_BYTES, KVT_OBJECT_HEADER_BYTES, 2);
+    put_le(p + OFF_HDR_BYTES, HDR, 2);
     put_le(p + OFF_CODEC, m->codec, 4);
     put_le(p + OFF_NTOKENS, m->n_tokens, 4);
     put_le(p + OFF_NS, m->ns_seed, 8);
@@ -62,20 +245,47 @@ void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
     put_le(p + OFF_RAW, m->raw_len, 8);
     put_le(p + OFF_STORED, m->stored_len, 8);
     put_le(p + OFF_SEQ, m->seq, 8);
+    put_le(p + OFF_LAYERS, m->g.n_layers, 4);
+    put_le(p + OFF_HEADS, m->g.n_kv_heads, 4);
+    put_le(p + OFF_DIM, m->g.head_dim, 4);
+    put_le(p + OFF_ELEM, m->g.elem_bytes, 2);
+    put_le(p + OFF_DTYPE, m->g.dtype, 2);
+    put_le(p + OFF_BTOKENS, m->g.block_tokens, 4);
+    put_le(p + OFF_ROW, m->row_bytes, 4);
+    put_le(p + OFF_START, m->g.start_pos, 8);
+    put_le(p + OFF_STRIDE, m->layer_stride, 8);
+    put_le(p + OFF_META_OFF, KVT_OBJECT_META_OFF, 4);
+    put_le(p + OFF_META_BYTES, meta_bytes, 4);
+    if (m->codec != KVT_CODEC_RAW)
+        put_le(p + OFF_BODYSUM, body_sum(m, p + HDR), 8);
+    /* The metadata frame: one entry for now; later formats add theirs after it. */
+    memcpy(f, "KVTM", 4);
+    put_le(f + 4, 1, 2);
+    put_le(f + 6, 1, 2);
+    put_le(f + 8, KVT_OBJECT_META_VERSION_INFO, 2);
+    put_le(f + 10, sizeof(VERSION_INFO), 2);
+    memcpy(f + 12, VERSION_INFO, sizeof(VERSION_INFO));
     put_le(p + OFF_HCHECK, XXH3_64bits(p, OFF_HCHECK), 8);
-    put_le(p + OFF_CHECKSUM, payload_checksum(p, m->stored_len), 8);
+    put_le(p + OFF_BCHECK, XXH3_64bits(p, OFF_BCHECK), 8);
+}
+
+/* The check over the whole header block (metadata frame included), verified by every reader of
+ * the whole object; recovery, which only compares identity and lengths, needs just the first. */
+static int block_check_ok(const unsigned char *p)
+{
+    return get_le(p + OFF_BCHECK, 8) == XXH3_64bits(p, OFF_BCHECK);
 }
 
 int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
 {
     const unsigned char *p = buf;
-    struct kvt_object_meta m;
+    struct kvt_object_meta m, want;
 
     if (get_le(p + OFF_MAGIC, 4) != KVT_OBJECT_MAGIC ||
-        get_le(p + OFF_VERSION, 2) != KVT_OBJECT_VERSION ||
-        get_le(p + OFF_HDR_BYTES, 2) != KVT_OBJECT_HEADER_BYTES ||
+        get_le(p + OFF_VERSION, 2) != KVT_OBJECT_VERSION || get_le(p + OFF_HDR_BYTES, 2) != HDR ||
         get_le(p + OFF_HCHECK, 8) != XXH3_64bits(p, OFF_HCHECK))
         return KVT_E_CORRUPT;
+    memset(&m, 0, sizeof(m));
     m.codec = (uint32_t)get_le(p + OFF_CODEC, 4);
     m.n_tokens = (uint32_t)get_le(p + OFF_NTOKENS, 4);
     m.ns_seed = get_le(p + OFF_NS, 8);
@@ -84,8 +294,22 @@ int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
     m.raw_len = get_le(p + OFF_RAW, 8);
     m.stored_len = get_le(p + OFF_STORED, 8);
     m.seq = get_le(p + OFF_SEQ, 8);
-    /* A codec never expands, and raw objects store exactly their raw length. */
-    if (m.stored_len > m.raw_len || (m.codec == KVT_CODEC_RAW && m.stored_len != m.raw_len))
+    m.g.n_layers = (uint32_t)get_le(p + OFF_LAYERS, 4);
+    m.g.n_kv_heads = (uint32_t)get_le(p + OFF_HEADS, 4);
+    m.g.head_dim = (uint32_t)get_le(p + OFF_DIM, 4);
+    m.g.elem_bytes = (uint16_t)get_le(p + OFF_ELEM, 2);
+    m.g.dtype = (uint16_t)get_le(p + OFF_DTYPE, 2);
+    m.g.block_tokens = (uint32_t)get_le(p + OFF_BTOKENS, 4);
+    m.row_bytes = (uint32_t)get_le(p + OFF_ROW, 4);
+    m.g.start_pos = get_le(p + OFF_START, 8);
+    m.layer_stride = get_le(p + OFF_STRIDE, 8);
+    /* The geometry must reproduce the recorded layout exactly, and a codec never expands. */
+    want = m;
+    if (m.g.n_layers == 0 || m.g.block_tokens == 0 || kvt_object_layout(&want) != 0 ||
+        want.row_bytes != m.row_bytes || want.layer_stride != m.layer_stride ||
+        want.stored_len != m.stored_len || (m.codec != KVT_CODEC_RAW && m.stored_len > m.raw_len) ||
+        get_le(p + OFF_META_OFF, 4) != KVT_OBJECT_META_OFF ||
+        get_le(p + OFF_META_BYTES, 4) > KVT_OBJECT_META_BYTES_MAX)
         return KVT_E_CORRUPT;
     *out = m;
     return 0;
@@ -96,12 +320,63 @@ int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta 
     const unsigned char *p = buf;
     struct kvt_object_meta m;
 
-    if (buf_bytes < KVT_OBJECT_HEADER_BYTES || kvt_object_parse_header(p, &m) != 0)
+    if (buf_bytes < HDR || kvt_object_parse_header(p, &m) != 0 || !block_check_ok(p))
         return KVT_E_CORRUPT;
-    if (m.stored_len > buf_bytes - KVT_OBJECT_HEADER_BYTES)
+    if (m.stored_len > buf_bytes - HDR)
         return KVT_E_CORRUPT;
-    if (get_le(p + OFF_CHECKSUM, 8) != payload_checksum(p, m.stored_len))
+    if (m.codec != KVT_CODEC_RAW) {
+        if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR))
+            return KVT_E_CORRUPT;
+    } else if (kvt_object_get_rows(p + HDR, 0, (size_t)m.stored_len, &m, 0, m.g.n_layers, 0,
+                                   m.n_tokens, NULL) != 0) {
         return KVT_E_CORRUPT;
+    }
     *out = m;
     return 0;
+}
+
+int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
+                      size_t cap, struct kvt_object_meta *out)
+{
+    const unsigned char *p = buf;
+    struct kvt_object_meta m;
+
+    if (buf_bytes < HDR || kvt_object_parse_header(p, &m) != 0 || !block_check_ok(p) ||
+        m.stored_len > buf_bytes - HDR)
+        return KVT_E_CORRUPT;
+    if (cap < m.raw_len)
+        return KVT_E_SMALLBUF;
+    if (m.codec != KVT_CODEC_RAW) {
+        if (!codec || get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR) ||
+            kvt_codec_decode(codec, m.codec, p + HDR, (size_t)m.stored_len, dst,
+                             (size_t)m.raw_len) != 0)
+            return KVT_E_CORRUPT;
+    } else if (kvt_object_get_rows(p + HDR, 0, (size_t)m.stored_len, &m, 0, m.g.n_layers, 0,
+                                   m.n_tokens, dst) != 0) {
+        return KVT_E_CORRUPT;
+    }
+    *out = m;
+    return 0;
+}
+
+int kvt_object_meta_find(const void *hdr, uint16_t type, const void **val, uint16_t *len)
+{
+    const unsigned char *p = hdr, *f = p + KVT_OBJECT_META_OFF;
+    uint32_t bytes = (uint32_t)get_le(p + OFF_META_BYTES, 4), n, at = 8;
+
+    if (bytes < 8 || bytes > KVT_OBJECT_META_BYTES_MAX || memcmp(f, "KVTM", 4) != 0)
+        return KVT_E_NOTFOUND;
+    n = (uint32_t)get_le(f + 6, 2);
+    for (uint32_t i = 0; i < n && at + 4 <= bytes; i++) {
+        uint16_t t = (uint16_t)get_le(f + at, 2), l = (uint16_t)get_le(f + at + 2, 2);
+        if (at + 4 + l > bytes)
+            break;
+        if (t == type) {
+            *val = f + at + 4;
+            *len = l;
+            return 0;
+        }
+        at += 4u + l;
+    }
+    return KVT_E_NOTFOUND;
 }

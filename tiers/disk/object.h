@@ -1,19 +1,41 @@
 /*
- * Self-describing disk objects. Every object the disk tier writes starts with a fixed 128-byte
- * little-endian header naming what it holds (namespace seed, 128-bit key, geometry, codec,
- * lengths, sequence number), so that the store can be rebuilt from the disk alone and a reader
- * can tell a stale or foreign extent from the object it asked for. Two XXH3-64 checks protect it:
- * one over the header alone, so recovery can validate a header without reading the payload, and
- * one over header and payload, verified on every read.
+ * Self-describing disk objects, format v2 (see docs/disk.md, "Object format"). Every object the
+ * disk tier writes starts with a 4 KiB header block naming what it holds (namespace seed, 128-bit
+ * key, sequence number, lengths, codec) and its full geometry (layers, KV heads, head dim, element
+ * size and dtype, tokens, start position, block size), followed by a metadata frame inside the same
+ * block that later formats fill (span abstracts, attention statistics, version info). Two XXH3-64
+ * checks protect it: the header check over bytes 0..119 (identity, lengths, geometry), which is
+ * what recovery validates without the body, and the block check over the whole 4 KiB block
+ * (metadata frame included), verified by every reader of the whole object.
  *
- * Layout (byte offsets):
- *    0 magic "KVTO" (u32)      4 version (u16)         6 header bytes (u16, 128)
- *    8 codec id (u32)         12 n_tokens (u32)       16 namespace seed (u64)
- *   24 key.lo (u64)           32 key.hi (u64)         40 raw length (u64)
- *   48 stored length (u64)    56 sequence (u64)       64..111 zero
- *  112 header check: XXH3-64 of bytes 0..111
- *  120 checksum: XXH3-64 of the payload seeded with XXH3-64 of bytes 0..119
- *  128 payload (stored length bytes)
+ * The body comes in one of two layouts, told apart by the codec id:
+ *   - blocked (codec RAW): the rows of each layer, in the canonical order [token][k|v][head][dim],
+ *     start on a 4 KiB boundary (layer_stride bytes apart). Inside a layer the tokens are cut into
+ *     blocks of block_tokens tokens (the last may be shorter); every block is followed directly by
+ *     its 8-byte trailer, the XXH3-64 of the block seeded with the object's identity (namespace,
+ *     key, sequence, raw length), the layer and the block number. The trailers are the block table,
+ *     kept next to the bytes they check so that a read of any token range of one layer is one
+ *     contiguous I/O of the covering blocks (rounded out to 4 KiB) and needs neither the header nor
+ *     a separate table read; the identity in the seed means a stale or reused extent never
+ * verifies.
+ *   - packed (any other codec): the whole raw object compressed (byte shuffle + lz4/zstd) as one
+ *     body of stored_len bytes, checked by one XXH3-64 seeded with the identity. A range read of a
+ *     packed object reads it whole.
+ *
+ * Header block (byte offsets, little-endian):
+ *    0 magic "KVTO" (u32)   4 version (u16, 2)    6 header bytes (u16, 4096)
+ *    8 codec id (u32)      12 n_tokens (u32)     16 namespace seed (u64)
+ *   24 key.lo (u64)        32 key.hi (u64)       40 raw length (u64)
+ *   48 stored length: body bytes after the header block (u64)
+ *   56 sequence (u64)      64 n_layers (u32)     68 n_kv_heads (u32)   72 head_dim (u32)
+ *   76 elem_bytes (u16)    78 dtype (u16)        80 block_tokens (u32) 84 row_bytes (u32)
+ *   88 start_pos (u64)     96 layer_stride (u64)
+ *  104 metadata frame offset (u32, 512)          108 metadata frame bytes (u32)
+ *  112 body checksum (u64; packed layout only, else 0)
+ *  120 header check: XXH3-64 of bytes 0..119
+ *  512 metadata frame: "KVTM" (u32), frame version (u16, 1), entries (u16), then entries of
+ *      type (u16), length (u16), value; the writer's version string is entry type 1.
+ * 4088 block check: XXH3-64 of bytes 0..4087
  */
 #ifndef KVT_TIERS_DISK_OBJECT_H
 #define KVT_TIERS_DISK_OBJECT_H
@@ -22,32 +44,91 @@
 #include <stdint.h>
 
 #include "kvtier/kvtier.h"
+#include "tiers/codec.h"
 
 #define KVT_OBJECT_MAGIC 0x4f54564bu /* "KVTO" read as little-endian u32 */
-#define KVT_OBJECT_VERSION 1u
-#define KVT_OBJECT_HEADER_BYTES 128u
+#define KVT_OBJECT_VERSION 2u
+#define KVT_OBJECT_HEADER_BYTES 4096u
+#define KVT_OBJECT_TRAILER_BYTES 8u
+#define KVT_OBJECT_BLOCK_TOKENS 16u /* default block size in tokens */
+#define KVT_OBJECT_LAYERS_MAX 1024u
+#define KVT_OBJECT_META_OFF 512u
+#define KVT_OBJECT_META_BYTES_MAX (4088u - KVT_OBJECT_META_OFF)
+#define KVT_OBJECT_META_VERSION_INFO 1u /* metadata entry: writer's version string */
+
+/* What the writer knows of a chunk's shape. Zero fields are unknown; an unknown geometry is one
+ * layer covering all bytes (rows of raw_len / n_tokens bytes when that divides, else one block). */
+struct kvt_object_geom {
+    uint32_t n_layers;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint16_t elem_bytes;   /* dtype size */
+    uint16_t dtype;        /* caller's dtype code, recorded only */
+    uint32_t block_tokens; /* 0 = KVT_OBJECT_BLOCK_TOKENS */
+    uint64_t start_pos;    /* position of the chunk's first token in its sequence */
+};
 
 struct kvt_object_meta {
     uint64_t ns_seed;
     struct kvt_key key;
     uint32_t n_tokens;
-    uint32_t codec;      /* codec id from tiers/codec.h */
+    uint32_t codec;      /* codec id from tiers/codec.h; KVT_CODEC_RAW = blocked layout */
     uint64_t raw_len;    /* bytes after decoding */
-    uint64_t stored_len; /* payload bytes on disk */
+    uint64_t stored_len; /* body bytes after the header block */
     uint64_t seq;        /* store-wide write sequence number */
+    struct kvt_object_geom g;
+    uint32_t row_bytes;    /* bytes of one token of one layer; 0 = opaque (one block) */
+    uint64_t layer_stride; /* bytes between layer starts in the blocked body (multiple of 4 KiB) */
 };
 
-/* Writes the header for m at buf and seals it: buf must hold the header followed by
- * m->stored_len payload bytes already in place (the checksum covers them). */
+/* Fills the derived fields of m (normalised geometry, row_bytes, layer_stride, and for the blocked
+ * layout stored_len) from raw_len, n_tokens, codec and g. Returns 0 or KVT_E_INVAL when the
+ * geometry does not describe raw_len bytes. */
+int kvt_object_layout(struct kvt_object_meta *m);
+
+/* Bytes of the whole object on disk before padding: header block plus body. */
+uint64_t kvt_object_bytes(const struct kvt_object_meta *m);
+
+/* Blocks per layer of the blocked layout. */
+uint32_t kvt_object_layer_blocks(const struct kvt_object_meta *m);
+
+/* Body byte range [*off, *off + *len) of the blocks (with trailers) covering tokens
+ * [t0, t0 + n) of layer. Requires a laid-out m with row_bytes > 0 and a valid range. */
+void kvt_object_range(const struct kvt_object_meta *m, uint32_t layer, uint32_t t0, uint32_t n,
+                      uint64_t *off, uint64_t *len);
+
+/* Writes the blocked body of raw object src (canonical [layer][token] layout) at body, with
+ * every trailer and zero padding: kvt_object_layout(m) must have run with codec RAW. */
+void kvt_object_put_rows(void *body, const struct kvt_object_meta *m, const void *src);
+
+/* Verifies every block of layers [l0, l1) that covers tokens [t0, t0 + n) and copies those rows
+ * to dst (layout [layer][token], n rows per layer), from buf, which holds body bytes
+ * [buf_off, buf_off + buf_bytes). dst may be NULL (verify only). Returns 0 or KVT_E_CORRUPT
+ * (a checksum failed or a covering block is not in buf). */
+int kvt_object_get_rows(const void *buf, uint64_t buf_off, size_t buf_bytes,
+                        const struct kvt_object_meta *m, uint32_t l0, uint32_t l1, uint32_t t0,
+                        uint32_t n, void *dst);
+
+/* Writes the header block for m at buf (laid out by kvt_object_layout, stored_len final) with a
+ * metadata frame holding the version info; for the packed layout the body (stored_len bytes at
+ * buf + KVT_OBJECT_HEADER_BYTES) must be in place: its checksum is taken here. */
 void kvt_object_seal(void *buf, const struct kvt_object_meta *m);
 
-/* Parses and validates a header (magic, version, header check, stored <= raw unless raw codec
- * equal). Returns 0 and fills *out, or KVT_E_CORRUPT. Reads KVT_OBJECT_HEADER_BYTES bytes. */
+/* Parses and validates a header (magic, version, header check, consistent geometry and lengths;
+ * not the block check). Returns 0 and fills *out, or KVT_E_CORRUPT. Reads 128 bytes. */
 int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out);
 
-/* Validates the header and the checksum over header and payload; buf_bytes is how many bytes are
- * available at buf. Returns 0 and fills *out, or KVT_E_CORRUPT (including a payload that would
- * extend past buf_bytes). */
+/* Validates the header and every checksum of the body; buf_bytes is how many bytes are available
+ * at buf. Returns 0 and fills *out, or KVT_E_CORRUPT (including a body past buf_bytes). */
 int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta *out);
+
+/* Validates and decodes a whole object into dst (cap >= raw_len) in one pass, filling *out.
+ * codec is needed only for the packed layout. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
+int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
+                      size_t cap, struct kvt_object_meta *out);
+
+/* Finds metadata entry type in a validated header block: 0 with *val (borrowed from hdr) and
+ * *len, or KVT_E_NOTFOUND. */
+int kvt_object_meta_find(const void *hdr, uint16_t type, const void **val, uint16_t *len);
 
 #endif
