@@ -6,7 +6,10 @@
  * and pread, the page cache dropped for those files (posix_fadvise DONTNEED), which is how
  * LMCache's and SGLang's file backends work. It also shows that the page cache does not grow while
  * the store reads (the "Cached:" line of /proc/meminfo) and measures restart time of a store
- * holding 10,000 chunks, after a clean shutdown and after a crash (journal replay).
+ * holding 10,000 chunks, after a clean shutdown and after a crash (journal replay). Range reads:
+ * random 16- and 64-token ranges of one layer of 64-token chunks (SmolLM2 and Llama-3-8B geometry,
+ * fp16) through kvt_disk_read_range, against a raw io_uring O_DIRECT loop reading the same file at
+ * the same offsets and lengths (the covering blocks rounded out to 4 KiB) at the same queue depth.
  *
  * The store rows drive it directly (their "path" field says so); the "kvtierd write-through" rows
  * go through a real daemon started with tests/lib/daemon.h and libkvtier batches of QD items, with
@@ -708,6 +711,273 @@ static int bench_restart(const char *dir, int quick, const unsigned char *src,
 
 /* ---- driver ------------------------------------------------------------------------------- */
 
+/* ---- range reads: kvt_disk_read_range against a raw io_uring loop on the same offsets ------- */
+
+struct geom_case {
+    const char *name;
+    uint32_t layers, heads, dim;
+};
+
+/* fp16; chunks of 64 tokens. */
+static const struct geom_case GEOMS[] = {
+    {"SmolLM2", 30, 3, 64},
+    {"Llama-3-8B", 32, 8, 128},
+};
+#define RANGE_CHUNK_TOKENS 64u
+
+struct range_op {
+    uint32_t obj, layer, t0;
+    uint64_t off, len; /* the store's read of it: file offset and length, 4 KiB-aligned */
+};
+
+struct range_result {
+    double store_gbps, raw_gbps;
+    double bytes_read_per_range;
+    double bytes_per_range; /* bytes asked for */
+};
+
+static int store_ranges(struct kvt_disk *d, const struct range_op *ops, uint64_t n, uint32_t n_tok,
+                        struct rslot *slots, size_t cap)
+{
+    struct wctx agg = {0, 0};
+    uint64_t next = 0;
+
+    for (uint32_t k = 0; k < QD; k++) {
+        slots[k].agg = &agg;
+        slots[k].busy = 0;
+    }
+    while (agg.done < n && !agg.err) {
+        kvt_disk_plug(d);
+        for (uint32_t k = 0; k < QD && next < n; k++) {
+            if (slots[k].busy)
+                continue;
+            const struct range_op *o = &ops[next];
+            struct kvt_obj_id id = chunk_id(o->obj);
+            int rc = kvt_disk_read_range(d, &id, o->layer, o->t0, n_tok, slots[k].buf, cap, on_read,
+                                         &slots[k]);
+            if (rc == KVT_E_BUSY)
+                break;
+            if (rc) {
+                kvt_disk_unplug(d);
+                return rc;
+            }
+            slots[k].busy = 1;
+            next++;
+        }
+        kvt_disk_unplug(d);
+        kvt_disk_wait(d, 100);
+    }
+    return agg.err;
+}
+
+/* The baseline: the same reads (offsets and lengths) at the same queue depth, no checks. */
+static int raw_ranges(struct io_uring *ring, int fd, const struct range_op *ops, uint64_t n,
+                      unsigned char **bufs)
+{
+    uint64_t next = 0, done = 0;
+    int free_idx[QD], n_free = QD;
+
+    for (int k = 0; k < (int)QD; k++)
+        free_idx[k] = k;
+    while (done < n) {
+        while (n_free > 0 && next < n) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+            if (!sqe)
+                break;
+            int k = free_idx[--n_free];
+            io_uring_prep_read(sqe, fd, bufs[k], (unsigned)ops[next].len, ops[next].off);
+            io_uring_sqe_set_data64(sqe, ((uint64_t)next << 8) | (uint64_t)k);
+            next++;
+        }
+        io_uring_submit(ring);
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(ring, &cqe);
+        if (rc)
+            return rc;
+        do {
+            uint64_t ud = io_uring_cqe_get_data64(cqe);
+            if (cqe->res != (int)ops[ud >> 8].len)
+                return cqe->res < 0 ? cqe->res : -EIO;
+            free_idx[n_free++] = (int)(ud & 0xff);
+            io_uring_cqe_seen(ring, cqe);
+            done++;
+        } while (io_uring_peek_cqe(ring, &cqe) == 0);
+    }
+    return 0;
+}
+
+static int bench_range(const char *dir, const struct geom_case *g, uint32_t n_tok, int quick,
+                       const unsigned char *src, struct rslot *slots, unsigned char **bufs,
+                       struct range_result *out)
+{
+    const uint32_t row = 2u * g->heads * g->dim * 2u;
+    const size_t chunk = (size_t)g->layers * RANGE_CHUNK_TOKENS * row;
+    const uint64_t n_obj = (quick ? (128ull << 20) : (1ull << 30)) / chunk;
+    const uint64_t n_ops = quick ? 20000 : 100000;
+    char sdir[512], path[600], err[256] = "";
+    struct kvt_disk_config cfg;
+    struct kvt_disk *d = NULL;
+    struct kvt_disk_stats s0, s1;
+    struct kvt_disk_geom geom;
+    struct range_op *ops = NULL;
+    uint64_t *obj_off = NULL, t0, rng = 0x9e3779b97f4a7c15ull;
+    struct io_uring ring;
+    int rc, fd = -1;
+
+    memset(out, 0, sizeof(*out));
+    rc = store_dir(dir, "kvtier-range", sdir, sizeof(sdir));
+    if (rc)
+        return rc;
+    snprintf(path, sizeof(path), "%s/data0", sdir);
+    store_config(&cfg, path, chunk, (n_obj + 4) * (chunk + (1u << 20)), KVT_CODEC_NONE,
+                 (uint32_t)n_obj + 16);
+    cfg.staging_bytes = 4ull * (chunk + (1u << 20));
+    cfg.err_buf = err;
+    cfg.err_buf_bytes = sizeof(err);
+    ops = calloc(n_ops, sizeof(*ops));
+    obj_off = calloc(n_obj, sizeof(*obj_off));
+    if (!ops || !obj_off) {
+        rc = KVT_E_NOMEM;
+        goto out_free;
+    }
+    rc = kvt_disk_create(&cfg, &d);
+    if (rc) {
+        fprintf(stderr, "disk bench: create: %s (%s)\n", kvt_strerror(rc), err);
+        goto out_free;
+    }
+    memset(&geom, 0, sizeof(geom));
+    geom.g.n_layers = g->layers;
+    geom.g.n_kv_heads = g->heads;
+    geom.g.head_dim = g->dim;
+    geom.g.elem_bytes = 2;
+    geom.sparse = 1;
+    {
+        struct wctx c = {0, 0};
+        for (uint64_t i = 0; i < n_obj && !rc; i++) {
+            struct kvt_obj_id id = chunk_id(i);
+            while ((rc = kvt_disk_write_geom(d, &id, src, chunk, RANGE_CHUNK_TOKENS, &geom, 2,
+                                             on_write, &c)) == KVT_E_BUSY)
+                kvt_disk_wait(d, 100);
+        }
+        while (!rc && c.done < n_obj && !c.err)
+            kvt_disk_wait(d, 100);
+        if (!rc)
+            rc = c.err;
+    }
+    kvt_disk_destroy(d);
+    d = NULL;
+    if (!rc)
+        rc = kvt_disk_create(&cfg, &d);
+    if (rc)
+        goto out_free;
+    /* The reads: random object, layer and aligned token range; their offsets as the store will
+     * read them (covering blocks, rounded out to 4 KiB), which the raw loop reads too. */
+    for (uint64_t i = 0; i < n_obj; i++) {
+        struct kvt_disk_obj_info info;
+        struct kvt_obj_id id = chunk_id(i);
+        rc = kvt_disk_lookup(d, &id, &info);
+        if (rc)
+            goto out_free;
+        obj_off[i] = info.offset_bytes;
+    }
+    for (uint64_t i = 0; i < n_ops; i++) {
+        struct kvt_object_meta m;
+        uint64_t off, len, a0, a1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        ops[i].obj = (uint32_t)(rng % n_obj);
+        ops[i].layer = (uint32_t)((rng >> 20) % g->layers);
+        ops[i].t0 = (uint32_t)((rng >> 40) % (RANGE_CHUNK_TOKENS / n_tok)) * n_tok;
+        memset(&m, 0, sizeof(m));
+        m.n_tokens = RANGE_CHUNK_TOKENS;
+        m.raw_len = chunk;
+        m.codec = KVT_CODEC_RAW;
+        m.g = geom.g;
+        kvt_object_layout(&m);
+        kvt_object_range(&m, ops[i].layer, ops[i].t0, n_tok, &off, &len);
+        a0 = (KVT_OBJECT_HEADER_BYTES + off) / 4096 * 4096;
+        a1 = (KVT_OBJECT_HEADER_BYTES + off + len + 4095) / 4096 * 4096;
+        ops[i].off = obj_off[ops[i].obj] + a0;
+        ops[i].len = a1 - a0;
+    }
+    fd = open(path, O_RDONLY | O_DIRECT);
+    if (fd < 0 || io_uring_queue_init(QD, &ring, 0) != 0) {
+        rc = fd < 0 ? -errno : KVT_E_NOMEM;
+        goto out_free;
+    }
+    for (int rep = 0; rep < REPS && !rc; rep++) {
+        double sg, rg;
+        kvt_disk_stats(d, &s0);
+        t0 = kvt_bench_now_ns();
+        rc = store_ranges(d, ops, n_ops, n_tok, slots, 4u << 20);
+        sg = gbps(n_ops * n_tok * row, kvt_bench_now_ns() - t0);
+        kvt_disk_stats(d, &s1);
+        if (rc)
+            break;
+        t0 = kvt_bench_now_ns();
+        rc = raw_ranges(&ring, fd, ops, n_ops, bufs);
+        rg = gbps(n_ops * n_tok * row, kvt_bench_now_ns() - t0);
+        out->store_gbps = sg > out->store_gbps ? sg : out->store_gbps;
+        out->raw_gbps = rg > out->raw_gbps ? rg : out->raw_gbps;
+        out->bytes_read_per_range = (double)(s1.bytes_read - s0.bytes_read) / (double)n_ops;
+        out->bytes_per_range = (double)n_tok * row;
+    }
+    io_uring_queue_exit(&ring);
+out_free:
+    if (fd >= 0)
+        close(fd);
+    kvt_disk_destroy(d);
+    free(ops);
+    free(obj_off);
+    store_dir_remove(sdir);
+    return rc;
+}
+
+static int bench_ranges(const struct kvt_bench_opts *opts, const unsigned char *src,
+                        struct rslot *slots, struct kvt_bench_report *r)
+{
+    static const uint32_t toks[] = {16, 64};
+    unsigned char *bufs[QD];
+    char label[128], rname[128];
+    int rc = 0;
+
+    for (uint32_t k = 0; k < QD; k++)
+        if (posix_memalign((void **)&bufs[k], 4096, 1u << 20))
+            return KVT_E_NOMEM;
+    for (size_t gi = 0; gi < sizeof(GEOMS) / sizeof(GEOMS[0]) && !rc; gi++) {
+        for (size_t ti = 0; ti < sizeof(toks) / sizeof(toks[0]) && !rc; ti++) {
+            struct range_result rr;
+            kvt_bench_progress("disk: random %u-token ranges of one layer, %s geometry", toks[ti],
+                               GEOMS[gi].name);
+            rc = bench_range(opts->work_dir, &GEOMS[gi], toks[ti], opts->quick, src, slots, bufs,
+                             &rr);
+            if (rc)
+                break;
+            snprintf(label, sizeof(label), "range %utok %s kvtier store", toks[ti], GEOMS[gi].name);
+            kvt_bench_row(r, label);
+            kvt_bench_str(r, "path", "store direct: kvt_disk_read_range, verified, copied");
+            kvt_bench_num(r, "queue_depth", QD);
+            kvt_bench_num(r, "chunk_tokens", RANGE_CHUNK_TOKENS);
+            kvt_bench_num(r, "range_bytes", rr.bytes_per_range);
+            kvt_bench_num(r, "disk_bytes_read_per_range", rr.bytes_read_per_range);
+            kvt_bench_num(r, "read_gbps", rr.store_gbps);
+            snprintf(label, sizeof(label), "range %utok %s io_uring same offsets", toks[ti],
+                     GEOMS[gi].name);
+            kvt_bench_row(r, label);
+            kvt_bench_str(r, "path", "raw O_DIRECT reads of the store's file and offsets");
+            kvt_bench_num(r, "queue_depth", QD);
+            kvt_bench_num(r, "read_gbps", rr.raw_gbps);
+            snprintf(rname, sizeof(rname), "range_%utok_%s_kvtier_vs_uring_ratio", toks[ti],
+                     GEOMS[gi].name);
+            kvt_bench_ratio(r, rname, rr.raw_gbps > 0 ? rr.store_gbps / rr.raw_gbps : 0);
+        }
+    }
+    for (uint32_t k = 0; k < QD; k++)
+        free(bufs[k]);
+    return rc;
+}
+
 int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r)
 {
     const uint64_t total = opts->quick ? (128ull << 20) : (1ull << 30);
@@ -718,10 +988,11 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
     int rc = 0;
 
     memset(slots, 0, sizeof(slots));
-    if (posix_memalign((void **)&src, 4096, max_chunk) ||
+    /* The source covers the largest range-read chunk too (Llama-3-8B, 64 tokens: 8 MiB). */
+    if (posix_memalign((void **)&src, 4096, 2 * max_chunk) ||
         posix_memalign((void **)&dst, 4096, max_chunk))
         return KVT_E_NOMEM;
-    fill_kv(src, max_chunk, 12345);
+    fill_kv(src, 2 * max_chunk, 12345);
     for (uint32_t k = 0; k < QD; k++)
         if (posix_memalign(&slots[k].buf, 4096, max_chunk))
             return KVT_E_NOMEM;
@@ -856,6 +1127,8 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
         snprintf(rname, sizeof(rname), "daemon_read_vs_buffered_ratio_%s", SIZES[s].name);
         kvt_bench_ratio(r, rname, fr > 0 ? dm.read_gbps / fr : 0);
     }
+    if (!rc)
+        rc = bench_ranges(opts, src, slots, r);
     if (!rc) {
         kvt_bench_progress("disk: restart time with 10000 chunks");
         rc = bench_restart(opts->work_dir, opts->quick, src, r);

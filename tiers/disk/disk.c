@@ -361,6 +361,11 @@ static void ient_info(const struct ient *e, struct kvt_disk_obj_info *out)
     out->raw_len = e->raw_len;
     out->stored_len = e->stored_len;
     out->seq = e->seq;
+    out->n_layers = e->n_layers;
+    out->row_bytes = e->row_bytes;
+    out->block_tokens = e->block_tokens;
+    out->file = e->file;
+    out->offset_bytes = e->start * BLOCK;
 }
 
 /* ---- journal and checkpoint records --------------------------------------------------------- */

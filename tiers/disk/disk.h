@@ -152,6 +152,9 @@ struct kvt_disk_obj_info {
     uint64_t raw_len;
     uint64_t stored_len;
     uint64_t seq;
+    uint32_t n_layers, row_bytes, block_tokens; /* the blocked layout's geometry */
+    uint32_t file;                              /* where the object lies: for tools and benches */
+    uint64_t offset_bytes;
 };
 
 struct kvt_disk;
