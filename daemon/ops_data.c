@@ -293,13 +293,17 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
         return;
     }
-    if (g->want_inline ? e->length > s->cfg->inline_max_bytes : e->length > g->capacity) {
+    /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
+     * must never receive more bytes than it said it has room for. */
+    int too_big = g->want_inline && e->length > s->cfg->inline_max_bytes;
+    int no_room = (!g->want_inline || g->capacity) && e->length > g->capacity;
+    if (too_big || no_room) {
         Kvtier__Response resp = KVTIER__RESPONSE__INIT;
         Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
         gr.length = e->length; /* tells the client how much room it needs */
         resp.result_case = KVTIER__RESPONSE__RESULT_GET;
         resp.get = &gr;
-        kvt__server_respond(s, c, op, &resp, g->want_inline ? KVT_E_TOOBIG : KVT_E_SMALLBUF, NULL);
+        kvt__server_respond(s, c, op, &resp, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG, NULL);
         return;
     }
     if (e->hits < UINT16_MAX)

@@ -171,6 +171,27 @@ static void demote_encoded(struct kvt_job *job)
     }
 }
 
+/* The shape of entry e's chunk, from the namespace that stored it, so that its disk object can be
+ * read by layer and token range; NULL when unknown (a chunk recovered from disk and not stored
+ * again since, or a namespace reclaimed meanwhile): the object is then one opaque layer. */
+static const struct kvt_disk_geom *entry_geom(const struct kvt_server *s, const struct kvt_entry *e,
+                                              struct kvt_disk_geom *g)
+{
+    if (!e->owner || e->owner > s->ns.used)
+        return NULL;
+    const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
+    if (!ns->id || ns->seed != e->ns_seed ||
+        (uint64_t)e->n_tokens * ns->bytes_per_token != e->length)
+        return NULL;
+    memset(g, 0, sizeof(*g));
+    g->g.n_layers = ns->layers;
+    g->g.n_kv_heads = ns->kv_heads;
+    g->g.head_dim = ns->head_dim;
+    g->g.elem_bytes = (uint16_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
+    g->g.dtype = (uint16_t)ns->dtype;
+    return g;
+}
+
 /* Starts writing entry id to disk. 0 when started (op, if any, is answered when durable),
  * KVT_E_EXISTS when the disk already holds it, KVT_E_BUSY when no staging buffer is free. */
 static int demote_start(struct kvt_server *s, uint32_t id, struct kvt_op *op)
@@ -185,7 +206,9 @@ static int demote_start(struct kvt_server *s, uint32_t id, struct kvt_op *op)
     if (tm->encoding_bytes && tm->encoding_bytes + e->length > kvt_host_arena_bytes(s->host) / 4)
         return KVT_E_BUSY;
     struct kvt_obj_id oid = obj_id(e);
-    int rc = kvt_disk_write_reserve(tm->disk, &oid, e->length, e->n_tokens, &d->ws);
+    struct kvt_disk_geom geom;
+    int rc = kvt_disk_write_reserve_geom(tm->disk, &oid, e->length, e->n_tokens,
+                                         entry_geom(s, e, &geom), &d->ws);
     if (rc == KVT_E_EXISTS) {
         e->disk = KVT_ENTRY_DISK_DURABLE;
         return rc;

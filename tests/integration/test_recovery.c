@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "kvtier/kvtier.h"
+#include "tiers/disk/disk.h"
 #include "tests/lib/daemon.h"
 
 /* 1 layer x 1 head x 64 dims x fp16 x (k, v) = 256 bytes per token; 64 tokens = 16 KiB. */
@@ -250,9 +251,86 @@ static void test_objects_beyond_index_are_removed(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+struct range_result {
+    int done;
+    int res;
+};
+
+static void range_done(void *arg, int res)
+{
+    struct range_result *r = arg;
+    r->done = 1;
+    r->res = res;
+}
+
+/* A chunk the daemon wrote carries its namespace's geometry on disk: one layer's token range can
+ * be read by itself (only its blocks) straight from the store the daemon left. */
+static void test_daemon_objects_have_geometry(void **state)
+{
+    (void)state;
+    static const struct kvt_ns_spec two = {.model_id = "geometry-on-disk",
+                                           .layers = 2,
+                                           .kv_heads = 1,
+                                           .head_dim = 64,
+                                           .dtype = KVT_DTYPE_FP16,
+                                           .tokens_per_chunk = 64};
+    enum { ROW = 2 * 1 * 64 * 2, TOKENS = 64, BYTES = 2 * TOKENS * ROW }; /* 32 KiB */
+    const char *args[] = {"--tier.write_policy=write-through", "--disk.bytes=64M",
+                          "--disk.object_bytes_max=64K", "--disk.codec=none", NULL};
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_connect_opts o = {.socket_path = d.socket_path, .arena_bytes = 1 << 20};
+    struct kvt_client *c;
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &two, &ns), 0);
+    static uint8_t chunk[BYTES], got[16 * ROW];
+    kvt_test_fill(chunk, BYTES, 77);
+    struct kvt_key k = {0x9e0, 0x3e7};
+    enum kvt_tier_id tier = KVT_TIER_NONE;
+    assert_int_equal(kvt_put(c, ns.handle, &k, chunk, BYTES, 0), 0);
+    size_t len;
+    assert_int_equal(kvt_get(c, ns.handle, &k, got, 16, &len, &tier), KVT_E_SMALLBUF);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+
+    /* Open the store the daemon left, as the daemon does. */
+    char path[400];
+    snprintf(path, sizeof(path), "%s/disk.0", d.dir);
+    struct kvt_disk_config dc;
+    kvt_disk_config_init(&dc);
+    dc.paths[0] = path;
+    dc.n_paths = 1;
+    dc.file_bytes = 64u << 20;
+    dc.meta_dir = d.dir;
+    dc.object_bytes_max = 64u << 10;
+    struct kvt_disk *disk = NULL;
+    assert_int_equal(kvt_disk_create(&dc, &disk), 0);
+    struct kvt_obj_id id = {.ns_seed = ns.seed, .key = k};
+    struct kvt_disk_stats before, after;
+    kvt_disk_stats(disk, &before);
+    struct range_result r = {0};
+    /* Tokens 16..31 of layer 1. */
+    assert_int_equal(kvt_disk_read_range(disk, &id, 1, 16, 16, got, sizeof(got), range_done, &r),
+                     0);
+    for (int i = 0; i < 1000 && !r.done; i++)
+        kvt_disk_wait(disk, 10);
+    assert_int_equal(r.done, 1);
+    assert_true(r.res >= 0);
+    assert_memory_equal(got, chunk + (size_t)TOKENS * ROW + 16u * ROW, 16u * ROW);
+    kvt_disk_stats(disk, &after);
+    uint64_t read = after.bytes_read - before.bytes_read;
+    printf("a 4 KiB range of one layer of a 32 KiB chunk read %llu bytes from disk\n",
+           (unsigned long long)read);
+    assert_true(read <= 8192); /* its blocks and their checksums, 4 KiB aligned: not the chunk */
+    kvt_disk_destroy(disk);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_daemon_objects_have_geometry),
         cmocka_unit_test(test_damaged_checkpoint_is_scanned),
         cmocka_unit_test(test_damaged_journal_is_scanned),
         cmocka_unit_test(test_delete_survives_kill),
