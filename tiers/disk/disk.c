@@ -325,6 +325,22 @@ static struct ient *index_claim(struct kvt_disk *d, const struct kvt_obj_id *id)
     return index_claim_as(d, id, 0);
 }
 
+/* Recovery's entry for id: e when it is live, e again when it was removed and is written again
+ * (its write was in flight when it was removed) and there is room, a new entry when there was
+ * none; NULL when the index is full. */
+static struct ient *claim_or_revive(struct kvt_disk *d, const struct kvt_obj_id *id, struct ient *e)
+{
+    if (!e)
+        return index_claim(d, id);
+    if (e->dead) {
+        if (d->index_count - d->index_dead >= d->cfg.objects_max)
+            return NULL;
+        e->dead = 0;
+        d->index_dead--;
+    }
+    return e;
+}
+
 static void index_delete(struct kvt_disk *d, struct ient *e)
 {
     uint64_t i = (uint64_t)(e - d->index), j = i;
@@ -1845,17 +1861,7 @@ static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint
         d->st.recovery_dropped++;
         return;
     }
-    if (!e) {
-        e = index_claim(d, &id);
-    } else if (e->dead) {
-        /* Written again after its removal (the write was in flight when it was removed). */
-        if (d->index_count - d->index_dead >= d->cfg.objects_max) {
-            e = NULL;
-        } else {
-            e->dead = 0;
-            d->index_dead--;
-        }
-    }
+    e = claim_or_revive(d, &id, e);
     if (!e) {
         d->st.recovery_dropped++;
         return;
@@ -2048,16 +2054,7 @@ static void scan_merge(struct kvt_disk *d, uint32_t f, uint64_t start, uint64_t 
     } else if (!e && m->seq < ck_next_seq) {
         return;
     }
-    if (!e) {
-        e = index_claim(d, &id);
-    } else if (e->dead) {
-        if (d->index_count - d->index_dead >= d->cfg.objects_max) {
-            e = NULL;
-        } else {
-            e->dead = 0;
-            d->index_dead--;
-        }
-    }
+    e = claim_or_revive(d, &id, e);
     if (!e) {
         d->st.scan_dropped++;
         return;
