@@ -44,6 +44,9 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     case KVTIER__REQUEST__OP_GET:
         kvt__ops_get(s, c, op, req->get);
         return 0;
+    case KVTIER__REQUEST__OP_GET_RANGE:
+        kvt__ops_get_range(s, c, op, req->get_range);
+        return 0;
     case KVTIER__REQUEST__OP_LOOKUP:
         kvt__ops_lookup(s, c, op, req->lookup);
         return 0;

@@ -2,8 +2,8 @@
  * What the request handler files share (daemon/ops*.c, and nothing else): the reply and lookup
  * helpers every handler starts with, the handlers the dispatch in ops.c calls, and the Stats
  * reservation that ops.c reserves and ops_admin.c checks its answer against. The handlers are
- * split by family: ops_session.c (Hello, RegisterNamespace), ops_data.c (Put, Get, copy
- * completions, the tier manager's callbacks), ops_keys.c (Lookup, Delete) and ops_admin.c
+ * split by family: ops_session.c (Hello, RegisterNamespace), ops_data.c (Put, Get, GetRange,
+ * copy completions, the tier manager's callbacks), ops_keys.c (Lookup, Delete) and ops_admin.c
  * (Stats, Ping, Config).
  */
 #ifndef KVT_DAEMON_OPS_H
@@ -56,6 +56,10 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                   const Kvtier__PutReq *p);
 void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                   const Kvtier__GetReq *g);
+/* Rows of one layer of a chunk, into the arena (never inline): from DRAM through the guarded
+ * copy, or from disk through kvt_tm_get_range_from_disk. Answered like a Get. */
+void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                        const Kvtier__GetRangeReq *g);
 /* ops_keys.c */
 void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                      const Kvtier__LookupReq *l);

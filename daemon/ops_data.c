@@ -1,8 +1,10 @@
 /*
  * Data handlers: Put (geometry, arena range, the tenant's object and CPU-tier quotas, then a copy
- * into the CPU tier) and Get (from DRAM, or through the tier manager from disk), the completion
- * of their copies, and the tier manager's completion callbacks (kvt__ops_tm_callbacks). A Put's
- * chunk is served only once its bytes are known good.
+ * into the CPU tier), Get (from DRAM, or through the tier manager from disk) and GetRange (rows
+ * of one layer, from DRAM or read by block from disk), the completion of their copies, and the
+ * tier manager's completion callbacks (kvt__ops_tm_callbacks). A Put's chunk is served only once
+ * its bytes are known good. A GetRange travels the Get paths and is answered like one, with a
+ * GetResp in the get_range result: the helpers below look at op->kind.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -211,9 +213,18 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
 {
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+    gr.tier = op->tier;
+    if (op->kind == KVTIER__REQUEST__OP_GET_RANGE) {
+        /* Never inline: the rows are at the client's destination already. */
+        gr.length = op->length;
+        gr.n_tokens = op->n_tokens;
+        resp.result_case = KVTIER__RESPONSE__RESULT_GET_RANGE;
+        resp.get_range = &gr;
+        kvt__server_respond(s, c, op, &resp, 0, NULL);
+        return;
+    }
     gr.length = e->length;
     gr.n_tokens = e->n_tokens;
-    gr.tier = op->tier;
     if (inline_data) {
         gr.inline_data.data = (uint8_t *)inline_data;
         gr.inline_data.len = e->length;
@@ -223,10 +234,20 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }
 
-void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
+/* Counts what a Get or a GetRange returns. */
+static void count_served(struct kvt_server *s, const struct kvt_op *op, const struct kvt_entry *e)
 {
+    if (op->kind == KVTIER__REQUEST__OP_GET_RANGE) {
+        s->st.get_range_bytes += op->length;
+        return;
+    }
     s->st.get_hits++;
     s->st.get_bytes += e->length;
+}
+
+void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
+{
+    count_served(s, op, e);
     get_reply(s, op->conn, op, e, NULL);
 }
 
@@ -240,17 +261,22 @@ void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
 void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
-    s->st.get_hits++;
-    s->st.get_bytes += e->length;
+    count_served(s, op, e);
     if (op->want_inline) {
         e->refs--;
         get_reply(s, op->conn, op, e, kvt_host_ptr(s->host, e->host_off));
         return;
     }
-    /* refs stays taken until the copy to the client completes (kvt__ops_complete). */
-    op->length = e->length;
-    op->job.src = kvt_host_ptr(s->host, e->host_off);
-    op->job.len = e->length;
+    /* refs stays taken until the copy to the client completes (kvt__ops_complete). A GetRange
+     * copies only its rows (op->length was set from them when it was validated). */
+    if (op->kind == KVTIER__REQUEST__OP_GET_RANGE) {
+        op->job.src = (const uint8_t *)kvt_host_ptr(s->host, e->host_off) + op->range_off;
+        op->job.len = op->length;
+    } else {
+        op->length = e->length;
+        op->job.src = kvt_host_ptr(s->host, e->host_off);
+        op->job.len = e->length;
+    }
     kvt__server_submit(s, op);
 }
 
@@ -334,6 +360,106 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     op->job.dst = c->arena + g->offset;
     op->job.src = kvt_host_ptr(s->host, e->host_off);
     op->job.len = e->length;
+    kvt__server_submit(s, op);
+}
+
+/* ---- GetRange ----------------------------------------------------------------------------- */
+
+void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                        const Kvtier__GetRangeReq *g)
+{
+    const struct kvt_ns *ns;
+    struct kvt_key key;
+    char why[160];
+    int rc = resolve_ns(s, c, g->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    if (key_of(g->key, &key)) {
+        reply_error(s, c, op, KVT_E_INVAL, "GetRange without a key");
+        return;
+    }
+    if (!g->n_tokens) {
+        reply_error(s, c, op, KVT_E_INVAL, "GetRange of no tokens");
+        return;
+    }
+    /* 64-bit sums: token_first + n_tokens cannot wrap around to a small number. */
+    if (g->layer >= ns->layers || (uint64_t)g->token_first + g->n_tokens > ns->tokens_per_chunk) {
+        s->st.geometry_errors++;
+        snprintf(why, sizeof(why),
+                 "layer %u tokens [%u, %" PRIu64 ") outside the namespace's %u layers of %u tokens",
+                 g->layer, g->token_first, (uint64_t)g->token_first + g->n_tokens, ns->layers,
+                 ns->tokens_per_chunk);
+        reply_error(s, c, op, KVT_E_GEOMETRY, why);
+        return;
+    }
+    if (!c->arena) {
+        reply_error(s, c, op, KVT_E_NOARENA, NULL);
+        return;
+    }
+    if (!range_ok(c, g->offset, g->capacity)) {
+        s->st.range_errors++;
+        snprintf(why, sizeof(why),
+                 "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64 "-byte arena",
+                 g->offset, g->capacity, c->arena_bytes);
+        reply_error(s, c, op, KVT_E_RANGE, why);
+        return;
+    }
+    uint64_t row_bytes = ns->bytes_per_token / ns->layers; /* one layer of one token */
+    uint64_t bytes = (uint64_t)g->n_tokens * row_bytes;
+    if (bytes > g->capacity) {
+        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+        Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+        gr.length = bytes; /* tells the client how much room it needs */
+        resp.result_case = KVTIER__RESPONSE__RESULT_GET_RANGE;
+        resp.get_range = &gr;
+        kvt__server_respond(s, c, op, &resp, KVT_E_SMALLBUF, NULL);
+        return;
+    }
+    s->st.gets_range++;
+    uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
+    struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
+    if (tier == KVT_TIER_NONE) {
+        s->st.get_misses++;
+        kvt_host_count(s->host, 0);
+        reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
+        return;
+    }
+    /* A chunk may hold fewer tokens than the namespace's chunks. */
+    if ((uint64_t)g->token_first + g->n_tokens > e->n_tokens) {
+        s->st.geometry_errors++;
+        snprintf(why, sizeof(why), "tokens [%u, %" PRIu64 ") outside the chunk's %u tokens",
+                 g->token_first, (uint64_t)g->token_first + g->n_tokens, e->n_tokens);
+        reply_error(s, c, op, KVT_E_GEOMETRY, why);
+        return;
+    }
+    if (e->hits < UINT16_MAX)
+        e->hits++;
+    e->referenced = 1;
+    op->tier = tier;
+    op->want_inline = 0;
+    op->layer = g->layer;
+    op->token_first = g->token_first;
+    op->n_tokens = g->n_tokens;
+    op->range_off = ((uint64_t)g->layer * e->n_tokens + g->token_first) * row_bytes;
+    op->length = bytes;
+    op->job.dst = c->arena + g->offset;
+    if (tier == KVT_TIER_DISK) {
+        kvt_host_count(s->host, 0);
+        rc = kvt_tm_get_range_from_disk(s, op, id);
+        if (rc)
+            kvt__ops_get_fail(s, op, rc);
+        return;
+    }
+    s->st.get_range_bytes += bytes;
+    kvt_host_count(s->host, 1);
+    kvt_host_touch(s->host, e->host_off);
+    e->refs++;
+    op->entry = id;
+    op->job.src = (const uint8_t *)kvt_host_ptr(s->host, e->host_off) + op->range_off;
+    op->job.len = bytes;
     kvt__server_submit(s, op);
 }
 

@@ -66,6 +66,8 @@
     X(A, get_hits, KVT_STAT_COUNTER, "", "Gets that found their chunk")                            \
     X(A, get_misses, KVT_STAT_COUNTER, "", "Gets of a key that is not stored")                     \
     X(A, get_bytes, KVT_STAT_COUNTER, "bytes", "bytes returned by Gets")                           \
+    X(A, gets_range, KVT_STAT_COUNTER, "", "GetRange requests that passed validation")             \
+    X(A, get_range_bytes, KVT_STAT_COUNTER, "bytes", "bytes returned by GetRanges")                \
     X(A, lookups, KVT_STAT_COUNTER, "", "Lookup requests")                                         \
     X(A, lookup_keys, KVT_STAT_COUNTER, "", "keys named by Lookups")                               \
     X(A, lookup_hits, KVT_STAT_COUNTER, "", "leading keys Lookups found cached")                   \
@@ -123,7 +125,10 @@ struct kvt_op {
     uint32_t entry;
     uint32_t gen; /* of the entry, for answers that come after other requests ran */
     uint64_t length;
-    uint32_t n_tokens;
+    uint32_t n_tokens;      /* GetRange: rows asked for */
+    uint32_t layer;         /* GetRange: the layer they are in */
+    uint32_t token_first;   /* GetRange: the first of them */
+    uint64_t range_off;     /* GetRange: where those rows start in the chunk, in bytes */
     uint32_t tier;          /* where a Get was served from */
     int want_inline;        /* Get: answer with the bytes in the response */
     uint64_t slot_off;      /* Get from disk: the DRAM slot being filled */

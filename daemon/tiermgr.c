@@ -594,10 +594,50 @@ static void direct_done(void *arg, int res)
     }
 }
 
+/* Starts the read of a GetRange whose entry is pinned: only the blocks that cover its rows, read
+ * and verified by the disk tier straight into the client's destination (never promoted: a few
+ * rows do not make the chunk hot). Returns as read_start does. */
+static int range_start(struct kvt_server *s, struct kvt_op *op)
+{
+    uint32_t id = op->entry;
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    struct kvt_obj_id oid = obj_id(e);
+    if (e->in_host) {
+        /* Promoted by a Get while this one waited: serve the rows from DRAM. */
+        op->tier = KVT_TIER_CPU;
+        kvt_host_touch(s->host, e->host_off);
+        s->tm.cb->get_in_dram(s->tm.cb_arg, op);
+        return 0;
+    }
+    if (e->disk == KVT_ENTRY_DISK_WRITING)
+        return KVT_E_BUSY;
+    if (e->disk != KVT_ENTRY_DISK_DURABLE) {
+        e->refs--;
+        forget_if_homeless(s, id);
+        return KVT_E_NOTFOUND;
+    }
+    int rc = kvt_disk_read_range(s->tm.disk, &oid, op->layer, op->token_first, op->n_tokens,
+                                 op->job.dst, op->length, direct_done, op);
+    if (rc == 0 || rc == KVT_E_BUSY)
+        return rc;
+    e->refs--;
+    if (rc == KVT_E_NOTFOUND || rc == KVT_E_CORRUPT) {
+        disk_miss(s, id, rc);
+        rc = KVT_E_NOTFOUND;
+    } else if (rc == KVT_E_INVAL) {
+        /* The disk copy carries no geometry (written while its namespace was unknown): its rows
+         * cannot be addressed; a whole-chunk Get still reads it. */
+        rc = KVT_E_GEOMETRY;
+    }
+    return rc;
+}
+
 /* Starts the read of a Get whose entry is pinned (refs taken). 0, KVT_E_BUSY (no staging buffer,
  * or no DRAM slot for an inline answer: retry later, still pinned) or an error (unpinned). */
 static int read_start(struct kvt_server *s, struct kvt_op *op)
 {
+    if (op->kind == KVTIER__REQUEST__OP_GET_RANGE)
+        return range_start(s, op);
     uint32_t id = op->entry;
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
     struct kvt_obj_id oid = obj_id(e);
@@ -644,7 +684,9 @@ static int read_start(struct kvt_server *s, struct kvt_op *op)
     return rc;
 }
 
-int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
+/* Pins entry id for op and starts its read, or queues it (pinned) behind the reads waiting for a
+ * staging buffer: a Get and a GetRange wait in the same first-come-first-served queue. */
+static int read_or_queue(struct kvt_server *s, struct kvt_op *op, uint32_t id)
 {
     struct kvt_tiermgr *tm = &s->tm;
     struct kvt_entry *e = kvt_index_at(&s->idx, id);
@@ -664,6 +706,18 @@ int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
         tm->rd_head = op;
     tm->rd_tail = op;
     return 0;
+}
+
+int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
+{
+    KVT_ASSERT(op->kind == KVTIER__REQUEST__OP_GET);
+    return read_or_queue(s, op, id);
+}
+
+int kvt_tm_get_range_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t id)
+{
+    KVT_ASSERT(op->kind == KVTIER__REQUEST__OP_GET_RANGE);
+    return read_or_queue(s, op, id);
 }
 
 static void drain_reads(struct kvt_server *s)

@@ -163,6 +163,14 @@ int kvt_tm_put_committed(struct kvt_server *s, struct kvt_op *op, uint32_t entry
 /* Serves a Get of a chunk whose only copy is on disk. Returns 0 when the op will be answered
  * later, or an error for the caller to answer. */
 int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
+/* Serves a GetRange (op->layer, token_first, n_tokens; op->length bytes to op->job.dst) of a
+ * chunk whose only copy is on disk: only the blocks covering the rows are read and verified,
+ * straight into the client's destination, and the op is answered through get_read_direct (or
+ * get_in_dram when a Get promoted the chunk meanwhile). A block that fails its checksum drops the
+ * chunk and answers KVT_E_NOTFOUND (never wrong rows); with every staging buffer busy the op
+ * waits in the Gets' read queue. A disk copy without geometry answers KVT_E_GEOMETRY. Returns 0
+ * when the op will be answered later, or an error for the caller to answer. */
+int kvt_tm_get_range_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
 /* Inserts a new PENDING entry for a Put. When the index is full (index.max_objects) it first
  * evicts the coldest chunk that can go: a chunk only on disk (CLOCK hand) is removed from disk; a
  * clean chunk in DRAM loses its DRAM slot and its disk copy; a dirty chunk goes only under

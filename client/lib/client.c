@@ -957,6 +957,85 @@ int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *
     return rc ? rc : it.status;
 }
 
+int kvt_get_range(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, uint32_t layer,
+                  uint32_t token_first, uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
+                  enum kvt_tier_id *tier_out)
+{
+    if (len_out)
+        *len_out = 0;
+    if (tier_out)
+        *tier_out = KVT_TIER_NONE;
+    if (!c || !key || !n_tokens || (!buf && cap))
+        return KVT_E_INVAL;
+    int rc = ensure_session(c);
+    if (rc)
+        return rc;
+    uint32_t ns_id;
+    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+        return rc;
+    uint64_t deadline = kvt_now_ms() + c->timeout_ms;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__GetRangeReq gr = KVTIER__GET_RANGE_REQ__INIT;
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = key->lo;
+    k.hi = key->hi;
+    gr.ns = ns_id;
+    gr.key = &k;
+    gr.layer = layer;
+    gr.token_first = token_first;
+    gr.n_tokens = n_tokens;
+    gr.capacity = cap;
+    uint64_t off, stage_off = UINT64_MAX;
+    if (in_arena(c, buf, cap, &off)) {
+        gr.offset = off;
+    } else if (stage_alloc(c, cap ? cap : 1, &stage_off, deadline) == 0) {
+        gr.offset = stage_off;
+    } else {
+        return KVT_E_NOMEM;
+    }
+    req.op_case = KVTIER__REQUEST__OP_GET_RANGE;
+    req.get_range = &gr;
+    req.id = ++c->next_id;
+    Kvtier__Response *r = NULL;
+    rc = send_request(c, &req, -1, deadline);
+    if (rc == KVT_E_TOOBIG) {
+        /* Refused before a byte was sent: nobody else knows of the staging buffer. */
+        if (stage_off != UINT64_MAX)
+            kvt_arena_alloc_put(&c->alloc, stage_off);
+        return rc;
+    }
+    if (!rc)
+        rc = wait_response(c, req.id, &r, deadline);
+    if (rc) {
+        /* The daemon may still write the staging buffer: it leaves with this socket, which
+         * drains (see the top of this file), as in a batch. */
+        if (stage_off != UINT64_MAX) {
+            c->pending_off[c->n_pending++] = stage_off;
+            drop_connection(c);
+        }
+        return session_fail(c, rc);
+    }
+    rc = r->status;
+    if (r->result_case != KVTIER__RESPONSE__RESULT_GET_RANGE) {
+        if (!rc)
+            rc = KVT_E_PROTO;
+    } else if (!rc && r->get_range->length > cap) {
+        /* The daemon claims more than it may have written: copying it would overrun buf. */
+        rc = KVT_E_PROTO;
+    } else if (!rc || rc == KVT_E_SMALLBUF) {
+        if (!rc && stage_off != UINT64_MAX)
+            memcpy(buf, c->arena + stage_off, r->get_range->length);
+        if (len_out)
+            *len_out = r->get_range->length;
+        if (tier_out && !rc)
+            *tier_out = (enum kvt_tier_id)r->get_range->tier;
+    }
+    if (stage_off != UINT64_MAX)
+        kvt_arena_alloc_put(&c->alloc, stage_off);
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
 /* ---- simple request/response calls -------------------------------------------------------- */
 
 static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out)

@@ -241,6 +241,23 @@ KVT_API int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key
 KVT_API int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf,
                     size_t cap, size_t *len_out, enum kvt_tier_id *tier_out);
 
+/* Reads rows [token_first, token_first + n_tokens) of one layer of a stored chunk into buf
+ * (capacity cap): n_tokens x 2 x kv_heads x head_dim x dtype size bytes, in the canonical order
+ * [token][k|v][kv_head][head_dim]. From the CPU tier it copies only those rows; from the disk tier
+ * the daemon reads only the 16-token blocks that cover them and verifies each one's checksum (a
+ * block that fails drops the chunk: KVT_E_NOTFOUND, never wrong bytes). *len_out (may be NULL)
+ * gets the bytes returned, 0 on an error except KVT_E_SMALLBUF, where it is the capacity needed;
+ * *tier_out (may be NULL) where the rows came from. Errors: KVT_E_INVAL (n_tokens 0, key NULL, or
+ * buf NULL with cap), KVT_E_GEOMETRY (layer not below the namespace's layers, or rows beyond the
+ * chunk's tokens, or a disk copy stored without geometry: read it with kvt_get), KVT_E_SMALLBUF,
+ * KVT_E_NOTFOUND, and kvt_get's session errors. One request, not batched; a buf in the arena is
+ * written by the daemon directly, any other buf through a staging buffer in the arena (the rows
+ * are never inline). key is borrowed during the call; buf as for kvt_get (an arena buf may still
+ * be written after a call that timed out, see "After a timeout" at the top of this file). */
+KVT_API int kvt_get_range(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                          uint32_t layer, uint32_t token_first, uint32_t n_tokens, void *buf,
+                          size_t cap, size_t *len_out, enum kvt_tier_id *tier_out);
+
 /* One item of a batch. The caller fills key/buf/len (and n_tokens for puts); the library fills
  * status (0 or an error) and, for gets, len with the chunk length and tier. The items array and
  * each buf are borrowed during the batch call, with kvt_put's and kvt_get's rules for arena

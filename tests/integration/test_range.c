@@ -1,0 +1,470 @@
+/*
+ * Range reads (GetRange, kvt_get_range) through a real kvtierd: the rows of one layer of a chunk
+ * come back exactly, from DRAM (tier CPU) and from disk (tier DISK, reading far fewer bytes than
+ * the chunk); every bad input gets its exact error, through the library and in raw frames; and a
+ * flipped byte in a covering block on disk answers E_NOTFOUND, never wrong rows.
+ *
+ * Locating the rows on disk: with --disk.codec=none the object is stored in the blocked layout,
+ * the canonical rows verbatim, so the test finds the bytes of one row in the stopped daemon's data
+ * file (the chunk is filled from a PRNG, so every 256-byte row occurs once) and flips one of them.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kvtier.pb-c.h"
+#include "kvtier/kvtier.h"
+#include "tests/lib/daemon.h"
+
+/* 2 layers x 1 head x 64 dims x fp16 x (k, v): rows of 256 bytes, 64 tokens, 32 KiB chunks. */
+static const struct kvt_ns_spec spec = {.model_id = "range-test",
+                                        .layers = 2,
+                                        .kv_heads = 1,
+                                        .head_dim = 64,
+                                        .dtype = KVT_DTYPE_FP16,
+                                        .tokens_per_chunk = 64};
+#define ROW 256u
+#define TOKENS 64u
+#define CHUNK (2u * TOKENS * ROW)
+
+static const struct kvt_key key = {0xabc, 0xdef};
+static uint8_t chunk[CHUNK];
+
+static void fill_chunk(uint64_t seed)
+{
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (size_t i = 0; i < CHUNK; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        memcpy(chunk + i, &x, 8);
+    }
+}
+
+/* The rows [first, first + n) of layer l in the canonical layout. */
+static const uint8_t *rows_of(uint32_t l, uint32_t first)
+{
+    return chunk + ((size_t)l * TOKENS + first) * ROW;
+}
+
+static struct kvt_client *connect_ns(const struct kvt_test_daemon *d, struct kvt_ns_info *ns)
+{
+    struct kvt_connect_opts o = {
+        .socket_path = d->socket_path, .arena_bytes = 1 << 20, .timeout_ms = 5000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &spec, ns), 0);
+    return c;
+}
+
+/* Reads rows through kvt_get_range into an arena buffer and into a heap buffer (staged), checks
+ * both against the chunk and returns the tier they came from. */
+static enum kvt_tier_id check_range(struct kvt_client *c, uint32_t ns, uint32_t layer,
+                                    uint32_t first, uint32_t n)
+{
+    size_t want = (size_t)n * ROW, len = 0;
+    enum kvt_tier_id tier = KVT_TIER_NONE, tier2 = KVT_TIER_NONE;
+    uint8_t *a = kvt_arena_alloc(c, want);
+    assert_non_null(a);
+    memset(a, 0x5a, want);
+    assert_int_equal(kvt_get_range(c, ns, &key, layer, first, n, a, want, &len, &tier), 0);
+    assert_int_equal(len, want);
+    assert_memory_equal(a, rows_of(layer, first), want);
+    kvt_arena_free(c, a);
+    uint8_t *h = malloc(want + 64);
+    assert_non_null(h);
+    memset(h, 0x5a, want + 64);
+    assert_int_equal(kvt_get_range(c, ns, &key, layer, first, n, h, want + 64, &len, &tier2), 0);
+    assert_int_equal(len, want);
+    assert_memory_equal(h, rows_of(layer, first), want);
+    for (size_t i = want; i < want + 64; i++)
+        assert_int_equal(h[i], 0x5a); /* nothing past the rows */
+    free(h);
+    return tier;
+}
+
+static void test_range_from_dram(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_test_daemon_start(&d, NULL), 0);
+    struct kvt_client *c = connect_ns(&d, &ns);
+    fill_chunk(1);
+    assert_int_equal(kvt_put(c, ns.handle, &key, chunk, CHUNK, 0), 0);
+
+    assert_int_equal(check_range(c, ns.handle, 1, 16, 16), KVT_TIER_CPU);
+    assert_int_equal(check_range(c, ns.handle, 0, 0, 1), KVT_TIER_CPU);
+    assert_int_equal(check_range(c, ns.handle, 1, 63, 1), KVT_TIER_CPU);
+    assert_int_equal(check_range(c, ns.handle, 0, 0, TOKENS), KVT_TIER_CPU);
+    assert_int_equal(kvt_test_stat(c, "gets_range"), 8);
+    assert_int_equal(kvt_test_stat(c, "get_range_bytes"), 2 * (16 + 1 + 1 + TOKENS) * ROW);
+
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+/* ---- bad inputs --------------------------------------------------------------------------- */
+
+static int raw_connect(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, path, strnlen(path, sizeof(a.sun_path) - 1));
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    return fd;
+}
+
+static void send_request(int fd, Kvtier__Request *req, int pass_fd)
+{
+    uint8_t buf[1024];
+    size_t n = kvtier__request__get_packed_size(req);
+    assert_true(n + 4 <= sizeof(buf));
+    kvtier__request__pack(req, buf + 4);
+    buf[0] = (uint8_t)n;
+    buf[1] = (uint8_t)(n >> 8);
+    buf[2] = buf[3] = 0;
+    struct iovec iov = {buf, n + 4};
+    union {
+        char c[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr a;
+    } cb;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pass_fd >= 0) {
+        mh.msg_control = cb.c;
+        mh.msg_controllen = sizeof(cb.c);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    }
+    assert_int_equal(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)(n + 4));
+}
+
+static Kvtier__Response *read_response(int fd)
+{
+    static uint8_t buf[65536];
+    size_t have = 0;
+    for (;;) {
+        if (have >= 4) {
+            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
+                         (uint32_t)buf[3] << 24;
+            if (have >= 4 + n)
+                return kvtier__response__unpack(NULL, n, buf + 4);
+        }
+        struct pollfd pf = {fd, POLLIN, 0};
+        assert_int_equal(poll(&pf, 1, 5000), 1);
+        ssize_t r = recv(fd, buf + have, sizeof(buf) - have, 0);
+        assert_true(r > 0);
+        have += (size_t)r;
+    }
+}
+
+/* A raw session of tenant with an arena of arena_bytes (0: none) and the test namespace. */
+static int raw_session(const char *path, const char *tenant, uint64_t arena_bytes, uint32_t *ns_out)
+{
+    int fd = raw_connect(path);
+    int mfd = -1;
+    if (arena_bytes) {
+        mfd = memfd_create("range-arena", MFD_ALLOW_SEALING);
+        assert_int_equal(ftruncate(mfd, (off_t)arena_bytes), 0);
+        assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    }
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
+    h.version = 1;
+    h.tenant = (char *)tenant;
+    h.arena_bytes = arena_bytes;
+    req.id = 1;
+    req.op_case = KVTIER__REQUEST__OP_HELLO;
+    req.hello = &h;
+    send_request(fd, &req, mfd);
+    if (mfd >= 0)
+        close(mfd);
+    Kvtier__Response *r = read_response(fd);
+    assert_int_equal(r->status, 0);
+    kvtier__response__free_unpacked(r, NULL);
+
+    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
+    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
+    sp.model_id = (char *)spec.model_id;
+    sp.layers = spec.layers;
+    sp.kv_heads = spec.kv_heads;
+    sp.head_dim = spec.head_dim;
+    sp.dtype = spec.dtype;
+    sp.tokens_per_chunk = spec.tokens_per_chunk;
+    rr.spec = &sp;
+    Kvtier__Request rq = KVTIER__REQUEST__INIT;
+    rq.id = 2;
+    rq.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
+    rq.register_ns = &rr;
+    send_request(fd, &rq, -1);
+    r = read_response(fd);
+    assert_int_equal(r->status, 0);
+    *ns_out = r->register_ns->ns_id;
+    kvtier__response__free_unpacked(r, NULL);
+    return fd;
+}
+
+/* A raw GetRange of the test key; returns its status and the length answered (*len_out). */
+static int raw_get_range(int fd, uint64_t id, uint32_t ns, uint32_t layer, uint32_t first,
+                         uint32_t n, uint64_t off, uint64_t cap, uint64_t *len_out)
+{
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__GetRangeReq g = KVTIER__GET_RANGE_REQ__INIT;
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = key.lo;
+    k.hi = key.hi;
+    g.ns = ns;
+    g.key = &k;
+    g.layer = layer;
+    g.token_first = first;
+    g.n_tokens = n;
+    g.offset = off;
+    g.capacity = cap;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_GET_RANGE;
+    req.get_range = &g;
+    send_request(fd, &req, -1);
+    Kvtier__Response *r = read_response(fd);
+    assert_non_null(r);
+    assert_int_equal(r->id, id);
+    int st = r->status;
+    assert_true(st == 0 || (r->error && *r->error)); /* every error says why */
+    if (len_out)
+        *len_out = r->result_case == KVTIER__RESPONSE__RESULT_GET_RANGE ? r->get_range->length
+                                                                        : UINT64_MAX;
+    kvtier__response__free_unpacked(r, NULL);
+    return st;
+}
+
+static void test_range_bad_input(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    char tenants[128];
+    snprintf(tenants, sizeof(tenants), "--tenants=alice=uid:%u;bob=uid:%u", getuid(), getuid());
+    const char *args[] = {tenants, NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_client *c = connect_ns(&d, &ns);
+    fill_chunk(2);
+    assert_int_equal(kvt_put(c, ns.handle, &key, chunk, CHUNK, 0), 0);
+    /* A chunk of 32 tokens: the namespace's rows beyond them are not in it. */
+    const struct kvt_key short_key = {0x5, 0x6};
+    static uint8_t short_chunk[2 * 32 * ROW];
+    memset(short_chunk, 7, sizeof(short_chunk));
+    assert_int_equal(kvt_put(c, ns.handle, &short_key, short_chunk, sizeof(short_chunk), 32), 0);
+
+    uint8_t buf[16 * ROW];
+    size_t len = 1;
+    enum kvt_tier_id tier = KVT_TIER_CPU;
+    uint64_t geometry0 = kvt_test_stat(c, "geometry_errors");
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 2, 0, 1, buf, sizeof(buf), &len, &tier),
+                     KVT_E_GEOMETRY);
+    assert_int_equal(len, 0);
+    assert_int_equal(tier, KVT_TIER_NONE);
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 1, 60, 8, buf, sizeof(buf), &len, NULL),
+                     KVT_E_GEOMETRY);
+    assert_int_equal(
+        kvt_get_range(c, ns.handle, &key, 0, UINT32_MAX, 2, buf, sizeof(buf), &len, NULL),
+        KVT_E_GEOMETRY);
+    assert_int_equal(
+        kvt_get_range(c, ns.handle, &short_key, 0, 24, 16, buf, sizeof(buf), &len, NULL),
+        KVT_E_GEOMETRY);
+    assert_int_equal(kvt_test_stat(c, "geometry_errors"), geometry0 + 4);
+    /* In the short chunk, layer 1 starts after its 32 tokens of layer 0. */
+    assert_int_equal(
+        kvt_get_range(c, ns.handle, &short_key, 1, 16, 16, buf, sizeof(buf), &len, &tier), 0);
+    assert_int_equal(len, 16 * ROW);
+    assert_int_equal(buf[0], 7);
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 0, 0, 0, buf, sizeof(buf), &len, NULL),
+                     KVT_E_INVAL);
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 1, 16, 16, buf, 16 * ROW - 1, &len, NULL),
+                     KVT_E_SMALLBUF);
+    assert_int_equal(len, 16 * ROW); /* the room it needs */
+    const struct kvt_key missing = {0x77, 0x77};
+    assert_int_equal(kvt_get_range(c, ns.handle, &missing, 0, 0, 1, buf, sizeof(buf), &len, NULL),
+                     KVT_E_NOTFOUND);
+    assert_int_equal(kvt_get_range(c, 999, &key, 0, 0, 1, buf, sizeof(buf), &len, NULL),
+                     KVT_E_NONS);
+
+    /* Raw frames: what the library never sends. */
+    uint32_t ns_a, ns_b, ns_n;
+    const uint64_t arena = 64 * 1024;
+    int fa = raw_session(d.socket_path, "alice", arena, &ns_a);
+    int fb = raw_session(d.socket_path, "bob", arena, &ns_b);
+    int fn = raw_session(d.socket_path, "alice", 0, &ns_n);
+    uint64_t rlen;
+    uint64_t range0 = kvt_test_stat(c, "range_errors");
+    assert_int_equal(raw_get_range(fa, 10, ns_a, 0, 0, 1, arena - ROW + 1, ROW, NULL), KVT_E_RANGE);
+    assert_int_equal(raw_get_range(fa, 11, ns_a, 0, 0, 1, UINT64_MAX, 2, NULL), KVT_E_RANGE);
+    assert_int_equal(kvt_test_stat(c, "range_errors"), range0 + 2);
+    assert_int_equal(raw_get_range(fa, 12, ns_a, 0, 0, 0, 0, ROW, NULL), KVT_E_INVAL);
+    assert_int_equal(raw_get_range(fa, 13, ns_a, 0, 0, 4, 0, 4 * ROW - 1, &rlen), KVT_E_SMALLBUF);
+    assert_int_equal(rlen, 4 * ROW);
+    assert_int_equal(raw_get_range(fa, 14, ns_a, 2, 0, 1, 0, ROW, NULL), KVT_E_GEOMETRY);
+    assert_int_equal(raw_get_range(fa, 15, ns_a + 7, 0, 0, 1, 0, ROW, NULL), KVT_E_NONS);
+    assert_int_equal(raw_get_range(fb, 16, ns_a, 0, 0, 1, 0, ROW, NULL), KVT_E_ACCESS);
+    assert_int_equal(raw_get_range(fn, 17, ns_n, 0, 0, 1, 0, ROW, NULL), KVT_E_NOARENA);
+    /* alice's namespace is not the default tenant's: the chunk stored there is not hers. */
+    assert_int_equal(raw_get_range(fa, 18, ns_a, 0, 0, 1, 0, ROW, &rlen), KVT_E_NOTFOUND);
+    close(fa);
+    close(fb);
+    close(fn);
+
+    /* Nothing above changed the chunk. */
+    assert_int_equal(check_range(c, ns.handle, 1, 16, 16), KVT_TIER_CPU);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+/* ---- from disk ---------------------------------------------------------------------------- */
+
+static const char *disk_args[] = {"--disk.bytes=64M", "--disk.codec=none",
+                                  "--tier.write_policy=write-through", NULL};
+
+/* Stores the chunk write-through, then restarts the daemon on the same directory: the chunk is
+ * only on disk. flip_row >= 0 flips a byte of that row of layer 1 in the data file meanwhile. */
+static struct kvt_client *chunk_only_on_disk(struct kvt_test_daemon *d, struct kvt_ns_info *ns,
+                                             int flip_row)
+{
+    assert_int_equal(kvt_test_daemon_start(d, disk_args), 0);
+    struct kvt_client *c = connect_ns(d, ns);
+    fill_chunk(3);
+    enum kvt_tier_id tier;
+    assert_int_equal(kvt_put(c, ns->handle, &key, chunk, CHUNK, 0), 0);
+    assert_int_equal(kvt_lookup(c, ns->handle, &key, 1, &(size_t){0}, &tier), 0);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(d), 0);
+    if (flip_row >= 0) {
+        char path[400];
+        snprintf(path, sizeof(path), "%s/disk.0", d->dir);
+        int fd = open(path, O_RDWR);
+        assert_true(fd >= 0);
+        struct stat st;
+        assert_int_equal(fstat(fd, &st), 0);
+        uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        assert_true(m != MAP_FAILED);
+        const uint8_t *row = rows_of(1, (uint32_t)flip_row);
+        uint8_t *at = memmem(m, (size_t)st.st_size, row, ROW);
+        assert_non_null(at);
+        assert_null(memmem(at + 1, (size_t)(m + st.st_size - at - 1), row, ROW)); /* once */
+        off_t off = (off_t)(at - m) + 100;
+        munmap(m, (size_t)st.st_size);
+        uint8_t b = row[100] ^ 0x01;
+        assert_int_equal(pwrite(fd, &b, 1, off), 1);
+        assert_int_equal(fsync(fd), 0);
+        close(fd);
+    }
+    assert_int_equal(kvt_test_daemon_start(d, disk_args), 0);
+    c = connect_ns(d, ns);
+    size_t hits = 0;
+    assert_int_equal(kvt_lookup(c, ns->handle, &key, 1, &hits, &tier), 0);
+    assert_int_equal(hits, 1);
+    assert_int_equal(tier, KVT_TIER_DISK);
+    return c;
+}
+
+static void test_range_from_disk(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    struct kvt_client *c = chunk_only_on_disk(&d, &ns, -1);
+    uint64_t read0 = kvt_test_stat(c, "disk.bytes_read");
+    uint64_t ranges0 = kvt_test_stat(c, "disk.range_reads");
+    uint8_t *a = kvt_arena_alloc(c, 16 * ROW);
+    assert_non_null(a);
+    size_t got = 0;
+    enum kvt_tier_id from = KVT_TIER_NONE;
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 1, 16, 16, a, 16 * ROW, &got, &from), 0);
+    assert_int_equal(from, KVT_TIER_DISK);
+    assert_int_equal(got, 16 * ROW);
+    assert_memory_equal(a, rows_of(1, 16), 16 * ROW);
+    kvt_arena_free(c, a);
+    uint64_t read1 = kvt_test_stat(c, "disk.bytes_read");
+    /* One 16-token block (4,104 bytes with its trailer) straddles two 4 KiB pages: 8 KiB read,
+     * against 45,056 bytes for the whole object (header block and two 20 KiB layers). */
+    print_message("disk.bytes_read for one 16-token range read: %llu (chunk %u bytes)\n",
+                  (unsigned long long)(read1 - read0), CHUNK);
+    assert_true(read1 > read0);
+    assert_true(read1 - read0 <= 2 * 4096);
+    assert_int_equal(kvt_test_stat(c, "disk.range_reads"), ranges0 + 1);
+    assert_int_equal(check_range(c, ns.handle, 1, 16, 16), KVT_TIER_DISK);
+    /* Across blocks, and the whole of layer 0. */
+    assert_int_equal(check_range(c, ns.handle, 1, 10, 40), KVT_TIER_DISK);
+    assert_int_equal(check_range(c, ns.handle, 0, 0, TOKENS), KVT_TIER_DISK);
+    assert_int_equal(check_range(c, ns.handle, 1, 63, 1), KVT_TIER_DISK);
+    /* A range read does not promote the chunk: it is still served from disk. */
+    size_t hits = 0;
+    enum kvt_tier_id tier;
+    assert_int_equal(kvt_lookup(c, ns.handle, &key, 1, &hits, &tier), 0);
+    assert_int_equal(tier, KVT_TIER_DISK);
+    /* A whole-chunk Get promotes it; the rows then come from DRAM. */
+    static uint8_t whole[CHUNK];
+    size_t len = 0;
+    assert_int_equal(kvt_get(c, ns.handle, &key, whole, sizeof(whole), &len, NULL), 0);
+    assert_memory_equal(whole, chunk, CHUNK);
+    assert_int_equal(check_range(c, ns.handle, 1, 16, 16), KVT_TIER_CPU);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void test_range_corrupt_block(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    struct kvt_client *c = chunk_only_on_disk(&d, &ns, 20); /* block 1 of layer 1 */
+    /* Other blocks still verify: only the covering blocks are read. */
+    assert_int_equal(check_range(c, ns.handle, 1, 0, 16), KVT_TIER_DISK);
+    assert_int_equal(check_range(c, ns.handle, 0, 16, 16), KVT_TIER_DISK);
+    uint8_t *a = kvt_arena_alloc(c, 16 * ROW);
+    assert_non_null(a);
+    size_t len = 1;
+    enum kvt_tier_id tier = KVT_TIER_CPU;
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 1, 16, 16, a, 16 * ROW, &len, &tier),
+                     KVT_E_NOTFOUND);
+    assert_int_equal(len, 0);
+    assert_int_equal(tier, KVT_TIER_NONE);
+    /* The chunk was dropped: every read of it is a miss now. */
+    assert_int_equal(kvt_get_range(c, ns.handle, &key, 1, 0, 16, a, 16 * ROW, &len, NULL),
+                     KVT_E_NOTFOUND);
+    static uint8_t whole[CHUNK];
+    assert_int_equal(kvt_get(c, ns.handle, &key, whole, sizeof(whole), &len, NULL), KVT_E_NOTFOUND);
+    assert_true(kvt_test_stat(c, "disk.checksum_failures") >= 1);
+    kvt_arena_free(c, a);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_range_from_dram),
+        cmocka_unit_test(test_range_bad_input),
+        cmocka_unit_test(test_range_from_disk),
+        cmocka_unit_test(test_range_corrupt_block),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
