@@ -2,7 +2,8 @@
  * Range reads (GetRange, kvt_get_range) through a real kvtierd: the rows of one layer of a chunk
  * come back exactly, from DRAM (tier CPU) and from disk (tier DISK, reading far fewer bytes than
  * the chunk); every bad input gets its exact error, through the library and in raw frames; and a
- * flipped byte in a covering block on disk answers E_NOTFOUND, never wrong rows.
+ * flipped byte in a covering block on disk answers E_NOTFOUND, never wrong rows; and more range
+ * reads than the disk's staging holds wait in the read queue and are all answered.
  *
  * Locating the rows on disk: with --disk.codec=none the object is stored in the blocked layout,
  * the canonical rows verbatim, so the test finds the bytes of one row in the stopped daemon's data
@@ -157,16 +158,26 @@ static void send_request(int fd, Kvtier__Request *req, int pass_fd)
     assert_int_equal(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)(n + 4));
 }
 
+/* Reads one response frame. Bytes of the next frames that came with it are kept for the next
+ * call on the same fd (pipelined requests). */
 static Kvtier__Response *read_response(int fd)
 {
     static uint8_t buf[65536];
-    size_t have = 0;
+    static size_t have;
+    static int last_fd = -1;
+    if (fd != last_fd)
+        have = 0;
+    last_fd = fd;
     for (;;) {
         if (have >= 4) {
             uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
                          (uint32_t)buf[3] << 24;
-            if (have >= 4 + n)
-                return kvtier__response__unpack(NULL, n, buf + 4);
+            if (have >= 4 + n) {
+                Kvtier__Response *r = kvtier__response__unpack(NULL, n, buf + 4);
+                memmove(buf, buf + 4 + n, have - 4 - n);
+                have -= 4 + n;
+                return r;
+            }
         }
         struct pollfd pf = {fd, POLLIN, 0};
         assert_int_equal(poll(&pf, 1, 5000), 1);
@@ -176,8 +187,10 @@ static Kvtier__Response *read_response(int fd)
     }
 }
 
-/* A raw session of tenant with an arena of arena_bytes (0: none) and the test namespace. */
-static int raw_session(const char *path, const char *tenant, uint64_t arena_bytes, uint32_t *ns_out)
+/* A raw session of tenant with an arena of arena_bytes (0: none), mapped at *arena_out when not
+ * NULL, and the test namespace. */
+static int raw_session(const char *path, const char *tenant, uint64_t arena_bytes, uint32_t *ns_out,
+                       uint8_t **arena_out)
 {
     int fd = raw_connect(path);
     int mfd = -1;
@@ -185,6 +198,10 @@ static int raw_session(const char *path, const char *tenant, uint64_t arena_byte
         mfd = memfd_create("range-arena", MFD_ALLOW_SEALING);
         assert_int_equal(ftruncate(mfd, (off_t)arena_bytes), 0);
         assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+        if (arena_out) {
+            *arena_out = mmap(NULL, arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+            assert_true(*arena_out != MAP_FAILED);
+        }
     }
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
@@ -222,9 +239,8 @@ static int raw_session(const char *path, const char *tenant, uint64_t arena_byte
     return fd;
 }
 
-/* A raw GetRange of the test key; returns its status and the length answered (*len_out). */
-static int raw_get_range(int fd, uint64_t id, uint32_t ns, uint32_t layer, uint32_t first,
-                         uint32_t n, uint64_t off, uint64_t cap, uint64_t *len_out)
+static void raw_send_range(int fd, uint64_t id, uint32_t ns, uint32_t layer, uint32_t first,
+                           uint32_t n, uint64_t off, uint64_t cap)
 {
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__GetRangeReq g = KVTIER__GET_RANGE_REQ__INIT;
@@ -242,15 +258,31 @@ static int raw_get_range(int fd, uint64_t id, uint32_t ns, uint32_t layer, uint3
     req.op_case = KVTIER__REQUEST__OP_GET_RANGE;
     req.get_range = &g;
     send_request(fd, &req, -1);
+}
+
+/* The next answer: its status, the length answered (*len_out) and its id (*id_out). */
+static int raw_recv_range(int fd, uint64_t *id_out, uint64_t *len_out)
+{
     Kvtier__Response *r = read_response(fd);
     assert_non_null(r);
-    assert_int_equal(r->id, id);
+    *id_out = r->id;
     int st = r->status;
     assert_true(st == 0 || (r->error && *r->error)); /* every error says why */
     if (len_out)
         *len_out = r->result_case == KVTIER__RESPONSE__RESULT_GET_RANGE ? r->get_range->length
                                                                         : UINT64_MAX;
     kvtier__response__free_unpacked(r, NULL);
+    return st;
+}
+
+/* A raw GetRange of the test key; returns its status and the length answered (*len_out). */
+static int raw_get_range(int fd, uint64_t id, uint32_t ns, uint32_t layer, uint32_t first,
+                         uint32_t n, uint64_t off, uint64_t cap, uint64_t *len_out)
+{
+    raw_send_range(fd, id, ns, layer, first, n, off, cap);
+    uint64_t got_id;
+    int st = raw_recv_range(fd, &got_id, len_out);
+    assert_int_equal(got_id, id);
     return st;
 }
 
@@ -308,9 +340,9 @@ static void test_range_bad_input(void **state)
     /* Raw frames: what the library never sends. */
     uint32_t ns_a, ns_b, ns_n;
     const uint64_t arena = 64 * 1024;
-    int fa = raw_session(d.socket_path, "alice", arena, &ns_a);
-    int fb = raw_session(d.socket_path, "bob", arena, &ns_b);
-    int fn = raw_session(d.socket_path, "alice", 0, &ns_n);
+    int fa = raw_session(d.socket_path, "alice", arena, &ns_a, NULL);
+    int fb = raw_session(d.socket_path, "bob", arena, &ns_b, NULL);
+    int fn = raw_session(d.socket_path, "alice", 0, &ns_n, NULL);
     uint64_t rlen;
     uint64_t range0 = kvt_test_stat(c, "range_errors");
     assert_int_equal(raw_get_range(fa, 10, ns_a, 0, 0, 1, arena - ROW + 1, ROW, NULL), KVT_E_RANGE);
@@ -344,9 +376,9 @@ static const char *disk_args[] = {"--disk.bytes=64M", "--disk.codec=none",
 /* Stores the chunk write-through, then restarts the daemon on the same directory: the chunk is
  * only on disk. flip_row >= 0 flips a byte of that row of layer 1 in the data file meanwhile. */
 static struct kvt_client *chunk_only_on_disk(struct kvt_test_daemon *d, struct kvt_ns_info *ns,
-                                             int flip_row)
+                                             int flip_row, const char **args)
 {
-    assert_int_equal(kvt_test_daemon_start(d, disk_args), 0);
+    assert_int_equal(kvt_test_daemon_start(d, args), 0);
     struct kvt_client *c = connect_ns(d, ns);
     fill_chunk(3);
     enum kvt_tier_id tier;
@@ -374,7 +406,7 @@ static struct kvt_client *chunk_only_on_disk(struct kvt_test_daemon *d, struct k
         assert_int_equal(fsync(fd), 0);
         close(fd);
     }
-    assert_int_equal(kvt_test_daemon_start(d, disk_args), 0);
+    assert_int_equal(kvt_test_daemon_start(d, args), 0);
     c = connect_ns(d, ns);
     size_t hits = 0;
     assert_int_equal(kvt_lookup(c, ns->handle, &key, 1, &hits, &tier), 0);
@@ -388,7 +420,7 @@ static void test_range_from_disk(void **state)
     (void)state;
     struct kvt_test_daemon d = {0};
     struct kvt_ns_info ns;
-    struct kvt_client *c = chunk_only_on_disk(&d, &ns, -1);
+    struct kvt_client *c = chunk_only_on_disk(&d, &ns, -1, disk_args);
     uint64_t read0 = kvt_test_stat(c, "disk.bytes_read");
     uint64_t ranges0 = kvt_test_stat(c, "disk.range_reads");
     uint8_t *a = kvt_arena_alloc(c, 16 * ROW);
@@ -434,7 +466,7 @@ static void test_range_corrupt_block(void **state)
     (void)state;
     struct kvt_test_daemon d = {0};
     struct kvt_ns_info ns;
-    struct kvt_client *c = chunk_only_on_disk(&d, &ns, 20); /* block 1 of layer 1 */
+    struct kvt_client *c = chunk_only_on_disk(&d, &ns, 20, disk_args); /* block 1 of layer 1 */
     /* Other blocks still verify: only the covering blocks are read. */
     assert_int_equal(check_range(c, ns.handle, 1, 0, 16), KVT_TIER_DISK);
     assert_int_equal(check_range(c, ns.handle, 0, 16, 16), KVT_TIER_DISK);
@@ -458,13 +490,55 @@ static void test_range_corrupt_block(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* More range reads pipelined on one connection than the disk's staging area holds at once (64 KiB:
+ * three whole-layer reads of 20 KiB): the rest wait in the read queue and every one is answered
+ * with its own rows. */
+static void test_range_disk_queue(void **state)
+{
+    (void)state;
+    enum { N = 48 };
+    static const char *args[] = {"--disk.bytes=64M",
+                                 "--disk.codec=none",
+                                 "--tier.write_policy=write-through",
+                                 "--disk.staging_bytes=64K",
+                                 "--disk.object_bytes_max=48K",
+                                 NULL};
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    struct kvt_client *c = chunk_only_on_disk(&d, &ns, -1, args);
+    const uint64_t layer_bytes = (uint64_t)TOKENS * ROW;
+    const uint64_t arena = N * layer_bytes;
+    uint8_t *a = NULL;
+    uint32_t rns;
+    int fd = raw_session(d.socket_path, NULL, arena, &rns, &a);
+    memset(a, 0x5a, arena);
+    for (uint64_t i = 0; i < N; i++) {
+        uint32_t first = (uint32_t)(i % 4) * 8, n = TOKENS - first;
+        raw_send_range(fd, 100 + i, rns, (uint32_t)(i % 2), first, n, i * layer_bytes, layer_bytes);
+    }
+    for (int k = 0; k < N; k++) {
+        uint64_t id, len;
+        assert_int_equal(raw_recv_range(fd, &id, &len), 0);
+        assert_true(id >= 100 && id < 100 + N);
+        uint64_t i = id - 100;
+        uint32_t first = (uint32_t)(i % 4) * 8, n = TOKENS - first;
+        assert_int_equal(len, (uint64_t)n * ROW);
+        assert_memory_equal(a + i * layer_bytes, rows_of((uint32_t)(i % 2), first), len);
+    }
+    close(fd);
+    munmap(a, arena);
+    assert_int_equal(kvt_test_stat(c, "disk.range_reads"), N);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_range_from_dram),
-        cmocka_unit_test(test_range_bad_input),
-        cmocka_unit_test(test_range_from_disk),
-        cmocka_unit_test(test_range_corrupt_block),
+        cmocka_unit_test(test_range_from_dram),  cmocka_unit_test(test_range_bad_input),
+        cmocka_unit_test(test_range_from_disk),  cmocka_unit_test(test_range_corrupt_block),
+        cmocka_unit_test(test_range_disk_queue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
