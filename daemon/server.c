@@ -131,10 +131,12 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
 {
     if (op) {
         /* Every answer passes here: its latency, from the frame to the answer (docs/stats.md). */
-        struct kvt_hist *lat = op->kind == KVTIER__REQUEST__OP_PUT      ? &s->st.put_latency_us
-                               : op->kind == KVTIER__REQUEST__OP_GET    ? &s->st.get_latency_us
-                               : op->kind == KVTIER__REQUEST__OP_LOOKUP ? &s->st.lookup_latency_us
-                                                                        : NULL;
+        struct kvt_hist *lat =
+            op->kind == KVTIER__REQUEST__OP_PUT ? &s->st.put_latency_us
+            : op->kind == KVTIER__REQUEST__OP_GET || op->kind == KVTIER__REQUEST__OP_GET_RANGE
+                ? &s->st.get_latency_us
+            : op->kind == KVTIER__REQUEST__OP_LOOKUP ? &s->st.lookup_latency_us
+                                                     : NULL;
         if (lat)
             kvt_hist_observe_since_ns(lat, op->start_ns);
         resp->id = op->req_id;

@@ -92,7 +92,7 @@
 /* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */
 #define KVT_DAEMON_HISTS(X)                                                                        \
     X(put_latency_us, "us", "Put requests, taken from the frame to answered")                      \
-    X(get_latency_us, "us", "Get requests, taken from the frame to answered")                      \
+    X(get_latency_us, "us", "Get and GetRange requests, taken from the frame to answered")         \
     X(lookup_latency_us, "us", "Lookup requests, taken from the frame to answered")
 
 struct kvt_dstats {
