@@ -32,7 +32,7 @@
 
 #define NS 0x5eed5eed12345678ull
 #define MAX_OBJ (256u * 1024u)
-#define REC_BYTES 96 /* journal and checkpoint record (disk.c) */
+#define REC_BYTES 96 /* journal and checkpoint record (tiers/disk/disk_internal.h) */
 
 struct env {
     char dir[64];
