@@ -280,12 +280,68 @@ void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
     kvt__server_submit(s, op);
 }
 
+/* A Get's or GetRange's destination: an arena must be shared and [offset, offset + capacity)
+ * inside it. 0, or the error was answered. */
+static int dest_ok(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, uint64_t offset,
+                   uint64_t capacity)
+{
+    char why[160];
+    if (!c->arena) {
+        reply_error(s, c, op, KVT_E_NOARENA, NULL);
+        return 0;
+    }
+    if (!range_ok(c, offset, capacity)) {
+        s->st.range_errors++;
+        snprintf(why, sizeof(why),
+                 "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64 "-byte arena",
+                 offset, capacity, c->arena_bytes);
+        reply_error(s, c, op, KVT_E_RANGE, why);
+        return 0;
+    }
+    return 1;
+}
+
+/* The readable entry of key, or NULL when there is none (a counted miss, answered). */
+static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                                       const struct kvt_ns *ns, const struct kvt_key *key,
+                                       uint32_t *id_out, enum kvt_tier_id *tier_out)
+{
+    uint32_t id = kvt_index_find(&s->idx, ns->seed, key);
+    struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
+    if (tier == KVT_TIER_NONE) {
+        s->st.get_misses++;
+        kvt_host_count(s->host, 0);
+        reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
+        return NULL;
+    }
+    *id_out = id;
+    *tier_out = tier;
+    return e;
+}
+
+/* Refuses a Get or GetRange with status, telling the client how much room it needs. */
+static void room_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, uint64_t needed,
+                       int status)
+{
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
+    gr.length = needed;
+    if (op->kind == KVTIER__REQUEST__OP_GET_RANGE) {
+        resp.result_case = KVTIER__RESPONSE__RESULT_GET_RANGE;
+        resp.get_range = &gr;
+    } else {
+        resp.result_case = KVTIER__RESPONSE__RESULT_GET;
+        resp.get = &gr;
+    }
+    kvt__server_respond(s, c, op, &resp, status, NULL);
+}
+
 void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                   const Kvtier__GetReq *g)
 {
     const struct kvt_ns *ns;
     struct kvt_key key;
-    char why[160];
     int rc = resolve_ns(s, c, g->ns, &ns);
     if (rc) {
         reply_error(s, c, op, rc, NULL);
@@ -295,41 +351,20 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         reply_error(s, c, op, KVT_E_INVAL, "Get without a key");
         return;
     }
-    if (!g->want_inline) {
-        if (!c->arena) {
-            reply_error(s, c, op, KVT_E_NOARENA, NULL);
-            return;
-        }
-        if (!range_ok(c, g->offset, g->capacity)) {
-            s->st.range_errors++;
-            snprintf(why, sizeof(why),
-                     "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64 "-byte arena",
-                     g->offset, g->capacity, c->arena_bytes);
-            reply_error(s, c, op, KVT_E_RANGE, why);
-            return;
-        }
-    }
-    s->st.gets++;
-    uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
-    struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
-    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
-    if (tier == KVT_TIER_NONE) {
-        s->st.get_misses++;
-        kvt_host_count(s->host, 0);
-        reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
+    if (!g->want_inline && !dest_ok(s, c, op, g->offset, g->capacity))
         return;
-    }
+    s->st.gets++;
+    uint32_t id;
+    enum kvt_tier_id tier;
+    struct kvt_entry *e = find_readable(s, c, op, ns, &key, &id, &tier);
+    if (!e)
+        return;
     /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
      * must never receive more bytes than it said it has room for. */
     int too_big = g->want_inline && e->length > s->cfg->inline_max_bytes;
     int no_room = (!g->want_inline || g->capacity) && e->length > g->capacity;
     if (too_big || no_room) {
-        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
-        Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
-        gr.length = e->length; /* tells the client how much room it needs */
-        resp.result_case = KVTIER__RESPONSE__RESULT_GET;
-        resp.get = &gr;
-        kvt__server_respond(s, c, op, &resp, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG, NULL);
+        room_reply(s, c, op, e->length, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG);
         return;
     }
     if (e->hits < UINT16_MAX)
@@ -394,39 +429,20 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
         reply_error(s, c, op, KVT_E_GEOMETRY, why);
         return;
     }
-    if (!c->arena) {
-        reply_error(s, c, op, KVT_E_NOARENA, NULL);
+    if (!dest_ok(s, c, op, g->offset, g->capacity))
         return;
-    }
-    if (!range_ok(c, g->offset, g->capacity)) {
-        s->st.range_errors++;
-        snprintf(why, sizeof(why),
-                 "offset %" PRIu64 " + capacity %" PRIu64 " outside the %" PRIu64 "-byte arena",
-                 g->offset, g->capacity, c->arena_bytes);
-        reply_error(s, c, op, KVT_E_RANGE, why);
-        return;
-    }
     uint64_t row_bytes = ns->bytes_per_token / ns->layers; /* one layer of one token */
     uint64_t bytes = (uint64_t)g->n_tokens * row_bytes;
     if (bytes > g->capacity) {
-        Kvtier__Response resp = KVTIER__RESPONSE__INIT;
-        Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
-        gr.length = bytes; /* tells the client how much room it needs */
-        resp.result_case = KVTIER__RESPONSE__RESULT_GET_RANGE;
-        resp.get_range = &gr;
-        kvt__server_respond(s, c, op, &resp, KVT_E_SMALLBUF, NULL);
+        room_reply(s, c, op, bytes, KVT_E_SMALLBUF);
         return;
     }
     s->st.gets_range++;
-    uint32_t id = kvt_index_find(&s->idx, ns->seed, &key);
-    struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
-    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
-    if (tier == KVT_TIER_NONE) {
-        s->st.get_misses++;
-        kvt_host_count(s->host, 0);
-        reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
+    uint32_t id;
+    enum kvt_tier_id tier;
+    struct kvt_entry *e = find_readable(s, c, op, ns, &key, &id, &tier);
+    if (!e)
         return;
-    }
     /* A chunk may hold fewer tokens than the namespace's chunks. */
     if ((uint64_t)g->token_first + g->n_tokens > e->n_tokens) {
         s->st.geometry_errors++;
