@@ -198,22 +198,7 @@ static void send_hello(int fd, uint64_t id, const char *tenant, uint64_t arena_b
     buf[1] = (uint8_t)(n >> 8);
     buf[2] = buf[3] = 0;
     save_seed(buf, buf + 4, (uint32_t)n);
-    struct iovec iov = {buf, n + 4};
-    union {
-        char c[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr a;
-    } cb;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (pass_fd >= 0) {
-        mh.msg_control = cb.c;
-        mh.msg_controllen = sizeof(cb.c);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-    }
-    assert_int_equal(sendmsg(fd, &mh, 0), (ssize_t)(n + 4));
+    assert_int_equal(kvt_test_send_with_fd(fd, buf, n + 4, pass_fd), 0);
 }
 
 static uint32_t register_ns_id(int fd, uint64_t id, const struct kvt_ns_spec *sp_in);

@@ -140,22 +140,7 @@ static void send_request(int fd, Kvtier__Request *req, int pass_fd)
     buf[0] = (uint8_t)n;
     buf[1] = (uint8_t)(n >> 8);
     buf[2] = buf[3] = 0;
-    struct iovec iov = {buf, n + 4};
-    union {
-        char c[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr a;
-    } cb;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (pass_fd >= 0) {
-        mh.msg_control = cb.c;
-        mh.msg_controllen = sizeof(cb.c);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-    }
-    assert_int_equal(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)(n + 4));
+    assert_int_equal(kvt_test_send_with_fd(fd, buf, n + 4, pass_fd), 0);
 }
 
 /* Reads one response frame. Bytes of the next frames that came with it are kept for the next

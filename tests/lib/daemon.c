@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "kvtier/kvtier.h"
@@ -172,4 +173,24 @@ void kvt_test_fill(void *buf, size_t n, uint64_t seed)
         x ^= x << 17;
         p[i] = (i & 1) ? (uint8_t)(x >> 24) : (uint8_t)(seed & 0x3f);
     }
+}
+
+int kvt_test_send_with_fd(int sock, const void *buf, size_t n, int pass_fd)
+{
+    struct iovec iov = {(void *)buf, n};
+    union {
+        char c[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr a;
+    } cb;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pass_fd >= 0) {
+        mh.msg_control = cb.c;
+        mh.msg_controllen = sizeof(cb.c);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    }
+    return sendmsg(sock, &mh, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
 }

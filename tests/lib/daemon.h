@@ -36,5 +36,8 @@ uint64_t kvt_test_stat(struct kvt_client *c, const char *name);
 /* Fills n bytes with a pattern of seed: half the bytes random, half repeating (so lz4 has
  * something to compress). */
 void kvt_test_fill(void *buf, size_t n, uint64_t seed);
+/* Sends n bytes (a whole frame) on a connected Unix socket, passing pass_fd (-1: none) with them as
+ * SCM_RIGHTS, the way a client shares its arena. 0, or -1 when not everything was sent. */
+int kvt_test_send_with_fd(int sock, const void *buf, size_t n, int pass_fd);
 
 #endif
