@@ -7,10 +7,13 @@
 #include "common/alloc.h"
 #include "daemon/index.h"
 
-static uint32_t bucket_of(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key)
+/* The variant is left out, so that every variant of one chunk shares a chain (a reuse lookup can
+ * walk them); a chunk has a handful of variants at most. */
+static uint32_t bucket_of(const struct kvt_index *idx, const struct kvt_obj_id *id)
 {
     /* Keys are XXH3 output, already uniform: mix in the namespace and fold. */
-    uint64_t h = key->lo ^ (key->hi * 0x9e3779b97f4a7c15ull) ^ (ns_seed * 0xff51afd7ed558ccdull);
+    uint64_t h =
+        id->key.lo ^ (id->key.hi * 0x9e3779b97f4a7c15ull) ^ (id->ns_seed * 0xff51afd7ed558ccdull);
     h ^= h >> 29;
     return (uint32_t)h & idx->mask;
 }
@@ -43,20 +46,19 @@ void kvt_index_deinit(struct kvt_index *idx)
     memset(idx, 0, sizeof(*idx));
 }
 
-uint32_t kvt_index_find(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key)
+uint32_t kvt_index_find(const struct kvt_index *idx, const struct kvt_obj_id *oid)
 {
-    uint32_t id = idx->buckets[bucket_of(idx, ns_seed, key)];
+    uint32_t id = idx->buckets[bucket_of(idx, oid)];
     for (uint32_t hops = 0; id != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
         const struct kvt_entry *e = &idx->e[id];
-        if (e->ns_seed == ns_seed && e->key.lo == key->lo && e->key.hi == key->hi)
+        if (kvt_obj_id_eq(&e->id, oid))
             return id;
         id = e->hnext;
     }
     return KVT_INDEX_NIL;
 }
 
-int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key,
-                     uint32_t *id_out)
+int kvt_index_insert(struct kvt_index *idx, const struct kvt_obj_id *oid, uint32_t *id_out)
 {
     if (idx->free_head == KVT_INDEX_NIL)
         return KVT_E_INDEXFULL;
@@ -64,11 +66,10 @@ int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_k
     struct kvt_entry *e = &idx->e[id];
     idx->free_head = e->hnext;
     memset(e, 0, sizeof(*e));
-    e->key = *key;
-    e->ns_seed = ns_seed;
+    e->id = *oid;
     e->gen = ++idx->gen;
     e->state = KVT_ENTRY_PENDING;
-    uint32_t b = bucket_of(idx, ns_seed, key);
+    uint32_t b = bucket_of(idx, oid);
     e->hnext = idx->buckets[b];
     idx->buckets[b] = id;
     idx->n++;
@@ -79,7 +80,7 @@ int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_k
 void kvt_index_remove(struct kvt_index *idx, uint32_t id)
 {
     struct kvt_entry *e = &idx->e[id];
-    uint32_t *link = &idx->buckets[bucket_of(idx, e->ns_seed, &e->key)];
+    uint32_t *link = &idx->buckets[bucket_of(idx, &e->id)];
     for (uint32_t hops = 0; *link != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
         if (*link == id) {
             *link = e->hnext;

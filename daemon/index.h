@@ -1,5 +1,5 @@
 /*
- * The chunk index: (namespace seed, key) -> entry, owned by the event loop (no locks). Entries come
+ * The chunk index: object identity (namespace seed, key, variant) -> entry, owned by the event loop (no locks). Entries come
  * from a pool sized at start and are found through a chained hash table of 32-bit entry ids, so
  * inserting and removing never allocate. An entry records where the chunk's bytes are (per tier),
  * its state and how many readers hold it.
@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "kvtier/kvtier.h"
+#include "tiers/tier.h"
 
 #define KVT_INDEX_NIL UINT32_MAX
 
@@ -27,8 +28,7 @@ enum kvt_entry_disk {
 };
 
 struct kvt_entry {
-    struct kvt_key key;
-    uint64_t ns_seed;  /* namespace identity: stable across restarts, unlike its id */
+    struct kvt_obj_id id; /* namespace seed (stable across restarts, unlike its id), key, variant */
     uint64_t host_off; /* valid when in_host */
     uint64_t length;
     uint32_t hnext; /* hash chain, or free list when FREE */
@@ -62,12 +62,11 @@ struct kvt_index {
 int kvt_index_init(struct kvt_index *idx, uint32_t cap);
 void kvt_index_deinit(struct kvt_index *idx);
 
-/* Entry id for (ns_seed, key), or KVT_INDEX_NIL. */
-uint32_t kvt_index_find(const struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key);
+/* Entry id for object id, or KVT_INDEX_NIL. */
+uint32_t kvt_index_find(const struct kvt_index *idx, const struct kvt_obj_id *id);
 /* Inserts a new PENDING entry (the key must not be present). KVT_E_INDEXFULL when the pool is
  * empty (the tier manager's kvt_tm_index_insert evicts and retries). */
-int kvt_index_insert(struct kvt_index *idx, uint64_t ns_seed, const struct kvt_key *key,
-                     uint32_t *id_out);
+int kvt_index_insert(struct kvt_index *idx, const struct kvt_obj_id *id, uint32_t *id_out);
 void kvt_index_remove(struct kvt_index *idx, uint32_t id);
 /* Records which namespace slot (1-based; 0 = none) stored entry id, for per-tenant counts. */
 void kvt_index_set_owner(struct kvt_index *idx, uint32_t id, uint16_t owner);

@@ -135,7 +135,8 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     s->st.puts++;
-    uint32_t found = kvt_index_find(&s->idx, ns->seed, &key);
+    struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key};
+    uint32_t found = kvt_index_find(&s->idx, &oid);
     if (found != KVT_INDEX_NIL) {
         s->st.puts_existed++;
         enum kvt_tier_id t = kvt_tm_tier_of(kvt_index_at(&s->idx, found));
@@ -151,7 +152,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     uint32_t id;
-    if (kvt_tm_index_insert(s, ns->seed, &key, &id)) {
+    if (kvt_tm_index_insert(s, &oid, &id)) {
         s->st.index_full++;
         reply_error(s, c, op, KVT_E_INDEXFULL, NULL);
         return;
@@ -306,7 +307,8 @@ static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c,
                                        const struct kvt_ns *ns, const struct kvt_key *key,
                                        uint32_t *id_out, enum kvt_tier_id *tier_out)
 {
-    uint32_t id = kvt_index_find(&s->idx, ns->seed, key);
+    struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = *key};
+    uint32_t id = kvt_index_find(&s->idx, &oid);
     struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
     enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
     if (tier == KVT_TIER_NONE) {

@@ -68,7 +68,7 @@ static void encode_job(struct kvt_job *job)
 
 static struct kvt_obj_id obj_id(const struct kvt_entry *e)
 {
-    return (struct kvt_obj_id){.ns_seed = e->ns_seed, .key = e->key};
+    return e->id;
 }
 
 static int admitted(const struct kvt_server *s, const struct kvt_entry *e)
@@ -180,7 +180,7 @@ static const struct kvt_disk_geom *entry_geom(const struct kvt_server *s, const 
     if (!e->owner || e->owner > s->ns.used)
         return NULL;
     const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
-    if (!ns->id || ns->seed != e->ns_seed ||
+    if (!ns->id || ns->seed != e->id.ns_seed ||
         (uint64_t)e->n_tokens * ns->bytes_per_token != e->length)
         return NULL;
     memset(g, 0, sizeof(*g));
@@ -398,17 +398,16 @@ static int index_evict_one(struct kvt_server *s)
     return 0;
 }
 
-int kvt_tm_index_insert(struct kvt_server *s, uint64_t seed, const struct kvt_key *key,
-                        uint32_t *id_out)
+int kvt_tm_index_insert(struct kvt_server *s, const struct kvt_obj_id *oid, uint32_t *id_out)
 {
-    int rc = kvt_index_insert(&s->idx, seed, key, id_out);
+    int rc = kvt_index_insert(&s->idx, oid, id_out);
     if (rc != KVT_E_INDEXFULL)
         return rc;
     /* Bounded: each try frees an entry or gives up after one look at the coldest chunks. */
     for (int tries = 0; tries < 4; tries++) {
         if (!index_evict_one(s))
             break;
-        rc = kvt_index_insert(&s->idx, seed, key, id_out);
+        rc = kvt_index_insert(&s->idx, oid, id_out);
         if (rc != KVT_E_INDEXFULL)
             return rc;
     }
@@ -874,8 +873,8 @@ static int load_object(void *arg, const struct kvt_disk_obj_info *info)
     struct load_ctx *lc = arg;
     struct kvt_server *s = lc->s;
     uint32_t id;
-    if (kvt_index_find(&s->idx, info->id.ns_seed, &info->id.key) != KVT_INDEX_NIL ||
-        kvt_index_insert(&s->idx, info->id.ns_seed, &info->id.key, &id)) {
+    if (kvt_index_find(&s->idx, &info->id) != KVT_INDEX_NIL ||
+        kvt_index_insert(&s->idx, &info->id, &id)) {
         lc->skipped++;
         return 0;
     }
@@ -891,7 +890,7 @@ static int load_object(void *arg, const struct kvt_disk_obj_info *info)
 static int collect_orphan(void *arg, const struct kvt_disk_obj_info *info)
 {
     struct load_ctx *lc = arg;
-    if (kvt_index_find(&lc->s->idx, info->id.ns_seed, &info->id.key) != KVT_INDEX_NIL)
+    if (kvt_index_find(&lc->s->idx, &info->id) != KVT_INDEX_NIL)
         return 0;
     lc->orphans[lc->n_orphans++] = info->id;
     return lc->n_orphans == sizeof(lc->orphans) / sizeof(lc->orphans[0]);

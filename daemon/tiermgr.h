@@ -176,8 +176,7 @@ int kvt_tm_get_range_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t
  * clean chunk in DRAM loses its DRAM slot and its disk copy; a dirty chunk goes only under
  * tier.dirty_full = drop (counted as dropped_dirty); never a chunk with readers or writers or in
  * flight. Returns 0, or KVT_E_INDEXFULL when nothing could go. The key must not be present. */
-int kvt_tm_index_insert(struct kvt_server *s, uint64_t seed, const struct kvt_key *key,
-                        uint32_t *id_out);
+int kvt_tm_index_insert(struct kvt_server *s, const struct kvt_obj_id *oid, uint32_t *id_out);
 
 /* Delete of n keys, durable before it is answered:
  *   status = kvt_tm_delete_begin(s, n)    NULL: answer the whole Delete KVT_E_BUSY (too many

@@ -43,11 +43,21 @@ struct kvt_tier_stats {
 #undef KVT__TIER_STAT_FIELD
 };
 
-/* Identity of a stored object inside a tier. */
+/* Identity of a stored object: the namespace (its seed, stable across restarts), the chunk's key
+ * (a hash of its tokens and their prefix) and a variant, so that several versions of one chunk
+ * (computed at different positions, for reuse) and several representations of it (fp16,
+ * quantized, clustered) coexist as separate objects. Variant 0 is the chunk as first stored. */
 struct kvt_obj_id {
     uint64_t ns_seed;
     struct kvt_key key;
+    uint32_t variant;
 };
+
+static inline int kvt_obj_id_eq(const struct kvt_obj_id *a, const struct kvt_obj_id *b)
+{
+    return a->ns_seed == b->ns_seed && a->key.lo == b->key.lo && a->key.hi == b->key.hi &&
+           a->variant == b->variant;
+}
 
 /* Completion of an asynchronous tier operation: res is 0/bytes or a negative kvtier error. */
 typedef void (*kvt_tier_done_fn)(void *arg, int res);

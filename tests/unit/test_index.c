@@ -12,6 +12,8 @@
 #include "daemon/index.h"
 #include "daemon/ns.h"
 
+#define OID(seed, k) (&(struct kvt_obj_id){.ns_seed = (seed), .key = (k)})
+
 static void test_index_insert_find_remove(void **state)
 {
     (void)state;
@@ -20,30 +22,55 @@ static void test_index_insert_find_remove(void **state)
     uint32_t ids[64];
     for (uint32_t i = 0; i < 64; i++) {
         struct kvt_key k = {i * 7919u, i};
-        assert_int_equal(kvt_index_insert(&idx, 1 + i % 2, &k, &ids[i]), 0);
+        assert_int_equal(kvt_index_insert(&idx, OID(1 + i % 2, k), &ids[i]), 0);
         assert_int_equal(kvt_index_at(&idx, ids[i])->state, KVT_ENTRY_PENDING);
     }
     struct kvt_key extra = {1, 1};
     uint32_t id;
-    assert_int_equal(kvt_index_insert(&idx, 1, &extra, &id), KVT_E_INDEXFULL);
+    assert_int_equal(kvt_index_insert(&idx, OID(1, extra), &id), KVT_E_INDEXFULL);
     for (uint32_t i = 0; i < 64; i++) {
         struct kvt_key k = {i * 7919u, i};
-        assert_int_equal(kvt_index_find(&idx, 1 + i % 2, &k), ids[i]);
+        assert_int_equal(kvt_index_find(&idx, OID(1 + i % 2, k)), ids[i]);
         /* The namespace is part of the identity. */
-        assert_int_equal(kvt_index_find(&idx, 3, &k), KVT_INDEX_NIL);
+        assert_int_equal(kvt_index_find(&idx, OID(3, k)), KVT_INDEX_NIL);
     }
     for (uint32_t i = 0; i < 64; i += 2) {
         kvt_index_remove(&idx, ids[i]);
         struct kvt_key k = {i * 7919u, i};
-        assert_int_equal(kvt_index_find(&idx, 1, &k), KVT_INDEX_NIL);
+        assert_int_equal(kvt_index_find(&idx, OID(1, k)), KVT_INDEX_NIL);
     }
     assert_int_equal(idx.n, 32);
     for (uint32_t i = 1; i < 64; i += 2) {
         struct kvt_key k = {i * 7919u, i};
-        assert_int_equal(kvt_index_find(&idx, 2, &k), ids[i]);
+        assert_int_equal(kvt_index_find(&idx, OID(2, k)), ids[i]);
     }
     /* Freed entries are reused. */
-    assert_int_equal(kvt_index_insert(&idx, 1, &extra, &id), 0);
+    assert_int_equal(kvt_index_insert(&idx, OID(1, extra), &id), 0);
+    kvt_index_deinit(&idx);
+}
+
+/* The variant is part of the identity: versions of one chunk are separate entries, found and
+ * removed independently. */
+static void test_index_variants(void **state)
+{
+    (void)state;
+    struct kvt_index idx;
+    assert_int_equal(kvt_index_init(&idx, 16), 0);
+    struct kvt_obj_id v[4];
+    uint32_t ids[4];
+    for (uint32_t i = 0; i < 4; i++) {
+        v[i] = (struct kvt_obj_id){.ns_seed = 9, .key = {5, 6}, .variant = i * 1000u};
+        assert_int_equal(kvt_index_insert(&idx, &v[i], &ids[i]), 0);
+    }
+    for (uint32_t i = 0; i < 4; i++)
+        assert_int_equal(kvt_index_find(&idx, &v[i]), ids[i]);
+    struct kvt_obj_id other = {.ns_seed = 9, .key = {5, 6}, .variant = 7};
+    assert_int_equal(kvt_index_find(&idx, &other), KVT_INDEX_NIL);
+    kvt_index_remove(&idx, ids[1]);
+    assert_int_equal(kvt_index_find(&idx, &v[1]), KVT_INDEX_NIL);
+    assert_int_equal(kvt_index_find(&idx, &v[0]), ids[0]);
+    assert_int_equal(kvt_index_find(&idx, &v[2]), ids[2]);
+    assert_int_equal(kvt_index_find(&idx, &v[3]), ids[3]);
     kvt_index_deinit(&idx);
 }
 
@@ -191,6 +218,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_index_insert_find_remove),
+        cmocka_unit_test(test_index_variants),
         cmocka_unit_test(test_ns_register_and_resolve),
         cmocka_unit_test(test_ns_rejects_bad_geometry),
         cmocka_unit_test(test_ns_quota_and_objects),
