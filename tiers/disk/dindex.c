@@ -130,6 +130,7 @@ void kvt__disk_ient_info(const struct ient *e, struct kvt_disk_obj_info *out)
     out->id.ns_seed = e->ns_seed;
     out->id.key.lo = e->key_lo;
     out->id.key.hi = e->key_hi;
+    out->id.variant = 0;
     out->n_tokens = e->n_tokens;
     out->codec = e->codec;
     out->raw_len = e->raw_len;
