@@ -1,12 +1,20 @@
 /*
  * The operations table every storage tier implements (CPU DRAM, disk, GPU, remote), so that the
  * daemon's tier manager can place, move and account chunks without knowing how a tier stores them.
+ * The tier manager holds an ordered list of tiers, fastest first, and names none of them.
  *
- * A tier stores opaque objects named by (namespace seed, 128-bit key). Space is reserved first,
- * filled, then committed; only committed objects are visible to read. Reads and writes may
- * complete asynchronously: a tier that does I/O exposes an eventfd the event loop watches and a
- * poll() that runs completion callbacks on the loop thread. A callback never runs when the call
- * that would trigger it returned an error. A tier never includes a daemon header.
+ * A tier stores objects named by struct kvt_obj_id (namespace seed, key, variant). Space is
+ * reserved first, filled, then committed; only committed objects are visible to read. Where the
+ * tier keeps an object is a kvt_tier_loc the caller records (an arena offset in a memory tier;
+ * tiers that name objects by id ignore it).
+ *
+ * Calls that may complete later return KVT_TIER_LATER and run their callback on the loop thread
+ * (inside the tier's own event handler, wait or destroy), never inside the call; 0 means done
+ * now and no callback runs; a negative kvtier error means nothing was done and no callback runs.
+ *
+ * A memory tier (KVT_TIER_CAP_MEMORY) holds bytes in this process's memory: ptr() reaches them,
+ * the caller moves bytes in and out itself (on worker threads), and the tier keeps a recency order
+ * and evicts on its own by asking its owner (set_evict). A tier never includes a daemon header.
  */
 #ifndef KVT_TIERS_TIER_H
 #define KVT_TIERS_TIER_H
@@ -16,6 +24,8 @@
 
 #include "common/stats.h"
 #include "kvtier/kvtier.h"
+
+struct kvt_loop;
 
 /* Per-tier statistics, generated from one list so that stats output and docs stay in step.
  * bytes_used is what the tier's objects occupy (slots, blocks); bytes_payload what their bytes
@@ -62,15 +72,141 @@ static inline int kvt_obj_id_eq(const struct kvt_obj_id *a, const struct kvt_obj
 /* Completion of an asynchronous tier operation: res is 0/bytes or a negative kvtier error. */
 typedef void (*kvt_tier_done_fn)(void *arg, int res);
 
+/* Returned by a call whose callback will run later. */
+#define KVT_TIER_LATER 1
+
+/* Where a tier keeps one object: its own handle, recorded by the caller. */
+typedef uint64_t kvt_tier_loc;
+
+enum kvt_tier_caps {
+    KVT_TIER_CAP_MEMORY = 1u << 0,     /* bytes in process memory: ptr, touch, coldest, evicts */
+    KVT_TIER_CAP_PERSISTENT = 1u << 1, /* objects survive a restart: enumerate lists them */
+    KVT_TIER_CAP_RANGE = 1u << 2,      /* read_range reads only what covers the rows */
+};
+
+/* A chunk's shape (copied), so that a tier can lay its rows out for range reads. The bytes are in
+ * the canonical order [layer][token][k|v][kv_head][head_dim]. sparse: a namespace read in token
+ * ranges, whose objects a compressing tier should store uncompressed. */
+struct kvt_chunk_geom {
+    uint32_t n_layers;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint16_t elem_bytes;
+    uint16_t dtype;
+    int sparse;
+};
+
+/* An object to write (borrowed during reserve). */
+struct kvt_tier_obj {
+    struct kvt_obj_id id;
+    uint64_t length;
+    uint32_t n_tokens;
+    uint32_t elem_bytes;               /* shuffle width for a compressing tier; 0 = its default */
+    uint32_t cookie;                   /* owner's handle, given back to the evict callback */
+    uint16_t owner;                    /* accounting owner (1-based; 0 = none) */
+    const struct kvt_chunk_geom *geom; /* NULL = unknown: one opaque layer */
+};
+
+/* A write in progress, in the caller's storage: reserve, fill (any thread), commit or cancel. */
+#define KVT_TIER_WRITE_PRIV_BYTES 320
+struct kvt_tier_write {
+    kvt_tier_loc loc; /* set by reserve: where the object will be */
+    uint64_t length;
+    union {
+        uint64_t align;
+        unsigned char bytes[KVT_TIER_WRITE_PRIV_BYTES];
+    } priv; /* tier-private */
+};
+
+/* A durability barrier for removals, in the caller's storage until its callback ran. */
+#define KVT_TIER_SYNC_PRIV_BYTES 64
+struct kvt_tier_sync {
+    union {
+        uint64_t align;
+        unsigned char bytes[KVT_TIER_SYNC_PRIV_BYTES];
+    } priv; /* tier-private */
+    kvt_tier_done_fn done;
+    void *arg;
+};
+
+/* Rows [first, first + n) of one layer of a chunk of n_tokens tokens, row_bytes each. */
+struct kvt_tier_range {
+    uint32_t layer;
+    uint32_t first;
+    uint32_t n;
+    uint32_t n_tokens;
+    uint64_t row_bytes;
+};
+
+/* Asked before a memory tier reclaims an object: 0 lets it go (the owner forgets loc; the tier
+ * frees it after the call), nonzero keeps it. Must not call back into the tier. */
+typedef int (*kvt_tier_evict_fn)(void *owner, uint32_t cookie, kvt_tier_loc loc);
+/* Filter of coldest(); must not call into the tier. */
+typedef int (*kvt_tier_pick_fn)(void *arg, uint32_t cookie);
+/* One object of a persistent tier at start; nonzero stops the enumeration. */
+typedef int (*kvt_tier_enum_fn)(void *arg, const struct kvt_tier_obj *obj, kvt_tier_loc loc);
+
 struct kvt_tier_ops {
     const char *name;
     enum kvt_tier_id id;
+    uint32_t caps; /* enum kvt_tier_caps */
+
+    /* Space for obj. 0; KVT_E_EXISTS (already holds obj->id: nothing to write); KVT_E_BUSY (retry
+     * after completions); KVT_E_FULL (nothing could be evicted); KVT_E_TOOBIG; KVT_E_INVAL;
+     * KVT_E_TIERFAILED. */
+    int (*reserve)(void *tier, const struct kvt_tier_obj *obj, struct kvt_tier_write *w);
+    /* Writes w->length bytes of src (borrowed for the call) into the reservation. Any thread:
+     * touches only w and what it reserved. 0 or an error (then cancel). */
+    int (*fill)(struct kvt_tier_write *w, const void *src);
+    /* Makes a filled reservation readable (and durable, for a persistent tier): 0 or
+     * KVT_TIER_LATER, then done(arg, 0 or error); an error releases the reservation. */
+    int (*commit)(void *tier, struct kvt_tier_write *w, kvt_tier_done_fn done, void *arg);
+    void (*cancel)(void *tier, struct kvt_tier_write *w);
+    /* Reads the whole object into dst (cap bytes, valid until done): 0 (read now) or
+     * KVT_TIER_LATER, done(arg, bytes or error); KVT_E_NOTFOUND, KVT_E_SMALLBUF, KVT_E_BUSY. A
+     * stored object that fails its checksum is dropped and reported KVT_E_CORRUPT. */
+    int (*read)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst, size_t cap,
+                kvt_tier_done_fn done, void *arg);
+    /* The same for rows of one layer (n x row_bytes bytes); KVT_E_INVAL for rows the object does
+     * not have or an object whose rows cannot be addressed. */
+    int (*read_range)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                      const struct kvt_tier_range *r, void *dst, size_t cap, kvt_tier_done_fn done,
+                      void *arg);
+    /* Forgets an object: 0, KVT_E_NOTFOUND, KVT_E_BUSY (too many removals pending: retry). */
+    int (*remove)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc);
+    /* A barrier: 0 when every removal made before it is already durable (or the tier keeps
+     * nothing across restarts), or KVT_TIER_LATER and done(arg, 0 or error) once it is. */
+    int (*sync)(void *tier, struct kvt_tier_sync *sync);
+    /* Persistent tiers: lists the stored objects; returns how many were visited. */
+    size_t (*enumerate)(void *tier, kvt_tier_enum_fn fn, void *arg);
     /* Fills *out with this tier's counters. Cannot fail. */
     void (*stats)(void *tier, struct kvt_tier_stats *out);
-    /* eventfd to watch for completions, or -1 for a tier that completes synchronously. */
-    int (*event_fd)(void *tier);
-    /* Runs pending completion callbacks; returns how many ran. */
-    int (*poll)(void *tier);
+    /* Watches the tier's completions on loop (until detach); 0 or -errno. */
+    int (*attach)(void *tier, struct kvt_loop *loop);
+    void (*detach)(void *tier, struct kvt_loop *loop);
+    /* Operations whose callback has not run; and a blocking wait for one (shutdown, tests). */
+    uint32_t (*inflight)(void *tier);
+    int (*wait)(void *tier, int timeout_ms);
+
+    /* Memory tiers only (NULL otherwise). */
+    void *(*ptr)(void *tier, kvt_tier_loc loc);
+    void (*touch)(void *tier, kvt_tier_loc loc);
+    /* Cookies of up to max coldest objects that pick accepts, looking at no more than scan_max. */
+    size_t (*coldest)(void *tier, kvt_tier_pick_fn pick, void *arg, uint32_t *cookies, size_t max,
+                      size_t scan_max);
+    /* Nonzero when room for the sizes being asked for is below free_frac. */
+    int (*pressure)(void *tier, double free_frac);
+    void (*set_evict)(void *tier, kvt_tier_evict_fn fn, void *owner);
+    /* What an object of bytes occupies (0: too big for the tier). */
+    uint64_t (*slot_bytes)(void *tier, uint64_t bytes);
+    /* Counts a read that found (hit) or did not find its chunk, for the tier's stats. */
+    void (*count)(void *tier, int hit);
+};
+
+/* A tier: its table and its state. */
+struct kvt_tier {
+    const struct kvt_tier_ops *ops;
+    void *t;
 };
 
 #endif

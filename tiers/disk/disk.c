@@ -918,30 +918,3 @@ void kvt_disk_destroy(struct kvt_disk *d)
     flock(d->files[0].fd, LOCK_UN);
     teardown(d);
 }
-
-/* ---- tier ops table ------------------------------------------------------------------------- */
-
-static void ops_stats(void *tier, struct kvt_tier_stats *out)
-{
-    struct kvt_disk_stats s;
-    kvt_disk_stats(tier, &s);
-    *out = s.tier;
-}
-
-static int ops_event_fd(void *tier)
-{
-    return kvt_disk_event_fd(tier);
-}
-
-static int ops_poll(void *tier)
-{
-    return kvt_disk_poll(tier);
-}
-
-const struct kvt_tier_ops kvt_disk_tier_ops = {
-    .name = "disk",
-    .id = KVT_TIER_DISK,
-    .stats = ops_stats,
-    .event_fd = ops_event_fd,
-    .poll = ops_poll,
-};

@@ -53,6 +53,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/loop.h"
 #include "tiers/codec.h"
 #include "tiers/disk/object.h"
 #include "tiers/tier.h"
@@ -338,7 +339,17 @@ uint32_t kvt_disk_inflight(const struct kvt_disk *d);
 
 void kvt_disk_stats(struct kvt_disk *d, struct kvt_disk_stats *out);
 
-/* The operations table, for the tier manager: stats, event_fd, poll on a struct kvt_disk. */
+/* The operations table (tiers/tier.h), on a struct kvt_disk_tier that wraps a store (tier_ops.c):
+ * a persistent tier that names objects by id (locations are unused) and reads token ranges.
+ * fill encodes on any thread with a codec of its own per thread (config copied at init). */
+struct kvt_disk_tier {
+    struct kvt_disk *d;            /* borrowed */
+    struct kvt_codec_config codec; /* for the per-thread encoders of fill */
+    struct kvt_watch watch;        /* the eventfd, while attached */
+    int attached;
+};
+void kvt_disk_tier_init(struct kvt_disk_tier *dt, struct kvt_disk *d,
+                        const struct kvt_codec_config *codec);
 extern const struct kvt_tier_ops kvt_disk_tier_ops;
 
 #endif

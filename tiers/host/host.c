@@ -236,7 +236,7 @@ static int map_arena(struct kvt_host *h)
 int kvt_host_create(const struct kvt_host_config *cfg, kvt_host_evict_fn evict, void *owner,
                     struct kvt_host **out)
 {
-    if (!cfg || !evict || !out || cfg->page_bytes < KVT_HOST_GRANULE_BYTES ||
+    if (!cfg || !out || cfg->page_bytes < KVT_HOST_GRANULE_BYTES ||
         cfg->page_bytes % KVT_HOST_GRANULE_BYTES || cfg->arena_bytes < cfg->page_bytes)
         return KVT_E_INVAL;
     uint64_t pages = cfg->arena_bytes / cfg->page_bytes;
@@ -381,7 +381,7 @@ static void slot_release(struct kvt_host *h, uint32_t gi)
  * signal: memory is short of objects that can go. */
 static int slot_evict(struct kvt_host *h, uint32_t gi)
 {
-    if (h->evict(h->owner, h->g[gi].cookie, goff(gi)) != 0) {
+    if (!h->evict || h->evict(h->owner, h->g[gi].cookie, goff(gi)) != 0) {
         h->refused_tick = h->clock;
         h->refused = 1;
         return 0;
@@ -783,27 +783,200 @@ void kvt_host_count(struct kvt_host *h, int hit)
         h->st.misses++;
 }
 
+uint64_t kvt_host_len(const struct kvt_host *h, uint64_t off)
+{
+    uint32_t gi = gidx(off);
+    if (off % KVT_HOST_GRANULE_BYTES || off >= h->arena_bytes || h->g[gi].state != SLOT_USED)
+        return 0;
+    return h->cls[h->g[gi].cls].slot_bytes - h->g[gi].slack;
+}
+
+void kvt_host_set_evict(struct kvt_host *h, kvt_host_evict_fn evict, void *owner)
+{
+    h->evict = evict;
+    h->owner = owner;
+}
+
+/* ---- the tier operations table -------------------------------------------------------------- */
+
+/* A reservation: the slot's address, for fill on any thread. */
+struct host_write {
+    struct kvt_host *h;
+    uint8_t *dst;
+};
+_Static_assert(sizeof(struct host_write) <= KVT_TIER_WRITE_PRIV_BYTES, "host write state");
+
+static int host_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_write *w)
+{
+    struct kvt_host *h = tier;
+    uint64_t off;
+    int rc = kvt_host_alloc(h, o->length, o->cookie, &off);
+    if (rc)
+        return rc;
+    kvt_host_set_owner(h, off, o->owner);
+    w->loc = off;
+    w->length = o->length;
+    struct host_write *hw = (struct host_write *)w->priv.bytes;
+    hw->h = h;
+    hw->dst = h->base + off;
+    return 0;
+}
+
+static int host_fill(struct kvt_tier_write *w, const void *src)
+{
+    struct host_write *hw = (struct host_write *)w->priv.bytes;
+    memcpy(hw->dst, src, w->length);
+    return 0;
+}
+
+static int host_commit(void *tier, struct kvt_tier_write *w, kvt_tier_done_fn done, void *arg)
+{
+    (void)tier, (void)w, (void)done, (void)arg;
+    return 0; /* the slot is readable as soon as it is filled */
+}
+
+static void host_cancel(void *tier, struct kvt_tier_write *w)
+{
+    kvt_host_free(tier, w->loc);
+}
+
+static int host_read(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
+                     size_t cap, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_host *h = tier;
+    (void)id, (void)done, (void)arg;
+    uint64_t len = kvt_host_len(h, loc);
+    if (!len)
+        return KVT_E_NOTFOUND;
+    if (len > cap)
+        return KVT_E_SMALLBUF;
+    memcpy(dst, h->base + loc, len);
+    return 0;
+}
+
+static int host_read_range(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                           const struct kvt_tier_range *r, void *dst, size_t cap,
+                           kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_host *h = tier;
+    (void)id, (void)done, (void)arg;
+    uint64_t len = kvt_host_len(h, loc);
+    if (!len)
+        return KVT_E_NOTFOUND;
+    uint64_t bytes = (uint64_t)r->n * r->row_bytes;
+    uint64_t at = ((uint64_t)r->layer * r->n_tokens + r->first) * r->row_bytes;
+    if (!r->n || !r->row_bytes || (uint64_t)r->first + r->n > r->n_tokens || at + bytes > len)
+        return KVT_E_INVAL;
+    if (bytes > cap)
+        return KVT_E_SMALLBUF;
+    memcpy(dst, h->base + loc + at, bytes);
+    return 0;
+}
+
+static int host_remove(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc)
+{
+    struct kvt_host *h = tier;
+    (void)id;
+    if (!kvt_host_len(h, loc))
+        return KVT_E_NOTFOUND;
+    kvt_host_free(h, loc);
+    return 0;
+}
+
+static int host_sync(void *tier, struct kvt_tier_sync *sync)
+{
+    (void)tier, (void)sync;
+    return 0; /* nothing of DRAM outlives the process */
+}
+
 static void host_stats(void *tier, struct kvt_tier_stats *out)
 {
     *out = ((struct kvt_host *)tier)->st;
 }
 
-static int host_event_fd(void *tier)
+static int host_attach(void *tier, struct kvt_loop *loop)
 {
-    (void)tier;
-    return -1;
+    (void)tier, (void)loop;
+    return 0; /* completes everything in the call */
 }
 
-static int host_poll(void *tier)
+static void host_detach(void *tier, struct kvt_loop *loop)
+{
+    (void)tier, (void)loop;
+}
+
+static uint32_t host_inflight(void *tier)
 {
     (void)tier;
     return 0;
 }
 
+static int host_wait(void *tier, int timeout_ms)
+{
+    (void)tier, (void)timeout_ms;
+    return 0;
+}
+
+static void *host_ptr_op(void *tier, kvt_tier_loc loc)
+{
+    return kvt_host_ptr(tier, loc);
+}
+
+static void host_touch_op(void *tier, kvt_tier_loc loc)
+{
+    kvt_host_touch(tier, loc);
+}
+
+static size_t host_coldest_op(void *tier, kvt_tier_pick_fn pick, void *arg, uint32_t *cookies,
+                              size_t max, size_t scan_max)
+{
+    if (!pick)
+        return kvt_host_coldest(tier, cookies, max);
+    return kvt_host_coldest_where(tier, pick, arg, cookies, max, scan_max);
+}
+
+static int host_pressure_op(void *tier, double free_frac)
+{
+    return kvt_host_pressure(tier, free_frac);
+}
+
+static void host_set_evict_op(void *tier, kvt_tier_evict_fn fn, void *owner)
+{
+    kvt_host_set_evict(tier, fn, owner);
+}
+
+static uint64_t host_slot_bytes_op(void *tier, uint64_t bytes)
+{
+    return kvt_host_slot_bytes(tier, bytes);
+}
+
+static void host_count_op(void *tier, int hit)
+{
+    kvt_host_count(tier, hit);
+}
+
 const struct kvt_tier_ops kvt_host_tier_ops = {
     .name = "cpu",
     .id = KVT_TIER_CPU,
+    .caps = KVT_TIER_CAP_MEMORY | KVT_TIER_CAP_RANGE,
+    .reserve = host_reserve,
+    .fill = host_fill,
+    .commit = host_commit,
+    .cancel = host_cancel,
+    .read = host_read,
+    .read_range = host_read_range,
+    .remove = host_remove,
+    .sync = host_sync,
     .stats = host_stats,
-    .event_fd = host_event_fd,
-    .poll = host_poll,
+    .attach = host_attach,
+    .detach = host_detach,
+    .inflight = host_inflight,
+    .wait = host_wait,
+    .ptr = host_ptr_op,
+    .touch = host_touch_op,
+    .coldest = host_coldest_op,
+    .pressure = host_pressure_op,
+    .set_evict = host_set_evict_op,
+    .slot_bytes = host_slot_bytes_op,
+    .count = host_count_op,
 };

@@ -99,7 +99,14 @@ uint64_t kvt_host_slot_bytes(const struct kvt_host *h, uint64_t bytes);
 
 /* Counts a lookup result for stats. */
 void kvt_host_count(struct kvt_host *h, int hit);
+/* Payload bytes of the used slot at off (as allocated), or 0 when off is not a used slot. */
+uint64_t kvt_host_len(const struct kvt_host *h, uint64_t off);
+/* Replaces the eviction callback given at create (NULL: nothing is evicted; allocations that
+ * would need it fail with KVT_E_FULL). */
+void kvt_host_set_evict(struct kvt_host *h, kvt_host_evict_fn evict, void *owner);
 
+/* The operations table (tiers/tier.h) on a struct kvt_host: a memory tier. An object's location
+ * is its arena offset; objects carry no id (read, remove take the location). */
 extern const struct kvt_tier_ops kvt_host_tier_ops;
 
 #endif
