@@ -216,7 +216,7 @@ static void test_write_read(void **state)
     assert_true(st.compressed_objects > 0 && st.compressed_objects < 40);
     assert_true(st.tier.bytes_used > 0 && st.tier.bytes_used <= st.tier.bytes_capacity);
     assert_int_equal(st.tier.failed, 0);
-    assert_true(kvt_disk_tier_ops.event_fd(d) >= 0);
+    assert_true(kvt_disk_event_fd(d) >= 0);
     assert_int_equal(kvt_disk_inflight(d), 0);
     kvt_disk_destroy(d);
     kvt_disk_destroy(NULL);
