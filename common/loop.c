@@ -213,6 +213,23 @@ void kvt_loop_before_sleep(struct kvt_loop *l, struct kvt_hook *h, kvt_hook_fn f
     l->hooks_tail = h;
 }
 
+void kvt_loop_remove_hook(struct kvt_loop *l, struct kvt_hook *h)
+{
+    struct kvt_hook *prev = NULL;
+    for (struct kvt_hook *x = l->hooks; x; prev = x, x = x->next) {
+        if (x != h)
+            continue;
+        if (prev)
+            prev->next = x->next;
+        else
+            l->hooks = x->next;
+        if (l->hooks_tail == x)
+            l->hooks_tail = prev;
+        x->next = NULL;
+        return;
+    }
+}
+
 int kvt_loop_run_once(struct kvt_loop *l, int timeout_ms)
 {
     if (l->hooks_pending)

@@ -79,6 +79,10 @@ static inline int kvt_loop_timer_armed(const struct kvt_timer *t)
 /* Adds a before-sleep hook (run in the order added). */
 void kvt_loop_before_sleep(struct kvt_loop *l, struct kvt_hook *h, kvt_hook_fn fn, void *arg);
 
+/* Removes a hook added with kvt_loop_before_sleep (a no-op when it is not there). Not from inside
+ * a hook. */
+void kvt_loop_remove_hook(struct kvt_loop *l, struct kvt_hook *h);
+
 /* One iteration: waits for events up to timeout_ms (-1: no limit), but no longer than the
  * nearest timer, and not at all when a hook left work; handles the events, fires the timers due
  * and runs the hooks. Returns the number of fd events handled, or -errno from epoll_wait. */

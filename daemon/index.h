@@ -1,8 +1,9 @@
 /*
- * The chunk index: object identity (namespace seed, key, variant) -> entry, owned by the event loop (no locks). Entries come
- * from a pool sized at start and are found through a chained hash table of 32-bit entry ids, so
- * inserting and removing never allocate. An entry records where the chunk's bytes are (per tier),
- * its state and how many readers hold it.
+ * The chunk index: object identity (namespace seed, key, variant) -> entry, owned by the event loop
+ * (no locks). Entries come from a pool sized at start and are found through a chained hash table of
+ * 32-bit entry ids, so inserting and removing never allocate. An entry records where the chunk's
+ * bytes are (per tier position, not per kind of tier: a third and a fourth tier change nothing
+ * here), its state and how many readers hold it.
  */
 #ifndef KVT_DAEMON_INDEX_H
 #define KVT_DAEMON_INDEX_H
@@ -20,16 +21,19 @@ enum kvt_entry_state {
     KVT_ENTRY_READY = 2,
 };
 
-/* Where a chunk's disk copy stands. */
-enum kvt_entry_disk {
-    KVT_ENTRY_DISK_NONE = 0,
-    KVT_ENTRY_DISK_WRITING = 1, /* being encoded or written; not readable from disk yet */
-    KVT_ENTRY_DISK_DURABLE = 2, /* on stable storage and readable */
+/* Where a chunk stands in one tier. */
+enum kvt_entry_at {
+    KVT_AT_NONE = 0,
+    KVT_AT_WRITING = 1, /* being filled or written; not readable there yet */
+    KVT_AT_READY = 2,   /* readable there (durable, for a persistent tier) */
 };
+
+/* Tiers an entry can be in, by position in the tier manager's list (fastest first). */
+#define KVT_ENTRY_TIERS_MAX 4
 
 struct kvt_entry {
     struct kvt_obj_id id; /* namespace seed (stable across restarts, unlike its id), key, variant */
-    uint64_t host_off; /* valid when in_host */
+    uint64_t loc[KVT_ENTRY_TIERS_MAX]; /* each tier's handle for its copy, while at[] says so */
     uint64_t length;
     uint32_t hnext; /* hash chain, or free list when FREE */
     uint32_t n_tokens;
@@ -37,10 +41,9 @@ struct kvt_entry {
     uint32_t gen;  /* changes every time the slot is reused: async callbacks check it */
     uint16_t hits; /* reads since stored (saturating), for disk admission */
     uint8_t state;
-    uint8_t in_host;
-    uint8_t disk;       /* enum kvt_entry_disk */
+    uint8_t at[KVT_ENTRY_TIERS_MAX]; /* enum kvt_entry_at, per tier position */
     uint8_t elem_bytes; /* element size of the namespace's dtype, the codec's shuffle width */
-    uint8_t promoting;  /* a read from disk into a new DRAM slot is in flight */
+    uint8_t promoting;  /* a read from a lower tier into a new DRAM slot is in flight */
     uint8_t referenced; /* read or written since the disk eviction's clock hand last passed */
     uint16_t owner;     /* 1 + namespace slot that stored it (per-tenant quotas); 0 = none */
 };

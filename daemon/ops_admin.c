@@ -76,18 +76,20 @@ static void stats_fill(struct kvt_server *s, struct stats_buf *b)
     kvt_host_tier_ops.stats(s->host, &b->cpu);
     /* Moves between tiers are the tier manager's: chunks written from DRAM to disk, and read
      * from disk into DRAM. */
-    b->cpu.demotions = s->tm.st.demotions;
-    b->cpu.promotions = s->tm.st.promotions;
+    struct kvt_tm_stats tms;
+    kvt_tm_stats(s->tm, &tms);
+    b->cpu.demotions = tms.demotions;
+    b->cpu.promotions = tms.promotions;
 #define KVT__TSTAT_ADD(name, type, unit, help)                                                     \
     stat_add(b, "cpu.", #name, type, unit, help, b->cpu.name);
     KVT_TIER_STATS_DEF(KVT_STAT_FULL, KVT__TSTAT_ADD)
 #undef KVT__TSTAT_ADD
 #define KVT__TMSTAT_ADD(name, type, unit, help)                                                    \
-    stat_add(b, "tier.", #name, type, unit, help, s->tm.st.name);
+    stat_add(b, "tier.", #name, type, unit, help, tms.name);
     KVT_TM_STATS_DEF(KVT_STAT_FULL, KVT__TMSTAT_ADD)
 #undef KVT__TMSTAT_ADD
-    if (s->tm.disk) {
-        kvt_disk_stats(s->tm.disk, &b->disk);
+    if (s->disk) {
+        kvt_disk_stats(s->disk, &b->disk);
 #define KVT__DTSTAT_ADD(name, type, unit, help)                                                    \
     stat_add(b, "disk.", #name, type, unit, help, b->disk.tier.name);
         KVT_TIER_STATS_DEF(KVT_STAT_FULL, KVT__DTSTAT_ADD)
@@ -211,5 +213,5 @@ void kvt__ops_config_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
 void kvt__server_config_applied(struct kvt_server *s)
 {
     kvt_log_set_level(kvt_log_level_parse(s->cfg->log_level));
-    kvt_tm_config_changed(s);
+    kvt__server_tiers_config_changed(s);
 }

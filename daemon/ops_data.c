@@ -7,6 +7,7 @@
  * GetResp in the get_range result: the helpers below look at op->kind.
  */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,8 +32,8 @@ static int tenant_chunk(void *arg, uint32_t id)
 {
     const struct tenant_pick *tp = arg;
     const struct kvt_entry *e = kvt_index_at(&tp->s->idx, id);
-    return e->owner && e->state == KVT_ENTRY_READY && e->in_host && !e->refs && !e->promoting &&
-           kvt_ns_same_tenant(&tp->s->ns, e->owner - 1u, tp->ns);
+    return e->owner && e->state == KVT_ENTRY_READY && kvt_tm_in_memory(e) && !e->refs &&
+           !e->promoting && kvt_ns_same_tenant(&tp->s->ns, e->owner - 1u, tp->ns);
 }
 
 /* quota.cpu_share: before a tenant's Put takes DRAM beyond its share, its own coldest chunks make
@@ -43,23 +44,14 @@ static int tenant_dram_room(struct kvt_server *s, const struct kvt_ns *ns, uint6
     enum { PICK = 16, SCAN = 4096, ROUNDS = 8 };
     if (s->cfg->quota_cpu_share >= 1.0)
         return 0;
-    double limit = s->cfg->quota_cpu_share * (double)kvt_host_arena_bytes(s->host);
-    uint64_t need = kvt_host_slot_bytes(s->host, len);
+    double limit = s->cfg->quota_cpu_share * (double)kvt_tm_memory_bytes(s->tm);
+    uint64_t need = kvt_tm_memory_slot_bytes(s->tm, len);
     struct tenant_pick tp = {s, ns};
     for (int round = 0; round < ROUNDS; round++) {
         if ((double)(kvt_ns_tenant_dram_bytes(&s->ns, ns) + need) <= limit)
             return 0;
-        uint32_t ids[PICK];
-        size_t n = kvt_host_coldest_where(s->host, tenant_chunk, &tp, ids, PICK, SCAN);
-        size_t freed = 0;
-        for (size_t i = 0; i < n; i++) {
-            uint64_t off = kvt_index_at(&s->idx, ids[i])->host_off;
-            if (kvt_tm_evict(s, ids[i], off) == 0) {
-                kvt_host_free(s->host, off);
-                freed++;
-                s->st.quota_evictions++;
-            }
-        }
+        size_t freed = kvt_tm_evict_coldest(s->tm, tenant_chunk, &tp, PICK, SCAN);
+        s->st.quota_evictions += freed;
         if (!freed)
             break;
     }
@@ -139,7 +131,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     uint32_t found = kvt_index_find(&s->idx, &oid);
     if (found != KVT_INDEX_NIL) {
         s->st.puts_existed++;
-        enum kvt_tier_id t = kvt_tm_tier_of(kvt_index_at(&s->idx, found));
+        enum kvt_tier_id t = kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, found));
         put_reply(s, c, op, 1, t == KVT_TIER_NONE ? KVT_TIER_CPU : t);
         return;
     }
@@ -152,13 +144,12 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     uint32_t id;
-    if (kvt_tm_index_insert(s, &oid, &id)) {
+    if (kvt_tm_index_insert(s->tm, &oid, &id)) {
         s->st.index_full++;
         reply_error(s, c, op, KVT_E_INDEXFULL, NULL);
         return;
     }
     kvt_index_set_owner(&s->idx, id, (uint16_t)(kvt_ns_slot(ns) + 1));
-    uint64_t off;
     if (tenant_dram_room(s, ns, len)) {
         kvt_index_remove(&s->idx, id);
         s->st.quota_rejections++;
@@ -167,7 +158,12 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                     "chunks can be evicted now: retry");
         return;
     }
-    rc = kvt_tm_host_alloc(s, len, id, &off);
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    e->length = len;
+    e->n_tokens = n_tokens;
+    e->elem_bytes = (uint8_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
+    void *dst;
+    rc = kvt_tm_reserve(s->tm, id, &dst); /* pinned for this writer until committed */
     if (rc) {
         kvt_index_remove(&s->idx, id);
         if (rc == KVT_E_FULL)
@@ -179,19 +175,11 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                                             : NULL);
         return;
     }
-    struct kvt_entry *e = kvt_index_at(&s->idx, id);
-    kvt_host_set_owner(s->host, off, e->owner);
-    e->host_off = off;
-    e->in_host = 1;
-    e->length = len;
-    e->n_tokens = n_tokens;
-    e->elem_bytes = (uint8_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
-    e->refs = 1; /* the writer: the slot cannot be evicted while it fills */
     op->entry = id;
     op->length = len;
     op->has_checksum = p->checksum != NULL;
     op->checksum = p->checksum ? p->checksum->value : 0;
-    op->job.dst = kvt_host_ptr(s->host, off);
+    op->job.dst = dst;
     op->job.src = src;
     op->job.len = len;
     op->job.want_sum = (uint8_t)op->has_checksum;
@@ -263,19 +251,20 @@ void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
     count_served(s, op, e);
+    const uint8_t *src = kvt_tm_memory_ptr(s->tm, e);
     if (op->want_inline) {
-        e->refs--;
-        get_reply(s, op->conn, op, e, kvt_host_ptr(s->host, e->host_off));
+        get_reply(s, op->conn, op, e, src);
+        kvt_tm_release(s->tm, op->entry);
         return;
     }
     /* refs stays taken until the copy to the client completes (kvt__ops_complete). A GetRange
      * copies only its rows (op->length was set from them when it was validated). */
     if (op->kind == KVTIER__REQUEST__OP_GET_RANGE) {
-        op->job.src = (const uint8_t *)kvt_host_ptr(s->host, e->host_off) + op->range_off;
+        op->job.src = src + op->range_off;
         op->job.len = op->length;
     } else {
         op->length = e->length;
-        op->job.src = kvt_host_ptr(s->host, e->host_off);
+        op->job.src = src;
         op->job.len = e->length;
     }
     kvt__server_submit(s, op);
@@ -310,10 +299,10 @@ static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c,
     struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = *key};
     uint32_t id = kvt_index_find(&s->idx, &oid);
     struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
-    enum kvt_tier_id tier = e ? kvt_tm_tier_of(e) : KVT_TIER_NONE;
+    enum kvt_tier_id tier = e ? kvt_tm_tier_of(s->tm, e) : KVT_TIER_NONE;
     if (tier == KVT_TIER_NONE) {
         s->st.get_misses++;
-        kvt_host_count(s->host, 0);
+        kvt_tm_count_miss(s->tm);
         reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
         return NULL;
     }
@@ -374,28 +363,29 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     e->referenced = 1;
     op->tier = tier;
     op->want_inline = g->want_inline;
-    if (tier == KVT_TIER_DISK) {
-        kvt_host_count(s->host, 0);
-        op->length = e->length;
+    op->entry = id;
+    op->length = e->length;
+    const uint8_t *src = kvt_tm_acquire(s->tm, id); /* pinned until the copy out completes */
+    if (!src) {
+        /* Only in a lower tier: read through the tier manager. */
+        kvt_tm_count_miss(s->tm);
         op->job.dst = g->want_inline ? NULL : c->arena + g->offset;
-        rc = kvt_tm_get_from_disk(s, op, id);
+        op->io =
+            (struct kvt_tm_io){.dst = op->job.dst, .cap = e->length, .want_dram = g->want_inline};
+        rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
             kvt__ops_get_fail(s, op, rc);
         return;
     }
     s->st.get_hits++;
     s->st.get_bytes += e->length;
-    kvt_host_count(s->host, 1);
-    kvt_host_touch(s->host, e->host_off);
     if (g->want_inline) {
-        get_reply(s, c, op, e, kvt_host_ptr(s->host, e->host_off));
+        get_reply(s, c, op, e, src);
+        kvt_tm_release(s->tm, id);
         return;
     }
-    e->refs++;
-    op->entry = id;
-    op->length = e->length;
     op->job.dst = c->arena + g->offset;
-    op->job.src = kvt_host_ptr(s->host, e->host_off);
+    op->job.src = src;
     op->job.len = e->length;
     kvt__server_submit(s, op);
 }
@@ -464,19 +454,25 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     op->range_off = ((uint64_t)g->layer * e->n_tokens + g->token_first) * row_bytes;
     op->length = bytes;
     op->job.dst = c->arena + g->offset;
-    if (tier == KVT_TIER_DISK) {
-        kvt_host_count(s->host, 0);
-        rc = kvt_tm_get_range_from_disk(s, op, id);
+    op->entry = id;
+    const uint8_t *src = kvt_tm_acquire(s->tm, id); /* pinned until the copy out completes */
+    if (!src) {
+        kvt_tm_count_miss(s->tm);
+        op->io = (struct kvt_tm_io){.dst = op->job.dst,
+                                    .cap = bytes,
+                                    .range = 1,
+                                    .r = {.layer = g->layer,
+                                          .first = g->token_first,
+                                          .n = g->n_tokens,
+                                          .n_tokens = e->n_tokens,
+                                          .row_bytes = row_bytes}};
+        rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
             kvt__ops_get_fail(s, op, rc);
         return;
     }
     s->st.get_range_bytes += bytes;
-    kvt_host_count(s->host, 1);
-    kvt_host_touch(s->host, e->host_off);
-    e->refs++;
-    op->entry = id;
-    op->job.src = (const uint8_t *)kvt_host_ptr(s->host, e->host_off) + op->range_off;
+    op->job.src = src + op->range_off;
     op->job.len = bytes;
     kvt__server_submit(s, op);
 }
@@ -484,7 +480,8 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
 void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
-    e->refs--;
+    if (op->kind != KVTIER__REQUEST__OP_PUT)
+        kvt_tm_release(s->tm, op->entry);
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
         /* The copied bytes cannot be trusted when the client gave up on this Put (timeout or
          * exit: it may already reuse its buffer), when its memory vanished mid-copy, or when
@@ -498,8 +495,7 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
                 s->st.put_checksum_errors++;
             else if (status == KVT_E_FAULT)
                 s->st.client_memory_faults++;
-            kvt_host_free(s->host, e->host_off);
-            kvt_index_remove(&s->idx, op->entry);
+            kvt_tm_abort(s->tm, op->entry);
             reply_error(s, op->conn, op, status,
                         status == KVT_E_CHECKSUM
                             ? "the bytes copied from the arena do not match the Put's checksum: "
@@ -514,9 +510,8 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
         return;
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
-        e->state = KVT_ENTRY_READY;
         s->st.put_bytes += op->length;
-        if (!kvt_tm_put_committed(s, op, op->entry))
+        if (!kvt_tm_put_committed(s->tm, &op->io, op->entry))
             put_reply(s, op->conn, op, 0, KVT_TIER_CPU);
     } else {
         get_reply(s, op->conn, op, e, NULL);
@@ -525,37 +520,50 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
 
 /* ---- completions the tier manager reports ------------------------------------------------- */
 
-/* Each answers its op and queues the connection to resume before the loop sleeps. */
-static void tm_put_done(void *arg, struct kvt_op *op, enum kvt_tier_id tier)
+/* The request an io belongs to. */
+static struct kvt_op *op_of(struct kvt_tm_io *io)
 {
+    return (struct kvt_op *)((char *)io - offsetof(struct kvt_op, io));
+}
+
+/* Each answers its op and queues the connection to resume before the loop sleeps. */
+static void tm_put_done(void *arg, struct kvt_tm_io *io, enum kvt_tier_id tier)
+{
+    struct kvt_op *op = op_of(io);
     struct kvt_conn *c = op->conn;
     kvt__ops_put_reply(arg, op, tier);
     kvt__server_after_ops(arg, c);
 }
 
-static void tm_get_failed(void *arg, struct kvt_op *op, int status)
+static void tm_get_failed(void *arg, struct kvt_tm_io *io, int status)
 {
+    struct kvt_op *op = op_of(io);
     struct kvt_conn *c = op->conn;
     kvt__ops_get_fail(arg, op, status);
     kvt__server_after_ops(arg, c);
 }
 
-static void tm_get_in_dram(void *arg, struct kvt_op *op)
+static void tm_get_in_dram(void *arg, struct kvt_tm_io *io)
 {
+    struct kvt_op *op = op_of(io);
     struct kvt_conn *c = op->conn;
+    op->tier = io->tier;
     kvt__ops_get_deliver(arg, op);
     kvt__server_after_ops(arg, c);
 }
 
-static void tm_get_read_direct(void *arg, struct kvt_op *op, const struct kvt_entry *e)
+static void tm_get_read_direct(void *arg, struct kvt_tm_io *io, const struct kvt_entry *e)
 {
+    struct kvt_op *op = op_of(io);
     struct kvt_conn *c = op->conn;
+    op->tier = io->tier;
     kvt__ops_get_reply_entry(arg, op, e);
     kvt__server_after_ops(arg, c);
 }
 
-static void tm_delete_done(void *arg, struct kvt_op *op, const int32_t *status, uint32_t n)
+static void tm_delete_done(void *arg, void *ctx, const int32_t *status, uint32_t n)
 {
+    struct kvt_op *op = ctx;
     struct kvt_conn *c = op->conn;
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;
@@ -567,10 +575,41 @@ static void tm_delete_done(void *arg, struct kvt_op *op, const int32_t *status, 
     kvt__server_after_ops(arg, c);
 }
 
+/* Shutdown: the op is never answered; its connection stops waiting for it. */
+static void tm_abandoned(void *arg, struct kvt_tm_io *io)
+{
+    (void)arg;
+    op_of(io)->conn->inflight--;
+}
+
+/* The shape of entry e's chunk, from the namespace that stored it, so that its lower-tier copy
+ * can be read by layer and token range; nonzero when unknown (a chunk recovered from disk and not
+ * stored again since, or a namespace reclaimed meanwhile): the copy is then one opaque layer. */
+static int tm_geom(void *arg, const struct kvt_entry *e, struct kvt_chunk_geom *g)
+{
+    const struct kvt_server *s = arg;
+    if (!e->owner || e->owner > s->ns.used)
+        return -1;
+    const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
+    if (!ns->id || ns->seed != e->id.ns_seed ||
+        (uint64_t)e->n_tokens * ns->bytes_per_token != e->length)
+        return -1;
+    memset(g, 0, sizeof(*g));
+    g->n_layers = ns->layers;
+    g->n_kv_heads = ns->kv_heads;
+    g->head_dim = ns->head_dim;
+    g->elem_bytes = (uint16_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
+    g->dtype = (uint16_t)ns->dtype;
+    g->sparse = 0;
+    return 0;
+}
+
 const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
     .put_done = tm_put_done,
     .get_failed = tm_get_failed,
     .get_in_dram = tm_get_in_dram,
     .get_read_direct = tm_get_read_direct,
     .delete_done = tm_delete_done,
+    .abandoned = tm_abandoned,
+    .geom = tm_geom,
 };

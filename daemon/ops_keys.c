@@ -31,7 +31,7 @@ void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key};
         uint32_t id = kvt_index_find(&s->idx, &oid);
         enum kvt_tier_id t =
-            id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(kvt_index_at(&s->idx, id));
+            id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id));
         if (t == KVT_TIER_NONE)
             break;
         tiers[hits++] = t;
@@ -64,26 +64,25 @@ void kvt__ops_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         return;
     }
     /* The statuses live with the tier manager: the answer may wait for the tombstones. */
-    int32_t *status = kvt_tm_delete_begin(s, (uint32_t)d->n_keys);
+    int32_t *status = kvt_tm_delete_begin(s->tm, (uint32_t)d->n_keys);
     if (!status) {
         reply_error(s, c, op, KVT_E_BUSY, "too many Deletes waiting for the disk: retry");
         return;
     }
     for (size_t i = 0; i < d->n_keys; i++) {
         struct kvt_obj_id oid = {.ns_seed = ns->seed};
-        uint32_t id =
-            key_of(d->keys[i], &oid.key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, &oid);
+        uint32_t id = key_of(d->keys[i], &oid.key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, &oid);
         struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
         if (!e || e->state != KVT_ENTRY_READY) {
             status[i] = e ? KVT_E_INUSE : KVT_E_NOTFOUND; /* being written: retry */
         } else {
             /* In use (being read or written): KVT_E_INUSE, the caller may retry. */
-            status[i] = kvt_tm_delete(s, id);
+            status[i] = kvt_tm_delete(s->tm, id);
             s->st.deletes += status[i] == 0;
         }
     }
     /* Answered once every tombstone it staged is durable, so a crash cannot undo it. */
-    if (kvt_tm_delete_end(s, op, status, (uint32_t)d->n_keys))
+    if (kvt_tm_delete_end(s->tm, op, status, (uint32_t)d->n_keys))
         return;
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__DeleteResp dr = KVTIER__DELETE_RESP__INIT;

@@ -45,8 +45,6 @@ static void on_conn_event(void *arg, uint32_t events);
 static void on_listen(void *arg, uint32_t events);
 static void on_signal(void *arg, uint32_t events);
 static void on_workers(void *arg, uint32_t events);
-static void on_disk(void *arg, uint32_t events);
-static int tick_hook(void *arg);
 static int ready_hook(void *arg);
 static int sweep_hook(void *arg);
 
@@ -843,24 +841,13 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
         goto err;
     s->idx.owner_objects = s->ns.objects; /* chunks per namespace, for quotas and reclaim */
     s->idx.n_owners = s->ns.cap;
-    struct kvt_host_config hc = {.arena_bytes = cfg->cpu_arena_bytes,
-                                 .page_bytes = cfg->cpu_page_bytes,
-                                 .hugepages = cfg->cpu_hugepages,
-                                 .prefault = cfg->cpu_prefault};
-    if ((rc = kvt_host_create(&hc, kvt_tm_evict, s, &s->host))) {
-        KVT_ERR("server", "cpu tier: %s (arena_bytes must be at least page_bytes, a 4K multiple)",
-                kvt_strerror(rc));
-        goto err;
-    }
-    kvt_host_set_owners(s->host, s->ns.dram_bytes, s->ns.cap); /* per-tenant DRAM quotas */
-    if ((rc = kvt_tm_init(s)))
-        goto err;
     s->n_workers = worker_count(cfg);
     if ((rc = kvt_workers_create(s->n_workers, &s->workers)))
         goto err;
-    kvt_tm_set_callbacks(&s->tm, &kvt__ops_tm_callbacks, s, s->workers);
     struct kvt_loop_config lc = {.timers_max = 64};
     if ((rc = kvt_loop_create(&lc, &s->loop)))
+        goto err;
+    if ((rc = kvt__server_tiers_open(s)))
         goto err;
     s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (s->signal_fd < 0) {
@@ -874,12 +861,8 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
         (rc = kvt_loop_watch(s->loop, &s->workers_w, kvt_workers_fd(s->workers), EPOLLIN,
                              on_workers, s)))
         goto err;
-    if (kvt_tm_event_fd(s) >= 0 &&
-        (rc = kvt_loop_watch(s->loop, &s->disk_w, kvt_tm_event_fd(s), EPOLLIN, on_disk, s)))
-        goto err;
-    /* Before the loop sleeps: the tier manager's background work, then the connections that
-     * completions queued, then freeing the closed ones nobody refers to any more. */
-    kvt_loop_before_sleep(s->loop, &s->tick_hook, tick_hook, s);
+    /* Before the loop sleeps (after the tier manager's background work, which it registered):
+     * the connections that completions queued, then freeing the closed ones nobody refers to. */
     kvt_loop_before_sleep(s->loop, &s->ready_hook, ready_hook, s);
     kvt_loop_before_sleep(s->loop, &s->sweep_hook, sweep_hook, s);
     KVT_INFO("server", "listening socket=%s workers=%u max_clients=%llu", cfg->socket, s->n_workers,
@@ -950,7 +933,7 @@ static void begin_shutdown(struct kvt_server *s)
     /* Stop reading requests; answer what is in flight; write back what DRAM holds alone. */
     for (struct kvt_conn *c = s->conns; c; c = c->next)
         c->closing = 1;
-    s->tm.flushing = 1;
+    kvt_tm_flush(s->tm);
 }
 
 static int inflight_total(const struct kvt_server *s)
@@ -981,12 +964,6 @@ static void on_signal(void *arg, uint32_t events)
     }
 }
 
-static void on_disk(void *arg, uint32_t events)
-{
-    (void)events;
-    kvt_tm_poll(arg);
-}
-
 static void on_conn_event(void *arg, uint32_t events)
 {
     struct kvt_conn *c = arg;
@@ -1013,12 +990,6 @@ static void on_conn_event(void *arg, uint32_t events)
         on_readable(s, c);
     else if (!c->dead)
         conn_maybe_finish(s, c);
-}
-
-static int tick_hook(void *arg)
-{
-    kvt_tm_tick(arg);
-    return 0;
 }
 
 static int ready_hook(void *arg)
@@ -1052,13 +1023,13 @@ int kvt_server_run(struct kvt_server *s)
                 conn_maybe_finish(s, c);
             }
             int conns_done = s->n_conns == 0 || inflight_total(s) == 0;
-            if ((conns_done && !kvt_tm_busy(s)) || kvt_now_ms() > s->stop_deadline_ms)
+            if ((conns_done && !kvt_tm_busy(s->tm)) || kvt_now_ms() > s->stop_deadline_ms)
                 break;
         }
         /* Right after activity, poll without sleeping for busy_poll_us: the next request of a
          * pipelined client usually arrives within microseconds, and waking a sleeping thread on
          * another core costs tens of them on virtual machines. */
-        int timeout_ms = s->stop ? (kvt_tm_busy(s) ? 1 : 50) : 1000;
+        int timeout_ms = s->stop ? (kvt_tm_busy(s->tm) ? 1 : 50) : 1000;
         if (kvt_now_ns() - last_event_ns < s->cfg->busy_poll_us * 1000ull)
             timeout_ms = 0;
         int n = kvt_server_run_once(s, timeout_ms);
@@ -1088,7 +1059,7 @@ void kvt_server_destroy(struct kvt_server *s)
         s->workers = NULL;
     }
     s->destroying = 1;
-    kvt_tm_deinit(s); /* waits for disk I/O; its callbacks only release what they hold */
+    kvt__server_tiers_close(s); /* waits for disk I/O; its callbacks only release what they hold */
     while (s->closed) {
         struct kvt_conn *c = s->closed;
         s->closed = c->next;
@@ -1110,7 +1081,6 @@ void kvt_server_destroy(struct kvt_server *s)
     if (s->spare_fd >= 0)
         close(s->spare_fd);
     kvt_loop_destroy(s->loop);
-    kvt_host_destroy(s->host);
     kvt_index_deinit(&s->idx);
     kvt_ns_table_deinit(&s->ns);
     kvt_free(KVT_ALLOC_MISC, s);

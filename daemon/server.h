@@ -21,6 +21,7 @@
 #include "daemon/tiermgr.h"
 #include "daemon/workers.h"
 #include "kvtier.pb-c.h"
+#include "tiers/disk/disk.h"
 #include "tiers/host/host.h"
 
 #define KVT_PROTO_VERSION 1
@@ -125,15 +126,15 @@ struct kvt_op {
     uint32_t entry;
     uint32_t gen; /* of the entry, for answers that come after other requests ran */
     uint64_t length;
-    uint32_t n_tokens;      /* GetRange: rows asked for */
-    uint32_t layer;         /* GetRange: the layer they are in */
-    uint32_t token_first;   /* GetRange: the first of them */
-    uint64_t range_off;     /* GetRange: where those rows start in the chunk, in bytes */
-    uint32_t tier;          /* where a Get was served from */
-    int want_inline;        /* Get: answer with the bytes in the response */
-    uint64_t slot_off;      /* Get from disk: the DRAM slot being filled */
-    struct kvt_op *tm_next; /* tier manager's queue of write-through Puts */
-    uint64_t start_ns;      /* when the request was taken from its frame (latency stats) */
+    uint32_t n_tokens;    /* GetRange: rows asked for */
+    uint32_t layer;       /* GetRange: the layer they are in */
+    uint32_t token_first; /* GetRange: the first of them */
+    uint64_t range_off;   /* GetRange: where those rows start in the chunk, in bytes */
+    uint32_t tier;        /* where a Get was served from */
+    int want_inline;      /* Get: answer with the bytes in the response */
+    struct kvt_tm_io io;  /* what the tier manager does for it (Gets from lower tiers, Puts
+                             waiting for durability) */
+    uint64_t start_ns;    /* when the request was taken from its frame (latency stats) */
 };
 
 /* Bump allocator for unpacking one request without touching the heap in the common case. */
@@ -183,16 +184,19 @@ struct kvt_server {
     struct kvt_loop *loop;
     int listen_fd;
     int signal_fd;
-    struct kvt_watch listen_w, signal_w, workers_w, disk_w;
-    struct kvt_hook tick_hook, ready_hook, sweep_hook;
+    struct kvt_watch listen_w, signal_w, workers_w;
+    struct kvt_hook ready_hook, sweep_hook;
     struct kvt_timer accept_retry; /* out of descriptors and no spare: listen again later */
     volatile int stop;
     int destroying; /* job completions only release what they hold */
     uint64_t stop_deadline_ms;
     struct kvt_ns_table ns;
     struct kvt_index idx;
-    struct kvt_host *host;
-    struct kvt_tiermgr tm;
+    struct kvt_host *host; /* tier 0 */
+    struct kvt_disk *disk; /* tier 1, or NULL when disk.bytes = 0 */
+    struct kvt_disk_tier disk_tier;
+    struct kvt_disk_faults disk_faults; /* fault_injection: the disk.fault_* keys */
+    struct kvt_tm *tm;
     struct kvt_workers *workers;
     uint32_t n_workers;
     struct kvt_conn *conns;  /* open connections */
@@ -232,6 +236,13 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
 size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
 /* The tier manager's completions, answered by the request handlers (ops_data.c). */
 extern const struct kvt_tm_callbacks kvt__ops_tm_callbacks;
+
+/* The tiers and the tier manager over them (tierset.c): open after the index, the namespace
+ * table, the workers and the loop; close after the workers stopped. */
+int kvt__server_tiers_open(struct kvt_server *s);
+void kvt__server_tiers_close(struct kvt_server *s);
+/* Applies the runtime keys that concern the tiers (fault injection). */
+void kvt__server_tiers_config_changed(struct kvt_server *s);
 /* Answers a Put (op) that the tier manager held until its chunk was durable or not. */
 void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_id tier);
 /* Answers a Get with an error (the tier manager could not read the chunk). */

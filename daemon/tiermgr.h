@@ -1,5 +1,11 @@
 /*
- * The tier manager: where a chunk lives and how it moves between the CPU tier and the disk tier.
+ * The tier manager: where a chunk lives and how it moves between tiers. It is an object of its own
+ * (kvt_tm_create) over an ordered list of tiers, fastest first, that it drives only through the
+ * operations table of tiers/tier.h and names nowhere in its code. Tier 0 is a memory tier (the
+ * CPU arena): Puts land there and reads are served from there; the lower tiers (disk now, remote
+ * later) hold copies written back from it. In what follows "DRAM" is tier 0 and "disk" the lower
+ * tiers. It never includes or calls request handling or the server: a request hands it an I/O
+ * descriptor (struct kvt_tm_io) and is told through the callbacks it registered.
  *
  * - Put lands in DRAM. Under write-back (the default) it is answered at once and written to disk
  *   later, when the CPU tier fills past cpu.high_watermark, coldest chunks first, so that eviction
@@ -20,9 +26,11 @@
  *   gets a second chance): the disk is a cache too.
  * - At start the disk's objects are enumerated into the index, so a restarted daemon serves them.
  *
- * Disk encoding (shuffle + compression + checksum) runs on the worker pool; the loop only reserves
- * staging buffers and submits I/O. Every asynchronous completion re-checks the index entry's
- * generation, so a chunk deleted meanwhile is never resurrected.
+ * Writing to a lower tier (its fill: shuffle + compression + checksum for the disk) runs on the
+ * worker pool; the loop only reserves and commits. Every asynchronous completion re-checks the
+ * index entry's generation, so a chunk deleted meanwhile is never resurrected. Placement between
+ * lower tiers: a write-back goes to the first lower tier that takes the chunk's size; a read
+ * comes from the first lower tier with a durable copy.
  */
 #ifndef KVT_DAEMON_TIERMGR_H
 #define KVT_DAEMON_TIERMGR_H
@@ -31,11 +39,11 @@
 
 #include "daemon/index.h"
 #include "daemon/workers.h"
-#include "tiers/codec.h"
-#include "tiers/disk/disk.h"
+#include "tiers/tier.h"
 
-struct kvt_server;
-struct kvt_op;
+struct kvt_loop;
+
+#define KVT_TM_TIERS_MAX KVT_ENTRY_TIERS_MAX
 
 /* name, type, unit, help: see common/stats.h. The help is one line of docs/stats.md. */
 #define KVT_TM_STATS_DEF(X, A)                                                                     \
@@ -75,124 +83,159 @@ struct kvt_tm_stats {
 #undef KVT__TM_STAT_FIELD
 };
 
-struct kvt_demote;
-
 /* Deletes answered once their tombstones are durable: at most KVT_TM_DELS_MAX waiting, their
  * per-key statuses in one ring of KVT_TM_DEL_STATUS_MAX entries (twice the keys of the largest
  * Delete, so one always fits when nothing waits). */
 #define KVT_TM_DELS_MAX 256u
 #define KVT_TM_DEL_KEYS_MAX 65536u
 #define KVT_TM_DEL_STATUS_MAX (2u * KVT_TM_DEL_KEYS_MAX)
-struct kvt_tm_del;
 
-/* How the tier manager reports the requests it finishes later. The request layer registers these
- * (kvt_tm_set_callbacks) so that the tier manager never calls into request handling or the
- * server: each callback answers the op and queues its connection to resume before the loop
- * sleeps; none of them may call back into the tier manager's queues synchronously. */
+/* Per tier: how full it may get and what it takes. */
+struct kvt_tm_tier_policy {
+    /* Tier 0: write back when room for the sizes asked for falls below 1 - high_watermark.
+     * Lower tiers: evict chunks only there past high_watermark of their bytes or objects_max. */
+    double high_watermark;
+    uint64_t objects_max;      /* 0: no bound by count */
+    uint64_t object_bytes_max; /* largest chunk the tier takes; 0: any */
+};
+
+struct kvt_tm_config {
+    int write_through;       /* a Put is answered when its lower-tier copy is durable */
+    int admit_second_access; /* write back only chunks read at least once */
+    int dirty_reject;        /* DRAM full of chunks not yet written back: refuse the Put */
+    uint32_t writes_max;     /* writes to lower tiers in flight at once (>= 1) */
+    struct kvt_tm_tier_policy tier[KVT_TM_TIERS_MAX];
+};
+
+/* One request's I/O through the tier manager, in the request's storage until a callback hands
+ * it back. The caller fills the inputs; the tier manager owns the rest while it holds the io. */
+struct kvt_tm_io {
+    /* inputs */
+    void *dst;     /* where a read goes when not through DRAM (a client's buffer) */
+    uint64_t cap;  /* bytes at dst */
+    int want_dram; /* the answer needs the chunk in DRAM (an inline reply): never dst */
+    int range;     /* a read of rows of one layer (r), straight into dst */
+    struct kvt_tier_range r;
+    /* outputs: the tier a read came from */
+    enum kvt_tier_id tier;
+    /* the tier manager's */
+    uint32_t entry, gen;
+    kvt_tier_loc slot;
+    struct kvt_tm *tm;
+    struct kvt_tm_io *next;
+};
+
+/* How the tier manager reports the I/O it finishes later. Each callback owns the io again and
+ * answers its request; none may call back into the tier manager's queues synchronously except
+ * the kvt_tm_memory_ptr/kvt_tm_release family. After kvt_tm_stop only abandoned runs. */
 struct kvt_tm_callbacks {
-    /* A write-through Put's chunk is durable on `tier` (or stayed in DRAM only: KVT_TIER_CPU). */
-    void (*put_done)(void *arg, struct kvt_op *op, enum kvt_tier_id tier);
-    /* A Get from disk failed with status (the chunk is gone, or an I/O error). */
-    void (*get_failed)(void *arg, struct kvt_op *op, int status);
-    /* A Get's chunk is in DRAM now (promoted, or promoted by another Get meanwhile): deliver it
-     * from there. */
-    void (*get_in_dram)(void *arg, struct kvt_op *op);
-    /* A Get was read from disk straight into the client's buffer. */
-    void (*get_read_direct)(void *arg, struct kvt_op *op, const struct kvt_entry *e);
-    /* A Delete's tombstones are durable: answer with one status per key. */
-    void (*delete_done)(void *arg, struct kvt_op *op, const int32_t *status, uint32_t n);
+    /* A write-through Put's chunk is durable on `tier` (or stayed in DRAM only: tier 0's id). */
+    void (*put_done)(void *arg, struct kvt_tm_io *io, enum kvt_tier_id tier);
+    /* A read failed with status (the chunk is gone, or an I/O error). */
+    void (*get_failed)(void *arg, struct kvt_tm_io *io, int status);
+    /* A read's chunk is in DRAM now, pinned for the io (release with kvt_tm_release): deliver it
+     * from kvt_tm_memory_ptr. */
+    void (*get_in_dram)(void *arg, struct kvt_tm_io *io);
+    /* A read went straight into io->dst (the entry is no longer pinned). */
+    void (*get_read_direct)(void *arg, struct kvt_tm_io *io, const struct kvt_entry *e);
+    /* A Delete's tombstones are durable: answer ctx with one status per key. */
+    void (*delete_done)(void *arg, void *ctx, const int32_t *status, uint32_t n);
+    /* During shutdown: the io will not be answered; the request may be freed. */
+    void (*abandoned)(void *arg, struct kvt_tm_io *io);
+    /* The shape of entry e's chunk, for range-readable lower-tier copies; nonzero: unknown. */
+    int (*geom)(void *arg, const struct kvt_entry *e, struct kvt_chunk_geom *out);
 };
 
-struct kvt_tiermgr {
-    const struct kvt_tm_callbacks *cb;
-    void *cb_arg;
-    struct kvt_workers *workers; /* encoding jobs go there */
-    struct kvt_disk *disk;       /* NULL when the disk tier is off */
-    struct kvt_disk_faults faults;
-    struct kvt_codec_config codec_cfg;
-    struct kvt_demote *demotes;
-    struct kvt_demote *free_demotes;
-    uint32_t n_demotes;
-    uint32_t demotes_inflight;
-    uint64_t encoding_bytes;          /* DRAM pinned by encoders */
-    struct kvt_op *wt_head, *wt_tail; /* write-through Puts waiting for a staging buffer */
-    struct kvt_op *rd_head, *rd_tail; /* Gets waiting for a staging buffer (entries pinned) */
-    int evict_force;                  /* drop dirty chunks: memory could not be found otherwise */
-    int write_through;
-    int flushing;          /* shutdown: write back every dirty chunk */
-    uint32_t flush_cursor; /* next index entry the flush looks at */
-    uint32_t clock_hand;   /* next index entry the disk eviction looks at */
-    struct kvt_tm_del *dels, *free_dels;
-    struct kvt_tm_del *del_head, *del_tail; /* waiting, oldest first */
-    int32_t *del_status;                    /* the ring */
-    uint32_t ds_head, ds_tail, n_dels_waiting;
-    uint32_t del_off; /* ring offset handed out by the last kvt_tm_delete_begin */
-    int del_staged;   /* a tombstone was staged since kvt_tm_delete_begin */
-    struct kvt_tm_stats st;
-};
+struct kvt_tm;
 
-/* Opens the disk tier when configured and loads what it holds into the index. */
-int kvt_tm_init(struct kvt_server *s);
-/* Registers the request layer's completion callbacks (borrowed until deinit) and the worker pool
- * encoding runs on. */
-void kvt_tm_set_callbacks(struct kvt_tiermgr *tm, const struct kvt_tm_callbacks *cb, void *arg,
-                          struct kvt_workers *workers);
-/* Releases everything; in-flight disk I/O is waited for. NULL-safe on a zeroed manager. */
-void kvt_tm_deinit(struct kvt_server *s);
-/* eventfd of the disk tier, or -1. */
-int kvt_tm_event_fd(const struct kvt_server *s);
-/* Runs disk completions (the eventfd was readable) and follow-up work. */
-void kvt_tm_poll(struct kvt_server *s);
-/* Background work after each loop iteration: queued write-through Puts, write-back under
- * pressure, the shutdown flush. Bounded per call. */
-void kvt_tm_tick(struct kvt_server *s);
-/* During shutdown: 1 while disk work is still in flight or a flush has chunks left. */
-int kvt_tm_busy(const struct kvt_server *s);
-/* Applies runtime config (fault injection). */
-void kvt_tm_config_changed(struct kvt_server *s);
+/* Takes the tiers (borrowed until destroy; tiers[0] must be a memory tier), registers as tier 0's
+ * evictor, attaches every tier to loop with a before-sleep hook for its background work, and
+ * indexes what the lower tiers list (a restarted daemon serves them; objects the index cannot
+ * take are removed). Returns 0, KVT_E_INVAL (no memory tier first, too many tiers), KVT_E_NOMEM
+ * or an attach error. */
+int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
+                  const struct kvt_tier *tiers, uint32_t n_tiers, struct kvt_workers *workers,
+                  struct kvt_loop *loop, const struct kvt_tm_callbacks *cb, void *cb_arg,
+                  struct kvt_tm **out);
+/* Shutdown, in this order: kvt_tm_stop; settle the workers' jobs and destroy the lower tiers (their
+ * last callbacks, which now only release what they hold and abandon their requests, need the tier
+ * manager); kvt_tm_destroy; then the memory tier and the index. The tiers stay their owner's.
+ * kvt_tm_stop detaches from the loop; from then on requests are abandoned, never answered. */
+void kvt_tm_stop(struct kvt_tm *tm);
+/* NULL-safe. */
+void kvt_tm_destroy(struct kvt_tm *tm);
+/* Shutdown: write back every chunk only in DRAM. */
+void kvt_tm_flush(struct kvt_tm *tm);
+/* 1 while lower-tier work is in flight or a flush has chunks left. */
+int kvt_tm_busy(const struct kvt_tm *tm);
+/* The background work (before-sleep hook; tests call it directly). */
+void kvt_tm_tick(struct kvt_tm *tm);
+void kvt_tm_stats(const struct kvt_tm *tm, struct kvt_tm_stats *out);
+/* The tier at position i (0 = the memory tier), or NULL. */
+const struct kvt_tier *kvt_tm_tier(const struct kvt_tm *tm, uint32_t i);
 
-/* CPU-tier allocation for a new chunk (a Put): evicts clean chunks, and dirty ones only when
- * nothing else frees memory (tier.dirty_full = drop; with reject, KVT_E_DIRTYFULL instead). */
-int kvt_tm_host_alloc(struct kvt_server *s, uint64_t bytes, uint32_t cookie, uint64_t *off_out);
-/* The CPU tier's eviction callback (cookie = entry id). */
-int kvt_tm_evict(void *server, uint32_t cookie, uint64_t off);
+/* ---- Put --------------------------------------------------------------------------------- */
 
-/* A Put's bytes are in DRAM and the entry is READY. Returns 1 when the manager answers the op
- * later (write-through), 0 when the caller answers now. */
-int kvt_tm_put_committed(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
-/* Serves a Get of a chunk whose only copy is on disk. Returns 0 when the op will be answered
- * later, or an error for the caller to answer. */
-int kvt_tm_get_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
-/* Serves a GetRange (op->layer, token_first, n_tokens; op->length bytes to op->job.dst) of a
- * chunk whose only copy is on disk: only the blocks covering the rows are read and verified,
- * straight into the client's destination, and the op is answered through get_read_direct (or
- * get_in_dram when a Get promoted the chunk meanwhile). A block that fails its checksum drops the
- * chunk and answers KVT_E_NOTFOUND (never wrong rows); with every staging buffer busy the op
- * waits in the Gets' read queue. A disk copy without geometry answers KVT_E_GEOMETRY. Returns 0
- * when the op will be answered later, or an error for the caller to answer. */
-int kvt_tm_get_range_from_disk(struct kvt_server *s, struct kvt_op *op, uint32_t entry);
-/* Inserts a new PENDING entry for a Put. When the index is full (index.max_objects) it first
- * evicts the coldest chunk that can go: a chunk only on disk (CLOCK hand) is removed from disk; a
- * clean chunk in DRAM loses its DRAM slot and its disk copy; a dirty chunk goes only under
- * tier.dirty_full = drop (counted as dropped_dirty); never a chunk with readers or writers or in
- * flight. Returns 0, or KVT_E_INDEXFULL when nothing could go. The key must not be present. */
-int kvt_tm_index_insert(struct kvt_server *s, const struct kvt_obj_id *oid, uint32_t *id_out);
+/* Inserts a new PENDING entry. When the index is full it first evicts the coldest chunk that can
+ * go: one only in lower tiers (CLOCK hand) is removed from them; a clean chunk in DRAM loses
+ * every copy; a dirty one only when DRAM-full chunks may be dropped (counted as dropped_dirty);
+ * never one with readers or writers or in flight. 0, or KVT_E_INDEXFULL. The id must be absent. */
+int kvt_tm_index_insert(struct kvt_tm *tm, const struct kvt_obj_id *oid, uint32_t *id_out);
+/* A DRAM slot of len bytes for the PENDING entry id (its owner, length, tokens set), pinned for
+ * the writer; *dst is where the bytes go. Evicts clean chunks, dirty ones only when nothing else
+ * frees memory (dirty_reject: KVT_E_DIRTYFULL instead). KVT_E_FULL, KVT_E_TOOBIG. */
+int kvt_tm_reserve(struct kvt_tm *tm, uint32_t id, void **dst);
+/* A Put's copy failed: frees its slot and removes the entry. */
+void kvt_tm_abort(struct kvt_tm *tm, uint32_t id);
+/* A Put's bytes are good: the entry is READY and unpinned. Returns 1 when the tier manager answers
+ * io later (write-through: put_done), 0 when the caller answers now. */
+int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id);
+/* Evicts up to max of the coldest DRAM chunks pick accepts (a tenant's, for its quota), looking
+ * at no more than scan_max; returns how many went. */
+size_t kvt_tm_evict_coldest(struct kvt_tm *tm, kvt_tier_pick_fn pick, void *arg, size_t max,
+                            size_t scan_max);
+/* What a chunk of bytes occupies in DRAM (0: too big), and DRAM's capacity. */
+uint64_t kvt_tm_memory_slot_bytes(const struct kvt_tm *tm, uint64_t bytes);
+uint64_t kvt_tm_memory_bytes(const struct kvt_tm *tm);
+
+/* ---- reads ------------------------------------------------------------------------------- */
+
+/* The tier a READY entry is served from, or KVT_TIER_NONE when no readable copy exists yet. */
+enum kvt_tier_id kvt_tm_tier_of(const struct kvt_tm *tm, const struct kvt_entry *e);
+/* Whether entry e has a readable copy in DRAM (tier 0). */
+static inline int kvt_tm_in_memory(const struct kvt_entry *e)
+{
+    return e->at[0] == KVT_AT_READY;
+}
+/* Where entry e's DRAM copy is, or NULL when it has none. */
+void *kvt_tm_memory_ptr(const struct kvt_tm *tm, const struct kvt_entry *e);
+/* A read served from DRAM now: counts the hit, marks it most recently used, pins it (refs) for
+ * the copy out; returns its bytes, or NULL when it has no DRAM copy (then nothing changed). */
+const void *kvt_tm_acquire(struct kvt_tm *tm, uint32_t id);
+/* Unpins what kvt_tm_acquire or get_in_dram pinned. */
+void kvt_tm_release(struct kvt_tm *tm, uint32_t id);
+/* Counts a read that found no DRAM copy (a miss of tier 0). */
+void kvt_tm_count_miss(struct kvt_tm *tm);
+/* Reads entry id from a lower tier for io: the whole chunk (promoted into DRAM when a slot can be
+ * had, else straight into io->dst unless want_dram), or rows (io->range: only what covers them,
+ * verified, into io->dst; KVT_E_GEOMETRY when the copy's rows cannot be addressed). A copy that
+ * fails its checksum drops the chunk and answers KVT_E_NOTFOUND, never wrong bytes. With every
+ * lower-tier buffer busy the io waits, first come first served. Returns 0 when io will be
+ * answered through a callback, or an error for the caller to answer. */
+int kvt_tm_read(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id);
+
+/* ---- Delete ------------------------------------------------------------------------------ */
 
 /* Delete of n keys, durable before it is answered:
- *   status = kvt_tm_delete_begin(s, n)    NULL: answer the whole Delete KVT_E_BUSY (too many
- *                                           Deletes waiting for the disk); else room for n
- *   status[i] = kvt_tm_delete(s, entry) or the caller's own per-key code
- *   kvt_tm_delete_end(s, op, status, n)   1: the manager answers op once every tombstone staged
- *                                           since begin is durable; 0: answer now with status
- * status belongs to the manager; it stays valid until op is answered. Without a disk tier, or
- * when no tombstone was staged, nothing waits. Once the disk tier has latched failed, Deletes are
- * answered at once and their removal from disk is not durable. */
-int32_t *kvt_tm_delete_begin(struct kvt_server *s, uint32_t n);
-int kvt_tm_delete_end(struct kvt_server *s, struct kvt_op *op, int32_t *status, uint32_t n);
+ *   status = kvt_tm_delete_begin(tm, n)   NULL: answer the whole Delete KVT_E_BUSY; else room
+ *   status[i] = kvt_tm_delete(tm, entry) or the caller's own per-key code
+ *   kvt_tm_delete_end(tm, ctx, status, n) 1: delete_done(ctx) once every tombstone staged since
+ *                                           begin is durable; 0: answer now with status
+ * status belongs to the tier manager until ctx is answered. */
+int32_t *kvt_tm_delete_begin(struct kvt_tm *tm, uint32_t n);
+int kvt_tm_delete_end(struct kvt_tm *tm, void *ctx, int32_t *status, uint32_t n);
 /* Deletes a chunk from every tier: 0; KVT_E_INUSE when it is being read, promoted or written
- * (retry); KVT_E_BUSY when the disk tier has too many removals staged for one commit (retry). */
-int kvt_tm_delete(struct kvt_server *s, uint32_t entry);
-/* The tier a READY entry is served from, or KVT_TIER_NONE when no readable copy exists yet. */
-enum kvt_tier_id kvt_tm_tier_of(const struct kvt_entry *e);
+ * (retry); KVT_E_BUSY when a tier has too many removals staged (retry). */
+int kvt_tm_delete(struct kvt_tm *tm, uint32_t entry);
 
 #endif

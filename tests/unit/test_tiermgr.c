@@ -1,0 +1,409 @@
+/*
+ * The tier manager alone: a CPU arena as tier 0 and the test tier (tests/lib/test_tier.h) below
+ * it, real workers, no server and no requests. Write-back and write-through, promotion on a read,
+ * range reads straight to the caller, a corrupt lower copy answered as a miss, a failed write
+ * that keeps the chunk dirty in DRAM, Deletes answered only after the lower tier's barrier,
+ * recovery of what a lower tier lists at start, and no Delete while a write is in flight.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/tiermgr.h"
+#include "kvtier/errors.h"
+#include "tests/lib/test_tier.h"
+#include "tiers/host/host.h"
+
+#define CHUNK (64u * 1024u)
+
+struct env {
+    struct kvt_index idx;
+    struct kvt_host *host;
+    struct kvt_test_tier *tt;
+    struct kvt_workers *workers;
+    struct kvt_tm *tm;
+    struct kvt_tm_config cfg;
+    /* what the callbacks saw */
+    int put_done, get_failed, in_dram, direct, deleted, abandoned;
+    int last_status;
+    enum kvt_tier_id last_tier;
+};
+
+static void cb_put_done(void *arg, struct kvt_tm_io *io, enum kvt_tier_id tier)
+{
+    struct env *e = arg;
+    (void)io;
+    e->put_done++;
+    e->last_tier = tier;
+}
+
+static void cb_get_failed(void *arg, struct kvt_tm_io *io, int status)
+{
+    struct env *e = arg;
+    (void)io;
+    e->get_failed++;
+    e->last_status = status;
+}
+
+static void cb_in_dram(void *arg, struct kvt_tm_io *io)
+{
+    struct env *e = arg;
+    e->in_dram++;
+    e->last_tier = io->tier;
+    kvt_tm_release(e->tm, io->entry);
+}
+
+static void cb_direct(void *arg, struct kvt_tm_io *io, const struct kvt_entry *en)
+{
+    struct env *e = arg;
+    (void)en;
+    e->direct++;
+    e->last_tier = io->tier;
+}
+
+static void cb_deleted(void *arg, void *ctx, const int32_t *status, uint32_t n)
+{
+    struct env *e = arg;
+    (void)ctx;
+    e->deleted++;
+    e->last_status = n ? status[0] : 1;
+}
+
+static void cb_abandoned(void *arg, struct kvt_tm_io *io)
+{
+    (void)io;
+    ((struct env *)arg)->abandoned++;
+}
+
+static int cb_geom(void *arg, const struct kvt_entry *en, struct kvt_chunk_geom *g)
+{
+    (void)arg;
+    /* 4 layers, 2 heads, head_dim 64, fp16: 512 bytes a row; 32 tokens = 64 KiB. */
+    if (en->n_tokens != 32)
+        return -1;
+    *g = (struct kvt_chunk_geom){.n_layers = 4, .n_kv_heads = 2, .head_dim = 64, .elem_bytes = 2};
+    return 0;
+}
+
+static const struct kvt_tm_callbacks cbs = {
+    .put_done = cb_put_done,
+    .get_failed = cb_get_failed,
+    .get_in_dram = cb_in_dram,
+    .get_read_direct = cb_direct,
+    .delete_done = cb_deleted,
+    .abandoned = cb_abandoned,
+    .geom = cb_geom,
+};
+
+static int open_tm(struct env *e)
+{
+    struct kvt_tier tiers[2] = {{&kvt_host_tier_ops, e->host}, {&kvt_test_tier_ops, e->tt}};
+    return kvt_tm_create(&e->cfg, &e->idx, tiers, 2, e->workers, NULL, &cbs, e, &e->tm);
+}
+
+static int setup(void **state)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    struct kvt_host_config hc = {.arena_bytes = 2u << 20, .page_bytes = 256u << 10};
+    if (kvt_index_init(&e->idx, 256) || kvt_host_create(&hc, NULL, NULL, &e->host) ||
+        kvt_test_tier_create(64, 1u << 20, &e->tt) || kvt_workers_create(1, &e->workers))
+        return -1;
+    e->cfg.writes_max = 4;
+    e->cfg.tier[0].high_watermark = 0.9;
+    e->cfg.tier[1].high_watermark = 0.9;
+    if (open_tm(e))
+        return -1;
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+    kvt_tm_stop(e->tm);
+    kvt_workers_stop(e->workers);
+    for (struct kvt_job *j = kvt_workers_reap(e->workers), *next; j; j = next) {
+        next = j->next;
+        j->done(j);
+    }
+    kvt_workers_destroy(e->workers);
+    kvt_test_tier_destroy(e->tt);
+    kvt_tm_destroy(e->tm);
+    kvt_host_destroy(e->host);
+    kvt_index_deinit(&e->idx);
+    free(e);
+    return 0;
+}
+
+/* Runs the workers' finished jobs, the lower tier's completions and the background work, until
+ * nothing is left in flight (or a second passed). */
+static void pump(struct env *e)
+{
+    for (int i = 0; i < 1000; i++) {
+        struct pollfd p = {.fd = kvt_workers_fd(e->workers), .events = POLLIN};
+        poll(&p, 1, 1);
+        for (struct kvt_job *j = kvt_workers_reap(e->workers), *next; j; j = next) {
+            next = j->next;
+            j->done(j);
+        }
+        kvt_test_tier_ops.wait(e->tt, 0);
+        kvt_tm_tick(e->tm);
+        if (!kvt_tm_busy(e->tm))
+            return;
+    }
+}
+
+static void fill(uint32_t k, uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        b[i] = (uint8_t)(k * 31 + i * 7 + (i >> 9));
+}
+
+static struct kvt_obj_id oid(uint32_t k, uint32_t variant)
+{
+    return (struct kvt_obj_id){.ns_seed = 1, .key = {k, k * 3u}, .variant = variant};
+}
+
+/* Stores chunk k (32 tokens) as a Put does; returns its entry, and *later when the tier manager
+ * answers it (write-through). */
+static uint32_t put(struct env *e, uint32_t k, uint32_t variant, struct kvt_tm_io *io, int *later)
+{
+    uint32_t id;
+    struct kvt_obj_id o = oid(k, variant);
+    assert_int_equal(kvt_tm_index_insert(e->tm, &o, &id), 0);
+    struct kvt_entry *en = kvt_index_at(&e->idx, id);
+    en->length = CHUNK;
+    en->n_tokens = 32;
+    en->elem_bytes = 2;
+    void *dst;
+    assert_int_equal(kvt_tm_reserve(e->tm, id, &dst), 0);
+    fill(k + variant, dst, CHUNK);
+    *later = kvt_tm_put_committed(e->tm, io, id);
+    return id;
+}
+
+/* Lets DRAM forget every chunk it may (clean ones stay readable below). */
+static size_t evict_all(struct env *e)
+{
+    return kvt_tm_evict_coldest(e->tm, NULL, NULL, 64, 4096);
+}
+
+static void test_write_back_then_promote(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t id = put(e, 1, 0, &io, &later);
+    assert_int_equal(later, 0); /* write-back: answered at once */
+    assert_int_equal(kvt_tm_tier_of(e->tm, kvt_index_at(&e->idx, id)), KVT_TIER_CPU);
+    /* Dirty: DRAM cannot let it go yet. */
+    assert_int_equal(evict_all(e), 0);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.demotions, 1);
+    assert_int_equal(evict_all(e), 1);
+    struct kvt_entry *en = kvt_index_at(&e->idx, id);
+    assert_int_equal(kvt_tm_tier_of(e->tm, en), KVT_TIER_REMOTE); /* the test tier's id */
+    assert_null(kvt_tm_memory_ptr(e->tm, en));
+    /* A read promotes it into DRAM. */
+    uint8_t want[CHUNK];
+    fill(1, want, CHUNK);
+    struct kvt_tm_io rd = {.cap = CHUNK};
+    assert_int_equal(kvt_tm_read(e->tm, &rd, id), 0);
+    pump(e);
+    assert_int_equal(e->in_dram, 1);
+    assert_int_equal(e->last_tier, KVT_TIER_REMOTE);
+    assert_memory_equal(kvt_tm_memory_ptr(e->tm, en), want, CHUNK);
+    assert_int_equal(kvt_tm_tier_of(e->tm, en), KVT_TIER_CPU);
+    assert_int_equal(en->refs, 0);
+}
+
+static void test_write_through_answers_when_durable(void **state)
+{
+    struct env *e = *state;
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    e->cfg.write_through = 1;
+    assert_int_equal(open_tm(e), 0);
+    struct kvt_tm_io io = {0};
+    int later;
+    put(e, 2, 0, &io, &later);
+    assert_int_equal(later, 1);
+    assert_int_equal(e->put_done, 0);
+    pump(e);
+    assert_int_equal(e->put_done, 1);
+    assert_int_equal(e->last_tier, KVT_TIER_REMOTE);
+}
+
+static void test_range_read_direct_and_corrupt(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t id = put(e, 3, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    assert_int_equal(evict_all(e), 1);
+    /* Rows 8..23 of layer 2, straight into the caller's buffer. */
+    uint8_t rows[16 * 512], want[CHUNK];
+    fill(3, want, CHUNK);
+    struct kvt_tm_io rd = {
+        .dst = rows,
+        .cap = sizeof(rows),
+        .range = 1,
+        .r = {.layer = 2, .first = 8, .n = 16, .n_tokens = 32, .row_bytes = 512}};
+    assert_int_equal(kvt_tm_read(e->tm, &rd, id), 0);
+    pump(e);
+    assert_int_equal(e->direct, 1);
+    assert_memory_equal(rows, want + (2 * 32 + 8) * 512, sizeof(rows));
+    assert_null(kvt_tm_memory_ptr(e->tm, kvt_index_at(&e->idx, id))); /* rows do not promote */
+    /* The lower copy goes bad: a miss, never its bytes, and the chunk leaves the index. */
+    struct kvt_obj_id o = oid(3, 0);
+    assert_int_equal(kvt_test_tier_corrupt(e->tt, &o), 0);
+    struct kvt_tm_io rd2 = {.cap = CHUNK, .dst = want};
+    assert_int_equal(kvt_tm_read(e->tm, &rd2, id), 0);
+    pump(e);
+    assert_int_equal(e->get_failed, 1);
+    assert_int_equal(e->last_status, KVT_E_NOTFOUND);
+    assert_int_equal(kvt_index_find(&e->idx, &o), KVT_INDEX_NIL);
+}
+
+static void test_failed_write_keeps_chunk_dirty(void **state)
+{
+    struct env *e = *state;
+    kvt_test_tier_fail_next(e->tt, 1, KVT_E_IO);
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t id = put(e, 4, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_true(st.demotion_failures >= 1);
+    struct kvt_entry *en = kvt_index_at(&e->idx, id);
+    assert_int_equal(kvt_tm_tier_of(e->tm, en), KVT_TIER_CPU);
+    assert_non_null(kvt_tm_memory_ptr(e->tm, en));
+}
+
+static void test_delete_waits_for_barrier_and_variants(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t v0 = put(e, 5, 0, &io, &later);
+    uint32_t v1 = put(e, 5, 1, &io, &later);
+    assert_int_not_equal(v0, v1);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    kvt_test_tier_hold(e->tt, 1);
+    int32_t *status = kvt_tm_delete_begin(e->tm, 1);
+    assert_non_null(status);
+    status[0] = kvt_tm_delete(e->tm, v1);
+    assert_int_equal(status[0], 0);
+    assert_int_equal(kvt_tm_delete_end(e->tm, e, status, 1), 1);
+    pump(e);
+    assert_int_equal(e->deleted, 0); /* the barrier has not completed */
+    kvt_test_tier_hold(e->tt, 0);
+    pump(e);
+    assert_int_equal(e->deleted, 1);
+    assert_int_equal(e->last_status, 0);
+    /* The other variant is still there, in DRAM and below. */
+    struct kvt_obj_id o0 = oid(5, 0), o1 = oid(5, 1);
+    assert_int_equal(kvt_index_find(&e->idx, &o0), v0);
+    assert_int_equal(kvt_index_find(&e->idx, &o1), KVT_INDEX_NIL);
+    struct kvt_tier_stats ts;
+    kvt_test_tier_ops.stats(e->tt, &ts);
+    assert_int_equal(ts.objects, 1);
+}
+
+static void test_no_delete_while_writing(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    kvt_test_tier_hold(e->tt, 1);
+    uint32_t id = put(e, 6, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    for (int i = 0; i < 50; i++) {
+        kvt_tm_tick(e->tm);
+        struct pollfd p = {.fd = kvt_workers_fd(e->workers), .events = POLLIN};
+        poll(&p, 1, 2);
+        for (struct kvt_job *j = kvt_workers_reap(e->workers), *next; j; j = next) {
+            next = j->next;
+            j->done(j);
+        }
+    }
+    assert_true(kvt_tm_busy(e->tm));
+    assert_int_equal(kvt_tm_delete(e->tm, id), KVT_E_INUSE);
+    kvt_test_tier_hold(e->tt, 0);
+    pump(e);
+    assert_int_equal(kvt_tm_delete(e->tm, id), 0);
+}
+
+static void test_recovery_indexes_lower_tier(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    for (uint32_t k = 10; k < 14; k++)
+        put(e, k, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    /* A new index and tier manager over the same lower tier: its objects are served again. */
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    kvt_host_destroy(e->host);
+    kvt_index_deinit(&e->idx);
+    struct kvt_host_config hc = {.arena_bytes = 2u << 20, .page_bytes = 256u << 10};
+    assert_int_equal(kvt_index_init(&e->idx, 256), 0);
+    assert_int_equal(kvt_host_create(&hc, NULL, NULL, &e->host), 0);
+    assert_int_equal(open_tm(e), 0);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.recovered_objects, 4);
+    for (uint32_t k = 10; k < 14; k++) {
+        struct kvt_obj_id o = oid(k, 0);
+        uint32_t id = kvt_index_find(&e->idx, &o);
+        assert_int_not_equal(id, KVT_INDEX_NIL);
+        assert_int_equal(kvt_tm_tier_of(e->tm, kvt_index_at(&e->idx, id)), KVT_TIER_REMOTE);
+    }
+}
+
+static void test_create_refuses_bad_lists(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm *tm;
+    struct kvt_tier not_memory_first[2] = {{&kvt_test_tier_ops, e->tt},
+                                           {&kvt_host_tier_ops, e->host}};
+    assert_int_equal(
+        kvt_tm_create(&e->cfg, &e->idx, not_memory_first, 2, e->workers, NULL, &cbs, e, &tm),
+        KVT_E_INVAL);
+    assert_int_equal(
+        kvt_tm_create(&e->cfg, &e->idx, not_memory_first, 5, e->workers, NULL, &cbs, e, &tm),
+        KVT_E_INVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_write_back_then_promote, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_through_answers_when_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_range_read_direct_and_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_write_keeps_chunk_dirty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_waits_for_barrier_and_variants, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_no_delete_while_writing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_indexes_lower_tier, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_refuses_bad_lists, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
