@@ -57,6 +57,7 @@ static void usage(FILE *out)
             "  get KEY FILE                 write the chunk KEY to FILE ('-' = stdout)\n"
             "  lookup KEY...                how many leading keys are cached, and where\n"
             "  delete KEY...                remove chunks\n"
+            "  a KEY may name a variant of the chunk as KEY:N (decimal; KEY alone is variant 0)\n"
             "  config get KEY               read a runtime setting\n"
             "  config set KEY VALUE         change a runtime setting\n"
             "options:\n"
@@ -299,15 +300,36 @@ static int cmd_stats(const struct cli *o, char **args, int n_args)
     return ret;
 }
 
-static int parse_keys(char **args, int n, struct kvt_key *keys)
+/* Parses KEY or KEY:VARIANT arguments into keys and variants (n entries each). */
+static int parse_keys(char **args, int n, struct kvt_key *keys, uint32_t *variants)
 {
     for (int i = 0; i < n; i++) {
-        if (kvt_key_parse(args[i], &keys[i])) {
-            fprintf(stderr, "kvtier: '%s' is not a key (32 hex digits)\n", args[i]);
+        char hex[33];
+        const char *colon = strchr(args[i], ':');
+        size_t len = colon ? (size_t)(colon - args[i]) : strlen(args[i]);
+        variants[i] = 0;
+        if (len < sizeof(hex)) {
+            memcpy(hex, args[i], len);
+            hex[len] = '\0';
+        }
+        if (len >= sizeof(hex) || kvt_key_parse(hex, &keys[i])) {
+            fprintf(stderr, "kvtier: '%s' is not a key (32 hex digits, then :VARIANT or not)\n",
+                    args[i]);
             return -1;
         }
+        if (colon && parse_num("variant", colon + 1, 0, UINT32_MAX, &variants[i]))
+            return -1;
     }
     return 0;
+}
+
+/* KEY, or KEY:VARIANT for a variant other than 0, into buf (at least 44 bytes). */
+static const char *key_text(const struct kvt_key *key, uint32_t variant, char *buf)
+{
+    kvt_key_format(key, buf);
+    if (variant)
+        snprintf(buf + 32, 12, ":%" PRIu32, variant);
+    return buf;
 }
 
 static int register_ns(const struct cli *o, struct kvt_client *c, struct kvt_ns_info *ns)
@@ -359,8 +381,9 @@ static int cmd_put(const struct cli *o, char **args, int n)
         return 1;
     }
     struct kvt_key key;
+    uint32_t variant = 0;
     if (n == 2) {
-        if (parse_keys(&args[1], 1, &key)) {
+        if (parse_keys(&args[1], 1, &key, &variant)) {
             kvt_close(c);
             return 2;
         }
@@ -368,16 +391,17 @@ static int cmd_put(const struct cli *o, char **args, int n)
         XXH128_hash_t h = XXH3_128bits_withSeed(buf, (size_t)size, ns.seed);
         key = (struct kvt_key){h.low64, h.high64};
     }
-    int rc = kvt_put(c, ns.handle, &key, buf, (size_t)size,
-                     (uint32_t)((uint64_t)size / ns.bytes_per_token));
+    int rc = kvt_put_v(c, ns.handle, &key, variant, buf, (size_t)size,
+                       (uint32_t)((uint64_t)size / ns.bytes_per_token));
     kvt_close(c);
     if (rc)
         return die("put", rc);
-    char hex[33];
+    char hex[44];
     if (o->json)
-        printf("{\"key\": \"%s\", \"bytes\": %ld}\n", kvt_key_format(&key, hex), size);
+        printf("{\"key\": \"%s\", \"variant\": %" PRIu32 ", \"bytes\": %ld}\n",
+               kvt_key_format(&key, hex), variant, size);
     else
-        printf("%s\n", kvt_key_format(&key, hex));
+        printf("%s\n", key_text(&key, variant, hex));
     return 0;
 }
 
@@ -390,11 +414,12 @@ static const char *tier_name(enum kvt_tier_id t)
 static int cmd_get(const struct cli *o, char **args, int n)
 {
     struct kvt_key key;
+    uint32_t variant;
     if (n != 2) {
         usage(stderr);
         return 2;
     }
-    if (parse_keys(args, 1, &key))
+    if (parse_keys(args, 1, &key, &variant))
         return 2;
     struct kvt_client *c;
     struct kvt_ns_info ns;
@@ -410,7 +435,8 @@ static int cmd_get(const struct cli *o, char **args, int n)
     uint8_t *buf = kvt_arena_alloc(c, ns.chunk_bytes);
     size_t len = 0;
     enum kvt_tier_id tier;
-    int rc = buf ? kvt_get(c, ns.handle, &key, buf, ns.chunk_bytes, &len, &tier) : KVT_E_NOMEM;
+    int rc = buf ? kvt_get_v(c, ns.handle, &key, variant, buf, ns.chunk_bytes, &len, &tier)
+                 : KVT_E_NOMEM;
     if (rc) {
         kvt_close(c);
         return die("get", rc);
@@ -436,18 +462,19 @@ static int cmd_keys(const struct cli *o, char **args, int n, int is_delete)
         return 2;
     }
     struct kvt_key *keys = calloc((size_t)n, sizeof(*keys));
+    uint32_t *variants = calloc((size_t)n, sizeof(*variants));
     enum kvt_tier_id *tiers = calloc((size_t)n, sizeof(*tiers));
     int *status = calloc((size_t)n, sizeof(*status));
     struct kvt_client *c = NULL;
     struct kvt_ns_info ns;
     int ret = 1;
-    if (!keys || !tiers || !status || parse_keys(args, n, keys))
+    if (!keys || !variants || !tiers || !status || parse_keys(args, n, keys, variants))
         goto out;
     if (open_client(o, &c, 4096) || register_ns(o, c, &ns))
         goto out;
     int rc;
     if (is_delete) {
-        rc = kvt_delete(c, ns.handle, keys, (size_t)n, status);
+        rc = kvt_delete_v(c, ns.handle, keys, variants, (size_t)n, status);
         if (rc) {
             die("delete", rc);
             goto out;
@@ -459,7 +486,7 @@ static int cmd_keys(const struct cli *o, char **args, int n, int is_delete)
         }
     } else {
         size_t hits = 0;
-        rc = kvt_lookup(c, ns.handle, keys, (size_t)n, &hits, tiers);
+        rc = kvt_lookup_v(c, ns.handle, keys, variants, (size_t)n, &hits, tiers);
         if (rc) {
             die("lookup", rc);
             goto out;
@@ -479,6 +506,7 @@ static int cmd_keys(const struct cli *o, char **args, int n, int is_delete)
 out:
     kvt_close(c);
     free(keys);
+    free(variants);
     free(tiers);
     free(status);
     return ret;

@@ -127,7 +127,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     s->st.puts++;
-    struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key};
+    struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key, .variant = p->key->variant};
     uint32_t found = kvt_index_find(&s->idx, &oid);
     if (found != KVT_INDEX_NIL) {
         s->st.puts_existed++;
@@ -291,12 +291,13 @@ static int dest_ok(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, 
     return 1;
 }
 
-/* The readable entry of key, or NULL when there is none (a counted miss, answered). */
+/* The readable entry of variant of key, or NULL when there is none (a counted miss, answered). */
 static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                                        const struct kvt_ns *ns, const struct kvt_key *key,
-                                       uint32_t *id_out, enum kvt_tier_id *tier_out)
+                                       uint32_t variant, uint32_t *id_out,
+                                       enum kvt_tier_id *tier_out)
 {
-    struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = *key};
+    struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = *key, .variant = variant};
     uint32_t id = kvt_index_find(&s->idx, &oid);
     struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
     enum kvt_tier_id tier = e ? kvt_tm_tier_of(s->tm, e) : KVT_TIER_NONE;
@@ -347,7 +348,7 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     s->st.gets++;
     uint32_t id;
     enum kvt_tier_id tier;
-    struct kvt_entry *e = find_readable(s, c, op, ns, &key, &id, &tier);
+    struct kvt_entry *e = find_readable(s, c, op, ns, &key, g->key->variant, &id, &tier);
     if (!e)
         return;
     /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
@@ -432,7 +433,7 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     s->st.gets_range++;
     uint32_t id;
     enum kvt_tier_id tier;
-    struct kvt_entry *e = find_readable(s, c, op, ns, &key, &id, &tier);
+    struct kvt_entry *e = find_readable(s, c, op, ns, &key, g->key->variant, &id, &tier);
     if (!e)
         return;
     /* A chunk may hold fewer tokens than the namespace's chunks. */

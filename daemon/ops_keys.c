@@ -28,7 +28,8 @@ void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         struct kvt_key key;
         if (key_of(l->keys[i], &key))
             break;
-        struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key};
+        /* Each key of the chain names its own variant. */
+        struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key, .variant = l->keys[i]->variant};
         uint32_t id = kvt_index_find(&s->idx, &oid);
         enum kvt_tier_id t =
             id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id));
@@ -71,7 +72,11 @@ void kvt__ops_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     }
     for (size_t i = 0; i < d->n_keys; i++) {
         struct kvt_obj_id oid = {.ns_seed = ns->seed};
-        uint32_t id = key_of(d->keys[i], &oid.key) ? KVT_INDEX_NIL : kvt_index_find(&s->idx, &oid);
+        uint32_t id = KVT_INDEX_NIL;
+        if (!key_of(d->keys[i], &oid.key)) {
+            oid.variant = d->keys[i]->variant; /* only that variant goes */
+            id = kvt_index_find(&s->idx, &oid);
+        }
         struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
         if (!e || e->state != KVT_ENTRY_READY) {
             status[i] = e ? KVT_E_INUSE : KVT_E_NOTFOUND; /* being written: retry */

@@ -731,6 +731,7 @@ static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
     kvtier__key__init(key);
     key->lo = it->key.lo;
     key->hi = it->key.hi;
+    key->variant = it->variant;
     x->stage_off = UINT64_MAX;
     x->inline_get = 0;
     uint64_t off = 0;
@@ -936,9 +937,16 @@ int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, siz
 int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
             size_t len, uint32_t n_tokens)
 {
+    return kvt_put_v(c, ns, key, 0, buf, len, n_tokens);
+}
+
+int kvt_put_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, uint32_t variant,
+              const void *buf, size_t len, uint32_t n_tokens)
+{
     if (!key || (!buf && len))
         return KVT_E_INVAL;
-    struct kvt_item it = {.key = *key, .buf = (void *)buf, .len = len, .n_tokens = n_tokens};
+    struct kvt_item it = {
+        .key = *key, .variant = variant, .buf = (void *)buf, .len = len, .n_tokens = n_tokens};
     int rc = run_batch(c, XFER_PUT, ns, &it, 1);
     return rc ? rc : it.status;
 }
@@ -946,9 +954,15 @@ int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const 
 int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf, size_t cap,
             size_t *len_out, enum kvt_tier_id *tier_out)
 {
+    return kvt_get_v(c, ns, key, 0, buf, cap, len_out, tier_out);
+}
+
+int kvt_get_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, uint32_t variant,
+              void *buf, size_t cap, size_t *len_out, enum kvt_tier_id *tier_out)
+{
     if (!key || (!buf && cap))
         return KVT_E_INVAL;
-    struct kvt_item it = {.key = *key, .buf = buf, .len = cap};
+    struct kvt_item it = {.key = *key, .variant = variant, .buf = buf, .len = cap};
     int rc = run_batch(c, XFER_GET, ns, &it, 1);
     if (len_out)
         *len_out = rc ? 0 : it.len;
@@ -960,6 +974,14 @@ int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *
 int kvt_get_range(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, uint32_t layer,
                   uint32_t token_first, uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
                   enum kvt_tier_id *tier_out)
+{
+    return kvt_get_range_v(c, ns, key, 0, layer, token_first, n_tokens, buf, cap, len_out,
+                           tier_out);
+}
+
+int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, uint32_t variant,
+                    uint32_t layer, uint32_t token_first, uint32_t n_tokens, void *buf, size_t cap,
+                    size_t *len_out, enum kvt_tier_id *tier_out)
 {
     if (len_out)
         *len_out = 0;
@@ -979,6 +1001,7 @@ int kvt_get_range(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, 
     Kvtier__Key k = KVTIER__KEY__INIT;
     k.lo = key->lo;
     k.hi = key->hi;
+    k.variant = variant;
     gr.ns = ns_id;
     gr.key = &k;
     gr.layer = layer;
@@ -1051,7 +1074,9 @@ static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **o
     return rc ? session_fail(c, rc) : 0;
 }
 
-static Kvtier__Key **keys_to_proto(const struct kvt_key *keys, size_t n, Kvtier__Key **store)
+/* variants: n entries, or NULL for variant 0 throughout. */
+static Kvtier__Key **keys_to_proto(const struct kvt_key *keys, const uint32_t *variants, size_t n,
+                                   Kvtier__Key **store)
 {
     Kvtier__Key *k = malloc(n * sizeof(*k) + 1);
     Kvtier__Key **p = malloc(n * sizeof(*p) + 1);
@@ -1064,6 +1089,7 @@ static Kvtier__Key **keys_to_proto(const struct kvt_key *keys, size_t n, Kvtier_
         kvtier__key__init(&k[i]);
         k[i].lo = keys[i].lo;
         k[i].hi = keys[i].hi;
+        k[i].variant = variants ? variants[i] : 0;
         p[i] = &k[i];
     }
     *store = k;
@@ -1072,6 +1098,12 @@ static Kvtier__Key **keys_to_proto(const struct kvt_key *keys, size_t n, Kvtier_
 
 int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
                size_t *hits_out, enum kvt_tier_id *tiers_out)
+{
+    return kvt_lookup_v(c, ns, keys, NULL, n, hits_out, tiers_out);
+}
+
+int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                 const uint32_t *variants, size_t n, size_t *hits_out, enum kvt_tier_id *tiers_out)
 {
     if (hits_out)
         *hits_out = 0;
@@ -1084,7 +1116,7 @@ int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, si
     if ((rc = ns_daemon_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Key *store = NULL;
-    Kvtier__Key **kp = keys_to_proto(keys, n, &store);
+    Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
     if (!kp)
         return KVT_E_NOMEM;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
@@ -1116,6 +1148,12 @@ int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, si
 int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
                int *status_out)
 {
+    return kvt_delete_v(c, ns, keys, NULL, n, status_out);
+}
+
+int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                 const uint32_t *variants, size_t n, int *status_out)
+{
     if (!c || (!keys && n))
         return KVT_E_INVAL;
     int rc = ensure_session(c);
@@ -1125,7 +1163,7 @@ int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, si
     if ((rc = ns_daemon_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Key *store = NULL;
-    Kvtier__Key **kp = keys_to_proto(keys, n, &store);
+    Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
     if (!kp)
         return KVT_E_NOMEM;
     Kvtier__Request req = KVTIER__REQUEST__INIT;

@@ -78,12 +78,13 @@
  *
  * Linking and versions: programs include <kvtier/kvtier.h> and link -lkvtier (libkvtier.so, or
  * libkvtier.a plus -lprotobuf-c -lxxhash -lm). The shared library exports exactly the functions
- * marked KVT_API in the kvtier headers, under the symbol version KVTIER_1; nothing else of it can
- * be bound to. Its soname is libkvtier.so.<KVT_ABI_VERSION>, which changes with any change a
- * program built against an older header could not survive: a function's signature or meaning, or
- * a field appended to struct kvt_connect_opts (the library reads the whole struct). Releases that
- * only add functions keep the soname. kvt_version() returns the release of the library loaded;
- * KVT_VERSION_* below are those of the header compiled against.
+ * marked KVT_API in the kvtier headers, under the symbol version KVTIER_<KVT_ABI_VERSION>;
+ * nothing else of it can be bound to. Its soname is libkvtier.so.<KVT_ABI_VERSION>, which changes
+ * with any change a program built against an older header could not survive: a function's
+ * signature or meaning, or a field added to struct kvt_connect_opts or struct kvt_item (the
+ * library reads the whole struct). Releases that only add functions keep the soname.
+ * kvt_version() returns the release of the library loaded; KVT_VERSION_* below are those of the
+ * header compiled against.
  */
 #ifndef KVTIER_KVTIER_H
 #define KVTIER_KVTIER_H
@@ -105,7 +106,8 @@ extern "C" {
 /* The ABI generation of libkvtier: the shared library's soname is libkvtier.so.<KVT_ABI_VERSION>
  * and its symbols carry the version KVTIER_<KVT_ABI_VERSION>. It goes up with any change that a
  * program built against an older header could not survive (see "Linking" at the top). */
-#define KVT_ABI_VERSION 1
+/* 2: struct kvt_item gained variant (a program built against 1 would leave it unset). */
+#define KVT_ABI_VERSION 2
 
 /* The release of the library linked (or loaded), "MAJOR.MINOR.PATCH": a program can compare it
  * with the KVT_VERSION_* it was compiled with. Static, never NULL. */
@@ -121,6 +123,13 @@ struct kvt_key {
     uint64_t lo;
     uint64_t hi;
 };
+
+/* Variants: one chunk key may name several stored objects, told apart by a 32-bit variant, so
+ * that versions of a chunk (its KV computed at other positions, for reuse) and representations
+ * of it (fp16, quantized, clustered) are stored side by side. Variant 0 is the chunk as first
+ * stored; every call without a variant (kvt_put, kvt_get, kvt_lookup, ...) means variant 0, and
+ * the _v forms name one. Variants are independent objects: each has its own bytes, tier, Lookup
+ * hit and Delete. The library gives variants no meaning; the engine numbers them. */
 
 enum kvt_dtype { KVT_DTYPE_FP16 = 0, KVT_DTYPE_BF16 = 1, KVT_DTYPE_FP32 = 2, KVT_DTYPE_FP8 = 3 };
 
@@ -231,6 +240,10 @@ KVT_API void kvt_arena_free(struct kvt_client *c, void *p);
  * still being copied). KVT_E_DIRTYFULL and KVT_E_BUSY: retry later. */
 KVT_API int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, const void *buf,
                     size_t len, uint32_t n_tokens);
+/* kvt_put of variant `variant` of key (kvt_put is this with variant 0). Storing a variant that is
+ * already present succeeds without copying; other variants of key are not touched. */
+KVT_API int kvt_put_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                      uint32_t variant, const void *buf, size_t len, uint32_t n_tokens);
 
 /* Reads one chunk into buf (capacity cap). *len_out (may be NULL) gets the chunk's length, 0 on
  * a session error; *tier_out, when not NULL, where it was found. A missing key is KVT_E_NOTFOUND.
@@ -240,6 +253,11 @@ KVT_API int kvt_put(struct kvt_client *c, uint32_t ns, const struct kvt_key *key
  * call that timed out (see "After a timeout" at the top of this file). */
 KVT_API int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, void *buf,
                     size_t cap, size_t *len_out, enum kvt_tier_id *tier_out);
+/* kvt_get of variant `variant` of key (kvt_get is this with variant 0); KVT_E_NOTFOUND when that
+ * variant is not stored, whatever other variants of key are. */
+KVT_API int kvt_get_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                      uint32_t variant, void *buf, size_t cap, size_t *len_out,
+                      enum kvt_tier_id *tier_out);
 
 /* Reads rows [token_first, token_first + n_tokens) of one layer of a stored chunk into buf
  * (capacity cap): n_tokens x 2 x kv_heads x head_dim x dtype size bytes, in the canonical order
@@ -257,11 +275,17 @@ KVT_API int kvt_get(struct kvt_client *c, uint32_t ns, const struct kvt_key *key
 KVT_API int kvt_get_range(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
                           uint32_t layer, uint32_t token_first, uint32_t n_tokens, void *buf,
                           size_t cap, size_t *len_out, enum kvt_tier_id *tier_out);
+/* kvt_get_range of variant `variant` of key (kvt_get_range is this with variant 0). */
+KVT_API int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                            uint32_t variant, uint32_t layer, uint32_t token_first,
+                            uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
+                            enum kvt_tier_id *tier_out);
 
-/* One item of a batch. The caller fills key/buf/len (and n_tokens for puts); the library fills
- * status (0 or an error) and, for gets, len with the chunk length and tier. The items array and
- * each buf are borrowed during the batch call, with kvt_put's and kvt_get's rules for arena
- * buffers after a timeout. */
+/* One item of a batch. The caller fills key/variant/buf/len (and n_tokens for puts); the library
+ * fills status (0 or an error) and, for gets, len with the chunk length and tier. Initialize the
+ * whole item (e.g. a designated initializer): an unset variant is a different object. The items
+ * array and each buf are borrowed during the batch call, with kvt_put's and kvt_get's rules for
+ * arena buffers after a timeout. */
 struct kvt_item {
     struct kvt_key key;
     void *buf;
@@ -269,6 +293,7 @@ struct kvt_item {
     uint32_t n_tokens;
     int status;
     enum kvt_tier_id tier;
+    uint32_t variant; /* which variant of key (0: the chunk as first stored) */
 };
 
 /* Batch forms pipeline one request per item. They return 0 when every item was answered (each
@@ -293,11 +318,22 @@ KVT_API int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *it
  * cannot answer reports a miss. keys (n entries) is borrowed during the call. */
 KVT_API int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
                        size_t *hits_out, enum kvt_tier_id *tiers_out);
+/* kvt_lookup of a chain whose key i is variant variants[i] (variants: n entries, borrowed during
+ * the call; NULL means variant 0 for every key, which is kvt_lookup). The chain stops at the first
+ * key whose named variant is not stored. */
+KVT_API int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                         const uint32_t *variants, size_t n, size_t *hits_out,
+                         enum kvt_tier_id *tiers_out);
 
 /* Deletes keys (n entries, borrowed during the call); status_out (may be NULL, else n entries)
  * gets 0, KVT_E_NOTFOUND or KVT_E_INUSE (the chunk is being read or written: retry) per key. */
 KVT_API int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,
                        int *status_out);
+/* kvt_delete of variant variants[i] of key i (variants: n entries, borrowed during the call; NULL
+ * means variant 0 for every key, which is kvt_delete). Only the variant named goes: the other
+ * variants of the key stay. */
+KVT_API int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                         const uint32_t *variants, size_t n, int *status_out);
 
 /* A round trip to the daemon (reconnecting first if needed). */
 KVT_API int kvt_ping(struct kvt_client *c);

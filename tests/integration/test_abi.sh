@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # libkvtier's ABI: the shared library exports exactly the functions the public headers mark
 # KVT_API (compared both ways, and with the version script), every one under the symbol version
-# KVTIER_1, with soname libkvtier.so.<KVT_ABI_VERSION>; internals cannot be linked against. A
+# KVTIER_<KVT_ABI_VERSION>, with soname libkvtier.so.<KVT_ABI_VERSION>; internals cannot be linked against. A
 # program built from a copy of the public headers alone (as installed), in C and in C++, links
 # with -lkvtier, loads the library from $KVT_BUILD through its rpath and calls kvt_version,
 # kvt_strerror(_name), kvt_chunk_keys and kvt_key_format/parse without a daemon; it prints the
@@ -53,8 +53,14 @@ check "libkvtier.so exports exactly the KVT_API functions (both ways)" \
     "diff '$D/api' '$D/exported' | sed 's/^/    /'; [ \${PIPESTATUS[0]} -eq 0 ]"
 check "every export is a function" \
     "[ -z \"\$(nm -D --defined-only '$SO' | awk '\$2 != \"A\" && \$2 != \"T\"')\" ]"
-check "every export has the version KVTIER_1" "! grep -v '@@KVTIER_1\$' '$D/nm'"
 abi=$(awk '$2 == "KVT_ABI_VERSION" { print $3 }' include/kvtier/kvtier.h)
+check "KVT_ABI_VERSION is at least 2 (struct kvt_item gained variant)" "[ '$abi' -ge 2 ]"
+check "every export has the version KVTIER_$abi" "! grep -v '@@KVTIER_$abi\$' '$D/nm'"
+check "the version script's node is KVTIER_$abi" "grep -q '^KVTIER_$abi {' client/lib/libkvtier.map"
+# The variant forms of the calls that name a chunk are part of the ABI.
+for f in kvt_put_v kvt_get_v kvt_get_range_v kvt_lookup_v kvt_delete_v; do
+    check "libkvtier.so exports $f" "grep -qx '$f' '$D/exported'"
+done
 check "soname is libkvtier.so.$abi" \
     "readelf -d '$SO' | grep -q 'Library soname: \[libkvtier.so.$abi\]'"
 check "$SO resolves to libkvtier.so.$abi" "[ -e '$B/libkvtier.so.$abi' ] && [ '$SO' -ef '$B/libkvtier.so.$abi' ]"

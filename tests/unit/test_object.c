@@ -1,5 +1,6 @@
 /*
- * Unit tests for self-describing disk objects, format v2: the header block's byte layout
+ * Unit tests for self-describing disk objects, format v3 (and v2 read as variant 0): the header
+ * block's byte layout
  * (little-endian fields at fixed offsets) and metadata frame, the blocked layout's geometry
  * (layers 4 KiB-aligned, blocks with trailers, the range arithmetic), seal/verify/decode round
  * trips of both layouts, detection of a flipped bit anywhere in header or body, and refusal of
@@ -17,6 +18,8 @@
 #include "kvtier/errors.h"
 #include "tiers/codec.h"
 #include "tiers/disk/object.h"
+
+#include <xxhash.h>
 
 /* 3 layers of 40 tokens of 64-byte rows: blocks of 16, 16 and 8 tokens. */
 #define LAYERS 3u
@@ -78,7 +81,7 @@ static void test_layout(void **state)
 
     seal_sample();
     assert_memory_equal(buf, "KVTO", 4);
-    assert_int_equal(buf[4], 2);
+    assert_int_equal(buf[4], 3);
     assert_int_equal(buf[6] | buf[7] << 8, 4096);
     assert_int_equal(buf[8], 0);
     assert_int_equal(buf[12], TOKENS);
@@ -97,7 +100,7 @@ static void test_layout(void **state)
     assert_int_equal(buf[105], 2);   /* metadata frame at 512 */
     assert_memory_equal(buf + 512, "KVTM", 4);
     assert_int_equal(kvt_object_meta_find(buf, KVT_OBJECT_META_VERSION_INFO, &v, &vlen), 0);
-    assert_non_null(strstr((const char *)v, "format 2"));
+    assert_non_null(strstr((const char *)v, "format 3"));
     assert_int_equal(kvt_object_meta_find(buf, 999, &v, &vlen), KVT_E_NOTFOUND);
     /* Layer 1 starts 4 KiB-aligned in the body with token 0's row. */
     assert_memory_equal(buf + KVT_OBJECT_HEADER_BYTES + 4096, raw + TOKENS * ROW, ROW);
@@ -255,6 +258,122 @@ static void test_truncation_and_lengths(void **state)
     assert_int_equal(kvt_object_parse_header(buf, &out_m), KVT_E_CORRUPT);
 }
 
+static uint64_t le_at(const unsigned char *p, unsigned bytes)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < bytes; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static void le_put(unsigned char *p, uint64_t v, unsigned bytes)
+{
+    for (unsigned i = 0; i < bytes; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* The variant is part of the checked header: written at 120, read back by every parser, and a
+ * header whose variant was changed behind the checks' back is refused. */
+static void test_variant_in_header(void **state)
+{
+    (void)state;
+    struct kvt_object_meta m = sample(), got;
+
+    for (unsigned i = 0; i < RAW; i++)
+        raw[i] = (unsigned char)(i * 13 + 1);
+    m.variant = 0x01020304u;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    kvt_object_put_rows(buf + KVT_OBJECT_HEADER_BYTES, &m, raw);
+    kvt_object_seal(buf, &m);
+    assert_int_equal(le_at(buf + 120, 4), 0x01020304u);
+    assert_int_equal(le_at(buf + 124, 4), 0);
+    assert_int_equal(le_at(buf + 128, 8), XXH3_64bits(buf, 128));
+    assert_int_equal(kvt_object_parse_header(buf, &got), 0);
+    assert_int_equal(got.variant, 0x01020304u);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &got), 0);
+    assert_memory_equal(&got, &m, sizeof(m));
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode(NULL, buf, sizeof(buf), out, sizeof(out), &got), 0);
+    assert_int_equal(got.variant, 0x01020304u);
+    assert_memory_equal(out, raw, RAW);
+    /* Another variant of the same object, sealed anew, differs only in its header. */
+    m.variant = 1;
+    kvt_object_seal(buf, &m);
+    assert_int_equal(kvt_object_parse_header(buf, &got), 0);
+    assert_int_equal(got.variant, 1);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &got), 0);
+    buf[120] ^= 2; /* variant 1 -> 3 without resealing */
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &got), KVT_E_CORRUPT);
+}
+
+/* Rewrites the sealed v3 header at b as the v2 build wrote it: version 2, no variant, the header
+ * check at 120 over bytes 0..119, the block check recomputed. */
+static void header_to_v2(unsigned char *b)
+{
+    le_put(b + 4, 2, 2);
+    memset(b + 120, 0, 16);
+    le_put(b + 120, XXH3_64bits(b, 120), 8);
+    memcpy(b + 512 + 12 + 21, "2", 1); /* "kvtier object format 2" */
+    le_put(b + 4088, XXH3_64bits(b, 4088), 8);
+}
+
+/* An object written by the v2 build (before variants) is still read, as variant 0, by every
+ * parser, blocked and packed alike; a v2 header is checked where v2 put its check. */
+static void test_v2_header_read_as_variant_0(void **state)
+{
+    (void)state;
+    struct kvt_codec_config cfg;
+    struct kvt_codec *c = NULL;
+    struct kvt_object_meta m = sample(), got;
+    const void *v;
+    uint16_t vlen;
+    size_t stored = 0;
+    uint32_t id = 0;
+
+    seal_sample();
+    header_to_v2(buf);
+    assert_int_equal(kvt_object_meta_find(buf, KVT_OBJECT_META_VERSION_INFO, &v, &vlen), 0);
+    assert_non_null(strstr((const char *)v, "format 2"));
+    assert_int_equal(kvt_object_parse_header(buf, &got), 0);
+    assert_int_equal(got.variant, 0);
+    assert_int_equal(got.seq, 77);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &got), 0);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode(NULL, buf, sizeof(buf), out, sizeof(out), &got), 0);
+    assert_memory_equal(out, raw, RAW);
+    /* Bytes 120..127 are the check in v2: a flipped bit there is caught. */
+    buf[121] ^= 1;
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    buf[121] ^= 1;
+    /* A v3 header relabelled v2 (or the reverse) fails the check of the version it claims. */
+    seal_sample();
+    buf[4] = 2;
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    header_to_v2(buf);
+    buf[4] = 3;
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+
+    /* Packed: the body checksum is seeded the same way in both formats. */
+    memset(raw, 3, sizeof(raw));
+    kvt_codec_config_init(&cfg);
+    assert_int_equal(kvt_codec_create(&cfg, &c), 0);
+    assert_int_equal(kvt_codec_encode(c, raw, RAW, 2, buf + KVT_OBJECT_HEADER_BYTES,
+                                      sizeof(buf) - KVT_OBJECT_HEADER_BYTES, &stored, &id),
+                     0);
+    m.codec = id;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    m.stored_len = stored;
+    kvt_object_seal(buf, &m);
+    header_to_v2(buf);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(
+        kvt_object_decode(c, buf, KVT_OBJECT_HEADER_BYTES + stored, out, sizeof(out), &got), 0);
+    assert_int_equal(got.variant, 0);
+    assert_memory_equal(out, raw, RAW);
+    kvt_codec_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -263,6 +382,8 @@ int main(void)
         cmocka_unit_test(test_roundtrip_packed),
         cmocka_unit_test(test_every_bit_flip_detected),
         cmocka_unit_test(test_truncation_and_lengths),
+        cmocka_unit_test(test_variant_in_header),
+        cmocka_unit_test(test_v2_header_read_as_variant_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,8 +1,8 @@
 /*
  * The disk tier's in-memory object index and the bookkeeping of extents across its files. The
  * index is an open-addressing hash table (linear probing, backward-shift deletion) keyed by
- * (namespace seed, key), with one bit per slot so that a checkpoint snapshot visits only used
- * slots. Extents are allocated round-robin over the data files; an extent a commit replaces is
+ * (namespace seed, key, variant), with one bit per slot so that a checkpoint snapshot visits only
+ * used slots. Extents are allocated round-robin over the data files; an extent a commit replaces is
  * held back (pending free) until no read in flight still uses it and the removal is durable.
  */
 
@@ -16,9 +16,12 @@
 
 /* ---- index: open addressing, linear probing, backward-shift deletion ----------------------- */
 
-static uint64_t id_hash(uint64_t ns, uint64_t lo, uint64_t hi)
+/* The variant is hashed too: unlike the daemon's index, nothing here walks the variants of one
+ * key, so they need not share a probe run. */
+static uint64_t id_hash(uint64_t ns, uint64_t lo, uint64_t hi, uint32_t variant)
 {
-    uint64_t h = ns * 0x9e3779b97f4a7c15ull ^ lo ^ (hi * 0xc2b2ae3d27d4eb4full);
+    uint64_t h = ns * 0x9e3779b97f4a7c15ull ^ lo ^ (hi * 0xc2b2ae3d27d4eb4full) ^
+                 ((uint64_t)variant * 0x94d049bb133111ebull);
     h ^= h >> 31;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 29;
@@ -34,15 +37,21 @@ static void slot_mark(struct kvt_disk *d, uint64_t i, int used)
         d->used_bits[i / 64] &= ~(1ull << (i % 64));
 }
 
+static int ient_is(const struct ient *e, const struct kvt_obj_id *id)
+{
+    return e->ns_seed == id->ns_seed && e->key_lo == id->key.lo && e->key_hi == id->key.hi &&
+           e->variant == id->variant;
+}
+
 struct ient *kvt__disk_index_find(struct kvt_disk *d, const struct kvt_obj_id *id)
 {
-    uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi) & d->index_mask;
+    uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi, id->variant) & d->index_mask;
 
     for (uint64_t n = 0; n <= d->index_mask; n++, i = (i + 1) & d->index_mask) {
         struct ient *e = &d->index[i];
         if (!e->used)
             return NULL;
-        if (e->ns_seed == id->ns_seed && e->key_lo == id->key.lo && e->key_hi == id->key.hi)
+        if (ient_is(e, id))
             return e;
     }
     return NULL;
@@ -53,7 +62,7 @@ struct ient *kvt__disk_index_find(struct kvt_disk *d, const struct kvt_obj_id *i
  * one, which keeps every probe run finite. */
 struct ient *kvt__disk_index_claim_as(struct kvt_disk *d, const struct kvt_obj_id *id, int dead)
 {
-    uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi) & d->index_mask;
+    uint64_t i = id_hash(id->ns_seed, id->key.lo, id->key.hi, id->variant) & d->index_mask;
 
     for (uint64_t n = 0; n <= d->index_mask; n++, i = (i + 1) & d->index_mask) {
         struct ient *e = &d->index[i];
@@ -66,12 +75,13 @@ struct ient *kvt__disk_index_claim_as(struct kvt_disk *d, const struct kvt_obj_i
             e->ns_seed = id->ns_seed;
             e->key_lo = id->key.lo;
             e->key_hi = id->key.hi;
+            e->variant = id->variant;
             e->dead = (uint8_t)dead;
             d->index_count++;
             d->index_dead += (uint32_t)dead;
             return e;
         }
-        if (e->ns_seed == id->ns_seed && e->key_lo == id->key.lo && e->key_hi == id->key.hi)
+        if (ient_is(e, id))
             return e;
     }
     return NULL;
@@ -114,7 +124,7 @@ void kvt__disk_index_delete(struct kvt_disk *d, struct ient *e)
         struct ient *f = &d->index[j];
         if (!f->used)
             break;
-        uint64_t home = id_hash(f->ns_seed, f->key_lo, f->key_hi) & d->index_mask;
+        uint64_t home = id_hash(f->ns_seed, f->key_lo, f->key_hi, f->variant) & d->index_mask;
         /* f may move to i when its home is not cyclically within (i, j]. */
         if (((j - home) & d->index_mask) >= ((j - i) & d->index_mask)) {
             d->index[i] = *f;
@@ -130,7 +140,7 @@ void kvt__disk_ient_info(const struct ient *e, struct kvt_disk_obj_info *out)
     out->id.ns_seed = e->ns_seed;
     out->id.key.lo = e->key_lo;
     out->id.key.hi = e->key_hi;
-    out->id.variant = 0;
+    out->id.variant = e->variant;
     out->n_tokens = e->n_tokens;
     out->codec = e->codec;
     out->raw_len = e->raw_len;

@@ -109,6 +109,7 @@ int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id,
     memset(&m, 0, sizeof(m));
     m.ns_seed = id->ns_seed;
     m.key = id->key;
+    m.variant = id->variant;
     m.n_tokens = n_tokens;
     m.raw_len = len;
     m.codec = KVT_CODEC_RAW;
@@ -343,6 +344,7 @@ static void ient_meta(const struct ient *e, const struct kvt_obj_id *id, struct 
     memset(m, 0, sizeof(*m));
     m->ns_seed = id->ns_seed;
     m->key = id->key;
+    m->variant = id->variant;
     m->n_tokens = e->n_tokens;
     m->raw_len = e->raw_len;
     m->seq = e->seq;
@@ -432,7 +434,7 @@ int kvt__disk_object_matches(const struct kvt_object_meta *m, const struct kvt_o
                              uint64_t seq, uint64_t raw_len)
 {
     return m->ns_seed == id->ns_seed && m->key.lo == id->key.lo && m->key.hi == id->key.hi &&
-           m->seq == seq && m->raw_len == raw_len;
+           m->variant == id->variant && m->seq == seq && m->raw_len == raw_len;
 }
 
 int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,

@@ -27,16 +27,24 @@
 #define JOURNAL_NAME_1 "kvtier-disk.journal.1"
 /* Tombstones staged per group commit; past it kvt_disk_remove answers KVT_E_BUSY. */
 #define DELS_PER_COMMIT 4096u
-/* Journal and checkpoint records. */
+/* Journal and checkpoint records (journal.c has the layout). Version 2 records carry the
+ * variant and have their own magic; version 1 records ("KVTJ", written before variants existed)
+ * are still read, as variant 0, and a store holding them is rewritten in v2 at start, since every
+ * start writes a fresh checkpoint and empties both journals. */
 #define REC_BYTES 96u
-#define REC_MAGIC 0x4a54564bu /* "KVTJ" */
+#define REC_MAGIC 0x324a564bu    /* "KVJ2": record version 2 */
+#define REC_MAGIC_V1 0x4a54564bu /* "KVTJ": record version 1, read only */
+#define REC_CHECK_OFF 88u        /* XXH3-64 of the bytes before it */
 #define REC_PUT 1u
 #define REC_DEL 2u
 #define CKPT_MAGIC 0x4354564bu /* "KVTC" */
-#define CKPT_VERSION 2u
+/* Version 3: records of version 2. A version 2 checkpoint (version 1 records) is read too. */
+#define CKPT_VERSION 3u
+#define CKPT_VERSION_V2 2u
 #define CKPT_HEADER_BYTES 64u
 #define SB_MAGIC 0x5354564bu /* "KVTS" */
-/* Version 2: objects in format v2 (object.h). A v1 store is refused at start (see superblocks). */
+/* Version 2: objects in format v2 or v3 (object.h; both read, v3 written). A v1 store is refused
+ * at start (see superblocks). */
 #define SB_VERSION 2u
 /* Journal bytes read per pread during recovery. */
 #define RECOVERY_READ_BYTES (1u << 20)
@@ -46,6 +54,7 @@
 struct ient {
     uint64_t ns_seed, key_lo, key_hi, seq;
     uint64_t raw_len, stored_len, start;
+    uint32_t variant; /* with ns_seed and the key: the object's identity */
     uint32_t blocks, n_tokens;
     uint32_t row_bytes; /* geometry of the blocked layout, for range reads */
     uint16_t n_layers;  /* without reading the header */
@@ -187,7 +196,7 @@ struct kvt_disk {
 };
 
 struct rec {
-    uint32_t type, codec, gen, n_tokens, blocks;
+    uint32_t type, codec, gen, n_tokens, blocks, variant;
     uint32_t n_layers, block_tokens, row_bytes;
     uint8_t file;
     uint64_t seq, ns_seed, key_lo, key_hi, start, raw_len, stored_len;

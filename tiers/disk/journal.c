@@ -26,6 +26,18 @@
 
 /* ---- journal and checkpoint records --------------------------------------------------------- */
 
+/* A record, version 2 (96 bytes, little-endian):
+ *    0 magic "KVJ2" (u32)   4 type (u8)     5 file (u8)      6 codec (u16)    8 gen (u32)
+ *   12 n_tokens (u32)      16 seq (u64)    24 ns_seed (u64) 32 key.lo (u64)  40 key.hi (u64)
+ *   48 start block (u64)   56 blocks (u32) 60 variant (u32) 64 raw_len (u64) 72 stored_len (u64)
+ *   80 n_layers (u16)      82 block_tokens (u16)            84 row_bytes (u32)
+ *   88 check: XXH3-64 of bytes 0..87
+ * Version 1 ("KVTJ") is the same with bytes 60..63 always zero: it is read as variant 0. */
+static void rec_seal(unsigned char *p)
+{
+    kvt__disk_put_le(p + REC_CHECK_OFF, XXH3_64bits(p, REC_CHECK_OFF), 8);
+}
+
 static void rec_encode(unsigned char *p, const struct rec *r)
 {
     memset(p, 0, REC_BYTES);
@@ -41,17 +53,21 @@ static void rec_encode(unsigned char *p, const struct rec *r)
     kvt__disk_put_le(p + 40, r->key_hi, 8);
     kvt__disk_put_le(p + 48, r->start, 8);
     kvt__disk_put_le(p + 56, r->blocks, 4);
+    kvt__disk_put_le(p + 60, r->variant, 4);
     kvt__disk_put_le(p + 64, r->raw_len, 8);
     kvt__disk_put_le(p + 72, r->stored_len, 8);
     kvt__disk_put_le(p + 80, r->n_layers, 2);
     kvt__disk_put_le(p + 82, r->block_tokens, 2);
     kvt__disk_put_le(p + 84, r->row_bytes, 4);
-    kvt__disk_put_le(p + 88, XXH3_64bits(p, 88), 8);
+    rec_seal(p);
 }
 
 int kvt__disk_rec_decode(const unsigned char *p, struct rec *r)
 {
-    if (kvt__disk_get_le(p, 4) != REC_MAGIC || kvt__disk_get_le(p + 88, 8) != XXH3_64bits(p, 88))
+    uint64_t magic = kvt__disk_get_le(p, 4);
+
+    if ((magic != REC_MAGIC && magic != REC_MAGIC_V1) ||
+        kvt__disk_get_le(p + REC_CHECK_OFF, 8) != XXH3_64bits(p, REC_CHECK_OFF))
         return KVT_E_CORRUPT;
     r->type = (uint32_t)kvt__disk_get_le(p + 4, 1);
     r->file = (uint8_t)kvt__disk_get_le(p + 5, 1);
@@ -64,6 +80,8 @@ int kvt__disk_rec_decode(const unsigned char *p, struct rec *r)
     r->key_hi = kvt__disk_get_le(p + 40, 8);
     r->start = kvt__disk_get_le(p + 48, 8);
     r->blocks = (uint32_t)kvt__disk_get_le(p + 56, 4);
+    /* A version 1 record predates variants: it names the chunk as first stored. */
+    r->variant = magic == REC_MAGIC ? (uint32_t)kvt__disk_get_le(p + 60, 4) : 0;
     r->raw_len = kvt__disk_get_le(p + 64, 8);
     r->stored_len = kvt__disk_get_le(p + 72, 8);
     r->n_layers = (uint32_t)kvt__disk_get_le(p + 80, 2);
@@ -86,6 +104,7 @@ void kvt__disk_rec_from_ient(const struct ient *e, uint32_t type, uint32_t gen, 
     r->ns_seed = e->ns_seed;
     r->key_lo = e->key_lo;
     r->key_hi = e->key_hi;
+    r->variant = e->variant;
     r->start = e->start;
     r->blocks = e->blocks;
     r->raw_len = e->raw_len;
@@ -130,6 +149,7 @@ void kvt__disk_start_commit(struct kvt_disk *d)
         r.ns_seed = o->id.ns_seed;
         r.key_lo = o->id.key.lo;
         r.key_hi = o->id.key.hi;
+        r.variant = o->id.variant;
         r.start = o->start;
         r.blocks = o->blocks;
         r.raw_len = o->raw_len;
@@ -400,14 +420,17 @@ int kvt__disk_checkpoint_sync(struct kvt_disk *d)
 }
 
 /* Journal records carry the generation of the checkpoint they follow: those staged for the next
- * commit are re-sealed with the new one when the journals switch. */
+ * commit (tombstones staged while the commit that triggered the checkpoint was in flight) are
+ * re-sealed with the new one when the journals switch. The check is the record's own, at
+ * REC_CHECK_OFF: one written anywhere else would leave the record failing its check, and the
+ * removal would be lost at the next recovery. */
 static void jstage_regen(struct kvt_disk *d)
 {
     unsigned char *p = d->jbuf[d->jstage];
 
     for (uint32_t k = 0; k < d->jrecs[d->jstage]; k++, p += REC_BYTES) {
         kvt__disk_put_le(p + 8, d->ckpt_gen, 4);
-        kvt__disk_put_le(p + 80, XXH3_64bits(p, 80), 8);
+        rec_seal(p);
     }
 }
 

@@ -1,5 +1,6 @@
 /*
- * Encoding and verification of self-describing disk objects, format v2 (see object.h). Fields are
+ * Encoding and verification of self-describing disk objects, format v3, and reading of v2 (see
+ * object.h). Fields are
  * written byte by byte in little-endian order so that the format does not depend on the host or
  * on struct padding. Every layout computation lives here, so the store, the recovery scan and the
  * range reader agree on where each block and trailer sits.
@@ -39,10 +40,12 @@
 #define OFF_META_OFF 104
 #define OFF_META_BYTES 108
 #define OFF_BODYSUM 112
-#define OFF_HCHECK 120
+#define OFF_VARIANT 120
+#define OFF_HCHECK 128
+#define OFF_HCHECK_V2 120 /* v2: the header check followed the body checksum */
 #define OFF_BCHECK 4088
 
-static const char VERSION_INFO[] = "kvtier object format 2";
+static const char VERSION_INFO[] = "kvtier object format 3";
 
 static void put_le(unsigned char *p, uint64_t v, unsigned bytes)
 {
@@ -258,6 +261,7 @@ void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
     put_le(p + OFF_META_BYTES, meta_bytes, 4);
     if (m->codec != KVT_CODEC_RAW)
         put_le(p + OFF_BODYSUM, body_sum(m, p + HDR), 8);
+    put_le(p + OFF_VARIANT, m->variant, 4);
     /* The metadata frame: one entry for now; later formats add theirs after it. */
     memcpy(f, "KVTM", 4);
     put_le(f + 4, 1, 2);
@@ -280,12 +284,17 @@ int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
 {
     const unsigned char *p = buf;
     struct kvt_object_meta m, want;
+    uint64_t version = get_le(p + OFF_VERSION, 2);
+    unsigned check = version == KVT_OBJECT_VERSION_V2 ? OFF_HCHECK_V2 : OFF_HCHECK;
 
     if (get_le(p + OFF_MAGIC, 4) != KVT_OBJECT_MAGIC ||
-        get_le(p + OFF_VERSION, 2) != KVT_OBJECT_VERSION || get_le(p + OFF_HDR_BYTES, 2) != HDR ||
-        get_le(p + OFF_HCHECK, 8) != XXH3_64bits(p, OFF_HCHECK))
+        (version != KVT_OBJECT_VERSION && version != KVT_OBJECT_VERSION_V2) ||
+        get_le(p + OFF_HDR_BYTES, 2) != HDR || get_le(p + check, 8) != XXH3_64bits(p, check))
         return KVT_E_CORRUPT;
     memset(&m, 0, sizeof(m));
+    /* A v2 object predates variants: it is the chunk as first stored. */
+    if (version == KVT_OBJECT_VERSION)
+        m.variant = (uint32_t)get_le(p + OFF_VARIANT, 4);
     m.codec = (uint32_t)get_le(p + OFF_CODEC, 4);
     m.n_tokens = (uint32_t)get_le(p + OFF_NTOKENS, 4);
     m.ns_seed = get_le(p + OFF_NS, 8);

@@ -1,11 +1,11 @@
 /*
- * Self-describing disk objects, format v2 (see docs/disk.md, "Object format"). Every object the
+ * Self-describing disk objects, format v3 (see docs/disk.md, "Object format"). Every object the
  * disk tier writes starts with a 4 KiB header block naming what it holds (namespace seed, 128-bit
- * key, sequence number, lengths, codec) and its full geometry (layers, KV heads, head dim, element
- * size and dtype, tokens, start position, block size), followed by a metadata frame inside the same
- * block that later formats fill (span abstracts, attention statistics, version info). Two XXH3-64
- * checks protect it: the header check over bytes 0..119 (identity, lengths, geometry), which is
- * what recovery validates without the body, and the block check over the whole 4 KiB block
+ * key, variant, sequence number, lengths, codec) and its full geometry (layers, KV heads, head dim,
+ * element size and dtype, tokens, start position, block size), followed by a metadata frame inside
+ * the same block that later formats fill (span abstracts, attention statistics, version info). Two
+ * XXH3-64 checks protect it: the header check over bytes 0..127 (identity, lengths, geometry),
+ * which is what recovery validates without the body, and the block check over the whole 4 KiB block
  * (metadata frame included), verified by every reader of the whole object.
  *
  * The body comes in one of two layouts, told apart by the codec id:
@@ -32,10 +32,17 @@
  *   88 start_pos (u64)     96 layer_stride (u64)
  *  104 metadata frame offset (u32, 512)          108 metadata frame bytes (u32)
  *  112 body checksum (u64; packed layout only, else 0)
- *  120 header check: XXH3-64 of bytes 0..119
+ *  120 variant (u32)      124 reserved (u32, 0)
+ *  128 header check: XXH3-64 of bytes 0..127
  *  512 metadata frame: "KVTM" (u32), frame version (u16, 1), entries (u16), then entries of
  *      type (u16), length (u16), value; the writer's version string is entry type 1.
  * 4088 block check: XXH3-64 of bytes 0..4087
+ *
+ * Format v2 is v3 without the variant: its header check sits at 120 over bytes 0..119. A v2
+ * object (written before variants existed) is still read, as variant 0, so a store upgraded in
+ * place keeps serving what it holds; only v3 is written. The identity seed of the body checks
+ * leaves the variant out in both formats: the sequence number already differs between any two
+ * objects of a store, variants of one key included, and a v2 body verifies unchanged.
  */
 #ifndef KVT_TIERS_DISK_OBJECT_H
 #define KVT_TIERS_DISK_OBJECT_H
@@ -47,7 +54,8 @@
 #include "tiers/codec.h"
 
 #define KVT_OBJECT_MAGIC 0x4f54564bu /* "KVTO" read as little-endian u32 */
-#define KVT_OBJECT_VERSION 2u
+#define KVT_OBJECT_VERSION 3u
+#define KVT_OBJECT_VERSION_V2 2u /* read only: variant 0 */
 #define KVT_OBJECT_HEADER_BYTES 4096u
 #define KVT_OBJECT_TRAILER_BYTES 8u
 #define KVT_OBJECT_BLOCK_TOKENS 16u /* default block size in tokens */
@@ -71,6 +79,7 @@ struct kvt_object_geom {
 struct kvt_object_meta {
     uint64_t ns_seed;
     struct kvt_key key;
+    uint32_t variant; /* version or representation of the chunk (tiers/tier.h); 0 in v2 */
     uint32_t n_tokens;
     uint32_t codec;      /* codec id from tiers/codec.h; KVT_CODEC_RAW = blocked layout */
     uint64_t raw_len;    /* bytes after decoding */
@@ -114,8 +123,9 @@ int kvt_object_get_rows(const void *buf, uint64_t buf_off, size_t buf_bytes,
  * buf + KVT_OBJECT_HEADER_BYTES) must be in place: its checksum is taken here. */
 void kvt_object_seal(void *buf, const struct kvt_object_meta *m);
 
-/* Parses and validates a header (magic, version, header check, consistent geometry and lengths;
- * not the block check). Returns 0 and fills *out, or KVT_E_CORRUPT. Reads 128 bytes. */
+/* Parses and validates a header (magic, version 3 or 2, header check, consistent geometry and
+ * lengths; not the block check). Returns 0 and fills *out (variant 0 for v2), or KVT_E_CORRUPT.
+ * Reads 136 bytes. */
 int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out);
 
 /* Validates the header and every checksum of the body; buf_bytes is how many bytes are available

@@ -71,7 +71,8 @@ static int rec_layout_ok(const struct rec *r)
  * metadata turns out damaged) does not bring the removed object back. */
 static void apply_rec(struct kvt_disk *d, const struct rec *r, int unknown, uint64_t *max_seq)
 {
-    struct kvt_obj_id id = {.ns_seed = r->ns_seed, .key = {.lo = r->key_lo, .hi = r->key_hi}};
+    struct kvt_obj_id id = {
+        .ns_seed = r->ns_seed, .key = {.lo = r->key_lo, .hi = r->key_hi}, .variant = r->variant};
     struct ient *e = kvt__disk_index_find(d, &id);
 
     if (r->seq > *max_seq)
@@ -143,8 +144,11 @@ static int load_checkpoint(struct kvt_disk *d, enum ckpt_state *state, uint64_t 
     }
     *state = CK_BADHDR;
     rc = read_full(fd, h, CKPT_HEADER_BYTES, 0, &got);
+    /* A version 2 checkpoint differs only in its records (version 1, read as variant 0): it is
+     * read as it is and replaced by a current one when recovery ends. */
     if (rc || got != CKPT_HEADER_BYTES || kvt__disk_get_le(h, 4) != CKPT_MAGIC ||
-        kvt__disk_get_le(h + 4, 4) != CKPT_VERSION ||
+        (kvt__disk_get_le(h + 4, 4) != CKPT_VERSION &&
+         kvt__disk_get_le(h + 4, 4) != CKPT_VERSION_V2) ||
         kvt__disk_get_le(h + 56, 8) != XXH3_64bits(h, 56))
         goto out_close;
     count = kvt__disk_get_le(h + 24, 8);
@@ -274,7 +278,7 @@ static void drop_dead(struct kvt_disk *d)
 static void scan_merge(struct kvt_disk *d, uint32_t f, uint64_t start, uint64_t blocks,
                        const struct kvt_object_meta *m, uint64_t ck_next_seq, uint64_t *max_seq)
 {
-    struct kvt_obj_id id = {.ns_seed = m->ns_seed, .key = m->key};
+    struct kvt_obj_id id = {.ns_seed = m->ns_seed, .key = m->key, .variant = m->variant};
     struct ient *e = kvt__disk_index_find(d, &id);
 
     if (m->seq > *max_seq)
@@ -406,10 +410,10 @@ static int header_matches(const struct ient *e, const unsigned char *blk)
     struct kvt_object_meta m;
 
     return kvt_object_parse_header(blk, &m) == 0 && m.ns_seed == e->ns_seed &&
-           m.key.lo == e->key_lo && m.key.hi == e->key_hi && m.seq == e->seq &&
-           m.raw_len == e->raw_len && m.stored_len == e->stored_len && m.codec == e->codec &&
-           m.g.n_layers == e->n_layers && m.g.block_tokens == e->block_tokens &&
-           m.row_bytes == e->row_bytes;
+           m.key.lo == e->key_lo && m.key.hi == e->key_hi && m.variant == e->variant &&
+           m.seq == e->seq && m.raw_len == e->raw_len && m.stored_len == e->stored_len &&
+           m.codec == e->codec && m.g.n_layers == e->n_layers &&
+           m.g.block_tokens == e->block_tokens && m.row_bytes == e->row_bytes;
 }
 
 /* Reads the first block of each listed entry through the ring, as many at once as the ring and
