@@ -141,23 +141,7 @@ static void send_request(int fd, Kvtier__Request *req)
 /* Reads one response frame; NULL when the connection ended first. */
 static Kvtier__Response *read_response(int fd)
 {
-    uint8_t buf[70000];
-    size_t have = 0;
-    for (;;) {
-        if (have >= 4) {
-            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
-                         (uint32_t)buf[3] << 24;
-            if (have >= 4 + n)
-                return kvtier__response__unpack(NULL, n, buf + 4);
-        }
-        struct pollfd pf = {fd, POLLIN, 0};
-        if (poll(&pf, 1, 5000) <= 0)
-            return NULL;
-        ssize_t r = recv(fd, buf + have, sizeof(buf) - have, 0);
-        if (r <= 0)
-            return NULL;
-        have += (size_t)r;
-    }
+    return kvt_test_read_response(fd, 70000);
 }
 
 static int expect_status(int fd, uint64_t id)

@@ -12,7 +12,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <unistd.h>
+
+#include "kvtier.pb-c.h"
 
 #include "kvtier/kvtier.h"
 #include "tests/lib/daemon.h"
@@ -193,4 +196,32 @@ int kvt_test_send_with_fd(int sock, const void *buf, size_t n, int pass_fd)
         memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
     }
     return sendmsg(sock, &mh, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
+
+struct Kvtier__Response *kvt_test_read_response(int fd, size_t max_frame)
+{
+    uint8_t *buf = malloc(max_frame + 4);
+    Kvtier__Response *resp = NULL;
+    size_t have = 0;
+    while (buf) {
+        if (have >= 4) {
+            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
+                         (uint32_t)buf[3] << 24;
+            if (n > max_frame)
+                break;
+            if (have >= 4 + (size_t)n) {
+                resp = kvtier__response__unpack(NULL, n, buf + 4);
+                break;
+            }
+        }
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 5000) <= 0)
+            break;
+        ssize_t r = recv(fd, buf + have, max_frame + 4 - have, 0);
+        if (r <= 0)
+            break;
+        have += (size_t)r;
+    }
+    free(buf);
+    return resp;
 }

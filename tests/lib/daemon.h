@@ -39,5 +39,10 @@ void kvt_test_fill(void *buf, size_t n, uint64_t seed);
 /* Sends n bytes (a whole frame) on a connected Unix socket, passing pass_fd (-1: none) with them as
  * SCM_RIGHTS, the way a client shares its arena. 0, or -1 when not everything was sent. */
 int kvt_test_send_with_fd(int sock, const void *buf, size_t n, int pass_fd);
+/* Reads one length-prefixed response frame of at most max_frame bytes from a raw socket (5 s per
+ * read); NULL when the connection ended, timed out or the frame did not decode. Free it with
+ * kvtier__response__free_unpacked(resp, NULL). */
+struct Kvtier__Response;
+struct Kvtier__Response *kvt_test_read_response(int fd, size_t max_frame);
 
 #endif
