@@ -14,7 +14,11 @@ struct kvt_bench_opts {
     int quick;            /* quick mode: under 60 s on a 2-core machine */
     const char *work_dir; /* temporary directory for this run (removed afterwards) */
     const char *bin_dir;  /* where kvtierd lives */
+    const char *only;     /* NULL: every part; else a comma-separated list of the parts to run */
 };
+
+/* Whether the part named part of a benchmark is to run (--only). */
+int kvt_bench_part(const struct kvt_bench_opts *opts, const char *part);
 
 struct kvt_bench_report;
 

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -945,7 +946,10 @@ out_free:
  * daemon is stopped once after the puts, its store is opened here to learn where each object lies
  * (kvt_disk_enumerate), then the daemon starts again on the same directory. kvt_get_range is one
  * request per call, so QD requests are kept in flight by QD threads, each with its own kvt_client
- * (connection), taking the next range from a shared counter. */
+ * (connection), taking the next range from a shared counter. Each rep runs the daemon arm twice,
+ * with the library's default wait and with clients that sleep at once (DRANGE_SPIN_US), and
+ * records the CPU time per range of the daemon, of the client threads and of the raw loop, which
+ * tell a daemon that costs more than the device from clients that take its cores. */
 
 #define DRANGE_KEY_HI 0x7a6e5e5ull
 
@@ -982,6 +986,7 @@ struct drange_shared {
     const unsigned char *src; /* every chunk's bytes, to check one range per thread */
     uint64_t n_ops;
     uint32_t n_tok, row_bytes;
+    uint32_t spin_us;   /* the clients' kvt_connect_opts.spin_us */
     pthread_mutex_t mu; /* guards ready and go: the start line, so connecting is not timed */
     pthread_cond_t cv;
     uint32_t ready;
@@ -994,8 +999,10 @@ static void *drange_worker(void *arg)
 {
     struct drange_shared *s = arg;
     const size_t cap = (size_t)s->n_tok * s->row_bytes;
-    struct kvt_connect_opts o = {
-        .socket_path = s->socket_path, .arena_bytes = 4u << 20, .timeout_ms = 30000};
+    struct kvt_connect_opts o = {.socket_path = s->socket_path,
+                                 .arena_bytes = 4u << 20,
+                                 .timeout_ms = 30000,
+                                 .spin_us = s->spin_us};
     struct kvt_client *c = NULL;
     struct kvt_ns_info ns;
     void *buf = NULL;
@@ -1043,11 +1050,48 @@ static void *drange_worker(void *arg)
     return NULL;
 }
 
-/* QD client threads issue every op once; returns 0 or the first error, *ns_out the time. */
-static int daemon_ranges(struct drange_shared *s, uint64_t *ns_out)
+/* CPU time this process has used, in ns (all its threads). */
+static uint64_t self_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time process pid has used, in ns: the sum over its threads of /proc's schedstat (time on
+ * a CPU), so the daemon's loop, workers and disk threads all count. 0 when unreadable. */
+static uint64_t proc_cpu_ns(pid_t pid)
+{
+    char dir[64], path[400];
+    unsigned long long ns, sum = 0;
+    struct dirent *de;
+    DIR *dp;
+
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+    dp = opendir(dir);
+    if (!dp)
+        return 0;
+    while ((de = readdir(dp)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s/schedstat", dir, de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fscanf(f, "%llu", &ns) == 1)
+            sum += ns;
+        fclose(f);
+    }
+    closedir(dp);
+    return sum;
+}
+
+/* QD client threads issue every op once; returns 0 or the first error, *ns_out the time and
+ * *cpu_out the CPU time the client threads used meanwhile. */
+static int daemon_ranges(struct drange_shared *s, uint64_t *ns_out, uint64_t *cpu_out)
 {
     pthread_t th[QD];
-    uint64_t t0;
+    uint64_t t0, c0;
     uint32_t started = 0;
     int rc;
 
@@ -1073,22 +1117,42 @@ static int daemon_ranges(struct drange_shared *s, uint64_t *ns_out)
         pthread_cond_wait(&s->cv, &s->mu);
     s->go = 1;
     pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    c0 = self_cpu_ns();
     t0 = kvt_bench_now_ns();
+    pthread_mutex_unlock(&s->mu);
     for (uint32_t k = 0; k < started; k++)
         pthread_join(th[k], NULL);
     *ns_out = kvt_bench_now_ns() - t0;
+    *cpu_out = self_cpu_ns() - c0;
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     rc = atomic_load(&s->err);
     return rc;
 }
 
+/* The daemon arm runs with two kinds of client thread: the library's default wait (spin_us 0:
+ * poll the socket 50 us before sleeping, without yielding) and clients that sleep at once
+ * (UINT32_MAX). QD threads that spin on a machine with fewer cores take them from the daemon
+ * that is to answer them; the raw loop's one thread sleeps in io_uring_wait_cqe. */
+#define DRANGE_WAITS 2
+static const uint32_t DRANGE_SPIN_US[DRANGE_WAITS] = {0, UINT32_MAX};
+static const char *const DRANGE_WAIT_NAME[DRANGE_WAITS] = {"", " sleeping clients"};
+static const char *const DRANGE_WAIT_RATIO[DRANGE_WAITS] = {"", "_sleeping_clients"};
+
 struct drange_result {
-    double daemon_gbps[2], raw_gbps[2];
+    double daemon_gbps[DRANGE_WAITS][2], raw_gbps[2];
     double from_disk_frac[2], disk_bytes_per_range[2];
+    /* CPU time per range (least over the reps): the daemon's, the client threads', the raw
+     * loop's per read. Where the time goes when throughput falls short on a small machine. */
+    double daemon_cpu_us[DRANGE_WAITS][2], client_cpu_us[DRANGE_WAITS][2], raw_cpu_us[2];
     uint64_t chunks, chunk_bytes;
 };
+
+static void keep_least(double *slot, double v)
+{
+    if (*slot <= 0 || v < *slot)
+        *slot = v;
+}
 
 static const uint32_t DRANGE_TOKS[2] = {16, 64};
 
@@ -1282,42 +1346,64 @@ static int bench_daemon_range(const char *dir, const struct geom_case *g, int qu
     /* Reps interleave daemon and raw loop; the best of each is kept (noisy shared machines). */
     for (int rep = 0; rep < REPS && !rc; rep++) {
         for (int t = 0; t < 2 && !rc; t++) {
-            struct drange_shared s = {.socket_path = d.socket_path,
-                                      .spec = &spec,
-                                      .ops = ops[t],
-                                      .src = src,
-                                      .n_ops = n_ops,
-                                      .n_tok = DRANGE_TOKS[t],
-                                      .row_bytes = row};
             const uint64_t useful = n_ops * DRANGE_TOKS[t] * row;
-            uint64_t b0, b1, ns_d, ns_r = 0, t0;
-            double dg, rg;
+            uint64_t b0 = UINT64_MAX, b1 = UINT64_MAX, ns_r = 0, t0, cpu_r = 0;
+            double rg;
             /* Odd reps run the raw loop first: whichever reads second might find the blocks in
              * a cache below the file system (a VM host's), so each gets to go second once. */
             if (rep & 1) {
+                cpu_r = self_cpu_ns();
                 t0 = kvt_bench_now_ns();
                 rc = raw_ranges(&ring, fd, ops[t], n_ops, bufs);
                 ns_r = kvt_bench_now_ns() - t0;
+                cpu_r = self_cpu_ns() - cpu_r;
                 if (rc)
                     break;
             }
-            b0 = kvt_test_stat(c, "disk.bytes_read");
-            rc = daemon_ranges(&s, &ns_d);
-            b1 = kvt_test_stat(c, "disk.bytes_read");
+            for (int w = 0; w < DRANGE_WAITS && !rc; w++) {
+                struct drange_shared s = {.socket_path = d.socket_path,
+                                          .spec = &spec,
+                                          .ops = ops[t],
+                                          .src = src,
+                                          .n_ops = n_ops,
+                                          .n_tok = DRANGE_TOKS[t],
+                                          .row_bytes = row,
+                                          .spin_us = DRANGE_SPIN_US[w]};
+                uint64_t ns_d, cpu_c = 0, dc0, dc1, s0, s1;
+                double dg;
+                s0 = kvt_test_stat(c, "disk.bytes_read");
+                dc0 = proc_cpu_ns(d.pid);
+                rc = daemon_ranges(&s, &ns_d, &cpu_c);
+                dc1 = proc_cpu_ns(d.pid);
+                s1 = kvt_test_stat(c, "disk.bytes_read");
+                if (rc)
+                    break;
+                if (dc0 && dc1 > dc0)
+                    keep_least(&out->daemon_cpu_us[w][t],
+                               (double)(dc1 - dc0) / 1e3 / (double)n_ops);
+                keep_least(&out->client_cpu_us[w][t], (double)cpu_c / 1e3 / (double)n_ops);
+                dg = gbps(useful, ns_d);
+                if (dg > out->daemon_gbps[w][t])
+                    out->daemon_gbps[w][t] = dg;
+                out->from_disk_frac[t] = (double)atomic_load(&s.from_disk) / (double)n_ops;
+                if (w == 0) {
+                    b0 = s0;
+                    b1 = s1;
+                }
+            }
             if (rc)
                 break;
             if (!(rep & 1)) {
+                cpu_r = self_cpu_ns();
                 t0 = kvt_bench_now_ns();
                 rc = raw_ranges(&ring, fd, ops[t], n_ops, bufs);
                 ns_r = kvt_bench_now_ns() - t0;
+                cpu_r = self_cpu_ns() - cpu_r;
             }
-            dg = gbps(useful, ns_d);
+            keep_least(&out->raw_cpu_us[t], (double)cpu_r / 1e3 / (double)n_ops);
             rg = gbps(useful, ns_r);
-            if (dg > out->daemon_gbps[t])
-                out->daemon_gbps[t] = dg;
             if (rg > out->raw_gbps[t])
                 out->raw_gbps[t] = rg;
-            out->from_disk_frac[t] = (double)atomic_load(&s.from_disk) / (double)n_ops;
             out->disk_bytes_per_range[t] =
                 b0 != UINT64_MAX && b1 != UINT64_MAX ? (double)(b1 - b0) / (double)n_ops : -1;
         }
@@ -1358,7 +1444,9 @@ static int bench_ranges(const struct kvt_bench_opts *opts, const unsigned char *
         if (posix_memalign((void **)&bufs[k], 4096, 1u << 20))
             return KVT_E_NOMEM;
     for (size_t gi = 0; gi < sizeof(GEOMS) / sizeof(GEOMS[0]) && !rc; gi++) {
-        for (size_t ti = 0; ti < sizeof(toks) / sizeof(toks[0]) && !rc; ti++) {
+        for (size_t ti = 0;
+             ti < sizeof(toks) / sizeof(toks[0]) && !rc && kvt_bench_part(opts, "store-ranges");
+             ti++) {
             struct range_result rr;
             kvt_bench_progress("disk: random %u-token ranges of one layer, %s geometry", toks[ti],
                                GEOMS[gi].name);
@@ -1386,38 +1474,53 @@ static int bench_ranges(const struct kvt_bench_opts *opts, const unsigned char *
         }
         if (rc)
             break;
+        if (!kvt_bench_part(opts, "daemon-ranges"))
+            continue;
         struct drange_result dr;
         kvt_bench_progress("disk: random 16/64-token ranges through kvtierd, %s geometry, cold",
                            GEOMS[gi].name);
         rc = bench_daemon_range(opts->work_dir, &GEOMS[gi], opts->quick, src, bufs, &dr);
         for (int t = 0; t < 2 && !rc; t++) {
-            snprintf(label, sizeof(label), "range %utok %s kvtierd cold", DRANGE_TOKS[t],
-                     GEOMS[gi].name);
-            kvt_bench_row(r, label);
-            kvt_bench_str(r, "path",
-                          "through daemon: kvt_get_range after a restart, QD threads with one "
-                          "kvt_client each");
-            kvt_bench_num(r, "queue_depth", QD);
-            kvt_bench_num(r, "chunk_tokens", RANGE_CHUNK_TOKENS);
-            kvt_bench_num(r, "chunk_bytes", (double)dr.chunk_bytes);
-            kvt_bench_num(r, "chunks", (double)dr.chunks);
-            kvt_bench_num(r, "range_bytes",
-                          (double)DRANGE_TOKS[t] * 4.0 * GEOMS[gi].heads * GEOMS[gi].dim);
-            if (dr.disk_bytes_per_range[t] >= 0)
-                kvt_bench_num(r, "disk_bytes_read_per_range", dr.disk_bytes_per_range[t]);
-            else
-                kvt_bench_null(r, "disk_bytes_read_per_range", "stat disk.bytes_read unreadable");
-            kvt_bench_num(r, "from_disk_ratio", dr.from_disk_frac[t]);
-            kvt_bench_num(r, "read_gbps", dr.daemon_gbps[t]);
+            for (int w = 0; w < DRANGE_WAITS; w++) {
+                snprintf(label, sizeof(label), "range %utok %s kvtierd cold%s", DRANGE_TOKS[t],
+                         GEOMS[gi].name, DRANGE_WAIT_NAME[w]);
+                kvt_bench_row(r, label);
+                kvt_bench_str(r, "path",
+                              w == 0 ? "through daemon: kvt_get_range after a restart, QD threads "
+                                       "with one kvt_client each (library default wait)"
+                                     : "the same, clients with spin_us UINT32_MAX (sleep at once)");
+                kvt_bench_num(r, "queue_depth", QD);
+                kvt_bench_num(r, "chunk_tokens", RANGE_CHUNK_TOKENS);
+                kvt_bench_num(r, "chunk_bytes", (double)dr.chunk_bytes);
+                kvt_bench_num(r, "chunks", (double)dr.chunks);
+                kvt_bench_num(r, "range_bytes",
+                              (double)DRANGE_TOKS[t] * 4.0 * GEOMS[gi].heads * GEOMS[gi].dim);
+                if (dr.disk_bytes_per_range[t] >= 0)
+                    kvt_bench_num(r, "disk_bytes_read_per_range", dr.disk_bytes_per_range[t]);
+                else
+                    kvt_bench_null(r, "disk_bytes_read_per_range",
+                                   "stat disk.bytes_read unreadable");
+                kvt_bench_num(r, "from_disk_ratio", dr.from_disk_frac[t]);
+                kvt_bench_num(r, "read_gbps", dr.daemon_gbps[w][t]);
+                if (dr.daemon_cpu_us[w][t] > 0)
+                    kvt_bench_num(r, "daemon_cpu_us_per_range", dr.daemon_cpu_us[w][t]);
+                else
+                    kvt_bench_null(r, "daemon_cpu_us_per_range", "/proc schedstat unreadable");
+                kvt_bench_num(r, "client_cpu_us_per_range", dr.client_cpu_us[w][t]);
+            }
             snprintf(label, sizeof(label), "range %utok %s io_uring daemon's offsets",
                      DRANGE_TOKS[t], GEOMS[gi].name);
             kvt_bench_row(r, label);
             kvt_bench_str(r, "path", "raw O_DIRECT reads of the daemon's file, covering blocks");
             kvt_bench_num(r, "queue_depth", QD);
             kvt_bench_num(r, "read_gbps", dr.raw_gbps[t]);
-            snprintf(rname, sizeof(rname), "range_%utok_%s_kvtierd_vs_uring_ratio", DRANGE_TOKS[t],
-                     GEOMS[gi].name);
-            kvt_bench_ratio(r, rname, dr.raw_gbps[t] > 0 ? dr.daemon_gbps[t] / dr.raw_gbps[t] : 0);
+            kvt_bench_num(r, "cpu_us_per_read", dr.raw_cpu_us[t]);
+            for (int w = 0; w < DRANGE_WAITS; w++) {
+                snprintf(rname, sizeof(rname), "range_%utok_%s_kvtierd%s_vs_uring_ratio",
+                         DRANGE_TOKS[t], GEOMS[gi].name, DRANGE_WAIT_RATIO[w]);
+                kvt_bench_ratio(r, rname,
+                                dr.raw_gbps[t] > 0 ? dr.daemon_gbps[w][t] / dr.raw_gbps[t] : 0);
+            }
         }
     }
     for (uint32_t k = 0; k < QD; k++)
@@ -1444,7 +1547,10 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
         if (posix_memalign(&slots[k].buf, 4096, max_chunk))
             return KVT_E_NOMEM;
 
-    for (size_t s = 0; s < sizeof(SIZES) / sizeof(SIZES[0]) && !rc; s++) {
+    /* --only daemon-whole runs the two arms of the daemon's cold-read ratio and nothing else. */
+    const int full = kvt_bench_part(opts, "whole");
+    const int dwhole = full || kvt_bench_part(opts, "daemon-whole");
+    for (size_t s = 0; s < sizeof(SIZES) / sizeof(SIZES[0]) && dwhole && !rc; s++) {
         size_t chunk = SIZES[s].chunk_bytes;
         uint64_t n = total / chunk;
         struct store_result raw = {0}, zst = {0};
@@ -1461,14 +1567,15 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
             long fc = 0;
             kvt_bench_progress("disk %s: run %d/%d, %llu chunks: kvtier, io_uring, files, daemon",
                                SIZES[s].name, rep + 1, REPS, (unsigned long long)n);
-            rc = bench_store(opts->work_dir, chunk, n, KVT_CODEC_NONE, src, slots, &a);
+            if (full)
+                rc = bench_store(opts->work_dir, chunk, n, KVT_CODEC_NONE, src, slots, &a);
             if (!rc)
                 rc = bench_uring(opts->work_dir, chunk, n, src, &w, &rd);
-            if (!rc)
+            if (!rc && full)
                 rc = bench_uring_synced(opts->work_dir, chunk, n, src, &w3);
-            if (!rc)
+            if (!rc && full)
                 rc = bench_files(opts->work_dir, chunk, n, src, dst, &w2, &rd2, &fc);
-            if (!rc)
+            if (!rc && full)
                 rc = bench_store(opts->work_dir, chunk, n, KVT_CODEC_ZSTD, src, slots, &b);
             if (!rc)
                 rc = bench_daemon(opts->work_dir, chunk, n, src, &dr);
@@ -1497,42 +1604,46 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
         if (rc)
             break;
 
-        snprintf(label, sizeof(label), "%s kvtier store raw", SIZES[s].name);
-        kvt_bench_row(r, label);
-        kvt_bench_str(r, "path", "store direct (not through daemon)");
-        kvt_bench_num(r, "chunk_bytes", (double)chunk);
-        kvt_bench_num(r, "queue_depth", QD);
-        kvt_bench_num(r, "write_gbps", raw.write_gbps);
-        kvt_bench_num(r, "read_gbps", raw.read_gbps);
-        kvt_bench_num(r, "read_cached_delta_bytes", (double)raw.cached_delta_kib * 1024.0);
-        snprintf(label, sizeof(label), "%s kvtier store shuf2+zstd", SIZES[s].name);
-        kvt_bench_row(r, label);
-        kvt_bench_str(r, "path", "store direct (not through daemon)");
-        kvt_bench_num(r, "chunk_bytes", (double)chunk);
-        kvt_bench_num(r, "queue_depth", QD);
-        kvt_bench_num(r, "write_gbps", zst.write_gbps);
-        kvt_bench_num(r, "read_gbps", zst.read_gbps);
-        kvt_bench_num(r, "read_cached_delta_bytes", (double)zst.cached_delta_kib * 1024.0);
-        kvt_bench_num(r, "stored_ratio", zst.stored_ratio);
+        if (full) {
+            snprintf(label, sizeof(label), "%s kvtier store raw", SIZES[s].name);
+            kvt_bench_row(r, label);
+            kvt_bench_str(r, "path", "store direct (not through daemon)");
+            kvt_bench_num(r, "chunk_bytes", (double)chunk);
+            kvt_bench_num(r, "queue_depth", QD);
+            kvt_bench_num(r, "write_gbps", raw.write_gbps);
+            kvt_bench_num(r, "read_gbps", raw.read_gbps);
+            kvt_bench_num(r, "read_cached_delta_bytes", (double)raw.cached_delta_kib * 1024.0);
+            snprintf(label, sizeof(label), "%s kvtier store shuf2+zstd", SIZES[s].name);
+            kvt_bench_row(r, label);
+            kvt_bench_str(r, "path", "store direct (not through daemon)");
+            kvt_bench_num(r, "chunk_bytes", (double)chunk);
+            kvt_bench_num(r, "queue_depth", QD);
+            kvt_bench_num(r, "write_gbps", zst.write_gbps);
+            kvt_bench_num(r, "read_gbps", zst.read_gbps);
+            kvt_bench_num(r, "read_cached_delta_bytes", (double)zst.cached_delta_kib * 1024.0);
+            kvt_bench_num(r, "stored_ratio", zst.stored_ratio);
+        }
         snprintf(label, sizeof(label), "%s io_uring O_DIRECT loop", SIZES[s].name);
         kvt_bench_row(r, label);
         kvt_bench_num(r, "chunk_bytes", (double)chunk);
         kvt_bench_num(r, "queue_depth", QD);
         kvt_bench_num(r, "write_gbps", uw);
         kvt_bench_num(r, "read_gbps", ur);
-        snprintf(label, sizeof(label), "%s io_uring O_DIRECT + fdatasync/QD", SIZES[s].name);
-        kvt_bench_row(r, label);
-        kvt_bench_num(r, "chunk_bytes", (double)chunk);
-        kvt_bench_num(r, "queue_depth", QD);
-        kvt_bench_num(r, "write_gbps", sw);
-        kvt_bench_null(r, "read_gbps", "same reads as the plain loop");
-        snprintf(label, sizeof(label), "%s file per chunk (buffered)", SIZES[s].name);
-        kvt_bench_row(r, label);
-        kvt_bench_num(r, "chunk_bytes", (double)chunk);
-        kvt_bench_num(r, "queue_depth", 1);
-        kvt_bench_num(r, "write_gbps", fw);
-        kvt_bench_num(r, "read_gbps", fr);
-        kvt_bench_num(r, "read_cached_delta_bytes", (double)fcached * 1024.0);
+        if (full) {
+            snprintf(label, sizeof(label), "%s io_uring O_DIRECT + fdatasync/QD", SIZES[s].name);
+            kvt_bench_row(r, label);
+            kvt_bench_num(r, "chunk_bytes", (double)chunk);
+            kvt_bench_num(r, "queue_depth", QD);
+            kvt_bench_num(r, "write_gbps", sw);
+            kvt_bench_null(r, "read_gbps", "same reads as the plain loop");
+            snprintf(label, sizeof(label), "%s file per chunk (buffered)", SIZES[s].name);
+            kvt_bench_row(r, label);
+            kvt_bench_num(r, "chunk_bytes", (double)chunk);
+            kvt_bench_num(r, "queue_depth", 1);
+            kvt_bench_num(r, "write_gbps", fw);
+            kvt_bench_num(r, "read_gbps", fr);
+            kvt_bench_num(r, "read_cached_delta_bytes", (double)fcached * 1024.0);
+        }
 
         snprintf(label, sizeof(label), "%s kvtierd write-through", SIZES[s].name);
         kvt_bench_row(r, label);
@@ -1557,26 +1668,30 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
                       (double)(dm.shmem_after_kib - dm.shmem_before_kib) * 1024.0);
         kvt_bench_num(r, "restart_ms", dm.restart_ms);
 
-        snprintf(rname, sizeof(rname), "write_%s_kvtier_vs_uring_ratio", SIZES[s].name);
-        kvt_bench_ratio(r, rname, uw > 0 ? raw.write_gbps / uw : 0);
-        snprintf(rname, sizeof(rname), "read_%s_kvtier_vs_uring_ratio", SIZES[s].name);
-        kvt_bench_ratio(r, rname, ur > 0 ? raw.read_gbps / ur : 0);
-        snprintf(rname, sizeof(rname), "write_%s_kvtier_vs_uring_synced_ratio", SIZES[s].name);
-        kvt_bench_ratio(r, rname, sw > 0 ? raw.write_gbps / sw : 0);
-        snprintf(rname, sizeof(rname), "write_%s_kvtier_vs_files_ratio", SIZES[s].name);
-        kvt_bench_ratio(r, rname, fw > 0 ? raw.write_gbps / fw : 0);
-        snprintf(rname, sizeof(rname), "read_%s_kvtier_vs_files_ratio", SIZES[s].name);
-        kvt_bench_ratio(r, rname, fr > 0 ? raw.read_gbps / fr : 0);
+        if (full) {
+            snprintf(rname, sizeof(rname), "write_%s_kvtier_vs_uring_ratio", SIZES[s].name);
+            kvt_bench_ratio(r, rname, uw > 0 ? raw.write_gbps / uw : 0);
+            snprintf(rname, sizeof(rname), "read_%s_kvtier_vs_uring_ratio", SIZES[s].name);
+            kvt_bench_ratio(r, rname, ur > 0 ? raw.read_gbps / ur : 0);
+            snprintf(rname, sizeof(rname), "write_%s_kvtier_vs_uring_synced_ratio", SIZES[s].name);
+            kvt_bench_ratio(r, rname, sw > 0 ? raw.write_gbps / sw : 0);
+            snprintf(rname, sizeof(rname), "write_%s_kvtier_vs_files_ratio", SIZES[s].name);
+            kvt_bench_ratio(r, rname, fw > 0 ? raw.write_gbps / fw : 0);
+            snprintf(rname, sizeof(rname), "read_%s_kvtier_vs_files_ratio", SIZES[s].name);
+            kvt_bench_ratio(r, rname, fr > 0 ? raw.read_gbps / fr : 0);
+        }
         snprintf(rname, sizeof(rname), "daemon_read_vs_iouring_ratio_%s", SIZES[s].name);
         kvt_bench_ratio(r, rname, ur > 0 ? dm.read_gbps / ur : 0);
         snprintf(rname, sizeof(rname), "daemon_write_vs_iouring_ratio_%s", SIZES[s].name);
         kvt_bench_ratio(r, rname, uw > 0 ? dm.write_gbps / uw : 0);
-        snprintf(rname, sizeof(rname), "daemon_read_vs_buffered_ratio_%s", SIZES[s].name);
-        kvt_bench_ratio(r, rname, fr > 0 ? dm.read_gbps / fr : 0);
+        if (full) {
+            snprintf(rname, sizeof(rname), "daemon_read_vs_buffered_ratio_%s", SIZES[s].name);
+            kvt_bench_ratio(r, rname, fr > 0 ? dm.read_gbps / fr : 0);
+        }
     }
     if (!rc)
         rc = bench_ranges(opts, src, slots, r);
-    if (!rc) {
+    if (!rc && kvt_bench_part(opts, "restart")) {
         kvt_bench_progress("disk: restart time with 10000 chunks");
         rc = bench_restart(opts->work_dir, opts->quick, src, r);
     }

@@ -1,6 +1,8 @@
 /*
  * kvtier-bench: runs one benchmark (or all) and renders its report. Usage:
- *   kvtier-bench NAME|all [--quick] [--json FILE]
+ *   kvtier-bench NAME|all [--quick] [--json FILE] [--only PART,...]
+ * --only runs the named parts of a benchmark (the list is under --help), so that one figure can be
+ * measured again without the rest of a long run.
  * Without --json, results still go to bench/out/NAME.json and .csv for `make bench-plot`.
  */
 #include <stdio.h>
@@ -21,7 +23,17 @@ struct bench_entry {
     const char *name;
     kvt_bench_fn fn;
     const char *what;
+    const char *parts; /* what --only can name, or NULL when it runs as one part */
 };
+
+static void usage(const struct bench_entry *benches, size_t n)
+{
+    fprintf(stderr, "usage: kvtier-bench NAME|all [--quick] [--json FILE] [--only PART,...]\n"
+                    "benchmarks:\n");
+    for (size_t i = 0; i < n; i++)
+        fprintf(stderr, "  %-7s %s%s%s\n", benches[i].name, benches[i].what,
+                benches[i].parts ? "; parts: " : "", benches[i].parts ? benches[i].parts : "");
+}
 
 static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opts,
                    const char *json_path)
@@ -59,10 +71,13 @@ static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opt
 int main(int argc, char **argv)
 {
     const struct bench_entry benches[] = {
-        {"host", kvt_bench_host, "Put/Get through the CPU tier vs memcpy and redis-server"},
-        {"lookup", kvt_bench_lookup, "32-key Lookup latency vs redis-server PING and MGET"},
-        {"disk", kvt_bench_disk, "disk tier writes and cold reads vs plain io_uring and files"},
-        {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd"},
+        {"host", kvt_bench_host, "Put/Get through the CPU tier vs memcpy and redis-server", NULL},
+        {"lookup", kvt_bench_lookup, "32-key Lookup latency vs redis-server PING and MGET", NULL},
+        {"disk", kvt_bench_disk, "disk tier writes and cold reads vs plain io_uring and files",
+         "whole (256K-4M chunks: store, io_uring, files, kvtierd), daemon-whole (only io_uring and "
+         "kvtierd), store-ranges, "
+         "daemon-ranges (kvtierd cold ranges vs io_uring), restart"},
+        {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd", NULL},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};
@@ -72,7 +87,12 @@ int main(int argc, char **argv)
             opts.quick = 1;
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
-        else if (argv[i][0] != '-' && !name)
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            opts.only = argv[++i];
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(benches, n);
+            return 0;
+        } else if (argv[i][0] != '-' && !name)
             name = argv[i];
         else {
             name = NULL;
@@ -80,10 +100,7 @@ int main(int argc, char **argv)
         }
     }
     if (!name) {
-        fprintf(stderr, "usage: kvtier-bench NAME|all [--quick] [--json FILE]\nbenchmarks:");
-        for (size_t i = 0; i < n; i++)
-            fprintf(stderr, " %s", benches[i].name);
-        fprintf(stderr, "\n");
+        usage(benches, n);
         return 2;
     }
     char dir[] = "/tmp/kvtier-bench-XXXXXX";

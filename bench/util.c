@@ -125,3 +125,19 @@ double kvt_bench_memcpy_gbps(size_t bytes, int iters, int n_src, int n_dst)
     free(dst);
     return best;
 }
+
+int kvt_bench_part(const struct kvt_bench_opts *opts, const char *part)
+{
+    size_t n = strlen(part);
+
+    if (!opts->only)
+        return 1;
+    for (const char *p = opts->only; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && !strncmp(p, part, n))
+            return 1;
+        p += len + (end != NULL);
+    }
+    return 0;
+}
