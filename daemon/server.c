@@ -535,10 +535,12 @@ static void conn_maybe_finish(struct kvt_server *s, struct kvt_conn *c)
     conn_arm(s, c);
 }
 
-static void on_readable(struct kvt_server *s, struct kvt_conn *c)
+static void on_readable(struct kvt_server *s, struct kvt_conn *c, int to_eof)
 {
     /* Read what is there first and dispatch after: frames that arrived together with the end of
-     * input are dropped with it (conn_input_ended). */
+     * input are dropped with it (conn_input_ended). A read that did not fill the buffer took what
+     * the socket held: unless epoll said the peer hung up (to_eof), the next read would only say
+     * EAGAIN, one wasted system call per request; epoll reports what comes later. */
     for (int rounds = 0; rounds < 16 && !c->closing && !c->read_eof; rounds++) {
         if (c->in_len == c->in_cap)
             break; /* full of frames waiting for flow control */
@@ -566,6 +568,8 @@ static void on_readable(struct kvt_server *s, struct kvt_conn *c)
             break;
         }
         c->in_len += (size_t)n;
+        if ((size_t)n < iov.iov_len && !to_eof)
+            break;
     }
     if (!c->read_eof)
         process_frames(s, c);
@@ -974,7 +978,7 @@ static void on_conn_event(void *arg, uint32_t events)
         /* Gone both ways: nothing more can be delivered, and epoll would report it on every
          * wait until the fd is closed. What it sent is read (and dropped with the end of input,
          * never dispatched), then the socket is closed. */
-        on_readable(s, c);
+        on_readable(s, c, 1);
         if (!c->dead && !c->read_eof) {
             c->read_eof = 1;
             conn_input_ended(s, c);
@@ -987,7 +991,7 @@ static void on_conn_event(void *arg, uint32_t events)
         conn_queue(s, c); /* drained output may let buffered frames through */
     }
     if (!c->dead && (events & (EPOLLIN | EPOLLRDHUP)))
-        on_readable(s, c);
+        on_readable(s, c, (events & EPOLLRDHUP) != 0);
     else if (!c->dead)
         conn_maybe_finish(s, c);
 }

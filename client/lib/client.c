@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,37 @@
  * (assumed no faster than this), up to SPIN_BULK_MAX_US, yielding the core between polls. */
 #define SPIN_BULK_BYTES_PER_US 4096u
 #define SPIN_BULK_MAX_US 2000u
+
+/* Threads of this process spinning for an answer right now. Past one fewer than the online CPUs
+ * (at least one) a waiter sleeps at once: spinners that outnumber the cores only take them from
+ * each other and from the daemon that would answer them. */
+static atomic_uint spinners;
+
+static unsigned spinners_max(void)
+{
+    static atomic_uint cached;
+    unsigned v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (!v) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        v = n > 2 ? (unsigned)n - 1 : 1;
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+/* Takes a spinning slot: 1 when this thread may spin (release with spin_leave), 0 to sleep. */
+static int spin_enter(void)
+{
+    if (atomic_fetch_add_explicit(&spinners, 1, memory_order_relaxed) < spinners_max())
+        return 1;
+    atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
+    return 0;
+}
+
+static void spin_leave(void)
+{
+    atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
+}
 #define NS_MAX 64
 #define RECONNECT_BACKOFF_MS 100
 #define IN_EXTRA_BYTES (64 * 1024 + 4)
@@ -95,6 +127,7 @@ struct kvt_client {
     size_t in_len, in_cap;
     uint8_t *out;
     size_t out_cap;
+    size_t out_len; /* frames queued in out, not sent yet (queue_request) */
 
     struct ns_slot ns[NS_MAX];
 
@@ -234,6 +267,37 @@ static int send_all(struct kvt_client *c, const uint8_t *p, size_t n, int fd_to_
     return 0;
 }
 
+/* Sends the frames queued in c->out (queue_request) in one go. */
+static int flush_requests(struct kvt_client *c, uint64_t deadline_ms)
+{
+    size_t n = c->out_len;
+    c->out_len = 0;
+    return n ? send_all(c, c->out, n, -1, deadline_ms) : 0;
+}
+
+/* Appends req's frame to c->out, sending what is queued first when it would not fit. The frames
+ * of a batch's window go out in one system call (and reach the daemon in one read). KVT_E_TOOBIG
+ * (nothing queued) for a frame larger than max_frame_bytes; a send error otherwise. */
+static int queue_request(struct kvt_client *c, Kvtier__Request *req, uint64_t deadline_ms)
+{
+    size_t n = kvtier__request__get_packed_size(req);
+    if (n + 4 > c->out_cap || n > c->max_frame_bytes)
+        return KVT_E_TOOBIG;
+    if (n + 4 > c->out_cap - c->out_len) {
+        int rc = flush_requests(c, deadline_ms);
+        if (rc)
+            return rc;
+    }
+    uint8_t *o = c->out + c->out_len;
+    o[0] = (uint8_t)n;
+    o[1] = (uint8_t)(n >> 8);
+    o[2] = (uint8_t)(n >> 16);
+    o[3] = (uint8_t)(n >> 24);
+    kvtier__request__pack(req, o + 4);
+    c->out_len += n + 4;
+    return 0;
+}
+
 static int send_request(struct kvt_client *c, Kvtier__Request *req, int fd_to_pass,
                         uint64_t deadline_ms)
 {
@@ -252,7 +316,8 @@ static int send_request(struct kvt_client *c, Kvtier__Request *req, int fd_to_pa
  * While waiting it polls the socket for spin_us, then for the copy time of bulk_bytes in flight
  * (yielding the core between polls, so that other threads on a busy machine, the daemon's
  * included, still run), and only then sleeps in poll(): a wake-up from poll() costs tens of
- * microseconds on a virtual machine, more than a small copy takes. */
+ * microseconds on a virtual machine, more than a small copy takes. No more threads spin at once
+ * than the machine has cores to spare (spin_enter); the others sleep at once. */
 static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms,
                          uint64_t bulk_bytes)
 {
@@ -282,13 +347,16 @@ static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t 
         if (spin_end > deadline_ms * 1000000ull)
             spin_end = deadline_ms * 1000000ull; /* the call's timeout bounds the spinning too */
         ssize_t got = -1;
+        int spinning = c->spin_us && spin_enter();
         for (;;) {
             got = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
-            if (got >= 0 || errno != EAGAIN || (now_ns = kvt_now_ns()) >= spin_end)
+            if (got >= 0 || errno != EAGAIN || !spinning || (now_ns = kvt_now_ns()) >= spin_end)
                 break;
             if (now_ns >= yield_from)
                 sched_yield();
         }
+        if (spinning)
+            spin_leave();
         if (got > 0) {
             c->in_len += (size_t)got;
             continue;
@@ -697,7 +765,7 @@ static int in_arena(const struct kvt_client *c, const void *p, size_t len, uint6
 
 /* ---- put / get (pipelined core) ----------------------------------------------------------- */
 
-enum xfer_kind { XFER_PUT, XFER_GET };
+enum xfer_kind { XFER_PUT, XFER_GET, XFER_RANGE };
 
 /* Per item bookkeeping while a batch is in flight. */
 struct xfer {
@@ -723,11 +791,23 @@ static int stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint
     }
 }
 
+/* The protobuf parts of one request, on the caller's stack. */
+struct xfer_msg {
+    Kvtier__PutReq pr;
+    Kvtier__GetReq gr;
+    Kvtier__GetRangeReq rr;
+    Kvtier__Key key;
+    Kvtier__Checksum ck;
+};
+
 static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
-                      struct kvt_item *it, struct xfer *x, Kvtier__Request *req, Kvtier__PutReq *pr,
-                      Kvtier__GetReq *gr, Kvtier__Key *key, Kvtier__Checksum *ck,
+                      struct kvt_item *it, struct xfer *x, Kvtier__Request *req, struct xfer_msg *m,
                       uint64_t deadline_ms)
 {
+    Kvtier__PutReq *pr = &m->pr;
+    Kvtier__GetReq *gr = &m->gr;
+    Kvtier__Key *key = &m->key;
+    Kvtier__Checksum *ck = &m->ck;
     kvtier__key__init(key);
     key->lo = it->key.lo;
     key->hi = it->key.hi;
@@ -762,6 +842,24 @@ static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
         pr->checksum = ck;
         req->op_case = KVTIER__REQUEST__OP_PUT;
         req->put = pr;
+    } else if (kind == XFER_RANGE) {
+        Kvtier__GetRangeReq *rr = &m->rr;
+        kvtier__get_range_req__init(rr);
+        rr->ns = ns_id;
+        rr->key = key;
+        rr->layer = it->layer;
+        rr->token_first = it->token_first;
+        rr->n_tokens = it->n_tokens;
+        rr->capacity = it->len;
+        /* Never inline: rows go to the arena, the caller's buffer or a staging buffer. */
+        if (in_arena(c, it->buf, it->len, &off))
+            rr->offset = off;
+        else if (stage_alloc(c, it->len ? it->len : 1, &x->stage_off, deadline_ms) == 0)
+            rr->offset = x->stage_off;
+        else
+            return KVT_E_NOMEM;
+        req->op_case = KVTIER__REQUEST__OP_GET_RANGE;
+        req->get_range = rr;
     } else {
         kvtier__get_req__init(gr);
         gr->ns = ns_id;
@@ -805,10 +903,24 @@ static void finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_it
         } else if (!r->status && x->stage_off != UINT64_MAX) {
             memcpy(it->buf, c->arena + x->stage_off, g->length);
         }
+    } else if (kind == XFER_RANGE && r->result_case == KVTIER__RESPONSE__RESULT_GET_RANGE) {
+        const Kvtier__GetResp *g = r->get_range;
+        size_t cap = it->len;
+        it->len = g->length; /* with KVT_E_SMALLBUF: the capacity needed */
+        it->tier = r->status ? KVT_TIER_NONE : (enum kvt_tier_id)g->tier;
+        if (!r->status && g->length > cap) {
+            /* The daemon claims more than it may have written: copying it would overrun buf. */
+            it->status = KVT_E_PROTO;
+            it->len = 0;
+        } else if (!r->status && x->stage_off != UINT64_MAX) {
+            memcpy(it->buf, c->arena + x->stage_off, g->length);
+        } else if (r->status && r->status != KVT_E_SMALLBUF) {
+            it->len = 0;
+        }
     } else if (kind == XFER_PUT && r->result_case == KVTIER__RESPONSE__RESULT_PUT) {
         it->tier = (enum kvt_tier_id)r->put->tier;
     } else {
-        if (kind == XFER_GET)
+        if (kind != XFER_PUT)
             it->len = 0;
         if (!r->status)
             it->status = KVT_E_PROTO;
@@ -850,15 +962,11 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
         /* Keep up to BATCH_WINDOW requests in flight. */
         while (sent < n && sent - done < BATCH_WINDOW && !rc) {
             Kvtier__Request req = KVTIER__REQUEST__INIT;
-            Kvtier__PutReq pr;
-            Kvtier__GetReq gr;
-            Kvtier__Key key;
-            Kvtier__Checksum ck;
+            struct xfer_msg m;
             struct xfer *x = &xs[sent % BATCH_WINDOW];
-            int brc =
-                build_xfer(c, kind, ns_id, &items[sent], x, &req, &pr, &gr, &key, &ck, deadline);
+            int brc = build_xfer(c, kind, ns_id, &items[sent], x, &req, &m, deadline);
             if (!brc) {
-                rc = send_request(c, &req, -1, deadline);
+                rc = queue_request(c, &req, deadline);
                 if (rc == KVT_E_TOOBIG) {
                     brc = rc; /* refused before a byte was sent: this item's own error */
                     release_stage(c, x);
@@ -875,6 +983,8 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             }
             sent++;
         }
+        if (!rc)
+            rc = flush_requests(c, deadline);
         if (rc)
             break;
         struct xfer *x = &xs[done % BATCH_WINDOW];
@@ -989,74 +1099,33 @@ int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *key
         *tier_out = KVT_TIER_NONE;
     if (!c || !key || !n_tokens || (!buf && cap))
         return KVT_E_INVAL;
-    int rc = ensure_session(c);
+    struct kvt_item it = {.key = *key,
+                          .variant = variant,
+                          .layer = layer,
+                          .token_first = token_first,
+                          .n_tokens = n_tokens,
+                          .buf = buf,
+                          .len = cap};
+    int rc = run_batch(c, XFER_RANGE, ns, &it, 1);
     if (rc)
         return rc;
-    uint32_t ns_id;
-    if ((rc = ns_daemon_id(c, ns, &ns_id)))
-        return rc;
-    uint64_t deadline = kvt_now_ms() + c->timeout_ms;
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__GetRangeReq gr = KVTIER__GET_RANGE_REQ__INIT;
-    Kvtier__Key k = KVTIER__KEY__INIT;
-    k.lo = key->lo;
-    k.hi = key->hi;
-    k.variant = variant;
-    gr.ns = ns_id;
-    gr.key = &k;
-    gr.layer = layer;
-    gr.token_first = token_first;
-    gr.n_tokens = n_tokens;
-    gr.capacity = cap;
-    uint64_t off, stage_off = UINT64_MAX;
-    if (in_arena(c, buf, cap, &off)) {
-        gr.offset = off;
-    } else if (stage_alloc(c, cap ? cap : 1, &stage_off, deadline) == 0) {
-        gr.offset = stage_off;
-    } else {
-        return KVT_E_NOMEM;
-    }
-    req.op_case = KVTIER__REQUEST__OP_GET_RANGE;
-    req.get_range = &gr;
-    req.id = ++c->next_id;
-    Kvtier__Response *r = NULL;
-    rc = send_request(c, &req, -1, deadline);
-    if (rc == KVT_E_TOOBIG) {
-        /* Refused before a byte was sent: nobody else knows of the staging buffer. */
-        if (stage_off != UINT64_MAX)
-            kvt_arena_alloc_put(&c->alloc, stage_off);
-        return rc;
-    }
-    if (!rc)
-        rc = wait_response(c, req.id, &r, deadline);
-    if (rc) {
-        /* The daemon may still write the staging buffer: it leaves with this socket, which
-         * drains (see the top of this file), as in a batch. */
-        if (stage_off != UINT64_MAX) {
-            c->pending_off[c->n_pending++] = stage_off;
-            drop_connection(c);
+    if (len_out)
+        *len_out = it.len;
+    if (tier_out)
+        *tier_out = it.status ? KVT_TIER_NONE : it.tier;
+    return it.status;
+}
+
+int kvt_get_range_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n)
+{
+    for (size_t i = 0; i < n && items; i++) {
+        if (!items[i].n_tokens || (!items[i].buf && items[i].len)) {
+            for (size_t k = 0; k < n; k++)
+                items[k].status = KVT_E_INVAL;
+            return KVT_E_INVAL;
         }
-        return session_fail(c, rc);
     }
-    rc = r->status;
-    if (r->result_case != KVTIER__RESPONSE__RESULT_GET_RANGE) {
-        if (!rc)
-            rc = KVT_E_PROTO;
-    } else if (!rc && r->get_range->length > cap) {
-        /* The daemon claims more than it may have written: copying it would overrun buf. */
-        rc = KVT_E_PROTO;
-    } else if (!rc || rc == KVT_E_SMALLBUF) {
-        if (!rc && stage_off != UINT64_MAX)
-            memcpy(buf, c->arena + stage_off, r->get_range->length);
-        if (len_out)
-            *len_out = r->get_range->length;
-        if (tier_out && !rc)
-            *tier_out = (enum kvt_tier_id)r->get_range->tier;
-    }
-    if (stage_off != UINT64_MAX)
-        kvt_arena_alloc_put(&c->alloc, stage_off);
-    kvtier__response__free_unpacked(r, NULL);
-    return rc;
+    return run_batch(c, XFER_RANGE, ns, items, n);
 }
 
 /* ---- simple request/response calls -------------------------------------------------------- */

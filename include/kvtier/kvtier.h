@@ -155,7 +155,9 @@ struct kvt_connect_opts {
     uint32_t spin_us;        /* busy-wait this long for an answer before sleeping; 0 means 50,
                                 UINT32_MAX means never spin. While bulk bytes are in flight the
                                 wait goes on for their copy time (4 KiB/us, at most 2 ms),
-                                yielding the core between polls */
+                                yielding the core between polls. At most one thread fewer
+                                than the online CPUs (at least one) spins at a time, across
+                                every client of the process; the others sleep at once */
     int64_t daemon_uid;      /* one more uid trusted to serve the socket, besides the caller's
                                 euid and root (e.g. a kvtierd running as user "kvtier"). 0 or -1:
                                 none here, then $KVTIER_DAEMON_UID (a decimal uid) when set.
@@ -289,11 +291,14 @@ KVT_API int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_
 struct kvt_item {
     struct kvt_key key;
     void *buf;
-    size_t len; /* put: bytes to store; get: capacity in, chunk length out */
-    uint32_t n_tokens;
+    size_t len;        /* put: bytes to store; get: capacity in, chunk length out; range:
+                          capacity in, bytes returned out (with KVT_E_SMALLBUF: bytes needed) */
+    uint32_t n_tokens; /* put: tokens of the chunk; range: rows asked for */
     int status;
     enum kvt_tier_id tier;
-    uint32_t variant; /* which variant of key (0: the chunk as first stored) */
+    uint32_t variant;     /* which variant of key (0: the chunk as first stored) */
+    uint32_t layer;       /* range: the layer the rows are in */
+    uint32_t token_first; /* range: the first row */
 };
 
 /* Batch forms pipeline one request per item. They return 0 when every item was answered (each
@@ -312,6 +317,13 @@ struct kvt_item {
  * waits for draining connections up to its timeout before it fails with KVT_E_NOMEM. */
 KVT_API int kvt_put_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
 KVT_API int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items, size_t n);
+/* kvt_get_range_v for every item (key, variant, layer, token_first, n_tokens rows, buf, len as
+ * capacity), pipelined like the other batch forms: one system call sends a window of requests,
+ * and the daemon reads, submits and answers them together, which is what makes many small range
+ * reads (the spans a query selects) cheap. Each item gets kvt_get_range's status, len and tier.
+ * KVT_E_INVAL (every item) when an item asks for no rows or has a NULL buf with a capacity. */
+KVT_API int kvt_get_range_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items,
+                                size_t n);
 
 /* How many leading keys of a chained list are cached (*hits_out), and for each of those the tier
  * it is in (tiers_out, may be NULL, at least n entries). On any error *hits_out is 0: a cache that

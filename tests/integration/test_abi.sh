@@ -58,7 +58,7 @@ check "KVT_ABI_VERSION is at least 2 (struct kvt_item gained variant)" "[ '$abi'
 check "every export has the version KVTIER_$abi" "! grep -v '@@KVTIER_$abi\$' '$D/nm'"
 check "the version script's node is KVTIER_$abi" "grep -q '^KVTIER_$abi {' client/lib/libkvtier.map"
 # The variant forms of the calls that name a chunk are part of the ABI.
-for f in kvt_put_v kvt_get_v kvt_get_range_v kvt_lookup_v kvt_delete_v; do
+for f in kvt_put_v kvt_get_v kvt_get_range_v kvt_lookup_v kvt_delete_v kvt_get_range_batch; do
     check "libkvtier.so exports $f" "grep -qx '$f' '$D/exported'"
 done
 check "soname is libkvtier.so.$abi" \

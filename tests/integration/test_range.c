@@ -518,12 +518,63 @@ static void test_range_disk_queue(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* kvt_get_range_batch: a window of range reads from disk, pipelined, each item answered with its
+ * own rows or error (one bad layer, one too-small buffer, one heap buffer staged through the
+ * arena, among good ones), in one round trip's worth of frames. */
+static void test_range_batch(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    struct kvt_client *c = chunk_only_on_disk(&d, &ns, -1, disk_args);
+    enum { N = 24 };
+    struct kvt_item it[N];
+    uint8_t *bufs[N];
+    for (uint32_t i = 0; i < N; i++) {
+        uint32_t n = 1 + i % 16, first = (i * 7) % (TOKENS - n + 1);
+        bufs[i] = i == 5 ? malloc(n * ROW) : kvt_arena_alloc(c, n * ROW);
+        assert_non_null(bufs[i]);
+        it[i] = (struct kvt_item){.key = key,
+                                  .layer = i % 2,
+                                  .token_first = first,
+                                  .n_tokens = n,
+                                  .buf = bufs[i],
+                                  .len = n * ROW};
+    }
+    it[3].layer = 2;     /* the namespace has two layers */
+    it[9].len = ROW - 1; /* too small for its rows */
+    assert_int_equal(kvt_get_range_batch(c, ns.handle, it, N), 0);
+    for (uint32_t i = 0; i < N; i++) {
+        size_t want = (size_t)it[i].n_tokens * ROW;
+        if (i == 3) {
+            assert_int_equal(it[i].status, KVT_E_GEOMETRY);
+        } else if (i == 9) {
+            assert_int_equal(it[i].status, KVT_E_SMALLBUF);
+            assert_int_equal(it[i].len, want); /* the capacity it needs */
+        } else {
+            assert_int_equal(it[i].status, 0);
+            assert_int_equal(it[i].len, want);
+            assert_int_equal(it[i].tier, KVT_TIER_DISK);
+            assert_memory_equal(bufs[i], rows_of(it[i].layer, it[i].token_first), want);
+        }
+        if (i == 5)
+            free(bufs[i]);
+        else
+            kvt_arena_free(c, bufs[i]);
+    }
+    struct kvt_item bad = {.key = key, .n_tokens = 0, .buf = NULL, .len = 0};
+    assert_int_equal(kvt_get_range_batch(c, ns.handle, &bad, 1), KVT_E_INVAL);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_range_from_dram),  cmocka_unit_test(test_range_bad_input),
         cmocka_unit_test(test_range_from_disk),  cmocka_unit_test(test_range_corrupt_block),
-        cmocka_unit_test(test_range_disk_queue),
+        cmocka_unit_test(test_range_disk_queue), cmocka_unit_test(test_range_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -571,6 +571,13 @@ uint32_t kvt_disk_inflight(const struct kvt_disk *d)
     return d->inflight;
 }
 
+void kvt_disk_tier_stats(const struct kvt_disk *d, struct kvt_tier_stats *out)
+{
+    *out = d->st.tier;
+    out->objects = d->index_count;
+    out->failed = (uint64_t)d->failed;
+}
+
 void kvt_disk_stats(struct kvt_disk *d, struct kvt_disk_stats *out)
 {
     *out = d->st;

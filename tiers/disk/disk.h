@@ -338,6 +338,8 @@ int kvt_disk_wait(struct kvt_disk *d, int timeout_ms);
 uint32_t kvt_disk_inflight(const struct kvt_disk *d);
 
 void kvt_disk_stats(struct kvt_disk *d, struct kvt_disk_stats *out);
+/* Only the tier counters (cheap: the tier manager looks at them every loop iteration). */
+void kvt_disk_tier_stats(const struct kvt_disk *d, struct kvt_tier_stats *out);
 
 /* The operations table (tiers/tier.h), on a struct kvt_disk_tier that wraps a store (tier_ops.c):
  * a persistent tier that names objects by id (locations are unused) and reads token ranges.

@@ -10,6 +10,11 @@
 #include <string.h>
 
 #include <xxhash.h>
+#if defined(__x86_64__)
+/* The run-time dispatched XXH3 (AVX2/AVX-512 where present), as in common/checksum.c: the same
+ * values, about twice as fast on the blocks a range read verifies. */
+#include <xxh_x86dispatch.h>
+#endif
 
 #include "kvtier/errors.h"
 

@@ -184,10 +184,7 @@ static size_t dt_enumerate(void *tier, kvt_tier_enum_fn fn, void *arg)
 
 static void dt_stats(void *tier, struct kvt_tier_stats *out)
 {
-    struct kvt_disk_tier *dt = tier;
-    struct kvt_disk_stats s;
-    kvt_disk_stats(dt->d, &s);
-    *out = s.tier;
+    kvt_disk_tier_stats(((struct kvt_disk_tier *)tier)->d, out);
 }
 
 static void dt_on_event(void *arg, uint32_t events)
