@@ -10,8 +10,10 @@
  * random 16- and 64-token ranges of one layer of 64-token chunks (SmolLM2 and Llama-3-8B geometry,
  * fp16) through kvt_disk_read_range, against a raw io_uring O_DIRECT loop reading the same file at
  * the same offsets and lengths (the covering blocks rounded out to 4 KiB) at the same queue depth;
- * and the same kind of ranges through kvtierd (kvt_get_range, QD client threads, after a restart so
- * the chunks are only on disk) against that loop on the daemon's own file and offsets.
+ * and the same kind of ranges through kvtierd (after a restart so the chunks are only on disk)
+ * against that loop on the daemon's own file and offsets, with three kinds of client: QD threads
+ * calling kvt_get_range with the library's default wait, the same with clients that sleep at once,
+ * and two threads with windows of QD/2 in kvt_get_range_batch (QD in flight in every arm).
  *
  * The store rows drive it directly (their "path" field says so); the "kvtierd write-through" rows
  * go through a real daemon started with tests/lib/daemon.h and libkvtier batches of QD items, with

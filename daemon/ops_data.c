@@ -512,8 +512,9 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
         s->st.put_bytes += op->length;
-        if (!kvt_tm_put_committed(s->tm, &op->io, op->entry))
-            put_reply(s, op->conn, op, 0, KVT_TIER_CPU);
+        enum kvt_tier_id tier;
+        if (!kvt_tm_put_committed(s->tm, &op->io, op->entry, &tier))
+            put_reply(s, op->conn, op, 0, tier);
     } else {
         get_reply(s, op->conn, op, e, NULL);
     }
@@ -583,6 +584,13 @@ static void tm_abandoned(void *arg, struct kvt_tm_io *io)
     op_of(io)->conn->inflight--;
 }
 
+static void tm_delete_abandoned(void *arg, void *ctx)
+{
+    struct kvt_op *op = ctx;
+    (void)arg;
+    op->conn->inflight--;
+}
+
 /* The shape of entry e's chunk, from the namespace that stored it, so that its lower-tier copy
  * can be read by layer and token range; nonzero when unknown (a chunk recovered from disk and not
  * stored again since, or a namespace reclaimed meanwhile): the copy is then one opaque layer. */
@@ -612,5 +620,6 @@ const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
     .get_read_direct = tm_get_read_direct,
     .delete_done = tm_delete_done,
     .abandoned = tm_abandoned,
+    .delete_abandoned = tm_delete_abandoned,
     .geom = tm_geom,
 };

@@ -1059,7 +1059,11 @@ void kvt_server_destroy(struct kvt_server *s)
 {
     if (!s)
         return;
-    /* Workers first: after this no job references a connection. Jobs they finished but the
+    /* The tier manager stops answering first, so that the jobs settled below only release what
+     * they hold (a finished write-back is cancelled, not submitted). */
+    if (s->tm)
+        kvt_tm_stop(s->tm);
+    /* Workers next: after this no job references a connection. Jobs they finished but the
      * loop never reaped still count as in flight; settle them so every connection can go. */
     if (s->workers) {
         s->destroying = 1;

@@ -326,12 +326,14 @@ static int wants_demotion(const struct kvt_tm *tm, uint32_t id)
            target_of(tm, e) && admitted(tm, e);
 }
 
-int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id)
+int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id,
+                         enum kvt_tier_id *tier_now)
 {
     struct kvt_entry *e = entry(tm, id);
     e->state = KVT_ENTRY_READY;
     e->at[MEM] = KVT_AT_READY;
     e->refs--;
+    *tier_now = ops_of(tm, MEM)->id;
     if (tm->n_tiers < 2 || !tm->cfg.write_through || !wants_demotion(tm, id))
         return 0;
     io->entry = id;
@@ -350,6 +352,8 @@ int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id)
         tm->wt_tail = io;
         return 1;
     }
+    if (rc == KVT_E_EXISTS) /* a lower tier holds it already (stored before, then let go of) */
+        *tier_now = ops_of(tm, lower_at(tm, e, KVT_AT_READY))->id;
     return 0;
 }
 
@@ -561,7 +565,28 @@ void kvt_tm_flush(struct kvt_tm *tm)
 
 void kvt_tm_stop(struct kvt_tm *tm)
 {
-    tm->stopping = 1;
+    if (!tm->stopping) {
+        tm->stopping = 1;
+        /* What waits in the tier manager's own queues will never be answered: hand it back. */
+        while (tm->rd_head) {
+            struct kvt_tm_io *io = tm->rd_head;
+            tm->rd_head = io->next;
+            entry(tm, io->entry)->refs--;
+            tm->cb->abandoned(tm->cb_arg, io);
+        }
+        while (tm->wt_head) {
+            struct kvt_tm_io *io = tm->wt_head;
+            tm->wt_head = io->next;
+            tm->cb->abandoned(tm->cb_arg, io);
+        }
+        tm->rd_tail = tm->wt_tail = NULL;
+        /* Waiting Deletes stay listed (their barriers still complete) but answer nobody. */
+        for (struct kvt_tm_del *d = tm->del_head; d; d = d->next) {
+            if (d->ctx && tm->cb->delete_abandoned)
+                tm->cb->delete_abandoned(tm->cb_arg, d->ctx);
+            d->ctx = NULL;
+        }
+    }
     if (!tm->loop)
         return;
     for (; tm->attached > 0; tm->attached--)
@@ -655,6 +680,7 @@ int kvt_tm_reserve(struct kvt_tm *tm, uint32_t id, void **dst)
 void kvt_tm_abort(struct kvt_tm *tm, uint32_t id)
 {
     struct kvt_entry *e = entry(tm, id);
+    e->refs = 0; /* the writer lets go */
     free_mem(tm, e);
     kvt_index_remove(tm->idx, id);
 }
@@ -723,10 +749,13 @@ void kvt_tm_count_miss(struct kvt_tm *tm)
     ops_of(tm, MEM)->count(tm->tiers[MEM].t, 0);
 }
 
+/* A read from lower tier ti (the one it was started on) failed with res. */
 static void read_miss(struct kvt_tm *tm, uint32_t id, uint32_t ti, int res)
 {
     struct kvt_entry *e = entry(tm, id);
     tm->st.disk_read_misses++;
+    if (ti == MEM || ti >= tm->n_tiers)
+        return;
     if (res == KVT_E_NOTFOUND || res == KVT_E_CORRUPT) {
         /* The tier dropped the object (failed checksum): so does the index. */
         e->at[ti] = KVT_AT_NONE;
@@ -754,7 +783,7 @@ static void promote_done(void *arg, int res)
             tm->cb->abandoned(tm->cb_arg, io);
             return;
         }
-        read_miss(tm, io->entry, read_source(tm, e), res);
+        read_miss(tm, io->entry, io->src, res);
         tm->cb->get_failed(tm->cb_arg, io, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
         return;
     }
@@ -775,7 +804,7 @@ static void direct_done(void *arg, int res)
         return;
     }
     if (res < 0) {
-        read_miss(tm, io->entry, read_source(tm, e), res);
+        read_miss(tm, io->entry, io->src, res);
         tm->cb->get_failed(tm->cb_arg, io, res == KVT_E_CORRUPT ? KVT_E_NOTFOUND : res);
     } else {
         tm->st.disk_direct_reads++;
@@ -818,6 +847,7 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
     const struct kvt_tier_ops *ops = ops_of(tm, ti);
     void *t = tm->tiers[ti].t;
     io->tier = ops->id;
+    io->src = ti; /* a failure concerns this copy, whatever happened to the others meanwhile */
     int rc;
     if (io->range) {
         /* Only the rows, straight into the destination (never promoted: a few rows do not make
@@ -830,14 +860,16 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
         /* A promotion takes DRAM that is free or clean: a read never costs a dirty chunk. */
         if (!e->promoting && mem_reserve(tm, id, &w) == 0) {
             io->slot = w.loc;
+            /* Marked before the call, so that a completion is never earlier than its state. */
+            e->promoting = 1;
+            e->at[MEM] = KVT_AT_WRITING;
+            e->loc[MEM] = w.loc;
             rc = ops->read(t, &e->id, e->loc[ti], ops_of(tm, MEM)->ptr(tm->tiers[MEM].t, w.loc),
                            e->length, promote_done, io);
-            if (rc == KVT_TIER_LATER || rc == 0) {
-                e->promoting = 1;
-                e->at[MEM] = KVT_AT_WRITING;
-                e->loc[MEM] = w.loc;
+            if (rc == KVT_TIER_LATER || rc == 0)
                 return settle(rc, promote_done, io, (int)e->length);
-            }
+            e->promoting = 0;
+            e->at[MEM] = KVT_AT_NONE;
             ops_of(tm, MEM)->cancel(tm->tiers[MEM].t, &w);
         }
         if (rc != KVT_E_NOTFOUND && !io->want_dram) {

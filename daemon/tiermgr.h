@@ -121,6 +121,7 @@ struct kvt_tm_io {
     /* the tier manager's */
     uint32_t entry, gen;
     kvt_tier_loc slot;
+    uint32_t src; /* position of the tier a read was started on */
     struct kvt_tm *tm;
     struct kvt_tm_io *next;
 };
@@ -142,6 +143,8 @@ struct kvt_tm_callbacks {
     void (*delete_done)(void *arg, void *ctx, const int32_t *status, uint32_t n);
     /* During shutdown: the io will not be answered; the request may be freed. */
     void (*abandoned)(void *arg, struct kvt_tm_io *io);
+    /* During shutdown: a Delete waiting for durability will not be answered (may be NULL). */
+    void (*delete_abandoned)(void *arg, void *ctx);
     /* The shape of entry e's chunk, for range-readable lower-tier copies; nonzero: unknown. */
     int (*geom)(void *arg, const struct kvt_entry *e, struct kvt_chunk_geom *out);
 };
@@ -160,7 +163,8 @@ int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
 /* Shutdown, in this order: kvt_tm_stop; settle the workers' jobs and destroy the lower tiers (their
  * last callbacks, which now only release what they hold and abandon their requests, need the tier
  * manager); kvt_tm_destroy; then the memory tier and the index. The tiers stay their owner's.
- * kvt_tm_stop detaches from the loop; from then on requests are abandoned, never answered. */
+ * kvt_tm_stop detaches from the loop and hands back (abandoned, delete_abandoned) what waits in
+ * its queues; from then on requests are abandoned, never answered. */
 void kvt_tm_stop(struct kvt_tm *tm);
 /* NULL-safe. */
 void kvt_tm_destroy(struct kvt_tm *tm);
@@ -188,8 +192,9 @@ int kvt_tm_reserve(struct kvt_tm *tm, uint32_t id, void **dst);
 /* A Put's copy failed: frees its slot and removes the entry. */
 void kvt_tm_abort(struct kvt_tm *tm, uint32_t id);
 /* A Put's bytes are good: the entry is READY and unpinned. Returns 1 when the tier manager answers
- * io later (write-through: put_done), 0 when the caller answers now. */
-int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id);
+ * io later (write-through: put_done), 0 when the caller answers now, saying *tier_now. */
+int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id,
+                         enum kvt_tier_id *tier_now);
 /* Evicts up to max of the coldest DRAM chunks pick accepts (a tenant's, for its quota), looking
  * at no more than scan_max; returns how many went. */
 size_t kvt_tm_evict_coldest(struct kvt_tm *tm, kvt_tier_pick_fn pick, void *arg, size_t max,

@@ -41,7 +41,7 @@ struct kvt_test_tier {
     uint64_t max_bytes;
     struct pending q[PENDING_MAX];
     uint32_t q_head, q_n;
-    uint32_t fail_n;
+    uint32_t fail_skip, fail_n;
     int fail_err;
     int hold;
     uint64_t completed;
@@ -94,6 +94,12 @@ void kvt_test_tier_destroy(struct kvt_test_tier *t)
 
 void kvt_test_tier_fail_next(struct kvt_test_tier *t, uint32_t n, int err)
 {
+    kvt_test_tier_fail_after(t, 0, n, err);
+}
+
+void kvt_test_tier_fail_after(struct kvt_test_tier *t, uint32_t skip, uint32_t n, int err)
+{
+    t->fail_skip = skip;
     t->fail_n = n;
     t->fail_err = err;
 }
@@ -165,7 +171,9 @@ static int run_pending(struct kvt_test_tier *t)
         struct pending p = t->q[t->q_head];
         t->q_head = (t->q_head + 1) % PENDING_MAX;
         t->q_n--;
-        if (t->fail_n && p.res >= 0) {
+        if (t->fail_skip && p.res >= 0) {
+            t->fail_skip--;
+        } else if (t->fail_n && p.res >= 0) {
             t->fail_n--;
             p.res = t->fail_err;
             t->st.io_errors++;

@@ -19,6 +19,8 @@ void kvt_test_tier_destroy(struct kvt_test_tier *t);
 
 /* The next n completions report err instead (reads, commits). */
 void kvt_test_tier_fail_next(struct kvt_test_tier *t, uint32_t n, int err);
+/* The same, after the next skip completions went through as they are. */
+void kvt_test_tier_fail_after(struct kvt_test_tier *t, uint32_t skip, uint32_t n, int err);
 /* While held, nothing completes (wait and the eventfd do nothing). */
 void kvt_test_tier_hold(struct kvt_test_tier *t, int hold);
 /* Completions run so far; operations waiting. */

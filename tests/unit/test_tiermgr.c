@@ -185,7 +185,10 @@ static uint32_t put(struct env *e, uint32_t k, uint32_t variant, struct kvt_tm_i
     void *dst;
     assert_int_equal(kvt_tm_reserve(e->tm, id, &dst), 0);
     fill(k + variant, dst, CHUNK);
-    *later = kvt_tm_put_committed(e->tm, io, id);
+    enum kvt_tier_id now;
+    *later = kvt_tm_put_committed(e->tm, io, id, &now);
+    if (!*later)
+        assert_true(now == KVT_TIER_CPU || now == KVT_TIER_REMOTE);
     return id;
 }
 
@@ -378,6 +381,67 @@ static void test_recovery_indexes_lower_tier(void **state)
     }
 }
 
+/* A promotion and two direct reads of one chunk in flight: the promotion lands, then both direct
+ * reads fail as corrupt. The second failure finds no lower copy left; it must not take the DRAM
+ * copy the promotion made with it (the slot would leak under a freed entry). */
+static void test_failed_reads_keep_promoted_copy(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t id = put(e, 7, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    assert_int_equal(evict_all(e), 1);
+    static uint8_t b1[CHUNK], b2[CHUNK];
+    kvt_test_tier_hold(e->tt, 1);
+    struct kvt_tm_io a = {.cap = CHUNK}, b = {.dst = b1, .cap = CHUNK},
+                     c = {.dst = b2, .cap = CHUNK};
+    assert_int_equal(kvt_tm_read(e->tm, &a, id), 0); /* promotes */
+    assert_int_equal(kvt_tm_read(e->tm, &b, id), 0); /* a promotion runs: straight to b1 */
+    assert_int_equal(kvt_tm_read(e->tm, &c, id), 0);
+    kvt_test_tier_fail_after(e->tt, 1, 2, KVT_E_CORRUPT);
+    kvt_test_tier_hold(e->tt, 0);
+    pump(e);
+    assert_int_equal(e->in_dram, 1);
+    assert_int_equal(e->get_failed, 2);
+    struct kvt_obj_id o = oid(7, 0);
+    assert_int_equal(kvt_index_find(&e->idx, &o), id);
+    struct kvt_entry *en = kvt_index_at(&e->idx, id);
+    assert_int_equal(kvt_tm_tier_of(e->tm, en), KVT_TIER_CPU);
+    uint8_t want[CHUNK];
+    fill(7, want, CHUNK);
+    assert_non_null(kvt_tm_memory_ptr(e->tm, en));
+    assert_memory_equal(kvt_tm_memory_ptr(e->tm, en), want, CHUNK);
+    assert_int_equal(en->refs, 0);
+    struct kvt_tier_stats hs;
+    kvt_host_tier_ops.stats(e->host, &hs);
+    assert_int_equal(hs.objects, 1); /* one slot, owned by the live entry */
+}
+
+/* Stop hands back what waits in the tier manager's queues. */
+static void test_stop_abandons_queued(void **state)
+{
+    struct env *e = *state;
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    e->cfg.write_through = 1;
+    e->cfg.writes_max = 1;
+    assert_int_equal(open_tm(e), 0);
+    kvt_test_tier_hold(e->tt, 1);
+    struct kvt_tm_io io1 = {0}, io2 = {0};
+    int later1, later2;
+    put(e, 8, 0, &io1, &later1);
+    put(e, 9, 0, &io2, &later2); /* the one writer is busy: queued */
+    assert_int_equal(later1, 1);
+    assert_int_equal(later2, 1);
+    kvt_tm_stop(e->tm);
+    assert_int_equal(e->abandoned, 1); /* the queued Put; the other waits for its write */
+    kvt_test_tier_hold(e->tt, 0);
+    pump(e);
+    assert_int_equal(e->put_done, 0);
+}
+
 static void test_create_refuses_bad_lists(void **state)
 {
     struct env *e = *state;
@@ -403,6 +467,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_no_delete_while_writing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_indexes_lower_tier, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_reads_keep_promoted_copy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_abandons_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_refuses_bad_lists, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
