@@ -65,6 +65,9 @@ struct kvt_tm {
     int evict_force;                     /* drop dirty chunks: memory could not be found */
     int stopping;                        /* abandon requests, never answer them */
     int flushing;                        /* shutdown: write back every dirty chunk */
+    /* The last write-back scan saw every DRAM chunk and none could be written back; nothing
+     * since could have made one a candidate (a Put, a read, a failed write): skip the scan. */
+    int writeback_idle;
     uint32_t flush_cursor;               /* next index entry the flush looks at */
     uint32_t clock_hand;                 /* next index entry the lower tiers' eviction sees */
     struct kvt_tm_del *dels, *free_dels;
@@ -214,6 +217,7 @@ static void demote_durable(void *arg, int res)
         tm->st.demotions++;
     } else {
         e->at[d->tier] = KVT_AT_NONE;
+        tm->writeback_idle = 0; /* dirty again */
         tm->st.demotion_failures++;
         KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "write to %s failed: %s",
                             ops_of(tm, d->tier)->name, kvt_strerror(res));
@@ -258,6 +262,7 @@ static void demote_filled(struct kvt_job *job)
         ops->cancel(t, &d->w);
     }
     e->at[d->tier] = KVT_AT_NONE;
+    tm->writeback_idle = 0; /* dirty again */
     tm->st.demotion_failures++;
     KVT_LOG_RATELIMITED(KVT_LOG_WARN, "tier", "cannot write chunk to %s: %s", ops->name,
                         kvt_strerror(rc));
@@ -333,6 +338,7 @@ int kvt_tm_put_committed(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id,
     e->state = KVT_ENTRY_READY;
     e->at[MEM] = KVT_AT_READY;
     e->refs--;
+    tm->writeback_idle = 0; /* a new dirty chunk */
     *tier_now = ops_of(tm, MEM)->id;
     if (tm->n_tiers < 2 || !tm->cfg.write_through || !wants_demotion(tm, id))
         return 0;
@@ -496,6 +502,14 @@ int kvt_tm_index_insert(struct kvt_tm *tm, const struct kvt_obj_id *oid, uint32_
     return KVT_E_INDEXFULL;
 }
 
+/* Chunks DRAM holds. */
+static uint64_t dram_objects(const struct kvt_tm *tm)
+{
+    struct kvt_tier_stats st;
+    ops_of(tm, MEM)->stats(tm->tiers[MEM].t, &st);
+    return st.objects;
+}
+
 /* A DRAM chunk the write-back may start on now: dirty, admitted, nobody holding it. */
 static int writeback_candidate(void *arg, uint32_t id)
 {
@@ -532,9 +546,13 @@ void kvt_tm_tick(struct kvt_tm *tm)
     /* Write back the coldest dirty chunks, so eviction finds clean ones to drop. The scan looks
      * past clean chunks (up to WRITEBACK_SCAN of them): a run of clean cold chunks must not hide
      * the dirty ones behind it. */
+    if (tm->writeback_idle)
+        return;
     uint32_t cold[COLDEST_SCAN];
     size_t n = ops_of(tm, MEM)->coldest(tm->tiers[MEM].t, writeback_candidate, tm, cold,
                                         COLDEST_SCAN, WRITEBACK_SCAN);
+    /* A scan that had fewer chunks to look at than its limit saw all of them. */
+    tm->writeback_idle = n == 0 && dram_objects(tm) <= WRITEBACK_SCAN;
     for (size_t i = 0; i < n && tm->free_demotes; i++) {
         if (demote_start(tm, cold[i], NULL) == KVT_E_BUSY)
             break;
@@ -651,6 +669,7 @@ static int mem_reserve(struct kvt_tm *tm, uint32_t id, struct kvt_tier_write *w)
 
 int kvt_tm_reserve(struct kvt_tm *tm, uint32_t id, void **dst)
 {
+    tm->writeback_idle = 0; /* memory is asked for: look again */
     struct kvt_entry *e = entry(tm, id);
     struct kvt_tier_write w;
     int rc = mem_reserve(tm, id, &w);
@@ -734,6 +753,7 @@ const void *kvt_tm_acquire(struct kvt_tm *tm, uint32_t id)
     ops->count(tm->tiers[MEM].t, 1);
     ops->touch(tm->tiers[MEM].t, e->loc[MEM]);
     e->refs++;
+    tm->writeback_idle = 0; /* a read may admit it (second access) */
     return ops->ptr(tm->tiers[MEM].t, e->loc[MEM]);
 }
 
@@ -742,6 +762,7 @@ void kvt_tm_release(struct kvt_tm *tm, uint32_t id)
     struct kvt_entry *e = entry(tm, id);
     KVT_ASSERT(e->refs > 0);
     e->refs--;
+    tm->writeback_idle = 0; /* no longer held: it may be written back */
 }
 
 void kvt_tm_count_miss(struct kvt_tm *tm)
