@@ -68,8 +68,8 @@ struct kvt_tm {
     /* The last write-back scan saw every DRAM chunk and none could be written back; nothing
      * since could have made one a candidate (a Put, a read, a failed write): skip the scan. */
     int writeback_idle;
-    uint32_t flush_cursor;               /* next index entry the flush looks at */
-    uint32_t clock_hand;                 /* next index entry the lower tiers' eviction sees */
+    uint32_t flush_cursor; /* next index entry the flush looks at */
+    uint32_t clock_hand;   /* next index entry the lower tiers' eviction sees */
     struct kvt_tm_del *dels, *free_dels;
     struct kvt_tm_del *del_head, *del_tail; /* waiting, oldest first */
     int32_t *del_status;                    /* the ring */
