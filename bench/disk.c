@@ -13,7 +13,7 @@
  * and the same kind of ranges through kvtierd (after a restart so the chunks are only on disk)
  * against that loop on the daemon's own file and offsets, with three kinds of client: QD threads
  * calling kvt_get_range with the library's default wait, the same with clients that sleep at once,
- * and two threads with windows of QD/2 in kvt_get_range_batch (QD in flight in every arm).
+ * and one thread with a sliding window of QD in kvt_get_range_batch (QD in flight in every arm).
  *
  * The store rows drive it directly (their "path" field says so); the "kvtierd write-through" rows
  * go through a real daemon started with tests/lib/daemon.h and libkvtier batches of QD items, with
@@ -981,6 +981,8 @@ static int drange_locate_one(void *arg, const struct kvt_disk_obj_info *info)
     return 0;
 }
 
+#define DRANGE_BATCH_MAX 512 /* ranges per kvt_get_range_batch call in the batched arm */
+
 struct drange_shared {
     const char *socket_path;
     const struct kvt_ns_spec *spec;
@@ -990,6 +992,7 @@ struct drange_shared {
     uint32_t n_tok, row_bytes;
     uint32_t spin_us;   /* the clients' kvt_connect_opts.spin_us */
     uint32_t batch;     /* 0: one kvt_get_range a call; else kvt_get_range_batch of this many */
+    uint32_t window;    /* batched: the connection's batch_window (ranges in flight) */
     uint32_t threads;   /* client threads (QD, or QD / batch when batched) */
     pthread_mutex_t mu; /* guards ready and go: the start line, so connecting is not timed */
     pthread_cond_t cv;
@@ -1003,11 +1006,14 @@ static void *drange_worker(void *arg)
 {
     struct drange_shared *s = arg;
     const size_t cap = (size_t)s->n_tok * s->row_bytes;
-    const uint32_t per = s->batch ? s->batch : 1;
+    uint32_t per = s->batch ? s->batch : 1;
+    if (per > 1 && (uint64_t)per * cap > (64u << 20))
+        per = (uint32_t)((64u << 20) / cap); /* a buffer per item of one call, in 64 MiB */
     struct kvt_connect_opts o = {.socket_path = s->socket_path,
                                  .arena_bytes = (4u << 20) + (uint64_t)per * cap,
                                  .timeout_ms = 30000,
-                                 .spin_us = s->spin_us};
+                                 .spin_us = s->spin_us,
+                                 .batch_window = s->window};
     struct kvt_client *c = NULL;
     struct kvt_ns_info ns;
     void *buf = NULL;
@@ -1027,7 +1033,7 @@ static void *drange_worker(void *arg)
     pthread_mutex_unlock(&s->mu);
     while (!rc && s->batch && !atomic_load(&s->err)) {
         /* A window of ranges in one call: pipelined over this client's one connection. */
-        struct kvt_item items[QD];
+        static _Thread_local struct kvt_item items[DRANGE_BATCH_MAX];
         uint64_t i0 = atomic_fetch_add(&s->next, per);
         if (i0 >= s->n_ops)
             break;
@@ -1171,11 +1177,11 @@ static int daemon_ranges(struct drange_shared *s, uint64_t *ns_out, uint64_t *cp
  * poll the socket 50 us before sleeping, without yielding) and clients that sleep at once
  * (UINT32_MAX). QD threads that spin on a machine with fewer cores take them from the daemon
  * that is to answer them; the raw loop's one thread sleeps in io_uring_wait_cqe. */
-/* A third arm asks the same ranges as an engine that selected several spans would: two client
- * threads, each with windows of QD / 2 ranges in one kvt_get_range_batch call, so QD reads are in
- * flight as in the other arms, over two connections instead of QD. */
+/* A third arm asks the same ranges as the raw loop does: one client thread, one connection, a
+ * sliding window of QD ranges in flight (batch_window), the ranges given DRANGE_BATCH_MAX at a
+ * time to kvt_get_range_batch (fewer for large ranges: a buffer each, 64 MiB in all). */
 #define DRANGE_WAITS 3
-#define DRANGE_BATCH (QD / 2)
+#define DRANGE_BATCH DRANGE_BATCH_MAX
 static const uint32_t DRANGE_SPIN_US[DRANGE_WAITS] = {0, UINT32_MAX, 0};
 static const uint32_t DRANGE_BATCHES[DRANGE_WAITS] = {0, 0, DRANGE_BATCH};
 static const char *const DRANGE_WAIT_NAME[DRANGE_WAITS] = {"", " sleeping clients", " batched"};
@@ -1184,7 +1190,8 @@ static const char *const DRANGE_WAIT_PATH[DRANGE_WAITS] = {
     "through daemon: kvt_get_range after a restart, QD threads with one kvt_client each (library "
     "default wait)",
     "the same, clients with spin_us UINT32_MAX (sleep at once)",
-    "the same ranges, 2 client threads each with windows of QD/2 in kvt_get_range_batch"};
+    "the same ranges, one client thread: kvt_get_range_batch with a sliding window of QD in "
+    "flight"};
 
 struct drange_result {
     double daemon_gbps[DRANGE_WAITS][2], raw_gbps[2];
@@ -1417,8 +1424,8 @@ static int bench_daemon_range(const char *dir, const struct geom_case *g, int qu
                                           .row_bytes = row,
                                           .spin_us = DRANGE_SPIN_US[w],
                                           .batch = DRANGE_BATCHES[w],
-                                          .threads =
-                                              DRANGE_BATCHES[w] ? QD / DRANGE_BATCHES[w] : QD};
+                                          .window = QD,
+                                          .threads = DRANGE_BATCHES[w] ? 1 : QD};
                 uint64_t ns_d, cpu_c = 0, dc0, dc1, s0, s1;
                 double dg;
                 s0 = kvt_test_stat(c, "disk.bytes_read");

@@ -112,7 +112,8 @@ struct kvt_client {
     int64_t daemon_uid; /* a uid trusted besides our euid and root; -1: none */
     uint32_t timeout_ms;
     uint32_t spin_us;
-    int fd; /* -1 when disconnected */
+    uint32_t window; /* requests a batch call keeps in flight (1 .. BATCH_WINDOW) */
+    int fd;          /* -1 when disconnected */
     uint64_t next_id;
     uint64_t retry_after_ms;
 
@@ -613,6 +614,7 @@ int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
     snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
     c->timeout_ms = o.timeout_ms ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
     c->spin_us = o.spin_us == UINT32_MAX ? 0 : o.spin_us ? o.spin_us : DEFAULT_SPIN_US;
+    c->window = o.batch_window && o.batch_window < BATCH_WINDOW ? o.batch_window : BATCH_WINDOW;
     c->arena_bytes = o.arena_bytes ? (o.arena_bytes + 4095) & ~4095ull : DEFAULT_ARENA_BYTES;
     c->fd = -1;
     c->max_frame_bytes = 1u << 20;
@@ -959,8 +961,8 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
     uint64_t bulk = 0; /* bytes of the requests in flight */
     rc = 0;
     while (done < n && !rc) {
-        /* Keep up to BATCH_WINDOW requests in flight. */
-        while (sent < n && sent - done < BATCH_WINDOW && !rc) {
+        /* Keep up to the window's requests in flight. */
+        while (sent < n && sent - done < c->window && !rc) {
             Kvtier__Request req = KVTIER__REQUEST__INIT;
             struct xfer_msg m;
             struct xfer *x = &xs[sent % BATCH_WINDOW];

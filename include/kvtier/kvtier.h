@@ -162,6 +162,9 @@ struct kvt_connect_opts {
                                 euid and root (e.g. a kvtierd running as user "kvtier"). 0 or -1:
                                 none here, then $KVTIER_DAEMON_UID (a decimal uid) when set.
                                 Valid: 0 .. 4294967294 */
+    uint32_t batch_window;   /* requests a batch call keeps in flight on the connection (a
+                                sliding window: one goes out as one is answered); 0 or more
+                                than 64 means 64 */
 };
 
 /* Opens a session. opts (may be NULL: every default) is borrowed during the call. On success the

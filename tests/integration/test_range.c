@@ -565,6 +565,29 @@ static void test_range_batch(void **state)
     struct kvt_item bad = {.key = key, .n_tokens = 0, .buf = NULL, .len = 0};
     assert_int_equal(kvt_get_range_batch(c, ns.handle, &bad, 1), KVT_E_INVAL);
     kvt_close(c);
+    /* A narrow sliding window (batch_window 3) answers the same, in order. */
+    struct kvt_connect_opts o = {.socket_path = d.socket_path,
+                                 .arena_bytes = 1 << 20,
+                                 .timeout_ms = 5000,
+                                 .batch_window = 3};
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &spec, &ns), 0);
+    uint8_t *w = kvt_arena_alloc(c, N * ROW);
+    assert_non_null(w);
+    for (uint32_t i = 0; i < N; i++)
+        it[i] = (struct kvt_item){.key = key,
+                                  .layer = i % 2,
+                                  .token_first = i,
+                                  .n_tokens = 1,
+                                  .buf = w + i * ROW,
+                                  .len = ROW};
+    assert_int_equal(kvt_get_range_batch(c, ns.handle, it, N), 0);
+    for (uint32_t i = 0; i < N; i++) {
+        assert_int_equal(it[i].status, 0);
+        assert_memory_equal(w + i * ROW, rows_of(i % 2, i), ROW);
+    }
+    kvt_arena_free(c, w);
+    kvt_close(c);
     assert_int_equal(kvt_test_daemon_stop(&d), 0);
     kvt_test_daemon_cleanup(&d);
 }
