@@ -3,8 +3,9 @@
  * (CPU DRAM, disk, and the test tier the tier manager's unit tests drive). A new tier (GPU,
  * remote) joins by adding a fixture. Cases: write then read back at several sizes, cancelled and
  * failed writes leave nothing readable, token-range reads return exactly their rows and refuse
- * rows the object does not have, too small a buffer, removal and its barrier, counters, and for
- * persistent tiers that objects survive a reopen and are listed.
+ * rows the object does not have, too small a buffer, removal and its barrier, counters, variants
+ * of one key as separate objects, a corrupted object as a miss, and for persistent tiers that
+ * objects survive a reopen and are listed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -413,6 +414,45 @@ static void test_persistent_reopen(void **state)
     }
 }
 
+/* Two variants of one key are two objects: each reads back its own bytes, and removing one
+ * leaves the other. (A memory tier names objects by location: nothing to check there.) */
+static void test_variants_separate(void **state)
+{
+    struct fixture *f = *state;
+    if (f->tier.ops->caps & KVT_TIER_CAP_MEMORY)
+        skip();
+    uint8_t a[9000], b[7000], back[9000];
+    pattern(40, a, sizeof(a));
+    pattern(41, b, sizeof(b));
+    struct kvt_obj_id v0 = oid(31), v1 = oid(31);
+    v1.variant = 7;
+    struct kvt_tier_write w;
+    struct result r = {0};
+    struct kvt_tier_obj o0 = {.id = v0, .length = sizeof(a), .n_tokens = 1};
+    struct kvt_tier_obj o1 = {.id = v1, .length = sizeof(b), .n_tokens = 1};
+    assert_int_equal(f->tier.ops->reserve(f->tier.t, &o0, &w), 0);
+    assert_int_equal(f->tier.ops->fill(&w, a), 0);
+    assert_int_equal(settle(f, f->tier.ops->commit(f->tier.t, &w, on_done, &r), &r), 0);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(f->tier.ops->reserve(f->tier.t, &o1, &w), 0);
+    assert_int_equal(f->tier.ops->fill(&w, b), 0);
+    assert_int_equal(settle(f, f->tier.ops->commit(f->tier.t, &w, on_done, &r), &r), 0);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(
+        settle(f, f->tier.ops->read(f->tier.t, &v1, 0, back, sizeof(back), on_done, &r), &r),
+        (int)sizeof(b));
+    assert_memory_equal(back, b, sizeof(b));
+    assert_int_equal(f->tier.ops->remove(f->tier.t, &v1, 0), 0);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(
+        settle(f, f->tier.ops->read(f->tier.t, &v0, 0, back, sizeof(back), on_done, &r), &r),
+        (int)sizeof(a));
+    assert_memory_equal(back, a, sizeof(a));
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(f->tier.ops->read(f->tier.t, &v1, 0, back, sizeof(back), on_done, &r),
+                     KVT_E_NOTFOUND);
+}
+
 /* A stored object whose bytes changed is a miss, never its bytes; it is gone afterwards. */
 static void test_corrupt_is_a_miss(void **state)
 {
@@ -445,6 +485,7 @@ int main(void)
         ON_EVERY_TIER(test_write_existing),    ON_EVERY_TIER(test_read_range_rows),
         ON_EVERY_TIER(test_small_buffer),      ON_EVERY_TIER(test_remove_and_barrier),
         ON_EVERY_TIER(test_persistent_reopen), ON_EVERY_TIER(test_corrupt_is_a_miss),
+        ON_EVERY_TIER(test_variants_separate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
