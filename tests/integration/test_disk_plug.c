@@ -76,16 +76,6 @@ static int uring_enter_counter(pid_t tid)
     return (int)syscall(SYS_perf_event_open, &a, tid, -1, -1, 0);
 }
 
-static int raw_connect(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, path, strnlen(path, sizeof(a.sun_path) - 1));
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    return fd;
-}
-
 /* Appends req as one frame to buf at *len. */
 static void frame(uint8_t *buf, size_t cap, size_t *len, Kvtier__Request *req)
 {
@@ -97,14 +87,6 @@ static void frame(uint8_t *buf, size_t cap, size_t *len, Kvtier__Request *req)
     p[2] = p[3] = 0;
     kvtier__request__pack(req, p + 4);
     *len += 4 + n;
-}
-
-static void send_one(int fd, Kvtier__Request *req, int pass_fd)
-{
-    uint8_t buf[1024];
-    size_t len = 0;
-    frame(buf, sizeof(buf), &len, req);
-    assert_int_equal(kvt_test_send_with_fd(fd, buf, len, pass_fd), 0);
 }
 
 /* Reads one response frame; bytes of the next frames that came with it are kept for the next call
@@ -132,49 +114,6 @@ static Kvtier__Response *answer(int fd)
         assert_true(r > 0);
         have += (size_t)r;
     }
-}
-
-/* Hello with an arena of arena_bytes (mapped at *arena_out) and the namespace: its id. */
-static uint32_t raw_session(int fd, uint64_t arena_bytes, uint8_t **arena_out)
-{
-    int mfd = memfd_create("plug-arena", MFD_ALLOW_SEALING);
-    assert_true(mfd >= 0);
-    assert_int_equal(ftruncate(mfd, (off_t)arena_bytes), 0);
-    assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
-    *arena_out = mmap(NULL, arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
-    assert_true(*arena_out != MAP_FAILED);
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
-    h.version = 1;
-    h.arena_bytes = arena_bytes;
-    req.id = 1;
-    req.op_case = KVTIER__REQUEST__OP_HELLO;
-    req.hello = &h;
-    send_one(fd, &req, mfd);
-    close(mfd);
-    Kvtier__Response *r = answer(fd);
-    assert_int_equal(r->status, 0);
-    kvtier__response__free_unpacked(r, NULL);
-
-    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
-    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
-    sp.model_id = (char *)spec.model_id;
-    sp.layers = spec.layers;
-    sp.kv_heads = spec.kv_heads;
-    sp.head_dim = spec.head_dim;
-    sp.dtype = spec.dtype;
-    sp.tokens_per_chunk = spec.tokens_per_chunk;
-    rr.spec = &sp;
-    Kvtier__Request rq = KVTIER__REQUEST__INIT;
-    rq.id = 2;
-    rq.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
-    rq.register_ns = &rr;
-    send_one(fd, &rq, -1);
-    r = answer(fd);
-    assert_int_equal(r->status, 0);
-    uint32_t ns = r->register_ns->ns_id;
-    kvtier__response__free_unpacked(r, NULL);
-    return ns;
 }
 
 /* Range i: layer i % 2, tokens [16 * (i / 2 % 4), +16), answered at i * RANGE_TOK * ROW. */
@@ -219,8 +158,9 @@ static void test_ranges_one_submit(void **state)
 
     const uint64_t slot = (uint64_t)RANGE_TOK * ROW, arena = N * slot;
     uint8_t *a = NULL;
-    int fd = raw_connect(d.socket_path);
-    uint32_t rns = raw_session(fd, arena, &a);
+    uint32_t rns;
+    int fd = kvt_test_raw_session(d.socket_path, NULL, &spec, arena, &a, &rns);
+    assert_true(fd >= 0);
     memset(a, 0x5a, arena);
     uint8_t buf[N * 128];
     size_t len = 0;

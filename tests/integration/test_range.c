@@ -121,26 +121,9 @@ static void test_range_from_dram(void **state)
 
 /* ---- bad inputs --------------------------------------------------------------------------- */
 
-static int raw_connect(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, path, strnlen(path, sizeof(a.sun_path) - 1));
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    return fd;
-}
-
 static void send_request(int fd, Kvtier__Request *req, int pass_fd)
 {
-    uint8_t buf[1024];
-    size_t n = kvtier__request__get_packed_size(req);
-    assert_true(n + 4 <= sizeof(buf));
-    kvtier__request__pack(req, buf + 4);
-    buf[0] = (uint8_t)n;
-    buf[1] = (uint8_t)(n >> 8);
-    buf[2] = buf[3] = 0;
-    assert_int_equal(kvt_test_send_with_fd(fd, buf, n + 4, pass_fd), 0);
+    assert_int_equal(kvt_test_send_request(fd, req, pass_fd), 0);
 }
 
 /* Reads one response frame. Bytes of the next frames that came with it are kept for the next
@@ -177,50 +160,8 @@ static Kvtier__Response *read_response(int fd)
 static int raw_session(const char *path, const char *tenant, uint64_t arena_bytes, uint32_t *ns_out,
                        uint8_t **arena_out)
 {
-    int fd = raw_connect(path);
-    int mfd = -1;
-    if (arena_bytes) {
-        mfd = memfd_create("range-arena", MFD_ALLOW_SEALING);
-        assert_int_equal(ftruncate(mfd, (off_t)arena_bytes), 0);
-        assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
-        if (arena_out) {
-            *arena_out = mmap(NULL, arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
-            assert_true(*arena_out != MAP_FAILED);
-        }
-    }
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
-    h.version = 1;
-    h.tenant = (char *)tenant;
-    h.arena_bytes = arena_bytes;
-    req.id = 1;
-    req.op_case = KVTIER__REQUEST__OP_HELLO;
-    req.hello = &h;
-    send_request(fd, &req, mfd);
-    if (mfd >= 0)
-        close(mfd);
-    Kvtier__Response *r = read_response(fd);
-    assert_int_equal(r->status, 0);
-    kvtier__response__free_unpacked(r, NULL);
-
-    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
-    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
-    sp.model_id = (char *)spec.model_id;
-    sp.layers = spec.layers;
-    sp.kv_heads = spec.kv_heads;
-    sp.head_dim = spec.head_dim;
-    sp.dtype = spec.dtype;
-    sp.tokens_per_chunk = spec.tokens_per_chunk;
-    rr.spec = &sp;
-    Kvtier__Request rq = KVTIER__REQUEST__INIT;
-    rq.id = 2;
-    rq.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
-    rq.register_ns = &rr;
-    send_request(fd, &rq, -1);
-    r = read_response(fd);
-    assert_int_equal(r->status, 0);
-    *ns_out = r->register_ns->ns_id;
-    kvtier__response__free_unpacked(r, NULL);
+    int fd = kvt_test_raw_session(path, tenant, &spec, arena_bytes, arena_out, ns_out);
+    assert_true(fd >= 0);
     return fd;
 }
 

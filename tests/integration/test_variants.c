@@ -298,16 +298,6 @@ static void test_variants_survive_restart(void **state)
 
 /* ---- raw frames --------------------------------------------------------------------------- */
 
-static int raw_connect(const struct kvt_test_daemon *d)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    memcpy(a.sun_path, d->socket_path, strnlen(d->socket_path, sizeof(a.sun_path) - 1));
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    return fd;
-}
-
 static void send_frame(int fd, const uint8_t *p, size_t n)
 {
     uint8_t h[4] = {(uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
@@ -327,43 +317,6 @@ static void send_request(int fd, Kvtier__Request *req)
 static Kvtier__Response *read_response(int fd)
 {
     return kvt_test_read_response(fd, CHUNK + 4096);
-}
-
-/* Hello without an arena (inline only) and the test namespace: returns its id. */
-static uint32_t raw_session(int fd)
-{
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
-    h.version = 1;
-    req.id = 1;
-    req.op_case = KVTIER__REQUEST__OP_HELLO;
-    req.hello = &h;
-    send_request(fd, &req);
-    Kvtier__Response *r = read_response(fd);
-    assert_non_null(r);
-    assert_int_equal(r->status, 0);
-    kvtier__response__free_unpacked(r, NULL);
-
-    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
-    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
-    sp.model_id = (char *)spec.model_id;
-    sp.layers = spec.layers;
-    sp.kv_heads = spec.kv_heads;
-    sp.head_dim = spec.head_dim;
-    sp.dtype = spec.dtype;
-    sp.tokens_per_chunk = spec.tokens_per_chunk;
-    rr.spec = &sp;
-    req = (Kvtier__Request)KVTIER__REQUEST__INIT;
-    req.id = 2;
-    req.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
-    req.register_ns = &rr;
-    send_request(fd, &req);
-    r = read_response(fd);
-    assert_non_null(r);
-    assert_int_equal(r->status, 0);
-    uint32_t ns = r->register_ns->ns_id;
-    kvtier__response__free_unpacked(r, NULL);
-    return ns;
 }
 
 static size_t put_varint(uint8_t *p, uint64_t v)
@@ -438,8 +391,9 @@ static void test_absent_variant_is_zero(void **state)
     struct kvt_client *c = connect_ns(&d, &nsi);
     assert_int_equal(put_var(c, nsi.handle, 7, 0), 0);
     assert_int_equal(put_var(c, nsi.handle, 7, 1), 0);
-    int fd = raw_connect(&d);
-    uint32_t ns = raw_session(fd);
+    uint32_t ns; /* Hello without an arena (inline only) and the test namespace */
+    int fd = kvt_test_raw_session(d.socket_path, NULL, &spec, 0, NULL, &ns);
+    assert_true(fd >= 0);
 
     Kvtier__Response *r = old_get(fd, ns, 7);
     assert_int_equal(r->status, 0);

@@ -11,7 +11,9 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -224,4 +226,113 @@ struct Kvtier__Response *kvt_test_read_response(int fd, size_t max_frame)
     }
     free(buf);
     return resp;
+}
+
+int kvt_test_raw_connect(const char *socket_path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, socket_path, strnlen(socket_path, sizeof(a.sun_path) - 1));
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+int kvt_test_send_request(int fd, const Kvtier__Request *req, int pass_fd)
+{
+    size_t n = kvtier__request__get_packed_size(req);
+    uint8_t *buf = malloc(n + 4);
+    if (!buf)
+        return -1;
+    buf[0] = (uint8_t)n;
+    buf[1] = (uint8_t)(n >> 8);
+    buf[2] = (uint8_t)(n >> 16);
+    buf[3] = (uint8_t)(n >> 24);
+    kvtier__request__pack(req, buf + 4);
+    int rc = kvt_test_send_with_fd(fd, buf, n + 4, pass_fd);
+    free(buf);
+    return rc;
+}
+
+/* Sends req and reads its answer: 0 when it succeeded (*out kept when not NULL), else -1. */
+static int raw_call(int fd, const Kvtier__Request *req, int pass_fd, Kvtier__Response **out)
+{
+    if (kvt_test_send_request(fd, req, pass_fd) != 0)
+        return -1;
+    Kvtier__Response *r = kvt_test_read_response(fd, 1u << 20);
+    if (!r || r->status != 0) {
+        if (r)
+            kvtier__response__free_unpacked(r, NULL);
+        return -1;
+    }
+    if (out)
+        *out = r;
+    else
+        kvtier__response__free_unpacked(r, NULL);
+    return 0;
+}
+
+int kvt_test_raw_session(const char *socket_path, const char *tenant,
+                         const struct kvt_ns_spec *spec, uint64_t arena_bytes, uint8_t **arena_out,
+                         uint32_t *ns_out)
+{
+    int fd = kvt_test_raw_connect(socket_path), mfd = -1;
+    if (fd < 0)
+        return -1;
+    if (arena_bytes) {
+        mfd = memfd_create("test-arena", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+        if (mfd < 0 || ftruncate(mfd, (off_t)arena_bytes) != 0 ||
+            fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
+            goto fail;
+        if (arena_out) {
+            *arena_out = mmap(NULL, arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+            if (*arena_out == MAP_FAILED)
+                goto fail;
+        }
+    }
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__HelloReq h = KVTIER__HELLO_REQ__INIT;
+    h.version = 1;
+    h.tenant = (char *)tenant;
+    h.arena_bytes = arena_bytes;
+    req.id = 1;
+    req.op_case = KVTIER__REQUEST__OP_HELLO;
+    req.hello = &h;
+    if (raw_call(fd, &req, mfd, NULL) != 0)
+        goto fail;
+    if (mfd >= 0)
+        close(mfd);
+    mfd = -1;
+    Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
+    Kvtier__NamespaceSpec sp = KVTIER__NAMESPACE_SPEC__INIT;
+    sp.model_id = (char *)spec->model_id;
+    sp.layers = spec->layers;
+    sp.kv_heads = spec->kv_heads;
+    sp.head_dim = spec->head_dim;
+    sp.dtype = spec->dtype;
+    sp.tokens_per_chunk = spec->tokens_per_chunk;
+    rr.spec = &sp;
+    Kvtier__Request rq = KVTIER__REQUEST__INIT;
+    rq.id = 2;
+    rq.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
+    rq.register_ns = &rr;
+    Kvtier__Response *r = NULL;
+    if (raw_call(fd, &rq, -1, &r) != 0 || r->result_case != KVTIER__RESPONSE__RESULT_REGISTER_NS) {
+        if (r)
+            kvtier__response__free_unpacked(r, NULL);
+        goto fail;
+    }
+    *ns_out = r->register_ns->ns_id;
+    kvtier__response__free_unpacked(r, NULL);
+    return fd;
+fail:
+    if (mfd >= 0)
+        close(mfd);
+    close(fd);
+    return -1;
 }

@@ -45,4 +45,18 @@ int kvt_test_send_with_fd(int sock, const void *buf, size_t n, int pass_fd);
 struct Kvtier__Response;
 struct Kvtier__Response *kvt_test_read_response(int fd, size_t max_frame);
 
+/* Raw protocol sessions, for tests that send frames themselves. */
+struct Kvtier__Request;
+struct kvt_ns_spec;
+/* A connected Unix socket, or -errno. */
+int kvt_test_raw_connect(const char *socket_path);
+/* Sends req as one length-prefixed frame (with pass_fd as SCM_RIGHTS when >= 0): 0 or -1. */
+int kvt_test_send_request(int fd, const struct Kvtier__Request *req, int pass_fd);
+/* Connects, says Hello as tenant (NULL: the uid's own) with a sealed memfd arena of arena_bytes
+ * (0: none; mapped at *arena_out when arena_out is not NULL) and registers spec: returns the fd
+ * and *ns_out the daemon's namespace id, or -1 when any step failed. */
+int kvt_test_raw_session(const char *socket_path, const char *tenant,
+                         const struct kvt_ns_spec *spec, uint64_t arena_bytes, uint8_t **arena_out,
+                         uint32_t *ns_out);
+
 #endif
