@@ -222,6 +222,7 @@ static void drop_connection(struct kvt_client *c)
         close(c->fd);
     c->fd = -1;
     c->in_len = 0;
+    c->out_len = 0; /* frames never sent belong to the old connection: never sent on a new one */
     for (int i = 0; i < NS_MAX; i++)
         c->ns[i].daemon_id = 0;
 }
