@@ -93,27 +93,9 @@ static void frame(uint8_t *buf, size_t cap, size_t *len, Kvtier__Request *req)
  * (the answers to pipelined requests arrive together). One connection per test. */
 static Kvtier__Response *answer(int fd)
 {
-    static uint8_t buf[65536];
-    static size_t have;
-    for (;;) {
-        if (have >= 4) {
-            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
-                         (uint32_t)buf[3] << 24;
-            assert_true(n <= sizeof(buf) - 4);
-            if (have >= 4 + n) {
-                Kvtier__Response *r = kvtier__response__unpack(NULL, n, buf + 4);
-                assert_non_null(r);
-                memmove(buf, buf + 4 + n, have - 4 - n);
-                have -= 4 + n;
-                return r;
-            }
-        }
-        struct pollfd pf = {fd, POLLIN, 0};
-        assert_int_equal(poll(&pf, 1, 5000), 1);
-        ssize_t r = recv(fd, buf + have, sizeof(buf) - have, 0);
-        assert_true(r > 0);
-        have += (size_t)r;
-    }
+    Kvtier__Response *r = kvt_test_read_pipelined(fd);
+    assert_non_null(r);
+    return r;
 }
 
 /* Range i: layer i % 2, tokens [16 * (i / 2 % 4), +16), answered at i * RANGE_TOK * ROW. */

@@ -130,29 +130,9 @@ static void send_request(int fd, Kvtier__Request *req, int pass_fd)
  * call on the same fd (pipelined requests). */
 static Kvtier__Response *read_response(int fd)
 {
-    static uint8_t buf[65536];
-    static size_t have;
-    static int last_fd = -1;
-    if (fd != last_fd)
-        have = 0;
-    last_fd = fd;
-    for (;;) {
-        if (have >= 4) {
-            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
-                         (uint32_t)buf[3] << 24;
-            if (have >= 4 + n) {
-                Kvtier__Response *r = kvtier__response__unpack(NULL, n, buf + 4);
-                memmove(buf, buf + 4 + n, have - 4 - n);
-                have -= 4 + n;
-                return r;
-            }
-        }
-        struct pollfd pf = {fd, POLLIN, 0};
-        assert_int_equal(poll(&pf, 1, 5000), 1);
-        ssize_t r = recv(fd, buf + have, sizeof(buf) - have, 0);
-        assert_true(r > 0);
-        have += (size_t)r;
-    }
+    Kvtier__Response *r = kvt_test_read_pipelined(fd);
+    assert_non_null(r);
+    return r;
 }
 
 /* A raw session of tenant with an arena of arena_bytes (0: none), mapped at *arena_out when not

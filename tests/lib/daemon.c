@@ -228,6 +228,37 @@ struct Kvtier__Response *kvt_test_read_response(int fd, size_t max_frame)
     return resp;
 }
 
+struct Kvtier__Response *kvt_test_read_pipelined(int fd)
+{
+    static uint8_t buf[65536];
+    static size_t have;
+    static int last_fd = -1;
+    if (fd != last_fd)
+        have = 0;
+    last_fd = fd;
+    for (;;) {
+        if (have >= 4) {
+            uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
+                         (uint32_t)buf[3] << 24;
+            if (n > sizeof(buf) - 4)
+                return NULL;
+            if (have >= 4 + (size_t)n) {
+                Kvtier__Response *r = kvtier__response__unpack(NULL, n, buf + 4);
+                memmove(buf, buf + 4 + n, have - 4 - n);
+                have -= 4 + n;
+                return r;
+            }
+        }
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 5000) != 1)
+            return NULL;
+        ssize_t r = recv(fd, buf + have, sizeof(buf) - have, 0);
+        if (r <= 0)
+            return NULL;
+        have += (size_t)r;
+    }
+}
+
 int kvt_test_raw_connect(const char *socket_path)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -45,6 +45,11 @@ int kvt_test_send_with_fd(int sock, const void *buf, size_t n, int pass_fd);
 struct Kvtier__Response;
 struct Kvtier__Response *kvt_test_read_response(int fd, size_t max_frame);
 
+/* The same for pipelined requests, whose answers arrive together: bytes of the frames after the
+ * one returned are kept for the next call on the same fd (one connection at a time; a call on
+ * another fd forgets them). Frames up to 64 KiB. */
+struct Kvtier__Response *kvt_test_read_pipelined(int fd);
+
 /* Raw protocol sessions, for tests that send frames themselves. */
 struct Kvtier__Request;
 struct kvt_ns_spec;
