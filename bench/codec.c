@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/half.h"
 #include "kvtier/errors.h"
 #include "tiers/codec.h"
 
@@ -71,23 +72,6 @@ static uint32_t f32_bits(float f)
     return u;
 }
 
-/* IEEE binary16 with round to nearest even; values here are far from overflow and subnormals
- * are flushed, which real KV tensors rarely reach. */
-static uint16_t to_fp16(float f)
-{
-    uint32_t x = f32_bits(f), sign = (x >> 16) & 0x8000u, mant = x & 0x7fffffu;
-    int32_t exp = (int32_t)((x >> 23) & 0xffu) - 127 + 15;
-
-    if (exp <= 0)
-        return (uint16_t)sign;
-    if (exp >= 31)
-        return (uint16_t)(sign | 0x7c00u);
-    uint32_t h = ((uint32_t)exp << 10) | (mant >> 13), rest = mant & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-        h++;
-    return (uint16_t)(sign | h);
-}
-
 static uint16_t to_bf16(float f)
 {
     uint32_t x = f32_bits(f);
@@ -118,7 +102,7 @@ static void gen_kv(unsigned char *out, int bf16, uint64_t seed)
                 for (unsigned h = 0; h < HEADS; h++)
                     for (unsigned c = 0; c < DIM; c++, i++) {
                         float v = mean[l][kv][h][c] + (float)normal(&s) * scale[l][kv][h][c];
-                        uint16_t e = bf16 ? to_bf16(v) : to_fp16(v);
+                        uint16_t e = bf16 ? to_bf16(v) : kvt_f32_to_f16(v);
                         out[2 * i] = (unsigned char)e;
                         out[2 * i + 1] = (unsigned char)(e >> 8);
                     }

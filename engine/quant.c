@@ -5,6 +5,7 @@
  * kvt_eng_quant_init after a CPU check.
  */
 #include "engine/quant.h"
+#include "kernels/half.h"
 
 #include <errno.h>
 #include <math.h>
@@ -31,48 +32,16 @@ static float bits_f32(uint32_t u)
     return f;
 }
 
+/* The tree's one fp16 conversion (kernels/half.h), so that the engine and kvtier agree on every
+ * bit of the KV they exchange. */
 float kvt_eng_fp16_to_fp32(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t man = h & 0x3ff;
-    if (exp == 0x1f)
-        return bits_f32(sign | 0x7f800000 | (man << 13));
-    if (exp == 0) {
-        /* Subnormal halves are exact in fp32: value = man * 2^-24. */
-        float v = (float)man * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+    return kvt_f16_to_f32(h);
 }
 
 uint16_t kvt_eng_fp32_to_fp16(float f)
 {
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t absx = x & 0x7fffffff;
-    if (absx >= 0x7f800000)
-        return sign | (absx > 0x7f800000 ? 0x7e00 : 0x7c00);
-    if (absx >= 0x477ff000) /* 65520 and above round to infinity */
-        return sign | 0x7c00;
-    if (absx < 0x38800000) {    /* below 2^-14: a half subnormal or zero */
-        if (absx <= 0x33000000) /* at most 2^-25: ties to even gives zero */
-            return sign;
-        uint32_t e = absx >> 23;
-        uint32_t m = (absx & 0x7fffff) | 0x800000;
-        uint32_t shift = 126 - e;
-        uint32_t r = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1);
-        uint32_t half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (r & 1)))
-            r++;
-        return sign | (uint16_t)r;
-    }
-    uint32_t r = ((absx >> 23) - 112) << 10 | ((absx & 0x7fffff) >> 13);
-    uint32_t rem = absx & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
-        r++;
-    return sign | (uint16_t)r;
+    return kvt_f32_to_f16(f);
 }
 
 /* fp16 -> fp32 through a table on the hot paths of the portable code. */

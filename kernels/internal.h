@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/half.h"
 #include "kernels/kernels.h"
 
 /* Sentinels of the fp16 order keys (see kvt__kernels_f16_key): +inf and -inf. */
@@ -28,9 +29,6 @@ static inline int kvt__kernels_f16_isnan(uint16_t h)
     return (h & 0x7fffu) > 0x7c00u;
 }
 
-/* Exact fp16 to fp32 (subnormals, infinities and NaN payloads included). */
-float kvt__kernels_f16_to_f32(uint16_t h);
-
 void kvt__kernels_copy_ref(void *dst, const void *src, size_t n);
 void kvt__kernels_shuffle2_ref(const void *src, size_t len, void *dst);
 void kvt__kernels_unshuffle2_ref(const void *src, size_t len, void *dst);
@@ -48,6 +46,43 @@ void kvt__kernels_abstract_minmax_f16_ref(const uint16_t *keys, size_t n, size_t
 /* Channels [c0, c1) only: the SIMD versions finish their tail channels with it. */
 void kvt__kernels_minmax_f16_ref_cols(const uint16_t *keys, size_t n, size_t stride, size_t c0,
                                       size_t c1, float *min_out, float *max_out);
+
+void kvt__kernels_sum_f16_ref(const uint16_t *x, size_t n, size_t stride, size_t head_dim,
+                              float *sum_out);
+/* Channels [c0, c1) only, for the SIMD tails. */
+void kvt__kernels_sum_f16_ref_cols(const uint16_t *x, size_t n, size_t stride, size_t c0, size_t c1,
+                                   float *sum_out);
+
+void kvt__kernels_bound_f16_ref(const float *q, size_t n_q, const uint16_t *bounds, size_t n_spans,
+                                size_t span_stride, size_t head_dim, float *out);
+
+size_t kvt__kernels_topk_f32_ref(const float *score, size_t n, size_t k, uint32_t *idx_out);
+
+/* The max of the bound kernel and of its combination over queries: a > b ? a : b, which is
+ * what maxps computes (its second operand when either is NaN or both are zeros), so the C and
+ * the SIMD versions agree on signed zeros and NaNs. */
+static inline float kvt__kernels_maxf(float a, float b)
+{
+    return a > b ? a : b;
+}
+
+/* A span of the bound kernel with no keys: channel 0 holds min +inf and max -inf. */
+static inline int kvt__kernels_bound_empty(const uint16_t *mn, size_t head_dim)
+{
+    return head_dim && mn[0] == 0x7c00u && mn[head_dim] == 0xfc00u;
+}
+
+/* The bound kernel's fixed reduction of its 16 partial sums (acc is overwritten). */
+static inline float kvt__kernels_reduce16(float acc[16])
+{
+    for (int k = 0; k < 8; k++)
+        acc[k] += acc[k + 8];
+    for (int k = 0; k < 4; k++)
+        acc[k] += acc[k + 4];
+    for (int k = 0; k < 2; k++)
+        acc[k] += acc[k + 2];
+    return acc[0] + acc[1];
+}
 
 extern const struct kvt_kernels kvt__kernels_ref;
 #if defined(__x86_64__)

@@ -28,7 +28,9 @@ static const struct kvt_kernels *table_of(enum kvt_kernels_variant v)
         return &kvt__kernels_ref;
 #if defined(__x86_64__)
     case KVT_KERNELS_AVX2:
-        return __builtin_cpu_supports("avx2") ? &kvt__kernels_avx2 : NULL;
+        /* F16C converts the fp16 vectors of the sums and the bound (every AVX2 CPU has it). */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? &kvt__kernels_avx2
+                                                                                : NULL;
     case KVT_KERNELS_AVX512:
         /* The 16-bit lane operations of the shuffles and the min/max need BW besides F. */
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")

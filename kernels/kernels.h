@@ -22,7 +22,7 @@
 enum kvt_kernels_variant {
     KVT_KERNELS_AUTO = 0, /* for kvt_kernels_force: what start-up would pick (env, then CPU) */
     KVT_KERNELS_REF,      /* portable C, every platform */
-    KVT_KERNELS_AVX2,     /* x86-64 with AVX2 */
+    KVT_KERNELS_AVX2,     /* x86-64 with AVX2 and F16C */
     KVT_KERNELS_AVX512,   /* x86-64 with AVX-512 F and BW */
     KVT_KERNELS_VARIANT_COUNT
 };
@@ -32,7 +32,8 @@ enum kvt_kernels_variant {
  * and destination must not overlap; any alignment and size are accepted.
  *
  * New kernels are added as new members, each with a reference and a test against it; the ones
- * planned are span scoring, quantize/dequantize, RoPE shift and gather.
+ * planned are quantize/dequantize, RoPE shift and gather. kernels/half.h has the scalar fp16
+ * conversions the kernels use.
  */
 struct kvt_kernels {
     enum kvt_kernels_variant variant;
@@ -59,6 +60,35 @@ struct kvt_kernels {
      * convert to fp32 without rounding. */
     void (*abstract_minmax_f16)(const uint16_t *keys, size_t n, size_t stride, size_t head_dim,
                                 float *min_out, float *max_out);
+
+    /* Per-channel fp32 sums of n fp16 vectors (vector r at x + r*stride, stride >= head_dim, in
+     * elements) into sum_out[head_dim]; each channel summed in row order r = 0..n-1 starting
+     * from +0.0f (so every variant gives the same bits). NaN/inf propagate as IEEE addition
+     * does (a NaN result is a NaN in every variant; its payload is not specified). For the mean
+     * key and the value sum of a span's abstract. */
+    void (*sum_f16)(const uint16_t *x, size_t n, size_t stride, size_t head_dim, float *sum_out);
+
+    /* Quest upper bound of q.k for n_spans spans against n_q query vectors of one GQA group.
+     * q: n_q vectors of head_dim fp32, vector j at q + j*head_dim.
+     * bounds: span s at bounds + s*span_stride (in fp16 elements, >= 2*head_dim): head_dim fp16
+     * minimums then head_dim fp16 maximums (the per-channel min/max of the span's keys).
+     * out[s] = max over j of  sum_i max(q[j][i]*min[s][i], q[j][i]*max[s][i]).
+     * Summation order is fixed so every variant is bit-identical: 16 partial sums acc[i % 16]
+     * (from +0.0f) accumulated in increasing i (products and max in fp32, no FMA contraction),
+     * then reduced acc[k] += acc[k+8] (k<8), acc[k] += acc[k+4] (k<4), acc[k] += acc[k+2]
+     * (k<2), acc[0] += acc[1]. max(a, b) is a > b ? a : b, both inside the sum and over j (j in
+     * increasing order, a later query replacing the best only when strictly greater).
+     * A span whose min is +inf/max is -inf (no keys; tested on channel 0, which is what
+     * abstract_minmax_f16 gives for n == 0) gets -inf, and so does every span when n_q == 0.
+     * A NaN result is a NaN in every variant (payload not specified). */
+    void (*bound_f16)(const float *q, size_t n_q, const uint16_t *bounds, size_t n_spans,
+                      size_t span_stride, size_t head_dim, float *out);
+
+    /* Indices of the k largest of score[0..n) into idx_out, largest first; ties go to the
+     * lower index; NaN ranks below every number; -0.0 and +0.0 are equal (a tie). Returns
+     * min(k, n). Any n up to UINT32_MAX, O(n log k); idx_out (k entries, or n when k > n) is
+     * also its only working memory, so it allocates nothing. */
+    size_t (*topk_f32)(const float *score, size_t n, size_t k, uint32_t *idx_out);
 };
 
 /* The active table (selected on the first call). The pointer stays valid for the process. */

@@ -10,7 +10,9 @@ CUDA_LIBDIR  ?= $(CUDA_HOME)/lib64
 # sm_80 (A100) and sm_90 (H100/H200) as machine code, compute_90 as PTX for newer devices.
 CUDA_ARCH    ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
                 -gencode arch=compute_90,code=compute_90
-NVCCFLAGS    ?= -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-Werror $(CUDA_ARCH)
+# --fmad=false: the kernels' sums are specified bit for bit, so no multiply-add may be fused
+# (the scoring kernels also use __fmul_rn/__fadd_rn, which are never fused).
+NVCCFLAGS    ?= -O2 -std=c++17 --fmad=false -Xcompiler -fPIC,-Wall,-Werror $(CUDA_ARCH)
 CUDA_SRC     := $(wildcard kernels/cuda/*.cu)
 CUDA_OBJ     := $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(CUDA_SRC))
 CUDA_A       := $(BUILD)/libkvtcuda.a
@@ -29,3 +31,8 @@ $(KERNELS_TEST_BIN): $(CUDA_A)
 $(KERNELS_TEST_BIN): LIBS += $(CUDA_LIBS)
 $(BUILD)/obj/tests/unit/test_kernels.o: CPPFLAGS += -DHAVE_CUDA
 endif
+
+# The kernels' float results are specified bit for bit (kernels.h): no variant may let the
+# compiler fuse a multiply and an add into an FMA, which rounds once instead of twice. -std=c11
+# already implies this for GCC; saying it keeps it true under -std=gnu11 or another compiler.
+$(call obj,$(KERNELS_SRC)): CFLAGS += -ffp-contract=off

@@ -3,33 +3,11 @@
  * variant is tested to give the same bytes as these, and the SIMD versions call them for the
  * tails that do not fill a vector.
  */
+#include <math.h>
 #include <string.h>
 
+#include "common/assert.h"
 #include "kernels/internal.h"
-
-float kvt__kernels_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    uint32_t bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (exp) {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    } else if (!man) {
-        bits = sign;
-    } else {
-        /* Subnormal: man * 2^-24. Normalise so the leading one becomes the implicit bit. */
-        exp = 113;
-        while (!(man & 0x400u)) {
-            man <<= 1;
-            exp--;
-        }
-        bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
 
 void kvt__kernels_copy_ref(void *dst, const void *src, size_t n)
 {
@@ -101,8 +79,8 @@ void kvt__kernels_minmax_f16_ref_cols(const uint16_t *keys, size_t n, size_t str
             lo = k < lo ? k : lo;
             hi = k > hi ? k : hi;
         }
-        min_out[c] = kvt__kernels_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)lo));
-        max_out[c] = kvt__kernels_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)hi));
+        min_out[c] = kvt_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)lo));
+        max_out[c] = kvt_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)hi));
     }
 }
 
@@ -110,6 +88,127 @@ void kvt__kernels_abstract_minmax_f16_ref(const uint16_t *keys, size_t n, size_t
                                           size_t head_dim, float *min_out, float *max_out)
 {
     kvt__kernels_minmax_f16_ref_cols(keys, n, stride, 0, head_dim, min_out, max_out);
+}
+
+void kvt__kernels_sum_f16_ref_cols(const uint16_t *x, size_t n, size_t stride, size_t c0, size_t c1,
+                                   float *sum_out)
+{
+    for (size_t c = c0; c < c1; c++)
+        sum_out[c] = 0.0f;
+    /* Row by row, so that the reference reads memory in order; each channel still adds its
+     * values in row order, which is all the result depends on. */
+    for (size_t r = 0; r < n; r++)
+        for (size_t c = c0; c < c1; c++)
+            sum_out[c] += kvt_f16_to_f32(x[r * stride + c]);
+}
+
+void kvt__kernels_sum_f16_ref(const uint16_t *x, size_t n, size_t stride, size_t head_dim,
+                              float *sum_out)
+{
+    kvt__kernels_sum_f16_ref_cols(x, n, stride, 0, head_dim, sum_out);
+}
+
+/* The bound of one span for one query, in the order kernels.h fixes: 16 partial sums, then the
+ * tree. A single accumulator would be the obvious reference, but no vector version could
+ * reproduce it at speed; 16 lanes match one AVX-512 vector (and two AVX2 vectors, or a CUDA
+ * half-warp) exactly. */
+static float bound_one(const float *q, const uint16_t *mn, const uint16_t *mx, size_t head_dim)
+{
+    float acc[16] = {0};
+    for (size_t i = 0; i < head_dim; i++) {
+        float lo = q[i] * kvt_f16_to_f32(mn[i]), hi = q[i] * kvt_f16_to_f32(mx[i]);
+        acc[i % 16] += kvt__kernels_maxf(lo, hi);
+    }
+    return kvt__kernels_reduce16(acc);
+}
+
+void kvt__kernels_bound_f16_ref(const float *q, size_t n_q, const uint16_t *bounds, size_t n_spans,
+                                size_t span_stride, size_t head_dim, float *out)
+{
+    for (size_t s = 0; s < n_spans; s++) {
+        const uint16_t *mn = bounds + s * span_stride;
+        float best = -INFINITY;
+        if (!kvt__kernels_bound_empty(mn, head_dim)) {
+            for (size_t j = 0; j < n_q; j++) {
+                float b = bound_one(q + j * head_dim, mn, mn + head_dim, head_dim);
+                best = j ? kvt__kernels_maxf(b, best) : b;
+            }
+        }
+        out[s] = best;
+    }
+}
+
+/* Top-k ranks by one 64-bit key per element: the score's bits mapped so that unsigned order is
+ * the ranking (NaN lowest, -0.0 as +0.0, negatives below positives), above the complement of
+ * the index, so that a lower index wins a tie and no two keys are equal. */
+static inline uint64_t rank_key(const float *score, uint32_t i)
+{
+    uint32_t b;
+    memcpy(&b, &score[i], sizeof(b));
+    uint32_t k;
+    if ((b & 0x7fffffffu) > 0x7f800000u)
+        k = 0; /* NaN: below -inf, whose key is 0x007fffff */
+    else if (b == 0x80000000u)
+        k = 0x80000000u; /* -0.0 ties with +0.0 */
+    else
+        k = (b & 0x80000000u) ? ~b : b | 0x80000000u;
+    return (uint64_t)k << 32 | (uint32_t)~i;
+}
+
+/* Restores the min-heap order (by rank key) of heap[0..size) below slot at. */
+static void heap_sift_down(const float *score, uint32_t *heap, size_t size, size_t at)
+{
+    uint32_t item = heap[at];
+    uint64_t key = rank_key(score, item);
+    for (;;) {
+        size_t child = 2 * at + 1;
+        if (child >= size)
+            break;
+        uint64_t ck = rank_key(score, heap[child]);
+        if (child + 1 < size) {
+            uint64_t rk = rank_key(score, heap[child + 1]);
+            if (rk < ck) {
+                child++;
+                ck = rk;
+            }
+        }
+        if (ck >= key)
+            break;
+        heap[at] = heap[child];
+        at = child;
+    }
+    heap[at] = item;
+}
+
+/* A min-heap of the best k seen so far, kept in idx_out itself: its root is the weakest of
+ * them, the only one a newcomer has to beat. Sorting the heap in place at the end (taking the
+ * minimum off to the back each time) leaves the best first. */
+size_t kvt__kernels_topk_f32_ref(const float *score, size_t n, size_t k, uint32_t *idx_out)
+{
+    KVT_ASSERT(n <= UINT32_MAX);
+    if (k > n)
+        k = n;
+    if (!k)
+        return 0;
+    for (size_t i = 0; i < k; i++)
+        idx_out[i] = (uint32_t)i;
+    for (size_t at = k / 2; at-- > 0;)
+        heap_sift_down(score, idx_out, k, at);
+    uint64_t weakest = rank_key(score, idx_out[0]);
+    for (size_t i = k; i < n; i++) {
+        if (rank_key(score, (uint32_t)i) <= weakest)
+            continue;
+        idx_out[0] = (uint32_t)i;
+        heap_sift_down(score, idx_out, k, 0);
+        weakest = rank_key(score, idx_out[0]);
+    }
+    for (size_t size = k; size > 1; size--) {
+        uint32_t min = idx_out[0];
+        idx_out[0] = idx_out[size - 1];
+        idx_out[size - 1] = min;
+        heap_sift_down(score, idx_out, size - 1, 0);
+    }
+    return k;
 }
 
 const struct kvt_kernels kvt__kernels_ref = {
@@ -122,4 +221,7 @@ const struct kvt_kernels kvt__kernels_ref = {
     .shuffle4 = kvt__kernels_shuffle4_ref,
     .unshuffle4 = kvt__kernels_unshuffle4_ref,
     .abstract_minmax_f16 = kvt__kernels_abstract_minmax_f16_ref,
+    .sum_f16 = kvt__kernels_sum_f16_ref,
+    .bound_f16 = kvt__kernels_bound_f16_ref,
+    .topk_f32 = kvt__kernels_topk_f32_ref,
 };

@@ -156,8 +156,8 @@ KVT_AVX2_INLINE void minmax_store(__m256i lo, __m256i hi, float *min_out, float 
     _mm256_storeu_si256((__m256i *)l, lo);
     _mm256_storeu_si256((__m256i *)h, hi);
     for (int j = 0; j < 16; j++) {
-        min_out[j] = kvt__kernels_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)l[j]));
-        max_out[j] = kvt__kernels_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)h[j]));
+        min_out[j] = kvt_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)l[j]));
+        max_out[j] = kvt_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)h[j]));
     }
 }
 
@@ -223,5 +223,8 @@ const struct kvt_kernels kvt__kernels_avx2 = {
     .shuffle4 = shuffle4_avx2,
     .unshuffle4 = unshuffle4_avx2,
     .abstract_minmax_f16 = abstract_minmax_f16_avx2,
+    .sum_f16 = kvt__kernels_sum_f16_ref,
+    .bound_f16 = kvt__kernels_bound_f16_ref,
+    .topk_f32 = kvt__kernels_topk_f32_ref,
 };
 #endif

@@ -156,8 +156,8 @@ KVT_AVX512_INLINE void minmax_store(__m512i lo, __m512i hi, size_t count, float 
     _mm512_storeu_si512((void *)l, lo);
     _mm512_storeu_si512((void *)h, hi);
     for (size_t j = 0; j < count; j++) {
-        min_out[j] = kvt__kernels_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)l[j]));
-        max_out[j] = kvt__kernels_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)h[j]));
+        min_out[j] = kvt_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)l[j]));
+        max_out[j] = kvt_f16_to_f32((uint16_t)kvt__kernels_f16_key((uint16_t)h[j]));
     }
 }
 
@@ -211,5 +211,8 @@ const struct kvt_kernels kvt__kernels_avx512 = {
     .shuffle4 = shuffle4_avx512,
     .unshuffle4 = unshuffle4_avx512,
     .abstract_minmax_f16 = abstract_minmax_f16_avx512,
+    .sum_f16 = kvt__kernels_sum_f16_ref,
+    .bound_f16 = kvt__kernels_bound_f16_ref,
+    .topk_f32 = kvt__kernels_topk_f32_ref,
 };
 #endif
