@@ -17,7 +17,8 @@
     X(TIER)                                                                                        \
     X(DISK)                                                                                        \
     X(PROTO)                                                                                       \
-    X(CLIENT)
+    X(CLIENT)                                                                                      \
+    X(ABSTRACT)
 
 enum kvt_alloc_tag {
 #define KVT__TAG_ENUM(name) KVT_ALLOC_##name,

@@ -44,6 +44,7 @@ static const char *const write_policies[] = {"write-back", "write-through", NULL
 static const char *const admissions[] = {"on-evict", "second-access", NULL};
 static const char *const dirty_full_policies[] = {"drop", "reject", NULL};
 static const char *const checksum_policies[] = {"required", "optional", NULL};
+static const char *const span_kinds[] = {"none", "fixed", "variable", NULL};
 
 #define ADMIN (KVT_CFG_RUNTIME | KVT_CFG_ADMIN)
 #define FAULT (KVT_CFG_RUNTIME | KVT_CFG_ADMIN | KVT_CFG_FAULT)
@@ -165,6 +166,29 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("tier.dirty_full", dirty_full, "drop", dirty_full_policies, ADMIN,
          "Write-back, DRAM full of chunks not yet on disk: drop the coldest of them (counted in "
          "tier.dropped_dirty) or reject the Put with E_DIRTYFULL until the disk catches up"),
+    BYTES("abstract.bytes_max", abstract_bytes_max, "256M", 0, 1024.0 * GIB, ADMIN,
+          "DRAM for span abstracts (docs/sparse.md), kept for chunks in every tier; a chunk "
+          "whose abstract does not fit has none (Select keeps it whole); 0 = no abstracts"),
+    ENUM("abstract.spans", abstract_spans, "fixed", span_kinds, ADMIN,
+         "How a Put cuts each layer into spans for Select, unless its namespace says: none, "
+         "fixed (blocks of abstract.block_tokens) or variable (blocks merged while the key bound "
+         "stays tight)"),
+    U64("abstract.block_tokens", abstract_block_tokens, "16", 1, 32768, ADMIN,
+        "Tokens per base span (the disk tier reads whole blocks of 16 tokens)"),
+    U64("abstract.max_tokens", abstract_max_tokens, "128", 1, 32768, ADMIN,
+        "Variable spans: most tokens a merged span may hold"),
+    DOUBLE("abstract.merge_tol", abstract_merge_tol, "0.1", 0.0, 100.0, ADMIN,
+           "Variable spans: merge two neighbours while the merged key width is at most (1 + "
+           "tol) times the wider one's"),
+    U64("abstract.fine_layers", abstract_fine_layers, "2", 0, 65536, ADMIN,
+        "Variable spans: the first layers keep base spans (their attention is spread thin)"),
+    U64("context.max", context_max, "1024", 1, 1u << 20, 0,
+        "Most contexts open at once (OpenContext answers E_FULL past it)"),
+    U64("context.chunks_max", context_chunks_max, "65536", 1, 1u << 24, ADMIN,
+        "Most chunks one context may hold"),
+    U64("context.ttl_ms", context_ttl_ms, "60000", 10, 86400000, ADMIN,
+        "Lease of a context whose OpenContext names none: closed when no request names it for "
+        "this long"),
 };
 
 const struct kvt_cfg_table kvt_dconfig_table = {entries, sizeof(entries) / sizeof(entries[0])};

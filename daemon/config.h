@@ -64,6 +64,15 @@ struct kvt_dconfig {
     char write_policy[16];
     char disk_admission[16];
     char dirty_full[8];
+    uint64_t abstract_bytes_max;
+    char abstract_spans[12];
+    uint64_t abstract_block_tokens;
+    uint64_t abstract_max_tokens;
+    double abstract_merge_tol;
+    uint64_t abstract_fine_layers;
+    uint64_t context_max;
+    uint64_t context_chunks_max;
+    uint64_t context_ttl_ms;
 };
 
 extern const struct kvt_cfg_table kvt_dconfig_table;

@@ -80,6 +80,8 @@ int kvt_index_insert(struct kvt_index *idx, const struct kvt_obj_id *oid, uint32
 void kvt_index_remove(struct kvt_index *idx, uint32_t id)
 {
     struct kvt_entry *e = &idx->e[id];
+    if (idx->on_remove)
+        idx->on_remove(idx->on_remove_arg, id);
     uint32_t *link = &idx->buckets[bucket_of(idx, &e->id)];
     for (uint32_t hops = 0; *link != KVT_INDEX_NIL && hops <= idx->cap; hops++) {
         if (*link == id) {

@@ -60,6 +60,10 @@ struct kvt_index {
      * counts in owner_objects[o - 1] until it is removed. NULL: not counted. */
     uint32_t *owner_objects;
     uint32_t n_owners;
+    /* Called by kvt_index_remove before an entry is freed, so that what is kept beside the index
+     * by entry id (its span abstract) goes with it. NULL: nothing to tell. */
+    void (*on_remove)(void *arg, uint32_t id);
+    void *on_remove_arg;
 };
 
 int kvt_index_init(struct kvt_index *idx, uint32_t cap);

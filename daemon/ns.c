@@ -139,7 +139,7 @@ int kvt_ns_register(struct kvt_ns_table *t, const char *tenant, const struct kvt
     uint64_t seed = seed_of(tenant, def), th = tenant_hash(tenant);
     uint32_t held = 0, own_idle = UINT32_MAX, any_idle = UINT32_MAX, free_slot = UINT32_MAX;
     for (uint32_t i = 0; i < t->used; i++) {
-        const struct kvt_ns *x = &t->v[i];
+        struct kvt_ns *x = &t->v[i];
         if (!x->id) {
             if (free_slot == UINT32_MAX)
                 free_slot = i;
@@ -147,6 +147,7 @@ int kvt_ns_register(struct kvt_ns_table *t, const char *tenant, const struct kvt
         }
         int mine = x->tenant_hash == th && strcmp(x->tenant, tenant) == 0;
         if (mine && x->seed == seed) {
+            x->spans = def->spans; /* the latest registration's policy applies to new Puts */
             *out = x;
             return 0;
         }
@@ -195,6 +196,7 @@ int kvt_ns_register(struct kvt_ns_table *t, const char *tenant, const struct kvt
     ns->rope_style = def->rope_style;
     ns->rope_theta = def->rope_theta;
     ns->allow_lossy = def->allow_lossy;
+    ns->spans = def->spans;
     ns->bytes_per_token = bpt;
     ns->chunk_bytes = bpt * def->tokens_per_chunk;
     *out = ns;

@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "daemon/abstract.h"
 #include "kvtier/kvtier.h"
 
 #define KVT_NS_SLOT_BITS 17 /* id = generation << 17 | (slot + 1) */
@@ -26,6 +27,9 @@ struct kvt_ns {
     uint32_t layers, kv_heads, head_dim, dtype, tokens_per_chunk, rotary_dims, rope_style;
     float rope_theta;
     int allow_lossy;
+    /* How Puts cut spans, as the last registration asked (DEFAULT fields follow the daemon's
+     * abstract.* keys at each Put). Not part of the seed: the chunks are the same bytes. */
+    struct kvt_span_policy spans;
     uint64_t bytes_per_token;
     uint64_t chunk_bytes;
 };
@@ -36,6 +40,7 @@ struct kvt_ns_def {
     uint32_t layers, kv_heads, head_dim, dtype, tokens_per_chunk, rotary_dims, rope_style;
     float rope_theta;
     int allow_lossy;
+    struct kvt_span_policy spans; /* fine_layers UINT32_MAX: the default */
 };
 
 struct kvt_ns_table {

@@ -1,9 +1,9 @@
 /*
  * Request dispatch: the output each request reserves before it is handled, and the switch that
- * hands it to its handler. The handlers live by family in ops_session.c, ops_data.c, ops_keys.c
- * and ops_admin.c. Each validates everything it was sent (namespace and tenant, geometry, offsets
- * and lengths inside the connection's arena) before it changes anything, so a bad request gets
- * its error and leaves the daemon exactly as it was.
+ * hands it to its handler. The handlers live by family in ops_session.c, ops_data.c, ops_keys.c,
+ * ops_ctx.c and ops_admin.c. Each validates everything it was sent (namespace and tenant, geometry,
+ * offsets and lengths inside the connection's arena) before it changes anything, so a bad request
+ * gets its error and leaves the daemon exactly as it was.
  */
 #include "daemon/ops.h"
 
@@ -21,6 +21,8 @@ size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req)
         return BASE_RESERVE_BYTES + req->lookup->n_keys * KEY_STATUS_BYTES;
     case KVTIER__REQUEST__OP_DEL:
         return BASE_RESERVE_BYTES + req->del->n_keys * KEY_STATUS_BYTES;
+    case KVTIER__REQUEST__OP_SELECT:
+        return BASE_RESERVE_BYTES + kvt__ops_select_reserve(s, req->select);
     default:
         return BASE_RESERVE_BYTES;
     }
@@ -52,6 +54,18 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         return 0;
     case KVTIER__REQUEST__OP_DEL:
         kvt__ops_delete(s, c, op, req->del);
+        return 0;
+    case KVTIER__REQUEST__OP_OPEN_CONTEXT:
+        kvt__ops_open_context(s, c, op, req->open_context);
+        return 0;
+    case KVTIER__REQUEST__OP_APPEND_CHUNKS:
+        kvt__ops_append_chunks(s, c, op, req->append_chunks);
+        return 0;
+    case KVTIER__REQUEST__OP_CLOSE_CONTEXT:
+        kvt__ops_close_context(s, c, op, req->close_context);
+        return 0;
+    case KVTIER__REQUEST__OP_SELECT:
+        kvt__ops_select(s, c, op, req->select);
         return 0;
     case KVTIER__REQUEST__OP_STATS:
         kvt__ops_stats(s, c, op);

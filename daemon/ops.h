@@ -3,8 +3,8 @@
  * helpers every handler starts with, the handlers the dispatch in ops.c calls, and the Stats
  * reservation that ops.c reserves and ops_admin.c checks its answer against. The handlers are
  * split by family: ops_session.c (Hello, RegisterNamespace), ops_data.c (Put, Get, GetRange,
- * copy completions, the tier manager's callbacks), ops_keys.c (Lookup, Delete) and ops_admin.c
- * (Stats, Ping, Config).
+ * copy completions, the tier manager's callbacks), ops_keys.c (Lookup, Delete), ops_ctx.c
+ * (contexts and Select) and ops_admin.c (Stats, Ping, Config).
  */
 #ifndef KVT_DAEMON_OPS_H
 #define KVT_DAEMON_OPS_H
@@ -65,6 +65,17 @@ void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
                      const Kvtier__LookupReq *l);
 void kvt__ops_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                      const Kvtier__DeleteReq *d);
+/* ops_ctx.c */
+void kvt__ops_open_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                           const Kvtier__OpenContextReq *r);
+void kvt__ops_append_chunks(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                            const Kvtier__AppendChunksReq *r);
+void kvt__ops_close_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                            const Kvtier__CloseContextReq *r);
+void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                     const Kvtier__SelectReq *r);
+/* Output a Select answer may need beyond the base: its context's spans in that layer. */
+size_t kvt__ops_select_reserve(const struct kvt_server *s, const Kvtier__SelectReq *r);
 /* ops_admin.c */
 void kvt__ops_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op);
 void kvt__ops_ping(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,

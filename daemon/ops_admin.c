@@ -69,6 +69,14 @@ static void stats_fill(struct kvt_server *s, struct stats_buf *b)
     stat_add(b, "", "index_capacity", g, "", "chunks the index can hold (index.max_objects)",
              s->idx.cap);
     stat_add(b, "", "workers", g, "", "copy worker threads", s->n_workers);
+    stat_add(b, "", "contexts", g, "", "contexts open", s->ctx.n);
+    stat_add(b, "", "contexts_expired", KVT_STAT_COUNTER, "",
+             "contexts closed because their lease ran out", s->ctx.expired);
+    stat_add(b, "", "abstracts", KVT_STAT_COUNTER, "", "span abstracts built and kept",
+             s->abs.built);
+    stat_add(b, "", "abstracts_dropped", KVT_STAT_COUNTER, "",
+             "span abstracts not kept for lack of room (abstract.bytes_max)", s->abs.dropped);
+    stat_add(b, "", "abstract_bytes", g, "bytes", "DRAM held by span abstracts", s->abs.bytes);
     stat_add(b, "", "log_lines_dropped", KVT_STAT_COUNTER, "",
              "log lines dropped because the log ring was full", kvt_log_dropped());
     stat_add(b, "cpu.", "page_moves", KVT_STAT_COUNTER, "",
@@ -214,4 +222,5 @@ void kvt__server_config_applied(struct kvt_server *s)
 {
     kvt_log_set_level(kvt_log_level_parse(s->cfg->log_level));
     kvt__server_tiers_config_changed(s);
+    kvt__server_spans_config(s);
 }

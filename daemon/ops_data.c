@@ -75,6 +75,32 @@ void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_i
     put_reply(s, op->conn, op, 0, tier);
 }
 
+/* Sets a Put up to build its chunk's span abstract once the bytes are in (fp16 namespaces whose
+ * policy is not NONE, while abstract.bytes_max has room). */
+static void put_abstract(struct kvt_server *s, const struct kvt_ns *ns, struct kvt_op *op,
+                         uint32_t n_tokens)
+{
+    const char *why;
+    if (ns->dtype != KVT_DTYPE_FP16 ||
+        kvt_span_policy_resolve(&ns->spans, &s->span_dflt, &op->abs_policy, &why) ||
+        op->abs_policy.kind == KVT_SPANS_NONE)
+        return;
+    struct kvt_abs_geom g = {ns->layers, ns->kv_heads, ns->head_dim, n_tokens};
+    uint32_t per_layer = (n_tokens + op->abs_policy.block_tokens - 1) / op->abs_policy.block_tokens;
+    if (!kvt_abs_store_room(&s->abs, kvt_abs_bytes(&g, per_layer))) {
+        s->abs.dropped++;
+        return;
+    }
+    op->abs = kvt_abs_alloc(&g, &op->abs_policy); /* NULL: stored without one */
+}
+
+/* Worker: the abstract of a Put's chunk, from its bytes in DRAM. */
+static void abstract_job(struct kvt_job *j)
+{
+    struct kvt_op *op = (struct kvt_op *)j;
+    kvt_abs_build(op->abs, &op->abs_policy, op->job.dst);
+}
+
 void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                   const Kvtier__PutReq *p)
 {
@@ -177,6 +203,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     op->entry = id;
     op->length = len;
+    put_abstract(s, ns, op, n_tokens);
     op->has_checksum = p->checksum != NULL;
     op->checksum = p->checksum ? p->checksum->value : 0;
     op->job.dst = dst;
@@ -483,7 +510,11 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
     if (op->kind != KVTIER__REQUEST__OP_PUT)
         kvt_tm_release(s->tm, op->entry);
-    if (op->kind == KVTIER__REQUEST__OP_PUT) {
+    if (op->kind == KVTIER__REQUEST__OP_PUT && op->abs_stage) {
+        /* The abstract job is back: the bytes were verified before it ran. */
+        kvt_abs_store_set(&s->abs, op->entry, op->abs);
+        op->abs = NULL;
+    } else if (op->kind == KVTIER__REQUEST__OP_PUT) {
         /* The copied bytes cannot be trusted when the client gave up on this Put (timeout or
          * exit: it may already reuse its buffer), when its memory vanished mid-copy, or when
          * they are not the bytes it checksummed: the chunk is dropped, never served. */
@@ -508,6 +539,13 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
         s->st.client_memory_faults++;
         reply_error(s, op->conn, op, op->copy_res,
                     "the Get's destination in the arena could not be written");
+        return;
+    }
+    if (op->kind == KVTIER__REQUEST__OP_PUT && op->abs && !op->abs_stage) {
+        /* Verified bytes: their abstract is built on a worker before the Put is answered, so
+         * a Select right after it sees the chunk. */
+        op->abs_stage = 1;
+        kvt__server_compute(s, op, abstract_job);
         return;
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {

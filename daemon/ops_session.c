@@ -166,9 +166,25 @@ void kvt__ops_register(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *
                            .rotary_dims = sp->rotary_dims,
                            .rope_style = sp->rope_style,
                            .rope_theta = sp->rope_theta,
-                           .allow_lossy = sp->allow_lossy};
-    const struct kvt_ns *ns = NULL;
+                           .allow_lossy = sp->allow_lossy,
+                           .spans = {.fine_layers = UINT32_MAX}};
     const char *why = NULL;
+    if (sp->spans) {
+        const Kvtier__SpanPolicy *p = sp->spans;
+        d.spans = (struct kvt_span_policy){
+            .kind = p->kind,
+            .block_tokens = p->block_tokens,
+            .max_tokens = p->max_tokens,
+            .merge_tol = p->merge_tol,
+            .fine_layers = p->has_fine_layers ? p->fine_layers : UINT32_MAX,
+        };
+        struct kvt_span_policy resolved;
+        if (kvt_span_policy_resolve(&d.spans, &s->span_dflt, &resolved, &why)) {
+            reply_error(s, c, op, KVT_E_INVAL, why);
+            return;
+        }
+    }
+    const struct kvt_ns *ns = NULL;
     int rc = kvt_ns_register(&s->ns, c->tenant, &d, (uint32_t)s->cfg->quota_namespaces, &ns, &why);
     if (rc) {
         if (rc == KVT_E_QUOTA)

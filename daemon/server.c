@@ -134,10 +134,13 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
             : op->kind == KVTIER__REQUEST__OP_GET || op->kind == KVTIER__REQUEST__OP_GET_RANGE
                 ? &s->st.get_latency_us
             : op->kind == KVTIER__REQUEST__OP_LOOKUP ? &s->st.lookup_latency_us
+            : op->kind == KVTIER__REQUEST__OP_SELECT ? &s->st.select_latency_us
                                                      : NULL;
         if (lat)
             kvt_hist_observe_since_ns(lat, op->start_ns);
         resp->id = op->req_id;
+        kvt_abs_unref(op->abs); /* a Put answered before its abstract was stored */
+        op->abs = NULL;
         c->out_reserved -= op->reserve;
         op->next_free = c->free_ops;
         c->free_ops = op;
@@ -468,6 +471,8 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
         c->free_ops = op->next_free;
         c->inflight++;
         memset(&op->job, 0, sizeof(op->job));
+        op->abs = NULL;
+        op->abs_stage = 0;
         op->req_id = req->id;
         op->reserve = reserve;
         op->kind = req->op_case;
@@ -591,6 +596,8 @@ static void op_copied(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_conn *c = op->conn;
     if (s->destroying) {
+        kvt_abs_unref(op->abs);
+        op->abs = NULL;
         c->inflight--;
         return;
     }
@@ -613,6 +620,46 @@ static void stripe_done(struct kvt_job *j)
     op_merge_part(op, j);
     if (--op->stripes_left == 0)
         op_copied(op->job.ctx, op);
+}
+
+static void abs_on_remove(void *arg, uint32_t id)
+{
+    struct kvt_server *s = arg;
+    kvt_abs_store_drop(&s->abs, id);
+}
+
+void kvt__server_spans_config(struct kvt_server *s)
+{
+    const struct kvt_dconfig *cfg = s->cfg;
+    s->abs.bytes_max = cfg->abstract_bytes_max;
+    s->span_dflt = (struct kvt_span_policy){
+        .kind = !strcmp(cfg->abstract_spans, "none")    ? KVT_SPANS_NONE
+                : !strcmp(cfg->abstract_spans, "fixed") ? KVT_SPANS_FIXED
+                                                        : KVT_SPANS_VARIABLE,
+        .block_tokens = (uint32_t)cfg->abstract_block_tokens,
+        .max_tokens = (uint32_t)cfg->abstract_max_tokens,
+        .merge_tol = (float)cfg->abstract_merge_tol,
+        .fine_layers = (uint32_t)cfg->abstract_fine_layers,
+    };
+    if (s->span_dflt.max_tokens < s->span_dflt.block_tokens)
+        s->span_dflt.max_tokens = s->span_dflt.block_tokens;
+}
+
+void kvt__server_compute(struct kvt_server *s, struct kvt_op *op, kvt_job_fn fn)
+{
+    op->job.fn = fn;
+    op->job.done = op_job_done;
+    op->job.ctx = s;
+    op->job.sum = 0;
+    op->job.res = 0;
+    if (!s->workers) {
+        fn(&op->job);
+        kvt__ops_complete(s, op);
+        return;
+    }
+    s->st.worker_jobs++;
+    op->stripes_left = 1;
+    kvt_workers_submit(s->workers, &op->job);
 }
 
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
@@ -845,11 +892,19 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
         goto err;
     s->idx.owner_objects = s->ns.objects; /* chunks per namespace, for quotas and reclaim */
     s->idx.n_owners = s->ns.cap;
+    if ((rc = kvt_abs_store_init(&s->abs, s->idx.cap, cfg->abstract_bytes_max)))
+        goto err;
+    s->idx.on_remove = abs_on_remove; /* an entry's abstract leaves with it */
+    s->idx.on_remove_arg = s;
+    kvt__server_spans_config(s);
     s->n_workers = worker_count(cfg);
     if ((rc = kvt_workers_create(s->n_workers, &s->workers)))
         goto err;
     struct kvt_loop_config lc = {.timers_max = 64};
     if ((rc = kvt_loop_create(&lc, &s->loop)))
+        goto err;
+    if ((rc = kvt_ctx_table_init(&s->ctx, (uint32_t)cfg->context_max,
+                                 (uint32_t)cfg->context_chunks_max, s->loop)))
         goto err;
     if ((rc = kvt__server_tiers_open(s)))
         goto err;
@@ -1097,7 +1152,11 @@ void kvt_server_destroy(struct kvt_server *s)
         close(s->signal_fd);
     if (s->spare_fd >= 0)
         close(s->spare_fd);
+    kvt_ctx_table_deinit(&s->ctx);
+    kvt_sel_scratch_free(&s->sel);
     kvt_loop_destroy(s->loop);
+    s->idx.on_remove = NULL;
+    kvt_abs_store_deinit(&s->abs);
     kvt_index_deinit(&s->idx);
     kvt_ns_table_deinit(&s->ns);
     kvt_free(KVT_ALLOC_MISC, s);

@@ -17,7 +17,10 @@
 #include "common/loop.h"
 #include "daemon/config.h"
 #include "daemon/index.h"
+#include "daemon/abstract.h"
+#include "daemon/context.h"
 #include "daemon/ns.h"
+#include "daemon/select.h"
 #include "daemon/tiermgr.h"
 #include "daemon/workers.h"
 #include "kvtier.pb-c.h"
@@ -87,14 +90,23 @@
     X(A, index_full, KVT_STAT_COUNTER, "",                                                         \
       "Puts refused because the index was full and nothing could be evicted")                      \
     X(A, tier_full, KVT_STAT_COUNTER, "", "Puts refused because the CPU tier was full")            \
-    X(A, worker_jobs, KVT_STAT_COUNTER, "", "copies handed to the worker threads")
+    X(A, worker_jobs, KVT_STAT_COUNTER, "", "copies handed to the worker threads")                 \
+    X(A, contexts_opened, KVT_STAT_COUNTER, "", "contexts opened")                                 \
+    X(A, context_chunks_appended, KVT_STAT_COUNTER, "", "chunks appended to contexts")             \
+    X(A, context_chunks_without_abstract, KVT_STAT_COUNTER, "",                                    \
+      "chunks appended to contexts without an abstract (always selected whole)")                   \
+    X(A, selects, KVT_STAT_COUNTER, "", "Select requests answered")                                \
+    X(A, select_spans_scored, KVT_STAT_COUNTER, "", "spans Selects scored by their key bound")     \
+    X(A, select_tokens_considered, KVT_STAT_COUNTER, "", "context tokens Selects chose from")      \
+    X(A, select_tokens_selected, KVT_STAT_COUNTER, "", "tokens Selects returned")
 #define KVT_DAEMON_STATS(A) KVT_DAEMON_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */
 #define KVT_DAEMON_HISTS(X)                                                                        \
     X(put_latency_us, "us", "Put requests, taken from the frame to answered")                      \
     X(get_latency_us, "us", "Get and GetRange requests, taken from the frame to answered")         \
-    X(lookup_latency_us, "us", "Lookup requests, taken from the frame to answered")
+    X(lookup_latency_us, "us", "Lookup requests, taken from the frame to answered")                \
+    X(select_latency_us, "us", "Select requests, taken from the frame to answered")
 
 struct kvt_dstats {
 #define KVT__DSTAT_FIELD(name) uint64_t name;
@@ -134,7 +146,10 @@ struct kvt_op {
     int want_inline;      /* Get: answer with the bytes in the response */
     struct kvt_tm_io io;  /* what the tier manager does for it (Gets from lower tiers, Puts
                              waiting for durability) */
-    uint64_t start_ns;    /* when the request was taken from its frame (latency stats) */
+    struct kvt_abs *abs;  /* Put: the abstract being built for the chunk (owned until stored) */
+    struct kvt_span_policy abs_policy;
+    int abs_stage;     /* Put: the copy is verified and the abstract job runs */
+    uint64_t start_ns; /* when the request was taken from its frame (latency stats) */
 };
 
 /* Bump allocator for unpacking one request without touching the heap in the common case. */
@@ -207,6 +222,10 @@ struct kvt_server {
     uint32_t n_conns;
     uint64_t next_conn_id;
     uint64_t start_ms;
+    struct kvt_abs_store abs;         /* span abstracts, by index entry */
+    struct kvt_ctx_table ctx;         /* open contexts */
+    struct kvt_sel_scratch sel;       /* Select's working memory */
+    struct kvt_span_policy span_dflt; /* abstract.* settings */
     struct kvt_dstats st;
 };
 
@@ -258,6 +277,11 @@ void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
                          Kvtier__Response *resp, int status, const char *detail);
 /* Hands a copy to a worker (or runs it inline when small); the op completes later. */
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op);
+/* Hands op's job, with fn as its work, to a worker (inline without workers); op completes
+ * through kvt__ops_complete like a copy. */
+void kvt__server_compute(struct kvt_server *s, struct kvt_op *op, kvt_job_fn fn);
+/* The abstract.* settings changed (start, Config set, reload): refreshes s->span_dflt. */
+void kvt__server_spans_config(struct kvt_server *s);
 /* A runtime config change (Config set or SIGHUP) was committed to s->cfg: apply it. */
 void kvt__server_config_applied(struct kvt_server *s);
 /* After an op of c finished outside the worker path: queues c to resume its buffered frames and

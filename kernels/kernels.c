@@ -11,6 +11,18 @@
 #include "kernels/internal.h"
 #include "kvtier/errors.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+/* F16C (CPUID.1:ECX bit 29). Asked of cpuid directly: clang's __builtin_cpu_supports does not
+ * know the name (the fuzz build uses clang). */
+static int has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
 static _Atomic(const struct kvt_kernels *) g_active;
 
 static const char *const g_names[KVT_KERNELS_VARIANT_COUNT] = {
@@ -29,8 +41,7 @@ static const struct kvt_kernels *table_of(enum kvt_kernels_variant v)
 #if defined(__x86_64__)
     case KVT_KERNELS_AVX2:
         /* F16C converts the fp16 vectors of the sums and the bound (every AVX2 CPU has it). */
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? &kvt__kernels_avx2
-                                                                                : NULL;
+        return __builtin_cpu_supports("avx2") && has_f16c() ? &kvt__kernels_avx2 : NULL;
     case KVT_KERNELS_AVX512:
         /* The 16-bit lane operations of the shuffles and the min/max need BW besides F. */
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")

@@ -96,6 +96,8 @@ struct ns_slot {
     struct kvt_ns_spec spec;
     char model_id[KVT_MODEL_ID_MAX];
     struct kvt_ns_info info;
+    int has_spans;
+    struct kvt_span_policy spans;
 };
 
 /* An old connection draining: shut down for writing, read until the daemon closes it. */
@@ -428,7 +430,17 @@ static int register_on_daemon(struct kvt_client *c, struct ns_slot *slot, uint64
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__RegisterReq rr = KVTIER__REGISTER_REQ__INIT;
     Kvtier__NamespaceSpec sp;
+    Kvtier__SpanPolicy spp = KVTIER__SPAN_POLICY__INIT;
     fill_spec(&sp, &slot->spec);
+    if (slot->has_spans) {
+        spp.kind = slot->spans.kind;
+        spp.block_tokens = slot->spans.block_tokens;
+        spp.max_tokens = slot->spans.max_tokens;
+        spp.merge_tol = slot->spans.merge_tol;
+        spp.has_fine_layers = slot->spans.fine_layers != KVT_SPANS_FINE_DEFAULT;
+        spp.fine_layers = spp.has_fine_layers ? slot->spans.fine_layers : 0;
+        sp.spans = &spp;
+    }
     rr.spec = &sp;
     req.id = ++c->next_id;
     req.op_case = KVTIER__REQUEST__OP_REGISTER_NS;
@@ -692,6 +704,22 @@ void kvt_close(struct kvt_client *c)
 
 int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec, struct kvt_ns_info *out)
 {
+    return kvt_register_spans(c, spec, NULL, out);
+}
+
+static int same_spans(const struct ns_slot *slot, const struct kvt_span_policy *p)
+{
+    if (!p)
+        return !slot->has_spans;
+    const struct kvt_span_policy *o = &slot->spans;
+    return slot->has_spans && o->kind == p->kind && o->block_tokens == p->block_tokens &&
+           o->max_tokens == p->max_tokens && o->merge_tol == p->merge_tol &&
+           o->fine_layers == p->fine_layers;
+}
+
+int kvt_register_spans(struct kvt_client *c, const struct kvt_ns_spec *spec,
+                       const struct kvt_span_policy *spans, struct kvt_ns_info *out)
+{
     if (!c || !spec || !spec->model_id || strlen(spec->model_id) >= KVT_MODEL_ID_MAX)
         return KVT_E_INVAL;
     int rc = ensure_session(c);
@@ -710,6 +738,19 @@ int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec, struct kv
             o->dtype == spec->dtype && o->tokens_per_chunk == spec->tokens_per_chunk &&
             o->rope_theta == spec->rope_theta && o->rotary_dims == spec->rotary_dims &&
             o->rope_style == spec->rope_style && !o->allow_lossy == !spec->allow_lossy) {
+            if (!same_spans(&c->ns[i], spans)) {
+                /* Same namespace, another span policy: the daemon applies the latest. */
+                struct ns_slot *slot = &c->ns[i];
+                struct ns_slot keep = *slot;
+                slot->has_spans = spans != NULL;
+                if (spans)
+                    slot->spans = *spans;
+                rc = register_on_daemon(c, slot, kvt_now_ms() + c->timeout_ms);
+                if (rc) {
+                    *slot = keep;
+                    return session_fail(c, rc);
+                }
+            }
             if (out)
                 *out = c->ns[i].info;
             return 0;
@@ -722,6 +763,9 @@ int kvt_register(struct kvt_client *c, const struct kvt_ns_spec *spec, struct kv
     slot->spec = *spec;
     snprintf(slot->model_id, sizeof(slot->model_id), "%s", spec->model_id);
     slot->spec.model_id = slot->model_id;
+    slot->has_spans = spans != NULL;
+    if (spans)
+        slot->spans = *spans;
     rc = register_on_daemon(c, slot, kvt_now_ms() + c->timeout_ms);
     if (rc)
         return session_fail(c, rc);
@@ -1257,6 +1301,144 @@ int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
             status_out[i] = r->del->status[i];
     } else if (!rc) {
         rc = KVT_E_PROTO;
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+/* ---- contexts and Select -------------------------------------------------------------------- */
+
+/* Sends req and checks that the answer carries result (status and result kind); *out is freed by
+ * the caller when 0 is returned. */
+static int call_expect(struct kvt_client *c, Kvtier__Request *req,
+                       Kvtier__Response__ResultCase result, Kvtier__Response **out)
+{
+    Kvtier__Response *r = NULL;
+    int rc = call(c, req, &r);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case != result)
+        rc = KVT_E_PROTO;
+    if (rc) {
+        kvtier__response__free_unpacked(r, NULL);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+int kvt_context_open(struct kvt_client *c, uint32_t ns, uint32_t ttl_ms, uint64_t *ctx_out)
+{
+    if (!c || !ctx_out)
+        return KVT_E_INVAL;
+    *ctx_out = 0;
+    int rc = ensure_session(c);
+    if (rc)
+        return rc;
+    uint32_t ns_id;
+    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+        return rc;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__OpenContextReq o = KVTIER__OPEN_CONTEXT_REQ__INIT;
+    o.ns = ns_id;
+    o.ttl_ms = ttl_ms;
+    req.op_case = KVTIER__REQUEST__OP_OPEN_CONTEXT;
+    req.open_context = &o;
+    Kvtier__Response *r;
+    if ((rc = call_expect(c, &req, KVTIER__RESPONSE__RESULT_OPEN_CONTEXT, &r)))
+        return rc;
+    *ctx_out = r->open_context->ctx;
+    kvtier__response__free_unpacked(r, NULL);
+    return 0;
+}
+
+int kvt_context_append(struct kvt_client *c, uint64_t ctx, const struct kvt_key *keys,
+                       const uint32_t *variants, const uint64_t *start_pos, size_t n,
+                       struct kvt_context_info *info)
+{
+    if (!c || (n && (!keys || !start_pos)))
+        return KVT_E_INVAL;
+    Kvtier__Key *store = NULL;
+    Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
+    if (!kp)
+        return KVT_E_NOMEM;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__AppendChunksReq a = KVTIER__APPEND_CHUNKS_REQ__INIT;
+    a.ctx = ctx;
+    a.n_keys = n;
+    a.keys = kp;
+    a.n_start_pos = n;
+    a.start_pos = (uint64_t *)start_pos;
+    req.op_case = KVTIER__REQUEST__OP_APPEND_CHUNKS;
+    req.append_chunks = &a;
+    Kvtier__Response *r;
+    int rc = call_expect(c, &req, KVTIER__RESPONSE__RESULT_APPEND_CHUNKS, &r);
+    free(kp);
+    free(store);
+    if (rc)
+        return rc;
+    if (info)
+        *info = (struct kvt_context_info){r->append_chunks->chunks, r->append_chunks->tokens,
+                                          r->append_chunks->without_abstract};
+    kvtier__response__free_unpacked(r, NULL);
+    return 0;
+}
+
+int kvt_context_close(struct kvt_client *c, uint64_t ctx)
+{
+    if (!c)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__CloseContextReq cr = KVTIER__CLOSE_CONTEXT_REQ__INIT;
+    cr.ctx = ctx;
+    req.op_case = KVTIER__REQUEST__OP_CLOSE_CONTEXT;
+    req.close_context = &cr;
+    Kvtier__Response *r;
+    int rc = call_expect(c, &req, KVTIER__RESPONSE__RESULT_CLOSE_CONTEXT, &r);
+    if (!rc)
+        kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *q,
+               struct kvt_span_sel *spans, size_t max_spans, struct kvt_select_info *info)
+{
+    if (info)
+        memset(info, 0, sizeof(*info));
+    if (!c || !q || !q->query || !q->n_query_heads || !q->head_dim || (max_spans && !spans) ||
+        (uint64_t)q->n_query_heads * q->head_dim > (1u << 24))
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__SelectReq sr = KVTIER__SELECT_REQ__INIT;
+    sr.ctx = ctx;
+    sr.layer = q->layer;
+    sr.n_query_heads = q->n_query_heads;
+    sr.budget_tokens = q->budget_tokens;
+    sr.budget_fraction = q->budget_fraction;
+    sr.top_p = q->top_p;
+    sr.sink_tokens = q->sink_tokens;
+    sr.recent_tokens = q->recent_tokens;
+    req.op_case = KVTIER__REQUEST__OP_SELECT;
+    req.select = &sr;
+    /* The daemon checks the query's size against the namespace's head_dim. */
+    sr.query.len = (size_t)q->n_query_heads * q->head_dim * sizeof(float);
+    sr.query.data = (uint8_t *)q->query;
+    Kvtier__Response *r;
+    int rc = call_expect(c, &req, KVTIER__RESPONSE__RESULT_SELECT, &r);
+    if (rc)
+        return rc;
+    const Kvtier__SelectResp *a = r->select;
+    if (a->n_spans > max_spans) {
+        rc = KVT_E_SMALLBUF;
+    } else {
+        for (size_t i = 0; i < a->n_spans; i++)
+            spans[i] = (struct kvt_span_sel){
+                a->spans[i]->chunk, a->spans[i]->token_first, a->spans[i]->n_tokens,
+                (enum kvt_tier_id)a->spans[i]->tier, a->spans[i]->mass};
+        if (info)
+            *info = (struct kvt_select_info){a->n_spans, a->spans_scored, a->tokens_selected,
+                                             a->context_tokens, a->mass_selected};
     }
     kvtier__response__free_unpacked(r, NULL);
     return rc;

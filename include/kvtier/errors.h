@@ -58,7 +58,8 @@
       "payload does not match its checksum: the buffer changed during the copy")                   \
     X(E_FAULT, -10034, "client memory could not be accessed (arena page gone)")                    \
     X(E_QUOTA, -10035, "tenant quota exceeded")                                                    \
-    X(E_UNTRUSTED, -10036, "socket is served by an untrusted uid, not kvtierd")
+    X(E_UNTRUSTED, -10036, "socket is served by an untrusted uid, not kvtierd")                    \
+    X(E_NOCTX, -10037, "unknown or closed context (its lease may have expired)")
 
 #ifdef __cplusplus
 extern "C" {

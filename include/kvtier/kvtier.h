@@ -350,6 +350,89 @@ KVT_API int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *
 KVT_API int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
                          const uint32_t *variants, size_t n, int *status_out);
 
+/* ---- Span abstracts, contexts and Select (docs/sparse.md) --------------------------------------
+ *
+ * On Put the daemon cuts each layer of an fp16 chunk into spans and keeps, per span and KV head,
+ * the per-channel min and max of its keys (and the mean key and value) in DRAM, for the chunk in
+ * any tier. A context is the ordered list of chunks of one running sequence; Select scores every
+ * span of one layer of a context against a query and says which spans are worth reading. */
+
+enum kvt_span_kind {
+    KVT_SPANS_DEFAULT = 0,  /* the daemon's abstract.* settings */
+    KVT_SPANS_NONE = 1,     /* no abstracts: Select keeps the chunks whole */
+    KVT_SPANS_FIXED = 2,    /* spans of block_tokens tokens */
+    KVT_SPANS_VARIABLE = 3, /* base blocks merged while the merged key bound stays tight */
+};
+#define KVT_SPANS_FINE_DEFAULT UINT32_MAX
+
+/* How Puts of a namespace cut spans; zero fields (and fine_layers KVT_SPANS_FINE_DEFAULT) take
+ * the daemon's abstract.* value. Not part of the namespace's identity: chunks are the same bytes
+ * under any policy, and the latest registration's policy applies to new Puts. */
+struct kvt_span_policy {
+    uint32_t kind;         /* enum kvt_span_kind */
+    uint32_t block_tokens; /* tokens per base span, 1..32768 */
+    uint32_t max_tokens;   /* variable: most tokens of a merged span */
+    float merge_tol;       /* variable: merge while width(a+b) <= (1 + tol) max(width a, b) */
+    uint32_t fine_layers;  /* variable: the first layers keep base spans */
+};
+
+/* kvt_register with a span policy (spans may be NULL: the daemon's defaults). The policy is kept
+ * with the namespace handle and sent again when the library re-registers after a reconnect. */
+KVT_API int kvt_register_spans(struct kvt_client *c, const struct kvt_ns_spec *spec,
+                               const struct kvt_span_policy *spans, struct kvt_ns_info *out);
+
+/* Opens a context in namespace ns under a lease of ttl_ms (0: the daemon's context.ttl_ms),
+ * renewed by every call that names the context; an unrenewed context is closed by the daemon.
+ * Contexts do not survive a daemon restart: calls on one then fail with KVT_E_NOCTX and the
+ * caller opens a new one. */
+KVT_API int kvt_context_open(struct kvt_client *c, uint32_t ns, uint32_t ttl_ms, uint64_t *ctx_out);
+
+struct kvt_context_info {
+    uint32_t chunks;           /* in the context now */
+    uint64_t tokens;           /* that they cover */
+    uint32_t without_abstract; /* of those just appended: always selected whole */
+};
+/* Appends n stored chunks in sequence order: keys[i] (variant variants[i]; NULL: all 0) starts
+ * at position start_pos[i], at or after the end of the chunk before. All or nothing:
+ * KVT_E_NOTFOUND when one is not stored, KVT_E_INVAL for an order violation. info may be NULL. */
+KVT_API int kvt_context_append(struct kvt_client *c, uint64_t ctx, const struct kvt_key *keys,
+                               const uint32_t *variants, const uint64_t *start_pos, size_t n,
+                               struct kvt_context_info *info);
+KVT_API int kvt_context_close(struct kvt_client *c, uint64_t ctx);
+
+/* One Select. Exactly one budget is nonzero. */
+struct kvt_select_req {
+    uint32_t layer;
+    uint32_t n_query_heads; /* a multiple of the namespace's kv_heads */
+    uint32_t head_dim;      /* the namespace's: the query holds n_query_heads x head_dim */
+    const float *query;     /* query head j (belonging to KV head j / (n_query_heads /
+                               kv_heads)) at query + j * head_dim; borrowed during the call */
+    uint32_t budget_tokens; /* most tokens returned (the sink and recent window count) */
+    float budget_fraction;  /* or: that share of the context's tokens, in (0, 1] */
+    float top_p;            /* or: spans until that share of the estimated attention mass */
+    uint32_t sink_tokens;   /* always kept: the context's first tokens (0: its first span) */
+    uint32_t recent_tokens; /* always kept: its last tokens */
+};
+/* A run of selected tokens of one chunk. */
+struct kvt_span_sel {
+    uint32_t chunk;       /* index in the context */
+    uint32_t token_first; /* within the chunk */
+    uint32_t n_tokens;
+    enum kvt_tier_id tier; /* where the chunk is now; KVT_TIER_NONE when gone from every tier */
+    float mass;            /* estimated share of the layer's attention mass */
+};
+struct kvt_select_info {
+    size_t n_spans; /* runs written to spans */
+    uint32_t spans_scored;
+    uint64_t tokens_selected;
+    uint64_t context_tokens;
+    float mass_selected;
+};
+/* Runs Select on a context; the runs come in position order into spans (max_spans entries;
+ * KVT_E_SMALLBUF when they do not fit). info may be NULL. */
+KVT_API int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *req,
+                       struct kvt_span_sel *spans, size_t max_spans, struct kvt_select_info *info);
+
 /* A round trip to the daemon (reconnecting first if needed). */
 KVT_API int kvt_ping(struct kvt_client *c);
 

@@ -1,0 +1,267 @@
+/*
+ * Context handlers: OpenContext, AppendChunks, CloseContext and Select (docs/sparse.md). A
+ * context is found by id for the connection's tenant (another tenant's is E_ACCESS, a closed or
+ * expired one E_NOCTX); every request that finds it renews its lease. Each validates everything
+ * before it changes anything: an AppendChunks with one bad key appends none.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "daemon/ops.h"
+
+static int find_ctx(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, uint64_t id,
+                    struct kvt_ctx **out)
+{
+    int rc = kvt_ctx_find(&s->ctx, id, c->tenant, out);
+    if (rc) {
+        if (rc == KVT_E_ACCESS)
+            s->st.access_denied++;
+        reply_error(s, c, op, rc,
+                    rc == KVT_E_ACCESS ? "context belongs to another tenant"
+                                       : "unknown context: closed, expired (context.ttl_ms) or "
+                                         "opened before the daemon restarted");
+    }
+    return rc;
+}
+
+void kvt__ops_open_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                           const Kvtier__OpenContextReq *r)
+{
+    const struct kvt_ns *ns;
+    int rc = resolve_ns(s, c, r->ns, &ns);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        return;
+    }
+    uint32_t ttl = r->ttl_ms ? r->ttl_ms : (uint32_t)s->cfg->context_ttl_ms;
+    if (ttl < 10 || ttl > 86400000u) {
+        reply_error(s, c, op, KVT_E_INVAL, "context ttl_ms must be within 10..86400000");
+        return;
+    }
+    struct kvt_ctx *x;
+    rc = kvt_ctx_open(&s->ctx, c->tenant, ns->id, ns->seed, ns->layers, ns->kv_heads, ns->head_dim,
+                      ttl, &x);
+    if (rc) {
+        reply_error(s, c, op, rc, "context.max contexts are open: close some or raise it");
+        return;
+    }
+    s->st.contexts_opened++;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__OpenContextResp o = KVTIER__OPEN_CONTEXT_RESP__INIT;
+    o.ctx = x->id;
+    o.ttl_ms = ttl;
+    resp.result_case = KVTIER__RESPONSE__RESULT_OPEN_CONTEXT;
+    resp.open_context = &o;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_append_chunks(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                            const Kvtier__AppendChunksReq *r)
+{
+    struct kvt_ctx *x;
+    if (find_ctx(s, c, op, r->ctx, &x))
+        return;
+    char why[160];
+    if (r->n_keys != r->n_start_pos) {
+        reply_error(s, c, op, KVT_E_INVAL, "AppendChunks needs one start_pos per key");
+        return;
+    }
+    if (r->n_keys > UINT32_MAX) {
+        reply_error(s, c, op, KVT_E_TOOBIG, "too many keys in one AppendChunks");
+        return;
+    }
+    /* Everything is checked before anything is appended. */
+    uint64_t end = x->end_pos;
+    for (size_t i = 0; i < r->n_keys; i++) {
+        struct kvt_key key;
+        if (key_of(r->keys[i], &key)) {
+            reply_error(s, c, op, KVT_E_INVAL, "AppendChunks with an empty key");
+            return;
+        }
+        if (r->start_pos[i] < end) {
+            snprintf(why, sizeof(why),
+                     "chunk %zu starts at %" PRIu64 ", before the end of the one before (%" PRIu64
+                     "): chunks are appended in sequence order",
+                     i, r->start_pos[i], end);
+            reply_error(s, c, op, KVT_E_INVAL, why);
+            return;
+        }
+        struct kvt_obj_id oid = {x->ns_seed, key, r->keys[i]->variant};
+        uint32_t id = kvt_index_find(&s->idx, &oid);
+        const struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
+        if (!e || e->state != KVT_ENTRY_READY) {
+            snprintf(why, sizeof(why), "chunk %zu of the AppendChunks is not stored", i);
+            reply_error(s, c, op, KVT_E_NOTFOUND, why);
+            return;
+        }
+        if (UINT64_MAX - r->start_pos[i] < e->n_tokens) {
+            reply_error(s, c, op, KVT_E_INVAL, "start_pos too large");
+            return;
+        }
+        end = r->start_pos[i] + e->n_tokens;
+    }
+    int rc = kvt_ctx_reserve(&s->ctx, x, (uint32_t)r->n_keys);
+    if (rc) {
+        reply_error(s, c, op, rc,
+                    rc == KVT_E_FULL ? "context would exceed context.chunks_max chunks" : NULL);
+        return;
+    }
+    uint32_t without = 0;
+    for (size_t i = 0; i < r->n_keys; i++) {
+        struct kvt_obj_id oid = {x->ns_seed, {r->keys[i]->lo, r->keys[i]->hi}, r->keys[i]->variant};
+        uint32_t id = kvt_index_find(&s->idx, &oid);
+        struct kvt_abs *a = kvt_abs_store_get(&s->abs, id);
+        without += a == NULL;
+        kvt_ctx_append(x, &oid, a, r->start_pos[i], kvt_index_at(&s->idx, id)->n_tokens);
+    }
+    s->st.context_chunks_appended += r->n_keys;
+    s->st.context_chunks_without_abstract += without;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__AppendChunksResp a = KVTIER__APPEND_CHUNKS_RESP__INIT;
+    a.chunks = x->n_chunks;
+    a.tokens = x->tokens;
+    a.without_abstract = without;
+    resp.result_case = KVTIER__RESPONSE__RESULT_APPEND_CHUNKS;
+    resp.append_chunks = &a;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_close_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                            const Kvtier__CloseContextReq *r)
+{
+    struct kvt_ctx *x;
+    if (find_ctx(s, c, op, r->ctx, &x))
+        return;
+    kvt_ctx_close(&s->ctx, x);
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__CloseContextResp cr = KVTIER__CLOSE_CONTEXT_RESP__INIT;
+    resp.result_case = KVTIER__RESPONSE__RESULT_CLOSE_CONTEXT;
+    resp.close_context = &cr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+/* Bytes one SelectedSpan takes in an answer, at most (five fields, tags and lengths). */
+#define SELECTED_SPAN_BYTES 32
+
+size_t kvt__ops_select_reserve(const struct kvt_server *s, const Kvtier__SelectReq *r)
+{
+    const struct kvt_ctx *x = kvt_ctx_peek(&s->ctx, r->ctx);
+    return x ? (size_t)kvt_sel_spans(x, r->layer) * SELECTED_SPAN_BYTES : 0;
+}
+
+void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                     const Kvtier__SelectReq *r)
+{
+    struct kvt_ctx *x;
+    if (find_ctx(s, c, op, r->ctx, &x))
+        return;
+    char why[200];
+    if (r->layer >= x->n_layers) {
+        snprintf(why, sizeof(why), "layer %u out of range: the namespace has %u layers", r->layer,
+                 x->n_layers);
+        reply_error(s, c, op, KVT_E_INVAL, why);
+        return;
+    }
+    if (!r->n_query_heads || r->n_query_heads % x->n_heads || r->n_query_heads > 65536) {
+        snprintf(why, sizeof(why),
+                 "n_query_heads %u must be a positive multiple of the namespace's %u KV heads",
+                 r->n_query_heads, x->n_heads);
+        reply_error(s, c, op, KVT_E_INVAL, why);
+        return;
+    }
+    size_t want = (size_t)r->n_query_heads * x->head_dim * sizeof(float);
+    if (r->query.len != want) {
+        s->st.geometry_errors++;
+        snprintf(why, sizeof(why), "query of %zu bytes; %u heads of %u fp32 values are %zu bytes",
+                 r->query.len, r->n_query_heads, x->head_dim, want);
+        reply_error(s, c, op, KVT_E_GEOMETRY, why);
+        return;
+    }
+    int budgets = (r->budget_tokens != 0) + (r->budget_fraction != 0.0f) + (r->top_p != 0.0f);
+    if (budgets != 1) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "Select needs exactly one budget: budget_tokens, budget_fraction or top_p");
+        return;
+    }
+    if (r->budget_fraction != 0.0f && !(r->budget_fraction > 0.0f && r->budget_fraction <= 1.0f)) {
+        reply_error(s, c, op, KVT_E_INVAL, "budget_fraction must be within (0, 1]");
+        return;
+    }
+    if (r->top_p != 0.0f && !(r->top_p > 0.0f && r->top_p <= 1.0f)) {
+        reply_error(s, c, op, KVT_E_INVAL, "top_p must be within (0, 1]");
+        return;
+    }
+    /* The query is copied out of the frame: protobuf bytes carry no alignment. */
+    float *q = kvt_malloc(KVT_ALLOC_ABSTRACT, want);
+    uint32_t max_out = kvt_sel_spans(x, r->layer);
+    struct kvt_sel_span *out =
+        kvt_malloc(KVT_ALLOC_ABSTRACT, (max_out ? max_out : 1) * sizeof(*out));
+    Kvtier__SelectedSpan *pb =
+        kvt_malloc(KVT_ALLOC_ABSTRACT, (max_out ? max_out : 1) * sizeof(*pb));
+    Kvtier__SelectedSpan **pp =
+        kvt_malloc(KVT_ALLOC_ABSTRACT, (max_out ? max_out : 1) * sizeof(*pp));
+    if (!q || !out || !pb || !pp) {
+        reply_error(s, c, op, KVT_E_NOMEM, NULL);
+        goto done;
+    }
+    memcpy(q, r->query.data, want);
+    for (size_t i = 0; i < (size_t)r->n_query_heads * x->head_dim; i++)
+        if (!isfinite(q[i])) {
+            reply_error(s, c, op, KVT_E_INVAL, "query holds a NaN or an infinity");
+            goto done;
+        }
+    struct kvt_sel_params p = {
+        .layer = r->layer,
+        .n_query_heads = r->n_query_heads,
+        .query = q,
+        .budget_tokens = r->budget_tokens ? r->budget_tokens
+                         : r->budget_fraction != 0.0f
+                             ? (uint64_t)ceil((double)r->budget_fraction * (double)x->tokens)
+                             : 0,
+        .top_p = r->top_p,
+        .sink_tokens = r->sink_tokens,
+        .recent_tokens = r->recent_tokens,
+    };
+    struct kvt_sel_result res;
+    int rc = kvt_sel_run(x, &p, &s->sel, out, max_out, &res);
+    if (rc) {
+        reply_error(s, c, op, rc, NULL);
+        goto done;
+    }
+    for (uint32_t i = 0; i < res.n_out; i++) {
+        const struct kvt_ctx_chunk *ch = &x->chunks[out[i].chunk];
+        uint32_t id = kvt_index_find(&s->idx, &ch->id);
+        enum kvt_tier_id t =
+            id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id));
+        kvtier__selected_span__init(&pb[i]);
+        pb[i].chunk = out[i].chunk;
+        pb[i].token_first = out[i].token_first;
+        pb[i].n_tokens = out[i].n_tokens;
+        pb[i].tier = t;
+        pb[i].mass = out[i].mass;
+        pp[i] = &pb[i];
+    }
+    s->st.selects++;
+    s->st.select_spans_scored += res.spans_scored;
+    s->st.select_tokens_considered += res.context_tokens;
+    s->st.select_tokens_selected += res.tokens_selected;
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__SelectResp sr = KVTIER__SELECT_RESP__INIT;
+    sr.n_spans = res.n_out;
+    sr.spans = pp;
+    sr.spans_scored = res.spans_scored;
+    sr.tokens_selected = res.tokens_selected;
+    sr.context_tokens = res.context_tokens;
+    sr.mass_selected = res.mass_selected;
+    resp.result_case = KVTIER__RESPONSE__RESULT_SELECT;
+    resp.select = &sr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+done:
+    kvt_free(KVT_ALLOC_ABSTRACT, q);
+    kvt_free(KVT_ALLOC_ABSTRACT, out);
+    kvt_free(KVT_ALLOC_ABSTRACT, pb);
+    kvt_free(KVT_ALLOC_ABSTRACT, pp);
+}

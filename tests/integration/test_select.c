@@ -1,0 +1,418 @@
+/*
+ * Contexts and Select through a real kvtierd (docs/sparse.md): span abstracts are built on Put;
+ * a context of four chunks finds the one span whose keys answer the query, besides the sink and
+ * the recent window it always keeps; a budget covering the context returns all of it; answers
+ * are deterministic; variable spans merge where the keys are alike and never in the fine
+ * layers; abstracts outlive the bytes they describe (the CPU tier evicts, the context still
+ * scores); AppendChunks is all or nothing; a lease that nobody renews expires; every bad input
+ * gets its error and changes nothing; another tenant's context is refused.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kernels/half.h"
+#include "kvtier/kvtier.h"
+#include "tests/lib/daemon.h"
+
+/* 2 layers x 2 KV heads x 16 dims, fp16, 64-token chunks: rows of 128 bytes. */
+#define LAYERS 2u
+#define HEADS 2u
+#define HD 16u
+#define TOKENS 64u
+#define ROW_HALFS (2u * HEADS * HD)
+#define CHUNK_HALFS (LAYERS * TOKENS * ROW_HALFS)
+#define N_CHUNKS 4u
+#define QHEADS 4u /* two query heads per KV head */
+
+static const struct kvt_ns_spec spec = {.model_id = "select-test",
+                                        .layers = LAYERS,
+                                        .kv_heads = HEADS,
+                                        .head_dim = HD,
+                                        .dtype = KVT_DTYPE_FP16,
+                                        .tokens_per_chunk = TOKENS};
+
+static struct kvt_test_daemon d;
+static uint16_t chunks[N_CHUNKS][CHUNK_HALFS];
+static struct kvt_key keys[N_CHUNKS];
+static uint64_t starts[N_CHUNKS];
+static float query[QHEADS * HD];
+
+/* The needle: the key of head 0 at this token of chunk 2, layer 1, points along the query. */
+#define NEEDLE_CHUNK 2u
+#define NEEDLE_TOKEN 37u
+
+static float rnd(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return (float)((*x >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static uint16_t *key_at(uint32_t c, uint32_t l, uint32_t t, uint32_t h)
+{
+    return &chunks[c][((size_t)l * TOKENS + t) * ROW_HALFS + h * HD];
+}
+
+static void make_data(void)
+{
+    uint64_t x = 0x5eed;
+    for (uint32_t c = 0; c < N_CHUNKS; c++) {
+        for (size_t i = 0; i < CHUNK_HALFS; i++)
+            chunks[c][i] = kvt_f32_to_f16(0.1f * rnd(&x));
+        keys[c] = (struct kvt_key){0x1000 + c, 0x77};
+        starts[c] = (uint64_t)c * TOKENS;
+    }
+    for (size_t i = 0; i < QHEADS * HD; i++)
+        query[i] = rnd(&x);
+    /* Head 0's queries (query heads 0 and 1) share a direction the needle's key follows. */
+    for (uint32_t i = 0; i < HD; i++) {
+        float dir = i % 2 ? 1.0f : -1.0f;
+        query[i] = dir;
+        query[HD + i] = dir;
+        key_at(NEEDLE_CHUNK, 1, NEEDLE_TOKEN, 0)[i] = kvt_f32_to_f16(3.0f * dir);
+    }
+}
+
+static struct kvt_client *connect_as(const char *tenant, struct kvt_ns_info *ns,
+                                     const struct kvt_span_policy *spans)
+{
+    struct kvt_connect_opts o = {
+        .socket_path = d.socket_path, .tenant = tenant, .arena_bytes = 1 << 20, .timeout_ms = 5000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register_spans(c, &spec, spans, ns), 0);
+    return c;
+}
+
+static void put_all(struct kvt_client *c, uint32_t ns, const struct kvt_key *k)
+{
+    for (uint32_t i = 0; i < N_CHUNKS; i++)
+        assert_int_equal(kvt_put(c, ns, &k[i], chunks[i], sizeof(chunks[i]), 0), 0);
+}
+
+static struct kvt_select_req sel_req(uint32_t layer, uint32_t budget)
+{
+    return (struct kvt_select_req){.layer = layer,
+                                   .n_query_heads = QHEADS,
+                                   .head_dim = HD,
+                                   .query = query,
+                                   .budget_tokens = budget,
+                                   .recent_tokens = 16};
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    make_data();
+    char tenants[96];
+    snprintf(tenants, sizeof(tenants), "--tenants=other=uid:%u", getuid());
+    const char *args[] = {tenants, "--cpu.arena_bytes=64M", NULL};
+    return kvt_test_daemon_start(&d, args);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int rc = kvt_test_daemon_stop(&d);
+    kvt_test_daemon_cleanup(&d);
+    return rc;
+}
+
+static void test_needle_found(void **state)
+{
+    (void)state;
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_as(NULL, &ns, NULL);
+    uint64_t built0 = kvt_test_stat(c, "abstracts");
+    put_all(c, ns.handle, keys);
+    assert_int_equal(kvt_test_stat(c, "abstracts") - built0, N_CHUNKS);
+    assert_true(kvt_test_stat(c, "abstract_bytes") > 0);
+
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+    struct kvt_context_info info;
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, starts, N_CHUNKS, &info), 0);
+    assert_int_equal(info.chunks, N_CHUNKS);
+    assert_int_equal(info.tokens, N_CHUNKS * TOKENS);
+    assert_int_equal(info.without_abstract, 0);
+
+    /* 48 tokens: the sink (first 16-token span) and the recent window (last 16) are forced;
+     * the one span left must be the needle's. */
+    struct kvt_select_req q = sel_req(1, 48);
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info si;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_int_equal(si.tokens_selected, 48);
+    assert_int_equal(si.context_tokens, N_CHUNKS * TOKENS);
+    assert_int_equal(si.spans_scored, N_CHUNKS * TOKENS / 16);
+    assert_int_equal(si.n_spans, 3);
+    assert_int_equal(sp[0].chunk, 0);
+    assert_int_equal(sp[0].token_first, 0);
+    assert_int_equal(sp[0].n_tokens, 16);
+    assert_int_equal(sp[1].chunk, NEEDLE_CHUNK);
+    assert_int_equal(sp[1].token_first, NEEDLE_TOKEN / 16 * 16);
+    assert_int_equal(sp[1].n_tokens, 16);
+    assert_int_equal(sp[2].chunk, N_CHUNKS - 1);
+    assert_int_equal(sp[2].token_first, TOKENS - 16);
+    assert_int_equal(sp[1].tier, KVT_TIER_CPU);
+    /* The needle dominates head 0's estimate: half of the mean over two heads, at least. */
+    assert_true(sp[1].mass > 0.4f);
+    assert_true(sp[1].mass > sp[0].mass && sp[1].mass > sp[2].mass);
+
+    /* Deterministic. */
+    struct kvt_span_sel sp2[64];
+    struct kvt_select_info si2;
+    assert_int_equal(kvt_select(c, ctx, &q, sp2, 64, &si2), 0);
+    assert_int_equal(si2.n_spans, si.n_spans);
+    assert_memory_equal(sp, sp2, si.n_spans * sizeof(sp[0]));
+
+    /* Layer 0 has no needle: the span chosen there is another. */
+    q.layer = 0;
+    assert_int_equal(kvt_select(c, ctx, &q, sp2, 64, &si2), 0);
+    assert_int_equal(si2.tokens_selected, 48);
+
+    /* A budget covering the context returns all of it, one run per chunk. */
+    q = sel_req(1, 0);
+    q.budget_fraction = 1.0f;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_int_equal(si.n_spans, N_CHUNKS);
+    assert_int_equal(si.tokens_selected, N_CHUNKS * TOKENS);
+    for (uint32_t i = 0; i < N_CHUNKS; i++) {
+        assert_int_equal(sp[i].chunk, i);
+        assert_int_equal(sp[i].token_first, 0);
+        assert_int_equal(sp[i].n_tokens, TOKENS);
+    }
+    assert_true(fabsf(si.mass_selected - 1.0f) < 1e-4f);
+
+    /* Top-p: the needle holds most of head 0's mass, so a small p stops soon after it. */
+    q = sel_req(1, 0);
+    q.top_p = 0.3f;
+    q.recent_tokens = 0;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_true(si.mass_selected >= 0.3f);
+    int has_needle = 0;
+    for (size_t i = 0; i < si.n_spans; i++)
+        has_needle |= sp[i].chunk == NEEDLE_CHUNK && sp[i].token_first <= NEEDLE_TOKEN &&
+                      sp[i].token_first + sp[i].n_tokens > NEEDLE_TOKEN;
+    assert_true(has_needle);
+    assert_true(si.tokens_selected < N_CHUNKS * TOKENS / 2);
+
+    /* Too small an output array: E_SMALLBUF. */
+    q = sel_req(1, 48);
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 2, &si), KVT_E_SMALLBUF);
+
+    assert_int_equal(kvt_context_close(c, ctx), 0);
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_NOCTX);
+    assert_int_equal(kvt_context_close(c, ctx), KVT_E_NOCTX);
+    kvt_close(c);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_as(NULL, &ns, NULL);
+    put_all(c, ns.handle, keys);
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+    assert_int_equal(kvt_context_open(c, 999999, 0, &ctx), KVT_E_NONS);
+    assert_int_equal(kvt_context_open(c, ns.handle, 5, &ctx), KVT_E_INVAL); /* ttl below 10 ms */
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+
+    /* AppendChunks: all or nothing. */
+    struct kvt_key mixed[2] = {keys[0], {0xdead, 0xbeef}};
+    uint64_t st[2] = {0, TOKENS};
+    struct kvt_context_info info;
+    assert_int_equal(kvt_context_append(c, ctx, mixed, NULL, st, 2, &info), KVT_E_NOTFOUND);
+    uint64_t back[2] = {TOKENS, 0}; /* out of order */
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, back, 2, &info), KVT_E_INVAL);
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, starts, 1, &info), 0);
+    assert_int_equal(info.chunks, 1); /* nothing of the refused appends stayed */
+    assert_int_equal(kvt_context_append(c, ctx, keys + 1, NULL, starts, 1, &info), KVT_E_INVAL);
+    assert_int_equal(kvt_context_append(c, ctx, keys + 1, NULL, starts + 1, N_CHUNKS - 1, &info),
+                     0);
+    assert_int_equal(info.chunks, N_CHUNKS);
+
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info si;
+    struct kvt_select_req q = sel_req(LAYERS, 48); /* layer out of range */
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q = sel_req(1, 0); /* no budget */
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q.budget_fraction = 1.5f;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q.budget_fraction = -0.5f;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q = sel_req(1, 48);
+    q.top_p = 0.5f; /* two budgets */
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q = sel_req(1, 0);
+    q.top_p = 1.5f;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q = sel_req(1, 48);
+    q.n_query_heads = 3; /* not a multiple of the 2 KV heads */
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q = sel_req(1, 48);
+    q.head_dim = HD / 2; /* the query's size disagrees with the namespace */
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_GEOMETRY);
+    float bad[QHEADS * HD];
+    memcpy(bad, query, sizeof(bad));
+    bad[5] = NAN;
+    q = sel_req(1, 48);
+    q.query = bad;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), KVT_E_INVAL);
+    q = sel_req(1, 48);
+    assert_int_equal(kvt_select(c, ctx ^ (1ull << 40), &q, sp, 64, &si), KVT_E_NOCTX);
+    assert_int_equal(kvt_select(c, 0, &q, sp, 64, &si), KVT_E_NOCTX);
+
+    /* After all that, the context answers as before. */
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_int_equal(si.tokens_selected, 48);
+    assert_int_equal(si.context_tokens, N_CHUNKS * TOKENS);
+
+    /* Another tenant cannot use it, nor learn anything from it. */
+    struct kvt_ns_info ns2;
+    struct kvt_client *o = connect_as("other", &ns2, NULL);
+    assert_int_equal(kvt_select(o, ctx, &q, sp, 64, &si), KVT_E_ACCESS);
+    assert_int_equal(kvt_context_append(o, ctx, keys, NULL, starts, 1, &info), KVT_E_ACCESS);
+    assert_int_equal(kvt_context_close(o, ctx), KVT_E_ACCESS);
+    /* Nor append its chunks to a context of its own: they are not its chunks. */
+    uint64_t octx;
+    assert_int_equal(kvt_context_open(o, ns2.handle, 0, &octx), 0);
+    assert_int_equal(kvt_context_append(o, octx, keys, NULL, starts, 1, &info), KVT_E_NOTFOUND);
+    assert_int_equal(kvt_context_close(o, octx), 0);
+    kvt_close(o);
+
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_int_equal(kvt_context_close(c, ctx), 0);
+    kvt_close(c);
+}
+
+static void test_lease_expires(void **state)
+{
+    (void)state;
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_as(NULL, &ns, NULL);
+    put_all(c, ns.handle, keys);
+    uint64_t expired0 = kvt_test_stat(c, "contexts_expired");
+    uint64_t ctx, kept;
+    assert_int_equal(kvt_context_open(c, ns.handle, 100, &ctx), 0);
+    assert_int_equal(kvt_context_open(c, ns.handle, 100, &kept), 0);
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, starts, N_CHUNKS, NULL), 0);
+    /* kept is renewed every 40 ms; ctx is left alone for 300 ms. */
+    for (int i = 0; i < 8; i++) {
+        usleep(40 * 1000);
+        assert_int_equal(kvt_context_append(c, kept, NULL, NULL, NULL, 0, NULL), 0);
+    }
+    struct kvt_select_req q = sel_req(1, 48);
+    struct kvt_span_sel sp[64];
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, NULL), KVT_E_NOCTX);
+    assert_int_equal(kvt_test_stat(c, "contexts_expired") - expired0, 1);
+    assert_int_equal(kvt_context_close(c, kept), 0);
+    kvt_close(c);
+}
+
+static void test_variable_spans(void **state)
+{
+    (void)state;
+    /* Chunk 0's keys are one constant vector in every token: its spans merge up to max_tokens
+     * in layer 1, never in layer 0 (fine_layers = 1). The other chunks are noise of the same
+     * scale as the needle test's, whose neighbours widen the bound when merged. */
+    struct kvt_span_policy vp = {.kind = KVT_SPANS_VARIABLE,
+                                 .block_tokens = 8,
+                                 .max_tokens = 32,
+                                 .merge_tol = 0.05f,
+                                 .fine_layers = 1};
+    struct kvt_ns_info ns;
+    struct kvt_client *c = connect_as(NULL, &ns, &vp);
+    static uint16_t flat[CHUNK_HALFS];
+    for (size_t i = 0; i < CHUNK_HALFS; i++)
+        flat[i] = kvt_f32_to_f16(0.25f);
+    struct kvt_key vk[2] = {{0x2000, 1}, {0x2001, 1}};
+    assert_int_equal(kvt_put(c, ns.handle, &vk[0], flat, sizeof(flat), 0), 0);
+    assert_int_equal(kvt_put(c, ns.handle, &vk[1], chunks[1], sizeof(chunks[1]), 0), 0);
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+    uint64_t st[2] = {0, TOKENS};
+    assert_int_equal(kvt_context_append(c, ctx, vk, NULL, st, 2, NULL), 0);
+    struct kvt_select_req q = sel_req(1, 0);
+    q.budget_fraction = 1.0f;
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info s1, s0;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &s1), 0);
+    q.layer = 0;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &s0), 0);
+    /* Layer 0 keeps the 8-token blocks: 16 spans over two chunks. Layer 1: the flat chunk
+     * becomes 2 spans of 32; the noisy one merges little (at least 4 spans, at most 8). */
+    assert_int_equal(s0.spans_scored, 2 * TOKENS / 8);
+    assert_true(s1.spans_scored >= 2 + 4 && s1.spans_scored < 2 + 8 + 1);
+    assert_int_equal(s1.tokens_selected, 2 * TOKENS);
+
+    /* Bad policies are refused at registration. */
+    struct kvt_span_policy bad = {.kind = 9};
+    struct kvt_ns_info ns2;
+    assert_int_equal(kvt_register_spans(c, &spec, &bad, &ns2), KVT_E_INVAL);
+    bad = (struct kvt_span_policy){.kind = KVT_SPANS_FIXED, .block_tokens = 40000};
+    assert_int_equal(kvt_register_spans(c, &spec, &bad, &ns2), KVT_E_INVAL);
+    assert_int_equal(kvt_context_close(c, ctx), 0);
+    kvt_close(c);
+}
+
+static void test_abstracts_outlive_the_bytes(void **state)
+{
+    (void)state;
+    /* A namespace of its own, whose chunks are pushed out of the CPU tier (no disk) by Puts of
+     * another; the context still scores them, and says they are gone. */
+    struct kvt_ns_spec big = spec;
+    big.model_id = "select-evict";
+    struct kvt_connect_opts o = {
+        .socket_path = d.socket_path, .arena_bytes = 8 << 20, .timeout_ms = 5000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_register(c, &big, &ns), 0);
+    struct kvt_key ek[N_CHUNKS];
+    for (uint32_t i = 0; i < N_CHUNKS; i++) {
+        ek[i] = (struct kvt_key){0x3000 + i, 3};
+        assert_int_equal(kvt_put(c, ns.handle, &ek[i], chunks[i], sizeof(chunks[i]), 0), 0);
+    }
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+    assert_int_equal(kvt_context_append(c, ctx, ek, NULL, starts, N_CHUNKS, NULL), 0);
+    assert_int_equal(kvt_delete(c, ns.handle, ek, N_CHUNKS, NULL), 0);
+    size_t hits = 9;
+    assert_int_equal(kvt_lookup(c, ns.handle, ek, 1, &hits, NULL), 0);
+    assert_int_equal(hits, 0);
+    struct kvt_select_req q = sel_req(1, 48);
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info si;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_int_equal(si.n_spans, 3);
+    assert_int_equal(sp[1].chunk, NEEDLE_CHUNK);
+    for (size_t i = 0; i < si.n_spans; i++)
+        assert_int_equal(sp[i].tier, KVT_TIER_NONE);
+    assert_int_equal(kvt_context_close(c, ctx), 0);
+    kvt_close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_needle_found),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_lease_expires),
+        cmocka_unit_test(test_variable_spans),
+        cmocka_unit_test(test_abstracts_outlive_the_bytes),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
