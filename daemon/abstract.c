@@ -21,12 +21,32 @@ static size_t align8(size_t n)
     return (n + 7) & ~(size_t)7;
 }
 
-size_t kvt_abs_bytes(const struct kvt_abs_geom *g, uint32_t max_spans_per_layer)
+/* Bytes of an abstract of g with room for spans spans (all layers). */
+static size_t abs_size(const struct kvt_abs_geom *g, size_t spans)
 {
-    size_t spans = (size_t)g->n_layers * max_spans_per_layer;
     size_t per = (size_t)g->n_heads * 2u * g->head_dim * sizeof(uint16_t);
     return align8(sizeof(struct kvt_abs)) + align8((g->n_layers + 1u) * sizeof(uint32_t)) +
            2 * align8(spans * sizeof(uint16_t)) + 2 * spans * per;
+}
+
+/* Points a's arrays into m, an allocation of abs_size(&a->g, spans) bytes that starts with a. */
+static void abs_carve(struct kvt_abs *a, uint8_t *m, size_t spans)
+{
+    const struct kvt_abs_geom *g = &a->g;
+    size_t at = align8(sizeof(*a));
+    a->layer_first = (uint32_t *)(m + at);
+    at += align8((g->n_layers + 1u) * sizeof(uint32_t));
+    a->span_first = (uint16_t *)(m + at);
+    at += align8(spans * sizeof(uint16_t));
+    a->span_len = (uint16_t *)(m + at);
+    at += align8(spans * sizeof(uint16_t));
+    a->bounds = (uint16_t *)(m + at);
+    a->means = a->bounds + spans * g->n_heads * 2u * g->head_dim;
+}
+
+size_t kvt_abs_bytes(const struct kvt_abs_geom *g, uint32_t max_spans_per_layer)
+{
+    return abs_size(g, (size_t)g->n_layers * max_spans_per_layer);
 }
 
 int kvt_span_policy_resolve(const struct kvt_span_policy *asked, const struct kvt_span_policy *dflt,
@@ -65,27 +85,16 @@ struct kvt_abs *kvt_abs_alloc(const struct kvt_abs_geom *g, const struct kvt_spa
     if (!g->n_layers || !g->n_heads || !g->head_dim || !g->n_tokens ||
         g->n_tokens > UINT16_MAX + 1u)
         return NULL;
-    uint32_t per_layer = spans_per_layer_max(g, p);
-    size_t bytes = kvt_abs_bytes(g, per_layer);
+    size_t spans = (size_t)g->n_layers * spans_per_layer_max(g, p), bytes = abs_size(g, spans);
     uint8_t *m = kvt_malloc(KVT_ALLOC_ABSTRACT, bytes);
     if (!m)
         return NULL;
-    size_t spans = (size_t)g->n_layers * per_layer;
-    size_t per = (size_t)g->n_heads * 2u * g->head_dim;
     struct kvt_abs *a = (struct kvt_abs *)m;
     memset(a, 0, sizeof(*a));
     a->refs = 1;
     a->g = *g;
     a->bytes = bytes;
-    size_t at = align8(sizeof(*a));
-    a->layer_first = (uint32_t *)(m + at);
-    at += align8((g->n_layers + 1u) * sizeof(uint32_t));
-    a->span_first = (uint16_t *)(m + at);
-    at += align8(spans * sizeof(uint16_t));
-    a->span_len = (uint16_t *)(m + at);
-    at += align8(spans * sizeof(uint16_t));
-    a->bounds = (uint16_t *)(m + at);
-    a->means = a->bounds + spans * per;
+    abs_carve(a, m, spans);
     return a;
 }
 
@@ -220,6 +229,29 @@ void kvt_abs_build(struct kvt_abs *a, const struct kvt_span_policy *p, const uin
     a->layer_first[g->n_layers] = a->n_spans;
     if (buf != stack)
         kvt_free(KVT_ALLOC_ABSTRACT, buf);
+}
+
+struct kvt_abs *kvt_abs_compact(const struct kvt_abs *a)
+{
+    const struct kvt_abs_geom *g = &a->g;
+    size_t n = a->n_spans, bytes = abs_size(g, n);
+    size_t per = (size_t)g->n_heads * 2u * g->head_dim;
+    if (!n || bytes + bytes / 8 >= a->bytes)
+        return (struct kvt_abs *)a;
+    uint8_t *m = kvt_malloc(KVT_ALLOC_ABSTRACT, bytes);
+    if (!m)
+        return (struct kvt_abs *)a;
+    struct kvt_abs *c = (struct kvt_abs *)m;
+    *c = *a;
+    c->refs = 1;
+    c->bytes = bytes;
+    abs_carve(c, m, n);
+    memcpy(c->layer_first, a->layer_first, (g->n_layers + 1u) * sizeof(uint32_t));
+    memcpy(c->span_first, a->span_first, n * sizeof(uint16_t));
+    memcpy(c->span_len, a->span_len, n * sizeof(uint16_t));
+    memcpy(c->bounds, a->bounds, n * per * sizeof(uint16_t));
+    memcpy(c->means, a->means, n * per * sizeof(uint16_t));
+    return c;
 }
 
 /* ---- the store --------------------------------------------------------------------------------

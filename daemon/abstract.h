@@ -70,6 +70,11 @@ struct kvt_abs *kvt_abs_alloc(const struct kvt_abs_geom *g, const struct kvt_spa
  * only a and chunk. */
 void kvt_abs_build(struct kvt_abs *a, const struct kvt_span_policy *p, const uint16_t *chunk);
 
+/* A copy of built abstract a sized for the spans it has (variable spans merge, so it is often
+ * smaller than its allocation), or a itself when the copy would save little or cannot be made.
+ * The caller owns the result (one reference) and, when it differs, still owns a. Any thread. */
+struct kvt_abs *kvt_abs_compact(const struct kvt_abs *a);
+
 static inline void kvt_abs_ref(struct kvt_abs *a)
 {
     a->refs++;

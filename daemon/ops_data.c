@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/checksum.h"
 #include "daemon/ops.h"
 #include "kernels/copy.h"
@@ -99,6 +100,14 @@ static void abstract_job(struct kvt_job *j)
 {
     struct kvt_op *op = (struct kvt_op *)j;
     kvt_abs_build(op->abs, &op->abs_policy, op->job.dst);
+    if (op->abs_policy.kind == KVT_SPANS_VARIABLE) {
+        /* Merged spans leave the allocation (sized for the finest cut) partly unused. */
+        struct kvt_abs *c = kvt_abs_compact(op->abs);
+        if (c != op->abs) {
+            kvt_abs_unref(op->abs); /* the one reference, ours: not shared yet */
+            op->abs = c;
+        }
+    }
 }
 
 void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,

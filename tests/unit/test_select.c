@@ -172,6 +172,17 @@ static void test_variable_merges(void **state)
     assert_int_equal(a->layer_first[2] - a->layer_first[1], 3);
     assert_int_equal(a->span_len[a->layer_first[1]] + 1, 24);
     assert_int_equal(a->layer_first[3] - a->layer_first[2], 3);
+    /* Compacted: the same spans and bounds in a smaller allocation. */
+    struct kvt_abs *k = kvt_abs_compact(a);
+    assert_ptr_not_equal(k, a);
+    assert_true(k->bytes < a->bytes);
+    assert_int_equal(k->n_spans, a->n_spans);
+    assert_memory_equal(k->layer_first, a->layer_first, (L + 1) * sizeof(uint32_t));
+    assert_memory_equal(k->span_len, a->span_len, a->n_spans * sizeof(uint16_t));
+    assert_memory_equal(k->bounds, a->bounds, (size_t)a->n_spans * H * 2 * HD * 2);
+    assert_memory_equal(k->means, a->means, (size_t)a->n_spans * H * 2 * HD * 2);
+    assert_ptr_equal(kvt_abs_compact(k), k); /* nothing left to save */
+    kvt_abs_unref(k);
     kvt_abs_unref(a);
     /* Half the layer's keys at +1, half at -1: merging across the change doubles nothing
      * within a half, so each half merges but the halves stay apart. */
