@@ -143,8 +143,8 @@ void kvt__ops_close_context(struct kvt_server *s, struct kvt_conn *c, struct kvt
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }
 
-/* Bytes one SelectedSpan takes in an answer, at most (five fields, tags and lengths). */
-#define SELECTED_SPAN_BYTES 32
+/* Bytes one SelectedSpan takes in an answer, at most (five fields and a Key, tags and lengths). */
+#define SELECTED_SPAN_BYTES 64
 
 size_t kvt__ops_select_reserve(const struct kvt_server *s, const Kvtier__SelectReq *r)
 {
@@ -194,19 +194,22 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         reply_error(s, c, op, KVT_E_INVAL, "top_p must be within (0, 1]");
         return;
     }
-    /* The query is copied out of the frame: protobuf bytes carry no alignment. */
-    float *q = kvt_malloc(KVT_ALLOC_ABSTRACT, want);
-    uint32_t max_out = kvt_sel_spans(x, r->layer);
-    struct kvt_sel_span *out =
-        kvt_malloc(KVT_ALLOC_ABSTRACT, (max_out ? max_out : 1) * sizeof(*out));
-    Kvtier__SelectedSpan *pb =
-        kvt_malloc(KVT_ALLOC_ABSTRACT, (max_out ? max_out : 1) * sizeof(*pb));
-    Kvtier__SelectedSpan **pp =
-        kvt_malloc(KVT_ALLOC_ABSTRACT, (max_out ? max_out : 1) * sizeof(*pp));
-    if (!q || !out || !pb || !pp) {
+    /* One allocation for the runs, their protobuf form and the query (copied out of the frame:
+     * protobuf bytes carry no alignment). Every element type is 8-byte aligned. */
+    size_t m = kvt_sel_spans(x, r->layer);
+    m = m ? m : 1;
+    size_t per = sizeof(struct kvt_sel_span) + sizeof(Kvtier__SelectedSpan) +
+                 sizeof(Kvtier__SelectedSpan *) + sizeof(Kvtier__Key);
+    uint8_t *mem = kvt_malloc(KVT_ALLOC_ABSTRACT, m * per + want);
+    if (!mem) {
         reply_error(s, c, op, KVT_E_NOMEM, NULL);
-        goto done;
+        return;
     }
+    Kvtier__SelectedSpan *pb = (Kvtier__SelectedSpan *)mem;
+    Kvtier__Key *pk = (Kvtier__Key *)(pb + m);
+    Kvtier__SelectedSpan **pp = (Kvtier__SelectedSpan **)(pk + m);
+    struct kvt_sel_span *out = (struct kvt_sel_span *)(pp + m);
+    float *q = (float *)(out + m);
     memcpy(q, r->query.data, want);
     for (size_t i = 0; i < (size_t)r->n_query_heads * x->head_dim; i++)
         if (!isfinite(q[i])) {
@@ -226,7 +229,7 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         .recent_tokens = r->recent_tokens,
     };
     struct kvt_sel_result res;
-    int rc = kvt_sel_run(x, &p, &s->sel, out, max_out, &res);
+    int rc = kvt_sel_run(x, &p, &s->sel, out, m, &res);
     if (rc) {
         reply_error(s, c, op, rc, NULL);
         goto done;
@@ -242,6 +245,11 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         pb[i].n_tokens = out[i].n_tokens;
         pb[i].tier = t;
         pb[i].mass = out[i].mass;
+        kvtier__key__init(&pk[i]);
+        pk[i].lo = ch->id.key.lo;
+        pk[i].hi = ch->id.key.hi;
+        pk[i].variant = ch->id.variant;
+        pb[i].key = &pk[i];
         pp[i] = &pb[i];
     }
     s->st.selects++;
@@ -260,8 +268,5 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     resp.select = &sr;
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 done:
-    kvt_free(KVT_ALLOC_ABSTRACT, q);
-    kvt_free(KVT_ALLOC_ABSTRACT, out);
-    kvt_free(KVT_ALLOC_ABSTRACT, pb);
-    kvt_free(KVT_ALLOC_ABSTRACT, pp);
+    kvt_free(KVT_ALLOC_ABSTRACT, mem);
 }

@@ -1432,15 +1432,70 @@ int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *
     if (a->n_spans > max_spans) {
         rc = KVT_E_SMALLBUF;
     } else {
-        for (size_t i = 0; i < a->n_spans; i++)
-            spans[i] = (struct kvt_span_sel){
-                a->spans[i]->chunk, a->spans[i]->token_first, a->spans[i]->n_tokens,
-                (enum kvt_tier_id)a->spans[i]->tier, a->spans[i]->mass};
+        for (size_t i = 0; i < a->n_spans; i++) {
+            const Kvtier__SelectedSpan *x = a->spans[i];
+            spans[i] = (struct kvt_span_sel){.chunk = x->chunk,
+                                             .token_first = x->token_first,
+                                             .n_tokens = x->n_tokens,
+                                             .tier = (enum kvt_tier_id)x->tier,
+                                             .mass = x->mass};
+            if (x->key) {
+                spans[i].key = (struct kvt_key){x->key->lo, x->key->hi};
+                spans[i].variant = x->key->variant;
+            }
+        }
         if (info)
             *info = (struct kvt_select_info){a->n_spans, a->spans_scored, a->tokens_selected,
                                              a->context_tokens, a->mass_selected};
     }
     kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_select_fetch(struct kvt_client *c, uint32_t ns, uint64_t ctx,
+                     const struct kvt_select_req *req, struct kvt_span_sel *spans, size_t max_spans,
+                     void *dst, size_t dst_cap, struct kvt_select_info *info)
+{
+    struct kvt_select_info si;
+    int rc = kvt_select(c, ctx, req, spans, max_spans, &si);
+    if (info)
+        *info = si;
+    if (rc)
+        return rc;
+    if (!si.n_spans)
+        return 0;
+    uint32_t ns_id;
+    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+        return rc;
+    /* One token of one layer: [k|v][head][dim]. */
+    const struct ns_slot *slot = &c->ns[ns - 1];
+    size_t row = slot->info.bytes_per_token / slot->spec.layers, at = 0;
+    for (size_t i = 0; i < si.n_spans; i++) {
+        size_t bytes = (size_t)spans[i].n_tokens * row;
+        if (bytes > dst_cap - at)
+            return KVT_E_SMALLBUF;
+        spans[i].dst_off = at;
+        at += bytes;
+    }
+    struct kvt_item *items = calloc(si.n_spans, sizeof(*items));
+    if (!items)
+        return KVT_E_NOMEM;
+    for (size_t i = 0; i < si.n_spans; i++)
+        items[i] = (struct kvt_item){.key = spans[i].key,
+                                     .buf = (uint8_t *)dst + spans[i].dst_off,
+                                     .len = (size_t)spans[i].n_tokens * row,
+                                     .n_tokens = spans[i].n_tokens,
+                                     .variant = spans[i].variant,
+                                     .layer = req->layer,
+                                     .token_first = spans[i].token_first};
+    rc = kvt_get_range_batch(c, ns, items, si.n_spans);
+    for (size_t i = 0; i < si.n_spans; i++) {
+        spans[i].status = items[i].status;
+        spans[i].served_from = items[i].tier;
+        if (!rc && items[i].status)
+            rc = items[i].status;
+    }
+    free(items);
     return rc;
 }
 

@@ -420,6 +420,14 @@ struct kvt_span_sel {
     uint32_t n_tokens;
     enum kvt_tier_id tier; /* where the chunk is now; KVT_TIER_NONE when gone from every tier */
     float mass;            /* estimated share of the layer's attention mass */
+    struct kvt_key key;    /* the chunk's key and variant */
+    uint32_t variant;
+    /* kvt_select_fetch only: where the run's rows are in dst, the fetch's status (0, or the
+     * GetRange's error: KVT_E_NOTFOUND when the chunk left every tier after the Select) and the
+     * tier that served them. */
+    size_t dst_off;
+    int status;
+    enum kvt_tier_id served_from;
 };
 struct kvt_select_info {
     size_t n_spans; /* runs written to spans */
@@ -432,6 +440,18 @@ struct kvt_select_info {
  * KVT_E_SMALLBUF when they do not fit). info may be NULL. */
 KVT_API int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *req,
                        struct kvt_span_sel *spans, size_t max_spans, struct kvt_select_info *info);
+
+/* Select, then the selected rows: each run's rows of req->layer ([token][k|v][head][dim], as a
+ * GetRange returns them) one after the other into dst (dst_cap bytes; an arena buffer avoids a
+ * copy), read from DRAM where the chunk is resident and by range reads from disk otherwise, all
+ * runs pipelined at once (kvt_get_range_batch). ns is the context's namespace handle. 0 when the
+ * Select and every fetch worked; the first run error otherwise (each run has its own status; the
+ * rows of runs with status 0 are in dst). KVT_E_SMALLBUF, before any fetch, when the runs do not
+ * fit dst. Two round trips (Select, then the batch); a later daemon may do it in one. */
+KVT_API int kvt_select_fetch(struct kvt_client *c, uint32_t ns, uint64_t ctx,
+                             const struct kvt_select_req *req, struct kvt_span_sel *spans,
+                             size_t max_spans, void *dst, size_t dst_cap,
+                             struct kvt_select_info *info);
 
 /* A round trip to the daemon (reconnecting first if needed). */
 KVT_API int kvt_ping(struct kvt_client *c);

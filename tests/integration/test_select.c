@@ -4,8 +4,10 @@
  * the recent window it always keeps; a budget covering the context returns all of it; answers
  * are deterministic; variable spans merge where the keys are alike and never in the fine
  * layers; abstracts outlive the bytes they describe (the CPU tier evicts, the context still
- * scores); AppendChunks is all or nothing; a lease that nobody renews expires; every bad input
- * gets its error and changes nothing; another tenant's context is refused.
+ * scores); SelectFetch delivers exactly the selected rows, from DRAM and, once the chunks were
+ * pushed out of it, by range reads from disk; AppendChunks is all or nothing; a lease that nobody
+ * renews expires; every bad input gets its error and changes nothing; another tenant's context is
+ * refused.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -405,6 +407,81 @@ static void test_abstracts_outlive_the_bytes(void **state)
     kvt_close(c);
 }
 
+/* The rows of run r of layer l, as the chunk holds them. */
+static const uint16_t *rows_of(const struct kvt_span_sel *r, uint32_t l)
+{
+    return &chunks[r->chunk][((size_t)l * TOKENS + r->token_first) * ROW_HALFS];
+}
+
+static void test_select_fetch_dram_and_disk(void **state)
+{
+    (void)state;
+    /* A daemon of its own with a disk tier (write-through) and a CPU tier of 256 KiB: the
+     * context's chunks are pushed out of DRAM by filler chunks and read back by range reads. */
+    struct kvt_test_daemon dd = {0};
+    const char *args[] = {
+        "--disk.bytes=64M",       "--disk.codec=none",    "--tier.write_policy=write-through",
+        "--cpu.arena_bytes=256K", "--cpu.page_bytes=64K", NULL};
+    assert_int_equal(kvt_test_daemon_start(&dd, args), 0);
+    struct kvt_connect_opts o = {
+        .socket_path = dd.socket_path, .arena_bytes = 1 << 20, .timeout_ms = 5000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_register(c, &spec, &ns), 0);
+    put_all(c, ns.handle, keys);
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, starts, N_CHUNKS, NULL), 0);
+
+    size_t row = ROW_HALFS * 2, cap = N_CHUNKS * TOKENS * row;
+    uint8_t *dst = kvt_arena_alloc(c, cap);
+    assert_non_null(dst);
+    struct kvt_select_req q = sel_req(1, 48);
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info si;
+    assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, cap, &si), 0);
+    assert_int_equal(si.n_spans, 3);
+    size_t at = 0;
+    for (size_t i = 0; i < si.n_spans; i++) {
+        assert_int_equal(sp[i].status, 0);
+        assert_int_equal(sp[i].dst_off, at);
+        assert_int_equal(sp[i].key.lo, keys[sp[i].chunk].lo);
+        assert_memory_equal(dst + sp[i].dst_off, rows_of(&sp[i], 1), sp[i].n_tokens * row);
+        at += sp[i].n_tokens * row;
+    }
+    /* Too small a destination: refused before anything is read. */
+    assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, at - 1, &si),
+                     KVT_E_SMALLBUF);
+
+    /* Filler evicts the context's chunks from DRAM; they stay on disk. */
+    struct kvt_ns_spec fs = spec;
+    fs.model_id = "select-filler";
+    struct kvt_ns_info fns;
+    assert_int_equal(kvt_register(c, &fs, &fns), 0);
+    for (uint32_t i = 0; i < 64; i++) {
+        struct kvt_key k = {0x9000 + i, 9};
+        assert_int_equal(kvt_put(c, fns.handle, &k, chunks[i % N_CHUNKS], sizeof(chunks[0]), 0), 0);
+    }
+    uint64_t reads0 = kvt_test_stat(c, "disk.range_reads");
+    memset(dst, 0, cap);
+    assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, cap, &si), 0);
+    assert_int_equal(si.n_spans, 3);
+    assert_int_equal(sp[1].chunk, NEEDLE_CHUNK); /* the same choice from the disk tier */
+    int from_disk = 0;
+    for (size_t i = 0; i < si.n_spans; i++) {
+        assert_int_equal(sp[i].status, 0);
+        from_disk += sp[i].served_from == KVT_TIER_DISK;
+        assert_memory_equal(dst + sp[i].dst_off, rows_of(&sp[i], 1), sp[i].n_tokens * row);
+    }
+    assert_true(from_disk >= 1);
+    assert_true(kvt_test_stat(c, "disk.range_reads") - reads0 >= (uint64_t)from_disk);
+    kvt_arena_free(c, dst);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&dd), 0);
+    kvt_test_daemon_cleanup(&dd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_lease_expires),
         cmocka_unit_test(test_variable_spans),
         cmocka_unit_test(test_abstracts_outlive_the_bytes),
+        cmocka_unit_test(test_select_fetch_dram_and_disk),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
