@@ -143,13 +143,23 @@ void kvt__ops_close_context(struct kvt_server *s, struct kvt_conn *c, struct kvt
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }
 
-/* Bytes one SelectedSpan takes in an answer, at most (five fields and a Key, tags and lengths). */
+/* Bytes one SelectedSpan takes in an answer, at most (five fields and a Key, tags and lengths);
+ * one SpanEstimate besides its means. */
 #define SELECTED_SPAN_BYTES 64
+#define SPAN_ESTIMATE_BYTES 48
+#define SELECT_ESTIMATES_MAX 4096
 
 size_t kvt__ops_select_reserve(const struct kvt_server *s, const Kvtier__SelectReq *r)
 {
     const struct kvt_ctx *x = kvt_ctx_peek(&s->ctx, r->ctx);
-    return x ? (size_t)kvt_sel_spans(x, r->layer) * SELECTED_SPAN_BYTES : 0;
+    if (!x)
+        return 0;
+    size_t spans = kvt_sel_spans(x, r->layer);
+    size_t est = r->n_estimates < spans ? r->n_estimates : spans;
+    if (est > SELECT_ESTIMATES_MAX)
+        est = 0; /* refused with an error */
+    return spans * SELECTED_SPAN_BYTES +
+           est * (SPAN_ESTIMATE_BYTES + (size_t)x->n_heads * 2u * x->head_dim * sizeof(uint16_t));
 }
 
 void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
@@ -194,13 +204,20 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         reply_error(s, c, op, KVT_E_INVAL, "top_p must be within (0, 1]");
         return;
     }
-    /* One allocation for the runs, their protobuf form and the query (copied out of the frame:
-     * protobuf bytes carry no alignment). Every element type is 8-byte aligned. */
+    if (r->n_estimates > SELECT_ESTIMATES_MAX) {
+        reply_error(s, c, op, KVT_E_INVAL, "n_estimates must be at most 4096");
+        return;
+    }
+    /* One allocation for the runs, the estimates, their protobuf forms and the query (copied out
+     * of the frame: protobuf bytes carry no alignment). Every element type is 8-byte aligned. */
     size_t m = kvt_sel_spans(x, r->layer);
     m = m ? m : 1;
+    size_t n_est = r->n_estimates < m ? r->n_estimates : m;
     size_t per = sizeof(struct kvt_sel_span) + sizeof(Kvtier__SelectedSpan) +
                  sizeof(Kvtier__SelectedSpan *) + sizeof(Kvtier__Key);
-    uint8_t *mem = kvt_malloc(KVT_ALLOC_ABSTRACT, m * per + want);
+    size_t per_est =
+        sizeof(struct kvt_sel_est) + sizeof(Kvtier__SpanEstimate) + sizeof(Kvtier__SpanEstimate *);
+    uint8_t *mem = kvt_malloc(KVT_ALLOC_ABSTRACT, m * per + n_est * per_est + want);
     if (!mem) {
         reply_error(s, c, op, KVT_E_NOMEM, NULL);
         return;
@@ -208,8 +225,11 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     Kvtier__SelectedSpan *pb = (Kvtier__SelectedSpan *)mem;
     Kvtier__Key *pk = (Kvtier__Key *)(pb + m);
     Kvtier__SelectedSpan **pp = (Kvtier__SelectedSpan **)(pk + m);
-    struct kvt_sel_span *out = (struct kvt_sel_span *)(pp + m);
-    float *q = (float *)(out + m);
+    Kvtier__SpanEstimate *pe = (Kvtier__SpanEstimate *)(pp + m);
+    Kvtier__SpanEstimate **pep = (Kvtier__SpanEstimate **)(pe + n_est);
+    struct kvt_sel_span *out = (struct kvt_sel_span *)(pep + n_est);
+    struct kvt_sel_est *est = (struct kvt_sel_est *)(out + m);
+    float *q = (float *)(est + n_est);
     memcpy(q, r->query.data, want);
     for (size_t i = 0; i < (size_t)r->n_query_heads * x->head_dim; i++)
         if (!isfinite(q[i])) {
@@ -227,9 +247,10 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         .top_p = r->top_p,
         .sink_tokens = r->sink_tokens,
         .recent_tokens = r->recent_tokens,
+        .n_estimates = (uint32_t)n_est,
     };
     struct kvt_sel_result res;
-    int rc = kvt_sel_run(x, &p, &s->sel, out, m, &res);
+    int rc = kvt_sel_run(x, &p, &s->sel, out, m, est, &res);
     if (rc) {
         reply_error(s, c, op, rc, NULL);
         goto done;
@@ -252,6 +273,20 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         pb[i].key = &pk[i];
         pp[i] = &pb[i];
     }
+    /* The means are sent straight from the abstract, which the context keeps alive. */
+    size_t means_bytes = (size_t)x->n_heads * 2u * x->head_dim * sizeof(uint16_t);
+    for (uint32_t i = 0; i < res.n_est; i++) {
+        const struct kvt_abs *a = x->chunks[est[i].chunk].abs;
+        kvtier__span_estimate__init(&pe[i]);
+        pe[i].chunk = est[i].chunk;
+        pe[i].token_first = est[i].token_first;
+        pe[i].n_tokens = est[i].n_tokens;
+        pe[i].mass = est[i].mass;
+        pe[i].means.data =
+            (uint8_t *)(a->means + (size_t)est[i].span * x->n_heads * 2u * x->head_dim);
+        pe[i].means.len = means_bytes;
+        pep[i] = &pe[i];
+    }
     s->st.selects++;
     s->st.select_spans_scored += res.spans_scored;
     s->st.select_tokens_considered += res.context_tokens;
@@ -264,6 +299,8 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     sr.tokens_selected = res.tokens_selected;
     sr.context_tokens = res.context_tokens;
     sr.mass_selected = res.mass_selected;
+    sr.n_estimates = res.n_est;
+    sr.estimates = pep;
     resp.result_case = KVTIER__RESPONSE__RESULT_SELECT;
     resp.select = &sr;
     kvt__server_respond(s, c, op, &resp, 0, NULL);

@@ -14,7 +14,8 @@ struct span {
     uint32_t chunk;
     uint32_t first; /* within the chunk */
     uint32_t n;
-    uint8_t forced; /* sink, recent window or a chunk without abstract */
+    uint32_t abs_span; /* in the chunk's abstract */
+    uint8_t forced;    /* sink, recent window or a chunk without abstract */
     uint8_t chosen;
 };
 
@@ -59,7 +60,8 @@ static size_t align8(size_t n)
 }
 
 int kvt_sel_run(const struct kvt_ctx *c, const struct kvt_sel_params *p, struct kvt_sel_scratch *sc,
-                struct kvt_sel_span *out, size_t out_max, struct kvt_sel_result *res)
+                struct kvt_sel_span *out, size_t out_max, struct kvt_sel_est *est,
+                struct kvt_sel_result *res)
 {
     memset(res, 0, sizeof(*res));
     if (p->layer >= c->n_layers || !p->n_query_heads || p->n_query_heads % c->n_heads)
@@ -97,6 +99,7 @@ int kvt_sel_run(const struct kvt_ctx *c, const struct kvt_sel_params *p, struct 
             x->chunk = ci;
             x->first = a ? a->span_first[s0 + j] : 0;
             x->n = a ? a->span_len[s0 + j] + 1u : ch->n_tokens;
+            x->abs_span = s0 + j;
             uint64_t pos = ch->start_pos + x->first;
             int sink = p->sink_tokens ? pos < p->sink_tokens : at + j == 0;
             int recent = p->recent_tokens && pos + x->n > recent_from;
@@ -179,6 +182,15 @@ int kvt_sel_run(const struct kvt_ctx *c, const struct kvt_sel_params *p, struct 
             return KVT_E_SMALLBUF;
         out[n_out++] = (struct kvt_sel_span){sp[i].chunk, sp[i].first, sp[i].n, mass[i]};
     }
+    /* The best of the rest, for estimation (chunks without abstract have nothing to give). */
+    uint32_t n_est = 0;
+    for (size_t r = 0; r < ranked && n_est < p->n_estimates; r++) {
+        const struct span *x = &sp[order[r]];
+        if (x->chosen || !c->chunks[x->chunk].abs)
+            continue;
+        est[n_est++] = (struct kvt_sel_est){x->chunk, x->abs_span, x->first, x->n, mass[order[r]]};
+    }
+    res->n_est = n_est;
     res->n_out = n_out;
     res->tokens_selected = tokens;
     res->mass_selected = (float)got;

@@ -29,6 +29,16 @@ struct kvt_sel_params {
     float top_p;            /* in (0, 1], or 0 */
     uint64_t sink_tokens;
     uint64_t recent_tokens;
+    uint32_t n_estimates; /* the best unselected spans to describe in est (RetroInfer) */
+};
+
+/* An unselected span an engine may estimate instead of dropping: its abstract's means. */
+struct kvt_sel_est {
+    uint32_t chunk;
+    uint32_t span; /* in the chunk's abstract (kvt_abs_bounds / means index) */
+    uint32_t token_first;
+    uint32_t n_tokens;
+    float mass;
 };
 
 /* One run of selected tokens of one chunk (adjacent selected spans merged). */
@@ -41,6 +51,7 @@ struct kvt_sel_span {
 
 struct kvt_sel_result {
     uint32_t n_out; /* runs written */
+    uint32_t n_est; /* estimates written */
     uint32_t spans_scored;
     uint32_t spans_total;
     uint64_t tokens_selected;
@@ -58,10 +69,12 @@ void kvt_sel_scratch_free(struct kvt_sel_scratch *sc);
 /* Spans of layer in c (scored or not): what an answer can hold at most. */
 uint32_t kvt_sel_spans(const struct kvt_ctx *c, uint32_t layer);
 
-/* Runs Select. out has room for out_max runs (kvt_sel_spans(c, layer) always suffices).
+/* Runs Select. out has room for out_max runs (kvt_sel_spans(c, layer) always suffices); est for
+ * p->n_estimates entries (may be NULL when it is 0), filled in rank order.
  * 0; KVT_E_INVAL for a layer out of range or a query head count that is not a multiple of the
  * context's heads; KVT_E_NOMEM; KVT_E_SMALLBUF when out is too small. */
 int kvt_sel_run(const struct kvt_ctx *c, const struct kvt_sel_params *p, struct kvt_sel_scratch *sc,
-                struct kvt_sel_span *out, size_t out_max, struct kvt_sel_result *res);
+                struct kvt_sel_span *out, size_t out_max, struct kvt_sel_est *est,
+                struct kvt_sel_result *res);
 
 #endif

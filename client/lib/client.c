@@ -1419,6 +1419,9 @@ int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *
     sr.top_p = q->top_p;
     sr.sink_tokens = q->sink_tokens;
     sr.recent_tokens = q->recent_tokens;
+    sr.n_estimates = q->n_estimates;
+    if (q->n_estimates && (!q->est || !q->est_means))
+        return KVT_E_INVAL;
     req.op_case = KVTIER__REQUEST__OP_SELECT;
     req.select = &sr;
     /* The daemon checks the query's size against the namespace's head_dim. */
@@ -1429,9 +1432,20 @@ int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *
     if (rc)
         return rc;
     const Kvtier__SelectResp *a = r->select;
-    if (a->n_spans > max_spans) {
-        rc = KVT_E_SMALLBUF;
+    size_t means_halfs = 0;
+    for (size_t i = 0; i < a->n_estimates; i++)
+        means_halfs += a->estimates[i]->means.len / 2;
+    if (a->n_spans > max_spans || a->n_estimates > q->n_estimates ||
+        means_halfs > q->est_means_cap) {
+        rc = a->n_estimates > q->n_estimates ? KVT_E_PROTO : KVT_E_SMALLBUF;
     } else {
+        uint16_t *m = q->est_means;
+        for (size_t i = 0; i < a->n_estimates; i++) {
+            const Kvtier__SpanEstimate *e = a->estimates[i];
+            memcpy(m, e->means.data, e->means.len & ~(size_t)1);
+            q->est[i] = (struct kvt_span_est){e->chunk, e->token_first, e->n_tokens, e->mass, m};
+            m += e->means.len / 2;
+        }
         for (size_t i = 0; i < a->n_spans; i++) {
             const Kvtier__SelectedSpan *x = a->spans[i];
             spans[i] = (struct kvt_span_sel){.chunk = x->chunk,
@@ -1445,8 +1459,9 @@ int kvt_select(struct kvt_client *c, uint64_t ctx, const struct kvt_select_req *
             }
         }
         if (info)
-            *info = (struct kvt_select_info){a->n_spans, a->spans_scored, a->tokens_selected,
-                                             a->context_tokens, a->mass_selected};
+            *info =
+                (struct kvt_select_info){a->n_spans,         a->n_estimates,    a->spans_scored,
+                                         a->tokens_selected, a->context_tokens, a->mass_selected};
     }
     kvtier__response__free_unpacked(r, NULL);
     return rc;

@@ -412,6 +412,24 @@ struct kvt_select_req {
     float top_p;            /* or: spans until that share of the estimated attention mass */
     uint32_t sink_tokens;   /* always kept: the context's first tokens (0: its first span) */
     uint32_t recent_tokens; /* always kept: its last tokens */
+    /* Optional (RetroInfer): the n_estimates best unselected spans (at most 4096), each with its
+     * mean key and mean value per KV head, so the engine can add their estimated contribution
+     * instead of dropping them. est has room for n_estimates entries; est_means for
+     * n_estimates x kv_heads x 2 x head_dim fp16 values (est_means_cap of them), where entry i's
+     * means are [kv_head][key mean | value mean][head_dim]. */
+    uint32_t n_estimates;
+    struct kvt_span_est *est;
+    uint16_t *est_means;
+    size_t est_means_cap;
+};
+
+/* An unselected span, by its abstract's means (kvt_select_req.n_estimates). */
+struct kvt_span_est {
+    uint32_t chunk;
+    uint32_t token_first;
+    uint32_t n_tokens;     /* keys the means stand for */
+    float mass;            /* its estimated share of the attention mass */
+    const uint16_t *means; /* into est_means: kv_heads x 2 x head_dim fp16 */
 };
 /* A run of selected tokens of one chunk. */
 struct kvt_span_sel {
@@ -430,7 +448,8 @@ struct kvt_span_sel {
     enum kvt_tier_id served_from;
 };
 struct kvt_select_info {
-    size_t n_spans; /* runs written to spans */
+    size_t n_spans;     /* runs written to spans */
+    size_t n_estimates; /* estimates written to req->est */
     uint32_t spans_scored;
     uint64_t tokens_selected;
     uint64_t context_tokens;

@@ -178,6 +178,42 @@ static void test_needle_found(void **state)
     assert_int_equal(si2.n_spans, si.n_spans);
     assert_memory_equal(sp, sp2, si.n_spans * sizeof(sp[0]));
 
+    /* Estimates of the best unselected spans: not among the runs, in rank order, and their
+     * means are the means of their keys and values (fp16-rounded). */
+    struct kvt_span_est est[3];
+    uint16_t means[3 * HEADS * 2 * HD];
+    q.n_estimates = 3;
+    q.est = est;
+    q.est_means = means;
+    q.est_means_cap = sizeof(means) / sizeof(means[0]);
+    assert_int_equal(kvt_select(c, ctx, &q, sp2, 64, &si2), 0);
+    assert_int_equal(si2.n_estimates, 3);
+    assert_memory_equal(sp, sp2, si.n_spans * sizeof(sp[0])); /* the selection is the same */
+    for (uint32_t i = 0; i < 3; i++) {
+        assert_true(i == 0 || est[i].mass <= est[i - 1].mass);
+        for (size_t j = 0; j < si.n_spans; j++)
+            assert_false(sp[j].chunk == est[i].chunk && sp[j].token_first == est[i].token_first);
+        for (uint32_t h = 0; h < HEADS; h++)
+            for (uint32_t ch = 0; ch < HD; ch++) {
+                double k = 0, v = 0;
+                for (uint32_t t = est[i].token_first; t < est[i].token_first + est[i].n_tokens;
+                     t++) {
+                    k += kvt_f16_to_f32(key_at(est[i].chunk, 1, t, h)[ch]);
+                    v += kvt_f16_to_f32(key_at(est[i].chunk, 1, t, h)[HEADS * HD + ch]);
+                }
+                k /= est[i].n_tokens;
+                v /= est[i].n_tokens;
+                assert_true(fabs(kvt_f16_to_f32(est[i].means[h * 2 * HD + ch]) - k) < 1e-3);
+                assert_true(fabs(kvt_f16_to_f32(est[i].means[h * 2 * HD + HD + ch]) - v) < 1e-3);
+            }
+    }
+    q.est_means_cap = HEADS * 2 * HD; /* room for one */
+    assert_int_equal(kvt_select(c, ctx, &q, sp2, 64, &si2), KVT_E_SMALLBUF);
+    q.n_estimates = 5000;
+    q.est_means_cap = sizeof(means) / sizeof(means[0]);
+    assert_int_equal(kvt_select(c, ctx, &q, sp2, 64, &si2), KVT_E_INVAL);
+    q = sel_req(1, 48);
+
     /* Layer 0 has no needle: the span chosen there is another. */
     q.layer = 0;
     assert_int_equal(kvt_select(c, ctx, &q, sp2, 64, &si2), 0);

@@ -289,8 +289,8 @@ static void test_select_budgets(void **state)
     struct kvt_sel_result r, r2;
     /* Chunk 1 has no abstract: 64 tokens forced, plus the sink (16) and recent (20 -> the last
      * two spans, 32 tokens): budget 130 leaves room for one more span. */
-    struct kvt_sel_params p = {1, 2 * H, q, 130, 0, 0, 20};
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), 0);
+    struct kvt_sel_params p = {1, 2 * H, q, 130, 0, 0, 20, 0};
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), 0);
     assert_int_equal(r.tokens_selected, 16 + 64 + 32 + 16);
     assert_int_equal(r.spans_scored, 12);
     assert_int_equal(r.spans_total, 13);
@@ -303,36 +303,51 @@ static void test_select_budgets(void **state)
     assert_int_equal(out[r.n_out - 1].chunk, 3);
     assert_int_equal(out[r.n_out - 1].token_first + out[r.n_out - 1].n_tokens, 64);
     /* Deterministic. */
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out2, 32, &r2), 0);
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out2, 32, NULL, &r2), 0);
     assert_int_equal(r2.n_out, r.n_out);
     assert_memory_equal(out, out2, r.n_out * sizeof(out[0]));
+    /* Estimates: the best unselected spans, in rank order, none of them selected. */
+    struct kvt_sel_est est[4];
+    p.n_estimates = 4;
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out2, 32, est, &r2), 0);
+    assert_int_equal(r2.n_est, 4);
+    assert_memory_equal(out, out2, r.n_out * sizeof(out[0])); /* the selection is unchanged */
+    for (uint32_t i = 0; i < 4; i++) {
+        assert_true(i == 0 || est[i].mass <= est[i - 1].mass);
+        assert_int_not_equal(est[i].chunk, 1); /* chunk 1 has no abstract */
+        assert_int_equal(fx.abs[est[i].chunk]->span_first[est[i].span], est[i].token_first);
+        for (uint32_t j = 0; j < r.n_out; j++)
+            assert_false(out[j].chunk == est[i].chunk && out[j].token_first <= est[i].token_first &&
+                         est[i].token_first < out[j].token_first + out[j].n_tokens);
+    }
+    p.n_estimates = 0;
     /* A budget below the forced spans returns the forced spans. */
     p.budget_tokens = 1;
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), 0);
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), 0);
     assert_int_equal(r.tokens_selected, 16 + 64 + 32);
     /* Everything. */
     p.budget_tokens = 256;
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), 0);
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), 0);
     assert_int_equal(r.n_out, 4);
     assert_int_equal(r.tokens_selected, 256);
     /* sink_tokens: the first 40 tokens are three spans. */
-    p = (struct kvt_sel_params){0, 2 * H, q, 1, 0, 40, 0};
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), 0);
+    p = (struct kvt_sel_params){0, 2 * H, q, 1, 0, 40, 0, 0};
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), 0);
     assert_int_equal(r.tokens_selected, 48 + 64);
     /* Top-p keeps going until the mass is reached. */
-    p = (struct kvt_sel_params){2, 2 * H, q, 0, 0.5f, 0, 0};
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), 0);
+    p = (struct kvt_sel_params){2, 2 * H, q, 0, 0.5f, 0, 0, 0};
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), 0);
     assert_true(r.mass_selected >= 0.5f);
     /* Errors. */
-    p = (struct kvt_sel_params){L, 2 * H, q, 16, 0, 0, 0};
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), KVT_E_INVAL);
-    p = (struct kvt_sel_params){0, 3, q, 16, 0, 0, 0};
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), KVT_E_INVAL);
-    p = (struct kvt_sel_params){0, 2 * H, q, 256, 0, 0, 0};
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 2, &r), KVT_E_SMALLBUF);
+    p = (struct kvt_sel_params){L, 2 * H, q, 16, 0, 0, 0, 0};
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), KVT_E_INVAL);
+    p = (struct kvt_sel_params){0, 3, q, 16, 0, 0, 0, 0};
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), KVT_E_INVAL);
+    p = (struct kvt_sel_params){0, 2 * H, q, 256, 0, 0, 0, 0};
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 2, NULL, &r), KVT_E_SMALLBUF);
     kvt_sel_scratch_free(&sc);
     kvt_alloc_fail_nth(1);
-    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, &r), KVT_E_NOMEM);
+    assert_int_equal(kvt_sel_run(c, &p, &sc, out, 32, NULL, &r), KVT_E_NOMEM);
     kvt_alloc_fail_nth(0);
     kvt_sel_scratch_free(&sc);
     kvt_ctx_close(&fx.t, c);
