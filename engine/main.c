@@ -554,10 +554,11 @@ static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct 
     print_kv_stats(stderr, &cur_run.kv, n);
 
 out:
-    for (int i = 0; i < 2; i++) {
-        free(accs[i]->argmax);
-        free(accs[i]->digest);
-    }
+    /* Not through accs: a failure before it was set jumps here too. */
+    free(ref.argmax);
+    free(ref.digest);
+    free(cur.argmax);
+    free(cur.digest);
     free(ids);
     free(text);
     return rc;
