@@ -11,11 +11,18 @@
  *
  * Call order for one forward step over positions [pos, pos+n):
  *   prepare(pos, n)                          make the KV of [0, pos) readable (fetch, decompress)
- *   for each layer: append(layer, pos, n, rows); spans(layer, pos+n, ...)
+ *   for each layer: append(layer, pos, n, rows);
+ *                   select(layer, queries, ...) when the mode has it and does not decline,
+ *                   else spans(layer, pos+n, ...)
  *   commit(tokens, pos+n)                    persist what became complete (full chunks)
  * begin() starts a sequence and may declare a prefix already available (prefix reuse).
  *
- * Modes in this tree: resident (kv_resident.c) and offload (kv_offload.c).
+ * Attention of a query row runs over exactly the rows its spans cover, in position order, with
+ * the same arithmetic whatever their number: a softmax over the covered rows only, so a mode that
+ * covers [0, end) with any number of spans gives the same bits as one span, and a mode that
+ * returns fewer rows (sparse retrieval) makes the model attend to those rows and no others.
+ *
+ * Modes in this tree: resident (kv_resident.c), offload (kv_offload.c) and q8 (kv_q8.c).
  */
 #ifndef KVT_ENGINE_KV_H
 #define KVT_ENGINE_KV_H
@@ -57,6 +64,18 @@ struct kvt_eng_kv_stats {
     uint64_t store_ns;
 };
 
+/* The queries of one layer in one step, as select() sees them (borrowed for the call). */
+struct kvt_eng_kv_query {
+    const float *q;    /* [n_tokens][n_head][head_dim] fp32, after RoPE, not yet rounded */
+    size_t pos;        /* position of row 0; row t is the query of position pos + t */
+    size_t n_tokens;   /* rows in this step (1 in a decode step) */
+    uint32_t n_head;   /* query heads; head h reads KV head h / (n_head / n_head_kv) */
+    uint32_t head_dim; /* as in the geometry */
+};
+
+/* select() returns this (positive) to decline: every row then attends to spans(). */
+#define KVT_ENG_KV_DECLINE 1
+
 struct kvt_eng_kv;
 
 struct kvt_eng_kv_ops {
@@ -75,6 +94,18 @@ struct kvt_eng_kv_ops {
      * returns their count or a negative error. Pointers stay valid until the next prepare. */
     int (*spans)(struct kvt_eng_kv *kv, uint32_t layer, size_t end, struct kvt_eng_kv_span *out,
                  size_t max);
+    /* Optional (NULL: the mode never restricts attention). Called per layer after append() with
+     * the step's queries, in place of spans(). Either returns KVT_ENG_KV_DECLINE (spans() is then
+     * called and every row attends to all of [0, pos + t]), or selects for every row: row t's
+     * spans go to out + t * max (capacity max = spans_max), their count to counts[t], and it
+     * returns 0. A row's spans are in increasing position order, disjoint, non-empty, and cover
+     * only positions <= pos + t (its causal past, its own row included or not), at least one row
+     * in all; the forward pass checks this and fails the step with -EINVAL otherwise. The row
+     * pointers stay valid until the next prepare. A mode that cannot select per row for a batch
+     * (n_tokens > 1) declines it; sparse modes select in decode steps and decline batches, so a
+     * prefill is full attention. Negative: an error, which ends the step. */
+    int (*select)(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_kv_query *q,
+                  struct kvt_eng_kv_span *out, size_t max, size_t *counts);
     /* After a step: tokens[0..n) is the whole sequence so far. */
     int (*commit)(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n);
     void (*destroy)(struct kvt_eng_kv *kv);
@@ -85,10 +116,40 @@ struct kvt_eng_kv {
     const struct kvt_eng_kv_ops *ops;
     struct kvt_eng_kv_geom geom;
     struct kvt_eng_kv_stats stats;
-    size_t spans_max; /* most spans spans() returns for one layer; callers size arrays with it */
+    size_t spans_max;   /* most spans spans() returns for one layer, or select() for one row;
+                         * callers size arrays with it */
+    size_t token_bytes; /* bytes one position of KV (all layers) takes in the mode's own
+                         * representation: fp16 rows 2 * layers * kv_heads * head_dim * 2 */
 };
 
+/* What a selecting mode is told to keep (parsed by the command line; modes that do not select
+ * refuse a config with any field set). */
+enum kvt_eng_span_policy { KVT_ENG_SPANS_DEFAULT, KVT_ENG_SPANS_FIXED, KVT_ENG_SPANS_VARIABLE };
+struct kvt_eng_select_config {
+    double budget; /* fraction of the context in (0, 1]; 0: not given */
+    double top_p;  /* fraction of the estimated attention mass in (0, 1]; 0: not given */
+    enum kvt_eng_span_policy spans;
+};
+
+static inline int kvt_eng_select_config_is_set(const struct kvt_eng_select_config *c)
+{
+    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT;
+}
+
 int kvt_eng_kv_resident_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv **out);
+
+/* q8: rows stay in the engine's memory like resident, but every key and value row is
+ * fake-quantized on append (kvt_eng_kv_q8_round), the calibration point of 8-bit KV. */
+int kvt_eng_kv_q8_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv **out);
+
+/* 8-bit asymmetric group quantization, in place, of n fp16 values (n a multiple of
+ * KVT_ENG_Q8_GROUP): per group of 32 consecutive values, min m and scale s = (max - m) / 255 are
+ * rounded to fp16 (what a stored format keeps), each value becomes q = round-to-nearest((x - m) /
+ * s) clamped to [0, 255] and is replaced by the fp16 rounding of m + q * s. A constant group
+ * (s = 0) is kept as m. The KV rows of the q8 mode go through this per k|v and KV head, so groups
+ * run along head_dim. */
+#define KVT_ENG_Q8_GROUP 32
+void kvt_eng_kv_q8_round(uint16_t *vals, size_t n);
 
 /* Offload: full chunks live in kvtier, the partial tail in local memory. */
 struct kvt_eng_offload_config {

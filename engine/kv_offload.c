@@ -286,6 +286,7 @@ int kvt_eng_kv_offload_create(const struct kvt_eng_kv_geom *geom,
     o->row_halfs = kvt_eng_kv_row_halfs(geom);
     o->max_chunks = geom->ctx_max / o->C + 1;
     o->base.spans_max = o->max_chunks + 1;
+    o->base.token_bytes = (size_t)geom->n_layer * o->row_halfs * sizeof(uint16_t);
     o->tail_cap = o->C + geom->batch_max;
     o->keys = calloc(o->max_chunks, sizeof(*o->keys));
     o->items = calloc(o->max_chunks, sizeof(*o->items));

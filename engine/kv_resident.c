@@ -98,6 +98,7 @@ int kvt_eng_kv_resident_create(const struct kvt_eng_kv_geom *geom, struct kvt_en
     r->base.geom = *geom;
     r->base.spans_max = 1;
     r->row_halfs = kvt_eng_kv_row_halfs(geom);
+    r->base.token_bytes = (size_t)geom->n_layer * r->row_halfs * sizeof(uint16_t);
     r->rows = calloc((size_t)geom->n_layer * geom->ctx_max * r->row_halfs, sizeof(uint16_t));
     if (!r->rows) {
         free(r);

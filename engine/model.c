@@ -37,6 +37,9 @@ struct kvt_eng_ctx {
     float *lanes;  /* [thread][8][head_dim] */
     struct kvt_eng_kv_span *spans;
     size_t spans_cap;
+    struct kvt_eng_kv_span *sel; /* select(): [row][spans_max] */
+    size_t sel_cap;
+    size_t *sel_counts; /* [batch_max] */
 };
 
 __attribute__((format(printf, 4, 5))) static int load_fail(char *errbuf, size_t errcap, int rc,
@@ -235,8 +238,10 @@ int kvt_eng_ctx_create(const struct kvt_eng_model *m, struct kvt_eng_pool *pool,
     c->rope_sin = malloc(b * hp->n_rot / 2 * sizeof(float));
     c->scores = malloc((size_t)kvt_eng_pool_size(pool) * (ctx_max + 8) * sizeof(float));
     c->lanes = malloc((size_t)kvt_eng_pool_size(pool) * 8 * hp->head_dim * sizeof(float));
+    c->sel_counts = malloc(b * sizeof(size_t));
     if (!c->x || !c->xn || !c->tmp || !c->q || !c->attn || !c->k || !c->v || !c->g || !c->u ||
-        !c->act || !c->rows || !c->rope_cos || !c->rope_sin || !c->scores || !c->lanes) {
+        !c->act || !c->rows || !c->rope_cos || !c->rope_sin || !c->scores || !c->lanes ||
+        !c->sel_counts) {
         kvt_eng_ctx_destroy(c);
         return -ENOMEM;
     }
@@ -264,6 +269,8 @@ void kvt_eng_ctx_destroy(struct kvt_eng_ctx *c)
     free(c->scores);
     free(c->lanes);
     free(c->spans);
+    free(c->sel);
+    free(c->sel_counts);
     free(c);
 }
 
@@ -416,6 +423,9 @@ struct attn_job {
     struct kvt_eng_ctx *c;
     size_t n_tok;
     size_t pos;
+    const struct kvt_eng_kv_span *spans; /* row t's spans start at spans + t * stride */
+    size_t stride;                       /* 0: every row reads the same list */
+    const size_t *counts;                /* spans of each row; NULL: n_spans for every row */
     size_t n_spans;
     atomic_size_t next; /* next (token, head) pair to compute */
 };
@@ -427,10 +437,13 @@ static inline float hsum8(const float *l)
     return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
 
-/* One query head against the KV of positions [0, last]. Mirrors llama.cpp's non-flash attention on
- * an fp16 cache: scores from fp16 queries and keys (8-lane dot), softmax with a double sum of
- * 8-position partial sums, probabilities rounded to fp16, and the value sum kept in 8 lanes by
- * position before a final horizontal add. */
+/* One query head against the rows its spans cover among positions [0, last]. Mirrors llama.cpp's
+ * non-flash attention on an fp16 cache: scores from fp16 queries and keys (8-lane dot), softmax
+ * with a double sum of 8-row partial sums, probabilities rounded to fp16, and the value sum kept
+ * in 8 lanes by position before a final horizontal add. The scores of the covered rows are packed
+ * one after the other, so the softmax runs over those rows only; spans that cover all of [0, last]
+ * fill the array exactly as a single span would, with the same 8-row blocks, hence the same bits
+ * whatever their number. */
 static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span *spans,
                       size_t n_spans, const float *q, size_t kvh, size_t last, float *scores,
                       float *lanes, float *out)
@@ -445,23 +458,28 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
         qh[d] = kvt_eng_fp16_to_fp32(kvt_eng_fp32_to_fp16(q[d]));
 
     float mx = -INFINITY;
+    size_t covered = 0;
     for (size_t s = 0; s < n_spans && spans[s].pos <= last; s++) {
         const struct kvt_eng_kv_span *sp = &spans[s];
         size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
-        kvt_eng_attn_scores(qh, sp->rows + kvh * hd, row, n, hd, scale, scores + sp->pos);
+        float *sc = scores + covered;
+        kvt_eng_attn_scores(qh, sp->rows + kvh * hd, row, n, hd, scale, sc);
         for (size_t i = 0; i < n; i++)
-            mx = scores[sp->pos + i] > mx ? scores[sp->pos + i] : mx;
+            mx = sc[i] > mx ? sc[i] : mx;
+        covered += n;
     }
-    double sum = kvt_eng_softmax_exp(scores, last + 1, mx);
+    double sum = kvt_eng_softmax_exp(scores, covered, mx);
     /* Normalized probabilities, rounded to fp16 as llama.cpp feeds them to the value product. */
-    kvt_eng_scale_round_f16(scores, last + 1, (float)(1.0 / sum));
+    kvt_eng_scale_round_f16(scores, covered, (float)(1.0 / sum));
 
     memset(lanes, 0, 8 * hd * sizeof(float));
+    covered = 0;
     for (size_t s = 0; s < n_spans && spans[s].pos <= last; s++) {
         const struct kvt_eng_kv_span *sp = &spans[s];
         size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
-        kvt_eng_attn_values(scores + sp->pos, sp->rows + v_off + kvh * hd, row, n, sp->pos, hd,
+        kvt_eng_attn_values(scores + covered, sp->rows + v_off + kvh * hd, row, n, sp->pos, hd,
                             lanes);
+        covered += n;
     }
     for (size_t d = 0; d < hd; d++) {
         float l8[8];
@@ -486,13 +504,56 @@ static void attn_worker(void *arg, unsigned ith, unsigned nth)
         if (job >= j->n_tok * n_head)
             break;
         size_t t = job / n_head, h = job % n_head;
-        attn_head(c, c->spans, j->n_spans, c->q + (t * n_head + h) * hd, h / group, j->pos + t,
-                  scores, lanes, c->attn + (t * n_head + h) * hd);
+        attn_head(c, j->spans + t * j->stride, j->counts ? j->counts[t] : j->n_spans,
+                  c->q + (t * n_head + h) * hd, h / group, j->pos + t, scores, lanes,
+                  c->attn + (t * n_head + h) * hd);
     }
 }
 
 /* ---- forward ----------------------------------------------------------------------------------
  */
+
+/* A selection for the query at position last must list disjoint, non-empty spans in position
+ * order within [0, last]; attention trusts that (its scores array holds last + 1 rows). */
+static int check_selection(const struct kvt_eng_kv_span *sp, size_t n, size_t max, size_t last)
+{
+    size_t next = 0;
+    if (n == 0 || n > max)
+        return -EINVAL;
+    for (size_t s = 0; s < n; s++) {
+        if (!sp[s].rows || sp[s].n_tokens == 0 || sp[s].pos < next || sp[s].pos > last ||
+            sp[s].n_tokens > last + 1 - sp[s].pos)
+            return -EINVAL;
+        next = sp[s].pos + sp[s].n_tokens;
+    }
+    return 0;
+}
+
+/* Lets the mode choose the rows each query of this layer attends to (kv.h, select). Returns 1
+ * when it did (the job reads c->sel), 0 when it declined or has no select, or an error. */
+static int select_rows(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, uint32_t layer, size_t pos,
+                       size_t n, struct attn_job *aj)
+{
+    const struct kvt_eng_hparams *hp = &c->m->hp;
+    if (!kv->ops->select)
+        return 0;
+    struct kvt_eng_kv_query kq = {
+        .q = c->q, .pos = pos, .n_tokens = n, .n_head = hp->n_head, .head_dim = hp->head_dim};
+    int rc = kv->ops->select(kv, layer, &kq, c->sel, kv->spans_max, c->sel_counts);
+    if (rc < 0)
+        return rc;
+    if (rc == KVT_ENG_KV_DECLINE)
+        return 0;
+    if (rc != 0)
+        return -EINVAL;
+    for (size_t t = 0; t < n; t++)
+        if (check_selection(c->sel + t * kv->spans_max, c->sel_counts[t], kv->spans_max, pos + t))
+            return -EINVAL;
+    aj->spans = c->sel;
+    aj->stride = kv->spans_max;
+    aj->counts = c->sel_counts;
+    return 1;
+}
 
 int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens, size_t n,
                     size_t pos, float *logits, int all_logits)
@@ -514,6 +575,14 @@ int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t 
             return -ENOMEM;
         c->spans = s;
         c->spans_cap = kv->spans_max;
+    }
+    if (kv->ops->select && kv->spans_max * c->batch_max > c->sel_cap) {
+        size_t cap = kv->spans_max * c->batch_max;
+        struct kvt_eng_kv_span *s = realloc(c->sel, cap * sizeof(*s));
+        if (!s)
+            return -ENOMEM;
+        c->sel = s;
+        c->sel_cap = cap;
     }
     rc = kv->ops->prepare(kv, pos, n);
     if (rc)
@@ -550,10 +619,17 @@ int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t 
         rc = kv->ops->append(kv, l, pos, n, c->rows);
         if (rc)
             return rc;
-        rc = kv->ops->spans(kv, l, pos + n, c->spans, c->spans_cap);
+        struct attn_job aj = {.c = c, .n_tok = n, .pos = pos};
+        rc = select_rows(c, kv, l, pos, n, &aj);
         if (rc < 0)
             return rc;
-        struct attn_job aj = {.c = c, .n_tok = n, .pos = pos, .n_spans = (size_t)rc};
+        if (rc == 0) {
+            rc = kv->ops->spans(kv, l, pos + n, c->spans, c->spans_cap);
+            if (rc < 0)
+                return rc;
+            aj.spans = c->spans;
+            aj.n_spans = (size_t)rc;
+        }
         atomic_init(&aj.next, 0);
         kvt_eng_pool_run(c->pool, attn_worker, &aj);
 

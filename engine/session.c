@@ -19,12 +19,39 @@ int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out)
         *out = KVT_ENG_MODE_OFFLOAD;
         return 0;
     }
+    if (s && strcmp(s, "q8") == 0) {
+        *out = KVT_ENG_MODE_Q8;
+        return 0;
+    }
     return -EINVAL;
 }
 
 const char *kvt_eng_mode_name(enum kvt_eng_mode m)
 {
-    return m == KVT_ENG_MODE_OFFLOAD ? "offload" : "resident";
+    switch (m) {
+    case KVT_ENG_MODE_OFFLOAD:
+        return "offload";
+    case KVT_ENG_MODE_Q8:
+        return "q8";
+    case KVT_ENG_MODE_RESIDENT:
+        break;
+    }
+    return "resident";
+}
+
+int kvt_eng_mode_selects(enum kvt_eng_mode m)
+{
+    (void)m;
+    return 0;
+}
+
+static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_config *c)
+{
+    if (!kvt_eng_select_config_is_set(c))
+        return 1;
+    if (!kvt_eng_mode_selects(mode))
+        return 0;
+    return c->budget >= 0.0 && c->budget <= 1.0 && c->top_p >= 0.0 && c->top_p <= 1.0;
 }
 
 static int make_kv(struct kvt_eng_session *s, enum kvt_eng_mode mode, struct kvt_eng_kv **out)
@@ -32,6 +59,8 @@ static int make_kv(struct kvt_eng_session *s, enum kvt_eng_mode mode, struct kvt
     struct kvt_eng_kv_geom g = kvt_eng_model_kv_geom(s->model, s->cfg.ctx_max, s->cfg.batch_max);
     if (mode == KVT_ENG_MODE_RESIDENT)
         return kvt_eng_kv_resident_create(&g, out);
+    if (mode == KVT_ENG_MODE_Q8)
+        return kvt_eng_kv_q8_create(&g, out);
     struct kvt_eng_offload_config oc = s->cfg.offload;
     if (!oc.model_id)
         oc.model_id = s->model->model_id;
@@ -49,7 +78,7 @@ int kvt_eng_session_create(const struct kvt_eng_model *m, struct kvt_eng_pool *p
                            const struct kvt_eng_session_config *cfg, struct kvt_eng_session **out)
 {
     int rc;
-    if (cfg->ctx_max == 0 || cfg->batch_max == 0)
+    if (cfg->ctx_max == 0 || cfg->batch_max == 0 || !select_config_ok(cfg->mode, &cfg->select))
         return -EINVAL;
     struct kvt_eng_session *s = calloc(1, sizeof(*s));
     if (!s)

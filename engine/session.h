@@ -15,17 +15,25 @@
 #include "engine/model.h"
 #include "engine/pool.h"
 
-enum kvt_eng_mode { KVT_ENG_MODE_RESIDENT, KVT_ENG_MODE_OFFLOAD };
+enum kvt_eng_mode { KVT_ENG_MODE_RESIDENT, KVT_ENG_MODE_OFFLOAD, KVT_ENG_MODE_Q8 };
 
-/* "resident" / "offload" -> mode; -EINVAL for anything else. */
+/* The names every mode answers to, for messages: "resident, offload, q8". */
+#define KVT_ENG_MODE_NAMES "resident, offload, q8"
+
+/* "resident" / "offload" / "q8" -> mode; -EINVAL for anything else. */
 int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out);
 const char *kvt_eng_mode_name(enum kvt_eng_mode m);
+
+/* Whether a mode takes a selection config (struct kvt_eng_select_config): only modes that
+ * restrict attention do; none in this tree yet. */
+int kvt_eng_mode_selects(enum kvt_eng_mode m);
 
 struct kvt_eng_session_config {
     enum kvt_eng_mode mode;
     size_t ctx_max;
     size_t batch_max;
     struct kvt_eng_offload_config offload; /* model_id, rope fields filled from the model if 0 */
+    struct kvt_eng_select_config select;   /* must be unset for a mode that does not select */
     int stop_on_error;                     /* offload failure: 0 recompute in resident, 1 stop */
     FILE *log;                             /* messages; NULL: silent */
 };
@@ -44,7 +52,8 @@ struct kvt_eng_session {
 };
 
 /* Creates the session and its KV mode (offload connects to the daemon here: a daemon that cannot
- * be reached is an error, reported before any work is done). */
+ * be reached is an error, reported before any work is done). A selection config given to a mode
+ * that does not select, or out of range, is -EINVAL. */
 int kvt_eng_session_create(const struct kvt_eng_model *m, struct kvt_eng_pool *pool,
                            const struct kvt_eng_session_config *cfg, struct kvt_eng_session **out);
 void kvt_eng_session_destroy(struct kvt_eng_session *s);
