@@ -1,15 +1,21 @@
 /*
  * kvtier-engine: the reference inference engine's command line.
  *
- *   kvtier-engine generate --model M --prompt P [--max-tokens N] [--mode resident|offload]
+ *   kvtier-engine generate --model M --prompt P [--max-tokens N] [--mode MODE]
  *                 [--socket S] [--temp T --top-k K --top-p P --seed S] [--raw]
  *   kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] [--socket S]
+ *                 [--decode-from N] [--budget F] [--top-p P] [--spans fixed|variable]
+ *   kvtier-engine passkey --model M --mode MODE --tokens N --trials K --json OUT [--seed S]
+ *   kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]
  *
  * Common options: --threads N (0: all cores), --ctx N, --batch N, --chunk-tokens N,
  * --timeout-ms N, --on-error recompute|stop, --tenant T.
  * generate wraps the prompt in the model's chat template unless --raw; eval scores a text with no
  * BOS (like llama.cpp for this model) and, for a mode other than resident, also runs resident in
- * the same process to report top-1 agreement and whether the logits are bit-identical.
+ * the same process to report top-1 agreement and whether the logits are bit-identical. With
+ * --decode-from it scores one token at a time against resident (fidelity.h); passkey runs the
+ * retention test (passkey.h). --budget, --top-p and --spans configure a selecting mode (in
+ * generate, --top-p is the sampler's).
  */
 #include <errno.h>
 #include <math.h>
@@ -18,7 +24,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/fidelity.h"
 #include "engine/model.h"
+#include "engine/passkey.h"
 #include "engine/pool.h"
 #include "engine/quant.h"
 #include "engine/sampler.h"
@@ -48,21 +56,28 @@ struct opts {
     int stop_on_error;
     int raw;
     int compare;
+    size_t decode_from; /* eval: 0 scores in batches, else one token at a time from here */
+    size_t trials;      /* passkey */
     struct kvt_eng_sampler_config sampling;
+    struct kvt_eng_select_config select; /* top_p here is the selection's, not the sampler's */
 };
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage:\n"
-            "  kvtier-engine generate --model M --prompt P [--max-tokens N] "
-            "[--mode resident|offload]\n"
+            "  kvtier-engine generate --model M --prompt P [--max-tokens N] [--mode MODE]\n"
             "                [--socket S] [--temp T] [--top-k K] [--top-p P] [--seed S] [--raw]\n"
             "  kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] "
             "[--socket S]\n"
-            "                [--no-compare]\n"
+            "                [--no-compare] [--decode-from N]\n"
+            "  kvtier-engine passkey --model M --mode MODE --tokens N --trials K --json OUT "
+            "[--seed S]\n"
             "  kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]\n"
             "                (real KV in kvtier's canonical chunk layout, fp16, for benchmarks)\n"
+            "modes: " KVT_ENG_MODE_NAMES "\n"
+            "selection (eval, passkey; selecting modes only): --budget F --top-p P "
+            "--spans fixed|variable\n"
             "common: --threads N --ctx N --batch N --chunk-tokens N --timeout-ms N\n"
             "        --on-error recompute|stop --tenant T\n");
 }
@@ -82,6 +97,18 @@ static int parse_size(const char *v, size_t *out)
     if (errno || *end || end == v)
         return -EINVAL;
     *out = (size_t)x;
+    return 0;
+}
+
+/* A fraction in (0, 1], written in full (no trailing junk). */
+static int parse_fraction(const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || *end || end == v || !(x > 0.0 && x <= 1.0))
+        return -EINVAL;
+    *out = x;
     return 0;
 }
 
@@ -132,8 +159,33 @@ static int parse_args(int argc, char **argv, struct opts *o)
         else if (!strcmp(a, "system"))
             o->system = val;
         else if (!strcmp(a, "mode")) {
-            if (kvt_eng_mode_parse(val, &o->mode))
-                goto bad;
+            if (kvt_eng_mode_parse(val, &o->mode)) {
+                fprintf(stderr, "kvtier-engine: unknown mode '%s' (modes: %s)\n", val,
+                        KVT_ENG_MODE_NAMES);
+                return -EINVAL;
+            }
+        } else if (!strcmp(a, "budget")) {
+            if (parse_fraction(val, &o->select.budget)) {
+                fprintf(stderr, "kvtier-engine: --budget must be a fraction in (0, 1], not '%s'\n",
+                        val);
+                return -EINVAL;
+            }
+        } else if (!strcmp(a, "top-p")) {
+            if (parse_fraction(val, &o->select.top_p)) {
+                fprintf(stderr, "kvtier-engine: --top-p must be a fraction in (0, 1], not '%s'\n",
+                        val);
+                return -EINVAL;
+            }
+            o->sampling.top_p = (float)o->select.top_p;
+        } else if (!strcmp(a, "spans")) {
+            if (!strcmp(val, "fixed"))
+                o->select.spans = KVT_ENG_SPANS_FIXED;
+            else if (!strcmp(val, "variable"))
+                o->select.spans = KVT_ENG_SPANS_VARIABLE;
+            else {
+                fprintf(stderr, "kvtier-engine: --spans is fixed or variable, not '%s'\n", val);
+                return -EINVAL;
+            }
         } else if (!strcmp(a, "on-error")) {
             if (!strcmp(val, "stop"))
                 o->stop_on_error = 1;
@@ -143,12 +195,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 goto bad;
         } else if (!strcmp(a, "temp"))
             o->sampling.temp = strtof(val, NULL);
-        else if (!strcmp(a, "top-p"))
-            o->sampling.top_p = strtof(val, NULL);
         else if (!strcmp(a, "max-tokens") && !parse_size(val, &v))
             o->max_tokens = v;
         else if (!strcmp(a, "tokens") && !parse_size(val, &v))
             o->eval_tokens = v;
+        else if (!strcmp(a, "decode-from") && !parse_size(val, &v) && v > 0)
+            o->decode_from = v;
+        else if (!strcmp(a, "trials") && !parse_size(val, &v) && v > 0 && v <= 100000)
+            o->trials = v;
         else if (!strcmp(a, "ctx") && !parse_size(val, &v) && v > 0)
             o->ctx = v;
         else if (!strcmp(a, "batch") && !parse_size(val, &v) && v > 0)
@@ -241,6 +295,9 @@ static struct kvt_eng_session_config session_config(const struct opts *o, enum k
     c.offload.tenant = o->tenant;
     c.offload.tokens_per_chunk = o->chunk_tokens;
     c.offload.timeout_ms = o->timeout_ms;
+    c.select = o->select;
+    if (!strcmp(o->cmd, "generate"))
+        c.select.top_p = 0.0; /* there it is the sampler's */
     return c;
 }
 
@@ -457,6 +514,125 @@ static int text_tokens(const struct opts *o, const struct kvt_eng_model *m, char
     return tokenize(m, *text, len, 0, ids, n_all);
 }
 
+/* A JSON string of len bytes: quotes, backslashes and control characters escaped, bytes past
+ * ASCII written as \u00XX so that a token cut in the middle of a character stays valid JSON. */
+static void json_str(FILE *f, const char *s, size_t len)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_kv_bytes(FILE *f, const char *name, const struct kvt_eng_kv_stats *st,
+                          size_t steps)
+{
+    double d = steps ? (double)steps : 1.0;
+    uint64_t fetched = 0;
+    for (int i = 0; i < KVT_ENG_KV_TIERS; i++)
+        fetched += st->fetch_bytes[i];
+    fprintf(f,
+            "  \"%s\": {\"fetched\": %.1f, \"dram\": %.1f, \"disk\": %.1f, \"gpu\": %.1f, "
+            "\"remote\": %.1f, \"stored\": %.1f},\n",
+            name, (double)fetched / d, (double)st->fetch_bytes[KVT_TIER_CPU] / d,
+            (double)st->fetch_bytes[KVT_TIER_DISK] / d, (double)st->fetch_bytes[KVT_TIER_GPU] / d,
+            (double)st->fetch_bytes[KVT_TIER_REMOTE] / d, (double)st->store_bytes / d);
+}
+
+static void json_summary(FILE *f, const struct kvt_eng_fid_summary *sm, const char *indent)
+{
+    fprintf(f,
+            "%s\"positions\": %zu,\n%s\"kl_mean\": %.9g,\n%s\"kl_p99\": %.9g,\n"
+            "%s\"kl_max\": %.9g,\n%s\"top1_agreement_with_resident\": %.6f,\n"
+            "%s\"perplexity\": %.6f,\n%s\"resident_perplexity\": %.6f",
+            indent, sm->n, indent, sm->kl_mean, indent, sm->kl_p99, indent, sm->kl_max, indent,
+            sm->top1, indent, sm->ppl, indent, sm->ppl_ref);
+}
+
+static const char *spans_name(enum kvt_eng_span_policy p)
+{
+    return p == KVT_ENG_SPANS_FIXED      ? "fixed"
+           : p == KVT_ENG_SPANS_VARIABLE ? "variable"
+                                         : "default";
+}
+
+/* eval --decode-from N: prefill [0, N), then one position at a time against resident. */
+static int eval_decode(const struct opts *o, const struct kvt_eng_model *m,
+                       struct kvt_eng_pool *pool, const char *simd, const int32_t *ids, size_t n)
+{
+    struct kvt_eng_session_config ref_cfg = session_config(o, KVT_ENG_MODE_RESIDENT, n);
+    struct kvt_eng_session_config cur_cfg = session_config(o, o->mode, n);
+    struct kvt_eng_decode_eval ev;
+    struct kvt_eng_fid_summary all, bk[KVT_ENG_FID_BUCKETS];
+    ref_cfg.select = (struct kvt_eng_select_config){0};
+    int rc = kvt_eng_decode_eval_run(m, pool, &ref_cfg, &cur_cfg, ids, n, o->decode_from, &ev);
+    if (rc)
+        goto out;
+    if ((rc = kvt_eng_fid_summarize(&ev.fid, 0, SIZE_MAX, &all)))
+        goto out;
+    for (int b = 0; b < KVT_ENG_FID_BUCKETS; b++)
+        if ((rc = kvt_eng_fid_summarize(&ev.fid, kvt_eng_fid_buckets[b].lo,
+                                        kvt_eng_fid_buckets[b].hi, &bk[b])))
+            goto out;
+    double steps = (double)ev.steps;
+    FILE *f = fopen(o->json, "w");
+    if (!f) {
+        rc = -errno;
+        fprintf(stderr, "kvtier-engine: cannot write %s: %s\n", o->json, strerror(errno));
+        goto out;
+    }
+    fprintf(f, "{\n  \"model\": \"%s\",\n  \"text\": ", m->model_id);
+    json_str(f, o->text, strlen(o->text));
+    fprintf(f, ",\n  \"mode\": \"%s\",\n  \"eval\": \"decode\",\n", kvt_eng_mode_name(o->mode));
+    fprintf(f, "  \"tokens\": %zu,\n  \"decode_from\": %zu,\n", n, o->decode_from);
+    json_summary(f, &all, "  ");
+    fprintf(f, ",\n  \"ms_per_token\": %.3f,\n  \"resident_ms_per_token\": %.3f,\n",
+            ev.cur.decode_s * 1e3 / steps, ev.ref.decode_s * 1e3 / steps);
+    fprintf(f, "  \"prefill_ms\": %.1f,\n  \"resident_prefill_ms\": %.1f,\n",
+            ev.cur.prefill_s * 1e3, ev.ref.prefill_s * 1e3);
+    json_kv_bytes(f, "kv_bytes_per_token", &ev.cur.kv_decode, ev.steps);
+    json_kv_bytes(f, "resident_kv_bytes_per_token", &ev.ref.kv_decode, ev.steps);
+    fprintf(f, "  \"kv_token_bytes\": %zu,\n  \"resident_kv_token_bytes\": %zu,\n",
+            ev.cur.token_bytes, ev.ref.token_bytes);
+    fprintf(f, "  \"buckets\": {");
+    int first = 1;
+    for (int b = 0; b < KVT_ENG_FID_BUCKETS; b++) {
+        if (!bk[b].n)
+            continue;
+        fprintf(f, "%s\n    \"%s\": {\n", first ? "" : ",", kvt_eng_fid_buckets[b].name);
+        json_summary(f, &bk[b], "      ");
+        fprintf(f, "\n    }");
+        first = 0;
+    }
+    fprintf(f, "\n  },\n");
+    fprintf(f, "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\"},\n",
+            o->select.budget, o->select.top_p, spans_name(o->select.spans));
+    fprintf(f, "  \"fell_back_to_resident\": %s,\n", ev.cur.fell_back ? "true" : "false");
+    fprintf(f, "  \"batch\": %zu,\n  \"threads\": %u,\n  \"simd\": \"%s\"\n}\n", o->batch,
+            kvt_eng_pool_size(pool), simd);
+    if (fclose(f) != 0) {
+        rc = -EIO;
+        fprintf(stderr, "kvtier-engine: cannot write %s\n", o->json);
+        goto out;
+    }
+    fprintf(stderr,
+            "%s decode eval: positions %zu..%zu, KL mean %.6g p99 %.6g max %.6g, top-1 %.4f, "
+            "perplexity %.4f (resident %.4f), %.2f ms/token (resident %.2f)\n",
+            kvt_eng_mode_name(o->mode), o->decode_from, n - 2, all.kl_mean, all.kl_p99, all.kl_max,
+            all.top1, all.ppl, all.ppl_ref, ev.cur.decode_s * 1e3 / steps,
+            ev.ref.decode_s * 1e3 / steps);
+out:
+    kvt_eng_fid_deinit(&ev.fid);
+    return rc;
+}
+
 static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct kvt_eng_pool *pool,
                     const char *simd)
 {
@@ -484,6 +660,25 @@ static int cmd_eval(const struct opts *o, const struct kvt_eng_model *m, struct 
         fprintf(stderr, "kvtier-engine: the text has fewer than 2 tokens\n");
         rc = -EINVAL;
         goto out;
+    }
+    if (o->decode_from) {
+        /* One position at least is scored: [decode_from, n - 1) must not be empty. */
+        if (o->decode_from + 2 > n) {
+            fprintf(stderr,
+                    "kvtier-engine: --decode-from %zu leaves nothing to score in %zu tokens (it "
+                    "must be below --tokens - 1)\n",
+                    o->decode_from, n);
+            rc = -EINVAL;
+        } else if (!o->compare) {
+            fprintf(stderr, "kvtier-engine: --decode-from always compares with resident; drop "
+                            "--no-compare\n");
+            rc = -EINVAL;
+        } else {
+            rc = eval_decode(o, m, pool, simd, ids, n);
+        }
+        free(ids);
+        free(text);
+        return rc;
     }
     int compare = o->compare && o->mode != KVT_ENG_MODE_RESIDENT;
     struct eval_acc *accs[2] = {&ref, &cur};
@@ -643,6 +838,113 @@ out:
     return rc;
 }
 
+/* passkey: the retention test of EVALUATION.md with the given mode (resident is --mode resident;
+ * nothing else runs beside it). Keys come from --seed, depths spread over 10-90%. */
+static int cmd_passkey(const struct opts *o, const struct kvt_eng_model *m,
+                       struct kvt_eng_pool *pool)
+{
+    struct kvt_eng_session *s = NULL;
+    struct kvt_eng_passkey_result *res = NULL;
+    FILE *f = NULL;
+    size_t N = o->eval_tokens, K = o->trials;
+    int rc;
+    if (!o->json || !K) {
+        fprintf(stderr, "kvtier-engine: passkey needs --trials and --json\n");
+        return -EINVAL;
+    }
+    size_t ctx = N + KVT_ENG_PASSKEY_ANSWER_TOKENS + KVT_ENG_PASSKEY_KEY_TOKENS_MAX;
+    if (ctx > m->hp.ctx_train) {
+        fprintf(stderr,
+                "kvtier-engine: --tokens %zu leaves no room for the answer in the model's "
+                "context of %u\n",
+                N, m->hp.ctx_train);
+        return -EINVAL;
+    }
+    struct kvt_eng_session_config sc = session_config(o, o->mode, ctx);
+    if ((rc = kvt_eng_session_create(m, pool, &sc, &s))) {
+        fprintf(stderr, "kvtier-engine: cannot start the %s session: %s\n",
+                kvt_eng_mode_name(o->mode), kvt_strerror(rc));
+        return rc;
+    }
+    res = calloc(K, sizeof(*res));
+    if (!res) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    uint64_t rng = o->sampling.seed;
+    size_t correct = 0;
+    double lp_sum = 0.0, secs = 0.0;
+    for (size_t i = 0; i < K; i++) {
+        struct kvt_eng_passkey_prompt p;
+        double depth = kvt_eng_passkey_depth(i, K);
+        uint32_t key = kvt_eng_passkey_key(&rng);
+        if ((rc = kvt_eng_passkey_build(m->tok, N, depth, key, &p))) {
+            fprintf(stderr, "kvtier-engine: cannot build a passkey prompt of %zu tokens: %s\n", N,
+                    rc == -EINVAL ? "too short" : kvt_strerror(rc));
+            goto out;
+        }
+        rc = kvt_eng_passkey_trial(s, &p, &res[i]);
+        kvt_eng_passkey_prompt_free(&p);
+        if (rc) {
+            fprintf(stderr, "kvtier-engine: passkey trial %zu failed: %s\n", i, kvt_strerror(rc));
+            goto out;
+        }
+        res[i].depth = depth;
+        correct += res[i].correct != 0;
+        lp_sum += res[i].key_logprob;
+        secs += res[i].seconds;
+        fprintf(stderr,
+                "passkey %zu/%zu: depth %.2f, key %u, answer \"%s\" %s, log p %.3f, %.1f s\n",
+                i + 1, K, depth, key, res[i].answer_text, res[i].correct ? "right" : "WRONG",
+                res[i].key_logprob, res[i].seconds);
+    }
+    f = fopen(o->json, "w");
+    if (!f) {
+        rc = -errno;
+        fprintf(stderr, "kvtier-engine: cannot write %s: %s\n", o->json, strerror(errno));
+        goto out;
+    }
+    fprintf(f, "{\n  \"model\": \"%s\",\n  \"mode\": \"%s\",\n  \"tokens\": %zu,\n", m->model_id,
+            kvt_eng_mode_name(o->mode), N);
+    fprintf(f, "  \"trials\": %zu,\n  \"seed\": %llu,\n  \"correct\": %zu,\n", K,
+            (unsigned long long)o->sampling.seed, correct);
+    fprintf(f, "  \"accuracy\": %.6f,\n  \"mean_key_logprob\": %.6f,\n",
+            (double)correct / (double)K, lp_sum / (double)K);
+    fprintf(f, "  \"seconds\": %.1f,\n  \"seconds_per_trial\": %.2f,\n", secs, secs / (double)K);
+    fprintf(f, "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\"},\n",
+            o->select.budget, o->select.top_p, spans_name(o->select.spans));
+    fprintf(f, "  \"per_depth\": [");
+    for (size_t i = 0; i < K; i++) {
+        const struct kvt_eng_passkey_result *r = &res[i];
+        fprintf(f,
+                "%s\n    {\"trial\": %zu, \"depth\": %.4f, \"key_depth\": %.4f, "
+                "\"prompt_tokens\": %zu, \"key\": %u, \"answer\": ",
+                i ? "," : "", i, r->depth, r->key_depth, r->prompt_tokens, r->key);
+        json_str(f, r->answer_text, strlen(r->answer_text));
+        if (r->found && r->answer <= UINT32_MAX)
+            fprintf(f, ", \"answer_int\": %llu", (unsigned long long)r->answer);
+        else
+            fprintf(f, ", \"answer_int\": null");
+        fprintf(f,
+                ", \"correct\": %s, \"key_logprob\": %.6f, \"logprob_rerun\": %s, "
+                "\"seconds\": %.2f}",
+                r->correct ? "true" : "false", r->key_logprob, r->logprob_rerun ? "true" : "false",
+                r->seconds);
+    }
+    fprintf(f, "\n  ],\n  \"batch\": %zu,\n  \"threads\": %u\n}\n", o->batch,
+            kvt_eng_pool_size(pool));
+    rc = fclose(f) == 0 ? 0 : -EIO;
+    f = NULL;
+    fprintf(stderr, "passkey %s at %zu tokens: %zu/%zu right, mean log p(key) %.3f, %.1f s\n",
+            kvt_eng_mode_name(o->mode), N, correct, K, lp_sum / (double)K, secs);
+out:
+    if (f)
+        fclose(f);
+    free(res);
+    kvt_eng_session_destroy(s);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {
@@ -653,6 +955,7 @@ int main(int argc, char **argv)
         .chunk_tokens = 64,
         .timeout_ms = 5000,
         .compare = 1,
+        .trials = 20,
         .sampling = {.temp = 0.0f, .top_k = 40, .top_p = 0.95f, .seed = 42},
     };
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
@@ -660,9 +963,20 @@ int main(int argc, char **argv)
         return 0;
     }
     if (parse_args(argc, argv, &o) ||
-        (strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval") && strcmp(o.cmd, "dump-kv")) ||
+        (strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval") && strcmp(o.cmd, "dump-kv") &&
+         strcmp(o.cmd, "passkey")) ||
         !o.model) {
         usage(stderr);
+        return 2;
+    }
+    struct kvt_eng_select_config sel = o.select;
+    if (!strcmp(o.cmd, "generate"))
+        sel.top_p = 0.0; /* the sampler's */
+    if (kvt_eng_select_config_is_set(&sel) && !kvt_eng_mode_selects(o.mode)) {
+        fprintf(stderr,
+                "kvtier-engine: --budget, --top-p and --spans configure a selecting mode; mode "
+                "%s does not select\n",
+                kvt_eng_mode_name(o.mode));
         return 2;
     }
     const char *simd = kvt_eng_quant_init(0);
@@ -685,6 +999,8 @@ int main(int argc, char **argv)
         rc = cmd_generate(&o, m, pool);
     else if (!strcmp(o.cmd, "dump-kv"))
         rc = cmd_dump_kv(&o, m, pool);
+    else if (!strcmp(o.cmd, "passkey"))
+        rc = cmd_passkey(&o, m, pool);
     else
         rc = cmd_eval(&o, m, pool, simd);
     kvt_eng_pool_destroy(pool);

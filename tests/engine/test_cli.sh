@@ -1,7 +1,8 @@
 #!/bin/sh
 # Smoke test of the kvtier-engine command line: generate (resident and offload through a real
-# daemon, with prefix reuse on the second offload run), eval with its JSON report, and clear
-# errors for a missing daemon and bad options; dump-kv's layout. Run by `make test` (EXTRA_TESTS);
+# daemon, with prefix reuse on the second offload run), eval with its JSON report (batched and
+# --decode-from), passkey at 1K tokens, and clear errors for a missing daemon and bad options;
+# dump-kv's layout. Run by `make test` (EXTRA_TESTS);
 # KVT_BUILD names the build directory. Skips (exit 0) when the model has not been fetched.
 set -eu
 
@@ -62,6 +63,45 @@ ppl=$(sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p' "$tmp/eval.json")
 rppl=$(sed -n 's/.*"resident_perplexity": \([0-9.]*\).*/\1/p' "$tmp/eval.json")
 [ -n "$ppl" ] && [ "$ppl" = "$rppl" ] || fail "perplexities differ: $ppl vs $rppl"
 
+# eval --decode-from: the decode evaluation of q8 against resident; its JSON parses and has every
+# field (the numbers themselves are checked in test_engine_fidelity).
+"$E" eval --model "$M" --text "$tmp/text" --mode q8 --tokens 200 --decode-from 150 \
+    --json "$tmp/dec.json" 2>/dev/null || fail "decode eval failed"
+python3 - "$tmp/dec.json" <<'PY' || fail "decode eval JSON: $(cat "$tmp/dec.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in ("kl_mean", "kl_p99", "kl_max", "top1_agreement_with_resident", "perplexity",
+          "resident_perplexity", "ms_per_token", "resident_ms_per_token", "kv_bytes_per_token",
+          "resident_kv_bytes_per_token", "kv_token_bytes", "buckets", "prefill_ms"):
+    assert k in d, k
+assert d["eval"] == "decode" and d["mode"] == "q8"
+assert d["decode_from"] == 150 and d["positions"] == 49, d
+assert 0 < d["kl_mean"] <= d["kl_p99"] <= d["kl_max"], d
+assert 0 < d["top1_agreement_with_resident"] <= 1
+assert d["ms_per_token"] > 0 and d["resident_ms_per_token"] > 0
+assert d["kv_token_bytes"] == 12960 and d["resident_kv_token_bytes"] == 23040
+for t in ("fetched", "dram", "disk", "gpu", "remote", "stored"):
+    assert t in d["kv_bytes_per_token"], t
+assert list(d["buckets"]) == ["0-1K"] and d["buckets"]["0-1K"]["positions"] == 49
+assert d["buckets"]["0-1K"]["kl_mean"] == d["kl_mean"]
+PY
+
+# passkey: resident finds the key at every depth of a 1K-token prompt.
+"$E" passkey --model "$M" --mode resident --tokens 1024 --trials 3 --json "$tmp/pk.json" \
+    2>"$tmp/pk.err" || fail "passkey failed: $(cat "$tmp/pk.err")"
+python3 - "$tmp/pk.json" <<'PY' || fail "passkey JSON: $(cat "$tmp/pk.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["mode"] == "resident" and d["trials"] == 3 and d["tokens"] == 1024
+assert d["accuracy"] == 1.0 and d["correct"] == 3, d
+assert d["mean_key_logprob"] < 0
+r = d["per_depth"]
+assert [round(x["depth"], 2) for x in r] == [0.1, 0.5, 0.9], r
+for x in r:
+    assert x["correct"] and x["answer_int"] == x["key"] and 1 <= x["key"] <= 50000, x
+    assert 1000 < x["prompt_tokens"] <= 1024 and x["key_logprob"] < 0, x
+PY
+
 # dump-kv: whole chunks in the canonical layout (30 layers x 3 KV heads x 64 dims x k|v x fp16 =
 # 23,040 bytes per token), and causal: the first chunk does not depend on the tokens after it.
 "$E" dump-kv --model "$M" --text "$tmp/text" --tokens 70 --chunk-tokens 32 --out "$tmp/kv2" \
@@ -79,6 +119,30 @@ if "$E" generate --model "$M" --mode offload --socket "$tmp/nope" --prompt hi 2>
 fi
 grep -q "daemon unreachable" "$tmp/err" || fail "no clear message without a daemon"
 if "$E" generate --model "$M" --bogus 1 2>/dev/null; then fail "bad option accepted"; fi
+# Bad evaluation options: each refused with a message that names the problem.
+refuse() {
+    want=$1
+    shift
+    if "$E" "$@" 2>"$tmp/err"; then fail "accepted: $*"; fi
+    grep -q -- "$want" "$tmp/err" || fail "no clear message for $*: $(cat "$tmp/err")"
+}
+ev="eval --model $M --text $tmp/text --json $tmp/bad.json"
+# shellcheck disable=SC2086
+{
+    refuse "--budget must be a fraction in (0, 1]" $ev --budget 0
+    refuse "--budget must be a fraction in (0, 1]" $ev --budget 1.5
+    refuse "--budget must be a fraction in (0, 1]" $ev --budget 0.5x
+    refuse "--top-p must be a fraction in (0, 1]" $ev --top-p 0
+    refuse "--spans is fixed or variable" $ev --spans other
+    refuse "unknown mode 'sparse2' (modes: resident, offload, q8)" $ev --mode sparse2
+    refuse "mode q8 does not select" $ev --mode q8 --budget 0.2
+    refuse "mode resident does not select" $ev --spans fixed
+    refuse "leaves nothing to score in 300 tokens" $ev --tokens 300 --decode-from 300
+    refuse "leaves nothing to score in 300 tokens" $ev --tokens 300 --decode-from 500
+    refuse "cannot read /nonexistent" eval --model "$M" --text /nonexistent --json "$tmp/bad.json"
+    refuse "cannot build a passkey prompt of 20 tokens" passkey --model "$M" --tokens 20 \
+        --trials 1 --json "$tmp/bad.json"
+}
 if "$E" generate --model /nonexistent.gguf --prompt hi 2>/dev/null; then fail "bad model accepted"; fi
 
 echo "test_cli: ok"
