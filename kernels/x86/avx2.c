@@ -1,16 +1,17 @@
 /*
- * AVX2 kernels. Each function carries its own target attribute, so this file builds with the
- * project's ordinary flags and nothing here runs unless kernels.c found AVX2 on the CPU. What
+ * AVX2 (+F16C) kernels. Each function carries its own target attribute, so this file builds with
+ * the project's ordinary flags and nothing here runs unless kernels.c found AVX2 and F16C. What
  * does not fill a vector (the head up to alignment, tails) goes to memcpy or the reference.
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels/internal.h"
 
-#define KVT_AVX2 __attribute__((target("avx2")))
-#define KVT_AVX2_INLINE __attribute__((target("avx2"), always_inline)) static inline
+#define KVT_AVX2 __attribute__((target("avx2,f16c")))
+#define KVT_AVX2_INLINE __attribute__((target("avx2,f16c"), always_inline)) static inline
 
 enum { STREAM_MIN_BYTES = 4096 };
 
@@ -213,6 +214,131 @@ KVT_AVX2 static void abstract_minmax_f16_avx2(const uint16_t *keys, size_t n, si
     kvt__kernels_minmax_f16_ref_cols(keys, n, stride, vec_dim, head_dim, min_out, max_out);
 }
 
+/* Eight channels a vector, each lane one channel adding its rows in order, which is the
+ * reference's order exactly. Channels go in groups of 64 (eight accumulators) over blocks of 32
+ * rows, so that the later groups of a block find its rows in L1; the running sums wait in
+ * sum_out between blocks. The last head_dim % 8 channels are the reference's. */
+KVT_AVX2 static void sum_f16_avx2(const uint16_t *x, size_t n, size_t stride, size_t head_dim,
+                                  float *sum_out)
+{
+    enum { ROW_BLOCK = 32 };
+    const size_t vec_dim = head_dim - head_dim % 8;
+    for (size_t c = 0; c < vec_dim; c++)
+        sum_out[c] = 0.0f;
+    for (size_t r0 = 0; r0 < n; r0 += ROW_BLOCK) {
+        const size_t r1 = n - r0 < ROW_BLOCK ? n : r0 + ROW_BLOCK;
+        size_t c = 0;
+        for (; c + 64 <= vec_dim; c += 64) {
+            __m256 a[8];
+            for (int k = 0; k < 8; k++)
+                a[k] = _mm256_loadu_ps(sum_out + c + 8 * k);
+            for (size_t r = r0; r < r1; r++) {
+                const uint16_t *p = x + r * stride + c;
+                for (int k = 0; k < 8; k++)
+                    a[k] = _mm256_add_ps(
+                        a[k], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8 * k))));
+            }
+            for (int k = 0; k < 8; k++)
+                _mm256_storeu_ps(sum_out + c + 8 * k, a[k]);
+        }
+        for (; c < vec_dim; c += 8) {
+            __m256 a = _mm256_loadu_ps(sum_out + c);
+            for (size_t r = r0; r < r1; r++)
+                a = _mm256_add_ps(
+                    a, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + r * stride + c))));
+            _mm256_storeu_ps(sum_out + c, a);
+        }
+    }
+    kvt__kernels_sum_f16_ref_cols(x, n, stride, vec_dim, head_dim, sum_out);
+}
+
+/* The reduction of kernels.h on the 16 partial sums held as lanes 0-7 (a) and 8-15 (b). */
+KVT_AVX2_INLINE float reduce16(__m256 a, __m256 b)
+{
+    __m256 s8 = _mm256_add_ps(a, b); /* acc[k] += acc[k + 8] */
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+/* The bounds of one span for nq (1 to 4, a constant after inlining) queries into res[]. The
+ * partial sums acc[i % 16] of each query are two vectors: channels c..c+7 of every 16-channel
+ * step go to lanes 0-7, c+8..c+15 to lanes 8-15, in increasing c, as in the reference. maxps
+ * computes a > b ? a : b, the reference's max. The last head_dim % 16 channels continue the
+ * same partial sums in scalar code. */
+KVT_AVX2_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn, size_t head_dim,
+                                float *res)
+{
+    const uint16_t *mx = mn + head_dim;
+    __m256 a[4], b[4];
+    for (size_t j = 0; j < nq; j++)
+        a[j] = b[j] = _mm256_setzero_ps();
+    size_t c = 0;
+    for (; c + 16 <= head_dim; c += 16) {
+        __m256 lo_a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + c)));
+        __m256 lo_b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + c + 8)));
+        __m256 hi_a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mx + c)));
+        __m256 hi_b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mx + c + 8)));
+        for (size_t j = 0; j < nq; j++) {
+            __m256 qa = _mm256_loadu_ps(q + j * head_dim + c);
+            __m256 qb = _mm256_loadu_ps(q + j * head_dim + c + 8);
+            a[j] = _mm256_add_ps(a[j],
+                                 _mm256_max_ps(_mm256_mul_ps(qa, lo_a), _mm256_mul_ps(qa, hi_a)));
+            b[j] = _mm256_add_ps(b[j],
+                                 _mm256_max_ps(_mm256_mul_ps(qb, lo_b), _mm256_mul_ps(qb, hi_b)));
+        }
+    }
+    if (c < head_dim) {
+        for (size_t j = 0; j < nq; j++) {
+            float acc[16];
+            const float *qj = q + j * head_dim;
+            _mm256_storeu_ps(acc, a[j]);
+            _mm256_storeu_ps(acc + 8, b[j]);
+            for (size_t i = c; i < head_dim; i++)
+                acc[i - c] +=
+                    kvt__kernels_maxf(qj[i] * kvt_f16_to_f32(mn[i]), qj[i] * kvt_f16_to_f32(mx[i]));
+            a[j] = _mm256_loadu_ps(acc);
+            b[j] = _mm256_loadu_ps(acc + 8);
+        }
+    }
+    for (size_t j = 0; j < nq; j++)
+        res[j] = reduce16(a[j], b[j]);
+}
+
+/* Queries in blocks of up to four share each conversion of a span's bounds; the group's bound
+ * combines the queries' in increasing j, as the reference does. */
+KVT_AVX2 static void bound_f16_avx2(const float *q, size_t n_q, const uint16_t *bounds,
+                                    size_t n_spans, size_t span_stride, size_t head_dim, float *out)
+{
+    for (size_t s = 0; s < n_spans; s++) {
+        const uint16_t *mn = bounds + s * span_stride;
+        float best = -INFINITY;
+        if (n_q && !kvt__kernels_bound_empty(mn, head_dim)) {
+            for (size_t j0 = 0; j0 < n_q; j0 += 4) {
+                float res[4];
+                const float *qb = q + j0 * head_dim;
+                switch (n_q - j0 < 4 ? n_q - j0 : 4) {
+                case 1:
+                    bound_span(qb, 1, mn, head_dim, res);
+                    break;
+                case 2:
+                    bound_span(qb, 2, mn, head_dim, res);
+                    break;
+                case 3:
+                    bound_span(qb, 3, mn, head_dim, res);
+                    break;
+                default:
+                    bound_span(qb, 4, mn, head_dim, res);
+                    break;
+                }
+                for (size_t j = j0; j < n_q && j < j0 + 4; j++)
+                    best = j ? kvt__kernels_maxf(res[j - j0], best) : res[0];
+            }
+        }
+        out[s] = best;
+    }
+}
+
 const struct kvt_kernels kvt__kernels_avx2 = {
     .variant = KVT_KERNELS_AVX2,
     .name = "avx2",
@@ -223,8 +349,8 @@ const struct kvt_kernels kvt__kernels_avx2 = {
     .shuffle4 = shuffle4_avx2,
     .unshuffle4 = unshuffle4_avx2,
     .abstract_minmax_f16 = abstract_minmax_f16_avx2,
-    .sum_f16 = kvt__kernels_sum_f16_ref,
-    .bound_f16 = kvt__kernels_bound_f16_ref,
+    .sum_f16 = sum_f16_avx2,
+    .bound_f16 = bound_f16_avx2,
     .topk_f32 = kvt__kernels_topk_f32_ref,
 };
 #endif

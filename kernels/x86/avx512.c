@@ -5,6 +5,7 @@
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels/internal.h"
@@ -201,6 +202,133 @@ KVT_AVX512 static void abstract_minmax_f16_avx512(const uint16_t *keys, size_t n
     }
 }
 
+/* Sixteen channels a vector, each lane one channel adding its rows in order (the reference's
+ * order). Groups of 128 channels (eight accumulators) over blocks of 32 rows, the running sums
+ * in sum_out between blocks; the last head_dim % 16 channels in one masked vector. */
+KVT_AVX512 static void sum_f16_avx512(const uint16_t *x, size_t n, size_t stride, size_t head_dim,
+                                      float *sum_out)
+{
+    enum { ROW_BLOCK = 32 };
+    for (size_t c = 0; c < head_dim; c++)
+        sum_out[c] = 0.0f;
+    const size_t vec_dim = head_dim - head_dim % 16;
+    const __mmask16 tail = (__mmask16)((1u << (head_dim - vec_dim)) - 1u);
+    for (size_t r0 = 0; r0 < n; r0 += ROW_BLOCK) {
+        const size_t r1 = n - r0 < ROW_BLOCK ? n : r0 + ROW_BLOCK;
+        size_t c = 0;
+        for (; c + 128 <= vec_dim; c += 128) {
+            __m512 a[8];
+            for (int k = 0; k < 8; k++)
+                a[k] = _mm512_loadu_ps(sum_out + c + 16 * k);
+            for (size_t r = r0; r < r1; r++) {
+                const uint16_t *p = x + r * stride + c;
+                for (int k = 0; k < 8; k++)
+                    a[k] = _mm512_add_ps(
+                        a[k], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16 * k))));
+            }
+            for (int k = 0; k < 8; k++)
+                _mm512_storeu_ps(sum_out + c + 16 * k, a[k]);
+        }
+        for (; c < vec_dim; c += 16) {
+            __m512 a = _mm512_loadu_ps(sum_out + c);
+            for (size_t r = r0; r < r1; r++)
+                a = _mm512_add_ps(
+                    a, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + r * stride + c))));
+            _mm512_storeu_ps(sum_out + c, a);
+        }
+        if (tail) {
+            /* The masked load reads only the tail channels of each row. */
+            __m512 a = _mm512_maskz_loadu_ps(tail, sum_out + c);
+            for (size_t r = r0; r < r1; r++) {
+                __m512i h = _mm512_maskz_loadu_epi16((__mmask32)tail, x + r * stride + c);
+                a = _mm512_mask_add_ps(a, tail, a, _mm512_cvtph_ps(_mm512_castsi512_si256(h)));
+            }
+            _mm512_mask_storeu_ps(sum_out + c, tail, a);
+        }
+    }
+}
+
+/* The reduction of kernels.h on 16 partial sums, lane k holding acc[k]. */
+KVT_AVX512_INLINE float reduce16(__m512 acc)
+{
+    __m256 lo = _mm512_castps512_ps256(acc);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+    __m256 s8 = _mm256_add_ps(lo, hi); /* acc[k] += acc[k + 8] */
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+/* The bounds of one span for nq (1 to 4, a constant after inlining) queries into res[]: one
+ * vector of 16 partial sums per query, lane k taking channels k, k + 16, ... in order (the
+ * reference's acc[i % 16]); maxps is the reference's a > b ? a : b. The last head_dim % 16
+ * channels go through masked loads and a masked add, which leaves the other lanes as they are. */
+KVT_AVX512_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn, size_t head_dim,
+                                  float *res)
+{
+    const uint16_t *mx = mn + head_dim;
+    __m512 acc[4];
+    for (size_t j = 0; j < nq; j++)
+        acc[j] = _mm512_setzero_ps();
+    size_t c = 0;
+    for (; c + 16 <= head_dim; c += 16) {
+        __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mn + c)));
+        __m512 hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mx + c)));
+        for (size_t j = 0; j < nq; j++) {
+            __m512 qv = _mm512_loadu_ps(q + j * head_dim + c);
+            acc[j] =
+                _mm512_add_ps(acc[j], _mm512_max_ps(_mm512_mul_ps(qv, lo), _mm512_mul_ps(qv, hi)));
+        }
+    }
+    if (c < head_dim) {
+        const __mmask16 m = (__mmask16)((1u << (head_dim - c)) - 1u);
+        __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, mn + c)));
+        __m512 hi = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, mx + c)));
+        for (size_t j = 0; j < nq; j++) {
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + j * head_dim + c);
+            acc[j] = _mm512_mask_add_ps(
+                acc[j], m, acc[j], _mm512_max_ps(_mm512_mul_ps(qv, lo), _mm512_mul_ps(qv, hi)));
+        }
+    }
+    for (size_t j = 0; j < nq; j++)
+        res[j] = reduce16(acc[j]);
+}
+
+/* As the AVX2 version: queries in blocks of up to four share each conversion of a span's
+ * bounds, and the group's bound combines them in increasing j. */
+KVT_AVX512 static void bound_f16_avx512(const float *q, size_t n_q, const uint16_t *bounds,
+                                        size_t n_spans, size_t span_stride, size_t head_dim,
+                                        float *out)
+{
+    for (size_t s = 0; s < n_spans; s++) {
+        const uint16_t *mn = bounds + s * span_stride;
+        float best = -INFINITY;
+        if (n_q && !kvt__kernels_bound_empty(mn, head_dim)) {
+            for (size_t j0 = 0; j0 < n_q; j0 += 4) {
+                float res[4];
+                const float *qb = q + j0 * head_dim;
+                switch (n_q - j0 < 4 ? n_q - j0 : 4) {
+                case 1:
+                    bound_span(qb, 1, mn, head_dim, res);
+                    break;
+                case 2:
+                    bound_span(qb, 2, mn, head_dim, res);
+                    break;
+                case 3:
+                    bound_span(qb, 3, mn, head_dim, res);
+                    break;
+                default:
+                    bound_span(qb, 4, mn, head_dim, res);
+                    break;
+                }
+                for (size_t j = j0; j < n_q && j < j0 + 4; j++)
+                    best = j ? kvt__kernels_maxf(res[j - j0], best) : res[0];
+            }
+        }
+        out[s] = best;
+    }
+}
+
 const struct kvt_kernels kvt__kernels_avx512 = {
     .variant = KVT_KERNELS_AVX512,
     .name = "avx512",
@@ -211,8 +339,8 @@ const struct kvt_kernels kvt__kernels_avx512 = {
     .shuffle4 = shuffle4_avx512,
     .unshuffle4 = unshuffle4_avx512,
     .abstract_minmax_f16 = abstract_minmax_f16_avx512,
-    .sum_f16 = kvt__kernels_sum_f16_ref,
-    .bound_f16 = kvt__kernels_bound_f16_ref,
+    .sum_f16 = sum_f16_avx512,
+    .bound_f16 = bound_f16_avx512,
     .topk_f32 = kvt__kernels_topk_f32_ref,
 };
 #endif

@@ -1052,7 +1052,16 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-enum bench_kernel { BK_SHUFFLE2, BK_UNSHUFFLE2, BK_SHUFFLE4, BK_UNSHUFFLE4, BK_MINMAX, BK_COUNT };
+enum bench_kernel {
+    BK_SHUFFLE2,
+    BK_UNSHUFFLE2,
+    BK_SHUFFLE4,
+    BK_UNSHUFFLE4,
+    BK_MINMAX,
+    BK_SUM,
+    BK_BOUND,
+    BK_COUNT
+};
 
 /* Input GB/s of one kernel on n bytes, over a working set of `set` bytes split into buffers of
  * n (set == n: the same buffer every time, cache-resident when small). Best of 5 runs of about
@@ -1062,6 +1071,9 @@ static double bench_one(const struct kvt_kernels *k, enum bench_kernel which, co
 {
     double best = 0;
     float mn[128], mx[128];
+    static float q[4 * 128], scores[(4u << 20) / 512];
+    for (int i = 0; i < 4 * 128; i++)
+        q[i] = (float)((i * 37) % 19) - 9.0f;
     for (int run = 0; run < 5; run++) {
         size_t done = 0, slots = set / n;
         double t0 = now_s(), t;
@@ -1088,6 +1100,16 @@ static double bench_one(const struct kvt_kernels *k, enum bench_kernel which, co
                                            mx);
                     d[0] = (uint8_t)mn[0];
                     break;
+                case BK_SUM:
+                    k->sum_f16((const uint16_t *)(const void *)s, n / 256, 128, 128, mn);
+                    d[0] = (uint8_t)mn[0];
+                    break;
+                case BK_BOUND:
+                    /* Spans of head_dim 128 bounds (512 bytes each), a group of 4 queries. */
+                    k->bound_f16(q, 4, (const uint16_t *)(const void *)s, n / 512, 256, 128,
+                                 scores);
+                    d[0] = (uint8_t)scores[0];
+                    break;
                 case BK_COUNT:
                     break;
                 }
@@ -1108,8 +1130,8 @@ static void test_bench(void **state)
         skip();
         return;
     }
-    static const char *const names[BK_COUNT] = {"shuffle2", "unshuffle2", "shuffle4", "unshuffle4",
-                                                "minmax_f16"};
+    static const char *const names[BK_COUNT] = {
+        "shuffle2", "unshuffle2", "shuffle4", "unshuffle4", "minmax_f16", "sum_f16", "bound_f16"};
     const size_t set = 256u << 20; /* for the 4 MiB case: beyond the last-level cache */
     uint8_t *src = malloc(set), *dst = malloc(set);
     assert_non_null(src);
@@ -1119,7 +1141,7 @@ static void test_bench(void **state)
     const struct kvt_kernels *t[KVT_KERNELS_VARIANT_COUNT];
     size_t count = supported(t);
     printf("# kernel GB/s of input, best of 5; 64 KiB: one buffer (in cache), 4 MiB: %zu MiB "
-           "working set; min/max: head_dim 128\n",
+           "working set; min/max and sum: head_dim 128; bound: head_dim 128, 4 queries\n",
            set >> 20);
     printf("%-12s %-6s", "kernel", "size");
     for (size_t v = 0; v < count; v++)
