@@ -37,6 +37,52 @@ int kvt_kcuda_abstract_minmax_f16_dev(const uint16_t *d_keys, size_t n, size_t s
 int kvt_kcuda_abstract_minmax_f16(const uint16_t *keys, size_t n, size_t stride, size_t head_dim,
                                   float *min_out, float *max_out);
 
+/*
+ * Abstracts of a batch of spans (the daemon's abstract construction): rows of head_dim fp16
+ * values, row r at d_x + r * stride; span s covers rows [d_offsets[s], d_offsets[s + 1]) (n_spans
+ * + 1 nondecreasing row offsets, in device memory; the _dev version trusts them, the host
+ * version checks them). Outputs, each optional (NULL skips it):
+ *  - d_bounds: span s at d_bounds + s * span_stride (span_stride >= 2 * head_dim fp16 elements),
+ *    head_dim fp16 minimums then head_dim fp16 maximums: the layout bound_f16 reads, with the
+ *    values abstract_minmax_f16 gives (NaNs ignored, -0 below +0, +inf/-inf for no value);
+ *  - d_sums: span s at d_sums + s * head_dim, the fp32 sums of sum_f16 (row order from +0.0).
+ * One thread per (span, channel) walks the span's rows in order, so both are the reference's
+ * bit for bit (a NaN sum is a NaN; CUDA's NaN has its own payload). Queued on stream.
+ */
+int kvt_kcuda_abstract_spans_f16_dev(const uint16_t *d_x, size_t stride, size_t head_dim,
+                                     const uint32_t *d_offsets, size_t n_spans, uint16_t *d_bounds,
+                                     size_t span_stride, float *d_sums, void *stream);
+
+/* The same on host memory (rows [0, offsets[n_spans]) are copied over); waits for the result. */
+int kvt_kcuda_abstract_spans_f16(const uint16_t *x, size_t stride, size_t head_dim,
+                                 const uint32_t *offsets, size_t n_spans, uint16_t *bounds_out,
+                                 size_t span_stride, float *sums_out);
+
+/* The Quest bound of kvt_kernels bound_f16 (same arguments, all arrays in device memory), bit
+ * for bit: a half-warp per span, lane k holding the partial sum acc[k], reduced with the same
+ * tree by shuffles; products and sums with __fmul_rn/__fadd_rn, never fused. Queued on stream. */
+int kvt_kcuda_bound_f16_dev(const float *d_q, size_t n_q, const uint16_t *d_bounds, size_t n_spans,
+                            size_t span_stride, size_t head_dim, float *d_out, void *stream);
+
+/* The same on host memory; waits for the result. */
+int kvt_kcuda_bound_f16(const float *q, size_t n_q, const uint16_t *bounds, size_t n_spans,
+                        size_t span_stride, size_t head_dim, float *out);
+
+/* Device scratch bytes kvt_kcuda_topk_f32_dev needs for n scores (n <= INT32_MAX). */
+int kvt_kcuda_topk_scratch_bytes(size_t n, size_t *bytes_out);
+
+/* Top-k of kvt_kernels topk_f32 on device memory: the indices of the min(k, n) largest of
+ * d_score[0..n), largest first, into d_idx_out (same ranking: NaN lowest, -0 == +0, ties to the
+ * lower index). Each score becomes one 64-bit key (rank, then the complement of its index), so
+ * all keys differ and a radix sort of them (CUB) gives the reference's order exactly. d_scratch
+ * holds kvt_kcuda_topk_scratch_bytes(n) bytes (256-byte aligned, as cudaMalloc gives). Queued
+ * on stream. */
+int kvt_kcuda_topk_f32_dev(const float *d_score, size_t n, size_t k, uint32_t *d_idx_out,
+                           void *d_scratch, size_t scratch_bytes, void *stream);
+
+/* The same on host memory: min(k, n) indices into idx_out; waits for the result. */
+int kvt_kcuda_topk_f32(const float *score, size_t n, size_t k, uint32_t *idx_out);
+
 /* Byte-plane shuffle and its inverse (w = 2 or 4; kvt_kernels shuffle2/shuffle4 semantics) of
  * len bytes of host memory, run on the device. */
 int kvt_kcuda_shuffle(const void *src, size_t len, uint32_t w, void *dst);

@@ -980,6 +980,105 @@ static void test_force(void **state)
     (void)best;
 }
 
+#ifdef HAVE_CUDA
+/* The sparse-retrieval kernels on the device against the reference: span abstracts (bounds and
+ * sums) for batches of spans of varied sizes (empty ones included) over keys with every special
+ * value, the bound on random spans and queries, top-k with ties and NaNs up to 300000 scores. */
+static void cuda_sparse_cases(void)
+{
+    const struct kvt_kernels *ref = kvt_kernels_variant(KVT_KERNELS_REF);
+    const size_t dims[] = {1, 7, 16, 64, 128, 129};
+    enum { SPANS = 300, DIM_MAX = 129, ROWS_MAX = SPANS * 200 };
+    const size_t elems = (size_t)(ROWS_MAX + 1) * (DIM_MAX + 6);
+    uint16_t *keys = malloc(elems * sizeof(uint16_t));
+    assert_non_null(keys);
+    fill_keys(keys, elems, 5);
+    uint32_t off[SPANS + 1];
+    uint16_t *bnd = malloc((size_t)SPANS * (2 * DIM_MAX + 6) * sizeof(uint16_t));
+    float *sums = malloc((size_t)SPANS * DIM_MAX * sizeof(float));
+    float *q = malloc(8 * DIM_MAX * sizeof(float)), *want = malloc(SPANS * sizeof(float));
+    float *got = malloc(SPANS * sizeof(float)), mn[DIM_MAX], mx[DIM_MAX], sm[DIM_MAX];
+    assert_true(bnd && sums && q && want && got);
+    uint64_t seed = 31;
+    for (size_t b = 0; b < sizeof(dims) / sizeof(dims[0]); b++) {
+        for (size_t pad = 0; pad <= 6; pad += 6) {
+            size_t d = dims[b], stride = d + pad, span_stride = 2 * d + pad, rows = 0;
+            off[0] = 0;
+            for (size_t s = 0; s < SPANS; s++) {
+                uint64_t r = rng_next(&seed);
+                rows += r % 9 == 0 ? 0 : r % 5 == 0 ? 1 + r % 200 : 1 + r % 32;
+                off[s + 1] = (uint32_t)rows;
+            }
+            assert_true((rows + 1) * stride <= elems);
+            assert_int_equal(
+                kvt_kcuda_abstract_spans_f16(keys, stride, d, off, SPANS, bnd, span_stride, sums),
+                0);
+            for (size_t s = 0; s < SPANS; s++) {
+                const uint16_t *x = keys + (size_t)off[s] * stride;
+                size_t n = off[s + 1] - off[s];
+                ref->abstract_minmax_f16(x, n, stride, d, mn, mx);
+                ref->sum_f16(x, n, stride, d, sm);
+                for (size_t c = 0; c < d; c++) {
+                    assert_int_equal(bnd[s * span_stride + c], kvt_f32_to_f16(mn[c]));
+                    assert_int_equal(bnd[s * span_stride + d + c], kvt_f32_to_f16(mx[c]));
+                    if (!same_float(sums[s * d + c], sm[c]))
+                        fail_msg("cuda sum dim=%zu span %zu channel %zu: %a, want %a", d, s, c,
+                                 (double)sums[s * d + c], (double)sm[c]);
+                }
+            }
+            /* Only the sums, into the same layout. */
+            assert_int_equal(
+                kvt_kcuda_abstract_spans_f16(keys, stride, d, off, SPANS, NULL, 0, sums), 0);
+            /* The bound over those spans (real abstracts, empty spans included), then over raw
+             * random bounds with NaN and infinities, for groups of 1 to 8 queries. */
+            for (int kind = 0; kind < 2; kind++) {
+                if (kind)
+                    fill_keys(bnd, (SPANS - 1) * span_stride + 2 * d, rng_next(&seed));
+                for (size_t nq = 0; nq <= 8; nq += nq < 5 ? 1 : 3) {
+                    fill_query(q, nq * d, rng_next(&seed), kind);
+                    ref->bound_f16(q, nq, bnd, SPANS, span_stride, d, want);
+                    assert_int_equal(kvt_kcuda_bound_f16(q, nq, bnd, SPANS, span_stride, d, got),
+                                     0);
+                    for (size_t s = 0; s < SPANS; s++)
+                        if (!same_float(got[s], want[s]))
+                            fail_msg("cuda bound dim=%zu n_q=%zu span %zu: %a, want %a", d, nq, s,
+                                     (double)got[s], (double)want[s]);
+                }
+            }
+        }
+    }
+    enum { N_MAX = 300000 };
+    float *sc = malloc(N_MAX * sizeof(float));
+    uint32_t *wi = malloc(N_MAX * sizeof(uint32_t)), *gi = malloc(N_MAX * sizeof(uint32_t));
+    assert_true(sc && wi && gi);
+    const size_t ns[] = {1, 2, 1000, 65536, N_MAX};
+    for (int kind = 0; kind < 3; kind++) {
+        for (size_t a = 0; a < sizeof(ns) / sizeof(ns[0]); a++) {
+            size_t n = ns[a];
+            fill_scores(sc, n, rng_next(&seed), kind);
+            const size_t ks[] = {0, 1, n / 5, n, n + 3};
+            for (size_t b = 0; b < sizeof(ks) / sizeof(ks[0]); b++) {
+                size_t k = ks[b], m = ref->topk_f32(sc, n, k, wi);
+                assert_int_equal(kvt_kcuda_topk_f32(sc, n, k, gi), 0);
+                for (size_t i = 0; i < m; i++)
+                    if (gi[i] != wi[i])
+                        fail_msg("cuda topk kind=%d n=%zu k=%zu rank %zu: %u, want %u", kind, n, k,
+                                 i, gi[i], wi[i]);
+            }
+        }
+    }
+    free(sc);
+    free(wi);
+    free(gi);
+    free(keys);
+    free(bnd);
+    free(sums);
+    free(q);
+    free(want);
+    free(got);
+}
+#endif
+
 static void test_cuda(void **state)
 {
     (void)state;
@@ -996,6 +1095,18 @@ static void test_cuda(void **state)
         /* Without a device every entry point says so instead of failing in some other way. */
         assert_int_equal(kvt_kcuda_abstract_minmax_f16(k, 1, 4, 4, mn, mx), -ENODEV);
         assert_int_equal(kvt_kcuda_shuffle(buf, 8, 2, out), -ENODEV);
+        uint32_t off[2] = {0, 1}, idx[1];
+        uint16_t bnd[8];
+        float q[4] = {0}, sc[1] = {0};
+        size_t bytes = 0;
+        assert_int_equal(kvt_kcuda_abstract_spans_f16(k, 4, 4, off, 1, bnd, 8, mn), -ENODEV);
+        assert_int_equal(kvt_kcuda_bound_f16(q, 1, bnd, 1, 8, 4, sc), -ENODEV);
+        assert_int_equal(kvt_kcuda_topk_scratch_bytes(1, &bytes), -ENODEV);
+        assert_int_equal(kvt_kcuda_topk_f32(sc, 1, 1, idx), -ENODEV);
+        /* Bad arguments are refused before the device is looked for. */
+        assert_int_equal(kvt_kcuda_bound_f16(q, 1, bnd, 1, 7, 4, sc), KVT_E_INVAL);
+        off[0] = 2;
+        assert_int_equal(kvt_kcuda_abstract_spans_f16(k, 4, 4, off, 1, bnd, 8, mn), KVT_E_INVAL);
         skip();
         return;
     }
@@ -1038,9 +1149,10 @@ static void test_cuda(void **state)
         }
     }
     assert_int_equal(kvt_kcuda_shuffle(src, 8, 3, g8), KVT_E_INVAL);
-    print_message("CUDA min/max and shuffles match the reference\n");
     free(w8);
     free(g8);
+    cuda_sparse_cases();
+    print_message("CUDA min/max, shuffles, span abstracts, bound and top-k match the reference\n");
     free(keys);
 #endif
 }
