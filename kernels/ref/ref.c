@@ -138,35 +138,18 @@ void kvt__kernels_bound_f16_ref(const float *q, size_t n_q, const uint16_t *boun
     }
 }
 
-/* Top-k ranks by one 64-bit key per element: the score's bits mapped so that unsigned order is
- * the ranking (NaN lowest, -0.0 as +0.0, negatives below positives), above the complement of
- * the index, so that a lower index wins a tie and no two keys are equal. */
-static inline uint64_t rank_key(const float *score, uint32_t i)
-{
-    uint32_t b;
-    memcpy(&b, &score[i], sizeof(b));
-    uint32_t k;
-    if ((b & 0x7fffffffu) > 0x7f800000u)
-        k = 0; /* NaN: below -inf, whose key is 0x007fffff */
-    else if (b == 0x80000000u)
-        k = 0x80000000u; /* -0.0 ties with +0.0 */
-    else
-        k = (b & 0x80000000u) ? ~b : b | 0x80000000u;
-    return (uint64_t)k << 32 | (uint32_t)~i;
-}
-
 /* Restores the min-heap order (by rank key) of heap[0..size) below slot at. */
 static void heap_sift_down(const float *score, uint32_t *heap, size_t size, size_t at)
 {
     uint32_t item = heap[at];
-    uint64_t key = rank_key(score, item);
+    uint64_t key = kvt__kernels_rank_key(score, item);
     for (;;) {
         size_t child = 2 * at + 1;
         if (child >= size)
             break;
-        uint64_t ck = rank_key(score, heap[child]);
+        uint64_t ck = kvt__kernels_rank_key(score, heap[child]);
         if (child + 1 < size) {
-            uint64_t rk = rank_key(score, heap[child + 1]);
+            uint64_t rk = kvt__kernels_rank_key(score, heap[child + 1]);
             if (rk < ck) {
                 child++;
                 ck = rk;
@@ -194,13 +177,13 @@ size_t kvt__kernels_topk_f32_ref(const float *score, size_t n, size_t k, uint32_
         idx_out[i] = (uint32_t)i;
     for (size_t at = k / 2; at-- > 0;)
         heap_sift_down(score, idx_out, k, at);
-    uint64_t weakest = rank_key(score, idx_out[0]);
+    uint64_t weakest = kvt__kernels_rank_key(score, idx_out[0]);
     for (size_t i = k; i < n; i++) {
-        if (rank_key(score, (uint32_t)i) <= weakest)
+        if (kvt__kernels_rank_key(score, (uint32_t)i) <= weakest)
             continue;
         idx_out[0] = (uint32_t)i;
         heap_sift_down(score, idx_out, k, 0);
-        weakest = rank_key(score, idx_out[0]);
+        weakest = kvt__kernels_rank_key(score, idx_out[0]);
     }
     for (size_t size = k; size > 1; size--) {
         uint32_t min = idx_out[0];

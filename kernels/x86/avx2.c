@@ -271,15 +271,15 @@ KVT_AVX2_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn, s
 {
     const uint16_t *mx = mn + head_dim;
     __m256 a[4], b[4];
-    for (size_t j = 0; j < nq; j++)
-        a[j] = b[j] = _mm256_setzero_ps();
+    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++) a[j] = b[j] = _mm256_setzero_ps();
     size_t c = 0;
     for (; c + 16 <= head_dim; c += 16) {
         __m256 lo_a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + c)));
         __m256 lo_b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + c + 8)));
         __m256 hi_a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mx + c)));
         __m256 hi_b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mx + c + 8)));
-        for (size_t j = 0; j < nq; j++) {
+        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++)
+        {
             __m256 qa = _mm256_loadu_ps(q + j * head_dim + c);
             __m256 qb = _mm256_loadu_ps(q + j * head_dim + c + 8);
             a[j] = _mm256_add_ps(a[j],
@@ -289,7 +289,8 @@ KVT_AVX2_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn, s
         }
     }
     if (c < head_dim) {
-        for (size_t j = 0; j < nq; j++) {
+        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++)
+        {
             float acc[16];
             const float *qj = q + j * head_dim;
             _mm256_storeu_ps(acc, a[j]);
@@ -301,8 +302,7 @@ KVT_AVX2_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn, s
             b[j] = _mm256_loadu_ps(acc + 8);
         }
     }
-    for (size_t j = 0; j < nq; j++)
-        res[j] = reduce16(a[j], b[j]);
+    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++) res[j] = reduce16(a[j], b[j]);
 }
 
 /* Queries in blocks of up to four share each conversion of a span's bounds; the group's bound
@@ -313,6 +313,9 @@ KVT_AVX2 static void bound_f16_avx2(const float *q, size_t n_q, const uint16_t *
     for (size_t s = 0; s < n_spans; s++) {
         const uint16_t *mn = bounds + s * span_stride;
         float best = -INFINITY;
+        if (s + KVT__KERNELS_BOUND_PREFETCH_SPANS < n_spans)
+            kvt__kernels_prefetch(mn + KVT__KERNELS_BOUND_PREFETCH_SPANS * span_stride,
+                                  2 * head_dim * sizeof(uint16_t));
         if (n_q && !kvt__kernels_bound_empty(mn, head_dim)) {
             for (size_t j0 = 0; j0 < n_q; j0 += 4) {
                 float res[4];
@@ -351,6 +354,6 @@ const struct kvt_kernels kvt__kernels_avx2 = {
     .abstract_minmax_f16 = abstract_minmax_f16_avx2,
     .sum_f16 = sum_f16_avx2,
     .bound_f16 = bound_f16_avx2,
-    .topk_f32 = kvt__kernels_topk_f32_ref,
+    .topk_f32 = kvt__kernels_topk_f32_select,
 };
 #endif

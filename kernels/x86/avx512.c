@@ -259,6 +259,32 @@ KVT_AVX512_INLINE float reduce16(__m512 acc)
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
+/* reduce16 of four queries' partial sums at once, the same additions in the same order: after
+ * the first step (acc[k] + acc[k + 8], per query), the four 8-lane halves are regrouped so that
+ * each 128-bit lane holds one query, and the last three steps run on all four together. */
+KVT_AVX512_INLINE void reduce16x4(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float *res)
+{
+#define KVT_HALVES(a)                                                                              \
+    _mm256_add_ps(_mm512_castps512_ps256(a),                                                       \
+                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))
+#define KVT_PAIR(x, y)                                                                             \
+    _mm512_castpd_ps(                                                                              \
+        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x)), _mm256_castps_pd(y), 1))
+    __m512 p01 = KVT_PAIR(KVT_HALVES(a0), KVT_HALVES(a1));
+    __m512 p23 = KVT_PAIR(KVT_HALVES(a2), KVT_HALVES(a3));
+#undef KVT_HALVES
+#undef KVT_PAIR
+    /* Lanes of 128 bits: x holds acc[0..3] of queries 0-3, y their acc[4..7]. */
+    __m512 x = _mm512_shuffle_f32x4(p01, p23, _MM_SHUFFLE(2, 0, 2, 0));
+    __m512 y = _mm512_shuffle_f32x4(p01, p23, _MM_SHUFFLE(3, 1, 3, 1));
+    __m512 s4 = _mm512_add_ps(x, y);
+    __m512 s2 = _mm512_add_ps(s4, _mm512_shuffle_ps(s4, s4, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 s1 = _mm512_add_ps(s2, _mm512_shuffle_ps(s2, s2, _MM_SHUFFLE(1, 1, 1, 1)));
+    __m512 first = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s1);
+    _mm_storeu_ps(res, _mm512_castps512_ps128(first));
+}
+
 /* The bounds of one span for nq (1 to 4, a constant after inlining) queries into res[]: one
  * vector of 16 partial sums per query, lane k taking channels k, k + 16, ... in order (the
  * reference's acc[i % 16]); maxps is the reference's a > b ? a : b. The last head_dim % 16
@@ -268,13 +294,13 @@ KVT_AVX512_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn,
 {
     const uint16_t *mx = mn + head_dim;
     __m512 acc[4];
-    for (size_t j = 0; j < nq; j++)
-        acc[j] = _mm512_setzero_ps();
+    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++) acc[j] = _mm512_setzero_ps();
     size_t c = 0;
     for (; c + 16 <= head_dim; c += 16) {
         __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mn + c)));
         __m512 hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mx + c)));
-        for (size_t j = 0; j < nq; j++) {
+        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++)
+        {
             __m512 qv = _mm512_loadu_ps(q + j * head_dim + c);
             acc[j] =
                 _mm512_add_ps(acc[j], _mm512_max_ps(_mm512_mul_ps(qv, lo), _mm512_mul_ps(qv, hi)));
@@ -284,14 +310,18 @@ KVT_AVX512_INLINE void bound_span(const float *q, size_t nq, const uint16_t *mn,
         const __mmask16 m = (__mmask16)((1u << (head_dim - c)) - 1u);
         __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, mn + c)));
         __m512 hi = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, mx + c)));
-        for (size_t j = 0; j < nq; j++) {
+        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++)
+        {
             __m512 qv = _mm512_maskz_loadu_ps(m, q + j * head_dim + c);
             acc[j] = _mm512_mask_add_ps(
                 acc[j], m, acc[j], _mm512_max_ps(_mm512_mul_ps(qv, lo), _mm512_mul_ps(qv, hi)));
         }
     }
-    for (size_t j = 0; j < nq; j++)
-        res[j] = reduce16(acc[j]);
+    if (nq == 4) {
+        reduce16x4(acc[0], acc[1], acc[2], acc[3], res);
+        return;
+    }
+    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nq; j++) res[j] = reduce16(acc[j]);
 }
 
 /* As the AVX2 version: queries in blocks of up to four share each conversion of a span's
@@ -303,6 +333,9 @@ KVT_AVX512 static void bound_f16_avx512(const float *q, size_t n_q, const uint16
     for (size_t s = 0; s < n_spans; s++) {
         const uint16_t *mn = bounds + s * span_stride;
         float best = -INFINITY;
+        if (s + KVT__KERNELS_BOUND_PREFETCH_SPANS < n_spans)
+            kvt__kernels_prefetch(mn + KVT__KERNELS_BOUND_PREFETCH_SPANS * span_stride,
+                                  2 * head_dim * sizeof(uint16_t));
         if (n_q && !kvt__kernels_bound_empty(mn, head_dim)) {
             for (size_t j0 = 0; j0 < n_q; j0 += 4) {
                 float res[4];
@@ -341,6 +374,6 @@ const struct kvt_kernels kvt__kernels_avx512 = {
     .abstract_minmax_f16 = abstract_minmax_f16_avx512,
     .sum_f16 = sum_f16_avx512,
     .bound_f16 = bound_f16_avx512,
-    .topk_f32 = kvt__kernels_topk_f32_ref,
+    .topk_f32 = kvt__kernels_topk_f32_select,
 };
 #endif

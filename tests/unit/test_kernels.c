@@ -829,6 +829,12 @@ static void fill_scores(float *s, size_t n, uint64_t seed, int kind)
         case 0: /* distinct-ish values */
             s[i] = (float)((double)(r >> 11) / 9007199254740992.0 * 200.0 - 100.0);
             break;
+        case 3: /* ascending, then descending ramps with repeats: a quicksort's worst inputs */
+            s[i] = (float)(i / 3);
+            break;
+        case 4:
+            s[i] = -(float)(i / 2);
+            break;
         case 1: /* few distinct values: many ties, and +0 / -0 */
             s[i] = (float)((int)(r % 7) - 3);
             if (s[i] == 0.0f && (r >> 20) & 1)
@@ -871,7 +877,7 @@ static void test_topk(void **state)
     assert_non_null(order);
     assert_non_null(got);
     uint64_t seed = 9;
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind < 5; kind++) {
         for (size_t a = 0; a < sizeof(ns) / sizeof(ns[0]); a++) {
             size_t n = ns[a];
             fill_scores(s, n, rng_next(&seed), kind);
