@@ -18,6 +18,7 @@
 #pragma weak kvt_bench_lookup
 #pragma weak kvt_bench_disk
 #pragma weak kvt_bench_codec
+#pragma weak kvt_bench_select
 
 struct bench_entry {
     const char *name;
@@ -78,6 +79,9 @@ int main(int argc, char **argv)
          "kvtierd), store-ranges, "
          "daemon-ranges (kvtierd cold ranges vs io_uring), restart"},
         {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd", NULL},
+        {"select", kvt_bench_select,
+         "span scoring (Quest bound) and top-k per layer, Llama-3-8B geometry, vs memcpy",
+         "8k, 32k, 128k (context tokens)"},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};
