@@ -46,6 +46,7 @@ int kvt_bench_host(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
 int kvt_bench_lookup(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_codec(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
+int kvt_bench_sparse(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_select(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 
 #endif

@@ -18,6 +18,7 @@
 #pragma weak kvt_bench_lookup
 #pragma weak kvt_bench_disk
 #pragma weak kvt_bench_codec
+#pragma weak kvt_bench_sparse
 #pragma weak kvt_bench_select
 
 struct bench_entry {
@@ -82,6 +83,8 @@ int main(int argc, char **argv)
         {"select", kvt_bench_select,
          "span scoring (Quest bound) and top-k per layer, Llama-3-8B geometry, vs memcpy",
          "8k, 32k, 128k (context tokens)"},
+        {"sparse", kvt_bench_sparse,
+         "decode on the real model: sparse retrieval vs offload and resident, KL vs q8", NULL},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};

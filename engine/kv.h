@@ -22,7 +22,8 @@
  * covers [0, end) with any number of spans gives the same bits as one span, and a mode that
  * returns fewer rows (sparse retrieval) makes the model attend to those rows and no others.
  *
- * Modes in this tree: resident (kv_resident.c), offload (kv_offload.c) and q8 (kv_q8.c).
+ * Modes in this tree: resident (kv_resident.c), offload and sparse (kv_offload.c) and q8
+ * (kv_q8.c).
  */
 #ifndef KVT_ENGINE_KV_H
 #define KVT_ENGINE_KV_H
@@ -162,6 +163,13 @@ struct kvt_eng_offload_config {
     uint32_t rotary_dims;
     uint32_t rope_style; /* kvt_ns_spec.rope_style: 0 neox, 1 gpt-j (interleaved pairs) */
 };
+
+/* Sparse: offload whose decode steps attend only to the spans kvtier selects for each layer's
+ * query (Select under sel's budget or top-p, then those rows fetched), plus the local tail. sel
+ * needs a budget or a top_p in (0, 1]. */
+int kvt_eng_kv_sparse_create(const struct kvt_eng_kv_geom *geom,
+                             const struct kvt_eng_offload_config *cfg,
+                             const struct kvt_eng_select_config *sel, struct kvt_eng_kv **out);
 
 /* Connects to the daemon and registers the namespace; errors from libkvtier pass through. */
 int kvt_eng_kv_offload_create(const struct kvt_eng_kv_geom *geom,

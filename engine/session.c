@@ -23,6 +23,10 @@ int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out)
         *out = KVT_ENG_MODE_Q8;
         return 0;
     }
+    if (s && strcmp(s, "sparse") == 0) {
+        *out = KVT_ENG_MODE_SPARSE;
+        return 0;
+    }
     return -EINVAL;
 }
 
@@ -33,6 +37,8 @@ const char *kvt_eng_mode_name(enum kvt_eng_mode m)
         return "offload";
     case KVT_ENG_MODE_Q8:
         return "q8";
+    case KVT_ENG_MODE_SPARSE:
+        return "sparse";
     case KVT_ENG_MODE_RESIDENT:
         break;
     }
@@ -41,16 +47,17 @@ const char *kvt_eng_mode_name(enum kvt_eng_mode m)
 
 int kvt_eng_mode_selects(enum kvt_eng_mode m)
 {
-    (void)m;
-    return 0;
+    return m == KVT_ENG_MODE_SPARSE;
 }
 
 static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_config *c)
 {
     if (!kvt_eng_select_config_is_set(c))
-        return 1;
+        return mode != KVT_ENG_MODE_SPARSE; /* sparse needs a budget */
     if (!kvt_eng_mode_selects(mode))
         return 0;
+    if (mode == KVT_ENG_MODE_SPARSE && (c->budget > 0.0) == (c->top_p > 0.0))
+        return 0; /* exactly one of them */
     return c->budget >= 0.0 && c->budget <= 1.0 && c->top_p >= 0.0 && c->top_p <= 1.0;
 }
 
@@ -71,6 +78,8 @@ static int make_kv(struct kvt_eng_session *s, enum kvt_eng_mode mode, struct kvt
     oc.rope_style = 1; /* llama.cpp "normal" RoPE rotates adjacent pairs, like GPT-J */
     if (oc.tokens_per_chunk == 0)
         oc.tokens_per_chunk = 64;
+    if (mode == KVT_ENG_MODE_SPARSE)
+        return kvt_eng_kv_sparse_create(&g, &oc, &s->cfg.select, out);
     return kvt_eng_kv_offload_create(&g, &oc, out);
 }
 

@@ -15,17 +15,22 @@
 #include "engine/model.h"
 #include "engine/pool.h"
 
-enum kvt_eng_mode { KVT_ENG_MODE_RESIDENT, KVT_ENG_MODE_OFFLOAD, KVT_ENG_MODE_Q8 };
+enum kvt_eng_mode {
+    KVT_ENG_MODE_RESIDENT,
+    KVT_ENG_MODE_OFFLOAD,
+    KVT_ENG_MODE_Q8,
+    KVT_ENG_MODE_SPARSE
+};
 
-/* The names every mode answers to, for messages: "resident, offload, q8". */
-#define KVT_ENG_MODE_NAMES "resident, offload, q8"
+/* The names every mode answers to, for messages. */
+#define KVT_ENG_MODE_NAMES "resident, offload, q8, sparse"
 
-/* "resident" / "offload" / "q8" -> mode; -EINVAL for anything else. */
+/* "resident" / "offload" / "q8" / "sparse" -> mode; -EINVAL for anything else. */
 int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out);
 const char *kvt_eng_mode_name(enum kvt_eng_mode m);
 
 /* Whether a mode takes a selection config (struct kvt_eng_select_config): only modes that
- * restrict attention do; none in this tree yet. */
+ * restrict attention do (sparse, which needs one). */
 int kvt_eng_mode_selects(enum kvt_eng_mode m);
 
 struct kvt_eng_session_config {

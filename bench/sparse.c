@@ -1,0 +1,180 @@
+/*
+ * kvtier-bench sparse: importance-aware retrieval on the real model (issue 10, docs/sparse.md).
+ *
+ * One daemon whose CPU tier holds about 10% of the context's KV (the rest goes to its disk tier),
+ * and the reference engine decoding real text (teacher forcing) after a full-attention prefill, in
+ * the same run:
+ *   - resident: every row in the engine's memory (the reference, reported by each eval run);
+ *   - offload:  every stored row fetched from kvtier for every generated token;
+ *   - sparse:   per layer and token, Select picks the spans for the query and only those rows are
+ *               fetched (10% and 20% budgets);
+ *   - q8:       the 8-bit KV calibration point of EVALUATION.md (fidelity only).
+ * Each arm is one `kvtier-engine eval --decode-from N` process, which also runs resident on the
+ * same positions and reports KL, top-1 agreement, ms per token and KV bytes per token by tier.
+ * Full mode: 8,192-token context, 256 decoded positions; quick mode: 2,048 and 32.
+ *
+ * Needs the model (scripts/fetch-model.sh models) and /usr/share/common-licenses; without them the
+ * rows are null with the reason.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "tests/lib/daemon.h"
+
+#define MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define KV_BYTES_PER_TOKEN 23040.0 /* SmolLM2-135M: 30 layers x 2 x 3 heads x 64 x fp16 */
+
+/* A top-level (or first) numeric field "key": value of a JSON text, after `after` when given. */
+static int json_num(const char *text, const char *after, const char *key, double *out)
+{
+    const char *p = text;
+    if (after && !(p = strstr(text, after)))
+        return -1;
+    char pat[80];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    if (!(p = strstr(p, pat)))
+        return -1;
+    char *end;
+    *out = strtod(p + strlen(pat), &end);
+    return end == p + strlen(pat) ? -1 : 0;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf)
+        buf[n] = 0;
+    return buf;
+}
+
+struct arm {
+    const char *label;
+    const char *mode;
+    double budget; /* 0: none */
+    /* results */
+    int ok;
+    double kl_mean, kl_p99, top1, ms, resident_ms, disk_bytes, fetched_bytes, ppl, resident_ppl;
+};
+
+static int run_arm(const struct kvt_bench_opts *opts, const char *text, const char *socket,
+                   unsigned ctx, unsigned decode, struct arm *a)
+{
+    char json[512], cmd[2048], budget[64] = "";
+    snprintf(json, sizeof(json), "%s/%s.json", opts->work_dir, a->label);
+    if (a->budget > 0)
+        snprintf(budget, sizeof(budget), "--budget %.3f", a->budget);
+    snprintf(cmd, sizeof(cmd),
+             "'%s/kvtier-engine' eval --model %s --text '%s' --tokens %u --decode-from %u "
+             "--mode %s %s --socket '%s' --json '%s' 2>&1 | tail -1 >&2",
+             opts->bin_dir, MODEL, text, ctx + decode, ctx, a->mode, budget, socket, json);
+    kvt_bench_progress("sparse: %s (%u-token context, %u decoded positions)", a->label, ctx,
+                       decode);
+    if (system(cmd) != 0)
+        return -1;
+    char *t = slurp(json);
+    if (!t)
+        return -1;
+    int bad = json_num(t, NULL, "kl_mean", &a->kl_mean) | json_num(t, NULL, "kl_p99", &a->kl_p99) |
+              json_num(t, NULL, "top1_agreement_with_resident", &a->top1) |
+              json_num(t, NULL, "ms_per_token", &a->ms) |
+              json_num(t, NULL, "resident_ms_per_token", &a->resident_ms) |
+              json_num(t, NULL, "perplexity", &a->ppl) |
+              json_num(t, NULL, "resident_perplexity", &a->resident_ppl) |
+              json_num(t, "\"kv_bytes_per_token\"", "disk", &a->disk_bytes) |
+              json_num(t, "\"kv_bytes_per_token\"", "fetched", &a->fetched_bytes);
+    free(t);
+    a->ok = !bad;
+    return bad ? -1 : 0;
+}
+
+int kvt_bench_sparse(const struct kvt_bench_opts *opts, struct kvt_bench_report *r)
+{
+    unsigned ctx = opts->quick ? 2048 : 8192, decode = opts->quick ? 32 : 256;
+    struct arm arms[] = {
+        {.label = "offload", .mode = "offload"},
+        {.label = "sparse-20", .mode = "sparse", .budget = 0.2},
+        {.label = "sparse-10", .mode = "sparse", .budget = 0.1},
+        {.label = "q8", .mode = "q8"},
+    };
+    const size_t n_arms = sizeof(arms) / sizeof(arms[0]);
+    const char *why = NULL;
+    if (access(MODEL, R_OK) && system("./scripts/fetch-model.sh models >/dev/null") != 0)
+        why = "model not available (scripts/fetch-model.sh models)";
+    /* Real text: GPL-3 is about 8K tokens; more licenses after it for longer contexts. */
+    char text[512];
+    snprintf(text, sizeof(text), "%s/text.txt", opts->work_dir);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd /usr/share/common-licenses && cat GPL-3 LGPL-3 Apache-2.0 Artistic GPL-2 > '%s' "
+             "2>/dev/null",
+             text);
+    if (!why && system(cmd) != 0)
+        why = "cannot read /usr/share/common-licenses";
+
+    /* The CPU tier holds 10% of the context's KV; chunks of 64 tokens are 1.4 MiB. */
+    struct kvt_test_daemon d = {0};
+    char arena[64], disk[64];
+    snprintf(arena, sizeof(arena), "--cpu.arena_bytes=%llu",
+             (unsigned long long)(0.1 * ctx * KV_BYTES_PER_TOKEN) + (4u << 20));
+    snprintf(disk, sizeof(disk), "--disk.bytes=%llu",
+             (unsigned long long)(4.0 * (ctx + decode) * KV_BYTES_PER_TOKEN) + (64u << 20));
+    const char *args[] = {arena, "--cpu.page_bytes=2M", disk, "--disk.codec=none", NULL};
+    if (!why && kvt_test_daemon_start(&d, args))
+        why = "kvtierd did not start";
+    for (size_t i = 0; i < n_arms && !why; i++)
+        if (run_arm(opts, text, d.socket_path, ctx, decode, &arms[i]))
+            fprintf(stderr, "kvtier-bench sparse: arm %s failed\n", arms[i].label);
+    if (d.pid) {
+        kvt_test_daemon_stop(&d);
+        kvt_test_daemon_cleanup(&d);
+    }
+
+    for (size_t i = 0; i < n_arms; i++) {
+        struct arm *a = &arms[i];
+        kvt_bench_row(r, a->label);
+        kvt_bench_num(r, "context_tokens", ctx);
+        kvt_bench_num(r, "decode_positions", decode);
+        if (!a->ok) {
+            kvt_bench_null(r, "kl_mean", why ? why : "the eval run failed (see stderr)");
+            continue;
+        }
+        kvt_bench_num(r, "budget", a->budget);
+        kvt_bench_num(r, "kl_mean", a->kl_mean);
+        kvt_bench_num(r, "kl_p99", a->kl_p99);
+        kvt_bench_num(r, "top1_agreement_with_resident", a->top1);
+        kvt_bench_num(r, "perplexity", a->ppl);
+        kvt_bench_num(r, "resident_perplexity", a->resident_ppl);
+        kvt_bench_num(r, "ms_per_token", a->ms);
+        kvt_bench_num(r, "resident_ms_per_token", a->resident_ms);
+        kvt_bench_num(r, "fetched_bytes_per_token", a->fetched_bytes);
+        kvt_bench_num(r, "disk_bytes_per_token", a->disk_bytes);
+    }
+    const struct arm *off = &arms[0], *s20 = &arms[1], *s10 = &arms[2], *q8 = &arms[3];
+    if (off->ok && s20->ok) {
+        kvt_bench_ratio(r, "sparse_vs_offload_speedup_ratio", off->ms / s20->ms);
+        kvt_bench_ratio(r, "sparse_vs_resident_time_ratio", s20->ms / s20->resident_ms);
+        if (off->disk_bytes > 0)
+            kvt_bench_ratio(r, "sparse_disk_bytes_vs_offload_ratio",
+                            s20->disk_bytes / off->disk_bytes);
+        kvt_bench_ratio(r, "sparse_fetched_bytes_vs_offload_ratio",
+                        s20->fetched_bytes / off->fetched_bytes);
+    }
+    if (s20->ok)
+        kvt_bench_ratio(r, "sparse20_kl_mean", s20->kl_mean);
+    if (s10->ok)
+        kvt_bench_ratio(r, "sparse10_kl_mean", s10->kl_mean);
+    if (q8->ok)
+        kvt_bench_ratio(r, "q8_kl_mean", q8->kl_mean);
+    if (s20->ok && q8->ok && q8->kl_mean > 0)
+        kvt_bench_ratio(r, "sparse20_kl_vs_q8_kl_ratio", s20->kl_mean / q8->kl_mean);
+    return why ? 1 : 0;
+}
