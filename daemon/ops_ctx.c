@@ -255,6 +255,14 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         reply_error(s, c, op, rc, NULL);
         goto done;
     }
+    /* How much of the context is on disk, and how much of that Select chose: the rest is what
+     * ranking every span from DRAM abstracts left unread (LeoAM's rule, docs/sparse.md). */
+    for (uint32_t i = 0; i < x->n_chunks; i++) {
+        uint32_t id = kvt_index_find(&s->idx, &x->chunks[i].id);
+        if (id != KVT_INDEX_NIL &&
+            kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id)) == KVT_TIER_DISK)
+            s->st.select_disk_tokens_considered += x->chunks[i].n_tokens;
+    }
     for (uint32_t i = 0; i < res.n_out; i++) {
         const struct kvt_ctx_chunk *ch = &x->chunks[out[i].chunk];
         uint32_t id = kvt_index_find(&s->idx, &ch->id);
@@ -266,6 +274,8 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         pb[i].n_tokens = out[i].n_tokens;
         pb[i].tier = t;
         pb[i].mass = out[i].mass;
+        if (t == KVT_TIER_DISK)
+            s->st.select_disk_tokens_selected += out[i].n_tokens;
         kvtier__key__init(&pk[i]);
         pk[i].lo = ch->id.key.lo;
         pk[i].hi = ch->id.key.hi;

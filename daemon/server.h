@@ -98,7 +98,11 @@
     X(A, selects, KVT_STAT_COUNTER, "", "Select requests answered")                                \
     X(A, select_spans_scored, KVT_STAT_COUNTER, "", "spans Selects scored by their key bound")     \
     X(A, select_tokens_considered, KVT_STAT_COUNTER, "", "context tokens Selects chose from")      \
-    X(A, select_tokens_selected, KVT_STAT_COUNTER, "", "tokens Selects returned")
+    X(A, select_tokens_selected, KVT_STAT_COUNTER, "", "tokens Selects returned")                  \
+    X(A, select_disk_tokens_considered, KVT_STAT_COUNTER, "",                                      \
+      "context tokens on disk when Selects ranked them")                                           \
+    X(A, select_disk_tokens_selected, KVT_STAT_COUNTER, "",                                        \
+      "tokens on disk that Selects chose (the rest were never read)")
 #define KVT_DAEMON_STATS(A) KVT_DAEMON_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */

@@ -500,6 +500,8 @@ static void test_select_fetch_dram_and_disk(void **state)
         assert_int_equal(kvt_put(c, fns.handle, &k, chunks[i % N_CHUNKS], sizeof(chunks[0]), 0), 0);
     }
     uint64_t reads0 = kvt_test_stat(c, "disk.range_reads");
+    uint64_t considered0 = kvt_test_stat(c, "select_disk_tokens_considered");
+    uint64_t chosen0 = kvt_test_stat(c, "select_disk_tokens_selected");
     memset(dst, 0, cap);
     assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, cap, &si), 0);
     assert_int_equal(si.n_spans, 3);
@@ -512,6 +514,11 @@ static void test_select_fetch_dram_and_disk(void **state)
     }
     assert_true(from_disk >= 1);
     assert_true(kvt_test_stat(c, "disk.range_reads") - reads0 >= (uint64_t)from_disk);
+    /* Ranking from DRAM abstracts left most of the disk-resident context unread. */
+    uint64_t considered = kvt_test_stat(c, "select_disk_tokens_considered") - considered0;
+    uint64_t chosen = kvt_test_stat(c, "select_disk_tokens_selected") - chosen0;
+    assert_true(considered >= (uint64_t)from_disk * 16);
+    assert_true(chosen > 0 && chosen <= 48 && chosen < considered);
     kvt_arena_free(c, dst);
     kvt_close(c);
     assert_int_equal(kvt_test_daemon_stop(&dd), 0);
