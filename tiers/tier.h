@@ -12,6 +12,10 @@
  * (inside the tier's own event handler, wait or destroy), never inside the call; 0 means done
  * now and no callback runs; a negative kvtier error means nothing was done and no callback runs.
  *
+ * A tier with KVT_TIER_CAP_META also stores opaque metadata beside an object (the daemon keeps a
+ * chunk's span abstract there) and reads it back alone, without the object's bytes (read_meta),
+ * so that a restart can restore it without reading payloads. It never looks inside.
+ *
  * A memory tier (KVT_TIER_CAP_MEMORY) holds bytes in this process's memory: ptr() reaches them,
  * the caller moves bytes in and out itself (on worker threads), and the tier keeps a recency order
  * and evicts on its own by asking its owner (set_evict). A tier never includes a daemon header.
@@ -82,7 +86,12 @@ enum kvt_tier_caps {
     KVT_TIER_CAP_MEMORY = 1u << 0,     /* bytes in process memory: ptr, touch, coldest, evicts */
     KVT_TIER_CAP_PERSISTENT = 1u << 1, /* objects survive a restart: enumerate lists them */
     KVT_TIER_CAP_RANGE = 1u << 2,      /* read_range reads only what covers the rows */
+    KVT_TIER_CAP_META = 1u << 3,       /* stores metadata beside an object; read_meta reads it */
 };
+
+/* Writes len bytes of an object's metadata at dst. Called by fill, on fill's thread: it must
+ * touch only ctx, which its owner keeps alive and unchanged until fill returned (or cancel). */
+typedef void (*kvt_tier_meta_fn)(void *ctx, void *dst, size_t len);
 
 /* A chunk's shape (copied), so that a tier can lay its rows out for range reads. The bytes are in
  * the canonical order [layer][token][k|v][kv_head][head_dim]. sparse: a namespace read in token
@@ -96,7 +105,7 @@ struct kvt_chunk_geom {
     int sparse;
 };
 
-/* An object to write (borrowed during reserve). */
+/* An object to write (borrowed during reserve), or one a persistent tier lists (enumerate). */
 struct kvt_tier_obj {
     struct kvt_obj_id id;
     uint64_t length;
@@ -105,6 +114,13 @@ struct kvt_tier_obj {
     uint32_t cookie;                   /* owner's handle, given back to the evict callback */
     uint16_t owner;                    /* accounting owner (1-based; 0 = none) */
     const struct kvt_chunk_geom *geom; /* NULL = unknown: one opaque layer */
+    /* Metadata (KVT_TIER_CAP_META; other tiers ignore it). reserve: bytes meta_write will put
+     * beside the object, 0 = none; a tier may leave them out when the object with them would not
+     * fit (counted), never the object. enumerate: at most this many bytes are stored with it (0:
+     * none), what a read_meta buffer needs. */
+    uint32_t meta_len;
+    kvt_tier_meta_fn meta_write; /* reserve only: called by fill with meta_ctx */
+    void *meta_ctx;
 };
 
 /* A write in progress, in the caller's storage: reserve, fill (any thread), commit or cancel. */
@@ -172,6 +188,13 @@ struct kvt_tier_ops {
     int (*read_range)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
                       const struct kvt_tier_range *r, void *dst, size_t cap, kvt_tier_done_fn done,
                       void *arg);
+    /* KVT_TIER_CAP_META (NULL otherwise): reads the metadata stored with an object, and none of
+     * its bytes, into dst (cap bytes, valid until done): KVT_TIER_LATER, then done(arg, bytes or
+     * error), KVT_E_CORRUPT when the metadata fails its check (the object stays: its bytes have
+     * checks of their own). Synchronously: KVT_E_NOTFOUND (no such object, or none stored with
+     * it), KVT_E_SMALLBUF (cap below what enumerate reports), KVT_E_BUSY, KVT_E_TIERFAILED. */
+    int (*read_meta)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
+                     size_t cap, kvt_tier_done_fn done, void *arg);
     /* Forgets an object: 0, KVT_E_NOTFOUND, KVT_E_BUSY (too many removals pending: retry). */
     int (*remove)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc);
     /* A barrier: 0 when every removal made before it is already durable (or the tier keeps

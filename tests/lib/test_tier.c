@@ -26,6 +26,9 @@ struct tobj {
     uint64_t len;
     uint64_t sum;
     uint8_t *bytes;
+    uint32_t meta_len; /* metadata stored beside the object, with its own checksum */
+    uint64_t meta_sum;
+    uint8_t *meta;
 };
 
 struct pending {
@@ -54,6 +57,8 @@ struct kvt_test_tier {
 struct twrite {
     struct kvt_test_tier *t;
     struct tobj *o;
+    kvt_tier_meta_fn meta_write;
+    void *meta_ctx;
 };
 
 int kvt_test_tier_create(uint32_t objects_max, uint64_t object_bytes_max,
@@ -84,8 +89,10 @@ void kvt_test_tier_destroy(struct kvt_test_tier *t)
     t->hold = 0;
     while (t->q_n)
         run_pending(t);
-    for (uint32_t i = 0; t->o && i < t->n; i++)
+    for (uint32_t i = 0; t->o && i < t->n; i++) {
         free(t->o[i].bytes);
+        free(t->o[i].meta);
+    }
     free(t->o);
     if (t->efd >= 0)
         close(t->efd);
@@ -135,6 +142,15 @@ int kvt_test_tier_corrupt(struct kvt_test_tier *t, const struct kvt_obj_id *id)
     return 0;
 }
 
+int kvt_test_tier_corrupt_meta(struct kvt_test_tier *t, const struct kvt_obj_id *id)
+{
+    struct tobj *o = find(t, id);
+    if (!o || !o->meta_len)
+        return KVT_E_NOTFOUND;
+    o->meta[o->meta_len / 2] ^= 0x40;
+    return 0;
+}
+
 static int queue(struct kvt_test_tier *t, kvt_tier_done_fn done, void *arg, int res,
                  struct tobj *commit)
 {
@@ -156,6 +172,7 @@ static void drop(struct kvt_test_tier *t, struct tobj *o)
         t->st.bytes_payload -= o->len;
     }
     free(o->bytes);
+    free(o->meta);
     memset(o, 0, sizeof(*o));
 }
 
@@ -206,14 +223,23 @@ static int tt_reserve(void *tier, const struct kvt_tier_obj *obj, struct kvt_tie
         if (o->state != OBJ_FREE)
             continue;
         o->bytes = malloc(obj->length ? obj->length : 1);
-        if (!o->bytes)
+        uint32_t meta_len = obj->meta_write ? obj->meta_len : 0;
+        o->meta = meta_len ? malloc(meta_len) : NULL;
+        if (!o->bytes || (meta_len && !o->meta)) {
+            free(o->bytes);
+            free(o->meta);
+            memset(o, 0, sizeof(*o));
             return KVT_E_NOMEM;
+        }
         o->state = OBJ_RESERVED;
         o->id = obj->id;
         o->len = obj->length;
+        o->meta_len = meta_len;
         struct twrite *tw = (struct twrite *)w->priv.bytes;
         tw->t = t;
         tw->o = o;
+        tw->meta_write = obj->meta_write;
+        tw->meta_ctx = obj->meta_ctx;
         w->loc = i;
         w->length = obj->length;
         return 0;
@@ -226,6 +252,10 @@ static int tt_fill(struct kvt_tier_write *w, const void *src)
     struct twrite *tw = (struct twrite *)w->priv.bytes;
     memcpy(tw->o->bytes, src, w->length);
     tw->o->sum = XXH3_64bits(src, w->length);
+    if (tw->o->meta_len) {
+        tw->meta_write(tw->meta_ctx, tw->o->meta, tw->o->meta_len);
+        tw->o->meta_sum = XXH3_64bits(tw->o->meta, tw->o->meta_len);
+    }
     return 0;
 }
 
@@ -284,6 +314,23 @@ static int tt_read_range(void *tier, const struct kvt_obj_id *id, kvt_tier_loc l
     return read_common(tier, id, at, (uint64_t)r->n * r->row_bytes, dst, cap, done, arg);
 }
 
+static int tt_read_meta(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
+                        size_t cap, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_test_tier *t = tier;
+    (void)loc;
+    struct tobj *o = find(t, id);
+    if (!o || !o->meta_len)
+        return KVT_E_NOTFOUND;
+    if (cap < o->meta_len)
+        return KVT_E_SMALLBUF;
+    /* Metadata that fails its checksum is reported; the object keeps its bytes. */
+    if (XXH3_64bits(o->meta, o->meta_len) != o->meta_sum)
+        return queue(t, done, arg, KVT_E_CORRUPT, NULL);
+    memcpy(dst, o->meta, o->meta_len);
+    return queue(t, done, arg, (int)o->meta_len, NULL);
+}
+
 static int tt_remove(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc)
 {
     struct kvt_test_tier *t = tier;
@@ -314,7 +361,8 @@ static size_t tt_enumerate(void *tier, kvt_tier_enum_fn fn, void *arg)
     for (uint32_t i = 0; i < t->n; i++) {
         if (t->o[i].state != OBJ_READY)
             continue;
-        struct kvt_tier_obj o = {.id = t->o[i].id, .length = t->o[i].len};
+        struct kvt_tier_obj o = {
+            .id = t->o[i].id, .length = t->o[i].len, .meta_len = t->o[i].meta_len};
         n++;
         if (fn(arg, &o, i))
             break;
@@ -363,13 +411,15 @@ static int tt_wait(void *tier, int timeout_ms)
 const struct kvt_tier_ops kvt_test_tier_ops = {
     .name = "test",
     .id = KVT_TIER_REMOTE,
-    .caps = KVT_TIER_CAP_RANGE, /* lists what it holds, but nothing survives destroy */
+    /* lists what it holds, but nothing survives destroy */
+    .caps = KVT_TIER_CAP_RANGE | KVT_TIER_CAP_META,
     .reserve = tt_reserve,
     .fill = tt_fill,
     .commit = tt_commit,
     .cancel = tt_cancel,
     .read = tt_read,
     .read_range = tt_read_range,
+    .read_meta = tt_read_meta,
     .remove = tt_remove,
     .sync = tt_sync,
     .enumerate = tt_enumerate,

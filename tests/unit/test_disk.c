@@ -1880,10 +1880,11 @@ static unsigned store_to_pre_variant(struct env *e)
     assert_true(fd >= 0);
     for (off_t off = 4096; off < (off_t)e->cfg.file_bytes; off += 4096) {
         assert_int_equal(pread(fd, blk, sizeof(blk), off), (ssize_t)sizeof(blk));
-        if (memcmp(blk, "KVTO", 4) != 0 || get_le_at(blk + 4, 2) != 3 ||
+        if (memcmp(blk, "KVTO", 4) != 0 || get_le_at(blk + 4, 2) != 4 ||
             get_le_at(blk + 128, 8) != XXH3_64bits(blk, 128))
             continue;
         assert_int_equal(get_le_at(blk + 120, 4), 0);
+        assert_int_equal(get_le_at(blk + 124, 4), 0); /* no metadata section */
         put_le_at(blk + 4, 2, 2);
         memset(blk + 120, 0, 16);
         put_le_at(blk + 120, XXH3_64bits(blk, 120), 8);
@@ -2064,6 +2065,340 @@ static void test_tombstone_staged_across_checkpoint_switch(void **state)
     env_cleanup(&e);
 }
 
+/* ---- metadata sections ------------------------------------------------------------------- */
+
+/* Object k's metadata: MD_LEN(k) bytes that are a function of k. */
+#define MD_LEN(k) (100u + (uint32_t)((k)*977u % 9000u))
+
+static void md_fill(void *ctx, void *dst, size_t len)
+{
+    uint64_t k = *(const uint64_t *)ctx;
+    unsigned char *p = dst;
+    for (size_t i = 0; i < len; i++)
+        p[i] = (unsigned char)(mix(k * 131 + i) >> 7);
+}
+
+static struct kvt_codec *md_codec(void)
+{
+    static struct kvt_codec *c;
+    struct kvt_codec_config cfg;
+    if (!c) {
+        kvt_codec_config_init(&cfg);
+        cfg.input_bytes_max = 2u << 20;
+        assert_int_equal(kvt_codec_create(&cfg, &c), 0);
+    }
+    return c;
+}
+
+/* Writes object k (its obj_fill bytes, or len bytes of src with the SL geometry) with meta_len
+ * bytes of metadata through the two-phase write, and waits until it is durable. */
+static int write_meta(struct kvt_disk *d, uint64_t k, const unsigned char *src, size_t len,
+                      uint32_t meta_len)
+{
+    static unsigned char buf[MAX_OBJ];
+    struct kvt_disk_geom g = sl_geom(1);
+    struct kvt_obj_id id = obj_id(k);
+    struct kvt_disk_wslot ws;
+    struct result r = {0, 0};
+    int rc;
+
+    if (!src) {
+        len = obj_len(k);
+        obj_fill(k, buf, len);
+    }
+    rc = kvt_disk_write_reserve_meta(d, &id, len, src ? SL_TOKENS : 16, src ? &g : NULL, meta_len,
+                                     &ws);
+    if (rc)
+        return rc;
+    ws.meta_write = md_fill;
+    ws.meta_ctx = &k;
+    rc = kvt_disk_encode(md_codec(), &ws, src ? src : buf, 2);
+    if (rc) {
+        kvt_disk_write_cancel(d, &ws);
+        return rc;
+    }
+    rc = kvt_disk_write_submit(d, &ws, on_done, &r);
+    if (rc)
+        return rc;
+    wait_for(d, &r);
+    return r.res;
+}
+
+static void write_20_to_30_meta(struct kvt_disk *d);
+
+/* Reads object k's metadata alone; on success checks it is MD_LEN(k) bytes of md_fill. */
+static int read_meta_check(struct kvt_disk *d, uint64_t k)
+{
+    static unsigned char got[16384], want[16384];
+    struct kvt_obj_id id = obj_id(k);
+    struct result r = {0, 0};
+    int rc = kvt_disk_read_meta(d, &id, got, sizeof(got), on_done, &r);
+    if (rc)
+        return rc;
+    assert_int_equal(r.done, 0); /* never inside the call */
+    wait_for(d, &r);
+    if (r.res >= 0) {
+        assert_int_equal(r.res, (int)MD_LEN(k));
+        md_fill(&k, want, MD_LEN(k));
+        assert_memory_equal(got, want, MD_LEN(k));
+    }
+    return r.res;
+}
+
+/* Objects written with metadata: it is read back alone (counted apart from object reads, which
+ * never read it), across a clean restart, a crash (journal) and a scan; whole reads, lending
+ * reads and range reads of the same objects are unchanged, packed and blocked alike. */
+static void test_metadata_written_and_read_alone(void **state)
+{
+    (void)state;
+    static unsigned char rows[SL_BYTES];
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st, st0;
+    struct kvt_disk_obj_info info;
+    struct kvt_obj_id id;
+    char ckpt[128];
+
+    range_env(&e);
+    e.cfg.checkpoint_records = 100000;
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(write_meta(d, k, NULL, 0, MD_LEN(k)), 0);
+    fill_rows(rows, SL_BYTES, 99);
+    assert_int_equal(write_meta(d, 100, rows, SL_BYTES, MD_LEN(100)), 0);
+    assert_int_equal(write_sync(d, 50), 0); /* one without metadata */
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.meta_writes, 21);
+    assert_true(st.compressed_objects > 0 && st.compressed_objects < 21);
+
+    kvt_disk_stats(d, &st0);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(read_meta_check(d, k), (int)MD_LEN(k));
+    assert_int_equal(read_meta_check(d, 100), (int)MD_LEN(100));
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.meta_reads - st0.meta_reads, 21);
+    assert_int_equal(st.reads, st0.reads);
+    assert_int_equal(st.bytes_read, st0.bytes_read);
+    assert_int_equal(st.range_reads, st0.range_reads);
+    assert_int_equal(st.tier.hits, st0.tier.hits);
+    uint64_t per = 0;
+    for (uint64_t k = 0; k < 20; k++)
+        per += (KVT_OBJECT_SECTION_HEAD_BYTES + MD_LEN(k) + 4095) / 4096 * 4096;
+    per += (KVT_OBJECT_SECTION_HEAD_BYTES + MD_LEN(100) + 4095) / 4096 * 4096;
+    assert_int_equal(st.meta_bytes_read - st0.meta_bytes_read, per);
+
+    /* An object without metadata has none to read; one that is not stored neither. */
+    assert_int_equal(read_meta_check(d, 50), KVT_E_NOTFOUND);
+    assert_int_equal(read_meta_check(d, 999), KVT_E_NOTFOUND);
+    id = obj_id(3);
+    assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
+    assert_true(info.meta_bytes_max >= MD_LEN(3) && info.meta_bytes_max < MD_LEN(3) + 4096);
+    unsigned char small[64];
+    struct result r = {0, 0};
+    assert_int_equal(kvt_disk_read_meta(d, &id, small, sizeof(small), on_done, &r), KVT_E_SMALLBUF);
+    id = obj_id(50);
+    assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
+    assert_int_equal(info.meta_bytes_max, 0);
+
+    /* Whole reads read the header and the body, never the section. */
+    kvt_disk_stats(d, &st0);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    kvt_disk_stats(d, &st);
+    uint64_t body = 0;
+    for (uint64_t k = 0; k < 20; k++) {
+        id = obj_id(k);
+        assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
+        body += (4096 + info.stored_len + 4095) / 4096 * 4096;
+    }
+    assert_int_equal(st.bytes_read - st0.bytes_read, body);
+    assert_int_equal(range_check(d, 100, rows, 7, 16, 16), 16 * SL_ROW);
+    kvt_disk_destroy(d);
+
+    /* A clean restart (checkpoint), then a crash with objects in the journal only. */
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 20; k++)
+        assert_int_equal(read_meta_check(d, k), (int)MD_LEN(k));
+    kvt_disk_destroy(d);
+    run_and_abandon(&e, write_20_to_30_meta);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.recovery_dropped, 0);
+    for (uint64_t k = 0; k < 30; k++) {
+        assert_int_equal(read_meta_check(d, k), (int)MD_LEN(k));
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    }
+    kvt_disk_destroy(d);
+
+    /* A scan (damaged checkpoint) finds every object, with its section. */
+    snprintf(ckpt, sizeof(ckpt), "%s/kvtier-disk.ckpt", e.dir);
+    flip_byte(ckpt, 10);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.scans, 1);
+    assert_int_equal(st.scan_dropped, 0);
+    assert_int_equal(st.recovered_by_scan, 32);
+    for (uint64_t k = 0; k < 30; k++) {
+        assert_int_equal(read_meta_check(d, k), (int)MD_LEN(k));
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    }
+    assert_int_equal(read_meta_check(d, 100), (int)MD_LEN(100));
+    assert_int_equal(range_check(d, 100, rows, 29, 0, 64), 64 * SL_ROW);
+    assert_int_equal(read_meta_check(d, 50), KVT_E_NOTFOUND);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+static void write_20_to_30_meta(struct kvt_disk *d)
+{
+    for (uint64_t k = 20; k < 30; k++)
+        assert_int_equal(write_meta(d, k, NULL, 0, MD_LEN(k)), 0);
+}
+
+/* A flipped byte in an object's section is a counted failure of its metadata read; the object
+ * keeps being served, and a scan keeps it too. */
+static void test_corrupt_metadata_keeps_object(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_disk_obj_info info;
+    struct kvt_obj_id id = obj_id(7);
+    char ckpt[128];
+
+    env_init(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 10; k++)
+        assert_int_equal(write_meta(d, k, NULL, 0, MD_LEN(k)), 0);
+    assert_int_equal(kvt_disk_lookup(d, &id, &info), 0);
+    kvt_disk_destroy(d);
+    off_t sec = (off_t)(info.offset_bytes + (4096 + info.stored_len + 4095) / 4096 * 4096);
+    flip_byte(e.path, sec + KVT_OBJECT_SECTION_HEAD_BYTES + 33);
+
+    d = open_store(&e);
+    assert_int_equal(read_meta_check(d, 7), KVT_E_CORRUPT);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.meta_checksum_failures, 1);
+    assert_int_equal(st.tier.checksum_failures, 0);
+    assert_int_equal(read_check(d, 7), (int)obj_len(7));
+    assert_int_equal(read_meta_check(d, 6), (int)MD_LEN(6));
+    kvt_disk_destroy(d);
+    /* The section's head too, and through a scan. */
+    flip_byte(e.path, sec + 41);
+    snprintf(ckpt, sizeof(ckpt), "%s/kvtier-disk.ckpt", e.dir);
+    flip_byte(ckpt, 10);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.scans, 1);
+    assert_int_equal(st.recovered_by_scan, 10);
+    assert_int_equal(read_meta_check(d, 7), KVT_E_CORRUPT);
+    assert_int_equal(read_check(d, 7), (int)obj_len(7));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+/* Metadata that would make an object too big for the staging area is left out (counted), never
+ * the object; metadata past the format's bound, or a reservation with metadata and no writer, is
+ * refused. */
+static void test_metadata_that_does_not_fit(void **state)
+{
+    (void)state;
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    struct kvt_disk_wslot ws;
+    struct kvt_obj_id id = obj_id(1);
+    static unsigned char buf[MAX_OBJ];
+
+    env_init(&e);
+    e.cfg.staging_bytes = 2u * MAX_OBJ;
+    d = open_store(&e);
+    assert_int_equal(write_meta(d, 1, NULL, 0, (uint32_t)MAX_OBJ + 100000u), 0);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.meta_skipped, 1);
+    assert_int_equal(st.meta_writes, 0);
+    assert_int_equal(read_check(d, 1), (int)obj_len(1));
+    assert_int_equal(read_meta_check(d, 1), KVT_E_NOTFOUND);
+    id = obj_id(2);
+    assert_int_equal(
+        kvt_disk_write_reserve_meta(d, &id, 100, 1, NULL, KVT_OBJECT_SECTION_BYTES_MAX + 1u, &ws),
+        KVT_E_INVAL);
+    assert_int_equal(kvt_disk_write_reserve_meta(d, &id, 100, 1, NULL, 10, &ws), 0);
+    assert_int_equal(kvt_disk_encode(md_codec(), &ws, buf, 2), KVT_E_INVAL);
+    kvt_disk_write_cancel(d, &ws);
+    assert_int_equal(kvt_disk_inflight(d), 0);
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
+/* Rewrites every v4 object header without a section in e's data file as the v3 build wrote it;
+ * returns how many. */
+static unsigned store_to_v3(struct env *e)
+{
+    unsigned char blk[4096];
+    unsigned n = 0;
+    int fd = open(e->path, O_RDWR);
+
+    assert_true(fd >= 0);
+    for (off_t off = 4096; off < (off_t)e->cfg.file_bytes; off += 4096) {
+        assert_int_equal(pread(fd, blk, sizeof(blk), off), (ssize_t)sizeof(blk));
+        if (memcmp(blk, "KVTO", 4) != 0 || get_le_at(blk + 4, 2) != 4 ||
+            get_le_at(blk + 128, 8) != XXH3_64bits(blk, 128) || get_le_at(blk + 124, 4) != 0)
+            continue;
+        put_le_at(blk + 4, 3, 2);
+        put_le_at(blk + 128, XXH3_64bits(blk, 128), 8);
+        put_le_at(blk + 4088, XXH3_64bits(blk, 4088), 8);
+        assert_int_equal(pwrite(fd, blk, sizeof(blk), off), (ssize_t)sizeof(blk));
+        n++;
+    }
+    close(fd);
+    return n;
+}
+
+/* Objects the v3 build wrote are read as before (whole, by range, by a scan) and have no
+ * metadata; objects written since carry theirs beside them. */
+static void test_v3_objects_still_read(void **state)
+{
+    (void)state;
+    static unsigned char rows[SL_BYTES];
+    struct env e;
+    struct kvt_disk *d;
+    struct kvt_disk_stats st;
+    char ckpt[128];
+
+    range_env(&e);
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 12; k++)
+        assert_int_equal(write_sync(d, k), 0);
+    fill_rows(rows, SL_BYTES, 5);
+    assert_int_equal(write_geom(d, 100, rows, 1), 0);
+    kvt_disk_destroy(d);
+    assert_int_equal(store_to_v3(&e), 13);
+
+    d = open_store(&e);
+    for (uint64_t k = 0; k < 12; k++) {
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+        assert_int_equal(read_meta_check(d, k), KVT_E_NOTFOUND);
+    }
+    assert_int_equal(range_check(d, 100, rows, 3, 20, 30), 30 * SL_ROW);
+    assert_int_equal(write_meta(d, 20, NULL, 0, MD_LEN(20)), 0);
+    kvt_disk_destroy(d);
+    snprintf(ckpt, sizeof(ckpt), "%s/kvtier-disk.ckpt", e.dir);
+    flip_byte(ckpt, 10);
+    d = open_store(&e);
+    kvt_disk_stats(d, &st);
+    assert_int_equal(st.scans, 1);
+    assert_int_equal(st.recovered_by_scan, 14);
+    assert_int_equal(st.scan_dropped, 0);
+    for (uint64_t k = 0; k < 12; k++)
+        assert_int_equal(read_check(d, k), (int)obj_len(k));
+    assert_int_equal(range_check(d, 100, rows, 3, 20, 30), 30 * SL_ROW);
+    assert_int_equal(read_meta_check(d, 20), (int)MD_LEN(20));
+    kvt_disk_destroy(d);
+    env_cleanup(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2095,6 +2430,10 @@ int main(void)
         cmocka_unit_test(test_variants_are_separate_objects),
         cmocka_unit_test(test_pre_variant_store_upgraded),
         cmocka_unit_test(test_tombstone_staged_across_checkpoint_switch),
+        cmocka_unit_test(test_metadata_written_and_read_alone),
+        cmocka_unit_test(test_corrupt_metadata_keeps_object),
+        cmocka_unit_test(test_metadata_that_does_not_fit),
+        cmocka_unit_test(test_v3_objects_still_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,10 +1,11 @@
 /*
- * Unit tests for self-describing disk objects, format v3 (and v2 read as variant 0): the header
- * block's byte layout
- * (little-endian fields at fixed offsets) and metadata frame, the blocked layout's geometry
- * (layers 4 KiB-aligned, blocks with trailers, the range arithmetic), seal/verify/decode round
- * trips of both layouts, detection of a flipped bit anywhere in header or body, and refusal of
- * truncated objects and inconsistent geometry.
+ * Unit tests for self-describing disk objects, format v4 (and v3, and v2 read as variant 0): the
+ * header block's byte layout (little-endian fields at fixed offsets) and metadata frame, the
+ * blocked layout's geometry (layers 4 KiB-aligned, blocks with trailers, the range arithmetic),
+ * seal/verify/decode round trips of both layouts, detection of a flipped bit anywhere in header
+ * or body, refusal of truncated objects and inconsistent geometry, and the metadata section after
+ * the body (where it lies, read alone, every flipped bit and every truncation refused, never
+ * accepted for another object).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -81,7 +82,7 @@ static void test_layout(void **state)
 
     seal_sample();
     assert_memory_equal(buf, "KVTO", 4);
-    assert_int_equal(buf[4], 3);
+    assert_int_equal(buf[4], 4);
     assert_int_equal(buf[6] | buf[7] << 8, 4096);
     assert_int_equal(buf[8], 0);
     assert_int_equal(buf[12], TOKENS);
@@ -100,7 +101,10 @@ static void test_layout(void **state)
     assert_int_equal(buf[105], 2);   /* metadata frame at 512 */
     assert_memory_equal(buf + 512, "KVTM", 4);
     assert_int_equal(kvt_object_meta_find(buf, KVT_OBJECT_META_VERSION_INFO, &v, &vlen), 0);
-    assert_non_null(strstr((const char *)v, "format 3"));
+    assert_non_null(strstr((const char *)v, "format 4"));
+    /* No metadata section: the object ends with its body. */
+    assert_int_equal(buf[124] | buf[125] | buf[126] | buf[127], 0);
+    assert_int_equal(kvt_object_bytes(&m), KVT_OBJECT_HEADER_BYTES + m.stored_len);
     assert_int_equal(kvt_object_meta_find(buf, 999, &v, &vlen), KVT_E_NOTFOUND);
     /* Layer 1 starts 4 KiB-aligned in the body with token 0's row. */
     assert_memory_equal(buf + KVT_OBJECT_HEADER_BYTES + 4096, raw + TOKENS * ROW, ROW);
@@ -374,6 +378,197 @@ static void test_v2_header_read_as_variant_0(void **state)
     kvt_codec_destroy(c);
 }
 
+/* Rewrites the sealed v4 header at b (without a section) as the v3 build wrote it: version 3,
+ * byte 124 reserved, both checks recomputed. */
+static void header_to_v3(unsigned char *b)
+{
+    assert_int_equal(le_at(b + 124, 4), 0);
+    le_put(b + 4, 3, 2);
+    le_put(b + 128, XXH3_64bits(b, 128), 8);
+    memcpy(b + 512 + 12 + 21, "3", 1); /* "kvtier object format 3" */
+    le_put(b + 4088, XXH3_64bits(b, 4088), 8);
+}
+
+/* An object the v3 build wrote (no metadata section) is read by every parser, blocked and packed,
+ * and says it has no section. */
+static void test_v3_header_read(void **state)
+{
+    (void)state;
+    struct kvt_object_meta got;
+
+    seal_sample();
+    header_to_v3(buf);
+    assert_int_equal(kvt_object_parse_header(buf, &got), 0);
+    assert_int_equal(got.meta_len, 0);
+    assert_int_equal(got.seq, 77);
+    assert_int_equal(kvt_object_verify(buf, sizeof(buf), &got), 0);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode(NULL, buf, sizeof(buf), out, sizeof(out), &got), 0);
+    assert_memory_equal(out, raw, RAW);
+    /* Byte 124 is checked in v3 too: a flipped bit there is caught. */
+    buf[124] ^= 1;
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+}
+
+#define META 5000u
+static unsigned char mbuf[KVT_OBJECT_HEADER_BYTES + LAYERS * 4096u + 2 * 4096u];
+static unsigned char meta[META];
+
+/* Seals the sample object with a metadata section of META bytes in mbuf; returns its offset. */
+static size_t seal_with_meta(struct kvt_object_meta *m)
+{
+    *m = sample();
+    for (unsigned i = 0; i < RAW; i++)
+        raw[i] = (unsigned char)(i * 7 + (i >> 8));
+    for (unsigned i = 0; i < META; i++)
+        meta[i] = (unsigned char)(i * 31 + 5);
+    assert_int_equal(kvt_object_layout(m), 0);
+    m->meta_len = META;
+    memset(mbuf, 0xa5, sizeof(mbuf));
+    kvt_object_put_rows(mbuf + KVT_OBJECT_HEADER_BYTES, m, raw);
+    size_t sec = (size_t)kvt_object_section_off(m);
+    memcpy(mbuf + sec + KVT_OBJECT_SECTION_HEAD_BYTES, meta, META);
+    kvt_object_seal(mbuf, m);
+    return sec;
+}
+
+/* The section lies at the first 4 KiB boundary after the body, named in the header; it is read
+ * alone against the identity the index knows, and the object reads as before without it. */
+static void test_metadata_section(void **state)
+{
+    (void)state;
+    struct kvt_object_meta m, got, who;
+    const void *payload;
+    uint32_t len;
+    size_t sec = seal_with_meta(&m);
+
+    assert_int_equal(sec, KVT_OBJECT_HEADER_BYTES + LAYERS * 4096u);
+    assert_int_equal(kvt_object_bytes(&m), sec + KVT_OBJECT_SECTION_HEAD_BYTES + META);
+    assert_int_equal(kvt_object_body_bytes(&m), KVT_OBJECT_HEADER_BYTES + LAYERS * 4096u);
+    assert_int_equal(le_at(mbuf + 124, 4), META);
+    assert_memory_equal(mbuf + sec, "KVTX", 4);
+    assert_int_equal(le_at(mbuf + sec + 8, 4), META);
+    assert_int_equal(le_at(mbuf + sec + 40, 8), 77);
+    assert_int_equal(kvt_object_parse_header(mbuf, &got), 0);
+    assert_int_equal(got.meta_len, META);
+    /* Whole reads need the header and the body only. */
+    assert_int_equal(kvt_object_verify(mbuf, (size_t)kvt_object_body_bytes(&m), &got), 0);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(
+        kvt_object_decode(NULL, mbuf, (size_t)kvt_object_body_bytes(&m), out, sizeof(out), &got),
+        0);
+    assert_memory_equal(out, raw, RAW);
+
+    /* The section alone, with what an index entry knows (no length) or the header's length. */
+    memset(&who, 0, sizeof(who));
+    who.ns_seed = m.ns_seed;
+    who.key = m.key;
+    who.seq = m.seq;
+    who.raw_len = m.raw_len;
+    size_t avail = sizeof(mbuf) - sec;
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &who, &payload, &len), 0);
+    assert_int_equal(len, META);
+    assert_ptr_equal(payload, mbuf + sec + KVT_OBJECT_SECTION_HEAD_BYTES);
+    assert_memory_equal(payload, meta, META);
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &got, &payload, &len), 0);
+    got.meta_len = META - 1;
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &got, &payload, &len),
+                     KVT_E_CORRUPT);
+
+    /* Another object's section, or this key's older version's, never verifies. */
+    struct kvt_object_meta other = who;
+    other.seq = 78;
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &other, &payload, &len),
+                     KVT_E_CORRUPT);
+    other = who;
+    other.variant = 1;
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &other, &payload, &len),
+                     KVT_E_CORRUPT);
+    other = who;
+    other.raw_len++;
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &other, &payload, &len),
+                     KVT_E_CORRUPT);
+    other = who;
+    other.key.hi ^= 1;
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &other, &payload, &len),
+                     KVT_E_CORRUPT);
+
+    /* Every truncation is refused, never read past. */
+    for (size_t n = 0; n < KVT_OBJECT_SECTION_HEAD_BYTES + META; n++)
+        assert_int_equal(kvt_object_section_get(mbuf + sec, n, &who, &payload, &len),
+                         KVT_E_CORRUPT);
+    assert_int_equal(kvt_object_section_get(mbuf + sec, KVT_OBJECT_SECTION_HEAD_BYTES + META, &who,
+                                            &payload, &len),
+                     0);
+}
+
+/* Every flipped bit of the section (head or payload) is caught by the section alone, and costs
+ * the object nothing: its header and body still verify. */
+static void test_metadata_section_bit_flips(void **state)
+{
+    (void)state;
+    struct kvt_object_meta m, got;
+    const void *payload;
+    uint32_t len;
+    size_t sec = seal_with_meta(&m), avail = sizeof(mbuf) - sec;
+
+    for (size_t byte = 0; byte < KVT_OBJECT_SECTION_HEAD_BYTES + META; byte++) {
+        int bit = (int)(byte % 8);
+        mbuf[sec + byte] ^= (unsigned char)(1u << bit);
+        assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &m, &payload, &len),
+                         KVT_E_CORRUPT);
+        if (byte % 97 == 0)
+            assert_int_equal(kvt_object_verify(mbuf, (size_t)kvt_object_body_bytes(&m), &got), 0);
+        mbuf[sec + byte] ^= (unsigned char)(1u << bit);
+    }
+    assert_int_equal(kvt_object_section_get(mbuf + sec, avail, &m, &payload, &len), 0);
+    /* The header's length is checked with the header. */
+    mbuf[125] ^= 1;
+    assert_int_equal(kvt_object_parse_header(mbuf, &got), KVT_E_CORRUPT);
+}
+
+/* A packed body ends where its compressed bytes end: the section follows at the next 4 KiB. */
+static void test_metadata_section_packed(void **state)
+{
+    (void)state;
+    struct kvt_codec_config cfg;
+    struct kvt_codec *c = NULL;
+    struct kvt_object_meta m = sample(), got;
+    const void *payload;
+    uint32_t len;
+    size_t stored = 0;
+    uint32_t id = 0;
+
+    memset(raw, 3, sizeof(raw));
+    for (unsigned i = 0; i < META; i++)
+        meta[i] = (unsigned char)(i * 17);
+    kvt_codec_config_init(&cfg);
+    assert_int_equal(kvt_codec_create(&cfg, &c), 0);
+    assert_int_equal(kvt_codec_encode(c, raw, RAW, 2, mbuf + KVT_OBJECT_HEADER_BYTES,
+                                      sizeof(mbuf) - KVT_OBJECT_HEADER_BYTES, &stored, &id),
+                     0);
+    assert_true(id != KVT_CODEC_RAW && stored < 4096);
+    m.codec = id;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    m.stored_len = stored;
+    m.meta_len = META;
+    size_t sec = (size_t)kvt_object_section_off(&m);
+    assert_int_equal(sec, 2 * 4096);
+    memcpy(mbuf + sec + KVT_OBJECT_SECTION_HEAD_BYTES, meta, META);
+    kvt_object_seal(mbuf, &m);
+    assert_int_equal(kvt_object_parse_header(mbuf, &got), 0);
+    assert_int_equal(got.meta_len, META);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(
+        kvt_object_decode(c, mbuf, KVT_OBJECT_HEADER_BYTES + stored, out, sizeof(out), &got), 0);
+    assert_memory_equal(out, raw, RAW);
+    assert_int_equal(kvt_object_section_get(mbuf + sec, KVT_OBJECT_SECTION_HEAD_BYTES + META, &m,
+                                            &payload, &len),
+                     0);
+    assert_memory_equal(payload, meta, META);
+    kvt_codec_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +579,10 @@ int main(void)
         cmocka_unit_test(test_truncation_and_lengths),
         cmocka_unit_test(test_variant_in_header),
         cmocka_unit_test(test_v2_header_read_as_variant_0),
+        cmocka_unit_test(test_v3_header_read),
+        cmocka_unit_test(test_metadata_section),
+        cmocka_unit_test(test_metadata_section_bit_flips),
+        cmocka_unit_test(test_metadata_section_packed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

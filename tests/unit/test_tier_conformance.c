@@ -4,8 +4,10 @@
  * remote) joins by adding a fixture. Cases: write then read back at several sizes, cancelled and
  * failed writes leave nothing readable, token-range reads return exactly their rows and refuse
  * rows the object does not have, too small a buffer, removal and its barrier, counters, variants
- * of one key as separate objects, a corrupted object as a miss, and for persistent tiers that
- * objects survive a reopen and are listed.
+ * of one key as separate objects, a corrupted object as a miss, for persistent tiers that
+ * objects survive a reopen and are listed, and for tiers that store metadata beside objects
+ * (KVT_TIER_CAP_META) that it is read back alone, survives a reopen, and when corrupted is
+ * refused while the object stays.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,7 +39,8 @@ struct fixture {
     char dir[64], path[96];
     int (*open)(struct fixture *f);
     void (*close)(struct fixture *f);
-    int (*corrupt)(struct fixture *f, const struct kvt_obj_id *id); /* NULL: no checksums */
+    int (*corrupt)(struct fixture *f, const struct kvt_obj_id *id);      /* NULL: no checksums */
+    int (*corrupt_meta)(struct fixture *f, const struct kvt_obj_id *id); /* NULL: no metadata */
 };
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
@@ -102,6 +105,27 @@ static int disk_corrupt(struct fixture *f, const struct kvt_obj_id *id)
     return rc;
 }
 
+/* Flips a byte of the object's metadata section (after its body, 4 KiB-aligned). */
+static int disk_corrupt_meta(struct fixture *f, const struct kvt_obj_id *id)
+{
+    struct kvt_disk_obj_info info;
+    if (kvt_disk_lookup(f->disk, id, &info) || !info.meta_bytes_max)
+        return -1;
+    FILE *fp = fopen(f->path, "r+b");
+    if (!fp)
+        return -1;
+    long at = (long)(info.offset_bytes + (4096 + info.stored_len + 4095) / 4096 * 4096 + 64 + 10);
+    int c = fseek(fp, at, SEEK_SET) == 0 ? fgetc(fp) : EOF;
+    int rc = c == EOF || fseek(fp, at, SEEK_SET) || fputc(c ^ 0x10, fp) == EOF ? -1 : 0;
+    fclose(fp);
+    return rc;
+}
+
+static int test_tier_corrupt_meta_op(struct fixture *f, const struct kvt_obj_id *id)
+{
+    return kvt_test_tier_corrupt_meta(f->tt, id);
+}
+
 static int test_tier_corrupt_op(struct fixture *f, const struct kvt_obj_id *id)
 {
     return kvt_test_tier_corrupt(f->tt, id);
@@ -154,8 +178,11 @@ static int setup_host(void **state)
 
 static int setup_disk(void **state)
 {
-    struct fixture p = {
-        .name = "disk", .open = disk_open, .close = disk_close, .corrupt = disk_corrupt};
+    struct fixture p = {.name = "disk",
+                        .open = disk_open,
+                        .close = disk_close,
+                        .corrupt = disk_corrupt,
+                        .corrupt_meta = disk_corrupt_meta};
     return setup(state, &p);
 }
 
@@ -164,7 +191,8 @@ static int setup_test_tier(void **state)
     struct fixture p = {.name = "test",
                         .open = test_tier_open,
                         .close = test_tier_close,
-                        .corrupt = test_tier_corrupt_op};
+                        .corrupt = test_tier_corrupt_op,
+                        .corrupt_meta = test_tier_corrupt_meta_op};
     return setup(state, &p);
 }
 
@@ -473,6 +501,131 @@ static void test_corrupt_is_a_miss(void **state)
     assert_int_equal(st.checksum_failures, 1);
 }
 
+/* Metadata of object k: len bytes that are a function of k. */
+struct meta_src {
+    uint64_t k;
+    int calls;
+};
+
+static void meta_write(void *ctx, void *dst, size_t len)
+{
+    struct meta_src *m = ctx;
+    m->calls++;
+    pattern(m->k + 1000, dst, len);
+}
+
+static void put_meta(struct fixture *f, uint64_t k, const uint8_t *src, size_t len,
+                     uint32_t meta_len)
+{
+    struct meta_src ms = {.k = k};
+    struct kvt_tier_obj o = {.id = oid(k),
+                             .length = len,
+                             .n_tokens = 1,
+                             .meta_len = meta_len,
+                             .meta_write = meta_write,
+                             .meta_ctx = &ms};
+    struct kvt_tier_write w;
+    assert_int_equal(f->tier.ops->reserve(f->tier.t, &o, &w), 0);
+    assert_int_equal(f->tier.ops->fill(&w, src), 0);
+    assert_int_equal(ms.calls, 1); /* written by fill, not later */
+    struct result r = {0};
+    assert_int_equal(settle(f, f->tier.ops->commit(f->tier.t, &w, on_done, &r), &r), 0);
+}
+
+static int get_meta(struct fixture *f, uint64_t k, uint8_t *dst, size_t cap)
+{
+    struct kvt_obj_id id = oid(k);
+    struct result r = {0};
+    int rc = f->tier.ops->read_meta(f->tier.t, &id, 0, dst, cap, on_done, &r);
+    if (rc == KVT_TIER_LATER)
+        assert_int_equal(r.done, 0); /* never inside the call */
+    return settle(f, rc, &r);
+}
+
+struct meta_listed {
+    uint64_t key_hi;
+    uint32_t meta_len;
+};
+
+static int find_listed(void *arg, const struct kvt_tier_obj *o, kvt_tier_loc loc)
+{
+    struct meta_listed *l = arg;
+    (void)loc;
+    if (o->id.key.hi == l->key_hi)
+        l->meta_len = o->meta_len;
+    return 0;
+}
+
+/* Metadata written with an object is read back alone, exactly, without counting a read of the
+ * object; objects without any have none; enumerate says how much a buffer needs; a persistent
+ * tier keeps it across a reopen. */
+static void test_metadata_read_alone(void **state)
+{
+    struct fixture *f = *state;
+    if (!(f->tier.ops->caps & KVT_TIER_CAP_META))
+        skip();
+    static uint8_t src[40000], back[40000], want[20000], got[20000];
+    static const uint32_t lens[] = {1, 63, 4000, 4032, 4033, 12345};
+    for (size_t i = 0; i < 6; i++) {
+        pattern(i + 60, src, sizeof(src) - i);
+        put_meta(f, i + 60, src, sizeof(src) - i, lens[i]);
+    }
+    put(f, 70, src, 5000, 1, NULL); /* none */
+    for (int round = 0; round < 2; round++) {
+        struct kvt_tier_stats st0, st;
+        f->tier.ops->stats(f->tier.t, &st0);
+        for (size_t i = 0; i < 6; i++) {
+            struct meta_listed l = {.key_hi = i + 60};
+            f->tier.ops->enumerate(f->tier.t, find_listed, &l);
+            assert_true(l.meta_len >= lens[i] && l.meta_len <= sizeof(got));
+            memset(got, 0, sizeof(got));
+            assert_int_equal(get_meta(f, i + 60, got, l.meta_len), (int)lens[i]);
+            struct meta_src ms = {.k = i + 60};
+            meta_write(&ms, want, lens[i]);
+            assert_memory_equal(got, want, lens[i]);
+            if (l.meta_len > 1)
+                assert_int_equal(get_meta(f, i + 60, got, lens[i] - 1), KVT_E_SMALLBUF);
+        }
+        f->tier.ops->stats(f->tier.t, &st);
+        assert_int_equal(st.hits, st0.hits);
+        assert_int_equal(st.misses, st0.misses);
+        assert_int_equal(get_meta(f, 70, got, sizeof(got)), KVT_E_NOTFOUND);
+        assert_int_equal(get_meta(f, 999, got, sizeof(got)), KVT_E_NOTFOUND);
+        /* The objects themselves read back as ever. */
+        for (size_t i = 0; i < 6; i++) {
+            pattern(i + 60, src, sizeof(src) - i);
+            assert_int_equal(get(f, i + 60, 0, back, sizeof(back)), (int)(sizeof(src) - i));
+            assert_memory_equal(back, src, sizeof(src) - i);
+        }
+        if (!(f->tier.ops->caps & KVT_TIER_CAP_PERSISTENT))
+            break;
+        f->close(f);
+        assert_int_equal(f->open(f), 0);
+    }
+}
+
+/* Corrupted metadata is refused, never handed over, and costs the object nothing. */
+static void test_corrupt_metadata(void **state)
+{
+    struct fixture *f = *state;
+    if (!(f->tier.ops->caps & KVT_TIER_CAP_META) || !f->corrupt_meta)
+        skip();
+    static uint8_t src[30000], back[30000], got[8192];
+    pattern(80, src, sizeof(src));
+    put_meta(f, 80, src, sizeof(src), 3000);
+    put_meta(f, 81, src, sizeof(src), 3000);
+    struct kvt_obj_id id = oid(80);
+    assert_int_equal(f->corrupt_meta(f, &id), 0);
+    assert_int_equal(get_meta(f, 80, got, sizeof(got)), KVT_E_CORRUPT);
+    assert_int_equal(get(f, 80, 0, back, sizeof(back)), (int)sizeof(src));
+    assert_memory_equal(back, src, sizeof(src));
+    assert_int_equal(get_meta(f, 81, got, sizeof(got)), 3000);
+    struct kvt_tier_stats st;
+    f->tier.ops->stats(f->tier.t, &st);
+    assert_int_equal(st.checksum_failures, 0);
+    assert_int_equal(st.objects, 2);
+}
+
 #define ON_EVERY_TIER(fn)                                                                          \
     cmocka_unit_test_setup_teardown(fn, setup_host, teardown),                                     \
         cmocka_unit_test_setup_teardown(fn, setup_disk, teardown),                                 \
@@ -485,7 +638,8 @@ int main(void)
         ON_EVERY_TIER(test_write_existing),    ON_EVERY_TIER(test_read_range_rows),
         ON_EVERY_TIER(test_small_buffer),      ON_EVERY_TIER(test_remove_and_barrier),
         ON_EVERY_TIER(test_persistent_reopen), ON_EVERY_TIER(test_corrupt_is_a_miss),
-        ON_EVERY_TIER(test_variants_separate),
+        ON_EVERY_TIER(test_variants_separate), ON_EVERY_TIER(test_metadata_read_alone),
+        ON_EVERY_TIER(test_corrupt_metadata),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

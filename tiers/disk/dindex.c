@@ -151,6 +151,8 @@ void kvt__disk_ient_info(const struct ient *e, struct kvt_disk_obj_info *out)
     out->block_tokens = e->block_tokens;
     out->file = e->file;
     out->offset_bytes = e->start * BLOCK;
+    uint64_t sec = kvt__disk_section_bytes(e);
+    out->meta_bytes_max = sec ? (uint32_t)(sec - KVT_OBJECT_SECTION_HEAD_BYTES) : 0;
 }
 
 /* ---- extents across files ------------------------------------------------------------------- */

@@ -83,6 +83,20 @@ uint64_t kvt__disk_blocks_for(uint64_t bytes)
     return (bytes + BLOCK - 1) / BLOCK;
 }
 
+uint64_t kvt__disk_body_blocks(const struct ient *e)
+{
+    return kvt__disk_blocks_for(KVT_OBJECT_HEADER_BYTES + e->stored_len);
+}
+
+/* The index keeps no length of its own for the section (journal and checkpoint records predate
+ * it): whatever the extent holds after the body is the section, and the section names its exact
+ * length itself. */
+uint64_t kvt__disk_section_bytes(const struct ient *e)
+{
+    uint64_t body = kvt__disk_body_blocks(e);
+    return e->blocks > body ? (e->blocks - body) * BLOCK : 0;
+}
+
 /* ---- public operations ---------------------------------------------------------------------- */
 
 int kvt_disk_write_reserve(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
@@ -95,6 +109,13 @@ int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id,
                                 uint32_t n_tokens, const struct kvt_disk_geom *geom,
                                 struct kvt_disk_wslot *ws)
 {
+    return kvt_disk_write_reserve_meta(d, id, len, n_tokens, geom, 0, ws);
+}
+
+int kvt_disk_write_reserve_meta(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
+                                uint32_t n_tokens, const struct kvt_disk_geom *geom,
+                                uint32_t meta_len, struct kvt_disk_wslot *ws)
+{
     struct kvt_object_meta m;
     struct ient *e;
     struct op *o;
@@ -106,6 +127,8 @@ int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id,
         return KVT_E_TIERFAILED;
     if (len > d->cfg.object_bytes_max)
         return KVT_E_TOOBIG;
+    if (meta_len > KVT_OBJECT_SECTION_BYTES_MAX)
+        return KVT_E_INVAL;
     memset(&m, 0, sizeof(m));
     m.ns_seed = id->ns_seed;
     m.key = id->key;
@@ -117,9 +140,15 @@ int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id,
         m.g = geom->g;
     if (kvt_object_layout(&m) != 0)
         return KVT_E_INVAL;
-    /* The blocked layout is the largest form (a packed body is at most raw_len bytes). */
-    if (kvt_object_bytes(&m) > d->staging_bytes)
+    /* The blocked layout is the largest form (a packed body is at most raw_len bytes). The
+     * metadata is worth less than the object: it goes first when both do not fit. */
+    if (kvt_object_body_bytes(&m) > d->staging_bytes)
         return KVT_E_TOOBIG;
+    m.meta_len = meta_len;
+    if (meta_len && kvt_object_bytes(&m) > d->staging_bytes) {
+        m.meta_len = 0;
+        d->st.meta_skipped++;
+    }
     e = kvt__disk_index_find(d, id);
     if (e && e->raw_len == len)
         return KVT_E_EXISTS;
@@ -149,6 +178,7 @@ int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id,
     ws->n_tokens = n_tokens;
     ws->raw_len = len;
     ws->seq = o->seq;
+    ws->meta_len = m.meta_len;
     return 0;
 }
 
@@ -161,7 +191,7 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
     uint32_t id = KVT_CODEC_RAW;
     int rc;
 
-    if (!codec || (!src && ws->raw_len))
+    if (!codec || (!src && ws->raw_len) || (m.meta_len && !ws->meta_write))
         return KVT_E_INVAL;
     /* Compression applies to the whole object and only when it pays (the codec's min_saving);
      * a sparse namespace never compresses, so that every object of it stays range-readable. */
@@ -181,7 +211,13 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
         m.codec = id;
         m.stored_len = stored;
     }
-    /* Zero the tail of the last block so no stale staging bytes reach the disk. */
+    /* The metadata goes after the body, wherever the body ended; the gap up to it and the tail of
+     * the last block are zeroed so no stale staging bytes reach the disk. */
+    if (m.meta_len) {
+        size_t body = (size_t)kvt_object_body_bytes(&m), sec = (size_t)kvt_object_section_off(&m);
+        memset(slot + body, 0, sec - body);
+        ws->meta_write(ws->meta_ctx, slot + sec + KVT_OBJECT_SECTION_HEAD_BYTES, m.meta_len);
+    }
     total = (size_t)kvt__disk_blocks_for(kvt_object_bytes(&m)) * BLOCK;
     memset(slot + kvt_object_bytes(&m), 0, total - (size_t)kvt_object_bytes(&m));
     kvt_object_seal(slot, &m);
@@ -245,6 +281,8 @@ int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tie
     d->st.stored_bytes_written += o->stored_len;
     if (o->codec != KVT_CODEC_RAW)
         d->st.compressed_objects++;
+    if (ws->m.meta_len)
+        d->st.meta_writes++;
     kvt__disk_submit(d);
     return 0;
 
@@ -300,8 +338,15 @@ static void read_go(struct kvt_disk *d, uint32_t i, const struct ient *e, uint64
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
     o->submit_ns = kvt_now_ns();
-    d->st.reads++;
-    d->st.bytes_read += bytes;
+    /* Metadata reads are counted apart, so that the payload's counters show a restart that
+     * restores metadata reads none of it. */
+    if (o->meta) {
+        d->st.meta_reads++;
+        d->st.meta_bytes_read += bytes;
+    } else {
+        d->st.reads++;
+        d->st.bytes_read += bytes;
+    }
     kvt__disk_submit(d);
 }
 
@@ -310,6 +355,7 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
 {
     struct ient *e;
     struct op *o;
+    uint64_t body;
     uint32_t i;
 
     if (d->failed)
@@ -321,7 +367,9 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
     }
     if (done && cap < e->raw_len)
         return KVT_E_SMALLBUF;
-    i = kvt__disk_op_get(d, (uint64_t)e->blocks * BLOCK);
+    /* The header and the body: a metadata section after them is never read with the object. */
+    body = kvt__disk_body_blocks(e) * BLOCK;
+    i = kvt__disk_op_get(d, body);
     if (i == OP_NONE) {
         d->st.busy_rejects++;
         return KVT_E_BUSY;
@@ -334,7 +382,7 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
     o->done = done;
     o->lent_done = lent_done;
     o->arg = arg;
-    read_go(d, i, e, 0, (uint64_t)e->blocks * BLOCK);
+    read_go(d, i, e, 0, body);
     return 0;
 }
 
@@ -389,7 +437,7 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
     } else {
         /* A packed object is read whole and decoded behind itself in the same staging run. */
         a0 = 0;
-        a1 = (uint64_t)e->blocks * BLOCK;
+        a1 = kvt__disk_body_blocks(e) * BLOCK;
         need = a1 + e->raw_len;
     }
     i = kvt__disk_op_get(d, need);
@@ -411,6 +459,41 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
     o->arg = arg;
     d->st.range_reads++;
     read_go(d, i, e, a0, a1 - a0);
+    return 0;
+}
+
+int kvt_disk_read_meta(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                       kvt_tier_done_fn done, void *arg)
+{
+    uint64_t sec;
+    struct ient *e;
+    struct op *o;
+    uint32_t i;
+
+    if (!d || !id || !done || !dst)
+        return KVT_E_INVAL;
+    if (d->failed)
+        return KVT_E_TIERFAILED;
+    e = kvt__disk_index_find(d, id);
+    sec = e ? kvt__disk_section_bytes(e) : 0;
+    if (!sec)
+        return KVT_E_NOTFOUND;
+    if (cap < sec - KVT_OBJECT_SECTION_HEAD_BYTES)
+        return KVT_E_SMALLBUF;
+    i = kvt__disk_op_get(d, sec);
+    if (i == OP_NONE) {
+        d->st.busy_rejects++;
+        return KVT_E_BUSY;
+    }
+    o = &d->ops[i];
+    o->kind = OP_READ;
+    o->meta = 1;
+    o->id = *id;
+    o->dst = dst;
+    o->cap = cap;
+    o->done = done;
+    o->arg = arg;
+    read_go(d, i, e, kvt__disk_body_blocks(e) * BLOCK, sec);
     return 0;
 }
 

@@ -19,6 +19,9 @@
  *                A checksum failure drops the object and answers KVT_E_NOTFOUND.
  *   - eventfd:   kvt_disk_poll() reaps completions, starts the next group commit and runs the
  *                callbacks; call it whenever the eventfd is readable.
+ *   - metadata:  a write may carry opaque metadata (kvt_disk_write_reserve_meta), stored in a
+ *                section after the body; kvt_disk_read_meta() reads that section alone, without
+ *                the payload (the daemon restores span abstracts at start this way).
  *   - eviction:  kvt_disk_remove() forgets an object; its extent is reused only after the
  *                tombstone is durable, so a crash can never resurrect a half-overwritten object.
  *                kvt_disk_sync() calls back once every removal made before it is durable, so
@@ -127,7 +130,16 @@ struct kvt_disk_config {
       "longest time the checkpoint thread took writing one")                                       \
     X(A, syncs, KVT_STAT_COUNTER, "", "durability barriers requested (kvt_disk_sync)")             \
     X(A, range_reads, KVT_STAT_COUNTER, "", "token-range reads of one layer submitted")            \
-    X(A, bytes_read, KVT_STAT_COUNTER, "bytes", "bytes read from the data files by object reads")
+    X(A, bytes_read, KVT_STAT_COUNTER, "bytes",                                                    \
+      "bytes read from the data files by object reads (whole and range, never metadata)")          \
+    X(A, meta_writes, KVT_STAT_COUNTER, "", "objects written with a metadata section")             \
+    X(A, meta_skipped, KVT_STAT_COUNTER, "",                                                       \
+      "writes whose metadata was left out: the object with it would not fit the staging area")     \
+    X(A, meta_reads, KVT_STAT_COUNTER, "", "metadata sections read alone (kvt_disk_read_meta)")    \
+    X(A, meta_bytes_read, KVT_STAT_COUNTER, "bytes",                                               \
+      "bytes read from the data files by metadata reads")                                          \
+    X(A, meta_checksum_failures, KVT_STAT_COUNTER, "",                                             \
+      "metadata sections that failed their check (the metadata is lost, the object kept)")
 #define KVT_DISK_STATS(A) KVT_DISK_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help), from submission to the completion of the I/O. */
@@ -156,6 +168,7 @@ struct kvt_disk_obj_info {
     uint32_t n_layers, row_bytes, block_tokens; /* the blocked layout's geometry */
     uint32_t file;                              /* where the object lies: for tools and benches */
     uint64_t offset_bytes;
+    uint32_t meta_bytes_max; /* a metadata section holds at most this many bytes (0: none) */
 };
 
 struct kvt_disk;
@@ -210,6 +223,11 @@ struct kvt_disk_wslot {
     size_t stored_len; /* set by kvt_disk_encode */
     uint32_t codec;    /* set by kvt_disk_encode */
     int sealed;        /* set by kvt_disk_encode */
+    /* Metadata: meta_len bytes (set by reserve; 0 = none) that kvt_disk_encode has meta_write
+     * put after the body, with meta_ctx; the caller sets both before encoding. */
+    uint32_t meta_len;
+    kvt_tier_meta_fn meta_write;
+    void *meta_ctx;
 };
 
 /* Returns 0, KVT_E_EXISTS, KVT_E_BUSY, KVT_E_TOOBIG, KVT_E_INVAL, KVT_E_TIERFAILED. The geometry
@@ -233,8 +251,17 @@ struct kvt_disk_geom {
 int kvt_disk_write_reserve_geom(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
                                 uint32_t n_tokens, const struct kvt_disk_geom *geom,
                                 struct kvt_disk_wslot *ws);
-/* Encodes ws->raw_len bytes of src (borrowed for the call) and seals the object. Thread-safe with
- * respect to the store: uses only codec (one per thread) and ws. Returns 0 or a codec error. */
+/* As kvt_disk_write_reserve_geom, with room for meta_len bytes of metadata (at most
+ * KVT_OBJECT_SECTION_BYTES_MAX) in a section after the body, which kvt_disk_encode has
+ * ws->meta_write fill. When the object with its metadata would not fit in the staging area but
+ * without it would, the metadata is left out (ws->meta_len = 0; counted in meta_skipped). */
+int kvt_disk_write_reserve_meta(struct kvt_disk *d, const struct kvt_obj_id *id, size_t len,
+                                uint32_t n_tokens, const struct kvt_disk_geom *geom,
+                                uint32_t meta_len, struct kvt_disk_wslot *ws);
+/* Encodes ws->raw_len bytes of src (borrowed for the call), writes the metadata (ws->meta_write,
+ * when ws->meta_len > 0; KVT_E_INVAL without it) and seals the object. Thread-safe with respect to
+ * the store: uses only codec (one per thread), ws and what meta_ctx names. Returns 0 or a codec
+ * error. */
 int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const void *src,
                     uint32_t elem_bytes);
 /* Submits a sealed reservation; the same callback contract as kvt_disk_write. On an error
@@ -291,6 +318,17 @@ int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, v
                     size_t cap);
 void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status);
 
+/* Reads the metadata section of object id alone (no byte of the header or the payload) into dst
+ * (capacity cap >= the object's meta_bytes_max), which must stay valid until done runs. The
+ * section is verified (its identity, length and check): done(arg, bytes) on success;
+ * done(arg, KVT_E_CORRUPT) when it fails (counted in meta_checksum_failures; the object stays
+ * and is served, its bytes have checks of their own); KVT_E_IO, KVT_E_TIERFAILED. Counted in
+ * meta_reads and meta_bytes_read, never in reads or bytes_read. Returns 0, or without callback:
+ * KVT_E_NOTFOUND (no such object, or one stored without metadata), KVT_E_SMALLBUF, KVT_E_BUSY,
+ * KVT_E_INVAL, KVT_E_TIERFAILED. */
+int kvt_disk_read_meta(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                       kvt_tier_done_fn done, void *arg);
+
 /* Forgets object id; the space is reused after the tombstone is durable. Returns 0,
  * KVT_E_NOTFOUND, KVT_E_TIERFAILED. */
 int kvt_disk_remove(struct kvt_disk *d, const struct kvt_obj_id *id);
@@ -343,7 +381,8 @@ void kvt_disk_tier_stats(const struct kvt_disk *d, struct kvt_tier_stats *out);
 
 /* The operations table (tiers/tier.h), on a struct kvt_disk_tier that wraps a store (tier_ops.c):
  * a persistent tier that names objects by id (locations are unused) and reads token ranges.
- * fill encodes on any thread with a codec of its own per thread (config copied at init). */
+ * fill encodes on any thread with a codec of its own per thread (config copied at init); it stores
+ * the metadata a write carries and read_meta reads it back alone. */
 struct kvt_disk_tier {
     struct kvt_disk *d;            /* borrowed */
     struct kvt_codec_config codec; /* for the per-thread encoders of fill */

@@ -73,6 +73,7 @@ enum op_state { ST_FREE = 0, ST_RESERVED, ST_INFLIGHT, ST_READY, ST_COMMITTING, 
 struct op {
     uint8_t kind, state, file;
     uint8_t range; /* a range read: rows [t0, t0 + n_rows) of one layer */
+    uint8_t meta;  /* a read of the metadata section alone */
     uint32_t next;
     uint32_t codec, n_tokens, blocks;
     uint32_t sp_start, sp_pages; /* staging pages */
@@ -209,6 +210,10 @@ uint64_t kvt__disk_now_ms(void);
 void kvt__disk_put_le(unsigned char *p, uint64_t v, unsigned bytes);
 uint64_t kvt__disk_get_le(const unsigned char *p, unsigned bytes);
 uint64_t kvt__disk_blocks_for(uint64_t bytes);
+/* Blocks of e's header and body (what a whole read reads), and the bytes of its extent after them:
+ * the metadata section (a v4 object with metadata), else 0. */
+uint64_t kvt__disk_body_blocks(const struct ient *e);
+uint64_t kvt__disk_section_bytes(const struct ient *e);
 int kvt__disk_object_matches(const struct kvt_object_meta *m, const struct kvt_obj_id *id,
                              uint64_t seq, uint64_t raw_len);
 

@@ -1,9 +1,9 @@
 /*
- * Encoding and verification of self-describing disk objects, format v3, and reading of v2 (see
- * object.h). Fields are
- * written byte by byte in little-endian order so that the format does not depend on the host or
- * on struct padding. Every layout computation lives here, so the store, the recovery scan and the
- * range reader agree on where each block and trailer sits.
+ * Encoding and verification of self-describing disk objects, format v4 with its metadata section,
+ * and reading of v3 and v2 (see object.h). Fields are written byte by byte in little-endian order
+ * so that the format does not depend on the host or on struct padding. Every layout computation
+ * lives here, so the store, the recovery scan and the range reader agree on where each block and
+ * trailer sits.
  */
 #include "tiers/disk/object.h"
 
@@ -46,11 +46,25 @@
 #define OFF_META_BYTES 108
 #define OFF_BODYSUM 112
 #define OFF_VARIANT 120
+#define OFF_META_LEN 124 /* v4: metadata section payload bytes (reserved, 0, in v3) */
 #define OFF_HCHECK 128
 #define OFF_HCHECK_V2 120 /* v2: the header check followed the body checksum */
 #define OFF_BCHECK 4088
 
-static const char VERSION_INFO[] = "kvtier object format 3";
+/* The metadata section's head. */
+#define SEC_MAGIC 0
+#define SEC_VERSION 4
+#define SEC_HEAD_BYTES 6
+#define SEC_LEN 8
+#define SEC_NS 16
+#define SEC_KEY_LO 24
+#define SEC_KEY_HI 32
+#define SEC_SEQ 40
+#define SEC_VARIANT 48
+#define SEC_CHECK 56
+#define SEC_HEAD KVT_OBJECT_SECTION_HEAD_BYTES
+
+static const char VERSION_INFO[] = "kvtier object format 4";
 
 static void put_le(unsigned char *p, uint64_t v, unsigned bytes)
 {
@@ -120,9 +134,21 @@ int kvt_object_layout(struct kvt_object_meta *m)
     return 0;
 }
 
-uint64_t kvt_object_bytes(const struct kvt_object_meta *m)
+uint64_t kvt_object_body_bytes(const struct kvt_object_meta *m)
 {
     return HDR + m->stored_len;
+}
+
+uint64_t kvt_object_section_off(const struct kvt_object_meta *m)
+{
+    return align_up(HDR + m->stored_len);
+}
+
+uint64_t kvt_object_bytes(const struct kvt_object_meta *m)
+{
+    if (m->meta_len == 0)
+        return kvt_object_body_bytes(m);
+    return kvt_object_section_off(m) + SEC_HEAD + m->meta_len;
 }
 
 uint32_t kvt_object_layer_blocks(const struct kvt_object_meta *m)
@@ -236,6 +262,54 @@ static uint64_t body_sum(const struct kvt_object_meta *m, const unsigned char *b
     return XXH3_64bits_withSeed(body, (size_t)m->stored_len, identity_seed(m));
 }
 
+/* The check of a metadata section: its head (identity, length) and its payload, seeded with the
+ * identity so that a section left in a reused extent by another object never verifies. */
+static uint64_t section_sum(const struct kvt_object_meta *m, const unsigned char *sec, uint32_t len)
+{
+    uint64_t head = XXH3_64bits_withSeed(sec, SEC_CHECK, identity_seed(m));
+    return XXH3_64bits_withSeed(sec + SEC_HEAD, len, head);
+}
+
+static void section_seal(unsigned char *sec, const struct kvt_object_meta *m)
+{
+    memset(sec, 0, SEC_HEAD);
+    put_le(sec + SEC_MAGIC, KVT_OBJECT_SECTION_MAGIC, 4);
+    put_le(sec + SEC_VERSION, KVT_OBJECT_SECTION_VERSION, 2);
+    put_le(sec + SEC_HEAD_BYTES, SEC_HEAD, 2);
+    put_le(sec + SEC_LEN, m->meta_len, 4);
+    put_le(sec + SEC_NS, m->ns_seed, 8);
+    put_le(sec + SEC_KEY_LO, m->key.lo, 8);
+    put_le(sec + SEC_KEY_HI, m->key.hi, 8);
+    put_le(sec + SEC_SEQ, m->seq, 8);
+    put_le(sec + SEC_VARIANT, m->variant, 4);
+    put_le(sec + SEC_CHECK, section_sum(m, sec, m->meta_len), 8);
+}
+
+int kvt_object_section_get(const void *buf, size_t bytes, const struct kvt_object_meta *m,
+                           const void **payload, uint32_t *len)
+{
+    const unsigned char *sec = buf;
+    uint64_t n;
+
+    if (bytes < SEC_HEAD || get_le(sec + SEC_MAGIC, 4) != KVT_OBJECT_SECTION_MAGIC ||
+        get_le(sec + SEC_VERSION, 2) != KVT_OBJECT_SECTION_VERSION ||
+        get_le(sec + SEC_HEAD_BYTES, 2) != SEC_HEAD || get_le(sec + 12, 4) != 0 ||
+        get_le(sec + 52, 4) != 0)
+        return KVT_E_CORRUPT;
+    n = get_le(sec + SEC_LEN, 4);
+    if (n == 0 || n > KVT_OBJECT_SECTION_BYTES_MAX || n > bytes - SEC_HEAD ||
+        (m->meta_len && n != m->meta_len))
+        return KVT_E_CORRUPT;
+    if (get_le(sec + SEC_NS, 8) != m->ns_seed || get_le(sec + SEC_KEY_LO, 8) != m->key.lo ||
+        get_le(sec + SEC_KEY_HI, 8) != m->key.hi || get_le(sec + SEC_SEQ, 8) != m->seq ||
+        get_le(sec + SEC_VARIANT, 4) != m->variant ||
+        get_le(sec + SEC_CHECK, 8) != section_sum(m, sec, (uint32_t)n))
+        return KVT_E_CORRUPT;
+    *payload = sec + SEC_HEAD;
+    *len = (uint32_t)n;
+    return 0;
+}
+
 void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
 {
     unsigned char *p = buf, *f = p + KVT_OBJECT_META_OFF;
@@ -267,6 +341,9 @@ void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
     if (m->codec != KVT_CODEC_RAW)
         put_le(p + OFF_BODYSUM, body_sum(m, p + HDR), 8);
     put_le(p + OFF_VARIANT, m->variant, 4);
+    put_le(p + OFF_META_LEN, m->meta_len, 4);
+    if (m->meta_len)
+        section_seal(p + kvt_object_section_off(m), m);
     /* The metadata frame: one entry for now; later formats add theirs after it. */
     memcpy(f, "KVTM", 4);
     put_le(f + 4, 1, 2);
@@ -293,13 +370,16 @@ int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
     unsigned check = version == KVT_OBJECT_VERSION_V2 ? OFF_HCHECK_V2 : OFF_HCHECK;
 
     if (get_le(p + OFF_MAGIC, 4) != KVT_OBJECT_MAGIC ||
-        (version != KVT_OBJECT_VERSION && version != KVT_OBJECT_VERSION_V2) ||
+        (version != KVT_OBJECT_VERSION && version != KVT_OBJECT_VERSION_V3 &&
+         version != KVT_OBJECT_VERSION_V2) ||
         get_le(p + OFF_HDR_BYTES, 2) != HDR || get_le(p + check, 8) != XXH3_64bits(p, check))
         return KVT_E_CORRUPT;
     memset(&m, 0, sizeof(m));
-    /* A v2 object predates variants: it is the chunk as first stored. */
-    if (version == KVT_OBJECT_VERSION)
+    /* A v2 object predates variants: it is the chunk as first stored. Only v4 has a section. */
+    if (version != KVT_OBJECT_VERSION_V2)
         m.variant = (uint32_t)get_le(p + OFF_VARIANT, 4);
+    if (version == KVT_OBJECT_VERSION)
+        m.meta_len = (uint32_t)get_le(p + OFF_META_LEN, 4);
     m.codec = (uint32_t)get_le(p + OFF_CODEC, 4);
     m.n_tokens = (uint32_t)get_le(p + OFF_NTOKENS, 4);
     m.ns_seed = get_le(p + OFF_NS, 8);
@@ -323,7 +403,8 @@ int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
         want.row_bytes != m.row_bytes || want.layer_stride != m.layer_stride ||
         want.stored_len != m.stored_len || (m.codec != KVT_CODEC_RAW && m.stored_len > m.raw_len) ||
         get_le(p + OFF_META_OFF, 4) != KVT_OBJECT_META_OFF ||
-        get_le(p + OFF_META_BYTES, 4) > KVT_OBJECT_META_BYTES_MAX)
+        get_le(p + OFF_META_BYTES, 4) > KVT_OBJECT_META_BYTES_MAX ||
+        m.meta_len > KVT_OBJECT_SECTION_BYTES_MAX)
         return KVT_E_CORRUPT;
     *out = m;
     return 0;

@@ -1,12 +1,12 @@
 /*
- * Self-describing disk objects, format v3 (see docs/disk.md, "Object format"). Every object the
+ * Self-describing disk objects, format v4 (see docs/disk.md, "Object format"). Every object the
  * disk tier writes starts with a 4 KiB header block naming what it holds (namespace seed, 128-bit
  * key, variant, sequence number, lengths, codec) and its full geometry (layers, KV heads, head dim,
- * element size and dtype, tokens, start position, block size), followed by a metadata frame inside
- * the same block that later formats fill (span abstracts, attention statistics, version info). Two
- * XXH3-64 checks protect it: the header check over bytes 0..127 (identity, lengths, geometry),
- * which is what recovery validates without the body, and the block check over the whole 4 KiB block
- * (metadata frame included), verified by every reader of the whole object.
+ * element size and dtype, tokens, start position, block size), followed by a small metadata frame
+ * inside the same block (version info). Two XXH3-64 checks protect it: the header check over bytes
+ * 0..127 (identity, lengths, geometry), which is what recovery validates without the body, and the
+ * block check over the whole 4 KiB block (metadata frame included), verified by every reader of the
+ * whole object.
  *
  * The body comes in one of two layouts, told apart by the codec id:
  *   - blocked (codec RAW): the rows of each layer, in the canonical order [token][k|v][head][dim],
@@ -17,13 +17,20 @@
  *     kept next to the bytes they check so that a read of any token range of one layer is one
  *     contiguous I/O of the covering blocks (rounded out to 4 KiB) and needs neither the header nor
  *     a separate table read; the identity in the seed means a stale or reused extent never
- * verifies.
+ *     verifies.
  *   - packed (any other codec): the whole raw object compressed (byte shuffle + lz4/zstd) as one
  *     body of stored_len bytes, checked by one XXH3-64 seeded with the identity. A range read of a
  *     packed object reads it whole.
  *
+ * v4 adds an optional metadata section after the body, 4 KiB-aligned: opaque bytes of the
+ * writer's (the daemon keeps a chunk's span abstract there) that are read alone, without the
+ * header or the body, so that a restart restores them without reading payloads. It names the
+ * object it belongs to and carries its own check, seeded with the identity, so a section of a
+ * stale or reused extent never verifies; whole and range reads never touch it. Its length is in
+ * the header (byte 124), so the header alone says how far the object extends.
+ *
  * Header block (byte offsets, little-endian):
- *    0 magic "KVTO" (u32)   4 version (u16, 2)    6 header bytes (u16, 4096)
+ *    0 magic "KVTO" (u32)   4 version (u16, 4)    6 header bytes (u16, 4096)
  *    8 codec id (u32)      12 n_tokens (u32)     16 namespace seed (u64)
  *   24 key.lo (u64)        32 key.hi (u64)       40 raw length (u64)
  *   48 stored length: body bytes after the header block (u64)
@@ -32,17 +39,27 @@
  *   88 start_pos (u64)     96 layer_stride (u64)
  *  104 metadata frame offset (u32, 512)          108 metadata frame bytes (u32)
  *  112 body checksum (u64; packed layout only, else 0)
- *  120 variant (u32)      124 reserved (u32, 0)
+ *  120 variant (u32)      124 metadata section payload bytes (u32; 0 = no section)
  *  128 header check: XXH3-64 of bytes 0..127
  *  512 metadata frame: "KVTM" (u32), frame version (u16, 1), entries (u16), then entries of
  *      type (u16), length (u16), value; the writer's version string is entry type 1.
  * 4088 block check: XXH3-64 of bytes 0..4087
  *
- * Format v2 is v3 without the variant: its header check sits at 120 over bytes 0..119. A v2
- * object (written before variants existed) is still read, as variant 0, so a store upgraded in
- * place keeps serving what it holds; only v3 is written. The identity seed of the body checks
- * leaves the variant out in both formats: the sequence number already differs between any two
- * objects of a store, variants of one key included, and a v2 body verifies unchanged.
+ * Metadata section, at kvt_object_section_off (the first 4 KiB boundary after the body):
+ *    0 magic "KVTX" (u32)   4 section version (u16, 1)   6 head bytes (u16, 64)
+ *    8 payload bytes (u32) 12 reserved (u32, 0)         16 namespace seed (u64)
+ *   24 key.lo (u64)        32 key.hi (u64)              40 sequence (u64)
+ *   48 variant (u32)       52 reserved (u32, 0)
+ *   56 check: XXH3-64 of the payload seeded with the XXH3-64 of bytes 0..55 seeded with the
+ *      identity
+ *   64 payload
+ *
+ * Format v3 is v4 without the section: byte 124 was reserved (0). Format v2 is v3 without the
+ * variant: its header check sits at 120 over bytes 0..119. Objects of both are still read (a v2
+ * one as variant 0), so a store upgraded in place keeps serving what it holds; only v4 is
+ * written. The identity seed of the body checks leaves the variant out in every format: the
+ * sequence number already differs between any two objects of a store, variants of one key
+ * included, and a v2 body verifies unchanged.
  */
 #ifndef KVT_TIERS_DISK_OBJECT_H
 #define KVT_TIERS_DISK_OBJECT_H
@@ -54,15 +71,21 @@
 #include "tiers/codec.h"
 
 #define KVT_OBJECT_MAGIC 0x4f54564bu /* "KVTO" read as little-endian u32 */
-#define KVT_OBJECT_VERSION 3u
-#define KVT_OBJECT_VERSION_V2 2u /* read only: variant 0 */
+#define KVT_OBJECT_VERSION 4u
+#define KVT_OBJECT_VERSION_V3 3u /* read only: no metadata section */
+#define KVT_OBJECT_VERSION_V2 2u /* read only: variant 0, no metadata section */
 #define KVT_OBJECT_HEADER_BYTES 4096u
 #define KVT_OBJECT_TRAILER_BYTES 8u
 #define KVT_OBJECT_BLOCK_TOKENS 16u /* default block size in tokens */
 #define KVT_OBJECT_LAYERS_MAX 1024u
 #define KVT_OBJECT_META_OFF 512u
 #define KVT_OBJECT_META_BYTES_MAX (4088u - KVT_OBJECT_META_OFF)
-#define KVT_OBJECT_META_VERSION_INFO 1u /* metadata entry: writer's version string */
+#define KVT_OBJECT_META_VERSION_INFO 1u      /* metadata entry: writer's version string */
+#define KVT_OBJECT_SECTION_MAGIC 0x5854564bu /* "KVTX" */
+#define KVT_OBJECT_SECTION_VERSION 1u
+#define KVT_OBJECT_SECTION_HEAD_BYTES 64u
+/* Largest metadata section payload: far above any abstract of an object the store takes. */
+#define KVT_OBJECT_SECTION_BYTES_MAX (256u << 20)
 
 /* What the writer knows of a chunk's shape. Zero fields are unknown; an unknown geometry is one
  * layer covering all bytes (rows of raw_len / n_tokens bytes when that divides, else one block). */
@@ -88,6 +111,7 @@ struct kvt_object_meta {
     struct kvt_object_geom g;
     uint32_t row_bytes;    /* bytes of one token of one layer; 0 = opaque (one block) */
     uint64_t layer_stride; /* bytes between layer starts in the blocked body (multiple of 4 KiB) */
+    uint32_t meta_len;     /* payload bytes of the metadata section after the body; 0 = none */
 };
 
 /* Fills the derived fields of m (normalised geometry, row_bytes, layer_stride, and for the blocked
@@ -95,8 +119,13 @@ struct kvt_object_meta {
  * geometry does not describe raw_len bytes. */
 int kvt_object_layout(struct kvt_object_meta *m);
 
-/* Bytes of the whole object on disk before padding: header block plus body. */
+/* Bytes of the whole object on disk before padding: header block, body and, when meta_len > 0,
+ * the metadata section. */
 uint64_t kvt_object_bytes(const struct kvt_object_meta *m);
+/* Bytes of the header block and the body: what a whole or lending read needs. */
+uint64_t kvt_object_body_bytes(const struct kvt_object_meta *m);
+/* Offset of the metadata section in the object: the first 4 KiB boundary after the body. */
+uint64_t kvt_object_section_off(const struct kvt_object_meta *m);
 
 /* Blocks per layer of the blocked layout. */
 uint32_t kvt_object_layer_blocks(const struct kvt_object_meta *m);
@@ -120,16 +149,26 @@ int kvt_object_get_rows(const void *buf, uint64_t buf_off, size_t buf_bytes,
 
 /* Writes the header block for m at buf (laid out by kvt_object_layout, stored_len final) with a
  * metadata frame holding the version info; for the packed layout the body (stored_len bytes at
- * buf + KVT_OBJECT_HEADER_BYTES) must be in place: its checksum is taken here. */
+ * buf + KVT_OBJECT_HEADER_BYTES) must be in place: its checksum is taken here. With meta_len > 0
+ * the section's payload must be in place too, at buf + kvt_object_section_off(m) +
+ * KVT_OBJECT_SECTION_HEAD_BYTES: the section's head and check are written here. */
 void kvt_object_seal(void *buf, const struct kvt_object_meta *m);
 
-/* Parses and validates a header (magic, version 3 or 2, header check, consistent geometry and
- * lengths; not the block check). Returns 0 and fills *out (variant 0 for v2), or KVT_E_CORRUPT.
- * Reads 136 bytes. */
+/* Validates the metadata section at sec (bytes readable there) against the object m names
+ * (namespace seed, key, variant, sequence, raw length; m->meta_len when known, else 0): 0 with
+ * *payload (borrowed from sec) and *len, or KVT_E_CORRUPT. Needs neither the header nor the body.
+ */
+int kvt_object_section_get(const void *sec, size_t bytes, const struct kvt_object_meta *m,
+                           const void **payload, uint32_t *len);
+
+/* Parses and validates a header (magic, version 4, 3 or 2, header check, consistent geometry and
+ * lengths; not the block check). Returns 0 and fills *out (variant 0 for v2, meta_len 0 before
+ * v4), or KVT_E_CORRUPT. Reads 136 bytes. */
 int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out);
 
-/* Validates the header and every checksum of the body; buf_bytes is how many bytes are available
- * at buf. Returns 0 and fills *out, or KVT_E_CORRUPT (including a body past buf_bytes). */
+/* Validates the header and every checksum of the body (not the metadata section: a torn section
+ * costs the object its metadata, never its bytes); buf_bytes is how many bytes are available at
+ * buf. Returns 0 and fills *out, or KVT_E_CORRUPT (including a body past buf_bytes). */
 int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta *out);
 
 /* Validates and decodes a whole object into dst (cap >= raw_len) in one pass, filling *out.

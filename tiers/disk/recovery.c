@@ -47,7 +47,9 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
     return 0;
 }
 
-/* A PUT record's geometry must give exactly its lengths, or range reads would miss their blocks. */
+/* A PUT record's geometry must give exactly its lengths, or range reads would miss their blocks.
+ * Records carry no length for a metadata section (they predate it): an extent may extend past the
+ * body by at most the largest section, and the section names its own length. */
 static int rec_layout_ok(const struct rec *r)
 {
     struct kvt_object_meta m;
@@ -63,7 +65,10 @@ static int rec_layout_ok(const struct rec *r)
         m.row_bytes != r->row_bytes || m.stored_len != r->stored_len ||
         (r->codec != KVT_CODEC_RAW && r->stored_len > r->raw_len))
         return 0;
-    return r->blocks == kvt__disk_blocks_for(kvt_object_bytes(&m));
+    uint64_t body = kvt__disk_blocks_for(kvt_object_body_bytes(&m));
+    return r->blocks >= body &&
+           r->blocks - body <= kvt__disk_blocks_for(KVT_OBJECT_SECTION_HEAD_BYTES +
+                                                    (uint64_t)KVT_OBJECT_SECTION_BYTES_MAX);
 }
 
 /* Applies one PUT or DEL record in history order. A PUT wins over an older entry; a DEL turns
@@ -360,22 +365,25 @@ static int scan_files(struct kvt_disk *d, uint64_t ck_next_seq, uint64_t *max_se
                 b++;
                 continue;
             }
+            /* The object's extent, and the part verified here: its header and body (a metadata
+             * section is checked when it is read; a torn one costs the object nothing else). */
             uint64_t nb = kvt__disk_blocks_for(kvt_object_bytes(&m));
+            uint64_t nv = kvt__disk_blocks_for(kvt_object_body_bytes(&m));
             if (b + nb > n_blocks) {
                 b++;
                 continue;
             }
-            if (b + nb > ws + wn) {
+            if (b + nv > ws + wn) {
                 rc = scan_window(d, f, b, n_blocks, &ws, &wn);
                 if (rc)
                     return rc;
                 p = d->staging;
-                if (nb > wn) {
+                if (nv > wn) {
                     b++;
                     continue;
                 }
             }
-            if (kvt_object_verify(p, (size_t)(nb * BLOCK), &m) != 0) {
+            if (kvt_object_verify(p, (size_t)(nv * BLOCK), &m) != 0) {
                 d->st.scan_dropped++;
                 b++;
                 continue;
@@ -413,7 +421,8 @@ static int header_matches(const struct ient *e, const unsigned char *blk)
            m.key.lo == e->key_lo && m.key.hi == e->key_hi && m.variant == e->variant &&
            m.seq == e->seq && m.raw_len == e->raw_len && m.stored_len == e->stored_len &&
            m.codec == e->codec && m.g.n_layers == e->n_layers &&
-           m.g.block_tokens == e->block_tokens && m.row_bytes == e->row_bytes;
+           m.g.block_tokens == e->block_tokens && m.row_bytes == e->row_bytes &&
+           kvt__disk_blocks_for(kvt_object_bytes(&m)) == e->blocks;
 }
 
 /* Reads the first block of each listed entry through the ring, as many at once as the ring and

@@ -120,6 +120,31 @@ static void range_done(struct kvt_disk *d, uint32_t i, unsigned char *slot, size
     kvt__disk_op_finish(d, i, (int)want);
 }
 
+/* A metadata section landed: it names its object and length and carries its check. A section
+ * that fails is reported, never its bytes, and the object stays: its payload is checked on its
+ * own when it is read. */
+static void meta_done(struct kvt_disk *d, uint32_t i, const unsigned char *slot, size_t got)
+{
+    struct op *o = &d->ops[i];
+    struct kvt_object_meta m;
+    const void *payload;
+    uint32_t len;
+
+    memset(&m, 0, sizeof(m));
+    m.ns_seed = o->id.ns_seed;
+    m.key = o->id.key;
+    m.variant = o->id.variant;
+    m.seq = o->seq;
+    m.raw_len = o->raw_len;
+    if (kvt_object_section_get(slot, got, &m, &payload, &len) != 0 || len > o->cap) {
+        d->st.meta_checksum_failures++;
+        kvt__disk_op_finish(d, i, KVT_E_CORRUPT);
+        return;
+    }
+    memcpy(o->dst, payload, len);
+    kvt__disk_op_finish(d, i, (int)len);
+}
+
 static void read_done(struct kvt_disk *d, uint32_t i, int res)
 {
     struct op *o = &d->ops[i];
@@ -138,6 +163,10 @@ static void read_done(struct kvt_disk *d, uint32_t i, int res)
     }
     if (o->range) {
         range_done(d, i, slot, (size_t)res);
+        return;
+    }
+    if (o->meta) {
+        meta_done(d, i, slot, (size_t)res);
         return;
     }
     if (kvt_object_decode(d->codec, slot, (size_t)res, o->dst, o->cap, &m) != 0 ||
@@ -183,9 +212,10 @@ static void handle_cqe(struct kvt_disk *d, uint64_t ud, int res)
         return;
     }
     assert(kind == UD_OP && i < d->n_ops && d->ops[i].state == ST_INFLIGHT);
-    kvt_hist_observe_since_ns(d->ops[i].kind == OP_READ ? &d->st.read_latency_us
-                                                        : &d->st.write_latency_us,
-                              d->ops[i].submit_ns);
+    if (!d->ops[i].meta) /* metadata reads are a start-up pass, not the data path */
+        kvt_hist_observe_since_ns(d->ops[i].kind == OP_READ ? &d->st.read_latency_us
+                                                            : &d->st.write_latency_us,
+                                  d->ops[i].submit_ns);
     if (res >= 0 && (uint64_t)res != d->ops[i].io_bytes) {
         /* A short transfer on a preallocated extent means the device misbehaved. */
         kvt__disk_count_io_error(d);

@@ -1,7 +1,8 @@
 /*
  * The disk store behind the tier operations table (tiers/tier.h): a persistent tier that names
  * objects by id. Writes are the store's two-phase write, with fill (the encoding) on whatever
- * thread calls it, each thread keeping an encoder of its own; reads and removals are the store's.
+ * thread calls it, each thread keeping an encoder of its own, and the metadata a write carries in
+ * the object's section after the body; reads, metadata reads and removals are the store's.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -15,6 +16,8 @@ struct disk_write {
     struct kvt_disk_wslot ws;
     const struct kvt_codec_config *codec;
     uint32_t elem_bytes;
+    kvt_tier_meta_fn meta_write; /* with meta_ctx: the caller's, until fill returned */
+    void *meta_ctx;
 };
 _Static_assert(sizeof(struct disk_write) <= KVT_TIER_WRITE_PRIV_BYTES, "disk write state");
 _Static_assert(sizeof(struct kvt_disk_sync) <= KVT_TIER_SYNC_PRIV_BYTES, "disk sync state");
@@ -91,9 +94,13 @@ static int dt_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_
         g.sparse = o->geom->sparse;
         gp = &g;
     }
-    int rc = kvt_disk_write_reserve_geom(dt->d, &o->id, o->length, o->n_tokens, gp, &dw->ws);
+    uint32_t meta_len = o->meta_write ? o->meta_len : 0;
+    int rc =
+        kvt_disk_write_reserve_meta(dt->d, &o->id, o->length, o->n_tokens, gp, meta_len, &dw->ws);
     if (rc)
         return rc;
+    dw->meta_write = o->meta_write;
+    dw->meta_ctx = o->meta_ctx;
     dw->codec = &dt->codec;
     dw->elem_bytes = o->elem_bytes ? o->elem_bytes : 1;
     w->loc = 0;
@@ -107,6 +114,8 @@ static int dt_fill(struct kvt_tier_write *w, const void *src)
     struct kvt_codec *codec = thread_codec(dw->codec);
     if (!codec)
         return KVT_E_NOMEM;
+    dw->ws.meta_write = dw->meta_write;
+    dw->ws.meta_ctx = dw->meta_ctx;
     return kvt_disk_encode(codec, &dw->ws, src, dw->elem_bytes);
 }
 
@@ -143,6 +152,15 @@ static int dt_read_range(void *tier, const struct kvt_obj_id *id, kvt_tier_loc l
     return rc ? rc : KVT_TIER_LATER;
 }
 
+static int dt_read_meta(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
+                        size_t cap, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_disk_tier *dt = tier;
+    (void)loc;
+    int rc = kvt_disk_read_meta(dt->d, id, dst, cap, done, arg);
+    return rc ? rc : KVT_TIER_LATER;
+}
+
 static int dt_remove(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc)
 {
     struct kvt_disk_tier *dt = tier;
@@ -171,7 +189,10 @@ struct enum_ctx {
 static int dt_enum_one(void *arg, const struct kvt_disk_obj_info *info)
 {
     struct enum_ctx *ec = arg;
-    struct kvt_tier_obj o = {.id = info->id, .length = info->raw_len, .n_tokens = info->n_tokens};
+    struct kvt_tier_obj o = {.id = info->id,
+                             .length = info->raw_len,
+                             .n_tokens = info->n_tokens,
+                             .meta_len = info->meta_bytes_max};
     return ec->fn(ec->arg, &o, 0);
 }
 
@@ -224,13 +245,14 @@ static int dt_wait(void *tier, int timeout_ms)
 const struct kvt_tier_ops kvt_disk_tier_ops = {
     .name = "disk",
     .id = KVT_TIER_DISK,
-    .caps = KVT_TIER_CAP_PERSISTENT | KVT_TIER_CAP_RANGE,
+    .caps = KVT_TIER_CAP_PERSISTENT | KVT_TIER_CAP_RANGE | KVT_TIER_CAP_META,
     .reserve = dt_reserve,
     .fill = dt_fill,
     .commit = dt_commit,
     .cancel = dt_cancel,
     .read = dt_read,
     .read_range = dt_read_range,
+    .read_meta = dt_read_meta,
     .remove = dt_remove,
     .sync = dt_sync,
     .enumerate = dt_enumerate,
