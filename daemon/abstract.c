@@ -98,6 +98,26 @@ struct kvt_abs *kvt_abs_alloc(const struct kvt_abs_geom *g, const struct kvt_spa
     return a;
 }
 
+struct kvt_abs *kvt_abs_alloc_spans(const struct kvt_abs_geom *g, uint32_t n_spans)
+{
+    if (!g->n_layers || !g->n_heads || !g->head_dim || !g->n_tokens ||
+        g->n_tokens > UINT16_MAX + 1u || n_spans < g->n_layers ||
+        (uint64_t)n_spans > (uint64_t)g->n_layers * g->n_tokens)
+        return NULL;
+    size_t bytes = abs_size(g, n_spans);
+    uint8_t *m = kvt_malloc(KVT_ALLOC_ABSTRACT, bytes);
+    if (!m)
+        return NULL;
+    struct kvt_abs *a = (struct kvt_abs *)m;
+    memset(a, 0, sizeof(*a));
+    a->refs = 1;
+    a->g = *g;
+    a->bytes = bytes;
+    a->n_spans = n_spans;
+    abs_carve(a, m, n_spans);
+    return a;
+}
+
 void kvt_abs_unref(struct kvt_abs *a)
 {
     if (a && --a->refs == 0)
@@ -290,17 +310,22 @@ void kvt_abs_store_drop(struct kvt_abs_store *st, uint32_t id)
     st->v[id] = NULL;
 }
 
-void kvt_abs_store_set(struct kvt_abs_store *st, uint32_t id, struct kvt_abs *a)
+int kvt_abs_store_keep(struct kvt_abs_store *st, uint32_t id, struct kvt_abs *a)
 {
     kvt_abs_store_drop(st, id);
     if (!a)
-        return;
+        return 0;
     if (id >= st->cap || !a->n_spans || !kvt_abs_store_room(st, a->bytes)) {
         st->dropped++;
         kvt_abs_unref(a);
-        return;
+        return 0;
     }
     st->v[id] = a;
     st->bytes += a->bytes;
-    st->built++;
+    return 1;
+}
+
+void kvt_abs_store_set(struct kvt_abs_store *st, uint32_t id, struct kvt_abs *a)
+{
+    st->built += (uint64_t)kvt_abs_store_keep(st, id, a);
 }

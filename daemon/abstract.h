@@ -66,6 +66,11 @@ int kvt_span_policy_resolve(const struct kvt_span_policy *asked, const struct kv
  * finest cut, with one reference. NULL when out of memory or g is empty. Loop thread. */
 struct kvt_abs *kvt_abs_alloc(const struct kvt_abs_geom *g, const struct kvt_span_policy *p);
 
+/* Allocates an abstract of geometry g with room for exactly n_spans spans over all layers (one
+ * reference; its arrays uninitialised, n_spans set): what a serialized abstract is read into
+ * (daemon/abstract_io.h). NULL when out of memory or g or n_spans is out of range. */
+struct kvt_abs *kvt_abs_alloc_spans(const struct kvt_abs_geom *g, uint32_t n_spans);
+
 /* Fills a from the chunk's fp16 bytes (canonical layout, g's geometry). Any thread: it touches
  * only a and chunk. */
 void kvt_abs_build(struct kvt_abs *a, const struct kvt_span_policy *p, const uint16_t *chunk);
@@ -108,6 +113,9 @@ int kvt_abs_store_room(const struct kvt_abs_store *st, size_t bytes);
 /* Gives entry id the abstract a (the store takes the caller's reference; a previous one is
  * dropped). A store without room drops a instead and counts it. */
 void kvt_abs_store_set(struct kvt_abs_store *st, uint32_t id, struct kvt_abs *a);
+/* The same without counting a as built (an abstract read back from disk at start): 1 when a is
+ * kept, 0 when it was dropped. */
+int kvt_abs_store_keep(struct kvt_abs_store *st, uint32_t id, struct kvt_abs *a);
 /* The entry's abstract (borrowed), or NULL. */
 static inline struct kvt_abs *kvt_abs_store_get(const struct kvt_abs_store *st, uint32_t id)
 {
