@@ -114,6 +114,11 @@ void kvt__ops_append_chunks(struct kvt_server *s, struct kvt_conn *c, struct kvt
         struct kvt_obj_id oid = {x->ns_seed, {r->keys[i]->lo, r->keys[i]->hi}, r->keys[i]->variant};
         uint32_t id = kvt_index_find(&s->idx, &oid);
         struct kvt_abs *a = kvt_abs_store_get(&s->abs, id);
+        /* An abstract read back from disk was checked against its chunk's size only: one of
+         * another shape than the namespace's is never scored. */
+        if (a && (a->g.n_layers != x->n_layers || a->g.n_heads != x->n_heads ||
+                  a->g.head_dim != x->head_dim))
+            a = NULL;
         without += a == NULL;
         kvt_ctx_append(x, &oid, a, r->start_pos[i], kvt_index_at(&s->idx, id)->n_tokens);
     }

@@ -669,4 +669,8 @@ const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
     .abandoned = tm_abandoned,
     .delete_abandoned = tm_delete_abandoned,
     .geom = tm_geom,
+    .meta_pin = kvt__ops_meta_pin,
+    .meta_release = kvt__ops_meta_release,
+    .meta_want = kvt__ops_meta_want,
+    .meta_loaded = kvt__ops_meta_loaded,
 };

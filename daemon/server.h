@@ -91,6 +91,10 @@
       "Puts refused because the index was full and nothing could be evicted")                      \
     X(A, tier_full, KVT_STAT_COUNTER, "", "Puts refused because the CPU tier was full")            \
     X(A, worker_jobs, KVT_STAT_COUNTER, "", "copies handed to the worker threads")                 \
+    X(A, abstracts_restored, KVT_STAT_COUNTER, "",                                                 \
+      "span abstracts read back from disk at start (no payload read)")                             \
+    X(A, abstracts_restore_failed, KVT_STAT_COUNTER, "",                                           \
+      "span abstracts on disk not restored: corrupt or unreadable (the chunk is kept whole)")      \
     X(A, contexts_opened, KVT_STAT_COUNTER, "", "contexts opened")                                 \
     X(A, context_chunks_appended, KVT_STAT_COUNTER, "", "chunks appended to contexts")             \
     X(A, context_chunks_without_abstract, KVT_STAT_COUNTER, "",                                    \
@@ -227,6 +231,7 @@ struct kvt_server {
     uint64_t next_conn_id;
     uint64_t start_ms;
     struct kvt_abs_store abs;         /* span abstracts, by index entry */
+    uint64_t abs_restore_pending;     /* start: bytes of abstracts being read back from disk */
     struct kvt_ctx_table ctx;         /* open contexts */
     struct kvt_sel_scratch sel;       /* Select's working memory */
     struct kvt_span_policy span_dflt; /* abstract.* settings */
@@ -259,6 +264,16 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
 size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
 /* The tier manager's completions, answered by the request handlers (ops_data.c). */
 extern const struct kvt_tm_callbacks kvt__ops_tm_callbacks;
+/* Its metadata callbacks (ops_meta.c): a chunk's span abstract, serialized, beside its disk copy,
+ * and back into the abstract store at start. */
+int kvt__ops_meta_pin(void *arg, uint32_t id, struct kvt_tm_meta *out);
+void kvt__ops_meta_release(void *arg, struct kvt_tm_meta *m);
+int kvt__ops_meta_want(void *arg, uint32_t id, uint32_t want_len);
+void kvt__ops_meta_loaded(void *arg, uint32_t id, uint32_t want_len, const void *bytes, size_t len,
+                          int status);
+/* Start, after the tiers opened: the abstracts of the chunks on disk, read without their
+ * payloads (kvt_tm_load_meta), bounded by abstract.bytes_max; logs what it restored. */
+void kvt__server_abstracts_restore(struct kvt_server *s);
 
 /* The tiers and the tier manager over them (tierset.c): open after the index, the namespace
  * table, the workers and the loop; close after the workers stopped. */

@@ -29,8 +29,9 @@ struct kvt_demote {
     struct kvt_demote *next_free;
     struct kvt_tier_write w;
     struct kvt_tm *tm;
-    struct kvt_tm_io *io; /* write-through Put waiting for durability, or NULL */
-    struct kvt_obj_id id; /* what is written (the entry may be reused meanwhile) */
+    struct kvt_tm_io *io;    /* write-through Put waiting for durability, or NULL */
+    struct kvt_obj_id id;    /* what is written (the entry may be reused meanwhile) */
+    struct kvt_tm_meta meta; /* what the fill writes beside the bytes, pinned until it returned */
     uint32_t entry;
     uint32_t gen;
     uint32_t tier; /* position written to */
@@ -234,6 +235,14 @@ static void fill_job(struct kvt_job *job)
     job->res = ops_of(d->tm, d->tier)->fill(&d->w, job->src);
 }
 
+/* The metadata of a write is the caller's again once the fill that reads it returned. */
+static void meta_unpin(struct kvt_tm *tm, struct kvt_demote *d)
+{
+    if (d->meta.len && tm->cb->meta_release)
+        tm->cb->meta_release(tm->cb_arg, &d->meta);
+    memset(&d->meta, 0, sizeof(d->meta));
+}
+
 static void demote_filled(struct kvt_job *job)
 {
     struct kvt_demote *d = (struct kvt_demote *)job;
@@ -241,6 +250,7 @@ static void demote_filled(struct kvt_job *job)
     struct kvt_entry *e = entry(tm, d->entry);
     const struct kvt_tier_ops *ops = ops_of(tm, d->tier);
     void *t = tm->tiers[d->tier].t;
+    meta_unpin(tm, d);
     e->refs--;
     tm->encoding_bytes -= d->job.len;
     int rc = job->res;
@@ -294,7 +304,18 @@ static int demote_start(struct kvt_tm *tm, uint32_t id, struct kvt_tm_io *io)
                              .owner = e->owner};
     if (tm->cb->geom && tm->cb->geom(tm->cb_arg, e, &geom) == 0)
         o.geom = &geom;
+    memset(&d->meta, 0, sizeof(d->meta));
+    if ((ops_of(tm, ti)->caps & KVT_TIER_CAP_META) && tm->cb->meta_pin &&
+        tm->cb->meta_pin(tm->cb_arg, id, &d->meta) == 0 && d->meta.len) {
+        o.meta_len = d->meta.len;
+        o.meta_write = d->meta.write;
+        o.meta_ctx = d->meta.ctx;
+    } else {
+        memset(&d->meta, 0, sizeof(d->meta));
+    }
     int rc = ops_of(tm, ti)->reserve(tm->tiers[ti].t, &o, &d->w);
+    if (rc)
+        meta_unpin(tm, d);
     if (rc == KVT_E_EXISTS) {
         e->at[ti] = KVT_AT_READY;
         e->loc[ti] = 0;
@@ -1185,6 +1206,183 @@ static void recover(struct kvt_tm *tm)
     }
     kvt_free(KVT_ALLOC_TIER, lc);
     tm->st.recovery_ms = kvt_now_ms() - t0;
+}
+
+/* ---- metadata at start ---------------------------------------------------------------------- */
+
+#define LOAD_INFLIGHT 64
+#define LOAD_BYTES_MAX (64u << 20)
+#define LOAD_LOG_MS 2000
+
+/* A chunk whose metadata is to be read: its entry and how many bytes a buffer needs. */
+struct load_item {
+    uint32_t entry;
+    uint32_t len;
+};
+
+struct load_slot {
+    struct load_meta *lm;
+    uint32_t entry;
+    void *buf;
+    uint32_t len;
+};
+
+struct load_meta {
+    struct kvt_tm *tm;
+    uint32_t tier;
+    struct load_item *items;
+    uint64_t n, cap;
+    struct load_slot slots[LOAD_INFLIGHT];
+    uint32_t free_slots[LOAD_INFLIGHT];
+    uint32_t n_free;
+    uint64_t bytes_inflight, done;
+};
+
+static int collect_meta(void *arg, const struct kvt_tier_obj *o, kvt_tier_loc loc)
+{
+    struct load_meta *lm = arg;
+    struct kvt_tm *tm = lm->tm;
+    (void)loc;
+    if (!o->meta_len || lm->n == lm->cap)
+        return lm->n == lm->cap;
+    uint32_t id = kvt_index_find(tm->idx, &o->id);
+    /* Only a copy the index serves from this tier: one it disagreed with was dropped. */
+    if (id == KVT_INDEX_NIL || entry(tm, id)->at[lm->tier] != KVT_AT_READY ||
+        entry(tm, id)->length != o->length)
+        return 0;
+    lm->items[lm->n++] = (struct load_item){.entry = id, .len = o->meta_len};
+    return 0;
+}
+
+static void load_finish(struct load_meta *lm, uint32_t slot, int res)
+{
+    struct kvt_tm *tm = lm->tm;
+    struct load_slot *sl = &lm->slots[slot];
+    if (res >= 0) {
+        tm->st.meta_loaded++;
+        tm->st.meta_load_bytes += (uint64_t)res;
+        tm->cb->meta_loaded(tm->cb_arg, sl->entry, sl->len, sl->buf, (size_t)res, 0);
+    } else {
+        tm->st.meta_load_failures++;
+        tm->cb->meta_loaded(tm->cb_arg, sl->entry, sl->len, NULL, 0, res);
+    }
+    kvt_free(KVT_ALLOC_TIER, sl->buf);
+    sl->buf = NULL;
+    lm->bytes_inflight -= sl->len;
+    lm->free_slots[lm->n_free++] = slot;
+    lm->done++;
+}
+
+static void load_done(void *arg, int res)
+{
+    struct load_slot *sl = arg;
+    load_finish(sl->lm, (uint32_t)(sl - sl->lm->slots), res);
+}
+
+/* Reads the metadata of the listed chunks of tier lm->tier, as many at once as the slots, the
+ * byte bound and the tier allow, waiting for completions in between. */
+static int load_tier(struct load_meta *lm)
+{
+    struct kvt_tm *tm = lm->tm;
+    const struct kvt_tier_ops *ops = ops_of(tm, lm->tier);
+    void *t = tm->tiers[lm->tier].t;
+    uint64_t next = 0, t0 = kvt_now_ms(), logged = t0;
+    int rc = 0;
+
+    lm->n_free = LOAD_INFLIGHT;
+    for (uint32_t i = 0; i < LOAD_INFLIGHT; i++)
+        lm->free_slots[i] = LOAD_INFLIGHT - 1 - i;
+    lm->done = 0;
+    while (lm->done < lm->n) {
+        while (next < lm->n && lm->n_free &&
+               (lm->bytes_inflight == 0 ||
+                lm->bytes_inflight + lm->items[next].len <= LOAD_BYTES_MAX)) {
+            const struct load_item *it = &lm->items[next];
+            /* Asked just before the read, so that what the caller keeps bounds what is read. */
+            if (!tm->cb->meta_want(tm->cb_arg, it->entry, it->len)) {
+                next++;
+                lm->done++;
+                continue;
+            }
+            uint32_t slot = lm->free_slots[--lm->n_free];
+            struct load_slot *sl = &lm->slots[slot];
+            sl->lm = lm;
+            sl->entry = it->entry;
+            sl->len = it->len;
+            sl->buf = kvt_malloc(KVT_ALLOC_TIER, it->len);
+            lm->bytes_inflight += it->len;
+            if (!sl->buf) {
+                load_finish(lm, slot, KVT_E_NOMEM);
+                rc = KVT_E_NOMEM;
+                next++;
+                continue;
+            }
+            struct kvt_entry *e = entry(tm, it->entry);
+            int r = ops->read_meta(t, &e->id, e->loc[lm->tier], sl->buf, it->len, load_done, sl);
+            next++;
+            if (r == KVT_TIER_LATER)
+                continue;
+            if (r == KVT_E_BUSY && lm->n_free + 1 < LOAD_INFLIGHT) {
+                /* The tier's buffers are taken by our reads: this one waits for a completion
+                 * (and is asked for again: the caller counted it as wanted). */
+                kvt_free(KVT_ALLOC_TIER, sl->buf);
+                sl->buf = NULL;
+                lm->bytes_inflight -= it->len;
+                lm->free_slots[lm->n_free++] = slot;
+                tm->cb->meta_loaded(tm->cb_arg, it->entry, it->len, NULL, 0, KVT_E_BUSY);
+                next--;
+                break;
+            }
+            /* Refused at once (a tier that is busy with nothing of ours in flight, too): this
+             * chunk goes without its metadata. A metadata read always completes later. */
+            load_finish(lm, slot, r ? r : KVT_E_INVAL);
+        }
+        if (lm->done < lm->n)
+            ops->wait(t, 100);
+        uint64_t now = kvt_now_ms();
+        if (now - logged >= LOAD_LOG_MS) {
+            logged = now;
+            KVT_INFO("tier", "reading metadata from %s: %llu of %llu chunks (%llu MiB) in %llu ms",
+                     ops->name, (unsigned long long)lm->done, (unsigned long long)lm->n,
+                     (unsigned long long)(tm->st.meta_load_bytes >> 20),
+                     (unsigned long long)(now - t0));
+        }
+    }
+    return rc;
+}
+
+int kvt_tm_load_meta(struct kvt_tm *tm)
+{
+    uint64_t t0 = kvt_now_ms();
+    int rc = 0;
+    if (!tm->cb->meta_want || !tm->cb->meta_loaded)
+        return 0;
+    struct load_meta *lm = kvt_calloc(KVT_ALLOC_TIER, 1, sizeof(*lm));
+    if (!lm)
+        return KVT_E_NOMEM;
+    for (uint32_t i = 1; i < tm->n_tiers && rc == 0; i++) {
+        const struct kvt_tier_ops *ops = ops_of(tm, i);
+        if (!(ops->caps & KVT_TIER_CAP_META) || !ops->read_meta || !ops->enumerate)
+            continue;
+        struct kvt_tier_stats ts;
+        ops->stats(tm->tiers[i].t, &ts);
+        lm->tm = tm;
+        lm->tier = i;
+        lm->n = 0;
+        lm->cap = ts.objects < tm->idx->cap ? ts.objects : tm->idx->cap;
+        lm->items = lm->cap ? kvt_malloc(KVT_ALLOC_TIER, lm->cap * sizeof(*lm->items)) : NULL;
+        if (lm->cap && !lm->items) {
+            rc = KVT_E_NOMEM;
+            break;
+        }
+        ops->enumerate(tm->tiers[i].t, collect_meta, lm);
+        rc = load_tier(lm);
+        kvt_free(KVT_ALLOC_TIER, lm->items);
+        lm->items = NULL;
+    }
+    kvt_free(KVT_ALLOC_TIER, lm);
+    tm->st.meta_load_ms = kvt_now_ms() - t0;
+    return rc;
 }
 
 int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,

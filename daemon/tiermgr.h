@@ -25,6 +25,9 @@
  *   first by a CLOCK sweep over the index (a chunk read or written since the hand last passed
  *   gets a second chance): the disk is a cache too.
  * - At start the disk's objects are enumerated into the index, so a restarted daemon serves them.
+ * - A lower-tier copy carries opaque metadata the daemon hands over (its span abstract; the tier
+ *   manager never looks inside), and kvt_tm_load_meta gives it back at start, read from the lower
+ *   tiers without their payloads.
  *
  * Writing to a lower tier (its fill: shuffle + compression + checksum for the disk) runs on the
  * worker pool; the loop only reserves and commits. Every asynchronous completion re-checks the
@@ -74,7 +77,13 @@ struct kvt_loop;
       "Deletes answered only once their tombstones were durable")                                  \
     X(A, delete_busy, KVT_STAT_COUNTER, "",                                                        \
       "Deletes refused because too many were waiting for durability")                              \
-    X(A, recovery_ms, KVT_STAT_GAUGE, "ms", "time the start-up recovery from disk took")
+    X(A, recovery_ms, KVT_STAT_GAUGE, "ms", "time the start-up recovery from disk took")           \
+    X(A, meta_loaded, KVT_STAT_COUNTER, "",                                                        \
+      "chunks whose metadata (span abstract) was read back from a lower tier at start")            \
+    X(A, meta_load_failures, KVT_STAT_COUNTER, "",                                                 \
+      "metadata reads at start that failed (corrupt, I/O error): the chunk has none")              \
+    X(A, meta_load_bytes, KVT_STAT_COUNTER, "bytes", "bytes of metadata read back at start")       \
+    X(A, meta_load_ms, KVT_STAT_GAUGE, "ms", "time reading the metadata back at start took")
 #define KVT_TM_STATS(A) KVT_TM_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 struct kvt_tm_stats {
@@ -126,6 +135,15 @@ struct kvt_tm_io {
     struct kvt_tm_io *next;
 };
 
+/* Opaque metadata the daemon stores with a chunk's lower-tier copy (its span abstract): len bytes
+ * that write puts at dst on a worker during the copy's fill, reading only ctx, which meta_pin
+ * pinned until meta_release. */
+struct kvt_tm_meta {
+    uint32_t len; /* 0: none */
+    kvt_tier_meta_fn write;
+    void *ctx;
+};
+
 /* How the tier manager reports the I/O it finishes later. Each callback owns the io again and
  * answers its request; none may call back into the tier manager's queues synchronously except
  * the kvt_tm_memory_ptr/kvt_tm_release family. After kvt_tm_stop only abandoned runs. */
@@ -147,6 +165,19 @@ struct kvt_tm_callbacks {
     void (*delete_abandoned)(void *arg, void *ctx);
     /* The shape of entry e's chunk, for range-readable lower-tier copies; nonzero: unknown. */
     int (*geom)(void *arg, const struct kvt_entry *e, struct kvt_chunk_geom *out);
+    /* The metadata to store with entry id's lower-tier copy, pinned until meta_release (which
+     * runs once the copy's fill returned, whatever became of the write); nonzero or len 0: none.
+     * Only for tiers with KVT_TIER_CAP_META. May be NULL, with the three below. */
+    int (*meta_pin)(void *arg, uint32_t id, struct kvt_tm_meta *out);
+    void (*meta_release)(void *arg, struct kvt_tm_meta *m);
+    /* kvt_tm_load_meta, just before a read: whether to read entry id's metadata, at most want_len
+     * bytes; nonzero: read it, and meta_loaded follows, with the same want_len. */
+    int (*meta_want)(void *arg, uint32_t id, uint32_t want_len);
+    /* kvt_tm_load_meta: entry id's metadata, len bytes at bytes (borrowed for the call), or,
+     * with status < 0 (KVT_E_CORRUPT, KVT_E_IO...), none; KVT_E_BUSY: not read yet, it is asked
+     * for again later. */
+    void (*meta_loaded)(void *arg, uint32_t id, uint32_t want_len, const void *bytes, size_t len,
+                        int status);
 };
 
 struct kvt_tm;
@@ -160,6 +191,12 @@ int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
                   const struct kvt_tier *tiers, uint32_t n_tiers, struct kvt_workers *workers,
                   struct kvt_loop *loop, const struct kvt_tm_callbacks *cb, void *cb_arg,
                   struct kvt_tm **out);
+/* Start only, after kvt_tm_create and before the loop runs: reads back, from the lower tiers that
+ * store metadata, the metadata of every chunk they hold that meta_want asks for, without reading
+ * any payload, and hands each to meta_loaded. Reads are batched (at most 64 and 64 MiB in flight)
+ * and waited for here; a progress line is logged every 2 s of a long pass. Returns 0 (failures of
+ * single chunks are counted in meta_load_failures and given to meta_loaded) or KVT_E_NOMEM. */
+int kvt_tm_load_meta(struct kvt_tm *tm);
 /* Shutdown, in this order: kvt_tm_stop; settle the workers' jobs and destroy the lower tiers (their
  * last callbacks, which now only release what they hold and abandon their requests, need the tier
  * manager); kvt_tm_destroy; then the memory tier and the index. The tiers stay their owner's.

@@ -36,6 +36,6 @@ check "the tier manager names no tier: it drives them through their operations t
     daemon/tiermgr.c daemon/tiermgr.h
 # (The Stats handler, ops_admin.c, reads each tier's own counters: that is its job.)
 check "data handlers reach the tiers only through the tier manager" \
-    'kvt_(host|disk)_' daemon/ops_data.c daemon/ops_keys.c daemon/ops_session.c
+    'kvt_(host|disk)_' daemon/ops_data.c daemon/ops_keys.c daemon/ops_session.c daemon/ops_meta.c
 [ $fail -eq 0 ] && echo "test_layering: ok"
 exit $fail

@@ -3,7 +3,11 @@
  * it, real workers, no server and no requests. Write-back and write-through, promotion on a read,
  * range reads straight to the caller, a corrupt lower copy answered as a miss, a failed write
  * that keeps the chunk dirty in DRAM, Deletes answered only after the lower tier's barrier,
- * recovery of what a lower tier lists at start, and no Delete while a write is in flight.
+ * recovery of what a lower tier lists at start, and no Delete while a write is in flight. Every
+ * write to the lower tier carries the chunk's metadata (pinned while the fill runs, released
+ * exactly once whatever became of the write), and a tier manager started over the same lower tier
+ * reads it back without reading any chunk, a corrupt one reported as such, as much as the caller
+ * wants.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,7 +38,24 @@ struct env {
     int put_done, get_failed, in_dram, direct, deleted, abandoned;
     int last_status;
     enum kvt_tier_id last_tier;
+    /* metadata */
+    int meta_pins, meta_releases, meta_wants, meta_want_max, meta_ok, meta_failed;
+    uint64_t meta_failed_key; /* the key and status of the last failure */
+    int meta_failed_status;
+    uint64_t meta_ctx[256]; /* by entry id: the key whose metadata a pinned write writes */
 };
+
+/* A chunk's metadata: some bytes that are a function of its key. */
+static uint32_t meta_len_of(uint64_t k)
+{
+    return 100 + (uint32_t)(k % 50);
+}
+
+static void meta_bytes(uint64_t k, uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        b[i] = (uint8_t)(k * 13 + i * 3);
+}
 
 static void cb_put_done(void *arg, struct kvt_tm_io *io, enum kvt_tier_id tier)
 {
@@ -92,6 +113,60 @@ static int cb_geom(void *arg, const struct kvt_entry *en, struct kvt_chunk_geom 
     return 0;
 }
 
+static void meta_write(void *ctx, void *dst, size_t len)
+{
+    meta_bytes(*(const uint64_t *)ctx, dst, len);
+}
+
+static int cb_meta_pin(void *arg, uint32_t id, struct kvt_tm_meta *out)
+{
+    struct env *e = arg;
+    uint64_t k = kvt_index_at(&e->idx, id)->id.key.lo;
+    e->meta_pins++;
+    e->meta_ctx[id] = k;
+    *out =
+        (struct kvt_tm_meta){.len = meta_len_of(k), .write = meta_write, .ctx = &e->meta_ctx[id]};
+    return 0;
+}
+
+static void cb_meta_release(void *arg, struct kvt_tm_meta *m)
+{
+    struct env *e = arg;
+    assert_non_null(m->ctx);
+    e->meta_releases++;
+}
+
+static int cb_meta_want(void *arg, uint32_t id, uint32_t want_len)
+{
+    struct env *e = arg;
+    uint64_t k = kvt_index_at(&e->idx, id)->id.key.lo;
+    assert_true(want_len >= meta_len_of(k));
+    if (e->meta_wants >= e->meta_want_max)
+        return 0;
+    e->meta_wants++;
+    return 1;
+}
+
+static void cb_meta_loaded(void *arg, uint32_t id, uint32_t want_len, const void *bytes, size_t len,
+                           int status)
+{
+    struct env *e = arg;
+    uint64_t k = kvt_index_at(&e->idx, id)->id.key.lo;
+    uint8_t want[256];
+    (void)want_len;
+    if (status) {
+        e->meta_failed_status = status;
+        assert_null(bytes);
+        e->meta_failed++;
+        e->meta_failed_key = k;
+        return;
+    }
+    assert_int_equal(len, meta_len_of(k));
+    meta_bytes(k, want, len);
+    assert_memory_equal(bytes, want, len);
+    e->meta_ok++;
+}
+
 static const struct kvt_tm_callbacks cbs = {
     .put_done = cb_put_done,
     .get_failed = cb_get_failed,
@@ -100,6 +175,10 @@ static const struct kvt_tm_callbacks cbs = {
     .delete_done = cb_deleted,
     .abandoned = cb_abandoned,
     .geom = cb_geom,
+    .meta_pin = cb_meta_pin,
+    .meta_release = cb_meta_release,
+    .meta_want = cb_meta_want,
+    .meta_loaded = cb_meta_loaded,
 };
 
 static int open_tm(struct env *e)
@@ -118,6 +197,7 @@ static int setup(void **state)
     e->cfg.writes_max = 4;
     e->cfg.tier[0].high_watermark = 0.9;
     e->cfg.tier[1].high_watermark = 0.9;
+    e->meta_want_max = 1 << 30;
     if (open_tm(e))
         return -1;
     *state = e;
@@ -134,6 +214,8 @@ static int teardown(void **state)
         j->done(j);
     }
     kvt_workers_destroy(e->workers);
+    /* Every pinned metadata was given back once its fill returned. */
+    assert_int_equal(e->meta_releases, e->meta_pins);
     kvt_test_tier_destroy(e->tt);
     kvt_tm_destroy(e->tm);
     kvt_host_destroy(e->host);
@@ -381,6 +463,69 @@ static void test_recovery_indexes_lower_tier(void **state)
     }
 }
 
+/* A new index and tier manager over the same lower tier, as at a restart. */
+static void reopen(struct env *e)
+{
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    kvt_host_destroy(e->host);
+    kvt_index_deinit(&e->idx);
+    struct kvt_host_config hc = {.arena_bytes = 2u << 20, .page_bytes = 256u << 10};
+    assert_int_equal(kvt_index_init(&e->idx, 256), 0);
+    assert_int_equal(kvt_host_create(&hc, NULL, NULL, &e->host), 0);
+    assert_int_equal(open_tm(e), 0);
+}
+
+/* The metadata written with each chunk comes back at start, read alone: no chunk is read, a
+ * corrupt one is reported (the chunk stays indexed), and no more is read than the caller wants. */
+static void test_metadata_written_and_loaded(void **state)
+{
+    struct env *e = *state;
+    struct kvt_tm_io io = {0};
+    int later;
+    for (uint32_t k = 20; k < 26; k++)
+        put(e, k, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    pump(e);
+    assert_int_equal(e->meta_pins, 6);
+    assert_int_equal(e->meta_releases, 6);
+    struct kvt_obj_id bad = oid(21, 0);
+    assert_int_equal(kvt_test_tier_corrupt_meta(e->tt, &bad), 0);
+
+    reopen(e);
+    struct kvt_tier_stats ts0, ts;
+    kvt_test_tier_ops.stats(e->tt, &ts0);
+    uint64_t completed = kvt_test_tier_completed(e->tt);
+    assert_int_equal(kvt_tm_load_meta(e->tm), 0);
+    kvt_test_tier_ops.stats(e->tt, &ts);
+    assert_int_equal(ts.hits, ts0.hits); /* no chunk was read */
+    assert_int_equal(kvt_test_tier_completed(e->tt) - completed, 6);
+    assert_int_equal(e->meta_ok, 5);
+    assert_int_equal(e->meta_failed, 1);
+    assert_int_equal(e->meta_failed_status, KVT_E_CORRUPT);
+    assert_int_equal(e->meta_failed_key, 21);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.meta_loaded, 5);
+    assert_int_equal(st.meta_load_failures, 1);
+    uint64_t bytes = 0;
+    for (uint32_t k = 20; k < 26; k++)
+        bytes += k == 21 ? 0 : meta_len_of(k);
+    assert_int_equal(st.meta_load_bytes, bytes);
+    /* The chunk whose metadata was bad is served as ever. */
+    assert_int_not_equal(kvt_index_find(&e->idx, &bad), KVT_INDEX_NIL);
+
+    /* A caller that wants two gets two read. */
+    reopen(e);
+    e->meta_ok = e->meta_failed = e->meta_wants = 0;
+    e->meta_want_max = 2;
+    completed = kvt_test_tier_completed(e->tt);
+    assert_int_equal(kvt_tm_load_meta(e->tm), 0);
+    assert_int_equal(e->meta_wants, 2);
+    assert_int_equal(e->meta_ok + e->meta_failed, 2);
+    assert_int_equal(kvt_test_tier_completed(e->tt) - completed, 2);
+}
+
 /* A promotion and two direct reads of one chunk in flight: the promotion lands, then both direct
  * reads fail as corrupt. The second failure finds no lower copy left; it must not take the DRAM
  * copy the promotion made with it (the slot would leak under a freed entry). */
@@ -470,6 +615,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_reads_keep_promoted_copy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_abandons_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_refuses_bad_lists, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_metadata_written_and_loaded, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
