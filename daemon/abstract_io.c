@@ -72,7 +72,7 @@ static void get_u16s(uint16_t *dst, const unsigned char *src, size_t n)
 
 static uint16_t u16_at(const unsigned char *p, size_t i)
 {
-    return (uint16_t)get_le(p + 2 * i, 2);
+    return (uint16_t)(p[2 * i] | (unsigned)p[2 * i + 1] << 8);
 }
 
 /* Bytes of the form for a geometry and span count, or 0 when it would not fit in 32 bits. Each
@@ -135,15 +135,22 @@ static int is_nan16(uint16_t h)
     return (h & 0x7c00u) == 0x7c00u && (h & 0x03ffu) != 0;
 }
 
+/* fp16 bits as an unsigned number in the order of their values (not NaN; -0 just below +0). */
+static uint16_t order16(uint16_t h)
+{
+    return (uint16_t)(h & 0x8000u ? ~(unsigned)h : (unsigned)h | 0x8000u);
+}
+
 /* A channel's bounds as the builder makes them: never NaN, the minimum at most the maximum, or
- * the empty pair (+inf, -inf) of a channel whose keys were all NaN. */
+ * the empty pair (+inf, -inf) of a channel whose keys were all NaN. The integer order decides
+ * almost always; only a minimum above its maximum is looked at as values (+0 above -0 is fine). */
 static int bounds_ok(const unsigned char *b, size_t hd)
 {
     for (size_t c = 0; c < hd; c++) {
         uint16_t lo = u16_at(b, c), hi = u16_at(b, hd + c);
         if (is_nan16(lo) || is_nan16(hi))
             return 0;
-        if (lo == 0x7c00u && hi == 0xfc00u)
+        if (order16(lo) <= order16(hi) || (lo == 0x7c00u && hi == 0xfc00u))
             continue;
         if (kvt_f16_to_f32(lo) > kvt_f16_to_f32(hi))
             return 0;
