@@ -14,6 +14,8 @@
  * against that loop on the daemon's own file and offsets, with three kinds of client: QD threads
  * calling kvt_get_range with the library's default wait, the same with clients that sleep at once,
  * and one thread with a sliding window of QD in kvt_get_range_batch (QD in flight in every arm).
+ * And the restart of a daemon whose chunks carry span abstracts (--only restore-abstracts): the
+ * time to restore them by metadata reads, the bytes read for it, and the payload bytes read (0).
  *
  * The store rows drive it directly (their "path" field says so); the "kvtierd write-through" rows
  * go through a real daemon started with tests/lib/daemon.h and libkvtier batches of QD items, with
@@ -714,6 +716,146 @@ static int bench_restart(const char *dir, int quick, const unsigned char *src,
     }
     store_dir_remove(sdir);
     return 0;
+}
+
+/* ---- span abstracts restored at start ---------------------------------------------------- */
+
+struct restore_case {
+    const char *name;
+    struct kvt_ns_spec spec;
+    uint64_t n, n_quick;
+};
+
+/* A chunk of tiny rows (the abstract is one 4 KiB section), and SmolLM2-135M's geometry (30
+ * layers, 3 KV heads, head_dim 64: a 64-token chunk is 1.4 MiB, its abstract of 16-token spans
+ * 180 KiB). */
+static const struct restore_case RESTORE_CASES[] = {
+    {"16KiB",
+     {.model_id = "bench-restore-small",
+      .layers = 1,
+      .kv_heads = 2,
+      .head_dim = 64,
+      .dtype = KVT_DTYPE_FP16,
+      .tokens_per_chunk = 32},
+     10000,
+     10000},
+    {"SmolLM2",
+     {.model_id = "bench-restore-smollm2",
+      .layers = 30,
+      .kv_heads = 3,
+      .head_dim = 64,
+      .dtype = KVT_DTYPE_FP16,
+      .tokens_per_chunk = 64},
+     1000,
+     200},
+};
+
+static uint64_t stat_or_zero(struct kvt_client *c, const char *name)
+{
+    uint64_t v = kvt_test_stat(c, name);
+    return v == UINT64_MAX ? 0 : v;
+}
+
+/* Stores n chunks through a write-through kvtierd (each gets its span abstract), stops it and
+ * starts it again on the same data: the restart restores every abstract by metadata reads alone.
+ * Reports the restore time, the bytes read for it and the payload bytes read (none). */
+static int bench_restore(const char *dir, const struct restore_case *rc_, int quick,
+                         const unsigned char *src, struct kvt_bench_report *r)
+{
+    const struct kvt_ns_spec *spec = &rc_->spec;
+    const size_t chunk =
+        (size_t)spec->layers * spec->tokens_per_chunk * 2u * spec->kv_heads * spec->head_dim * 2u;
+    const uint64_t n = quick ? rc_->n_quick : rc_->n;
+    const char *const args[] = {"--disk.bytes=8G",
+                                "--tier.write_policy=write-through",
+                                "--disk.object_bytes_max=4M",
+                                "--disk.staging_bytes=256M",
+                                "--disk.codec=none",
+                                "--cpu.arena_bytes=256M",
+                                "--cpu.page_bytes=8M",
+                                "--log_level=warn",
+                                NULL};
+    struct kvt_test_daemon d;
+    struct kvt_client *c = NULL;
+    struct kvt_ns_info ns;
+    struct kvt_item items[QD];
+    void *bufs[QD];
+    char label[96];
+    int rc = 0;
+
+    memset(&d, 0, sizeof(d));
+    snprintf(d.dir, sizeof(d.dir), "%s/restore", dir);
+    if (mkdir(d.dir, 0700) != 0 && errno != EEXIST)
+        return -errno;
+    struct kvt_connect_opts o = {.arena_bytes = (uint64_t)QD * chunk + (16u << 20),
+                                 .timeout_ms = 60000};
+    if (kvt_test_daemon_start(&d, args) != 0) {
+        fprintf(stderr, "disk bench: kvtierd did not start (log: %s)\n", d.log_path);
+        kvt_test_daemon_cleanup(&d);
+        return KVT_E_IO;
+    }
+    o.socket_path = d.socket_path;
+    rc = kvt_connect(&o, &c);
+    if (!rc)
+        rc = kvt_register(c, spec, &ns);
+    for (uint32_t k = 0; k < QD && !rc; k++)
+        if (!(bufs[k] = kvt_arena_alloc(c, chunk)))
+            rc = KVT_E_NOMEM;
+    for (uint64_t first = 0; first < n && !rc; first += QD) {
+        uint32_t batch = (uint32_t)(n - first < QD ? n - first : QD);
+        for (uint32_t k = 0; k < batch; k++) {
+            /* Different bytes per chunk: a window of the source at another offset. */
+            memcpy(bufs[k], src + ((first + k) % 512) * 2048, chunk);
+            memset(&items[k], 0, sizeof(items[k]));
+            items[k].key = daemon_key(first + k);
+            items[k].buf = bufs[k];
+            items[k].len = chunk;
+        }
+        rc = kvt_put_batch(c, ns.handle, items, batch);
+        for (uint32_t k = 0; k < batch && !rc; k++)
+            rc = items[k].status;
+    }
+    uint64_t built = rc ? 0 : stat_or_zero(c, "abstracts");
+    uint64_t abs_bytes = rc ? 0 : stat_or_zero(c, "abstract_bytes");
+    kvt_close(c);
+    c = NULL;
+    if (kvt_test_daemon_stop(&d) != 0 && !rc)
+        rc = KVT_E_IO;
+    uint64_t t0 = kvt_bench_now_ns();
+    if (!rc && kvt_test_daemon_start(&d, args) != 0)
+        rc = KVT_E_IO;
+    double start_ms = (double)(kvt_bench_now_ns() - t0) / 1e6;
+    if (!rc)
+        rc = kvt_connect(&o, &c);
+    if (!rc) {
+        uint64_t restored = stat_or_zero(c, "abstracts_restored");
+        snprintf(label, sizeof(label), "restore %llu abstracts of %s chunks",
+                 (unsigned long long)restored, rc_->name);
+        kvt_bench_row(r, label);
+        kvt_bench_str(r, "path", "through daemon: write-through Puts, SIGTERM, restart");
+        kvt_bench_num(r, "chunks", (double)n);
+        kvt_bench_num(r, "chunk_bytes", (double)chunk);
+        kvt_bench_num(r, "abstracts_built", (double)built);
+        kvt_bench_num(r, "abstracts_restored", (double)restored);
+        kvt_bench_num(r, "abstract_bytes", (double)abs_bytes);
+        kvt_bench_num(r, "restore_ms", (double)stat_or_zero(c, "tier.meta_load_ms"));
+        kvt_bench_num(r, "start_ms", start_ms);
+        kvt_bench_num(r, "disk_recovery_ms", (double)stat_or_zero(c, "disk.recovery_ms"));
+        kvt_bench_num(r, "meta_reads", (double)stat_or_zero(c, "disk.meta_reads"));
+        kvt_bench_num(r, "meta_bytes_read", (double)stat_or_zero(c, "disk.meta_bytes_read"));
+        kvt_bench_num(r, "payload_bytes_read", (double)stat_or_zero(c, "disk.bytes_read"));
+        kvt_bench_num(r, "payload_bytes_on_disk", (double)n * (double)chunk);
+        if (restored != built)
+            rc = KVT_E_IO;
+    }
+    if (rc)
+        fprintf(stderr, "disk bench: restoring abstracts (%s): %s (log: %s)\n", rc_->name,
+                kvt_strerror(rc), d.log_path);
+    kvt_close(c);
+    if (d.pid > 0 && kvt_test_daemon_stop(&d) != 0 && !rc)
+        rc = KVT_E_IO;
+    kvt_test_daemon_cleanup(&d);
+    return rc;
 }
 
 /* ---- driver ------------------------------------------------------------------------------- */
@@ -1748,6 +1890,13 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
     if (!rc && kvt_bench_part(opts, "restart")) {
         kvt_bench_progress("disk: restart time with 10000 chunks");
         rc = bench_restart(opts->work_dir, opts->quick, src, r);
+    }
+    for (size_t i = 0; i < sizeof(RESTORE_CASES) / sizeof(RESTORE_CASES[0]) && !rc &&
+                       kvt_bench_part(opts, "restore-abstracts");
+         i++) {
+        kvt_bench_progress("disk: span abstracts restored at start, %s chunks",
+                           RESTORE_CASES[i].name);
+        rc = bench_restore(opts->work_dir, &RESTORE_CASES[i], opts->quick, src, r);
     }
     for (uint32_t k = 0; k < QD; k++)
         free(slots[k].buf);

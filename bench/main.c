@@ -78,7 +78,8 @@ int main(int argc, char **argv)
         {"disk", kvt_bench_disk, "disk tier writes and cold reads vs plain io_uring and files",
          "whole (256K-4M chunks: store, io_uring, files, kvtierd), daemon-whole (only io_uring and "
          "kvtierd), store-ranges, "
-         "daemon-ranges (kvtierd cold ranges vs io_uring), restart"},
+         "daemon-ranges (kvtierd cold ranges vs io_uring), restart, restore-abstracts (span "
+         "abstracts read back at a kvtierd restart)"},
         {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd", NULL},
         {"select", kvt_bench_select,
          "span scoring (Quest bound) and top-k per layer, Llama-3-8B geometry, vs memcpy",
