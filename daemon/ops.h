@@ -3,8 +3,9 @@
  * helpers every handler starts with, the handlers the dispatch in ops.c calls, and the Stats
  * reservation that ops.c reserves and ops_admin.c checks its answer against. The handlers are
  * split by family: ops_session.c (Hello, RegisterNamespace), ops_data.c (Put, Get, GetRange,
- * copy completions, the tier manager's callbacks), ops_keys.c (Lookup, Delete), ops_ctx.c
- * (contexts and Select) and ops_admin.c (Stats, Ping, Config).
+ * copy completions, the tier manager's callbacks), ops_meta.c (its metadata callbacks: span
+ * abstracts beside the chunks' disk copies), ops_keys.c (Lookup, Delete), ops_ctx.c (contexts and
+ * Select) and ops_admin.c (Stats, Ping, Config).
  */
 #ifndef KVT_DAEMON_OPS_H
 #define KVT_DAEMON_OPS_H

@@ -43,8 +43,8 @@
 #define CKPT_VERSION_V2 2u
 #define CKPT_HEADER_BYTES 64u
 #define SB_MAGIC 0x5354564bu /* "KVTS" */
-/* Version 2: objects in format v2 or v3 (object.h; both read, v3 written). A v1 store is refused
- * at start (see superblocks). */
+/* Version 2: objects in format v2, v3 or v4 (object.h; all read, v4 written). A v1 store is
+ * refused at start (see superblocks). */
 #define SB_VERSION 2u
 /* Journal bytes read per pread during recovery. */
 #define RECOVERY_READ_BYTES (1u << 20)
