@@ -86,8 +86,9 @@ struct kvt_kernels {
 
     /* Indices of the k largest of score[0..n) into idx_out, largest first; ties go to the
      * lower index; NaN ranks below every number; -0.0 and +0.0 are equal (a tie). Returns
-     * min(k, n). Any n up to UINT32_MAX, O(n log k); idx_out (k entries, or n when k > n) is
-     * also its only working memory, so it allocates nothing. */
+     * min(k, n). Any n up to UINT32_MAX, O(n log k) in the reference and O(n + k log k) in the
+     * others; idx_out (min(k, n) entries) is its only working memory besides the stack: it
+     * allocates nothing. */
     size_t (*topk_f32)(const float *score, size_t n, size_t k, uint32_t *idx_out);
 };
 
