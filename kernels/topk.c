@@ -3,8 +3,9 @@
  * rank, one pass to collect the k winners, and a sort of those k alone, O(n + k log k), with no
  * working memory beyond idx_out and a histogram on the stack. The reference (a min-heap of the
  * best k, kernels/ref/ref.c) does O(n log k) work through the heap's scattered indices: at 65536
- * scores and k = 13107 it takes about 5 ms, this about 1 ms. The ranking is one total order
- * (kernels/internal.h, kvt__kernels_rank_key), so both give the same indices in the same order.
+ * scores and k = 13107 it takes about 5 ms, this about 1 ms (docs/kernels.md has the figures).
+ * The ranking is one total order (kernels/internal.h, kvt__kernels_rank_key), so both give the
+ * same indices in the same order.
  * There is no vector version: the histogram's increments are scattered, and the sort compares
  * keys it loads through the indices.
  */
@@ -119,27 +120,48 @@ static void sort_desc(const float *score, uint32_t *a, size_t n, unsigned depth)
     insertion_sort(score, a, n);
 }
 
-/* Sorts the k winners, descending: one in-place distribution into BUCKETS ranges of rank
- * (American flag sort: every element is moved straight to its bucket), then each bucket by
- * introsort, which is insertion for the few elements a bucket usually holds. Winners with one
- * rank all tied are already in order (collected by index). */
-enum { BUCKETS = 1024 };
+/* Sorts the winners, descending: an in-place distribution into BUCKETS ranges of key between
+ * the lowest and the highest (American flag sort: every element moves straight to its bucket),
+ * then each bucket the same way, until a bucket is small or LEVELS deep (introsort, i.e.
+ * insertion for a few). The key is the 32-bit rank; a linear split of it is a roughly
+ * logarithmic split of the score, so scores spread over many magnitudes (softmax masses) land
+ * in few buckets at first and are spread by the next level. A bucket of one rank (ties) is
+ * sorted on the complement of the index instead, which needs no load of its score. Winners of
+ * one rank at the top level are already in order: they were collected by index. Stack: two
+ * arrays of BUCKETS per level. */
+enum { BUCKETS = 256, SMALL = 32, LEVELS = 4 };
 
-static void bucket_sort_desc(const float *score, uint32_t *a, size_t k)
+static inline uint32_t bucket_key(const float *score, uint32_t idx, int by_index)
 {
+    return by_index ? ~idx : kvt__kernels_rank32(score[idx]);
+}
+
+static void bucket_sort_desc(const float *score, uint32_t *a, size_t k, unsigned level,
+                             int by_index)
+{
+    if (k <= SMALL || level == LEVELS) {
+        unsigned depth = 0;
+        for (size_t x = k; x > 1; x >>= 1)
+            depth += 2;
+        sort_desc(score, a, k, depth);
+        return;
+    }
     uint32_t lo = UINT32_MAX, hi = 0;
     for (size_t i = 0; i < k; i++) {
-        uint32_t r = kvt__kernels_rank32(score[a[i]]);
+        uint32_t r = bucket_key(score, a[i], by_index);
         lo = r < lo ? r : lo;
         hi = r > hi ? r : hi;
     }
-    if (lo == hi)
+    if (lo == hi) { /* one rank (indices differ, so never by index) */
+        if (level)
+            bucket_sort_desc(score, a, k, 0, 1);
         return;
+    }
     unsigned shift = 0;
     while ((hi - lo) >> shift >= BUCKETS)
         shift++;
-        /* Bucket 0 holds the highest ranks. */
-#define KVT_BUCKET(idx) (BUCKETS - 1 - ((kvt__kernels_rank32(score[idx]) - lo) >> shift))
+        /* Bucket 0 holds the highest keys. */
+#define KVT_BUCKET(idx) (BUCKETS - 1 - ((bucket_key(score, idx, by_index) - lo) >> shift))
     uint32_t next[BUCKETS], end[BUCKETS];
     memset(end, 0, sizeof(end));
     for (size_t i = 0; i < k; i++)
@@ -165,13 +187,8 @@ static void bucket_sort_desc(const float *score, uint32_t *a, size_t k)
 #undef KVT_BUCKET
     uint32_t start = 0;
     for (size_t b = 0; b < BUCKETS; b++) {
-        size_t m = end[b] - start;
-        if (m > 1) {
-            unsigned depth = 0;
-            for (size_t x = m; x > 1; x >>= 1)
-                depth += 2;
-            sort_desc(score, a + start, m, depth);
-        }
+        if (end[b] - start > 1)
+            bucket_sort_desc(score, a + start, end[b] - start, level + 1, by_index);
         start = end[b];
     }
 }
@@ -223,6 +240,6 @@ size_t kvt__kernels_topk_f32_select(const float *score, size_t n, size_t k, uint
             idx_out[out++] = (uint32_t)i;
     }
     KVT_ASSERT(out == k);
-    bucket_sort_desc(score, idx_out, k);
+    bucket_sort_desc(score, idx_out, k, 0, 0);
     return k;
 }
