@@ -133,6 +133,7 @@ static void stats_sub(struct kvt_eng_kv_stats *a, const struct kvt_eng_kv_stats 
     a->reused_tokens -= b->reused_tokens;
     a->fetch_ns -= b->fetch_ns;
     a->store_ns -= b->store_ns;
+    a->prefetch_hit_bytes -= b->prefetch_hit_bytes;
 }
 
 static int side_fail(const struct kvt_eng_session_config *cfg, const char *what, size_t pos, int rc)

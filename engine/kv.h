@@ -63,6 +63,7 @@ struct kvt_eng_kv_stats {
     uint64_t reused_tokens;
     uint64_t fetch_ns;
     uint64_t store_ns;
+    uint64_t prefetch_hit_bytes; /* sparse: rows a layer found already read ahead for it */
 };
 
 /* The queries of one layer in one step, as select() sees them (borrowed for the call). */
@@ -130,11 +131,13 @@ struct kvt_eng_select_config {
     double budget; /* fraction of the context in (0, 1]; 0: not given */
     double top_p;  /* fraction of the estimated attention mass in (0, 1]; 0: not given */
     enum kvt_eng_span_policy spans;
+    int no_prefetch; /* sparse: read each layer's rows only when it asks (no layer-ahead) */
 };
 
 static inline int kvt_eng_select_config_is_set(const struct kvt_eng_select_config *c)
 {
-    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT;
+    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT ||
+           c->no_prefetch;
 }
 
 int kvt_eng_kv_resident_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv **out);

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "engine/kv.h"
+#include "engine/kv_prefetch.h"
 #include "kvtier/kvtier.h"
 
 #define OFFLOAD_ARENA_SLACK (1u << 20)
@@ -61,6 +62,9 @@ struct kv_offload {
     uint64_t *starts;
     struct kvt_span_sel *runs; /* Select's answer, max_runs entries */
     size_t max_runs;
+    struct kvt_item *run_items;  /* the runs the prefetch did not bring */
+    struct kvt_eng_prefetch *pf; /* NULL: every run read when its layer asks */
+    uint64_t step;               /* decode steps so far: the prefetch's generation */
 };
 
 /* Tokens of the stored context a sparse step always keeps besides the local tail: with the tail
@@ -186,8 +190,10 @@ static int off_prepare(struct kvt_eng_kv *kv, size_t pos, size_t n)
     if (o->n_chunks == 0)
         return 0;
     /* A sparse decode step reads per layer what its query selects (sparse_select). */
-    if (o->runs && n == 1)
+    if (o->runs && n == 1) {
+        o->step++;
         return 0;
+    }
     for (size_t i = 0; i < o->n_chunks; i++) {
         struct kvt_item *it = &o->items[i];
         memset(it, 0, sizeof(*it));
@@ -297,8 +303,34 @@ static int off_commit(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n)
     return ctx_sync(o);
 }
 
-/* The selection of a sparse decode step: Select and fetch the rows of the stored context this
- * query needs into the layer's region of the fetch area, then the local tail. */
+/* The Select of layer for a decode step at position pos: its budget (the whole causal past,
+ * local tail included) and the spans always kept. */
+static struct kvt_select_req sparse_req(const struct kv_offload *o, uint32_t layer,
+                                        const struct kvt_eng_kv_query *q)
+{
+    size_t total = q->pos + 1, tail = o->tail_len;
+    struct kvt_select_req req = {
+        .layer = layer,
+        .n_query_heads = q->n_head,
+        .head_dim = q->head_dim,
+        .query = q->q,
+        .recent_tokens = tail < SPARSE_RECENT_TOKENS ? (uint32_t)(SPARSE_RECENT_TOKENS - tail) : 0,
+    };
+    if (layer < SPARSE_DENSE_LAYERS) {
+        req.budget_fraction = 1.0f;
+    } else if (o->sel.top_p > 0) {
+        req.top_p = (float)o->sel.top_p;
+    } else {
+        double want = ceil(o->sel.budget * (double)total);
+        req.budget_tokens = want > (double)tail ? (uint32_t)(want - (double)tail) : 1;
+    }
+    return req;
+}
+
+/* The selection of a sparse decode step: Select for this layer's query, then its rows — from the
+ * prefetch that layer l - 1 started with its own query where every row of a run arrived, the rest
+ * read now — laid out by position in the layer's region; then the local tail. Before reading, the
+ * prefetch of layer l + 1 (with this query) starts, so it runs while this layer computes. */
 static int sparse_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_kv_query *q,
                          struct kvt_eng_kv_span *out, size_t max, size_t *counts)
 {
@@ -310,45 +342,57 @@ static int sparse_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt
         return -EINVAL;
     size_t ns = 0;
     if (o->n_chunks) {
-        /* The budget counts the whole causal past, the local tail included. */
-        size_t total = q->pos + 1, tail = o->tail_len;
-        struct kvt_select_req req = {
-            .layer = layer,
-            .n_query_heads = q->n_head,
-            .head_dim = q->head_dim,
-            .query = q->q,
-            .recent_tokens =
-                tail < SPARSE_RECENT_TOKENS ? (uint32_t)(SPARSE_RECENT_TOKENS - tail) : 0,
-        };
-        if (layer < SPARSE_DENSE_LAYERS) {
-            req.budget_fraction = 1.0f;
-        } else if (o->sel.top_p > 0) {
-            req.top_p = (float)o->sel.top_p;
-        } else {
-            double want = ceil(o->sel.budget * (double)total);
-            req.budget_tokens = want > (double)tail ? (uint32_t)(want - (double)tail) : 1;
-        }
-        size_t region = o->max_chunks * o->C * o->row_halfs * sizeof(uint16_t);
-        uint8_t *dst = o->fetch + (size_t)layer * region;
-        struct kvt_select_info info;
         uint64_t t0 = now_ns();
-        int rc = kvt_select_fetch(o->client, o->ns.handle, o->ctx, &req, o->runs, o->max_runs, dst,
-                                  region, &info);
+        if (o->pf)
+            (void)kvt_eng_prefetch_wait(o->pf, kv->stats.fetch_bytes, KVT_ENG_KV_TIERS);
+        struct kvt_select_req req = sparse_req(o, layer, q);
+        struct kvt_select_info info;
+        int rc = kvt_select(o->client, o->ctx, &req, o->runs, o->max_runs, &info);
+        if (rc)
+            return rc;
+        if (o->pf && layer + 1 < kv->geom.n_layer) {
+            struct kvt_select_req next = sparse_req(o, layer + 1, q);
+            (void)kvt_eng_prefetch_start(o->pf, o->ctx, &next, o->step);
+        }
+        size_t row = o->row_halfs * sizeof(uint16_t);
+        uint8_t *region = o->fetch + (size_t)layer * o->max_chunks * o->C * row;
+        size_t n_missing = 0;
+        for (size_t i = 0; i < info.n_spans; i++) {
+            const struct kvt_span_sel *r = &o->runs[i];
+            size_t pos = (size_t)r->chunk * o->C + r->token_first;
+            if (ns >= max)
+                return -ENOSPC;
+            const uint16_t *got =
+                o->pf ? kvt_eng_prefetch_rows(o->pf, layer, pos, r->n_tokens, o->step) : NULL;
+            if (got)
+                kv->stats.prefetch_hit_bytes += (uint64_t)r->n_tokens * row;
+            if (!got) {
+                got = (const uint16_t *)(region + pos * row);
+                o->run_items[n_missing++] = (struct kvt_item){.key = r->key,
+                                                              .buf = region + pos * row,
+                                                              .len = (size_t)r->n_tokens * row,
+                                                              .n_tokens = r->n_tokens,
+                                                              .variant = r->variant,
+                                                              .layer = layer,
+                                                              .token_first = r->token_first};
+            }
+            out[ns].rows = got;
+            out[ns].pos = pos;
+            out[ns].n_tokens = r->n_tokens;
+            ns++;
+        }
+        rc = n_missing ? kvt_get_range_batch(o->client, o->ns.handle, o->run_items, n_missing) : 0;
+        for (size_t i = 0; i < n_missing && !rc; i++) {
+            const struct kvt_item *it = &o->run_items[i];
+            if (it->status)
+                rc = it->status;
+            size_t tier = it->tier < KVT_ENG_KV_TIERS ? (size_t)it->tier : 0;
+            kv->stats.fetch_bytes[tier] += it->len;
+            kv->stats.fetch_chunks++;
+        }
         kv->stats.fetch_ns += now_ns() - t0;
         if (rc)
             return rc;
-        for (size_t i = 0; i < info.n_spans; i++) {
-            const struct kvt_span_sel *r = &o->runs[i];
-            if (ns >= max)
-                return -ENOSPC;
-            out[ns].rows = (const uint16_t *)(dst + r->dst_off);
-            out[ns].pos = (size_t)r->chunk * o->C + r->token_first;
-            out[ns].n_tokens = r->n_tokens;
-            ns++;
-            size_t tier = r->served_from < KVT_ENG_KV_TIERS ? (size_t)r->served_from : 0;
-            kv->stats.fetch_bytes[tier] += (uint64_t)r->n_tokens * o->row_halfs * sizeof(uint16_t);
-            kv->stats.fetch_chunks++;
-        }
     }
     if (ns >= max)
         return -ENOSPC;
@@ -362,6 +406,7 @@ static int sparse_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt
 static void off_destroy(struct kvt_eng_kv *kv)
 {
     struct kv_offload *o = (struct kv_offload *)kv;
+    kvt_eng_prefetch_destroy(o->pf); /* before the context it reads goes */
     if (o->client) {
         if (o->ctx)
             (void)kvt_context_close(o->client, o->ctx);
@@ -374,6 +419,7 @@ static void off_destroy(struct kvt_eng_kv *kv)
     free(o->tail);
     free(o->starts);
     free(o->runs);
+    free(o->run_items);
     free(o);
 }
 
@@ -427,8 +473,9 @@ static int create(const struct kvt_eng_kv_geom *geom, const struct kvt_eng_offlo
         o->base.spans_max = o->max_runs + 1;
         o->starts = calloc(o->max_chunks, sizeof(*o->starts));
         o->runs = calloc(o->max_runs, sizeof(*o->runs));
+        o->run_items = calloc(o->max_runs, sizeof(*o->run_items));
     }
-    if (!o->keys || !o->items || !o->tail || (sel && (!o->starts || !o->runs))) {
+    if (!o->keys || !o->items || !o->tail || (sel && (!o->starts || !o->runs || !o->run_items))) {
         rc = -ENOMEM;
         goto err_free;
     }
@@ -473,6 +520,19 @@ static int create(const struct kvt_eng_kv_geom *geom, const struct kvt_eng_offlo
         rc = KVT_E_NOMEM;
         goto err_close;
     }
+    if (sel && !sel->no_prefetch) {
+        struct kvt_eng_prefetch_config pc = {
+            .connect = &co,
+            .spec = &spec,
+            .spans = &spans,
+            .n_layers = geom->n_layer,
+            .max_tokens = o->max_chunks * o->C,
+            .row_bytes = o->row_halfs * sizeof(uint16_t),
+            .tokens_per_chunk = (uint32_t)o->C,
+        };
+        if ((rc = kvt_eng_prefetch_create(&pc, &o->pf)))
+            goto err_close;
+    }
     *out = &o->base;
     return 0;
 
@@ -487,6 +547,7 @@ err_free:
     free(o->tail);
     free(o->starts);
     free(o->runs);
+    free(o->run_items);
     free(o);
     return rc;
 }

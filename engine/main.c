@@ -76,7 +76,7 @@ static void usage(FILE *f)
             "  kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]\n"
             "                (real KV in kvtier's canonical chunk layout, fp16, for benchmarks)\n"
             "modes: " KVT_ENG_MODE_NAMES "\n"
-            "selection (eval, passkey; selecting modes only): --budget F --top-p P "
+            "selection (eval, passkey; selecting modes only): --no-prefetch --budget F --top-p P "
             "--spans fixed|variable\n"
             "common: --threads N --ctx N --batch N --chunk-tokens N --timeout-ms N\n"
             "        --on-error recompute|stop --tenant T\n");
@@ -130,9 +130,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
         }
         a += 2;
         /* Flags without a value. */
-        if (!strcmp(a, "raw") || !strcmp(a, "no-compare")) {
+        if (!strcmp(a, "raw") || !strcmp(a, "no-compare") || !strcmp(a, "no-prefetch")) {
             if (!strcmp(a, "raw"))
                 o->raw = 1;
+            else if (!strcmp(a, "no-prefetch"))
+                o->select.no_prefetch = 1;
             else
                 o->compare = 0;
             continue;
@@ -540,10 +542,11 @@ static void json_kv_bytes(FILE *f, const char *name, const struct kvt_eng_kv_sta
         fetched += st->fetch_bytes[i];
     fprintf(f,
             "  \"%s\": {\"fetched\": %.1f, \"dram\": %.1f, \"disk\": %.1f, \"gpu\": %.1f, "
-            "\"remote\": %.1f, \"stored\": %.1f},\n",
+            "\"remote\": %.1f, \"stored\": %.1f, \"read_ahead_used\": %.1f},\n",
             name, (double)fetched / d, (double)st->fetch_bytes[KVT_TIER_CPU] / d,
             (double)st->fetch_bytes[KVT_TIER_DISK] / d, (double)st->fetch_bytes[KVT_TIER_GPU] / d,
-            (double)st->fetch_bytes[KVT_TIER_REMOTE] / d, (double)st->store_bytes / d);
+            (double)st->fetch_bytes[KVT_TIER_REMOTE] / d, (double)st->store_bytes / d,
+            (double)st->prefetch_hit_bytes / d);
 }
 
 static void json_summary(FILE *f, const struct kvt_eng_fid_summary *sm, const char *indent)

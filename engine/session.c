@@ -133,6 +133,7 @@ static void add_stats(struct kvt_eng_kv_stats *a, const struct kvt_eng_kv_stats 
     a->reused_tokens += b->reused_tokens;
     a->fetch_ns += b->fetch_ns;
     a->store_ns += b->store_ns;
+    a->prefetch_hit_bytes += b->prefetch_hit_bytes;
 }
 
 struct kvt_eng_kv_stats kvt_eng_session_kv_stats(const struct kvt_eng_session *s)

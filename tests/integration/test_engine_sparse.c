@@ -4,7 +4,8 @@
  * attending only to the spans kvtier's Select picks for its query (plus the local tail). With a
  * budget covering the whole context the logits are bit-identical to the resident mode; with a
  * small budget they differ (the selection is really used), stay close (top-1 agreement), and the
- * rows fetched per token are a fraction of what the offload mode reads.
+ * rows fetched per token are a fraction of what the offload mode reads; the layer-ahead prefetch
+ * is used and changes no bit of the logits.
  */
 #include <errno.h>
 #include <math.h>
@@ -158,12 +159,24 @@ static void test_small_budget_reads_less(void **state)
     /* The selection is used: the logits are not those of full attention. */
     assert_memory_not_equal(rows, st->resident, (size_t)DECODE * V * sizeof(float));
     /* And it is a good one: most next-token choices agree (a loose floor for 48 positions). */
-    print_message("sparse 30%%: top-1 agreement %zu/%d, bytes fetched %llu vs offload %llu\n",
-                  agree, DECODE, (unsigned long long)fetched(&r), (unsigned long long)fetched(&o));
+    print_message("sparse 30%%: top-1 agreement %zu/%d, bytes fetched %llu vs offload %llu, "
+                  "found read ahead %llu\n",
+                  agree, DECODE, (unsigned long long)fetched(&r), (unsigned long long)fetched(&o),
+                  (unsigned long long)r.kv.prefetch_hit_bytes);
     assert_true(agree >= DECODE * 3 / 4);
     /* Decode reads a fraction of what offload reads (offload also reads during prefill, but
      * so does sparse: prefill is full attention in both). */
     assert_true(fetched(&r) < fetched(&o) * 3 / 4);
+    /* The layer-ahead prefetch was used, and it changes nothing but where rows come from: without
+     * it the logits are the same bits. */
+    assert_true(r.kv.prefetch_hit_bytes > 0);
+    float *np = calloc((size_t)DECODE * V, sizeof(float));
+    struct run n = {.mode = KVT_ENG_MODE_SPARSE, .sel = {.budget = 0.3, .no_prefetch = 1}};
+    run_decode(st, st->d.socket_path, &n, np);
+    assert_int_equal(n.rc, 0);
+    assert_int_equal(n.kv.prefetch_hit_bytes, 0);
+    assert_memory_equal(np, rows, (size_t)DECODE * V * sizeof(float));
+    free(np);
     /* Top-p works too. */
     struct run p = {.mode = KVT_ENG_MODE_SPARSE, .sel = {.top_p = 0.9}};
     run_decode(st, st->d.socket_path, &p, rows);
