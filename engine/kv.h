@@ -131,13 +131,12 @@ struct kvt_eng_select_config {
     double budget; /* fraction of the context in (0, 1]; 0: not given */
     double top_p;  /* fraction of the estimated attention mass in (0, 1]; 0: not given */
     enum kvt_eng_span_policy spans;
-    int no_prefetch; /* sparse: read each layer's rows only when it asks (no layer-ahead) */
+    int prefetch; /* sparse: read the next layer's spans ahead (kv_prefetch.h); off by default */
 };
 
 static inline int kvt_eng_select_config_is_set(const struct kvt_eng_select_config *c)
 {
-    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT ||
-           c->no_prefetch;
+    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT || c->prefetch;
 }
 
 int kvt_eng_kv_resident_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv **out);

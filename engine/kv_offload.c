@@ -520,7 +520,7 @@ static int create(const struct kvt_eng_kv_geom *geom, const struct kvt_eng_offlo
         rc = KVT_E_NOMEM;
         goto err_close;
     }
-    if (sel && !sel->no_prefetch) {
+    if (sel && sel->prefetch) {
         struct kvt_eng_prefetch_config pc = {
             .connect = &co,
             .spec = &spec,

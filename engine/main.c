@@ -76,7 +76,7 @@ static void usage(FILE *f)
             "  kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]\n"
             "                (real KV in kvtier's canonical chunk layout, fp16, for benchmarks)\n"
             "modes: " KVT_ENG_MODE_NAMES "\n"
-            "selection (eval, passkey; selecting modes only): --no-prefetch --budget F --top-p P "
+            "selection (eval, passkey; selecting modes only): --prefetch --budget F --top-p P "
             "--spans fixed|variable\n"
             "common: --threads N --ctx N --batch N --chunk-tokens N --timeout-ms N\n"
             "        --on-error recompute|stop --tenant T\n");
@@ -130,11 +130,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
         }
         a += 2;
         /* Flags without a value. */
-        if (!strcmp(a, "raw") || !strcmp(a, "no-compare") || !strcmp(a, "no-prefetch")) {
+        if (!strcmp(a, "raw") || !strcmp(a, "no-compare") || !strcmp(a, "prefetch")) {
             if (!strcmp(a, "raw"))
                 o->raw = 1;
-            else if (!strcmp(a, "no-prefetch"))
-                o->select.no_prefetch = 1;
+            else if (!strcmp(a, "prefetch"))
+                o->select.prefetch = 1;
             else
                 o->compare = 0;
             continue;
