@@ -1181,10 +1181,16 @@ static void batch_free(struct batch *b)
     PyMem_Free(b->views);
 }
 
-/* Each item is a tuple (key, buf, x, y): for puts x = n_tokens, y = variant; for gets x =
- * variant. Optional trailing fields default to 0. */
-static int batch_from_obj(PyObject *o, int writable, struct batch *b)
+enum batch_kind { BATCH_PUT, BATCH_GET, BATCH_RANGE };
+
+/* Each item is a tuple: BATCH_PUT (key, buf[, n_tokens[, variant]]), BATCH_GET (key, out[,
+ * variant]), BATCH_RANGE (key, layer, token_first, n_tokens, out[, variant]). */
+static int batch_from_obj(PyObject *o, enum batch_kind kind, struct batch *b)
 {
+    static const char *const shapes[] = {"(key, buf[, n_tokens[, variant]])",
+                                         "(key, out[, variant])",
+                                         "(key, layer, token_first, n_tokens, out[, variant])"};
+    const Py_ssize_t kmin[] = {2, 2, 5}, kmax[] = {4, 3, 6};
     b->n = 0;
     b->items = NULL;
     b->views = NULL;
@@ -1202,29 +1208,39 @@ static int batch_from_obj(PyObject *o, int writable, struct batch *b)
     for (size_t i = 0; i < n; i++) {
         PyObject *it = PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i);
         Py_ssize_t k = PyTuple_Check(it) ? PyTuple_GET_SIZE(it) : -1;
-        Py_ssize_t kmax = writable ? 3 : 4;
-        if (k < 2 || k > kmax) {
-            PyErr_Format(PyExc_TypeError, "item %zu must be a tuple %s", i,
-                         writable ? "(key, out[, variant])" : "(key, buf[, n_tokens[, variant]])");
+        if (k < kmin[kind] || k > kmax[kind]) {
+            PyErr_Format(PyExc_TypeError, "item %zu must be a tuple %s", i, shapes[kind]);
             goto err;
         }
         struct kvt_item *item = &b->items[i];
         if (key_from_obj(PyTuple_GET_ITEM(it, 0), &item->key) < 0)
             goto err;
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(it, 1), &b->views[i],
-                               writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+        Py_ssize_t at_buf = kind == BATCH_RANGE ? 4 : 1;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(it, at_buf), &b->views[i],
+                               kind == BATCH_PUT ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0)
             goto err;
         b->n = i + 1;
         item->buf = b->views[i].buf;
         item->len = (size_t)b->views[i].len;
-        if (writable) {
-            if (k == 3 && u32_from_obj(PyTuple_GET_ITEM(it, 2), "a variant", &item->variant) < 0)
-                goto err;
-        } else {
+        switch (kind) {
+        case BATCH_PUT:
             if (k >= 3 && u32_from_obj(PyTuple_GET_ITEM(it, 2), "n_tokens", &item->n_tokens) < 0)
                 goto err;
             if (k == 4 && u32_from_obj(PyTuple_GET_ITEM(it, 3), "a variant", &item->variant) < 0)
                 goto err;
+            break;
+        case BATCH_GET:
+            if (k == 3 && u32_from_obj(PyTuple_GET_ITEM(it, 2), "a variant", &item->variant) < 0)
+                goto err;
+            break;
+        case BATCH_RANGE:
+            if (u32_from_obj(PyTuple_GET_ITEM(it, 1), "layer", &item->layer) < 0 ||
+                u32_from_obj(PyTuple_GET_ITEM(it, 2), "token_first", &item->token_first) < 0 ||
+                u32_from_obj(PyTuple_GET_ITEM(it, 3), "n_tokens", &item->n_tokens) < 0)
+                goto err;
+            if (k == 6 && u32_from_obj(PyTuple_GET_ITEM(it, 5), "a variant", &item->variant) < 0)
+                goto err;
+            break;
         }
     }
     Py_DECREF(seq);
@@ -1246,7 +1262,7 @@ static PyObject *client_put_batch(ClientObject *self, PyObject *args)
     if (ns_from_obj(self, ns_obj, &h, &ns) < 0)
         return NULL;
     struct batch b;
-    if (batch_from_obj(items_obj, 0, &b) < 0)
+    if (batch_from_obj(items_obj, BATCH_PUT, &b) < 0)
         return NULL;
     PyObject *ret = NULL;
     if (client_enter(self) == 0) {
@@ -1266,23 +1282,29 @@ static PyObject *client_put_batch(ClientObject *self, PyObject *args)
     return ret;
 }
 
-static PyObject *client_get_batch(ClientObject *self, PyObject *args)
+/* get_batch and get_range_batch: per item (status, length, tier); with E_SMALLBUF the length is
+ * the capacity needed, otherwise 0 for a failed item. */
+static PyObject *read_batch(ClientObject *self, PyObject *args, enum batch_kind kind)
 {
     PyObject *ns_obj, *items_obj;
-    if (!PyArg_ParseTuple(args, "OO:get_batch", &ns_obj, &items_obj))
+    if (!PyArg_ParseTuple(args, kind == BATCH_GET ? "OO:get_batch" : "OO:get_range_batch", &ns_obj,
+                          &items_obj))
         return NULL;
     uint32_t h;
     const NamespaceObject *ns;
     if (ns_from_obj(self, ns_obj, &h, &ns) < 0)
         return NULL;
     struct batch b;
-    if (batch_from_obj(items_obj, 1, &b) < 0)
+    if (batch_from_obj(items_obj, kind, &b) < 0)
         return NULL;
     PyObject *ret = NULL;
     if (client_enter(self) == 0) {
         int rc;
         PyThreadState *ts = PyEval_SaveThread();
-        rc = kvt_get_batch(self->c, h, b.items, b.n);
+        if (kind == BATCH_GET)
+            rc = kvt_get_batch(self->c, h, b.items, b.n);
+        else
+            rc = kvt_get_range_batch(self->c, h, b.items, b.n);
         PyEval_RestoreThread(ts);
         for (size_t i = 0; i < b.n; i++) {
             if (is_session_error(b.items[i].status))
@@ -1294,8 +1316,9 @@ static PyObject *client_get_batch(ClientObject *self, PyObject *args)
         } else if ((ret = PyList_New((Py_ssize_t)b.n))) {
             for (size_t i = 0; i < b.n; i++) {
                 const struct kvt_item *it = &b.items[i];
+                int has_len = !it->status || it->status == KVT_E_SMALLBUF;
                 PyObject *t = Py_BuildValue("(inI)", it->status,
-                                            it->status ? (Py_ssize_t)0 : (Py_ssize_t)it->len,
+                                            has_len ? (Py_ssize_t)it->len : (Py_ssize_t)0,
                                             (unsigned int)it->tier);
                 if (!t) {
                     Py_CLEAR(ret);
@@ -1307,6 +1330,16 @@ static PyObject *client_get_batch(ClientObject *self, PyObject *args)
     }
     batch_free(&b);
     return ret;
+}
+
+static PyObject *client_get_batch(ClientObject *self, PyObject *args)
+{
+    return read_batch(self, args, BATCH_GET);
+}
+
+static PyObject *client_get_range_batch(ClientObject *self, PyObject *args)
+{
+    return read_batch(self, args, BATCH_RANGE);
 }
 
 static PyObject *lookup_common(ClientObject *self, PyObject *args, PyObject *kw, int want_tiers)
@@ -1517,6 +1550,9 @@ static PyMethodDef client_methods[] = {
      "put_batch(ns, [(key, buf[, n_tokens[, variant]]), ...]) -> list of statuses"},
     {"get_batch", (PyCFunction)client_get_batch, METH_VARARGS,
      "get_batch(ns, [(key, out[, variant]), ...]) -> list of (status, length, tier)"},
+    {"get_range_batch", (PyCFunction)client_get_range_batch, METH_VARARGS,
+     "get_range_batch(ns, [(key, layer, token_first, n_tokens, out[, variant]), ...]) -> list "
+     "of (status, length, tier)"},
     {"lookup", (PyCFunction)(void (*)(void))client_lookup, METH_VARARGS | METH_KEYWORDS,
      "lookup(ns, keys, variants=None) -> number of leading keys cached"},
     {"lookup_tiers", (PyCFunction)(void (*)(void))client_lookup_tiers, METH_VARARGS | METH_KEYWORDS,

@@ -129,6 +129,23 @@ def test_get_range_reads_rows_of_one_layer(client, ns):
     assert e.value.name == "E_GEOMETRY"
 
 
+def test_get_range_batch(client, ns):
+    keys = ns.chunk_keys(range(16 * 3))
+    chunks = [chunk_of(ns, 30 + i) for i in range(3)]
+    assert client.put_batch(ns, list(zip(keys, chunks))) == [0] * 3
+    row = 2 * 2 * 64 * 2
+    outs = [client.arena_alloc(4 * row) for _ in range(3)]
+    items = [(k, i % 2, 2 * i, 4, o) for i, (k, o) in enumerate(zip(keys, outs))]
+    assert client.get_range_batch(ns, items) == [(0, 4 * row, kvtier.Tier.CPU)] * 3
+    for i, (c, o) in enumerate(zip(chunks, outs)):
+        start = (i % 2) * 16 * row + 2 * i * row
+        assert bytes(o) == c[start:start + 4 * row].tobytes()
+    small = bytearray(row)
+    res = client.get_range_batch(ns, [(keys[0], 0, 0, 4, small), (keys[1], 5, 0, 1, small)])
+    assert res[0] == (kvtier.errors.E_SMALLBUF, 4 * row, 0)
+    assert res[1][0] == kvtier.errors.E_GEOMETRY
+
+
 def test_chunk_keys_accepts_lists_arrays_and_numpy(ns):
     toks = list(range(7, 7 + 16 * 3 + 5))
     want = ns.chunk_keys(toks)
