@@ -862,6 +862,12 @@ static PyObject *client_get_closed(ClientObject *self, void *unused)
     return PyBool_FromLong(!self->c || self->closing);
 }
 
+static PyObject *client_get_busy(ClientObject *self, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->busy);
+}
+
 static PyObject *client_get_socket_path(ClientObject *self, void *unused)
 {
     (void)unused;
@@ -1568,6 +1574,7 @@ static PyMethodDef client_methods[] = {
 
 static PyGetSetDef client_getset[] = {
     {"closed", (getter)client_get_closed, NULL, "True after close()", NULL},
+    {"busy", (getter)client_get_busy, NULL, "a call is running (in another thread)", NULL},
     {"socket_path", (getter)client_get_socket_path, NULL, "the socket the session uses", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -85,7 +85,7 @@ def test_paused_past_the_timeout(daemon):
                 c.get(ns, keys[0], buf)
             took = time.monotonic() - t0
             assert e.value.name == "E_TIMEOUT" and isinstance(e.value, TimeoutError)
-            assert 0.25 < took < 2.0
+            assert 0.25 < took < 3.0
         finally:
             daemon.resume()
         # The daemon may still write into buf for the abandoned Get: its space is set aside.
