@@ -1,6 +1,7 @@
 # Python package (issue 14): client/python, a C extension over libkvtier.a, built into a
 # virtualenv under $(BUILD)/py by scripts/py-venv.sh; `make test` runs its pytest suite
-# (tests/python/test_pytest.sh), including llama-cpp-python restoring a prompt prefix from kvtier.
+# (tests/python/test_pytest.sh) and llama-cpp-python restoring a prompt prefix from kvtier
+# (tests/python/test_llama.sh).
 #   make python          the virtualenv with kvtier installed ($(BUILD)/py/venv)
 #   make bench-python    Python against the C client, and llama.cpp's time to first token
 # The interpreter is Debian's python3 (python3-venv, python3-dev from scripts/install-deps.sh);
@@ -34,7 +35,7 @@ $(PY_LLAMA_STAMP): $(PY_VENV_STAMP) client/python/requirements-llama.txt
 python: $(PY_STAMP)
 
 TEST_PREREQS += $(PY_STAMP) $(PY_LLAMA_STAMP)
-EXTRA_TESTS += tests/python/test_pytest.sh
+EXTRA_TESTS += tests/python/test_pytest.sh tests/python/test_llama.sh
 
 bench-python: $(PY_STAMP) $(PY_LLAMA_STAMP) $(BUILD)/kvtierd $(BUILD)/py/cbench $(ENGINE_MODEL)
 	$(Q)$(PY_DIR)/venv/bin/python client/python/bench/bench_python.py --build $(BUILD) $(ARGS)

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Runs the kvtier Python package's pytest suite (client/python/tests) in the virtualenv that
-# mk/python.mk builds under $KVT_BUILD/py, against real daemons it starts itself. In a sanitizer
-# build the extension carries ASan/UBSan, so their runtime is preloaded into the interpreter.
+# mk/python.mk builds under $KVT_BUILD/py, against real daemons it starts itself: every test but
+# the llama-cpp-python one, which tests/python/test_llama.sh runs (arguments replace the default
+# selection). In a sanitizer build the extension carries ASan/UBSan, so their runtime is
+# preloaded into the interpreter.
 set -eu
 B=${KVT_BUILD:-build}
 V=$B/py/venv
@@ -19,4 +21,5 @@ case $san in
     ;;
 esac
 export KVT_BUILD="$B"
-exec "$V/bin/python" -m pytest -q -p no:cacheprovider -rs client/python/tests
+[ $# -gt 0 ] || set -- client/python/tests --ignore=client/python/tests/test_llama_cpp.py
+exec "$V/bin/python" -m pytest -q -p no:cacheprovider -rs "$@"

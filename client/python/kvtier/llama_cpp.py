@@ -139,8 +139,7 @@ class PrefixCache:
     tokens_per_chunk is the chunk size in tokens (a multiple of 16 keeps range reads aligned);
     window is how many chunks move per batch call (their arena buffers are allocated once)."""
 
-    def __init__(self, llm, client, *, tokens_per_chunk=256, model_id=None, seq_id=0, window=8,
-                 tenant_salt=""):
+    def __init__(self, llm, client, *, tokens_per_chunk=256, model_id=None, seq_id=0, window=8):
         self.llm = llm
         self.client = client
         self.seq_id = seq_id
@@ -166,7 +165,7 @@ class PrefixCache:
         self.model_id = model_id or _model_fingerprint(llm)
         rope_theta = float(md.get(f"{arch}.rope.freq_base", 10000.0))
         rot = int(md.get(f"{arch}.rope.dimension_count", self.head_dim))
-        self.ns = client.register(self.model_id + tenant_salt, layers=self.n_layer,
+        self.ns = client.register(self.model_id, layers=self.n_layer,
                                   kv_heads=self.n_head_kv, head_dim=self.head_dim,
                                   dtype=self.dtype_name, tokens_per_chunk=tokens_per_chunk,
                                   rope_theta=rope_theta, rotary_dims=rot)
@@ -243,10 +242,10 @@ class PrefixCache:
         n = len(keys) * self.T
         v_trans = self._v_trans_guess()
         blob, kview, vview = self._blank_state(empty, n, v_trans)
-        for start in range(0, len(keys), self.window):
-            part = keys[start:start + self.window]
-            bufs = self._buffers(len(part))
-            part = part[: len(bufs)]
+        start = 0
+        while start < len(keys):
+            bufs = self._buffers(len(keys) - start)
+            part = keys[start:start + len(bufs)]
             res = self.client.get_batch(self.ns, list(zip(part, bufs)))
             for i, ((status, length, _), buf) in enumerate(zip(res, bufs)):
                 if status != 0 or length != self.ns.chunk_bytes:
@@ -259,6 +258,7 @@ class PrefixCache:
                     vview[:, :, sl] = c[:, :, 1, :].transpose(0, 2, 1)
                 else:
                     vview[:, sl, :] = c[:, :, 1, :]
+            start += len(bufs)
         if self._set_state(blob):
             self._v_trans = v_trans
             return n
@@ -350,9 +350,11 @@ class PrefixCache:
             raise StateFormatError("the sequence does not hold positions 0..n-1 of its tokens")
         stored = 0
         try:
-            for start in range(have, len(keys), self.window):
-                part = list(range(start, min(len(keys), start + self.window)))
-                bufs = self._buffers(len(part))
+            start = have
+            while start < len(keys):
+                bufs = self._buffers(len(keys) - start)
+                part = range(start, start + len(bufs))
+                start += len(bufs)
                 for i, buf in zip(part, bufs):
                     view = self._chunk_view(buf)
                     sl = slice(i * self.T, (i + 1) * self.T)

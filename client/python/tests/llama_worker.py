@@ -55,7 +55,8 @@ def main():
     toks = prompt_tokens(llm)
     report = {"mode": mode, "tokens": len(toks), "pid": os.getpid()}
     with kvtier.Client(sock, timeout=10.0) as c:
-        cache = kvtier.llama_cpp.PrefixCache(llm, c, tokens_per_chunk=CHUNK)
+        # A window of 3 chunks: the 4 chunks move in two batches each way.
+        cache = kvtier.llama_cpp.PrefixCache(llm, c, tokens_per_chunk=CHUNK, window=3)
         report["model_id"] = cache.model_id
         if mode == "first":
             t0 = time.perf_counter()
