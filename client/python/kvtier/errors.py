@@ -5,7 +5,7 @@ same X-macro) gets a class under one of a few categories, so callers catch what 
 
     KvtierError                       .code (negative int), .name ("E_NOTFOUND"), .text
     ├── InvalidArgumentError          also a ValueError: the request was wrong, retrying won't help
-    ├── NotFoundError                 the chunk (or namespace) is not there
+    ├── NotFoundError                 the chunk, namespace or context is not there
     ├── ConnectionLostError           the daemon is down, restarted, timed out or misbehaved; the
     │   └── KvtierTimeoutError        next call reconnects by itself (also a TimeoutError)
     ├── RetryableError                busy, CPU tier full of unwritten chunks, chunk in use,
@@ -101,6 +101,7 @@ _CATEGORY = {
     "E_READONLY": (InvalidArgumentError, "ReadOnlyConfig"),
     "E_NOTFOUND": (NotFoundError, "NotFound"),
     "E_NONS": (NotFoundError, "UnknownNamespace"),
+    "E_NOCTX": (NotFoundError, "UnknownContext"),
     "E_TIMEOUT": (KvtierTimeoutError, "Timeout"),
     "E_DISCONNECTED": (ConnectionLostError, "Disconnected"),
     "E_SHUTDOWN": (ConnectionLostError, "Shutdown"),
