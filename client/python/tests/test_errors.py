@@ -22,7 +22,8 @@ def test_every_code_has_a_class_in_the_hierarchy():
         # A code added to errors.h needs a deliberate place in the hierarchy.
         assert name in errors._CATEGORY, f"{name}: give it a category in kvtier/errors.py"
         cls = errors.by_code[code]
-        assert issubclass(cls, errors._CATEGORY[name][0]) and cls.__name__ == errors._CATEGORY[name][1]
+        base, cls_name = errors._CATEGORY[name]
+        assert issubclass(cls, base) and cls.__name__ == cls_name
         e = cls(code)
         assert (e.code, e.name, e.text) == (code, name, text)
         assert str(e) == f"{name} ({code}): {text}"
