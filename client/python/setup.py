@@ -17,7 +17,8 @@ if not os.path.isabs(build):
     build = os.path.join(root, build)
 archive = os.path.join(build, "libkvtier.a")
 if not os.path.exists(archive) and not os.environ.get("KVTIER_ALLOW_MISSING"):
-    raise SystemExit(f"kvtier: {archive} not found; run `make` in {root} first (or set KVTIER_BUILD)")
+    raise SystemExit(f"kvtier: {archive} not found; run `make` in {root} first "
+                     "(or set KVTIER_BUILD)")
 
 # Build artifacts go under the build folder, never into the source tree.
 work = os.path.join(build, "py", "setuptools")

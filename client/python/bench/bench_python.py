@@ -7,7 +7,7 @@
     reference, Python into ordinary numpy memory, which the library stages and copies);
   - chunk_keys on 4,096 token ids from a list and from numpy;
   - llama-cpp-python's time to first token for a 2,000-token prompt: cold, restored from kvtier
-    by a second process, and llama-cpp-python's own LlamaRAMCache (client/python/bench/llama_ttft.py).
+    by a second process, and llama-cpp-python's own LlamaRAMCache (bench/llama_ttft.py).
 
 Prints a table and, with --json FILE, writes every figure."""
 
@@ -145,15 +145,17 @@ def main():
         r = res["client"]
         print(f"load average at start {load[0]:.2f}; medians of {a.rounds} rounds of "
               f"{a.seconds:g} s, C and Python interleaved")
+        ratio = r["get4k_ops_per_s"] / r["c_get4k_ops_per_s"]
         print(f"  4 KiB Get into arena   C {r['c_get4k_ops_per_s']:>9.0f} ops/s   Python "
-              f"{r['get4k_ops_per_s']:>9.0f} ops/s   ({r['get4k_ops_per_s'] / r['c_get4k_ops_per_s']:.2f}x)")
+              f"{r['get4k_ops_per_s']:>9.0f} ops/s   ({ratio:.2f}x)")
         print(f"  4 KiB Get -> bytes                          Python "
               f"{r['get4k_bytes_ops_per_s']:>9.0f} ops/s")
         print(f"  Lookup of 32 keys      C {r['c_lookup32_ops_per_s']:>9.0f} ops/s   Python "
               f"{r['lookup32_ops_per_s']:>9.0f} ops/s   "
               f"({r['lookup32_ops_per_s'] / r['c_lookup32_ops_per_s']:.2f}x)")
+        ratio = r["get4m_gib_per_s"] / r["c_get4m_gib_per_s"]
         print(f"  4 MiB Get, zero-copy   C {r['c_get4m_gib_per_s']:>9.2f} GiB/s   Python "
-              f"{r['get4m_gib_per_s']:>9.2f} GiB/s   ({r['get4m_gib_per_s'] / r['c_get4m_gib_per_s']:.2f}x)")
+              f"{r['get4m_gib_per_s']:>9.2f} GiB/s   ({ratio:.2f}x)")
         print(f"  4 MiB Get into numpy (staged + copied)      Python "
               f"{r['get4m_staged_gib_per_s']:>9.2f} GiB/s")
         print(f"  chunk_keys of 4,096 tokens: list {r['chunk_keys_4096_list_us']:.1f} us, "

@@ -86,7 +86,8 @@ def main():
                 llm.eval(toks[-1:])
                 rounds.append(time.perf_counter() - t0)
     print(json.dumps({"mode": a.mode, "tokens": len(toks), "chunk": a.chunk,
-                      "threads": a.threads, "rounds_s": rounds, "median_s": sorted(rounds)[len(rounds) // 2],
+                      "threads": a.threads, "rounds_s": rounds,
+                      "median_s": sorted(rounds)[len(rounds) // 2],
                       "logits": logits_sum(llm), **extra}))
 
 

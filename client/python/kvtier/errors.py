@@ -139,7 +139,8 @@ for _name, _code, _text in _kvtier.error_list():
     if _code == 0:
         continue
     _base, _cls_name = _CATEGORY.get(_name, (KvtierError, _name[2:].title().replace("_", "")))
-    _cls = type(_cls_name, (_base,), {"__doc__": f"{_name} ({_code}): {_text}", "__module__": __name__})
+    _cls = type(_cls_name, (_base,),
+                {"__doc__": f"{_name} ({_code}): {_text}", "__module__": __name__})
     globals()[_cls_name] = _cls
     by_code[_code] = _cls
     by_name[_name] = _cls
