@@ -22,7 +22,9 @@ PYTHON=${KVT_PYTHON:-}
 if [ -z "$PYTHON" ]; then
     if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
-pip() { "$V/bin/python" -m pip --disable-pip-version-check "$@"; }
+# Installs into the virtualenv take a lock: under `make -j` the kvtier and llama steps may run at
+# once, and pip does not lock a virtualenv itself. (The long llama.cpp build runs outside it.)
+pip() { flock "$P/.pip.lock" "$V/bin/python" -m pip --disable-pip-version-check "$@"; }
 say() { echo "py-venv: $*" >&2; }
 mkdir -p "$P"
 
@@ -65,8 +67,8 @@ llama)
         say "building llama-cpp-python $ver once for this machine (about 6 min on 2 cores);" \
             "log: $log, cache: $cache"
         start=$(date +%s)
-        CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) pip wheel -v --no-cache-dir --no-deps -w "$tmp" \
-            "llama-cpp-python==$ver" >"$log" 2>&1 &
+        CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$V/bin/python" -m pip --disable-pip-version-check \
+            wheel -v --no-cache-dir --no-deps -w "$tmp" "llama-cpp-python==$ver" >"$log" 2>&1 &
         pid=$!
         trap 'kill "$pid" 2>/dev/null; rm -rf "$tmp"' INT TERM
         while kill -0 "$pid" 2>/dev/null; do
