@@ -42,6 +42,7 @@ bench-python: $(PY_STAMP) $(PY_LLAMA_STAMP) $(BUILD)/kvtierd $(BUILD)/py/cbench 
 
 # The C side of bench-python: the same loops through libkvtier directly.
 $(BUILD)/py/cbench: $(call obj,client/python/bench/cbench.c) $(CLIENT_A)
+	@mkdir -p $(dir $@)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 all: $(BUILD)/py/cbench
