@@ -3,7 +3,8 @@
  * spread over 10-90%, the answer's first integer, and the prompt builder on the real tokenizer
  * (the key line once, at the intended depth; the opening first and the question last; within the
  * target length; the key's tokens continue the prompt's tokens as tokenizing the whole text
- * would). A whole trial runs in tests/engine/test_cli.sh.
+ * would); one trial, right, and the same text scored against another key (wrong, its
+ * log-probability from the teacher-forced rerun). The command runs in tests/engine/test_cli.sh.
  */
 #include <errno.h>
 #include <math.h>
@@ -74,6 +75,7 @@ static void test_first_int(void **state)
 
 struct pk_state {
     struct kvt_eng_model *m;
+    struct kvt_eng_pool *pool;
 };
 
 static int setup(void **state)
@@ -88,6 +90,8 @@ static int setup(void **state)
         fprintf(stderr, "%s\n", err);
         return -1;
     }
+    if (kvt_eng_pool_create(0, &st.pool))
+        return -1;
     *state = &st;
     return 0;
 }
@@ -95,8 +99,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct pk_state *st = *state;
-    if (st)
+    if (st) {
+        kvt_eng_pool_destroy(st->pool);
         kvt_eng_model_free(st->m);
+    }
     return 0;
 }
 
@@ -225,13 +231,43 @@ static void test_prompt_builder(void **state)
     assert_int_equal(kvt_eng_passkey_build(st->m->tok, 1024, 0.5, 50001, &p), -EINVAL);
 }
 
+/* A trial on resident: right, with the key's log-probability read off the answer. Then the same
+ * text scored against another key: wrong, and that key's log-probability comes from the
+ * teacher-forced rerun, far below the real key's. */
+static void test_trial(void **state)
+{
+    struct pk_state *st = *state;
+    if (!st)
+        skip();
+    struct kvt_eng_passkey_prompt p;
+    struct kvt_eng_passkey_result r, w;
+    assert_int_equal(kvt_eng_passkey_build(st->m->tok, 256, 0.5, 4242, &p), 0);
+    struct kvt_eng_session_config sc = {
+        .mode = KVT_ENG_MODE_RESIDENT, .ctx_max = 256 + 32, .batch_max = 64};
+    struct kvt_eng_session *s;
+    assert_int_equal(kvt_eng_session_create(st->m, st->pool, &sc, &s), 0);
+    assert_int_equal(kvt_eng_passkey_trial(s, &p, &r), 0);
+    printf("answer \"%s\", log p(key) %.4f\n", r.answer_text, r.key_logprob);
+    assert_true(r.correct && r.found && r.answer == 4242 && !r.logprob_rerun);
+    assert_true(r.key_logprob < 0.0 && r.key_logprob > -3.0);
+    assert_int_equal(r.prompt_tokens, p.n);
+
+    p.key = 4243;
+    assert_int_equal(kvt_eng_passkey_trial(s, &p, &w), 0);
+    printf("answer \"%s\", log p(other key) %.4f\n", w.answer_text, w.key_logprob);
+    assert_true(!w.correct && w.found && w.answer == 4242 && w.logprob_rerun);
+    assert_true(w.key_logprob < r.key_logprob - 3.0);
+    assert_string_equal(w.answer_text, r.answer_text);
+    kvt_eng_session_destroy(s);
+    kvt_eng_passkey_prompt_free(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keys),
-        cmocka_unit_test(test_depths),
-        cmocka_unit_test(test_first_int),
-        cmocka_unit_test(test_prompt_builder),
+        cmocka_unit_test(test_keys),      cmocka_unit_test(test_depths),
+        cmocka_unit_test(test_first_int), cmocka_unit_test(test_prompt_builder),
+        cmocka_unit_test(test_trial),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
