@@ -893,13 +893,18 @@ static int cmd_passkey(const struct opts *o, const struct kvt_eng_model *m,
             goto out;
         }
         res[i].depth = depth;
+        char shown[sizeof(res[i].answer_text)];
+        size_t k = 0;
+        for (const char *c = res[i].answer_text; *c && k + 1 < sizeof(shown); c++)
+            shown[k++] = *c == '\n' ? ' ' : *c; /* one line per trial */
+        shown[k] = '\0';
         correct += res[i].correct != 0;
         lp_sum += res[i].key_logprob;
         secs += res[i].seconds;
         fprintf(stderr,
                 "passkey %zu/%zu: depth %.2f, key %u, answer \"%s\" %s, log p %.3f, %.1f s\n",
-                i + 1, K, depth, key, res[i].answer_text, res[i].correct ? "right" : "WRONG",
-                res[i].key_logprob, res[i].seconds);
+                i + 1, K, depth, key, shown, res[i].correct ? "right" : "WRONG", res[i].key_logprob,
+                res[i].seconds);
     }
     f = fopen(o->json, "w");
     if (!f) {
