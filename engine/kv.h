@@ -100,9 +100,9 @@ struct kvt_eng_kv_ops {
      * the step's queries, in place of spans(). Either returns KVT_ENG_KV_DECLINE (spans() is then
      * called and every row attends to all of [0, pos + t]), or selects for every row: row t's
      * spans go to out + t * max (capacity max = spans_max), their count to counts[t], and it
-     * returns 0. A row's spans are in increasing position order, disjoint, non-empty, and cover
-     * only positions <= pos + t (its causal past, its own row included or not), at least one row
-     * in all; the forward pass checks this and fails the step with -EINVAL otherwise. The row
+     * returns 0. A row's spans (one at least) are in increasing position order, disjoint,
+     * non-empty, and cover only positions <= pos + t (its causal past, its own row included or
+     * not); the forward pass checks this and fails the step with -EINVAL otherwise. The row
      * pointers stay valid until the next prepare. A mode that cannot select per row for a batch
      * (n_tokens > 1) declines it; sparse modes select in decode steps and decline batches, so a
      * prefill is full attention. Negative: an error, which ends the step. */
