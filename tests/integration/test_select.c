@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "kernels/half.h"
+#include "kvtier.pb-c.h"
 #include "kvtier/kvtier.h"
 #include "tests/lib/daemon.h"
 
@@ -525,6 +526,107 @@ static void test_select_fetch_dram_and_disk(void **state)
     kvt_test_daemon_cleanup(&dd);
 }
 
+/* Sends req on a raw session and returns the answer's status; every error says why. */
+static int raw_call(int fd, Kvtier__Request *req)
+{
+    static uint64_t next_id = 100;
+    req->id = ++next_id;
+    assert_int_equal(kvt_test_send_request(fd, req, -1), 0);
+    Kvtier__Response *r = kvt_test_read_response(fd, 1 << 20);
+    assert_non_null(r);
+    assert_int_equal(r->id, req->id);
+    int st = r->status;
+    assert_true(st == 0 || (r->error && *r->error));
+    kvtier__response__free_unpacked(r, NULL);
+    return st;
+}
+
+static void test_raw_frames(void **state)
+{
+    (void)state;
+    /* What the library never sends: counts that disagree, queries of odd sizes, NaN budgets. */
+    uint32_t ns;
+    int fd = kvt_test_raw_session(d.socket_path, NULL, &spec, 0, NULL, &ns);
+    assert_true(fd >= 0);
+    struct kvt_ns_info info;
+    struct kvt_client *c = connect_as(NULL, &info, NULL);
+    put_all(c, info.handle, keys);
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, info.handle, 0, &ctx), 0);
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, starts, N_CHUNKS, NULL), 0);
+
+    Kvtier__Key k[2] = {KVTIER__KEY__INIT, KVTIER__KEY__INIT}, *kp[2] = {&k[0], &k[1]};
+    k[0].lo = keys[0].lo, k[0].hi = keys[0].hi;
+    k[1].lo = keys[1].lo, k[1].hi = keys[1].hi;
+    uint64_t st[2] = {0, 0};
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__AppendChunksReq a = KVTIER__APPEND_CHUNKS_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_APPEND_CHUNKS;
+    req.append_chunks = &a;
+    a.ctx = ctx;
+    a.n_keys = 2;
+    a.keys = kp;
+    a.n_start_pos = 1; /* one position for two keys */
+    a.start_pos = st;
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+    a.n_start_pos = 2;
+    st[0] = 2 * N_CHUNKS * TOKENS, st[1] = 0; /* the second before the first */
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+
+    Kvtier__SelectReq sr = KVTIER__SELECT_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_SELECT;
+    req.select = &sr;
+    sr.ctx = ctx;
+    sr.layer = 1;
+    sr.n_query_heads = QHEADS;
+    sr.budget_tokens = 48;
+    sr.query.data = (uint8_t *)query;
+    sr.query.len = sizeof(query) - 2; /* not whole fp32 values */
+    assert_int_equal(raw_call(fd, &req), KVT_E_GEOMETRY);
+    sr.query.len = 0;
+    assert_int_equal(raw_call(fd, &req), KVT_E_GEOMETRY);
+    sr.query.len = sizeof(query);
+    sr.n_query_heads = 0;
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+    sr.n_query_heads = QHEADS;
+    sr.budget_fraction = NAN; /* two budgets, one of them NaN */
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+    sr.budget_tokens = 0;
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL); /* NaN alone */
+    sr.budget_fraction = 0;
+    sr.top_p = -0.0f; /* no budget at all: -0 is not a budget */
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+    sr.top_p = 0;
+    sr.budget_tokens = 48;
+    sr.n_estimates = 1u << 31;
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+    sr.n_estimates = 0;
+    sr.layer = UINT32_MAX;
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+    sr.layer = 1;
+    assert_int_equal(raw_call(fd, &req), 0); /* and a good one still answers */
+
+    Kvtier__OpenContextReq o = KVTIER__OPEN_CONTEXT_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_OPEN_CONTEXT;
+    req.open_context = &o;
+    o.ns = ns ^ 0x40000u; /* another generation of the slot */
+    assert_int_equal(raw_call(fd, &req), KVT_E_NONS);
+    o.ns = ns;
+    o.ttl_ms = 86400001u;
+    assert_int_equal(raw_call(fd, &req), KVT_E_INVAL);
+
+    /* Nothing of it changed the context. */
+    struct kvt_select_req q = sel_req(1, 48);
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info si;
+    assert_int_equal(kvt_select(c, ctx, &q, sp, 64, &si), 0);
+    assert_int_equal(si.context_tokens, N_CHUNKS * TOKENS);
+    assert_int_equal(si.n_spans, 3);
+    assert_int_equal(kvt_context_close(c, ctx), 0);
+    kvt_close(c);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,6 +636,7 @@ int main(void)
         cmocka_unit_test(test_variable_spans),
         cmocka_unit_test(test_abstracts_outlive_the_bytes),
         cmocka_unit_test(test_select_fetch_dram_and_disk),
+        cmocka_unit_test(test_raw_frames),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
