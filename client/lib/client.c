@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "client/lib/arena.h"
+#include "client/lib/session.h"
 #include "common/checksum.h"
 #include "common/paths.h"
 #include "common/time.h"
@@ -82,66 +83,6 @@ static void spin_leave(void)
 {
     atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
 }
-#define NS_MAX 64
-#define RECONNECT_BACKOFF_MS 100
-#define IN_EXTRA_BYTES (64 * 1024 + 4)
-#define BATCH_WINDOW 64 /* requests in flight at once in batch calls */
-#define DRAIN_MAX 4     /* old sockets whose staging buffers wait for the daemon to let go */
-#define DRAIN_READ_BYTES (1u << 20) /* discarded per recv() while draining */
-#define DRAIN_READS_MAX 64          /* recv() calls per socket per reap: bounds one reap's work */
-
-struct ns_slot {
-    int used;
-    uint32_t daemon_id; /* 0 when not registered on the current connection */
-    struct kvt_ns_spec spec;
-    char model_id[KVT_MODEL_ID_MAX];
-    struct kvt_ns_info info;
-    int has_spans;
-    struct kvt_span_policy spans;
-};
-
-/* An old connection draining: shut down for writing, read until the daemon closes it. */
-struct drain {
-    int fd; /* -1: slot free */
-    uint64_t seq;
-    uint32_t n_stage;
-    uint64_t stage_off[BATCH_WINDOW]; /* staging buffers of its unanswered requests */
-};
-
-struct kvt_client {
-    char socket_path[KVT_SOCKET_PATH_MAX];
-    char tenant[KVT_TENANT_MAX];
-    int64_t daemon_uid; /* a uid trusted besides our euid and root; -1: none */
-    uint32_t timeout_ms;
-    uint32_t spin_us;
-    uint32_t window; /* requests a batch call keeps in flight (1 .. BATCH_WINDOW) */
-    int fd;          /* -1 when disconnected */
-    uint64_t next_id;
-    uint64_t retry_after_ms;
-
-    int arena_fd;
-    uint8_t *arena;
-    uint64_t arena_bytes;
-    struct kvt_arena_alloc alloc;
-
-    uint64_t max_frame_bytes;
-    uint64_t inline_max_bytes;
-    uint8_t *in;
-    size_t in_len, in_cap;
-    uint8_t *out;
-    size_t out_cap;
-    size_t out_len; /* frames queued in out, not sent yet (queue_request) */
-
-    struct ns_slot ns[NS_MAX];
-
-    /* Staging buffers of unanswered requests on the current socket; they go with it to a drain
-     * slot when it is dropped (at most one batch window is in flight). */
-    uint32_t n_pending;
-    uint64_t pending_off[BATCH_WINDOW];
-    struct drain drain[DRAIN_MAX];
-    uint64_t drain_seq;
-    uint64_t stage_lost; /* buffers given up on for good (see the top of this file) */
-};
 
 /* ---- socket and frames -------------------------------------------------------------------- */
 
@@ -216,8 +157,11 @@ static void drain_start(struct kvt_client *c)
     c->n_pending = 0;
 }
 
-static void drop_connection(struct kvt_client *c)
+/* Drops the current socket; asynchronous items still in flight on it complete with why. */
+static void drop_connection(struct kvt_client *c, int why)
 {
+    if (c->fd >= 0)
+        kvt__async_fail_all(c, why);
     if (c->fd >= 0 && c->n_pending > 0)
         drain_start(c);
     else if (c->fd >= 0)
@@ -272,7 +216,7 @@ static int send_all(struct kvt_client *c, const uint8_t *p, size_t n, int fd_to_
 }
 
 /* Sends the frames queued in c->out (queue_request) in one go. */
-static int flush_requests(struct kvt_client *c, uint64_t deadline_ms)
+int kvt__cl_flush(struct kvt_client *c, uint64_t deadline_ms)
 {
     size_t n = c->out_len;
     c->out_len = 0;
@@ -282,13 +226,13 @@ static int flush_requests(struct kvt_client *c, uint64_t deadline_ms)
 /* Appends req's frame to c->out, sending what is queued first when it would not fit. The frames
  * of a batch's window go out in one system call (and reach the daemon in one read). KVT_E_TOOBIG
  * (nothing queued) for a frame larger than max_frame_bytes; a send error otherwise. */
-static int queue_request(struct kvt_client *c, Kvtier__Request *req, uint64_t deadline_ms)
+int kvt__cl_queue(struct kvt_client *c, Kvtier__Request *req, uint64_t deadline_ms)
 {
     size_t n = kvtier__request__get_packed_size(req);
     if (n + 4 > c->out_cap || n > c->max_frame_bytes)
         return KVT_E_TOOBIG;
     if (n + 4 > c->out_cap - c->out_len) {
-        int rc = flush_requests(c, deadline_ms);
+        int rc = kvt__cl_flush(c, deadline_ms);
         if (rc)
             return rc;
     }
@@ -322,8 +266,8 @@ static int send_request(struct kvt_client *c, Kvtier__Request *req, int fd_to_pa
  * included, still run), and only then sleeps in poll(): a wake-up from poll() costs tens of
  * microseconds on a virtual machine, more than a small copy takes. No more threads spin at once
  * than the machine has cores to spare (spin_enter); the others sleep at once. */
-static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms,
-                         uint64_t bulk_bytes)
+int kvt__cl_recv(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline_ms,
+                 uint64_t bulk_bytes)
 {
     uint64_t bulk_us = c->spin_us ? bulk_bytes / SPIN_BULK_BYTES_PER_US : 0;
     if (bulk_us > SPIN_BULK_MAX_US)
@@ -341,6 +285,11 @@ static int recv_response(struct kvt_client *c, Kvtier__Response **out, uint64_t 
                 c->in_len -= 4 + len;
                 if (!r)
                     return KVT_E_PROTO;
+                if (r->status) {
+                    c->last_error = r->status;
+                    snprintf(c->last_error_text, sizeof(c->last_error_text), "%s",
+                             r->error && *r->error ? r->error : kvt_strerror(r->status));
+                }
                 *out = r;
                 return 0;
             }
@@ -391,7 +340,7 @@ static int wait_response(struct kvt_client *c, uint64_t id, Kvtier__Response **o
 {
     for (;;) {
         Kvtier__Response *r;
-        int rc = recv_response(c, &r, deadline_ms, 0);
+        int rc = kvt__cl_recv(c, &r, deadline_ms, 0);
         if (rc)
             return rc;
         if (r->id == id) {
@@ -403,6 +352,7 @@ static int wait_response(struct kvt_client *c, uint64_t id, Kvtier__Response **o
             kvtier__response__free_unpacked(r, NULL);
             return rc;
         }
+        kvt__async_take(c, r); /* a submitted item's answer, or a late one: discarded */
         kvtier__response__free_unpacked(r, NULL);
     }
 }
@@ -542,14 +492,14 @@ static int open_session(struct kvt_client *c, uint32_t timeout_ms)
         if (c->ns[i].used)
             rc = register_on_daemon(c, &c->ns[i], deadline);
     if (rc) {
-        drop_connection(c);
+        drop_connection(c, rc);
         return rc;
     }
     return 0;
 }
 
 /* Makes sure the session is connected, reconnecting when needed. */
-static int ensure_session(struct kvt_client *c)
+int kvt__cl_ensure_session(struct kvt_client *c)
 {
     drains_reap(c, 0);
     if (c->fd >= 0)
@@ -566,11 +516,16 @@ static int ensure_session(struct kvt_client *c)
     return 0;
 }
 
+void kvt__cl_drop(struct kvt_client *c, int why)
+{
+    drop_connection(c, why);
+}
+
 /* After a failed exchange: session errors drop the socket so the next call starts clean. */
-static int session_fail(struct kvt_client *c, int rc)
+int kvt__cl_session_fail(struct kvt_client *c, int rc)
 {
     if (is_session_error(rc) || rc == KVT_E_SHUTDOWN)
-        drop_connection(c);
+        drop_connection(c, rc);
     return rc;
 }
 
@@ -690,7 +645,8 @@ void kvt_close(struct kvt_client *c)
 {
     if (!c)
         return;
-    drop_connection(c);
+    kvt__async_free(c); /* first: items still submitted are never written again */
+    drop_connection(c, KVT_E_DISCONNECTED);
     for (int i = 0; i < DRAIN_MAX; i++)
         if (c->drain[i].fd >= 0)
             close(c->drain[i].fd); /* the arena goes too: nothing to give back */
@@ -722,7 +678,7 @@ int kvt_register_spans(struct kvt_client *c, const struct kvt_ns_spec *spec,
 {
     if (!c || !spec || !spec->model_id || strlen(spec->model_id) >= KVT_MODEL_ID_MAX)
         return KVT_E_INVAL;
-    int rc = ensure_session(c);
+    int rc = kvt__cl_ensure_session(c);
     if (rc)
         return rc;
     int free_slot = -1;
@@ -748,7 +704,7 @@ int kvt_register_spans(struct kvt_client *c, const struct kvt_ns_spec *spec,
                 rc = register_on_daemon(c, slot, kvt_now_ms() + c->timeout_ms);
                 if (rc) {
                     *slot = keep;
-                    return session_fail(c, rc);
+                    return kvt__cl_session_fail(c, rc);
                 }
             }
             if (out)
@@ -768,7 +724,7 @@ int kvt_register_spans(struct kvt_client *c, const struct kvt_ns_spec *spec,
         slot->spans = *spans;
     rc = register_on_daemon(c, slot, kvt_now_ms() + c->timeout_ms);
     if (rc)
-        return session_fail(c, rc);
+        return kvt__cl_session_fail(c, rc);
     slot->used = 1;
     slot->info.handle = (uint32_t)free_slot + 1;
     if (out)
@@ -776,7 +732,7 @@ int kvt_register_spans(struct kvt_client *c, const struct kvt_ns_spec *spec,
     return 0;
 }
 
-static int ns_daemon_id(struct kvt_client *c, uint32_t handle, uint32_t *id)
+int kvt__cl_ns_id(struct kvt_client *c, uint32_t handle, uint32_t *id)
 {
     if (handle == 0 || handle > NS_MAX || !c->ns[handle - 1].used)
         return KVT_E_NONS;
@@ -812,16 +768,6 @@ static int in_arena(const struct kvt_client *c, const void *p, size_t len, uint6
 
 /* ---- put / get (pipelined core) ----------------------------------------------------------- */
 
-enum xfer_kind { XFER_PUT, XFER_GET, XFER_RANGE };
-
-/* Per item bookkeeping while a batch is in flight. */
-struct xfer {
-    uint64_t req_id;
-    uint64_t stage_off; /* staging buffer in the arena, or UINT64_MAX */
-    int inline_get;
-    uint64_t bytes; /* bulk bytes the request moves, for the wait's spin budget */
-};
-
 /* A staging buffer of bytes. When the arena is full while old sockets still drain, waits for
  * them (up to deadline_ms) rather than fail while buffers are about to come back. */
 static int stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint64_t deadline_ms)
@@ -838,18 +784,9 @@ static int stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint
     }
 }
 
-/* The protobuf parts of one request, on the caller's stack. */
-struct xfer_msg {
-    Kvtier__PutReq pr;
-    Kvtier__GetReq gr;
-    Kvtier__GetRangeReq rr;
-    Kvtier__Key key;
-    Kvtier__Checksum ck;
-};
-
-static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
-                      struct kvt_item *it, struct xfer *x, Kvtier__Request *req, struct xfer_msg *m,
-                      uint64_t deadline_ms)
+int kvt__cl_build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
+                       struct kvt_item *it, struct xfer *x, Kvtier__Request *req,
+                       struct xfer_msg *m, uint64_t deadline_ms)
 {
     Kvtier__PutReq *pr = &m->pr;
     Kvtier__GetReq *gr = &m->gr;
@@ -928,8 +865,8 @@ static int build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id,
     return 0;
 }
 
-static void finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_item *it,
-                        struct xfer *x, const Kvtier__Response *r)
+void kvt__cl_finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_item *it,
+                         struct xfer *x, const Kvtier__Response *r)
 {
     it->status = r->status;
     if (kind == XFER_GET && r->result_case == KVTIER__RESPONSE__RESULT_GET) {
@@ -974,7 +911,7 @@ static void finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_it
     }
 }
 
-static void release_stage(struct kvt_client *c, struct xfer *x)
+void kvt__cl_release_stage(struct kvt_client *c, struct xfer *x)
 {
     if (x->stage_off != UINT64_MAX)
         kvt_arena_alloc_put(&c->alloc, x->stage_off);
@@ -988,14 +925,14 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
         return KVT_E_INVAL;
     for (size_t i = 0; i < n; i++)
         items[i].status = KVT_E_DISCONNECTED;
-    int rc = ensure_session(c);
+    int rc = kvt__cl_ensure_session(c);
     if (rc) {
         for (size_t i = 0; i < n; i++)
             items[i].status = rc;
         return rc;
     }
     uint32_t ns_id;
-    if ((rc = ns_daemon_id(c, ns, &ns_id))) {
+    if ((rc = kvt__cl_ns_id(c, ns, &ns_id))) {
         for (size_t i = 0; i < n; i++)
             items[i].status = rc;
         return 0; /* every item answered, with its own error */
@@ -1011,12 +948,12 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             Kvtier__Request req = KVTIER__REQUEST__INIT;
             struct xfer_msg m;
             struct xfer *x = &xs[sent % BATCH_WINDOW];
-            int brc = build_xfer(c, kind, ns_id, &items[sent], x, &req, &m, deadline);
+            int brc = kvt__cl_build_xfer(c, kind, ns_id, &items[sent], x, &req, &m, deadline);
             if (!brc) {
-                rc = queue_request(c, &req, deadline);
+                rc = kvt__cl_queue(c, &req, deadline);
                 if (rc == KVT_E_TOOBIG) {
                     brc = rc; /* refused before a byte was sent: this item's own error */
-                    release_stage(c, x);
+                    kvt__cl_release_stage(c, x);
                     rc = 0;
                 }
             }
@@ -1031,7 +968,7 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             sent++;
         }
         if (!rc)
-            rc = flush_requests(c, deadline);
+            rc = kvt__cl_flush(c, deadline);
         if (rc)
             break;
         struct xfer *x = &xs[done % BATCH_WINDOW];
@@ -1040,7 +977,7 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             continue;
         }
         Kvtier__Response *r = NULL;
-        rc = recv_response(c, &r, deadline, bulk);
+        rc = kvt__cl_recv(c, &r, deadline, bulk);
         if (rc)
             break;
         /* Match by id: responses may come out of order. */
@@ -1049,11 +986,13 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
             k++;
         if (k < sent) {
             bulk -= xs[k % BATCH_WINDOW].bytes;
-            finish_xfer(c, kind, &items[k], &xs[k % BATCH_WINDOW], r);
-            release_stage(c, &xs[k % BATCH_WINDOW]);
+            kvt__cl_finish_xfer(c, kind, &items[k], &xs[k % BATCH_WINDOW], r);
+            kvt__cl_release_stage(c, &xs[k % BATCH_WINDOW]);
             xs[k % BATCH_WINDOW].req_id = 0;
         } else if (r->id == 0 && r->status) {
             rc = r->status;
+        } else {
+            kvt__async_take(c, r);
         }
         kvtier__response__free_unpacked(r, NULL);
         while (done < sent && xs[done % BATCH_WINDOW].req_id == 0)
@@ -1075,8 +1014,8 @@ static int run_batch(struct kvt_client *c, enum xfer_kind kind, uint32_t ns, str
         for (size_t k = sent; k < n; k++)
             items[k].status = rc;
         if (c->n_pending)
-            drop_connection(c);
-        return session_fail(c, rc);
+            drop_connection(c, rc);
+        return kvt__cl_session_fail(c, rc);
     }
     return 0;
 }
@@ -1179,7 +1118,7 @@ int kvt_get_range_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *item
 
 static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out)
 {
-    int rc = ensure_session(c);
+    int rc = kvt__cl_ensure_session(c);
     if (rc)
         return rc;
     uint64_t deadline = kvt_now_ms() + c->timeout_ms;
@@ -1187,7 +1126,7 @@ static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **o
     rc = send_request(c, req, -1, deadline);
     if (!rc)
         rc = wait_response(c, req->id, out, deadline);
-    return rc ? session_fail(c, rc) : 0;
+    return rc ? kvt__cl_session_fail(c, rc) : 0;
 }
 
 /* variants: n entries, or NULL for variant 0 throughout. */
@@ -1225,11 +1164,11 @@ int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
         *hits_out = 0;
     if (!c || !hits_out || (!keys && n))
         return KVT_E_INVAL;
-    int rc = ensure_session(c);
+    int rc = kvt__cl_ensure_session(c);
     if (rc)
         return rc;
     uint32_t ns_id;
-    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+    if ((rc = kvt__cl_ns_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Key *store = NULL;
     Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
@@ -1272,11 +1211,11 @@ int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
 {
     if (!c || (!keys && n))
         return KVT_E_INVAL;
-    int rc = ensure_session(c);
+    int rc = kvt__cl_ensure_session(c);
     if (rc)
         return rc;
     uint32_t ns_id;
-    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+    if ((rc = kvt__cl_ns_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Key *store = NULL;
     Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
@@ -1333,11 +1272,11 @@ int kvt_context_open(struct kvt_client *c, uint32_t ns, uint32_t ttl_ms, uint64_
     if (!c || !ctx_out)
         return KVT_E_INVAL;
     *ctx_out = 0;
-    int rc = ensure_session(c);
+    int rc = kvt__cl_ensure_session(c);
     if (rc)
         return rc;
     uint32_t ns_id;
-    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+    if ((rc = kvt__cl_ns_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     Kvtier__OpenContextReq o = KVTIER__OPEN_CONTEXT_REQ__INIT;
@@ -1480,7 +1419,7 @@ int kvt_select_fetch(struct kvt_client *c, uint32_t ns, uint64_t ctx,
     if (!si.n_spans)
         return 0;
     uint32_t ns_id;
-    if ((rc = ns_daemon_id(c, ns, &ns_id)))
+    if ((rc = kvt__cl_ns_id(c, ns, &ns_id)))
         return rc;
     /* One token of one layer: [k|v][head][dim]. */
     const struct ns_slot *slot = &c->ns[ns - 1];
@@ -1653,4 +1592,11 @@ int kvt_config_set(struct kvt_client *c, const char *key, const char *value)
     req.op_case = KVTIER__REQUEST__OP_CONFIG_SET;
     req.config_set = &s;
     return config_call(c, &req, NULL, 0);
+}
+
+const char *kvt_last_error(const struct kvt_client *c, int *code_out)
+{
+    if (code_out)
+        *code_out = c ? c->last_error : 0;
+    return c ? c->last_error_text : "";
 }

@@ -328,6 +328,73 @@ KVT_API int kvt_get_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *it
 KVT_API int kvt_get_range_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *items,
                                 size_t n);
 
+/* ---- Asynchronous submission (docs/connectors.md) ---------------------------------------------
+ *
+ * For engines that overlap KV movement with compute (vLLM's start_load_kv / get_finished, SGLang
+ * HiCache prefetch): kvt_submit starts the requests of an array of items and returns at once;
+ * kvt_poll returns the items as they finish, each with its own status; kvt_cancel drops the items
+ * of a submission not sent yet. Requests are pipelined on the session's socket (one batch window
+ * of them in flight, oldest submission first) and answered out of order; synchronous calls on the
+ * same client may be mixed in freely. Per item the rules of the batch forms apply: status, len
+ * and tier are filled as kvt_get_batch / kvt_put_batch / kvt_get_range_batch fill them.
+ *
+ * Pinned: the items array and every buf stay valid, and untouched by the caller, from kvt_submit
+ * until kvt_poll has returned that item's completion (or kvt_close(c), which writes nothing
+ * more). Until then an item's status reads KVT_ITEM_PENDING. Every item submitted completes
+ * exactly once.
+ *
+ * Failure: a request the daemon has not answered within the session timeout of its sending, or a
+ * lost connection, drops the socket as a synchronous call's timeout does, and every open item of
+ * every submission, sent or not, completes with that error (KVT_E_TIMEOUT, KVT_E_DISCONNECTED):
+ * a per-item status, never a failed kvt_poll. "After a timeout" at the top of this file says
+ * what the daemon may still do with such an item's arena buffer. */
+
+enum kvt_submit_op { KVT_SUBMIT_GET = 0, KVT_SUBMIT_PUT = 1, KVT_SUBMIT_GET_RANGE = 2 };
+
+/* An item's status while its submission is in progress (no error code is positive). */
+#define KVT_ITEM_PENDING 1
+
+struct kvt_completion {
+    uint64_t ticket;       /* of the submission */
+    size_t index;          /* of the item in it */
+    struct kvt_item *item; /* &items[index] of the submission: no longer pinned */
+    int status;            /* item->status */
+};
+
+/* Starts a request for each of items[0..n) (op: Get, Put or GetRange of the item's variant; for
+ * GetRange the item's layer, token_first and n_tokens) and writes the submission's ticket. 0 when
+ * submitted: every item will complete, even one that cannot be staged (KVT_E_NOMEM) or sent.
+ * Errors, with nothing submitted: KVT_E_INVAL (no items, an item with a NULL buf and a length, a
+ * GetRange item with no rows), KVT_E_FULL (more than 4096 items or 256 submissions open on c),
+ * KVT_E_NONS, and session errors when the daemon cannot be reached. */
+KVT_API int kvt_submit(struct kvt_client *c, uint32_t ns, enum kvt_submit_op op,
+                       struct kvt_item *items, size_t n, uint64_t *ticket_out);
+/* Returns up to max completions in out (*n_out of them), sending more requests as the window
+ * frees. Waits up to timeout_ms (0: only what is ready) for the first one; returns 0 with
+ * *n_out 0 when none finished in time or nothing is open. KVT_E_INVAL for a NULL out or n_out
+ * or max 0. */
+KVT_API int kvt_poll(struct kvt_client *c, struct kvt_completion *out, size_t max,
+                     uint32_t timeout_ms, size_t *n_out);
+/* Drops the items of submission ticket that were not sent yet: they complete (in the next
+ * kvt_poll) with KVT_E_CANCELED, and *n_canceled (may be NULL) says how many. Items already sent
+ * complete normally. KVT_E_NOTFOUND when no item of ticket is open. */
+KVT_API int kvt_cancel(struct kvt_client *c, uint64_t ticket, size_t *n_canceled);
+/* Items submitted whose completion kvt_poll has not returned yet. */
+KVT_API size_t kvt_pending(const struct kvt_client *c);
+/* The session's socket, for an engine's own event loop: readable when an answer arrived. Valid
+ * until the next call on c (a reconnect changes it); -1 when disconnected. Completions may also
+ * be ready without the socket being readable (a synchronous call read their answers): call
+ * kvt_poll with timeout 0 until it returns none before waiting on the descriptor. */
+KVT_API int kvt_fd(const struct kvt_client *c);
+
+/* The daemon's own words for the last error answer it sent on c, e.g. "tenant must be 1-63
+ * printable non-space characters" (the code's kvt_strerror when it sent none), and that
+ * answer's code in *code_out (may be NULL); "" and 0 before any error answer. Errors the
+ * library finds itself (a timeout, a bad argument) are not answers and change neither, so
+ * compare *code_out with what a call returned before using the text for it. Borrowed until
+ * the next call on c. */
+KVT_API const char *kvt_last_error(const struct kvt_client *c, int *code_out);
+
 /* How many leading keys of a chained list are cached (*hits_out), and for each of those the tier
  * it is in (tiers_out, may be NULL, at least n entries). On any error *hits_out is 0: a cache that
  * cannot answer reports a miss. keys (n entries) is borrowed during the call. */

@@ -41,8 +41,9 @@ static PyObject *error_base;
 static PyObject *error_classes;
 static PyObject *error_os;
 
-/* Raises the KvtierError subclass of rc with (code, name, text); returns NULL for the caller. */
-static PyObject *raise_kvt(int rc)
+/* Raises the KvtierError subclass of rc with (code, name, text), text being the code's own
+ * words followed by the daemon's detail when it sent one that says more; returns NULL. */
+static PyObject *raise_kvt_detail(int rc, const char *detail)
 {
     PyObject *cls = NULL;
     if (error_classes) {
@@ -58,12 +59,22 @@ static PyObject *raise_kvt(int rc)
         cls = error_os;
     if (!cls)
         cls = error_base ? error_base : PyExc_RuntimeError;
-    PyObject *exc = PyObject_CallFunction(cls, "iss", rc, kvt_strerror_name(rc), kvt_strerror(rc));
+    PyObject *exc;
+    if (detail && *detail && strcmp(detail, kvt_strerror(rc)))
+        exc = PyObject_CallFunction(cls, "isN", rc, kvt_strerror_name(rc),
+                                    PyUnicode_FromFormat("%s: %s", kvt_strerror(rc), detail));
+    else
+        exc = PyObject_CallFunction(cls, "iss", rc, kvt_strerror_name(rc), kvt_strerror(rc));
     if (!exc)
         return NULL;
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
     return NULL;
+}
+
+static PyObject *raise_kvt(int rc)
+{
+    return raise_kvt_detail(rc, NULL);
 }
 
 static int is_session_error(int rc)
@@ -87,6 +98,7 @@ typedef struct {
     struct arena_node buffers; /* live ArenaBuffers (list head) */
     void **deferred;           /* arena frees queued while busy */
     size_t n_deferred, cap_deferred;
+    PyObject *subs; /* ticket -> capsule of a submission with items open (submit_*) */
     PyObject *weakreflist;
 } ClientObject;
 
@@ -113,6 +125,14 @@ static PyTypeObject ClientType;
 static PyTypeObject ArenaBufferType;
 static PyTypeObject NamespaceType;
 static uint64_t client_serial_next = 1;
+
+/* raise_kvt with the daemon's words when its last error answer on this client was rc. */
+static PyObject *raise_client(ClientObject *self, int rc)
+{
+    int code = 0;
+    const char *text = self->c ? kvt_last_error(self->c, &code) : "";
+    return raise_kvt_detail(rc, code == rc ? text : NULL);
+}
 
 static ArenaBufferObject *buf_of_node(struct arena_node *n)
 {
@@ -827,13 +847,17 @@ static void client_dealloc(ClientObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     if (self->c)
         kvt_close(self->c);
+    Py_CLEAR(self->subs); /* kvt_close wrote the last into their buffers */
     PyMem_Free(self->deferred);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static void subs_drain(ClientObject *self);
+
 static PyObject *client_close(ClientObject *self, PyObject *unused)
 {
     (void)unused;
+    subs_drain(self);
     self->closing = 1;
     client_maybe_finish(self);
     Py_RETURN_NONE;
@@ -965,7 +989,7 @@ static PyObject *client_register(ClientObject *self, PyObject *args, PyObject *k
     client_leave(self);
     if (rc) {
         Py_DECREF(ns);
-        return raise_kvt(rc);
+        return raise_client(self, rc);
     }
     ns->owner = self->serial;
     ns->layers = layers;
@@ -1035,7 +1059,7 @@ static PyObject *client_put(ClientObject *self, PyObject *args, PyObject *kw)
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc)
-        raise_kvt(rc);
+        raise_client(self, rc);
     else
         ret = Py_NewRef(Py_None);
 out:
@@ -1096,7 +1120,7 @@ static PyObject *client_get(ClientObject *self, PyObject *args, PyObject *kw)
             taint_range(self, dst, cap);
         client_leave(self);
         if (rc)
-            raise_kvt(rc);
+            raise_client(self, rc);
     }
     if (view.obj)
         PyBuffer_Release(&view);
@@ -1156,7 +1180,7 @@ static PyObject *client_get_range(ClientObject *self, PyObject *args, PyObject *
             taint_range(self, dst, cap);
         client_leave(self);
         if (rc)
-            raise_kvt(rc);
+            raise_client(self, rc);
     }
     if (view.obj)
         PyBuffer_Release(&view);
@@ -1278,7 +1302,7 @@ static PyObject *client_put_batch(ClientObject *self, PyObject *args)
         PyEval_RestoreThread(ts);
         client_leave(self);
         if (rc) {
-            raise_kvt(rc);
+            raise_client(self, rc);
         } else if ((ret = PyList_New((Py_ssize_t)b.n))) {
             for (size_t i = 0; i < b.n; i++)
                 PyList_SET_ITEM(ret, (Py_ssize_t)i, PyLong_FromLong(b.items[i].status));
@@ -1318,7 +1342,7 @@ static PyObject *read_batch(ClientObject *self, PyObject *args, enum batch_kind 
         }
         client_leave(self);
         if (rc) {
-            raise_kvt(rc);
+            raise_client(self, rc);
         } else if ((ret = PyList_New((Py_ssize_t)b.n))) {
             for (size_t i = 0; i < b.n; i++) {
                 const struct kvt_item *it = &b.items[i];
@@ -1384,7 +1408,7 @@ static PyObject *lookup_common(ClientObject *self, PyObject *args, PyObject *kw,
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc) {
-        raise_kvt(rc);
+        raise_client(self, rc);
         goto out;
     }
     if (!want_tiers) {
@@ -1445,7 +1469,7 @@ static PyObject *client_delete(ClientObject *self, PyObject *args, PyObject *kw)
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc) {
-        raise_kvt(rc);
+        raise_client(self, rc);
         goto out;
     }
     if (!(ret = PyList_New((Py_ssize_t)n)))
@@ -1472,7 +1496,7 @@ static PyObject *client_ping(ClientObject *self, PyObject *unused)
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc)
-        return raise_kvt(rc);
+        return raise_client(self, rc);
     Py_RETURN_NONE;
 }
 
@@ -1489,7 +1513,7 @@ static PyObject *client_stats(ClientObject *self, PyObject *unused)
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc)
-        return raise_kvt(rc);
+        return raise_client(self, rc);
     PyObject *d = PyDict_New();
     for (size_t i = 0; d && i < n; i++) {
         PyObject *v = PyLong_FromUnsignedLongLong(st[i].value);
@@ -1515,7 +1539,7 @@ static PyObject *client_config_get(ClientObject *self, PyObject *args)
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc)
-        return raise_kvt(rc);
+        return raise_client(self, rc);
     return PyUnicode_FromString(buf);
 }
 
@@ -1532,8 +1556,209 @@ static PyObject *client_config_set(ClientObject *self, PyObject *args)
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc)
-        return raise_kvt(rc);
+        return raise_client(self, rc);
     Py_RETURN_NONE;
+}
+
+/* ---- Client: asynchronous submission ------------------------------------------------------- */
+
+/* A submission's items and the views that pin their buffers until every item completed. */
+struct py_sub {
+    struct batch b;
+    enum batch_kind kind;
+    size_t open;
+};
+
+static void sub_capsule_free(PyObject *cap)
+{
+    struct py_sub *s = PyCapsule_GetPointer(cap, "kvtier.submission");
+    if (!s)
+        return;
+    batch_free(&s->b);
+    PyMem_Free(s);
+}
+
+static PyObject *submit_common(ClientObject *self, PyObject *args, enum batch_kind kind)
+{
+    static const char *const fmt[] = {"OO:submit_put", "OO:submit_get", "OO:submit_get_range"};
+    static const enum kvt_submit_op ops[] = {KVT_SUBMIT_PUT, KVT_SUBMIT_GET, KVT_SUBMIT_GET_RANGE};
+    PyObject *ns_obj, *items_obj;
+    if (!PyArg_ParseTuple(args, fmt[kind], &ns_obj, &items_obj))
+        return NULL;
+    uint32_t h;
+    const NamespaceObject *ns;
+    if (ns_from_obj(self, ns_obj, &h, &ns) < 0)
+        return NULL;
+    if (!self->subs && !(self->subs = PyDict_New()))
+        return NULL;
+    struct py_sub *s = PyMem_Calloc(1, sizeof(*s));
+    if (!s)
+        return PyErr_NoMemory();
+    if (batch_from_obj(items_obj, kind, &s->b) < 0) {
+        PyMem_Free(s);
+        return NULL;
+    }
+    s->kind = kind;
+    s->open = s->b.n;
+    PyObject *cap = PyCapsule_New(s, "kvtier.submission", sub_capsule_free);
+    if (!cap) {
+        batch_free(&s->b);
+        PyMem_Free(s);
+        return NULL;
+    }
+    if (client_enter(self) < 0) {
+        Py_DECREF(cap);
+        return NULL;
+    }
+    uint64_t ticket = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = kvt_submit(self->c, h, ops[kind], s->b.items, s->b.n, &ticket);
+    PyEval_RestoreThread(ts);
+    PyObject *key = NULL;
+    if (!rc) {
+        /* The items are pinned from here on: if the ticket cannot be recorded, the capsule is
+         * leaked rather than freed under the library. */
+        key = PyLong_FromUnsignedLongLong(ticket);
+        if (!key || PyDict_SetItem(self->subs, key, cap) < 0)
+            Py_CLEAR(key);
+        else
+            Py_DECREF(cap);
+    } else {
+        Py_DECREF(cap);
+    }
+    client_leave(self);
+    if (rc)
+        return raise_client(self, rc);
+    return key;
+}
+
+static PyObject *client_submit_put(ClientObject *self, PyObject *args)
+{
+    return submit_common(self, args, BATCH_PUT);
+}
+
+static PyObject *client_submit_get(ClientObject *self, PyObject *args)
+{
+    return submit_common(self, args, BATCH_GET);
+}
+
+static PyObject *client_submit_get_range(ClientObject *self, PyObject *args)
+{
+    return submit_common(self, args, BATCH_RANGE);
+}
+
+/* One poll (GIL released); completions are turned into tuples, and submissions whose items all
+ * completed release their buffers. max is 1..4096. */
+static PyObject *poll_once(ClientObject *self, uint32_t timeout_ms, size_t max)
+{
+    struct kvt_completion *cq = PyMem_Malloc(max * sizeof(*cq));
+    if (!cq)
+        return PyErr_NoMemory();
+    size_t n = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = kvt_poll(self->c, cq, max, timeout_ms, &n);
+    PyEval_RestoreThread(ts);
+    PyObject *ret = rc ? NULL : PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; i < n; i++) {
+        PyObject *key = PyLong_FromUnsignedLongLong(cq[i].ticket);
+        PyObject *cap = key && self->subs ? PyDict_GetItemWithError(self->subs, key) : NULL;
+        struct py_sub *s = cap ? PyCapsule_GetPointer(cap, "kvtier.submission") : NULL;
+        const struct kvt_item *it = cq[i].item;
+        if (s && s->kind != BATCH_PUT && is_session_error(it->status))
+            taint_range(self, s->b.views[cq[i].index].buf, (size_t)s->b.views[cq[i].index].len);
+        int has_len = s && s->kind != BATCH_PUT && (!it->status || it->status == KVT_E_SMALLBUF);
+        if (ret) {
+            PyObject *t = Py_BuildValue(
+                "(KniKI)", (unsigned long long)cq[i].ticket, (Py_ssize_t)cq[i].index, it->status,
+                has_len ? (unsigned long long)it->len : 0ull, (unsigned int)it->tier);
+            if (t)
+                PyList_SET_ITEM(ret, (Py_ssize_t)i, t);
+            else
+                Py_CLEAR(ret);
+        }
+        if (s && --s->open == 0 && PyDict_DelItem(self->subs, key) < 0)
+            Py_CLEAR(ret);
+        Py_XDECREF(key);
+    }
+    PyMem_Free(cq);
+    if (rc)
+        return raise_client(self, rc);
+    return ret;
+}
+
+static PyObject *client_poll(ClientObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"timeout", "max", NULL};
+    double timeout = 0.0;
+    Py_ssize_t max = 64;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|dn:poll", kwlist, &timeout, &max))
+        return NULL;
+    if (!(timeout >= 0) || timeout > 4294967.0 || max < 1 || max > 4096) {
+        PyErr_SetString(PyExc_ValueError, "poll: timeout is seconds >= 0, max 1..4096");
+        return NULL;
+    }
+    if (client_enter(self) < 0)
+        return NULL;
+    PyObject *ret = poll_once(self, (uint32_t)(timeout * 1000.0 + 0.5), (size_t)max);
+    client_leave(self);
+    return ret;
+}
+
+static PyObject *client_cancel(ClientObject *self, PyObject *args)
+{
+    unsigned long long ticket;
+    if (!PyArg_ParseTuple(args, "K:cancel", &ticket))
+        return NULL;
+    if (client_enter(self) < 0)
+        return NULL;
+    size_t n = 0;
+    int rc = kvt_cancel(self->c, ticket, &n);
+    client_leave(self);
+    if (rc)
+        return raise_client(self, rc);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *client_fileno(ClientObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (client_enter(self) < 0)
+        return NULL;
+    int fd = kvt_fd(self->c);
+    client_leave(self);
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *client_get_pending(ClientObject *self, void *unused)
+{
+    (void)unused;
+    return PyLong_FromSize_t(self->c ? kvt_pending(self->c) : 0);
+}
+
+/* close(): unsent items are canceled and the sent ones waited for (at most about one session
+ * timeout), so that no buffer is released while the daemon could still fill it. */
+static void subs_drain(ClientObject *self)
+{
+    if (!self->subs || !self->c || self->busy || self->closing)
+        return;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    Py_ssize_t pos = 0;
+    PyObject *key, *val;
+    while (PyDict_Next(self->subs, &pos, &key, &val))
+        kvt_cancel(self->c, PyLong_AsUnsignedLongLong(key), NULL);
+    PyErr_Clear();
+    self->busy = 1;
+    while (kvt_pending(self->c) > 0) {
+        PyObject *r = poll_once(self, 1000, 256);
+        if (!r) {
+            PyErr_Clear();
+            break;
+        }
+        Py_DECREF(r);
+    }
+    self->busy = 0;
+    PyErr_Restore(et, ev, etb);
 }
 
 static PyMethodDef client_methods[] = {
@@ -1565,6 +1790,20 @@ static PyMethodDef client_methods[] = {
      "lookup_tiers(ns, keys, variants=None) -> tier of each leading key cached"},
     {"delete", (PyCFunction)(void (*)(void))client_delete, METH_VARARGS | METH_KEYWORDS,
      "delete(ns, keys, variants=None) -> list of statuses (0, E_NOTFOUND, E_INUSE)"},
+    {"submit_put", (PyCFunction)client_submit_put, METH_VARARGS,
+     "submit_put(ns, [(key, buf[, n_tokens[, variant]]), ...]) -> ticket: starts the Puts and "
+     "returns; the buffers stay pinned until poll() returned every item"},
+    {"submit_get", (PyCFunction)client_submit_get, METH_VARARGS,
+     "submit_get(ns, [(key, out[, variant]), ...]) -> ticket"},
+    {"submit_get_range", (PyCFunction)client_submit_get_range, METH_VARARGS,
+     "submit_get_range(ns, [(key, layer, token_first, n_tokens, out[, variant]), ...]) -> ticket"},
+    {"poll", (PyCFunction)(void (*)(void))client_poll, METH_VARARGS | METH_KEYWORDS,
+     "poll(timeout=0.0, max=64) -> list of (ticket, index, status, length, tier) of finished "
+     "items, waiting up to timeout seconds for the first"},
+    {"cancel", (PyCFunction)client_cancel, METH_VARARGS,
+     "cancel(ticket) -> items not sent yet, which complete with E_CANCELED"},
+    {"fileno", (PyCFunction)client_fileno, METH_NOARGS,
+     "fileno() -> the session socket, readable when answers arrived (valid until the next call)"},
     {"ping", (PyCFunction)client_ping, METH_NOARGS, "A round trip to the daemon."},
     {"stats", (PyCFunction)client_stats, METH_NOARGS, "stats() -> dict of name: value"},
     {"config_get", (PyCFunction)client_config_get, METH_VARARGS, "config_get(key) -> str"},
@@ -1575,6 +1814,8 @@ static PyMethodDef client_methods[] = {
 static PyGetSetDef client_getset[] = {
     {"closed", (getter)client_get_closed, NULL, "True after close()", NULL},
     {"busy", (getter)client_get_busy, NULL, "a call is running (in another thread)", NULL},
+    {"pending", (getter)client_get_pending, NULL,
+     "items submitted whose completion poll() has not returned", NULL},
     {"socket_path", (getter)client_get_socket_path, NULL, "the socket the session uses", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

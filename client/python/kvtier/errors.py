@@ -129,6 +129,7 @@ _CATEGORY = {
     "E_TRUNCATED": (ProtocolError, "Truncated"),
     "E_BADOP": (ProtocolError, "BadOperation"),
     "E_NOARENA": (ProtocolError, "NoArena"),
+    "E_CANCELED": (KvtierError, "Canceled"),  # the caller's own kvt_cancel: a status, not a fault
 }
 
 by_code = {}
