@@ -182,6 +182,13 @@ static const struct kvt_cfg_entry entries[] = {
            "tol) times the wider one's"),
     U64("abstract.fine_layers", abstract_fine_layers, "2", 0, 65536, ADMIN,
         "Variable spans: the first layers keep base spans (their attention is spread thin)"),
+    U64("hold.max", hold_max, "4096", 1, 1u << 20, 0,
+        "Most Lookup holds open at once (a Lookup asking for one past it answers E_FULL)"),
+    U64("hold.pins_max", hold_pins_max, "262144", 1, 1u << 26, 0,
+        "Most chunks pinned by all Lookup holds together"),
+    U64("hold.ttl_ms", hold_ttl_ms, "30000", 10, 3600000, ADMIN,
+        "Longest a Lookup hold pins its hits (a longer hold_ms is cut to this); released "
+        "sooner by ReleaseHold"),
     U64("context.max", context_max, "1024", 1, 1u << 20, 0,
         "Most contexts open at once (OpenContext answers E_FULL past it)"),
     U64("context.chunks_max", context_chunks_max, "65536", 1, 1u << 24, ADMIN,

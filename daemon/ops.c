@@ -67,6 +67,9 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     case KVTIER__REQUEST__OP_SELECT:
         kvt__ops_select(s, c, op, req->select);
         return 0;
+    case KVTIER__REQUEST__OP_RELEASE:
+        kvt__ops_release(s, c, op, req->release);
+        return 0;
     case KVTIER__REQUEST__OP_STATS:
         kvt__ops_stats(s, c, op);
         return 0;

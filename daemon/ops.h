@@ -71,6 +71,8 @@ void kvt__ops_open_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_
                            const Kvtier__OpenContextReq *r);
 void kvt__ops_append_chunks(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                             const Kvtier__AppendChunksReq *r);
+void kvt__ops_release(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const Kvtier__ReleaseReq *r);
 void kvt__ops_close_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                             const Kvtier__CloseContextReq *r);
 void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,

@@ -70,6 +70,13 @@ static void stats_fill(struct kvt_server *s, struct stats_buf *b)
              s->idx.cap);
     stat_add(b, "", "workers", g, "", "copy worker threads", s->n_workers);
     stat_add(b, "", "contexts", g, "", "contexts open", s->ctx.n);
+    stat_add(b, "", "holds", g, "", "Lookup holds open", s->holds.n);
+    stat_add(b, "", "hold_pins", g, "", "chunks pinned by Lookup holds", s->holds.pins);
+    stat_add(b, "", "holds_made", KVT_STAT_COUNTER, "", "Lookup holds made", s->holds.made);
+    stat_add(b, "", "holds_released", KVT_STAT_COUNTER, "", "Lookup holds released by a client",
+             s->holds.released);
+    stat_add(b, "", "holds_expired", KVT_STAT_COUNTER, "",
+             "Lookup holds let go because their lease ran out", s->holds.expired);
     stat_add(b, "", "contexts_expired", KVT_STAT_COUNTER, "",
              "contexts closed because their lease ran out", s->ctx.expired);
     stat_add(b, "", "abstracts", KVT_STAT_COUNTER, "", "span abstracts built and kept",

@@ -1,6 +1,7 @@
 /*
- * Key handlers: Lookup (how many leading keys of a list are stored, and in which tier) and Delete
- * (answered once its tombstones are durable). Both bound the number of keys one request may name.
+ * Key handlers: Lookup (how many leading keys of a list are stored, and in which tier, pinning
+ * them under a hold when asked), Release (of a hold) and Delete (answered once its tombstones are
+ * durable). Lookup and Delete bound the number of keys one request may name.
  */
 #include "daemon/ops.h"
 
@@ -22,7 +23,7 @@ void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         reply_error(s, c, op, KVT_E_TOOBIG, "more than 65536 keys in one Lookup");
         return;
     }
-    static uint32_t tiers[LOOKUP_KEYS_MAX];
+    static uint32_t tiers[LOOKUP_KEYS_MAX], ids[LOOKUP_KEYS_MAX], gens[LOOKUP_KEYS_MAX];
     size_t hits = 0;
     for (size_t i = 0; i < l->n_keys; i++) {
         struct kvt_key key;
@@ -35,13 +36,28 @@ void kvt__ops_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
             id == KVT_INDEX_NIL ? KVT_TIER_NONE : kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id));
         if (t == KVT_TIER_NONE)
             break;
+        ids[hits] = id;
+        gens[hits] = kvt_index_at(&s->idx, id)->gen;
         tiers[hits++] = t;
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__LookupResp lr = KVTIER__LOOKUP_RESP__INIT;
+    if (l->hold_ms && hits) {
+        /* Pinned until released or the lease ends; a hold that cannot be made is an error, so
+         * the engine never believes hits are safe that are not. */
+        uint32_t ttl =
+            l->hold_ms < s->cfg->hold_ttl_ms ? l->hold_ms : (uint32_t)s->cfg->hold_ttl_ms;
+        rc = kvt_hold_make(&s->holds, c->tenant, ids, gens, (uint32_t)hits, ttl, &lr.hold);
+        if (rc) {
+            reply_error(s, c, op, rc,
+                        rc == KVT_E_FULL ? "no room for another hold (hold.max, hold.pins_max)"
+                                         : NULL);
+            return;
+        }
     }
     s->st.lookups++;
     s->st.lookup_keys += l->n_keys;
     s->st.lookup_hits += hits;
-    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
-    Kvtier__LookupResp lr = KVTIER__LOOKUP_RESP__INIT;
     lr.hits = (uint32_t)hits;
     lr.n_tiers = hits;
     lr.tiers = tiers;
@@ -95,5 +111,27 @@ void kvt__ops_delete(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     dr.status = status;
     resp.result_case = KVTIER__RESPONSE__RESULT_DEL;
     resp.del = &dr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+void kvt__ops_release(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                      const Kvtier__ReleaseReq *r)
+{
+    uint32_t n = 0;
+    int rc = kvt_hold_end(&s->holds, r->hold, c->tenant, &n);
+    if (rc) {
+        if (rc == KVT_E_ACCESS)
+            s->st.access_denied++;
+        reply_error(s, c, op, rc,
+                    rc == KVT_E_ACCESS ? "hold belongs to another tenant"
+                                       : "unknown hold: released, expired (hold.ttl_ms) or made "
+                                         "before the daemon restarted");
+        return;
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__ReleaseResp rr = KVTIER__RELEASE_RESP__INIT;
+    rr.released = n;
+    resp.result_case = KVTIER__RESPONSE__RESULT_RELEASE;
+    resp.release = &rr;
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }

@@ -849,6 +849,19 @@ static void raise_nofile(const struct kvt_dconfig *cfg)
                  (unsigned long long)rl.rlim_cur);
 }
 
+/* Lookup holds pin and unpin index entries through the tier manager. */
+static void hold_pin(void *arg, uint32_t entry)
+{
+    struct kvt_server *s = arg;
+    kvt_tm_pin(s->tm, entry);
+}
+
+static void hold_unpin(void *arg, uint32_t entry, uint32_t gen)
+{
+    struct kvt_server *s = arg;
+    kvt_tm_unpin(s->tm, entry, gen);
+}
+
 static uint32_t worker_count(const struct kvt_dconfig *cfg)
 {
     if (cfg->workers)
@@ -907,6 +920,10 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
                                  (uint32_t)cfg->context_chunks_max, s->loop)))
         goto err;
     if ((rc = kvt__server_tiers_open(s)))
+        goto err;
+    struct kvt_hold_pins pins = {hold_pin, hold_unpin, s};
+    if ((rc = kvt_hold_table_init(&s->holds, (uint32_t)cfg->hold_max, cfg->hold_pins_max, &pins,
+                                  s->loop)))
         goto err;
     s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (s->signal_fd < 0) {
@@ -992,6 +1009,7 @@ static void begin_shutdown(struct kvt_server *s)
     /* Stop reading requests; answer what is in flight; write back what DRAM holds alone. */
     for (struct kvt_conn *c = s->conns; c; c = c->next)
         c->closing = 1;
+    kvt_hold_table_deinit(&s->holds); /* a held chunk is not written back: let go first */
     kvt_tm_flush(s->tm);
 }
 
@@ -1131,6 +1149,7 @@ void kvt_server_destroy(struct kvt_server *s)
         s->workers = NULL;
     }
     s->destroying = 1;
+    kvt_hold_table_deinit(&s->holds); /* unpins through the tier manager: before it goes */
     kvt__server_tiers_close(s); /* waits for disk I/O; its callbacks only release what they hold */
     while (s->closed) {
         struct kvt_conn *c = s->closed;

@@ -19,6 +19,7 @@
 #include "daemon/index.h"
 #include "daemon/abstract.h"
 #include "daemon/context.h"
+#include "daemon/hold.h"
 #include "daemon/ns.h"
 #include "daemon/select.h"
 #include "daemon/tiermgr.h"
@@ -233,6 +234,7 @@ struct kvt_server {
     struct kvt_abs_store abs;         /* span abstracts, by index entry */
     uint64_t abs_restore_pending;     /* start: bytes of abstracts being read back from disk */
     struct kvt_ctx_table ctx;         /* open contexts */
+    struct kvt_hold_table holds;      /* Lookup hits pinned until loaded */
     struct kvt_sel_scratch sel;       /* Select's working memory */
     struct kvt_span_policy span_dflt; /* abstract.* settings */
     struct kvt_dstats st;

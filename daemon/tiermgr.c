@@ -786,6 +786,20 @@ void kvt_tm_release(struct kvt_tm *tm, uint32_t id)
     tm->writeback_idle = 0; /* no longer held: it may be written back */
 }
 
+void kvt_tm_pin(struct kvt_tm *tm, uint32_t id)
+{
+    entry(tm, id)->refs++;
+}
+
+void kvt_tm_unpin(struct kvt_tm *tm, uint32_t id, uint32_t gen)
+{
+    struct kvt_entry *e = entry(tm, id);
+    if (e->gen != gen || e->state == KVT_ENTRY_FREE || e->refs == 0)
+        return;
+    e->refs--;
+    tm->writeback_idle = 0; /* no longer held: it may be written back */
+}
+
 void kvt_tm_count_miss(struct kvt_tm *tm)
 {
     ops_of(tm, MEM)->count(tm->tiers[MEM].t, 0);

@@ -256,6 +256,11 @@ void *kvt_tm_memory_ptr(const struct kvt_tm *tm, const struct kvt_entry *e);
 const void *kvt_tm_acquire(struct kvt_tm *tm, uint32_t id);
 /* Unpins what kvt_tm_acquire or get_in_dram pinned. */
 void kvt_tm_release(struct kvt_tm *tm, uint32_t id);
+/* Pins READY entry id in whatever tiers it is (a Lookup hold): never evicted, demoted or written
+ * back while pinned. kvt_tm_unpin lets go, only when the entry's generation is still gen (a slot
+ * removed meanwhile, e.g. a copy that failed its checksum, is not touched). */
+void kvt_tm_pin(struct kvt_tm *tm, uint32_t id);
+void kvt_tm_unpin(struct kvt_tm *tm, uint32_t id, uint32_t gen);
 /* Counts a read that found no DRAM copy (a miss of tier 0). */
 void kvt_tm_count_miss(struct kvt_tm *tm);
 /* Reads entry id from a lower tier for io: the whole chunk (promoted into DRAM when a slot can be

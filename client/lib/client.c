@@ -1157,12 +1157,16 @@ int kvt_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, si
     return kvt_lookup_v(c, ns, keys, NULL, n, hits_out, tiers_out);
 }
 
-int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
-                 const uint32_t *variants, size_t n, size_t *hits_out, enum kvt_tier_id *tiers_out)
+/* Lookup, pinning the hits under a hold when hold_ms > 0 (hold_out then gets its id). */
+static int lookup_common(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                         const uint32_t *variants, size_t n, uint32_t hold_ms, size_t *hits_out,
+                         enum kvt_tier_id *tiers_out, uint64_t *hold_out)
 {
     if (hits_out)
         *hits_out = 0;
-    if (!c || !hits_out || (!keys && n))
+    if (hold_out)
+        *hold_out = 0;
+    if (!c || !hits_out || (!keys && n) || (hold_ms && !hold_out))
         return KVT_E_INVAL;
     int rc = kvt__cl_ensure_session(c);
     if (rc)
@@ -1179,6 +1183,7 @@ int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
     lr.ns = ns_id;
     lr.n_keys = n;
     lr.keys = kp;
+    lr.hold_ms = hold_ms;
     req.op_case = KVTIER__REQUEST__OP_LOOKUP;
     req.lookup = &lr;
     Kvtier__Response *r = NULL;
@@ -1193,6 +1198,54 @@ int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
         *hits_out = r->lookup->hits;
         for (size_t i = 0; tiers_out && i < r->lookup->hits; i++)
             tiers_out[i] = (enum kvt_tier_id)r->lookup->tiers[i];
+        if (hold_out)
+            *hold_out = r->lookup->hold;
+    } else if (!rc) {
+        rc = KVT_E_PROTO;
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                 const uint32_t *variants, size_t n, size_t *hits_out, enum kvt_tier_id *tiers_out)
+{
+    return lookup_common(c, ns, keys, variants, n, 0, hits_out, tiers_out, NULL);
+}
+
+int kvt_lookup_hold(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                    const uint32_t *variants, size_t n, uint32_t hold_ms, size_t *hits_out,
+                    enum kvt_tier_id *tiers_out, uint64_t *hold_out)
+{
+    if (!hold_ms) {
+        if (hits_out)
+            *hits_out = 0;
+        if (hold_out)
+            *hold_out = 0;
+        return KVT_E_INVAL;
+    }
+    return lookup_common(c, ns, keys, variants, n, hold_ms, hits_out, tiers_out, hold_out);
+}
+
+int kvt_hold_release(struct kvt_client *c, uint64_t hold, uint32_t *released_out)
+{
+    if (released_out)
+        *released_out = 0;
+    if (!c || !hold)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__ReleaseReq rr = KVTIER__RELEASE_REQ__INIT;
+    rr.hold = hold;
+    req.op_case = KVTIER__REQUEST__OP_RELEASE;
+    req.release = &rr;
+    Kvtier__Response *r = NULL;
+    int rc = call(c, &req, &r);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case == KVTIER__RESPONSE__RESULT_RELEASE) {
+        if (released_out)
+            *released_out = r->release->released;
     } else if (!rc) {
         rc = KVT_E_PROTO;
     }

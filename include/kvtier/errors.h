@@ -60,7 +60,8 @@
     X(E_QUOTA, -10035, "tenant quota exceeded")                                                    \
     X(E_UNTRUSTED, -10036, "socket is served by an untrusted uid, not kvtierd")                    \
     X(E_NOCTX, -10037, "unknown or closed context (its lease may have expired)")                   \
-    X(E_CANCELED, -10038, "request canceled before it was sent")
+    X(E_CANCELED, -10038, "request canceled before it was sent")                                   \
+    X(E_NOHOLD, -10039, "unknown or released hold (its lease may have expired)")
 
 #ifdef __cplusplus
 extern "C" {

@@ -407,6 +407,24 @@ KVT_API int kvt_lookup_v(struct kvt_client *c, uint32_t ns, const struct kvt_key
                          const uint32_t *variants, size_t n, size_t *hits_out,
                          enum kvt_tier_id *tiers_out);
 
+/* kvt_lookup_v that also pins the leading hits against eviction (in whatever tier each is) for
+ * hold_ms (> 0; the daemon cuts it to its hold.ttl_ms), so that reading them a little later
+ * cannot miss because of eviction: the scheduler/worker split of vLLM's connector. The hold
+ * belongs to the tenant, not the connection: any session of the tenant may release it (another
+ * tenant gets KVT_E_ACCESS), and the daemon lets go by itself when its time is up. *hold_out
+ * gets its id (0 when there were no hits: nothing to release). While held a chunk cannot be
+ * deleted (KVT_E_INUSE), and DRAM held by holds is not available to Puts. KVT_E_FULL (and no
+ * hits) when the daemon has no room for another hold (hold.max, hold.pins_max); a chunk whose
+ * copy turns out corrupt is still dropped, never served. Holds do not survive a daemon restart.
+ * KVT_E_INVAL for hold_ms 0 or a NULL hold_out. */
+KVT_API int kvt_lookup_hold(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
+                            const uint32_t *variants, size_t n, uint32_t hold_ms, size_t *hits_out,
+                            enum kvt_tier_id *tiers_out, uint64_t *hold_out);
+/* Lets go of a hold; *released_out (may be NULL) gets the chunks it pinned. KVT_E_NOHOLD when it
+ * is unknown (released already, expired, or made before a daemon restart), KVT_E_ACCESS when
+ * another tenant's. */
+KVT_API int kvt_hold_release(struct kvt_client *c, uint64_t hold, uint32_t *released_out);
+
 /* Deletes keys (n entries, borrowed during the call); status_out (may be NULL, else n entries)
  * gets 0, KVT_E_NOTFOUND or KVT_E_INUSE (the chunk is being read or written: retry) per key. */
 KVT_API int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys, size_t n,

@@ -1372,12 +1372,23 @@ static PyObject *client_get_range_batch(ClientObject *self, PyObject *args)
     return read_batch(self, args, BATCH_RANGE);
 }
 
-static PyObject *lookup_common(ClientObject *self, PyObject *args, PyObject *kw, int want_tiers)
+enum lookup_mode { LOOKUP_COUNT, LOOKUP_TIERS, LOOKUP_HOLD };
+
+/* lookup -> hits; lookup_tiers -> [tier, ...]; lookup_hold -> (hits, hold id). */
+static PyObject *lookup_common(ClientObject *self, PyObject *args, PyObject *kw,
+                               enum lookup_mode mode)
 {
     static char *kwlist[] = {"ns", "keys", "variants", NULL};
+    static char *kwlist_hold[] = {"ns", "keys", "hold_ms", "variants", NULL};
     PyObject *ns_obj, *keys_obj, *variants_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, want_tiers ? "OO|O:lookup_tiers" : "OO|O:lookup",
-                                     kwlist, &ns_obj, &keys_obj, &variants_obj))
+    uint32_t hold_ms = 0;
+    int want_tiers = mode == LOOKUP_TIERS;
+    if (mode == LOOKUP_HOLD
+            ? !PyArg_ParseTupleAndKeywords(args, kw, "OOO&|O:lookup_hold", kwlist_hold, &ns_obj,
+                                           &keys_obj, conv_u32, &hold_ms, &variants_obj)
+            : !PyArg_ParseTupleAndKeywords(args, kw,
+                                           want_tiers ? "OO|O:lookup_tiers" : "OO|O:lookup", kwlist,
+                                           &ns_obj, &keys_obj, &variants_obj))
         return NULL;
     uint32_t h;
     const NamespaceObject *ns;
@@ -1402,13 +1413,21 @@ static PyObject *lookup_common(ClientObject *self, PyObject *args, PyObject *kw,
     if (client_enter(self) < 0)
         goto out;
     size_t hits = 0;
+    uint64_t hold = 0;
     int rc;
     PyThreadState *ts = PyEval_SaveThread();
-    rc = kvt_lookup_v(self->c, h, keys, variants, n, &hits, tiers);
+    if (mode == LOOKUP_HOLD)
+        rc = kvt_lookup_hold(self->c, h, keys, variants, n, hold_ms, &hits, NULL, &hold);
+    else
+        rc = kvt_lookup_v(self->c, h, keys, variants, n, &hits, tiers);
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc) {
         raise_client(self, rc);
+        goto out;
+    }
+    if (mode == LOOKUP_HOLD) {
+        ret = Py_BuildValue("(nK)", (Py_ssize_t)hits, (unsigned long long)hold);
         goto out;
     }
     if (!want_tiers) {
@@ -1429,12 +1448,34 @@ out:
 
 static PyObject *client_lookup(ClientObject *self, PyObject *args, PyObject *kw)
 {
-    return lookup_common(self, args, kw, 0);
+    return lookup_common(self, args, kw, LOOKUP_COUNT);
 }
 
 static PyObject *client_lookup_tiers(ClientObject *self, PyObject *args, PyObject *kw)
 {
-    return lookup_common(self, args, kw, 1);
+    return lookup_common(self, args, kw, LOOKUP_TIERS);
+}
+
+static PyObject *client_lookup_hold(ClientObject *self, PyObject *args, PyObject *kw)
+{
+    return lookup_common(self, args, kw, LOOKUP_HOLD);
+}
+
+static PyObject *client_release_hold(ClientObject *self, PyObject *args)
+{
+    unsigned long long hold;
+    if (!PyArg_ParseTuple(args, "K:release_hold", &hold))
+        return NULL;
+    if (client_enter(self) < 0)
+        return NULL;
+    uint32_t n = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = kvt_hold_release(self->c, hold, &n);
+    PyEval_RestoreThread(ts);
+    client_leave(self);
+    if (rc)
+        return raise_client(self, rc);
+    return PyLong_FromUnsignedLong(n);
 }
 
 static PyObject *client_delete(ClientObject *self, PyObject *args, PyObject *kw)
@@ -1788,6 +1829,11 @@ static PyMethodDef client_methods[] = {
      "lookup(ns, keys, variants=None) -> number of leading keys cached"},
     {"lookup_tiers", (PyCFunction)(void (*)(void))client_lookup_tiers, METH_VARARGS | METH_KEYWORDS,
      "lookup_tiers(ns, keys, variants=None) -> tier of each leading key cached"},
+    {"lookup_hold", (PyCFunction)(void (*)(void))client_lookup_hold, METH_VARARGS | METH_KEYWORDS,
+     "lookup_hold(ns, keys, hold_ms, variants=None) -> (hits, hold): the leading hits pinned "
+     "against eviction for hold_ms (release_hold lets go sooner; 0 when no hit)"},
+    {"release_hold", (PyCFunction)client_release_hold, METH_VARARGS,
+     "release_hold(hold) -> chunks it pinned (any client of the tenant may release it)"},
     {"delete", (PyCFunction)(void (*)(void))client_delete, METH_VARARGS | METH_KEYWORDS,
      "delete(ns, keys, variants=None) -> list of statuses (0, E_NOTFOUND, E_INUSE)"},
     {"submit_put", (PyCFunction)client_submit_put, METH_VARARGS,

@@ -102,6 +102,7 @@ _CATEGORY = {
     "E_NOTFOUND": (NotFoundError, "NotFound"),
     "E_NONS": (NotFoundError, "UnknownNamespace"),
     "E_NOCTX": (NotFoundError, "UnknownContext"),
+    "E_NOHOLD": (NotFoundError, "UnknownHold"),
     "E_TIMEOUT": (KvtierTimeoutError, "Timeout"),
     "E_DISCONNECTED": (ConnectionLostError, "Disconnected"),
     "E_SHUTDOWN": (ConnectionLostError, "Shutdown"),

@@ -137,3 +137,22 @@ def test_error_text_carries_the_daemons_words(client):
         client.config_get("no.such.key")
     assert "unknown config key" in str(e.value)
     assert e.value.code == errors.E_BADCONFIG
+
+
+def test_lookup_hold_pins_hits_until_released(client, ns):
+    keys = keys_for(ns, 4, 6)
+    data = chunks(ns, 4, 6)
+    client.put_batch(ns, list(zip(keys, data)))
+    hits, hold = client.lookup_hold(ns, keys, 5000)
+    assert hits == 4 and hold != 0
+    assert client.stats()["hold_pins"] >= 4
+    statuses = client.delete(ns, keys[:1])
+    assert statuses == [errors.E_INUSE]  # held: not deleted
+    with kvtier.Client(client.socket_path) as other_session:  # same tenant, another client
+        assert other_session.release_hold(hold) == 4
+    with pytest.raises(errors.UnknownHold) as e:
+        client.release_hold(hold)
+    assert "unknown hold" in str(e.value)
+    assert client.lookup_hold(ns, [b"\x02" * 16], 5000) == (0, 0)
+    with pytest.raises(kvtier.InvalidArgumentError):
+        client.lookup_hold(ns, keys, 0)
