@@ -12,6 +12,11 @@
 
 int kvt_arena_alloc_init(struct kvt_arena_alloc *a, uint64_t bytes)
 {
+    return kvt_arena_alloc_init_range(a, 0, bytes);
+}
+
+int kvt_arena_alloc_init_range(struct kvt_arena_alloc *a, uint64_t off, uint64_t bytes)
+{
     memset(a, 0, sizeof(*a));
     a->free_ext = calloc(KVT_ARENA_BLOCKS_MAX + 1, sizeof(*a->free_ext));
     a->used = calloc(KVT_ARENA_BLOCKS_MAX, sizeof(*a->used));
@@ -19,7 +24,7 @@ int kvt_arena_alloc_init(struct kvt_arena_alloc *a, uint64_t bytes)
         kvt_arena_alloc_deinit(a);
         return KVT_E_NOMEM;
     }
-    a->free_ext[0] = (struct kvt_arena_extent){0, bytes & ~(ALIGN - 1)};
+    a->free_ext[0] = (struct kvt_arena_extent){off, bytes & ~(ALIGN - 1)};
     a->n_free = a->free_ext[0].len ? 1 : 0;
     return 0;
 }

@@ -23,6 +23,8 @@ struct kvt_arena_alloc {
 };
 
 int kvt_arena_alloc_init(struct kvt_arena_alloc *a, uint64_t bytes);
+/* Hands out only [off, off + bytes) (off 4 KiB-aligned): the part of a caller's arena it lends. */
+int kvt_arena_alloc_init_range(struct kvt_arena_alloc *a, uint64_t off, uint64_t bytes);
 void kvt_arena_alloc_deinit(struct kvt_arena_alloc *a);
 /* 0 and *off, or KVT_E_NOMEM when no extent fits or the tables are full. */
 int kvt_arena_alloc_get(struct kvt_arena_alloc *a, uint64_t bytes, uint64_t *off);

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -543,7 +544,25 @@ static int parse_uid(const char *s, int64_t *out)
     return 0;
 }
 
-int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
+/* A caller's arena (kvt_connect_arena): a memfd sealed against shrinking and growing, of exactly
+ * bytes (a 4 KiB multiple), mapped by the caller at a 4 KiB-aligned base; the staging range inside
+ * it. 0 or KVT_E_INVAL. */
+static int check_arena_spec(const struct kvt_arena_spec *a)
+{
+    struct stat st;
+    int seals = a->fd >= 0 ? fcntl(a->fd, F_GET_SEALS) : -1;
+    if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) ||
+        fstat(a->fd, &st) || (uint64_t)st.st_size != a->bytes)
+        return KVT_E_INVAL;
+    if (!a->base || ((uintptr_t)a->base & 4095) || !a->bytes || (a->bytes & 4095) ||
+        (a->stage_offset & 4095) || a->stage_offset > a->bytes ||
+        a->stage_bytes > a->bytes - a->stage_offset)
+        return KVT_E_INVAL;
+    return 0;
+}
+
+static int connect_with(const struct kvt_connect_opts *opts, const struct kvt_arena_spec *arena,
+                        struct kvt_client **out)
 {
     struct kvt_connect_opts o = opts ? *opts : (struct kvt_connect_opts){0};
     char def[KVT_SOCKET_PATH_MAX];
@@ -588,24 +607,40 @@ int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
     c->max_frame_bytes = 1u << 20;
     int rc = KVT_E_NOMEM;
 
-    c->arena_fd = memfd_create("kvtier-transfer", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (c->arena_fd < 0) {
-        rc = -errno;
-        goto err_free;
+    if (arena) {
+        /* The caller's: our own descriptor of it (shared again on reconnects), its mapping. */
+        c->arena_owned = 0;
+        c->arena_bytes = arena->bytes;
+        c->arena = arena->base;
+        c->arena_fd = fcntl(arena->fd, F_DUPFD_CLOEXEC, 0);
+        if (c->arena_fd < 0) {
+            rc = -errno;
+            goto err_free;
+        }
+        rc = kvt_arena_alloc_init_range(&c->alloc, arena->stage_offset, arena->stage_bytes);
+        if (rc)
+            goto err_close_memfd;
+    } else {
+        c->arena_owned = 1;
+        c->arena_fd = memfd_create("kvtier-transfer", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (c->arena_fd < 0) {
+            rc = -errno;
+            goto err_free;
+        }
+        if (ftruncate(c->arena_fd, (off_t)c->arena_bytes) ||
+            fcntl(c->arena_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+            rc = -errno;
+            goto err_close_memfd;
+        }
+        c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, c->arena_fd, 0);
+        if (c->arena == MAP_FAILED) {
+            rc = -errno;
+            goto err_close_memfd;
+        }
+        rc = kvt_arena_alloc_init(&c->alloc, c->arena_bytes);
+        if (rc)
+            goto err_unmap;
     }
-    if (ftruncate(c->arena_fd, (off_t)c->arena_bytes) ||
-        fcntl(c->arena_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
-        rc = -errno;
-        goto err_close_memfd;
-    }
-    c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, c->arena_fd, 0);
-    if (c->arena == MAP_FAILED) {
-        rc = -errno;
-        goto err_close_memfd;
-    }
-    rc = kvt_arena_alloc_init(&c->alloc, c->arena_bytes);
-    if (rc)
-        goto err_unmap;
     /* Room for the largest frame any daemon configuration may send. */
     c->in_cap = (64u << 20) + IN_EXTRA_BYTES;
     c->out_cap = (64u << 20) + 4;
@@ -628,12 +663,26 @@ err_bufs:
     free(c->out);
     kvt_arena_alloc_deinit(&c->alloc);
 err_unmap:
-    munmap(c->arena, c->arena_bytes);
+    if (c->arena_owned)
+        munmap(c->arena, c->arena_bytes);
 err_close_memfd:
     close(c->arena_fd);
 err_free:
     free(c);
     return rc;
+}
+
+int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out)
+{
+    return connect_with(opts, NULL, out);
+}
+
+int kvt_connect_arena(const struct kvt_connect_opts *opts, const struct kvt_arena_spec *arena,
+                      struct kvt_client **out)
+{
+    if (!arena || check_arena_spec(arena))
+        return KVT_E_INVAL;
+    return connect_with(opts, arena, out);
 }
 
 const char *kvt_socket_path(const struct kvt_client *c)
@@ -646,12 +695,22 @@ void kvt_close(struct kvt_client *c)
     if (!c)
         return;
     kvt__async_free(c); /* first: items still submitted are never written again */
+    if (!c->arena_owned && c->fd >= 0) {
+        /* The caller's arena outlives us: let the daemon finish every request of the session
+         * (it closes a connection whose peer stopped sending once none is in flight), so that
+         * it no longer writes into the arena when we return. Bounded by the session timeout. */
+        drain_start(c);
+        c->fd = -1;
+    }
     drop_connection(c, KVT_E_DISCONNECTED);
+    if (!c->arena_owned)
+        drains_reap(c, kvt_now_ms() + c->timeout_ms);
     for (int i = 0; i < DRAIN_MAX; i++)
         if (c->drain[i].fd >= 0)
             close(c->drain[i].fd); /* the arena goes too: nothing to give back */
     kvt_arena_alloc_deinit(&c->alloc);
-    munmap(c->arena, c->arena_bytes);
+    if (c->arena_owned)
+        munmap(c->arena, c->arena_bytes); /* a caller's arena stays mapped: it is theirs */
     close(c->arena_fd);
     free(c->in);
     free(c->out);

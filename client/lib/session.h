@@ -59,6 +59,7 @@ struct kvt_client {
     uint64_t retry_after_ms;
 
     int arena_fd;
+    int arena_owned; /* created and mapped by the library (else the caller's, kvt_connect_arena) */
     uint8_t *arena;
     uint64_t arena_bytes;
     struct kvt_arena_alloc alloc;

@@ -177,6 +177,29 @@ struct kvt_connect_opts {
  * longer than 107 bytes, or $KVTIER_DAEMON_UID that is not a decimal uid). */
 KVT_API int kvt_connect(const struct kvt_connect_opts *opts, struct kvt_client **out);
 
+/* An engine's own shared memory as the transfer arena (SGLang's host KV pool, vLLM's host bounce
+ * buffers): Puts from it and Gets into it are zero-copy, with no second pool. */
+struct kvt_arena_spec {
+    int fd;                /* a memfd (memfd_create with MFD_ALLOW_SEALING) of exactly bytes,
+                              sealed with F_SEAL_SHRINK and F_SEAL_GROW; borrowed during the call
+                              (the library keeps its own duplicate, shared again on reconnects) */
+    void *base;            /* the caller's MAP_SHARED mapping of all bytes, 4 KiB-aligned;
+                              pinned until kvt_close (the library never unmaps it) */
+    uint64_t bytes;        /* a 4 KiB multiple */
+    uint64_t stage_offset; /* the part the library may hand out (kvt_arena_alloc, and staging */
+    uint64_t stage_bytes;  /* for buffers outside the arena): 4 KiB-aligned, inside bytes; 0
+                              bytes means none: buffers outside the arena then only travel
+                              inline (small ones) and larger ones fail with KVT_E_NOMEM */
+};
+/* kvt_connect on the caller's arena instead of one the library creates. The library writes only
+ * where a Get names (and into its staging range). kvt_close does not unmap the arena; it first
+ * lets the daemon finish every request of the session (waiting at most the session timeout), so
+ * that after it returns the daemon no longer writes into the arena, except a copy it had started
+ * and not finished within that time. KVT_E_INVAL for a spec that breaks a rule above (an
+ * unsealed or wrongly sized memfd, a misaligned base or range); kvt_connect's errors besides. */
+KVT_API int kvt_connect_arena(const struct kvt_connect_opts *opts,
+                              const struct kvt_arena_spec *arena, struct kvt_client **out);
+
 /* The socket path the session connects to (after $KVTIER_SOCKET and the default were applied).
  * Borrowed: valid until kvt_close(c). A static "" for a NULL c. */
 KVT_API const char *kvt_socket_path(const struct kvt_client *c);

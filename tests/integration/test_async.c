@@ -7,7 +7,9 @@
  * next submission works on a new connection. Also kvt_fd, the limits and bad arguments, and
  * kvt_last_error carrying the daemon's own words.
  */
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -392,13 +394,104 @@ static void test_daemon_stalls_and_dies(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* An arena the caller made: zero-copy both ways at the caller's own addresses, staging only in
+ * the range it lends, never unmapped by kvt_close, shared again after a daemon restart; specs
+ * that break the rules are refused. */
+static void test_caller_arena(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, NULL), 0);
+    const uint64_t bytes = 1 << 20, stage_off = 768 << 10;
+    int fd = memfd_create("engine-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)bytes), 0);
+    uint8_t *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(base != MAP_FAILED);
+    struct kvt_connect_opts o = {.socket_path = d.socket_path, .timeout_ms = 2000};
+    struct kvt_arena_spec a = {.fd = fd,
+                               .base = base,
+                               .bytes = bytes,
+                               .stage_offset = stage_off,
+                               .stage_bytes = 256 << 10};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect_arena(&o, &a, &c), KVT_E_INVAL); /* not sealed yet */
+    assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    struct kvt_arena_spec bad = a;
+    bad.bytes = bytes / 2;
+    assert_int_equal(kvt_connect_arena(&o, &bad, &c), KVT_E_INVAL); /* not its size */
+    bad = a;
+    bad.base = base + 64;
+    assert_int_equal(kvt_connect_arena(&o, &bad, &c), KVT_E_INVAL);
+    bad = a;
+    bad.stage_bytes = bytes;
+    assert_int_equal(kvt_connect_arena(&o, &bad, &c), KVT_E_INVAL); /* past the end */
+    assert_int_equal(kvt_connect_arena(&o, NULL, &c), KVT_E_INVAL);
+    assert_null(c);
+    assert_int_equal(kvt_connect_arena(&o, &a, &c), 0);
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_register(c, &spec, &ns), 0);
+
+    /* Library buffers come from the lent range only. */
+    uint8_t *lent = kvt_arena_alloc(c, CHUNK);
+    assert_true(lent >= base + stage_off && lent + CHUNK <= base + stage_off + (256 << 10));
+    kvt_arena_free(c, lent);
+
+    /* A Put from the engine's pool and a Get into it, at the engine's own addresses. */
+    kvt_test_fill(base, CHUNK, 42);
+    struct kvt_key k = key_of(1);
+    assert_int_equal(kvt_put(c, ns.handle, &k, base, CHUNK, 0), 0);
+    memset(base + 4 * CHUNK, 0, CHUNK);
+    size_t len = 0;
+    assert_int_equal(kvt_get(c, ns.handle, &k, base + 4 * CHUNK, CHUNK, &len, NULL), 0);
+    assert_memory_equal(base + 4 * CHUNK, base, CHUNK);
+    assert_int_equal(kvt_test_stat(c, "get_bytes"), CHUNK);
+
+    /* The daemon restarts: the same pool is shared again and still works. */
+    kvt_test_daemon_kill(&d);
+    assert_int_equal(kvt_test_daemon_start(&d, NULL), 0);
+    int rc = KVT_E_DISCONNECTED;
+    for (int tries = 0; tries < 50 && rc; tries++)
+        if ((rc = kvt_put(c, ns.handle, &k, base, CHUNK, 0)))
+            usleep(20000);
+    assert_int_equal(rc, 0);
+    memset(base + 8 * CHUNK, 0, CHUNK);
+    assert_int_equal(kvt_get(c, ns.handle, &k, base + 8 * CHUNK, CHUNK, &len, NULL), 0);
+    assert_memory_equal(base + 8 * CHUNK, base, CHUNK);
+    kvt_close(c);
+    base[0] ^= 1; /* still mapped: the pool is the engine's */
+    munmap(base, bytes);
+    close(fd);
+
+    /* No lent range: small buffers outside the arena travel inline, larger ones cannot. */
+    fd = memfd_create("engine-pool-2", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    assert_int_equal(ftruncate(fd, (off_t)bytes), 0);
+    assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    a = (struct kvt_arena_spec){.fd = fd, .base = base, .bytes = bytes};
+    assert_int_equal(kvt_connect_arena(&o, &a, &c), 0);
+    assert_int_equal(kvt_register(c, &spec, &ns), 0);
+    assert_null(kvt_arena_alloc(c, 4096));
+    static uint8_t big[8 << 20];
+    struct kvt_ns_spec big_spec = spec;
+    big_spec.model_id = "async-big";
+    big_spec.tokens_per_chunk = 4096; /* 512 KiB chunks: more than travels inline */
+    struct kvt_ns_info bns;
+    assert_int_equal(kvt_register(c, &big_spec, &bns), 0);
+    assert_int_equal(kvt_put(c, bns.handle, &k, big, bns.chunk_bytes, 0), KVT_E_NOMEM);
+    kvt_close(c);
+    munmap(base, bytes);
+    close(fd);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_submit_put_get),
-        cmocka_unit_test(test_mixed_with_sync),
-        cmocka_unit_test(test_cancel_and_limits),
-        cmocka_unit_test(test_daemon_stalls_and_dies),
+        cmocka_unit_test(test_submit_put_get),    cmocka_unit_test(test_mixed_with_sync),
+        cmocka_unit_test(test_cancel_and_limits), cmocka_unit_test(test_daemon_stalls_and_dies),
+        cmocka_unit_test(test_caller_arena),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -99,6 +99,7 @@ typedef struct {
     void **deferred;           /* arena frees queued while busy */
     size_t n_deferred, cap_deferred;
     PyObject *subs; /* ticket -> capsule of a submission with items open (submit_*) */
+    Py_buffer pool; /* arena=(fd, buffer, ...): the caller's mapping, held until the end */
     PyObject *weakreflist;
 } ClientObject;
 
@@ -172,6 +173,8 @@ static void client_maybe_finish(ClientObject *self)
         return;
     kvt_close(self->c);
     self->c = NULL;
+    if (self->pool.obj)
+        PyBuffer_Release(&self->pool); /* the daemon is done with the caller's arena */
 }
 
 static int client_enter(ClientObject *self)
@@ -779,16 +782,16 @@ static PyTypeObject ArenaBufferType = {
 
 static int client_init(ClientObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"socket",  "tenant",     "timeout",      "arena_bytes",
-                             "spin_us", "daemon_uid", "batch_window", NULL};
+    static char *kwlist[] = {"socket",     "tenant",       "timeout", "arena_bytes", "spin_us",
+                             "daemon_uid", "batch_window", "arena",   NULL};
     const char *socket = NULL, *tenant = NULL;
-    PyObject *timeout = Py_None;
+    PyObject *timeout = Py_None, *arena = Py_None;
     uint64_t arena_bytes = 0;
     uint32_t spin_us = 0, batch_window = 0;
     long long daemon_uid = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|zzOO&O&LO&:Client", kwlist, &socket, &tenant,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|zzOO&O&LO&O:Client", kwlist, &socket, &tenant,
                                      &timeout, conv_u64, &arena_bytes, conv_u32, &spin_us,
-                                     &daemon_uid, conv_u32, &batch_window))
+                                     &daemon_uid, conv_u32, &batch_window, &arena))
         return -1;
     if (self->c) {
         PyErr_SetString(PyExc_RuntimeError, "kvtier.Client is already connected");
@@ -815,12 +818,31 @@ static int client_init(ClientObject *self, PyObject *args, PyObject *kw)
         .daemon_uid = daemon_uid,
         .batch_window = batch_window,
     };
+    struct kvt_arena_spec spec = {0};
+    if (arena != Py_None) {
+        /* (fd, buffer[, stage_offset, stage_bytes]): the buffer (an mmap of fd, say) stays
+         * exported, so it cannot be closed or resized under the daemon, until the client ends. */
+        int fd = -1;
+        PyObject *buf = NULL;
+        unsigned long long so = 0, sb = 0;
+        if (!PyArg_ParseTuple(arena, "iO|KK:arena", &fd, &buf, &so, &sb))
+            return -1;
+        if (PyObject_GetBuffer(buf, &self->pool, PyBUF_WRITABLE) < 0)
+            return -1;
+        spec = (struct kvt_arena_spec){.fd = fd,
+                                       .base = self->pool.buf,
+                                       .bytes = (uint64_t)self->pool.len,
+                                       .stage_offset = so,
+                                       .stage_bytes = sb};
+    }
     struct kvt_client *c = NULL;
     int rc;
     PyThreadState *ts = PyEval_SaveThread();
-    rc = kvt_connect(&o, &c);
+    rc = arena != Py_None ? kvt_connect_arena(&o, &spec, &c) : kvt_connect(&o, &c);
     PyEval_RestoreThread(ts);
     if (rc) {
+        if (self->pool.obj)
+            PyBuffer_Release(&self->pool);
         raise_kvt(rc);
         return -1;
     }
@@ -848,6 +870,8 @@ static void client_dealloc(ClientObject *self)
     if (self->c)
         kvt_close(self->c);
     Py_CLEAR(self->subs); /* kvt_close wrote the last into their buffers */
+    if (self->pool.obj)
+        PyBuffer_Release(&self->pool); /* after kvt_close: the daemon is done with it */
     PyMem_Free(self->deferred);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1873,7 +1897,9 @@ static PyTypeObject ClientType = {
     .tp_repr = (reprfunc)client_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Client(socket=None, tenant=None, timeout=5.0, arena_bytes=0, spin_us=0, "
-              "daemon_uid=-1, batch_window=0): a session with kvtierd. Not thread-safe: one "
+              "daemon_uid=-1, batch_window=0, arena=None): a session with kvtierd. arena=(fd, "
+              "buffer[, stage_offset, stage_bytes]) makes the caller's own sealed memfd (mapped "
+              "as buffer, e.g. mmap.mmap(fd, size)) the transfer arena. Not thread-safe: one "
               "client per thread, or a lock.",
     .tp_weaklistoffset = offsetof(ClientObject, weakreflist),
     .tp_methods = client_methods,

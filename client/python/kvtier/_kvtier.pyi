@@ -57,7 +57,9 @@ class Client:
 
     def __init__(self, socket: Optional[str] = None, tenant: Optional[str] = None,
                  timeout: Optional[float] = 5.0, arena_bytes: int = 0, spin_us: int = 0,
-                 daemon_uid: int = -1, batch_window: int = 0) -> None: ...
+                 daemon_uid: int = -1, batch_window: int = 0,
+                 arena: Optional[Union[Tuple[int, Buffer], Tuple[int, Buffer, int, int]]] = None
+                 ) -> None: ...
     @property
     def closed(self) -> bool: ...
     @property

@@ -156,3 +156,37 @@ def test_lookup_hold_pins_hits_until_released(client, ns):
     assert client.lookup_hold(ns, [b"\x02" * 16], 5000) == (0, 0)
     with pytest.raises(kvtier.InvalidArgumentError):
         client.lookup_hold(ns, keys, 0)
+
+
+def test_engine_owned_pool_as_the_arena(shared_daemon):
+    import fcntl
+    import mmap
+    import os
+
+    size = 1 << 20
+    fd = os.memfd_create("engine-pool", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    pool = mmap.mmap(fd, size)
+    with pytest.raises(kvtier.InvalidArgumentError):
+        kvtier.Client(shared_daemon.socket, arena=(fd, pool))  # not sealed
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    with kvtier.Client(shared_daemon.socket, arena=(fd, pool, 512 << 10, 256 << 10)) as c:
+        ns = c.register("pool-test", layers=2, kv_heads=2, head_dim=64, tokens_per_chunk=16)
+        view = np.frombuffer(pool, np.uint8)
+        data = chunks(ns, 1, 7)[0]
+        view[:ns.chunk_bytes] = data
+        key = keys_for(ns, 1, 7)[0]
+        src = memoryview(pool)[:ns.chunk_bytes]
+        dst = memoryview(pool)[ns.chunk_bytes:2 * ns.chunk_bytes]
+        c.put(ns, key, src)  # from the engine's pool itself
+        assert c.get(ns, key, dst) == ns.chunk_bytes  # into it
+        assert np.array_equal(view[ns.chunk_bytes:2 * ns.chunk_bytes], data)
+        before = c.stats()["get_bytes"]
+        assert c.get(ns, key, dst) == ns.chunk_bytes
+        assert c.stats()["get_bytes"] - before == ns.chunk_bytes
+        buf = c.arena_alloc(4096)  # lent range only
+        lo = np.frombuffer(pool, np.uint8).ctypes.data
+        assert lo + (512 << 10) <= buf.address < lo + (768 << 10)
+        del buf, src, dst, view
+    pool.close()  # the client let go of its view at close
+    os.close(fd)
