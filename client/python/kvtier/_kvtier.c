@@ -960,19 +960,72 @@ static int dtype_from_obj(PyObject *o, uint32_t *out)
     return 0;
 }
 
+/* spans={"kind": "default"|"none"|"fixed"|"variable", "block_tokens": n, "max_tokens": n,
+ * "merge_tol": x, "fine_layers": n}: a SpanPolicy (docs/sparse.md); missing keys take the
+ * daemon's defaults. */
+static int spans_from_obj(PyObject *o, struct kvt_span_policy *p)
+{
+    static const char *const kinds[] = {"default", "none", "fixed", "variable"};
+    static const char *const keys[] = {"kind", "block_tokens", "max_tokens", "merge_tol",
+                                       "fine_layers"};
+    if (!PyDict_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "spans must be a dict (kind, block_tokens, ...)");
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(o, &pos, &k, &v)) {
+        const char *name = PyUnicode_Check(k) ? PyUnicode_AsUTF8(k) : NULL;
+        size_t which = 0;
+        while (name && which < 5 && strcmp(name, keys[which]))
+            which++;
+        if (!name || which == 5) {
+            PyErr_Format(PyExc_ValueError, "spans: unknown key %R", k);
+            return -1;
+        }
+        if (which == 0) {
+            const char *kind = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+            uint32_t i = 0;
+            while (kind && i < 4 && strcmp(kind, kinds[i]))
+                i++;
+            if (!kind || i == 4) {
+                PyErr_SetString(PyExc_ValueError,
+                                "spans kind is 'default', 'none', 'fixed' or 'variable'");
+                return -1;
+            }
+            p->kind = i;
+        } else if (which == 3) {
+            double t = PyFloat_AsDouble(v);
+            if (t == -1.0 && PyErr_Occurred())
+                return -1;
+            p->merge_tol = (float)t;
+        } else {
+            uint32_t *dst = which == 1   ? &p->block_tokens
+                            : which == 2 ? &p->max_tokens
+                                         : &p->fine_layers;
+            if (u32_from_obj(v, keys[which], dst) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *client_register(ClientObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"model_id",   "layers",           "kv_heads",   "head_dim",
                              "dtype",      "tokens_per_chunk", "rope_theta", "rotary_dims",
-                             "rope_style", "allow_lossy",      NULL};
-    PyObject *model_id, *dtype_obj = NULL;
+                             "rope_style", "allow_lossy",      "spans",      NULL};
+    PyObject *model_id, *dtype_obj = NULL, *spans_obj = Py_None;
     uint32_t layers, kv_heads, head_dim, tokens_per_chunk = 256, rotary_dims = 0, rope_style = 0;
     float rope_theta = 0.0f;
     int allow_lossy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "UO&O&O&|OO&fO&O&p:register", kwlist, &model_id,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "UO&O&O&|OO&fO&O&pO:register", kwlist, &model_id,
                                      conv_u32, &layers, conv_u32, &kv_heads, conv_u32, &head_dim,
                                      &dtype_obj, conv_u32, &tokens_per_chunk, &rope_theta, conv_u32,
-                                     &rotary_dims, conv_u32, &rope_style, &allow_lossy))
+                                     &rotary_dims, conv_u32, &rope_style, &allow_lossy, &spans_obj))
+        return NULL;
+    struct kvt_span_policy spans = {.fine_layers = KVT_SPANS_FINE_DEFAULT};
+    if (spans_obj != Py_None && spans_from_obj(spans_obj, &spans) < 0)
         return NULL;
     uint32_t dtype = KVT_DTYPE_FP16;
     if (dtype_obj && dtype_from_obj(dtype_obj, &dtype) < 0)
@@ -1008,7 +1061,7 @@ static PyObject *client_register(ClientObject *self, PyObject *args, PyObject *k
     }
     int rc;
     PyThreadState *ts = PyEval_SaveThread();
-    rc = kvt_register(self->c, &spec, &ns->info);
+    rc = kvt_register_spans(self->c, &spec, spans_obj != Py_None ? &spans : NULL, &ns->info);
     PyEval_RestoreThread(ts);
     client_leave(self);
     if (rc) {
@@ -1625,6 +1678,212 @@ static PyObject *client_config_set(ClientObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- Client: contexts and Select (docs/sparse.md) ----------------------------------------- */
+
+static PyObject *client_context_open(ClientObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"ns", "ttl_ms", NULL};
+    PyObject *ns_obj;
+    uint32_t ttl_ms = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O&:context_open", kwlist, &ns_obj, conv_u32,
+                                     &ttl_ms))
+        return NULL;
+    uint32_t h;
+    const NamespaceObject *ns;
+    if (ns_from_obj(self, ns_obj, &h, &ns) < 0 || client_enter(self) < 0)
+        return NULL;
+    uint64_t ctx = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = kvt_context_open(self->c, h, ttl_ms, &ctx);
+    PyEval_RestoreThread(ts);
+    client_leave(self);
+    if (rc)
+        return raise_client(self, rc);
+    return PyLong_FromUnsignedLongLong(ctx);
+}
+
+static PyObject *client_context_append(ClientObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"ctx", "keys", "start_pos", "variants", NULL};
+    unsigned long long ctx;
+    PyObject *keys_obj, *pos_obj, *variants_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KOO|O:context_append", kwlist, &ctx, &keys_obj,
+                                     &pos_obj, &variants_obj))
+        return NULL;
+    struct kvt_key stack[KEYS_STACK], *keys;
+    size_t n;
+    if (keys_from_obj(keys_obj, stack, &keys, &n) < 0)
+        return NULL;
+    uint32_t *variants = NULL;
+    uint64_t *pos = NULL;
+    PyObject *ret = NULL, *seq = NULL;
+    if (variants_from_obj(variants_obj, n, &variants) < 0)
+        goto out;
+    if (!(seq = PySequence_Fast(pos_obj, "start_pos must be a sequence of integers")))
+        goto out;
+    if ((size_t)PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError, "%zu keys but %zd start positions", n,
+                     PySequence_Fast_GET_SIZE(seq));
+        goto out;
+    }
+    if (!(pos = PyMem_Malloc((n ? n : 1) * sizeof(*pos)))) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!conv_u64(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i), &pos[i]))
+            goto out;
+    if (client_enter(self) < 0)
+        goto out;
+    struct kvt_context_info info = {0};
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = kvt_context_append(self->c, ctx, keys, variants, pos, n, &info);
+    PyEval_RestoreThread(ts);
+    client_leave(self);
+    if (rc)
+        raise_client(self, rc);
+    else
+        ret = Py_BuildValue("(IKI)", info.chunks, (unsigned long long)info.tokens,
+                            info.without_abstract);
+out:
+    Py_XDECREF(seq);
+    PyMem_Free(pos);
+    PyMem_Free(variants);
+    keys_free(keys, stack);
+    return ret;
+}
+
+static PyObject *client_context_close(ClientObject *self, PyObject *args)
+{
+    unsigned long long ctx;
+    if (!PyArg_ParseTuple(args, "K:context_close", &ctx) || client_enter(self) < 0)
+        return NULL;
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = kvt_context_close(self->c, ctx);
+    PyEval_RestoreThread(ts);
+    client_leave(self);
+    if (rc)
+        return raise_client(self, rc);
+    Py_RETURN_NONE;
+}
+
+/* select(ctx, layer, query, ...) and select_fetch(ns, ctx, layer, query, out, ...): query is a
+ * C-contiguous float32 array of shape (n_query_heads, head_dim). Returns (spans, info): spans a
+ * list of (chunk, token_first, n_tokens, tier, mass, key, variant), with select_fetch also
+ * (dst_off, status, served_from) per run; info a dict of kvt_select_info. */
+static PyObject *select_common(ClientObject *self, PyObject *args, PyObject *kw, int fetch)
+{
+    static char *kwlist[] = {
+        "ctx",   "layer",       "query",         "budget_tokens", "budget_fraction",
+        "top_p", "sink_tokens", "recent_tokens", "max_spans",     NULL};
+    static char *kwlist_fetch[] = {"ns",          "ctx",           "layer",           "query",
+                                   "out",         "budget_tokens", "budget_fraction", "top_p",
+                                   "sink_tokens", "recent_tokens", "max_spans",       NULL};
+    PyObject *ns_obj = NULL, *query_obj, *out_obj = NULL;
+    unsigned long long ctx;
+    uint32_t layer, budget = 0, sink = 0, recent = 0, max_spans = 1024;
+    float fraction = 0.0f, top_p = 0.0f;
+    int ok = fetch ? PyArg_ParseTupleAndKeywords(
+                         args, kw, "OKO&OO|O&ffO&O&O&:select_fetch", kwlist_fetch, &ns_obj, &ctx,
+                         conv_u32, &layer, &query_obj, &out_obj, conv_u32, &budget, &fraction,
+                         &top_p, conv_u32, &sink, conv_u32, &recent, conv_u32, &max_spans)
+                   : PyArg_ParseTupleAndKeywords(args, kw, "KO&O|O&ffO&O&O&:select", kwlist, &ctx,
+                                                 conv_u32, &layer, &query_obj, conv_u32, &budget,
+                                                 &fraction, &top_p, conv_u32, &sink, conv_u32,
+                                                 &recent, conv_u32, &max_spans);
+    if (!ok)
+        return NULL;
+    if (max_spans == 0 || max_spans > 65536) {
+        PyErr_SetString(PyExc_ValueError, "max_spans must be 1 .. 65536");
+        return NULL;
+    }
+    uint32_t h = 0;
+    const NamespaceObject *ns;
+    if (fetch && ns_from_obj(self, ns_obj, &h, &ns) < 0)
+        return NULL;
+    Py_buffer q, out = {0};
+    if (PyObject_GetBuffer(query_obj, &q, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *ret = NULL;
+    struct kvt_span_sel *spans = NULL;
+    if (q.ndim != 2 || !q.format || strcmp(q.format, "f") || q.shape[0] < 1 || q.shape[1] < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "query must be a float32 array of shape (n_query_heads, head_dim)");
+        goto done;
+    }
+    if (fetch && PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE) < 0)
+        goto done;
+    if (!(spans = PyMem_Calloc(max_spans, sizeof(*spans)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    struct kvt_select_req req = {.layer = layer,
+                                 .n_query_heads = (uint32_t)q.shape[0],
+                                 .head_dim = (uint32_t)q.shape[1],
+                                 .query = q.buf,
+                                 .budget_tokens = budget,
+                                 .budget_fraction = fraction,
+                                 .top_p = top_p,
+                                 .sink_tokens = sink,
+                                 .recent_tokens = recent};
+    if (client_enter(self) < 0)
+        goto done;
+    struct kvt_select_info info = {0};
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = fetch ? kvt_select_fetch(self->c, h, ctx, &req, spans, max_spans, out.buf,
+                                      (size_t)out.len, &info)
+                   : kvt_select(self->c, ctx, &req, spans, max_spans, &info);
+    PyEval_RestoreThread(ts);
+    if (fetch)
+        for (size_t i = 0; i < info.n_spans; i++)
+            if (is_session_error(spans[i].status))
+                taint_range(self, out.buf, (size_t)out.len);
+    client_leave(self);
+    /* select_fetch answers per run: a run that failed has its own status in the list. */
+    if (rc && !(fetch && info.n_spans)) {
+        raise_client(self, rc);
+        goto done;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)info.n_spans);
+    for (size_t i = 0; list && i < info.n_spans; i++) {
+        const struct kvt_span_sel *s = &spans[i];
+        PyObject *key = PyBytes_FromStringAndSize((const char *)&s->key, 16);
+        PyObject *t =
+            !key    ? NULL
+            : fetch ? Py_BuildValue("(IIIIdNInII)", s->chunk, s->token_first, s->n_tokens,
+                                    (unsigned)s->tier, (double)s->mass, key, s->variant,
+                                    (Py_ssize_t)s->dst_off, s->status, (unsigned)s->served_from)
+                    : Py_BuildValue("(IIIIdNI)", s->chunk, s->token_first, s->n_tokens,
+                                    (unsigned)s->tier, (double)s->mass, key, s->variant);
+        if (!t) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    if (list)
+        ret = Py_BuildValue("(N{sIsKsKsd})", list, "spans_scored", info.spans_scored,
+                            "tokens_selected", (unsigned long long)info.tokens_selected,
+                            "context_tokens", (unsigned long long)info.context_tokens,
+                            "mass_selected", (double)info.mass_selected);
+done:
+    PyMem_Free(spans);
+    if (out.obj)
+        PyBuffer_Release(&out);
+    PyBuffer_Release(&q);
+    return ret;
+}
+
+static PyObject *client_select(ClientObject *self, PyObject *args, PyObject *kw)
+{
+    return select_common(self, args, kw, 0);
+}
+
+static PyObject *client_select_fetch(ClientObject *self, PyObject *args, PyObject *kw)
+{
+    return select_common(self, args, kw, 1);
+}
+
 /* ---- Client: asynchronous submission ------------------------------------------------------- */
 
 /* A submission's items and the views that pin their buffers until every item completed. */
@@ -1860,6 +2119,21 @@ static PyMethodDef client_methods[] = {
      "release_hold(hold) -> chunks it pinned (any client of the tenant may release it)"},
     {"delete", (PyCFunction)(void (*)(void))client_delete, METH_VARARGS | METH_KEYWORDS,
      "delete(ns, keys, variants=None) -> list of statuses (0, E_NOTFOUND, E_INUSE)"},
+    {"context_open", (PyCFunction)(void (*)(void))client_context_open, METH_VARARGS | METH_KEYWORDS,
+     "context_open(ns, ttl_ms=0) -> ctx: the chunks of one running sequence, for select"},
+    {"context_append", (PyCFunction)(void (*)(void))client_context_append,
+     METH_VARARGS | METH_KEYWORDS,
+     "context_append(ctx, keys, start_pos, variants=None) -> (chunks, tokens, "
+     "without_abstract): all or nothing"},
+    {"context_close", (PyCFunction)client_context_close, METH_VARARGS, "context_close(ctx)"},
+    {"select", (PyCFunction)(void (*)(void))client_select, METH_VARARGS | METH_KEYWORDS,
+     "select(ctx, layer, query, budget_tokens=0, budget_fraction=0.0, top_p=0.0, "
+     "sink_tokens=0, recent_tokens=0, max_spans=1024) -> (spans, info): the spans of one layer "
+     "worth reading for a float32 query of shape (n_query_heads, head_dim); spans are "
+     "(chunk, token_first, n_tokens, tier, mass, key, variant)"},
+    {"select_fetch", (PyCFunction)(void (*)(void))client_select_fetch, METH_VARARGS | METH_KEYWORDS,
+     "select_fetch(ns, ctx, layer, query, out, ...) -> (spans, info): select, then the rows of "
+     "every run into out; spans also carry (dst_off, status, served_from)"},
     {"submit_put", (PyCFunction)client_submit_put, METH_VARARGS,
      "submit_put(ns, [(key, buf[, n_tokens[, variant]]), ...]) -> ticket: starts the Puts and "
      "returns; the buffers stay pinned until poll() returned every item"},
