@@ -58,6 +58,15 @@ void kvt__kernels_bound_f16_ref(const float *q, size_t n_q, const uint16_t *boun
                                 size_t span_stride, size_t head_dim, float *out);
 
 size_t kvt__kernels_topk_f32_ref(const float *score, size_t n, size_t k, uint32_t *idx_out);
+
+void kvt__kernels_rope_shift_f16_ref(uint16_t *keys, size_t n, size_t stride, size_t n_heads,
+                                     size_t head_dim, size_t rotary_dims, int style,
+                                     const float *cs);
+/* One vector's pairs [p0, rotary_dims / 2) (half = rotary_dims / 2), for the SIMD tails. */
+void kvt__kernels_rope_pairs_ref(uint16_t *v, size_t p0, size_t half, int style, const float *cs);
+void kvt__kernels_rope_shift_f16_avx2(uint16_t *keys, size_t n, size_t stride, size_t n_heads,
+                                      size_t head_dim, size_t rotary_dims, int style,
+                                      const float *cs);
 /* The fast top-k of kernels/topk.c (same results), which the SIMD tables use. */
 size_t kvt__kernels_topk_f32_select(const float *score, size_t n, size_t k, uint32_t *idx_out);
 

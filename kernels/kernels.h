@@ -90,6 +90,17 @@ struct kvt_kernels {
      * others; idx_out (min(k, n) entries) is its only working memory besides the stack: it
      * allocates nothing. */
     size_t (*topk_f32)(const float *score, size_t n, size_t k, uint32_t *idx_out);
+
+    /* RoPE re-rotation of fp16 keys in place (kernels/rope.h): n rows, row r at keys + r *
+     * stride (elements), each n_heads vectors of head_dim (vector h at row + h * head_dim); in
+     * each vector the pairs of the first rotary_dims channels (style KVT_ROPE_NEOX: (i, i +
+     * rotary_dims / 2); KVT_ROPE_GPTJ: (2i, 2i + 1)) are rotated by the angles whose cosines
+     * and sines cs holds (kvt_rope_shift_table): with c = cs[i], s = cs[rotary_dims / 2 + i],
+     * x' = x*c - y*s and y' = x*s + y*c in fp32 (each product rounded, then the one addition;
+     * no fused multiply-add), rounded to fp16 to nearest even. Channels past rotary_dims are
+     * untouched. rotary_dims is even and <= head_dim. */
+    void (*rope_shift_f16)(uint16_t *keys, size_t n, size_t stride, size_t n_heads, size_t head_dim,
+                           size_t rotary_dims, int style, const float *cs);
 };
 
 /* The active table (selected on the first call). The pointer stays valid for the process. */

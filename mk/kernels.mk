@@ -1,6 +1,7 @@
 # Kernels (docs/kernels.md). The CPU variants are ordinary sources of the core archive
 # (KERNELS_SRC in the top-level Makefile). The CUDA versions, kernels/cuda/*.cu, are built only
-# when nvcc was found (NVCC), into their own archive libkvtcuda.a that only test_kernels links,
+# when nvcc was found (NVCC), into their own archive libkvtcuda.a that only test_kernels and
+# test_rope link,
 # with the CUDA runtime: the daemon and every other binary keep their link lines and never need
 # libcudart (nor libstdc++, which the host side of nvcc's output needs). Without nvcc none of this exists and test_kernels builds without HAVE_CUDA.
 
@@ -26,10 +27,10 @@ $(BUILD)/obj/%.cu.o: %.cu
 $(CUDA_A): $(CUDA_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-KERNELS_TEST_BIN := $(BUILD)/tests/unit/test_kernels
+KERNELS_TEST_BIN := $(BUILD)/tests/unit/test_kernels $(BUILD)/tests/unit/test_rope
 $(KERNELS_TEST_BIN): $(CUDA_A)
 $(KERNELS_TEST_BIN): LIBS += $(CUDA_LIBS)
-$(BUILD)/obj/tests/unit/test_kernels.o: CPPFLAGS += -DHAVE_CUDA
+$(BUILD)/obj/tests/unit/test_kernels.o $(BUILD)/obj/tests/unit/test_rope.o: CPPFLAGS += -DHAVE_CUDA
 endif
 
 # The kernels' float results are specified bit for bit (kernels.h): no variant may let the

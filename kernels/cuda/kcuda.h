@@ -88,6 +88,16 @@ int kvt_kcuda_topk_f32(const float *score, size_t n, size_t k, uint32_t *idx_out
 int kvt_kcuda_shuffle(const void *src, size_t len, uint32_t w, void *dst);
 int kvt_kcuda_unshuffle(const void *src, size_t len, uint32_t w, void *dst);
 
+/* RoPE re-rotation of kvt_kernels rope_shift_f16 (same arguments; d_keys and d_cs in device
+ * memory, cs from kvt_rope_shift_table), bit for bit, in place. Queued on stream. */
+int kvt_kcuda_rope_shift_f16_dev(uint16_t *d_keys, size_t n, size_t stride, size_t n_heads,
+                                 size_t head_dim, size_t rotary_dims, int style, const float *d_cs,
+                                 void *stream);
+
+/* The same on host memory (rows copied over and back); waits for the result. */
+int kvt_kcuda_rope_shift_f16(uint16_t *keys, size_t n, size_t stride, size_t n_heads,
+                             size_t head_dim, size_t rotary_dims, int style, const float *cs);
+
 #ifdef __cplusplus
 }
 #endif

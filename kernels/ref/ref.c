@@ -207,4 +207,5 @@ const struct kvt_kernels kvt__kernels_ref = {
     .sum_f16 = kvt__kernels_sum_f16_ref,
     .bound_f16 = kvt__kernels_bound_f16_ref,
     .topk_f32 = kvt__kernels_topk_f32_ref,
+    .rope_shift_f16 = kvt__kernels_rope_shift_f16_ref,
 };

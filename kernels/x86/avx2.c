@@ -355,5 +355,6 @@ const struct kvt_kernels kvt__kernels_avx2 = {
     .sum_f16 = sum_f16_avx2,
     .bound_f16 = bound_f16_avx2,
     .topk_f32 = kvt__kernels_topk_f32_select,
+    .rope_shift_f16 = kvt__kernels_rope_shift_f16_avx2,
 };
 #endif

@@ -375,5 +375,6 @@ const struct kvt_kernels kvt__kernels_avx512 = {
     .sum_f16 = sum_f16_avx512,
     .bound_f16 = bound_f16_avx512,
     .topk_f32 = kvt__kernels_topk_f32_select,
+    .rope_shift_f16 = kvt__kernels_rope_shift_f16_avx2, /* AVX-512 adds nothing at 8 pairs */
 };
 #endif
