@@ -182,6 +182,15 @@ static const struct kvt_cfg_entry entries[] = {
            "tol) times the wider one's"),
     U64("abstract.fine_layers", abstract_fine_layers, "2", 0, 65536, ADMIN,
         "Variable spans: the first layers keep base spans (their attention is spread thin)"),
+    U64("reuse.versions_max", reuse_versions_max, "4", 1, 32, 0,
+        "Most versions (variants with version info) one passage key keeps; reporting one more "
+        "deletes the least recently planned"),
+    DOUBLE("reuse.alpha", reuse_alpha, "1.0", 0.0, 100.0, 0,
+           "Scale of the recompute share a reuse plan asks for: cfo = clamp(alpha * cci * (1 - "
+           "beta')), docs/reuse.md"),
+    BYTES("reuse.bytes_max", reuse_bytes_max, "64M", 0, 64.0 * GIB, ADMIN,
+          "DRAM for version info (prefix keys and attention statistics); past it VersionSet "
+          "answers E_FULL"),
     U64("hold.max", hold_max, "4096", 1, 1u << 20, 0,
         "Most Lookup holds open at once (a Lookup asking for one past it answers E_FULL)"),
     U64("hold.pins_max", hold_pins_max, "262144", 1, 1u << 26, 0,

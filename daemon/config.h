@@ -70,6 +70,9 @@ struct kvt_dconfig {
     uint64_t abstract_max_tokens;
     double abstract_merge_tol;
     uint64_t abstract_fine_layers;
+    uint64_t reuse_versions_max;
+    double reuse_alpha;
+    uint64_t reuse_bytes_max;
     uint64_t hold_max;
     uint64_t hold_pins_max;
     uint64_t hold_ttl_ms;

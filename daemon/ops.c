@@ -23,6 +23,8 @@ size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req)
         return BASE_RESERVE_BYTES + req->del->n_keys * KEY_STATUS_BYTES;
     case KVTIER__REQUEST__OP_SELECT:
         return BASE_RESERVE_BYTES + kvt__ops_select_reserve(s, req->select);
+    case KVTIER__REQUEST__OP_CHUNK_LOOKUP:
+        return BASE_RESERVE_BYTES + kvt__ops_chunk_lookup_reserve(req->chunk_lookup);
     default:
         return BASE_RESERVE_BYTES;
     }
@@ -69,6 +71,12 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         return 0;
     case KVTIER__REQUEST__OP_RELEASE:
         kvt__ops_release(s, c, op, req->release);
+        return 0;
+    case KVTIER__REQUEST__OP_VERSION_SET:
+        kvt__ops_version_set(s, c, op, req->version_set);
+        return 0;
+    case KVTIER__REQUEST__OP_CHUNK_LOOKUP:
+        kvt__ops_chunk_lookup(s, c, op, req->chunk_lookup);
         return 0;
     case KVTIER__REQUEST__OP_STATS:
         kvt__ops_stats(s, c, op);

@@ -71,6 +71,12 @@ void kvt__ops_open_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_
                            const Kvtier__OpenContextReq *r);
 void kvt__ops_append_chunks(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                             const Kvtier__AppendChunksReq *r);
+void kvt__ops_version_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                          const Kvtier__VersionSetReq *r);
+void kvt__ops_chunk_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                           const Kvtier__ChunkLookupReq *r);
+/* Output a ChunkLookup answer needs, at most. */
+size_t kvt__ops_chunk_lookup_reserve(const Kvtier__ChunkLookupReq *r);
 void kvt__ops_release(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                       const Kvtier__ReleaseReq *r);
 void kvt__ops_close_context(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,

@@ -14,7 +14,10 @@
 #include "common/alloc.h"
 #include "common/checksum.h"
 #include "daemon/ops.h"
+#include "common/memguard.h"
 #include "kernels/copy.h"
+#include "kernels/kernels.h"
+#include "kernels/rope.h"
 
 static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
 {
@@ -381,12 +384,39 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     if (!g->want_inline && !dest_ok(s, c, op, g->offset, g->capacity))
         return;
+    if (g->rotate && (g->want_inline || !ns->rope_theta || ns->dtype != KVT_DTYPE_FP16)) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    g->want_inline ? "a rotated Get goes to the arena, never inline"
+                                   : "a rotated Get needs an fp16 namespace with rope_theta");
+        return;
+    }
     s->st.gets++;
     uint32_t id;
     enum kvt_tier_id tier;
     struct kvt_entry *e = find_readable(s, c, op, ns, &key, g->key->variant, &id, &tier);
     if (!e)
         return;
+    op->rope.on = 0;
+    if (g->rotate) {
+        const struct kvt_version *v = kvt_version_store_get(&s->versions, id);
+        if (!v) {
+            reply_error(s, c, op, KVT_E_NOTFOUND,
+                        "no version info for this variant (kvt_version_set): its start position "
+                        "is unknown, so it cannot be rotated");
+            return;
+        }
+        op->rope.on = 1;
+        op->rope.done = 0;
+        op->rope.style = (int)ns->rope_style;
+        op->rope.rows = ns->layers * e->n_tokens;
+        op->rope.heads = ns->kv_heads;
+        op->rope.head_dim = ns->head_dim;
+        op->rope.rotary_dims = ns->rotary_dims ? ns->rotary_dims : ns->head_dim;
+        op->rope.stride = 2 * ns->kv_heads * ns->head_dim;
+        op->rope.delta = (int64_t)(g->rotate_to - v->start_pos);
+        op->rope.theta = ns->rope_theta;
+        s->st.gets_rotated++;
+    }
     /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
      * must never receive more bytes than it said it has room for. */
     int too_big = g->want_inline && e->length > s->cfg->inline_max_bytes;
@@ -407,8 +437,9 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         /* Only in a lower tier: read through the tier manager. */
         kvt_tm_count_miss(s->tm);
         op->job.dst = g->want_inline ? NULL : c->arena + g->offset;
-        op->io =
-            (struct kvt_tm_io){.dst = op->job.dst, .cap = e->length, .want_dram = g->want_inline};
+        /* A rotated Get is delivered from DRAM, pinned, so the rotation can follow the copy. */
+        op->io = (struct kvt_tm_io){
+            .dst = op->job.dst, .cap = e->length, .want_dram = g->want_inline || g->rotate};
         rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
             kvt__ops_get_fail(s, op, rc);
@@ -514,9 +545,33 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     kvt__server_submit(s, op);
 }
 
+/* A rotated Get's second stage: its keys at the destination re-rotated in place, under the
+ * SIGBUS guard (the destination is the client's arena). */
+static void rotate_job(struct kvt_job *j)
+{
+    struct kvt_op *op = (struct kvt_op *)j;
+    float cs[KVT_ROPE_DIMS_MAX];
+    kvt_rope_shift_table(op->rope.theta, op->rope.rotary_dims, op->rope.delta, cs);
+    struct kvt_memguard g;
+    if (sigsetjmp(g.env, 0)) {
+        op->copy_res = KVT_E_FAULT;
+        return;
+    }
+    size_t bytes = (size_t)op->rope.rows * op->rope.stride * sizeof(uint16_t);
+    kvt_memguard_arm(&g, op->job.dst, bytes, NULL, 0);
+    kvt_kernels()->rope_shift_f16(op->job.dst, op->rope.rows, op->rope.stride, op->rope.heads,
+                                  op->rope.head_dim, op->rope.rotary_dims, op->rope.style, cs);
+    kvt_memguard_disarm(&g);
+}
+
 void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    if (op->kind == KVTIER__REQUEST__OP_GET && op->rope.on && !op->rope.done && !op->copy_res) {
+        op->rope.done = 1; /* the copy landed: now the rotation, the entry still pinned */
+        kvt__server_compute(s, op, rotate_job);
+        return;
+    }
     if (op->kind != KVTIER__REQUEST__OP_PUT)
         kvt_tm_release(s->tm, op->entry);
     if (op->kind == KVTIER__REQUEST__OP_PUT && op->abs_stage) {

@@ -626,6 +626,7 @@ static void abs_on_remove(void *arg, uint32_t id)
 {
     struct kvt_server *s = arg;
     kvt_abs_store_drop(&s->abs, id);
+    kvt_version_store_drop(&s->versions, id);
 }
 
 void kvt__server_spans_config(struct kvt_server *s)
@@ -905,9 +906,11 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
         goto err;
     s->idx.owner_objects = s->ns.objects; /* chunks per namespace, for quotas and reclaim */
     s->idx.n_owners = s->ns.cap;
+    if ((rc = kvt_version_store_init(&s->versions, s->idx.cap, cfg->reuse_bytes_max)))
+        goto err;
     if ((rc = kvt_abs_store_init(&s->abs, s->idx.cap, cfg->abstract_bytes_max)))
         goto err;
-    s->idx.on_remove = abs_on_remove; /* an entry's abstract leaves with it */
+    s->idx.on_remove = abs_on_remove; /* an entry's abstract and version info leave with it */
     s->idx.on_remove_arg = s;
     kvt__server_spans_config(s);
     s->n_workers = worker_count(cfg);
@@ -1176,6 +1179,7 @@ void kvt_server_destroy(struct kvt_server *s)
     kvt_loop_destroy(s->loop);
     s->idx.on_remove = NULL;
     kvt_abs_store_deinit(&s->abs);
+    kvt_version_store_deinit(&s->versions);
     kvt_index_deinit(&s->idx);
     kvt_ns_table_deinit(&s->ns);
     kvt_free(KVT_ALLOC_MISC, s);

@@ -22,6 +22,7 @@
 #include "daemon/hold.h"
 #include "daemon/ns.h"
 #include "daemon/select.h"
+#include "daemon/version.h"
 #include "daemon/tiermgr.h"
 #include "daemon/workers.h"
 #include "kvtier.pb-c.h"
@@ -107,7 +108,16 @@
     X(A, select_disk_tokens_considered, KVT_STAT_COUNTER, "",                                      \
       "context tokens on disk when Selects ranked them")                                           \
     X(A, select_disk_tokens_selected, KVT_STAT_COUNTER, "",                                        \
-      "tokens on disk that Selects chose (the rest were never read)")
+      "tokens on disk that Selects chose (the rest were never read)")                              \
+    X(A, chunk_lookups, KVT_STAT_COUNTER, "", "ChunkLookup requests answered")                     \
+    X(A, chunk_lookup_passages, KVT_STAT_COUNTER, "", "passages ChunkLookups planned")             \
+    X(A, chunk_lookup_found, KVT_STAT_COUNTER, "", "passages ChunkLookups found a version of")     \
+    X(A, reuse_tokens_planned, KVT_STAT_COUNTER, "", "tokens of the versions ChunkLookups chose")  \
+    X(A, reuse_tokens_recompute, KVT_STAT_COUNTER, "",                                             \
+      "tokens ChunkLookups told the engine to recompute")                                          \
+    X(A, versions_evicted, KVT_STAT_COUNTER, "",                                                   \
+      "versions deleted to keep a key within reuse.versions_max")                                  \
+    X(A, gets_rotated, KVT_STAT_COUNTER, "", "Gets whose keys were re-rotated to a new position")
 #define KVT_DAEMON_STATS(A) KVT_DAEMON_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */
@@ -157,7 +167,13 @@ struct kvt_op {
                              waiting for durability) */
     struct kvt_abs *abs;  /* Put: the abstract being built for the chunk (owned until stored) */
     struct kvt_span_policy abs_policy;
-    int abs_stage;     /* Put: the copy is verified and the abstract job runs */
+    int abs_stage; /* Put: the copy is verified and the abstract job runs */
+    struct {       /* a rotated Get (docs/reuse.md): keys re-rotated at the destination */
+        int on, done, style;
+        uint32_t rows, heads, head_dim, rotary_dims, stride;
+        int64_t delta;
+        double theta;
+    } rope;
     uint64_t start_ns; /* when the request was taken from its frame (latency stats) */
 };
 
@@ -231,12 +247,13 @@ struct kvt_server {
     uint32_t n_conns;
     uint64_t next_conn_id;
     uint64_t start_ms;
-    struct kvt_abs_store abs;         /* span abstracts, by index entry */
-    uint64_t abs_restore_pending;     /* start: bytes of abstracts being read back from disk */
-    struct kvt_ctx_table ctx;         /* open contexts */
-    struct kvt_hold_table holds;      /* Lookup hits pinned until loaded */
-    struct kvt_sel_scratch sel;       /* Select's working memory */
-    struct kvt_span_policy span_dflt; /* abstract.* settings */
+    struct kvt_abs_store abs;          /* span abstracts, by index entry */
+    uint64_t abs_restore_pending;      /* start: bytes of abstracts being read back from disk */
+    struct kvt_ctx_table ctx;          /* open contexts */
+    struct kvt_hold_table holds;       /* Lookup hits pinned until loaded */
+    struct kvt_version_store versions; /* reuse: version info by index entry */
+    struct kvt_sel_scratch sel;        /* Select's working memory */
+    struct kvt_span_policy span_dflt;  /* abstract.* settings */
     struct kvt_dstats st;
 };
 

@@ -816,7 +816,7 @@ void kvt_arena_free(struct kvt_client *c, void *p)
     kvt_arena_alloc_put(&c->alloc, (uint64_t)((uint8_t *)p - c->arena));
 }
 
-static int in_arena(const struct kvt_client *c, const void *p, size_t len, uint64_t *off)
+int kvt__cl_in_arena(const struct kvt_client *c, const void *p, size_t len, uint64_t *off)
 {
     const uint8_t *b = p;
     if (b < c->arena || b >= c->arena + c->arena_bytes)
@@ -829,7 +829,7 @@ static int in_arena(const struct kvt_client *c, const void *p, size_t len, uint6
 
 /* A staging buffer of bytes. When the arena is full while old sockets still drain, waits for
  * them (up to deadline_ms) rather than fail while buffers are about to come back. */
-static int stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint64_t deadline_ms)
+int kvt__cl_stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint64_t deadline_ms)
 {
     for (;;) {
         int rc = kvt_arena_alloc_get(&c->alloc, bytes, off);
@@ -866,12 +866,12 @@ int kvt__cl_build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id
         pr->n_tokens = it->n_tokens;
         pr->length = it->len;
         const void *bytes = it->buf;
-        if (in_arena(c, it->buf, it->len, &off)) {
+        if (kvt__cl_in_arena(c, it->buf, it->len, &off)) {
             pr->offset = off;
         } else if (it->len <= c->inline_max_bytes && it->len + 512 < c->max_frame_bytes) {
             pr->inline_data.data = it->buf;
             pr->inline_data.len = it->len;
-        } else if (stage_alloc(c, it->len, &x->stage_off, deadline_ms) == 0) {
+        } else if (kvt__cl_stage_alloc(c, it->len, &x->stage_off, deadline_ms) == 0) {
             memcpy(c->arena + x->stage_off, it->buf, it->len);
             pr->offset = x->stage_off;
             bytes = c->arena + x->stage_off;
@@ -895,9 +895,9 @@ int kvt__cl_build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id
         rr->n_tokens = it->n_tokens;
         rr->capacity = it->len;
         /* Never inline: rows go to the arena, the caller's buffer or a staging buffer. */
-        if (in_arena(c, it->buf, it->len, &off))
+        if (kvt__cl_in_arena(c, it->buf, it->len, &off))
             rr->offset = off;
-        else if (stage_alloc(c, it->len ? it->len : 1, &x->stage_off, deadline_ms) == 0)
+        else if (kvt__cl_stage_alloc(c, it->len ? it->len : 1, &x->stage_off, deadline_ms) == 0)
             rr->offset = x->stage_off;
         else
             return KVT_E_NOMEM;
@@ -908,12 +908,12 @@ int kvt__cl_build_xfer(struct kvt_client *c, enum xfer_kind kind, uint32_t ns_id
         gr->ns = ns_id;
         gr->key = key;
         gr->capacity = it->len;
-        if (in_arena(c, it->buf, it->len, &off)) {
+        if (kvt__cl_in_arena(c, it->buf, it->len, &off)) {
             gr->offset = off;
         } else if (it->len <= c->inline_max_bytes) {
             gr->want_inline = 1;
             x->inline_get = 1;
-        } else if (stage_alloc(c, it->len, &x->stage_off, deadline_ms) == 0) {
+        } else if (kvt__cl_stage_alloc(c, it->len, &x->stage_off, deadline_ms) == 0) {
             gr->offset = x->stage_off;
         } else {
             return KVT_E_NOMEM;
@@ -1175,7 +1175,7 @@ int kvt_get_range_batch(struct kvt_client *c, uint32_t ns, struct kvt_item *item
 
 /* ---- simple request/response calls -------------------------------------------------------- */
 
-static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out)
+int kvt__cl_call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out)
 {
     int rc = kvt__cl_ensure_session(c);
     if (rc)
@@ -1189,8 +1189,8 @@ static int call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **o
 }
 
 /* variants: n entries, or NULL for variant 0 throughout. */
-static Kvtier__Key **keys_to_proto(const struct kvt_key *keys, const uint32_t *variants, size_t n,
-                                   Kvtier__Key **store)
+Kvtier__Key **kvt__cl_keys_to_proto(const struct kvt_key *keys, const uint32_t *variants, size_t n,
+                                    Kvtier__Key **store)
 {
     Kvtier__Key *k = malloc(n * sizeof(*k) + 1);
     Kvtier__Key **p = malloc(n * sizeof(*p) + 1);
@@ -1234,7 +1234,7 @@ static int lookup_common(struct kvt_client *c, uint32_t ns, const struct kvt_key
     if ((rc = kvt__cl_ns_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Key *store = NULL;
-    Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
+    Kvtier__Key **kp = kvt__cl_keys_to_proto(keys, variants, n, &store);
     if (!kp)
         return KVT_E_NOMEM;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
@@ -1246,7 +1246,7 @@ static int lookup_common(struct kvt_client *c, uint32_t ns, const struct kvt_key
     req.op_case = KVTIER__REQUEST__OP_LOOKUP;
     req.lookup = &lr;
     Kvtier__Response *r = NULL;
-    rc = call(c, &req, &r);
+    rc = kvt__cl_call(c, &req, &r);
     free(kp);
     free(store);
     if (rc)
@@ -1298,7 +1298,7 @@ int kvt_hold_release(struct kvt_client *c, uint64_t hold, uint32_t *released_out
     req.op_case = KVTIER__REQUEST__OP_RELEASE;
     req.release = &rr;
     Kvtier__Response *r = NULL;
-    int rc = call(c, &req, &r);
+    int rc = kvt__cl_call(c, &req, &r);
     if (rc)
         return rc;
     rc = r->status;
@@ -1330,7 +1330,7 @@ int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
     if ((rc = kvt__cl_ns_id(c, ns, &ns_id)))
         return rc;
     Kvtier__Key *store = NULL;
-    Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
+    Kvtier__Key **kp = kvt__cl_keys_to_proto(keys, variants, n, &store);
     if (!kp)
         return KVT_E_NOMEM;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
@@ -1341,7 +1341,7 @@ int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
     req.op_case = KVTIER__REQUEST__OP_DEL;
     req.del = &dr;
     Kvtier__Response *r = NULL;
-    rc = call(c, &req, &r);
+    rc = kvt__cl_call(c, &req, &r);
     free(kp);
     free(store);
     if (rc)
@@ -1365,7 +1365,7 @@ static int call_expect(struct kvt_client *c, Kvtier__Request *req,
                        Kvtier__Response__ResultCase result, Kvtier__Response **out)
 {
     Kvtier__Response *r = NULL;
-    int rc = call(c, req, &r);
+    int rc = kvt__cl_call(c, req, &r);
     if (rc)
         return rc;
     rc = r->status;
@@ -1411,7 +1411,7 @@ int kvt_context_append(struct kvt_client *c, uint64_t ctx, const struct kvt_key 
     if (!c || (n && (!keys || !start_pos)))
         return KVT_E_INVAL;
     Kvtier__Key *store = NULL;
-    Kvtier__Key **kp = keys_to_proto(keys, variants, n, &store);
+    Kvtier__Key **kp = kvt__cl_keys_to_proto(keys, variants, n, &store);
     if (!kp)
         return KVT_E_NOMEM;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
@@ -1575,7 +1575,7 @@ int kvt_ping(struct kvt_client *c)
     req.op_case = KVTIER__REQUEST__OP_PING;
     req.ping = &pr;
     Kvtier__Response *r = NULL;
-    int rc = call(c, &req, &r);
+    int rc = kvt__cl_call(c, &req, &r);
     if (rc)
         return rc;
     rc = r->status;
@@ -1627,7 +1627,7 @@ int kvt_stats(struct kvt_client *c, struct kvt_stat **out, size_t *n_out)
     req.op_case = KVTIER__REQUEST__OP_STATS;
     req.stats = &sr;
     Kvtier__Response *r = NULL;
-    int rc = call(c, &req, &r);
+    int rc = kvt__cl_call(c, &req, &r);
     if (rc)
         return rc;
     rc = r->status;
@@ -1667,7 +1667,7 @@ void kvt_stats_free(struct kvt_stat *stats, size_t n)
 static int config_call(struct kvt_client *c, Kvtier__Request *req, char *buf, size_t cap)
 {
     Kvtier__Response *r = NULL;
-    int rc = call(c, req, &r);
+    int rc = kvt__cl_call(c, req, &r);
     if (rc)
         return rc;
     rc = r->status;

@@ -133,6 +133,17 @@ int kvt__cl_recv(struct kvt_client *c, Kvtier__Response **out, uint64_t deadline
  * flight with rc). Returns rc. */
 int kvt__cl_session_fail(struct kvt_client *c, int rc);
 
+/* One request, its answer (*out, free with kvtier__response__free_unpacked) within the timeout;
+ * a session error drops the socket. */
+int kvt__cl_call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out);
+/* Protobuf keys for keys[0..n) (variants NULL: 0): returns the pointer array, *store the keys;
+ * free both. NULL when out of memory. */
+Kvtier__Key **kvt__cl_keys_to_proto(const struct kvt_key *keys, const uint32_t *variants, size_t n,
+                                    Kvtier__Key **store);
+/* A staging buffer of bytes in the arena (waits for draining sockets up to deadline_ms). */
+int kvt__cl_stage_alloc(struct kvt_client *c, uint64_t bytes, uint64_t *off, uint64_t deadline_ms);
+/* Whether [p, p + len) is inside the arena (*off its offset). */
+int kvt__cl_in_arena(const struct kvt_client *c, const void *p, size_t len, uint64_t *off);
 /* Drops the socket whatever rc is (the daemon gave up on the connection). */
 void kvt__cl_drop(struct kvt_client *c, int why);
 

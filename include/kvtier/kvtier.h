@@ -458,6 +458,82 @@ KVT_API int kvt_delete(struct kvt_client *c, uint32_t ns, const struct kvt_key *
 KVT_API int kvt_delete_v(struct kvt_client *c, uint32_t ns, const struct kvt_key *keys,
                          const uint32_t *variants, size_t n, int *status_out);
 
+/* ---- Reuse at any position (docs/reuse.md) ---------------------------------------------------
+ *
+ * Retrieval-augmented prompts repeat passages in new orders. A passage is keyed by its own tokens
+ * (kvt_passage_key), whatever precedes it, and stored as one chunk of its n tokens (a namespace
+ * for reuse has tokens_per_chunk >= its longest passage, and its RoPE parameters). Each stored
+ * variant of a passage key is a version: its KV computed at some start position after some
+ * prefix, described by the engine with kvt_version_set. kvt_chunk_lookup plans a request: per
+ * passage the best version and the tokens to recompute (Cache-Craft's formulas, docs/reuse.md);
+ * kvt_get_rotated reads a version with its keys re-rotated by RoPE to the new start position. */
+
+/* H(seed, 0, tokens[0..n)): the key of a passage of n tokens (1 .. tokens_per_chunk), the same
+ * wherever the passage appears; for n == tokens_per_chunk it is kvt_chunk_keys' first key. Pure.
+ * KVT_E_INVAL for n 0 or too long, or a NULL argument. */
+KVT_API int kvt_passage_key(const struct kvt_ns_info *ns, const int32_t *tokens, size_t n,
+                            struct kvt_key *out);
+
+/* What the engine reports about a version it computed. Borrowed during the call (copied). */
+struct kvt_version_info {
+    uint64_t start_pos;           /* position of the passage's first token */
+    const struct kvt_key *prefix; /* passage keys of the passages before it, in order */
+    uint32_t n_prefix;            /* at most 256 */
+    uint32_t layers;              /* the namespace's */
+    uint32_t n_tokens;            /* the passage's (the chunk's n_tokens) */
+    const float *layer_mass;      /* layers x (n_prefix + 1): per layer, the share of the
+                                     passage tokens' attention (averaged over its tokens and
+                                     query heads) to prefix passage j, then, last, within the
+                                     passage; each in [0, 1], a row summing to at most 1 (the
+                                     rest went elsewhere, e.g. a system line) */
+    const float *token_mass;      /* n_tokens: per token, its share of attention (averaged over
+                                     layers and heads) to everything before the passage */
+};
+/* Attaches version info to stored variant `variant` (0 .. 31) of passage key: Put the chunk
+ * first (KVT_E_NOTFOUND otherwise). A key keeps at most reuse.versions_max versions: reporting
+ * one more deletes the least recently planned other one. KVT_E_GEOMETRY when layers or n_tokens
+ * disagree with the namespace and the chunk; KVT_E_INVAL for a share outside [0, 1] or a layer
+ * summing past 1; KVT_E_FULL when reuse.bytes_max is reached. Version info lives in the daemon's
+ * DRAM: after a restart the chunks are plain chunks until reported again. */
+KVT_API int kvt_version_set(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                            uint32_t variant, const struct kvt_version_info *vi);
+
+/* The plan for one passage of a request. The caller sets recompute and recompute_cap; the rest
+ * is filled. */
+struct kvt_reuse_plan {
+    int found;                               /* a version of the passage is stored and readable */
+    uint32_t variant;                        /* the chosen version */
+    enum kvt_tier_id tier;                   /* where it is */
+    uint64_t old_start;                      /* its start_pos */
+    uint32_t n_tokens;                       /* its tokens */
+    float beta, gamma, beta_prime, cci, cfo; /* docs/reuse.md */
+    uint32_t n_recompute;                    /* tokens to recompute: ceil(cfo * n_tokens) */
+    uint32_t *recompute; /* caller storage: the first min(n_recompute, recompute_cap) of
+                            them, token indices within the passage, ascending (the tokens
+                            with the most attention to the old prefix) */
+    uint32_t recompute_cap;
+    uint32_t next_variant; /* a variant no version of this key uses, for storing a new one;
+                              UINT32_MAX when variants 0 .. 31 are all taken */
+};
+/* Plans passages[0..n) (passage keys, at most 256) placed at start_pos[i]: for passage i the new
+ * prefix is passages[0..i). Per stored version: beta, gamma, beta' = beta (1 - gamma), cci, cfo
+ * = clamp(alpha cci (1 - beta')) (alpha 0: reuse.alpha); the version with the lowest cfo is
+ * chosen (ties: the one at start_pos[i], then the most recently planned). A passage stored at
+ * the same position after the same prefix gets cfo 0. plans: n entries. */
+KVT_API int kvt_chunk_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *passages,
+                             const uint64_t *start_pos, size_t n, float alpha,
+                             struct kvt_reuse_plan *plans);
+
+/* kvt_get_v of a version with every key (the K half of each row, in every layer and KV head)
+ * re-rotated by RoPE from the version's start_pos to new_start (kernels/rope.h; values are
+ * untouched; fp32 math, rounded to fp16). KVT_E_INVAL when the namespace is not fp16 or has no
+ * rope_theta; KVT_E_NOTFOUND when the variant is not stored or has no version info. buf (cap
+ * bytes) is written by the daemon directly when it is in the arena, else through a staging
+ * buffer; never inline. */
+KVT_API int kvt_get_rotated(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                            uint32_t variant, uint64_t new_start, void *buf, size_t cap,
+                            size_t *len_out, enum kvt_tier_id *tier_out);
+
 /* ---- Span abstracts, contexts and Select (docs/sparse.md) --------------------------------------
  *
  * On Put the daemon cuts each layer of an fp16 chunk into spans and keeps, per span and KV head,

@@ -97,7 +97,7 @@ static void test_every_stat_once(void **state)
         "uptime_ms",  "connections",       "namespaces",     "index_objects", "index_capacity",
         "workers",    "log_lines_dropped", "cpu.page_moves", "contexts",      "contexts_expired",
         "abstracts",  "abstracts_dropped", "abstract_bytes", "holds",         "hold_pins",
-        "holds_made", "holds_released",    "holds_expired"};
+        "holds_made", "holds_released",    "holds_expired",  "versions",      "version_bytes"};
     for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++, want++)
         assert_true(strlen(find(st, n, extra[i])->help) > 0);
     for (int t = 0; t < KVT_ALLOC_TAG_COUNT; t++, want++) {

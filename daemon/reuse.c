@@ -1,0 +1,95 @@
+/*
+ * Reuse plans. See reuse.h and docs/reuse.md.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "daemon/reuse.h"
+#include "kernels/kernels.h"
+
+static int key_eq(const struct kvt_key *a, const struct kvt_key *b)
+{
+    return a->lo == b->lo && a->hi == b->hi;
+}
+
+/* Position of key in keys[0..n), or -1. */
+static int64_t find_key(const struct kvt_key *keys, uint32_t n, const struct kvt_key *key)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (key_eq(&keys[i], key))
+            return i;
+    return -1;
+}
+
+void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
+                     float alpha, struct kvt_reuse_score *out)
+{
+    uint32_t np = v->n_prefix, row = np + 1;
+    /* Layer-averaged attention to each old prefix passage; CCI per layer, averaged. */
+    double total = 0, kept = 0, cci = 0;
+    int64_t pos_new[KVT_VERSION_PREFIX_MAX];
+    uint32_t n_common = 0;
+    for (uint32_t j = 0; j < np; j++) {
+        double m = 0;
+        for (uint32_t l = 0; l < v->layers; l++)
+            m += v->layer_mass[(size_t)l * row + j];
+        m /= v->layers ? v->layers : 1;
+        total += m;
+        int64_t at = find_key(new_prefix, n_new, &v->prefix[j]);
+        if (at >= 0) {
+            kept += m;
+            pos_new[n_common++] = at; /* in old-prefix order */
+        }
+    }
+    for (uint32_t l = 0; l < v->layers; l++) {
+        double inter = 0, intra = v->layer_mass[(size_t)l * row + np];
+        for (uint32_t j = 0; j < np; j++)
+            inter += v->layer_mass[(size_t)l * row + j];
+        cci += inter + intra > 0 ? inter / (inter + intra) : 0;
+    }
+    cci /= v->layers ? v->layers : 1;
+    double beta = total > 0 ? kept / total : 1.0;
+    /* Kendall-tau distance of the common passages: pairs ordered one way in the old prefix and
+     * the other way in the new one, over all pairs. */
+    uint64_t discordant = 0, pairs = (uint64_t)n_common * (n_common - (n_common > 0)) / 2;
+    for (uint32_t a = 0; a < n_common; a++)
+        for (uint32_t b = a + 1; b < n_common; b++)
+            discordant += pos_new[a] > pos_new[b];
+    double gamma = pairs ? (double)discordant / (double)pairs : 0.0;
+    double beta_prime = beta * (1.0 - gamma);
+    double cfo = (double)alpha * cci * (1.0 - beta_prime);
+    cfo = cfo < 0 ? 0 : cfo > 1 ? 1 : cfo;
+    out->beta = (float)beta;
+    out->gamma = (float)gamma;
+    out->beta_prime = (float)beta_prime;
+    out->cci = (float)cci;
+    out->cfo = (float)cfo;
+    double want = ceil(cfo * (double)v->n_tokens - 1e-9);
+    out->n_recompute = want <= 0 ? 0 : want >= v->n_tokens ? v->n_tokens : (uint32_t)want;
+}
+
+int kvt_reuse_better(const struct kvt_reuse_score *a, uint64_t a_start, uint64_t a_used,
+                     const struct kvt_reuse_score *b, uint64_t b_start, uint64_t b_used,
+                     uint64_t want_start)
+{
+    if (a->cfo != b->cfo)
+        return a->cfo < b->cfo;
+    int a_here = a_start == want_start, b_here = b_start == want_start;
+    if (a_here != b_here)
+        return a_here;
+    return a_used > b_used;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+void kvt_reuse_tokens(const struct kvt_version *v, uint32_t k, uint32_t *idx)
+{
+    if (!k)
+        return;
+    size_t got = kvt_kernels()->topk_f32(v->token_mass, v->n_tokens, k, idx);
+    qsort(idx, got, sizeof(*idx), cmp_u32);
+}

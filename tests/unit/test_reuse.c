@@ -1,0 +1,160 @@
+/*
+ * Reuse plans (daemon/reuse.c) on hand-made statistics: the same prefix in the same order needs
+ * nothing recomputed; a reordered or partly replaced prefix gives the beta, gamma, beta', cci and
+ * cfo of the formulas in docs/reuse.md exactly; alpha scales and cfo clamps; the tokens chosen
+ * for recompute are those with the most attention to the old prefix (ties to the lower index),
+ * in ascending order; the choice between versions prefers lower cfo, then the requested start,
+ * then the most recently used.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "daemon/reuse.h"
+
+static const struct kvt_key A = {1, 0}, B = {2, 0}, C = {3, 0}, D = {4, 0};
+
+/* A version of 2 layers after prefix[0..np) with the given per-layer rows. */
+static struct kvt_version make(const struct kvt_key *prefix, uint32_t np, float *rows,
+                               float *tokens, uint32_t n_tokens)
+{
+    return (struct kvt_version){.start_pos = 100,
+                                .n_prefix = np,
+                                .layers = 2,
+                                .n_tokens = n_tokens,
+                                .prefix = (struct kvt_key *)prefix,
+                                .layer_mass = rows,
+                                .token_mass = tokens};
+}
+
+static void test_same_prefix_recomputes_nothing(void **state)
+{
+    (void)state;
+    const struct kvt_key prefix[] = {A, B};
+    float rows[] = {0.3f, 0.1f, 0.5f, /* layer 0: A, B, within */ 0.2f, 0.2f, 0.4f};
+    float tokens[4] = {0.5f, 0.1f, 0.9f, 0.2f};
+    struct kvt_version v = make(prefix, 2, rows, tokens, 4);
+    struct kvt_reuse_score s;
+    kvt_reuse_score(&v, prefix, 2, 1.0f, &s);
+    assert_float_equal(s.beta, 1.0f, 1e-6);
+    assert_float_equal(s.gamma, 0.0f, 1e-6);
+    assert_float_equal(s.cfo, 0.0f, 1e-6);
+    assert_int_equal(s.n_recompute, 0);
+    /* More passages before it now, the old ones still there in order: nothing lost either. */
+    const struct kvt_key more[] = {C, A, D, B};
+    kvt_reuse_score(&v, more, 4, 1.0f, &s);
+    assert_float_equal(s.beta, 1.0f, 1e-6);
+    assert_float_equal(s.gamma, 0.0f, 1e-6);
+    assert_int_equal(s.n_recompute, 0);
+}
+
+static void test_formulas(void **state)
+{
+    (void)state;
+    const struct kvt_key prefix[] = {A, B, C};
+    /* Layer-averaged masses: A 0.3, B 0.1, C 0.2 (sum 0.6); intra 0.3 and 0.1. */
+    float rows[] = {0.4f, 0.1f, 0.2f, 0.3f, 0.2f, 0.1f, 0.2f, 0.1f};
+    float tokens[10] = {0.1f, 0.8f, 0.3f, 0.8f, 0.0f, 0.5f, 0.2f, 0.9f, 0.1f, 0.4f};
+    struct kvt_version v = make(prefix, 3, rows, tokens, 10);
+    /* cci per layer: 0.7 / 1.0 and 0.5 / 0.6; averaged. */
+    const float cci = (0.7f / 1.0f + 0.5f / 0.6f) / 2;
+    struct kvt_reuse_score s;
+
+    /* Reversed order: every common pair discordant. */
+    const struct kvt_key rev[] = {C, B, A};
+    kvt_reuse_score(&v, rev, 3, 1.0f, &s);
+    assert_float_equal(s.beta, 1.0f, 1e-6);
+    assert_float_equal(s.gamma, 1.0f, 1e-6);
+    assert_float_equal(s.beta_prime, 0.0f, 1e-6);
+    assert_float_equal(s.cci, cci, 1e-6);
+    assert_float_equal(s.cfo, cci, 1e-6);
+    assert_int_equal(s.n_recompute, 8); /* ceil(0.7667 * 10) */
+
+    /* B gone, C before A: beta = (0.3 + 0.2) / 0.6, one of one pair discordant. */
+    const struct kvt_key part[] = {D, C, A};
+    kvt_reuse_score(&v, part, 3, 1.0f, &s);
+    assert_float_equal(s.beta, 0.5f / 0.6f, 1e-6);
+    assert_float_equal(s.gamma, 1.0f, 1e-6);
+    assert_float_equal(s.cfo, cci, 1e-6);
+
+    /* A and C kept in order: gamma 0, beta' = beta. */
+    const struct kvt_key keep[] = {A, D, C};
+    kvt_reuse_score(&v, keep, 3, 1.0f, &s);
+    assert_float_equal(s.gamma, 0.0f, 1e-6);
+    assert_float_equal(s.beta_prime, 0.5f / 0.6f, 1e-6);
+    assert_float_equal(s.cfo, cci * (1 - 0.5f / 0.6f), 1e-6);
+    assert_int_equal(s.n_recompute, 2); /* ceil(1.28) */
+
+    /* Three common passages, one pair swapped: gamma 1/3. */
+    const struct kvt_key swap[] = {B, A, C};
+    kvt_reuse_score(&v, swap, 3, 1.0f, &s);
+    assert_float_equal(s.gamma, 1.0f / 3, 1e-6);
+    assert_float_equal(s.beta_prime, 2.0f / 3, 1e-6);
+
+    /* Nothing in common: beta 0, cfo = alpha cci, clamped at 1. */
+    kvt_reuse_score(&v, &D, 1, 1.0f, &s);
+    assert_float_equal(s.beta, 0.0f, 1e-6);
+    assert_float_equal(s.cfo, cci, 1e-6);
+    kvt_reuse_score(&v, &D, 1, 0.5f, &s);
+    assert_float_equal(s.cfo, 0.5f * cci, 1e-6);
+    kvt_reuse_score(&v, &D, 1, 100.0f, &s);
+    assert_float_equal(s.cfo, 1.0f, 1e-6);
+    assert_int_equal(s.n_recompute, 10);
+
+    /* The 3 tokens with most attention to the old prefix: 7 (0.9), 1 and 3 (0.8, lower first). */
+    uint32_t idx[3];
+    kvt_reuse_tokens(&v, 3, idx);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 3);
+    assert_int_equal(idx[2], 7);
+}
+
+static void test_no_prefix_and_no_attention(void **state)
+{
+    (void)state;
+    /* Computed with no passage before it: nothing of an old prefix to lose, and no evidence that
+     * it attends across passages (cci 0). */
+    float rows[] = {0.6f, 0.7f};
+    float tokens[2] = {0, 0};
+    struct kvt_version v = make(NULL, 0, rows, tokens, 2);
+    struct kvt_reuse_score s;
+    kvt_reuse_score(&v, &A, 1, 1.0f, &s);
+    assert_float_equal(s.beta, 1.0f, 1e-6);
+    assert_float_equal(s.cci, 0.0f, 1e-6);
+    assert_int_equal(s.n_recompute, 0);
+    /* All-zero rows (attention entirely elsewhere): cci 0, not NaN. */
+    const struct kvt_key prefix[] = {A};
+    float zero[4] = {0};
+    v = make(prefix, 1, zero, tokens, 2);
+    kvt_reuse_score(&v, &B, 1, 1.0f, &s);
+    assert_float_equal(s.cci, 0.0f, 1e-6);
+    assert_float_equal(s.beta, 1.0f, 1e-6); /* no attention to lose */
+    assert_int_equal(s.n_recompute, 0);
+}
+
+static void test_choice(void **state)
+{
+    (void)state;
+    struct kvt_reuse_score lo = {.cfo = 0.1f}, hi = {.cfo = 0.2f};
+    assert_true(kvt_reuse_better(&lo, 5, 1, &hi, 7, 9, 7));
+    assert_false(kvt_reuse_better(&hi, 7, 9, &lo, 5, 1, 7));
+    struct kvt_reuse_score a = {.cfo = 0.1f}, b = {.cfo = 0.1f};
+    assert_true(kvt_reuse_better(&a, 7, 1, &b, 5, 9, 7)); /* at the requested start */
+    assert_false(kvt_reuse_better(&a, 5, 1, &b, 7, 9, 7));
+    assert_true(kvt_reuse_better(&a, 5, 9, &b, 6, 1, 7)); /* then the more recent */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_same_prefix_recomputes_nothing),
+        cmocka_unit_test(test_formulas),
+        cmocka_unit_test(test_no_prefix_and_no_attention),
+        cmocka_unit_test(test_choice),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
