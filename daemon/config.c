@@ -43,6 +43,7 @@ static const char *const codecs[] = {"none", "lz4", "zstd", NULL};
 static const char *const write_policies[] = {"write-back", "write-through", NULL};
 static const char *const admissions[] = {"on-evict", "second-access", NULL};
 static const char *const dirty_full_policies[] = {"drop", "reject", NULL};
+static const char *const evictions[] = {"lru", "cost", NULL};
 static const char *const checksum_policies[] = {"required", "optional", NULL};
 static const char *const span_kinds[] = {"none", "fixed", "variable", NULL};
 
@@ -160,6 +161,9 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("tier.write_policy", write_policy, "write-back", write_policies, 0,
          "write-back: a Put is answered once in DRAM and written to disk under pressure; "
          "write-through: a Put is answered once durable on disk"),
+    ENUM("tier.eviction", eviction, "lru", evictions, 0,
+         "Which chunk goes when a tier is full: lru (least recently used; CLOCK on disk) or cost "
+         "(of the few least recently used, the one worth least: reads x tokens / bytes)"),
     ENUM("tier.disk_admission", disk_admission, "on-evict", admissions, ADMIN,
          "Which chunks leaving DRAM are written to disk: on-evict (all) or second-access (only "
          "chunks read at least once)"),

@@ -63,6 +63,7 @@ struct kvt_dconfig {
     uint64_t disk_fault_errno;
     char write_policy[16];
     char disk_admission[16];
+    char eviction[8];
     char dirty_full[8];
     uint64_t abstract_bytes_max;
     char abstract_spans[12];

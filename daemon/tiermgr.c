@@ -21,6 +21,7 @@
 #define WRITEBACK_SCAN 1024 /* DRAM chunks the write-back looks at per loop iteration */
 #define FLUSH_SCAN 4096
 #define CLOCK_SCAN 4096 /* index entries the lower tiers' eviction looks at per loop iteration */
+#define LOWER_SAMPLE 8  /* cost-aware: entries compared for one lower-tier eviction */
 #define MEM 0           /* position of the memory tier */
 
 /* One write to a lower tier in progress: fill on a worker, then the tier's commit. */
@@ -404,6 +405,8 @@ static void drain_write_through(struct kvt_tm *tm)
     }
 }
 
+static double tm_value(void *arg, uint32_t id);
+
 /* A lower tier above its high watermark, of bytes or of objects: removes chunks only there (not
  * in DRAM: removing their copy would make them dirty again), coldest first (CLOCK with a second
  * chance), looking at no more than CLOCK_SCAN entries per call and tier. */
@@ -429,6 +432,24 @@ static void evict_lower(struct kvt_tm *tm, uint32_t ti)
         if (e->referenced) {
             e->referenced = 0;
             continue;
+        }
+        if (tm->cfg.eviction_cost) {
+            /* Cost-aware: of this candidate and the next ones the hand passes that could go too
+             * (up to LOWER_SAMPLE), the lowest-valued goes; the others stay for the next turn. */
+            uint32_t best = id;
+            double best_v = tm_value(tm, id);
+            for (uint32_t k = 1, h = tm->clock_hand; k < LOWER_SAMPLE; k++) {
+                const struct kvt_entry *f = entry(tm, h);
+                if (f->state == KVT_ENTRY_READY && f->at[ti] == KVT_AT_READY &&
+                    f->at[MEM] == KVT_AT_NONE && !f->refs && !f->promoting && !f->referenced &&
+                    tm_value(tm, h) < best_v) {
+                    best = h;
+                    best_v = tm_value(tm, h);
+                }
+                h = h + 1 < tm->idx->cap ? h + 1 : 0;
+            }
+            id = best;
+            e = entry(tm, id);
         }
         if (remove_lower(tm, e, ti) == KVT_E_BUSY)
             return; /* too many removals waiting for a commit: next iteration */
@@ -634,6 +655,18 @@ void kvt_tm_stop(struct kvt_tm *tm)
 }
 
 /* ---- eviction and allocation -------------------------------------------------------------- */
+
+/* Cost-aware eviction (tier.eviction = cost): what keeping entry id is worth per byte, expected
+ * reuse x recompute saved / bytes, with reads since stored (+1) for the expected reuse and its
+ * tokens for the recompute a hit saves. Among chunks of one model this ranks by reads; across
+ * models a chunk of more tokens per byte is worth more. */
+static double tm_value(void *arg, uint32_t id)
+{
+    struct kvt_tm *tm = arg;
+    const struct kvt_entry *e = entry(tm, id);
+    return ((double)e->hits + 1.0) * (double)(e->n_tokens ? e->n_tokens : 1) /
+           (double)(e->length ? e->length : 1);
+}
 
 /* The memory tier's eviction callback (cookie = entry id). */
 static int tm_evict(void *arg, uint32_t cookie, kvt_tier_loc loc)
@@ -1419,6 +1452,8 @@ int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
     tm->cb = cb;
     tm->cb_arg = cb_arg;
     ops_of(tm, MEM)->set_evict(tm->tiers[MEM].t, tm_evict, tm);
+    if (cfg->eviction_cost && ops_of(tm, MEM)->set_value)
+        ops_of(tm, MEM)->set_value(tm->tiers[MEM].t, tm_value, tm);
     int rc = KVT_E_NOMEM;
     if (n_tiers > 1) {
         tm->n_demotes = cfg->writes_max ? cfg->writes_max : 1;

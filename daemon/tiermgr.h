@@ -112,6 +112,8 @@ struct kvt_tm_config {
     int write_through;       /* a Put is answered when its lower-tier copy is durable */
     int admit_second_access; /* write back only chunks read at least once */
     int dirty_reject;        /* DRAM full of chunks not yet written back: refuse the Put */
+    int eviction_cost;       /* evict by value (reads x tokens / bytes) among the coldest few,
+                                in DRAM and in the lower tiers, instead of plain LRU / CLOCK */
     uint32_t writes_max;     /* writes to lower tiers in flight at once (>= 1) */
     struct kvt_tm_tier_policy tier[KVT_TM_TIERS_MAX];
 };

@@ -95,6 +95,7 @@ int kvt__server_tiers_open(struct kvt_server *s)
         .write_through = strcmp(cfg->write_policy, "write-through") == 0,
         .admit_second_access = strcmp(cfg->disk_admission, "second-access") == 0,
         .dirty_reject = strcmp(cfg->dirty_full, "reject") == 0,
+        .eviction_cost = strcmp(cfg->eviction, "cost") == 0,
         .tier = {{.high_watermark = cfg->cpu_high_watermark},
                  {.high_watermark = cfg->disk_high_watermark,
                   .objects_max = cfg->disk_objects_max,

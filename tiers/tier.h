@@ -157,6 +157,9 @@ struct kvt_tier_range {
 /* Asked before a memory tier reclaims an object: 0 lets it go (the owner forgets loc; the tier
  * frees it after the call), nonzero keeps it. Must not call back into the tier. */
 typedef int (*kvt_tier_evict_fn)(void *owner, uint32_t cookie, kvt_tier_loc loc);
+/* What keeping an object is worth per byte, for a cost-aware eviction policy (higher: keep
+ * longer); must not call into the tier. */
+typedef double (*kvt_tier_value_fn)(void *owner, uint32_t cookie);
 /* Filter of coldest(); must not call into the tier. */
 typedef int (*kvt_tier_pick_fn)(void *arg, uint32_t cookie);
 /* One object of a persistent tier at start; nonzero stops the enumeration. */
@@ -220,6 +223,9 @@ struct kvt_tier_ops {
     /* Nonzero when room for the sizes being asked for is below free_frac. */
     int (*pressure)(void *tier, double free_frac);
     void (*set_evict)(void *tier, kvt_tier_evict_fn fn, void *owner);
+    /* Cost-aware eviction (NULL fn: least recently used): a victim is the lowest-valued of the
+     * few least recently used candidates, not the least recently used one. */
+    void (*set_value)(void *tier, kvt_tier_value_fn fn, void *owner);
     /* What an object of bytes occupies (0: too big for the tier). */
     uint64_t (*slot_bytes)(void *tier, uint64_t bytes);
     /* Counts a read that found (hit) or did not find its chunk, for the tier's stats. */

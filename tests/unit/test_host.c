@@ -96,6 +96,44 @@ static void test_lru_eviction_order(void **state)
     kvt_host_destroy(h);
 }
 
+/* Cost-aware: a cookie's value is its own number. */
+static double value_cb(void *owner, uint32_t cookie)
+{
+    (void)owner;
+    return (double)cookie;
+}
+
+static void test_cost_aware_eviction(void **state)
+{
+    (void)state;
+    struct owner o;
+    struct kvt_host *h = make(&o, 2 * MIB, MIB);
+    uint64_t slot = kvt_host_slot_bytes(h, 200 * 1024);
+    uint32_t n = (uint32_t)(2 * (MIB / slot));
+    assert_true(n >= 8 && n <= 16); /* a full sample of 8 */
+    uint64_t off[16];
+    /* Oldest first: values 50, 40, 30, 3, 20, ...: the lowest of the LRU sample goes. */
+    const uint32_t cookies[] = {50, 40, 30, 3, 20, 10, 60, 70, 80, 90, 91, 92, 93, 94, 95, 96};
+    for (uint32_t i = 0; i < n; i++)
+        assert_int_equal(kvt_host_alloc(h, 200 * 1024, cookies[i], &off[i]), 0);
+    kvt_host_set_value(h, value_cb, &o);
+    uint64_t x;
+    assert_int_equal(kvt_host_alloc(h, 200 * 1024, 100, &x), 0);
+    assert_int_equal(o.n_evicted, 1);
+    assert_int_equal(o.evicted[0], 3); /* not 50, the least recently used */
+    assert_int_equal(x, off[3]);
+    /* A refusal moves on to the next lowest of the sample: 10 is pinned, so 20 goes. */
+    o.pinned_cookie = 10;
+    assert_int_equal(kvt_host_alloc(h, 200 * 1024, 101, &x), 0);
+    assert_int_equal(o.n_evicted, 2);
+    assert_int_equal(o.evicted[1], 20);
+    /* Back to LRU: the oldest goes. */
+    kvt_host_set_value(h, NULL, NULL);
+    assert_int_equal(kvt_host_alloc(h, 200 * 1024, 102, &x), 0);
+    assert_int_equal(o.evicted[2], 50);
+    kvt_host_destroy(h);
+}
+
 static void test_pinned_never_evicted(void **state)
 {
     (void)state;
@@ -406,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_create_rejects_bad_config),
         cmocka_unit_test(test_alloc_write_read),
         cmocka_unit_test(test_lru_eviction_order),
+        cmocka_unit_test(test_cost_aware_eviction),
         cmocka_unit_test(test_pinned_never_evicted),
         cmocka_unit_test(test_page_moves_between_classes),
         cmocka_unit_test(test_new_size_takes_memory_of_old_size),

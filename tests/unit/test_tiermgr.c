@@ -587,6 +587,54 @@ static void test_stop_abandons_queued(void **state)
     assert_int_equal(e->put_done, 0);
 }
 
+/* Twelve chunks written back and dropped from DRAM, so only the lower tier holds them, past its
+ * objects limit (10 x 0.9): its eviction removes 3. Chunks 0, 3 and 6 were read often. Under
+ * CLOCK the hand, which starts at the first entry, takes a hot one; cost-aware it takes cold ones
+ * only. Returns how many of the hot chunks are left. */
+static int hot_left_lower(struct env *e, int cost)
+{
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    e->cfg.eviction_cost = cost;
+    e->cfg.tier[1].objects_max = 10;
+    assert_int_equal(open_tm(e), 0);
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t ids[12];
+    for (uint32_t k = 0; k < 12; k++)
+        ids[k] = put(e, 100 + k, 0, &io, &later);
+    kvt_tm_flush(e->tm);
+    pump(e); /* all written back; still in DRAM, so none is a lower-tier candidate yet */
+    assert_int_equal(evict_all(e), 12);
+    for (uint32_t j = 0; j < 12; j++) {
+        kvt_index_at(&e->idx, ids[j])->referenced = 0;
+        kvt_index_at(&e->idx, ids[j])->hits = j % 3 == 0 && j < 9 ? 9 : 0;
+    }
+    pump(e);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.disk_evictions, 3);
+    int left = 0;
+    for (uint32_t j = 0; j < 9; j += 3) {
+        struct kvt_entry *en = kvt_index_at(&e->idx, ids[j]);
+        left += en->state == KVT_ENTRY_READY && en->id.key.lo == 100 + j &&
+                kvt_tm_tier_of(e->tm, en) != KVT_TIER_NONE;
+    }
+    return left;
+}
+
+static void test_cost_aware_lower_eviction(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(hot_left_lower(e, 1), 3);
+}
+
+static void test_clock_lower_eviction(void **state)
+{
+    struct env *e = *state;
+    assert_true(hot_left_lower(e, 0) < 3);
+}
+
 static void test_create_refuses_bad_lists(void **state)
 {
     struct env *e = *state;
@@ -605,6 +653,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_write_back_then_promote, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cost_aware_lower_eviction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clock_lower_eviction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_through_answers_when_durable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_range_read_direct_and_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_write_keeps_chunk_dirty, setup, teardown),

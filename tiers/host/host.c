@@ -105,6 +105,8 @@ struct kvt_host {
     struct size_class cls[CLASSES_MAX];
     uint32_t n_cls;
     kvt_host_evict_fn evict;
+    kvt_host_value_fn value; /* cost-aware eviction (NULL: LRU) */
+    void *value_owner;
     uint64_t *owner_bytes; /* borrowed (kvt_host_set_owners): slot bytes per owner */
     uint32_t n_owners;
     void *owner;
@@ -391,9 +393,35 @@ static int slot_evict(struct kvt_host *h, uint32_t gi)
     return 1;
 }
 
+/* Cost-aware: the least valued of the class's KVT_HOST_EVICT_SAMPLE least recently used objects
+ * is tried first (ties: the older), then the others of the sample by value. 1 when one went. */
+static int evict_by_value(struct kvt_host *h, struct size_class *c)
+{
+    uint32_t gi[KVT_HOST_EVICT_SAMPLE];
+    double v[KVT_HOST_EVICT_SAMPLE];
+    uint32_t n = 0;
+    for (uint32_t g = c->lru.tail; g != NIL && n < KVT_HOST_EVICT_SAMPLE; g = h->g[g].prev) {
+        double x = h->value(h->value_owner, h->g[g].cookie);
+        uint32_t at = n++;
+        while (at > 0 && v[at - 1] > x) { /* insertion sort; equal values keep LRU order */
+            gi[at] = gi[at - 1];
+            v[at] = v[at - 1];
+            at--;
+        }
+        gi[at] = g;
+        v[at] = x;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if (slot_evict(h, gi[i]))
+            return 1;
+    return 0;
+}
+
 static int evict_from_lru(struct kvt_host *h, uint32_t ci)
 {
     struct size_class *c = &h->cls[ci];
+    if (h->value && evict_by_value(h, c))
+        return 1;
     uint32_t gi = c->lru.tail;
     for (int tries = 0; gi != NIL && tries < EVICT_TRIES_MAX; tries++) {
         uint32_t prev = h->g[gi].prev;
@@ -791,6 +819,12 @@ uint64_t kvt_host_len(const struct kvt_host *h, uint64_t off)
     return h->cls[h->g[gi].cls].slot_bytes - h->g[gi].slack;
 }
 
+void kvt_host_set_value(struct kvt_host *h, kvt_host_value_fn value, void *owner)
+{
+    h->value = value;
+    h->value_owner = owner;
+}
+
 void kvt_host_set_evict(struct kvt_host *h, kvt_host_evict_fn evict, void *owner)
 {
     h->evict = evict;
@@ -945,6 +979,11 @@ static void host_set_evict_op(void *tier, kvt_tier_evict_fn fn, void *owner)
     kvt_host_set_evict(tier, fn, owner);
 }
 
+static void host_set_value_op(void *tier, kvt_tier_value_fn fn, void *owner)
+{
+    kvt_host_set_value(tier, fn, owner);
+}
+
 static uint64_t host_slot_bytes_op(void *tier, uint64_t bytes)
 {
     return kvt_host_slot_bytes(tier, bytes);
@@ -977,6 +1016,7 @@ const struct kvt_tier_ops kvt_host_tier_ops = {
     .coldest = host_coldest_op,
     .pressure = host_pressure_op,
     .set_evict = host_set_evict_op,
+    .set_value = host_set_value_op,
     .slot_bytes = host_slot_bytes_op,
     .count = host_count_op,
 };

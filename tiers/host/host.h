@@ -104,6 +104,12 @@ uint64_t kvt_host_len(const struct kvt_host *h, uint64_t off);
 /* Replaces the eviction callback given at create (NULL: nothing is evicted; allocations that
  * would need it fail with KVT_E_FULL). */
 void kvt_host_set_evict(struct kvt_host *h, kvt_host_evict_fn evict, void *owner);
+/* Cost-aware eviction: a class that must evict asks value(owner, cookie) of its
+ * KVT_HOST_EVICT_SAMPLE least recently used objects and tries them lowest value first (ties: the
+ * older first), then goes on in LRU order. NULL (the default): plain LRU. */
+typedef double (*kvt_host_value_fn)(void *owner, uint32_t cookie);
+#define KVT_HOST_EVICT_SAMPLE 8
+void kvt_host_set_value(struct kvt_host *h, kvt_host_value_fn value, void *owner);
 
 /* The operations table (tiers/tier.h) on a struct kvt_host: a memory tier. An object's location
  * is its arena offset; objects carry no id (read, remove take the location). */
