@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -405,6 +406,130 @@ static void test_other_tenants_namespace(void **state)
     send_request(fd, &dreq);
     assert_int_equal(expect_status(fd, 42), KVT_E_ACCESS);
     munmap(arena, 64 * 1024);
+    close(fd);
+    assert_daemon_healthy();
+}
+
+/* The reuse, hold and rotation requests a library never sends malformed: each gets its error
+ * with a reason, and the connection and daemon go on. */
+static void test_reuse_and_hold_frames(void **state)
+{
+    (void)state;
+    uint8_t *arena = NULL;
+    uint32_t ns = 0;
+    int fd = raw_session(1 << 20, &arena, &ns, NULL);
+    uint64_t id = 100;
+    Kvtier__Key k = KVTIER__KEY__INIT, *kp[1] = {&k};
+    k.lo = 0x5151;
+
+    Kvtier__ReleaseReq rel = KVTIER__RELEASE_REQ__INIT;
+    const uint64_t holds[] = {0, 1, 0xffffffffffffffffull, (uint64_t)7 << 32 | 3};
+    for (size_t i = 0; i < 4; i++) {
+        Kvtier__Request req = KVTIER__REQUEST__INIT;
+        rel.hold = holds[i];
+        req.id = ++id;
+        req.op_case = KVTIER__REQUEST__OP_RELEASE;
+        req.release = &rel;
+        send_request(fd, &req);
+        assert_int_equal(expect_status(fd, id), KVT_E_NOHOLD);
+    }
+
+    /* VersionSet: no key, a variant past 31, too long a prefix, a chunk never stored. */
+    Kvtier__VersionSetReq vs = KVTIER__VERSION_SET_REQ__INIT;
+    vs.ns = ns;
+    const struct {
+        Kvtier__Key *key;
+        uint32_t variant;
+        size_t n_prefix;
+        int want;
+    } vcases[] = {{NULL, 0, 0, KVT_E_INVAL},
+                  {&k, 99, 0, KVT_E_INVAL},
+                  {&k, 0, 300, KVT_E_TOOBIG},
+                  {&k, 0, 0, KVT_E_NOTFOUND}};
+    static Kvtier__Key *many[300];
+    for (size_t i = 0; i < 300; i++)
+        many[i] = &k;
+    for (size_t i = 0; i < 4; i++) {
+        Kvtier__Request req = KVTIER__REQUEST__INIT;
+        vs.key = vcases[i].key;
+        k.variant = vcases[i].variant;
+        vs.n_prefix = vcases[i].n_prefix;
+        vs.prefix = many;
+        req.id = ++id;
+        req.op_case = KVTIER__REQUEST__OP_VERSION_SET;
+        req.version_set = &vs;
+        send_request(fd, &req);
+        assert_int_equal(expect_status(fd, id), vcases[i].want);
+    }
+    k.variant = 0;
+
+    /* ChunkLookup: counts that disagree, too many passages or indices, a NaN or negative alpha. */
+    uint64_t pos[1] = {0};
+    Kvtier__ChunkLookupReq cl = KVTIER__CHUNK_LOOKUP_REQ__INIT;
+    cl.ns = ns;
+    const struct {
+        size_t n_passages, n_pos;
+        uint32_t recompute_max;
+        float alpha;
+        int want;
+    } ccases[] = {{1, 0, 0, 0, KVT_E_INVAL},         {300, 300, 0, 0, KVT_E_TOOBIG},
+                  {1, 1, 1u << 30, 0, KVT_E_TOOBIG}, {1, 1, 0, NAN, KVT_E_INVAL},
+                  {1, 1, 0, -1.0f, KVT_E_INVAL},     {1, 1, 16, 0, 0}};
+    static uint64_t many_pos[300];
+    for (size_t i = 0; i < 6; i++) {
+        Kvtier__Request req = KVTIER__REQUEST__INIT;
+        cl.n_passages = ccases[i].n_passages;
+        cl.passages = ccases[i].n_passages > 1 ? many : kp;
+        cl.n_start_pos = ccases[i].n_pos;
+        cl.start_pos = ccases[i].n_pos > 1 ? many_pos : pos;
+        cl.recompute_max = ccases[i].recompute_max;
+        cl.alpha = ccases[i].alpha;
+        req.id = ++id;
+        req.op_case = KVTIER__REQUEST__OP_CHUNK_LOOKUP;
+        req.chunk_lookup = &cl;
+        send_request(fd, &req);
+        assert_int_equal(expect_status(fd, id), ccases[i].want);
+    }
+
+    /* A rotated Get inline, or of a chunk without version info; a hold on a miss. */
+    Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
+    g.ns = ns;
+    g.key = &k;
+    g.rotate = 1;
+    g.rotate_to = 1u << 30;
+    g.want_inline = 1;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = ++id;
+    req.op_case = KVTIER__REQUEST__OP_GET;
+    req.get = &g;
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, id), KVT_E_INVAL);
+    assert_int_equal(put_status(fd, ++id, ns, arena, 0, CHUNK_BYTES, 0), 0);
+    k.lo = id * 1000 + 1;
+    k.hi = 99;
+    g.want_inline = 0;
+    g.capacity = CHUNK_BYTES;
+    req.id = ++id;
+    send_request(fd, &req);
+    int st = expect_status(fd, id);
+    assert_true(st == KVT_E_INVAL || st == KVT_E_NOTFOUND); /* no RoPE, or no version info */
+    Kvtier__LookupReq l = KVTIER__LOOKUP_REQ__INIT;
+    Kvtier__Key miss = KVTIER__KEY__INIT, *mp[1] = {&miss};
+    l.ns = ns;
+    l.n_keys = 1;
+    l.keys = mp;
+    l.hold_ms = 0xffffffffu;
+    req = (Kvtier__Request)KVTIER__REQUEST__INIT;
+    req.id = ++id;
+    req.op_case = KVTIER__REQUEST__OP_LOOKUP;
+    req.lookup = &l;
+    send_request(fd, &req);
+    Kvtier__Response *r = read_response(fd);
+    assert_non_null(r);
+    assert_int_equal(r->status, 0);
+    assert_int_equal(r->lookup->hits, 0);
+    assert_int_equal(r->lookup->hold, 0);
+    kvtier__response__free_unpacked(r, NULL);
     close(fd);
     assert_daemon_healthy();
 }
@@ -1226,6 +1351,7 @@ int main(void)
         cmocka_unit_test(test_namespaces_reclaimed_and_quota),
         cmocka_unit_test(test_cpu_quota_per_tenant),
         cmocka_unit_test(test_objects_quota_per_tenant),
+        cmocka_unit_test(test_reuse_and_hold_frames),
         cmocka_unit_test(test_max_clients_checked_against_nofile),
         cmocka_unit_test(test_sighup_reloads_config),
         cmocka_unit_test(test_hugetlb_and_file_arenas_refused),
