@@ -12,22 +12,78 @@ static int key_eq(const struct kvt_key *a, const struct kvt_key *b)
     return a->lo == b->lo && a->hi == b->hi;
 }
 
-/* Position of key in keys[0..n), or -1. */
-static int64_t find_key(const struct kvt_key *keys, uint32_t n, const struct kvt_key *key)
+/* Open-addressing table of the new prefix's keys with their first position: membership in
+ * O(1), so a score costs O(n_prefix + n_new), not their product. */
+#define KEYTAB_SLOTS 512 /* > 2 x KVT_VERSION_PREFIX_MAX */
+struct keytab {
+    struct kvt_key key[KEYTAB_SLOTS];
+    int32_t pos[KEYTAB_SLOTS]; /* -1: empty */
+};
+
+static uint32_t slot_of(const struct kvt_key *k)
 {
-    for (uint32_t i = 0; i < n; i++)
-        if (key_eq(&keys[i], key))
-            return i;
-    return -1;
+    return (uint32_t)((k->lo ^ (k->hi * 0x9e3779b97f4a7c15ull)) >> 7) & (KEYTAB_SLOTS - 1);
+}
+
+static void keytab_build(struct keytab *t, const struct kvt_key *keys, uint32_t n)
+{
+    for (uint32_t i = 0; i < KEYTAB_SLOTS; i++)
+        t->pos[i] = -1;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = slot_of(&keys[i]);
+        while (t->pos[s] >= 0 && !key_eq(&t->key[s], &keys[i]))
+            s = (s + 1) & (KEYTAB_SLOTS - 1);
+        if (t->pos[s] < 0) { /* the first occurrence wins */
+            t->key[s] = keys[i];
+            t->pos[s] = (int32_t)i;
+        }
+    }
+}
+
+static int64_t keytab_find(const struct keytab *t, const struct kvt_key *k)
+{
+    for (uint32_t s = slot_of(k);; s = (s + 1) & (KEYTAB_SLOTS - 1)) {
+        if (t->pos[s] < 0)
+            return -1;
+        if (key_eq(&t->key[s], k))
+            return t->pos[s];
+    }
+}
+
+/* Pairs i < j with a[i] > a[j] in a[0..n), by merge sort (a is sorted on return; tmp has n). */
+static uint64_t inversions(int64_t *a, int64_t *tmp, uint32_t n)
+{
+    if (n < 2)
+        return 0;
+    uint32_t h = n / 2;
+    uint64_t inv = inversions(a, tmp, h) + inversions(a + h, tmp, n - h);
+    uint32_t i = 0, j = h, k = 0;
+    while (i < h && j < n) {
+        if (a[j] < a[i]) {
+            inv += h - i;
+            tmp[k++] = a[j++];
+        } else {
+            tmp[k++] = a[i++];
+        }
+    }
+    while (i < h)
+        tmp[k++] = a[i++];
+    while (j < n)
+        tmp[k++] = a[j++];
+    for (k = 0; k < n; k++)
+        a[k] = tmp[k];
+    return inv;
 }
 
 void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
                      float alpha, struct kvt_reuse_score *out)
 {
     uint32_t np = v->n_prefix, row = np + 1;
+    struct keytab tab;
+    keytab_build(&tab, new_prefix, n_new < KVT_VERSION_PREFIX_MAX ? n_new : KVT_VERSION_PREFIX_MAX);
     /* Layer-averaged attention to each old prefix passage; CCI per layer, averaged. */
     double total = 0, kept = 0, cci = 0;
-    int64_t pos_new[KVT_VERSION_PREFIX_MAX];
+    int64_t pos_new[KVT_VERSION_PREFIX_MAX], tmp[KVT_VERSION_PREFIX_MAX];
     uint32_t n_common = 0;
     for (uint32_t j = 0; j < np; j++) {
         double m = 0;
@@ -35,7 +91,7 @@ void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_pref
             m += v->layer_mass[(size_t)l * row + j];
         m /= v->layers ? v->layers : 1;
         total += m;
-        int64_t at = find_key(new_prefix, n_new, &v->prefix[j]);
+        int64_t at = keytab_find(&tab, &v->prefix[j]);
         if (at >= 0) {
             kept += m;
             pos_new[n_common++] = at; /* in old-prefix order */
@@ -50,11 +106,10 @@ void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_pref
     cci /= v->layers ? v->layers : 1;
     double beta = total > 0 ? kept / total : 1.0;
     /* Kendall-tau distance of the common passages: pairs ordered one way in the old prefix and
-     * the other way in the new one, over all pairs. */
-    uint64_t discordant = 0, pairs = (uint64_t)n_common * (n_common - (n_common > 0)) / 2;
-    for (uint32_t a = 0; a < n_common; a++)
-        for (uint32_t b = a + 1; b < n_common; b++)
-            discordant += pos_new[a] > pos_new[b];
+     * the other way in the new one, over all pairs. A passage named twice in the old prefix maps
+     * to one new position: such a pair is a tie, not discordant. */
+    uint64_t pairs = (uint64_t)n_common * (n_common - (n_common > 0)) / 2;
+    uint64_t discordant = inversions(pos_new, tmp, n_common);
     double gamma = pairs ? (double)discordant / (double)pairs : 0.0;
     double beta_prime = beta * (1.0 - gamma);
     double cfo = (double)alpha * cci * (1.0 - beta_prime);

@@ -136,6 +136,64 @@ static void test_no_prefix_and_no_attention(void **state)
     assert_int_equal(s.n_recompute, 0);
 }
 
+/* gamma against a brute-force count of discordant pairs, on random orders of up to 200 of 256
+ * passages (the new prefix holding some of the old ones, shuffled, among others). */
+static void test_gamma_matches_brute_force(void **state)
+{
+    (void)state;
+    static struct kvt_key old[256], fresh[256];
+    static float rows[2 * 257], tokens[1];
+    uint64_t x = 99;
+    for (int trial = 0; trial < 200; trial++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t np = 2 + (uint32_t)(x >> 33) % 199, nn = 0;
+        for (uint32_t j = 0; j < np; j++) {
+            old[j] = (struct kvt_key){1000 + j, (uint64_t)trial};
+            rows[j] = rows[257 + j] = 0.5f / (float)np;
+        }
+        rows[np] = rows[257 + np] = 0.25f;
+        /* The new prefix: every third old passage dropped, the rest shuffled, strangers mixed in.
+         */
+        for (uint32_t j = 0; j < np; j++)
+            if (j % 3)
+                fresh[nn++] = old[j];
+        for (uint32_t j = nn; j > 1; j--) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            uint32_t r = (uint32_t)(x >> 33) % j;
+            struct kvt_key t = fresh[j - 1];
+            fresh[j - 1] = fresh[r];
+            fresh[r] = t;
+        }
+        uint32_t strangers = 0;
+        for (; nn < 255 && strangers < 20; strangers++)
+            fresh[nn++] = (struct kvt_key){5, 5 + strangers};
+        /* Rows are per layer of np + 1 entries: lay the two layers out contiguously. */
+        static float packed[2 * 257];
+        for (uint32_t l = 0; l < 2; l++)
+            for (uint32_t j = 0; j <= np; j++)
+                packed[l * (np + 1) + j] = rows[l * 257 + j];
+        struct kvt_version v = make(old, np, packed, tokens, 1);
+        struct kvt_reuse_score s;
+        kvt_reuse_score(&v, fresh, nn, 1.0f, &s);
+        /* Brute force: positions of the common ones in the new prefix, in old order. */
+        int64_t at[256];
+        uint32_t m = 0;
+        for (uint32_t j = 0; j < np; j++)
+            for (uint32_t i = 0; i < nn; i++)
+                if (fresh[i].lo == old[j].lo && fresh[i].hi == old[j].hi) {
+                    at[m++] = i;
+                    break;
+                }
+        uint64_t disc = 0;
+        for (uint32_t a = 0; a < m; a++)
+            for (uint32_t b = a + 1; b < m; b++)
+                disc += at[a] > at[b];
+        double want = m > 1 ? (double)disc / ((double)m * (m - 1) / 2) : 0;
+        assert_float_equal(s.gamma, want, 1e-6);
+        assert_float_equal(s.beta, (double)m / np, 1e-5);
+    }
+}
+
 static void test_choice(void **state)
 {
     (void)state;
@@ -154,6 +212,7 @@ int main(void)
         cmocka_unit_test(test_same_prefix_recomputes_nothing),
         cmocka_unit_test(test_formulas),
         cmocka_unit_test(test_no_prefix_and_no_attention),
+        cmocka_unit_test(test_gamma_matches_brute_force),
         cmocka_unit_test(test_choice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
