@@ -15,6 +15,9 @@ struct kvt_bench_opts {
     const char *work_dir; /* temporary directory for this run (removed afterwards) */
     const char *bin_dir;  /* where kvtierd lives */
     const char *only;     /* NULL: every part; else a comma-separated list of the parts to run */
+    const char *out_dir;  /* where the JSON and CSV go: extra files of a benchmark go there too */
+    int argc;             /* options for the benchmark itself (only one that takes options) */
+    char **argv;
 };
 
 /* Whether the part named part of a benchmark is to run (--only). */
@@ -38,6 +41,10 @@ void kvt_bench_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2
 /* Monotonic clock in nanoseconds. */
 uint64_t kvt_bench_now_ns(void);
 
+/* What a benchmark returns for options it does not accept (it has printed why): nothing is
+ * written. Other results: 0, or nonzero when a measurement failed. */
+#define KVT_BENCH_USAGE 2
+
 typedef int (*kvt_bench_fn)(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 
 /* Benchmarks; each lives in its own bench/<name>.c. Declared weak so that a benchmark whose file
@@ -48,5 +55,6 @@ int kvt_bench_disk(const struct kvt_bench_opts *opts, struct kvt_bench_report *r
 int kvt_bench_codec(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_sparse(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_select(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
+int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 
 #endif

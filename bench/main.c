@@ -1,9 +1,11 @@
 /*
  * kvtier-bench: runs one benchmark (or all) and renders its report. Usage:
- *   kvtier-bench NAME|all [--quick] [--json FILE] [--only PART,...]
+ *   kvtier-bench NAME|all [--quick] [--json FILE] [--only PART,...] [BENCHMARK OPTIONS]
  * --only runs the named parts of a benchmark (the list is under --help), so that one figure can be
  * measured again without the rest of a long run.
  * Without --json, results still go to bench/out/NAME.json and .csv for `make bench-plot`.
+ * Options this file does not know are passed to the one benchmark named, when it takes options
+ * (capacity); any other benchmark, or `all`, refuses them.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +22,14 @@
 #pragma weak kvt_bench_codec
 #pragma weak kvt_bench_sparse
 #pragma weak kvt_bench_select
+#pragma weak kvt_bench_capacity
 
 struct bench_entry {
     const char *name;
     kvt_bench_fn fn;
     const char *what;
     const char *parts; /* what --only can name, or NULL when it runs as one part */
+    const char *args;  /* the options it takes, or NULL when none */
 };
 
 static void usage(const struct bench_entry *benches, size_t n)
@@ -35,6 +39,9 @@ static void usage(const struct bench_entry *benches, size_t n)
     for (size_t i = 0; i < n; i++)
         fprintf(stderr, "  %-7s %s%s%s\n", benches[i].name, benches[i].what,
                 benches[i].parts ? "; parts: " : "", benches[i].parts ? benches[i].parts : "");
+    for (size_t i = 0; i < n; i++)
+        if (benches[i].args)
+            fprintf(stderr, "options of %s: %s\n", benches[i].name, benches[i].args);
 }
 
 static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opts,
@@ -47,9 +54,6 @@ static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opt
     static struct kvt_bench_report r;
     memset(&r, 0, sizeof(r));
     snprintf(r.name, sizeof(r.name), "%s", b->name);
-    fprintf(stderr, "kvtier-bench %s%s: %s\n", b->name, opts->quick ? " (quick)" : "", b->what);
-    int rc = b->fn(opts, &r);
-    kvt_bench_print(&r, stdout);
     char jp[512], cp[512];
     if (json_path) {
         snprintf(jp, sizeof(jp), "%s", json_path);
@@ -57,6 +61,17 @@ static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opt
         mkdir("bench/out", 0755);
         snprintf(jp, sizeof(jp), "bench/out/%s.json", b->name);
     }
+    /* A benchmark's extra files (time series) go beside its JSON. */
+    struct kvt_bench_opts o = *opts;
+    char dir[512];
+    const char *slash = strrchr(jp, '/');
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - jp) : 1, slash ? jp : ".");
+    o.out_dir = dir;
+    fprintf(stderr, "kvtier-bench %s%s: %s\n", b->name, opts->quick ? " (quick)" : "", b->what);
+    int rc = b->fn(&o, &r);
+    if (rc == KVT_BENCH_USAGE)
+        return 2; /* bad options: nothing was measured, nothing is written */
+    kvt_bench_print(&r, stdout);
     snprintf(cp, sizeof(cp), "%.*s.csv",
              (int)(strlen(jp) > 5 && !strcmp(jp + strlen(jp) - 5, ".json") ? strlen(jp) - 5
                                                                            : strlen(jp)),
@@ -73,23 +88,34 @@ static int run_one(const struct bench_entry *b, const struct kvt_bench_opts *opt
 int main(int argc, char **argv)
 {
     const struct bench_entry benches[] = {
-        {"host", kvt_bench_host, "Put/Get through the CPU tier vs memcpy and redis-server", NULL},
-        {"lookup", kvt_bench_lookup, "32-key Lookup latency vs redis-server PING and MGET", NULL},
+        {"host", kvt_bench_host, "Put/Get through the CPU tier vs memcpy and redis-server", NULL,
+         NULL},
+        {"lookup", kvt_bench_lookup, "32-key Lookup latency vs redis-server PING and MGET", NULL,
+         NULL},
         {"disk", kvt_bench_disk, "disk tier writes and cold reads vs plain io_uring and files",
          "whole (256K-4M chunks: store, io_uring, files, kvtierd), daemon-whole (only io_uring and "
          "kvtierd), store-ranges, "
          "daemon-ranges (kvtierd cold ranges vs io_uring), restart, restore-abstracts (span "
-         "abstracts read back at a kvtierd restart)"},
-        {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd", NULL},
+         "abstracts read back at a kvtierd restart)",
+         NULL},
+        {"codec", kvt_bench_codec, "lossless KV compression vs plain lz4/zstd", NULL, NULL},
         {"select", kvt_bench_select,
          "span scoring (Quest bound) and top-k per layer, Llama-3-8B geometry, vs memcpy",
-         "8k, 32k, 128k (context tokens)"},
+         "8k, 32k, 128k (context tokens)", NULL},
         {"sparse", kvt_bench_sparse,
-         "decode on the real model: sparse retrieval vs offload and resident, KL vs q8", NULL},
+         "decode on the real model: sparse retrieval vs offload and resident, KL vs q8", NULL,
+         NULL},
+        {"capacity", kvt_bench_capacity,
+         "many clients, Zipf reuse, tiers far below the working set; vs DRAM-only LRU and no cache",
+         "kvtier (CPU and disk tiers), dram_lru (DRAM only, replays kvtier's sessions)",
+         "--socket PATH, --clients N, --duration S, --working-set BYTES, --dram BYTES, "
+         "--disk BYTES, --seed N, --zipf S, --abstract-bytes BYTES, --prefill-tokens-per-s N, "
+         "--bound-scale F"},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};
     const char *name = NULL, *json = NULL;
+    char *extra[64];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
             opts.quick = 1;
@@ -100,9 +126,14 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(benches, n);
             return 0;
-        } else if (argv[i][0] != '-' && !name)
+        } else if (argv[i][0] != '-' && !name) {
             name = argv[i];
-        else {
+        } else if (!strncmp(argv[i], "--", 2) && opts.argc + 2 <= 64) {
+            /* The benchmark's own option, with its value when it is not --name=value. */
+            extra[opts.argc++] = argv[i];
+            if (!strchr(argv[i], '=') && i + 1 < argc && strncmp(argv[i + 1], "--", 2))
+                extra[opts.argc++] = argv[++i];
+        } else {
             name = NULL;
             break;
         }
@@ -110,6 +141,17 @@ int main(int argc, char **argv)
     if (!name) {
         usage(benches, n);
         return 2;
+    }
+    opts.argv = extra;
+    if (opts.argc) {
+        const struct bench_entry *e = NULL;
+        for (size_t i = 0; i < n; i++)
+            if (!strcmp(name, benches[i].name))
+                e = &benches[i];
+        if (!e || !e->args) {
+            fprintf(stderr, "kvtier-bench: %s takes no option %s\n", name, extra[0]);
+            return 2;
+        }
     }
     char dir[] = "/tmp/kvtier-bench-XXXXXX";
     if (!mkdtemp(dir)) {
