@@ -530,15 +530,17 @@ static int mem_cfg_read(struct kvt_client *c, struct mem_cfg *m)
 #define BOUND_DISK_FIXED_BYTES (12 * MIB)    /* journal and checkpoint buffers: 8.8 MiB measured */
 #define BOUND_CONN_FIXED_BYTES (256 * 1024u) /* scratch and the connection itself */
 #define BOUND_OP_BYTES 256u                  /* one in-flight op slot */
-#define BOUND_BASE_BYTES (32 * MIB) /* text, libraries, stacks, malloc slack, CPU tier metadata */
+#define BOUND_BASE_BYTES                                                                           \
+    (16 * MIB)                 /* text, libraries, the loop's stack, malloc slack: 8 measured */
+#define BOUND_THREAD_BYTES MIB /* per thread (workers, and 4 for the loop, disk, log, tier) */
 
 /* The most RSS the daemon may have with conns connections whose arenas add up to arenas bytes:
  * the CPU arena and the clients' arenas (shared memory, RssShmem once touched), the disk tier's
  * staging buffers and index, the index, the abstracts' cap, each connection's frame buffers,
- * and a fixed base. */
+ * each worker thread, and a fixed base. */
 static uint64_t mem_bound(const struct mem_cfg *m, uint64_t conns, uint64_t arenas)
 {
-    uint64_t b = m->cpu_arena + arenas + BOUND_BASE_BYTES;
+    uint64_t b = m->cpu_arena + arenas + BOUND_BASE_BYTES + (m->workers + 4) * BOUND_THREAD_BYTES;
     b += m->index_objects * BOUND_INDEX_ENTRY_BYTES + m->abstract_max;
     if (m->disk_bytes)
         b += m->disk_staging + m->disk_objects * BOUND_DISK_ENTRY_BYTES + BOUND_DISK_FIXED_BYTES;
@@ -666,6 +668,7 @@ static int run_arm(const struct cap_cfg *cfg, const struct trace *t, struct arm 
             sm->cpu_objects = stat_of(st, nst, "cpu.objects");
             sm->disk_objects = stat_of(st, nst, "disk.objects");
             conns = stat_of(st, nst, "connections");
+            a->mem.workers = stat_of(st, nst, "workers");
             for (size_t i = 0; i < nst; i++)
                 if (!strncmp(st[i].name, "mem.", 4))
                     sm->heap += st[i].value;
