@@ -1,7 +1,8 @@
 #!/bin/sh
 # Turns the CSVs that kvtier-bench writes (bench/out/NAME.csv, long format: bench,label,field,value)
 # into PNG bar charts with gnuplot: one chart per benchmark and unit (_gbps, _us, _ms, _ops_per_s),
-# one group of bars per row label, one bar per field. Installs gnuplot-nox when it is missing.
+# one group of bars per row label, one bar per field, and capacity's time series and latency CDF
+# (scripts/capacity-plot.sh). Installs gnuplot-nox when it is missing.
 # Usage: scripts/bench-plot.sh [DIR]   (default bench/out)
 set -eu
 
@@ -22,6 +23,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 made=0
 for csv in "$dir"/*.csv; do
+    # Only the reports' long format; other CSVs (capacity's time series) have their own plots.
+    [ "$(head -1 "$csv")" = "bench,label,field,value" ] || continue
     name=$(basename "$csv" .csv)
     for unit in gbps us ms ops_per_s; do
         # Wide table: one line per label, one column per field with this unit ("-" = missing).
@@ -72,4 +75,9 @@ EOF
         made=$((made + 1))
     done
 done
+# capacity's hit ratio and RSS over time and its latency CDF (scripts/capacity-plot.sh).
+if [ -s "$dir/capacity_timeseries.csv" ]; then
+    "$(dirname "$0")/capacity-plot.sh" "$dir"
+    made=$((made + 1))
+fi
 [ "$made" -gt 0 ] || { echo "bench-plot: nothing to plot" >&2; exit 1; }
