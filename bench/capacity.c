@@ -20,7 +20,9 @@
  * Options (after `kvtier-bench capacity`): --socket PATH (run against a running daemon: one arm,
  * its tiers as they are), --clients N, --duration S, --working-set BYTES, --dram BYTES,
  * --disk BYTES, --seed N, --abstract-bytes BYTES, --prefill-tokens-per-s N, --zipf S,
- * --bound-scale F (tests: check RSS against F times the bound, to see the check fail). --only
+ * --daemon-opt KEY=VALUE (a kvtierd setting for the daemons it starts, e.g.
+ * tier.dirty_full=reject; up to 8), --bound-scale F (tests: check RSS against F times the
+ * bound, to see the check fail). --only
  * kvtier or --only dram_lru runs one arm.
  */
 #include <errno.h>
@@ -593,6 +595,8 @@ struct cap_cfg {
     uint64_t seed;
     double zipf_s, prefill_tps;
     double bound_scale; /* tests: the bound is multiplied by this, to see a violation fail */
+    const char *daemon_opts[8]; /* --daemon-opt KEY=VALUE: more kvtierd options, in order */
+    int n_daemon_opts;
 };
 
 static int run_arm(const struct cap_cfg *cfg, const struct trace *t, struct arm *a,
@@ -943,6 +947,10 @@ static int parse_opts(const struct kvt_bench_opts *opts, struct cap_cfg *c)
         } else if (!strcmp(name, "--zipf")) {
             c->zipf_s = strtod(v, &end);
             bad = *end || !(c->zipf_s > 0 && c->zipf_s < 4);
+        } else if (!strcmp(name, "--daemon-opt")) {
+            bad = c->n_daemon_opts == 8 || !strchr(v, '=') || strlen(v) > 200;
+            if (!bad)
+                c->daemon_opts[c->n_daemon_opts++] = v;
         } else if (!strcmp(name, "--bound-scale")) {
             c->bound_scale = strtod(v, &end);
             bad = *end || !(c->bound_scale > 0 && c->bound_scale <= 1);
@@ -963,8 +971,8 @@ static int parse_opts(const struct kvt_bench_opts *opts, struct cap_cfg *c)
 
 static int start_daemon(const struct cap_cfg *cfg, struct kvt_test_daemon *d, int with_disk)
 {
-    static char a[12][96];
-    const char *args[13];
+    static char a[20][224];
+    const char *args[21];
     int n = 0;
     uint64_t objects = (cfg->dram_bytes + cfg->disk_bytes) / (64 * 1024) + 4096;
     snprintf(a[n++], sizeof(a[0]), "--cpu.arena_bytes=%llu", (unsigned long long)cfg->dram_bytes);
@@ -978,6 +986,9 @@ static int start_daemon(const struct cap_cfg *cfg, struct kvt_test_daemon *d, in
         snprintf(a[n++], sizeof(a[0]), "--disk.staging_bytes=16M");
         snprintf(a[n++], sizeof(a[0]), "--disk.objects_max=%llu", (unsigned long long)objects);
     }
+    /* The caller's own settings come last, so they override the ones above. */
+    for (int i = 0; i < cfg->n_daemon_opts; i++)
+        snprintf(a[n++], sizeof(a[0]), "--%s", cfg->daemon_opts[i]);
     for (int i = 0; i < n; i++)
         args[i] = a[i];
     args[n] = NULL;
@@ -1044,6 +1055,11 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
         kvt_bench_num(r, "dram_bytes", (double)cfg.dram_bytes);
         kvt_bench_num(r, "disk_bytes", (double)cfg.disk_bytes);
         kvt_bench_num(r, "abstract_bytes_max", (double)cfg.abstract_bytes);
+        char extra[128] = "";
+        for (int i = 0; i < cfg.n_daemon_opts; i++)
+            snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), "%s%s", i ? " " : "",
+                     cfg.daemon_opts[i]);
+        kvt_bench_str(r, "daemon_opts", extra);
     }
 
     static struct arm arms[2];
@@ -1126,8 +1142,10 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
         kvt_bench_null(r, "hit_ratio", "--socket: the daemon is the operator's; not restarted");
     }
     kvt_bench_row(r, "lmcache");
-    kvt_bench_null(r, "hit_ratio",
-                   "lmcache not installable here (its wheel needs torch and CUDA); not run");
+    kvt_bench_null(
+        r, "hit_ratio",
+        "not run: pip resolves lmcache 0.5.6 to 108 packages with torch and CUDA 13 wheels; "
+        "no GPU or client for it here");
     if (n_arms && write_files(opts->out_dir, arms, n_arms))
         fprintf(stderr, "capacity: cannot write the time series in %s\n", opts->out_dir);
     for (int i = 0; i < 2; i++)

@@ -110,7 +110,7 @@ int main(int argc, char **argv)
          "kvtier (CPU and disk tiers), dram_lru (DRAM only, replays kvtier's sessions)",
          "--socket PATH, --clients N, --duration S, --working-set BYTES, --dram BYTES, "
          "--disk BYTES, --seed N, --zipf S, --abstract-bytes BYTES, --prefill-tokens-per-s N, "
-         "--bound-scale F"},
+         "--daemon-opt KEY=VALUE, --bound-scale F"},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};
