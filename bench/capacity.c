@@ -18,7 +18,8 @@
  * it has no cost-aware policy yet (issue 11). LMCache is reported null with the reason.
  *
  * Options (after `kvtier-bench capacity`): --socket PATH (run against a running daemon: one arm,
- * its tiers as they are), --clients N, --duration S, --working-set BYTES, --dram BYTES,
+ * its tiers as they are), --clients N, --processes P (the clients spread over P processes, as
+ * engines' workers are; 1: threads of this one), --duration S, --working-set BYTES, --dram BYTES,
  * --disk BYTES, --seed N, --abstract-bytes BYTES, --prefill-tokens-per-s N, --zipf S,
  * --daemon-opt KEY=VALUE (a kvtierd setting for the daemons it starts, e.g.
  * tier.dirty_full=reject; up to 8), --bound-scale F (tests: check RSS against F times the
@@ -32,7 +33,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -590,6 +593,7 @@ static const char *const end_stat_names[12] = {"cpu.evictions",      "cpu.bytes_
 struct cap_cfg {
     const char *socket;
     uint32_t clients;
+    uint32_t processes; /* 1: the clients are threads of this process */
     double duration_s;
     uint64_t ws_bytes, dram_bytes, disk_bytes, abstract_bytes;
     uint64_t seed;
@@ -599,11 +603,51 @@ struct cap_cfg {
     int n_daemon_opts;
 };
 
+/* The clients and the stop flag, in memory shared with the client processes (--processes):
+ * their counters are read live and their totals after they exit. */
+struct shared {
+    _Atomic int stop;
+    struct client cl[CLIENTS_MAX];
+};
+
+/* Runs the clients given to process p of n (i % n == p) as threads and waits for them. */
+static void run_clients(struct client *cl, uint32_t n_clients, uint32_t p, uint32_t n,
+                        const uint64_t *targets)
+{
+    for (uint32_t i = p; i < n_clients; i += n)
+        if (!(targets && !targets[i]))
+            pthread_create(&cl[i].th, NULL, client_main, &cl[i]);
+    for (uint32_t i = p; i < n_clients; i += n)
+        if (!(targets && !targets[i]))
+            pthread_join(cl[i].th, NULL);
+}
+
+struct runner {
+    struct client *cl;
+    uint32_t n_clients;
+    const uint64_t *targets;
+};
+
+static void *run_clients_main(void *p)
+{
+    struct runner *r = p;
+    run_clients(r->cl, r->n_clients, 0, 1, r->targets);
+    return NULL;
+}
+
 static int run_arm(const struct cap_cfg *cfg, const struct trace *t, struct arm *a,
                    const char *sock, pid_t pid, const uint64_t *targets)
 {
-    static struct client cl[CLIENTS_MAX];
-    _Atomic int stop = 0;
+    static struct shared *sh;
+    if (!sh) {
+        sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (sh == MAP_FAILED) {
+            sh = NULL;
+            return -1;
+        }
+    }
+    struct client *cl = sh->cl;
+    atomic_store(&sh->stop, 0);
     struct kvt_connect_opts mo = {.socket_path = sock, .arena_bytes = MIB, .timeout_ms = 10000};
     struct kvt_client *mon = NULL;
     int rc = kvt_connect(&mo, &mon);
@@ -623,14 +667,34 @@ static int run_arm(const struct cap_cfg *cfg, const struct trace *t, struct arm 
         cl[i].sock = sock;
         cl[i].arena_bytes = arena;
         cl[i].sessions_target = targets ? targets[i] : 0;
-        cl[i].stop = &stop;
+        cl[i].stop = &sh->stop;
         if (targets && !targets[i])
             cl[i].sessions_target = UINT64_MAX; /* never ran in the first arm: run none */
     }
     uint64_t t0 = kvt_bench_now_ns();
-    for (uint32_t i = 0; i < cfg->clients; i++)
-        if (!(targets && !targets[i]))
-            pthread_create(&cl[i].th, NULL, client_main, &cl[i]);
+    /* Threads of this process, or that many processes each with its share of the clients. */
+    pid_t kids[CLIENTS_MAX];
+    uint32_t n_kids = 0;
+    pthread_t runner_th;
+    struct runner runner = {cl, cfg->clients, targets};
+    if (cfg->processes > 1) {
+        fflush(NULL);
+        for (uint32_t p = 0; p < cfg->processes; p++) {
+            pid_t k = fork();
+            if (k == 0) {
+                run_clients(cl, cfg->clients, p, cfg->processes, targets);
+                _exit(0);
+            }
+            if (k < 0) {
+                fprintf(stderr, "capacity: fork: %s\n", strerror(errno));
+                atomic_store(&sh->stop, 1);
+                break;
+            }
+            kids[n_kids++] = k;
+        }
+    } else {
+        pthread_create(&runner_th, NULL, run_clients_main, &runner);
+    }
     /* A replay runs until every client has done its sessions, at most 4x the duration. */
     double limit_s = targets ? 4 * cfg->duration_s : cfg->duration_s;
     uint64_t last_ops = 0, last_sess = 0, last_chunks = 0, last_cpu = 0, last_disk = 0;
@@ -707,13 +771,24 @@ static int run_arm(const struct cap_cfg *cfg, const struct trace *t, struct arm 
         last_ops = ops, last_sess = sess, last_chunks = chunks, last_cpu = hc, last_disk = hd;
         last_ns = now;
         int all_done = targets && done == cfg->clients;
-        if (el >= limit_s || all_done || atomic_load(&stop))
+        if (el >= limit_s || all_done || atomic_load(&sh->stop))
             break;
     }
-    atomic_store(&stop, 1);
-    for (uint32_t i = 0; i < cfg->clients; i++)
-        if (!(targets && !targets[i]))
-            pthread_join(cl[i].th, NULL);
+    atomic_store(&sh->stop, 1);
+    int kids_failed = 0;
+    if (cfg->processes > 1) {
+        for (uint32_t k = 0; k < n_kids; k++) {
+            int status = 0;
+            if (waitpid(kids[k], &status, 0) != kids[k] || !WIFEXITED(status) ||
+                WEXITSTATUS(status))
+                kids_failed++;
+        }
+        if (kids_failed || n_kids < cfg->processes)
+            fprintf(stderr, "capacity: %u of %u client processes failed\n",
+                    kids_failed + cfg->processes - n_kids, cfg->processes);
+    } else {
+        pthread_join(runner_th, NULL);
+    }
     a->elapsed_s = (double)(kvt_bench_now_ns() - t0) / 1e9;
     struct kvt_stat *st = NULL;
     size_t nst = 0;
@@ -743,6 +818,7 @@ static int run_arm(const struct cap_cfg *cfg, const struct trace *t, struct arm 
         if (c->first_error && !s->first_error)
             s->first_error = c->first_error;
     }
+    s->errors += (uint64_t)kids_failed + (cfg->processes > 1 ? cfg->processes - n_kids : 0);
     if (s->first_error)
         fprintf(stderr, "capacity: %s: %llu errors, the first: %s\n", a->name,
                 (unsigned long long)s->errors, kvt_strerror(s->first_error));
@@ -930,6 +1006,10 @@ static int parse_opts(const struct kvt_bench_opts *opts, struct cap_cfg *c)
             unsigned long n = strtoul(v, &end, 10);
             bad = *end || n < 1 || n > CLIENTS_MAX;
             c->clients = (uint32_t)n;
+        } else if (!strcmp(name, "--processes")) {
+            unsigned long n = strtoul(v, &end, 10);
+            bad = *end || n < 1 || n > CLIENTS_MAX;
+            c->processes = (uint32_t)n;
         } else if (!strcmp(name, "--duration")) {
             c->duration_s = strtod(v, &end);
             bad = *end || !(c->duration_s >= 1 && c->duration_s <= 86400);
@@ -1012,6 +1092,7 @@ static pid_t peer_pid(const char *sock)
 int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_report *r)
 {
     struct cap_cfg cfg = {.clients = 4,
+                          .processes = 1,
                           .duration_s = opts->quick ? 10 : 600,
                           .ws_bytes = (opts->quick ? 384 : 4096) * MIB,
                           .abstract_bytes = 8 * MIB,
@@ -1021,6 +1102,11 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
                           .bound_scale = 1.0};
     if (parse_opts(opts, &cfg))
         return KVT_BENCH_USAGE;
+    if (cfg.processes > cfg.clients) {
+        fprintf(stderr, "capacity: --processes %u is more than --clients %u\n", cfg.processes,
+                cfg.clients);
+        return KVT_BENCH_USAGE;
+    }
     if (!cfg.dram_bytes)
         cfg.dram_bytes = cfg.ws_bytes / 10;
     if (!cfg.disk_bytes)
@@ -1039,6 +1125,7 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
                        cfg.duration_s);
     kvt_bench_row(r, "config");
     kvt_bench_num(r, "clients", cfg.clients);
+    kvt_bench_num(r, "processes", cfg.processes);
     kvt_bench_num(r, "duration_s", cfg.duration_s);
     kvt_bench_num(r, "working_set_bytes", (double)(t.reusable_chunks * chunk_bytes));
     kvt_bench_num(r, "chunk_bytes", (double)chunk_bytes);

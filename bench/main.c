@@ -108,7 +108,8 @@ int main(int argc, char **argv)
         {"capacity", kvt_bench_capacity,
          "many clients, Zipf reuse, tiers far below the working set; vs DRAM-only LRU and no cache",
          "kvtier (CPU and disk tiers), dram_lru (DRAM only, replays kvtier's sessions)",
-         "--socket PATH, --clients N, --duration S, --working-set BYTES, --dram BYTES, "
+         "--socket PATH, --clients N, --processes P, --duration S, --working-set BYTES, --dram "
+         "BYTES, "
          "--disk BYTES, --seed N, --zipf S, --abstract-bytes BYTES, --prefill-tokens-per-s N, "
          "--daemon-opt KEY=VALUE, --bound-scale F"},
     };

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The memory bound under load (issue 13, part 2), with a real kvtierd: `kvtier-bench capacity` on
-# a tiny config (64 MiB working set, DRAM 10 % and disk 50 % of it, 3 clients, a few seconds per
-# arm) samples the daemon's RSS once a second and fails when a sample is over the bound it
+# The memory bound under load (issue 13, part 2), with a real kvtierd: `kvtier-bench capacity`
+# on a tiny config (64 MiB working set, DRAM 10 % and disk 50 % of it, 4 clients in 2
+# processes, 6 s per arm) samples the daemon's RSS once a second and fails when a sample is over
+# the bound it
 # computes from the daemon's config (docs/benchmarks.md). Here the run must pass with 0 errors
 # and 0 wrong bytes, hits from both tiers, and every sample within the bound; then a run
 # that checks against a fifth of the bound must fail, so the check is seen to bite.
@@ -11,7 +12,7 @@ D=$(mktemp -d /tmp/kvtier-capacity-XXXXXX)
 trap 'rm -rf "$D"' EXIT
 fail() { echo "FAIL $*"; exit 1; }
 
-args=(--working-set 64M --clients 3 --duration 6 --seed 7)
+args=(--working-set 64M --clients 4 --processes 2 --duration 6 --seed 7)
 "$B/kvtier-bench" capacity "${args[@]}" --json "$D/capacity.json" >"$D/out" 2>&1 ||
     { tail -20 "$D/out"; fail "capacity run exited $?"; }
 grep -q 'rss .* MiB / bound' "$D/out" || fail "no progress line"
