@@ -2,10 +2,9 @@
 # The memory bound under load (issue 13, part 2), with a real kvtierd: `kvtier-bench capacity`
 # on a tiny config (64 MiB working set, DRAM 10 % and disk 50 % of it, 4 clients in 2
 # processes, 6 s per arm) samples the daemon's RSS once a second and fails when a sample is over
-# the bound it
-# computes from the daemon's config (docs/benchmarks.md). Here the run must pass with 0 errors
-# and 0 wrong bytes, hits from both tiers, and every sample within the bound; then a run
-# that checks against a fifth of the bound must fail, so the check is seen to bite.
+# the bound it computes from the daemon's config (docs/benchmarks.md). Here the run must pass
+# with 0 errors and 0 wrong bytes, hits from both tiers, and every sample within the bound; then
+# a run that checks against a fifth of the bound must fail, so the check is seen to bite.
 set -u
 B=${KVT_BUILD:-build}
 D=$(mktemp -d /tmp/kvtier-capacity-XXXXXX)
