@@ -1028,7 +1028,9 @@ static int parse_opts(const struct kvt_bench_opts *opts, struct cap_cfg *c)
             c->zipf_s = strtod(v, &end);
             bad = *end || !(c->zipf_s > 0 && c->zipf_s < 4);
         } else if (!strcmp(name, "--daemon-opt")) {
-            bad = c->n_daemon_opts == 8 || !strchr(v, '=') || strlen(v) > 200;
+            /* No quote, backslash or comma: the value is written into the JSON and CSV. */
+            bad = c->n_daemon_opts == 8 || !strchr(v, '=') || strlen(v) > 200 ||
+                  strpbrk(v, "\"\\,\n");
             if (!bad)
                 c->daemon_opts[c->n_daemon_opts++] = v;
         } else if (!strcmp(name, "--bound-scale")) {
