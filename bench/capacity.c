@@ -1065,7 +1065,11 @@ static int start_daemon(const struct cap_cfg *cfg, struct kvt_test_daemon *d, in
     snprintf(a[n++], sizeof(a[0]), "--log_level=warn");
     if (with_disk && cfg->disk_bytes) {
         snprintf(a[n++], sizeof(a[0]), "--disk.bytes=%llu", (unsigned long long)cfg->disk_bytes);
+        /* Staging is cut into buffers of disk.object_bytes_max, and background writes take at
+         * most half of them: objects of at most 256K let 16M stage 32 writes at once (with the
+         * default 8M, it would be one at a time). */
         snprintf(a[n++], sizeof(a[0]), "--disk.staging_bytes=16M");
+        snprintf(a[n++], sizeof(a[0]), "--disk.object_bytes_max=256K");
         snprintf(a[n++], sizeof(a[0]), "--disk.objects_max=%llu", (unsigned long long)objects);
     }
     /* The caller's own settings come last, so they override the ones above. */
