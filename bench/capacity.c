@@ -391,6 +391,13 @@ static void *client_main(void *p)
                 cl->get_races++;
                 break;
             }
+            if (rc == KVT_E_TIMEOUT || rc == KVT_E_DISCONNECTED || rc == KVT_E_PROTO) {
+                /* The daemon may still write buf (kvtier.h, "After a timeout"): it is no longer
+                 * ours, and this client ends (the run fails on its error). */
+                note_error(cl, rc);
+                buf = NULL;
+                goto out;
+            }
             if (rc || len != chunk) {
                 note_error(cl, rc ? rc : KVT_E_PROTO);
                 break;
