@@ -64,7 +64,8 @@ if rows["lmcache"]["hit_ratio"] is not None or not rows["lmcache"].get("hit_rati
 samples = list(csv.DictReader(open(sys.argv[2])))
 for arm in ("kvtier", "dram_lru"):
     s = [r for r in samples if r["arm"] == arm]
-    if len(s) < 4:
+    # One a second: the replay arm may finish its sessions sooner than the 6 s of the first.
+    if len(s) < (5 if arm == "kvtier" else 1):
         fails.append(f"{arm}: {len(s)} RSS samples")
     for r in s:
         rss, bound = int(r["rss_bytes"]), int(r["rss_bound_bytes"])
@@ -81,7 +82,8 @@ for arm in ("kvtier", "dram_lru"):
 if fails:
     print("FAIL " + "\nFAIL ".join(fails))
     sys.exit(1)
-print("ok capacity: both arms within the RSS bound, 0 errors, 0 wrong bytes")
+print("ok capacity: both arms " + ("(RSS bound not checked: sanitizer)" if san else
+      "within the RSS bound") + ", 0 errors, 0 wrong bytes")
 PY
 
 # The check must bite: against a fifth of the bound every sample is over it.
@@ -95,4 +97,5 @@ fi
     fail "--clients 0 accepted"
 grep -q 'bad value for --clients' "$D/bad" || fail "no reason for a bad option"
 [ ! -e "$D/bad.json" ] || fail "a bad option wrote a report"
-echo "ok capacity: a bound too small fails the run; bad options are refused"
+[ "$SAN" = 1 ] || echo "ok capacity: a bound too small fails the run"
+echo "ok capacity: bad options are refused"
