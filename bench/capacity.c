@@ -14,8 +14,9 @@
  *
  * Arms on the same trace (every client replays the same sessions, in the same order): kvtier with
  * its CPU and disk tiers; the same daemon with DRAM only (prefix caching in host memory, LRU);
- * no cache (every token recomputed, from the cost model). kvtier's eviction is LRU in every arm:
- * it has no cost-aware policy yet (issue 11). LMCache is reported null with the reason.
+ * the same with cost-aware eviction (tier.eviction=cost: reads x tokens / bytes among the coldest
+ * few); no cache (every token recomputed, from the cost model). LMCache is reported null with the
+ * reason.
  *
  * Options (after `kvtier-bench capacity`): --socket PATH (run against a running daemon: one arm,
  * its tiers as they are), --clients N, --processes P (the clients spread over P processes, as
@@ -24,7 +25,7 @@
  * --daemon-opt KEY=VALUE (a kvtierd setting for the daemons it starts, e.g.
  * tier.dirty_full=reject; up to 8), --bound-scale F (tests: check RSS against F times the
  * bound, to see the check fail, or to leave room for a sanitizer's shadow memory). --only
- * kvtier or --only dram_lru runs one arm.
+ * kvtier, kvtier_cost or dram_lru (or a list) runs those arms.
  */
 #include <errno.h>
 #include <math.h>
@@ -1059,7 +1060,9 @@ static int parse_opts(const struct kvt_bench_opts *opts, struct cap_cfg *c)
     return 0;
 }
 
-static int start_daemon(const struct cap_cfg *cfg, struct kvt_test_daemon *d, int with_disk)
+/* with_disk: the disk tier too; cost: tier.eviction=cost (before the caller's own settings). */
+static int start_daemon(const struct cap_cfg *cfg, struct kvt_test_daemon *d, int with_disk,
+                        int cost)
 {
     static char a[20][224];
     const char *args[21];
@@ -1080,6 +1083,8 @@ static int start_daemon(const struct cap_cfg *cfg, struct kvt_test_daemon *d, in
         snprintf(a[n++], sizeof(a[0]), "--disk.object_bytes_max=256K");
         snprintf(a[n++], sizeof(a[0]), "--disk.objects_max=%llu", (unsigned long long)objects);
     }
+    if (cost)
+        snprintf(a[n++], sizeof(a[0]), "--tier.eviction=cost");
     /* The caller's own settings come last, so they override the ones above. */
     for (int i = 0; i < cfg->n_daemon_opts; i++)
         snprintf(a[n++], sizeof(a[0]), "--%s", cfg->daemon_opts[i]);
@@ -1149,7 +1154,8 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
     kvt_bench_num(r, "zipf_s", cfg.zipf_s);
     kvt_bench_num(r, "seed", (double)cfg.seed);
     kvt_bench_num(r, "prefill_tokens_per_s", cfg.prefill_tps);
-    kvt_bench_str(r, "policy", "LRU in every arm (no cost-aware policy until issue 11)");
+    kvt_bench_str(r, "policy",
+                  "kvtier and dram_lru: LRU (CLOCK on disk); kvtier_cost: tier.eviction=cost");
     if (cfg.socket) {
         kvt_bench_str(r, "daemon", "external (--socket): its tiers as configured");
     } else {
@@ -1163,7 +1169,7 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
         kvt_bench_str(r, "daemon_opts", extra);
     }
 
-    static struct arm arms[2];
+    static struct arm arms[3];
     memset(arms, 0, sizeof(arms));
     int n_arms = 0, rc = 0;
     if (cfg.socket) {
@@ -1174,19 +1180,20 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
         else
             n_arms = 1;
     } else {
-        const char *names[2] = {"kvtier", "dram_lru"};
-        for (int i = 0; i < 2 && !rc; i++) {
+        /* kvtier (LRU), the same with cost-aware eviction, DRAM only (LRU). */
+        const char *names[3] = {"kvtier", "kvtier_cost", "dram_lru"};
+        for (int i = 0; i < 3 && !rc; i++) {
             if (!kvt_bench_part(opts, names[i]))
                 continue;
             struct kvt_test_daemon d = {0};
-            if (start_daemon(&cfg, &d, i == 0)) {
+            if (start_daemon(&cfg, &d, i < 2, i == 1)) {
                 fprintf(stderr, "capacity: cannot start kvtierd\n");
                 rc = 1;
                 break;
             }
             struct arm *a = &arms[n_arms];
             a->name = names[i];
-            /* DRAM-only replays the sessions the first arm did, when it ran. */
+            /* The later arms replay the sessions the first arm did, when it ran. */
             const uint64_t *targets = n_arms ? arms[0].sessions_per_client : NULL;
             if (run_arm(&cfg, &t, a, d.socket_path, d.pid, targets))
                 rc = 1;
@@ -1227,15 +1234,20 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
         kvt_bench_ratio(r, rn, kv_s / ((double)s->tokens_total / cfg.prefill_tps));
         snprintf(rn, sizeof(rn), "%s_tokens_saved_ratio", arms[0].name);
         kvt_bench_ratio(r, rn, (double)s->tokens_saved / (double)s->tokens_total);
-        if (n_arms == 2 && !strcmp(arms[1].name, "dram_lru")) {
-            const struct client *b = &arms[1].tot;
+        for (int i = 1; i < n_arms; i++) {
+            if (strcmp(arms[0].name, "kvtier"))
+                break;
+            const struct client *b = &arms[i].tot;
             double br = (double)(b->tokens_total - b->tokens_saved);
             double b_s = br / cfg.prefill_tps + (double)b->fetch_ns / 1e9;
-            kvt_bench_ratio(r, "kvtier_vs_dram_lru_prefill_time_ratio", kv_s / b_s);
-            kvt_bench_ratio(r, "kvtier_vs_dram_lru_recompute_ratio", kv_recompute / br);
             double ha = (double)(s->hit_cpu + s->hit_disk) / (double)s->chunks;
             double hb = (double)(b->hit_cpu + b->hit_disk) / (double)b->chunks;
-            kvt_bench_ratio(r, "kvtier_vs_dram_lru_hit_ratio", ha / hb);
+            snprintf(rn, sizeof(rn), "kvtier_vs_%s_prefill_time_ratio", arms[i].name);
+            kvt_bench_ratio(r, rn, kv_s / b_s);
+            snprintf(rn, sizeof(rn), "kvtier_vs_%s_recompute_ratio", arms[i].name);
+            kvt_bench_ratio(r, rn, kv_recompute / br);
+            snprintf(rn, sizeof(rn), "kvtier_vs_%s_hit_ratio", arms[i].name);
+            kvt_bench_ratio(r, rn, ha / hb);
         }
     }
     if (cfg.socket) {

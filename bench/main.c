@@ -106,8 +106,11 @@ int main(int argc, char **argv)
          "decode on the real model: sparse retrieval vs offload and resident, KL vs q8", NULL,
          NULL},
         {"capacity", kvt_bench_capacity,
-         "many clients, Zipf reuse, tiers far below the working set; vs DRAM-only LRU and no cache",
-         "kvtier (CPU and disk tiers), dram_lru (DRAM only, replays kvtier's sessions)",
+         "many clients, Zipf reuse, tiers far below the working set; LRU vs cost-aware, vs "
+         "DRAM-only "
+         "LRU and no cache",
+         "kvtier (CPU and disk tiers), kvtier_cost (the same, tier.eviction=cost, replays "
+         "kvtier's sessions), dram_lru (DRAM only, replays kvtier's sessions)",
          "--socket PATH, --clients N, --processes P, --duration S, --working-set BYTES, --dram "
          "BYTES, "
          "--disk BYTES, --seed N, --zipf S, --abstract-bytes BYTES, --prefill-tokens-per-s N, "
