@@ -271,9 +271,8 @@ int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tie
     o->done = done;
     o->arg = arg;
     sqe = kvt__disk_get_sqe(d);
-    io_uring_prep_write_fixed(sqe, o->file, kvt__disk_slot_of(d, i), o->blocks * BLOCK,
-                              o->start * BLOCK, 0);
-    sqe->flags |= IOSQE_FIXED_FILE;
+    kvt__disk_prep_write(d, sqe, o->file, kvt__disk_slot_of(d, i), o->blocks * BLOCK,
+                         o->start * BLOCK);
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
     o->submit_ns = kvt_now_ns();
     d->st.writes++;
@@ -333,9 +332,8 @@ static void read_go(struct kvt_disk *d, uint32_t i, const struct ient *e, uint64
     o->io_off = off;
     o->io_bytes = bytes;
     sqe = kvt__disk_get_sqe(d);
-    io_uring_prep_read_fixed(sqe, o->file, kvt__disk_slot_of(d, i), (unsigned)bytes,
-                             o->start * BLOCK + off, 0);
-    sqe->flags |= IOSQE_FIXED_FILE;
+    kvt__disk_prep_read(d, sqe, o->file, kvt__disk_slot_of(d, i), (unsigned)bytes,
+                        o->start * BLOCK + off);
     io_uring_sqe_set_data64(sqe, ((uint64_t)UD_OP << 32) | i);
     o->submit_ns = kvt_now_ns();
     /* Metadata reads are counted apart, so that the payload's counters show a restart that

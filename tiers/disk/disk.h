@@ -68,10 +68,11 @@ struct kvt_disk_geom; /* a chunk's shape, below */
 /* Fault injection for tests: a struct the test owns and changes between calls; the tier reads
  * and counts it down. Never set in production (config.faults == NULL). */
 struct kvt_disk_faults {
-    uint32_t fail_next_io;  /* the next N I/O completions report fail_errno instead */
-    int fail_errno;         /* errno injected by fail_next_io: 0 means EIO; ENOSPC allowed */
-    int odirect_einval;     /* create behaves as if open(O_DIRECT) failed with EINVAL */
-    uint64_t ios_completed; /* out: I/O completions seen so far (to aim a fault) */
+    uint32_t fail_next_io;        /* the next N I/O completions report fail_errno instead */
+    int fail_errno;               /* errno injected by fail_next_io: 0 means EIO; ENOSPC allowed */
+    int odirect_einval;           /* create behaves as if open(O_DIRECT) failed with EINVAL */
+    int register_buffers_refused; /* create behaves as if io_uring_register_buffers failed */
+    uint64_t ios_completed;       /* out: I/O completions seen so far (to aim a fault) */
 };
 
 struct kvt_disk_config {
@@ -93,6 +94,8 @@ struct kvt_disk_config {
     struct kvt_disk_faults *faults; /* borrowed for the store's life; tests only */
     char *err_buf;                  /* optional: a one-line reason when create fails */
     size_t err_buf_bytes;
+    int *ring_errno_out; /* optional: set to the errno (positive) when create failed because the
+                            kernel refused io_uring itself (io_uring_queue_init), else left */
 };
 
 /* Tier counters (tiers/tier.h) plus disk-specific ones, from one list. */
@@ -139,7 +142,10 @@ struct kvt_disk_config {
     X(A, meta_bytes_read, KVT_STAT_COUNTER, "bytes",                                               \
       "bytes read from the data files by metadata reads")                                          \
     X(A, meta_checksum_failures, KVT_STAT_COUNTER, "",                                             \
-      "metadata sections that failed their check (the metadata is lost, the object kept)")
+      "metadata sections that failed their check (the metadata is lost, the object kept)")         \
+    X(A, registered_buffers, KVT_STAT_GAUGE, "",                                                   \
+      "1 when the staging area is registered with io_uring, 0 when the kernel refused it "         \
+      "(RLIMIT_MEMLOCK) and I/O uses unregistered buffers")
 #define KVT_DISK_STATS(A) KVT_DISK_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help), from submission to the completion of the I/O. */

@@ -258,7 +258,16 @@ void kvt__disk_count_io_error(struct kvt_disk *d);
 void kvt__disk_wake(struct kvt_disk *d);
 void kvt__disk_drop_corrupt(struct kvt_disk *d, struct op *o);
 int kvt__disk_run_syncs(struct kvt_disk *d);
+/* Creates the ring and registers the staging area as buffer 0; when the kernel refuses the
+ * registration (RLIMIT_MEMLOCK), says why in the log and keeps going with unregistered buffers
+ * (st.registered_buffers = 0). */
 int kvt__disk_setup_ring(struct kvt_disk *d);
+/* A read or write of the registered file `file` into or from staging memory: the fixed-buffer op
+ * when the staging area is registered, the plain one otherwise. */
+void kvt__disk_prep_read(struct kvt_disk *d, struct io_uring_sqe *sqe, int file, void *buf,
+                         unsigned bytes, uint64_t off);
+void kvt__disk_prep_write(struct kvt_disk *d, struct io_uring_sqe *sqe, int file, const void *buf,
+                          unsigned bytes, uint64_t off);
 
 /* recovery.c: superblocks, checkpoint load, journal replay, scan. */
 int kvt__disk_recover(struct kvt_disk *d);

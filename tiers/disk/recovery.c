@@ -451,9 +451,8 @@ static int verify_headers(struct kvt_disk *d, const uint64_t *list, uint64_t n)
             if (!sqe)
                 break;
             b = free_blk[--n_free];
-            io_uring_prep_read_fixed(sqe, e->file, d->staging + (size_t)b * BLOCK, BLOCK,
-                                     e->start * BLOCK, 0);
-            sqe->flags |= IOSQE_FIXED_FILE;
+            kvt__disk_prep_read(d, sqe, e->file, d->staging + (size_t)b * BLOCK, BLOCK,
+                                e->start * BLOCK);
             io_uring_sqe_set_data64(sqe, (next << 20) | b);
             next++;
         }

@@ -12,10 +12,12 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <liburing.h>
 
+#include "common/log.h"
 #include "kvtier/errors.h"
 #include "tiers/disk/object.h"
 
@@ -346,6 +348,26 @@ int kvt_disk_wait(struct kvt_disk *d, int timeout_ms)
     return kvt_disk_poll(d);
 }
 
+void kvt__disk_prep_read(struct kvt_disk *d, struct io_uring_sqe *sqe, int file, void *buf,
+                         unsigned bytes, uint64_t off)
+{
+    if (d->st.registered_buffers)
+        io_uring_prep_read_fixed(sqe, file, buf, bytes, off, 0);
+    else
+        io_uring_prep_read(sqe, file, buf, bytes, off);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+void kvt__disk_prep_write(struct kvt_disk *d, struct io_uring_sqe *sqe, int file, const void *buf,
+                          unsigned bytes, uint64_t off)
+{
+    if (d->st.registered_buffers)
+        io_uring_prep_write_fixed(sqe, file, buf, bytes, off, 0);
+    else
+        io_uring_prep_write(sqe, file, buf, bytes, off);
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
 int kvt__disk_setup_ring(struct kvt_disk *d)
 {
     struct io_uring_params p;
@@ -356,16 +378,30 @@ int kvt__disk_setup_ring(struct kvt_disk *d)
     rc = io_uring_queue_init_params(d->n_ops + d->n_files + 2, &d->ring, &p);
     if (rc) {
         kvt__disk_set_err(&d->cfg, "io_uring_queue_init: %s", strerror(-rc));
+        if (d->cfg.ring_errno_out)
+            *d->cfg.ring_errno_out = -rc;
         return rc;
     }
     d->ring_ready = 1;
-    rc = io_uring_register_buffers(&d->ring, &iov, 1);
+    rc = d->cfg.faults && d->cfg.faults->register_buffers_refused
+             ? -ENOMEM
+             : io_uring_register_buffers(&d->ring, &iov, 1);
     if (rc) {
-        kvt__disk_set_err(&d->cfg,
-                          "io_uring_register_buffers (%zu bytes): %s; raise RLIMIT_MEMLOCK or "
-                          "lower staging_bytes",
-                          d->staging_bytes, strerror(-rc));
-        return rc;
+        /* Pinning the staging area counts against RLIMIT_MEMLOCK (64 KiB in most containers)
+         * unless the process holds CAP_IPC_LOCK. The same aligned memory still serves O_DIRECT
+         * through plain reads and writes: slower (the kernel pins the pages on every I/O), but a
+         * disk tier rather than none. */
+        struct rlimit rl = {0, 0};
+        getrlimit(RLIMIT_MEMLOCK, &rl);
+        KVT_WARN("disk",
+                 "io_uring_register_buffers (%zu bytes) refused: %s (RLIMIT_MEMLOCK %llu bytes); "
+                 "using unregistered buffers, slower: raise the memlock limit or lower "
+                 "disk.staging_bytes for registered ones",
+                 d->staging_bytes, strerror(-rc),
+                 rl.rlim_cur == RLIM_INFINITY ? ~0ull : (unsigned long long)rl.rlim_cur);
+        d->st.registered_buffers = 0;
+    } else {
+        d->st.registered_buffers = 1;
     }
     for (uint32_t k = 0; k < d->n_files; k++)
         fds[k] = d->files[k].fd;
