@@ -20,6 +20,7 @@
 #include <xxhash.h>
 
 #include "common/paths.h"
+#include "common/prom.h"
 #include "common/stats.h"
 #include "common/version.h"
 #include "kvtier/kvtier.h"
@@ -202,49 +203,30 @@ static void stats_json(const struct kvt_stat *st, size_t n)
     printf("}}\n");
 }
 
-/* HELP text escapes backslash and newline (text exposition format 0.0.4). */
-static void prom_help(const char *v)
-{
-    for (; *v; v++) {
-        if (*v == '\\')
-            fputs("\\\\", stdout);
-        else if (*v == '\n')
-            fputs("\\n", stdout);
-        else
-            putchar(*v);
-    }
-}
-
-/* The Prometheus text exposition format: "kvtier_" + the name with dots as underscores,
- * counters with "_total", histograms as cumulative _bucket{le=...} series with _sum and _count.
- * Returns nonzero when a name does not fit. */
+/* The Prometheus text exposition format, from the renderer the daemon's /metrics endpoint uses
+ * (common/prom.h: tier and tenant labels, HELP, TYPE, cumulative buckets). Returns nonzero when
+ * the stats make no valid exposition. */
 static int stats_prometheus(const struct kvt_stat *st, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        char name[128];
-        if (kvt_stats_prom_name(st[i].name, st[i].type, name, sizeof(name))) {
-            fprintf(stderr, "kvtier: stat name too long: %s\n", st[i].name);
-            return 1;
-        }
-        printf("# HELP %s ", name);
-        prom_help(st[i].help);
-        printf("\n# TYPE %s %s\n", name, kvt_stat_type_name(st[i].type));
-        if (st[i].type != KVT_STAT_HISTOGRAM) {
-            printf("%s %" PRIu64 "\n", name, st[i].value);
-            continue;
-        }
-        uint64_t cum = 0;
-        for (size_t b = 0; b < st[i].n_buckets; b++) {
-            cum += st[i].bucket_counts[b];
-            if (st[i].bucket_le[b] == UINT64_MAX)
-                printf("%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, cum);
+    for (size_t cap = 64 * 1024; cap <= 64u << 20; cap *= 2) {
+        char *buf = malloc(cap);
+        if (!buf)
+            break;
+        struct kvt_prom_out out = {.buf = buf, .cap = cap};
+        int rc = kvt_prom_render(st, n, &out);
+        if (rc != KVT_E_SMALLBUF) {
+            if (rc)
+                fprintf(stderr, "kvtier: stats cannot be shown as Prometheus text: %s\n",
+                        kvt_strerror(rc));
             else
-                printf("%s_bucket{le=\"%" PRIu64 "\"} %" PRIu64 "\n", name, st[i].bucket_le[b],
-                       cum);
+                fwrite(buf, 1, out.len, stdout);
+            free(buf);
+            return rc ? 1 : 0;
         }
-        printf("%s_sum %" PRIu64 "\n%s_count %" PRIu64 "\n", name, st[i].sum, name, st[i].value);
+        free(buf);
     }
-    return 0;
+    fprintf(stderr, "kvtier: stats too large to render\n");
+    return 1;
 }
 
 /* One row per stat: name, type, value (a histogram's count), unit and help; a histogram adds a

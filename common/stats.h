@@ -51,8 +51,9 @@ void kvt_hist_observe(struct kvt_hist *h, uint64_t value);
  * means "not timed" and is ignored, so an op that never got a timestamp cannot record garbage. */
 void kvt_hist_observe_since_ns(struct kvt_hist *h, uint64_t start_ns);
 
-/* Longest name a registry entry holds, NUL included ("disk.checkpoint_write_us_max" is 29). */
-#define KVT_STAT_NAME_MAX 64
+/* Longest name a registry entry holds, NUL included: "tenant." + a tenant name of up to 63
+ * bytes + "." + the stat ("disk.checkpoint_write_us_max" is 29). */
+#define KVT_STAT_NAME_MAX 112
 
 struct kvt_stat_entry {
     char name[KVT_STAT_NAME_MAX];

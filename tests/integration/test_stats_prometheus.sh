@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `kvtier stats --prometheus` through a real kvtierd, read back with the official Prometheus
-# Python parser (prometheus_client.parser): every stat is one family with HELP and the right
-# TYPE, counters carry _total, histograms have cumulative buckets ending in +Inf whose top equals
-# _count, and the Put/Get/Lookup histograms count exactly the requests the CLI sent. The table
-# and --json show the same types and help.
+# `kvtier stats --prometheus` through a real kvtierd with a disk tier, read back with the official
+# Prometheus Python parser (prometheus_client.parser): every stat is one series of a family with
+# HELP and the right TYPE (cpu.X and disk.X the series tier="cpu"/"disk" of kvtier_X, tenant.T.X
+# the series tenant="T" of kvtier_tenant_X, docs/metrics.md), counters carry _total, histograms
+# have cumulative buckets ending in +Inf whose top equals _count, and the Put/Get/Lookup
+# histograms count exactly the requests the CLI sent. The table and --json show the same types
+# and help.
 set -u
 B=${KVT_BUILD:-build}
 D=$(mktemp -d /tmp/kvtier-prom-XXXXXX)
@@ -17,7 +19,8 @@ fi
 python3 -c 'import prometheus_client' || { echo "FAIL prometheus-client not installable"; exit 1; }
 
 S="$D/kvtier.sock"
-"$B/kvtierd" --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M 2>"$D/log" &
+"$B/kvtierd" --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M --disk.bytes=16M \
+    --disk.staging_bytes=1M --disk.object_bytes_max=256K 2>"$D/log" &
 PID=$!
 K="$B/kvtier --socket $S"
 for _ in $(seq 100); do $K ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -53,25 +56,47 @@ def check(cond, what):
     if not cond:
         fails.append(what)
 
-check(len(fams) == len(stats), "families %d != stats %d" % (len(fams), len(stats)))
+def family(name):
+    """The family and labels a stat becomes (common/prom.h)."""
+    for tier in ("cpu", "disk"):
+        if name.startswith(tier + "."):
+            return "kvtier_" + name[len(tier) + 1:], {"tier": tier}
+    if name.startswith("tenant.") and name.count(".") >= 2:
+        last = name.rindex(".")
+        return "kvtier_tenant_" + name[last + 1:], {"tenant": name[7:last]}
+    return "kvtier_" + name.replace(".", "_"), {}
+
+first_help = {}
+series = set()
 for name, m in stats.items():
-    prom = "kvtier_" + name.replace(".", "_")
+    prom, labels = family(name)
+    first_help.setdefault(prom, m["help"])
+    key = (prom, tuple(sorted(labels.items())))
+    check(key not in series, "%s: series %s given twice" % (name, key))
+    series.add(key)
+check(len(fams) == len(first_help), "families %d != %d" % (len(fams), len(first_help)))
+check(len(fams) < len(stats), "no stats of two tiers share a family")
+for name, m in stats.items():
+    prom, labels = family(name)
     f = fams.get(prom)
     if f is None:
         fails.append("no family for %s (%s)" % (name, prom))
         continue
     check(f.type == m["type"], "%s: type %s, want %s" % (name, f.type, m["type"]))
-    check(f.documentation == m["help"] and m["help"], "%s: help %r" % (name, f.documentation))
+    check(f.documentation == first_help[prom] and m["help"], "%s: help %r" % (name, f.documentation))
+    mine = [s for s in f.samples if {k: v for k, v in s.labels.items() if k != "le"} == labels]
     if m["type"] == "counter":
-        check(text.count("\n%s_total " % prom) == 1, "%s: no single _total sample" % name)
-        check(name in moving or f.samples[0].value == meta[name], "%s: value" % name)
+        total = [s for s in mine if s.name == prom + "_total"]
+        check(len(total) == 1, "%s: no single _total sample" % name)
+        check(name in moving or (total and total[0].value == meta[name]), "%s: value" % name)
     elif m["type"] == "gauge":
-        check(name in moving or f.samples[0].value == meta[name], "%s: value" % name)
+        check(len(mine) == 1, "%s: %d samples" % (name, len(mine)))
+        check(name in moving or (mine and mine[0].value == meta[name]), "%s: value" % name)
     else:
         h = meta[name]
-        buckets = [s for s in f.samples if s.name == prom + "_bucket"]
-        count = [s.value for s in f.samples if s.name == prom + "_count"]
-        total = [s.value for s in f.samples if s.name == prom + "_sum"]
+        buckets = [s for s in mine if s.name == prom + "_bucket"]
+        count = [s.value for s in mine if s.name == prom + "_count"]
+        total = [s.value for s in mine if s.name == prom + "_sum"]
         check(buckets and buckets[-1].labels["le"] == "+Inf", "%s: last bucket not +Inf" % name)
         vals = [s.value for s in buckets]
         check(vals == sorted(vals), "%s: buckets not cumulative" % name)
