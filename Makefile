@@ -19,7 +19,7 @@ WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-protot
 CPPFLAGS  += -D_GNU_SOURCE -Iinclude -I. -I$(BUILD)/gen
 CFLAGS    += -std=c11 $(OPT) -g -fPIC -fno-strict-aliasing $(WARN) $(SAN) -MMD -MP
 LDFLAGS   += $(SAN) -pthread
-LIBS      := -luring -llz4 -lzstd -lprotobuf-c -lxxhash -lhiredis -lm
+LIBS      := -luring -llz4 -lzstd -lprotobuf-c -lxxhash -lhiredis -lmicrohttpd -lm
 TEST_LIBS := -lcmocka
 
 ifeq ($(SAN),)

@@ -8,6 +8,7 @@
 
 #include "daemon/auth.h"
 #include "daemon/config.h"
+#include "daemon/metrics.h"
 #include "kvtier/errors.h"
 
 #define U64(k, f, d, lo, hi, fl, doc)                                                              \
@@ -154,6 +155,10 @@ static const struct kvt_cfg_entry entries[] = {
          "Allow buffered I/O where O_DIRECT is refused (it fills the page cache)"),
     U64("disk.io_errors_max", disk_io_errors_max, "8", 1, 1000000, 0,
         "Consecutive failed disk I/Os that latch the disk tier failed"),
+    BOOL("disk.required", disk_required, "false", 0,
+         "When the kernel refuses io_uring (a seccomp profile, the kernel.io_uring_disabled "
+         "sysctl, an old kernel): false = start without the disk tier and report it in the log, "
+         "the stats (disk.serving) and /healthz; true = refuse to start"),
     U64("disk.fault_fail_next_io", disk_fault_fail_next_io, "0", 0, 1000000, FAULT,
         "Fault injection for tests: fail the next N disk I/Os"),
     U64("disk.fault_errno", disk_fault_errno, "0", 0, 4095, FAULT,
@@ -209,6 +214,18 @@ static const struct kvt_cfg_entry entries[] = {
     U64("context.ttl_ms", context_ttl_ms, "60000", 10, 86400000, ADMIN,
         "Lease of a context whose OpenContext names none: closed when no request names it for "
         "this long"),
+    STR("metrics.listen", metrics_listen, "", 0,
+        "Prometheus endpoint (/metrics, /healthz): host:port, a bare port (on 127.0.0.1) or "
+        "unix:/path; empty = off (docs/metrics.md)"),
+    BOOL("metrics.allow_remote", metrics_allow_remote, "false", 0,
+         "Let metrics.listen name an address that is not loopback (the endpoint has no "
+         "authentication: anyone who reaches it reads every stat)"),
+    U64("metrics.connections_max", metrics_connections_max, "8", 1, 256, 0,
+        "Most scrapers connected to the metrics endpoint at once; more wait in the listen "
+        "backlog until one leaves"),
+    U64("metrics.idle_timeout_s", metrics_idle_timeout_s, "10", 1, 600, 0,
+        "A metrics connection that makes no progress this long (an unfinished request, a "
+        "scraper that stops reading) is closed"),
 };
 
 const struct kvt_cfg_table kvt_dconfig_table = {entries, sizeof(entries) / sizeof(entries[0])};
@@ -229,6 +246,10 @@ int kvt_dconfig_check(const struct kvt_dconfig *cfg, char *why, size_t why_cap)
                  "disk.fault_* keys");
         return KVT_E_BADCONFIG;
     }
+    if (cfg->metrics_listen[0] &&
+        kvt_metrics_parse_listen(cfg->metrics_listen, cfg->metrics_allow_remote, NULL, NULL, why,
+                                 why_cap))
+        return KVT_E_BADCONFIG;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         KVT_FDS_NEEDED(cfg->max_clients) > rl.rlim_cur) {

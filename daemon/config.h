@@ -59,6 +59,7 @@ struct kvt_dconfig {
     double disk_high_watermark;
     int disk_allow_buffered;
     uint64_t disk_io_errors_max;
+    int disk_required;
     uint64_t disk_fault_fail_next_io;
     uint64_t disk_fault_errno;
     char write_policy[16];
@@ -80,6 +81,10 @@ struct kvt_dconfig {
     uint64_t context_max;
     uint64_t context_chunks_max;
     uint64_t context_ttl_ms;
+    char metrics_listen[256];
+    int metrics_allow_remote;
+    uint64_t metrics_connections_max;
+    uint64_t metrics_idle_timeout_s;
 };
 
 extern const struct kvt_cfg_table kvt_dconfig_table;

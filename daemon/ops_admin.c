@@ -4,11 +4,13 @@
  * kvt__server_config_applied, which makes a committed change take effect.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include "common/alloc.h"
 #include "common/assert.h"
 #include "common/log.h"
 #include "common/time.h"
+#include "daemon/metrics.h"
 #include "daemon/ops.h"
 
 /* ---- Stats, Ping, Config ------------------------------------------------------------------ */
@@ -49,6 +51,52 @@ static void stat_add_hist(struct stats_buf *b, const char *prefix, const char *n
 {
     int rc = kvt_stats_add_hist(&b->reg, prefix, name, unit, help, h);
     KVT_ASSERT(rc == 0);
+}
+
+struct kvt_tenant_stats *kvt__server_tenant_stats(struct kvt_server *s, const char *tenant)
+{
+    for (uint32_t i = 0; i < s->n_tenants; i++)
+        if (!strcmp(s->tenants[i].name, tenant))
+            return &s->tenants[i];
+    struct kvt_tenant_stats *t = &s->tenants[KVT_TENANT_STATS_MAX];
+    if (s->n_tenants < KVT_TENANT_STATS_MAX)
+        t = &s->tenants[s->n_tenants++];
+    snprintf(t->name, sizeof(t->name), "%s",
+             t == &s->tenants[KVT_TENANT_STATS_MAX] ? "_other" : tenant);
+    return t;
+}
+
+/* Per-tenant counters, and the levels the namespace table keeps per namespace summed by tenant:
+ * namespaces registered, chunks stored, CPU-tier bytes (the registry copies the names). */
+static void tenant_stats_fill(struct kvt_server *s, struct stats_buf *b)
+{
+    uint64_t nss[KVT_TENANT_STATS_MAX + 1] = {0}, objs[KVT_TENANT_STATS_MAX + 1] = {0},
+                                        cpu[KVT_TENANT_STATS_MAX + 1] = {0};
+    for (uint32_t slot = 0; slot < s->ns.used; slot++) {
+        const struct kvt_ns *ns = &s->ns.v[slot];
+        if (!ns->id)
+            continue;
+        size_t t = (size_t)(kvt__server_tenant_stats(s, ns->tenant) - s->tenants);
+        nss[t]++;
+        objs[t] += s->ns.objects[slot];
+        cpu[t] += s->ns.dram_bytes[slot];
+    }
+    const enum kvt_stat_type g = KVT_STAT_GAUGE;
+    for (uint32_t i = 0; i <= KVT_TENANT_STATS_MAX; i++) {
+        const struct kvt_tenant_stats *t = &s->tenants[i];
+        if (i >= s->n_tenants && !(i == KVT_TENANT_STATS_MAX && t->name[0]))
+            continue; /* an unused slot, or "_other" before any tenant counted there */
+        char prefix[KVT_STAT_NAME_MAX];
+        snprintf(prefix, sizeof(prefix), "tenant.%s.", t->name);
+#define KVT__TNSTAT_ADD(name, type, unit, help)                                                    \
+    stat_add(b, prefix, #name, type, unit, help, t->name);
+        KVT_TENANT_STATS_DEF(KVT_STAT_FULL, KVT__TNSTAT_ADD)
+#undef KVT__TNSTAT_ADD
+        stat_add(b, prefix, "namespaces", g, "", "namespaces the tenant has registered", nss[i]);
+        stat_add(b, prefix, "objects", g, "", "chunks the tenant's namespaces store", objs[i]);
+        stat_add(b, prefix, "cpu_bytes", g, "bytes",
+                 "CPU-tier bytes of the chunks the tenant's namespaces store", cpu[i]);
+    }
 }
 
 /* Fills the registry from every subsystem's X-macro list, plus the few levels read on demand. */
@@ -120,6 +168,27 @@ static void stats_fill(struct kvt_server *s, struct stats_buf *b)
         KVT_DISK_HISTS(KVT__DDHIST_ADD)
 #undef KVT__DDHIST_ADD
     }
+    /* Whether each tier serves (the cpu tier always does); a disk tier that was configured but
+     * could not start is disk.configured 1, disk.serving 0, with its errno. */
+    int disk_configured = s->cfg->disk_bytes > 0;
+    stat_add(b, "cpu.", "serving", g, "", "1 while the tier serves requests", 1);
+    stat_add(b, "disk.", "serving", g, "", "1 while the tier serves requests",
+             s->disk && !b->disk.tier.failed);
+    stat_add(b, "disk.", "configured", g, "",
+             "1 when disk.bytes asks for a disk tier, whether or not it started",
+             (uint64_t)disk_configured);
+    stat_add(b, "disk.", "start_errno", g, "",
+             "errno of the kernel's refusal of io_uring when the disk tier could not start, else 0",
+             (uint64_t)s->disk_start_errno);
+    tenant_stats_fill(s, b);
+    if (s->metrics) {
+        struct kvt_metrics_stats ms;
+        kvt_metrics_stats(s->metrics, &ms);
+#define KVT__MSTAT_ADD(name, type, unit, help)                                                     \
+    stat_add(b, "metrics.", #name, type, unit, help, ms.name);
+        KVT_METRICS_STATS_DEF(KVT_STAT_FULL, KVT__MSTAT_ADD)
+#undef KVT__MSTAT_ADD
+    }
     for (int t = 0; t < KVT_ALLOC_TAG_COUNT; t++) {
         char name[48];
         snprintf(name, sizeof(name), "%s_bytes", kvt_alloc_tag_name((enum kvt_alloc_tag)t));
@@ -128,6 +197,37 @@ static void stats_fill(struct kvt_server *s, struct stats_buf *b)
         stat_add(b, "mem.", name, g, "bytes", "bytes allocated under this tag",
                  kvt_alloc_bytes((enum kvt_alloc_tag)t));
     }
+}
+
+/* The client library's form of each stat, for the metrics endpoint's renderer (common/prom.h):
+ * bounds of every bucket, the overflow one's UINT64_MAX included. */
+static struct kvt_stat snap_views[STATS_MAX];
+static uint64_t snap_le[KVT_HIST_BUCKETS];
+
+size_t kvt__server_stats_snapshot(struct kvt_server *s, const struct kvt_stat **out)
+{
+    static struct stats_buf b;
+    kvt_stats_init(&b.reg, b.entries, STATS_MAX);
+    stats_fill(s, &b);
+    for (unsigned i = 0; i < KVT_HIST_BUCKETS; i++)
+        snap_le[i] = kvt_hist_bound(i);
+    for (size_t i = 0; i < b.reg.n; i++) {
+        const struct kvt_stat_entry *e = &b.reg.entries[i];
+        struct kvt_stat *v = &snap_views[i];
+        *v = (struct kvt_stat){.name = (char *)e->name,
+                               .value = e->value,
+                               .type = e->type,
+                               .help = (char *)e->help,
+                               .unit = (char *)e->unit};
+        if (e->hist) {
+            v->n_buckets = KVT_HIST_BUCKETS;
+            v->bucket_le = snap_le;
+            v->bucket_counts = (uint64_t *)e->hist->counts;
+            v->sum = e->hist->sum;
+        }
+    }
+    *out = snap_views;
+    return b.reg.n;
 }
 
 void kvt__ops_stats(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op)

@@ -24,6 +24,13 @@ static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
     return c->arena && off <= c->arena_bytes && len <= c->arena_bytes - off;
 }
 
+/* Counts into the tenant of connection c (NULL before Hello, or for an op without one). */
+#define TSTAT(c, field)                                                                            \
+    do {                                                                                           \
+        if ((c) && (c)->tstats)                                                                    \
+            (c)->tstats->field++;                                                                  \
+    } while (0)
+
 /* ---- Put ---------------------------------------------------------------------------------- */
 
 struct tenant_pick {
@@ -165,6 +172,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     s->st.puts++;
+    TSTAT(c, puts);
     struct kvt_obj_id oid = {.ns_seed = ns->seed, .key = key, .variant = p->key->variant};
     uint32_t found = kvt_index_find(&s->idx, &oid);
     if (found != KVT_INDEX_NIL) {
@@ -271,6 +279,7 @@ static void count_served(struct kvt_server *s, const struct kvt_op *op, const st
     }
     s->st.get_hits++;
     s->st.get_bytes += e->length;
+    TSTAT(op->conn, get_hits);
 }
 
 void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
@@ -281,8 +290,10 @@ void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const str
 
 void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
 {
-    if (status == KVT_E_NOTFOUND)
+    if (status == KVT_E_NOTFOUND) {
         s->st.get_misses++;
+        TSTAT(op->conn, get_misses);
+    }
     reply_error(s, op->conn, op, status, NULL);
 }
 
@@ -342,6 +353,7 @@ static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c,
     enum kvt_tier_id tier = e ? kvt_tm_tier_of(s->tm, e) : KVT_TIER_NONE;
     if (tier == KVT_TIER_NONE) {
         s->st.get_misses++;
+        TSTAT(c, get_misses);
         kvt_tm_count_miss(s->tm);
         reply_error(s, c, op, KVT_E_NOTFOUND, NULL);
         return NULL;
@@ -391,6 +403,7 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         return;
     }
     s->st.gets++;
+    TSTAT(c, gets);
     uint32_t id;
     enum kvt_tier_id tier;
     struct kvt_entry *e = find_readable(s, c, op, ns, &key, g->key->variant, &id, &tier);
@@ -447,6 +460,7 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     s->st.get_hits++;
     s->st.get_bytes += e->length;
+    TSTAT(c, get_hits);
     if (g->want_inline) {
         get_reply(s, c, op, e, src);
         kvt_tm_release(s->tm, id);
@@ -614,6 +628,8 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
         s->st.put_bytes += op->length;
+        if (op->conn && op->conn->tstats)
+            op->conn->tstats->put_bytes += op->length;
         enum kvt_tier_id tier;
         if (!kvt_tm_put_committed(s->tm, &op->io, op->entry, &tier))
             put_reply(s, op->conn, op, 0, tier);

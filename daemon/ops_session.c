@@ -133,6 +133,7 @@ void kvt__ops_hello(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     if (tenant != c->tenant) /* a claimed name; the uid's own needs no copy (nor an overlap) */
         snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
     c->hello_done = 1;
+    c->tstats = kvt__server_tenant_stats(s, c->tenant);
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__HelloResp hr = KVTIER__HELLO_RESP__INIT;
     hr.version = KVT_PROTO_VERSION;

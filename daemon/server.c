@@ -31,6 +31,7 @@
 #include "common/paths.h"
 #include "common/time.h"
 #include "daemon/auth.h"
+#include "daemon/metrics.h"
 #include "daemon/server.h"
 
 #define EVENTS_MAX 64
@@ -871,6 +872,21 @@ static uint32_t worker_count(const struct kvt_dconfig *cfg)
     return cores > 2 ? (uint32_t)(cores - 1) : 1;
 }
 
+static size_t metrics_snapshot(void *arg, const struct kvt_stat **out)
+{
+    return kvt__server_stats_snapshot(arg, out);
+}
+
+static int metrics_health(void *arg, char *why, size_t cap)
+{
+    struct kvt_server *s = arg;
+    if (s->stop) {
+        snprintf(why, cap, "shutting down");
+        return 1;
+    }
+    return kvt__server_tiers_health(s, why, cap);
+}
+
 int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
 {
     struct kvt_server *s = kvt_calloc(KVT_ALLOC_MISC, 1, sizeof(*s));
@@ -935,6 +951,19 @@ int kvt_server_create(struct kvt_dconfig *cfg, struct kvt_server **out)
     }
     if ((rc = bind_socket(s)))
         goto err;
+    if (cfg->metrics_listen[0]) {
+        struct kvt_metrics_config mc = {.listen = cfg->metrics_listen,
+                                        .allow_remote = cfg->metrics_allow_remote,
+                                        .connections_max = (uint32_t)cfg->metrics_connections_max,
+                                        .idle_timeout_s = (uint32_t)cfg->metrics_idle_timeout_s,
+                                        .snapshot = metrics_snapshot,
+                                        .health = metrics_health,
+                                        .arg = s};
+        if ((rc = kvt_metrics_create(&mc, s->loop, why, sizeof(why), &s->metrics))) {
+            KVT_ERR("server", "%s", why);
+            goto err;
+        }
+    }
     if ((rc = kvt_loop_watch(s->loop, &s->listen_w, s->listen_fd, EPOLLIN, on_listen, s)) ||
         (rc = kvt_loop_watch(s->loop, &s->signal_w, s->signal_fd, EPOLLIN, on_signal, s)) ||
         (rc = kvt_loop_watch(s->loop, &s->workers_w, kvt_workers_fd(s->workers), EPOLLIN,
@@ -1151,6 +1180,8 @@ void kvt_server_destroy(struct kvt_server *s)
         kvt_workers_destroy(s->workers);
         s->workers = NULL;
     }
+    kvt_metrics_destroy(s->metrics); /* answers nothing from here on */
+    s->metrics = NULL;
     s->destroying = 1;
     kvt_hold_table_deinit(&s->holds); /* unpins through the tier manager: before it goes */
     kvt__server_tiers_close(s); /* waits for disk I/O; its callbacks only release what they hold */

@@ -136,7 +136,28 @@ struct kvt_dstats {
 #undef KVT__DHIST_FIELD
 };
 
+/* Per-tenant counters (name, type, unit, help), in the stats as tenant.<name>.<stat> and in
+ * /metrics as kvtier_tenant_<stat>{tenant="<name>"}. The first KVT_TENANT_STATS_MAX tenants that
+ * say Hello get their own; any later one counts under the tenant "_other", so the number of
+ * series stays bounded whatever clients do. */
+#define KVT_TENANT_STATS_MAX 8
+#define KVT_TENANT_STATS_DEF(X, A)                                                                 \
+    X(A, puts, KVT_STAT_COUNTER, "", "Put requests of the tenant that passed validation")          \
+    X(A, put_bytes, KVT_STAT_COUNTER, "bytes", "bytes the tenant's Puts stored")                   \
+    X(A, gets, KVT_STAT_COUNTER, "", "Get requests of the tenant")                                 \
+    X(A, get_hits, KVT_STAT_COUNTER, "", "Gets of the tenant that found their chunk")              \
+    X(A, get_misses, KVT_STAT_COUNTER, "", "Gets of the tenant for a key that is not stored")
+#define KVT_TENANT_STATS(A) KVT_TENANT_STATS_DEF(KVT_STAT_NAME_ONLY, A)
+
+struct kvt_tenant_stats {
+    char name[KVT_TENANT_MAX];
+#define KVT__TSTAT_FIELD(name) uint64_t name;
+    KVT_TENANT_STATS(KVT__TSTAT_FIELD)
+#undef KVT__TSTAT_FIELD
+};
+
 struct kvt_conn;
+struct kvt_metrics;
 
 /* One request being served. Ops are preallocated per connection (max_inflight_per_conn). */
 #define KVT_STRIPES_MAX 4 /* parts a large copy is split into: the loop's and up to 3 workers' */
@@ -195,6 +216,7 @@ struct kvt_conn {
     int admin; /* uid is in admin_uids: may change security and fault settings */
     char tenant[KVT_TENANT_MAX];
     int hello_done;
+    struct kvt_tenant_stats *tstats; /* its tenant's counters (in the server), from Hello on */
     uint8_t *arena;
     uint64_t arena_bytes;
     int pending_fd; /* fd received with SCM_RIGHTS, waiting for Hello */
@@ -236,6 +258,11 @@ struct kvt_server {
     struct kvt_disk *disk; /* tier 1, or NULL when disk.bytes = 0 */
     struct kvt_disk_tier disk_tier;
     struct kvt_disk_faults disk_faults; /* fault_injection: the disk.fault_* keys */
+    /* disk.bytes > 0 but the kernel refused io_uring and disk.required = false: the daemon runs
+     * without the disk tier (s->disk NULL). The errno and the line the log gave. */
+    int disk_start_errno;
+    char disk_start_why[256];
+    struct kvt_metrics *metrics; /* the metrics endpoint, or NULL (metrics.listen empty) */
     struct kvt_tm *tm;
     struct kvt_workers *workers;
     uint32_t n_workers;
@@ -255,6 +282,9 @@ struct kvt_server {
     struct kvt_sel_scratch sel;        /* Select's working memory */
     struct kvt_span_policy span_dflt;  /* abstract.* settings */
     struct kvt_dstats st;
+    /* Tenants with counters of their own, and [KVT_TENANT_STATS_MAX]: "_other". */
+    struct kvt_tenant_stats tenants[KVT_TENANT_STATS_MAX + 1];
+    uint32_t n_tenants;
 };
 
 /* Builds every subsystem from cfg and binds the socket. */
@@ -293,6 +323,14 @@ void kvt__ops_meta_loaded(void *arg, uint32_t id, uint32_t want_len, const void 
 /* Start, after the tiers opened: the abstracts of the chunks on disk, read without their
  * payloads (kvt_tm_load_meta), bounded by abstract.bytes_max; logs what it restored. */
 void kvt__server_abstracts_restore(struct kvt_server *s);
+
+/* The counters of tenant (found or added; "_other" when the table is full): ops_admin.c. */
+struct kvt_tenant_stats *kvt__server_tenant_stats(struct kvt_server *s, const char *tenant);
+/* Every stat, as the Stats op sends them (ops_admin.c): an array owned by the server, valid until
+ * the next call or Stats request, on the loop thread. */
+size_t kvt__server_stats_snapshot(struct kvt_server *s, const struct kvt_stat **out);
+/* 0 while every configured tier serves; 1 with the reason in why when one cannot (tierset.c). */
+int kvt__server_tiers_health(struct kvt_server *s, char *why, size_t cap);
 
 /* The tiers and the tier manager over them (tierset.c): open after the index, the namespace
  * table, the workers and the loop; close after the workers stopped. */

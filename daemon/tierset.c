@@ -3,6 +3,7 @@
  * disk store (tier 1), handed in that order to the tier manager with the policies the config
  * names. The only place in the daemon that knows which tiers exist.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -19,6 +20,23 @@ static int split_paths(char *list, const char **paths, uint32_t max)
         if (*p)
             paths[n++] = p;
     return (int)n;
+}
+
+/* What usually makes io_uring_setup fail, by its errno. */
+static const char *likely_cause(int err)
+{
+    switch (err) {
+    case EPERM:
+        return "a seccomp profile that blocks io_uring (the container runtime's default one) or "
+               "the kernel.io_uring_disabled sysctl";
+    case ENOSYS:
+        return "a kernel without io_uring (older than 5.1, or built without it) or a seccomp "
+               "profile that hides it";
+    case ENOMEM:
+        return "no memory for the ring: RLIMIT_MEMLOCK on kernels older than 5.12";
+    default:
+        return "see io_uring_setup(2)";
+    }
 }
 
 static int disk_open(struct kvt_server *s)
@@ -55,9 +73,26 @@ static int disk_open(struct kvt_server *s)
     dc.codec.input_bytes_max = cfg->disk_object_bytes_max;
     dc.faults = &s->disk_faults;
     char why[256] = "";
+    int ring_errno = 0;
     dc.err_buf = why;
     dc.err_buf_bytes = sizeof(why);
+    dc.ring_errno_out = &ring_errno;
     int rc = kvt_disk_create(&dc, &s->disk);
+    if (rc && ring_errno && !cfg->disk_required) {
+        /* io_uring itself is refused: nothing in the config can fix it, and DRAM alone still
+         * serves. Any other failure (a path, the lock, recovery) is the operator's to fix and
+         * still stops the start, as does disk.required. */
+        s->disk = NULL;
+        s->disk_start_errno = ring_errno;
+        snprintf(s->disk_start_why, sizeof(s->disk_start_why),
+                 "the kernel refused io_uring: %s (errno %d): %s", strerror(ring_errno), ring_errno,
+                 likely_cause(ring_errno));
+        KVT_ERR("tier",
+                "disk tier OFF, running on DRAM only: %s; set disk.required=true to "
+                "refuse to start instead",
+                s->disk_start_why);
+        return rc;
+    }
     if (rc) {
         KVT_ERR("tier", "disk tier cannot start on %s: %s (%s)", paths[0], kvt_strerror(rc), why);
         s->disk = NULL;
@@ -87,9 +122,11 @@ int kvt__server_tiers_open(struct kvt_server *s)
     if (cfg->disk_bytes == 0) {
         KVT_INFO("tier", "disk tier off (disk.bytes = 0)");
     } else {
-        if ((rc = disk_open(s)))
+        rc = disk_open(s);
+        if (rc && !s->disk_start_errno)
             return rc;
-        tiers[n++] = (struct kvt_tier){&kvt_disk_tier_ops, &s->disk_tier};
+        if (s->disk)
+            tiers[n++] = (struct kvt_tier){&kvt_disk_tier_ops, &s->disk_tier};
     }
     struct kvt_tm_config tc = {
         .write_through = strcmp(cfg->write_policy, "write-through") == 0,
@@ -143,4 +180,25 @@ void kvt__server_tiers_close(struct kvt_server *s)
     s->tm = NULL;
     kvt_host_destroy(s->host);
     s->host = NULL;
+}
+
+int kvt__server_tiers_health(struct kvt_server *s, char *why, size_t cap)
+{
+    if (s->cfg->disk_bytes > 0 && !s->disk) {
+        snprintf(why, cap, "disk tier not started: %s", s->disk_start_why);
+        return 1;
+    }
+    if (s->disk) {
+        struct kvt_disk_stats ds;
+        kvt_disk_stats(s->disk, &ds);
+        if (ds.tier.failed) {
+            snprintf(why, cap,
+                     "disk tier latched failed after %llu I/O errors (disk.io_errors_max in a "
+                     "row); serving from DRAM only",
+                     (unsigned long long)ds.tier.io_errors);
+            return 1;
+        }
+    }
+    snprintf(why, cap, "ok");
+    return 0;
 }

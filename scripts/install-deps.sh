@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(build-essential pkg-config liburing-dev liblz4-dev libzstd-dev protobuf-c-compiler
-      libprotobuf-c-dev libcmocka-dev libxxhash-dev libhiredis-dev redis-server python3
+      libprotobuf-c-dev libcmocka-dev libxxhash-dev libhiredis-dev libmicrohttpd-dev redis-server python3
       python3-venv python3-dev
       clang libclang-rt-14-dev)
 

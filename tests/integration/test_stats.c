@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "common/alloc.h"
@@ -93,13 +94,29 @@ static void test_every_stat_once(void **state)
 #define DDH(name, unit, help) EXPECT("disk.", name, KVT_STAT_HISTOGRAM, unit, help)
     KVT_DISK_HISTS(DDH)
     /* The levels kvt__ops_stats reads on demand, and one byte count per allocation tag. */
-    static const char *const extra[] = {
-        "uptime_ms",  "connections",       "namespaces",     "index_objects", "index_capacity",
-        "workers",    "log_lines_dropped", "cpu.page_moves", "contexts",      "contexts_expired",
-        "abstracts",  "abstracts_dropped", "abstract_bytes", "holds",         "hold_pins",
-        "holds_made", "holds_released",    "holds_expired",  "versions",      "version_bytes"};
+    static const char *const extra[] = {"uptime_ms",         "connections",     "namespaces",
+                                        "index_objects",     "index_capacity",  "workers",
+                                        "log_lines_dropped", "cpu.page_moves",  "contexts",
+                                        "contexts_expired",  "abstracts",       "abstracts_dropped",
+                                        "abstract_bytes",    "holds",           "hold_pins",
+                                        "holds_made",        "holds_released",  "holds_expired",
+                                        "versions",          "version_bytes",   "cpu.serving",
+                                        "disk.serving",      "disk.configured", "disk.start_errno"};
     for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++, want++)
         assert_true(strlen(find(st, n, extra[i])->help) > 0);
+    /* This connection's tenant: its counters and its namespace levels. */
+    char tenant[64];
+    snprintf(tenant, sizeof(tenant), "tenant.uid-%u.", (unsigned)getuid());
+#define TN(name, type, unit, help) EXPECT(tenant, name, type, unit, help)
+    KVT_TENANT_STATS_DEF(KVT_STAT_FULL, TN)
+    static const char *const tenant_levels[] = {"namespaces", "objects", "cpu_bytes"};
+    for (size_t i = 0; i < 3; i++, want++) {
+        char name[KVT_STAT_NAME_MAX];
+        snprintf(name, sizeof(name), "%s%s", tenant, tenant_levels[i]);
+        assert_int_equal(find(st, n, name)->type, KVT_STAT_GAUGE);
+    }
+    assert_int_equal(find(st, n, "disk.serving")->value, 1);
+    assert_int_equal(find(st, n, "disk.start_errno")->value, 0);
     for (int t = 0; t < KVT_ALLOC_TAG_COUNT; t++, want++) {
         char name[64];
         snprintf(name, sizeof(name), "mem.%s_bytes", kvt_alloc_tag_name((enum kvt_alloc_tag)t));

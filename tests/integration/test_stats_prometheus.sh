@@ -76,6 +76,8 @@ for name, m in stats.items():
     series.add(key)
 check(len(fams) == len(first_help), "families %d != %d" % (len(fams), len(first_help)))
 check(len(fams) < len(stats), "no stats of two tiers share a family")
+check(any(family(n)[1].get("tenant") == "uid-%d" % __import__("os").getuid() for n in stats),
+      "no series of this tenant")
 for name, m in stats.items():
     prom, labels = family(name)
     f = fams.get(prom)
