@@ -152,8 +152,6 @@ int kvt_prom_render(const struct kvt_stat *st, size_t n, struct kvt_prom_out *ou
     for (size_t i = 0; i < n; i++) {
         struct fam fi;
         fam_of(st[i].name, &fi);
-        if (fi.kind != FAM_PLAIN && !fi.label_len)
-            return KVT_E_INVAL;
         int seen = 0;
         for (size_t j = 0; j < i && !seen; j++) {
             struct fam fj;

@@ -30,7 +30,7 @@ struct kvt_prom_out {
 /* Renders the n stats (borrowed during the call; a histogram's buckets are per bucket, not
  * cumulative, and its last bound is UINT64_MAX) into out, from out->len on. 0; KVT_E_SMALLBUF
  * when the text did not fit (out->len then says how much was written); KVT_E_INVAL for a name
- * that makes no valid metric (empty label value, too long); KVT_E_EXISTS when two stats give the
+ * too long for a metric name; KVT_E_EXISTS when two stats give the
  * same series, or one family two types (a naming bug the stats tests catch). */
 int kvt_prom_render(const struct kvt_stat *st, size_t n, struct kvt_prom_out *out);
 

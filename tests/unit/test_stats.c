@@ -11,6 +11,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/prom.h"
 #include "common/stats.h"
 #include "common/time.h"
 #include "kvtier/errors.h"
@@ -159,12 +160,80 @@ static void test_prom_name(void **state)
     assert_string_equal(kvt_stat_type_name(KVT_STAT_HISTOGRAM), "histogram");
 }
 
+/* The renderer (common/prom.c): families gathered across the input, tier and tenant labels,
+ * escaping, cumulative buckets with le after the stat's own label, and its refusals. */
+static void test_prom_render(void **state)
+{
+    (void)state;
+    uint64_t le[3] = {1, 2, UINT64_MAX}, counts[3] = {1, 0, 2};
+    struct kvt_stat st[] = {
+        {.name = "cpu.hits", .type = KVT_STAT_COUNTER, .help = "hits\\n", .value = 5},
+        {.name = "puts", .type = KVT_STAT_COUNTER, .help = "puts", .value = 1},
+        {.name = "disk.hits", .type = KVT_STAT_COUNTER, .help = "other help", .value = 6},
+        {.name = "tenant.a\"b.puts", .type = KVT_STAT_COUNTER, .help = "tp", .value = 2},
+        {.name = "disk.read_us",
+         .type = KVT_STAT_HISTOGRAM,
+         .help = "lat",
+         .value = 3,
+         .sum = 9,
+         .n_buckets = 3,
+         .bucket_le = le,
+         .bucket_counts = counts},
+    };
+    char buf[4096];
+    struct kvt_prom_out out = {.buf = buf, .cap = sizeof(buf)};
+    assert_int_equal(kvt_prom_render(st, 5, &out), 0);
+    assert_int_equal(out.len, strlen(buf));
+    const char *want = "# HELP kvtier_hits_total hits\\\\n\n"
+                       "# TYPE kvtier_hits_total counter\n"
+                       "kvtier_hits_total{tier=\"cpu\"} 5\n"
+                       "kvtier_hits_total{tier=\"disk\"} 6\n"
+                       "# HELP kvtier_puts_total puts\n"
+                       "# TYPE kvtier_puts_total counter\n"
+                       "kvtier_puts_total 1\n"
+                       "# HELP kvtier_tenant_puts_total tp\n"
+                       "# TYPE kvtier_tenant_puts_total counter\n"
+                       "kvtier_tenant_puts_total{tenant=\"a\\\"b\"} 2\n"
+                       "# HELP kvtier_read_us lat\n"
+                       "# TYPE kvtier_read_us histogram\n"
+                       "kvtier_read_us_bucket{tier=\"disk\",le=\"1\"} 1\n"
+                       "kvtier_read_us_bucket{tier=\"disk\",le=\"2\"} 1\n"
+                       "kvtier_read_us_bucket{tier=\"disk\",le=\"+Inf\"} 3\n"
+                       "kvtier_read_us_sum{tier=\"disk\"} 9\n"
+                       "kvtier_read_us_count{tier=\"disk\"} 3\n";
+    assert_string_equal(buf, want);
+
+    /* Too small a buffer: an error, and what was written is a NUL-terminated prefix. */
+    struct kvt_prom_out small = {.buf = buf, .cap = 100};
+    assert_int_equal(kvt_prom_render(st, 5, &small), KVT_E_SMALLBUF);
+    assert_true(small.len < 100 && strlen(buf) == small.len);
+    assert_memory_equal(buf, want, small.len);
+
+    /* One series twice, one family of two types, an empty tier or tenant: refused. */
+    struct kvt_stat dup[] = {{.name = "cpu.x", .type = KVT_STAT_GAUGE, .help = "x"},
+                             {.name = "cpu.x", .type = KVT_STAT_GAUGE, .help = "x"}};
+    out = (struct kvt_prom_out){.buf = buf, .cap = sizeof(buf)};
+    assert_int_equal(kvt_prom_render(dup, 2, &out), KVT_E_EXISTS);
+    struct kvt_stat types[] = {{.name = "cpu.x", .type = KVT_STAT_GAUGE, .help = "x"},
+                               {.name = "disk.x", .type = KVT_STAT_COUNTER, .help = "x"}};
+    out = (struct kvt_prom_out){.buf = buf, .cap = sizeof(buf)};
+    assert_int_equal(kvt_prom_render(types, 2, &out), KVT_E_EXISTS);
+    /* "tenant.x" (no stat after the tenant) and "tenant..x" (no tenant) are plain names. */
+    struct kvt_stat plain[] = {{.name = "tenant.x", .type = KVT_STAT_GAUGE, .help = "x"},
+                               {.name = "tenant..x", .type = KVT_STAT_GAUGE, .help = "x"}};
+    out = (struct kvt_prom_out){.buf = buf, .cap = sizeof(buf)};
+    assert_int_equal(kvt_prom_render(plain, 2, &out), 0);
+    assert_non_null(strstr(buf, "\nkvtier_tenant__x 0\n"));
+    assert_non_null(strstr(buf, "\nkvtier_tenant_x 0\n"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bucket_edges),  cmocka_unit_test(test_overflow_bucket),
         cmocka_unit_test(test_count_and_sum), cmocka_unit_test(test_observe_since),
         cmocka_unit_test(test_registry),      cmocka_unit_test(test_prom_name),
+        cmocka_unit_test(test_prom_render),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
