@@ -59,7 +59,9 @@ struct kvt_tenant_stats *kvt__server_tenant_stats(struct kvt_server *s, const ch
         if (!strcmp(s->tenants[i].name, tenant))
             return &s->tenants[i];
     struct kvt_tenant_stats *t = &s->tenants[KVT_TENANT_STATS_MAX];
-    if (s->n_tenants < KVT_TENANT_STATS_MAX)
+    /* A tenant called "_other" shares the overflow's counters rather than make a second set of
+     * stats of that name. */
+    if (s->n_tenants < KVT_TENANT_STATS_MAX && strcmp(tenant, "_other"))
         t = &s->tenants[s->n_tenants++];
     snprintf(t->name, sizeof(t->name), "%s",
              t == &s->tenants[KVT_TENANT_STATS_MAX] ? "_other" : tenant);

@@ -84,7 +84,7 @@ echo "ok   off by default, bad addresses refused"
 start main "${DISK[@]}" --metrics.listen=127.0.0.1:0 --metrics.connections_max=4 \
     --metrics.idle_timeout_s=1 \
     --fault_injection=true --disk.io_errors_max=2 --tier.write_policy=write-through \
-    --tenants="alpha=uid:$(id -u);beta=uid:$(id -u)"
+    --tenants="alpha=uid:$(id -u);beta=uid:$(id -u);_other=uid:$(id -u)"
 [ -n "$PORT" ] || fail "no metrics port in the log"
 M="http://127.0.0.1:$PORT"
 [ "$(curl -s -o "$D/h" -w '%{http_code}' "$M/healthz")" = 200 ] && [ "$(cat "$D/h")" = ok ] ||
@@ -94,6 +94,8 @@ curl -sf "$M/metrics" >"$D/m1" || fail "scrape 1"
 for i in 1 2 3; do head -c 8192 /dev/urandom >"$D/f$i"; done
 ka=$(K --tenant alpha put "$D/f1") && kb=$(K --tenant alpha put "$D/f2") &&
     kc=$(K --tenant beta put "$D/f3") || fail "puts"
+# A tenant that calls itself "_other" shares the overflow series instead of doubling it.
+K --tenant _other put "$D/f3" >/dev/null || fail "put as _other"
 K --tenant alpha get "$ka" "$D/o" >/dev/null 2>&1 && K --tenant alpha get "$kb" "$D/o" >/dev/null 2>&1 ||
     fail "gets"
 K --tenant beta get 000000000000000000000000000000aa "$D/o" 2>/dev/null && fail "miss served"
@@ -141,12 +143,13 @@ check(f2["kvtier_serving"].type == "gauge" and val(f2, "kvtier_serving", tier="d
       "disk not serving")
 # Counters move by exactly what was sent.
 d = lambda name, sample=None, **l: val(f2, name, sample, **l) - val(f1, name, sample, **l)
-check(d("kvtier_puts", "kvtier_puts_total") == 3, "puts moved by %s" % d("kvtier_puts", "kvtier_puts_total"))
+tp = lambda fams, t: val(fams, "kvtier_tenant_puts", "kvtier_tenant_puts_total", tenant=t)
+check(d("kvtier_puts", "kvtier_puts_total") == 4, "puts moved by %s" % d("kvtier_puts", "kvtier_puts_total"))
+check(tp(f2, "_other") == 1, "_other puts")
 check(d("kvtier_get_hits", "kvtier_get_hits_total") == 2, "get_hits")
 check(d("kvtier_get_misses", "kvtier_get_misses_total") == 1, "get_misses")
-check(d("kvtier_put_latency_us", "kvtier_put_latency_us_count") == 3, "put latency count")
-check(d("kvtier_writes", "kvtier_writes_total", tier="disk") == 3, "disk writes (write-through)")
-tp = lambda fams, t: val(fams, "kvtier_tenant_puts", "kvtier_tenant_puts_total", tenant=t)
+check(d("kvtier_put_latency_us", "kvtier_put_latency_us_count") == 4, "put latency count")
+check(d("kvtier_writes", "kvtier_writes_total", tier="disk") == 4, "disk writes (write-through)")
 check(tp(f2, "alpha") == 2 and tp(f2, "beta") == 1, "tenant puts %s %s" % (tp(f2, "alpha"), tp(f2, "beta")))
 check(val(f2, "kvtier_tenant_put_bytes", "kvtier_tenant_put_bytes_total", tenant="alpha") == 16384,
       "alpha put bytes")
