@@ -4,8 +4,8 @@
 set -euo pipefail
 
 pkgs=(build-essential pkg-config liburing-dev liblz4-dev libzstd-dev protobuf-c-compiler
-      libprotobuf-c-dev libcmocka-dev libxxhash-dev libhiredis-dev libmicrohttpd-dev redis-server python3
-      python3-venv python3-dev
+      libprotobuf-c-dev libcmocka-dev libxxhash-dev libhiredis-dev libmicrohttpd-dev redis-server
+      python3 python3-venv python3-dev curl
       clang libclang-rt-14-dev)
 
 missing=()
