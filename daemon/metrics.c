@@ -273,6 +273,7 @@ static void on_ready(void *arg, uint32_t events)
     run(arg);
 }
 
+static void mhd_log(void *arg, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void mhd_log(void *arg, const char *fmt, va_list ap)
 {
     char line[256];
