@@ -229,7 +229,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!strcmp(url, "/metrics"))
         return serve_metrics(m, conn);
     if (!strcmp(url, "/healthz")) {
-        char why[512];
+        char why[768];
         size_t len;
         int bad = m->cfg.health(m->cfg.arg, why, sizeof(why) - 1);
         m->st.health_checks++;

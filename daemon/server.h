@@ -261,7 +261,7 @@ struct kvt_server {
     /* disk.bytes > 0 but the kernel refused io_uring and disk.required = false: the daemon runs
      * without the disk tier (s->disk NULL). The errno and the line the log gave. */
     int disk_start_errno;
-    char disk_start_why[256];
+    char disk_start_why[512];
     struct kvt_metrics *metrics; /* the metrics endpoint, or NULL (metrics.listen empty) */
     struct kvt_tm *tm;
     struct kvt_workers *workers;

@@ -85,8 +85,8 @@ static int disk_open(struct kvt_server *s)
         s->disk = NULL;
         s->disk_start_errno = ring_errno;
         snprintf(s->disk_start_why, sizeof(s->disk_start_why),
-                 "the kernel refused io_uring: %s (errno %d): %s", strerror(ring_errno), ring_errno,
-                 likely_cause(ring_errno));
+                 "the kernel refused io_uring: %s (errno %d, %s): %s", strerror(ring_errno),
+                 ring_errno, why, likely_cause(ring_errno));
         KVT_ERR("tier",
                 "disk tier OFF, running on DRAM only: %s; set disk.required=true to "
                 "refuse to start instead",

@@ -248,7 +248,7 @@ echo "ok   unix:/path endpoint"
 
 # ---- io_uring refused by seccomp: DRAM only, said in the log, stats and /healthz -------------
 WRAP="$B/tests/tools/no_io_uring" start nouring "${DISK[@]}" --metrics.listen=127.0.0.1:0
-grep -q "disk tier OFF, running on DRAM only: the kernel refused io_uring: .*errno 1.*seccomp" \
+grep -q "disk tier OFF, running on DRAM only: the kernel refused io_uring: .*errno 1, io_uring_queue_init.*seccomp" \
     "$D/nouring.log" || fail "no clear log line: $(grep tier "$D/nouring.log")"
 code=$(curl -s -o "$D/h" -w '%{http_code}' "http://127.0.0.1:$PORT/healthz")
 [ "$code" = 503 ] && grep -q "disk tier not started: the kernel refused io_uring" "$D/h" ||
@@ -258,6 +258,13 @@ grep -q '^kvtier_serving{tier="disk"} 0$' "$D/m" && grep -q '^kvtier_configured{
     grep -q '^kvtier_start_errno{tier="disk"} 1$' "$D/m" || fail "stats without the disk tier"
 k=$(K put "$D/f1") && K get "$k" "$D/o" >/dev/null 2>&1 && cmp -s "$D/o" "$D/f1" ||
     fail "no DRAM service without the disk tier"
+stop
+# A profile that allows the ring but refuses io_uring_register: no buffers (said), no files, DRAM.
+WRAP="$B/tests/tools/no_io_uring --register-only" start noreg "${DISK[@]}"
+grep -q "io_uring_register_buffers (1048576 bytes) refused: Operation not permitted (errno 1)" \
+    "$D/noreg.log" && grep -q "disk tier OFF, .*errno 1, io_uring_register_files" "$D/noreg.log" ||
+    fail "register refused: $(grep -E 'disk|tier' "$D/noreg.log")"
+K stats | grep -Eq '^disk.serving +gauge +0 ' || fail "register refused: disk.serving"
 stop
 out=$("$B/tests/tools/no_io_uring" "$B/kvtierd" --socket="$D/req.sock" --data-dir="$D/req" \
     --cpu.arena_bytes=64M "${DISK[@]}" --disk.required=true 2>&1) && fail "disk.required=true started"

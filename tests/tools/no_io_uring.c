@@ -4,7 +4,10 @@
  * runtimes do. Needs no privilege (PR_SET_NO_NEW_PRIVS). The test of the disk tier's graceful
  * degradation starts kvtierd under it: the refusal is the kernel's, not a simulation.
  *
- *   no_io_uring COMMAND [ARGS...]
+ *   no_io_uring [--register-only] COMMAND [ARGS...]
+ *
+ * --register-only refuses io_uring_register alone (a ring can be made, nothing registered with
+ * it), as some hand-written profiles do.
  */
 #include <errno.h>
 #include <linux/audit.h>
@@ -37,17 +40,23 @@
 
 int main(int argc, char **argv)
 {
+    int register_only = argc > 1 && !strcmp(argv[1], "--register-only");
+    argv += register_only;
+    argc -= register_only;
     if (argc < 2) {
-        fprintf(stderr, "usage: no_io_uring COMMAND [ARGS...]\n");
+        fprintf(stderr, "usage: no_io_uring [--register-only] COMMAND [ARGS...]\n");
         return 2;
     }
+    /* Refused syscall numbers; a number no syscall has stands in for the ones left alone. */
+    unsigned setup = register_only ? 0xffffffffu : __NR_io_uring_setup;
+    unsigned enter = register_only ? 0xffffffffu : __NR_io_uring_enter;
     struct sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        REFUSE(__NR_io_uring_setup),
-        REFUSE(__NR_io_uring_enter),
+        REFUSE(setup),
+        REFUSE(enter),
         REFUSE(__NR_io_uring_register),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };

@@ -95,7 +95,8 @@ struct kvt_disk_config {
     char *err_buf;                  /* optional: a one-line reason when create fails */
     size_t err_buf_bytes;
     int *ring_errno_out; /* optional: set to the errno (positive) when create failed because the
-                            kernel refused io_uring itself (io_uring_queue_init), else left */
+                            kernel refused io_uring itself (io_uring_queue_init, or EPERM/ENOSYS
+                            from io_uring_register_files), else left */
 };
 
 /* Tier counters (tiers/tier.h) plus disk-specific ones, from one list. */

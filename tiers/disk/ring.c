@@ -393,12 +393,18 @@ int kvt__disk_setup_ring(struct kvt_disk *d)
          * disk tier rather than none. */
         struct rlimit rl = {0, 0};
         getrlimit(RLIMIT_MEMLOCK, &rl);
-        KVT_WARN("disk",
-                 "io_uring_register_buffers (%zu bytes) refused: %s (RLIMIT_MEMLOCK %llu bytes); "
-                 "using unregistered buffers, slower: raise the memlock limit or lower "
-                 "disk.staging_bytes for registered ones",
-                 d->staging_bytes, strerror(-rc),
-                 rl.rlim_cur == RLIM_INFINITY ? ~0ull : (unsigned long long)rl.rlim_cur);
+        if (rc == -ENOMEM)
+            KVT_WARN("disk",
+                     "io_uring_register_buffers (%zu bytes) refused: %s (RLIMIT_MEMLOCK %llu "
+                     "bytes); using unregistered buffers, slower: raise the memlock limit or "
+                     "lower disk.staging_bytes for registered ones",
+                     d->staging_bytes, strerror(-rc),
+                     rl.rlim_cur == RLIM_INFINITY ? ~0ull : (unsigned long long)rl.rlim_cur);
+        else
+            KVT_WARN("disk",
+                     "io_uring_register_buffers (%zu bytes) refused: %s (errno %d); using "
+                     "unregistered buffers, slower",
+                     d->staging_bytes, strerror(-rc), -rc);
         d->st.registered_buffers = 0;
     } else {
         d->st.registered_buffers = 1;
@@ -409,7 +415,11 @@ int kvt__disk_setup_ring(struct kvt_disk *d)
     fds[d->n_files + 1] = d->journal_fds[1];
     rc = io_uring_register_files(&d->ring, fds, d->n_files + 2);
     if (rc) {
+        /* A seccomp profile may allow the ring but not io_uring_register: io_uring is refused
+         * as surely as when the ring itself is. */
         kvt__disk_set_err(&d->cfg, "io_uring_register_files: %s", strerror(-rc));
+        if (d->cfg.ring_errno_out && (rc == -EPERM || rc == -ENOSYS || rc == -EACCES))
+            *d->cfg.ring_errno_out = -rc;
         return rc;
     }
     d->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
