@@ -17,6 +17,8 @@ size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req)
         return BASE_RESERVE_BYTES + (req->get->want_inline ? s->cfg->inline_max_bytes : 0);
     case KVTIER__REQUEST__OP_STATS:
         return STATS_RESERVE_BYTES;
+    case KVTIER__REQUEST__OP_CONFIG_LIST:
+        return CONFIG_LIST_RESERVE_BYTES;
     case KVTIER__REQUEST__OP_LOOKUP:
         return BASE_RESERVE_BYTES + req->lookup->n_keys * KEY_STATUS_BYTES;
     case KVTIER__REQUEST__OP_DEL:
@@ -89,6 +91,9 @@ int kvt__ops_dispatch(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         return 0;
     case KVTIER__REQUEST__OP_CONFIG_SET:
         kvt__ops_config_set(s, c, op, req->config_set);
+        return 0;
+    case KVTIER__REQUEST__OP_CONFIG_LIST:
+        kvt__ops_config_list(s, c, op);
         return 0;
     default:
         s->st.unknown_ops++;

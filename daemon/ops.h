@@ -15,6 +15,8 @@
 /* Output reserved for a Stats answer: every statistic with its help text (asserted in
  * kvt__ops_stats). */
 #define STATS_RESERVE_BYTES (48 * 1024)
+/* A Config list answer: every key with its value, default and help (about 10K today). */
+#define CONFIG_LIST_RESERVE_BYTES (32 * 1024)
 
 static inline void reply_error(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                                int status, const char *detail)
@@ -94,5 +96,7 @@ void kvt__ops_config_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_
                            const char *key);
 void kvt__ops_config_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                          const Kvtier__ConfigSetReq *r);
+/* Config list: every key of the table with its value, default, help and flags. */
+void kvt__ops_config_list(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op);
 
 #endif

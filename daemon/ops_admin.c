@@ -1,6 +1,6 @@
 /*
- * Admin handlers: Stats (every subsystem's statistics in one answer), Ping, Config get and set
- * (admin keys only for admin uids, cross-key checks on a copy before committing), and
+ * Admin handlers: Stats (every subsystem's statistics in one answer), Ping, Config get, list and
+ * set (admin keys only for admin uids, cross-key checks on a copy before committing), and
  * kvt__server_config_applied, which makes a committed change take effect.
  */
 #include <stdio.h>
@@ -296,6 +296,44 @@ void kvt__ops_config_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_
     cr.value = val;
     resp.result_case = KVTIER__RESPONSE__RESULT_CONFIG;
     resp.config = &cr;
+    kvt__server_respond(s, c, op, &resp, 0, NULL);
+}
+
+/* Room for the config table (about 70 keys today); the assertion catches a table that outgrew
+ * it. Static for the same reason as the Stats answer: the loop packs the answer before anything
+ * else runs. The packed answer (about 10K today, most of it help text) must fit the output
+ * reserved for it, CONFIG_LIST_RESERVE_BYTES (asserted below), which is below the 64K that
+ * max_frame_bytes allows at least; tests/integration/test_cli.sh checks the list is complete. */
+#define CONFIG_LIST_MAX 256
+#define CONFIG_VALUE_BYTES 512
+
+void kvt__ops_config_list(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op)
+{
+    static Kvtier__ConfigEntry items[CONFIG_LIST_MAX];
+    static Kvtier__ConfigEntry *ptrs[CONFIG_LIST_MAX];
+    static char values[CONFIG_LIST_MAX][CONFIG_VALUE_BYTES];
+    const struct kvt_cfg_table *t = &kvt_dconfig_table;
+    KVT_ASSERT(t->n <= CONFIG_LIST_MAX);
+    for (size_t i = 0; i < t->n; i++) {
+        const struct kvt_cfg_entry *e = &t->entries[i];
+        int rc = kvt_cfg_get(t, s->cfg, e->key, values[i], sizeof(values[i]));
+        KVT_ASSERT(rc == 0); /* every key of the table has a value */
+        kvtier__config_entry__init(&items[i]);
+        items[i].key = (char *)e->key;
+        items[i].value = values[i];
+        items[i].default_value = (char *)e->def;
+        items[i].help = (char *)e->doc;
+        items[i].runtime = (e->flags & KVT_CFG_RUNTIME) != 0;
+        items[i].admin = (e->flags & KVT_CFG_ADMIN) != 0;
+        ptrs[i] = &items[i];
+    }
+    Kvtier__Response resp = KVTIER__RESPONSE__INIT;
+    Kvtier__ConfigListResp lr = KVTIER__CONFIG_LIST_RESP__INIT;
+    lr.n_entries = t->n;
+    lr.entries = ptrs;
+    resp.result_case = KVTIER__RESPONSE__RESULT_CONFIG_LIST;
+    resp.config_list = &lr;
+    KVT_ASSERT(kvtier__response__get_packed_size(&resp) + 64 <= CONFIG_LIST_RESERVE_BYTES);
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }
 

@@ -1712,3 +1712,61 @@ const char *kvt_last_error(const struct kvt_client *c, int *code_out)
         *code_out = c ? c->last_error : 0;
     return c ? c->last_error_text : "";
 }
+
+/* Copies one ConfigEntry into v (strings owned by v). */
+static int config_item_copy(const Kvtier__ConfigEntry *m, struct kvt_config_item *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->key = strdup(m->key ? m->key : "");
+    v->value = strdup(m->value ? m->value : "");
+    v->default_value = strdup(m->default_value ? m->default_value : "");
+    v->help = strdup(m->help ? m->help : "");
+    v->runtime = m->runtime != 0;
+    v->admin = m->admin != 0;
+    return v->key && v->value && v->default_value && v->help ? 0 : KVT_E_NOMEM;
+}
+
+int kvt_config_list(struct kvt_client *c, struct kvt_config_item **out, size_t *n_out)
+{
+    if (!c || !out || !n_out)
+        return KVT_E_INVAL;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    Kvtier__ConfigListReq lr = KVTIER__CONFIG_LIST_REQ__INIT;
+    req.op_case = KVTIER__REQUEST__OP_CONFIG_LIST;
+    req.config_list = &lr;
+    Kvtier__Response *r = NULL;
+    int rc = kvt__cl_call(c, &req, &r);
+    if (rc)
+        return rc;
+    rc = r->status;
+    if (!rc && r->result_case != KVTIER__RESPONSE__RESULT_CONFIG_LIST)
+        rc = KVT_E_PROTO;
+    if (!rc) {
+        size_t n = r->config_list->n_entries;
+        struct kvt_config_item *v = calloc(n + 1, sizeof(*v));
+        size_t i = 0;
+        if (!v)
+            rc = KVT_E_NOMEM;
+        for (; !rc && i < n; i++)
+            rc = config_item_copy(r->config_list->entries[i], &v[i]);
+        if (rc) {
+            kvt_config_list_free(v, i); /* the failed one is partly filled: free it too */
+        } else {
+            *out = v;
+            *n_out = n;
+        }
+    }
+    kvtier__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+void kvt_config_list_free(struct kvt_config_item *items, size_t n)
+{
+    for (size_t i = 0; items && i < n; i++) {
+        free(items[i].key);
+        free(items[i].value);
+        free(items[i].default_value);
+        free(items[i].help);
+    }
+    free(items);
+}

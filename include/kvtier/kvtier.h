@@ -690,6 +690,21 @@ KVT_API void kvt_stats_free(struct kvt_stat *stats, size_t n);
 KVT_API int kvt_config_get(struct kvt_client *c, const char *key, char *buf, size_t cap);
 KVT_API int kvt_config_set(struct kvt_client *c, const char *key, const char *value);
 
+/* One key of the daemon's config table, as kvt_config_list returns it. */
+struct kvt_config_item {
+    char *key;
+    char *value;         /* current value, as kvt_config_get reads it */
+    char *default_value; /* as the daemon's table writes it (e.g. "1G") */
+    char *help;          /* the table's documentation of the key */
+    int runtime;         /* nonzero: kvt_config_set may change it */
+    int admin;           /* nonzero: changing it needs an admin uid (admin_uids) */
+};
+/* Every key of the daemon's config table, in the table's order. On success the array and its
+ * strings are transferred to the caller in *out (n entries in *n_out; untouched on failure):
+ * release them with kvt_config_list_free(*out, *n_out). */
+KVT_API int kvt_config_list(struct kvt_client *c, struct kvt_config_item **out, size_t *n_out);
+KVT_API void kvt_config_list_free(struct kvt_config_item *items, size_t n);
+
 /* Bytes per element of a dtype (fp8: 1). 0 for an unknown dtype. */
 KVT_API size_t kvt_dtype_size(enum kvt_dtype dtype);
 
