@@ -6,7 +6,8 @@
 # except the unit's RuntimeDirectory/StateDirectory and a private /tmp, an unprivileged uid with
 # no capabilities and no_new_privs, the unit's LimitMEMLOCK and LimitNOFILE. There the daemon
 # starts with the disk tier (registered buffers under that memlock limit), stores a chunk
-# write-through, restarts, and serves it back from disk. Under strace, every system call it
+# write-through, restarts, and serves it back from disk; a client of another uid reaches the
+# socket when it is in the daemon's group and is refused when not. Under strace, every system call it
 # made must be in the unit's SystemCallFilter and every socket it opened in
 # RestrictAddressFamilies. systemd itself (PID 1) does not run here, so the unit's own seccomp
 # and namespace setup is not what is tested: the sandbox part needs root, unshare and setpriv,
@@ -144,6 +145,9 @@ run() { # the daemon as the unit runs it, in the background; its pid in \$pid
 run
 key=\$($B/kvtier --socket $sock put /tmp/t/blob)
 $B/kvtier --socket $sock stats --json >/tmp/t/stats1
+# Clients of other uids: one in the daemon's group reaches the socket, one outside it does not.
+setpriv --reuid=61235 --regid=61235 --groups=$uid $B/kvtier --socket $sock ping >/tmp/t/ping_group 2>&1 || true
+setpriv --reuid=61235 --regid=61235 --clear-groups $B/kvtier --socket $sock ping >/tmp/t/ping_other 2>&1 || true
 stop TERM
 run
 $B/kvtier --socket $sock get \$key /tmp/t/back 2>/tmp/t/get
@@ -157,6 +161,10 @@ check "kvtierd starts, serves and stops in the sandbox" "[ $rc -eq 0 ]" ||
     { cat "$D/sandbox.out"; tail -20 "$D/out/t/log" 2>/dev/null; }
 check "disk tier came up under a memlock limit of $memlock bytes (registered buffers)" \
     "grep -q 'disk tier ready' '$D/out/t/log' && ! grep -q 'io_uring_register' '$D/out/t/log'"
+check "a client of another uid in the daemon's group connects" "grep -q pong '$D/out/t/ping_group'" ||
+    cat "$D/out/t/ping_group"
+check "a client outside the group is refused by the socket's permissions" \
+    "grep -q 'Permission denied' '$D/out/t/ping_other'" || cat "$D/out/t/ping_other"
 check "the chunk went to disk" \
     "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d[\"disk.objects\"]==1' '$D/out/t/stats1'"
 check "after a restart it is read back from disk, same bytes" \
