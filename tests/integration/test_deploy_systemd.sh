@@ -7,8 +7,8 @@
 # no capabilities and no_new_privs, the unit's LimitMEMLOCK and LimitNOFILE. There the daemon
 # starts with the disk tier (registered buffers under that memlock limit), stores a chunk
 # write-through, restarts, and serves it back from disk; a client of another uid reaches the
-# socket when it is in the daemon's group and is refused when not. Under strace, every system call it
-# made must be in the unit's SystemCallFilter and every socket it opened in
+# socket when it is in the daemon's group and is refused when not. Under strace, every system
+# call it made must be in the unit's SystemCallFilter and every socket it opened in
 # RestrictAddressFamilies. systemd itself (PID 1) does not run here, so the unit's own seccomp
 # and namespace setup is not what is tested: the sandbox part needs root, unshare and setpriv,
 # and is skipped (said so) without them.
