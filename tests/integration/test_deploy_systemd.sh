@@ -102,7 +102,11 @@ if [ "$hard_kib" != unlimited ] && [ $((hard_kib * 1024)) -lt "$memlock" ]; then
 fi
 [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$nofile" ] && nofile=$(ulimit -Hn)
 strace_cmd=""
-command -v strace >/dev/null && strace_cmd="strace -f -qq -o /tmp/st/trace.\$\$"
+# A sanitizer build makes calls of its own runtime (make asan): the filter is checked against
+# the production build only.
+sanitized=0
+nm "$B/kvtierd" 2>/dev/null | grep -q '__asan_init\|__ubsan_handle' && sanitized=1
+command -v strace >/dev/null && [ $sanitized -eq 0 ] && strace_cmd="strace -f -qq -o /tmp/st/trace.\$\$"
 mkdir -p "$D/varlib" "$D/out/t" "$D/out/st"
 chown $uid "$D/out/st" # strace runs as the daemon's uid
 chmod 1777 "$D/out"
@@ -198,7 +202,7 @@ if [ -n "$strace_cmd" ] && [ -s "$D/out/t/trace" ] && command -v systemd-analyze
     check "no writable and executable mapping (MemoryDenyWriteExecute)" \
         "! grep -E '(mmap|mprotect)\\(' '$D/out/t/trace' | grep -q 'PROT_WRITE|PROT_EXEC'"
 else
-    skip "strace or systemd-analyze missing: system calls not checked against the filter"
+    skip "strace or systemd-analyze missing, or a sanitizer build: system calls not checked"
 fi
 
 echo "$pass passed, $fail failed"
