@@ -789,7 +789,10 @@ static void sleep_ms(uint32_t ms)
 
 /* Frames every interval until o->frames are printed (0: until interrupted). On a terminal each
  * frame replaces the last (ANSI: cursor home, clear screen); otherwise frames follow each other,
- * separated by a blank line, so that output piped to a file or a test stays readable. */
+ * separated by a blank line, so that output piped to a file or a test stays readable. With -n or
+ * --once a failed Stats call ends the run (exit 1); the live view instead says so and keeps
+ * polling, since the library reconnects by itself when the daemon is back (a restart is then a
+ * new baseline: the first frame after it waits one interval for its rates). */
 static int cmd_top(const struct cli *o)
 {
     struct kvt_client *c;
@@ -802,21 +805,38 @@ static int cmd_top(const struct cli *o)
     size_t n_prev = 0, n_cur = 0;
     int rc = kvt_stats(c, &prev, &n_prev);
     double t_prev = now_s();
-    for (uint32_t f = 0; !rc && (o->frames == 0 || f < o->frames); f++) {
+    for (uint32_t f = 0; !rc || o->frames == 0;) {
+        if (o->frames && f >= o->frames)
+            break;
         sleep_ms(o->interval_ms);
         rc = kvt_stats(c, &cur, &n_cur);
-        if (rc)
-            break;
         double t = now_s();
+        if (rc && o->frames)
+            break;
         if (tty)
             printf("\033[H\033[2J");
         else if (f > 0 && !o->json)
             printf("\n");
-        top_frame(o, sock, prev, n_prev, cur, n_cur, t - t_prev);
-        kvt_stats_free(prev, n_prev);
-        prev = cur;
-        n_prev = n_cur;
+        if (rc) {
+            printf("kvtier top  %s: %s (%s); retrying every %.1fs\n", sock, kvt_strerror(rc),
+                   kvt_strerror_name(rc), o->interval_ms / 1000.0);
+            fflush(stdout);
+            kvt_stats_free(prev, n_prev);
+            prev = NULL;
+            n_prev = 0;
+        } else if (prev) {
+            top_frame(o, sock, prev, n_prev, cur, n_cur, t - t_prev);
+            kvt_stats_free(prev, n_prev);
+            prev = cur;
+            n_prev = n_cur;
+        } else {
+            printf("kvtier top  %s: connected again; rates from the next frame\n", sock);
+            fflush(stdout);
+            prev = cur;
+            n_prev = n_cur;
+        }
         t_prev = t;
+        f++;
     }
     kvt_stats_free(prev, n_prev);
     kvt_close(c);

@@ -171,5 +171,26 @@ check "SIGTERM exits 0" "[ $rc -eq 0 ]"
 check "socket removed at exit" "[ ! -e '$S' ]"
 check "daemon down: CLI fails fast" "timeout 2 $B/kvtier --socket $S ping 2>&1 | grep -q E_DISCONNECTED"
 
+# The live top keeps going across a daemon restart: it says the daemon is unreachable, then
+# shows frames again once the library has reconnected.
+$B/kvtierd --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M 2>>"$D/log" &
+PID=$!
+for _ in $(seq 100); do $K ping >/dev/null 2>&1 && break; sleep 0.05; done
+$K top --interval-ms 100 >"$D/live.txt" 2>&1 &
+TOP=$!
+sleep 0.5
+kill -TERM $PID; wait $PID
+sleep 0.5
+$B/kvtierd --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M 2>>"$D/log" &
+PID=$!
+for _ in $(seq 100); do $K ping >/dev/null 2>&1 && break; sleep 0.05; done
+sleep 0.5
+kill $TOP; wait $TOP 2>/dev/null
+check "live top: frames, then 'retrying' while the daemon is down, then frames again" \
+    "awk '/^TIER /{ if (state == 0) state = 1; if (state == 2) state = 3 } /retrying every/{ if (state == 1) state = 2 } END { exit state != 3 }' '$D/live.txt'" ||
+    tail -20 "$D/live.txt"
+kill -TERM $PID; wait $PID
+PID=
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
