@@ -6,7 +6,9 @@
 # kvtier.conf, which kvtierd itself loads without error; the socket path is the same in both
 # containers, on the shared volume; the probes use /healthz on the port of metrics.listen; the
 # Localhost seccomp profile named is deploy/k8s/kvtier-seccomp.json, which allows io_uring and is
-# exactly what deploy/k8s/gen-seccomp.sh derives from the systemd unit's filter.
+# exactly what deploy/k8s/gen-seccomp.sh derives from the systemd unit's filter. As root, the
+# Pod's socket arrangement is played with the manifest's uids and groups: the engine reaches the
+# daemon through the shared volume with the Pod's groups and KVTIER_DAEMON_UID, and not without.
 set -u
 B=${KVT_BUILD:-build}
 M=deploy/k8s/kvtier-sidecar.yaml
@@ -15,7 +17,7 @@ pass=0 fail=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
 check() { if eval "$2"; then ok "$1"; else bad "$1"; return 1; fi; }
-cleanup() { rm -rf "$D"; }
+cleanup() { [ -n "${KPID:-}" ] && kill "$KPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
 trap cleanup EXIT
 
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
@@ -154,6 +156,54 @@ check("the profile refuses mount, bpf, ptrace, init_module",
 sys.exit(1 if fails else 0)
 PY
 check "manifest checks" "[ $? -eq 0 ]"
+
+# The Pod's socket story, played with the manifest's uids and groups (no kubelet here): the
+# shared emptyDir is mode 2777 with group fsGroup; kvtierd (runAsUser/runAsGroup, no
+# capabilities) creates its socket directory in it; the engine's uid, with the Pod's
+# supplementalGroups and its KVTIER_DAEMON_UID, reaches the daemon; the same uid without the
+# group does not.
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
+    python3 - "$M" >"$D/pod.env" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pod = [d for d in docs if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]
+c = {x["name"]: x for x in pod["containers"]}
+k, e = c["kvtierd"], c["inference"]
+env = {v["name"]: v["value"] for v in e["env"]}
+args = dict(a[2:].split("=", 1) for a in k["args"])
+mount = [m["mountPath"] for m in k["volumeMounts"] if args["socket"].startswith(m["mountPath"] + "/")][0]
+print("kuid=%d kgid=%d euid=%d groups=%s fsgroup=%d" % (
+    k["securityContext"]["runAsUser"], k["securityContext"]["runAsGroup"],
+    e["securityContext"]["runAsUser"], ",".join(map(str, pod["securityContext"]["supplementalGroups"])),
+    pod["securityContext"]["fsGroup"]))
+print("sock_rel=%s daemon_uid=%s env_sock=%s" % (args["socket"][len(mount):], env["KVTIER_DAEMON_UID"],
+                                                 env["KVTIER_SOCKET"]))
+PY
+    . "$D/pod.env"
+    mkdir -p "$D/vol" "$D/data"
+    chgrp "$fsgroup" "$D/vol" && chmod 2777 "$D/vol" && chmod 0755 "$D"
+    chown "$kuid:$kgid" "$D/data"
+    setpriv --reuid="$kuid" --regid="$kgid" --clear-groups --no-new-privs --inh-caps=-all \
+        --bounding-set=-all "$B/kvtierd" --config="$conf" --socket="$D/vol$sock_rel" \
+        --data_dir="$D/data" --cpu.arena_bytes=64M --disk.bytes=0 2>"$D/pod.log" &
+    KPID=$!
+    for _ in $(seq 100); do [ -S "$D/vol$sock_rel" ] && break; sleep 0.05; done
+    engine() { # GROUPS: ping as the engine's uid with these supplementary groups
+        KVTIER_DAEMON_UID=$daemon_uid setpriv --reuid="$euid" --regid="$euid" $1 \
+            --inh-caps=-all --bounding-set=-all "$B/kvtier" --socket "$D/vol$sock_rel" ping 2>&1
+    }
+    check "the engine (uid $euid, groups $groups) reaches kvtierd (uid $kuid) on the shared volume" \
+        "engine --groups=$groups | grep -q pong" || { engine --groups=$groups; cat "$D/pod.log"; }
+    check "the same uid without the Pod's groups is refused" \
+        "engine --clear-groups | grep -q 'Permission denied'"
+    check "without KVTIER_DAEMON_UID the engine does not trust the daemon" \
+        "setpriv --reuid=$euid --regid=$euid --groups=$groups $B/kvtier --socket '$D/vol$sock_rel' ping 2>&1 | grep -q E_UNTRUSTED"
+    check "the engine's KVTIER_SOCKET is the daemon's socket path" "[ '$env_sock' = '/run/kvtier$sock_rel' ]"
+    kill -TERM $KPID; wait $KPID
+    check "kvtierd exits 0 on SIGTERM" "[ $? -eq 0 ]"
+else
+    echo "skip the socket between the containers: needs root and setpriv"
+fi
 
 if command -v systemd-analyze >/dev/null; then
     deploy/k8s/gen-seccomp.sh >"$D/seccomp.json"
