@@ -65,10 +65,12 @@ check "two stages, both debian:bookworm-slim" \
 
 # Packages: all real (in bookworm), the runtime ones are not -dev, and cover the binaries.
 if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null && apt-cache show libc6 >/dev/null 2>&1; then
-    missing=""
-    for p in $(awk '$1 == "PKG" { print $3 }' "$D/facts"); do
-        apt-cache show "$p" >/dev/null 2>&1 || missing="$missing $p"
-    done
+    # One apt-cache call for all (each takes about a second): the names it describes, against the
+    # names asked for (it exits 0 when only some of them exist).
+    pkgs=$(awk '$1 == "PKG" { print $3 }' "$D/facts" | sort -u)
+    found=$(apt-cache show --no-all-versions $pkgs 2>/dev/null | sed -n 's/^Package: //p' | sort -u)
+    missing=$(comm -23 <(echo "$pkgs") <(echo "$found") | tr '\n' ' ')
+    missing=$(echo $missing)
     check "every package exists in Debian bookworm (${missing:-all found})" "[ -z '$missing' ]"
     check "apt-cache tells a missing package (the check can fail)" \
         "! apt-cache show kvtier-no-such-package >/dev/null 2>&1"
