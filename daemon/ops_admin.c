@@ -305,7 +305,7 @@ void kvt__ops_config_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_
  * reserved for it, CONFIG_LIST_RESERVE_BYTES (asserted below), which is below the 64K that
  * max_frame_bytes allows at least; tests/integration/test_cli.sh checks the list is complete. */
 #define CONFIG_LIST_MAX 256
-#define CONFIG_VALUE_BYTES 512
+#define CONFIG_VALUE_BYTES 1024 /* the longest string key (tenants) fits whole */
 
 void kvt__ops_config_list(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op)
 {
@@ -316,6 +316,7 @@ void kvt__ops_config_list(struct kvt_server *s, struct kvt_conn *c, struct kvt_o
     KVT_ASSERT(t->n <= CONFIG_LIST_MAX);
     for (size_t i = 0; i < t->n; i++) {
         const struct kvt_cfg_entry *e = &t->entries[i];
+        KVT_ASSERT(e->str_cap <= CONFIG_VALUE_BYTES); /* no value is cut short */
         int rc = kvt_cfg_get(t, s->cfg, e->key, values[i], sizeof(values[i]));
         KVT_ASSERT(rc == 0); /* every key of the table has a value */
         kvtier__config_entry__init(&items[i]);

@@ -181,7 +181,10 @@ TOP=$!
 sleep 0.5
 kill -TERM $PID; wait $PID
 sleep 0.5
-$B/kvtierd --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M 2>>"$D/log" &
+# (Restarted with a tenants map longer than 512 bytes, for config list below.)
+tenants=$(for i in $(seq 60); do printf 'team%02d=uid:%d;' $i $((1000 + i)); done)
+tenants=${tenants%;}
+$B/kvtierd --socket="$S" --data-dir="$D/data" --cpu.arena_bytes=64M --tenants="$tenants" 2>>"$D/log" &
 PID=$!
 for _ in $(seq 100); do $K ping >/dev/null 2>&1 && break; sleep 0.05; done
 sleep 0.5
@@ -189,6 +192,8 @@ kill $TOP; wait $TOP 2>/dev/null
 check "live top: frames, then 'retrying' while the daemon is down, then frames again" \
     "awk '/^TIER /{ if (state == 0) state = 1; if (state == 2) state = 3 } /retrying every/{ if (state == 1) state = 2 } END { exit state != 3 }' '$D/live.txt'" ||
     tail -20 "$D/live.txt"
+check "config list shows a ${#tenants}-byte value whole" \
+    "$K config list --json | python3 -c 'import json,sys; d={i[\"key\"]: i[\"value\"] for i in json.load(sys.stdin)}; assert d[\"tenants\"] == sys.argv[1]' '$tenants'"
 kill -TERM $PID; wait $PID
 PID=
 
