@@ -91,7 +91,9 @@ static void usage(FILE *out)
         "  namespace geometry for put/get/lookup/delete:\n"
         "  --model ID (cli-blob) --layers N (1) --kv-heads N (1) --head-dim N (2048)\n"
         "  --dtype fp16|bf16|fp32|fp8 (fp8) --tokens-per-chunk N (65536)\n"
-        "  numbers are decimal digits only; out-of-range values are refused (exit 2)\n",
+        "  numbers are decimal digits only; out-of-range values are refused (exit 2)\n"
+        "  an option's value follows it or an '=' (--socket=PATH)\n"
+        "exit status: 0 done, 1 the operation failed, 2 usage error\n",
         def, CLI_TIMEOUT_MS_MAX);
 }
 
