@@ -3,7 +3,7 @@
 # parses (dockerfile-parse from PyPI); it has a build stage and a runtime stage, both on
 # debian:bookworm-slim; every package it installs exists in Debian bookworm (apt-cache, when
 # this machine's apt sources are bookworm); the runtime stage installs the package of every
-# shared library the built kvtierd and kvtier load (ldd + dpkg -S) and no -dev package; every
+# shared library the built kvtierd and kvtier name (readelf, ldd, dpkg -S) and no -dev package; every
 # COPY source exists in the repository, and those sources alone are enough for `make` to know
 # how to build both binaries (make -n in a copy holding only them); the image runs as a non-root
 # user, declares the socket and data volumes, a HEALTHCHECK and an ENTRYPOINT whose socket is
@@ -80,9 +80,12 @@ fi
 runtime=$(awk '$1 == "PKG" && $2 == 1 { print $3 }' "$D/facts" | sort -u)
 check "runtime stage installs no -dev package" "! echo '$runtime' | grep -q -- '-dev$'"
 if command -v dpkg >/dev/null; then
-    needed=$(ldd "$B/kvtierd" "$B/kvtier" | awk '$3 ~ /^\// { print $3 }' | sort -u |
-        while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib"; done |
-        cut -d: -f1 | sort -u)
+    # The libraries the binaries name (DT_NEEDED); apt brings what those need in turn.
+    sonames=$(readelf -d "$B/kvtierd" "$B/kvtier" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | sort -u)
+    needed=$(for so in $sonames; do
+        lib=$(ldd "$B/kvtierd" "$B/kvtier" | awk -v so="$so" '$1 == so { print $3; exit }')
+        dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib"
+    done | cut -d: -f1 | sort -u)
     lacking=$(comm -23 <(echo "$needed") <(printf '%s\nlibc6\n' "$runtime" | sort -u) | tr '\n' ' ')
     check "runtime stage has every library the binaries load (needed: $(echo $needed))" \
         "[ -z '$(echo $lacking)' ]" || echo "     lacking: $lacking"
