@@ -4,7 +4,8 @@
 # that we support; an unknown field makes the check fail. The kvtierd container's memory and
 # ephemeral storage are at least what the formula of deploy/README.md gives for the ConfigMap's
 # kvtier.conf, which kvtierd itself loads without error; the socket path is the same in both
-# containers, on the shared volume; the probes use /healthz on the port of metrics.listen; the
+# containers, on the shared volume; readiness is /healthz on the port of metrics.listen (allowed
+# beyond loopback), liveness and startup `kvtier ping`; the
 # Localhost seccomp profile named is deploy/k8s/kvtier-seccomp.json, which allows io_uring and is
 # exactly what deploy/k8s/gen-seccomp.sh derives from the systemd unit's filter. As root, the
 # Pod's socket arrangement is played with the manifest's uids and groups: the engine reaches the
@@ -129,18 +130,22 @@ check("kvtierd's group reaches the engine", k["securityContext"]["runAsGroup"] i
       pod["securityContext"].get("supplementalGroups", []) or
       k["securityContext"]["runAsGroup"] == ctrs["inference"]["securityContext"].get("runAsGroup"))
 
-# Probes: /healthz on the metrics port, which metrics.listen binds beyond loopback (the kubelet
-# probes the Pod's address).
+# Probes: readiness is /healthz on the metrics port, which metrics.listen binds beyond loopback
+# (the kubelet probes the Pod's address; allow_remote permits it); liveness and startup ping the
+# socket (a tier that is down makes /healthz 503 while the daemon serves: no restart for that).
 listen = cfg.get("metrics.listen", "")
 port = int(listen.rsplit(":", 1)[1]) if ":" in listen else None
 ports = {p["name"]: p["containerPort"] for p in k.get("ports", [])}
-for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-    h = k.get(probe, {}).get("httpGet", {})
-    p = ports.get(h.get("port"), h.get("port"))
-    check("%s: GET /healthz on metrics.listen's port (%s)" % (probe, port),
-          h.get("path") == "/healthz" and p == port)
-check("metrics.listen is not loopback-only (probes come from the kubelet)",
-      not listen.startswith("127.") and not listen.startswith("[::1]"))
+h = k.get("readinessProbe", {}).get("httpGet", {})
+check("readinessProbe: GET /healthz on metrics.listen's port (%s)" % port,
+      h.get("path") == "/healthz" and ports.get(h.get("port"), h.get("port")) == port)
+for probe in ("livenessProbe", "startupProbe"):
+    cmd = k.get(probe, {}).get("exec", {}).get("command", [])
+    check("%s: kvtier ping" % probe, len(cmd) >= 2 and cmd[0].endswith("/kvtier") and
+          cmd[-1] == "ping")
+check("metrics.listen is not loopback-only, and allowed to be",
+      not listen.startswith("127.") and not listen.startswith("[::1]") and
+      cfg.get("metrics.allow_remote") == "true")
 
 # Seccomp: the Localhost profile, allowing io_uring.
 sp = k["securityContext"]["seccompProfile"]
@@ -180,12 +185,16 @@ print("sock_rel=%s daemon_uid=%s env_sock=%s" % (args["socket"][len(mount):], en
                                                  env["KVTIER_SOCKET"]))
 PY
     . "$D/pod.env"
+    # The endpoint on a free loopback port here (the Pod's 0.0.0.0:9464 may be taken).
+    mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    metrics=""
+    "$B/kvtierd" --dump-config | grep -q '^metrics.listen = ' && metrics="--metrics.listen=127.0.0.1:$mport"
     mkdir -p "$D/vol" "$D/data"
     chgrp "$fsgroup" "$D/vol" && chmod 2777 "$D/vol" && chmod 0755 "$D"
     chown "$kuid:$kgid" "$D/data"
     setpriv --reuid="$kuid" --regid="$kgid" --clear-groups --no-new-privs --inh-caps=-all \
         --bounding-set=-all "$B/kvtierd" --config="$conf" --socket="$D/vol$sock_rel" \
-        --data_dir="$D/data" --cpu.arena_bytes=64M --disk.bytes=0 2>"$D/pod.log" &
+        --data_dir="$D/data" --cpu.arena_bytes=64M --disk.bytes=0 $metrics 2>"$D/pod.log" &
     KPID=$!
     for _ in $(seq 100); do [ -S "$D/vol$sock_rel" ] && break; sleep 0.05; done
     engine() { # GROUPS: ping as the engine's uid with these supplementary groups
@@ -199,6 +208,12 @@ PY
     check "without KVTIER_DAEMON_UID the engine does not trust the daemon" \
         "setpriv --reuid=$euid --regid=$euid --groups=$groups $B/kvtier --socket '$D/vol$sock_rel' ping 2>&1 | grep -q E_UNTRUSTED"
     check "the engine's KVTIER_SOCKET is the daemon's socket path" "[ '$env_sock' = '/run/kvtier$sock_rel' ]"
+    if [ -n "$metrics" ] && command -v curl >/dev/null; then
+        check "the readiness probe's GET /healthz answers 200" \
+            "curl -sf 'http://127.0.0.1:$mport/healthz' >/dev/null"
+    fi
+    check "the liveness probe's kvtier ping answers (as the daemon's uid)" \
+        "setpriv --reuid=$kuid --regid=$kgid --clear-groups $B/kvtier --timeout-ms 2000 --socket '$D/vol$sock_rel' ping | grep -q pong"
     kill -TERM $KPID; wait $KPID
     check "kvtierd exits 0 on SIGTERM" "[ $? -eq 0 ]"
 else
