@@ -739,8 +739,18 @@ static void top_frame(const struct cli *o, const char *sock, const struct kvt_st
     for (size_t t = 0; t < TOP_N_TIERS; t++) {
         const char *tier = top_tiers[t];
         double cap = stat_of(b, nb, tier, "bytes_capacity");
-        if (cap < 0)
+        if (cap < 0) {
+            /* Configured but never started (no stats of its own): a row that says so. */
+            if (stat_of(b, nb, tier, "configured") > 0) {
+                if (o->json)
+                    printf("%s{\"tier\": \"%s\", \"serving\": false}", shown ? ", " : "", tier);
+                else
+                    printf("%-6s %12s %12s %6s %10s %9s %9s %6s  %s\n", tier, "-", "-", "-", "-",
+                           "-", "-", "-", "off");
+                shown++;
+            }
             continue;
+        }
         double used = stat_of(b, nb, tier, "bytes_used");
         double chunks = stat_of(b, nb, tier, "objects");
         double failed = stat_of(b, nb, tier, "failed");
@@ -749,7 +759,10 @@ static void top_frame(const struct cli *o, const char *sock, const struct kvt_st
         if (dh < 0 || dm < 0) /* the daemon restarted between the snapshots */
             dh = dm = 0;
         double ratio = dh + dm > 0 ? dh / (dh + dm) : NAN;
-        const char *state = failed > 0 ? "FAILED" : "ok";
+        /* A tier configured but not serving (the disk tier where io_uring was refused) is
+         * "off"; one that latched failed is "FAILED". */
+        double serving = stat_of(b, nb, tier, "serving");
+        const char *state = failed > 0 ? "FAILED" : serving == 0 ? "off" : "ok";
         if (o->json) {
             printf("%s{\"tier\": \"%s\", \"bytes_used\": %.0f, \"bytes_capacity\": %.0f, "
                    "\"chunks\": %.0f, \"hits_per_s\": %.2f, \"misses_per_s\": %.2f, "
@@ -759,7 +772,8 @@ static void top_frame(const struct cli *o, const char *sock, const struct kvt_st
                 printf("null");
             else
                 printf("%.4f", ratio);
-            printf(", \"failed\": %s}", failed > 0 ? "true" : "false");
+            printf(", \"failed\": %s, \"serving\": %s}", failed > 0 ? "true" : "false",
+                   failed > 0 || serving == 0 ? "false" : "true");
         } else {
             char pct[16] = "-";
             if (!isnan(ratio))

@@ -197,5 +197,17 @@ check "config list shows a ${#tenants}-byte value whole" \
 kill -TERM $PID; wait $PID
 PID=
 
+# top marks a configured tier that is not serving: the disk tier where io_uring is refused.
+if [ -x "$B/tests/tools/no_io_uring" ]; then
+    "$B/tests/tools/no_io_uring" $B/kvtierd --socket="$S" --data-dir="$D/data2" \
+        --cpu.arena_bytes=64M --disk.bytes=64M 2>>"$D/log" &
+    PID=$!
+    for _ in $(seq 100); do $K ping >/dev/null 2>&1 && break; sleep 0.05; done
+    check "top: a disk tier refused io_uring is shown off" \
+        "$K top --once --interval-ms 100 | grep -q '^disk .* off\$' && $K top --once --json --interval-ms 100 | python3 -c 'import json,sys; t={x[\"tier\"]: x for x in json.load(sys.stdin)[\"tiers\"]}; assert t[\"disk\"][\"serving\"] is False and t[\"cpu\"][\"serving\"] is True'"
+    kill -TERM $PID; wait $PID
+    PID=
+fi
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
