@@ -135,6 +135,104 @@ static inline float kvt__kernels_reduce16(float acc[16])
     return acc[0] + acc[1];
 }
 
+/* ---- Lossy forms (kernels/quant.h, kernels/cluster.h; the reference is kernels/ref/lossy.c) */
+
+struct kvt_quant_fmt;
+
+/* A group's parameters from its fp16 order keys (the minimum and maximum, NaN-free) and whether
+ * it held a NaN or an infinity: fp16 scale and minimum as stored, and the double reciprocal of
+ * the scale that every variant multiplies by (0 when the scale is 0 or the group non-finite). */
+struct kvt__quant_group {
+    uint16_t scale, min;
+    double inv;
+};
+void kvt__quant_group_params(int16_t lo_key, int16_t hi_key, int nonfinite, uint32_t bits,
+                             struct kvt__quant_group *g);
+
+/* A fp16 value is an infinity or a NaN. */
+static inline int kvt__kernels_f16_nonfinite(uint16_t h)
+{
+    return (h & 0x7c00u) == 0x7c00u;
+}
+
+/* One element's code: nearest integer of (x - m) * inv in double (exact: see docs/kernels.md),
+ * clamped to the levels. */
+static inline uint32_t kvt__quant_code(uint16_t x, const struct kvt__quant_group *g, double levels)
+{
+    double t = ((double)kvt_f16_to_f32(x) - (double)kvt_f16_to_f32(g->min)) * g->inv;
+    t = __builtin_nearbyint(t);
+    t = t < 0.0 ? 0.0 : t > levels ? levels : t;
+    return (uint32_t)t;
+}
+
+/* One element read back: fp16(clamp(m + q*s, -65504, 65504)) in fp32, or the NaN of a
+ * non-finite group. */
+static inline uint16_t kvt__quant_value(uint32_t q, uint16_t scale, uint16_t min)
+{
+    if (scale == 0x7e00u)
+        return 0x7e00u;
+    float v = kvt_f16_to_f32(min) + (float)q * kvt_f16_to_f32(scale);
+    v = v < -65504.0f ? -65504.0f : v > 65504.0f ? 65504.0f : v;
+    return kvt_f32_to_f16(v);
+}
+
+void kvt__kernels_quant_f16_ref(const struct kvt_quant_fmt *f, const uint16_t *x, size_t n,
+                                size_t stride, uint8_t *out);
+void kvt__kernels_dequant_f16_ref(const struct kvt_quant_fmt *f, const uint8_t *in, size_t n,
+                                  uint16_t *x, size_t stride);
+size_t kvt__kernels_cluster_match_f16_ref(const uint16_t *keys, size_t stride, size_t head_dim,
+                                          size_t c, size_t lo, size_t hi, uint32_t *best_out,
+                                          float *sim_out);
+size_t kvt__kernels_cluster_merge_f16_ref(const uint16_t *keys, const uint16_t *values,
+                                          size_t stride, size_t head_dim, size_t c,
+                                          const uint32_t *counts, const uint32_t *into,
+                                          uint16_t *keys_out, uint16_t *values_out,
+                                          size_t out_stride, uint32_t *counts_out,
+                                          uint32_t *pos_out);
+/* The similarity of two keys from their dot product and norms (the kernels' formula). */
+static inline float kvt__cluster_cos(float dot, float na, float nb)
+{
+    float nn = na * nb;
+    return nn == 0.0f ? 0.0f : dot / nn;
+}
+/* The matching's choice among the B similarities of one A entry, in top-k's order. */
+static inline void kvt__cluster_argmax(const float *sim, size_t n_b, size_t b0, uint32_t *best,
+                                       float *best_sim)
+{
+    if (!n_b) {
+        *best = UINT32_MAX;
+        *best_sim = -__builtin_inff();
+        return;
+    }
+    size_t at = 0;
+    uint32_t rank = kvt__kernels_rank32(sim[0]);
+    for (size_t b = 1; b < n_b; b++) {
+        uint32_t rb = kvt__kernels_rank32(sim[b]);
+        if (rb > rank) {
+            rank = rb;
+            at = b;
+        }
+    }
+    *best = (uint32_t)(b0 + 2 * at);
+    *best_sim = sim[at];
+}
+
+#if defined(__x86_64__)
+void kvt__kernels_quant_f16_avx2(const struct kvt_quant_fmt *f, const uint16_t *x, size_t n,
+                                 size_t stride, uint8_t *out);
+void kvt__kernels_dequant_f16_avx2(const struct kvt_quant_fmt *f, const uint8_t *in, size_t n,
+                                   uint16_t *x, size_t stride);
+size_t kvt__kernels_cluster_match_f16_avx2(const uint16_t *keys, size_t stride, size_t head_dim,
+                                           size_t c, size_t lo, size_t hi, uint32_t *best_out,
+                                           float *sim_out);
+size_t kvt__kernels_cluster_merge_f16_avx2(const uint16_t *keys, const uint16_t *values,
+                                           size_t stride, size_t head_dim, size_t c,
+                                           const uint32_t *counts, const uint32_t *into,
+                                           uint16_t *keys_out, uint16_t *values_out,
+                                           size_t out_stride, uint32_t *counts_out,
+                                           uint32_t *pos_out);
+#endif
+
 extern const struct kvt_kernels kvt__kernels_ref;
 #if defined(__x86_64__)
 extern const struct kvt_kernels kvt__kernels_avx2;

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct kvt_quant_fmt; /* kernels/quant.h */
+
 enum kvt_kernels_variant {
     KVT_KERNELS_AUTO = 0, /* for kvt_kernels_force: what start-up would pick (env, then CPU) */
     KVT_KERNELS_REF,      /* portable C, every platform */
@@ -31,9 +33,8 @@ enum kvt_kernels_variant {
  * One table per variant. All pointers are non-NULL. Buffers are borrowed for the call; source
  * and destination must not overlap; any alignment and size are accepted.
  *
- * New kernels are added as new members, each with a reference and a test against it; the ones
- * planned are quantize/dequantize, RoPE shift and gather. kernels/half.h has the scalar fp16
- * conversions the kernels use.
+ * New kernels are added as new members, each with a reference and a test against it; the one
+ * planned is gather. kernels/half.h has the scalar fp16 conversions the kernels use.
  */
 struct kvt_kernels {
     enum kvt_kernels_variant variant;
@@ -101,6 +102,46 @@ struct kvt_kernels {
      * untouched. rotary_dims is even and <= head_dim. */
     void (*rope_shift_f16)(uint16_t *keys, size_t n, size_t stride, size_t n_heads, size_t head_dim,
                            size_t rotary_dims, int style, const float *cs);
+    /* Group quantization (kernels/quant.h has the format and the packed layout). quant_f16
+     * packs n rows of f->head_dim fp16 values, row r at x + r*stride (stride >= head_dim, in
+     * elements), into out[kvt_quant_bytes(f, n)]; dequant_f16 unpacks such a block into n rows
+     * at x + r*stride. f must pass kvt_quant_fmt_check (asserted). Per group: m = the minimum
+     * (an fp16 value, kept exactly; -0 below +0), s = kvt_quant_scale_f16(min, max, bits),
+     * q = nearest integer to (x - m) / s (ties to even; evaluated in double as (x - m) * (1/s),
+     * which decides the nearest integer exactly, see docs/kernels.md), 0 when s == 0; the value
+     * read back is fp16(clamp(m + q*s in fp32, -65504, 65504)). So |x - (m + q*s)| <= s/2
+     * exactly, and the fp16 output adds only its own rounding. A group holding a NaN or an
+     * infinity is stored with scale and minimum KVT_QUANT_NONFINITE and codes 0 and reads back
+     * as 0x7e00 (NaN) in every element. */
+    void (*quant_f16)(const struct kvt_quant_fmt *f, const uint16_t *x, size_t n, size_t stride,
+                      uint8_t *out);
+    void (*dequant_f16)(const struct kvt_quant_fmt *f, const uint8_t *in, size_t n, uint16_t *x,
+                        size_t stride);
+
+    /* The matching step of clustering (kernels/cluster.h) over window positions [lo, hi) of c
+     * key rows (row i at keys + i*stride, stride >= head_dim; hi <= c <= KVT_CLUSTER_WINDOW_MAX):
+     * for the a-th even position i of [lo, hi) (set A, in increasing order), best_out[a] is the
+     * odd position j of [lo, hi) (set B) whose key is most similar to key i, sim_out[a] that
+     * similarity; returns |A|. Similarity: cos = dot(ki, kj) / (|ki| * |kj|), 0 when either norm
+     * is 0; dot and squared norms each in bound_f16's fixed order (16 partial sums acc[t % 16]
+     * from +0.0f in increasing t, then the same tree; products of fp16 values, exact in fp32),
+     * |k| = sqrtf(squared norm), then one fp32 multiply and one divide. The best is the highest
+     * in top-k's order (NaN lowest, -0 == +0), ties to the lowest j. With B empty, best_out is
+     * UINT32_MAX and sim_out -inf. */
+    size_t (*cluster_match_f16)(const uint16_t *keys, size_t stride, size_t head_dim, size_t c,
+                                size_t lo, size_t hi, uint32_t *best_out, float *sim_out);
+
+    /* The merge step: into[i] is i for an entry that stays (an output entry) or the position of
+     * the entry it merges into (which stays: into[into[i]] == into[i]). Writes the entries that
+     * stay in position order, entry e at keys_out/values_out + e*out_stride, counts_out[e] =
+     * sum of its members' counts (counts NULL: all 1), pos_out[e] its position (pos_out may be
+     * NULL); returns their number. An entry with no other member is copied bit for bit; a merged
+     * one is fp16(acc / (float)count) per channel, acc = sum over its members in increasing
+     * position of (float)count_j * key_j (from +0.0f, fp32), for keys and values alike. */
+    size_t (*cluster_merge_f16)(const uint16_t *keys, const uint16_t *values, size_t stride,
+                                size_t head_dim, size_t c, const uint32_t *counts,
+                                const uint32_t *into, uint16_t *keys_out, uint16_t *values_out,
+                                size_t out_stride, uint32_t *counts_out, uint32_t *pos_out);
 };
 
 /* The active table (selected on the first call). The pointer stays valid for the process. */

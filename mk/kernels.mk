@@ -31,6 +31,11 @@ KERNELS_TEST_BIN := $(BUILD)/tests/unit/test_kernels $(BUILD)/tests/unit/test_ro
 $(KERNELS_TEST_BIN): $(CUDA_A)
 $(KERNELS_TEST_BIN): LIBS += $(CUDA_LIBS)
 $(BUILD)/obj/tests/unit/test_kernels.o $(BUILD)/obj/tests/unit/test_rope.o: CPPFLAGS += -DHAVE_CUDA
+# The lossy kernels' test (tests/unit/test_lossy.c) checks their CUDA versions the same way.
+LOSSY_TEST_BIN := $(BUILD)/tests/unit/test_lossy
+$(LOSSY_TEST_BIN): $(CUDA_A)
+$(LOSSY_TEST_BIN): LIBS += $(CUDA_LIBS)
+$(BUILD)/obj/tests/unit/test_lossy.o: CPPFLAGS += -DHAVE_CUDA
 endif
 
 # The kernels' float results are specified bit for bit (kernels.h): no variant may let the

@@ -97,6 +97,50 @@ int kvt_kcuda_rope_shift_f16_dev(uint16_t *d_keys, size_t n, size_t stride, size
 /* The same on host memory (rows copied over and back); waits for the result. */
 int kvt_kcuda_rope_shift_f16(uint16_t *keys, size_t n, size_t stride, size_t n_heads,
                              size_t head_dim, size_t rotary_dims, int style, const float *cs);
+/*
+ * The lossy forms (kernels/quant.h, kernels/cluster.h), bit-identical to the kernel table's
+ * quant_f16, dequant_f16, cluster_match_f16 and cluster_merge_f16.
+ *
+ * Quantize: one thread per group (for 4-bit CHANNEL groups, per pair of channels, which share
+ * bytes), computing the minimum/maximum keys, the scale (the same search as
+ * kvt_quant_scale_f16) and the codes in double. Dequantize: one thread per element.
+ * d_x/d_out/d_in are device memory; f is host memory (read at the call). Queued on stream.
+ */
+struct kvt_quant_fmt;
+int kvt_kcuda_quant_f16_dev(const struct kvt_quant_fmt *f, const uint16_t *d_x, size_t n,
+                            size_t stride, uint8_t *d_out, void *stream);
+int kvt_kcuda_dequant_f16_dev(const struct kvt_quant_fmt *f, const uint8_t *d_in, size_t n,
+                              uint16_t *d_x, size_t stride, void *stream);
+/* The same on host memory (kvt_quant_bytes(f, n) packed bytes); wait for the result. */
+int kvt_kcuda_quant_f16(const struct kvt_quant_fmt *f, const uint16_t *x, size_t n, size_t stride,
+                        uint8_t *out);
+int kvt_kcuda_dequant_f16(const struct kvt_quant_fmt *f, const uint8_t *in, size_t n, uint16_t *x,
+                          size_t stride);
+
+/*
+ * Matching for n_win windows at once (the (layer, KV head) windows of a chunk): window w's c key
+ * rows at d_keys + w*win_stride (row i at + i*stride); its |A| results at d_best/d_sim + w*|A|.
+ * A thread per key for the norms, a half-warp per (A, B) pair for the dot products (lane t
+ * holding partial sum t, the shuffles doing the reference's tree), a thread per A for the choice.
+ * d_scratch: kvt_kcuda_cluster_match_scratch_bytes(c, n_win) bytes. Queued on stream.
+ */
+size_t kvt_kcuda_cluster_match_scratch_bytes(size_t c, size_t n_win);
+int kvt_kcuda_cluster_match_f16_dev(const uint16_t *d_keys, size_t stride, size_t head_dim,
+                                    size_t c, size_t lo, size_t hi, size_t n_win, size_t win_stride,
+                                    uint32_t *d_best, float *d_sim, void *d_scratch, void *stream);
+/* The same on host memory; waits for the result. */
+int kvt_kcuda_cluster_match_f16(const uint16_t *keys, size_t stride, size_t head_dim, size_t c,
+                                size_t lo, size_t hi, size_t n_win, size_t win_stride,
+                                uint32_t *best_out, float *sim_out);
+
+/* The merge of one window on host memory (into[] as for cluster_merge_f16, checked: KVT_E_INVAL
+ * when an entry does not merge into one that stays); a thread per (entry, channel). *n_out is the
+ * number of entries written. Waits for the result. */
+int kvt_kcuda_cluster_merge_f16(const uint16_t *keys, const uint16_t *values, size_t stride,
+                                size_t head_dim, size_t c, const uint32_t *counts,
+                                const uint32_t *into, uint16_t *keys_out, uint16_t *values_out,
+                                size_t out_stride, uint32_t *counts_out, uint32_t *pos_out,
+                                size_t *n_out);
 
 #ifdef __cplusplus
 }

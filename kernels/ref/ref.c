@@ -208,4 +208,8 @@ const struct kvt_kernels kvt__kernels_ref = {
     .bound_f16 = kvt__kernels_bound_f16_ref,
     .topk_f32 = kvt__kernels_topk_f32_ref,
     .rope_shift_f16 = kvt__kernels_rope_shift_f16_ref,
+    .quant_f16 = kvt__kernels_quant_f16_ref,
+    .dequant_f16 = kvt__kernels_dequant_f16_ref,
+    .cluster_match_f16 = kvt__kernels_cluster_match_f16_ref,
+    .cluster_merge_f16 = kvt__kernels_cluster_merge_f16_ref,
 };

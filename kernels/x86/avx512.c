@@ -376,5 +376,9 @@ const struct kvt_kernels kvt__kernels_avx512 = {
     .bound_f16 = bound_f16_avx512,
     .topk_f32 = kvt__kernels_topk_f32_select,
     .rope_shift_f16 = kvt__kernels_rope_shift_f16_avx2, /* AVX-512 adds nothing at 8 pairs */
+    .quant_f16 = kvt__kernels_quant_f16_avx2,
+    .dequant_f16 = kvt__kernels_dequant_f16_avx2,
+    .cluster_match_f16 = kvt__kernels_cluster_match_f16_avx2,
+    .cluster_merge_f16 = kvt__kernels_cluster_merge_f16_avx2,
 };
 #endif

@@ -99,6 +99,10 @@ static void test_tables(void **state)
         assert_non_null(t[i]->sum_f16);
         assert_non_null(t[i]->bound_f16);
         assert_non_null(t[i]->topk_f32);
+        assert_non_null(t[i]->quant_f16);
+        assert_non_null(t[i]->dequant_f16);
+        assert_non_null(t[i]->cluster_match_f16);
+        assert_non_null(t[i]->cluster_merge_f16);
         print_message("variant %s supported\n", t[i]->name);
     }
 #if defined(__x86_64__)
