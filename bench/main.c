@@ -23,6 +23,7 @@
 #pragma weak kvt_bench_sparse
 #pragma weak kvt_bench_select
 #pragma weak kvt_bench_capacity
+#pragma weak kvt_bench_lossy
 
 struct bench_entry {
     const char *name;
@@ -115,6 +116,9 @@ int main(int argc, char **argv)
          "BYTES, "
          "--disk BYTES, --seed N, --zipf S, --abstract-bytes BYTES, --prefill-tokens-per-s N, "
          "--daemon-opt KEY=VALUE, --bound-scale F"},
+        {"lossy", kvt_bench_lossy,
+         "lossy KV forms: quantize/dequantize and clustering kernels, reference vs SIMD",
+         "kernels (GB/s of quantize/dequantize 8/4-bit, clustering windows/s)", NULL},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};

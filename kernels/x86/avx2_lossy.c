@@ -107,6 +107,125 @@ KVT_AVX2_INLINE __m128i values8(__m256i q, __m256 s, __m256 m)
     return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
+/* kvt__quant_group_params with the F16C scalar conversions: the scale search ends at the one
+ * smallest fp16 covering the range from any start, so the result is the reference's exactly
+ * (measured: the reference's branchy conversions made the parameters half the cost of a group). */
+KVT_AVX2_INLINE void group_params(int16_t lo_key, int16_t hi_key, int nonfinite, uint32_t bits,
+                                  struct kvt__quant_group *g)
+{
+    if (nonfinite) {
+        g->scale = g->min = KVT_QUANT_NONFINITE;
+        g->inv = 0.0;
+        return;
+    }
+    const uint16_t lo = (uint16_t)kvt__kernels_f16_key((uint16_t)lo_key);
+    const uint16_t hi = (uint16_t)kvt__kernels_f16_key((uint16_t)hi_key);
+    const double range = (double)_cvtsh_ss(hi) - (double)_cvtsh_ss(lo);
+    const double levels = (double)((1u << bits) - 1u);
+    g->min = lo;
+    if (!(range > 0.0)) {
+        g->scale = 0;
+        g->inv = 0.0;
+        return;
+    }
+    /* The rounded quotient is within a step of the answer: one step up or down without a branch
+     * (the steps are data-dependent, so branches mispredict), then the loops of the reference,
+     * which find nothing left to do. */
+    uint16_t s = _cvtss_sh((float)(range / levels), _MM_FROUND_TO_NEAREST_INT);
+    s = (uint16_t)(s + ((double)_cvtsh_ss(s) * levels < range));
+    s = (uint16_t)(s - ((s > 0) & ((double)_cvtsh_ss((uint16_t)(s - 1)) * levels >= range)));
+    while (__builtin_expect((double)_cvtsh_ss(s) * levels < range, 0))
+        s++;
+    while (__builtin_expect(s > 0 && (double)_cvtsh_ss((uint16_t)(s - 1)) * levels >= range, 0))
+        s--;
+    g->scale = s;
+    g->inv = 1.0 / (double)_cvtsh_ss(s);
+}
+
+/* The parameters of 8 groups at once from their minimum and maximum order keys and non-finite
+ * flags (16-bit lanes): the same steps as group_params in vectors, lane by lane, so the same
+ * results; a lane where the one-step correction was not enough (never seen, but not excluded by
+ * the vector code alone) is redone by group_params. */
+KVT_AVX2_INLINE void params8(__m128i lo_key, __m128i hi_key, __m128i nonfinite, uint32_t bits,
+                             struct kvt__quant_group g[8])
+{
+    const __m128i abs = _mm_set1_epi16(0x7fff);
+    const __m128i lo = _mm_xor_si128(lo_key, _mm_and_si128(_mm_srai_epi16(lo_key, 15), abs));
+    const __m128i hi = _mm_xor_si128(hi_key, _mm_and_si128(_mm_srai_epi16(hi_key, 15), abs));
+    const __m256 lo_f = _mm256_cvtph_ps(lo), hi_f = _mm256_cvtph_ps(hi);
+    const __m256d levels = _mm256_set1_pd((double)((1u << bits) - 1u));
+    __m256d range[2], s_d[2], inv[2];
+    range[0] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi_f)),
+                             _mm256_cvtps_pd(_mm256_castps256_ps128(lo_f)));
+    range[1] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi_f, 1)),
+                             _mm256_cvtps_pd(_mm256_extractf128_ps(lo_f, 1)));
+    /* A non-finite lane has a meaningless range: make it 0 (its results are replaced below). */
+    const __m256 nf_f = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(nonfinite));
+    const __m256d nf_lo = _mm256_castsi256_pd(
+        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(_mm256_castps_si256(nf_f))));
+    const __m256d nf_hi = _mm256_castsi256_pd(
+        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(_mm256_castps_si256(nf_f), 1)));
+    range[0] = _mm256_andnot_pd(nf_lo, range[0]);
+    range[1] = _mm256_andnot_pd(nf_hi, range[1]);
+    __m256 q = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_div_pd(range[1], levels)),
+                               _mm256_cvtpd_ps(_mm256_div_pd(range[0], levels)));
+    __m128i s = _mm256_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    for (int step = 0; step < 2; step++) {
+        /* step 0: up where s * L < range; step 1: down where s > 0 and (s - 1) * L >= range. */
+        __m128i cand = step ? _mm_sub_epi16(s, _mm_set1_epi16(1)) : s;
+        __m256 cf = _mm256_cvtph_ps(cand);
+        __m256d c0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(cf)), levels);
+        __m256d c1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(cf, 1)), levels);
+        __m256d m0 = step ? _mm256_cmp_pd(c0, range[0], _CMP_GE_OQ)
+                          : _mm256_cmp_pd(c0, range[0], _CMP_LT_OQ);
+        __m256d m1 = step ? _mm256_cmp_pd(c1, range[1], _CMP_GE_OQ)
+                          : _mm256_cmp_pd(c1, range[1], _CMP_LT_OQ);
+        /* 4 + 4 64-bit masks to 8 16-bit ones. */
+        __m128i k0 = _mm256_cvtpd_epi32(_mm256_and_pd(m0, _mm256_set1_pd(1.0)));
+        __m128i k1 = _mm256_cvtpd_epi32(_mm256_and_pd(m1, _mm256_set1_pd(1.0)));
+        __m128i k = _mm_packs_epi32(k0, k1); /* 1 where the step applies */
+        if (step)
+            k = _mm_and_si128(k, _mm_cmpgt_epi16(s, _mm_setzero_si128()));
+        s = step ? _mm_sub_epi16(s, k) : _mm_add_epi16(s, k);
+    }
+    const __m256 sf = _mm256_cvtph_ps(s);
+    s_d[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(sf));
+    s_d[1] = _mm256_cvtps_pd(_mm256_extractf128_ps(sf, 1));
+    for (int h = 0; h < 2; h++) {
+        __m256d zero = _mm256_cmp_pd(s_d[h], _mm256_setzero_pd(), _CMP_EQ_OQ);
+        inv[h] = _mm256_andnot_pd(zero, _mm256_div_pd(_mm256_set1_pd(1.0), s_d[h]));
+    }
+    _Alignas(16) uint16_t sv[8], mv[8], nfv[8];
+    _Alignas(32) double iv[8];
+    _mm_store_si128((__m128i *)sv, s);
+    _mm_store_si128((__m128i *)mv, lo);
+    _mm_store_si128((__m128i *)nfv, nonfinite);
+    _mm256_store_pd(iv, inv[0]);
+    _mm256_store_pd(iv + 4, inv[1]);
+    _Alignas(16) int16_t lk[8], hk[8];
+    _mm_store_si128((__m128i *)lk, lo_key);
+    _mm_store_si128((__m128i *)hk, hi_key);
+    for (int j = 0; j < 8; j++) {
+        if (nfv[j]) {
+            g[j].scale = g[j].min = KVT_QUANT_NONFINITE;
+            g[j].inv = 0.0;
+            continue;
+        }
+        g[j].scale = sv[j];
+        g[j].min = mv[j];
+        g[j].inv = iv[j];
+        /* The vector steps give the smallest covering scale unless the first guess was more
+         * than a step off; check it exactly, as group_params would. */
+        const double r =
+            (double)_cvtsh_ss(hk[j] ^ ((hk[j] >> 15) & 0x7fff)) - (double)_cvtsh_ss(mv[j]);
+        const double L = (double)((1u << bits) - 1u);
+        if (__builtin_expect((double)_cvtsh_ss(sv[j]) * L < r ||
+                                 (sv[j] > 0 && (double)_cvtsh_ss((uint16_t)(sv[j] - 1)) * L >= r),
+                             0))
+            group_params(lk[j], hk[j], 0, bits, &g[j]);
+    }
+}
+
 static void put_param(uint8_t *params, size_t idx, uint16_t scale, uint16_t min)
 {
     uint16_t pair[2] = {scale, min}; /* little-endian, as the layout says */
@@ -124,13 +243,19 @@ static void get_param(const uint8_t *params, size_t idx, uint16_t *scale, uint16
 KVT_AVX2 static void quant_token(const struct kvt_quant_fmt *f, const uint16_t *x, size_t n,
                                  size_t stride, uint8_t *out)
 {
-    const size_t d = f->head_dim, G = f->group, per_row = d / G;
+    const size_t d = f->head_dim, G = f->group, per_row = d / G, groups = n * per_row;
     const __m256d levels = _mm256_set1_pd((double)((1u << f->bits) - 1u));
     const __m256i e = _mm256_set1_epi16(0x7c00);
     uint8_t *params = out + kvt_quant_code_bytes(f, n);
-    for (size_t r = 0; r < n; r++) {
-        for (size_t g = 0; g < per_row; g++) {
-            const uint16_t *p = x + r * stride + g * G;
+    /* Batches of 8 groups: their minimum and maximum keys, then their parameters in one vector
+     * pass (a group's parameters alone are a long chain of dependent scalar steps), then the
+     * codes of each. */
+    for (size_t g0 = 0; g0 < groups; g0 += 8) {
+        const size_t nb = groups - g0 < 8 ? groups - g0 : 8;
+        _Alignas(16) int16_t lk[8] = {0}, hk[8] = {0}, nfk[8] = {0};
+        for (size_t j = 0; j < nb; j++) {
+            const size_t gi = g0 + j;
+            const uint16_t *p = x + gi / per_row * stride + gi % per_row * G;
             __m256i lo = _mm256_set1_epi16(KVT__KERNELS_KEY_PINF);
             __m256i hi = _mm256_set1_epi16(KVT__KERNELS_KEY_NINF), nf = _mm256_setzero_si256();
             for (size_t i = 0; i < G; i += 16) {
@@ -140,21 +265,28 @@ KVT_AVX2 static void quant_token(const struct kvt_quant_fmt *f, const uint16_t *
                 hi = _mm256_max_epi16(hi, k);
                 nf = _mm256_or_si256(nf, _mm256_cmpeq_epi16(_mm256_and_si256(v, e), e));
             }
-            struct kvt__quant_group gp;
-            kvt__quant_group_params(hmin16(lo), hmax16(hi), !_mm256_testz_si256(nf, nf), f->bits,
-                                    &gp);
-            const size_t e0 = r * d + g * G;
-            if (gp.inv == 0.0) {
+            lk[j] = hmin16(lo);
+            hk[j] = hmax16(hi);
+            nfk[j] = (int16_t) - !_mm256_testz_si256(nf, nf);
+        }
+        struct kvt__quant_group gp[8];
+        params8(_mm_load_si128((const __m128i *)lk), _mm_load_si128((const __m128i *)hk),
+                _mm_load_si128((const __m128i *)nfk), f->bits, gp);
+        for (size_t j = 0; j < nb; j++) {
+            const size_t gi = g0 + j, r = gi / per_row, c0 = gi % per_row * G;
+            const uint16_t *p = x + r * stride + c0;
+            const size_t e0 = r * d + c0;
+            if (gp[j].inv == 0.0) {
                 memset(out + e0 * f->bits / 8, 0, G * f->bits / 8);
             } else {
-                const __m256d m = _mm256_set1_pd((double)kvt_f16_to_f32(gp.min));
-                const __m256d inv = _mm256_set1_pd(gp.inv);
+                const __m256d m = _mm256_set1_pd((double)_cvtsh_ss(gp[j].min));
+                const __m256d inv = _mm256_set1_pd(gp[j].inv);
                 for (size_t i = 0; i < G; i += 8)
                     store_codes8(
                         out, f->bits, e0 + i,
                         codes8(_mm_loadu_si128((const __m128i *)(p + i)), m, m, inv, inv, levels));
             }
-            put_param(params, r * per_row + g, gp.scale, gp.min);
+            put_param(params, gi, gp[j].scale, gp[j].min);
         }
     }
 }
@@ -177,18 +309,14 @@ KVT_AVX2 static void quant_channel(const struct kvt_quant_fmt *f, const uint16_t
                 hi = _mm_max_epi16(hi, k);
                 nf = _mm_or_si128(nf, nonfinite128(v));
             }
-            int16_t l[8], h[8];
-            _mm_storeu_si128((__m128i *)l, lo);
-            _mm_storeu_si128((__m128i *)h, hi);
-            const int nfm = _mm_movemask_epi8(nf);
+            struct kvt__quant_group gp[8];
+            params8(lo, hi, nf, f->bits, gp);
             double m[8], inv[8];
             for (int j = 0; j < 8; j++) {
-                struct kvt__quant_group gp;
-                kvt__quant_group_params(l[j], h[j], (nfm >> (2 * j)) & 1, f->bits, &gp);
-                put_param(params, g * d + c + (size_t)j, gp.scale, gp.min);
+                put_param(params, g * d + c + (size_t)j, gp[j].scale, gp[j].min);
                 /* A lane with no scale gets codes 0: (x - 0) * 0 is 0 or NaN, both clamp to 0. */
-                m[j] = gp.inv != 0.0 ? (double)kvt_f16_to_f32(gp.min) : 0.0;
-                inv[j] = gp.inv;
+                m[j] = gp[j].inv != 0.0 ? (double)_cvtsh_ss(gp[j].min) : 0.0;
+                inv[j] = gp[j].inv;
             }
             const __m256d m_lo = _mm256_loadu_pd(m), m_hi = _mm256_loadu_pd(m + 4);
             const __m256d i_lo = _mm256_loadu_pd(inv), i_hi = _mm256_loadu_pd(inv + 4);
