@@ -134,8 +134,8 @@ int kvt_kcuda_cluster_match_f16(const uint16_t *keys, size_t stride, size_t head
                                 uint32_t *best_out, float *sim_out);
 
 /* The merge of one window on host memory (into[] as for cluster_merge_f16, checked: KVT_E_INVAL
- * when an entry does not merge into one that stays); a thread per (entry, channel). *n_out is the
- * number of entries written. Waits for the result. */
+ * when an entry does not merge into one that stays, or a count is 0); a thread per (entry,
+ * channel). *n_out is the number of entries written; pos_out may be NULL. Waits for the result. */
 int kvt_kcuda_cluster_merge_f16(const uint16_t *keys, const uint16_t *values, size_t stride,
                                 size_t head_dim, size_t c, const uint32_t *counts,
                                 const uint32_t *into, uint16_t *keys_out, uint16_t *values_out,

@@ -532,7 +532,7 @@ extern "C" int kvt_kcuda_cluster_merge_f16(const uint16_t *keys, const uint16_t 
                                            uint32_t *pos_out, size_t *n_out)
 {
     if (c > KVT_CLUSTER_WINDOW_MAX || stride < head_dim || out_stride < head_dim || !n_out ||
-        (c && (!keys || !values || !into || !keys_out || !values_out || !counts_out || !pos_out)))
+        (c && (!keys || !values || !into || !keys_out || !values_out || !counts_out)))
         return KVT_E_INVAL;
     /* The plan, checked, and the output index of each entry that stays. */
     uint32_t out_idx[KVT_CLUSTER_WINDOW_MAX];
@@ -584,7 +584,7 @@ extern "C" int kvt_kcuda_cluster_merge_f16(const uint16_t *keys, const uint16_t 
     }
     if (!rc && n)
         rc = map_err(cudaMemcpy(counts_out, d_cout, n * 4, cudaMemcpyDeviceToHost));
-    if (!rc && n)
+    if (!rc && n && pos_out)
         rc = map_err(cudaMemcpy(pos_out, d_pos, n * 4, cudaMemcpyDeviceToHost));
     cudaFree(dev);
     return rc;

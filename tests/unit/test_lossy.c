@@ -521,6 +521,7 @@ static void test_cluster_window(void **state)
             assert_int_equal(pos[n_out - 16 + i], C - 16 + i);
         /* Each merged entry is the mean of its members: its B key and the A keys that chose it
          * (the oracle matches in double; the planted pairs are far apart from the rest). */
+        size_t planted = 0, means = 0;
         uint32_t *best = malloc(n_a * 4);
         float *sim = malloc(n_a * 4);
         ref->cluster_match_f16(k, S, D, C, 4, C - 16, best, sim);
@@ -535,13 +536,16 @@ static void test_cluster_window(void **state)
                     bj = j;
                 }
             }
-            if (bs > 0.9) /* a planted pair: unambiguous */
+            if (bs > 0.9) { /* a planted pair: unambiguous */
                 assert_int_equal(best[a], bj);
+                planted++;
+            }
             assert_true(fabs(sim[a] - cos_d(k + i * S, k + best[a] * S, D)) < 1e-5);
         }
         for (size_t e = 0; e < n_out; e++) {
             if (cnt[e] == 1)
                 continue;
+            means++;
             double mk[D] = {0};
             size_t members = 1;
             for (size_t j = 0; j < D; j++)
@@ -563,6 +567,8 @@ static void test_cluster_window(void **state)
                 assert_true(fabs(mk[j] / (double)members - h2d(ko[e * D + j])) <=
                             fabs(mk[j] / (double)members) * 1e-3 + 1e-6);
         }
+        assert_true(planted > 20);
+        assert_true(means >= (r + 3) / 4);
         free(best);
         free(sim);
     }
