@@ -457,48 +457,107 @@ KVT_AVX2 static void to_f32(const uint16_t *h, size_t n, float *out)
         out[i] = kvt_f16_to_f32(h[i]);
 }
 
+/* dots() with the B keys already in fp32 (a block of them converted once for every A key). */
+KVT_AVX2_INLINE void dots_f32(const float *q, const float *const *kb, size_t nb, size_t head_dim,
+                              float *res)
+{
+    __m256 a[4], b[4];
+    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++) a[j] = b[j] = _mm256_setzero_ps();
+    size_t c = 0;
+    for (; c + 16 <= head_dim; c += 16) {
+        const __m256 qa = _mm256_loadu_ps(q + c), qb = _mm256_loadu_ps(q + c + 8);
+        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++)
+        {
+            a[j] = _mm256_add_ps(a[j], _mm256_mul_ps(qa, _mm256_loadu_ps(kb[j] + c)));
+            b[j] = _mm256_add_ps(b[j], _mm256_mul_ps(qb, _mm256_loadu_ps(kb[j] + c + 8)));
+        }
+    }
+    if (c < head_dim) {
+        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++)
+        {
+            float acc[16];
+            _mm256_storeu_ps(acc, a[j]);
+            _mm256_storeu_ps(acc + 8, b[j]);
+            for (size_t i = c; i < head_dim; i++)
+                acc[i - c] += q[i] * kb[j][i];
+            a[j] = _mm256_loadu_ps(acc);
+            b[j] = _mm256_loadu_ps(acc + 8);
+        }
+    }
+    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++) res[j] = reduce16(a[j], b[j]);
+}
+
+/* B keys go in blocks converted to fp32 once (KB_FLOATS of them, 32 KiB: 64 keys of head_dim
+ * 128), every A key scored against a block before the next, so the inner loop is loads,
+ * multiplies and adds only (the conversions took a vector port the arithmetic needs). Each A
+ * keeps its best across blocks; the blocks come in increasing position and a later one replaces
+ * the best only when strictly better, which is the reference's choice over the whole row. */
 KVT_AVX2 size_t kvt__kernels_cluster_match_f16_avx2(const uint16_t *keys, size_t stride,
                                                     size_t head_dim, size_t c, size_t lo, size_t hi,
                                                     uint32_t *best_out, float *sim_out)
 {
+    enum { KB_FLOATS = 8192 };
     KVT_ASSERT(lo <= hi && hi <= c && c <= KVT_CLUSTER_WINDOW_MAX && stride >= head_dim);
-    if (head_dim > KVT_QUANT_HEAD_DIM_MAX)
+    if (head_dim > KVT_QUANT_HEAD_DIM_MAX || head_dim == 0)
         return kvt__kernels_cluster_match_f16_ref(keys, stride, head_dim, c, lo, hi, best_out,
                                                   sim_out);
     size_t n_a, n_b;
     kvt_cluster_sides(lo, hi, &n_a, &n_b);
     const size_t a0 = lo + lo % 2, b0 = lo + 1 - lo % 2;
-    float norm_b[KVT_CLUSTER_WINDOW_MAX / 2], sim[KVT_CLUSTER_WINDOW_MAX / 2];
-    float qa[KVT_QUANT_HEAD_DIM_MAX];
-    for (size_t b = 0; b < n_b; b++) {
-        const uint16_t *kb = keys + (b0 + 2 * b) * stride;
-        to_f32(kb, head_dim, qa);
-        dots(qa, &kb, 1, head_dim, &norm_b[b]);
-        norm_b[b] = sqrtf(norm_b[b]);
+    if (!n_b) {
+        for (size_t a = 0; a < n_a; a++)
+            kvt__cluster_argmax(NULL, 0, b0, &best_out[a], &sim_out[a]);
+        return n_a;
     }
+    _Alignas(32) float kb32[KB_FLOATS], qa[KVT_QUANT_HEAD_DIM_MAX];
+    float norm_a[KVT_CLUSTER_WINDOW_MAX / 2], norm_b[KVT_CLUSTER_WINDOW_MAX / 2];
+    uint32_t rank[KVT_CLUSTER_WINDOW_MAX / 2];
+    const size_t blk = KB_FLOATS / head_dim < 64 ? KB_FLOATS / head_dim : 64;
     for (size_t a = 0; a < n_a; a++) {
         const uint16_t *ka = keys + (a0 + 2 * a) * stride;
         to_f32(ka, head_dim, qa);
-        float na;
-        dots(qa, &ka, 1, head_dim, &na);
-        na = sqrtf(na);
-        size_t b = 0;
-        for (; b + 4 <= n_b; b += 4) {
-            const uint16_t *kb[4];
-            float dp[4];
-            for (int j = 0; j < 4; j++)
-                kb[j] = keys + (b0 + 2 * (b + (size_t)j)) * stride;
-            dots(qa, kb, 4, head_dim, dp);
-            for (int j = 0; j < 4; j++)
-                sim[b + (size_t)j] = kvt__cluster_cos(dp[j], na, norm_b[b + (size_t)j]);
+        const float *p = qa;
+        dots_f32(qa, &p, 1, head_dim, &norm_a[a]);
+        norm_a[a] = sqrtf(norm_a[a]);
+    }
+    for (size_t bb = 0; bb < n_b; bb += blk) {
+        const size_t nb = n_b - bb < blk ? n_b - bb : blk;
+        for (size_t j = 0; j < nb; j++) {
+            float *kj = kb32 + j * head_dim;
+            to_f32(keys + (b0 + 2 * (bb + j)) * stride, head_dim, kj);
+            const float *p = kj;
+            dots_f32(kj, &p, 1, head_dim, &norm_b[bb + j]);
+            norm_b[bb + j] = sqrtf(norm_b[bb + j]);
         }
-        for (; b < n_b; b++) {
-            const uint16_t *kb = keys + (b0 + 2 * b) * stride;
-            float dp;
-            dots(qa, &kb, 1, head_dim, &dp);
-            sim[b] = kvt__cluster_cos(dp, na, norm_b[b]);
+        for (size_t a = 0; a < n_a; a++) {
+            to_f32(keys + (a0 + 2 * a) * stride, head_dim, qa);
+            float sim[64];
+            size_t j = 0;
+            for (; j + 4 <= nb; j += 4) {
+                const float *kb[4] = {kb32 + j * head_dim, kb32 + (j + 1) * head_dim,
+                                      kb32 + (j + 2) * head_dim, kb32 + (j + 3) * head_dim};
+                float dp[4];
+                dots_f32(qa, kb, 4, head_dim, dp);
+                for (int t = 0; t < 4; t++)
+                    sim[j + (size_t)t] =
+                        kvt__cluster_cos(dp[t], norm_a[a], norm_b[bb + j + (size_t)t]);
+            }
+            for (; j < nb; j++) {
+                const float *kb = kb32 + j * head_dim;
+                float dp;
+                dots_f32(qa, &kb, 1, head_dim, &dp);
+                sim[j] = kvt__cluster_cos(dp, norm_a[a], norm_b[bb + j]);
+            }
+            uint32_t at;
+            float best;
+            kvt__cluster_argmax(sim, nb, b0 + 2 * bb, &at, &best);
+            const uint32_t r = kvt__kernels_rank32(best);
+            if (bb == 0 || r > rank[a]) {
+                rank[a] = r;
+                best_out[a] = at;
+                sim_out[a] = best;
+            }
         }
-        kvt__cluster_argmax(sim, n_b, b0, &best_out[a], &sim_out[a]);
     }
     return n_a;
 }
@@ -538,29 +597,42 @@ KVT_AVX2 size_t kvt__kernels_cluster_merge_f16_avx2(const uint16_t *keys, const 
                                                     uint32_t *pos_out)
 {
     KVT_ASSERT(c <= KVT_CLUSTER_WINDOW_MAX);
+    /* Every entry's members in position order, in one pass (the reference scans the window once
+     * per entry): first[t] is where entry t's members start in members[], filled in increasing
+     * j, so each list is in position order. */
+    uint32_t first[KVT_CLUSTER_WINDOW_MAX + 1], fill[KVT_CLUSTER_WINDOW_MAX];
     uint32_t members[KVT_CLUSTER_WINDOW_MAX];
     float w[KVT_CLUSTER_WINDOW_MAX];
+    for (size_t t = 0; t <= c; t++)
+        first[t] = 0;
+    for (size_t j = 0; j < c; j++)
+        first[into[j] + 1]++;
+    for (size_t t = 0; t < c; t++) {
+        first[t + 1] += first[t];
+        fill[t] = first[t];
+    }
+    for (size_t j = 0; j < c; j++) {
+        const uint32_t at = fill[into[j]]++;
+        members[at] = (uint32_t)j;
+        w[at] = (float)(counts ? counts[j] : 1);
+    }
     size_t e = 0;
     for (size_t t = 0; t < c; t++) {
         if (into[t] != t)
             continue;
+        const size_t nm = first[t + 1] - first[t];
         uint32_t total = 0;
-        size_t nm = 0;
-        for (size_t j = 0; j < c; j++) {
-            if (into[j] == t) {
-                uint32_t cnt = counts ? counts[j] : 1;
-                total += cnt;
-                members[nm] = (uint32_t)j;
-                w[nm++] = (float)cnt;
-            }
-        }
+        for (size_t i = first[t]; i < first[t + 1]; i++)
+            total += counts ? counts[members[i]] : 1;
         uint16_t *ko = keys_out + e * out_stride, *vo = values_out + e * out_stride;
         if (nm == 1) {
             memcpy(ko, keys + t * stride, head_dim * sizeof(uint16_t));
             memcpy(vo, values + t * stride, head_dim * sizeof(uint16_t));
         } else {
-            merge_rows(keys, stride, head_dim, members, w, nm, (float)total, ko);
-            merge_rows(values, stride, head_dim, members, w, nm, (float)total, vo);
+            merge_rows(keys, stride, head_dim, members + first[t], w + first[t], nm, (float)total,
+                       ko);
+            merge_rows(values, stride, head_dim, members + first[t], w + first[t], nm, (float)total,
+                       vo);
         }
         counts_out[e] = total;
         if (pos_out)
