@@ -19,6 +19,8 @@
 
 #define KVT_AVX2 __attribute__((target("avx2,f16c")))
 #define KVT_AVX2_INLINE __attribute__((target("avx2,f16c"), always_inline)) static inline
+/* A macro, not a variable: clang wants the rounding mode as a literal constant. */
+#define KVT_ROUND_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 KVT_AVX2_INLINE __m256i f16_keys(__m256i v)
 {
@@ -60,13 +62,12 @@ KVT_AVX2_INLINE int16_t hmax16(__m256i v)
 KVT_AVX2_INLINE __m128i codes8(__m128i h, __m256d m_lo, __m256d m_hi, __m256d inv_lo,
                                __m256d inv_hi, __m256d levels)
 {
-    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m256d zero = _mm256_setzero_pd();
     __m256 f = _mm256_cvtph_ps(h);
     __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
     __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));
-    lo = _mm256_round_pd(_mm256_mul_pd(_mm256_sub_pd(lo, m_lo), inv_lo), rnd);
-    hi = _mm256_round_pd(_mm256_mul_pd(_mm256_sub_pd(hi, m_hi), inv_hi), rnd);
+    lo = _mm256_round_pd(_mm256_mul_pd(_mm256_sub_pd(lo, m_lo), inv_lo), KVT_ROUND_NEAREST);
+    hi = _mm256_round_pd(_mm256_mul_pd(_mm256_sub_pd(hi, m_hi), inv_hi), KVT_ROUND_NEAREST);
     lo = _mm256_min_pd(_mm256_max_pd(lo, zero), levels);
     hi = _mm256_min_pd(_mm256_max_pd(hi, zero), levels);
     return _mm_packs_epi32(_mm256_cvtpd_epi32(lo), _mm256_cvtpd_epi32(hi));
@@ -413,41 +414,6 @@ KVT_AVX2_INLINE float reduce16(__m256 a, __m256 b)
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-/* Dot products of the fp32 vector q (head_dim values, an A key converted once) with nb (1 to 4,
- * a constant after inlining) fp16 keys, in the reference's 16-lane order: channels c..c+7 of
- * each 16-channel step in lanes 0-7, c+8..c+15 in lanes 8-15, the head_dim % 16 last channels
- * continuing the same partial sums in scalar code. */
-KVT_AVX2_INLINE void dots(const float *q, const uint16_t *const *kb, size_t nb, size_t head_dim,
-                          float *res)
-{
-    __m256 a[4], b[4];
-    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++) a[j] = b[j] = _mm256_setzero_ps();
-    size_t c = 0;
-    for (; c + 16 <= head_dim; c += 16) {
-        const __m256 qa = _mm256_loadu_ps(q + c), qb = _mm256_loadu_ps(q + c + 8);
-        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++)
-        {
-            __m256 ka = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kb[j] + c)));
-            __m256 kb8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kb[j] + c + 8)));
-            a[j] = _mm256_add_ps(a[j], _mm256_mul_ps(qa, ka));
-            b[j] = _mm256_add_ps(b[j], _mm256_mul_ps(qb, kb8));
-        }
-    }
-    if (c < head_dim) {
-        KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++)
-        {
-            float acc[16];
-            _mm256_storeu_ps(acc, a[j]);
-            _mm256_storeu_ps(acc + 8, b[j]);
-            for (size_t i = c; i < head_dim; i++)
-                acc[i - c] += q[i] * kvt_f16_to_f32(kb[j][i]);
-            a[j] = _mm256_loadu_ps(acc);
-            b[j] = _mm256_loadu_ps(acc + 8);
-        }
-    }
-    KVT__KERNELS_UNROLL4 for (size_t j = 0; j < nb; j++) res[j] = reduce16(a[j], b[j]);
-}
-
 KVT_AVX2 static void to_f32(const uint16_t *h, size_t n, float *out)
 {
     size_t i = 0;
@@ -457,7 +423,10 @@ KVT_AVX2 static void to_f32(const uint16_t *h, size_t n, float *out)
         out[i] = kvt_f16_to_f32(h[i]);
 }
 
-/* dots() with the B keys already in fp32 (a block of them converted once for every A key). */
+/* Dot products of the fp32 vector q (head_dim values, an A key converted once) with nb (1 to 4,
+ * a constant after inlining) keys in fp32, in the reference's 16-lane order: channels c..c+7 of
+ * each 16-channel step in lanes 0-7, c+8..c+15 in lanes 8-15, the head_dim % 16 last channels
+ * continuing the same partial sums in scalar code. */
 KVT_AVX2_INLINE void dots_f32(const float *q, const float *const *kb, size_t nb, size_t head_dim,
                               float *res)
 {

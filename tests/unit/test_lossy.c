@@ -713,6 +713,11 @@ static void test_cluster_variants(void **state)
 }
 
 #ifdef HAVE_CUDA
+static int f16_isnan(uint16_t h)
+{
+    return (h & 0x7fffu) > 0x7c00u;
+}
+
 static void cuda_lossy_cases(void)
 {
     const struct kvt_kernels *ref = kvt_kernels_variant(KVT_KERNELS_REF);
@@ -791,8 +796,17 @@ static void cuda_lossy_cases(void)
             for (size_t e = 0; e < n; e++) {
                 assert_int_equal(gc[e], wc[e]);
                 assert_int_equal(gp[e], wp[e]);
-                assert_memory_equal(kg + e * S, ko + e * S, d * 2);
-                assert_memory_equal(vg + e * S, vo + e * S, d * 2);
+                /* A merged NaN's payload is the only thing allowed to differ (CUDA makes its own
+                 * canonical NaN; x86 keeps an operand's). */
+                for (size_t j = 0; j < d; j++) {
+                    const uint16_t a[2] = {kg[e * S + j], vg[e * S + j]};
+                    const uint16_t b[2] = {ko[e * S + j], vo[e * S + j]};
+                    for (int h = 0; h < 2; h++)
+                        if (a[h] != b[h] && !(f16_isnan(a[h]) && f16_isnan(b[h])))
+                            fail_msg("cuda merge c %zu d %zu entry %zu channel %zu: %04x, want "
+                                     "%04x",
+                                     c, d, e, j, a[h], b[h]);
+                }
             }
         }
     }
