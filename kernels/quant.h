@@ -67,4 +67,38 @@ size_t kvt_quant_bytes(const struct kvt_quant_fmt *f, size_t n);
  * It is never below (hi - lo) / (2^bits - 1) and exceeds it by less than one fp16 step. */
 uint16_t kvt_quant_scale_f16(uint16_t lo, uint16_t hi, uint32_t bits);
 
+/*
+ * A whole chunk in kvtier's canonical layout [layer][token][k|v][kv_head][head_dim] (fp16), as the
+ * tiers store it: every (layer, k|v, KV head) block of n_tokens rows quantized with the keys' or
+ * the values' format, the blocks one after the other in the order layer, then k|v (keys first),
+ * then KV head, each kvt_quant_bytes(fmt, n_tokens) bytes with nothing between them. So block
+ * (l, kv, h) starts at  l * (n_kv_head * (Bk + Bv)) + kv * n_kv_head * Bk + h * (kv ? Bv : Bk),
+ * Bk/Bv the block sizes of the keys'/values' formats. The format of a chunk is this struct: a
+ * stored quantized variant records it beside the bytes.
+ */
+struct kvt_quant_chunk {
+    uint32_t n_layer, n_kv_head;
+    struct kvt_quant_fmt keys, values; /* same head_dim */
+};
+
+struct kvt_kernels;
+
+/* 0 when c describes a chunk the helpers accept (both formats valid, the same head_dim, at least
+ * one layer and one KV head), else KVT_E_INVAL. */
+int kvt_quant_chunk_check(const struct kvt_quant_chunk *c);
+
+/* Bytes of a quantized chunk of n_tokens tokens (0 when c is invalid). */
+size_t kvt_quant_chunk_bytes(const struct kvt_quant_chunk *c, size_t n_tokens);
+
+/* Quantizes the canonical chunk `chunk` (n_tokens tokens) into out[out_cap] with the kernels of
+ * kt (NULL: the active table). 0, or KVT_E_INVAL (bad format, out_cap below
+ * kvt_quant_chunk_bytes; nothing written). */
+int kvt_quant_chunk_f16(const struct kvt_kernels *kt, const struct kvt_quant_chunk *c,
+                        const uint16_t *chunk, size_t n_tokens, uint8_t *out, size_t out_cap);
+
+/* Dequantizes in[in_len] (exactly kvt_quant_chunk_bytes(c, n_tokens) bytes, else KVT_E_INVAL
+ * and nothing written) back into the canonical chunk layout. */
+int kvt_dequant_chunk_f16(const struct kvt_kernels *kt, const struct kvt_quant_chunk *c,
+                          const uint8_t *in, size_t in_len, size_t n_tokens, uint16_t *chunk);
+
 #endif

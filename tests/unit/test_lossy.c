@@ -375,6 +375,75 @@ static void test_quant_variants(void **state)
     free(got);
 }
 
+/* A canonical chunk [layer][token][k|v][kv_head][head_dim] through the chunk helpers: the bytes
+ * are the blocks of the block kernel in the documented order, every variant gives the same bytes,
+ * the round trip is the block kernels' round trip, and bad arguments write nothing. */
+static void test_quant_chunk(void **state)
+{
+    (void)state;
+    const struct kvt_kernels *t[KVT_KERNELS_VARIANT_COUNT];
+    const size_t count = supported(t);
+    const struct kvt_quant_chunk c = {
+        3, 2, {4, KVT_QUANT_AXIS_CHANNEL, 32, 64}, {8, KVT_QUANT_AXIS_TOKEN, 32, 64}};
+    enum { T = 40, ROW = 2 * 2 * 64 };
+    const size_t elems = 3 * T * ROW, bytes = kvt_quant_chunk_bytes(&c, T);
+    const size_t bk = kvt_quant_bytes(&c.keys, T), bv = kvt_quant_bytes(&c.values, T);
+    assert_int_equal(bytes, 3 * 2 * (bk + bv));
+    uint16_t *x = malloc(elems * 2), *back = malloc(elems * 2), *blk = malloc(T * 64 * 2);
+    uint8_t *want = malloc(bytes + 8), *got = malloc(bytes + 8), *one = malloc(bk + bv);
+    assert_true(x && back && blk && want && got && one);
+    fill_f16(x, elems, 3, 0);
+    memset(want, GUARD, bytes + 8);
+    assert_int_equal(kvt_quant_chunk_f16(t[0], &c, x, T, want, bytes), 0);
+    for (size_t i = 0; i < 8; i++)
+        assert_int_equal(want[bytes + i], GUARD);
+    /* Block (l, kv, h) is the block kernel's output for that head's rows. */
+    for (size_t l = 0; l < 3; l++) {
+        for (size_t kv = 0; kv < 2; kv++) {
+            for (size_t h = 0; h < 2; h++) {
+                const struct kvt_quant_fmt *f = kv ? &c.values : &c.keys;
+                t[0]->quant_f16(f, x + l * T * ROW + (kv * 2 + h) * 64, T, ROW, one);
+                size_t off = l * 2 * (bk + bv) + kv * 2 * bk + h * (kv ? bv : bk);
+                assert_memory_equal(want + off, one, kv ? bv : bk);
+            }
+        }
+    }
+    assert_int_equal(kvt_dequant_chunk_f16(t[0], &c, want, bytes, T, back), 0);
+    for (size_t l = 0; l < 3; l++) {
+        t[0]->dequant_f16(&c.keys, want + l * 2 * (bk + bv) + bk, T, blk, 64);
+        for (size_t r = 0; r < T; r++)
+            assert_memory_equal(back + l * T * ROW + r * ROW + 64, blk + r * 64, 128);
+    }
+    for (size_t v = 1; v < count; v++) {
+        memset(got, GUARD, bytes + 8);
+        assert_int_equal(kvt_quant_chunk_f16(t[v], &c, x, T, got, bytes + 8), 0);
+        assert_memory_equal(got, want, bytes + 8);
+    }
+    /* Refusals: nothing written. */
+    memset(got, GUARD, bytes + 8);
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &c, x, T, got, bytes - 1), KVT_E_INVAL);
+    struct kvt_quant_chunk bad = c;
+    bad.values.head_dim = 128;
+    assert_int_equal(kvt_quant_chunk_check(&bad), KVT_E_INVAL);
+    assert_int_equal(kvt_quant_chunk_bytes(&bad, T), 0);
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &bad, x, T, got, bytes + 8), KVT_E_INVAL);
+    bad = c;
+    bad.n_layer = 0;
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &bad, x, T, got, bytes + 8), KVT_E_INVAL);
+    for (size_t i = 0; i < bytes + 8; i++)
+        assert_int_equal(got[i], GUARD);
+    memcpy(blk, back, 128);
+    assert_int_equal(kvt_dequant_chunk_f16(NULL, &c, want, bytes - 1, T, back), KVT_E_INVAL);
+    assert_int_equal(kvt_dequant_chunk_f16(NULL, &c, want, bytes + 1, T, back), KVT_E_INVAL);
+    assert_memory_equal(blk, back, 128);
+    free(x);
+    free(back);
+    free(blk);
+    free(want);
+    free(got);
+    free(one);
+}
+
 /* Cosine in double, for the oracle of the matching. */
 static double cos_d(const uint16_t *a, const uint16_t *b, size_t d)
 {
@@ -868,6 +937,7 @@ int main(void)
         cmocka_unit_test(test_quant_scale),
         cmocka_unit_test(test_quant_reference_cases),
         cmocka_unit_test(test_quant_variants),
+        cmocka_unit_test(test_quant_chunk),
         cmocka_unit_test(test_cluster_match_reference),
         cmocka_unit_test(test_cluster_window),
         cmocka_unit_test(test_cluster_variants),
