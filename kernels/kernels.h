@@ -107,8 +107,9 @@ struct kvt_kernels {
      * elements), into out[kvt_quant_bytes(f, n)]; dequant_f16 unpacks such a block into n rows
      * at x + r*stride. f must pass kvt_quant_fmt_check (asserted). Per group: m = the minimum
      * (an fp16 value, kept exactly; -0 below +0), s = kvt_quant_scale_f16(min, max, bits),
-     * q = nearest integer to (x - m) / s (ties to even; evaluated in double as (x - m) * (1/s),
-     * which decides the nearest integer exactly, see docs/kernels.md), 0 when s == 0; the value
+     * q = nearest integer to (x - m) / s, evaluated in double as rint((x - m) * (1/s)), which
+     * decides the nearest integer exactly (docs/kernels.md; at an exact tie either neighbour,
+     * the same one in every variant), 0 when s == 0; the value
      * read back is fp16(clamp(m + q*s in fp32, -65504, 65504)). So |x - (m + q*s)| <= s/2
      * exactly, and the fp16 output adds only its own rounding. A group holding a NaN or an
      * infinity is stored with scale and minimum KVT_QUANT_NONFINITE and codes 0 and reads back
