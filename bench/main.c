@@ -24,6 +24,7 @@
 #pragma weak kvt_bench_select
 #pragma weak kvt_bench_capacity
 #pragma weak kvt_bench_lossy
+#pragma weak kvt_bench_rotate
 
 struct bench_entry {
     const char *name;
@@ -116,6 +117,9 @@ int main(int argc, char **argv)
          "BYTES, "
          "--disk BYTES, --seed N, --zipf S, --abstract-bytes BYTES, --prefill-tokens-per-s N, "
          "--daemon-opt KEY=VALUE, --bound-scale F"},
+        {"rotate", kvt_bench_rotate,
+         "reuse: Gets with keys re-rotated by RoPE vs plain Gets, and the rotation kernel", NULL,
+         NULL},
         {"lossy", kvt_bench_lossy,
          "lossy KV forms: quantize/dequantize and clustering kernels, reference vs SIMD",
          "kernels (GB/s of quantize/dequantize 8/4-bit, clustering windows/s)", NULL},

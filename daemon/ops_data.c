@@ -419,7 +419,6 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
             return;
         }
         op->rope.on = 1;
-        op->rope.done = 0;
         op->rope.style = (int)ns->rope_style;
         op->rope.rows = ns->layers * e->n_tokens;
         op->rope.heads = ns->kv_heads;
@@ -559,33 +558,39 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     kvt__server_submit(s, op);
 }
 
-/* A rotated Get's second stage: its keys at the destination re-rotated in place, under the
- * SIGBUS guard (the destination is the client's arena). */
-static void rotate_job(struct kvt_job *j)
+/* A rotated Get's copy job (every part of it): the part copied a block of rows at a time, each
+ * block's keys re-rotated in place while it is still in cache, under the SIGBUS guard (the
+ * destination is the client's arena). Parts end on whole rows. */
+#define ROTATE_BLOCK_BYTES (64u << 10)
+void kvt__ops_copy_rotate(struct kvt_job *j)
 {
-    struct kvt_op *op = (struct kvt_op *)j;
+    struct kvt_op *op = j->owner;
     float cs[KVT_ROPE_DIMS_MAX];
     kvt_rope_shift_table(op->rope.theta, op->rope.rotary_dims, op->rope.delta, cs);
-    struct kvt_memguard g;
-    if (sigsetjmp(g.env, 0)) {
-        op->copy_res = KVT_E_FAULT;
-        return;
+    size_t row = (size_t)op->rope.stride * sizeof(uint16_t);
+    size_t block = ROTATE_BLOCK_BYTES / row ? ROTATE_BLOCK_BYTES / row * row : row;
+    const struct kvt_kernels *k = kvt_kernels();
+    for (size_t at = 0; at < j->len; at += block) {
+        size_t n = j->len - at < block ? j->len - at : block;
+        uint8_t *dst = (uint8_t *)j->dst + at;
+        j->res = kvt_copy_guarded(dst, (const uint8_t *)j->src + at, n, 0);
+        if (j->res)
+            return;
+        struct kvt_memguard g;
+        if (sigsetjmp(g.env, 0)) {
+            j->res = KVT_E_FAULT;
+            return;
+        }
+        kvt_memguard_arm(&g, dst, n, NULL, 0);
+        k->rope_shift_f16((uint16_t *)dst, n / row, op->rope.stride, op->rope.heads,
+                          op->rope.head_dim, op->rope.rotary_dims, op->rope.style, cs);
+        kvt_memguard_disarm(&g);
     }
-    size_t bytes = (size_t)op->rope.rows * op->rope.stride * sizeof(uint16_t);
-    kvt_memguard_arm(&g, op->job.dst, bytes, NULL, 0);
-    kvt_kernels()->rope_shift_f16(op->job.dst, op->rope.rows, op->rope.stride, op->rope.heads,
-                                  op->rope.head_dim, op->rope.rotary_dims, op->rope.style, cs);
-    kvt_memguard_disarm(&g);
 }
 
 void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
-    if (op->kind == KVTIER__REQUEST__OP_GET && op->rope.on && !op->rope.done && !op->copy_res) {
-        op->rope.done = 1; /* the copy landed: now the rotation, the entry still pinned */
-        kvt__server_compute(s, op, rotate_job);
-        return;
-    }
     if (op->kind != KVTIER__REQUEST__OP_PUT)
         kvt_tm_release(s->tm, op->entry);
     if (op->kind == KVTIER__REQUEST__OP_PUT && op->abs_stage) {

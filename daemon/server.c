@@ -669,6 +669,12 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
     /* A Put fills a slot nobody has touched lately: stream it past the caches (a Put that is
      * checksummed uses ordinary stores and hashes each block while it is in cache). */
     op->job.fn = op->kind == KVTIER__REQUEST__OP_PUT ? kvt_job_copy_stream : kvt_job_copy;
+    /* A rotated Get (docs/reuse.md) rotates each part's keys right after copying it, and its
+     * parts end on whole rows (it has no checksum blocks to keep). */
+    int rope = op->kind == KVTIER__REQUEST__OP_GET && op->rope.on;
+    if (rope)
+        op->job.fn = kvt__ops_copy_rotate;
+    op->job.owner = op;
     op->job.done = op_job_done;
     op->job.ctx = s;
     op->job.sum_off = 0;
@@ -691,7 +697,8 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
         parts = KVT_STRIPES_MAX;
     /* Stripes end on checksum block boundaries (64 KiB, which may leave fewer of them) so each
      * part's checksum is its own; the loop's stripe, the op's own job, is the first. */
-    const uint64_t align = KVT_CHECKSUM_BLOCK_BYTES;
+    const uint64_t align =
+        rope ? (uint64_t)op->rope.stride * sizeof(uint16_t) : KVT_CHECKSUM_BLOCK_BYTES;
     uint64_t per = parts > 1 ? (len / parts + align - 1) / align * align : len;
     parts = (len + per - 1) / per;
     if (parts < 2) {
@@ -713,6 +720,7 @@ void kvt__server_submit(struct kvt_server *s, struct kvt_op *op)
         j->src = src + at;
         j->len = k + 1 < parts ? per : len - at;
         j->want_sum = op->job.want_sum;
+        j->owner = op;
         j->sum_off = at;
         j->sum = 0;
         j->res = 0;

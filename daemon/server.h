@@ -190,7 +190,7 @@ struct kvt_op {
     struct kvt_span_policy abs_policy;
     int abs_stage; /* Put: the copy is verified and the abstract job runs */
     struct {       /* a rotated Get (docs/reuse.md): keys re-rotated at the destination */
-        int on, done, style;
+        int on, style;
         uint32_t rows, heads, head_dim, rotary_dims, stride;
         int64_t delta;
         double theta;
@@ -351,6 +351,8 @@ void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const str
  * belong to no op). status != 0 sets resp->status and the error text. */
 void kvt__server_respond(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                          Kvtier__Response *resp, int status, const char *detail);
+/* A rotated Get's copy job: copy, then rotate the keys of the part's rows (ops_data.c). */
+void kvt__ops_copy_rotate(struct kvt_job *job);
 /* Hands a copy to a worker (or runs it inline when small); the op completes later. */
 void kvt__server_submit(struct kvt_server *s, struct kvt_op *op);
 /* Hands op's job, with fn as its work, to a worker (inline without workers); op completes

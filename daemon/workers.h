@@ -30,7 +30,8 @@ struct kvt_job {
     uint64_t sum_off;
     uint64_t sum;
     uint8_t want_sum;
-    int res; /* 0, or the job's error (KVT_E_FAULT for the copy jobs) */
+    int res;     /* 0, or the job's error (KVT_E_FAULT for the copy jobs) */
+    void *owner; /* for job functions that need more than these fields: the request it serves */
 };
 
 struct kvt_workers;

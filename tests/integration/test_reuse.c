@@ -201,6 +201,55 @@ static void test_plans_and_rotation(void **state)
     kvt_close(c);
 }
 
+/* A passage big enough for the daemon to copy it in stripes on its workers (SmolLM2's geometry,
+ * rows of 768 bytes, which no power-of-two stripe ends on): every stripe rotates its own rows,
+ * and the whole is the reference's rotation of the whole. */
+static void test_rotation_in_stripes(void **state)
+{
+    (void)state;
+    struct kvt_ns_spec big = spec;
+    big.model_id = "reuse-big";
+    big.layers = 30;
+    big.kv_heads = 3;
+    big.head_dim = 64;
+    big.tokens_per_chunk = 256;
+    struct kvt_ns_info ns;
+    struct kvt_connect_opts o = {
+        .socket_path = d.socket_path, .arena_bytes = 32 << 20, .timeout_ms = 5000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &big, &ns), 0);
+    const size_t row = 2 * 3 * 64, bytes = 30 * 256 * row * sizeof(uint16_t);
+    uint16_t *kv = malloc(bytes), *want = malloc(bytes);
+    for (size_t i = 0; i < bytes / 2; i++)
+        kv[i] = kvt_f32_to_f16((float)((i * 2654435761u >> 16) % 4096) / 1024.0f - 2.0f);
+    int32_t toks[256];
+    for (int i = 0; i < 256; i++)
+        toks[i] = 7000 + i;
+    struct kvt_key key;
+    assert_int_equal(kvt_passage_key(&ns, toks, 256, &key), 0);
+    assert_int_equal(kvt_put_v(c, ns.handle, &key, 0, kv, bytes, 256), 0);
+    static float lm[30], tm[256];
+    struct kvt_version_info vi = {
+        .start_pos = 3, .layers = 30, .n_tokens = 256, .layer_mass = lm, .token_mass = tm};
+    assert_int_equal(kvt_version_set(c, ns.handle, &key, 0, &vi), 0);
+    memcpy(want, kv, bytes);
+    float cs[64];
+    kvt_rope_shift_table(10000.0, 64, 4000 - 3, cs);
+    kvt_kernels_variant(KVT_KERNELS_REF)
+        ->rope_shift_f16(want, 30 * 256, row, 3, 64, 64, KVT_ROPE_NEOX, cs);
+    uint16_t *out = kvt_arena_alloc(c, bytes);
+    assert_non_null(out);
+    size_t len = 0;
+    assert_int_equal(kvt_get_rotated(c, ns.handle, &key, 0, 4000, out, bytes, &len, NULL), 0);
+    assert_int_equal(len, bytes);
+    assert_memory_equal(out, want, bytes);
+    kvt_arena_free(c, out);
+    free(kv);
+    free(want);
+    kvt_close(c);
+}
+
 static void test_bad_input(void **state)
 {
     (void)state;
@@ -335,6 +384,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plans_and_rotation),
+        cmocka_unit_test(test_rotation_in_stripes),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_versions_bounded),
     };
