@@ -35,7 +35,8 @@ static int res_begin(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int
 static int res_prepare(struct kvt_eng_kv *kv, size_t pos, size_t n)
 {
     struct kv_resident *r = (struct kv_resident *)kv;
-    if (pos != r->n || n > kv->geom.batch_max || pos + n > kv->geom.ctx_max)
+    /* pos < n: a selective step (kvt_eng_forward_at) rewrites rows already held. */
+    if (pos > r->n || n > kv->geom.batch_max || pos + n > kv->geom.ctx_max)
         return -EINVAL;
     return 0;
 }

@@ -385,13 +385,19 @@ static void rms_norm(const float *x, const float *w, float *y, size_t n, float e
         y[i] = (x[i] * scale) * w[i];
 }
 
-static void rope_tables(struct kvt_eng_ctx *c, size_t pos, size_t n)
+/* Position of token t of a step: pos + t, or positions[t] for a selective step. */
+static inline size_t tok_pos(const size_t *positions, size_t pos, size_t t)
+{
+    return positions ? positions[t] : pos + t;
+}
+
+static void rope_tables(struct kvt_eng_ctx *c, const size_t *positions, size_t pos, size_t n)
 {
     const struct kvt_eng_hparams *hp = &c->m->hp;
     size_t half = hp->n_rot / 2;
     float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
     for (size_t t = 0; t < n; t++) {
-        float theta = (float)(pos + t);
+        float theta = (float)tok_pos(positions, pos, t);
         for (size_t i = 0; i < half; i++) {
             c->rope_cos[t * half + i] = cosf(theta);
             c->rope_sin[t * half + i] = sinf(theta);
@@ -427,6 +433,10 @@ struct attn_job {
     size_t stride;                       /* 0: every row reads the same list */
     const size_t *counts;                /* spans of each row; NULL: n_spans for every row */
     size_t n_spans;
+    const size_t *positions; /* NULL: row t is at pos + t */
+    const size_t *bounds;    /* statistics: n_seg + 1 segment bounds, or NULL */
+    size_t n_seg;
+    float *seg_mass;    /* [token][head][n_seg] */
     atomic_size_t next; /* next (token, head) pair to compute */
 };
 
@@ -435,6 +445,29 @@ struct attn_job {
 static inline float hsum8(const float *l)
 {
     return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+/* Sums the probabilities p (packed over the rows the spans cover up to last) of the rows in each
+ * segment [bounds[g], bounds[g + 1]) into out[g]. */
+static void segment_mass(const struct kvt_eng_kv_span *spans, size_t n_spans, size_t last,
+                         const float *p, const size_t *bounds, size_t n_seg, float *out)
+{
+    size_t covered = 0;
+    for (size_t g = 0; g < n_seg; g++)
+        out[g] = 0.0f;
+    for (size_t s = 0; s < n_spans && spans[s].pos <= last; s++) {
+        const struct kvt_eng_kv_span *sp = &spans[s];
+        size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
+        for (size_t g = 0; g < n_seg; g++) {
+            size_t lo = bounds[g] > sp->pos ? bounds[g] : sp->pos;
+            size_t hi = bounds[g + 1] < sp->pos + n ? bounds[g + 1] : sp->pos + n;
+            double acc = 0.0;
+            for (size_t i = lo; i < hi; i++)
+                acc += p[covered + (i - sp->pos)];
+            out[g] += (float)acc;
+        }
+        covered += n;
+    }
 }
 
 /* One query head against the rows its spans cover among positions [0, last]. Mirrors llama.cpp's
@@ -446,7 +479,7 @@ static inline float hsum8(const float *l)
  * whatever their number. */
 static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span *spans,
                       size_t n_spans, const float *q, size_t kvh, size_t last, float *scores,
-                      float *lanes, float *out)
+                      float *lanes, float *out, const size_t *bounds, size_t n_seg, float *seg_out)
 {
     const struct kvt_eng_hparams *hp = &c->m->hp;
     size_t hd = hp->head_dim;
@@ -471,6 +504,8 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
     double sum = kvt_eng_softmax_exp(scores, covered, mx);
     /* Normalized probabilities, rounded to fp16 as llama.cpp feeds them to the value product. */
     kvt_eng_scale_round_f16(scores, covered, (float)(1.0 / sum));
+    if (seg_out)
+        segment_mass(spans, n_spans, last, scores, bounds, n_seg, seg_out);
 
     memset(lanes, 0, 8 * hd * sizeof(float));
     covered = 0;
@@ -504,9 +539,10 @@ static void attn_worker(void *arg, unsigned ith, unsigned nth)
         if (job >= j->n_tok * n_head)
             break;
         size_t t = job / n_head, h = job % n_head;
+        float *seg = j->seg_mass ? j->seg_mass + (t * n_head + h) * j->n_seg : NULL;
         attn_head(c, j->spans + t * j->stride, j->counts ? j->counts[t] : j->n_spans,
-                  c->q + (t * n_head + h) * hd, h / group, j->pos + t, scores, lanes,
-                  c->attn + (t * n_head + h) * hd);
+                  c->q + (t * n_head + h) * hd, h / group, tok_pos(j->positions, j->pos, t), scores,
+                  lanes, c->attn + (t * n_head + h) * hd, j->bounds, j->n_seg, seg);
     }
 }
 
@@ -555,8 +591,42 @@ static int select_rows(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, uint32_t la
     return 1;
 }
 
-int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens, size_t n,
-                    size_t pos, float *logits, int all_logits)
+/* Appends the rows of the step: one call per run of consecutive positions. */
+static int append_rows(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, uint32_t layer,
+                       const size_t *positions, size_t pos, size_t n, size_t row_halfs)
+{
+    if (!positions)
+        return kv->ops->append(kv, layer, pos, n, c->rows);
+    for (size_t t = 0; t < n;) {
+        size_t e = t + 1;
+        while (e < n && positions[e] == positions[e - 1] + 1)
+            e++;
+        int rc = kv->ops->append(kv, layer, positions[t], e - t, c->rows + t * row_halfs);
+        if (rc)
+            return rc;
+        t = e;
+    }
+    return 0;
+}
+
+/* Head-averaged segment shares of layer l from the per-(token, head) sums of the job. */
+static void reduce_stats(const struct attn_job *aj, size_t n, uint32_t n_head, uint32_t layer,
+                         struct kvt_eng_attn_stats *st)
+{
+    for (size_t t = 0; t < n; t++) {
+        float *out = st->mass + ((size_t)layer * n + t) * st->n_seg;
+        for (size_t g = 0; g < st->n_seg; g++) {
+            double acc = 0.0;
+            for (uint32_t h = 0; h < n_head; h++)
+                acc += aj->seg_mass[(t * n_head + h) * st->n_seg + g];
+            out[g] = (float)(acc / n_head);
+        }
+    }
+}
+
+static int forward_impl(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens,
+                        size_t n, size_t pos, const size_t *positions, float *logits,
+                        int all_logits, struct kvt_eng_attn_stats *stats)
 {
     const struct kvt_eng_model *m = c->m;
     const struct kvt_eng_hparams *hp = &m->hp;
@@ -564,8 +634,18 @@ int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t 
     size_t q_dim = (size_t)hp->n_head * hd, kv_dim = (size_t)hp->n_head_kv * hd;
     int rc;
 
-    if (n == 0 || n > c->batch_max || pos + n > c->ctx_max)
+    if (n == 0 || n > c->batch_max || tok_pos(positions, pos, n - 1) + 1 > c->ctx_max)
         return -EINVAL;
+    for (size_t t = 1; positions && t < n; t++)
+        if (positions[t] <= positions[t - 1])
+            return -EINVAL;
+    if (stats) {
+        if (stats->n_seg == 0 || !stats->bounds || !stats->mass)
+            return -EINVAL;
+        for (size_t g = 0; g < stats->n_seg; g++)
+            if (stats->bounds[g + 1] < stats->bounds[g])
+                return -EINVAL;
+    }
     for (size_t t = 0; t < n; t++)
         if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
             return -EINVAL;
@@ -584,16 +664,22 @@ int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t 
         c->sel = s;
         c->sel_cap = cap;
     }
-    rc = kv->ops->prepare(kv, pos, n);
+    rc = kv->ops->prepare(kv, tok_pos(positions, pos, 0), n);
     if (rc)
         return rc;
+    float *seg_mass = NULL;
+    if (stats) {
+        seg_mass = malloc(n * hp->n_head * stats->n_seg * sizeof(float));
+        if (!seg_mass)
+            return -ENOMEM;
+    }
 
     for (size_t t = 0; t < n; t++) {
         const uint8_t *row =
             (const uint8_t *)m->tok_embd->data + (size_t)tokens[t] * m->tok_embd->row_bytes;
         kvt_eng_dequantize_row(m->tok_embd->type, row, c->x + t * E, E);
     }
-    rope_tables(c, pos, n);
+    rope_tables(c, positions, pos, n);
 
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const struct kvt_eng_layer *L = &m->layers[l];
@@ -616,22 +702,29 @@ int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t 
                 r[kv_dim + i] = kvt_eng_fp32_to_fp16(c->v[t * kv_dim + i]);
             }
         }
-        rc = kv->ops->append(kv, l, pos, n, c->rows);
+        rc = append_rows(c, kv, l, positions, pos, n, 2 * kv_dim);
         if (rc)
-            return rc;
-        struct attn_job aj = {.c = c, .n_tok = n, .pos = pos};
-        rc = select_rows(c, kv, l, pos, n, &aj);
+            goto out;
+        struct attn_job aj = {.c = c, .n_tok = n, .pos = pos, .positions = positions};
+        if (stats) {
+            aj.bounds = stats->bounds;
+            aj.n_seg = stats->n_seg;
+            aj.seg_mass = seg_mass;
+        }
+        rc = positions ? 0 : select_rows(c, kv, l, pos, n, &aj);
         if (rc < 0)
-            return rc;
+            goto out;
         if (rc == 0) {
-            rc = kv->ops->spans(kv, l, pos + n, c->spans, c->spans_cap);
+            rc = kv->ops->spans(kv, l, tok_pos(positions, pos, n - 1) + 1, c->spans, c->spans_cap);
             if (rc < 0)
-                return rc;
+                goto out;
             aj.spans = c->spans;
             aj.n_spans = (size_t)rc;
         }
         atomic_init(&aj.next, 0);
         kvt_eng_pool_run(c->pool, attn_worker, &aj);
+        if (stats)
+            reduce_stats(&aj, n, hp->n_head, l, stats);
 
         matmul(c, c->attn, n, &L->wo, &c->tmp, 1);
         for (size_t i = 0; i < n * E; i++)
@@ -653,11 +746,35 @@ int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t 
             c->x[i] += c->tmp[i];
     }
 
-    if (!logits)
-        return 0;
-    size_t first = all_logits ? 0 : n - 1, n_out = n - first;
-    for (size_t t = first; t < n; t++)
-        rms_norm(c->x + t * E, m->output_norm, c->xn + (t - first) * E, E, hp->rms_eps);
-    matmul(c, c->xn, n_out, &m->output, &logits, 1);
-    return 0;
+    rc = 0;
+    if (logits) {
+        size_t first = all_logits ? 0 : n - 1, n_out = n - first;
+        for (size_t t = first; t < n; t++)
+            rms_norm(c->x + t * E, m->output_norm, c->xn + (t - first) * E, E, hp->rms_eps);
+        matmul(c, c->xn, n_out, &m->output, &logits, 1);
+    }
+out:
+    free(seg_mass);
+    return rc;
+}
+
+int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens, size_t n,
+                    size_t pos, float *logits, int all_logits)
+{
+    return forward_impl(c, kv, tokens, n, pos, NULL, logits, all_logits, NULL);
+}
+
+int kvt_eng_forward_stats(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens,
+                          size_t n, size_t pos, float *logits, int all_logits,
+                          struct kvt_eng_attn_stats *stats)
+{
+    return forward_impl(c, kv, tokens, n, pos, NULL, logits, all_logits, stats);
+}
+
+int kvt_eng_forward_at(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens,
+                       const size_t *positions, size_t n, float *logits, int all_logits)
+{
+    if (!positions)
+        return -EINVAL;
+    return forward_impl(c, kv, tokens, n, 0, positions, logits, all_logits, NULL);
 }

@@ -76,4 +76,33 @@ void kvt_eng_ctx_destroy(struct kvt_eng_ctx *c);
 int kvt_eng_forward(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens, size_t n,
                     size_t pos, float *logits, int all_logits);
 
+/* Attention statistics of one step, gathered by kvt_eng_forward_stats: the positions are cut into
+ * n_seg segments [bounds[g], bounds[g + 1]) (n_seg + 1 non-decreasing bounds; positions outside
+ * every segment count in none), and mass[(layer * n + t) * n_seg + g] gets the share of token t's
+ * attention probabilities in that layer, averaged over query heads, that went to segment g (the
+ * fp16-rounded probabilities the value product uses). A row sums to at most 1 (about 1 when the
+ * segments cover [0, its position]). */
+struct kvt_eng_attn_stats {
+    size_t n_seg;
+    const size_t *bounds;
+    float *mass; /* n_layer * n * n_seg floats, written */
+};
+
+/* kvt_eng_forward, also filling stats (same logits and KV bits). */
+int kvt_eng_forward_stats(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens,
+                          size_t n, size_t pos, float *logits, int all_logits,
+                          struct kvt_eng_attn_stats *stats);
+
+/* Selective forward (CacheBlend / Cache-Craft recompute): computes tokens[t] at positions[t]
+ * (strictly ascending, any gaps), n <= batch_max, while attending to the KV already held for
+ * every other position. In every layer the step's rows replace the held rows at its positions
+ * before attention, so a token at position p attends to all of [0, p], recomputed rows where the
+ * step has them and held rows elsewhere. The mode must keep every row of [0, last position]
+ * readable and accept appends over rows already written: resident does (prepare(positions[0], n)
+ * is called; select() is not). Every position below positions[n - 1] that the step does not
+ * compute must have been written before. With positions[t] = pos + t it computes exactly what
+ * kvt_eng_forward does (same bits). */
+int kvt_eng_forward_at(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int32_t *tokens,
+                       const size_t *positions, size_t n, float *logits, int all_logits);
+
 #endif
