@@ -25,6 +25,7 @@
 #pragma weak kvt_bench_capacity
 #pragma weak kvt_bench_lossy
 #pragma weak kvt_bench_rotate
+#pragma weak kvt_bench_reuse
 
 struct bench_entry {
     const char *name;
@@ -120,6 +121,10 @@ int main(int argc, char **argv)
         {"rotate", kvt_bench_rotate,
          "reuse: Gets with keys re-rotated by RoPE vs plain Gets, and the rotation kernel", NULL,
          NULL},
+        {"reuse", kvt_bench_reuse,
+         "RAG trace on the real model: full prefill, prefix caching, naive reuse, static32 "
+         "recompute and kvtier's plan (tokens recomputed, TTFT, KL, passkey)",
+         NULL, NULL},
         {"lossy", kvt_bench_lossy,
          "lossy KV forms: quantize/dequantize and clustering kernels, reference vs SIMD",
          "kernels (GB/s of quantize/dequantize 8/4-bit, clustering windows/s)", NULL},

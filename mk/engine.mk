@@ -15,6 +15,10 @@ $(BUILD)/kvtier-engine: $(call obj,engine/main.c) $(ENGINE_A) $(CLIENT_A)
 
 all: $(BUILD)/kvtier-engine
 
+# kvtier-bench reuse runs the engine in its own process (bench/reuse.c).
+$(BUILD)/kvtier-bench: $(ENGINE_A)
+$(BUILD)/kvtier-bench: LIBS += $(ENGINE_A) $(CLIENT_A)
+
 # Engine tests link the engine archive. The targets are listed explicitly: a pattern rule without
 # a recipe would add no prerequisites. libkvtier goes once more after the engine archive because
 # the offload mode calls into it and archives are scanned in order.
