@@ -111,8 +111,7 @@ int kvt_reuse_observe(const struct kvt_version *v, double *cci, double *passage_
 }
 
 void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
-                     float alpha, const struct kvt_reuse_prior *prior,
-                     struct kvt_reuse_score *out)
+                     float alpha, const struct kvt_reuse_prior *prior, struct kvt_reuse_score *out)
 {
     uint32_t np = v->n_prefix;
     static struct keytab tab, old_tab; /* the loop thread's; too big for its stack twice */

@@ -37,8 +37,7 @@ int kvt_reuse_observe(const struct kvt_version *v, double *cci, double *passage_
 /* Scores reusing v after new_prefix[0..n_new) (passage keys, in order) with alpha; prior (may be
  * NULL: nothing observed) stands in for what v cannot tell about passages it never saw. */
 void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
-                     float alpha, const struct kvt_reuse_prior *prior,
-                     struct kvt_reuse_score *out);
+                     float alpha, const struct kvt_reuse_prior *prior, struct kvt_reuse_score *out);
 
 /* Whether score a (of a version starting at a_start, last used a_used) is a better choice than
  * b: lower cfo; then the start the request asks for; then the more recently used. */
