@@ -59,5 +59,6 @@ int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_repor
 int kvt_bench_lossy(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_rotate(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
+int kvt_bench_evict(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 
 #endif

@@ -26,6 +26,7 @@
 #pragma weak kvt_bench_lossy
 #pragma weak kvt_bench_rotate
 #pragma weak kvt_bench_reuse
+#pragma weak kvt_bench_evict
 
 struct bench_entry {
     const char *name;
@@ -125,6 +126,8 @@ int main(int argc, char **argv)
          "RAG trace on the real model: full prefill, prefix caching, naive reuse, static32 "
          "recompute and kvtier's plan (tokens recomputed, TTFT, KL, passkey)",
          NULL, NULL},
+        {"evict", kvt_bench_evict,
+         "reuse: LRU vs cost-aware eviction under a DRAM limit on a RAG passage trace", NULL, NULL},
         {"lossy", kvt_bench_lossy,
          "lossy KV forms: quantize/dequantize and clustering kernels, reference vs SIMD",
          "kernels (GB/s of quantize/dequantize 8/4-bit, clustering windows/s)", NULL},
