@@ -121,8 +121,8 @@ static int append_text(char **buf, size_t *len, size_t *cap, FILE *f)
 
 static char *read_corpus(size_t *len_out)
 {
-    static const char *const files[] = {"GPL-3", "LGPL-3", "Apache-2.0", "GPL-2", "MPL-2.0",
-                                        "Artistic", "GFDL-1.3", "LGPL-2.1"};
+    static const char *const files[] = {"GPL-3",   "LGPL-3",   "Apache-2.0", "GPL-2",
+                                        "MPL-2.0", "Artistic", "GFDL-1.3",   "LGPL-2.1"};
     char *buf = NULL, path[256];
     size_t len = 0, cap = 0;
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
@@ -267,10 +267,10 @@ static int32_t *passkey_passage(const struct kvt_eng_model *m, const char *text,
     return tokens_of(m, buf, (size_t)w, n);
 }
 
-static int passkey_trace(struct bench *b, const char *text, size_t tlen, size_t trials,
-                         int before, size_t *off)
+static int passkey_trace(struct bench *b, const char *text, size_t tlen, size_t trials, int before,
+                         size_t *off)
 {
-    static const char *const names[PK_NAMES] = {"Alpha", "Bravo",  "Cedar", "Delta",
+    static const char *const names[PK_NAMES] = {"Alpha", "Bravo",  "Cedar",  "Delta",
                                                 "Ember", "Falcon", "Garnet", "Harbor"};
     char s[512], answer[256];
     int rc = 0;
@@ -356,7 +356,8 @@ static void report(const struct bench *b, struct kvt_bench_report *r, size_t n_r
     if (b->arms[A_PREFIX].computed > 0)
         kvt_bench_ratio(r, "recompute_vs_prefix_ratio", k->computed / b->arms[A_PREFIX].computed);
     if (b->arms[A_FULL].prefill_ms > 0)
-        kvt_bench_ratio(r, "ttft_vs_full_prefill_ratio", k->prefill_ms / b->arms[A_FULL].prefill_ms);
+        kvt_bench_ratio(r, "ttft_vs_full_prefill_ratio",
+                        k->prefill_ms / b->arms[A_FULL].prefill_ms);
     if (st->kl_sum > 0)
         kvt_bench_ratio(r, "kl_vs_static32_ratio",
                         (k->kl_sum / (double)k->kl_n) / (st->kl_sum / (double)st->kl_n));
