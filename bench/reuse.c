@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/evict.h"
 #include "engine/fidelity.h"
 #include "engine/model.h"
 #include "engine/pool.h"
@@ -511,6 +512,13 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
         memcpy(keep.pk_n, b.arms[a].pk_n, sizeof(keep.pk_n));
         b.arms[a] = keep;
     }
+    /* The passage ids of every request, for the eviction replay after the model's trace. */
+    size_t n_evict_req = opts->quick ? 100 : 400;
+    uint32_t *order = calloc(n_evict_req * k_max, sizeof(uint32_t));
+    uint32_t *req_len = calloc(n_evict_req, sizeof(uint32_t));
+    size_t n_order = 0;
+    if (!order || !req_len)
+        why = why ? why : "out of memory";
     uint64_t t_start = kvt_bench_now_ns();
     for (size_t q = 0; !why && rc == 0 && q < n_req; q++) {
         struct request rq = {.head = head, .n_head = n_head, .tail = tail};
@@ -526,9 +534,11 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
                     dup |= picked[j] == p;
             } while (dup);
             picked[i] = p;
+            order[n_order++] = (uint32_t)p;
             rq.pass[i] = pass[p];
             rq.plen[i] = plen[p];
         }
+        req_len[q] = (uint32_t)rq.k;
         size_t ql = uniform(&b.rng, 32, 64);
         if (q_off + ql > n_all)
             q_off = off;
@@ -563,6 +573,38 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
         kvt_bench_null(r, "tokens_recomputed", why);
     } else {
         report(&b, r, n_req);
+        /* Hit ratio and recompute saved under a DRAM limit (25% of the distinct passages), LRU
+         * against cost-aware: the model's requests, then more drawn the same way. */
+        for (size_t q = n_req; q < n_evict_req; q++) {
+            req_len[q] = (uint32_t)uniform(&b.rng, 3, k_max);
+            for (size_t i = 0; i < req_len[q]; i++) {
+                uint32_t p;
+                int dup;
+                do {
+                    p = (uint32_t)zipf(&b.rng, n_pass);
+                    dup = 0;
+                    for (size_t j = 0; j < i; j++)
+                        dup |= order[n_order - 1 - j] == p;
+                } while (dup);
+                order[n_order++] = p;
+            }
+        }
+        uint32_t *ptoks = calloc(n_pass, sizeof(uint32_t));
+        for (size_t i = 0; ptoks && i < n_pass; i++)
+            ptoks[i] = (uint32_t)plen[i];
+        struct kvt_bench_evict_trace et = {.passage_tokens = ptoks,
+                                           .n_passages = n_pass,
+                                           .order = order,
+                                           .request_len = req_len,
+                                           .n_requests = n_evict_req,
+                                           .layers = b.m->hp.n_layer,
+                                           .kv_heads = b.m->hp.n_head_kv,
+                                           .head_dim = b.m->hp.head_dim};
+        struct kvt_bench_evict_arm ea[2];
+        kvt_bench_progress("reuse: eviction replay (%zu requests, lru and cost)", n_evict_req);
+        if (!ptoks || kvt_bench_evict_run(opts, &et, 0.25, r, ea) != 0)
+            rc = -1;
+        free(ptoks);
     }
     for (size_t i = 0; pass && i < n_pass; i++)
         free(pass[i]);
@@ -575,6 +617,8 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
     free(head);
     free(ref_tok);
     free(tail);
+    free(order);
+    free(req_len);
     free(text);
     if (b.m)
         teardown_bench(&b);
@@ -582,5 +626,5 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
         kvt_test_daemon_stop(&d);
         kvt_test_daemon_cleanup(&d);
     }
-    return why ? 1 : 0;
+    return why || rc ? 1 : 0;
 }
