@@ -124,8 +124,10 @@ int main(int argc, char **argv)
          NULL},
         {"reuse", kvt_bench_reuse,
          "RAG trace on the real model: full prefill, prefix caching, naive reuse, static32 "
-         "recompute and kvtier's plan (tokens recomputed, TTFT, KL, passkey)",
-         NULL, NULL},
+         "recompute and kvtier's plan (tokens recomputed, TTFT, KL, passkey), LRU vs cost eviction",
+         "trace (the RAG trace through every arm), passkey (the two passkey traces), evict (the "
+         "LRU against cost-aware replay)",
+         NULL},
         {"evict", kvt_bench_evict,
          "reuse: LRU vs cost-aware eviction under a DRAM limit on a RAG passage trace", NULL, NULL},
         {"lossy", kvt_bench_lossy,

@@ -48,7 +48,7 @@
 #define PREFIX_CHUNK 16
 #define CTX_MAX 4096
 #define BATCH_MAX 512
-#define ANSWER_TOKENS 12
+#define ANSWER_TOKENS 16 /* digits are one token each */
 #define PK_NAMES 8
 
 enum { A_FULL, A_PREFIX, A_NAIVE, A_STATIC, A_PLAN, N_ARMS };
@@ -294,8 +294,14 @@ static int passkey_trace(struct bench *b, const char *text, size_t tlen, size_t 
             int w = snprintf(s, sizeof(s), "%s%s%s", SYSTEM_LINE, before ? q : "",
                              before ? "\n\n" : "");
             head = tokens_of(b->m, s, (size_t)w, &nh);
-            w = snprintf(s, sizeof(s), "%s%s%s", before ? "" : q,
-                         before ? "" : " Answer with the number.", ASSISTANT);
+            /* The answer is primed (this 135M model answers in that form anyway); with the
+             * question before the passages the priming does not name the document. */
+            char prime[96];
+            if (before)
+                snprintf(prime, sizeof(prime), "The secret code is");
+            else
+                snprintf(prime, sizeof(prime), "The secret code of document %s is", ask);
+            w = snprintf(s, sizeof(s), "%s%s%s", before ? "" : q, ASSISTANT, prime);
             tail = tokens_of(b->m, s, (size_t)w, &nt);
             if (!head || !tail) {
                 rc = -ENOMEM;
@@ -329,28 +335,32 @@ static int passkey_trace(struct bench *b, const char *text, size_t tlen, size_t 
     return rc;
 }
 
-static void report(const struct bench *b, struct kvt_bench_report *r, size_t n_req)
+static void report(const struct bench *b, struct kvt_bench_report *r, size_t n_req, int trace)
 {
     const struct arm *st = &b->arms[A_STATIC];
     for (int a = 0; a < N_ARMS; a++) {
         const struct arm *A = &b->arms[a];
         kvt_bench_row(r, arm_label[a]);
-        kvt_bench_num(r, "tokens_recomputed", A->computed);
-        kvt_bench_num(r, "static32_tokens_recomputed", st->computed);
-        kvt_bench_num(r, "tokens_reused", A->reused);
-        kvt_bench_num(r, "reused_tokens_recomputed", A->recomputed);
-        kvt_bench_num(r, "passages_found", A->found);
-        kvt_bench_num(r, "passages_computed", A->fresh);
-        kvt_bench_num(r, "versions_stored", A->stored);
-        kvt_bench_num(r, "ttft_ms", n_req ? A->prefill_ms / (double)n_req : 0.0);
-        kvt_bench_num(r, "store_ms", n_req ? A->store_ms / (double)n_req : 0.0);
-        kvt_bench_num(r, "kl_mean", A->kl_n ? A->kl_sum / (double)A->kl_n : 0.0);
+        if (!trace) {
+            kvt_bench_null(r, "tokens_recomputed", "trace not run (--only)");
+        } else {
+            kvt_bench_num(r, "tokens_recomputed", A->computed);
+            kvt_bench_num(r, "static32_tokens_recomputed", st->computed);
+            kvt_bench_num(r, "tokens_reused", A->reused);
+            kvt_bench_num(r, "reused_tokens_recomputed", A->recomputed);
+            kvt_bench_num(r, "passages_found", A->found);
+            kvt_bench_num(r, "passages_computed", A->fresh);
+            kvt_bench_num(r, "versions_stored", A->stored);
+            kvt_bench_num(r, "ttft_ms", n_req ? A->prefill_ms / (double)n_req : 0.0);
+            kvt_bench_num(r, "store_ms", n_req ? A->store_ms / (double)n_req : 0.0);
+            kvt_bench_num(r, "kl_mean", A->kl_n ? A->kl_sum / (double)A->kl_n : 0.0);
+        }
         for (int w = 0; w < 2; w++) {
             const char *name = w ? "passkey_before_accuracy" : "passkey_accuracy";
             if (A->pk_n[w])
                 kvt_bench_num(r, name, (double)A->pk_ok[w] / (double)A->pk_n[w]);
             else
-                kvt_bench_null(r, name, "no passkey trials");
+                kvt_bench_null(r, name, "passkey not run (--only)");
         }
     }
     const struct arm *k = &b->arms[A_PLAN];
@@ -504,7 +514,7 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
     size_t q_off = off;
     /* The passkey traces run first; their figures are kept apart from the RAG trace's. */
     size_t pk_off = tlen / 2; /* text bytes well past the passages' and questions' tokens */
-    for (int before = 0; !why && rc == 0 && before < 2; before++)
+    for (int before = 0; !why && rc == 0 && before < 2 && kvt_bench_part(opts, "passkey"); before++)
         rc = passkey_trace(&b, text, tlen, trials, before, &pk_off);
     for (int a = 0; a < N_ARMS; a++) {
         struct arm keep = {.ns = b.arms[a].ns};
@@ -520,6 +530,7 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
     if (!order || !req_len)
         why = why ? why : "out of memory";
     uint64_t t_start = kvt_bench_now_ns();
+    int trace = kvt_bench_part(opts, "trace");
     for (size_t q = 0; !why && rc == 0 && q < n_req; q++) {
         struct request rq = {.head = head, .n_head = n_head, .tail = tail};
         rq.k = uniform(&b.rng, 3, k_max);
@@ -547,6 +558,8 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
         memcpy(tail + n_qpre + ql, asst, n_asst * sizeof(int32_t));
         rq.n_tail = n_qpre + ql + n_asst;
         q_off += ql;
+        if (!trace)
+            continue; /* the draws still happen: the eviction replay starts with them */
         rc = run_arm(&b, A_FULL, &rq, ref_tok, 1, cont, b.ref, NULL, 0);
         for (int a = 1; a < N_ARMS && rc == 0; a++) {
             rc = run_arm(&b, a, &rq, ref_tok, 0, cont, b.cur, NULL, 0);
@@ -572,10 +585,10 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
         kvt_bench_row(r, "reuse");
         kvt_bench_null(r, "tokens_recomputed", why);
     } else {
-        report(&b, r, n_req);
+        report(&b, r, n_req, trace);
         /* Hit ratio and recompute saved under a DRAM limit (25% of the distinct passages), LRU
          * against cost-aware: the model's requests, then more drawn the same way. */
-        for (size_t q = n_req; q < n_evict_req; q++) {
+        for (size_t q = n_req; q < n_evict_req && kvt_bench_part(opts, "evict"); q++) {
             req_len[q] = (uint32_t)uniform(&b.rng, 3, k_max);
             for (size_t i = 0; i < req_len[q]; i++) {
                 uint32_t p;
@@ -602,7 +615,8 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
                                            .head_dim = b.m->hp.head_dim};
         struct kvt_bench_evict_arm ea[2];
         kvt_bench_progress("reuse: eviction replay (%zu requests, lru and cost)", n_evict_req);
-        if (!ptoks || kvt_bench_evict_run(opts, &et, 0.25, r, ea) != 0)
+        if (kvt_bench_part(opts, "evict") &&
+            (!ptoks || kvt_bench_evict_run(opts, &et, 0.25, r, ea)))
             rc = -1;
         free(ptoks);
     }
