@@ -239,15 +239,16 @@ static int prefill_reuse(struct kvt_eng_ctx *ctx, struct kvt_eng_kv *kv,
         total_len += p->passage_len[i];
         max_len = p->passage_len[i] > max_len ? p->passage_len[i] : max_len;
     }
-    struct kvt_key *keys = calloc(k, sizeof(*keys));
-    uint64_t *starts = calloc(k, sizeof(*starts));
+    /* + 1: a request without passages still allocates (calloc(0) may be NULL) */
+    struct kvt_key *keys = calloc(k + 1, sizeof(*keys));
+    uint64_t *starts = calloc(k + 1, sizeof(*starts));
     size_t *bounds = calloc(k + 2, sizeof(*bounds));
-    struct kvt_reuse_plan *plans = calloc(k, sizeof(*plans));
-    uint32_t *rec = calloc(total_len, sizeof(*rec));
-    struct store *stores = calloc(k, sizeof(*stores));
+    struct kvt_reuse_plan *plans = calloc(k + 1, sizeof(*plans));
+    uint32_t *rec = calloc(total_len + 1, sizeof(*rec));
+    struct store *stores = calloc(k + 1, sizeof(*stores));
     struct pending pd = {.tok = calloc(total_len + p->n_tail, sizeof(int32_t)),
                          .pos = calloc(total_len + p->n_tail, sizeof(size_t))};
-    float *mass = malloc(L * max_len * (k + 2) * sizeof(float));
+    float *mass = malloc((L * max_len * (k + 2) + 1) * sizeof(float));
     size_t n_stores = 0;
     int rc = 0;
     if (!keys || !starts || !bounds || !plans || !rec || !stores || !pd.tok || !pd.pos || !mass) {
@@ -269,7 +270,8 @@ static int prefill_reuse(struct kvt_eng_ctx *ctx, struct kvt_eng_kv *kv,
     }
 
     double t0 = now_ms();
-    rc = kvt_chunk_lookup(cfg->client, cfg->ns->handle, keys, starts, k, cfg->alpha, plans);
+    if (k)
+        rc = kvt_chunk_lookup(cfg->client, cfg->ns->handle, keys, starts, k, cfg->alpha, plans);
     if (rc)
         goto out;
     if (p->n_head)
