@@ -6,6 +6,7 @@
  *   kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] [--socket S]
  *                 [--decode-from N] [--budget F] [--top-p P] [--spans fixed|variable]
  *   kvtier-engine passkey --model M --mode MODE --tokens N --trials K --json OUT [--seed S]
+ *   kvtier-engine rag --model M --passage FILE [--passage FILE ...] --prompt Q [--policy P]
  *   kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]
  *
  * Common options: --threads N (0: all cores), --ctx N, --batch N, --chunk-tokens N,
@@ -29,6 +30,7 @@
 #include "engine/passkey.h"
 #include "engine/pool.h"
 #include "engine/quant.h"
+#include "engine/rag.h"
 #include "engine/sampler.h"
 #include "engine/session.h"
 #include "kvtier/kvtier.h"
@@ -56,8 +58,11 @@ struct opts {
     int stop_on_error;
     int raw;
     int compare;
-    size_t decode_from; /* eval: 0 scores in batches, else one token at a time from here */
-    size_t trials;      /* passkey */
+    size_t decode_from;      /* eval: 0 scores in batches, else one token at a time from here */
+    size_t trials;           /* passkey */
+    const char *passages[8]; /* rag: passage files, in order */
+    size_t n_passages;
+    const char *policy; /* rag */
     struct kvt_eng_sampler_config sampling;
     struct kvt_eng_select_config select; /* top_p here is the selection's, not the sampler's */
 };
@@ -73,6 +78,9 @@ static void usage(FILE *f)
             "                [--no-compare] [--decode-from N]\n"
             "  kvtier-engine passkey --model M --mode MODE --tokens N --trials K --json OUT "
             "[--seed S]\n"
+            "  kvtier-engine rag --model M --passage FILE [--passage FILE ...] --prompt Q\n"
+            "                [--policy full|prefix|naive|static|plan] [--max-tokens N] "
+            "[--socket S]\n"
             "  kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]\n"
             "                (real KV in kvtier's canonical chunk layout, fp16, for benchmarks)\n"
             "modes: " KVT_ENG_MODE_NAMES "\n"
@@ -160,6 +168,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->tenant = val;
         else if (!strcmp(a, "system"))
             o->system = val;
+        else if (!strcmp(a, "policy"))
+            o->policy = val;
+        else if (!strcmp(a, "passage") && o->n_passages < 8)
+            o->passages[o->n_passages++] = val;
         else if (!strcmp(a, "mode")) {
             if (kvt_eng_mode_parse(val, &o->mode)) {
                 fprintf(stderr, "kvtier-engine: unknown mode '%s' (modes: %s)\n", val,
@@ -953,6 +965,162 @@ out:
     return rc;
 }
 
+/* ---- rag -----------------------------------------------------------------------------------
+ */
+
+/* A RAG prompt through engine/rag.c: the ChatML system turn and the user turn's start (head),
+ * each passage file's text and a blank line (one passage each), the question and the assistant
+ * start (tail); then a greedy answer. Run twice with a reuse policy to see the passages reused. */
+static int cmd_rag(const struct opts *o, const struct kvt_eng_model *m, struct kvt_eng_pool *pool)
+{
+    static const char *const names[] = {"full", "prefix", "naive", "static", "plan"};
+    enum kvt_eng_rag_policy pol = KVT_ENG_RAG_PLAN;
+    int found = !o->policy;
+    for (size_t i = 0; o->policy && i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(o->policy, names[i])) {
+            pol = (enum kvt_eng_rag_policy)i;
+            found = 1;
+        }
+    if (!found || !o->prompt || o->n_passages == 0) {
+        fprintf(stderr, "kvtier-engine: rag needs --prompt, one --passage at least (8 at most) "
+                        "and --policy full|prefix|naive|static|plan\n");
+        return -EINVAL;
+    }
+    char head[1024];
+    int hn = snprintf(head, sizeof(head),
+                      "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n"
+                      "Answer the question using the documents below.\n\n",
+                      o->system ? o->system : DEFAULT_SYSTEM);
+    const char *asst = "<|im_end|>\n<|im_start|>assistant\n";
+    int32_t *ids[8] = {0}, *h = NULL, *t = NULL;
+    const int32_t *pp[8];
+    size_t plen[8], nh = 0, nt = 0, total = 0, V = m->hp.n_vocab;
+    int rc = hn > 0 && (size_t)hn < sizeof(head) ? 0 : -EINVAL;
+    if (rc == 0)
+        rc = tokenize(m, head, (size_t)hn, 1, &h, &nh);
+    for (size_t i = 0; rc == 0 && i < o->n_passages; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        rc = read_file(o->passages[i], &text, &len);
+        if (rc) {
+            fprintf(stderr, "kvtier-engine: cannot read %s: %s\n", o->passages[i], strerror(-rc));
+            break;
+        }
+        char *nt2 = realloc(text, len + 2);
+        if (!nt2) {
+            free(text);
+            rc = -ENOMEM;
+            break;
+        }
+        memcpy(nt2 + len, "\n\n", 2);
+        rc = tokenize(m, nt2, len + 2, 0, &ids[i], &plen[i]);
+        free(nt2);
+        pp[i] = ids[i];
+        total += plen[i];
+    }
+    if (rc == 0) { /* the question (no control tokens), then the template's end (with them) */
+        int32_t *a = NULL;
+        size_t na = 0, nq = 0;
+        rc = tokenize(m, o->prompt, strlen(o->prompt), 0, &t, &nq);
+        if (rc == 0)
+            rc = tokenize(m, asst, strlen(asst), 1, &a, &na);
+        int32_t *j = rc == 0 ? realloc(t, (nq + na) * sizeof(*t)) : NULL;
+        if (rc == 0 && !j)
+            rc = -ENOMEM;
+        if (j) {
+            memcpy(j + nq, a, na * sizeof(*a));
+            t = j;
+            nt = nq + na;
+        }
+        free(a);
+    }
+    size_t ctx = nh + total + nt + o->max_tokens + 1;
+    struct kvt_eng_ctx *c = NULL;
+    struct kvt_eng_kv *kv = NULL;
+    struct kvt_client *cl = NULL;
+    struct kvt_ns_info ns;
+    void *buf = NULL;
+    float *logits = malloc(V * sizeof(float));
+    size_t bytes_per_token = 2 * (size_t)m->hp.n_layer * m->hp.n_head_kv * m->hp.head_dim * 2;
+    size_t longest = 0;
+    for (size_t i = 0; i < o->n_passages; i++)
+        longest = plen[i] > longest ? plen[i] : longest;
+    struct kvt_eng_kv_geom g = kvt_eng_model_kv_geom(m, ctx, o->batch);
+    if (rc == 0 && !logits)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = kvt_eng_ctx_create(m, pool, o->batch, ctx, &c);
+    if (rc == 0)
+        rc = kvt_eng_kv_resident_create(&g, &kv);
+    if (rc == 0 && pol != KVT_ENG_RAG_FULL) {
+        struct kvt_connect_opts co = {
+            .socket_path = o->socket, .tenant = o->tenant, .timeout_ms = o->timeout_ms};
+        char id[192];
+        uint32_t tpc = pol == KVT_ENG_RAG_PREFIX ? 16 : (uint32_t)(longest < 512 ? 512 : longest);
+        snprintf(id, sizeof(id), "%s/rag-%s", m->model_id, names[pol]);
+        struct kvt_ns_spec sp = kvt_eng_rag_ns_spec(m, id, tpc);
+        rc = kvt_connect(&co, &cl);
+        if (rc == 0)
+            rc = kvt_register(cl, &sp, &ns);
+        if (rc == 0 && !(buf = kvt_arena_alloc(cl, (size_t)tpc * bytes_per_token)))
+            rc = -ENOMEM;
+        if (rc)
+            fprintf(stderr, "kvtier-engine: kvtier: %s (%s)\n", kvt_strerror(rc),
+                    kvt_strerror_name(rc));
+    }
+    struct kvt_eng_rag_prompt p = {.head = h,
+                                   .n_head = nh,
+                                   .passages = pp,
+                                   .passage_len = plen,
+                                   .n_passages = o->n_passages,
+                                   .tail = t,
+                                   .n_tail = nt};
+    struct kvt_eng_rag_config cfg = {
+        .policy = pol,
+        .client = cl,
+        .ns = &ns,
+        .buf = buf,
+        .buf_bytes = pol == KVT_ENG_RAG_PREFIX ? 16 * bytes_per_token
+                                               : (longest < 512 ? 512 : longest) * bytes_per_token};
+    struct kvt_eng_rag_result res = {0};
+    if (rc == 0)
+        rc = kvt_eng_rag_prefill(c, kv, m, &cfg, &p, logits, &res);
+    size_t gen = 0;
+    for (; rc == 0 && gen < o->max_tokens; gen++) {
+        int32_t best = 0;
+        for (size_t v = 1; v < V; v++)
+            best = logits[v] > logits[best] ? (int32_t)v : best;
+        if (kvt_eng_tok_is_control(m->tok, best))
+            break;
+        char piece[256];
+        int w = kvt_eng_tok_decode(m->tok, best, 0, piece, sizeof(piece));
+        if (w > 0)
+            fwrite(piece, 1, (size_t)w, stdout);
+        rc = kvt_eng_forward(c, kv, &best, 1, res.n_tokens + gen, logits, 0);
+    }
+    if (rc == 0) {
+        printf("\n");
+        fprintf(stderr,
+                "rag: policy %s, %zu prompt tokens: %zu computed (%zu reused from kvtier, %zu of "
+                "them recomputed), passages %zu reused / %zu computed, %zu versions stored; "
+                "prefill %.1f ms\n",
+                names[pol], res.n_tokens, res.computed, res.reused, res.recomputed,
+                res.passages_found, res.passages_computed, res.versions_stored, res.prefill_ms);
+    } else {
+        fprintf(stderr, "kvtier-engine: rag failed: %s\n",
+                rc < 0 && rc > -4096 ? strerror(-rc) : kvt_strerror(rc));
+    }
+    kvt_close(cl);
+    kvt_eng_kv_destroy(kv);
+    kvt_eng_ctx_destroy(c);
+    for (size_t i = 0; i < o->n_passages; i++)
+        free(ids[i]);
+    free(h);
+    free(t);
+    free(logits);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {
@@ -972,7 +1140,7 @@ int main(int argc, char **argv)
     }
     if (parse_args(argc, argv, &o) ||
         (strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval") && strcmp(o.cmd, "dump-kv") &&
-         strcmp(o.cmd, "passkey")) ||
+         strcmp(o.cmd, "passkey") && strcmp(o.cmd, "rag")) ||
         !o.model) {
         usage(stderr);
         return 2;
@@ -1009,6 +1177,8 @@ int main(int argc, char **argv)
         rc = cmd_dump_kv(&o, m, pool);
     else if (!strcmp(o.cmd, "passkey"))
         rc = cmd_passkey(&o, m, pool);
+    else if (!strcmp(o.cmd, "rag"))
+        rc = cmd_rag(&o, m, pool);
     else
         rc = cmd_eval(&o, m, pool, simd);
     kvt_eng_pool_destroy(pool);

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Smoke test of the kvtier-engine command line: generate (resident and offload through a real
-# daemon, with prefix reuse on the second offload run), eval with its JSON report (batched and
+# daemon, with prefix reuse on the second offload run), rag (passages reused at any position), eval with its JSON report (batched and
 # --decode-from), passkey at 1K tokens, and clear errors for a missing daemon and bad options;
 # dump-kv's layout. Run by `make test` (EXTRA_TESTS);
 # KVT_BUILD names the build directory. Skips (exit 0) when the model has not been fetched.
@@ -50,6 +50,31 @@ for run in 1 2; do
 done
 grep -q "(0 reused" "$tmp/err1" || fail "first offload run reused tokens"
 grep -Eq "\(([1-9][0-9]*) reused from kvtier\)" "$tmp/err2" || fail "second run reused nothing"
+
+# rag: passages reused at the same place give the full prefill's answer with nothing
+# recomputed; swapped, the plan recomputes some of them.
+tr -s ' \n\t' ' ' </usr/share/common-licenses/GPL-3 2>/dev/null | cut -c 1000-1800 >"$tmp/p1" ||
+    printf 'The first document is about apples and pears. %.0s' $(seq 1 20) >"$tmp/p1"
+tr -s ' \n\t' ' ' </usr/share/common-licenses/Apache-2.0 2>/dev/null | cut -c 2000-2900 >"$tmp/p2" ||
+    printf 'The second document is about rivers and hills. %.0s' $(seq 1 20) >"$tmp/p2"
+rag() {
+    "$E" rag --model "$M" --socket "$tmp/s" --prompt "What do these documents talk about?" \
+        --max-tokens 8 "$@"
+}
+ref=$(rag --policy full --passage "$tmp/p1" --passage "$tmp/p2" 2>/dev/null) || fail "rag full failed"
+for run in 1 2; do
+    o=$(rag --policy plan --passage "$tmp/p1" --passage "$tmp/p2" 2>"$tmp/rag$run") ||
+        fail "rag plan failed"
+    [ "$o" = "$ref" ] || fail "rag plan answer differs from full prefill: '$o' vs '$ref'"
+done
+grep -q "passages 0 reused / 2 computed, 2 versions stored" "$tmp/rag1" || fail "rag: first run"
+grep -Eq "\(([1-9][0-9]*) reused from kvtier, 0 of them recomputed\), passages 2 reused" \
+    "$tmp/rag2" || fail "rag: second run did not reuse both passages as they are"
+rag --policy plan --passage "$tmp/p2" --passage "$tmp/p1" >/dev/null 2>"$tmp/rag3" ||
+    fail "rag swapped failed"
+grep -Eq "reused from kvtier, [1-9][0-9]* of them recomputed" "$tmp/rag3" ||
+    fail "rag: the swapped passages were not planned with recompute"
+if rag --policy bogus --passage "$tmp/p1" >/dev/null 2>&1; then fail "rag took a bad policy"; fi
 
 # eval: JSON with equal perplexities and bit-exact logits.
 head -c 3000 /usr/share/common-licenses/GPL-3 >"$tmp/text" 2>/dev/null ||
