@@ -17,6 +17,7 @@
 #include "common/memguard.h"
 #include "kernels/copy.h"
 #include "kernels/kernels.h"
+#include "kernels/quant.h"
 #include "kernels/rope.h"
 
 static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
@@ -30,6 +31,96 @@ static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
         if ((c) && (c)->tstats)                                                                    \
             (c)->tstats->field++;                                                                  \
     } while (0)
+
+/* ---- lossy forms (docs/lossy.md) ---------------------------------------------------------- */
+
+/* Refuses a lossy request (form: what it asks for) that the namespace cannot have: E_INVAL for
+ * an unknown form or a namespace whose chunks have no lossy form (not fp16, odd head_dim),
+ * E_LOSSY for one registered without allow_lossy. 0 when it may go on (form 0 always may). */
+static int lossy_refused(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                         const struct kvt_ns *ns, uint32_t form, const char *what)
+{
+    char why[KVT_MODEL_ID_MAX + 256];
+    if (!form)
+        return 0;
+    if (!ns->allow_lossy) {
+        s->st.lossy_refused++;
+        snprintf(why, sizeof(why),
+                 "%s asks for a lossy form, and namespace %s was registered without allow_lossy: "
+                 "register it lossy-allowed, or ask for fp16",
+                 what, ns->model_id);
+        reply_error(s, c, op, KVT_E_LOSSY, why);
+        return 1;
+    }
+    if (form > KVT_FORM_Q4) {
+        reply_error(s, c, op, KVT_E_INVAL, "unknown form (0 = policy, 1 = q8, 2 = q4)");
+        return 1;
+    }
+    if (ns->dtype != KVT_DTYPE_FP16 || !kvt_form_group(ns->head_dim)) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "lossy forms need an fp16 namespace with an even head_dim");
+        return 1;
+    }
+    return 0;
+}
+
+/* Bytes of a chunk of n_tokens of namespace ns in form (fp16: its canonical length). */
+static uint64_t form_bytes(const struct kvt_ns *ns, uint32_t n_tokens, uint32_t form)
+{
+    if (form != KVT_FORM_Q8 && form != KVT_FORM_Q4)
+        return (uint64_t)n_tokens * ns->bytes_per_token;
+    struct kvt_quant_fmt f = {form == KVT_FORM_Q8 ? 8u : 4u, KVT_QUANT_AXIS_TOKEN,
+                              kvt_form_group(ns->head_dim), ns->head_dim};
+    struct kvt_quant_chunk qc = {ns->layers, ns->kv_heads, f, f};
+    return kvt_quant_chunk_bytes(&qc, n_tokens);
+}
+
+static uint32_t form_of_name(const char *name)
+{
+    return !strcmp(name, "q8") ? KVT_FORM_Q8 : !strcmp(name, "q4") ? KVT_FORM_Q4 : KVT_FORM_FP16;
+}
+
+/* Whether recent Selects ranked entry e low: of the last (up to) KVT_SEL_COLD_WINDOW Selects that
+ * scored it, none returned any of its tokens. A chunk no Select has scored is not cold. */
+#define KVT_SEL_COLD_WINDOW 4u
+static int sel_cold(const struct kvt_entry *e)
+{
+    uint32_t n = e->sel_seen < KVT_SEL_COLD_WINDOW ? e->sel_seen : KVT_SEL_COLD_WINDOW;
+    return n > 0 && (e->sel_hist & ((1u << n) - 1u)) == 0;
+}
+
+void kvt__ops_sel_note(struct kvt_server *s, uint32_t id, int selected)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    e->sel_hist = (uint8_t)((e->sel_hist << 1) | (selected ? 1u : 0u));
+    if (e->sel_seen < UINT8_MAX)
+        e->sel_seen++;
+}
+
+/* The tier manager's form callback: the form entry id's lower-tier copy is kept in. Only chunks
+ * of a live lossy-allowed fp16 namespace get one: the Put's own form when it asked, else
+ * disk.form_cold for a chunk recent Selects ranked low, else disk.form. */
+static uint32_t tm_form(void *arg, uint32_t id)
+{
+    struct kvt_server *s = arg;
+    const struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (!e->owner || e->owner > s->ns.used)
+        return 0;
+    const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
+    if (!ns->id || ns->seed != e->id.ns_seed || !ns->allow_lossy || ns->dtype != KVT_DTYPE_FP16 ||
+        !kvt_form_group(ns->head_dim))
+        return 0;
+    uint32_t form = e->form_want;
+    if (!form && sel_cold(e) && strcmp(s->cfg->disk_form_cold, "same")) {
+        form = form_of_name(s->cfg->disk_form_cold);
+        s->st.lossy_cold_forms++;
+    } else if (!form) {
+        form = form_of_name(s->cfg->disk_form);
+    }
+    if (form)
+        s->st.lossy_forms_asked++;
+    return form;
+}
 
 /* ---- Put ---------------------------------------------------------------------------------- */
 
@@ -145,6 +236,8 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         reply_error(s, c, op, KVT_E_GEOMETRY, why);
         return;
     }
+    if (lossy_refused(s, c, op, ns, p->form, "this Put"))
+        return;
     const uint8_t *src;
     if (p->inline_data.len) {
         if (len > s->cfg->inline_max_bytes) {
@@ -208,6 +301,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     e->length = len;
     e->n_tokens = n_tokens;
     e->elem_bytes = (uint8_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
+    e->form_want = (uint8_t)p->form;
     void *dst;
     rc = kvt_tm_reserve(s->tm, id, &dst); /* pinned for this writer until committed */
     if (rc) {
@@ -259,11 +353,21 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         kvt__server_respond(s, c, op, &resp, 0, NULL);
         return;
     }
-    gr.length = e->length;
+    gr.length = op->stored ? op->length : e->length;
     gr.n_tokens = e->n_tokens;
+    gr.form = op->form;
+    Kvtier__Checksum sum = KVTIER__CHECKSUM__INIT;
     if (inline_data) {
         gr.inline_data.data = (uint8_t *)inline_data;
         gr.inline_data.len = e->length;
+        if (op->lossy_sum)
+            op->sum = kvt_payload_checksum(inline_data, e->length); /* small: on the loop */
+    }
+    if (op->lossy_sum) {
+        /* fp16 bytes dequantized from a lossy copy: the client cannot know their checksum. */
+        sum.value = op->sum;
+        gr.checksum = &sum;
+        s->st.gets_dequantized++;
     }
     resp.result_case = KVTIER__RESPONSE__RESULT_GET;
     resp.get = &gr;
@@ -278,12 +382,19 @@ static void count_served(struct kvt_server *s, const struct kvt_op *op, const st
         return;
     }
     s->st.get_hits++;
-    s->st.get_bytes += e->length;
+    s->st.get_bytes += op->stored ? op->length : e->length;
     TSTAT(op->conn, get_hits);
 }
 
 void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
 {
+    if (op->stored) {
+        /* A stored-form read straight into the client's buffer: the block and its form. */
+        op->length = op->io.got;
+        op->form = op->io.form;
+        if (op->form)
+            s->st.gets_stored_form++;
+    }
     count_served(s, op, e);
     get_reply(s, op->conn, op, e, NULL);
 }
@@ -297,11 +408,23 @@ void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
     reply_error(s, op->conn, op, status, NULL);
 }
 
+/* A whole Get served from a DRAM copy dequantized from a lossy one: its copy computes the
+ * checksum of what it writes (a rotated Get's rotation follows the copy: it carries none; an
+ * inline answer is summed on the loop). A stored-form Get served from DRAM is fp16 as kept. */
+static void lossy_sum_setup(struct kvt_op *op, const struct kvt_entry *e)
+{
+    op->stored = 0;
+    op->form = KVT_FORM_FP16;
+    op->lossy_sum = op->kind == KVTIER__REQUEST__OP_GET && e->lossy && !op->rope.on;
+    op->job.want_sum = op->lossy_sum && !op->want_inline;
+}
+
 void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
     count_served(s, op, e);
     const uint8_t *src = kvt_tm_memory_ptr(s->tm, e);
+    lossy_sum_setup(op, e);
     if (op->want_inline) {
         get_reply(s, op->conn, op, e, src);
         kvt_tm_release(s->tm, op->entry);
@@ -402,6 +525,18 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                                    : "a rotated Get needs an fp16 namespace with rope_theta");
         return;
     }
+    if (g->stored_form && (g->want_inline || g->rotate)) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "a Get of the stored form goes to the arena, never inline nor rotated");
+        return;
+    }
+    if (g->stored_form && !ns->allow_lossy) {
+        s->st.lossy_refused++;
+        reply_error(s, c, op, KVT_E_LOSSY,
+                    "this Get asks for the stored (lossy) form, and the namespace was registered "
+                    "without allow_lossy: it holds fp16 only, read it with a plain Get");
+        return;
+    }
     s->st.gets++;
     TSTAT(c, gets);
     uint32_t id;
@@ -429,12 +564,16 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         op->rope.theta = ns->rope_theta;
         s->st.gets_rotated++;
     }
+    /* A chunk without a DRAM copy is read from a lower one, perhaps kept in a lossy form: a Get
+     * of the stored form returns that block, of its own size. */
+    uint32_t lform = kvt_tm_in_memory(e) ? KVT_FORM_FP16 : kvt_tm_lower_form(s->tm, e);
+    uint64_t need = g->stored_form && lform ? form_bytes(ns, e->n_tokens, lform) : e->length;
     /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
      * must never receive more bytes than it said it has room for. */
     int too_big = g->want_inline && e->length > s->cfg->inline_max_bytes;
-    int no_room = (!g->want_inline || g->capacity) && e->length > g->capacity;
+    int no_room = (!g->want_inline || g->capacity) && need > g->capacity;
     if (too_big || no_room) {
-        room_reply(s, c, op, e->length, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG);
+        room_reply(s, c, op, need, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG);
         return;
     }
     if (e->hits < UINT16_MAX)
@@ -449,9 +588,15 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         /* Only in a lower tier: read through the tier manager. */
         kvt_tm_count_miss(s->tm);
         op->job.dst = g->want_inline ? NULL : c->arena + g->offset;
-        /* A rotated Get is delivered from DRAM, pinned, so the rotation can follow the copy. */
-        op->io = (struct kvt_tm_io){
-            .dst = op->job.dst, .cap = e->length, .want_dram = g->want_inline || g->rotate};
+        /* A rotated Get is delivered from DRAM, pinned, so the rotation can follow the copy; so
+         * is one of a lossy copy, dequantized, so that its copy out computes the checksum of
+         * the bytes it returns. A Get of the stored form reads the copy as it is. */
+        op->stored = (uint8_t)g->stored_form;
+        op->io = (struct kvt_tm_io){.dst = op->job.dst,
+                                    .cap = need,
+                                    .want_dram =
+                                        g->want_inline || g->rotate || (lform && !g->stored_form),
+                                    .stored = g->stored_form};
         rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
             kvt__ops_get_fail(s, op, rc);
@@ -460,6 +605,7 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     s->st.get_hits++;
     s->st.get_bytes += e->length;
     TSTAT(c, get_hits);
+    lossy_sum_setup(op, e);
     if (g->want_inline) {
         get_reply(s, c, op, e, src);
         kvt_tm_release(s->tm, id);
@@ -745,6 +891,7 @@ const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
     .abandoned = tm_abandoned,
     .delete_abandoned = tm_delete_abandoned,
     .geom = tm_geom,
+    .form = tm_form,
     .meta_pin = kvt__ops_meta_pin,
     .meta_release = kvt__ops_meta_release,
     .meta_want = kvt__ops_meta_want,

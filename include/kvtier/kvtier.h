@@ -142,6 +142,18 @@ enum kvt_tier_id {
     KVT_TIER_REMOTE = 4
 };
 
+/* The form a chunk's bytes are kept or returned in (docs/lossy.md). FP16 is the chunk as stored
+ * by Put, bit for bit; Q8 and Q4 are the kernels' group quantization (kernels/quant.h): keys and
+ * values alike in groups of 32 channels along head_dim (fewer when head_dim is not a multiple of
+ * 32, kvt_form_group), 8 or 4 bits a value plus an fp16 scale and minimum a group. Lossy forms
+ * exist only in namespaces registered with allow_lossy. Values are on the wire and never change
+ * meaning. */
+enum kvt_form {
+    KVT_FORM_FP16 = 0,
+    KVT_FORM_Q8 = 1,
+    KVT_FORM_Q4 = 2,
+};
+
 /* Session options. Zero in every field means its default, so initialize the whole struct (e.g.
  * with a designated initializer) and set what you need. New fields are only ever appended; the
  * library reads the whole struct, so a program is rebuilt against the header it links with. */
@@ -308,6 +320,28 @@ KVT_API int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_
                             uint32_t variant, uint32_t layer, uint32_t token_first,
                             uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
                             enum kvt_tier_id *tier_out);
+
+/* kvt_get_v that returns the chunk in the form the daemon stores it in, undecoded, instead of
+ * dequantized to fp16 (docs/lossy.md): a chunk with a DRAM copy comes from there in fp16 (what
+ * DRAM holds); a chunk only in a lower tier comes back as that copy's stored block, q8 or q4 in
+ * the packed chunk layout of kernels/quant.h (struct kvt_quant_chunk: keys and values in the
+ * *form_out format, groups of kvt_form_group(head_dim) channels), or fp16 when stored as fp16.
+ * *form_out (may be NULL) gets the form of what was returned, *len_out its bytes. cap must hold
+ * the stored block (KVT_E_SMALLBUF otherwise, *len_out the bytes needed). KVT_E_LOSSY in a
+ * namespace registered without allow_lossy (nothing is read). buf as for kvt_get_rotated. */
+KVT_API int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                         uint32_t variant, void *buf, size_t cap, size_t *len_out,
+                         enum kvt_form *form_out, enum kvt_tier_id *tier_out);
+
+/* The group size along head_dim of the q8 and q4 forms: the largest power of two up to 32 that
+ * divides head_dim (32 for every common model), 0 when head_dim is odd (no lossy form). */
+static inline uint32_t kvt_form_group(uint32_t head_dim)
+{
+    for (uint32_t g = 32; g >= 2; g /= 2)
+        if (head_dim % g == 0)
+            return g;
+    return 0;
+}
 
 /* One item of a batch. The caller fills key/variant/buf/len (and n_tokens for puts); the library
  * fills status (0 or an error) and, for gets, len with the chunk length and tier. Initialize the

@@ -43,6 +43,7 @@
 #include "kvtier/errors.h"
 #include "tiers/disk/extent.h"
 #include "tiers/disk/object.h"
+#include "kernels/quant.h"
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
@@ -182,6 +183,29 @@ int kvt_disk_write_reserve_meta(struct kvt_disk *d, const struct kvt_obj_id *id,
     return 0;
 }
 
+/* Quantizes the chunk at src into ws's body in ws->form: 0 with the stored length and codec id,
+ * or KVT_E_INVAL when the form does not apply (unknown form, geometry or group; not smaller). */
+static int lossy_encode(struct kvt_disk_wslot *ws, const void *src, size_t *stored, uint32_t *id)
+{
+    struct kvt_quant_chunk qc;
+    uint32_t group = kvt_form_group(ws->m.g.head_dim), lg = 0;
+    while (group && (1u << lg) < group)
+        lg++;
+    uint32_t cid = KVT_CODEC_FORM(ws->form, lg);
+    if (!group || (ws->form != KVT_FORM_Q8 && ws->form != KVT_FORM_Q4) ||
+        kvt_object_form_chunk(&ws->m, cid, &qc) != 0)
+        return KVT_E_INVAL;
+    size_t bytes = kvt_quant_chunk_bytes(&qc, ws->n_tokens);
+    if (!bytes || bytes >= ws->raw_len || bytes > ws->cap - KVT_OBJECT_HEADER_BYTES)
+        return KVT_E_INVAL;
+    if (kvt_quant_chunk_f16(NULL, &qc, src, ws->n_tokens,
+                            (uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, bytes) != 0)
+        return KVT_E_INVAL;
+    *stored = bytes;
+    *id = cid;
+    return 0;
+}
+
 int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const void *src,
                     uint32_t elem_bytes)
 {
@@ -193,9 +217,15 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
 
     if (!codec || (!src && ws->raw_len) || (m.meta_len && !ws->meta_write))
         return KVT_E_INVAL;
-    /* Compression applies to the whole object and only when it pays (the codec's min_saving);
-     * a sparse namespace never compresses, so that every object of it stays range-readable. */
-    if (!ws->sparse && ws->raw_len > 0) {
+    /* A lossy form, when asked for and the geometry allows it, replaces compression: the packed
+     * quantized chunk is the body (docs/lossy.md). */
+    if (ws->form && ws->raw_len > 0 && lossy_encode(ws, src, &stored, &id) == 0) {
+        m.codec = id;
+        m.stored_len = stored;
+    } else if (!ws->sparse && ws->raw_len > 0) {
+        /* Compression applies to the whole object and only when it pays (the codec's
+         * min_saving); a sparse namespace never compresses, so that every object of it stays
+         * range-readable. */
         rc = kvt_codec_encode(codec, src, ws->raw_len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
                               ws->cap - KVT_OBJECT_HEADER_BYTES, &stored, &id);
         if (rc)
@@ -207,7 +237,7 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
         if (rc)
             return rc;
         kvt_object_put_rows(slot + KVT_OBJECT_HEADER_BYTES, &m, src);
-    } else {
+    } else if (!KVT_CODEC_ID_FORM(id)) {
         m.codec = id;
         m.stored_len = stored;
     }
@@ -278,7 +308,9 @@ int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tie
     d->st.writes++;
     d->st.raw_bytes_written += o->raw_len;
     d->st.stored_bytes_written += o->stored_len;
-    if (o->codec != KVT_CODEC_RAW)
+    if (KVT_CODEC_ID_FORM(o->codec))
+        d->st.lossy_writes++;
+    else if (o->codec != KVT_CODEC_RAW)
         d->st.compressed_objects++;
     if (ws->m.meta_len)
         d->st.meta_writes++;
@@ -349,7 +381,8 @@ static void read_go(struct kvt_disk *d, uint32_t i, const struct ient *e, uint64
 }
 
 static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
-                       kvt_tier_done_fn done, kvt_disk_lent_fn lent_done, void *arg)
+                       kvt_tier_done_fn done, kvt_disk_lent_fn lent_done, uint32_t *form_out,
+                       void *arg)
 {
     struct ient *e;
     struct op *o;
@@ -363,7 +396,8 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
         d->st.tier.misses++;
         return KVT_E_NOTFOUND;
     }
-    if (done && cap < e->raw_len)
+    /* A stored read of a lossy object returns its stored bytes only. */
+    if (done && cap < (form_out && KVT_CODEC_ID_FORM(e->codec) ? e->stored_len : e->raw_len))
         return KVT_E_SMALLBUF;
     /* The header and the body: a metadata section after them is never read with the object. */
     body = kvt__disk_body_blocks(e) * BLOCK;
@@ -379,6 +413,8 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
     o->cap = cap;
     o->done = done;
     o->lent_done = lent_done;
+    o->stored = form_out != NULL;
+    o->form_out = form_out;
     o->arg = arg;
     read_go(d, i, e, 0, body);
     return 0;
@@ -500,7 +536,15 @@ int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, si
 {
     if (!d || !id || !done || (!dst && cap))
         return KVT_E_INVAL;
-    return read_submit(d, id, dst, cap, done, NULL, arg);
+    return read_submit(d, id, dst, cap, done, NULL, NULL, arg);
+}
+
+int kvt_disk_read_stored(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                         uint32_t *form_out, kvt_tier_done_fn done, void *arg)
+{
+    if (!d || !id || !done || !form_out || (!dst && cap))
+        return KVT_E_INVAL;
+    return read_submit(d, id, dst, cap, done, NULL, form_out, arg);
 }
 
 int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk_lent_fn done,
@@ -508,7 +552,7 @@ int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk
 {
     if (!d || !id || !done)
         return KVT_E_INVAL;
-    return read_submit(d, id, NULL, 0, NULL, done, arg);
+    return read_submit(d, id, NULL, 0, NULL, done, NULL, arg);
 }
 
 int kvt__disk_object_matches(const struct kvt_object_meta *m, const struct kvt_obj_id *id,

@@ -16,6 +16,7 @@
 #include <xxh_x86dispatch.h>
 #endif
 
+#include "kernels/quant.h"
 #include "kvtier/errors.h"
 
 #define HDR KVT_OBJECT_HEADER_BYTES
@@ -132,6 +133,23 @@ int kvt_object_layout(struct kvt_object_meta *m)
     if (m->codec == KVT_CODEC_RAW)
         m->stored_len = m->layer_stride * g->n_layers;
     return 0;
+}
+
+int kvt_object_form_chunk(const struct kvt_object_meta *m, uint32_t codec,
+                          struct kvt_quant_chunk *out)
+{
+    uint32_t form = KVT_CODEC_ID_FORM(codec), bits = form == 1 ? 8 : form == 2 ? 4 : 0;
+    const struct kvt_object_geom *g = &m->g;
+
+    /* A lossy object is the packed chunk alone: no lossless stage, fp16 elements of a known
+     * shape that the rows describe. */
+    if (!bits || (codec & 0xffu) || ((codec >> 16) != 0) || g->elem_bytes != 2 || !g->n_kv_heads ||
+        !g->head_dim || !m->n_tokens ||
+        (uint64_t)2 * g->n_kv_heads * g->head_dim * 2 * m->n_tokens * g->n_layers != m->raw_len)
+        return KVT_E_INVAL;
+    struct kvt_quant_fmt f = {bits, KVT_QUANT_AXIS_TOKEN, KVT_CODEC_ID_GROUP(codec), g->head_dim};
+    *out = (struct kvt_quant_chunk){g->n_layers, g->n_kv_heads, f, f};
+    return kvt_quant_chunk_check(out);
 }
 
 uint64_t kvt_object_body_bytes(const struct kvt_object_meta *m)
@@ -362,6 +380,16 @@ static int block_check_ok(const unsigned char *p)
     return get_le(p + OFF_BCHECK, 8) == XXH3_64bits(p, OFF_BCHECK);
 }
 
+/* A lossy object's body is exactly its packed chunk: its form must fit its geometry. */
+static int form_len_ok(const struct kvt_object_meta *m)
+{
+    struct kvt_quant_chunk qc;
+    if (!KVT_CODEC_ID_FORM(m->codec))
+        return 1;
+    return kvt_object_form_chunk(m, m->codec, &qc) == 0 &&
+           kvt_quant_chunk_bytes(&qc, m->n_tokens) == m->stored_len;
+}
+
 int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
 {
     const unsigned char *p = buf;
@@ -402,7 +430,7 @@ int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
     if (m.g.n_layers == 0 || m.g.block_tokens == 0 || kvt_object_layout(&want) != 0 ||
         want.row_bytes != m.row_bytes || want.layer_stride != m.layer_stride ||
         want.stored_len != m.stored_len || (m.codec != KVT_CODEC_RAW && m.stored_len > m.raw_len) ||
-        get_le(p + OFF_META_OFF, 4) != KVT_OBJECT_META_OFF ||
+        !form_len_ok(&m) || get_le(p + OFF_META_OFF, 4) != KVT_OBJECT_META_OFF ||
         get_le(p + OFF_META_BYTES, 4) > KVT_OBJECT_META_BYTES_MAX ||
         m.meta_len > KVT_OBJECT_SECTION_BYTES_MAX)
         return KVT_E_CORRUPT;
@@ -441,7 +469,14 @@ int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes
         return KVT_E_CORRUPT;
     if (cap < m.raw_len)
         return KVT_E_SMALLBUF;
-    if (m.codec != KVT_CODEC_RAW) {
+    if (KVT_CODEC_ID_FORM(m.codec)) {
+        /* Verified as stored, then dequantized straight into dst. */
+        struct kvt_quant_chunk qc;
+        if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR) ||
+            kvt_object_form_chunk(&m, m.codec, &qc) != 0 ||
+            kvt_dequant_chunk_f16(NULL, &qc, p + HDR, (size_t)m.stored_len, m.n_tokens, dst) != 0)
+            return KVT_E_CORRUPT;
+    } else if (m.codec != KVT_CODEC_RAW) {
         if (!codec || get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR) ||
             kvt_codec_decode(codec, m.codec, p + HDR, (size_t)m.stored_len, dst,
                              (size_t)m.raw_len) != 0)
@@ -451,6 +486,31 @@ int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes
         return KVT_E_CORRUPT;
     }
     *out = m;
+    return 0;
+}
+
+int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
+                             size_t cap, struct kvt_object_meta *out, size_t *len_out)
+{
+    const unsigned char *p = buf;
+    struct kvt_object_meta m;
+
+    if (buf_bytes < HDR || kvt_object_parse_header(p, &m) != 0 || !block_check_ok(p) ||
+        m.stored_len > buf_bytes - HDR)
+        return KVT_E_CORRUPT;
+    if (!KVT_CODEC_ID_FORM(m.codec)) {
+        int rc = kvt_object_decode(codec, buf, buf_bytes, dst, cap, out);
+        if (rc == 0)
+            *len_out = (size_t)out->raw_len;
+        return rc;
+    }
+    if (cap < m.stored_len)
+        return KVT_E_SMALLBUF;
+    if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR))
+        return KVT_E_CORRUPT;
+    memcpy(dst, p + HDR, (size_t)m.stored_len);
+    *out = m;
+    *len_out = (size_t)m.stored_len;
     return 0;
 }
 

@@ -8,7 +8,7 @@
  * block check over the whole 4 KiB block (metadata frame included), verified by every reader of the
  * whole object.
  *
- * The body comes in one of two layouts, told apart by the codec id:
+ * The body comes in one of three layouts, told apart by the codec id:
  *   - blocked (codec RAW): the rows of each layer, in the canonical order [token][k|v][head][dim],
  *     start on a 4 KiB boundary (layer_stride bytes apart). Inside a layer the tokens are cut into
  *     blocks of block_tokens tokens (the last may be shorter); every block is followed directly by
@@ -21,6 +21,10 @@
  *   - packed (any other codec): the whole raw object compressed (byte shuffle + lz4/zstd) as one
  *     body of stored_len bytes, checked by one XXH3-64 seeded with the identity. A range read of a
  *     packed object reads it whole.
+ *   - lossy (a form in bits 8..15 of the codec id, tiers/codec.h): the whole fp16 chunk as the
+ *     packed quantized chunk of kernels/quant.h (keys and values in groups along head_dim, the
+ *     group in the id), stored_len = its exact size, checked like a packed body; read back by
+ *     dequantizing it. It needs the full geometry (fp16 elements), and is read whole.
  *
  * v4 adds an optional metadata section after the body, 4 KiB-aligned: opaque bytes of the
  * writer's (the daemon keeps a chunk's span abstract there) that are read alone, without the
@@ -175,6 +179,19 @@ int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta 
  * codec is needed only for the packed layout. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
 int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
                       size_t cap, struct kvt_object_meta *out);
+
+/* kvt_object_decode, except that an object kept in a lossy form (a form in its codec id) is
+ * verified and copied as stored, the packed quantized chunk, not dequantized: *len_out gets the
+ * bytes written to dst (stored_len for a lossy object, raw_len for any other). */
+int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
+                             size_t cap, struct kvt_object_meta *out, size_t *len_out);
+
+struct kvt_quant_chunk;
+/* The quantized chunk format that codec id `codec` (a lossy form) gives an object of m's
+ * geometry and lengths: 0, or KVT_E_INVAL when the form or group is unknown, the elements are
+ * not fp16 or the geometry is incomplete (a lossy object then cannot be written or read). */
+int kvt_object_form_chunk(const struct kvt_object_meta *m, uint32_t codec,
+                          struct kvt_quant_chunk *out);
 
 /* Finds metadata entry type in a validated header block: 0 with *val (borrowed from hdr) and
  * *len, or KVT_E_NOTFOUND. */

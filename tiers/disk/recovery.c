@@ -640,6 +640,7 @@ int kvt__disk_recover(struct kvt_disk *d)
     d->ckpt_gen = gen;
     d->next_seq = max_seq + 1;
     d->st.recovered_objects = d->index_count;
+    kvt__disk_form_recount(d);
     /* Start every run from a fresh checkpoint and empty journals. */
     rc = kvt__disk_checkpoint_sync(d);
     d->st.recovery_ms = kvt__disk_now_ms() - t0;
