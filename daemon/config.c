@@ -148,11 +148,11 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("disk.codec", disk_codec, "lz4", codecs, 0,
          "Lossless compression on disk after byte-shuffle: none, lz4 or zstd"),
     U64("disk.codec_level", disk_codec_level, "1", 1, 19, 0, "zstd level, or lz4 acceleration"),
-    ENUM("disk.form", disk_form, "fp16", forms, KVT_CFG_RUNTIME,
+    ENUM("disk.form", disk_form, "fp16", forms, ADMIN,
          "Form the disk tier keeps chunks of lossy-allowed fp16 namespaces in: fp16 (as stored), "
          "q8 or q4 (group quantization along head_dim, docs/lossy.md); never applies to "
          "namespaces registered without allow_lossy"),
-    ENUM("disk.form_cold", disk_form_cold, "same", cold_forms, KVT_CFG_RUNTIME,
+    ENUM("disk.form_cold", disk_form_cold, "same", cold_forms, ADMIN,
          "Form for chunks that recent Selects ranked low (none of their tokens returned by the "
          "last Selects that scored them, docs/lossy.md): same = disk.form, or fp16, q8, q4"),
     DOUBLE("disk.high_watermark", disk_high_watermark, "0.95", 0.1, 1.0, KVT_CFG_RUNTIME,
