@@ -335,13 +335,7 @@ KVT_API int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key
 
 /* The group size along head_dim of the q8 and q4 forms: the largest power of two up to 32 that
  * divides head_dim (32 for every common model), 0 when head_dim is odd (no lossy form). */
-static inline uint32_t kvt_form_group(uint32_t head_dim)
-{
-    for (uint32_t g = 32; g >= 2; g /= 2)
-        if (head_dim % g == 0)
-            return g;
-    return 0;
-}
+KVT_API uint32_t kvt_form_group(uint32_t head_dim);
 
 /* One item of a batch. The caller fills key/variant/buf/len (and n_tokens for puts); the library
  * fills status (0 or an error) and, for gets, len with the chunk length and tier. Initialize the
