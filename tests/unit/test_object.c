@@ -5,7 +5,9 @@
  * seal/verify/decode round trips of both layouts, detection of a flipped bit anywhere in header
  * or body, refusal of truncated objects and inconsistent geometry, and the metadata section after
  * the body (where it lies, read alone, every flipped bit and every truncation refused, never
- * accepted for another object).
+ * accepted for another object), and lossy objects (a q8/q4 form in the codec id: the packed
+ * quantized chunk as the body, its exact size checked, decoded by dequantizing or returned as
+ * stored, every flipped bit refused).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "kernels/half.h"
+#include "kernels/quant.h"
 #include "kvtier/errors.h"
 #include "tiers/codec.h"
 #include "tiers/disk/object.h"
@@ -569,9 +573,85 @@ static void test_metadata_section_packed(void **state)
     kvt_codec_destroy(c);
 }
 
+/* A q8 object of sample()'s geometry (head_dim 8: groups of 8): body = the kernels' packed chunk.
+ */
+static void test_lossy_object(void **state)
+{
+    (void)state;
+    struct kvt_object_meta m = sample(), got;
+    uint16_t *x = (uint16_t *)raw;
+    for (unsigned i = 0; i < RAW / 2; i++)
+        x[i] = kvt_f32_to_f16((float)((int)(i * 37 % 101) - 50) / 16.0f);
+    uint32_t cid = KVT_CODEC_FORM(KVT_FORM_Q8, 3);
+    struct kvt_quant_chunk qc;
+    m.raw_len = RAW;
+    assert_int_equal(kvt_object_form_chunk(&m, cid, &qc), 0);
+    assert_int_equal(qc.keys.group, 8);
+    size_t qbytes = kvt_quant_chunk_bytes(&qc, TOKENS);
+    assert_int_equal(qbytes, (size_t)LAYERS * TOKENS * 2 * 2 * (8 + 4)); /* 8 codes + 1 group */
+    unsigned char *body = buf + KVT_OBJECT_HEADER_BYTES;
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &qc, x, TOKENS, body, qbytes), 0);
+    m.codec = cid;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    m.stored_len = qbytes;
+    kvt_object_seal(buf, &m);
+    size_t used = KVT_OBJECT_HEADER_BYTES + qbytes, len = 0;
+    assert_int_equal(kvt_object_verify(buf, used, &got), 0);
+    assert_int_equal(got.codec, cid);
+    static uint16_t want[RAW / 2];
+    assert_int_equal(kvt_dequant_chunk_f16(NULL, &qc, body, qbytes, TOKENS, want), 0);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode(NULL, buf, used, out, sizeof(out), &got), 0);
+    assert_memory_equal(out, want, RAW);
+    assert_int_equal(kvt_object_decode(NULL, buf, used, out, RAW - 1, &got), KVT_E_SMALLBUF);
+    /* As stored: the block itself, with its length; a buffer for it only is enough. */
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, out, qbytes, &got, &len), 0);
+    assert_int_equal(len, qbytes);
+    assert_memory_equal(out, body, qbytes);
+    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, out, qbytes - 1, &got, &len),
+                     KVT_E_SMALLBUF);
+    /* Every flipped bit, header or body, is refused by every reader. */
+    for (size_t byte = 0; byte < used; byte += 7)
+        for (int bit = 0; bit < 8; bit += 5) {
+            buf[byte] ^= (unsigned char)(1u << bit);
+            assert_int_equal(kvt_object_verify(buf, used, &got), KVT_E_CORRUPT);
+            assert_int_equal(kvt_object_decode(NULL, buf, used, out, sizeof(out), &got),
+                             KVT_E_CORRUPT);
+            assert_int_equal(
+                kvt_object_decode_stored(NULL, buf, used, out, sizeof(out), &got, &len),
+                KVT_E_CORRUPT);
+            buf[byte] ^= (unsigned char)(1u << bit);
+        }
+    assert_int_equal(kvt_object_verify(buf, used, &got), 0);
+    /* A body length other than the block's, or a group the geometry cannot have, never parses. */
+    struct kvt_object_meta bad = m;
+    bad.stored_len = qbytes - 4;
+    kvt_object_seal(buf, &bad);
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    bad = m;
+    bad.codec = KVT_CODEC_FORM(KVT_FORM_Q8, 4); /* groups of 16 in head_dim 8 */
+    kvt_object_seal(buf, &bad);
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    /* Forms the helper refuses: unknown form, a lossless stage with it, 4-byte elements, no
+     * geometry. */
+    assert_int_equal(kvt_object_form_chunk(&m, KVT_CODEC_FORM(3, 3), &qc), KVT_E_INVAL);
+    assert_int_equal(kvt_object_form_chunk(&m, cid | KVT_CODEC_ID(KVT_CODEC_LZ4, 2), &qc),
+                     KVT_E_INVAL);
+    bad = m;
+    bad.g.elem_bytes = 4;
+    assert_int_equal(kvt_object_form_chunk(&bad, cid, &qc), KVT_E_INVAL);
+    bad = m;
+    bad.g.n_kv_heads = 0;
+    assert_int_equal(kvt_object_form_chunk(&bad, cid, &qc), KVT_E_INVAL);
+    assert_string_equal(kvt_codec_name(cid), "q8g8");
+    assert_string_equal(kvt_codec_name(KVT_CODEC_FORM(KVT_FORM_Q4, 5)), "q4g32");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lossy_object),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_roundtrip_blocked_and_ranges),
         cmocka_unit_test(test_roundtrip_packed),
