@@ -91,3 +91,53 @@ int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, u
     kvtier__response__free_unpacked(r, NULL);
     return rc;
 }
+
+int kvt_put_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, uint32_t variant,
+                 enum kvt_form form, const void *buf, size_t len, uint32_t n_tokens)
+{
+    if (!c || !key || (!buf && len))
+        return KVT_E_INVAL;
+    int rc = kvt__cl_ensure_session(c);
+    uint32_t ns_id = 0;
+    if (!rc)
+        rc = kvt__cl_ns_id(c, ns, &ns_id);
+    if (rc)
+        return rc;
+    uint64_t deadline = kvt_now_ms() + c->timeout_ms;
+    struct kvt_item it = {
+        .key = *key, .variant = variant, .buf = (void *)buf, .len = len, .n_tokens = n_tokens};
+    struct xfer x;
+    struct xfer_msg m;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    rc = kvt__cl_build_xfer(c, XFER_PUT, ns_id, &it, &x, &req, &m, deadline);
+    if (rc)
+        return rc;
+    m.pr.form = (uint32_t)form; /* the daemon validates it */
+    x.bytes = len;
+    Kvtier__Response *r = NULL;
+    rc = kvt__cl_queue(c, &req, deadline);
+    if (!rc)
+        rc = kvt__cl_flush(c, deadline);
+    while (!rc) {
+        rc = kvt__cl_recv(c, &r, deadline, len);
+        if (rc || r->id == x.req_id)
+            break;
+        if (r->id == 0 && r->status)
+            rc = r->status;
+        else
+            kvt__async_take(c, r); /* a submitted item's answer, or a late one */
+        kvtier__response__free_unpacked(r, NULL);
+        r = NULL;
+    }
+    if (rc) {
+        /* The daemon may still read the staging buffer: it goes with the socket. */
+        if (x.stage_off != UINT64_MAX)
+            c->pending_off[c->n_pending++] = x.stage_off;
+        kvt__cl_drop(c, rc);
+        return rc;
+    }
+    kvt__cl_finish_xfer(c, XFER_PUT, &it, &x, r);
+    kvt__cl_release_stage(c, &x);
+    kvtier__response__free_unpacked(r, NULL);
+    return it.status;
+}

@@ -321,6 +321,15 @@ KVT_API int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_
                             uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
                             enum kvt_tier_id *tier_out);
 
+/* kvt_put_v whose chunk's lower-tier copies are to be kept in form (KVT_FORM_Q8 or KVT_FORM_Q4)
+ * over the daemon's disk.form policy (docs/lossy.md); KVT_FORM_FP16 is kvt_put_v. The bytes are
+ * fp16 as for kvt_put (the daemon quantizes when it writes the chunk to disk; DRAM keeps them as
+ * given). KVT_E_LOSSY in a namespace registered without allow_lossy, KVT_E_INVAL for another
+ * form or a namespace that has none (not fp16, odd head_dim); nothing is stored then. */
+KVT_API int kvt_put_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                         uint32_t variant, enum kvt_form form, const void *buf, size_t len,
+                         uint32_t n_tokens);
+
 /* kvt_get_v that returns the chunk in the form the daemon stores it in, undecoded, instead of
  * dequantized to fp16 (docs/lossy.md): a chunk with a DRAM copy comes from there in fp16 (what
  * DRAM holds); a chunk only in a lower tier comes back as that copy's stored block, q8 or q4 in

@@ -442,9 +442,19 @@ static void test_refusal_and_bad_input(void **state)
     /* A Put's form over disk.form: chunk 1 asks for q4, chunk 2 takes the policy (q8). */
     assert_int_equal(raw_put(&lossy, 1, data[1], CHUNK_BYTES, KVT_FORM_Q4), 0);
     assert_int_equal(raw_put(&lossy, 2, data[2], CHUNK_BYTES, 0), 0);
+    /* The same through the library: kvt_put_form. */
+    struct kvt_ns_info pns;
+    struct kvt_client *pc = connect_ns(&d, 0, &pns);
+    struct kvt_key k3 = key_of(3);
+    assert_int_equal(kvt_put_form(pc, pns.handle, &k3, 0, KVT_FORM_Q4, data[3], CHUNK_BYTES, 0),
+                     KVT_E_LOSSY);
+    assert_int_equal(kvt_put_form(c, ns.handle, &k3, 0, (enum kvt_form)7, data[3], CHUNK_BYTES, 0),
+                     KVT_E_INVAL);
+    assert_int_equal(kvt_put_form(c, ns.handle, &k3, 0, KVT_FORM_Q4, data[3], CHUNK_BYTES, 0), 0);
+    kvt_close(pc);
     assert_int_equal(raw_get_status(&lossy, 1, CHUNK_BYTES, 1, 1, 0, NULL), KVT_E_INVAL);
     assert_int_equal(raw_get_status(&lossy, 1, CHUNK_BYTES, 1, 0, 1, NULL), KVT_E_INVAL);
-    assert_int_equal(stat_of(c, "disk.q4_objects"), 1);
+    assert_int_equal(stat_of(c, "disk.q4_objects"), 2);
     assert_int_equal(stat_of(c, "disk.q8_objects"), 1);
     raw_close(&plain);
     raw_close(&lossy);
