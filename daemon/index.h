@@ -51,7 +51,7 @@ struct kvt_entry {
      * copy was dequantized from a lossy one (its bytes are not the Put's: replies carry their own
      * checksum). */
     uint8_t form[KVT_ENTRY_TIERS_MAX];
-    uint8_t form_want;
+    uint8_t form_want; /* KVT_FORM_CLUSTER: a clustered variant, its bytes kept as given */
     uint8_t lossy;
     /* Importance (Select): bit i of sel_hist tells whether the i-th most recent Select that
      * scored this chunk returned any of its tokens; sel_seen counts those Selects (saturating). */

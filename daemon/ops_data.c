@@ -52,8 +52,9 @@ static int lossy_refused(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
         reply_error(s, c, op, KVT_E_LOSSY, why);
         return 1;
     }
-    if (form > KVT_FORM_Q4) {
-        reply_error(s, c, op, KVT_E_INVAL, "unknown form (0 = policy, 1 = q8, 2 = q4)");
+    if (form > KVT_FORM_CLUSTER) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "unknown form (0 = policy, 1 = q8, 2 = q4, 3 = clustered variant)");
         return 1;
     }
     if (ns->dtype != KVT_DTYPE_FP16 || !kvt_form_group(ns->head_dim)) {
@@ -62,6 +63,34 @@ static int lossy_refused(struct kvt_server *s, struct kvt_conn *c, struct kvt_op
         return 1;
     }
     return 0;
+}
+
+/* Bytes of one entry of a clustered variant in namespace ns: its row and its layers x KV heads
+ * counts. */
+static uint64_t cluster_entry_bytes(const struct kvt_ns *ns)
+{
+    return ns->bytes_per_token + (uint64_t)ns->layers * ns->kv_heads * sizeof(uint32_t);
+}
+
+/* Whether the counts after n_entries rows of a clustered variant (in the daemon's memory) are
+ * all at least 1 and sum to n_tokens for each (layer, KV head). */
+static int cluster_counts_ok(const struct kvt_ns *ns, const uint8_t *bytes, uint32_t n_entries,
+                             uint32_t n_tokens)
+{
+    const uint8_t *p = bytes + (uint64_t)n_entries * ns->bytes_per_token;
+    for (uint32_t lh = 0; lh < ns->layers * ns->kv_heads; lh++) {
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < n_entries; i++, p += 4) {
+            uint32_t n =
+                (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            if (!n)
+                return 0;
+            sum += n;
+        }
+        if (sum != n_tokens)
+            return 0;
+    }
+    return 1;
 }
 
 /* Bytes of a chunk of n_tokens of namespace ns in form (fp16: its canonical length). */
@@ -100,15 +129,23 @@ void kvt__ops_sel_note(struct kvt_server *s, uint32_t id, int selected)
 /* The tier manager's form callback: the form entry id's lower-tier copy is kept in. Only chunks
  * of a live lossy-allowed fp16 namespace get one: the Put's own form when it asked, else
  * disk.form_cold for a chunk recent Selects ranked low, else disk.form. */
+/* The live namespace that stored entry e, or NULL (reclaimed, or a chunk recovered from disk). */
+static const struct kvt_ns *entry_ns(const struct kvt_server *s, const struct kvt_entry *e)
+{
+    if (!e->owner || e->owner > s->ns.used)
+        return NULL;
+    const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
+    return ns->id && ns->seed == e->id.ns_seed ? ns : NULL;
+}
+
 static uint32_t tm_form(void *arg, uint32_t id)
 {
     struct kvt_server *s = arg;
     const struct kvt_entry *e = kvt_index_at(&s->idx, id);
-    if (!e->owner || e->owner > s->ns.used)
-        return 0;
-    const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
-    if (!ns->id || ns->seed != e->id.ns_seed || !ns->allow_lossy || ns->dtype != KVT_DTYPE_FP16 ||
-        !kvt_form_group(ns->head_dim))
+    if (e->form_want == KVT_FORM_CLUSTER)
+        return KVT_FORM_CLUSTER; /* its bytes are entries and counts: tagged in every tier */
+    const struct kvt_ns *ns = entry_ns(s, e);
+    if (!ns || !ns->allow_lossy || ns->dtype != KVT_DTYPE_FP16 || !kvt_form_group(ns->head_dim))
         return 0;
     uint32_t form = e->form_want;
     if (!form && sel_cold(e) && strcmp(s->cfg->disk_form_cold, "same")) {
@@ -228,7 +265,24 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     uint32_t n_tokens = p->n_tokens ? p->n_tokens : ns->tokens_per_chunk;
     uint64_t len = p->inline_data.len ? p->inline_data.len : p->length;
-    if (n_tokens > ns->tokens_per_chunk || len != n_tokens * ns->bytes_per_token) {
+    if (p->form == KVT_FORM_CLUSTER) {
+        /* Merged entries and their counts: refused before anything else is looked at. */
+        if (lossy_refused(s, c, op, ns, p->form, "this Put"))
+            return;
+        uint64_t per = cluster_entry_bytes(ns);
+        op->n_entries = (uint32_t)(len / per);
+        if (n_tokens > ns->tokens_per_chunk || len % per || !op->n_entries ||
+            op->n_entries >= n_tokens) {
+            s->st.geometry_errors++;
+            snprintf(why, sizeof(why),
+                     "a clustered variant of %u tokens is 1 to %u entries of %" PRIu64
+                     " bytes (a row and its counts), got %" PRIu64 " bytes",
+                     n_tokens, n_tokens ? n_tokens - 1 : 0, per, len);
+            reply_error(s, c, op, KVT_E_GEOMETRY, why);
+            return;
+        }
+        op->cluster = 1;
+    } else if (n_tokens > ns->tokens_per_chunk || len != n_tokens * ns->bytes_per_token) {
         s->st.geometry_errors++;
         snprintf(why, sizeof(why),
                  "chunk of %u tokens must be %" PRIu64 " bytes in this namespace, got %" PRIu64,
@@ -317,7 +371,9 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     op->entry = id;
     op->length = len;
-    put_abstract(s, ns, op, n_tokens);
+    op->n_tokens = n_tokens;
+    if (!op->cluster) /* merged entries' keys bound no token's: no abstract */
+        put_abstract(s, ns, op, n_tokens);
     op->has_checksum = p->checksum != NULL;
     op->checksum = p->checksum ? p->checksum->value : 0;
     op->job.dst = dst;
@@ -356,6 +412,8 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     gr.length = op->stored ? op->length : e->length;
     gr.n_tokens = e->n_tokens;
     gr.form = op->form;
+    if (op->form == KVT_FORM_CLUSTER)
+        gr.n_entries = op->n_entries;
     Kvtier__Checksum sum = KVTIER__CHECKSUM__INIT;
     if (inline_data) {
         gr.inline_data.data = (uint8_t *)inline_data;
@@ -392,7 +450,7 @@ void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const str
         /* A stored-form read straight into the client's buffer: the block and its form. */
         op->length = op->io.got;
         op->form = op->io.form;
-        if (op->form)
+        if (op->form == KVT_FORM_Q8 || op->form == KVT_FORM_Q4)
             s->st.gets_stored_form++;
     }
     count_served(s, op, e);
@@ -414,7 +472,7 @@ void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
 static void lossy_sum_setup(struct kvt_op *op, const struct kvt_entry *e)
 {
     op->stored = 0;
-    op->form = KVT_FORM_FP16;
+    op->form = e->form_want == KVT_FORM_CLUSTER ? KVT_FORM_CLUSTER : KVT_FORM_FP16;
     op->lossy_sum = op->kind == KVTIER__REQUEST__OP_GET && e->lossy && !op->rope.on;
     op->job.want_sum = op->lossy_sum && !op->want_inline;
 }
@@ -545,6 +603,10 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     if (!e)
         return;
     op->rope.on = 0;
+    if (g->rotate && e->form_want == KVT_FORM_CLUSTER) {
+        reply_error(s, c, op, KVT_E_INVAL, "a clustered variant is not rotated");
+        return;
+    }
     if (g->rotate) {
         const struct kvt_version *v = kvt_version_store_get(&s->versions, id);
         if (!v) {
@@ -567,7 +629,12 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     /* A chunk without a DRAM copy is read from a lower one, perhaps kept in a lossy form: a Get
      * of the stored form returns that block, of its own size. */
     uint32_t lform = kvt_tm_in_memory(e) ? KVT_FORM_FP16 : kvt_tm_lower_form(s->tm, e);
-    uint64_t need = g->stored_form && lform ? form_bytes(ns, e->n_tokens, lform) : e->length;
+    int quantized = lform == KVT_FORM_Q8 || lform == KVT_FORM_Q4;
+    uint64_t need = g->stored_form && quantized ? form_bytes(ns, e->n_tokens, lform) : e->length;
+    if (e->form_want == KVT_FORM_CLUSTER) {
+        op->form = KVT_FORM_CLUSTER;
+        op->n_entries = (uint32_t)(e->length / cluster_entry_bytes(ns));
+    }
     /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
      * must never receive more bytes than it said it has room for. */
     int too_big = g->want_inline && e->length > s->cfg->inline_max_bytes;
@@ -594,8 +661,8 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         op->stored = (uint8_t)g->stored_form;
         op->io = (struct kvt_tm_io){.dst = op->job.dst,
                                     .cap = need,
-                                    .want_dram =
-                                        g->want_inline || g->rotate || (lform && !g->stored_form),
+                                    .want_dram = g->want_inline || g->rotate ||
+                                                 (quantized && !g->stored_form),
                                     .stored = g->stored_form};
         rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
@@ -662,6 +729,11 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     struct kvt_entry *e = find_readable(s, c, op, ns, &key, g->key->variant, &id, &tier);
     if (!e)
         return;
+    if (e->form_want == KVT_FORM_CLUSTER) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "a clustered variant has entries, not token rows: read it whole with Get");
+        return;
+    }
     /* A chunk may hold fewer tokens than the namespace's chunks. */
     if ((uint64_t)g->token_first + g->n_tokens > e->n_tokens) {
         s->st.geometry_errors++;
@@ -751,6 +823,18 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
                      : op->copy_res                                ? op->copy_res
                      : op->has_checksum && op->sum != op->checksum ? KVT_E_CHECKSUM
                                                                    : 0;
+        /* A clustered variant's counts, read from the daemon's own copy (the client's arena
+         * is never read on the loop). */
+        const struct kvt_ns *cns = op->cluster ? entry_ns(s, e) : NULL;
+        if (!status && op->cluster &&
+            (!cns || !cluster_counts_ok(cns, op->job.dst, op->n_entries, op->n_tokens))) {
+            s->st.cluster_counts_refused++;
+            kvt_tm_abort(s->tm, op->entry);
+            reply_error(s, op->conn, op, KVT_E_INVAL,
+                        "a clustered variant's counts must be at least 1 and sum to n_tokens for "
+                        "every layer and KV head; nothing was stored");
+            return;
+        }
         if (status) {
             if (status == KVT_E_CHECKSUM)
                 s->st.put_checksum_errors++;
@@ -779,6 +863,7 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
         s->st.put_bytes += op->length;
+        s->st.cluster_puts += op->cluster;
         if (op->conn && op->conn->tstats)
             op->conn->tstats->put_bytes += op->length;
         enum kvt_tier_id tier;

@@ -477,6 +477,8 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
         op->lossy_sum = 0;
         op->stored = 0;
         op->form = 0;
+        op->cluster = 0;
+        op->n_entries = 0;
         op->req_id = req->id;
         op->reserve = reserve;
         op->kind = req->op_case;

@@ -127,7 +127,10 @@
     X(A, gets_dequantized, KVT_STAT_COUNTER, "",                                                   \
       "Gets answered with fp16 bytes dequantized from a lossy copy (with their own checksum)")     \
     X(A, gets_stored_form, KVT_STAT_COUNTER, "",                                                   \
-      "Gets asking for the stored form that were answered with a lossy block")
+      "Gets asking for the stored form that were answered with a lossy block")                     \
+    X(A, cluster_puts, KVT_STAT_COUNTER, "", "clustered variants stored (merged entries, counts)") \
+    X(A, cluster_counts_refused, KVT_STAT_COUNTER, "",                                             \
+      "clustered variants refused because their counts did not add up to their tokens")
 #define KVT_DAEMON_STATS(A) KVT_DAEMON_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */
@@ -212,6 +215,9 @@ struct kvt_op {
     uint8_t lossy_sum;
     uint8_t stored;
     uint32_t form;
+    /* A clustered variant (form 3): its entries; a Put's counts are checked once copied. */
+    uint8_t cluster;
+    uint32_t n_entries;
 };
 
 /* Bump allocator for unpacking one request without touching the heap in the common case. */

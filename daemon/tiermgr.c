@@ -304,12 +304,11 @@ static int demote_start(struct kvt_tm *tm, uint32_t id, struct kvt_tm_io *io)
                              .elem_bytes = e->elem_bytes ? e->elem_bytes : 1,
                              .cookie = id,
                              .owner = e->owner};
-    if (tm->cb->geom && tm->cb->geom(tm->cb_arg, e, &geom) == 0) {
+    if (tm->cb->geom && tm->cb->geom(tm->cb_arg, e, &geom) == 0)
         o.geom = &geom;
-        /* A lossy form only where the shape is known and the tier keeps forms. */
-        if (tm->cb->form && ops_of(tm, ti)->read_stored)
-            o.form = tm->cb->form(tm->cb_arg, id);
-    }
+    /* A form only for tiers that keep forms (q8/q4 also need the shape: the tier checks). */
+    if (tm->cb->form && ops_of(tm, ti)->read_stored)
+        o.form = tm->cb->form(tm->cb_arg, id);
     d->w.form = 0; /* a tier that keeps no forms leaves it so */
     memset(&d->meta, 0, sizeof(d->meta));
     if ((ops_of(tm, ti)->caps & KVT_TIER_CAP_META) && tm->cb->meta_pin &&
@@ -885,8 +884,8 @@ static void promote_done(void *arg, int res)
     e->at[MEM] = KVT_AT_READY;
     e->loc[MEM] = io->slot;
     /* DRAM holds fp16 again, dequantized from a lossy copy: not the bytes the Put gave. */
-    if (io->src < tm->n_tiers && e->form[io->src])
-        e->lossy = 1;
+    if (io->src < tm->n_tiers && (e->form[io->src] == 1 || e->form[io->src] == 2))
+        e->lossy = 1; /* q8 or q4 (a clustered variant is kept as given) */
     tm->st.promotions++;
     tm->cb->get_in_dram(tm->cb_arg, io);
 }
@@ -1207,6 +1206,7 @@ static int load_object(void *arg, const struct kvt_tier_obj *o, kvt_tier_loc loc
     e->at[lc->tier] = KVT_AT_READY;
     e->loc[lc->tier] = loc;
     e->form[lc->tier] = (uint8_t)o->form;
+    e->form_want = (uint8_t)o->form; /* a copy written again keeps its form */
     e->length = o->length;
     e->n_tokens = o->n_tokens;
     return 0;

@@ -171,8 +171,8 @@ struct kvt_tm_callbacks {
     /* During shutdown: a Delete waiting for durability will not be answered (may be NULL). */
     void (*delete_abandoned)(void *arg, void *ctx);
     /* The lossy form (enum kvt_form) entry id's lower-tier copy is to be kept in, asked for just
-     * before it is written, only for chunks whose shape geom gave and tiers that keep forms
-     * (read_stored); 0 keeps the bytes as they are. May be NULL. */
+     * before it is written to a tier that keeps forms (read_stored); 0 keeps the bytes as they
+     * are. May be NULL. */
     uint32_t (*form)(void *arg, uint32_t id);
     /* The shape of entry e's chunk, for range-readable lower-tier copies; nonzero: unknown. */
     int (*geom)(void *arg, const struct kvt_entry *e, struct kvt_chunk_geom *out);

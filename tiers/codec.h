@@ -30,6 +30,9 @@ enum kvt_codec_algo { KVT_CODEC_NONE = 0, KVT_CODEC_LZ4 = 1, KVT_CODEC_ZSTD = 2 
  * groups along head_dim) and is decoded by dequantizing it, never by this codec: it is not
  * compressed further (quantized codes barely compress, and the object then needs no scratch to
  * decode). */
+/* Form 3 (a clustered variant: merged entries and their counts) is kept as given: its body is the
+ * bytes themselves, stored_len = raw_len, checked like a packed body, group bits 0. */
+#define KVT_CODEC_FORM_CLUSTER 3u
 #define KVT_CODEC_FORM(form, group_log2) (((uint32_t)(form) << 8) | ((uint32_t)(group_log2) << 12))
 #define KVT_CODEC_ID_FORM(id) (((id) >> 8) & 0xfu)
 #define KVT_CODEC_ID_GROUP(id) (1u << (((id) >> 12) & 0xfu))

@@ -946,8 +946,9 @@ void kvt__cl_finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_i
         } else if (!r->status && x->stage_off != UINT64_MAX) {
             memcpy(it->buf, c->arena + x->stage_off, g->length);
         }
-        if (!r->status && !it->status && g->form) {
-            it->status = KVT_E_PROTO; /* a plain Get is answered in fp16 */
+        if (!r->status && !it->status && g->form && g->form != KVT_FORM_CLUSTER) {
+            it->status =
+                KVT_E_PROTO; /* a plain Get is answered in fp16 or as a clustered variant */
             it->len = 0;
         } else if (!r->status && !it->status && g->checksum &&
                    kvt_payload_checksum(it->buf, g->length) != g->checksum->value) {

@@ -435,7 +435,9 @@ static void test_refusal_and_bad_input(void **state)
     assert_int_equal(stat_of(c, "disk.writes"), 0);
     assert_int_equal(stat_of(c, "lossy_refused"), 3);
     /* Unknown forms, wrong sizes, and stored-form Gets inline or rotated. */
-    assert_int_equal(raw_put(&lossy, 0, data[0], CHUNK_BYTES, 3), KVT_E_INVAL);
+    assert_int_equal(raw_put(&lossy, 0, data[0], CHUNK_BYTES, 4), KVT_E_INVAL);
+    /* Form 3 is a clustered variant: an fp16 chunk's length is not whole entries. */
+    assert_int_equal(raw_put(&lossy, 0, data[0], CHUNK_BYTES, KVT_FORM_CLUSTER), KVT_E_GEOMETRY);
     assert_int_equal(raw_put(&lossy, 0, data[0], CHUNK_BYTES, 0xffffffffu), KVT_E_INVAL);
     assert_int_equal(raw_put(&lossy, 0, data[0], CHUNK_BYTES - 2, KVT_FORM_Q8), KVT_E_GEOMETRY);
     assert_int_equal(stat_of(c, "puts"), puts0);
@@ -711,6 +713,136 @@ static void test_bytes_per_token(void **state)
     free(buf);
 }
 
+/* A clustered variant (form 3): 40 merged entries standing for 64 tokens, with their counts,
+ * beside the chunk's fp16 variant 0: stored and returned bit for bit with its counts and entry
+ * count, in DRAM and from disk after a restart; counts that do not add up, sizes that are not
+ * entries, a plain namespace, GetRange and rotation refused. */
+#define ENTRIES 40u
+#define CL_BYTES (ENTRIES * ROW_HALFS * 2u * LAYERS + LAYERS * HEADS * ENTRIES * 4u)
+static uint8_t cl[CL_BYTES];
+
+static void make_cluster(uint8_t *p)
+{
+    uint64_t x = 0xc1;
+    uint16_t *rows = (uint16_t *)p;
+    for (size_t i = 0; i < (size_t)ENTRIES * ROW_HALFS * LAYERS; i++)
+        rows[i] = kvt_f32_to_f16(rnd(&x));
+    uint8_t *counts = p + (size_t)ENTRIES * ROW_HALFS * 2u * LAYERS;
+    for (uint32_t lh = 0; lh < LAYERS * HEADS; lh++)
+        for (uint32_t e = 0; e < ENTRIES; e++) {
+            /* 24 merged pairs and 16 single tokens: 64 in all, in a different order per head. */
+            uint32_t n = (e + lh) % 5 < 3 ? 2 : 1;
+            memcpy(counts + ((size_t)lh * ENTRIES + e) * 4, &n, 4);
+        }
+    /* The pattern above gives 24 twos only when ENTRIES is 40: check it adds up. */
+    for (uint32_t lh = 0; lh < LAYERS * HEADS; lh++) {
+        uint32_t sum = 0, n;
+        for (uint32_t e = 0; e < ENTRIES; e++) {
+            memcpy(&n, counts + ((size_t)lh * ENTRIES + e) * 4, 4);
+            sum += n;
+        }
+        assert_int_equal(sum, TOKENS);
+    }
+}
+
+static void test_clustered_variant(void **state)
+{
+    (void)state;
+    const char *args[10];
+    args_for(KVT_FORM_FP16, args, NULL);
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_ns_info ns, pns;
+    struct kvt_client *c = connect_ns(&d, 1, &ns);
+    struct kvt_client *pc = connect_ns(&d, 0, &pns);
+    make_cluster(cl);
+    struct kvt_key k = key_of(50);
+    assert_int_equal(kvt_put(c, ns.handle, &k, data[0], CHUNK_BYTES, 0), 0);
+    assert_int_equal(kvt_put_form(pc, pns.handle, &k, 1, KVT_FORM_CLUSTER, cl, CL_BYTES, TOKENS),
+                     KVT_E_LOSSY);
+    /* Sizes that are not whole entries, or as many entries as tokens. */
+    assert_int_equal(kvt_put_form(c, ns.handle, &k, 1, KVT_FORM_CLUSTER, cl, CL_BYTES - 4, TOKENS),
+                     KVT_E_GEOMETRY);
+    static uint8_t big[TOKENS * (ROW_HALFS * 2u * LAYERS + LAYERS * HEADS * 4u)];
+    assert_int_equal(kvt_put_form(c, ns.handle, &k, 1, KVT_FORM_CLUSTER, big, sizeof(big), TOKENS),
+                     KVT_E_GEOMETRY);
+    /* Counts that do not add up, or a zero count: refused once copied, nothing stored. */
+    static uint8_t bad[CL_BYTES];
+    uint8_t *counts = bad + (size_t)ENTRIES * ROW_HALFS * 2u * LAYERS;
+    memcpy(bad, cl, CL_BYTES);
+    counts[(3 * ENTRIES + 7) * 4] += 1; /* (layer 1, head 1) sums to 65 */
+    assert_int_equal(kvt_put_form(c, ns.handle, &k, 1, KVT_FORM_CLUSTER, bad, CL_BYTES, TOKENS),
+                     KVT_E_INVAL);
+    memcpy(bad, cl, CL_BYTES);
+    uint32_t c0, c1, zero = 0;
+    memcpy(&c0, counts, 4);
+    memcpy(&c1, counts + 4, 4);
+    c1 += c0; /* entry 1 takes entry 0's tokens: the sum stays 64, entry 0 counts none */
+    memcpy(counts, &zero, 4);
+    memcpy(counts + 4, &c1, 4);
+    assert_int_equal(kvt_put_form(c, ns.handle, &k, 1, KVT_FORM_CLUSTER, bad, CL_BYTES, TOKENS),
+                     KVT_E_INVAL);
+    static uint8_t got[CL_BYTES + CHUNK_BYTES];
+    size_t len = 0;
+    enum kvt_form f;
+    enum kvt_tier_id tier;
+    assert_int_equal(kvt_get_v(c, ns.handle, &k, 1, got, sizeof(got), &len, &tier), KVT_E_NOTFOUND);
+    assert_int_equal(stat_of(c, "cluster_counts_refused"), 2);
+    assert_int_equal(kvt_put_form(c, ns.handle, &k, 1, KVT_FORM_CLUSTER, cl, CL_BYTES, TOKENS), 0);
+    assert_int_equal(stat_of(c, "cluster_puts"), 1);
+    for (int round = 0; round < 2; round++) {
+        /* round 0: from DRAM; round 1: after a restart, from disk. */
+        assert_int_equal(kvt_get_form(c, ns.handle, &k, 1, got, sizeof(got), &len, &f, &tier), 0);
+        assert_int_equal(f, KVT_FORM_CLUSTER);
+        assert_int_equal(len, CL_BYTES);
+        assert_int_equal(tier, round ? KVT_TIER_DISK : KVT_TIER_CPU);
+        assert_memory_equal(got, cl, CL_BYTES);
+        assert_int_equal(kvt_get_v(c, ns.handle, &k, 1, got, sizeof(got), &len, &tier), 0);
+        assert_int_equal(len, CL_BYTES);
+        assert_memory_equal(got, cl, CL_BYTES);
+        assert_int_equal(kvt_get_v(c, ns.handle, &k, 0, got, sizeof(got), &len, &tier), 0);
+        assert_int_equal(len, CHUNK_BYTES);
+        assert_memory_equal(got, data[0], CHUNK_BYTES);
+        assert_int_equal(
+            kvt_get_range_v(c, ns.handle, &k, 1, 0, 0, 8, got, sizeof(got), &len, &tier),
+            KVT_E_INVAL);
+        struct raw r;
+        raw_open(&r, &d, 1);
+        Kvtier__Key rk = KVTIER__KEY__INIT;
+        rk.lo = k.lo;
+        rk.hi = k.hi;
+        rk.variant = 1;
+        Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
+        g.ns = r.ns;
+        g.key = &rk;
+        g.capacity = CL_BYTES;
+        Kvtier__Request rq = KVTIER__REQUEST__INIT;
+        rq.op_case = KVTIER__REQUEST__OP_GET;
+        rq.get = &g;
+        Kvtier__Response *resp = raw_call(&r, &rq);
+        assert_int_equal(resp->status, 0);
+        assert_int_equal(resp->get->form, KVT_FORM_CLUSTER);
+        assert_int_equal(resp->get->n_entries, ENTRIES);
+        assert_int_equal(resp->get->n_tokens, TOKENS);
+        assert_int_equal(resp->get->length, CL_BYTES);
+        assert_null(resp->get->checksum); /* the bytes are the Put's */
+        assert_memory_equal(r.arena, cl, CL_BYTES);
+        kvtier__response__free_unpacked(resp, NULL);
+        raw_close(&r);
+        if (round == 0) {
+            kvt_close(c);
+            kvt_close(pc);
+            assert_int_equal(kvt_test_daemon_stop(&d), 0);
+            assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+            c = connect_ns(&d, 1, &ns);
+            pc = NULL;
+        }
+    }
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     make_data();
@@ -721,6 +853,7 @@ int main(void)
         cmocka_unit_test(test_refusal_and_bad_input),
         cmocka_unit_test(test_corrupt_quantized_object),
         cmocka_unit_test(test_cold_chunks_get_form_cold),
+        cmocka_unit_test(test_clustered_variant),
         cmocka_unit_test(test_bytes_per_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

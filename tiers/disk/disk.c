@@ -188,6 +188,13 @@ int kvt_disk_write_reserve_meta(struct kvt_disk *d, const struct kvt_obj_id *id,
 static int lossy_encode(struct kvt_disk_wslot *ws, const void *src, size_t *stored, uint32_t *id)
 {
     struct kvt_quant_chunk qc;
+    if (ws->form == KVT_FORM_CLUSTER) {
+        /* A clustered variant is kept as given, tagged so that every reader knows it. */
+        memcpy((uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, src, ws->raw_len);
+        *stored = ws->raw_len;
+        *id = KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0);
+        return 0;
+    }
     uint32_t group = kvt_form_group(ws->m.g.head_dim), lg = 0;
     while (group && (1u << lg) < group)
         lg++;

@@ -386,6 +386,8 @@ static int form_len_ok(const struct kvt_object_meta *m)
     struct kvt_quant_chunk qc;
     if (!KVT_CODEC_ID_FORM(m->codec))
         return 1;
+    if (KVT_CODEC_ID_FORM(m->codec) == KVT_CODEC_FORM_CLUSTER)
+        return m->codec == KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0) && m->stored_len == m->raw_len;
     return kvt_object_form_chunk(m, m->codec, &qc) == 0 &&
            kvt_quant_chunk_bytes(&qc, m->n_tokens) == m->stored_len;
 }
@@ -469,7 +471,12 @@ int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes
         return KVT_E_CORRUPT;
     if (cap < m.raw_len)
         return KVT_E_SMALLBUF;
-    if (KVT_CODEC_ID_FORM(m.codec)) {
+    if (KVT_CODEC_ID_FORM(m.codec) == KVT_CODEC_FORM_CLUSTER) {
+        /* Kept as given: verified, then copied. */
+        if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR))
+            return KVT_E_CORRUPT;
+        memcpy(dst, p + HDR, (size_t)m.raw_len);
+    } else if (KVT_CODEC_ID_FORM(m.codec)) {
         /* Verified as stored, then dequantized straight into dst. */
         struct kvt_quant_chunk qc;
         if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR) ||
@@ -498,7 +505,7 @@ int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t bu
     if (buf_bytes < HDR || kvt_object_parse_header(p, &m) != 0 || !block_check_ok(p) ||
         m.stored_len > buf_bytes - HDR)
         return KVT_E_CORRUPT;
-    if (!KVT_CODEC_ID_FORM(m.codec)) {
+    if (!KVT_CODEC_ID_FORM(m.codec) || KVT_CODEC_ID_FORM(m.codec) == KVT_CODEC_FORM_CLUSTER) {
         int rc = kvt_object_decode(codec, buf, buf_bytes, dst, cap, out);
         if (rc == 0)
             *len_out = (size_t)out->raw_len;

@@ -24,7 +24,8 @@
  *   - lossy (a form in bits 8..15 of the codec id, tiers/codec.h): the whole fp16 chunk as the
  *     packed quantized chunk of kernels/quant.h (keys and values in groups along head_dim, the
  *     group in the id), stored_len = its exact size, checked like a packed body; read back by
- *     dequantizing it. It needs the full geometry (fp16 elements), and is read whole.
+ *     dequantizing it. It needs the full geometry (fp16 elements), and is read whole. Form 3
+ *     (a clustered variant) is the bytes as given, stored_len = raw_len, checked the same way.
  *
  * v4 adds an optional metadata section after the body, 4 KiB-aligned: opaque bytes of the
  * writer's (the daemon keeps a chunk's span abstract there) that are read alone, without the

@@ -102,7 +102,7 @@ static int dt_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_
         return rc;
     dw->meta_write = o->meta_write;
     dw->meta_ctx = o->meta_ctx;
-    dw->form = o->geom ? o->form : 0; /* a form needs the geometry */
+    dw->form = o->form; /* q8/q4 apply only where the geometry is known (kvt_disk_encode) */
     dw->codec = &dt->codec;
     dw->elem_bytes = o->elem_bytes ? o->elem_bytes : 1;
     w->loc = 0;
