@@ -70,11 +70,11 @@ int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, u
         return rc;
     }
     rc = r->status;
-    if ((!rc || rc == KVT_E_SMALLBUF) && r->result_case != KVTIER__RESPONSE__RESULT_GET)
+    if (!rc && r->result_case != KVTIER__RESPONSE__RESULT_GET)
         rc = KVT_E_PROTO;
     if (!rc && (r->get->length > cap || r->get->form > KVT_FORM_CLUSTER))
         rc = KVT_E_PROTO;
-    if (rc == KVT_E_SMALLBUF && len_out)
+    if (rc == KVT_E_SMALLBUF && len_out && r->result_case == KVTIER__RESPONSE__RESULT_GET)
         *len_out = r->get->length; /* the capacity needed */
     if (!rc) {
         if (stage != UINT64_MAX)

@@ -573,8 +573,9 @@ static void test_metadata_section_packed(void **state)
     kvt_codec_destroy(c);
 }
 
-/* A q8 object of sample()'s geometry (head_dim 8: groups of 8): body = the kernels' packed chunk.
- */
+/* A q8 object of sample()'s geometry (head_dim 8: groups of 8): every token row quantized in the
+ * blocked layout. Read whole it is the kernels' dequantization of their chunk quantization; read
+ * as stored it is that chunk quantization, bit for bit; a range reads only its blocks. */
 static void test_lossy_object(void **state)
 {
     (void)state;
@@ -584,49 +585,65 @@ static void test_lossy_object(void **state)
         x[i] = kvt_f32_to_f16((float)((int)(i * 37 % 101) - 50) / 16.0f);
     uint32_t cid = KVT_CODEC_FORM(KVT_FORM_Q8, 3);
     struct kvt_quant_chunk qc;
-    m.raw_len = RAW;
     assert_int_equal(kvt_object_form_chunk(&m, cid, &qc), 0);
     assert_int_equal(qc.keys.group, 8);
     size_t qbytes = kvt_quant_chunk_bytes(&qc, TOKENS);
     assert_int_equal(qbytes, (size_t)LAYERS * TOKENS * 2 * 2 * (8 + 4)); /* 8 codes + 1 group */
-    unsigned char *body = buf + KVT_OBJECT_HEADER_BYTES;
-    assert_int_equal(kvt_quant_chunk_f16(NULL, &qc, x, TOKENS, body, qbytes), 0);
+    static uint8_t want_block[RAW];
+    static uint16_t want[RAW / 2];
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &qc, x, TOKENS, want_block, sizeof(want_block)), 0);
+    assert_int_equal(kvt_dequant_chunk_f16(NULL, &qc, want_block, qbytes, TOKENS, want), 0);
     m.codec = cid;
     assert_int_equal(kvt_object_layout(&m), 0);
-    m.stored_len = qbytes;
+    assert_int_equal(m.row_bytes, 2 * 2 * (8 + 4)); /* a stored row: 4 heads' codes and params */
+    assert_int_equal(kvt_object_out_row_bytes(&m), ROW);
+    assert_true(kvt_object_blocked(cid));
+    unsigned char *body = buf + KVT_OBJECT_HEADER_BYTES;
+    assert_true(m.stored_len <= sizeof(buf) - KVT_OBJECT_HEADER_BYTES);
+    kvt_object_put_rows(body, &m, x);
     kvt_object_seal(buf, &m);
-    size_t used = KVT_OBJECT_HEADER_BYTES + qbytes, len = 0;
+    size_t used = KVT_OBJECT_HEADER_BYTES + (size_t)m.stored_len, len = 0;
     assert_int_equal(kvt_object_verify(buf, used, &got), 0);
     assert_int_equal(got.codec, cid);
-    static uint16_t want[RAW / 2];
-    assert_int_equal(kvt_dequant_chunk_f16(NULL, &qc, body, qbytes, TOKENS, want), 0);
     memset(out, 0, sizeof(out));
     assert_int_equal(kvt_object_decode(NULL, buf, used, out, sizeof(out), &got), 0);
     assert_memory_equal(out, want, RAW);
     assert_int_equal(kvt_object_decode(NULL, buf, used, out, RAW - 1, &got), KVT_E_SMALLBUF);
-    /* As stored: the block itself, with its length; a buffer for it only is enough. */
-    memset(out, 0, sizeof(out));
-    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, out, qbytes, &got, &len), 0);
+    /* As stored: the kernels' chunk layout, gathered from the rows. */
+    static uint8_t st[RAW];
+    memset(st, 0, sizeof(st));
+    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, st, qbytes, &got, &len), 0);
     assert_int_equal(len, qbytes);
-    assert_memory_equal(out, body, qbytes);
-    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, out, qbytes - 1, &got, &len),
+    assert_memory_equal(st, want_block, qbytes);
+    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, st, qbytes - 1, &got, &len),
                      KVT_E_SMALLBUF);
-    /* Every flipped bit, header or body, is refused by every reader. */
-    for (size_t byte = 0; byte < used; byte += 7)
+    /* Rows 20..29 of layer 1 from only the bytes of their blocks: fp16, dequantized. */
+    uint64_t off, rlen;
+    kvt_object_range(&m, 1, 20, 10, &off, &rlen);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_get_rows(body + off, off, (size_t)rlen, &m, 1, 2, 20, 10, out), 0);
+    assert_memory_equal(out, (const uint8_t *)want + ((size_t)TOKENS + 20) * ROW, 10 * ROW);
+    /* Every flipped bit, header or body (not the padding after a layer's last trailer), is refused
+     * by every reader. */
+    size_t layer_used = (size_t)TOKENS * m.row_bytes + 3 * 8;
+    for (size_t byte = 0; byte < used; byte += 7) {
+        if (byte >= KVT_OBJECT_HEADER_BYTES &&
+            (byte - KVT_OBJECT_HEADER_BYTES) % m.layer_stride >= layer_used)
+            continue;
         for (int bit = 0; bit < 8; bit += 5) {
             buf[byte] ^= (unsigned char)(1u << bit);
             assert_int_equal(kvt_object_verify(buf, used, &got), KVT_E_CORRUPT);
             assert_int_equal(kvt_object_decode(NULL, buf, used, out, sizeof(out), &got),
                              KVT_E_CORRUPT);
-            assert_int_equal(
-                kvt_object_decode_stored(NULL, buf, used, out, sizeof(out), &got, &len),
-                KVT_E_CORRUPT);
+            assert_int_equal(kvt_object_decode_stored(NULL, buf, used, st, sizeof(st), &got, &len),
+                             KVT_E_CORRUPT);
             buf[byte] ^= (unsigned char)(1u << bit);
         }
+    }
     assert_int_equal(kvt_object_verify(buf, used, &got), 0);
-    /* A body length other than the block's, or a group the geometry cannot have, never parses. */
+    /* A body length other than the layout's, or a group the geometry cannot have, never parses. */
     struct kvt_object_meta bad = m;
-    bad.stored_len = qbytes - 4;
+    bad.stored_len = m.stored_len - 4096;
     kvt_object_seal(buf, &bad);
     assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
     bad = m;

@@ -183,33 +183,34 @@ int kvt_disk_write_reserve_meta(struct kvt_disk *d, const struct kvt_obj_id *id,
     return 0;
 }
 
-/* Quantizes the chunk at src into ws's body in ws->form: 0 with the stored length and codec id,
- * or KVT_E_INVAL when the form does not apply (unknown form, geometry or group; not smaller). */
-static int lossy_encode(struct kvt_disk_wslot *ws, const void *src, size_t *stored, uint32_t *id)
+/* Writes the chunk at src into ws's body in ws->form, laying m out for it: 0, or KVT_E_INVAL when
+ * the form does not apply (unknown form, geometry or group; not smaller), m unchanged. A clustered
+ * variant is the bytes as given; q8/q4 quantize every token row into the blocked layout, each
+ * 16-token block with its checksum trailer, so that a range read verifies and dequantizes only
+ * the blocks that cover it. */
+static int lossy_encode(struct kvt_disk_wslot *ws, const void *src, struct kvt_object_meta *m)
 {
     struct kvt_quant_chunk qc;
     if (ws->form == KVT_FORM_CLUSTER) {
-        /* A clustered variant is kept as given, tagged so that every reader knows it. */
         memcpy((uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, src, ws->raw_len);
-        *stored = ws->raw_len;
-        *id = KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0);
+        m->codec = KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0);
+        m->stored_len = ws->raw_len;
         return 0;
     }
     uint32_t group = kvt_form_group(ws->m.g.head_dim), lg = 0;
     while (group && (1u << lg) < group)
         lg++;
-    uint32_t cid = KVT_CODEC_FORM(ws->form, lg);
+    struct kvt_object_meta q = *m;
+    q.codec = KVT_CODEC_FORM(ws->form, lg);
+    uint64_t elems = (uint64_t)2 * q.g.n_kv_heads * q.g.head_dim;
+    uint64_t piece = elems <= KVT_QUANT_HEAD_DIM_MAX ? elems : KVT_QUANT_HEAD_DIM_MAX;
     if (!group || (ws->form != KVT_FORM_Q8 && ws->form != KVT_FORM_Q4) ||
-        kvt_object_form_chunk(&ws->m, cid, &qc) != 0)
+        kvt_object_form_chunk(&q, q.codec, &qc) != 0 || piece % q.g.head_dim ||
+        kvt_object_layout(&q) != 0 || q.stored_len >= ws->raw_len ||
+        kvt_object_body_bytes(&q) > ws->cap)
         return KVT_E_INVAL;
-    size_t bytes = kvt_quant_chunk_bytes(&qc, ws->n_tokens);
-    if (!bytes || bytes >= ws->raw_len || bytes > ws->cap - KVT_OBJECT_HEADER_BYTES)
-        return KVT_E_INVAL;
-    if (kvt_quant_chunk_f16(NULL, &qc, src, ws->n_tokens,
-                            (uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, bytes) != 0)
-        return KVT_E_INVAL;
-    *stored = bytes;
-    *id = cid;
+    kvt_object_put_rows((uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, &q, src);
+    *m = q;
     return 0;
 }
 
@@ -224,11 +225,10 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
 
     if (!codec || (!src && ws->raw_len) || (m.meta_len && !ws->meta_write))
         return KVT_E_INVAL;
-    /* A lossy form, when asked for and the geometry allows it, replaces compression: the packed
-     * quantized chunk is the body (docs/lossy.md). */
-    if (ws->form && ws->raw_len > 0 && lossy_encode(ws, src, &stored, &id) == 0) {
-        m.codec = id;
-        m.stored_len = stored;
+    /* A lossy form, when asked for and the geometry allows it, replaces compression
+     * (docs/lossy.md). */
+    if (ws->form && ws->raw_len > 0 && lossy_encode(ws, src, &m) == 0) {
+        id = m.codec;
     } else if (!ws->sparse && ws->raw_len > 0) {
         /* Compression applies to the whole object and only when it pays (the codec's
          * min_saving); a sparse namespace never compresses, so that every object of it stays
@@ -403,8 +403,10 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
         d->st.tier.misses++;
         return KVT_E_NOTFOUND;
     }
-    /* A stored read of a lossy object returns its stored bytes only. */
-    if (done && cap < (form_out && KVT_CODEC_ID_FORM(e->codec) ? e->stored_len : e->raw_len))
+    /* A stored read of a quantized object returns the kernels' chunk of its rows: n_layers x
+     * n_tokens stored rows without the trailers. */
+    int rows = form_out && kvt_object_blocked(e->codec) && e->codec != KVT_CODEC_RAW;
+    if (done && cap < (rows ? (uint64_t)e->n_layers * e->n_tokens * e->row_bytes : e->raw_len))
         return KVT_E_SMALLBUF;
     /* The header and the body: a metadata section after them is never read with the object. */
     body = kvt__disk_body_blocks(e) * BLOCK;
@@ -466,10 +468,10 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
     if (e->row_bytes == 0 || layer >= e->n_layers || token_first > e->n_tokens ||
         n_tokens > e->n_tokens - token_first)
         return KVT_E_INVAL;
-    if (cap < (uint64_t)n_tokens * e->row_bytes)
-        return KVT_E_SMALLBUF;
     ient_meta(e, id, &m);
-    if (e->codec == KVT_CODEC_RAW) {
+    if (cap < (uint64_t)n_tokens * kvt_object_out_row_bytes(&m))
+        return KVT_E_SMALLBUF;
+    if (kvt_object_blocked(e->codec)) {
         /* Only the covering blocks and their trailers, rounded out to whole 4 KiB pages. */
         kvt_object_range(&m, layer, token_first, n_tokens, &off, &len);
         a0 = (KVT_OBJECT_HEADER_BYTES + off) / BLOCK * BLOCK;

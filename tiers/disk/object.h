@@ -132,6 +132,12 @@ uint64_t kvt_object_body_bytes(const struct kvt_object_meta *m);
 /* Offset of the metadata section in the object: the first 4 KiB boundary after the body. */
 uint64_t kvt_object_section_off(const struct kvt_object_meta *m);
 
+/* Whether objects of codec id `codec` have the blocked layout (raw, or quantized rows), and the
+ * bytes of one token row of one layer that a read of laid-out m returns (fp16 rows for a quantized
+ * object, whose row_bytes is the stored row's). */
+int kvt_object_blocked(uint32_t codec);
+uint64_t kvt_object_out_row_bytes(const struct kvt_object_meta *m);
+
 /* Blocks per layer of the blocked layout. */
 uint32_t kvt_object_layer_blocks(const struct kvt_object_meta *m);
 

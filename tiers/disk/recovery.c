@@ -63,7 +63,7 @@ static int rec_layout_ok(const struct rec *r)
     m.g.block_tokens = r->block_tokens;
     if (r->n_layers == 0 || r->block_tokens == 0 || kvt_object_layout(&m) != 0 ||
         m.row_bytes != r->row_bytes || m.stored_len != r->stored_len ||
-        (r->codec != KVT_CODEC_RAW && r->stored_len > r->raw_len))
+        (!kvt_object_blocked(r->codec) && r->stored_len > r->raw_len))
         return 0;
     uint64_t body = kvt__disk_blocks_for(kvt_object_body_bytes(&m));
     return r->blocks >= body &&

@@ -97,11 +97,11 @@ static void range_done(struct kvt_disk *d, uint32_t i, unsigned char *slot, size
 {
     struct op *o = &d->ops[i];
     const struct kvt_object_meta *m = &o->m;
-    uint64_t want = (uint64_t)o->n_rows * m->row_bytes;
+    uint64_t want = (uint64_t)o->n_rows * kvt_object_out_row_bytes(m);
     struct kvt_object_meta h;
     int rc;
 
-    if (m->codec == KVT_CODEC_RAW) {
+    if (kvt_object_blocked(m->codec)) {
         rc = kvt_object_get_rows(slot, o->io_off - KVT_OBJECT_HEADER_BYTES, got, m, o->layer,
                                  o->layer + 1, o->t0, o->n_rows, o->dst);
     } else {
