@@ -26,10 +26,9 @@ enum kvt_codec_algo { KVT_CODEC_NONE = 0, KVT_CODEC_LZ4 = 1, KVT_CODEC_ZSTD = 2 
 
 /* A lossy form (enum kvt_form of kvtier.h, docs/lossy.md) rides in bits 8..11 of the id and the
  * log2 of its group size along head_dim in bits 12..15; 0 in both is fp16 as stored. An object
- * kept in a lossy form holds the packed quantized chunk (kernels/quant.h, keys and values in
- * groups along head_dim) and is decoded by dequantizing it, never by this codec: it is not
- * compressed further (quantized codes barely compress, and the object then needs no scratch to
- * decode). */
+ * kept in a quantized form holds its token rows quantized (kernels/quant.h, keys and values in
+ * groups along head_dim; tiers/disk/object.h has the layout) and is decoded by dequantizing
+ * them, never by this codec: it is not compressed further (quantized codes barely compress). */
 /* Form 3 (a clustered variant: merged entries and their counts) is kept as given: its body is the
  * bytes themselves, stored_len = raw_len, checked like a packed body, group bits 0. */
 #define KVT_CODEC_FORM_CLUSTER 3u

@@ -8,7 +8,7 @@
  * block check over the whole 4 KiB block (metadata frame included), verified by every reader of the
  * whole object.
  *
- * The body comes in one of three layouts, told apart by the codec id:
+ * The body comes in one of these layouts, told apart by the codec id:
  *   - blocked (codec RAW): the rows of each layer, in the canonical order [token][k|v][head][dim],
  *     start on a 4 KiB boundary (layer_stride bytes apart). Inside a layer the tokens are cut into
  *     blocks of block_tokens tokens (the last may be shorter); every block is followed directly by
@@ -21,11 +21,13 @@
  *   - packed (any other codec): the whole raw object compressed (byte shuffle + lz4/zstd) as one
  *     body of stored_len bytes, checked by one XXH3-64 seeded with the identity. A range read of a
  *     packed object reads it whole.
- *   - lossy (a form in bits 8..15 of the codec id, tiers/codec.h): the whole fp16 chunk as the
- *     packed quantized chunk of kernels/quant.h (keys and values in groups along head_dim, the
- *     group in the id), stored_len = its exact size, checked like a packed body; read back by
- *     dequantizing it. It needs the full geometry (fp16 elements), and is read whole. Form 3
- *     (a clustered variant) is the bytes as given, stored_len = raw_len, checked the same way.
+ *   - quantized (form 1 q8 or 2 q4 in bits 8..11 of the codec id, log2 of the group in 12..15,
+ *     tiers/codec.h): the blocked layout with quantized rows. Every token row of a layer is the
+ *     kernels' one-row block (kernels/quant.h, groups along head_dim) of the whole fp16 row, or of
+ *     its 4096-element pieces, so row_bytes is a stored row's; blocks and trailers as above;
+ *     layers are not 4 KiB-aligned (layer_stride = rows + trailers). Readers dequantize the rows
+ *     they copy (kvt_object_out_row_bytes: fp16 rows). Form 3 (a clustered variant) is packed:
+ *     the bytes as given, stored_len = raw_len, with the body check.
  *
  * v4 adds an optional metadata section after the body, 4 KiB-aligned: opaque bytes of the
  * writer's (the daemon keeps a chunk's span abstract there) that are read alone, without the
@@ -187,9 +189,10 @@ int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta 
 int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
                       size_t cap, struct kvt_object_meta *out);
 
-/* kvt_object_decode, except that an object kept in a lossy form (a form in its codec id) is
- * verified and copied as stored, the packed quantized chunk, not dequantized: *len_out gets the
- * bytes written to dst (stored_len for a lossy object, raw_len for any other). */
+/* kvt_object_decode, except that a quantized object (form q8/q4 in its codec id) is verified and
+ * returned as the kernels' quantized chunk (kvt_quant_chunk_f16's layout, gathered from its rows),
+ * not dequantized: *len_out gets the bytes written to dst (that chunk's size, n_layers x n_tokens
+ * x row_bytes, for a quantized object; raw_len for any other). */
 int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
                              size_t cap, struct kvt_object_meta *out, size_t *len_out);
 
