@@ -532,6 +532,7 @@ static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c,
     uint32_t id = kvt_index_find(&s->idx, &oid);
     struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
     enum kvt_tier_id tier = e ? kvt_tm_tier_of(s->tm, e) : KVT_TIER_NONE;
+    kvt_tm_note_read(s->tm, &oid);
     if (tier == KVT_TIER_NONE) {
         s->st.get_misses++;
         TSTAT(c, get_misses);

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/time.h"
+#include "daemon/freq.h"
 #include "daemon/tiermgr.h"
 
 #define COLDEST_SCAN 64
@@ -51,6 +52,7 @@ struct kvt_tm_del {
 struct kvt_tm {
     struct kvt_tm_config cfg;
     struct kvt_index *idx;
+    struct kvt_freq freq; /* reads per object, past eviction (tier.eviction = cost) */
     struct kvt_tier tiers[KVT_TM_TIERS_MAX];
     uint32_t n_tiers;
     struct kvt_workers *workers;
@@ -661,16 +663,34 @@ void kvt_tm_stop(struct kvt_tm *tm)
 
 /* ---- eviction and allocation -------------------------------------------------------------- */
 
+static uint64_t obj_hash(const struct kvt_obj_id *o)
+{
+    uint64_t h = o->ns_seed ^ (o->key.lo * 0x9e3779b97f4a7c15ull) ^
+                 (o->key.hi * 0xc2b2ae3d27d4eb4full) ^ ((uint64_t)o->variant << 47);
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
+}
+
 /* Cost-aware eviction (tier.eviction = cost): what keeping entry id is worth per byte, expected
- * reuse x recompute saved / bytes, with reads since stored (+1) for the expected reuse and its
- * tokens for the recompute a hit saves. Among chunks of one model this ranks by reads; across
- * models a chunk of more tokens per byte is worth more. */
+ * reuse x recompute saved / bytes, with the reads of its object in the frequency sketch (+1: what
+ * is stored is read at least once; the sketch remembers reads from before an eviction and lets
+ * old ones fade) for the expected reuse and its tokens for the recompute a hit saves. Among
+ * chunks of one model this ranks by recent popularity; across models a chunk of more tokens per
+ * byte is worth more. */
 static double tm_value(void *arg, uint32_t id)
 {
     struct kvt_tm *tm = arg;
     const struct kvt_entry *e = entry(tm, id);
-    return ((double)e->hits + 1.0) * (double)(e->n_tokens ? e->n_tokens : 1) /
+    double reads = (double)kvt_freq_estimate(&tm->freq, obj_hash(&e->id));
+    return (reads + 1.0) * (double)(e->n_tokens ? e->n_tokens : 1) /
            (double)(e->length ? e->length : 1);
+}
+
+void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id)
+{
+    if (tm->freq.count)
+        kvt_freq_add(&tm->freq, obj_hash(id));
 }
 
 /* The memory tier's eviction callback (cookie = entry id). */
@@ -1475,9 +1495,13 @@ int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
     tm->cb = cb;
     tm->cb_arg = cb_arg;
     ops_of(tm, MEM)->set_evict(tm->tiers[MEM].t, tm_evict, tm);
-    if (cfg->eviction_cost && ops_of(tm, MEM)->set_value)
-        ops_of(tm, MEM)->set_value(tm->tiers[MEM].t, tm_value, tm);
     int rc = KVT_E_NOMEM;
+    if (cfg->eviction_cost) {
+        if (kvt_freq_init(&tm->freq, idx->cap))
+            goto fail;
+        if (ops_of(tm, MEM)->set_value)
+            ops_of(tm, MEM)->set_value(tm->tiers[MEM].t, tm_value, tm);
+    }
     if (n_tiers > 1) {
         tm->n_demotes = cfg->writes_max ? cfg->writes_max : 1;
         tm->demotes = kvt_calloc(KVT_ALLOC_TIER, tm->n_demotes, sizeof(*tm->demotes));
@@ -1521,5 +1545,6 @@ void kvt_tm_destroy(struct kvt_tm *tm)
     kvt_free(KVT_ALLOC_TIER, tm->demotes);
     kvt_free(KVT_ALLOC_TIER, tm->dels);
     kvt_free(KVT_ALLOC_TIER, tm->del_status);
+    kvt_freq_deinit(&tm->freq);
     kvt_free(KVT_ALLOC_TIER, tm);
 }

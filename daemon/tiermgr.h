@@ -277,6 +277,9 @@ void kvt_tm_pin(struct kvt_tm *tm, uint32_t id);
 void kvt_tm_unpin(struct kvt_tm *tm, uint32_t id, uint32_t gen);
 /* Counts a read that found no DRAM copy (a miss of tier 0). */
 void kvt_tm_count_miss(struct kvt_tm *tm);
+/* A client asked to read object id, stored or not: with tier.eviction = cost, its read count
+ * (daemon/freq.h) is what cost-aware eviction expects of its reuse. */
+void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id);
 /* Reads entry id from a lower tier for io: the whole chunk (promoted into DRAM when a slot can be
  * had, else straight into io->dst unless want_dram), or rows (io->range: only what covers them,
  * verified, into io->dst; KVT_E_GEOMETRY when the copy's rows cannot be addressed). A copy that
