@@ -217,6 +217,7 @@ static void demote_durable(void *arg, int res)
     if (res == 0) {
         e->at[d->tier] = KVT_AT_READY;
         e->loc[d->tier] = d->w.loc;
+        e->form[d->tier] = (uint8_t)d->w.form;
         e->referenced = 1;
         tm->st.demotions++;
     } else {
@@ -307,6 +308,10 @@ static int demote_start(struct kvt_tm *tm, uint32_t id, struct kvt_tm_io *io)
                              .owner = e->owner};
     if (tm->cb->geom && tm->cb->geom(tm->cb_arg, e, &geom) == 0)
         o.geom = &geom;
+    /* A form only for tiers that keep forms (q8/q4 also need the shape: the tier checks). */
+    if (tm->cb->form && ops_of(tm, ti)->read_stored)
+        o.form = tm->cb->form(tm->cb_arg, id);
+    d->w.form = 0; /* a tier that keeps no forms leaves it so */
     memset(&d->meta, 0, sizeof(d->meta));
     if ((ops_of(tm, ti)->caps & KVT_TIER_CAP_META) && tm->cb->meta_pin &&
         tm->cb->meta_pin(tm->cb_arg, id, &d->meta) == 0 && d->meta.len) {
@@ -898,6 +903,9 @@ static void promote_done(void *arg, int res)
     }
     e->at[MEM] = KVT_AT_READY;
     e->loc[MEM] = io->slot;
+    /* DRAM holds fp16 again, dequantized from a lossy copy: not the bytes the Put gave. */
+    if (io->src < tm->n_tiers && (e->form[io->src] == 1 || e->form[io->src] == 2))
+        e->lossy = 1; /* q8 or q4 (a clustered variant is kept as given) */
     tm->st.promotions++;
     tm->cb->get_in_dram(tm->cb_arg, io);
 }
@@ -908,6 +916,7 @@ static void direct_done(void *arg, int res)
     struct kvt_tm *tm = io->tm;
     struct kvt_entry *e = entry(tm, io->entry);
     e->refs--;
+    io->got = res > 0 ? (uint64_t)res : 0;
     if (tm->stopping) {
         tm->cb->abandoned(tm->cb_arg, io);
         return;
@@ -958,7 +967,13 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
     io->tier = ops->id;
     io->src = ti; /* a failure concerns this copy, whatever happened to the others meanwhile */
     int rc;
-    if (io->range) {
+    io->form = e->form[ti];
+    if (io->stored && ops->read_stored) {
+        /* The copy as stored, straight into the destination (a quantized block is not what
+         * DRAM serves: never promoted). */
+        rc = ops->read_stored(t, &e->id, e->loc[ti], io->dst, io->cap, &io->form, direct_done, io);
+        rc = settle(rc, direct_done, io, (int)e->length);
+    } else if (io->range) {
         /* Only the rows, straight into the destination (never promoted: a few rows do not make
          * the chunk hot). */
         rc = ops->read_range(t, &e->id, e->loc[ti], &io->r, io->dst, io->cap, direct_done, io);
@@ -1003,6 +1018,12 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
         rc = KVT_E_GEOMETRY;
     }
     return rc;
+}
+
+uint32_t kvt_tm_lower_form(const struct kvt_tm *tm, const struct kvt_entry *e)
+{
+    uint32_t ti = read_source(tm, e);
+    return ti ? e->form[ti] : 0;
 }
 
 int kvt_tm_read(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id)
@@ -1204,6 +1225,8 @@ static int load_object(void *arg, const struct kvt_tier_obj *o, kvt_tier_loc loc
     e->state = KVT_ENTRY_READY;
     e->at[lc->tier] = KVT_AT_READY;
     e->loc[lc->tier] = loc;
+    e->form[lc->tier] = (uint8_t)o->form;
+    e->form_want = (uint8_t)o->form; /* a copy written again keeps its form */
     e->length = o->length;
     e->n_tokens = o->n_tokens;
     return 0;
