@@ -51,11 +51,15 @@
 #define ANSWER_TOKENS 16 /* digits are one token each */
 #define PK_NAMES 8
 
-enum { A_FULL, A_PREFIX, A_NAIVE, A_STATIC, A_PLAN, N_ARMS };
+/* kvtier_budget32 is kvtier's plan held to static32's recompute: on average 32 tokens per
+ * passage found (kvt_chunk_lookup_budget), no new versions, so the two spend the same. */
+enum { A_FULL, A_PREFIX, A_NAIVE, A_STATIC, A_PLAN, A_BUDGET, N_ARMS };
 
-static const char *const arm_label[N_ARMS] = {"full", "prefix", "naive", "static32", "kvtier"};
-static const enum kvt_eng_rag_policy arm_policy[N_ARMS] = {
-    KVT_ENG_RAG_FULL, KVT_ENG_RAG_PREFIX, KVT_ENG_RAG_NAIVE, KVT_ENG_RAG_STATIC, KVT_ENG_RAG_PLAN};
+static const char *const arm_label[N_ARMS] = {"full",     "prefix", "naive",
+                                              "static32", "kvtier", "kvtier_budget32"};
+static const enum kvt_eng_rag_policy arm_policy[N_ARMS] = {KVT_ENG_RAG_FULL,  KVT_ENG_RAG_PREFIX,
+                                                           KVT_ENG_RAG_NAIVE, KVT_ENG_RAG_STATIC,
+                                                           KVT_ENG_RAG_PLAN,  KVT_ENG_RAG_PLAN};
 
 struct arm {
     struct kvt_ns_info ns;
@@ -197,6 +201,10 @@ static int run_arm(struct bench *b, int a, const struct request *q, int32_t *tok
                                      .ns = &b->arms[a].ns,
                                      .buf = b->buf,
                                      .buf_bytes = b->buf_bytes};
+    if (a == A_BUDGET) {
+        cfg.recompute_budget = KVT_ENG_RAG_STATIC_TOKENS;
+        cfg.new_version_cfo = 2.0f; /* never: the budget is the whole recompute */
+    }
     struct kvt_eng_rag_result res;
     float *lg = rows ? rows : b->cur;
     int rc = kvt_eng_rag_prefill(b->ctx, b->kv, b->m, &cfg, &p, lg, &res);
@@ -377,6 +385,12 @@ static void report(const struct bench *b, struct kvt_bench_report *r, size_t n_r
     if (b->arms[A_FULL].prefill_ms > 0)
         kvt_bench_ratio(r, "static32_ttft_vs_full_prefill_ratio",
                         st->prefill_ms / b->arms[A_FULL].prefill_ms);
+    const struct arm *kb = &b->arms[A_BUDGET];
+    if (st->kl_sum > 0 && kb->kl_n)
+        kvt_bench_ratio(r, "budget32_kl_vs_static32_ratio",
+                        (kb->kl_sum / (double)kb->kl_n) / (st->kl_sum / (double)st->kl_n));
+    if (st->computed > 0)
+        kvt_bench_ratio(r, "budget32_recompute_vs_static32_ratio", kb->computed / st->computed);
 }
 
 static int setup_bench(struct bench *b, const struct kvt_test_daemon *d, const char **why)

@@ -214,7 +214,9 @@ void kvt__ops_chunk_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_
     static Kvtier__ReusePlan plans[CHUNK_LOOKUP_PASSAGES_MAX];
     static Kvtier__ReusePlan *plan_ptrs[CHUNK_LOOKUP_PASSAGES_MAX];
     static struct kvt_version *chosen[CHUNK_LOOKUP_PASSAGES_MAX];
-    size_t n_idx = 0;
+    static struct kvt_reuse_score best_of[CHUNK_LOOKUP_PASSAGES_MAX];
+    static uint32_t found_tokens[CHUNK_LOOKUP_PASSAGES_MAX];
+    size_t n_idx = 0, n_found = 0;
     for (size_t i = 0; i < r->n_passages; i++) {
         Kvtier__ReusePlan *p = &plans[i];
         kvtier__reuse_plan__init(p);
@@ -245,6 +247,21 @@ void kvt__ops_chunk_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_
         }
         if (!chosen[i])
             continue;
+        best_of[n_found] = best;
+        found_tokens[n_found++] = chosen[i]->n_tokens;
+    }
+    /* A budget lowers alpha for the whole request until the plans fit it. */
+    if (r->recompute_budget_per_passage && n_found) {
+        float used = kvt_reuse_budget(best_of, found_tokens, n_found, alpha,
+                                      (uint64_t)r->recompute_budget_per_passage * n_found);
+        if (used < alpha)
+            s->st.chunk_lookups_budgeted++;
+    }
+    for (size_t i = 0, f = 0; i < r->n_passages; i++) {
+        Kvtier__ReusePlan *p = &plans[i];
+        if (!chosen[i])
+            continue;
+        const struct kvt_reuse_score best = best_of[f++];
         p->found = 1;
         p->old_start = chosen[i]->start_pos;
         p->n_tokens = chosen[i]->n_tokens;

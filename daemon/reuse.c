@@ -163,6 +163,46 @@ void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_pref
     out->n_recompute = want <= 0 ? 0 : want >= v->n_tokens ? v->n_tokens : (uint32_t)want;
 }
 
+/* ceil(clamp(a x) n), as kvt_reuse_score rounds. */
+static uint32_t recompute_at(double a, double x, uint32_t n)
+{
+    double cfo = a * x;
+    cfo = cfo < 0 ? 0 : cfo > 1 ? 1 : cfo;
+    double want = ceil(cfo * (double)n - 1e-9);
+    return want <= 0 ? 0 : want >= n ? n : (uint32_t)want;
+}
+
+static uint64_t recompute_total(const struct kvt_reuse_score *sc, const uint32_t *n_tokens,
+                                size_t n, double a)
+{
+    uint64_t t = 0;
+    for (size_t i = 0; i < n; i++)
+        t += recompute_at(a, (double)sc[i].cci * (1.0 - (double)sc[i].beta_prime), n_tokens[i]);
+    return t;
+}
+
+float kvt_reuse_budget(struct kvt_reuse_score *sc, const uint32_t *n_tokens, size_t n, float alpha,
+                       uint64_t budget)
+{
+    if (recompute_total(sc, n_tokens, n, alpha) <= budget)
+        return alpha;
+    /* The total only grows with alpha: bisect for the largest alpha that fits (0 always does). */
+    double lo = 0, hi = alpha;
+    for (int it = 0; it < 48; it++) {
+        double mid = (lo + hi) / 2;
+        if (recompute_total(sc, n_tokens, n, mid) <= budget)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double x = (double)sc[i].cci * (1.0 - (double)sc[i].beta_prime), cfo = lo * x;
+        sc[i].cfo = (float)(cfo < 0 ? 0 : cfo > 1 ? 1 : cfo);
+        sc[i].n_recompute = recompute_at(lo, x, n_tokens[i]);
+    }
+    return (float)lo;
+}
+
 int kvt_reuse_better(const struct kvt_reuse_score *a, uint64_t a_start, uint64_t a_used,
                      const struct kvt_reuse_score *b, uint64_t b_start, uint64_t b_used,
                      uint64_t want_start)

@@ -39,6 +39,13 @@ int kvt_reuse_observe(const struct kvt_version *v, double *cci, double *passage_
 void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
                      float alpha, const struct kvt_reuse_prior *prior, struct kvt_reuse_score *out);
 
+/* Lowers alpha for the scores sc[0..n) (of versions of n_tokens[i] tokens, scored at alpha) to
+ * the largest value in [0, alpha] whose plans recompute at most budget tokens together, and
+ * rewrites their cfo and n_recompute for it (beta, gamma, cci stay). Returns the alpha used
+ * (alpha itself when the plans fit already). */
+float kvt_reuse_budget(struct kvt_reuse_score *sc, const uint32_t *n_tokens, size_t n, float alpha,
+                       uint64_t budget);
+
 /* Whether score a (of a version starting at a_start, last used a_used) is a better choice than
  * b: lower cfo; then the start the request asks for; then the more recently used. */
 int kvt_reuse_better(const struct kvt_reuse_score *a, uint64_t a_start, uint64_t a_used,

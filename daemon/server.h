@@ -112,6 +112,8 @@
     X(A, chunk_lookups, KVT_STAT_COUNTER, "", "ChunkLookup requests answered")                     \
     X(A, chunk_lookup_passages, KVT_STAT_COUNTER, "", "passages ChunkLookups planned")             \
     X(A, chunk_lookup_found, KVT_STAT_COUNTER, "", "passages ChunkLookups found a version of")     \
+    X(A, chunk_lookups_budgeted, KVT_STAT_COUNTER, "",                                             \
+      "ChunkLookups whose recompute budget lowered alpha")                                         \
     X(A, reuse_tokens_planned, KVT_STAT_COUNTER, "", "tokens of the versions ChunkLookups chose")  \
     X(A, reuse_tokens_recompute, KVT_STAT_COUNTER, "",                                             \
       "tokens ChunkLookups told the engine to recompute")                                          \

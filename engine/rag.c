@@ -271,7 +271,8 @@ static int prefill_reuse(struct kvt_eng_ctx *ctx, struct kvt_eng_kv *kv,
 
     double t0 = now_ms();
     if (k)
-        rc = kvt_chunk_lookup(cfg->client, cfg->ns->handle, keys, starts, k, cfg->alpha, plans);
+        rc = kvt_chunk_lookup_budget(cfg->client, cfg->ns->handle, keys, starts, k, cfg->alpha,
+                                     cfg->recompute_budget, plans);
     if (rc)
         goto out;
     if (p->n_head)

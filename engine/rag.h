@@ -55,10 +55,12 @@ struct kvt_eng_rag_config {
     enum kvt_eng_rag_policy policy;
     struct kvt_client *client; /* every policy but FULL */
     const struct kvt_ns_info *ns;
-    float alpha;            /* ChunkLookup's; 0: the daemon's reuse.alpha */
-    uint32_t static_tokens; /* STATIC; 0: KVT_ENG_RAG_STATIC_TOKENS */
-    float new_version_cfo;  /* PLAN; 0: KVT_ENG_RAG_NEW_VERSION_CFO, > 1: never */
-    void *buf;              /* an arena buffer of buf_bytes for Gets and Puts: at least one chunk */
+    float alpha;               /* ChunkLookup's; 0: the daemon's reuse.alpha */
+    uint32_t static_tokens;    /* STATIC; 0: KVT_ENG_RAG_STATIC_TOKENS */
+    float new_version_cfo;     /* PLAN; 0: KVT_ENG_RAG_NEW_VERSION_CFO, > 1: never */
+    uint32_t recompute_budget; /* PLAN; tokens per passage found on average (0: none), as
+                                * kvt_chunk_lookup_budget takes it */
+    void *buf; /* an arena buffer of buf_bytes for Gets and Puts: at least one chunk */
     size_t buf_bytes;
 };
 

@@ -79,6 +79,13 @@ int kvt_version_set(struct kvt_client *c, uint32_t ns, const struct kvt_key *key
 int kvt_chunk_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *passages,
                      const uint64_t *start_pos, size_t n, float alpha, struct kvt_reuse_plan *plans)
 {
+    return kvt_chunk_lookup_budget(c, ns, passages, start_pos, n, alpha, 0, plans);
+}
+
+int kvt_chunk_lookup_budget(struct kvt_client *c, uint32_t ns, const struct kvt_key *passages,
+                            const uint64_t *start_pos, size_t n, float alpha,
+                            uint32_t budget_per_passage, struct kvt_reuse_plan *plans)
+{
     if (!c || (n && (!passages || !start_pos || !plans)))
         return KVT_E_INVAL;
     uint32_t cap = 0;
@@ -105,6 +112,7 @@ int kvt_chunk_lookup(struct kvt_client *c, uint32_t ns, const struct kvt_key *pa
     cr.start_pos = (uint64_t *)start_pos;
     cr.alpha = alpha;
     cr.recompute_max = cap;
+    cr.recompute_budget_per_passage = budget_per_passage;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     req.op_case = KVTIER__REQUEST__OP_CHUNK_LOOKUP;
     req.chunk_lookup = &cr;

@@ -573,6 +573,15 @@ KVT_API int kvt_chunk_lookup(struct kvt_client *c, uint32_t ns, const struct kvt
                              const uint64_t *start_pos, size_t n, float alpha,
                              struct kvt_reuse_plan *plans);
 
+/* kvt_chunk_lookup under a recompute budget: on average at most budget_per_passage tokens
+ * recomputed per passage found (0: no budget). When the plans at alpha ask for more, the daemon
+ * lowers alpha for the whole request (the largest that fits), so the budget goes where the
+ * formulas say the passages need it most; each plan's cfo and indices are the budgeted ones. */
+KVT_API int kvt_chunk_lookup_budget(struct kvt_client *c, uint32_t ns,
+                                    const struct kvt_key *passages, const uint64_t *start_pos,
+                                    size_t n, float alpha, uint32_t budget_per_passage,
+                                    struct kvt_reuse_plan *plans);
+
 /* kvt_get_v of a version with every key (the K half of each row, in every layer and KV head)
  * re-rotated by RoPE from the version's start_pos to new_start (kernels/rope.h; values are
  * untouched; fp32 math, rounded to fp16). KVT_E_INVAL when the namespace is not fp16 or has no

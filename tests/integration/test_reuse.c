@@ -179,6 +179,18 @@ static void test_plans_and_rotation(void **state)
     assert_float_equal(plans[1].beta, 0.0f, 1e-6);
     assert_float_equal(plans[1].cci, 0.5f, 1e-6);
     assert_int_equal(plans[1].n_recompute, 10);
+    /* Unbudgeted, B (its prefix A now after it: cfo 0.5) recomputes 19 of 37 and A 10 of 20.
+     * Under a budget of 4 tokens per passage found (8 for the two) alpha goes down to the largest
+     * that fits, 5 / 18.5: ceil(a 18.5) = 5 for B, ceil(a 10) = 3 for A. */
+    assert_int_equal(kvt_chunk_lookup_budget(c, ns.handle, req3, pos3, 2, 0, 4, plans), 0);
+    assert_int_equal(plans[0].n_recompute, 5);
+    assert_int_equal(plans[1].n_recompute, 3);
+    assert_float_equal(plans[1].cfo, 0.5f * 5 / 18.5f, 1e-3);
+    assert_int_equal(kvt_test_stat(c, "chunk_lookups_budgeted"), 1);
+    /* A budget that fits changes nothing. */
+    assert_int_equal(kvt_chunk_lookup_budget(c, ns.handle, req3, pos3, 2, 0, 400, plans), 0);
+    assert_int_equal(plans[1].n_recompute, 10);
+    assert_int_equal(kvt_test_stat(c, "chunk_lookups_budgeted"), 1);
     /* At its own place it is still exact. */
     assert_int_equal(kvt_chunk_lookup(c, ns.handle, req1, pos1, 1, 0, plans), 0);
     assert_int_equal(plans[0].n_recompute, 0);
@@ -211,7 +223,7 @@ static void test_plans_and_rotation(void **state)
     assert_int_equal(kvt_get_v(c, ns.handle, &B.key, 0, heap, sizeof(heap), &len, NULL), 0);
     assert_memory_equal(heap, B.kv, bytes_of(&B));
     assert_int_equal(kvt_test_stat(c, "gets_rotated"), 3);
-    assert_int_equal(kvt_test_stat(c, "chunk_lookups"), 5);
+    assert_int_equal(kvt_test_stat(c, "chunk_lookups"), 7);
     kvt_arena_free(c, arena);
     kvt_close(c);
 }

@@ -232,6 +232,31 @@ static void test_gamma_matches_brute_force(void **state)
     }
 }
 
+/* A budget lowers alpha for the request: the largest alpha whose plans fit, shared out by each
+ * passage's cci (1 - beta'); plans that fit are left alone. */
+static void test_budget(void **state)
+{
+    (void)state;
+    const uint32_t n[3] = {100, 100, 100};
+    struct kvt_reuse_score sc[3] = {
+        {.cci = 0.5f, .beta_prime = 0, .cfo = 0.5f, .n_recompute = 50},
+        {.cci = 0.5f, .beta_prime = 0.5f, .cfo = 0.25f, .n_recompute = 25},
+        {.cci = 0.3f, .beta_prime = 1, .cfo = 0, .n_recompute = 0}};
+    assert_float_equal(kvt_reuse_budget(sc, n, 3, 1.0f, 75), 1.0f, 0);
+    assert_int_equal(sc[0].n_recompute, 50);
+    /* 30 tokens: alpha 0.4 gives 20 + 10 + 0, anything above it 32. */
+    float a = kvt_reuse_budget(sc, n, 3, 1.0f, 30);
+    assert_float_equal(a, 0.4f, 1e-4);
+    assert_int_equal(sc[0].n_recompute, 20);
+    assert_int_equal(sc[1].n_recompute, 10);
+    assert_int_equal(sc[2].n_recompute, 0);
+    assert_float_equal(sc[0].cfo, 0.2f, 1e-4);
+    assert_float_equal(sc[1].cfo, 0.1f, 1e-4);
+    /* Nothing at all. */
+    assert_float_equal(kvt_reuse_budget(sc, n, 3, 1.0f, 0), 0.0f, 1e-6);
+    assert_int_equal(sc[0].n_recompute + sc[1].n_recompute + sc[2].n_recompute, 0);
+}
+
 static void test_choice(void **state)
 {
     (void)state;
@@ -251,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_formulas),
         cmocka_unit_test(test_no_prefix_and_no_attention),
         cmocka_unit_test(test_gamma_matches_brute_force),
+        cmocka_unit_test(test_budget),
         cmocka_unit_test(test_choice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
