@@ -124,7 +124,8 @@ int main(int argc, char **argv)
          NULL},
         {"reuse", kvt_bench_reuse,
          "RAG trace on the real model: full prefill, prefix caching, naive reuse, static32 "
-         "recompute and kvtier's plan (tokens recomputed, TTFT, KL, passkey), LRU vs cost eviction",
+         "recompute, kvtier's plan, and the plan held to static32's recompute (tokens "
+         "recomputed, TTFT, KL, passkey), LRU vs cost eviction",
          "trace (the RAG trace through every arm), passkey (the two passkey traces), evict (the "
          "LRU against cost-aware replay)",
          NULL},
