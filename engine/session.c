@@ -27,6 +27,14 @@ int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out)
         *out = KVT_ENG_MODE_SPARSE;
         return 0;
     }
+    if (s && strcmp(s, "quant") == 0) {
+        *out = KVT_ENG_MODE_QUANT;
+        return 0;
+    }
+    if (s && strcmp(s, "cluster") == 0) {
+        *out = KVT_ENG_MODE_CLUSTER;
+        return 0;
+    }
     return -EINVAL;
 }
 
@@ -39,6 +47,10 @@ const char *kvt_eng_mode_name(enum kvt_eng_mode m)
         return "q8";
     case KVT_ENG_MODE_SPARSE:
         return "sparse";
+    case KVT_ENG_MODE_QUANT:
+        return "quant";
+    case KVT_ENG_MODE_CLUSTER:
+        return "cluster";
     case KVT_ENG_MODE_RESIDENT:
         break;
     }
@@ -68,6 +80,10 @@ static int make_kv(struct kvt_eng_session *s, enum kvt_eng_mode mode, struct kvt
         return kvt_eng_kv_resident_create(&g, out);
     if (mode == KVT_ENG_MODE_Q8)
         return kvt_eng_kv_q8_create(&g, out);
+    if (mode == KVT_ENG_MODE_QUANT)
+        return kvt_eng_kv_quant_create(&g, &s->cfg.lossy, &s->cfg.select, out);
+    if (mode == KVT_ENG_MODE_CLUSTER)
+        return kvt_eng_kv_cluster_create(&g, &s->cfg.lossy, &s->cfg.select, out);
     struct kvt_eng_offload_config oc = s->cfg.offload;
     if (!oc.model_id)
         oc.model_id = s->model->model_id;
