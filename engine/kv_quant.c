@@ -112,8 +112,8 @@ static int qt_append(struct kvt_eng_kv *kv, uint32_t layer, size_t pos, size_t n
                      const uint16_t *rows)
 {
     struct kv_quant *q = (struct kv_quant *)kv;
-    if (layer >= kv->geom.n_layer || pos + n > kv->geom.ctx_max || pos < q->done[0] ||
-        pos < q->done[1])
+    /* prepare() took pos == n: rows already quantized are never written again. */
+    if (layer >= kv->geom.n_layer || pos + n > kv->geom.ctx_max)
         return -EINVAL;
     memcpy(layer_rows(q, layer) + pos * q->row_halfs, rows, n * q->row_halfs * sizeof(uint16_t));
     if (pos + n > q->n) {
