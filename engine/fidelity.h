@@ -80,7 +80,7 @@ struct kvt_eng_decode_side {
     uint64_t bytes_kept; /* KV bytes the mode keeps at the end (kv.h; token_bytes per position
                           * for a mode that does not report it) */
     size_t positions;    /* positions in its cache at the end */
-    int fell_back;                     /* an offload session went resident */
+    int fell_back;       /* an offload session went resident */
 };
 
 struct kvt_eng_decode_eval {

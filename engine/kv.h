@@ -132,10 +132,10 @@ struct kvt_eng_kv {
     const struct kvt_eng_kv_ops *ops;
     struct kvt_eng_kv_geom geom;
     struct kvt_eng_kv_stats stats;
-    size_t spans_max;   /* most spans spans() returns for one layer, or select() for one row;
-                         * callers size arrays with it */
-    size_t token_bytes; /* bytes one position of KV (all layers) takes in the mode's own
-                         * representation: fp16 rows 2 * layers * kv_heads * head_dim * 2 */
+    size_t spans_max;    /* most spans spans() returns for one layer, or select() for one row;
+                          * callers size arrays with it */
+    size_t token_bytes;  /* bytes one position of KV (all layers) takes in the mode's own
+                          * representation: fp16 rows 2 * layers * kv_heads * head_dim * 2 */
     uint64_t bytes_kept; /* lossy modes (quant, cluster): bytes the mode keeps now for the whole
                           * sequence, all layers, in its own representation (codes, group
                           * constants, merged entries, counts and the rows still in fp16); 0 in

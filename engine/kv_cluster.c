@@ -61,9 +61,10 @@ static void update_kept(struct kv_cluster *k)
 {
     const struct kvt_eng_kv_geom *g = &k->base.geom;
     size_t row_bytes = k->row_halfs * sizeof(uint16_t);
-    uint64_t per_layer = (uint64_t)(k->n_ent + (k->n - k->raw_from)) * row_bytes +
-                         (uint64_t)(k->n_ent - (k->n_ent < k->cfg.sinks ? k->n_ent : k->cfg.sinks)) *
-                             g->n_head_kv * CLUSTER_COUNT_BYTES;
+    uint64_t per_layer =
+        (uint64_t)(k->n_ent + (k->n - k->raw_from)) * row_bytes +
+        (uint64_t)(k->n_ent - (k->n_ent < k->cfg.sinks ? k->n_ent : k->cfg.sinks)) * g->n_head_kv *
+            CLUSTER_COUNT_BYTES;
     k->base.bytes_kept = per_layer * g->n_layer;
 }
 
@@ -103,10 +104,10 @@ static int cluster_window(struct kv_cluster *k, size_t *n_out)
             for (size_t h = 0; h < nh; h++) {
                 const uint16_t *in = k->win[cur];
                 uint16_t *o = k->win[!cur];
-                int rc = kvt_cluster_window_f16(
-                    k->kt, &p, in + h * hd, in + v_off + h * hd, rh, hd, entries,
-                    k->wcount[cur] + h * c, k->scratch, k->scratch_bytes, o + h * hd,
-                    o + v_off + h * hd, rh, k->wcount[!cur] + h * c, NULL, &got);
+                int rc = kvt_cluster_window_f16(k->kt, &p, in + h * hd, in + v_off + h * hd, rh, hd,
+                                                entries, k->wcount[cur] + h * c, k->scratch,
+                                                k->scratch_bytes, o + h * hd, o + v_off + h * hd,
+                                                rh, k->wcount[!cur] + h * c, NULL, &got);
                 if (rc)
                     return rc;
                 if (got != entries - m) /* every head keeps as many entries (cluster.h) */
@@ -243,8 +244,8 @@ int kvt_eng_kv_cluster_create(const struct kvt_eng_kv_geom *geom,
     size_t c = cfg->window ? cfg->window : 32;
     if (sel && kvt_eng_select_config_is_set(sel))
         return -EINVAL;
-    if (!(cfg->ratio >= 0.0 && cfg->ratio < 1.0) || c < 2 || c > KVT_CLUSTER_WINDOW_MAX ||
-        c % 2 || geom->batch_max == 0 || geom->ctx_max == 0 || geom->n_head_kv == 0)
+    if (!(cfg->ratio >= 0.0 && cfg->ratio < 1.0) || c < 2 || c > KVT_CLUSTER_WINDOW_MAX || c % 2 ||
+        geom->batch_max == 0 || geom->ctx_max == 0 || geom->n_head_kv == 0)
         return -EINVAL;
     struct kv_cluster *k = calloc(1, sizeof(*k));
     if (!k)
@@ -259,9 +260,10 @@ int kvt_eng_kv_cluster_create(const struct kvt_eng_kv_geom *geom,
     k->merge = (size_t)lround(cfg->ratio * (double)c);
     k->row_halfs = kvt_eng_kv_row_halfs(geom);
     /* Per position in the long run: the entries a window keeps and their counts. */
-    k->base.token_bytes = (size_t)geom->n_layer *
-                          (k->row_halfs * sizeof(uint16_t) + geom->n_head_kv * CLUSTER_COUNT_BYTES) *
-                          (c - k->merge) / c;
+    k->base.token_bytes =
+        (size_t)geom->n_layer *
+        (k->row_halfs * sizeof(uint16_t) + geom->n_head_kv * CLUSTER_COUNT_BYTES) * (c - k->merge) /
+        c;
     size_t ents = (size_t)geom->n_layer * geom->ctx_max * geom->n_head_kv;
     k->rows = calloc((size_t)geom->n_layer * geom->ctx_max * k->row_halfs, sizeof(uint16_t));
     k->bias = calloc(ents, sizeof(float));

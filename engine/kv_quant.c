@@ -192,9 +192,8 @@ int kvt_eng_kv_quant_create(const struct kvt_eng_kv_geom *geom,
     q->kt = kvt_kernels();
     q->row_halfs = kvt_eng_kv_row_halfs(geom);
     /* Per position in the long run: the packed bytes of a group of positions, spread over it. */
-    q->base.token_bytes =
-        (size_t)geom->n_layer * geom->n_head_kv *
-        ((kvt_quant_bytes(&fk, group) + kvt_quant_bytes(&fv, group)) / group);
+    q->base.token_bytes = (size_t)geom->n_layer * geom->n_head_kv *
+                          ((kvt_quant_bytes(&fk, group) + kvt_quant_bytes(&fv, group)) / group);
     /* A layer's log holds at most every position once, in blocks whose sizes add up (codes are
      * linear in the rows; a keys-per-channel block is whole groups). */
     q->packed_cap = (size_t)geom->n_head_kv *

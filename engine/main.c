@@ -612,8 +612,8 @@ static void json_lossy(FILE *f, const struct opts *o)
             "  \"lossy\": {\"bits\": %u, \"group\": %u, \"keys\": \"%s\", \"ratio\": %.6g, "
             "\"window\": %u, \"sinks\": %u, \"recent\": %u},\n",
             l->bits ? l->bits : 8, l->group ? l->group : 32,
-            l->keys_per_channel ? "per_channel" : "per_token", l->ratio,
-            l->window ? l->window : 32, l->sinks, l->recent);
+            l->keys_per_channel ? "per_channel" : "per_token", l->ratio, l->window ? l->window : 32,
+            l->sinks, l->recent);
 }
 
 /* eval --decode-from N: prefill [0, N), then one position at a time against resident. */

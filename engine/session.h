@@ -27,12 +27,13 @@ enum kvt_eng_mode {
 /* The names every mode answers to, for messages. */
 #define KVT_ENG_MODE_NAMES "resident, offload, q8, sparse, quant, cluster"
 
-/* "resident" / "offload" / "q8" / "sparse" / "quant" / "cluster" -> mode; -EINVAL for anything else. */
+/* "resident" / "offload" / "q8" / "sparse" / "quant" / "cluster" -> mode; -EINVAL for anything
+ * else. */
 int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out);
 const char *kvt_eng_mode_name(enum kvt_eng_mode m);
 
 /* Whether a mode takes a selection config (struct kvt_eng_select_config): only modes that
- * restrict attention do (sparse, which needs one; quant and cluster, where a budget is optional). */
+ * restrict attention do (sparse, which needs one). */
 int kvt_eng_mode_selects(enum kvt_eng_mode m);
 
 struct kvt_eng_session_config {

@@ -190,7 +190,8 @@ static int t_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_
         }
         case P_DROP: /* the first 4 rows and the last 16 */
             o[0] = (struct kvt_eng_kv_span){all.rows, 0, 4, NULL};
-            o[1] = (struct kvt_eng_kv_span){all.rows + (last - 15) * row_halfs, last - 15, 16, NULL};
+            o[1] =
+                (struct kvt_eng_kv_span){all.rows + (last - 15) * row_halfs, last - 15, 16, NULL};
             k = 2;
             break;
         case P_FUTURE: /* one row past the query */
