@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "engine/kv.h"
+#include "engine/kv_lossy.h"
 #include "kernels/cluster.h"
 #include "kernels/kernels.h"
 
@@ -45,6 +46,8 @@ struct kv_cluster {
     uint32_t *wcount[2]; /* [n_head_kv][c] */
     void *scratch;
     size_t scratch_bytes;
+    int selects; /* --budget: sparse retrieval over the entries (kv_lossy.h) */
+    struct kvt__eng_lsel sel;
 };
 
 static uint16_t *layer_rows(struct kv_cluster *k, uint32_t layer)
@@ -76,6 +79,8 @@ static int cl_begin(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int 
     (void)n;
     (void)allow_reuse;
     k->n = k->n_ent = k->raw_from = 0;
+    if (k->selects)
+        kvt__eng_lsel_reset(&k->sel);
     update_kept(k);
     *reused_out = 0;
     return 0;
@@ -203,6 +208,27 @@ static int cl_spans(struct kvt_eng_kv *kv, uint32_t layer, size_t end, struct kv
     return ns;
 }
 
+static int cl_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_kv_query *q,
+                     struct kvt_eng_kv_span *out, size_t max, size_t *counts)
+{
+    struct kv_cluster *k = (struct kv_cluster *)kv;
+    if (!k->selects || q->n_tokens != 1)
+        return KVT_ENG_KV_DECLINE;
+    size_t end = q->pos + 1;
+    const uint16_t *rows = layer_rows(k, layer);
+    if (end > k->n || end < k->raw_from)
+        return -EINVAL;
+    /* Entries never change once written: their blocks' bounds are computed once. */
+    kvt__eng_lsel_update(&k->sel, layer, rows, k->n_ent);
+    int ns = kvt__eng_lsel_select(&k->sel, layer, q, rows, k->bias + layer_ent(k, layer), k->n_ent,
+                                  rows + k->n_ent * k->row_halfs, k->raw_from, end - k->raw_from,
+                                  out, max);
+    if (ns < 0)
+        return ns;
+    counts[0] = (size_t)ns;
+    return 0;
+}
+
 static int cl_commit(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n)
 {
     (void)kv;
@@ -224,6 +250,8 @@ static void cl_destroy(struct kvt_eng_kv *kv)
         free(k->wcount[i]);
     }
     free(k->scratch);
+    if (k->selects)
+        kvt__eng_lsel_deinit(&k->sel);
     free(k);
 }
 
@@ -233,6 +261,7 @@ static const struct kvt_eng_kv_ops cluster_ops = {
     .prepare = cl_prepare,
     .append = cl_append,
     .spans = cl_spans,
+    .select = cl_select,
     .commit = cl_commit,
     .destroy = cl_destroy,
 };
@@ -242,8 +271,10 @@ int kvt_eng_kv_cluster_create(const struct kvt_eng_kv_geom *geom,
                               const struct kvt_eng_select_config *sel, struct kvt_eng_kv **out)
 {
     size_t c = cfg->window ? cfg->window : 32;
-    if (sel && kvt_eng_select_config_is_set(sel))
-        return -EINVAL;
+    if (sel && kvt_eng_select_config_is_set(sel) &&
+        (sel->top_p != 0.0 || sel->spans != KVT_ENG_SPANS_DEFAULT || sel->prefetch ||
+         !(sel->budget > 0.0 && sel->budget <= 1.0)))
+        return -EINVAL; /* a budget only */
     if (!(cfg->ratio >= 0.0 && cfg->ratio < 1.0) || c < 2 || c > KVT_CLUSTER_WINDOW_MAX || c % 2 ||
         geom->batch_max == 0 || geom->ctx_max == 0 || geom->n_head_kv == 0)
         return -EINVAL;
@@ -279,6 +310,15 @@ int kvt_eng_kv_cluster_create(const struct kvt_eng_kv_geom *geom,
     if (!ok) {
         cl_destroy(&k->base);
         return -ENOMEM;
+    }
+    if (sel && sel->budget > 0.0) {
+        int rc = kvt__eng_lsel_init(&k->sel, geom, sel->budget);
+        if (rc) {
+            cl_destroy(&k->base);
+            return rc;
+        }
+        k->selects = 1;
+        k->base.spans_max = kvt__eng_lsel_spans_max(geom);
     }
     *out = &k->base;
     return 0;

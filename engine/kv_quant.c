@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "engine/kv.h"
+#include "engine/kv_lossy.h"
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
 
@@ -37,6 +38,8 @@ struct kv_quant {
     size_t packed_cap; /* bytes of one layer's log */
     size_t *packed_len;
     uint64_t packed_total;
+    int selects; /* --budget: sparse retrieval over the rows (kv_lossy.h) */
+    struct kvt__eng_lsel sel;
 };
 
 static uint16_t *layer_rows(struct kv_quant *q, uint32_t layer)
@@ -64,6 +67,8 @@ static int qt_begin(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n, int 
     q->done[0] = q->done[1] = q->cfg.sinks;
     memset(q->packed_len, 0, kv->geom.n_layer * sizeof(*q->packed_len));
     q->packed_total = 0;
+    if (q->selects)
+        kvt__eng_lsel_reset(&q->sel);
     update_kept(q);
     *reused_out = 0;
     return 0;
@@ -135,6 +140,26 @@ static int qt_spans(struct kvt_eng_kv *kv, uint32_t layer, size_t end, struct kv
     return 1;
 }
 
+static int qt_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_kv_query *qr,
+                     struct kvt_eng_kv_span *out, size_t max, size_t *counts)
+{
+    struct kv_quant *q = (struct kv_quant *)kv;
+    if (!q->selects || qr->n_tokens != 1)
+        return KVT_ENG_KV_DECLINE;
+    /* Rows before both sides' quantized end no longer change. */
+    size_t frozen = q->done[0] < q->done[1] ? q->done[0] : q->done[1], end = qr->pos + 1;
+    const uint16_t *rows = layer_rows(q, layer);
+    if (end > q->n || frozen > end)
+        return -EINVAL;
+    kvt__eng_lsel_update(&q->sel, layer, rows, frozen);
+    int ns = kvt__eng_lsel_select(&q->sel, layer, qr, rows, NULL, frozen,
+                                  rows + frozen * q->row_halfs, frozen, end - frozen, out, max);
+    if (ns < 0)
+        return ns;
+    counts[0] = (size_t)ns;
+    return 0;
+}
+
 static int qt_commit(struct kvt_eng_kv *kv, const int32_t *tokens, size_t n)
 {
     (void)kv;
@@ -151,6 +176,8 @@ static void qt_destroy(struct kvt_eng_kv *kv)
     free(q->rows);
     free(q->packed);
     free(q->packed_len);
+    if (q->selects)
+        kvt__eng_lsel_deinit(&q->sel);
     free(q);
 }
 
@@ -160,6 +187,7 @@ static const struct kvt_eng_kv_ops quant_ops = {
     .prepare = qt_prepare,
     .append = qt_append,
     .spans = qt_spans,
+    .select = qt_select,
     .commit = qt_commit,
     .destroy = qt_destroy,
 };
@@ -169,8 +197,10 @@ int kvt_eng_kv_quant_create(const struct kvt_eng_kv_geom *geom,
                             const struct kvt_eng_select_config *sel, struct kvt_eng_kv **out)
 {
     uint32_t bits = cfg->bits ? cfg->bits : 8, group = cfg->group ? cfg->group : 32;
-    if (sel && kvt_eng_select_config_is_set(sel))
-        return -EINVAL;
+    if (sel && kvt_eng_select_config_is_set(sel) &&
+        (sel->top_p != 0.0 || sel->spans != KVT_ENG_SPANS_DEFAULT || sel->prefetch ||
+         !(sel->budget > 0.0 && sel->budget <= 1.0)))
+        return -EINVAL; /* a budget only */
     struct kvt_quant_fmt fk = {bits, KVT_QUANT_AXIS_TOKEN, group, geom->head_dim};
     struct kvt_quant_fmt fv = fk;
     if (cfg->keys_per_channel)
@@ -206,6 +236,15 @@ int kvt_eng_kv_quant_create(const struct kvt_eng_kv_geom *geom,
         return -ENOMEM;
     }
     q->done[0] = q->done[1] = q->cfg.sinks;
+    if (sel && sel->budget > 0.0) {
+        int rc = kvt__eng_lsel_init(&q->sel, geom, sel->budget);
+        if (rc) {
+            qt_destroy(&q->base);
+            return rc;
+        }
+        q->selects = 1;
+        q->base.spans_max = kvt__eng_lsel_spans_max(geom);
+    }
     *out = &q->base;
     return 0;
 }

@@ -59,7 +59,7 @@ const char *kvt_eng_mode_name(enum kvt_eng_mode m)
 
 int kvt_eng_mode_selects(enum kvt_eng_mode m)
 {
-    return m == KVT_ENG_MODE_SPARSE;
+    return m == KVT_ENG_MODE_SPARSE || m == KVT_ENG_MODE_QUANT || m == KVT_ENG_MODE_CLUSTER;
 }
 
 static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_config *c)
@@ -70,6 +70,9 @@ static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_
         return 0;
     if (mode == KVT_ENG_MODE_SPARSE && (c->budget > 0.0) == (c->top_p > 0.0))
         return 0; /* exactly one of them */
+    if ((mode == KVT_ENG_MODE_QUANT || mode == KVT_ENG_MODE_CLUSTER) &&
+        (c->budget <= 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT || c->prefetch))
+        return 0; /* lossy modes: a budget only (kv_lossy.h) */
     return c->budget >= 0.0 && c->budget <= 1.0 && c->top_p >= 0.0 && c->top_p <= 1.0;
 }
 

@@ -33,7 +33,8 @@ int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out);
 const char *kvt_eng_mode_name(enum kvt_eng_mode m);
 
 /* Whether a mode takes a selection config (struct kvt_eng_select_config): only modes that
- * restrict attention do (sparse, which needs one). */
+ * restrict attention do: sparse, which needs one, and quant and cluster, which take an optional
+ * budget (sparse retrieval over their own rows, engine/kv_lossy.h). */
 int kvt_eng_mode_selects(enum kvt_eng_mode m);
 
 struct kvt_eng_session_config {
