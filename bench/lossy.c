@@ -404,7 +404,7 @@ static int bench_decode(const struct kvt_bench_opts *opts, struct kvt_bench_repo
 {
     struct decode_sizes z = {8192, 64, 8000, 4};
     if (opts->quick)
-        z = (struct decode_sizes){512, 32, 512, 2};
+        z = (struct decode_sizes){384, 16, 384, 1};
     if (parse_sizes(opts, &z))
         return KVT_BENCH_USAGE;
     struct lossy_arm arms[] = {

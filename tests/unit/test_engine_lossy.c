@@ -8,6 +8,8 @@
  *   positions seen, and each window kept exactly window - round(ratio * window) entries;
  * - the log(count) bias: a context whose row j+1 is a copy of row j attends like the context with
  *   the two merged into one entry of count 2, and not like that entry without its bias;
+ * - sparse retrieval over the lossy rows (--budget): a budget of 1 attends to every row, bit for
+ *   bit as without one; a budget of 0.25 changes the decode steps only (batches are declined);
  * - quant 8-bit scored one token at a time against resident (fidelity.h) on real text: small KL
  *   and high top-1 agreement, yet not lossless; 4-bit further from resident than 8-bit; keys per
  *   channel (KIVI) accepted; the bytes kept follow the format.
@@ -32,13 +34,13 @@
 #include "engine/session.h"
 #include "tests/engine/fixture.h"
 
-#define SEQ 384    /* tokens of the cluster runs */
+#define SEQ 320    /* tokens of the cluster runs */
 #define DECODE 16  /* of them, the last ones fed one at a time */
 #define BATCH 64   /* prefill step */
 #define WINDOW 32  /* cluster window */
 #define SINKS 4    /* kept fp16 */
 #define RECENT 64  /* kept fp16 */
-#define Q_SEQ 320  /* tokens of the quant decode evaluation */
+#define Q_SEQ 288  /* tokens of the quant decode evaluation */
 #define Q_FROM 256 /* its first scored position */
 
 struct lossy_state {
@@ -221,6 +223,45 @@ static void test_cluster_config_checked(void **state)
     assert_int_equal(kvt_eng_kv_quant_create(&g, &q, NULL, &kv), -EINVAL);
     q.keys_per_channel = 1; /* keys allow it, values (per token) do not */
     assert_int_equal(kvt_eng_kv_quant_create(&g, &q, NULL, &kv), -EINVAL);
+    assert_null(kv);
+}
+
+static float *run_cluster(struct lossy_state *st, double ratio, double budget)
+{
+    size_t V = st->m->hp.n_vocab;
+    struct kvt_eng_kv_geom g = kvt_eng_model_kv_geom(st->m, SEQ, BATCH);
+    struct kvt_eng_lossy_config c = cluster_cfg(ratio);
+    struct kvt_eng_select_config sel = {.budget = budget};
+    struct kvt_eng_kv *kv;
+    assert_int_equal(kvt_eng_kv_cluster_create(&g, &c, budget > 0 ? &sel : NULL, &kv), 0);
+    float *l = malloc((size_t)SEQ * V * sizeof(float));
+    assert_non_null(l);
+    assert_int_equal(run_seq(st, kv, l), 0);
+    kvt_eng_kv_destroy(kv);
+    return l;
+}
+
+static void test_cluster_with_sparse_retrieval(void **state)
+{
+    struct lossy_state *st = *state;
+    if (!st)
+        skip();
+    size_t V = st->m->hp.n_vocab, pre = (size_t)(SEQ - DECODE) * V;
+    float *plain = run_cluster(st, 0.5, 0.0), *all = run_cluster(st, 0.5, 1.0);
+    float *part = run_cluster(st, 0.5, 0.25);
+    assert_memory_equal(all, plain, (size_t)SEQ * V * sizeof(float));
+    assert_memory_equal(part, plain, pre * sizeof(float)); /* the prefill: full attention */
+    assert_memory_not_equal(part + pre, plain + pre, DECODE * V * sizeof(float));
+    free(plain);
+    free(all);
+    free(part);
+    struct kvt_eng_kv_geom g = kvt_eng_model_kv_geom(st->m, SEQ, BATCH);
+    struct kvt_eng_lossy_config c = cluster_cfg(0.5);
+    struct kvt_eng_select_config bad = {.budget = 0.2, .top_p = 0.5};
+    struct kvt_eng_kv *kv = NULL;
+    assert_int_equal(kvt_eng_kv_cluster_create(&g, &c, &bad, &kv), -EINVAL);
+    struct kvt_eng_lossy_config q = {.bits = 8};
+    assert_int_equal(kvt_eng_kv_quant_create(&g, &q, &bad, &kv), -EINVAL);
     assert_null(kv);
 }
 
@@ -420,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_cluster_ratio0_is_resident),
         cmocka_unit_test(test_cluster_counts_sum),
         cmocka_unit_test(test_log_count_bias),
+        cmocka_unit_test(test_cluster_with_sparse_retrieval),
         cmocka_unit_test(test_quant_fidelity),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
