@@ -25,8 +25,11 @@
  * like q8. Per setting: kv_bytes_kept_ratio (bytes the mode keeps at the end against fp16), KL
  * mean and p99 against resident, the KL against q8's (kl_vs_q8_ratio), top-1 agreement, and the
  * passkey accuracy of `kvtier-engine passkey` at --passkey-tokens over --trials trials (resident's
- * as the reference row). Full mode: 8,192 positions (8,128 prefilled, 64 decoded), passkey at
- * 8,000 tokens, 4 trials; --quick: 512 (480 + 32), passkey at 512, 2 trials. Options
+ * as the reference row). Full mode: 2,048 positions (1,984 prefilled, 64 decoded), passkey at
+ * 2,048 tokens, 2 trials (depths 10% and 90%), about 20 minutes on the project's shared 2-core
+ * machine; the issue's 8K run is `--tokens 8192 --passkey-tokens 8000` (one setting at 8,192
+ * positions took over 12 minutes there, so ten take hours). --quick: 384 (368 + 16), passkey at
+ * 384, 1 trial. Options
  * --tokens, --decode, --passkey-tokens and --trials override them.
  */
 #include <math.h>
@@ -282,6 +285,7 @@ static int bench_kernels(const struct kvt_bench_opts *opts, struct kvt_bench_rep
 struct lossy_arm {
     const char *label;
     const char *args; /* kvtier-engine --mode ... */
+    int no_passkey;   /* the calibration point: KL only */
     int ok, pk_ok;
     double kl_mean, kl_p99, top1, ratio, ms, resident_ms, ppl, resident_ppl, pk_acc, pk_logp;
 };
@@ -402,14 +406,14 @@ static int parse_sizes(const struct kvt_bench_opts *opts, struct decode_sizes *z
 
 static int bench_decode(const struct kvt_bench_opts *opts, struct kvt_bench_report *r)
 {
-    struct decode_sizes z = {8192, 64, 8000, 4};
+    struct decode_sizes z = {2048, 64, 2048, 2};
     if (opts->quick)
         z = (struct decode_sizes){384, 16, 384, 1};
     if (parse_sizes(opts, &z))
         return KVT_BENCH_USAGE;
     struct lossy_arm arms[] = {
         {.label = "resident", .args = "--mode resident"},
-        {.label = "q8", .args = "--mode q8"},
+        {.label = "q8", .args = "--mode q8", .no_passkey = 1},
         {.label = "quant8", .args = "--mode quant --bits 8"},
         {.label = "quant4", .args = "--mode quant --bits 4"},
         {.label = "quant4-kivi", .args = "--mode quant --bits 4 --kivi"},
@@ -436,7 +440,7 @@ static int bench_decode(const struct kvt_bench_opts *opts, struct kvt_bench_repo
         /* resident is the passkey reference only: its eval would compare it with itself. */
         if (i > 0 && run_eval(opts, text, &z, &arms[i]))
             fprintf(stderr, "kvtier-bench lossy: %s: the eval run failed\n", arms[i].label);
-        if (run_passkey(opts, &z, &arms[i]))
+        if (!arms[i].no_passkey && run_passkey(opts, &z, &arms[i]))
             fprintf(stderr, "kvtier-bench lossy: %s: the passkey run failed\n", arms[i].label);
     }
     double minutes = (double)(kvt_bench_now_ns() - t0) / 60e9;
@@ -468,6 +472,8 @@ static int bench_decode(const struct kvt_bench_opts *opts, struct kvt_bench_repo
         if (a->pk_ok) {
             kvt_bench_num(r, "passkey_accuracy", a->pk_acc);
             kvt_bench_num(r, "passkey_key_logprob", a->pk_logp);
+        } else if (a->no_passkey) {
+            kvt_bench_null(r, "passkey_accuracy", "calibration point: KL only");
         } else {
             kvt_bench_null(r, "passkey_accuracy",
                            why ? why : "the passkey run failed (see stderr)");
