@@ -58,5 +58,6 @@ int kvt_bench_select(const struct kvt_bench_opts *opts, struct kvt_bench_report 
 int kvt_bench_capacity(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_lossy(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 int kvt_bench_rotate(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
+int kvt_bench_evict(const struct kvt_bench_opts *opts, struct kvt_bench_report *r);
 
 #endif

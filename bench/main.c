@@ -25,6 +25,7 @@
 #pragma weak kvt_bench_capacity
 #pragma weak kvt_bench_lossy
 #pragma weak kvt_bench_rotate
+#pragma weak kvt_bench_evict
 
 struct bench_entry {
     const char *name;
@@ -120,6 +121,8 @@ int main(int argc, char **argv)
         {"rotate", kvt_bench_rotate,
          "reuse: Gets with keys re-rotated by RoPE vs plain Gets, and the rotation kernel", NULL,
          NULL},
+        {"evict", kvt_bench_evict,
+         "reuse: LRU vs cost-aware eviction under a DRAM limit on a RAG passage trace", NULL, NULL},
         {"lossy", kvt_bench_lossy,
          "lossy KV forms: kernels (reference vs SIMD), and decode on the real model (KL vs q8, "
          "top-1, passkey against bytes kept)",

@@ -650,7 +650,7 @@ static int cmd_config(const struct cli *o, char **args, int n)
         return usage_error("%s takes KEY VALUE", "config set");
     if (open_client(o, &c, 4096))
         return 1;
-    char val[512];
+    static char val[1024]; /* the longest string key (tenants) */
     int rc = is_set ? kvt_config_set(c, args[1], args[2]) : 0;
     if (!rc)
         rc = kvt_config_get(c, args[1], val, sizeof(val));

@@ -24,6 +24,14 @@ size_t kvt_dtype_size(enum kvt_dtype dtype)
     return 0;
 }
 
+uint32_t kvt_form_group(uint32_t head_dim)
+{
+    for (uint32_t g = 32; g >= 2; g /= 2)
+        if (head_dim % g == 0)
+            return g;
+    return 0;
+}
+
 size_t kvt_chunk_keys(const struct kvt_ns_info *ns, const struct kvt_key *parent,
                       const int32_t *tokens, size_t n_tokens, struct kvt_key *keys, size_t max_keys)
 {

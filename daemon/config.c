@@ -47,6 +47,8 @@ static const char *const dirty_full_policies[] = {"drop", "reject", NULL};
 static const char *const evictions[] = {"lru", "cost", NULL};
 static const char *const checksum_policies[] = {"required", "optional", NULL};
 static const char *const span_kinds[] = {"none", "fixed", "variable", NULL};
+static const char *const forms[] = {"fp16", "q8", "q4", NULL};
+static const char *const cold_forms[] = {"same", "fp16", "q8", "q4", NULL};
 
 #define ADMIN (KVT_CFG_RUNTIME | KVT_CFG_ADMIN)
 #define FAULT (KVT_CFG_RUNTIME | KVT_CFG_ADMIN | KVT_CFG_FAULT)
@@ -146,6 +148,13 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("disk.codec", disk_codec, "lz4", codecs, 0,
          "Lossless compression on disk after byte-shuffle: none, lz4 or zstd"),
     U64("disk.codec_level", disk_codec_level, "1", 1, 19, 0, "zstd level, or lz4 acceleration"),
+    ENUM("disk.form", disk_form, "fp16", forms, ADMIN,
+         "Form the disk tier keeps chunks of lossy-allowed fp16 namespaces in: fp16 (as stored), "
+         "q8 or q4 (group quantization along head_dim, docs/lossy.md); never applies to "
+         "namespaces registered without allow_lossy"),
+    ENUM("disk.form_cold", disk_form_cold, "same", cold_forms, ADMIN,
+         "Form for chunks that recent Selects ranked low (none of their tokens returned by the "
+         "last Selects that scored them, docs/lossy.md): same = disk.form, or fp16, q8, q4"),
     DOUBLE("disk.high_watermark", disk_high_watermark, "0.95", 0.1, 1.0, KVT_CFG_RUNTIME,
            "Above this fraction of the disk tier in use, chunks only on disk are evicted, "
            "coldest first"),

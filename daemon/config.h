@@ -54,6 +54,8 @@ struct kvt_dconfig {
     uint64_t disk_object_bytes_max;
     uint64_t disk_objects_max;
     char disk_codec[8];
+    char disk_form[8];
+    char disk_form_cold[8];
     uint64_t disk_codec_level;
     double disk_min_saving;
     double disk_high_watermark;

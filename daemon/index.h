@@ -46,6 +46,17 @@ struct kvt_entry {
     uint8_t promoting;  /* a read from a lower tier into a new DRAM slot is in flight */
     uint8_t referenced; /* read or written since the disk eviction's clock hand last passed */
     uint16_t owner;     /* 1 + namespace slot that stored it (per-tenant quotas); 0 = none */
+    /* Lossy forms (docs/lossy.md): the form (enum kvt_form) of the copy at each tier position,
+     * what a Put asked its lower copies to be kept in (0: the tiers' policy), and whether the DRAM
+     * copy was dequantized from a lossy one (its bytes are not the Put's: replies carry their own
+     * checksum). */
+    uint8_t form[KVT_ENTRY_TIERS_MAX];
+    uint8_t form_want; /* KVT_FORM_CLUSTER: a clustered variant, its bytes kept as given */
+    uint8_t lossy;
+    /* Importance (Select): bit i of sel_hist tells whether the i-th most recent Select that
+     * scored this chunk returned any of its tokens; sel_seen counts those Selects (saturating). */
+    uint8_t sel_hist;
+    uint8_t sel_seen;
 };
 
 struct kvt_index {

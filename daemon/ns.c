@@ -7,6 +7,7 @@
 #include <xxhash.h>
 
 #include "common/alloc.h"
+#include "common/assert.h"
 #include "daemon/ns.h"
 
 #define GEOMETRY_MAX 65536u
@@ -214,4 +215,14 @@ int kvt_ns_resolve(const struct kvt_ns_table *t, uint32_t id, const char *tenant
         return KVT_E_ACCESS;
     *out = ns;
     return 0;
+}
+
+void kvt_ns_note_version(struct kvt_ns_table *t, const struct kvt_ns *ns, double cci,
+                         double passage_mass)
+{
+    struct kvt_ns *w = &t->v[kvt_ns_slot(ns)];
+    KVT_ASSERT(w == ns);
+    w->seen_cci_sum += cci;
+    w->seen_passage_mass_sum += passage_mass;
+    w->seen_versions++;
 }

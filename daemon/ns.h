@@ -32,6 +32,10 @@ struct kvt_ns {
     struct kvt_span_policy spans;
     uint64_t bytes_per_token;
     uint64_t chunk_bytes;
+    /* What reuse versions computed after other passages showed (daemon/reuse.h's prior): sums
+     * of their CCI and of their mean attention mass per prefix passage, and their number. */
+    double seen_cci_sum, seen_passage_mass_sum;
+    uint64_t seen_versions;
 };
 
 /* The fields a client sends; model_id is borrowed during the call. */
@@ -73,6 +77,10 @@ static inline uint32_t kvt_ns_slot(const struct kvt_ns *ns)
 {
     return (ns->id & ((1u << KVT_NS_SLOT_BITS) - 1)) - 1;
 }
+
+/* Adds what one version showed (kvt_reuse_observe) to ns's sums. */
+void kvt_ns_note_version(struct kvt_ns_table *t, const struct kvt_ns *ns, double cci,
+                         double passage_mass);
 
 /* A connection registered (hold) or let go of (release) the namespace in slot. */
 void kvt_ns_hold(struct kvt_ns_table *t, uint32_t slot);

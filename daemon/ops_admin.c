@@ -281,10 +281,12 @@ void kvt__ops_ping(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     kvt__server_respond(s, c, op, &resp, 0, NULL);
 }
 
+#define CONFIG_VALUE_BYTES 1024 /* the longest string key (tenants) fits whole */
+
 void kvt__ops_config_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                            const char *key)
 {
-    char val[512];
+    char val[CONFIG_VALUE_BYTES];
     int rc = kvt_cfg_get(&kvt_dconfig_table, s->cfg, key ? key : "", val, sizeof(val));
     if (rc) {
         reply_error(s, c, op, rc, "unknown config key");
@@ -305,7 +307,6 @@ void kvt__ops_config_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_
  * reserved for it, CONFIG_LIST_RESERVE_BYTES (asserted below), which is below the 64K that
  * max_frame_bytes allows at least; tests/integration/test_cli.sh checks the list is complete. */
 #define CONFIG_LIST_MAX 256
-#define CONFIG_VALUE_BYTES 1024 /* the longest string key (tenants) fits whole */
 
 void kvt__ops_config_list(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op)
 {

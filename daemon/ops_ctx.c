@@ -262,11 +262,18 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
     }
     /* How much of the context is on disk, and how much of that Select chose: the rest is what
      * ranking every span from DRAM abstracts left unread (LeoAM's rule, docs/sparse.md). */
+    uint32_t run = 0;
     for (uint32_t i = 0; i < x->n_chunks; i++) {
         uint32_t id = kvt_index_find(&s->idx, &x->chunks[i].id);
-        if (id != KVT_INDEX_NIL &&
-            kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id)) == KVT_TIER_DISK)
+        while (run < res.n_out && out[run].chunk < i)
+            run++;
+        if (id == KVT_INDEX_NIL)
+            continue;
+        if (kvt_tm_tier_of(s->tm, kvt_index_at(&s->idx, id)) == KVT_TIER_DISK)
             s->st.select_disk_tokens_considered += x->chunks[i].n_tokens;
+        /* The chunk's importance for lossy forms: whether this Select returned any of it (runs
+         * come in position order, chunk by chunk). */
+        kvt__ops_sel_note(s, id, run < res.n_out && out[run].chunk == i);
     }
     for (uint32_t i = 0; i < res.n_out; i++) {
         const struct kvt_ctx_chunk *ch = &x->chunks[out[i].chunk];

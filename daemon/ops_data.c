@@ -17,6 +17,7 @@
 #include "common/memguard.h"
 #include "kernels/copy.h"
 #include "kernels/kernels.h"
+#include "kernels/quant.h"
 #include "kernels/rope.h"
 
 static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
@@ -30,6 +31,133 @@ static int range_ok(const struct kvt_conn *c, uint64_t off, uint64_t len)
         if ((c) && (c)->tstats)                                                                    \
             (c)->tstats->field++;                                                                  \
     } while (0)
+
+/* ---- lossy forms (docs/lossy.md) ---------------------------------------------------------- */
+
+/* Refuses a lossy request (form: what it asks for) that the namespace cannot have: E_INVAL for
+ * an unknown form or a namespace whose chunks have no lossy form (not fp16, odd head_dim),
+ * E_LOSSY for one registered without allow_lossy. 0 when it may go on (form 0 always may). */
+static int lossy_refused(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
+                         const struct kvt_ns *ns, uint32_t form, const char *what)
+{
+    char why[KVT_MODEL_ID_MAX + 256];
+    if (!form)
+        return 0;
+    if (!ns->allow_lossy) {
+        s->st.lossy_refused++;
+        snprintf(why, sizeof(why),
+                 "%s asks for a lossy form, and namespace %s was registered without allow_lossy: "
+                 "register it lossy-allowed, or ask for fp16",
+                 what, ns->model_id);
+        reply_error(s, c, op, KVT_E_LOSSY, why);
+        return 1;
+    }
+    if (form > KVT_FORM_CLUSTER) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "unknown form (0 = policy, 1 = q8, 2 = q4, 3 = clustered variant)");
+        return 1;
+    }
+    if (ns->dtype != KVT_DTYPE_FP16 || !kvt_form_group(ns->head_dim)) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "lossy forms need an fp16 namespace with an even head_dim");
+        return 1;
+    }
+    return 0;
+}
+
+/* Bytes of one entry of a clustered variant in namespace ns: its row and its layers x KV heads
+ * counts. */
+static uint64_t cluster_entry_bytes(const struct kvt_ns *ns)
+{
+    return ns->bytes_per_token + (uint64_t)ns->layers * ns->kv_heads * sizeof(uint32_t);
+}
+
+/* Whether the counts after n_entries rows of a clustered variant (in the daemon's memory) are
+ * all at least 1 and sum to n_tokens for each (layer, KV head). */
+static int cluster_counts_ok(const struct kvt_ns *ns, const uint8_t *bytes, uint32_t n_entries,
+                             uint32_t n_tokens)
+{
+    const uint8_t *p = bytes + (uint64_t)n_entries * ns->bytes_per_token;
+    for (uint32_t lh = 0; lh < ns->layers * ns->kv_heads; lh++) {
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < n_entries; i++, p += 4) {
+            uint32_t n =
+                (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            if (!n)
+                return 0;
+            sum += n;
+        }
+        if (sum != n_tokens)
+            return 0;
+    }
+    return 1;
+}
+
+/* Bytes of a chunk of n_tokens of namespace ns in form (fp16: its canonical length). */
+static uint64_t form_bytes(const struct kvt_ns *ns, uint32_t n_tokens, uint32_t form)
+{
+    if (form != KVT_FORM_Q8 && form != KVT_FORM_Q4)
+        return (uint64_t)n_tokens * ns->bytes_per_token;
+    struct kvt_quant_fmt f = {form == KVT_FORM_Q8 ? 8u : 4u, KVT_QUANT_AXIS_TOKEN,
+                              kvt_form_group(ns->head_dim), ns->head_dim};
+    struct kvt_quant_chunk qc = {ns->layers, ns->kv_heads, f, f};
+    return kvt_quant_chunk_bytes(&qc, n_tokens);
+}
+
+static uint32_t form_of_name(const char *name)
+{
+    return !strcmp(name, "q8") ? KVT_FORM_Q8 : !strcmp(name, "q4") ? KVT_FORM_Q4 : KVT_FORM_FP16;
+}
+
+/* Whether recent Selects ranked entry e low: of the last (up to) KVT_SEL_COLD_WINDOW Selects that
+ * scored it, none returned any of its tokens. A chunk no Select has scored is not cold. */
+#define KVT_SEL_COLD_WINDOW 4u
+static int sel_cold(const struct kvt_entry *e)
+{
+    uint32_t n = e->sel_seen < KVT_SEL_COLD_WINDOW ? e->sel_seen : KVT_SEL_COLD_WINDOW;
+    return n > 0 && (e->sel_hist & ((1u << n) - 1u)) == 0;
+}
+
+void kvt__ops_sel_note(struct kvt_server *s, uint32_t id, int selected)
+{
+    struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    e->sel_hist = (uint8_t)((e->sel_hist << 1) | (selected ? 1u : 0u));
+    if (e->sel_seen < UINT8_MAX)
+        e->sel_seen++;
+}
+
+/* The tier manager's form callback: the form entry id's lower-tier copy is kept in. Only chunks
+ * of a live lossy-allowed fp16 namespace get one: the Put's own form when it asked, else
+ * disk.form_cold for a chunk recent Selects ranked low, else disk.form. */
+/* The live namespace that stored entry e, or NULL (reclaimed, or a chunk recovered from disk). */
+static const struct kvt_ns *entry_ns(const struct kvt_server *s, const struct kvt_entry *e)
+{
+    if (!e->owner || e->owner > s->ns.used)
+        return NULL;
+    const struct kvt_ns *ns = &s->ns.v[e->owner - 1];
+    return ns->id && ns->seed == e->id.ns_seed ? ns : NULL;
+}
+
+static uint32_t tm_form(void *arg, uint32_t id)
+{
+    struct kvt_server *s = arg;
+    const struct kvt_entry *e = kvt_index_at(&s->idx, id);
+    if (e->form_want == KVT_FORM_CLUSTER)
+        return KVT_FORM_CLUSTER; /* its bytes are entries and counts: tagged in every tier */
+    const struct kvt_ns *ns = entry_ns(s, e);
+    if (!ns || !ns->allow_lossy || ns->dtype != KVT_DTYPE_FP16 || !kvt_form_group(ns->head_dim))
+        return 0;
+    uint32_t form = e->form_want;
+    if (!form && sel_cold(e) && strcmp(s->cfg->disk_form_cold, "same")) {
+        form = form_of_name(s->cfg->disk_form_cold);
+        s->st.lossy_cold_forms++;
+    } else if (!form) {
+        form = form_of_name(s->cfg->disk_form);
+    }
+    if (form)
+        s->st.lossy_forms_asked++;
+    return form;
+}
 
 /* ---- Put ---------------------------------------------------------------------------------- */
 
@@ -137,7 +265,24 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     uint32_t n_tokens = p->n_tokens ? p->n_tokens : ns->tokens_per_chunk;
     uint64_t len = p->inline_data.len ? p->inline_data.len : p->length;
-    if (n_tokens > ns->tokens_per_chunk || len != n_tokens * ns->bytes_per_token) {
+    if (p->form == KVT_FORM_CLUSTER) {
+        /* Merged entries and their counts: refused before anything else is looked at. */
+        if (lossy_refused(s, c, op, ns, p->form, "this Put"))
+            return;
+        uint64_t per = cluster_entry_bytes(ns);
+        op->n_entries = (uint32_t)(len / per);
+        if (n_tokens > ns->tokens_per_chunk || len % per || !op->n_entries ||
+            op->n_entries >= n_tokens) {
+            s->st.geometry_errors++;
+            snprintf(why, sizeof(why),
+                     "a clustered variant of %u tokens is 1 to %u entries of %" PRIu64
+                     " bytes (a row and its counts), got %" PRIu64 " bytes",
+                     n_tokens, n_tokens ? n_tokens - 1 : 0, per, len);
+            reply_error(s, c, op, KVT_E_GEOMETRY, why);
+            return;
+        }
+        op->cluster = 1;
+    } else if (n_tokens > ns->tokens_per_chunk || len != n_tokens * ns->bytes_per_token) {
         s->st.geometry_errors++;
         snprintf(why, sizeof(why),
                  "chunk of %u tokens must be %" PRIu64 " bytes in this namespace, got %" PRIu64,
@@ -145,6 +290,8 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         reply_error(s, c, op, KVT_E_GEOMETRY, why);
         return;
     }
+    if (lossy_refused(s, c, op, ns, p->form, "this Put"))
+        return;
     const uint8_t *src;
     if (p->inline_data.len) {
         if (len > s->cfg->inline_max_bytes) {
@@ -208,6 +355,7 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     e->length = len;
     e->n_tokens = n_tokens;
     e->elem_bytes = (uint8_t)kvt_dtype_size((enum kvt_dtype)ns->dtype);
+    e->form_want = (uint8_t)p->form;
     void *dst;
     rc = kvt_tm_reserve(s->tm, id, &dst); /* pinned for this writer until committed */
     if (rc) {
@@ -223,7 +371,9 @@ void kvt__ops_put(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     }
     op->entry = id;
     op->length = len;
-    put_abstract(s, ns, op, n_tokens);
+    op->n_tokens = n_tokens;
+    if (!op->cluster) /* merged entries' keys bound no token's: no abstract */
+        put_abstract(s, ns, op, n_tokens);
     op->has_checksum = p->checksum != NULL;
     op->checksum = p->checksum ? p->checksum->value : 0;
     op->job.dst = dst;
@@ -259,11 +409,23 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
         kvt__server_respond(s, c, op, &resp, 0, NULL);
         return;
     }
-    gr.length = e->length;
+    gr.length = op->stored ? op->length : e->length;
     gr.n_tokens = e->n_tokens;
+    gr.form = op->form;
+    if (op->form == KVT_FORM_CLUSTER)
+        gr.n_entries = op->n_entries;
+    Kvtier__Checksum sum = KVTIER__CHECKSUM__INIT;
     if (inline_data) {
         gr.inline_data.data = (uint8_t *)inline_data;
         gr.inline_data.len = e->length;
+        if (op->lossy_sum)
+            op->sum = kvt_payload_checksum(inline_data, e->length); /* small: on the loop */
+    }
+    if (op->lossy_sum) {
+        /* fp16 bytes dequantized from a lossy copy: the client cannot know their checksum. */
+        sum.value = op->sum;
+        gr.checksum = &sum;
+        s->st.gets_dequantized++;
     }
     resp.result_case = KVTIER__RESPONSE__RESULT_GET;
     resp.get = &gr;
@@ -278,12 +440,19 @@ static void count_served(struct kvt_server *s, const struct kvt_op *op, const st
         return;
     }
     s->st.get_hits++;
-    s->st.get_bytes += e->length;
+    s->st.get_bytes += op->stored ? op->length : e->length;
     TSTAT(op->conn, get_hits);
 }
 
 void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
 {
+    if (op->stored) {
+        /* A stored-form read straight into the client's buffer: the block and its form. */
+        op->length = op->io.got;
+        op->form = op->io.form;
+        if (op->form == KVT_FORM_Q8 || op->form == KVT_FORM_Q4)
+            s->st.gets_stored_form++;
+    }
     count_served(s, op, e);
     get_reply(s, op->conn, op, e, NULL);
 }
@@ -297,11 +466,23 @@ void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status)
     reply_error(s, op->conn, op, status, NULL);
 }
 
+/* A whole Get served from a DRAM copy dequantized from a lossy one: its copy computes the
+ * checksum of what it writes (a rotated Get's rotation follows the copy: it carries none; an
+ * inline answer is summed on the loop). A stored-form Get served from DRAM is fp16 as kept. */
+static void lossy_sum_setup(struct kvt_op *op, const struct kvt_entry *e)
+{
+    op->stored = 0;
+    op->form = e->form_want == KVT_FORM_CLUSTER ? KVT_FORM_CLUSTER : KVT_FORM_FP16;
+    op->lossy_sum = op->kind == KVTIER__REQUEST__OP_GET && e->lossy && !op->rope.on;
+    op->job.want_sum = op->lossy_sum && !op->want_inline;
+}
+
 void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
     count_served(s, op, e);
     const uint8_t *src = kvt_tm_memory_ptr(s->tm, e);
+    lossy_sum_setup(op, e);
     if (op->want_inline) {
         get_reply(s, op->conn, op, e, src);
         kvt_tm_release(s->tm, op->entry);
@@ -351,6 +532,7 @@ static struct kvt_entry *find_readable(struct kvt_server *s, struct kvt_conn *c,
     uint32_t id = kvt_index_find(&s->idx, &oid);
     struct kvt_entry *e = id == KVT_INDEX_NIL ? NULL : kvt_index_at(&s->idx, id);
     enum kvt_tier_id tier = e ? kvt_tm_tier_of(s->tm, e) : KVT_TIER_NONE;
+    kvt_tm_note_read(s->tm, &oid);
     if (tier == KVT_TIER_NONE) {
         s->st.get_misses++;
         TSTAT(c, get_misses);
@@ -402,6 +584,18 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
                                    : "a rotated Get needs an fp16 namespace with rope_theta");
         return;
     }
+    if (g->stored_form && (g->want_inline || g->rotate)) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "a Get of the stored form goes to the arena, never inline nor rotated");
+        return;
+    }
+    if (g->stored_form && !ns->allow_lossy) {
+        s->st.lossy_refused++;
+        reply_error(s, c, op, KVT_E_LOSSY,
+                    "this Get asks for the stored (lossy) form, and the namespace was registered "
+                    "without allow_lossy: it holds fp16 only, read it with a plain Get");
+        return;
+    }
     s->st.gets++;
     TSTAT(c, gets);
     uint32_t id;
@@ -410,6 +604,10 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     if (!e)
         return;
     op->rope.on = 0;
+    if (g->rotate && e->form_want == KVT_FORM_CLUSTER) {
+        reply_error(s, c, op, KVT_E_INVAL, "a clustered variant is not rotated");
+        return;
+    }
     if (g->rotate) {
         const struct kvt_version *v = kvt_version_store_get(&s->versions, id);
         if (!v) {
@@ -429,12 +627,21 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         op->rope.theta = ns->rope_theta;
         s->st.gets_rotated++;
     }
+    /* A chunk without a DRAM copy is read from a lower one, perhaps kept in a lossy form: a Get
+     * of the stored form returns that block, of its own size. */
+    uint32_t lform = kvt_tm_in_memory(e) ? KVT_FORM_FP16 : kvt_tm_lower_form(s->tm, e);
+    int quantized = lform == KVT_FORM_Q8 || lform == KVT_FORM_Q4;
+    uint64_t need = g->stored_form && quantized ? form_bytes(ns, e->n_tokens, lform) : e->length;
+    if (e->form_want == KVT_FORM_CLUSTER) {
+        op->form = KVT_FORM_CLUSTER;
+        op->n_entries = (uint32_t)(e->length / cluster_entry_bytes(ns));
+    }
     /* The caller's capacity bounds an inline answer too (0 there means "any size"): a client
      * must never receive more bytes than it said it has room for. */
     int too_big = g->want_inline && e->length > s->cfg->inline_max_bytes;
-    int no_room = (!g->want_inline || g->capacity) && e->length > g->capacity;
+    int no_room = (!g->want_inline || g->capacity) && need > g->capacity;
     if (too_big || no_room) {
-        room_reply(s, c, op, e->length, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG);
+        room_reply(s, c, op, need, no_room ? KVT_E_SMALLBUF : KVT_E_TOOBIG);
         return;
     }
     if (e->hits < UINT16_MAX)
@@ -449,9 +656,15 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
         /* Only in a lower tier: read through the tier manager. */
         kvt_tm_count_miss(s->tm);
         op->job.dst = g->want_inline ? NULL : c->arena + g->offset;
-        /* A rotated Get is delivered from DRAM, pinned, so the rotation can follow the copy. */
-        op->io = (struct kvt_tm_io){
-            .dst = op->job.dst, .cap = e->length, .want_dram = g->want_inline || g->rotate};
+        /* A rotated Get is delivered from DRAM, pinned, so the rotation can follow the copy; so
+         * is one of a lossy copy, dequantized, so that its copy out computes the checksum of
+         * the bytes it returns. A Get of the stored form reads the copy as it is. */
+        op->stored = (uint8_t)g->stored_form;
+        op->io = (struct kvt_tm_io){.dst = op->job.dst,
+                                    .cap = need,
+                                    .want_dram = g->want_inline || g->rotate ||
+                                                 (quantized && !g->stored_form),
+                                    .stored = g->stored_form};
         rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
             kvt__ops_get_fail(s, op, rc);
@@ -460,6 +673,7 @@ void kvt__ops_get(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op,
     s->st.get_hits++;
     s->st.get_bytes += e->length;
     TSTAT(c, get_hits);
+    lossy_sum_setup(op, e);
     if (g->want_inline) {
         get_reply(s, c, op, e, src);
         kvt_tm_release(s->tm, id);
@@ -516,6 +730,11 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     struct kvt_entry *e = find_readable(s, c, op, ns, &key, g->key->variant, &id, &tier);
     if (!e)
         return;
+    if (e->form_want == KVT_FORM_CLUSTER) {
+        reply_error(s, c, op, KVT_E_INVAL,
+                    "a clustered variant has entries, not token rows: read it whole with Get");
+        return;
+    }
     /* A chunk may hold fewer tokens than the namespace's chunks. */
     if ((uint64_t)g->token_first + g->n_tokens > e->n_tokens) {
         s->st.geometry_errors++;
@@ -605,6 +824,18 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
                      : op->copy_res                                ? op->copy_res
                      : op->has_checksum && op->sum != op->checksum ? KVT_E_CHECKSUM
                                                                    : 0;
+        /* A clustered variant's counts, read from the daemon's own copy (the client's arena
+         * is never read on the loop). */
+        const struct kvt_ns *cns = op->cluster ? entry_ns(s, e) : NULL;
+        if (!status && op->cluster &&
+            (!cns || !cluster_counts_ok(cns, op->job.dst, op->n_entries, op->n_tokens))) {
+            s->st.cluster_counts_refused++;
+            kvt_tm_abort(s->tm, op->entry);
+            reply_error(s, op->conn, op, KVT_E_INVAL,
+                        "a clustered variant's counts must be at least 1 and sum to n_tokens for "
+                        "every layer and KV head; nothing was stored");
+            return;
+        }
         if (status) {
             if (status == KVT_E_CHECKSUM)
                 s->st.put_checksum_errors++;
@@ -633,6 +864,7 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op)
     }
     if (op->kind == KVTIER__REQUEST__OP_PUT) {
         s->st.put_bytes += op->length;
+        s->st.cluster_puts += op->cluster;
         if (op->conn && op->conn->tstats)
             op->conn->tstats->put_bytes += op->length;
         enum kvt_tier_id tier;
@@ -745,6 +977,7 @@ const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
     .abandoned = tm_abandoned,
     .delete_abandoned = tm_delete_abandoned,
     .geom = tm_geom,
+    .form = tm_form,
     .meta_pin = kvt__ops_meta_pin,
     .meta_release = kvt__ops_meta_release,
     .meta_want = kvt__ops_meta_want,

@@ -161,6 +161,9 @@ void kvt__ops_version_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_o
                     rc == KVT_E_FULL ? "no room for more version info (reuse.bytes_max)" : NULL);
         return;
     }
+    double cci, passage_mass;
+    if (kvt_reuse_observe(kvt_version_store_get(&s->versions, id), &cci, &passage_mass))
+        kvt_ns_note_version(&s->ns, ns, cci, passage_mass);
     uint32_t left = 0;
     Kvtier__Response resp = KVTIER__RESPONSE__INIT;
     Kvtier__VersionSetResp vr = KVTIER__VERSION_SET_RESP__INIT;
@@ -194,6 +197,12 @@ void kvt__ops_chunk_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_
         return;
     }
     float alpha = r->alpha > 0 ? r->alpha : (float)s->cfg->reuse_alpha;
+    struct kvt_reuse_prior prior = {0};
+    if (ns->seen_versions) {
+        prior.n = ns->seen_versions;
+        prior.cci = ns->seen_cci_sum / (double)ns->seen_versions;
+        prior.passage_mass = ns->seen_passage_mass_sum / (double)ns->seen_versions;
+    }
     static struct kvt_key keys[CHUNK_LOOKUP_PASSAGES_MAX];
     for (size_t i = 0; i < r->n_passages; i++) {
         if (key_of(r->passages[i], &keys[i])) {
@@ -224,7 +233,7 @@ void kvt__ops_chunk_lookup(struct kvt_server *s, struct kvt_conn *c, struct kvt_
             if (!ver)
                 continue;
             struct kvt_reuse_score sc;
-            kvt_reuse_score(ver, keys, (uint32_t)i, alpha, &sc);
+            kvt_reuse_score(ver, keys, (uint32_t)i, alpha, &prior, &sc);
             if (chosen[i] && !kvt_reuse_better(&sc, ver->start_pos, ver->used, &best, best_start,
                                                chosen[i]->used, r->start_pos[i]))
                 continue;

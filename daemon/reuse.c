@@ -75,21 +75,56 @@ static uint64_t inversions(int64_t *a, int64_t *tmp, uint32_t n)
     return inv;
 }
 
-void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
-                     float alpha, struct kvt_reuse_score *out)
+/* Layer-averaged attention of v's tokens to prefix passage j, and v's CCI: the layer average of
+ * inter / (inter + intra). */
+static double prefix_mass(const struct kvt_version *v, uint32_t j)
+{
+    double m = 0;
+    for (uint32_t l = 0; l < v->layers; l++)
+        m += v->layer_mass[(size_t)l * (v->n_prefix + 1u) + j];
+    return m / (v->layers ? v->layers : 1);
+}
+
+static double version_cci(const struct kvt_version *v)
 {
     uint32_t np = v->n_prefix, row = np + 1;
-    struct keytab tab;
-    keytab_build(&tab, new_prefix, n_new < KVT_VERSION_PREFIX_MAX ? n_new : KVT_VERSION_PREFIX_MAX);
-    /* Layer-averaged attention to each old prefix passage; CCI per layer, averaged. */
-    double total = 0, kept = 0, cci = 0;
+    double cci = 0;
+    for (uint32_t l = 0; l < v->layers; l++) {
+        double inter = 0, intra = v->layer_mass[(size_t)l * row + np];
+        for (uint32_t j = 0; j < np; j++)
+            inter += v->layer_mass[(size_t)l * row + j];
+        cci += inter + intra > 0 ? inter / (inter + intra) : 0;
+    }
+    return cci / (v->layers ? v->layers : 1);
+}
+
+int kvt_reuse_observe(const struct kvt_version *v, double *cci, double *passage_mass)
+{
+    if (!v->n_prefix)
+        return 0;
+    double total = 0;
+    for (uint32_t j = 0; j < v->n_prefix; j++)
+        total += prefix_mass(v, j);
+    *cci = version_cci(v);
+    *passage_mass = total / v->n_prefix;
+    return 1;
+}
+
+void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_prefix, uint32_t n_new,
+                     float alpha, const struct kvt_reuse_prior *prior, struct kvt_reuse_score *out)
+{
+    uint32_t np = v->n_prefix;
+    static struct keytab tab, old_tab; /* the loop thread's; too big for its stack twice */
+    if (n_new > KVT_VERSION_PREFIX_MAX)
+        n_new = KVT_VERSION_PREFIX_MAX;
+    keytab_build(&tab, new_prefix, n_new);
+    keytab_build(&old_tab, v->prefix, np);
+    /* Attention to the old prefix's passages, and how much of it went to those still before. */
+    double total = 0, kept = 0;
     int64_t pos_new[KVT_VERSION_PREFIX_MAX], tmp[KVT_VERSION_PREFIX_MAX];
     uint32_t n_common = 0;
     for (uint32_t j = 0; j < np; j++) {
-        double m = 0;
-        for (uint32_t l = 0; l < v->layers; l++)
-            m += v->layer_mass[(size_t)l * row + j];
-        m /= v->layers ? v->layers : 1;
+        double m = prefix_mass(v, j);
         total += m;
         int64_t at = keytab_find(&tab, &v->prefix[j]);
         if (at >= 0) {
@@ -97,14 +132,18 @@ void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_pref
             pos_new[n_common++] = at; /* in old-prefix order */
         }
     }
-    for (uint32_t l = 0; l < v->layers; l++) {
-        double inter = 0, intra = v->layer_mass[(size_t)l * row + np];
-        for (uint32_t j = 0; j < np; j++)
-            inter += v->layer_mass[(size_t)l * row + j];
-        cci += inter + intra > 0 ? inter / (inter + intra) : 0;
-    }
-    cci /= v->layers ? v->layers : 1;
-    double beta = total > 0 ? kept / total : 1.0;
+    /* Passages before it now that it never attended to: each would draw about what one prefix
+     * passage drew when it was computed (or, with none before it then, what the namespace's
+     * versions drew per passage), attention its cached KV lacks. */
+    uint32_t novel = 0;
+    for (uint32_t i = 0; i < n_new; i++)
+        novel += keytab_find(&tab, &new_prefix[i]) == (int64_t)i &&
+                 keytab_find(&old_tab, &new_prefix[i]) < 0;
+    int known = prior && prior->n > 0;
+    double per_passage = np && total > 0 ? total / np : known ? prior->passage_mass : 0;
+    double missing = novel * per_passage;
+    double cci = np ? version_cci(v) : known ? prior->cci : 0;
+    double beta = total + missing > 0 ? kept / (total + missing) : 1.0;
     /* Kendall-tau distance of the common passages: pairs ordered one way in the old prefix and
      * the other way in the new one, over all pairs. A passage named twice in the old prefix maps
      * to one new position: such a pair is a tie, not discordant. */
@@ -119,6 +158,7 @@ void kvt_reuse_score(const struct kvt_version *v, const struct kvt_key *new_pref
     out->beta_prime = (float)beta_prime;
     out->cci = (float)cci;
     out->cfo = (float)cfo;
+    out->n_novel = novel;
     double want = ceil(cfo * (double)v->n_tokens - 1e-9);
     out->n_recompute = want <= 0 ? 0 : want >= v->n_tokens ? v->n_tokens : (uint32_t)want;
 }

@@ -474,6 +474,11 @@ static void process_frames(struct kvt_server *s, struct kvt_conn *c)
         memset(&op->job, 0, sizeof(op->job));
         op->abs = NULL;
         op->abs_stage = 0;
+        op->lossy_sum = 0;
+        op->stored = 0;
+        op->form = 0;
+        op->cluster = 0;
+        op->n_entries = 0;
         op->req_id = req->id;
         op->reserve = reserve;
         op->kind = req->op_case;

@@ -117,7 +117,20 @@
       "tokens ChunkLookups told the engine to recompute")                                          \
     X(A, versions_evicted, KVT_STAT_COUNTER, "",                                                   \
       "versions deleted to keep a key within reuse.versions_max")                                  \
-    X(A, gets_rotated, KVT_STAT_COUNTER, "", "Gets whose keys were re-rotated to a new position")
+    X(A, gets_rotated, KVT_STAT_COUNTER, "", "Gets whose keys were re-rotated to a new position")  \
+    X(A, lossy_refused, KVT_STAT_COUNTER, "",                                                      \
+      "Puts and Gets asking for a lossy form in a namespace without allow_lossy (E_LOSSY)")        \
+    X(A, lossy_forms_asked, KVT_STAT_COUNTER, "",                                                  \
+      "lower-tier copies of lossy-allowed chunks asked to be kept in q8 or q4")                    \
+    X(A, lossy_cold_forms, KVT_STAT_COUNTER, "",                                                   \
+      "of those, copies given disk.form_cold because recent Selects ranked the chunk low")         \
+    X(A, gets_dequantized, KVT_STAT_COUNTER, "",                                                   \
+      "Gets answered with fp16 bytes dequantized from a lossy copy (with their own checksum)")     \
+    X(A, gets_stored_form, KVT_STAT_COUNTER, "",                                                   \
+      "Gets asking for the stored form that were answered with a lossy block")                     \
+    X(A, cluster_puts, KVT_STAT_COUNTER, "", "clustered variants stored (merged entries, counts)") \
+    X(A, cluster_counts_refused, KVT_STAT_COUNTER, "",                                             \
+      "clustered variants refused because their counts did not add up to their tokens")
 #define KVT_DAEMON_STATS(A) KVT_DAEMON_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 /* Latency histograms (name, unit, help): a request taken from its frame to its answer queued. */
@@ -196,6 +209,15 @@ struct kvt_op {
         double theta;
     } rope;
     uint64_t start_ns; /* when the request was taken from its frame (latency stats) */
+    /* Lossy forms (docs/lossy.md). lossy_sum: a Get of bytes dequantized from a lossy copy,
+     * answered with the checksum (sum) of what it returned; stored: a Get of the stored form,
+     * read straight from a lower tier, of form `form` (the answer's). */
+    uint8_t lossy_sum;
+    uint8_t stored;
+    uint32_t form;
+    /* A clustered variant (form 3): its entries; a Put's counts are checked once copied. */
+    uint8_t cluster;
+    uint32_t n_entries;
 };
 
 /* Bump allocator for unpacking one request without touching the heap in the common case. */
@@ -344,6 +366,9 @@ void kvt__ops_put_reply(struct kvt_server *s, struct kvt_op *op, enum kvt_tier_i
 void kvt__ops_get_fail(struct kvt_server *s, struct kvt_op *op, int status);
 /* A Get's chunk has just been promoted into DRAM: deliver it from there. */
 void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op);
+/* Importance for lossy forms (docs/lossy.md): a Select scored entry id's chunk and returned some
+ * of its tokens (selected) or none. */
+void kvt__ops_sel_note(struct kvt_server *s, uint32_t id, int selected);
 /* Answers a Get whose bytes are already at the client's destination. */
 void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e);
 

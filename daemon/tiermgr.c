@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/time.h"
+#include "daemon/freq.h"
 #include "daemon/tiermgr.h"
 
 #define COLDEST_SCAN 64
@@ -51,6 +52,7 @@ struct kvt_tm_del {
 struct kvt_tm {
     struct kvt_tm_config cfg;
     struct kvt_index *idx;
+    struct kvt_freq freq; /* reads per object, past eviction (tier.eviction = cost) */
     struct kvt_tier tiers[KVT_TM_TIERS_MAX];
     uint32_t n_tiers;
     struct kvt_workers *workers;
@@ -215,6 +217,7 @@ static void demote_durable(void *arg, int res)
     if (res == 0) {
         e->at[d->tier] = KVT_AT_READY;
         e->loc[d->tier] = d->w.loc;
+        e->form[d->tier] = (uint8_t)d->w.form;
         e->referenced = 1;
         tm->st.demotions++;
     } else {
@@ -305,6 +308,10 @@ static int demote_start(struct kvt_tm *tm, uint32_t id, struct kvt_tm_io *io)
                              .owner = e->owner};
     if (tm->cb->geom && tm->cb->geom(tm->cb_arg, e, &geom) == 0)
         o.geom = &geom;
+    /* A form only for tiers that keep forms (q8/q4 also need the shape: the tier checks). */
+    if (tm->cb->form && ops_of(tm, ti)->read_stored)
+        o.form = tm->cb->form(tm->cb_arg, id);
+    d->w.form = 0; /* a tier that keeps no forms leaves it so */
     memset(&d->meta, 0, sizeof(d->meta));
     if ((ops_of(tm, ti)->caps & KVT_TIER_CAP_META) && tm->cb->meta_pin &&
         tm->cb->meta_pin(tm->cb_arg, id, &d->meta) == 0 && d->meta.len) {
@@ -656,16 +663,34 @@ void kvt_tm_stop(struct kvt_tm *tm)
 
 /* ---- eviction and allocation -------------------------------------------------------------- */
 
+static uint64_t obj_hash(const struct kvt_obj_id *o)
+{
+    uint64_t h = o->ns_seed ^ (o->key.lo * 0x9e3779b97f4a7c15ull) ^
+                 (o->key.hi * 0xc2b2ae3d27d4eb4full) ^ ((uint64_t)o->variant << 47);
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
+}
+
 /* Cost-aware eviction (tier.eviction = cost): what keeping entry id is worth per byte, expected
- * reuse x recompute saved / bytes, with reads since stored (+1) for the expected reuse and its
- * tokens for the recompute a hit saves. Among chunks of one model this ranks by reads; across
- * models a chunk of more tokens per byte is worth more. */
+ * reuse x recompute saved / bytes, with the reads of its object in the frequency sketch (+1: what
+ * is stored is read at least once; the sketch remembers reads from before an eviction and lets
+ * old ones fade) for the expected reuse and its tokens for the recompute a hit saves. Among
+ * chunks of one model this ranks by recent popularity; across models a chunk of more tokens per
+ * byte is worth more. */
 static double tm_value(void *arg, uint32_t id)
 {
     struct kvt_tm *tm = arg;
     const struct kvt_entry *e = entry(tm, id);
-    return ((double)e->hits + 1.0) * (double)(e->n_tokens ? e->n_tokens : 1) /
+    double reads = (double)kvt_freq_estimate(&tm->freq, obj_hash(&e->id));
+    return (reads + 1.0) * (double)(e->n_tokens ? e->n_tokens : 1) /
            (double)(e->length ? e->length : 1);
+}
+
+void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id)
+{
+    if (tm->freq.count)
+        kvt_freq_add(&tm->freq, obj_hash(id));
 }
 
 /* The memory tier's eviction callback (cookie = entry id). */
@@ -878,6 +903,9 @@ static void promote_done(void *arg, int res)
     }
     e->at[MEM] = KVT_AT_READY;
     e->loc[MEM] = io->slot;
+    /* DRAM holds fp16 again, dequantized from a lossy copy: not the bytes the Put gave. */
+    if (io->src < tm->n_tiers && (e->form[io->src] == 1 || e->form[io->src] == 2))
+        e->lossy = 1; /* q8 or q4 (a clustered variant is kept as given) */
     tm->st.promotions++;
     tm->cb->get_in_dram(tm->cb_arg, io);
 }
@@ -888,6 +916,7 @@ static void direct_done(void *arg, int res)
     struct kvt_tm *tm = io->tm;
     struct kvt_entry *e = entry(tm, io->entry);
     e->refs--;
+    io->got = res > 0 ? (uint64_t)res : 0;
     if (tm->stopping) {
         tm->cb->abandoned(tm->cb_arg, io);
         return;
@@ -938,7 +967,13 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
     io->tier = ops->id;
     io->src = ti; /* a failure concerns this copy, whatever happened to the others meanwhile */
     int rc;
-    if (io->range) {
+    io->form = e->form[ti];
+    if (io->stored && ops->read_stored) {
+        /* The copy as stored, straight into the destination (a quantized block is not what
+         * DRAM serves: never promoted). */
+        rc = ops->read_stored(t, &e->id, e->loc[ti], io->dst, io->cap, &io->form, direct_done, io);
+        rc = settle(rc, direct_done, io, (int)e->length);
+    } else if (io->range) {
         /* Only the rows, straight into the destination (never promoted: a few rows do not make
          * the chunk hot). */
         rc = ops->read_range(t, &e->id, e->loc[ti], &io->r, io->dst, io->cap, direct_done, io);
@@ -983,6 +1018,12 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
         rc = KVT_E_GEOMETRY;
     }
     return rc;
+}
+
+uint32_t kvt_tm_lower_form(const struct kvt_tm *tm, const struct kvt_entry *e)
+{
+    uint32_t ti = read_source(tm, e);
+    return ti ? e->form[ti] : 0;
 }
 
 int kvt_tm_read(struct kvt_tm *tm, struct kvt_tm_io *io, uint32_t id)
@@ -1184,6 +1225,8 @@ static int load_object(void *arg, const struct kvt_tier_obj *o, kvt_tier_loc loc
     e->state = KVT_ENTRY_READY;
     e->at[lc->tier] = KVT_AT_READY;
     e->loc[lc->tier] = loc;
+    e->form[lc->tier] = (uint8_t)o->form;
+    e->form_want = (uint8_t)o->form; /* a copy written again keeps its form */
     e->length = o->length;
     e->n_tokens = o->n_tokens;
     return 0;
@@ -1452,9 +1495,13 @@ int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
     tm->cb = cb;
     tm->cb_arg = cb_arg;
     ops_of(tm, MEM)->set_evict(tm->tiers[MEM].t, tm_evict, tm);
-    if (cfg->eviction_cost && ops_of(tm, MEM)->set_value)
-        ops_of(tm, MEM)->set_value(tm->tiers[MEM].t, tm_value, tm);
     int rc = KVT_E_NOMEM;
+    if (cfg->eviction_cost) {
+        if (kvt_freq_init(&tm->freq, idx->cap))
+            goto fail;
+        if (ops_of(tm, MEM)->set_value)
+            ops_of(tm, MEM)->set_value(tm->tiers[MEM].t, tm_value, tm);
+    }
     if (n_tiers > 1) {
         tm->n_demotes = cfg->writes_max ? cfg->writes_max : 1;
         tm->demotes = kvt_calloc(KVT_ALLOC_TIER, tm->n_demotes, sizeof(*tm->demotes));
@@ -1498,5 +1545,6 @@ void kvt_tm_destroy(struct kvt_tm *tm)
     kvt_free(KVT_ALLOC_TIER, tm->demotes);
     kvt_free(KVT_ALLOC_TIER, tm->dels);
     kvt_free(KVT_ALLOC_TIER, tm->del_status);
+    kvt_freq_deinit(&tm->freq);
     kvt_free(KVT_ALLOC_TIER, tm);
 }

@@ -126,9 +126,14 @@ struct kvt_tm_io {
     uint64_t cap;  /* bytes at dst */
     int want_dram; /* the answer needs the chunk in DRAM (an inline reply): never dst */
     int range;     /* a read of rows of one layer (r), straight into dst */
+    int stored;    /* a whole read of a lower-tier copy as stored (its lossy form, undecoded),
+                      straight into dst; a chunk in DRAM is served from there as usual */
     struct kvt_tier_range r;
-    /* outputs: the tier a read came from */
+    /* outputs: the tier a read came from; the form of the copy it was read from and, for direct
+     * reads, the bytes it returned (a stored read: the stored block's) */
     enum kvt_tier_id tier;
+    uint32_t form;
+    uint64_t got;
     /* the tier manager's */
     uint32_t entry, gen;
     kvt_tier_loc slot;
@@ -165,6 +170,10 @@ struct kvt_tm_callbacks {
     void (*abandoned)(void *arg, struct kvt_tm_io *io);
     /* During shutdown: a Delete waiting for durability will not be answered (may be NULL). */
     void (*delete_abandoned)(void *arg, void *ctx);
+    /* The lossy form (enum kvt_form) entry id's lower-tier copy is to be kept in, asked for just
+     * before it is written to a tier that keeps forms (read_stored); 0 keeps the bytes as they
+     * are. May be NULL. */
+    uint32_t (*form)(void *arg, uint32_t id);
     /* The shape of entry e's chunk, for range-readable lower-tier copies; nonzero: unknown. */
     int (*geom)(void *arg, const struct kvt_entry *e, struct kvt_chunk_geom *out);
     /* The metadata to store with entry id's lower-tier copy, pinned until meta_release (which
@@ -246,6 +255,9 @@ uint64_t kvt_tm_memory_bytes(const struct kvt_tm *tm);
 
 /* The tier a READY entry is served from, or KVT_TIER_NONE when no readable copy exists yet. */
 enum kvt_tier_id kvt_tm_tier_of(const struct kvt_tm *tm, const struct kvt_entry *e);
+/* The form (enum kvt_form) of the lower-tier copy a read of e would come from (0: fp16, or none).
+ */
+uint32_t kvt_tm_lower_form(const struct kvt_tm *tm, const struct kvt_entry *e);
 /* Whether entry e has a readable copy in DRAM (tier 0). */
 static inline int kvt_tm_in_memory(const struct kvt_entry *e)
 {
@@ -265,6 +277,9 @@ void kvt_tm_pin(struct kvt_tm *tm, uint32_t id);
 void kvt_tm_unpin(struct kvt_tm *tm, uint32_t id, uint32_t gen);
 /* Counts a read that found no DRAM copy (a miss of tier 0). */
 void kvt_tm_count_miss(struct kvt_tm *tm);
+/* A client asked to read object id, stored or not: with tier.eviction = cost, its read count
+ * (daemon/freq.h) is what cost-aware eviction expects of its reuse. */
+void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id);
 /* Reads entry id from a lower tier for io: the whole chunk (promoted into DRAM when a slot can be
  * had, else straight into io->dst unless want_dram), or rows (io->range: only what covers them,
  * verified, into io->dst; KVT_E_GEOMETRY when the copy's rows cannot be addressed). A copy that

@@ -12,6 +12,8 @@
 #include "daemon/ops.h"
 #include "daemon/server.h"
 
+#define WRITES_WARN 4
+
 static int split_paths(char *list, const char **paths, uint32_t max)
 {
     uint32_t n = 0;
@@ -138,12 +140,22 @@ int kvt__server_tiers_open(struct kvt_server *s)
                   .objects_max = cfg->disk_objects_max,
                   .object_bytes_max = cfg->disk_object_bytes_max}},
     };
-    /* Background writes may use at most half the staging buffers: reads must find one. */
+    /* Background writes may use at most half the staging buffers: reads must find one. Fewer
+     * than WRITES_WARN in flight is said at start (docs/benchmarks.md, capacity: one write in
+     * flight made write-back drop most chunks leaving DRAM). */
     uint64_t buffers = cfg->disk_staging_bytes / cfg->disk_object_bytes_max;
     tc.writes_max =
         (uint32_t)(buffers / 2 < cfg->disk_queue_depth ? buffers / 2 : cfg->disk_queue_depth);
     if (tc.writes_max == 0)
         tc.writes_max = 1;
+    if (s->disk && tc.writes_max < WRITES_WARN && tc.writes_max < cfg->disk_queue_depth)
+        KVT_WARN("tier",
+                 "disk: only %u background writes can be in flight (disk.staging_bytes %llu / "
+                 "disk.object_bytes_max %llu = %llu staging buffers, half for writes): under load "
+                 "DRAM fills faster than the disk drains; raise disk.staging_bytes or lower "
+                 "disk.object_bytes_max",
+                 tc.writes_max, (unsigned long long)cfg->disk_staging_bytes,
+                 (unsigned long long)cfg->disk_object_bytes_max, (unsigned long long)buffers);
     if ((rc = kvt_tm_create(&tc, &s->idx, tiers, n, s->workers, s->loop, &kvt__ops_tm_callbacks, s,
                             &s->tm))) {
         KVT_ERR("tier", "tier manager: %s", kvt_strerror(rc));

@@ -208,6 +208,14 @@ int kvt_codec_decode(struct kvt_codec *c, uint32_t codec, const void *src, size_
 
 const char *kvt_codec_name(uint32_t codec)
 {
+    if (codec == KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0))
+        return "cluster";
+    if (KVT_CODEC_ID_FORM(codec)) {
+        static const char *const q[2][6] = {{"q8g1", "q8g2", "q8g4", "q8g8", "q8g16", "q8g32"},
+                                            {"q4g1", "q4g2", "q4g4", "q4g8", "q4g16", "q4g32"}};
+        uint32_t f = KVT_CODEC_ID_FORM(codec), l = (codec >> 12) & 0xfu;
+        return (codec & 0xffu) == 0 && (f == 1 || f == 2) && l < 6 ? q[f - 1][l] : "unknown";
+    }
     switch (codec) {
     case KVT_CODEC_RAW:
         return "raw";

@@ -24,6 +24,18 @@ enum kvt_codec_algo { KVT_CODEC_NONE = 0, KVT_CODEC_LZ4 = 1, KVT_CODEC_ZSTD = 2 
 #define KVT_CODEC_ID_ALGO(id) ((enum kvt_codec_algo)((id)&0xfu))
 #define KVT_CODEC_ID_WIDTH(id) (((id) >> 4) & 0xfu)
 
+/* A lossy form (enum kvt_form of kvtier.h, docs/lossy.md) rides in bits 8..11 of the id and the
+ * log2 of its group size along head_dim in bits 12..15; 0 in both is fp16 as stored. An object
+ * kept in a quantized form holds its token rows quantized (kernels/quant.h, keys and values in
+ * groups along head_dim; tiers/disk/object.h has the layout) and is decoded by dequantizing
+ * them, never by this codec: it is not compressed further (quantized codes barely compress). */
+/* Form 3 (a clustered variant: merged entries and their counts) is kept as given: its body is the
+ * bytes themselves, stored_len = raw_len, checked like a packed body, group bits 0. */
+#define KVT_CODEC_FORM_CLUSTER 3u
+#define KVT_CODEC_FORM(form, group_log2) (((uint32_t)(form) << 8) | ((uint32_t)(group_log2) << 12))
+#define KVT_CODEC_ID_FORM(id) (((id) >> 8) & 0xfu)
+#define KVT_CODEC_ID_GROUP(id) (1u << (((id) >> 12) & 0xfu))
+
 struct kvt_codec_config {
     enum kvt_codec_algo algo; /* KVT_CODEC_NONE stores everything raw */
     uint32_t elem_bytes;      /* default shuffle width: 0 or 1 = none, 2 or 4 */
@@ -62,7 +74,7 @@ int kvt_codec_decode(struct kvt_codec *c, uint32_t codec, const void *src, size_
 void kvt_codec_shuffle(const void *src, size_t len, uint32_t w, void *dst);
 void kvt_codec_unshuffle(const void *src, size_t len, uint32_t w, void *dst);
 
-/* Human-readable name of a codec id, e.g. "shuf2+lz4" or "raw". Static string. */
+/* Human-readable name of a codec id, e.g. "shuf2+lz4", "raw" or "q8g32". Static string. */
 const char *kvt_codec_name(uint32_t codec);
 
 #endif

@@ -121,6 +121,11 @@ struct kvt_tier_obj {
     uint32_t meta_len;
     kvt_tier_meta_fn meta_write; /* reserve only: called by fill with meta_ctx */
     void *meta_ctx;
+    /* Lossy form (enum kvt_form; docs/lossy.md). reserve: the form the owner wants the copy kept
+     * in (0: as given); a tier that keeps forms (read_stored set) quantizes a chunk of fp16 whose
+     * geometry it knows, any other keeps the bytes as they are and says so in the write's form.
+     * enumerate: the form the object is stored in. */
+    uint32_t form;
 };
 
 /* A write in progress, in the caller's storage: reserve, fill (any thread), commit or cancel. */
@@ -128,6 +133,7 @@ struct kvt_tier_obj {
 struct kvt_tier_write {
     kvt_tier_loc loc; /* set by reserve: where the object will be */
     uint64_t length;
+    uint32_t form; /* set by fill: the form the object is stored in (enum kvt_form) */
     union {
         uint64_t align;
         unsigned char bytes[KVT_TIER_WRITE_PRIV_BYTES];
@@ -198,6 +204,12 @@ struct kvt_tier_ops {
      * it), KVT_E_SMALLBUF (cap below what enumerate reports), KVT_E_BUSY, KVT_E_TIERFAILED. */
     int (*read_meta)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
                      size_t cap, kvt_tier_done_fn done, void *arg);
+    /* Tiers that keep lossy forms (NULL otherwise): read's whole object as it is stored, not
+     * decoded to fp16 (a quantized block, verified by its own checksum; an fp16 object as read
+     * returns it), and its form into *form_out (borrowed until done) before done(arg, bytes or
+     * error). Errors as read's. */
+    int (*read_stored)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
+                       size_t cap, uint32_t *form_out, kvt_tier_done_fn done, void *arg);
     /* Forgets an object: 0, KVT_E_NOTFOUND, KVT_E_BUSY (too many removals pending: retry). */
     int (*remove)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc);
     /* A barrier: 0 when every removal made before it is already durable (or the tier keeps

@@ -946,6 +946,16 @@ void kvt__cl_finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_i
         } else if (!r->status && x->stage_off != UINT64_MAX) {
             memcpy(it->buf, c->arena + x->stage_off, g->length);
         }
+        if (!r->status && !it->status && g->form && g->form != KVT_FORM_CLUSTER) {
+            it->status =
+                KVT_E_PROTO; /* a plain Get is answered in fp16 or as a clustered variant */
+            it->len = 0;
+        } else if (!r->status && !it->status && g->checksum &&
+                   kvt_payload_checksum(it->buf, g->length) != g->checksum->value) {
+            /* fp16 dequantized from a lossy copy comes with the daemon's checksum of what it
+             * wrote (docs/lossy.md): bytes that do not match it are not handed over as good. */
+            it->status = KVT_E_CHECKSUM;
+        }
     } else if (kind == XFER_RANGE && r->result_case == KVTIER__RESPONSE__RESULT_GET_RANGE) {
         const Kvtier__GetResp *g = r->get_range;
         size_t cap = it->len;

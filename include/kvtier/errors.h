@@ -61,7 +61,8 @@
     X(E_UNTRUSTED, -10036, "socket is served by an untrusted uid, not kvtierd")                    \
     X(E_NOCTX, -10037, "unknown or closed context (its lease may have expired)")                   \
     X(E_CANCELED, -10038, "request canceled before it was sent")                                   \
-    X(E_NOHOLD, -10039, "unknown or released hold (its lease may have expired)")
+    X(E_NOHOLD, -10039, "unknown or released hold (its lease may have expired)")                   \
+    X(E_LOSSY, -10040, "lossy form asked for in a namespace not registered with allow_lossy")
 
 #ifdef __cplusplus
 extern "C" {

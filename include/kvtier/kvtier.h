@@ -142,6 +142,24 @@ enum kvt_tier_id {
     KVT_TIER_REMOTE = 4
 };
 
+/* The form a chunk's bytes are kept or returned in (docs/lossy.md). FP16 is the chunk as stored
+ * by Put, bit for bit; Q8 and Q4 are the kernels' group quantization (kernels/quant.h): keys and
+ * values alike in groups of 32 channels along head_dim (fewer when head_dim is not a multiple of
+ * 32, kvt_form_group), 8 or 4 bits a value plus an fp16 scale and minimum a group. Lossy forms
+ * exist only in namespaces registered with allow_lossy. Values are on the wire and never change
+ * meaning. */
+enum kvt_form {
+    KVT_FORM_FP16 = 0,
+    KVT_FORM_Q8 = 1,
+    KVT_FORM_Q4 = 2,
+    /* A clustered variant (kernels/cluster.h, docs/lossy.md): n_entries < n_tokens merged
+     * entries in the canonical layout [layer][entry][k|v][kv_head][head_dim] (fp16), followed by
+     * the count of every entry, n_layers x n_kv_heads x n_entries little-endian uint32 in the order
+     * [layer][kv_head][entry]; the counts of each (layer, KV head) sum to n_tokens. Kept as given
+     * in every tier (bit for bit) and returned with its counts. */
+    KVT_FORM_CLUSTER = 3,
+};
+
 /* Session options. Zero in every field means its default, so initialize the whole struct (e.g.
  * with a designated initializer) and set what you need. New fields are only ever appended; the
  * library reads the whole struct, so a program is rebuilt against the header it links with. */
@@ -308,6 +326,37 @@ KVT_API int kvt_get_range_v(struct kvt_client *c, uint32_t ns, const struct kvt_
                             uint32_t variant, uint32_t layer, uint32_t token_first,
                             uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
                             enum kvt_tier_id *tier_out);
+
+/* kvt_put_v whose chunk's lower-tier copies are to be kept in form (KVT_FORM_Q8 or KVT_FORM_Q4)
+ * over the daemon's disk.form policy (docs/lossy.md); KVT_FORM_FP16 is kvt_put_v. The bytes are
+ * fp16 as for kvt_put (the daemon quantizes when it writes the chunk to disk; DRAM keeps them as
+ * given). KVT_FORM_CLUSTER stores a clustered variant instead (see enum kvt_form): buf holds
+ * n_entries merged entries and their counts, len = n_entries x (bytes_per_token + 4 x layers x
+ * kv_heads) with 1 <= n_entries < n_tokens (0: tokens_per_chunk), KVT_E_GEOMETRY otherwise, and
+ * KVT_E_INVAL when the counts of some (layer, KV head) are not all >= 1 or do not sum to
+ * n_tokens; it is kept as given and kvt_get_v / kvt_get_form return it so (GetRange and rotation
+ * refuse it). KVT_E_LOSSY in a namespace registered without allow_lossy, KVT_E_INVAL for another
+ * form or a namespace that has none (not fp16, odd head_dim); nothing is stored then. */
+KVT_API int kvt_put_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                         uint32_t variant, enum kvt_form form, const void *buf, size_t len,
+                         uint32_t n_tokens);
+
+/* kvt_get_v that returns the chunk in the form the daemon stores it in, undecoded, instead of
+ * dequantized to fp16 (docs/lossy.md): a chunk with a DRAM copy comes from there in fp16 (what
+ * DRAM holds); a chunk only in a lower tier comes back as that copy's stored block, q8 or q4 in
+ * the packed chunk layout of kernels/quant.h (struct kvt_quant_chunk: keys and values in the
+ * *form_out format, groups of kvt_form_group(head_dim) channels), or fp16 when stored as fp16;
+ * a clustered variant comes back as stored, wherever it is (KVT_FORM_CLUSTER).
+ * *form_out (may be NULL) gets the form of what was returned, *len_out its bytes. cap must hold
+ * the stored block (KVT_E_SMALLBUF otherwise, *len_out the bytes needed). KVT_E_LOSSY in a
+ * namespace registered without allow_lossy (nothing is read). buf as for kvt_get_rotated. */
+KVT_API int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                         uint32_t variant, void *buf, size_t cap, size_t *len_out,
+                         enum kvt_form *form_out, enum kvt_tier_id *tier_out);
+
+/* The group size along head_dim of the q8 and q4 forms: the largest power of two up to 32 that
+ * divides head_dim (32 for every common model), 0 when head_dim is odd (no lossy form). */
+KVT_API uint32_t kvt_form_group(uint32_t head_dim);
 
 /* One item of a batch. The caller fills key/variant/buf/len (and n_tokens for puts); the library
  * fills status (0 or an error) and, for gets, len with the chunk length and tier. Initialize the

@@ -194,6 +194,8 @@ check "live top: frames, then 'retrying' while the daemon is down, then frames a
     tail -20 "$D/live.txt"
 check "config list shows a ${#tenants}-byte value whole" \
     "$K config list --json | python3 -c 'import json,sys; d={i[\"key\"]: i[\"value\"] for i in json.load(sys.stdin)}; assert d[\"tenants\"] == sys.argv[1]' '$tenants'"
+check "config get shows it whole too" \
+    "[ \"\$($K config get tenants)\" = 'tenants = $tenants' ]"
 kill -TERM $PID; wait $PID
 PID=
 

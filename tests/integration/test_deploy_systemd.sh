@@ -111,15 +111,22 @@ mkdir -p "$D/varlib" "$D/out/t" "$D/out/st"
 chown $uid "$D/out/st" # strace runs as the daemon's uid
 chmod 1777 "$D/out"
 head -c 16384 /dev/urandom >"$D/out/t/blob"
-# The daemon's command line is the unit's, with the built binary and the repository's config.
-daemon="${exec_line/\/usr\/local\/bin\/kvtierd/$B/kvtierd}"
-daemon="${daemon/\/etc\/kvtier\/kvtier.conf/$PWD/deploy/kvtier.conf}"
+# The daemon's command line is the unit's, with the built binary and the repository's config,
+# both seen in the sandbox through read-only binds under its /run (the checkout may be under
+# /tmp, which the sandbox replaces).
+SB=/run/kvtier-test-bin
+SR=/run/kvtier-test-src
+daemon="${exec_line/\/usr\/local\/bin\/kvtierd/$SB/kvtierd}"
+daemon="${daemon/\/etc\/kvtier\/kvtier.conf/$SR/deploy/kvtier.conf}"
 daemon="$daemon --cpu.arena_bytes=64M --disk.bytes=64M --tier.write_policy=write-through"
 daemon="$daemon --disk.staging_bytes=$staging --disk.object_bytes_max=1M"
 cat >"$D/sandbox.sh" <<EOF
 set -eu
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir $SB $SR
+mount --bind "$B" $SB
+mount --bind "$PWD" $SR
 mkdir -m $(unit_get RuntimeDirectoryMode) $(dirname "$sock")
 mount --bind $D/varlib /var/lib
 mkdir -m $(unit_get StateDirectoryMode) $data
@@ -143,21 +150,21 @@ run() { # the daemon as the unit runs it, in the background; its pid in \$pid
         setpriv --reuid=$uid --regid=$uid --clear-groups --no-new-privs \
         --inh-caps=-all --bounding-set=-all $strace_cmd $daemon 2>>/tmp/t/log &
     pid=\$!
-    for _ in \$(seq 100); do $B/kvtier --socket $sock ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+    for _ in \$(seq 100); do $SB/kvtier --socket $sock ping >/dev/null 2>&1 && return 0; sleep 0.05; done
     echo "daemon did not start"; cat /tmp/t/log; return 1
 }
 run
-key=\$($B/kvtier --socket $sock put /tmp/t/blob)
-$B/kvtier --socket $sock stats --json >/tmp/t/stats1
+key=\$($SB/kvtier --socket $sock put /tmp/t/blob)
+$SB/kvtier --socket $sock stats --json >/tmp/t/stats1
 # Clients of other uids: one in the daemon's group reaches the socket, one outside it does not.
-setpriv --reuid=61235 --regid=61235 --groups=$uid $B/kvtier --socket $sock ping >/tmp/t/ping_group 2>&1 || true
-setpriv --reuid=61235 --regid=61235 --clear-groups $B/kvtier --socket $sock ping >/tmp/t/ping_other 2>&1 || true
+setpriv --reuid=61235 --regid=61235 --groups=$uid $SB/kvtier --socket $sock ping >/tmp/t/ping_group 2>&1 || true
+setpriv --reuid=61235 --regid=61235 --clear-groups $SB/kvtier --socket $sock ping >/tmp/t/ping_other 2>&1 || true
 stop TERM
 run
-$B/kvtier --socket $sock get \$key /tmp/t/back 2>/tmp/t/get
+$SB/kvtier --socket $sock get \$key /tmp/t/back 2>/tmp/t/get
 stop TERM
 # Everything else is read-only; of the writable places, the daemon may use only its own.
-find /run /var/lib /tmp /dev/shm -newer /tmp/t/blob ! -type d ! -path '/tmp/t/*' ! -path '/tmp/st/*' >/tmp/t/written
+find /run /var/lib /tmp /dev/shm -newer /tmp/t/blob ! -type d ! -path '/tmp/t/*' ! -path '/tmp/st/*' ! -path '$SB/*' ! -path '$SR/*' >/tmp/t/written
 EOF
 unshare -m sh "$D/sandbox.sh" >"$D/sandbox.out" 2>&1
 rc=$?

@@ -168,6 +168,21 @@ static void test_plans_and_rotation(void **state)
     assert_int_equal(n, 10);
     assert_memory_equal(plans[1].recompute, top10, 3 * sizeof(uint32_t)); /* the first 3 */
 
+    /* A was computed with no passage before it, so it cannot say how much it would look at one;
+     * the namespace's versions that had one (B: cci 0.5, 0.4 of its attention per passage) stand
+     * in: after B, A misses all of that (beta 0) and recomputes cci = 0.5 of its 20 tokens. */
+    struct kvt_key req3[] = {B.key, A.key};
+    uint64_t pos3[] = {10, 47};
+    plans[1].recompute_cap = 64;
+    assert_int_equal(kvt_chunk_lookup(c, ns.handle, req3, pos3, 2, 0, plans), 0);
+    assert_true(plans[1].found);
+    assert_float_equal(plans[1].beta, 0.0f, 1e-6);
+    assert_float_equal(plans[1].cci, 0.5f, 1e-6);
+    assert_int_equal(plans[1].n_recompute, 10);
+    /* At its own place it is still exact. */
+    assert_int_equal(kvt_chunk_lookup(c, ns.handle, req1, pos1, 1, 0, plans), 0);
+    assert_int_equal(plans[0].n_recompute, 0);
+
     /* B fetched at a new start: keys rotated by +39, values untouched, the reference's bits. */
     static uint16_t expect[LAYERS * T_MAX * ROW];
     memcpy(expect, B.kv, bytes_of(&B));
@@ -196,7 +211,7 @@ static void test_plans_and_rotation(void **state)
     assert_int_equal(kvt_get_v(c, ns.handle, &B.key, 0, heap, sizeof(heap), &len, NULL), 0);
     assert_memory_equal(heap, B.kv, bytes_of(&B));
     assert_int_equal(kvt_test_stat(c, "gets_rotated"), 3);
-    assert_int_equal(kvt_test_stat(c, "chunk_lookups"), 3);
+    assert_int_equal(kvt_test_stat(c, "chunk_lookups"), 5);
     kvt_arena_free(c, arena);
     kvt_close(c);
 }

@@ -347,6 +347,7 @@ int kvt_test_raw_session(const char *socket_path, const char *tenant,
     sp.head_dim = spec->head_dim;
     sp.dtype = spec->dtype;
     sp.tokens_per_chunk = spec->tokens_per_chunk;
+    sp.allow_lossy = spec->allow_lossy != 0;
     rr.spec = &sp;
     Kvtier__Request rq = KVTIER__REQUEST__INIT;
     rq.id = 2;

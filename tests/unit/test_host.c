@@ -134,6 +134,44 @@ static void test_cost_aware_eviction(void **state)
     kvt_host_destroy(h);
 }
 
+/* A page moved to another class under cost-aware eviction is the one whose objects are worth
+ * least together, not the least recently used: two classes of two pages each, the older one
+ * worth more (cookies are values here). With LRU the older page goes. */
+static void page_move_victims(int cost, uint32_t *lo_out, uint32_t *hi_out)
+{
+    struct owner o;
+    struct kvt_host *h = make(&o, 4 * MIB, MIB);
+    uint32_t per_a = (uint32_t)(MIB / kvt_host_slot_bytes(h, 64 * 1024));
+    uint32_t per_b = (uint32_t)(MIB / kvt_host_slot_bytes(h, 200 * 1024));
+    uint64_t off;
+    for (uint32_t i = 0; i < 2 * per_a; i++) /* older, worth much */
+        assert_int_equal(kvt_host_alloc(h, 64 * 1024, 10000 + i, &off), 0);
+    for (uint32_t i = 0; i < 2 * per_b; i++) /* newer, worth little */
+        assert_int_equal(kvt_host_alloc(h, 200 * 1024, 1 + i, &off), 0);
+    assert_int_equal(o.n_evicted, 0);
+    if (cost)
+        kvt_host_set_value(h, value_cb, &o);
+    assert_int_equal(kvt_host_alloc(h, MIB, 50000, &off), 0);
+    assert_true(o.n_evicted > 0);
+    *lo_out = UINT32_MAX;
+    *hi_out = 0;
+    for (uint32_t i = 0; i < o.n_evicted; i++) {
+        *lo_out = o.evicted[i] < *lo_out ? o.evicted[i] : *lo_out;
+        *hi_out = o.evicted[i] > *hi_out ? o.evicted[i] : *hi_out;
+    }
+    kvt_host_destroy(h);
+}
+
+static void test_cost_aware_page_move(void **state)
+{
+    (void)state;
+    uint32_t lo, hi;
+    page_move_victims(1, &lo, &hi);
+    assert_true(hi < 10000); /* only the cheap class's objects went */
+    page_move_victims(0, &lo, &hi);
+    assert_true(lo >= 10000); /* LRU: the older page, whatever it was worth */
+}
+
 static void test_pinned_never_evicted(void **state)
 {
     (void)state;
@@ -445,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_alloc_write_read),
         cmocka_unit_test(test_lru_eviction_order),
         cmocka_unit_test(test_cost_aware_eviction),
+        cmocka_unit_test(test_cost_aware_page_move),
         cmocka_unit_test(test_pinned_never_evicted),
         cmocka_unit_test(test_page_moves_between_classes),
         cmocka_unit_test(test_new_size_takes_memory_of_old_size),

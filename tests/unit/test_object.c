@@ -5,7 +5,9 @@
  * seal/verify/decode round trips of both layouts, detection of a flipped bit anywhere in header
  * or body, refusal of truncated objects and inconsistent geometry, and the metadata section after
  * the body (where it lies, read alone, every flipped bit and every truncation refused, never
- * accepted for another object).
+ * accepted for another object), and lossy objects (a q8/q4 form in the codec id: the packed
+ * quantized chunk as the body, its exact size checked, decoded by dequantizing or returned as
+ * stored, every flipped bit refused).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "kernels/half.h"
+#include "kernels/quant.h"
 #include "kvtier/errors.h"
 #include "tiers/codec.h"
 #include "tiers/disk/object.h"
@@ -569,9 +573,102 @@ static void test_metadata_section_packed(void **state)
     kvt_codec_destroy(c);
 }
 
+/* A q8 object of sample()'s geometry (head_dim 8: groups of 8): every token row quantized in the
+ * blocked layout. Read whole it is the kernels' dequantization of their chunk quantization; read
+ * as stored it is that chunk quantization, bit for bit; a range reads only its blocks. */
+static void test_lossy_object(void **state)
+{
+    (void)state;
+    struct kvt_object_meta m = sample(), got;
+    uint16_t *x = (uint16_t *)raw;
+    for (unsigned i = 0; i < RAW / 2; i++)
+        x[i] = kvt_f32_to_f16((float)((int)(i * 37 % 101) - 50) / 16.0f);
+    uint32_t cid = KVT_CODEC_FORM(KVT_FORM_Q8, 3);
+    struct kvt_quant_chunk qc;
+    assert_int_equal(kvt_object_form_chunk(&m, cid, &qc), 0);
+    assert_int_equal(qc.keys.group, 8);
+    size_t qbytes = kvt_quant_chunk_bytes(&qc, TOKENS);
+    assert_int_equal(qbytes, (size_t)LAYERS * TOKENS * 2 * 2 * (8 + 4)); /* 8 codes + 1 group */
+    static uint8_t want_block[RAW];
+    static uint16_t want[RAW / 2];
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &qc, x, TOKENS, want_block, sizeof(want_block)), 0);
+    assert_int_equal(kvt_dequant_chunk_f16(NULL, &qc, want_block, qbytes, TOKENS, want), 0);
+    m.codec = cid;
+    assert_int_equal(kvt_object_layout(&m), 0);
+    assert_int_equal(m.row_bytes, 2 * 2 * (8 + 4)); /* a stored row: 4 heads' codes and params */
+    assert_int_equal(kvt_object_out_row_bytes(&m), ROW);
+    assert_true(kvt_object_blocked(cid));
+    unsigned char *body = buf + KVT_OBJECT_HEADER_BYTES;
+    assert_true(m.stored_len <= sizeof(buf) - KVT_OBJECT_HEADER_BYTES);
+    kvt_object_put_rows(body, &m, x);
+    kvt_object_seal(buf, &m);
+    size_t used = KVT_OBJECT_HEADER_BYTES + (size_t)m.stored_len, len = 0;
+    assert_int_equal(kvt_object_verify(buf, used, &got), 0);
+    assert_int_equal(got.codec, cid);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_decode(NULL, buf, used, out, sizeof(out), &got), 0);
+    assert_memory_equal(out, want, RAW);
+    assert_int_equal(kvt_object_decode(NULL, buf, used, out, RAW - 1, &got), KVT_E_SMALLBUF);
+    /* As stored: the kernels' chunk layout, gathered from the rows. */
+    static uint8_t st[RAW];
+    memset(st, 0, sizeof(st));
+    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, st, qbytes, &got, &len), 0);
+    assert_int_equal(len, qbytes);
+    assert_memory_equal(st, want_block, qbytes);
+    assert_int_equal(kvt_object_decode_stored(NULL, buf, used, st, qbytes - 1, &got, &len),
+                     KVT_E_SMALLBUF);
+    /* Rows 20..29 of layer 1 from only the bytes of their blocks: fp16, dequantized. */
+    uint64_t off, rlen;
+    kvt_object_range(&m, 1, 20, 10, &off, &rlen);
+    memset(out, 0, sizeof(out));
+    assert_int_equal(kvt_object_get_rows(body + off, off, (size_t)rlen, &m, 1, 2, 20, 10, out), 0);
+    assert_memory_equal(out, (const uint8_t *)want + ((size_t)TOKENS + 20) * ROW, 10 * ROW);
+    /* Every flipped bit, header or body (not the padding after a layer's last trailer), is refused
+     * by every reader. */
+    size_t layer_used = (size_t)TOKENS * m.row_bytes + 3 * 8;
+    for (size_t byte = 0; byte < used; byte += 7) {
+        if (byte >= KVT_OBJECT_HEADER_BYTES &&
+            (byte - KVT_OBJECT_HEADER_BYTES) % m.layer_stride >= layer_used)
+            continue;
+        for (int bit = 0; bit < 8; bit += 5) {
+            buf[byte] ^= (unsigned char)(1u << bit);
+            assert_int_equal(kvt_object_verify(buf, used, &got), KVT_E_CORRUPT);
+            assert_int_equal(kvt_object_decode(NULL, buf, used, out, sizeof(out), &got),
+                             KVT_E_CORRUPT);
+            assert_int_equal(kvt_object_decode_stored(NULL, buf, used, st, sizeof(st), &got, &len),
+                             KVT_E_CORRUPT);
+            buf[byte] ^= (unsigned char)(1u << bit);
+        }
+    }
+    assert_int_equal(kvt_object_verify(buf, used, &got), 0);
+    /* A body length other than the layout's, or a group the geometry cannot have, never parses. */
+    struct kvt_object_meta bad = m;
+    bad.stored_len = m.stored_len - 4096;
+    kvt_object_seal(buf, &bad);
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    bad = m;
+    bad.codec = KVT_CODEC_FORM(KVT_FORM_Q8, 4); /* groups of 16 in head_dim 8 */
+    kvt_object_seal(buf, &bad);
+    assert_int_equal(kvt_object_parse_header(buf, &got), KVT_E_CORRUPT);
+    /* Forms the helper refuses: unknown form, a lossless stage with it, 4-byte elements, no
+     * geometry. */
+    assert_int_equal(kvt_object_form_chunk(&m, KVT_CODEC_FORM(3, 3), &qc), KVT_E_INVAL);
+    assert_int_equal(kvt_object_form_chunk(&m, cid | KVT_CODEC_ID(KVT_CODEC_LZ4, 2), &qc),
+                     KVT_E_INVAL);
+    bad = m;
+    bad.g.elem_bytes = 4;
+    assert_int_equal(kvt_object_form_chunk(&bad, cid, &qc), KVT_E_INVAL);
+    bad = m;
+    bad.g.n_kv_heads = 0;
+    assert_int_equal(kvt_object_form_chunk(&bad, cid, &qc), KVT_E_INVAL);
+    assert_string_equal(kvt_codec_name(cid), "q8g8");
+    assert_string_equal(kvt_codec_name(KVT_CODEC_FORM(KVT_FORM_Q4, 5)), "q4g32");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lossy_object),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_roundtrip_blocked_and_ranges),
         cmocka_unit_test(test_roundtrip_packed),

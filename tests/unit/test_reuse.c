@@ -39,17 +39,28 @@ static void test_same_prefix_recomputes_nothing(void **state)
     float tokens[4] = {0.5f, 0.1f, 0.9f, 0.2f};
     struct kvt_version v = make(prefix, 2, rows, tokens, 4);
     struct kvt_reuse_score s;
-    kvt_reuse_score(&v, prefix, 2, 1.0f, &s);
+    kvt_reuse_score(&v, prefix, 2, 1.0f, NULL, &s);
     assert_float_equal(s.beta, 1.0f, 1e-6);
     assert_float_equal(s.gamma, 0.0f, 1e-6);
     assert_float_equal(s.cfo, 0.0f, 1e-6);
     assert_int_equal(s.n_recompute, 0);
-    /* More passages before it now, the old ones still there in order: nothing lost either. */
+    /* More passages before it now, the old ones still there in order, but two (C, D) it never
+     * attended to, each worth what one old passage drew (masses A 0.25, B 0.15: 0.2 each):
+     * beta = 0.4 / (0.4 + 2 x 0.2). */
     const struct kvt_key more[] = {C, A, D, B};
-    kvt_reuse_score(&v, more, 4, 1.0f, &s);
-    assert_float_equal(s.beta, 1.0f, 1e-6);
+    kvt_reuse_score(&v, more, 4, 1.0f, NULL, &s);
+    assert_int_equal(s.n_novel, 2);
+    assert_float_equal(s.beta, 0.5f, 1e-6);
     assert_float_equal(s.gamma, 0.0f, 1e-6);
-    assert_int_equal(s.n_recompute, 0);
+    const float cci = (0.4f / 0.9f + 0.4f / 0.8f) / 2;
+    assert_float_equal(s.cci, cci, 1e-6);
+    assert_float_equal(s.cfo, cci * 0.5f, 1e-6);
+    assert_int_equal(s.n_recompute, 1); /* ceil(0.94) */
+    /* A passage named twice before it is one passage. */
+    const struct kvt_key twice[] = {A, C, B, C};
+    kvt_reuse_score(&v, twice, 4, 1.0f, NULL, &s);
+    assert_int_equal(s.n_novel, 1);
+    assert_float_equal(s.beta, 0.4f / 0.6f, 1e-6);
 }
 
 static void test_formulas(void **state)
@@ -66,7 +77,7 @@ static void test_formulas(void **state)
 
     /* Reversed order: every common pair discordant. */
     const struct kvt_key rev[] = {C, B, A};
-    kvt_reuse_score(&v, rev, 3, 1.0f, &s);
+    kvt_reuse_score(&v, rev, 3, 1.0f, NULL, &s);
     assert_float_equal(s.beta, 1.0f, 1e-6);
     assert_float_equal(s.gamma, 1.0f, 1e-6);
     assert_float_equal(s.beta_prime, 0.0f, 1e-6);
@@ -74,34 +85,35 @@ static void test_formulas(void **state)
     assert_float_equal(s.cfo, cci, 1e-6);
     assert_int_equal(s.n_recompute, 8); /* ceil(0.7667 * 10) */
 
-    /* B gone, C before A: beta = (0.3 + 0.2) / 0.6, one of one pair discordant. */
+    /* B gone, D new (worth 0.6 / 3), C before A: beta = (0.3 + 0.2) / (0.6 + 0.2), one of one
+     * pair discordant. */
     const struct kvt_key part[] = {D, C, A};
-    kvt_reuse_score(&v, part, 3, 1.0f, &s);
-    assert_float_equal(s.beta, 0.5f / 0.6f, 1e-6);
+    kvt_reuse_score(&v, part, 3, 1.0f, NULL, &s);
+    assert_float_equal(s.beta, 0.5f / 0.8f, 1e-6);
     assert_float_equal(s.gamma, 1.0f, 1e-6);
     assert_float_equal(s.cfo, cci, 1e-6);
 
     /* A and C kept in order: gamma 0, beta' = beta. */
     const struct kvt_key keep[] = {A, D, C};
-    kvt_reuse_score(&v, keep, 3, 1.0f, &s);
+    kvt_reuse_score(&v, keep, 3, 1.0f, NULL, &s);
     assert_float_equal(s.gamma, 0.0f, 1e-6);
-    assert_float_equal(s.beta_prime, 0.5f / 0.6f, 1e-6);
-    assert_float_equal(s.cfo, cci * (1 - 0.5f / 0.6f), 1e-6);
-    assert_int_equal(s.n_recompute, 2); /* ceil(1.28) */
+    assert_float_equal(s.beta_prime, 0.5f / 0.8f, 1e-6);
+    assert_float_equal(s.cfo, cci * (1 - 0.5f / 0.8f), 1e-6);
+    assert_int_equal(s.n_recompute, 3); /* ceil(2.875) */
 
     /* Three common passages, one pair swapped: gamma 1/3. */
     const struct kvt_key swap[] = {B, A, C};
-    kvt_reuse_score(&v, swap, 3, 1.0f, &s);
+    kvt_reuse_score(&v, swap, 3, 1.0f, NULL, &s);
     assert_float_equal(s.gamma, 1.0f / 3, 1e-6);
     assert_float_equal(s.beta_prime, 2.0f / 3, 1e-6);
 
     /* Nothing in common: beta 0, cfo = alpha cci, clamped at 1. */
-    kvt_reuse_score(&v, &D, 1, 1.0f, &s);
+    kvt_reuse_score(&v, &D, 1, 1.0f, NULL, &s);
     assert_float_equal(s.beta, 0.0f, 1e-6);
     assert_float_equal(s.cfo, cci, 1e-6);
-    kvt_reuse_score(&v, &D, 1, 0.5f, &s);
+    kvt_reuse_score(&v, &D, 1, 0.5f, NULL, &s);
     assert_float_equal(s.cfo, 0.5f * cci, 1e-6);
-    kvt_reuse_score(&v, &D, 1, 100.0f, &s);
+    kvt_reuse_score(&v, &D, 1, 100.0f, NULL, &s);
     assert_float_equal(s.cfo, 1.0f, 1e-6);
     assert_int_equal(s.n_recompute, 10);
 
@@ -111,6 +123,12 @@ static void test_formulas(void **state)
     assert_int_equal(idx[0], 1);
     assert_int_equal(idx[1], 3);
     assert_int_equal(idx[2], 7);
+
+    /* What it teaches the namespace: its cci and 0.6 / 3 per prefix passage. */
+    double seen_cci, seen_mass;
+    assert_int_equal(kvt_reuse_observe(&v, &seen_cci, &seen_mass), 1);
+    assert_float_equal(seen_cci, cci, 1e-6);
+    assert_float_equal(seen_mass, 0.2, 1e-6);
 }
 
 static void test_no_prefix_and_no_attention(void **state)
@@ -122,15 +140,34 @@ static void test_no_prefix_and_no_attention(void **state)
     float tokens[2] = {0, 0};
     struct kvt_version v = make(NULL, 0, rows, tokens, 2);
     struct kvt_reuse_score s;
-    kvt_reuse_score(&v, &A, 1, 1.0f, &s);
+    kvt_reuse_score(&v, &A, 1, 1.0f, NULL, &s);
     assert_float_equal(s.beta, 1.0f, 1e-6);
     assert_float_equal(s.cci, 0.0f, 1e-6);
+    assert_int_equal(s.n_recompute, 0);
+    double cci, mass;
+    assert_int_equal(kvt_reuse_observe(&v, &cci, &mass), 0);
+    /* What the namespace's other versions showed stands in: A would draw 0.1 of its attention
+     * (beta 0 / 0.1), and passages look across by 0.4 (cfo 0.4 of 2 tokens). */
+    const struct kvt_reuse_prior prior = {.cci = 0.4, .passage_mass = 0.1, .n = 3};
+    kvt_reuse_score(&v, &A, 1, 1.0f, &prior, &s);
+    assert_int_equal(s.n_novel, 1);
+    assert_float_equal(s.beta, 0.0f, 1e-6);
+    assert_float_equal(s.cci, 0.4f, 1e-6);
+    assert_float_equal(s.cfo, 0.4f, 1e-6);
+    assert_int_equal(s.n_recompute, 1);
+    /* At the start again (no passage before it): nothing it never saw, nothing to recompute. */
+    kvt_reuse_score(&v, NULL, 0, 1.0f, &prior, &s);
+    assert_float_equal(s.beta, 1.0f, 1e-6);
+    assert_int_equal(s.n_recompute, 0);
+    /* An unobserved prior (n 0) is no evidence. */
+    const struct kvt_reuse_prior none = {.cci = 0.4, .passage_mass = 0.1, .n = 0};
+    kvt_reuse_score(&v, &A, 1, 1.0f, &none, &s);
     assert_int_equal(s.n_recompute, 0);
     /* All-zero rows (attention entirely elsewhere): cci 0, not NaN. */
     const struct kvt_key prefix[] = {A};
     float zero[4] = {0};
     v = make(prefix, 1, zero, tokens, 2);
-    kvt_reuse_score(&v, &B, 1, 1.0f, &s);
+    kvt_reuse_score(&v, &B, 1, 1.0f, NULL, &s);
     assert_float_equal(s.cci, 0.0f, 1e-6);
     assert_float_equal(s.beta, 1.0f, 1e-6); /* no attention to lose */
     assert_int_equal(s.n_recompute, 0);
@@ -174,7 +211,7 @@ static void test_gamma_matches_brute_force(void **state)
                 packed[l * (np + 1) + j] = rows[l * 257 + j];
         struct kvt_version v = make(old, np, packed, tokens, 1);
         struct kvt_reuse_score s;
-        kvt_reuse_score(&v, fresh, nn, 1.0f, &s);
+        kvt_reuse_score(&v, fresh, nn, 1.0f, NULL, &s);
         /* Brute force: positions of the common ones in the new prefix, in old order. */
         int64_t at[256];
         uint32_t m = 0;
@@ -190,7 +227,8 @@ static void test_gamma_matches_brute_force(void **state)
                 disc += at[a] > at[b];
         double want = m > 1 ? (double)disc / ((double)m * (m - 1) / 2) : 0;
         assert_float_equal(s.gamma, want, 1e-6);
-        assert_float_equal(s.beta, (double)m / np, 1e-5);
+        assert_float_equal(s.beta, (double)m / (np + strangers), 1e-5); /* equal masses */
+        assert_int_equal(s.n_novel, strangers);
     }
 }
 

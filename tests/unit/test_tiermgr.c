@@ -608,7 +608,8 @@ static int hot_left_lower(struct env *e, int cost)
     assert_int_equal(evict_all(e), 12);
     for (uint32_t j = 0; j < 12; j++) {
         kvt_index_at(&e->idx, ids[j])->referenced = 0;
-        kvt_index_at(&e->idx, ids[j])->hits = j % 3 == 0 && j < 9 ? 9 : 0;
+        for (int r = 0; r < (j % 3 == 0 && j < 9 ? 9 : 0); r++) /* read 9 times: hot */
+            kvt_tm_note_read(e->tm, &kvt_index_at(&e->idx, ids[j])->id);
     }
     pump(e);
     struct kvt_tm_stats st;

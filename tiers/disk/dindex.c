@@ -109,11 +109,39 @@ struct ient *kvt__disk_claim_or_revive(struct kvt_disk *d, const struct kvt_obj_
     return e;
 }
 
+void kvt__disk_form_account(struct kvt_disk *d, const struct ient *e, int sign)
+{
+    uint32_t form = KVT_CODEC_ID_FORM(e->codec);
+    uint64_t saved = e->raw_len > e->stored_len ? e->raw_len - e->stored_len : 0;
+
+    if (e->dead || (form != KVT_FORM_Q8 && form != KVT_FORM_Q4))
+        return;
+    uint64_t *n = form == KVT_FORM_Q8 ? &d->st.q8_objects : &d->st.q4_objects;
+    uint64_t *b = form == KVT_FORM_Q8 ? &d->st.q8_bytes_saved : &d->st.q4_bytes_saved;
+    if (sign > 0) {
+        *n += 1;
+        *b += saved;
+    } else {
+        *n -= *n ? 1 : 0;
+        *b -= *b >= saved ? saved : *b;
+    }
+}
+
+void kvt__disk_form_recount(struct kvt_disk *d)
+{
+    d->st.q8_objects = d->st.q4_objects = 0;
+    d->st.q8_bytes_saved = d->st.q4_bytes_saved = 0;
+    for (uint64_t i = 0; i <= d->index_mask; i++)
+        if (d->index[i].used)
+            kvt__disk_form_account(d, &d->index[i], 1);
+}
+
 void kvt__disk_index_delete(struct kvt_disk *d, struct ient *e)
 {
     uint64_t i = (uint64_t)(e - d->index), j = i;
 
     assert(e->used && d->index_count > 0);
+    kvt__disk_form_account(d, e, -1);
     slot_mark(d, i, 0);
     d->index_count--;
     if (e->dead)

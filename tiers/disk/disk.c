@@ -43,6 +43,7 @@
 #include "kvtier/errors.h"
 #include "tiers/disk/extent.h"
 #include "tiers/disk/object.h"
+#include "kernels/quant.h"
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
@@ -182,6 +183,37 @@ int kvt_disk_write_reserve_meta(struct kvt_disk *d, const struct kvt_obj_id *id,
     return 0;
 }
 
+/* Writes the chunk at src into ws's body in ws->form, laying m out for it: 0, or KVT_E_INVAL when
+ * the form does not apply (unknown form, geometry or group; not smaller), m unchanged. A clustered
+ * variant is the bytes as given; q8/q4 quantize every token row into the blocked layout, each
+ * 16-token block with its checksum trailer, so that a range read verifies and dequantizes only
+ * the blocks that cover it. */
+static int lossy_encode(struct kvt_disk_wslot *ws, const void *src, struct kvt_object_meta *m)
+{
+    struct kvt_quant_chunk qc;
+    if (ws->form == KVT_FORM_CLUSTER) {
+        memcpy((uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, src, ws->raw_len);
+        m->codec = KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0);
+        m->stored_len = ws->raw_len;
+        return 0;
+    }
+    uint32_t group = kvt_form_group(ws->m.g.head_dim), lg = 0;
+    while (group && (1u << lg) < group)
+        lg++;
+    struct kvt_object_meta q = *m;
+    q.codec = KVT_CODEC_FORM(ws->form, lg);
+    uint64_t elems = (uint64_t)2 * q.g.n_kv_heads * q.g.head_dim;
+    uint64_t piece = elems <= KVT_QUANT_HEAD_DIM_MAX ? elems : KVT_QUANT_HEAD_DIM_MAX;
+    if (!group || (ws->form != KVT_FORM_Q8 && ws->form != KVT_FORM_Q4) ||
+        kvt_object_form_chunk(&q, q.codec, &qc) != 0 || piece % q.g.head_dim ||
+        kvt_object_layout(&q) != 0 || q.stored_len >= ws->raw_len ||
+        kvt_object_body_bytes(&q) > ws->cap)
+        return KVT_E_INVAL;
+    kvt_object_put_rows((uint8_t *)ws->buf + KVT_OBJECT_HEADER_BYTES, &q, src);
+    *m = q;
+    return 0;
+}
+
 int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const void *src,
                     uint32_t elem_bytes)
 {
@@ -193,9 +225,14 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
 
     if (!codec || (!src && ws->raw_len) || (m.meta_len && !ws->meta_write))
         return KVT_E_INVAL;
-    /* Compression applies to the whole object and only when it pays (the codec's min_saving);
-     * a sparse namespace never compresses, so that every object of it stays range-readable. */
-    if (!ws->sparse && ws->raw_len > 0) {
+    /* A lossy form, when asked for and the geometry allows it, replaces compression
+     * (docs/lossy.md). */
+    if (ws->form && ws->raw_len > 0 && lossy_encode(ws, src, &m) == 0) {
+        id = m.codec;
+    } else if (!ws->sparse && ws->raw_len > 0) {
+        /* Compression applies to the whole object and only when it pays (the codec's
+         * min_saving); a sparse namespace never compresses, so that every object of it stays
+         * range-readable. */
         rc = kvt_codec_encode(codec, src, ws->raw_len, elem_bytes, slot + KVT_OBJECT_HEADER_BYTES,
                               ws->cap - KVT_OBJECT_HEADER_BYTES, &stored, &id);
         if (rc)
@@ -207,7 +244,7 @@ int kvt_disk_encode(struct kvt_codec *codec, struct kvt_disk_wslot *ws, const vo
         if (rc)
             return rc;
         kvt_object_put_rows(slot + KVT_OBJECT_HEADER_BYTES, &m, src);
-    } else {
+    } else if (!KVT_CODEC_ID_FORM(id)) {
         m.codec = id;
         m.stored_len = stored;
     }
@@ -278,7 +315,9 @@ int kvt_disk_write_submit(struct kvt_disk *d, struct kvt_disk_wslot *ws, kvt_tie
     d->st.writes++;
     d->st.raw_bytes_written += o->raw_len;
     d->st.stored_bytes_written += o->stored_len;
-    if (o->codec != KVT_CODEC_RAW)
+    if (KVT_CODEC_ID_FORM(o->codec))
+        d->st.lossy_writes++;
+    else if (o->codec != KVT_CODEC_RAW)
         d->st.compressed_objects++;
     if (ws->m.meta_len)
         d->st.meta_writes++;
@@ -349,7 +388,8 @@ static void read_go(struct kvt_disk *d, uint32_t i, const struct ient *e, uint64
 }
 
 static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
-                       kvt_tier_done_fn done, kvt_disk_lent_fn lent_done, void *arg)
+                       kvt_tier_done_fn done, kvt_disk_lent_fn lent_done, uint32_t *form_out,
+                       void *arg)
 {
     struct ient *e;
     struct op *o;
@@ -363,7 +403,10 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
         d->st.tier.misses++;
         return KVT_E_NOTFOUND;
     }
-    if (done && cap < e->raw_len)
+    /* A stored read of a quantized object returns the kernels' chunk of its rows: n_layers x
+     * n_tokens stored rows without the trailers. */
+    int rows = form_out && kvt_object_blocked(e->codec) && e->codec != KVT_CODEC_RAW;
+    if (done && cap < (rows ? (uint64_t)e->n_layers * e->n_tokens * e->row_bytes : e->raw_len))
         return KVT_E_SMALLBUF;
     /* The header and the body: a metadata section after them is never read with the object. */
     body = kvt__disk_body_blocks(e) * BLOCK;
@@ -379,6 +422,8 @@ static int read_submit(struct kvt_disk *d, const struct kvt_obj_id *id, void *ds
     o->cap = cap;
     o->done = done;
     o->lent_done = lent_done;
+    o->stored = form_out != NULL;
+    o->form_out = form_out;
     o->arg = arg;
     read_go(d, i, e, 0, body);
     return 0;
@@ -423,10 +468,10 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
     if (e->row_bytes == 0 || layer >= e->n_layers || token_first > e->n_tokens ||
         n_tokens > e->n_tokens - token_first)
         return KVT_E_INVAL;
-    if (cap < (uint64_t)n_tokens * e->row_bytes)
-        return KVT_E_SMALLBUF;
     ient_meta(e, id, &m);
-    if (e->codec == KVT_CODEC_RAW) {
+    if (cap < (uint64_t)n_tokens * kvt_object_out_row_bytes(&m))
+        return KVT_E_SMALLBUF;
+    if (kvt_object_blocked(e->codec)) {
         /* Only the covering blocks and their trailers, rounded out to whole 4 KiB pages. */
         kvt_object_range(&m, layer, token_first, n_tokens, &off, &len);
         a0 = (KVT_OBJECT_HEADER_BYTES + off) / BLOCK * BLOCK;
@@ -500,7 +545,15 @@ int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, si
 {
     if (!d || !id || !done || (!dst && cap))
         return KVT_E_INVAL;
-    return read_submit(d, id, dst, cap, done, NULL, arg);
+    return read_submit(d, id, dst, cap, done, NULL, NULL, arg);
+}
+
+int kvt_disk_read_stored(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                         uint32_t *form_out, kvt_tier_done_fn done, void *arg)
+{
+    if (!d || !id || !done || !form_out || (!dst && cap))
+        return KVT_E_INVAL;
+    return read_submit(d, id, dst, cap, done, NULL, form_out, arg);
 }
 
 int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk_lent_fn done,
@@ -508,7 +561,7 @@ int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk
 {
     if (!d || !id || !done)
         return KVT_E_INVAL;
-    return read_submit(d, id, NULL, 0, NULL, done, arg);
+    return read_submit(d, id, NULL, 0, NULL, done, NULL, arg);
 }
 
 int kvt__disk_object_matches(const struct kvt_object_meta *m, const struct kvt_obj_id *id,

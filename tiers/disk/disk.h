@@ -118,6 +118,13 @@ struct kvt_disk_config {
     X(A, stored_bytes_written, KVT_STAT_COUNTER, "bytes",                                          \
       "bytes of objects written after compression")                                                \
     X(A, compressed_objects, KVT_STAT_COUNTER, "", "objects written compressed")                   \
+    X(A, lossy_writes, KVT_STAT_COUNTER, "", "objects written in a lossy form (q8 or q4)")         \
+    X(A, q8_objects, KVT_STAT_GAUGE, "", "objects the store holds in the q8 form")                 \
+    X(A, q4_objects, KVT_STAT_GAUGE, "", "objects the store holds in the q4 form")                 \
+    X(A, q8_bytes_saved, KVT_STAT_GAUGE, "bytes",                                                  \
+      "fp16 bytes minus stored bytes of the objects held in the q8 form")                          \
+    X(A, q4_bytes_saved, KVT_STAT_GAUGE, "bytes",                                                  \
+      "fp16 bytes minus stored bytes of the objects held in the q4 form")                          \
     X(A, recovered_objects, KVT_STAT_COUNTER, "",                                                  \
       "objects found at start from the checkpoint and journal")                                    \
     X(A, recovery_dropped, KVT_STAT_COUNTER, "",                                                   \
@@ -235,6 +242,11 @@ struct kvt_disk_wslot {
     uint32_t meta_len;
     kvt_tier_meta_fn meta_write;
     void *meta_ctx;
+    /* The lossy form (enum kvt_form) to keep the object in, set by the caller before encoding
+     * (0: as given). kvt_disk_encode quantizes only a chunk whose full geometry is known (fp16
+     * elements; the caller asks only for fp16 chunks) and that the form makes smaller; else it
+     * encodes as usual. */
+    uint32_t form;
 };
 
 /* Returns 0, KVT_E_EXISTS, KVT_E_BUSY, KVT_E_TOOBIG, KVT_E_INVAL, KVT_E_TIERFAILED. The geometry
@@ -293,6 +305,13 @@ int kvt_disk_read(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, si
  * KVT_E_IO, KVT_E_TIERFAILED. Returns 0, or without callback: KVT_E_NOTFOUND (a miss),
  * KVT_E_INVAL (no such rows, or an object of unknown geometry), KVT_E_SMALLBUF, KVT_E_BUSY,
  * KVT_E_TIERFAILED. */
+/* kvt_disk_read that returns an object kept in a lossy form as stored (the packed quantized
+ * chunk, verified against its checksum, not dequantized; cap must hold its stored_len) and any
+ * other object as kvt_disk_read does; *form_out (valid until done) gets the object's form
+ * (enum kvt_form) before done(arg, bytes) runs. */
+int kvt_disk_read_stored(struct kvt_disk *d, const struct kvt_obj_id *id, void *dst, size_t cap,
+                         uint32_t *form_out, kvt_tier_done_fn done, void *arg);
+
 int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
                         uint32_t token_first, uint32_t n_tokens, void *dst, size_t cap,
                         kvt_tier_done_fn done, void *arg);

@@ -72,8 +72,9 @@ enum op_state { ST_FREE = 0, ST_RESERVED, ST_INFLIGHT, ST_READY, ST_COMMITTING, 
 
 struct op {
     uint8_t kind, state, file;
-    uint8_t range; /* a range read: rows [t0, t0 + n_rows) of one layer */
-    uint8_t meta;  /* a read of the metadata section alone */
+    uint8_t range;  /* a range read: rows [t0, t0 + n_rows) of one layer */
+    uint8_t meta;   /* a read of the metadata section alone */
+    uint8_t stored; /* a whole read that returns a lossy object as stored (kvt_disk_read_stored) */
     uint32_t next;
     uint32_t codec, n_tokens, blocks;
     uint32_t sp_start, sp_pages; /* staging pages */
@@ -84,6 +85,7 @@ struct op {
     uint64_t start, seq, raw_len, stored_len;
     void *dst;
     size_t cap;
+    uint32_t *form_out; /* stored reads: where the object's form goes before done runs */
     kvt_tier_done_fn done;
     kvt_disk_lent_fn lent_done; /* set for reads that lend the undecoded object */
     void *arg;
@@ -224,6 +226,10 @@ struct ient *kvt__disk_index_claim(struct kvt_disk *d, const struct kvt_obj_id *
 struct ient *kvt__disk_claim_or_revive(struct kvt_disk *d, const struct kvt_obj_id *id,
                                        struct ient *e);
 void kvt__disk_index_delete(struct kvt_disk *d, struct ient *e);
+/* Counts live object e into (sign +1) or out of (-1) the per-form gauges; and recounts them all
+ * from the index (the end of recovery). */
+void kvt__disk_form_account(struct kvt_disk *d, const struct ient *e, int sign);
+void kvt__disk_form_recount(struct kvt_disk *d);
 void kvt__disk_ient_info(const struct ient *e, struct kvt_disk_obj_info *out);
 int kvt__disk_extent_alloc(struct kvt_disk *d, uint64_t blocks, uint8_t *file, uint64_t *start);
 void kvt__disk_extent_release(struct kvt_disk *d, uint8_t file, uint64_t start, uint64_t blocks,

@@ -235,6 +235,7 @@ void kvt__disk_finish_commit(struct kvt_disk *d)
             assert(e);
             if (e->blocks)
                 d->st.tier.bytes_used -= (uint64_t)e->blocks * BLOCK;
+            kvt__disk_form_account(d, e, -1); /* the object it replaces, if any */
             e->seq = o->seq;
             e->file = o->file;
             e->start = o->start;
@@ -246,6 +247,7 @@ void kvt__disk_finish_commit(struct kvt_disk *d)
             e->n_layers = (uint16_t)o->m.g.n_layers;
             e->block_tokens = (uint16_t)o->m.g.block_tokens;
             e->row_bytes = o->m.row_bytes;
+            kvt__disk_form_account(d, e, 1);
             d->st.tier.bytes_used += (uint64_t)o->blocks * BLOCK;
             d->st.tier.demotions++;
         }

@@ -7,6 +7,7 @@
  */
 #include "tiers/disk/object.h"
 
+#include <assert.h>
 #include <string.h>
 
 #include <xxhash.h>
@@ -16,6 +17,8 @@
 #include <xxh_x86dispatch.h>
 #endif
 
+#include "kernels/kernels.h"
+#include "kernels/quant.h"
 #include "kvtier/errors.h"
 
 #define HDR KVT_OBJECT_HEADER_BYTES
@@ -104,6 +107,52 @@ static uint64_t block_sum(uint64_t seed, uint32_t layer, uint32_t b, const void 
     return XXH3_64bits_withSeed(p, len, s);
 }
 
+/* How a lossy (q8/q4) object's token rows are stored: each fp16 row of in_row bytes quantized on
+ * its own, cut into pieces of `piece` elements (the whole row, or 4096-element parts of a longer
+ * one: the kernels' limit), each a one-row block of the kernels' format (codes, then the groups'
+ * scale and minimum), q_row bytes in all. Groups of `group` channels never straddle a KV head
+ * (the writer's group divides head_dim), so the groups are exactly those of per-head blocks. */
+struct rowfmt {
+    struct kvt_quant_fmt f; /* head_dim = piece */
+    uint32_t pieces;
+    uint64_t in_row, piece_q, q_row;
+};
+
+static int lossy_rows(uint32_t codec, uint64_t in_row, struct rowfmt *rf)
+{
+    uint32_t form = KVT_CODEC_ID_FORM(codec), group = KVT_CODEC_ID_GROUP(codec);
+    uint64_t elems = in_row / 2;
+    if ((form != 1 && form != 2) || (codec & 0xffu) || (codec >> 16) || in_row % 2 || !elems)
+        return KVT_E_INVAL;
+    uint64_t piece = elems <= KVT_QUANT_HEAD_DIM_MAX ? elems : KVT_QUANT_HEAD_DIM_MAX;
+    rf->f =
+        (struct kvt_quant_fmt){form == 1 ? 8u : 4u, KVT_QUANT_AXIS_TOKEN, group, (uint32_t)piece};
+    if (elems % piece || kvt_quant_fmt_check(&rf->f) != 0)
+        return KVT_E_INVAL;
+    rf->pieces = (uint32_t)(elems / piece);
+    rf->in_row = in_row;
+    rf->piece_q = kvt_quant_bytes(&rf->f, 1);
+    rf->q_row = rf->piece_q * rf->pieces;
+    return 0;
+}
+
+static int is_lossy_rows(uint32_t codec)
+{
+    uint32_t form = KVT_CODEC_ID_FORM(codec);
+    return form == 1 || form == 2;
+}
+
+int kvt_object_blocked(uint32_t codec)
+{
+    return codec == KVT_CODEC_RAW || is_lossy_rows(codec);
+}
+
+uint64_t kvt_object_out_row_bytes(const struct kvt_object_meta *m)
+{
+    uint64_t rows = (uint64_t)(m->g.n_layers ? m->g.n_layers : 1) * m->n_tokens;
+    return is_lossy_rows(m->codec) && rows ? m->raw_len / rows : m->row_bytes;
+}
+
 int kvt_object_layout(struct kvt_object_meta *m)
 {
     struct kvt_object_geom *g = &m->g;
@@ -127,11 +176,41 @@ int kvt_object_layout(struct kvt_object_meta *m)
     if (g->n_kv_heads && g->head_dim && g->elem_bytes &&
         (uint64_t)2 * g->n_kv_heads * g->head_dim * g->elem_bytes != m->row_bytes)
         return KVT_E_INVAL;
-    m->layer_stride =
-        align_up(m->raw_len / g->n_layers + (uint64_t)kvt_object_layer_blocks(m) * TRL);
-    if (m->codec == KVT_CODEC_RAW)
+    uint64_t layer_bytes = m->raw_len / g->n_layers;
+    if (is_lossy_rows(m->codec)) {
+        /* Quantized rows in the same blocks: row_bytes is what one stored row takes. Layers are
+         * not 4 KiB-aligned (a range read rounds its I/O out to pages anyway): the padding would
+         * cost a lossy chunk of few tokens most of its saving. */
+        struct rowfmt rf;
+        if (!m->row_bytes || (g->elem_bytes && g->elem_bytes != 2) ||
+            lossy_rows(m->codec, m->row_bytes, &rf) != 0)
+            return KVT_E_INVAL;
+        m->row_bytes = (uint32_t)rf.q_row;
+        m->layer_stride = rf.q_row * m->n_tokens + (uint64_t)kvt_object_layer_blocks(m) * TRL;
+        m->stored_len = m->layer_stride * g->n_layers;
+        return 0;
+    }
+    m->layer_stride = align_up(layer_bytes + (uint64_t)kvt_object_layer_blocks(m) * TRL);
+    if (kvt_object_blocked(m->codec))
         m->stored_len = m->layer_stride * g->n_layers;
     return 0;
+}
+
+int kvt_object_form_chunk(const struct kvt_object_meta *m, uint32_t codec,
+                          struct kvt_quant_chunk *out)
+{
+    uint32_t form = KVT_CODEC_ID_FORM(codec), bits = form == 1 ? 8 : form == 2 ? 4 : 0;
+    const struct kvt_object_geom *g = &m->g;
+
+    /* A quantized object has no lossless stage, and fp16 elements of a known shape that the rows
+     * describe (its stored-form read returns the kernels' chunk of this format). */
+    if (!bits || (codec & 0xffu) || ((codec >> 16) != 0) || g->elem_bytes != 2 || !g->n_kv_heads ||
+        !g->head_dim || !m->n_tokens ||
+        (uint64_t)2 * g->n_kv_heads * g->head_dim * 2 * m->n_tokens * g->n_layers != m->raw_len)
+        return KVT_E_INVAL;
+    struct kvt_quant_fmt f = {bits, KVT_QUANT_AXIS_TOKEN, KVT_CODEC_ID_GROUP(codec), g->head_dim};
+    *out = (struct kvt_quant_chunk){g->n_layers, g->n_kv_heads, f, f};
+    return kvt_quant_chunk_check(out);
 }
 
 uint64_t kvt_object_body_bytes(const struct kvt_object_meta *m)
@@ -187,12 +266,53 @@ void kvt_object_range(const struct kvt_object_meta *m, uint32_t layer, uint32_t 
     *len = o1 + l1 + TRL - o0;
 }
 
+/* Quantizes n fp16 rows (in_row bytes apart) into n stored rows at out. */
+static void quant_rows(const struct rowfmt *rf, const unsigned char *in, size_t n,
+                       unsigned char *out)
+{
+    const struct kvt_kernels *k = kvt_kernels();
+    for (size_t r = 0; r < n; r++)
+        for (uint32_t p = 0; p < rf->pieces; p++)
+            k->quant_f16(&rf->f,
+                         (const uint16_t *)(in + r * rf->in_row) + (size_t)p * rf->f.head_dim, 1,
+                         rf->f.head_dim, out + r * rf->q_row + p * rf->piece_q);
+}
+
+/* Dequantizes n stored rows at in into n fp16 rows (in_row bytes apart) at out. */
+static void dequant_rows(const struct rowfmt *rf, const unsigned char *in, size_t n,
+                         unsigned char *out)
+{
+    const struct kvt_kernels *k = kvt_kernels();
+    for (size_t r = 0; r < n; r++)
+        for (uint32_t p = 0; p < rf->pieces; p++)
+            k->dequant_f16(&rf->f, in + r * rf->q_row + p * rf->piece_q, 1,
+                           (uint16_t *)(out + r * rf->in_row) + (size_t)p * rf->f.head_dim,
+                           rf->f.head_dim);
+}
+
+/* The row format of a laid-out lossy object m (row_bytes already the stored row's). */
+static int lossy_rows_of(const struct kvt_object_meta *m, struct rowfmt *rf)
+{
+    return lossy_rows(m->codec, kvt_object_out_row_bytes(m), rf) == 0 && rf->q_row == m->row_bytes
+               ? 0
+               : KVT_E_INVAL;
+}
+
 void kvt_object_put_rows(void *body, const struct kvt_object_meta *m, const void *src)
 {
     unsigned char *out = body;
     const unsigned char *in = src;
     uint64_t seed = identity_seed(m), layer_raw = m->raw_len / m->g.n_layers;
     uint32_t nb = kvt_object_layer_blocks(m);
+    struct rowfmt rf;
+    int lossy = is_lossy_rows(m->codec);
+    uint64_t in_row = m->row_bytes;
+    if (lossy) {
+        int rc = lossy_rows_of(m, &rf);
+        (void)rc;
+        assert(rc == 0); /* laid out by kvt_object_layout: a programmer error otherwise */
+        in_row = rf.in_row;
+    }
 
     for (uint32_t l = 0; l < m->g.n_layers; l++) {
         unsigned char *lp = out + (size_t)l * m->layer_stride;
@@ -201,8 +321,11 @@ void kvt_object_put_rows(void *body, const struct kvt_object_meta *m, const void
         size_t len = 0, used = 0;
         for (uint32_t b = 0; b < nb; b++) {
             block_span(m, b, &off, &len);
-            if (len)
-                memcpy(lp + off, ls + (size_t)b * m->g.block_tokens * m->row_bytes, len);
+            const unsigned char *bs = ls + (size_t)b * m->g.block_tokens * in_row;
+            if (len && lossy)
+                quant_rows(&rf, bs, len / m->row_bytes, lp + off);
+            else if (len)
+                memcpy(lp + off, bs, len);
             put_le(lp + off + len, block_sum(seed, l, b, lp + off, len), TRL);
             used = (size_t)off + len + TRL;
         }
@@ -218,6 +341,14 @@ int kvt_object_get_rows(const void *buf, uint64_t buf_off, size_t buf_bytes,
     unsigned char *out = dst;
     uint64_t seed = identity_seed(m);
     uint32_t bt = m->g.block_tokens, b0, b1;
+    struct rowfmt rf;
+    int lossy = is_lossy_rows(m->codec);
+    uint64_t out_row = m->row_bytes;
+    if (lossy) {
+        if (lossy_rows_of(m, &rf) != 0)
+            return KVT_E_CORRUPT;
+        out_row = rf.in_row;
+    }
 
     if (m->row_bytes == 0) {
         b0 = 0;
@@ -250,8 +381,12 @@ int kvt_object_get_rows(const void *buf, uint64_t buf_off, size_t buf_bytes,
             uint32_t hi = first + (uint32_t)(len / m->row_bytes);
             if (hi > t0 + n)
                 hi = t0 + n;
-            memcpy(out + ((uint64_t)(l - l0) * n + (lo - t0)) * m->row_bytes,
-                   bp + (uint64_t)(lo - first) * m->row_bytes, (size_t)(hi - lo) * m->row_bytes);
+            unsigned char *to = out + ((uint64_t)(l - l0) * n + (lo - t0)) * out_row;
+            const unsigned char *from = bp + (uint64_t)(lo - first) * m->row_bytes;
+            if (lossy)
+                dequant_rows(&rf, from, hi - lo, to);
+            else
+                memcpy(to, from, (size_t)(hi - lo) * m->row_bytes);
         }
     }
     return 0;
@@ -338,7 +473,7 @@ void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
     put_le(p + OFF_STRIDE, m->layer_stride, 8);
     put_le(p + OFF_META_OFF, KVT_OBJECT_META_OFF, 4);
     put_le(p + OFF_META_BYTES, meta_bytes, 4);
-    if (m->codec != KVT_CODEC_RAW)
+    if (!kvt_object_blocked(m->codec))
         put_le(p + OFF_BODYSUM, body_sum(m, p + HDR), 8);
     put_le(p + OFF_VARIANT, m->variant, 4);
     put_le(p + OFF_META_LEN, m->meta_len, 4);
@@ -360,6 +495,18 @@ void kvt_object_seal(void *buf, const struct kvt_object_meta *m)
 static int block_check_ok(const unsigned char *p)
 {
     return get_le(p + OFF_BCHECK, 8) == XXH3_64bits(p, OFF_BCHECK);
+}
+
+/* A form must fit the object: a clustered variant is its bytes; a quantized one needs a geometry
+ * whose KV heads its groups divide (the layout checked its rows). */
+static int form_len_ok(const struct kvt_object_meta *m)
+{
+    struct kvt_quant_chunk qc;
+    if (!KVT_CODEC_ID_FORM(m->codec))
+        return 1;
+    if (KVT_CODEC_ID_FORM(m->codec) == KVT_CODEC_FORM_CLUSTER)
+        return m->codec == KVT_CODEC_FORM(KVT_CODEC_FORM_CLUSTER, 0) && m->stored_len == m->raw_len;
+    return kvt_object_form_chunk(m, m->codec, &qc) == 0;
 }
 
 int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
@@ -401,7 +548,8 @@ int kvt_object_parse_header(const void *buf, struct kvt_object_meta *out)
     want = m;
     if (m.g.n_layers == 0 || m.g.block_tokens == 0 || kvt_object_layout(&want) != 0 ||
         want.row_bytes != m.row_bytes || want.layer_stride != m.layer_stride ||
-        want.stored_len != m.stored_len || (m.codec != KVT_CODEC_RAW && m.stored_len > m.raw_len) ||
+        want.stored_len != m.stored_len ||
+        (!kvt_object_blocked(m.codec) && m.stored_len > m.raw_len) || !form_len_ok(&m) ||
         get_le(p + OFF_META_OFF, 4) != KVT_OBJECT_META_OFF ||
         get_le(p + OFF_META_BYTES, 4) > KVT_OBJECT_META_BYTES_MAX ||
         m.meta_len > KVT_OBJECT_SECTION_BYTES_MAX)
@@ -419,7 +567,7 @@ int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta 
         return KVT_E_CORRUPT;
     if (m.stored_len > buf_bytes - HDR)
         return KVT_E_CORRUPT;
-    if (m.codec != KVT_CODEC_RAW) {
+    if (!kvt_object_blocked(m.codec)) {
         if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR))
             return KVT_E_CORRUPT;
     } else if (kvt_object_get_rows(p + HDR, 0, (size_t)m.stored_len, &m, 0, m.g.n_layers, 0,
@@ -441,7 +589,12 @@ int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes
         return KVT_E_CORRUPT;
     if (cap < m.raw_len)
         return KVT_E_SMALLBUF;
-    if (m.codec != KVT_CODEC_RAW) {
+    if (KVT_CODEC_ID_FORM(m.codec) == KVT_CODEC_FORM_CLUSTER) {
+        /* Kept as given: verified, then copied. */
+        if (get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR))
+            return KVT_E_CORRUPT;
+        memcpy(dst, p + HDR, (size_t)m.raw_len);
+    } else if (!kvt_object_blocked(m.codec)) {
         if (!codec || get_le(p + OFF_BODYSUM, 8) != body_sum(&m, p + HDR) ||
             kvt_codec_decode(codec, m.codec, p + HDR, (size_t)m.stored_len, dst,
                              (size_t)m.raw_len) != 0)
@@ -451,6 +604,63 @@ int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes
         return KVT_E_CORRUPT;
     }
     *out = m;
+    return 0;
+}
+
+int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
+                             size_t cap, struct kvt_object_meta *out, size_t *len_out)
+{
+    const unsigned char *p = buf;
+    struct kvt_object_meta m;
+
+    if (buf_bytes < HDR || kvt_object_parse_header(p, &m) != 0 || !block_check_ok(p) ||
+        m.stored_len > buf_bytes - HDR)
+        return KVT_E_CORRUPT;
+    if (!is_lossy_rows(m.codec)) {
+        int rc = kvt_object_decode(codec, buf, buf_bytes, dst, cap, out);
+        if (rc == 0)
+            *len_out = (size_t)out->raw_len;
+        return rc;
+    }
+    struct kvt_quant_chunk qc;
+    struct rowfmt rf;
+    if (kvt_object_form_chunk(&m, m.codec, &qc) != 0 || lossy_rows_of(&m, &rf) != 0 ||
+        rf.f.head_dim % m.g.head_dim)
+        return KVT_E_CORRUPT;
+    size_t bytes = kvt_quant_chunk_bytes(&qc, m.n_tokens);
+    if (cap < bytes)
+        return KVT_E_SMALLBUF;
+    if (kvt_object_get_rows(p + HDR, 0, (size_t)m.stored_len, &m, 0, m.g.n_layers, 0, m.n_tokens,
+                            NULL) != 0)
+        return KVT_E_CORRUPT;
+    /* Verified: gather every (layer, k|v, KV head) block of the kernels' chunk layout from the
+     * stored rows. A head's hd channels lie inside one piece of a row (its codes one byte run, its
+     * groups' parameters another), since pieces are whole multiples of head_dim. */
+    const uint32_t L = m.g.n_layers, H = m.g.n_kv_heads, hd = m.g.head_dim, T = m.n_tokens;
+    const uint32_t bits = qc.keys.bits, G = qc.keys.group, bt = m.g.block_tokens;
+    const size_t code_h = (size_t)hd * bits / 8, par_h = (size_t)hd / G * KVT_QUANT_PARAM_BYTES;
+    const size_t blk = kvt_quant_bytes(&qc.keys, T), piece = rf.f.head_dim;
+    const size_t piece_codes = piece * bits / 8;
+    unsigned char *o = dst;
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t t = 0; t < T; t++) {
+            uint32_t b = t / bt;
+            uint64_t off;
+            size_t len;
+            block_span(&m, b, &off, &len);
+            const unsigned char *row =
+                p + HDR + (uint64_t)l * m.layer_stride + off + (uint64_t)(t - b * bt) * m.row_bytes;
+            for (uint32_t kh = 0; kh < 2 * H; kh++) {
+                size_t e0 = (size_t)kh * hd, pc = e0 / piece, in = e0 % piece;
+                const unsigned char *pp = row + pc * rf.piece_q;
+                unsigned char *bd = o + ((size_t)l * 2 * H + kh) * blk;
+                memcpy(bd + (size_t)t * code_h, pp + in * bits / 8, code_h);
+                memcpy(bd + (size_t)T * code_h + (size_t)t * par_h,
+                       pp + piece_codes + in / G * KVT_QUANT_PARAM_BYTES, par_h);
+            }
+        }
+    *out = m;
+    *len_out = bytes;
     return 0;
 }
 

@@ -8,7 +8,7 @@
  * block check over the whole 4 KiB block (metadata frame included), verified by every reader of the
  * whole object.
  *
- * The body comes in one of two layouts, told apart by the codec id:
+ * The body comes in one of these layouts, told apart by the codec id:
  *   - blocked (codec RAW): the rows of each layer, in the canonical order [token][k|v][head][dim],
  *     start on a 4 KiB boundary (layer_stride bytes apart). Inside a layer the tokens are cut into
  *     blocks of block_tokens tokens (the last may be shorter); every block is followed directly by
@@ -21,6 +21,13 @@
  *   - packed (any other codec): the whole raw object compressed (byte shuffle + lz4/zstd) as one
  *     body of stored_len bytes, checked by one XXH3-64 seeded with the identity. A range read of a
  *     packed object reads it whole.
+ *   - quantized (form 1 q8 or 2 q4 in bits 8..11 of the codec id, log2 of the group in 12..15,
+ *     tiers/codec.h): the blocked layout with quantized rows. Every token row of a layer is the
+ *     kernels' one-row block (kernels/quant.h, groups along head_dim) of the whole fp16 row, or of
+ *     its 4096-element pieces, so row_bytes is a stored row's; blocks and trailers as above;
+ *     layers are not 4 KiB-aligned (layer_stride = rows + trailers). Readers dequantize the rows
+ *     they copy (kvt_object_out_row_bytes: fp16 rows). Form 3 (a clustered variant) is packed:
+ *     the bytes as given, stored_len = raw_len, with the body check.
  *
  * v4 adds an optional metadata section after the body, 4 KiB-aligned: opaque bytes of the
  * writer's (the daemon keeps a chunk's span abstract there) that are read alone, without the
@@ -127,6 +134,12 @@ uint64_t kvt_object_body_bytes(const struct kvt_object_meta *m);
 /* Offset of the metadata section in the object: the first 4 KiB boundary after the body. */
 uint64_t kvt_object_section_off(const struct kvt_object_meta *m);
 
+/* Whether objects of codec id `codec` have the blocked layout (raw, or quantized rows), and the
+ * bytes of one token row of one layer that a read of laid-out m returns (fp16 rows for a quantized
+ * object, whose row_bytes is the stored row's). */
+int kvt_object_blocked(uint32_t codec);
+uint64_t kvt_object_out_row_bytes(const struct kvt_object_meta *m);
+
 /* Blocks per layer of the blocked layout. */
 uint32_t kvt_object_layer_blocks(const struct kvt_object_meta *m);
 
@@ -175,6 +188,20 @@ int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta 
  * codec is needed only for the packed layout. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
 int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
                       size_t cap, struct kvt_object_meta *out);
+
+/* kvt_object_decode, except that a quantized object (form q8/q4 in its codec id) is verified and
+ * returned as the kernels' quantized chunk (kvt_quant_chunk_f16's layout, gathered from its rows),
+ * not dequantized: *len_out gets the bytes written to dst (that chunk's size, n_layers x n_tokens
+ * x row_bytes, for a quantized object; raw_len for any other). */
+int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
+                             size_t cap, struct kvt_object_meta *out, size_t *len_out);
+
+struct kvt_quant_chunk;
+/* The quantized chunk format that codec id `codec` (a lossy form) gives an object of m's
+ * geometry and lengths: 0, or KVT_E_INVAL when the form or group is unknown, the elements are
+ * not fp16 or the geometry is incomplete (a lossy object then cannot be written or read). */
+int kvt_object_form_chunk(const struct kvt_object_meta *m, uint32_t codec,
+                          struct kvt_quant_chunk *out);
 
 /* Finds metadata entry type in a validated header block: 0 with *val (borrowed from hdr) and
  * *len, or KVT_E_NOTFOUND. */

@@ -63,7 +63,7 @@ static int rec_layout_ok(const struct rec *r)
     m.g.block_tokens = r->block_tokens;
     if (r->n_layers == 0 || r->block_tokens == 0 || kvt_object_layout(&m) != 0 ||
         m.row_bytes != r->row_bytes || m.stored_len != r->stored_len ||
-        (r->codec != KVT_CODEC_RAW && r->stored_len > r->raw_len))
+        (!kvt_object_blocked(r->codec) && r->stored_len > r->raw_len))
         return 0;
     uint64_t body = kvt__disk_blocks_for(kvt_object_body_bytes(&m));
     return r->blocks >= body &&
@@ -640,6 +640,7 @@ int kvt__disk_recover(struct kvt_disk *d)
     d->ckpt_gen = gen;
     d->next_seq = max_seq + 1;
     d->st.recovered_objects = d->index_count;
+    kvt__disk_form_recount(d);
     /* Start every run from a fresh checkpoint and empty journals. */
     rc = kvt__disk_checkpoint_sync(d);
     d->st.recovery_ms = kvt__disk_now_ms() - t0;

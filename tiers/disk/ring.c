@@ -97,11 +97,11 @@ static void range_done(struct kvt_disk *d, uint32_t i, unsigned char *slot, size
 {
     struct op *o = &d->ops[i];
     const struct kvt_object_meta *m = &o->m;
-    uint64_t want = (uint64_t)o->n_rows * m->row_bytes;
+    uint64_t want = (uint64_t)o->n_rows * kvt_object_out_row_bytes(m);
     struct kvt_object_meta h;
     int rc;
 
-    if (m->codec == KVT_CODEC_RAW) {
+    if (kvt_object_blocked(m->codec)) {
         rc = kvt_object_get_rows(slot, o->io_off - KVT_OBJECT_HEADER_BYTES, got, m, o->layer,
                                  o->layer + 1, o->t0, o->n_rows, o->dst);
     } else {
@@ -171,13 +171,22 @@ static void read_done(struct kvt_disk *d, uint32_t i, int res)
         meta_done(d, i, slot, (size_t)res);
         return;
     }
-    if (kvt_object_decode(d->codec, slot, (size_t)res, o->dst, o->cap, &m) != 0 ||
-        !kvt__disk_object_matches(&m, &o->id, o->seq, o->raw_len)) {
+    size_t len = 0;
+    int rc = o->stored
+                 ? kvt_object_decode_stored(d->codec, slot, (size_t)res, o->dst, o->cap, &m, &len)
+                 : kvt_object_decode(d->codec, slot, (size_t)res, o->dst, o->cap, &m);
+    if (rc != 0 || !kvt__disk_object_matches(&m, &o->id, o->seq, o->raw_len)) {
         kvt__disk_drop_corrupt(d, o);
         kvt__disk_op_finish(d, i, KVT_E_NOTFOUND);
         return;
     }
     d->st.tier.hits++;
+    if (o->stored) {
+        /* Straight to the caller, in the form it is stored in: not a promotion. */
+        *o->form_out = KVT_CODEC_ID_FORM(m.codec);
+        kvt__disk_op_finish(d, i, (int)len);
+        return;
+    }
     d->st.tier.promotions++;
     kvt__disk_op_finish(d, i, (int)m.raw_len);
 }

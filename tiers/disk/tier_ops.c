@@ -18,6 +18,7 @@ struct disk_write {
     uint32_t elem_bytes;
     kvt_tier_meta_fn meta_write; /* with meta_ctx: the caller's, until fill returned */
     void *meta_ctx;
+    uint32_t form; /* the form asked for (enum kvt_form) */
 };
 _Static_assert(sizeof(struct disk_write) <= KVT_TIER_WRITE_PRIV_BYTES, "disk write state");
 _Static_assert(sizeof(struct kvt_disk_sync) <= KVT_TIER_SYNC_PRIV_BYTES, "disk sync state");
@@ -101,10 +102,12 @@ static int dt_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_
         return rc;
     dw->meta_write = o->meta_write;
     dw->meta_ctx = o->meta_ctx;
+    dw->form = o->form; /* q8/q4 apply only where the geometry is known (kvt_disk_encode) */
     dw->codec = &dt->codec;
     dw->elem_bytes = o->elem_bytes ? o->elem_bytes : 1;
     w->loc = 0;
     w->length = o->length;
+    w->form = 0;
     return 0;
 }
 
@@ -116,7 +119,10 @@ static int dt_fill(struct kvt_tier_write *w, const void *src)
         return KVT_E_NOMEM;
     dw->ws.meta_write = dw->meta_write;
     dw->ws.meta_ctx = dw->meta_ctx;
-    return kvt_disk_encode(codec, &dw->ws, src, dw->elem_bytes);
+    dw->ws.form = dw->form;
+    int rc = kvt_disk_encode(codec, &dw->ws, src, dw->elem_bytes);
+    w->form = rc == 0 ? KVT_CODEC_ID_FORM(dw->ws.codec) : 0;
+    return rc;
 }
 
 static int dt_commit(void *tier, struct kvt_tier_write *w, kvt_tier_done_fn done, void *arg)
@@ -139,6 +145,15 @@ static int dt_read(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, vo
     struct kvt_disk_tier *dt = tier;
     (void)loc;
     int rc = kvt_disk_read(dt->d, id, dst, cap, done, arg);
+    return rc ? rc : KVT_TIER_LATER;
+}
+
+static int dt_read_stored(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
+                          size_t cap, uint32_t *form_out, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_disk_tier *dt = tier;
+    (void)loc;
+    int rc = kvt_disk_read_stored(dt->d, id, dst, cap, form_out, done, arg);
     return rc ? rc : KVT_TIER_LATER;
 }
 
@@ -192,7 +207,8 @@ static int dt_enum_one(void *arg, const struct kvt_disk_obj_info *info)
     struct kvt_tier_obj o = {.id = info->id,
                              .length = info->raw_len,
                              .n_tokens = info->n_tokens,
-                             .meta_len = info->meta_bytes_max};
+                             .meta_len = info->meta_bytes_max,
+                             .form = KVT_CODEC_ID_FORM(info->codec)};
     return ec->fn(ec->arg, &o, 0);
 }
 
@@ -253,6 +269,7 @@ const struct kvt_tier_ops kvt_disk_tier_ops = {
     .read = dt_read,
     .read_range = dt_read_range,
     .read_meta = dt_read_meta,
+    .read_stored = dt_read_stored,
     .remove = dt_remove,
     .sync = dt_sync,
     .enumerate = dt_enumerate,

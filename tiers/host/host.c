@@ -478,12 +478,33 @@ static int fallback_class(const struct kvt_host *h, uint32_t ci)
 /* Whether a victim page is a better choice than the best so far: a class's last page only when
  * nothing else will do, then the least recently used (its objects are the likeliest to be cold,
  * and written back already), then the fewest live bytes. */
+/* Cost-aware: what the live objects of page pi are worth together (value per byte x bytes). */
+static double page_worth(const struct kvt_host *h, uint32_t pi)
+{
+    const struct page *p = &h->pages[pi];
+    const struct size_class *c = &h->cls[p->cls];
+    uint32_t g0 = pi * h->granules_per_page;
+    uint32_t step = (uint32_t)(c->slot_bytes / KVT_HOST_GRANULE_BYTES);
+    double w = 0;
+    for (uint32_t s = 0; s < c->slots_per_page; s++) {
+        uint32_t gi = g0 + s * step;
+        if (h->g[gi].state == SLOT_USED)
+            w += h->value(h->value_owner, h->g[gi].cookie) * (double)c->slot_bytes;
+    }
+    return w;
+}
+
 static int better_victim(const struct kvt_host *h, uint32_t pi, uint32_t best)
 {
     const struct page *a = &h->pages[pi], *b = &h->pages[best];
     int a_last = h->cls[a->cls].pages == 1, b_last = h->cls[b->cls].pages == 1;
     if (a_last != b_last)
         return b_last;
+    if (h->value) {
+        double wa = page_worth(h, pi), wb = page_worth(h, best);
+        if (wa != wb)
+            return wa < wb;
+    }
     if (a->tick != b->tick)
         return older(a->tick, b->tick);
     return a->used * h->cls[a->cls].slot_bytes < b->used * h->cls[b->cls].slot_bytes;

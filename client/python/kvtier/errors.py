@@ -121,6 +121,7 @@ _CATEGORY = {
     "E_TENANT": (PermissionDeniedError, "Tenant"),
     "E_NOTADMIN": (PermissionDeniedError, "NotAdmin"),
     "E_UNTRUSTED": (PermissionDeniedError, "Untrusted"),
+    "E_LOSSY": (PermissionDeniedError, "LossyNotAllowed"),
     "E_CORRUPT": (DataError, "Corrupt"),
     "E_IO": (DataError, "IOFailure"),
     "E_TIERFAILED": (DataError, "TierFailed"),
