@@ -132,8 +132,11 @@ int main(int argc, char **argv)
         {"evict", kvt_bench_evict,
          "reuse: LRU vs cost-aware eviction under a DRAM limit on a RAG passage trace", NULL, NULL},
         {"lossy", kvt_bench_lossy,
-         "lossy KV forms: quantize/dequantize and clustering kernels, reference vs SIMD",
-         "kernels (GB/s of quantize/dequantize 8/4-bit, clustering windows/s)", NULL},
+         "lossy KV forms: kernels (reference vs SIMD), and decode on the real model (KL vs q8, "
+         "top-1, passkey against bytes kept)",
+         "kernels (GB/s of quantize/dequantize 8/4-bit, clustering windows/s), decode (quant, "
+         "cluster, with sparse retrieval)",
+         "--tokens N, --decode N, --passkey-tokens N, --trials N"},
     };
     const size_t n = sizeof(benches) / sizeof(benches[0]);
     struct kvt_bench_opts opts = {0};

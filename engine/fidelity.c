@@ -206,6 +206,10 @@ int kvt_eng_decode_eval_run(const struct kvt_eng_model *m, struct kvt_eng_pool *
         side[i]->kv_decode = kvt_eng_session_kv_stats(ses[i]);
         stats_sub(&side[i]->kv_decode, &base[i]);
         side[i]->fell_back = ses[i]->fell_back;
+        side[i]->positions = ses[i]->n_past;
+        side[i]->bytes_kept = ses[i]->kv->bytes_kept
+                                  ? ses[i]->kv->bytes_kept
+                                  : (uint64_t)ses[i]->kv->token_bytes * ses[i]->n_past;
     }
 out:
     for (int i = 0; i < 2; i++) {

@@ -77,7 +77,10 @@ struct kvt_eng_decode_side {
     double decode_s;
     struct kvt_eng_kv_stats kv_decode; /* counters of the decode steps only */
     size_t token_bytes;                /* the mode's bytes per position of KV */
-    int fell_back;                     /* an offload session went resident */
+    uint64_t bytes_kept; /* KV bytes the mode keeps at the end (kv.h; token_bytes per position
+                          * for a mode that does not report it) */
+    size_t positions;    /* positions in its cache at the end */
+    int fell_back;       /* an offload session went resident */
 };
 
 struct kvt_eng_decode_eval {

@@ -22,8 +22,18 @@
  * covers [0, end) with any number of spans gives the same bits as one span, and a mode that
  * returns fewer rows (sparse retrieval) makes the model attend to those rows and no others.
  *
- * Modes in this tree: resident (kv_resident.c), offload and sparse (kv_offload.c) and q8
- * (kv_q8.c).
+ * Merged entries (lossy modes). A mode may keep fewer entries than positions: clustering merges
+ * several positions of a (layer, KV head) into one entry that stands for `count` of them. Such
+ * entries still travel as rows of a span, and the span's bias (kvt_eng_kv_span) adds log(count)
+ * to their attention logits, so one entry weighs as much as the count equal keys it replaced.
+ * Their span's pos and n_tokens then number entries, not positions: the spans of a layer stay in
+ * increasing, disjoint order, and the entries of merged positions come before the rows still kept
+ * one a position, whose spans carry real positions (a query's causal limit only ever cuts those).
+ * The forward pass zeroes the span arrays before spans() and select(), so a mode that never sets
+ * bias leaves it NULL and attention is unchanged, bit for bit.
+ *
+ * Modes in this tree: resident (kv_resident.c), offload and sparse (kv_offload.c), q8
+ * (kv_q8.c), and the lossy quant (kv_quant.c) and cluster (kv_cluster.c).
  */
 #ifndef KVT_ENGINE_KV_H
 #define KVT_ENGINE_KV_H
@@ -45,11 +55,15 @@ static inline size_t kvt_eng_kv_row_halfs(const struct kvt_eng_kv_geom *g)
     return 2 * (size_t)g->n_head_kv * g->head_dim;
 }
 
-/* A run of positions [pos, pos + n_tokens) of one layer; row i starts at rows + i * row_halfs. */
+/* A run of positions [pos, pos + n_tokens) of one layer; row i starts at rows + i * row_halfs.
+ * bias: NULL, or n_tokens * n_head_kv floats (row i, KV head h at i * n_head_kv + h) added to the
+ * scaled logits q.k / sqrt(head_dim) of that row and head before the softmax: log(count) for an
+ * entry that merged count positions (0 for one that merged none). Borrowed like rows. */
 struct kvt_eng_kv_span {
     const uint16_t *rows;
     size_t pos;
     size_t n_tokens;
+    const float *bias;
 };
 
 /* Counters every mode keeps. Bytes fetched are split by the tier that served them (indexed by
@@ -118,10 +132,14 @@ struct kvt_eng_kv {
     const struct kvt_eng_kv_ops *ops;
     struct kvt_eng_kv_geom geom;
     struct kvt_eng_kv_stats stats;
-    size_t spans_max;   /* most spans spans() returns for one layer, or select() for one row;
-                         * callers size arrays with it */
-    size_t token_bytes; /* bytes one position of KV (all layers) takes in the mode's own
-                         * representation: fp16 rows 2 * layers * kv_heads * head_dim * 2 */
+    size_t spans_max;    /* most spans spans() returns for one layer, or select() for one row;
+                          * callers size arrays with it */
+    size_t token_bytes;  /* bytes one position of KV (all layers) takes in the mode's own
+                          * representation: fp16 rows 2 * layers * kv_heads * head_dim * 2 */
+    uint64_t bytes_kept; /* lossy modes (quant, cluster): bytes the mode keeps now for the whole
+                          * sequence, all layers, in its own representation (codes, group
+                          * constants, merged entries, counts and the rows still in fp16); 0 in
+                          * the other modes, where every position takes token_bytes */
 };
 
 /* What a selecting mode is told to keep (parsed by the command line; modes that do not select
@@ -153,6 +171,46 @@ int kvt_eng_kv_q8_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv *
  * run along head_dim. */
 #define KVT_ENG_Q8_GROUP 32
 void kvt_eng_kv_q8_round(uint16_t *vals, size_t n);
+
+/* The lossy modes' parameters (kvtier-engine --bits, --kivi, --group, --ratio, --window,
+ * --sinks, --recent). Both modes keep positions [0, sinks) and the last `recent` positions before
+ * each step's first in fp16, exactly as computed; the rest is lossy.
+ *
+ * quant: each row that leaves the recent window is quantized with the kernels' group format
+ * (kernels/quant.h, bits 8 or 4, groups of `group`) and read back dequantized. Default: keys and
+ * values grouped along head_dim (per token); keys_per_channel: keys grouped along the tokens of
+ * each channel (KIVI), `group` positions at a time (keys wait in fp16 until a whole group has
+ * left the window), values still per token.
+ *
+ * cluster: positions after the sinks form windows of `window` positions; once a whole window has
+ * left the recent window, each (layer, KV head) of it is clustered (kernels/cluster.h:
+ * alternate A/B split, match by key cosine, merge into count-weighted means), removing
+ * round(ratio * window) of its entries in one or more passes (one pass removes at most half).
+ * Attention adds log(count) to a merged entry's logits. */
+struct kvt_eng_lossy_config {
+    uint32_t bits;        /* quant: 8 or 4; 0: 8 */
+    uint32_t group;       /* quant: values a group; 0: 32 */
+    int keys_per_channel; /* quant: KIVI grouping of keys */
+    double ratio;         /* cluster: share of a window's entries removed, in [0, 1) */
+    uint32_t window;      /* cluster: positions a window; 0: 32 */
+    uint32_t sinks;       /* leading positions never made lossy */
+    uint32_t recent;      /* trailing positions never made lossy */
+};
+
+/* Defaults of the command line. */
+#define KVT_ENG_LOSSY_SINKS_DEFAULT 4
+#define KVT_ENG_LOSSY_RECENT_DEFAULT 128
+
+/* quant and cluster (engine/kv_quant.c, engine/kv_cluster.c): -EINVAL for a config out of range
+ * (bits not 8 or 4, a group the format refuses, ratio outside [0, 1), window outside
+ * [2, KVT_CLUSTER_WINDOW_MAX] or odd). sel, when set, adds sparse retrieval over the lossy rows
+ * (kv_lossy_select.c): budget only, NULL or unset for none. */
+int kvt_eng_kv_quant_create(const struct kvt_eng_kv_geom *geom,
+                            const struct kvt_eng_lossy_config *cfg,
+                            const struct kvt_eng_select_config *sel, struct kvt_eng_kv **out);
+int kvt_eng_kv_cluster_create(const struct kvt_eng_kv_geom *geom,
+                              const struct kvt_eng_lossy_config *cfg,
+                              const struct kvt_eng_select_config *sel, struct kvt_eng_kv **out);
 
 /* Offload: full chunks live in kvtier, the partial tail in local memory. */
 struct kvt_eng_offload_config {

@@ -5,6 +5,7 @@
  *                 [--socket S] [--temp T --top-k K --top-p P --seed S] [--raw]
  *   kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] [--socket S]
  *                 [--decode-from N] [--budget F] [--top-p P] [--spans fixed|variable]
+ *                 [--bits 8|4 --group G --kivi --ratio F --window C --sinks N --recent N]
  *   kvtier-engine passkey --model M --mode MODE --tokens N --trials K --json OUT [--seed S]
  *   kvtier-engine rag --model M --passage FILE [--passage FILE ...] --prompt Q [--policy P]
  *   kvtier-engine dump-kv --model M --text FILE --out FILE [--tokens N]
@@ -16,7 +17,8 @@
  * the same process to report top-1 agreement and whether the logits are bit-identical. With
  * --decode-from it scores one token at a time against resident (fidelity.h); passkey runs the
  * retention test (passkey.h). --budget, --top-p and --spans configure a selecting mode (in
- * generate, --top-p is the sampler's).
+ * generate, --top-p is the sampler's). --bits, --group and --kivi configure the quant mode,
+ * --ratio and --window the cluster mode, --sinks and --recent both (kv.h, kvt_eng_lossy_config).
  */
 #include <errno.h>
 #include <math.h>
@@ -65,6 +67,8 @@ struct opts {
     const char *policy; /* rag */
     struct kvt_eng_sampler_config sampling;
     struct kvt_eng_select_config select; /* top_p here is the selection's, not the sampler's */
+    struct kvt_eng_lossy_config lossy;
+    int lossy_set; /* a quant or cluster option was given */
 };
 
 static void usage(FILE *f)
@@ -86,6 +90,9 @@ static void usage(FILE *f)
             "modes: " KVT_ENG_MODE_NAMES "\n"
             "selection (eval, passkey; selecting modes only): --prefetch --budget F --top-p P "
             "--spans fixed|variable\n"
+            "lossy (quant, cluster): --bits 8|4 --group G --kivi (keys per channel) --ratio F "
+            "--window C\n"
+            "        --sinks N --recent N (kept fp16; defaults 4 and 128)\n"
             "common: --threads N --ctx N --batch N --chunk-tokens N --timeout-ms N\n"
             "        --on-error recompute|stop --tenant T\n");
 }
@@ -138,9 +145,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
         }
         a += 2;
         /* Flags without a value. */
-        if (!strcmp(a, "raw") || !strcmp(a, "no-compare") || !strcmp(a, "prefetch")) {
+        if (!strcmp(a, "raw") || !strcmp(a, "no-compare") || !strcmp(a, "prefetch") ||
+            !strcmp(a, "kivi")) {
             if (!strcmp(a, "raw"))
                 o->raw = 1;
+            else if (!strcmp(a, "kivi"))
+                o->lossy.keys_per_channel = o->lossy_set = 1;
             else if (!strcmp(a, "prefetch"))
                 o->select.prefetch = 1;
             else
@@ -200,6 +210,31 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 fprintf(stderr, "kvtier-engine: --spans is fixed or variable, not '%s'\n", val);
                 return -EINVAL;
             }
+        } else if (!strcmp(a, "ratio")) {
+            char *end;
+            errno = 0;
+            double x = strtod(val, &end);
+            if (errno || *end || end == val || !(x >= 0.0 && x < 1.0)) {
+                fprintf(stderr, "kvtier-engine: --ratio must be in [0, 1), not '%s'\n", val);
+                return -EINVAL;
+            }
+            o->lossy.ratio = x;
+            o->lossy_set = 1;
+        } else if (!strcmp(a, "bits") && !parse_size(val, &v) && (v == 8 || v == 4)) {
+            o->lossy.bits = (uint32_t)v;
+            o->lossy_set = 1;
+        } else if (!strcmp(a, "group") && !parse_size(val, &v) && v >= 2 && v <= 4096) {
+            o->lossy.group = (uint32_t)v;
+            o->lossy_set = 1;
+        } else if (!strcmp(a, "window") && !parse_size(val, &v) && v >= 2 && v <= 4096) {
+            o->lossy.window = (uint32_t)v;
+            o->lossy_set = 1;
+        } else if (!strcmp(a, "sinks") && !parse_size(val, &v) && v <= UINT32_MAX) {
+            o->lossy.sinks = (uint32_t)v;
+            o->lossy_set = 1;
+        } else if (!strcmp(a, "recent") && !parse_size(val, &v) && v <= UINT32_MAX) {
+            o->lossy.recent = (uint32_t)v;
+            o->lossy_set = 1;
         } else if (!strcmp(a, "on-error")) {
             if (!strcmp(val, "stop"))
                 o->stop_on_error = 1;
@@ -310,6 +345,7 @@ static struct kvt_eng_session_config session_config(const struct opts *o, enum k
     c.offload.tokens_per_chunk = o->chunk_tokens;
     c.offload.timeout_ms = o->timeout_ms;
     c.select = o->select;
+    c.lossy = o->lossy;
     if (!strcmp(o->cmd, "generate"))
         c.select.top_p = 0.0; /* there it is the sampler's */
     return c;
@@ -578,6 +614,20 @@ static const char *spans_name(enum kvt_eng_span_policy p)
                                          : "default";
 }
 
+/* The lossy modes' parameters as given (or their defaults), one line. */
+static void json_lossy(FILE *f, const struct opts *o)
+{
+    const struct kvt_eng_lossy_config *l = &o->lossy;
+    if (o->mode != KVT_ENG_MODE_QUANT && o->mode != KVT_ENG_MODE_CLUSTER)
+        return;
+    fprintf(f,
+            "  \"lossy\": {\"bits\": %u, \"group\": %u, \"keys\": \"%s\", \"ratio\": %.6g, "
+            "\"window\": %u, \"sinks\": %u, \"recent\": %u},\n",
+            l->bits ? l->bits : 8, l->group ? l->group : 32,
+            l->keys_per_channel ? "per_channel" : "per_token", l->ratio, l->window ? l->window : 32,
+            l->sinks, l->recent);
+}
+
 /* eval --decode-from N: prefill [0, N), then one position at a time against resident. */
 static int eval_decode(const struct opts *o, const struct kvt_eng_model *m,
                        struct kvt_eng_pool *pool, const char *simd, const int32_t *ids, size_t n)
@@ -616,6 +666,11 @@ static int eval_decode(const struct opts *o, const struct kvt_eng_model *m,
     json_kv_bytes(f, "resident_kv_bytes_per_token", &ev.ref.kv_decode, ev.steps);
     fprintf(f, "  \"kv_token_bytes\": %zu,\n  \"resident_kv_token_bytes\": %zu,\n",
             ev.cur.token_bytes, ev.ref.token_bytes);
+    fprintf(f, "  \"kv_bytes_kept\": %llu,\n  \"resident_kv_bytes_kept\": %llu,\n",
+            (unsigned long long)ev.cur.bytes_kept, (unsigned long long)ev.ref.bytes_kept);
+    fprintf(f, "  \"kv_bytes_kept_ratio\": %.6f,\n",
+            ev.ref.bytes_kept ? (double)ev.cur.bytes_kept / (double)ev.ref.bytes_kept : 0.0);
+    json_lossy(f, o);
     fprintf(f, "  \"buckets\": {");
     int first = 1;
     for (int b = 0; b < KVT_ENG_FID_BUCKETS; b++) {
@@ -933,6 +988,7 @@ static int cmd_passkey(const struct opts *o, const struct kvt_eng_model *m,
     fprintf(f, "  \"seconds\": %.1f,\n  \"seconds_per_trial\": %.2f,\n", secs, secs / (double)K);
     fprintf(f, "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\"},\n",
             o->select.budget, o->select.top_p, spans_name(o->select.spans));
+    json_lossy(f, o);
     fprintf(f, "  \"per_depth\": [");
     for (size_t i = 0; i < K; i++) {
         const struct kvt_eng_passkey_result *r = &res[i];
@@ -1133,6 +1189,7 @@ int main(int argc, char **argv)
         .compare = 1,
         .trials = 20,
         .sampling = {.temp = 0.0f, .top_k = 40, .top_p = 0.95f, .seed = 42},
+        .lossy = {.sinks = KVT_ENG_LOSSY_SINKS_DEFAULT, .recent = KVT_ENG_LOSSY_RECENT_DEFAULT},
     };
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
         usage(stdout);
@@ -1152,6 +1209,13 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "kvtier-engine: --budget, --top-p and --spans configure a selecting mode; mode "
                 "%s does not select\n",
+                kvt_eng_mode_name(o.mode));
+        return 2;
+    }
+    if (o.lossy_set && o.mode != KVT_ENG_MODE_QUANT && o.mode != KVT_ENG_MODE_CLUSTER) {
+        fprintf(stderr,
+                "kvtier-engine: --bits, --group, --kivi, --ratio, --window, --sinks and --recent "
+                "configure the quant and cluster modes, not %s\n",
                 kvt_eng_mode_name(o.mode));
         return 2;
     }

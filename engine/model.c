@@ -476,7 +476,8 @@ static void segment_mass(const struct kvt_eng_kv_span *spans, size_t n_spans, si
  * in 8 lanes by position before a final horizontal add. The scores of the covered rows are packed
  * one after the other, so the softmax runs over those rows only; spans that cover all of [0, last]
  * fill the array exactly as a single span would, with the same 8-row blocks, hence the same bits
- * whatever their number. */
+ * whatever their number. A span's bias (kv.h: log of merged entries' counts) is added to its
+ * scaled scores before the maximum is taken. */
 static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span *spans,
                       size_t n_spans, const float *q, size_t kvh, size_t last, float *scores,
                       float *lanes, float *out, const size_t *bounds, size_t n_seg, float *seg_out)
@@ -497,6 +498,9 @@ static void attn_head(const struct kvt_eng_ctx *c, const struct kvt_eng_kv_span 
         size_t n = sp->pos + sp->n_tokens > last + 1 ? last + 1 - sp->pos : sp->n_tokens;
         float *sc = scores + covered;
         kvt_eng_attn_scores(qh, sp->rows + kvh * hd, row, n, hd, scale, sc);
+        if (sp->bias) /* merged entries: + log(count) (kv.h) */
+            for (size_t i = 0; i < n; i++)
+                sc[i] += sp->bias[i * hp->n_head_kv + kvh];
         for (size_t i = 0; i < n; i++)
             mx = sc[i] > mx ? sc[i] : mx;
         covered += n;
@@ -575,6 +579,7 @@ static int select_rows(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, uint32_t la
         return 0;
     struct kvt_eng_kv_query kq = {
         .q = c->q, .pos = pos, .n_tokens = n, .n_head = hp->n_head, .head_dim = hp->head_dim};
+    memset(c->sel, 0, n * kv->spans_max * sizeof(*c->sel)); /* bias NULL unless set */
     int rc = kv->ops->select(kv, layer, &kq, c->sel, kv->spans_max, c->sel_counts);
     if (rc < 0)
         return rc;
@@ -715,6 +720,7 @@ static int forward_impl(struct kvt_eng_ctx *c, struct kvt_eng_kv *kv, const int3
         if (rc < 0)
             goto out;
         if (rc == 0) {
+            memset(c->spans, 0, c->spans_cap * sizeof(*c->spans));
             rc = kv->ops->spans(kv, l, tok_pos(positions, pos, n - 1) + 1, c->spans, c->spans_cap);
             if (rc < 0)
                 goto out;

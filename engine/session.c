@@ -27,6 +27,14 @@ int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out)
         *out = KVT_ENG_MODE_SPARSE;
         return 0;
     }
+    if (s && strcmp(s, "quant") == 0) {
+        *out = KVT_ENG_MODE_QUANT;
+        return 0;
+    }
+    if (s && strcmp(s, "cluster") == 0) {
+        *out = KVT_ENG_MODE_CLUSTER;
+        return 0;
+    }
     return -EINVAL;
 }
 
@@ -39,6 +47,10 @@ const char *kvt_eng_mode_name(enum kvt_eng_mode m)
         return "q8";
     case KVT_ENG_MODE_SPARSE:
         return "sparse";
+    case KVT_ENG_MODE_QUANT:
+        return "quant";
+    case KVT_ENG_MODE_CLUSTER:
+        return "cluster";
     case KVT_ENG_MODE_RESIDENT:
         break;
     }
@@ -47,7 +59,7 @@ const char *kvt_eng_mode_name(enum kvt_eng_mode m)
 
 int kvt_eng_mode_selects(enum kvt_eng_mode m)
 {
-    return m == KVT_ENG_MODE_SPARSE;
+    return m == KVT_ENG_MODE_SPARSE || m == KVT_ENG_MODE_QUANT || m == KVT_ENG_MODE_CLUSTER;
 }
 
 static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_config *c)
@@ -58,6 +70,9 @@ static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_
         return 0;
     if (mode == KVT_ENG_MODE_SPARSE && (c->budget > 0.0) == (c->top_p > 0.0))
         return 0; /* exactly one of them */
+    if ((mode == KVT_ENG_MODE_QUANT || mode == KVT_ENG_MODE_CLUSTER) &&
+        (c->budget <= 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT || c->prefetch))
+        return 0; /* lossy modes: a budget only (kv_lossy.h) */
     return c->budget >= 0.0 && c->budget <= 1.0 && c->top_p >= 0.0 && c->top_p <= 1.0;
 }
 
@@ -68,6 +83,10 @@ static int make_kv(struct kvt_eng_session *s, enum kvt_eng_mode mode, struct kvt
         return kvt_eng_kv_resident_create(&g, out);
     if (mode == KVT_ENG_MODE_Q8)
         return kvt_eng_kv_q8_create(&g, out);
+    if (mode == KVT_ENG_MODE_QUANT)
+        return kvt_eng_kv_quant_create(&g, &s->cfg.lossy, &s->cfg.select, out);
+    if (mode == KVT_ENG_MODE_CLUSTER)
+        return kvt_eng_kv_cluster_create(&g, &s->cfg.lossy, &s->cfg.select, out);
     struct kvt_eng_offload_config oc = s->cfg.offload;
     if (!oc.model_id)
         oc.model_id = s->model->model_id;

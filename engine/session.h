@@ -19,18 +19,22 @@ enum kvt_eng_mode {
     KVT_ENG_MODE_RESIDENT,
     KVT_ENG_MODE_OFFLOAD,
     KVT_ENG_MODE_Q8,
-    KVT_ENG_MODE_SPARSE
+    KVT_ENG_MODE_SPARSE,
+    KVT_ENG_MODE_QUANT,
+    KVT_ENG_MODE_CLUSTER
 };
 
 /* The names every mode answers to, for messages. */
-#define KVT_ENG_MODE_NAMES "resident, offload, q8, sparse"
+#define KVT_ENG_MODE_NAMES "resident, offload, q8, sparse, quant, cluster"
 
-/* "resident" / "offload" / "q8" / "sparse" -> mode; -EINVAL for anything else. */
+/* "resident" / "offload" / "q8" / "sparse" / "quant" / "cluster" -> mode; -EINVAL for anything
+ * else. */
 int kvt_eng_mode_parse(const char *s, enum kvt_eng_mode *out);
 const char *kvt_eng_mode_name(enum kvt_eng_mode m);
 
 /* Whether a mode takes a selection config (struct kvt_eng_select_config): only modes that
- * restrict attention do (sparse, which needs one). */
+ * restrict attention do: sparse, which needs one, and quant and cluster, which take an optional
+ * budget (sparse retrieval over their own rows, engine/kv_lossy.h). */
 int kvt_eng_mode_selects(enum kvt_eng_mode m);
 
 struct kvt_eng_session_config {
@@ -39,6 +43,7 @@ struct kvt_eng_session_config {
     size_t batch_max;
     struct kvt_eng_offload_config offload; /* model_id, rope fields filled from the model if 0 */
     struct kvt_eng_select_config select;   /* must be unset for a mode that does not select */
+    struct kvt_eng_lossy_config lossy;     /* quant and cluster; ignored by the other modes */
     int stop_on_error;                     /* offload failure: 0 recompute in resident, 1 stop */
     FILE *log;                             /* messages; NULL: silent */
 };

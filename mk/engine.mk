@@ -9,7 +9,8 @@ ENGINE_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 $(ENGINE_A): $(call obj,$(ENGINE_SRC))
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/kvtier-engine: $(call obj,engine/main.c) $(ENGINE_A) $(CLIENT_A)
+# The core archive brings the kernels (the lossy modes quantize and cluster with them).
+$(BUILD)/kvtier-engine: $(call obj,engine/main.c) $(ENGINE_A) $(CLIENT_A) $(CORE_A)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
@@ -26,7 +27,7 @@ ENGINE_UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(wildcard t
 ENGINE_INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(wildcard tests/integration/test_engine_*.c))
 $(ENGINE_UNIT_BIN): $(ENGINE_A)
 $(ENGINE_INTEG_BIN): $(ENGINE_A) | $(BUILD)/kvtierd
-$(ENGINE_UNIT_BIN) $(ENGINE_INTEG_BIN): LIBS += $(ENGINE_A) $(CLIENT_A)
+$(ENGINE_UNIT_BIN) $(ENGINE_INTEG_BIN): LIBS += $(ENGINE_A) $(CLIENT_A) $(CORE_A)
 
 # The engine tests read the model; fetch it (once) before any test runs.
 $(ENGINE_MODEL):

@@ -75,6 +75,41 @@ EOF
         made=$((made + 1))
     done
 done
+# lossy's trade-off: mean KL against full attention over the share of KV bytes kept, one point per
+# setting of the decode part (rows with both fields).
+for csv in "$dir"/lossy*.csv; do
+    [ -s "$csv" ] || continue
+    name=$(basename "$csv" .csv)
+    awk -F, '
+        NR == 1 { next }
+        $3 == "kv_bytes_kept_ratio" && $4 != "" {
+            x[$2] = $4
+            if (!($2 in seen)) { seen[$2] = 1; l[n++] = $2 }
+        }
+        $3 == "kl_mean" && $4 != "" { y[$2] = $4 }
+        END {
+            for (i = 0; i < n; i++)
+                if ((l[i] in x) && (l[i] in y) && y[l[i]] > 0)
+                    printf "%s\t%s\t%s\n", l[i], x[l[i]], y[l[i]]
+        }' "$csv" >"$tmp/$name-kl.tsv"
+    [ -s "$tmp/$name-kl.tsv" ] || continue
+    png="$dir/${name}_kl_vs_bytes_kept.png"
+    gnuplot <<EOF
+set terminal pngcairo size 1000,700 noenhanced
+set output "$png"
+set title "kvtier-bench $name: mean KL against full attention vs KV bytes kept"
+set datafile separator "\t"
+set logscale y
+set xrange [0:1.05]
+set xlabel "kv_bytes_kept_ratio (of fp16)"
+set ylabel "kl_mean (nats, log scale)"
+set grid
+plot "$tmp/$name-kl.tsv" using 2:3 with points pt 7 ps 1.5 notitle, \
+     "" using 2:3:1 with labels offset 1,0.8 left notitle
+EOF
+    echo "wrote $png"
+    made=$((made + 1))
+done
 # capacity's hit ratio and RSS over time and its latency CDF (scripts/capacity-plot.sh).
 if [ -s "$dir/capacity_timeseries.csv" ]; then
     "$(dirname "$0")/capacity-plot.sh" "$dir"

@@ -159,7 +159,11 @@ ev="eval --model $M --text $tmp/text --json $tmp/bad.json"
     refuse "--budget must be a fraction in (0, 1]" $ev --budget 0.5x
     refuse "--top-p must be a fraction in (0, 1]" $ev --top-p 0
     refuse "--spans is fixed or variable" $ev --spans other
-    refuse "unknown mode 'sparse2' (modes: resident, offload, q8, sparse)" $ev --mode sparse2
+    refuse "unknown mode 'sparse2' (modes: resident, offload, q8, sparse, quant, cluster)" \
+        $ev --mode sparse2
+    refuse "--ratio must be in" $ev --mode cluster --ratio 1
+    refuse "configure the quant and cluster modes, not q8" $ev --mode q8 --bits 8
+    refuse "bad or incomplete option" $ev --mode quant --bits 3
     refuse "mode q8 does not select" $ev --mode q8 --budget 0.2
     refuse "mode resident does not select" $ev --spans fixed
     refuse "leaves nothing to score in 300 tokens" $ev --tokens 300 --decode-from 300

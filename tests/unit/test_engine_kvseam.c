@@ -178,7 +178,7 @@ static int t_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_
             }
             break;
         case P_SELF:
-            o[0] = (struct kvt_eng_kv_span){all.rows + last * row_halfs, last, 1};
+            o[0] = (struct kvt_eng_kv_span){all.rows + last * row_halfs, last, 1, NULL};
             k = 1;
             break;
         case P_TOP:
@@ -189,17 +189,18 @@ static int t_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt_eng_
             break;
         }
         case P_DROP: /* the first 4 rows and the last 16 */
-            o[0] = (struct kvt_eng_kv_span){all.rows, 0, 4};
-            o[1] = (struct kvt_eng_kv_span){all.rows + (last - 15) * row_halfs, last - 15, 16};
+            o[0] = (struct kvt_eng_kv_span){all.rows, 0, 4, NULL};
+            o[1] =
+                (struct kvt_eng_kv_span){all.rows + (last - 15) * row_halfs, last - 15, 16, NULL};
             k = 2;
             break;
         case P_FUTURE: /* one row past the query */
-            o[0] = (struct kvt_eng_kv_span){all.rows, 0, last + 2};
+            o[0] = (struct kvt_eng_kv_span){all.rows, 0, last + 2, NULL};
             k = 1;
             break;
         case P_OVERLAP:
-            o[0] = (struct kvt_eng_kv_span){all.rows, 0, 2};
-            o[1] = (struct kvt_eng_kv_span){all.rows + row_halfs, 1, last};
+            o[0] = (struct kvt_eng_kv_span){all.rows, 0, 2, NULL};
+            o[1] = (struct kvt_eng_kv_span){all.rows + row_halfs, 1, last, NULL};
             k = 2;
             break;
         case P_EMPTY:
