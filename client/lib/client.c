@@ -1198,6 +1198,85 @@ int kvt__cl_call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **
     return rc ? kvt__cl_session_fail(c, rc) : 0;
 }
 
+int kvt__cl_await(struct kvt_client *c, Kvtier__Request *req, uint64_t deadline_ms,
+                  uint64_t bulk_bytes, Kvtier__Response **out)
+{
+    Kvtier__Response *r = NULL;
+    *out = NULL;
+    int rc = kvt__cl_queue(c, req, deadline_ms);
+    if (!rc)
+        rc = kvt__cl_flush(c, deadline_ms);
+    while (!rc) {
+        rc = kvt__cl_recv(c, &r, deadline_ms, bulk_bytes);
+        if (rc)
+            break;
+        if (r->id == req->id) {
+            *out = r;
+            return 0;
+        }
+        if (r->id == 0 && r->status)
+            rc = r->status;
+        else
+            kvt__async_take(c, r); /* a submitted item's answer, or a late one */
+        kvtier__response__free_unpacked(r, NULL);
+        r = NULL;
+    }
+    return rc;
+}
+
+int kvt__cl_get_placed(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                       uint32_t variant, Kvtier__GetReq *gr, void *buf, size_t cap,
+                       Kvtier__Response **out)
+{
+    *out = NULL;
+    int rc = kvt__cl_ensure_session(c);
+    uint32_t ns_id = 0;
+    if (!rc)
+        rc = kvt__cl_ns_id(c, ns, &ns_id);
+    if (rc)
+        return rc;
+    uint64_t deadline = kvt_now_ms() + c->timeout_ms, off = 0, stage = UINT64_MAX;
+    if (!kvt__cl_in_arena(c, buf, cap, &off)) {
+        if (kvt__cl_stage_alloc(c, cap, &stage, deadline))
+            return KVT_E_NOMEM;
+        off = stage;
+    }
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = key->lo;
+    k.hi = key->hi;
+    k.variant = variant;
+    gr->ns = ns_id;
+    gr->key = &k;
+    gr->offset = off;
+    gr->capacity = cap;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.op_case = KVTIER__REQUEST__OP_GET;
+    req.get = gr;
+    req.id = ++c->next_id;
+    Kvtier__Response *r = NULL;
+    rc = kvt__cl_await(c, &req, deadline, cap, &r);
+    if (rc) {
+        /* The daemon may still write the staging buffer: it goes with the socket. */
+        if (stage != UINT64_MAX)
+            c->pending_off[c->n_pending++] = stage;
+        kvt__cl_drop(c, rc);
+        return rc;
+    }
+    rc = r->status;
+    if (r->result_case != KVTIER__RESPONSE__RESULT_GET) {
+        if (!rc)
+            rc = KVT_E_PROTO;
+    } else if (!rc && r->get->length > cap) {
+        rc = KVT_E_PROTO;
+    } else if (!rc && stage != UINT64_MAX) {
+        memcpy(buf, c->arena + stage, r->get->length);
+    }
+    if (stage != UINT64_MAX)
+        kvt_arena_alloc_put(&c->alloc, stage);
+    *out = r;
+    return rc;
+}
+
 /* variants: n entries, or NULL for variant 0 throughout. */
 Kvtier__Key **kvt__cl_keys_to_proto(const struct kvt_key *keys, const uint32_t *variants, size_t n,
                                     Kvtier__Key **store)

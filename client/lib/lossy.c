@@ -20,65 +20,16 @@ int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, u
         *tier_out = KVT_TIER_NONE;
     if (!c || !key || !buf || !cap)
         return KVT_E_INVAL;
-    int rc = kvt__cl_ensure_session(c);
-    uint32_t ns_id = 0;
-    if (!rc)
-        rc = kvt__cl_ns_id(c, ns, &ns_id);
-    if (rc)
-        return rc;
-    uint64_t deadline = kvt_now_ms() + c->timeout_ms, off = 0, stage = UINT64_MAX;
     /* Never inline: the block goes to the caller's arena buffer or a staging buffer. */
-    if (!kvt__cl_in_arena(c, buf, cap, &off)) {
-        if (kvt__cl_stage_alloc(c, cap, &stage, deadline))
-            return KVT_E_NOMEM;
-        off = stage;
-    }
-    Kvtier__Key k = KVTIER__KEY__INIT;
-    k.lo = key->lo;
-    k.hi = key->hi;
-    k.variant = variant;
     Kvtier__GetReq gr = KVTIER__GET_REQ__INIT;
-    gr.ns = ns_id;
-    gr.key = &k;
-    gr.offset = off;
-    gr.capacity = cap;
     gr.stored_form = 1;
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    req.op_case = KVTIER__REQUEST__OP_GET;
-    req.get = &gr;
-    req.id = ++c->next_id;
     Kvtier__Response *r = NULL;
-    rc = kvt__cl_queue(c, &req, deadline);
-    if (!rc)
-        rc = kvt__cl_flush(c, deadline);
-    while (!rc) {
-        rc = kvt__cl_recv(c, &r, deadline, cap);
-        if (rc || r->id == req.id)
-            break;
-        if (r->id == 0 && r->status)
-            rc = r->status;
-        else
-            kvt__async_take(c, r); /* a submitted item's answer, or a late one */
-        kvtier__response__free_unpacked(r, NULL);
-        r = NULL;
-    }
-    if (rc) {
-        /* The daemon may still write the staging buffer: it goes with the socket. */
-        if (stage != UINT64_MAX)
-            c->pending_off[c->n_pending++] = stage;
-        kvt__cl_drop(c, rc);
-        return rc;
-    }
-    rc = r->status;
-    if (!rc && r->result_case != KVTIER__RESPONSE__RESULT_GET)
+    int rc = kvt__cl_get_placed(c, ns, key, variant, &gr, buf, cap, &r);
+    if (!rc && r->get->form > KVT_FORM_CLUSTER)
         rc = KVT_E_PROTO;
-    if (!rc && (r->get->length > cap || r->get->form > KVT_FORM_CLUSTER))
-        rc = KVT_E_PROTO;
-    if (rc == KVT_E_SMALLBUF && len_out && r->result_case == KVTIER__RESPONSE__RESULT_GET)
+    if (rc == KVT_E_SMALLBUF && len_out && r && r->result_case == KVTIER__RESPONSE__RESULT_GET)
         *len_out = r->get->length; /* the capacity needed */
     if (!rc) {
-        if (stage != UINT64_MAX)
-            memcpy(buf, c->arena + stage, r->get->length);
         if (len_out)
             *len_out = r->get->length;
         if (form_out)
@@ -86,9 +37,8 @@ int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, u
         if (tier_out)
             *tier_out = (enum kvt_tier_id)r->get->tier;
     }
-    if (stage != UINT64_MAX)
-        kvt_arena_alloc_put(&c->alloc, stage);
-    kvtier__response__free_unpacked(r, NULL);
+    if (r)
+        kvtier__response__free_unpacked(r, NULL);
     return rc;
 }
 
@@ -115,20 +65,7 @@ int kvt_put_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key, u
     m.pr.form = (uint32_t)form; /* the daemon validates it */
     x.bytes = len;
     Kvtier__Response *r = NULL;
-    rc = kvt__cl_queue(c, &req, deadline);
-    if (!rc)
-        rc = kvt__cl_flush(c, deadline);
-    while (!rc) {
-        rc = kvt__cl_recv(c, &r, deadline, len);
-        if (rc || r->id == x.req_id)
-            break;
-        if (r->id == 0 && r->status)
-            rc = r->status;
-        else
-            kvt__async_take(c, r); /* a submitted item's answer, or a late one */
-        kvtier__response__free_unpacked(r, NULL);
-        r = NULL;
-    }
+    rc = kvt__cl_await(c, &req, deadline, len, &r);
     if (rc) {
         /* The daemon may still read the staging buffer: it goes with the socket. */
         if (x.stage_off != UINT64_MAX)

@@ -163,70 +163,20 @@ int kvt_get_rotated(struct kvt_client *c, uint32_t ns, const struct kvt_key *key
         *tier_out = KVT_TIER_NONE;
     if (!c || !key || !buf || !cap)
         return KVT_E_INVAL;
-    int rc = kvt__cl_ensure_session(c);
-    uint32_t ns_id = 0;
-    if (!rc)
-        rc = kvt__cl_ns_id(c, ns, &ns_id);
-    if (rc)
-        return rc;
-    uint64_t deadline = kvt_now_ms() + c->timeout_ms, off = 0, stage = UINT64_MAX;
     /* Never inline: the daemon rotates at the destination, the caller's arena buffer or a
      * staging buffer. */
-    if (!kvt__cl_in_arena(c, buf, cap, &off)) {
-        if (kvt__cl_stage_alloc(c, cap, &stage, deadline))
-            return KVT_E_NOMEM;
-        off = stage;
-    }
-    Kvtier__Key k = KVTIER__KEY__INIT;
-    k.lo = key->lo;
-    k.hi = key->hi;
-    k.variant = variant;
     Kvtier__GetReq gr = KVTIER__GET_REQ__INIT;
-    gr.ns = ns_id;
-    gr.key = &k;
-    gr.offset = off;
-    gr.capacity = cap;
     gr.rotate = 1;
     gr.rotate_to = new_start;
-    Kvtier__Request req = KVTIER__REQUEST__INIT;
-    req.op_case = KVTIER__REQUEST__OP_GET;
-    req.get = &gr;
-    req.id = ++c->next_id;
     Kvtier__Response *r = NULL;
-    rc = kvt__cl_queue(c, &req, deadline);
-    if (!rc)
-        rc = kvt__cl_flush(c, deadline);
-    while (!rc) {
-        rc = kvt__cl_recv(c, &r, deadline, cap);
-        if (rc || r->id == req.id)
-            break;
-        if (r->id == 0 && r->status)
-            rc = r->status;
-        else
-            kvt__async_take(c, r); /* a submitted item's answer, or a late one */
-        kvtier__response__free_unpacked(r, NULL);
-        r = NULL;
-    }
-    if (rc) {
-        /* The daemon may still write the staging buffer: it goes with the socket. */
-        if (stage != UINT64_MAX)
-            c->pending_off[c->n_pending++] = stage;
-        kvt__cl_drop(c, rc);
-        return rc;
-    }
-    rc = r->status;
-    if (!rc && (r->result_case != KVTIER__RESPONSE__RESULT_GET || r->get->length > cap))
-        rc = KVT_E_PROTO;
+    int rc = kvt__cl_get_placed(c, ns, key, variant, &gr, buf, cap, &r);
     if (!rc) {
-        if (stage != UINT64_MAX)
-            memcpy(buf, c->arena + stage, r->get->length);
         if (len_out)
             *len_out = r->get->length;
         if (tier_out)
             *tier_out = (enum kvt_tier_id)r->get->tier;
     }
-    if (stage != UINT64_MAX)
-        kvt_arena_alloc_put(&c->alloc, stage);
-    kvtier__response__free_unpacked(r, NULL);
+    if (r)
+        kvtier__response__free_unpacked(r, NULL);
     return rc;
 }

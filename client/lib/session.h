@@ -136,6 +136,20 @@ int kvt__cl_session_fail(struct kvt_client *c, int rc);
 /* One request, its answer (*out, free with kvtier__response__free_unpacked) within the timeout;
  * a session error drops the socket. */
 int kvt__cl_call(struct kvt_client *c, Kvtier__Request *req, Kvtier__Response **out);
+/* Queues and sends req (its id already set) and reads answers until the one with its id (*out,
+ * free it), completing submitted items whose answers come first. An error is a session error:
+ * the caller drops the socket (kvt__cl_drop) after keeping what the daemon may still touch. */
+int kvt__cl_await(struct kvt_client *c, Kvtier__Request *req, uint64_t deadline_ms,
+                  uint64_t bulk_bytes, Kvtier__Response **out);
+/* A Get of (ns, key, variant) with the options already in *gr (rotate, stored_form...) whose
+ * bytes go to buf (cap bytes): written in place when buf is in the arena, else through a staging
+ * buffer copied into buf; never inline. Returns the answer's status (KVT_E_PROTO for an answer
+ * that is no Get or longer than cap) or a session error (the socket dropped, *out NULL). *out,
+ * when set, is the answer (free it): on 0 its bytes are in buf; on KVT_E_SMALLBUF its length is
+ * what buf needs. */
+int kvt__cl_get_placed(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                       uint32_t variant, Kvtier__GetReq *gr, void *buf, size_t cap,
+                       Kvtier__Response **out);
 /* Protobuf keys for keys[0..n) (variants NULL: 0): returns the pointer array, *store the keys;
  * free both. NULL when out of memory. */
 Kvtier__Key **kvt__cl_keys_to_proto(const struct kvt_key *keys, const uint32_t *variants, size_t n,
