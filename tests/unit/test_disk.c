@@ -1087,9 +1087,10 @@ static void write_200_small_ckpt(struct kvt_disk *d)
         if (write_sync(d, k) != 0)
             _exit(3);
     /* Checkpoints run on the store's thread: on a loaded machine some may still be running when
-     * the writes are done (bounded wait). */
+     * the writes are done (bounded wait: 30 s, for a machine running other jobs on every core;
+     * 5 s was once too short beside three other test runs). */
     kvt_disk_stats(d, &st);
-    for (int i = 0; i < 500 && st.checkpoints < 10; i++) {
+    for (int i = 0; i < 3000 && st.checkpoints < 10; i++) {
         usleep(10 * 1000);
         kvt_disk_poll(d);
         kvt_disk_stats(d, &st);
