@@ -466,6 +466,20 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
     size_t n_pass = opts->quick ? 6 : 16, n_req = opts->quick ? 3 : 16;
     size_t k_max = opts->quick ? 3 : 5, trials = opts->quick ? 1 : 4;
     size_t cont = opts->quick ? 8 : 32;
+    for (int i = 0; i < opts->argc; i++) { /* --trials N: passkey trials per trace */
+        const char *a = opts->argv[i], *v = NULL;
+        if (!strncmp(a, "--trials=", 9))
+            v = a + 9;
+        else if (!strcmp(a, "--trials") && i + 1 < opts->argc)
+            v = opts->argv[++i];
+        char *end = NULL;
+        unsigned long x = v ? strtoul(v, &end, 10) : 0;
+        if (!v || *end || x == 0 || x > 64) {
+            fprintf(stderr, "kvtier-bench reuse: the option is --trials N (1 .. 64), not %s\n", a);
+            return KVT_BENCH_USAGE;
+        }
+        trials = x;
+    }
     const char *why = NULL;
     static struct bench b;
     memset(&b, 0, sizeof(b));
