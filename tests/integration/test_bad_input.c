@@ -534,6 +534,92 @@ static void test_reuse_and_hold_frames(void **state)
     assert_daemon_healthy();
 }
 
+/* Lossy frames on a namespace registered without allow_lossy: a Put asking for a form (a known
+ * one, an unknown one, the clustered form) is refused and stores nothing, and so is a Get of the
+ * stored form, even of a chunk that is there. A ChunkLookup budget of any size is answered. */
+static void test_lossy_and_budget_frames(void **state)
+{
+    (void)state;
+    uint8_t *arena = NULL;
+    uint32_t ns = 0;
+    int fd = raw_session(1 << 20, &arena, &ns, NULL);
+    kvt_test_fill(arena, CHUNK_BYTES, 77);
+    uint64_t id = 300;
+    const uint32_t forms[] = {1, 2, 3, 99, 0xffffffffu};
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        Kvtier__Request req = KVTIER__REQUEST__INIT;
+        Kvtier__PutReq p = KVTIER__PUT_REQ__INIT;
+        Kvtier__Key k = KVTIER__KEY__INIT;
+        Kvtier__Checksum ck = KVTIER__CHECKSUM__INIT;
+        ck.value = kvt_payload_checksum(arena, CHUNK_BYTES);
+        k.lo = 0x1055 + i;
+        p.ns = ns;
+        p.key = &k;
+        p.length = CHUNK_BYTES;
+        p.checksum = &ck;
+        p.form = forms[i];
+        req.id = ++id;
+        req.op_case = KVTIER__REQUEST__OP_PUT;
+        req.put = &p;
+        send_request(fd, &req);
+        int st = expect_status(fd, id);
+        assert_true(st == KVT_E_LOSSY || st == KVT_E_INVAL);
+        /* Nothing was stored under that key. */
+        Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
+        g.ns = ns;
+        g.key = &k;
+        g.capacity = CHUNK_BYTES;
+        g.offset = 2 * CHUNK_BYTES;
+        req = (Kvtier__Request)KVTIER__REQUEST__INIT;
+        req.id = ++id;
+        req.op_case = KVTIER__REQUEST__OP_GET;
+        req.get = &g;
+        send_request(fd, &req);
+        assert_int_equal(expect_status(fd, id), KVT_E_NOTFOUND);
+    }
+    /* A plain chunk there, read as stored: refused too, the destination untouched. */
+    assert_int_equal(put_status(fd, ++id, ns, arena, 0, CHUNK_BYTES, 0), 0);
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = id * 1000 + 1;
+    k.hi = 99;
+    Kvtier__GetReq g = KVTIER__GET_REQ__INIT;
+    g.ns = ns;
+    g.key = &k;
+    g.capacity = CHUNK_BYTES;
+    g.offset = 2 * CHUNK_BYTES;
+    g.stored_form = 1;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = ++id;
+    req.op_case = KVTIER__REQUEST__OP_GET;
+    req.get = &g;
+    memset(arena + 2 * CHUNK_BYTES, 0x3c, CHUNK_BYTES);
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, id), KVT_E_LOSSY);
+    for (size_t i = 0; i < CHUNK_BYTES; i++)
+        assert_int_equal(arena[2 * CHUNK_BYTES + i], 0x3c);
+    /* ChunkLookup budgets: none, tiny, the largest. */
+    const uint32_t budgets[] = {0, 1, 0xffffffffu};
+    Kvtier__Key *kp[1] = {&k};
+    uint64_t pos[1] = {0};
+    for (size_t i = 0; i < 3; i++) {
+        Kvtier__ChunkLookupReq cl = KVTIER__CHUNK_LOOKUP_REQ__INIT;
+        cl.ns = ns;
+        cl.n_passages = 1;
+        cl.passages = kp;
+        cl.n_start_pos = 1;
+        cl.start_pos = pos;
+        cl.recompute_budget_per_passage = budgets[i];
+        req = (Kvtier__Request)KVTIER__REQUEST__INIT;
+        req.id = ++id;
+        req.op_case = KVTIER__REQUEST__OP_CHUNK_LOOKUP;
+        req.chunk_lookup = &cl;
+        send_request(fd, &req);
+        assert_int_equal(expect_status(fd, id), 0);
+    }
+    close(fd);
+    assert_daemon_healthy();
+}
+
 static void test_get_missing_key(void **state)
 {
     (void)state;
@@ -1370,6 +1456,7 @@ int main(void)
         cmocka_unit_test_setup(test_cpu_quota_per_tenant, use_shared_daemon),
         cmocka_unit_test_setup(test_objects_quota_per_tenant, use_shared_daemon),
         cmocka_unit_test_setup(test_reuse_and_hold_frames, use_shared_daemon),
+        cmocka_unit_test_setup(test_lossy_and_budget_frames, use_shared_daemon),
         cmocka_unit_test_setup(test_max_clients_checked_against_nofile, use_shared_daemon),
         cmocka_unit_test_setup(test_sighup_reloads_config, use_shared_daemon),
         cmocka_unit_test_setup(test_hugetlb_and_file_arenas_refused, use_shared_daemon),
