@@ -128,7 +128,8 @@ int main(int argc, char **argv)
          "recomputed, TTFT, KL, passkey), LRU vs cost eviction",
          "trace (the RAG trace through every arm), passkey (the two passkey traces), evict (the "
          "LRU against cost-aware replay)",
-         "--trials N (passkey trials per trace; 4, quick 1)"},
+         "--trials N (passkey trials per trace; 4, quick 1), --requests N (16, quick 3), "
+         "--passages N (16, quick 6)"},
         {"evict", kvt_bench_evict,
          "reuse: LRU vs cost-aware eviction under a DRAM limit on a RAG passage trace", NULL, NULL},
         {"lossy", kvt_bench_lossy,

@@ -466,19 +466,30 @@ int kvt_bench_reuse(const struct kvt_bench_opts *opts, struct kvt_bench_report *
     size_t n_pass = opts->quick ? 6 : 16, n_req = opts->quick ? 3 : 16;
     size_t k_max = opts->quick ? 3 : 5, trials = opts->quick ? 1 : 4;
     size_t cont = opts->quick ? 8 : 32;
-    for (int i = 0; i < opts->argc; i++) { /* --trials N: passkey trials per trace */
+    for (int i = 0; i < opts->argc; i++) { /* --trials N, --requests N, --passages N */
         const char *a = opts->argv[i], *v = NULL;
-        if (!strncmp(a, "--trials=", 9))
-            v = a + 9;
-        else if (!strcmp(a, "--trials") && i + 1 < opts->argc)
-            v = opts->argv[++i];
+        size_t *dst = NULL;
+        static const struct {
+            const char *name;
+            size_t len;
+        } names[] = {{"--trials", 8}, {"--requests", 10}, {"--passages", 10}};
+        size_t *dsts[] = {&trials, &n_req, &n_pass};
+        for (size_t j = 0; j < 3 && !dst; j++) {
+            if (!strncmp(a, names[j].name, names[j].len) && a[names[j].len] == '=')
+                v = a + names[j].len + 1, dst = dsts[j];
+            else if (!strcmp(a, names[j].name) && i + 1 < opts->argc)
+                v = opts->argv[++i], dst = dsts[j];
+        }
         char *end = NULL;
         unsigned long x = v ? strtoul(v, &end, 10) : 0;
-        if (!v || *end || x == 0 || x > 64) {
-            fprintf(stderr, "kvtier-bench reuse: the option is --trials N (1 .. 64), not %s\n", a);
+        if (!dst || *end || x == 0 || x > 256) {
+            fprintf(stderr,
+                    "kvtier-bench reuse: options are --trials N, --requests N and --passages N "
+                    "(1 .. 256), not %s\n",
+                    a);
             return KVT_BENCH_USAGE;
         }
-        trials = x;
+        *dst = x;
     }
     const char *why = NULL;
     static struct bench b;
