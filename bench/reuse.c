@@ -391,6 +391,12 @@ static void report(const struct bench *b, struct kvt_bench_report *r, size_t n_r
                         (kb->kl_sum / (double)kb->kl_n) / (st->kl_sum / (double)st->kl_n));
     if (st->computed > 0)
         kvt_bench_ratio(r, "budget32_recompute_vs_static32_ratio", kb->computed / st->computed);
+    if (b->arms[A_PREFIX].computed > 0)
+        kvt_bench_ratio(r, "budget32_recompute_vs_prefix_ratio",
+                        kb->computed / b->arms[A_PREFIX].computed);
+    if (b->arms[A_FULL].prefill_ms > 0)
+        kvt_bench_ratio(r, "budget32_ttft_vs_full_prefill_ratio",
+                        kb->prefill_ms / b->arms[A_FULL].prefill_ms);
 }
 
 static int setup_bench(struct bench *b, const struct kvt_test_daemon *d, const char **why)
