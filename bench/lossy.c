@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/util.h"
 #include "kernels/cluster.h"
 #include "kernels/half.h"
 #include "kernels/kernels.h"
@@ -290,32 +291,6 @@ struct lossy_arm {
     double kl_mean, kl_p99, top1, ratio, ms, resident_ms, ppl, resident_ppl, pk_acc, pk_logp;
 };
 
-/* The first numeric field "key": of a JSON text (the top-level ones come first). */
-static int json_num(const char *text, const char *key, double *out)
-{
-    char pat[80];
-    snprintf(pat, sizeof(pat), "\"%s\":", key);
-    const char *p = strstr(text, pat);
-    if (!p)
-        return -1;
-    char *end;
-    *out = strtod(p + strlen(pat), &end);
-    return end == p + strlen(pat) ? -1 : 0;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (buf)
-        buf[n] = 0;
-    return buf;
-}
-
 struct decode_sizes {
     unsigned tokens, decode, pk_tokens, trials;
 };
@@ -333,15 +308,17 @@ static int run_eval(const struct kvt_bench_opts *opts, const char *text,
                        z->decode);
     if (system(cmd) != 0)
         return -1;
-    char *t = slurp(json);
+    char *t = kvt_bench_slurp(json);
     if (!t)
         return -1;
-    int bad = json_num(t, "kl_mean", &a->kl_mean) | json_num(t, "kl_p99", &a->kl_p99) |
-              json_num(t, "top1_agreement_with_resident", &a->top1) |
-              json_num(t, "kv_bytes_kept_ratio", &a->ratio) | json_num(t, "ms_per_token", &a->ms) |
-              json_num(t, "resident_ms_per_token", &a->resident_ms) |
-              json_num(t, "perplexity", &a->ppl) |
-              json_num(t, "resident_perplexity", &a->resident_ppl);
+    int bad = kvt_bench_json_num(t, NULL, "kl_mean", &a->kl_mean) |
+              kvt_bench_json_num(t, NULL, "kl_p99", &a->kl_p99) |
+              kvt_bench_json_num(t, NULL, "top1_agreement_with_resident", &a->top1) |
+              kvt_bench_json_num(t, NULL, "kv_bytes_kept_ratio", &a->ratio) |
+              kvt_bench_json_num(t, NULL, "ms_per_token", &a->ms) |
+              kvt_bench_json_num(t, NULL, "resident_ms_per_token", &a->resident_ms) |
+              kvt_bench_json_num(t, NULL, "perplexity", &a->ppl) |
+              kvt_bench_json_num(t, NULL, "resident_perplexity", &a->resident_ppl);
     free(t);
     a->ok = !bad;
     return bad ? -1 : 0;
@@ -360,10 +337,11 @@ static int run_passkey(const struct kvt_bench_opts *opts, const struct decode_si
                        z->trials);
     if (system(cmd) != 0)
         return -1;
-    char *t = slurp(json);
+    char *t = kvt_bench_slurp(json);
     if (!t)
         return -1;
-    int bad = json_num(t, "accuracy", &a->pk_acc) | json_num(t, "mean_key_logprob", &a->pk_logp);
+    int bad = kvt_bench_json_num(t, NULL, "accuracy", &a->pk_acc) |
+              kvt_bench_json_num(t, NULL, "mean_key_logprob", &a->pk_logp);
     free(t);
     a->pk_ok = !bad;
     return bad ? -1 : 0;

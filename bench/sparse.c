@@ -23,38 +23,11 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/util.h"
 #include "tests/lib/daemon.h"
 
 #define MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define KV_BYTES_PER_TOKEN 23040.0 /* SmolLM2-135M: 30 layers x 2 x 3 heads x 64 x fp16 */
-
-/* A top-level (or first) numeric field "key": value of a JSON text, after `after` when given. */
-static int json_num(const char *text, const char *after, const char *key, double *out)
-{
-    const char *p = text;
-    if (after && !(p = strstr(text, after)))
-        return -1;
-    char pat[80];
-    snprintf(pat, sizeof(pat), "\"%s\":", key);
-    if (!(p = strstr(p, pat)))
-        return -1;
-    char *end;
-    *out = strtod(p + strlen(pat), &end);
-    return end == p + strlen(pat) ? -1 : 0;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (buf)
-        buf[n] = 0;
-    return buf;
-}
 
 struct arm {
     const char *label;
@@ -80,17 +53,18 @@ static int run_arm(const struct kvt_bench_opts *opts, const char *text, const ch
                        decode);
     if (system(cmd) != 0)
         return -1;
-    char *t = slurp(json);
+    char *t = kvt_bench_slurp(json);
     if (!t)
         return -1;
-    int bad = json_num(t, NULL, "kl_mean", &a->kl_mean) | json_num(t, NULL, "kl_p99", &a->kl_p99) |
-              json_num(t, NULL, "top1_agreement_with_resident", &a->top1) |
-              json_num(t, NULL, "ms_per_token", &a->ms) |
-              json_num(t, NULL, "resident_ms_per_token", &a->resident_ms) |
-              json_num(t, NULL, "perplexity", &a->ppl) |
-              json_num(t, NULL, "resident_perplexity", &a->resident_ppl) |
-              json_num(t, "\"kv_bytes_per_token\"", "disk", &a->disk_bytes) |
-              json_num(t, "\"kv_bytes_per_token\"", "fetched", &a->fetched_bytes);
+    int bad = kvt_bench_json_num(t, NULL, "kl_mean", &a->kl_mean) |
+              kvt_bench_json_num(t, NULL, "kl_p99", &a->kl_p99) |
+              kvt_bench_json_num(t, NULL, "top1_agreement_with_resident", &a->top1) |
+              kvt_bench_json_num(t, NULL, "ms_per_token", &a->ms) |
+              kvt_bench_json_num(t, NULL, "resident_ms_per_token", &a->resident_ms) |
+              kvt_bench_json_num(t, NULL, "perplexity", &a->ppl) |
+              kvt_bench_json_num(t, NULL, "resident_perplexity", &a->resident_ppl) |
+              kvt_bench_json_num(t, "\"kv_bytes_per_token\"", "disk", &a->disk_bytes) |
+              kvt_bench_json_num(t, "\"kv_bytes_per_token\"", "fetched", &a->fetched_bytes);
     free(t);
     a->ok = !bad;
     return bad ? -1 : 0;

@@ -141,3 +141,30 @@ int kvt_bench_part(const struct kvt_bench_opts *opts, const char *part)
     }
     return 0;
 }
+
+int kvt_bench_json_num(const char *text, const char *after, const char *key, double *out)
+{
+    const char *p = text;
+    if (after && !(p = strstr(text, after)))
+        return -1;
+    char pat[80];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    if (!(p = strstr(p, pat)))
+        return -1;
+    char *end;
+    *out = strtod(p + strlen(pat), &end);
+    return end == p + strlen(pat) ? -1 : 0;
+}
+
+char *kvt_bench_slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf)
+        buf[n] = 0;
+    return buf;
+}

@@ -24,6 +24,11 @@ double kvt_bench_percentile(double *v, size_t n, double p);
  * is compared with. */
 double kvt_bench_memcpy_gbps(size_t bytes, int iters, int n_src, int n_dst);
 
+/* The first numeric field "key": of a JSON text (top-level fields come first), searched after the
+ * first occurrence of `after` when it is not NULL. 0, or -1 when absent or not a number. */
+int kvt_bench_json_num(const char *text, const char *after, const char *key, double *out);
+/* The first MiB of a file, NUL-terminated (malloc'd: free it), or NULL. */
+char *kvt_bench_slurp(const char *path);
 /* Fills a buffer with non-trivial bytes. */
 void kvt_bench_fill(void *buf, size_t n, uint32_t seed);
 
