@@ -150,11 +150,17 @@ struct kvt_eng_select_config {
     double top_p;  /* fraction of the estimated attention mass in (0, 1]; 0: not given */
     enum kvt_eng_span_policy spans;
     int prefetch; /* sparse: read the next layer's spans ahead (kv_prefetch.h); off by default */
+    /* sparse: the best unselected spans (at most KVT_ENG_ESTIMATES_MAX) a step also attends to
+     * through their abstract's means, as one entry of weight n_tokens each (RetroInfer's
+     * estimate: logit q.mean_k + log n, value mean_v); 0: none, unselected spans are dropped */
+    uint32_t estimates;
 };
+#define KVT_ENG_ESTIMATES_MAX 4096
 
 static inline int kvt_eng_select_config_is_set(const struct kvt_eng_select_config *c)
 {
-    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT || c->prefetch;
+    return c->budget != 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT ||
+           c->prefetch || c->estimates;
 }
 
 int kvt_eng_kv_resident_create(const struct kvt_eng_kv_geom *geom, struct kvt_eng_kv **out);

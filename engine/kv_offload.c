@@ -19,6 +19,12 @@
  * only those rows (kvt_select_fetch: DRAM where resident, range reads from disk otherwise) into
  * that layer's region of the fetch area; the query attends to them and to the local tail.
  * Batches (prefill) decline the selection and attend to everything, fetched as in offload.
+ *
+ * With estimates (kvt_eng_select_config.estimates, RetroInfer), the Select also returns the best
+ * unselected spans with their abstract's mean key and mean value per KV head; each becomes one
+ * entry of the layer's attention, placed at its span's first position (which no selected run
+ * covers), with the bias log(n_tokens): it weighs as much as n_tokens keys equal to the mean,
+ * so the query's attention mass to that span is estimated from its centroid instead of dropped.
  */
 #include <errno.h>
 #include <math.h>
@@ -65,6 +71,14 @@ struct kv_offload {
     struct kvt_item *run_items;  /* the runs the prefetch did not bring */
     struct kvt_eng_prefetch *pf; /* NULL: every run read when its layer asks */
     uint64_t step;               /* decode steps so far: the prefetch's generation */
+    /* Estimates (sel.estimates of them): Select's answer, their means, and the entries built
+     * from them for one layer's step (est_rows: rows; est_bias: log n per KV head). */
+    struct kvt_span_est *est;
+    uint16_t *est_means;
+    size_t est_means_cap;
+    uint16_t *est_rows;
+    float *est_bias;
+    struct kvt_eng_kv_span *est_spans;
 };
 
 /* Tokens of the stored context a sparse step always keeps besides the local tail: with the tail
@@ -324,7 +338,62 @@ static struct kvt_select_req sparse_req(const struct kv_offload *o, uint32_t lay
         double want = ceil(o->sel.budget * (double)total);
         req.budget_tokens = want > (double)tail ? (uint32_t)(want - (double)tail) : 1;
     }
+    if (layer >= SPARSE_DENSE_LAYERS && o->sel.estimates) {
+        req.n_estimates = o->sel.estimates;
+        req.est = o->est;
+        req.est_means = o->est_means;
+        req.est_means_cap = o->est_means_cap;
+    }
     return req;
+}
+
+static int est_by_pos(const void *a, const void *b)
+{
+    const struct kvt_eng_kv_span *x = a, *y = b;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* Turns Select's n estimates into one-entry spans (o->est_spans, in position order), dropping any
+ * whose position a selected run covers (a span the recent window cut into); then merges them into
+ * the runs' spans out[0..*ns) (position order, capacity max). */
+static int add_estimates(struct kv_offload *o, size_t n, struct kvt_eng_kv_span *out, size_t *ns,
+                         size_t max)
+{
+    const struct kvt_eng_kv_geom *g = &o->base.geom;
+    size_t hd = g->head_dim, kvh = g->n_head_kv, kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct kvt_span_est *e = &o->est[i];
+        size_t pos = (size_t)e->chunk * o->C + e->token_first;
+        int covered = e->n_tokens == 0 || pos >= o->tail_start;
+        for (size_t s = 0; s < *ns && !covered; s++)
+            covered = out[s].pos <= pos && pos < out[s].pos + out[s].n_tokens;
+        if (covered)
+            continue;
+        uint16_t *row = o->est_rows + kept * o->row_halfs;
+        for (size_t h = 0; h < kvh; h++) {
+            memcpy(row + h * hd, e->means + h * 2 * hd, hd * sizeof(uint16_t));
+            memcpy(row + (kvh + h) * hd, e->means + h * 2 * hd + hd, hd * sizeof(uint16_t));
+            o->est_bias[kept * kvh + h] = logf((float)e->n_tokens);
+        }
+        o->est_spans[kept] = (struct kvt_eng_kv_span){
+            .rows = row, .pos = pos, .n_tokens = 1, .bias = o->est_bias + kept * kvh};
+        kept++;
+    }
+    if (!kept)
+        return 0;
+    if (*ns + kept > max)
+        return -ENOSPC;
+    qsort(o->est_spans, kept, sizeof(*o->est_spans), est_by_pos);
+    /* Merge from the back, in place. */
+    size_t a = *ns, b = kept, w = *ns + kept;
+    while (b > 0) {
+        if (a > 0 && out[a - 1].pos > o->est_spans[b - 1].pos)
+            out[--w] = out[--a];
+        else
+            out[--w] = o->est_spans[--b];
+    }
+    *ns += kept;
+    return 0;
 }
 
 /* The selection of a sparse decode step: Select for this layer's query, then its rows — from the
@@ -393,6 +462,8 @@ static int sparse_select(struct kvt_eng_kv *kv, uint32_t layer, const struct kvt
         kv->stats.fetch_ns += now_ns() - t0;
         if (rc)
             return rc;
+        if (info.n_estimates && (rc = add_estimates(o, info.n_estimates, out, &ns, max)))
+            return rc;
     }
     if (ns >= max)
         return -ENOSPC;
@@ -420,6 +491,11 @@ static void off_destroy(struct kvt_eng_kv *kv)
     free(o->starts);
     free(o->runs);
     free(o->run_items);
+    free(o->est);
+    free(o->est_means);
+    free(o->est_rows);
+    free(o->est_bias);
+    free(o->est_spans);
     free(o);
 }
 
@@ -474,6 +550,20 @@ static int create(const struct kvt_eng_kv_geom *geom, const struct kvt_eng_offlo
         o->starts = calloc(o->max_chunks, sizeof(*o->starts));
         o->runs = calloc(o->max_runs, sizeof(*o->runs));
         o->run_items = calloc(o->max_runs, sizeof(*o->run_items));
+        if (sel->estimates) {
+            size_t ne = sel->estimates;
+            o->base.spans_max += ne;
+            o->est_means_cap = ne * o->row_halfs;
+            o->est = calloc(ne, sizeof(*o->est));
+            o->est_means = calloc(o->est_means_cap, sizeof(*o->est_means));
+            o->est_rows = calloc(ne * o->row_halfs, sizeof(*o->est_rows));
+            o->est_bias = calloc(ne * geom->n_head_kv, sizeof(*o->est_bias));
+            o->est_spans = calloc(ne, sizeof(*o->est_spans));
+            if (!o->est || !o->est_means || !o->est_rows || !o->est_bias || !o->est_spans) {
+                rc = -ENOMEM;
+                goto err_free;
+            }
+        }
     }
     if (!o->keys || !o->items || !o->tail || (sel && (!o->starts || !o->runs || !o->run_items))) {
         rc = -ENOMEM;
@@ -548,6 +638,11 @@ err_free:
     free(o->starts);
     free(o->runs);
     free(o->run_items);
+    free(o->est);
+    free(o->est_means);
+    free(o->est_rows);
+    free(o->est_bias);
+    free(o->est_spans);
     free(o);
     return rc;
 }

@@ -5,6 +5,7 @@
  *                 [--socket S] [--temp T --top-k K --top-p P --seed S] [--raw]
  *   kvtier-engine eval --model M --text FILE --mode MODE --json OUT [--tokens N] [--socket S]
  *                 [--decode-from N] [--budget F] [--top-p P] [--spans fixed|variable]
+ *                 [--estimates N]
  *                 [--bits 8|4 --group G --kivi --ratio F --window C --sinks N --recent N]
  *   kvtier-engine passkey --model M --mode MODE --tokens N --trials K --json OUT [--seed S]
  *   kvtier-engine rag --model M --passage FILE [--passage FILE ...] --prompt Q [--policy P]
@@ -16,7 +17,8 @@
  * BOS (like llama.cpp for this model) and, for a mode other than resident, also runs resident in
  * the same process to report top-1 agreement and whether the logits are bit-identical. With
  * --decode-from it scores one token at a time against resident (fidelity.h); passkey runs the
- * retention test (passkey.h). --budget, --top-p and --spans configure a selecting mode (in
+ * retention test (passkey.h). --budget, --top-p, --spans and --estimates configure a selecting
+ * mode (in
  * generate, --top-p is the sampler's). --bits, --group and --kivi configure the quant mode,
  * --ratio and --window the cluster mode, --sinks and --recent both (kv.h, kvt_eng_lossy_config).
  */
@@ -90,6 +92,8 @@ static void usage(FILE *f)
             "modes: " KVT_ENG_MODE_NAMES "\n"
             "selection (eval, passkey; selecting modes only): --prefetch --budget F --top-p P "
             "--spans fixed|variable\n"
+            "        --estimates N (sparse: also attend to the N best unselected spans by their "
+            "means)\n"
             "lossy (quant, cluster): --bits 8|4 --group G --kivi (keys per channel) --ratio F "
             "--window C\n"
             "        --sinks N --recent N (kept fp16; defaults 4 and 128)\n"
@@ -223,6 +227,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (!strcmp(a, "bits") && !parse_size(val, &v) && (v == 8 || v == 4)) {
             o->lossy.bits = (uint32_t)v;
             o->lossy_set = 1;
+        } else if (!strcmp(a, "estimates")) {
+            if (parse_size(val, &v) || v > KVT_ENG_ESTIMATES_MAX) {
+                fprintf(stderr, "kvtier-engine: --estimates must be 0 to %u, not '%s'\n",
+                        KVT_ENG_ESTIMATES_MAX, val);
+                return -EINVAL;
+            }
+            o->select.estimates = (uint32_t)v;
         } else if (!strcmp(a, "group") && !parse_size(val, &v) && v >= 2 && v <= 4096) {
             o->lossy.group = (uint32_t)v;
             o->lossy_set = 1;
@@ -682,8 +693,10 @@ static int eval_decode(const struct opts *o, const struct kvt_eng_model *m,
         first = 0;
     }
     fprintf(f, "\n  },\n");
-    fprintf(f, "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\"},\n",
-            o->select.budget, o->select.top_p, spans_name(o->select.spans));
+    fprintf(f,
+            "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\", "
+            "\"estimates\": %u},\n",
+            o->select.budget, o->select.top_p, spans_name(o->select.spans), o->select.estimates);
     fprintf(f, "  \"fell_back_to_resident\": %s,\n", ev.cur.fell_back ? "true" : "false");
     fprintf(f, "  \"batch\": %zu,\n  \"threads\": %u,\n  \"simd\": \"%s\"\n}\n", o->batch,
             kvt_eng_pool_size(pool), simd);
@@ -986,8 +999,10 @@ static int cmd_passkey(const struct opts *o, const struct kvt_eng_model *m,
     fprintf(f, "  \"accuracy\": %.6f,\n  \"mean_key_logprob\": %.6f,\n",
             (double)correct / (double)K, lp_sum / (double)K);
     fprintf(f, "  \"seconds\": %.1f,\n  \"seconds_per_trial\": %.2f,\n", secs, secs / (double)K);
-    fprintf(f, "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\"},\n",
-            o->select.budget, o->select.top_p, spans_name(o->select.spans));
+    fprintf(f,
+            "  \"select\": {\"budget\": %.6g, \"top_p\": %.6g, \"spans\": \"%s\", "
+            "\"estimates\": %u},\n",
+            o->select.budget, o->select.top_p, spans_name(o->select.spans), o->select.estimates);
     json_lossy(f, o);
     fprintf(f, "  \"per_depth\": [");
     for (size_t i = 0; i < K; i++) {

@@ -71,9 +71,11 @@ static int select_config_ok(enum kvt_eng_mode mode, const struct kvt_eng_select_
     if (mode == KVT_ENG_MODE_SPARSE && (c->budget > 0.0) == (c->top_p > 0.0))
         return 0; /* exactly one of them */
     if ((mode == KVT_ENG_MODE_QUANT || mode == KVT_ENG_MODE_CLUSTER) &&
-        (c->budget <= 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT || c->prefetch))
+        (c->budget <= 0.0 || c->top_p != 0.0 || c->spans != KVT_ENG_SPANS_DEFAULT || c->prefetch ||
+         c->estimates))
         return 0; /* lossy modes: a budget only (kv_lossy.h) */
-    return c->budget >= 0.0 && c->budget <= 1.0 && c->top_p >= 0.0 && c->top_p <= 1.0;
+    return c->budget >= 0.0 && c->budget <= 1.0 && c->top_p >= 0.0 && c->top_p <= 1.0 &&
+           c->estimates <= KVT_ENG_ESTIMATES_MAX;
 }
 
 static int make_kv(struct kvt_eng_session *s, enum kvt_eng_mode mode, struct kvt_eng_kv **out)

@@ -5,7 +5,8 @@
  * budget covering the whole context the logits are bit-identical to the resident mode; with a
  * small budget they differ (the selection is really used), stay close (top-1 agreement), and the
  * rows fetched per token are a fraction of what the offload mode reads; the layer-ahead prefetch
- * is used and changes no bit of the logits.
+ * is used and changes no bit of the logits. Estimates of unselected spans (RetroInfer) change the
+ * logits of a small budget, deterministically, and none of a budget that leaves nothing out.
  */
 #include <errno.h>
 #include <math.h>
@@ -185,6 +186,49 @@ static void test_small_budget_reads_less(void **state)
     free(off);
 }
 
+static void test_estimates(void **state)
+{
+    struct sp_state *st = *state;
+    if (!st)
+        skip();
+    size_t V = st->m->hp.n_vocab, bytes = (size_t)DECODE * V * sizeof(float);
+    float *a = calloc((size_t)DECODE * V, sizeof(float));
+    float *b = calloc((size_t)DECODE * V, sizeof(float));
+    float *none = calloc((size_t)DECODE * V, sizeof(float));
+    /* A budget that leaves nothing out leaves nothing to estimate: still full attention. */
+    struct run r = {.mode = KVT_ENG_MODE_SPARSE, .sel = {.budget = 1.0, .estimates = 64}};
+    run_decode(st, st->d.socket_path, &r, a);
+    assert_int_equal(r.rc, 0);
+    assert_memory_equal(a, st->resident, bytes);
+    /* A small budget: the estimated entries take part (the forward pass checked their spans'
+     * order and causality, or the step would have failed), the same bits twice. */
+    struct run n = {.mode = KVT_ENG_MODE_SPARSE, .sel = {.budget = 0.1}};
+    run_decode(st, st->d.socket_path, &n, none);
+    assert_int_equal(n.rc, 0);
+    struct run e = {.mode = KVT_ENG_MODE_SPARSE,
+                    .sel = {.budget = 0.1, .estimates = KVT_ENG_ESTIMATES_MAX}};
+    run_decode(st, st->d.socket_path, &e, a);
+    assert_int_equal(e.rc, 0);
+    assert_false(e.fell_back);
+    assert_memory_not_equal(a, none, bytes);
+    run_decode(st, st->d.socket_path, &e, b);
+    assert_int_equal(e.rc, 0);
+    assert_memory_equal(a, b, bytes);
+    /* Estimates only add entries: they read no more rows than the selection without them. */
+    assert_int_equal(fetched(&e), fetched(&n));
+    size_t agree_e = 0, agree_n = 0;
+    for (size_t i = 0; i < DECODE; i++) {
+        int32_t want = kvt_eng_argmax(st->resident + i * V, V);
+        agree_e += kvt_eng_argmax(a + i * V, V) == want;
+        agree_n += kvt_eng_argmax(none + i * V, V) == want;
+    }
+    print_message("sparse 10%%: top-1 agreement %zu/%d without estimates, %zu/%d with\n", agree_n,
+                  DECODE, agree_e, DECODE);
+    free(a);
+    free(b);
+    free(none);
+}
+
 static void test_bad_configs(void **state)
 {
     struct sp_state *st = *state;
@@ -203,6 +247,14 @@ static void test_bad_configs(void **state)
     sc.mode = KVT_ENG_MODE_OFFLOAD;
     sc.select = (struct kvt_eng_select_config){.budget = 0.5};
     assert_int_equal(kvt_eng_session_create(st->m, st->pool, &sc, &s), -EINVAL);
+    /* Estimates: sparse only, at most KVT_ENG_ESTIMATES_MAX. */
+    sc.mode = KVT_ENG_MODE_QUANT;
+    sc.select = (struct kvt_eng_select_config){.budget = 0.5, .estimates = 8};
+    assert_int_equal(kvt_eng_session_create(st->m, st->pool, &sc, &s), -EINVAL);
+    sc.mode = KVT_ENG_MODE_SPARSE;
+    sc.select =
+        (struct kvt_eng_select_config){.budget = 0.5, .estimates = KVT_ENG_ESTIMATES_MAX + 1};
+    assert_int_equal(kvt_eng_session_create(st->m, st->pool, &sc, &s), -EINVAL);
     assert_null(s);
 }
 
@@ -211,6 +263,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_budget_is_bit_identical),
         cmocka_unit_test(test_small_budget_reads_less),
+        cmocka_unit_test(test_estimates),
         cmocka_unit_test(test_bad_configs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
