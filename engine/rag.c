@@ -229,6 +229,75 @@ static int fetch_passage(const struct kvt_eng_rag_config *cfg, const struct kvt_
     return rc;
 }
 
+/* The head starts every request at position 0 with nothing before it, so its KV depends on its
+ * tokens alone: the reuse policies cache it as a passage with no prefix, at start 0 (what prefix
+ * caching does for a shared system line). Looks it up and, when a version computed at 0 is
+ * there, reads it into the cache: *found 1. Otherwise *found 0 and *variant is where to store it
+ * (UINT32_MAX: nowhere). */
+static int head_fetch(struct kvt_eng_kv *kv, const struct kvt_eng_rag_config *cfg,
+                      const struct kvt_eng_rag_prompt *p, struct kvt_key *key, int *found,
+                      uint32_t *variant)
+{
+    *found = 0;
+    *variant = UINT32_MAX;
+    if (p->n_head > cfg->ns->tokens_per_chunk ||
+        p->n_head * (size_t)cfg->ns->bytes_per_token > cfg->buf_bytes)
+        return 0; /* computed, never cached */
+    int rc = kvt_passage_key(cfg->ns, p->head, p->n_head, key);
+    uint64_t start = 0;
+    struct kvt_reuse_plan pl = {0};
+    if (rc == 0)
+        rc = kvt_chunk_lookup(cfg->client, cfg->ns->handle, key, &start, 1, cfg->alpha, &pl);
+    if (rc)
+        return rc;
+    *variant = pl.next_variant;
+    /* Only the exact copy: computed at 0 (so cfo 0), never a passage of the same tokens moved. */
+    if (!pl.found || pl.n_tokens != p->n_head || pl.old_start != 0 || pl.cfo != 0.0f)
+        return 0;
+    size_t got = 0;
+    rc = kvt_get_v(cfg->client, cfg->ns->handle, key, pl.variant, cfg->buf, cfg->buf_bytes, &got,
+                   NULL);
+    if (rc == KVT_E_NOTFOUND) /* evicted since the lookup: computed, stored again */
+        return 0;
+    if (rc == 0 && got != p->n_head * (size_t)cfg->ns->bytes_per_token)
+        rc = -EPROTO;
+    if (rc == 0)
+        rc = load_rows(kv, 0, p->n_head, cfg->buf);
+    *found = rc == 0;
+    return rc;
+}
+
+/* Stores a head just computed as variant `variant` of its key, a version at start 0 with no
+ * prefix: all its attention within itself, none before it. */
+static int head_store(struct kvt_eng_kv *kv, const struct kvt_eng_rag_config *cfg,
+                      const struct kvt_eng_rag_prompt *p, const struct kvt_key *key,
+                      uint32_t variant)
+{
+    uint32_t L = kv->geom.n_layer;
+    float *layer_mass = malloc(L * sizeof(float));
+    float *token_mass = calloc(p->n_head, sizeof(float));
+    int rc = layer_mass && token_mass ? 0 : -ENOMEM;
+    for (uint32_t l = 0; rc == 0 && l < L; l++)
+        layer_mass[l] = 1.0f;
+    if (rc == 0)
+        rc = gather_rows(kv, 0, p->n_head, cfg->buf);
+    if (rc == 0)
+        rc = kvt_put_v(cfg->client, cfg->ns->handle, key, variant, cfg->buf,
+                       p->n_head * (size_t)cfg->ns->bytes_per_token, (uint32_t)p->n_head);
+    struct kvt_version_info vi = {.start_pos = 0,
+                                  .prefix = NULL,
+                                  .n_prefix = 0,
+                                  .layers = L,
+                                  .n_tokens = (uint32_t)p->n_head,
+                                  .layer_mass = layer_mass,
+                                  .token_mass = token_mass};
+    if (rc == 0)
+        rc = kvt_version_set(cfg->client, cfg->ns->handle, key, variant, &vi);
+    free(layer_mass);
+    free(token_mass);
+    return rc;
+}
+
 static int prefill_reuse(struct kvt_eng_ctx *ctx, struct kvt_eng_kv *kv,
                          const struct kvt_eng_model *m, const struct kvt_eng_rag_config *cfg,
                          const struct kvt_eng_rag_prompt *p, float *logits,
@@ -275,9 +344,17 @@ static int prefill_reuse(struct kvt_eng_ctx *ctx, struct kvt_eng_kv *kv,
                                      cfg->recompute_budget, plans);
     if (rc)
         goto out;
-    if (p->n_head)
+    struct kvt_key head_key;
+    int head_found = 0;
+    uint32_t head_variant = UINT32_MAX;
+    if (rc == 0 && p->n_head)
+        rc = head_fetch(kv, cfg, p, &head_key, &head_found, &head_variant);
+    if (rc == 0 && p->n_head && !head_found)
         rc = compute(ctx, kv, p->head, p->n_head, 0, NULL, NULL, 0, NULL);
-    res->computed += p->n_head;
+    if (head_found)
+        res->head_reused = res->reused = p->n_head;
+    else
+        res->computed += p->n_head;
     bounds[0] = 0;
     bounds[1] = p->n_head;
     for (size_t i = 0; rc == 0 && i < k; i++) {
@@ -355,6 +432,8 @@ static int prefill_reuse(struct kvt_eng_ctx *ctx, struct kvt_eng_kv *kv,
     res->prefill_ms = now_ms() - t0;
 
     t0 = now_ms();
+    if (rc == 0 && p->n_head && !head_found && head_variant != UINT32_MAX)
+        rc = head_store(kv, cfg, p, &head_key, head_variant);
     for (size_t s = 0; rc == 0 && s < n_stores; s++) {
         const struct store *st = &stores[s];
         size_t len = p->passage_len[st->idx];

@@ -7,7 +7,9 @@
  * then decodes on the same cache.
  *
  * Reuse policies keep every passage in kvtier under kvt_passage_key, one chunk of its tokens (the
- * namespace from kvt_eng_rag_ns_spec). Per request: ChunkLookup plans every passage; a found one
+ * namespace from kvt_eng_rag_ns_spec), and the head too (a version at start 0 with no prefix: its
+ * KV depends on its tokens alone, so a request with the same head reads it instead of computing
+ * it, as prefix caching would). Per request: ChunkLookup plans every passage; a found one
  * is read with its keys re-rotated to its new start (kvt_get_rotated; kvt_get_v when it is
  * already there) into the cache, and the tokens the policy names are recomputed by the selective
  * forward (kvt_eng_forward_at), which replaces their rows in every layer. A passage not found is
@@ -65,10 +67,11 @@ struct kvt_eng_rag_config {
 };
 
 struct kvt_eng_rag_result {
-    size_t n_tokens;   /* the prompt's */
-    size_t computed;   /* positions the prefill computed, recomputed ones included */
-    size_t reused;     /* positions read from kvtier */
-    size_t recomputed; /* positions read from kvtier and then recomputed */
+    size_t n_tokens;    /* the prompt's */
+    size_t computed;    /* positions the prefill computed, recomputed ones included */
+    size_t reused;      /* positions read from kvtier (the head's included) */
+    size_t head_reused; /* the head's positions, when its cached copy was read (reuse policies) */
+    size_t recomputed;  /* positions read from kvtier and then recomputed */
     size_t passages_found;
     size_t passages_computed; /* computed in full (not found, or a new version) */
     size_t versions_stored;
