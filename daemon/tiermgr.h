@@ -56,6 +56,8 @@ struct kvt_loop;
     X(A, disk_direct_reads, KVT_STAT_COUNTER, "",                                                  \
       "Gets served straight from disk without a copy in DRAM")                                     \
     X(A, disk_read_misses, KVT_STAT_COUNTER, "", "reads of chunks the disk tier no longer had")    \
+    X(A, reads_decoded_on_workers, KVT_STAT_COUNTER, "",                                           \
+      "whole reads from a lower tier verified and decoded on a worker, not on the loop")           \
     X(A, evicted_to_disk, KVT_STAT_COUNTER, "", "CPU tier evictions of chunks that stay on disk")  \
     X(A, dropped_dirty, KVT_STAT_COUNTER, "",                                                      \
       "chunks evicted from DRAM before they were written to disk")                                 \
@@ -140,6 +142,11 @@ struct kvt_tm_io {
     uint32_t src; /* position of the tier a read was started on */
     struct kvt_tm *tm;
     struct kvt_tm_io *next;
+    /* A whole read from a tier that lends (read_lend): the object lent to loan, verified and
+     * decoded into job.dst by job on a worker, then finished by then on the loop. */
+    struct kvt_tier_loan loan;
+    struct kvt_job job;
+    kvt_tier_done_fn then;
 };
 
 /* Opaque metadata the daemon stores with a chunk's lower-tier copy (its span abstract): len bytes

@@ -587,6 +587,24 @@ int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, v
     return 0;
 }
 
+int kvt_disk_decode_stored(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
+                           size_t cap, uint32_t *form_out, size_t *len_out)
+{
+    struct kvt_object_meta m;
+    size_t len = 0;
+
+    if (!codec || !form_out || !len_out || (!dst && cap))
+        return KVT_E_INVAL;
+    int rc = kvt_object_decode_stored(codec, lent->buf, lent->bytes, dst, cap, &m, &len);
+    if (rc == KVT_E_SMALLBUF)
+        return rc;
+    if (rc != 0 || !kvt__disk_object_matches(&m, &lent->id, lent->seq, lent->raw_len))
+        return KVT_E_CORRUPT;
+    *form_out = KVT_CODEC_ID_FORM(m.codec);
+    *len_out = len;
+    return 0;
+}
+
 void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status)
 {
     uint32_t i = lent->handle;
@@ -597,7 +615,7 @@ void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent,
         kvt__disk_drop_corrupt(d, &d->ops[i]);
     } else {
         d->st.tier.hits++;
-        d->st.tier.promotions++;
+        d->st.tier.promotions += !lent->stored;
     }
     d->lent--;
     kvt__disk_op_put(d, i);

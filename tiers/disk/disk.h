@@ -332,6 +332,8 @@ struct kvt_disk_lent {
     struct kvt_obj_id id;
     uint64_t seq;
     uint64_t raw_len;
+    uint8_t stored; /* the borrower's: set when it decoded the stored form (release counts no
+                       promotion then) */
 };
 typedef void (*kvt_disk_lent_fn)(void *arg, int res, const struct kvt_disk_lent *lent);
 
@@ -342,6 +344,10 @@ int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk
  * and the lent bytes: safe on any thread. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
 int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
                     size_t cap);
+/* kvt_disk_decode of the stored form, as kvt_disk_read_stored returns it: *len_out the bytes
+ * written, *form_out the object's form. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
+int kvt_disk_decode_stored(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
+                           size_t cap, uint32_t *form_out, size_t *len_out);
 void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status);
 
 /* Reads the metadata section of object id alone (no byte of the header or the payload) into dst
