@@ -1038,11 +1038,16 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
     io->src = ti; /* a failure concerns this copy, whatever happened to the others meanwhile */
     int rc;
     io->form = e->form[ti];
-    if (io->stored && ops->read_stored) {
+    if (io->stored && !io->range && ops->read_stored) {
         /* The copy as stored, straight into the destination (a quantized block is not what
          * DRAM serves: never promoted). */
         rc = whole_read(tm, io, e, ti, io->dst, io->cap, direct_done);
         rc = settle(rc, direct_done, io, (int)e->length);
+    } else if (io->range && io->stored && ops->read_range_stored) {
+        /* The rows as the copy keeps them (quantized rows are not what DRAM serves). */
+        rc = ops->read_range_stored(t, &e->id, e->loc[ti], &io->r, io->dst, io->cap, &io->form,
+                                    direct_done, io);
+        rc = settle(rc, direct_done, io, (int)(io->r.n * io->r.row_bytes));
     } else if (io->range) {
         /* Only the rows, straight into the destination (never promoted: a few rows do not make
          * the chunk hot). */

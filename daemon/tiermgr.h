@@ -128,8 +128,9 @@ struct kvt_tm_io {
     uint64_t cap;  /* bytes at dst */
     int want_dram; /* the answer needs the chunk in DRAM (an inline reply): never dst */
     int range;     /* a read of rows of one layer (r), straight into dst */
-    int stored;    /* a whole read of a lower-tier copy as stored (its lossy form, undecoded),
-                      straight into dst; a chunk in DRAM is served from there as usual */
+    int stored;    /* a read of a lower-tier copy as stored (its lossy form, undecoded: the
+                      whole chunk, or with range its rows), straight into dst; a chunk in DRAM is
+                      served from there as usual */
     struct kvt_tier_range r;
     /* outputs: the tier a read came from; the form of the copy it was read from and, for direct
      * reads, the bytes it returned (a stored read: the stored block's) */

@@ -164,13 +164,15 @@ struct kvt_tier_loan {
     void *arg;
 };
 
-/* Rows [first, first + n) of one layer of a chunk of n_tokens tokens, row_bytes each. */
+/* Rows [first, first + n) of one layer of a chunk of n_tokens tokens, row_bytes each (fp16).
+ * head_dim: the chunk's, which a stored read of quantized rows gathers by (0: unknown). */
 struct kvt_tier_range {
     uint32_t layer;
     uint32_t first;
     uint32_t n;
     uint32_t n_tokens;
     uint64_t row_bytes;
+    uint32_t head_dim;
 };
 
 /* Asked before a memory tier reclaims an object: 0 lets it go (the owner forgets loc; the tier

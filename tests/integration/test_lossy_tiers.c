@@ -693,6 +693,153 @@ static void test_corrupt_quantized_object(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* A raw GetRange of rows [5, 40) of layer 1 into the arena at 0: the response, to be freed. */
+static Kvtier__Response *raw_range(struct raw *r, uint32_t i, uint64_t cap, int stored)
+{
+    struct kvt_key key = key_of(i);
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = key.lo;
+    k.hi = key.hi;
+    Kvtier__GetRangeReq g = KVTIER__GET_RANGE_REQ__INIT;
+    g.ns = r->ns;
+    g.key = &k;
+    g.layer = 1;
+    g.token_first = 5;
+    g.n_tokens = 35;
+    g.capacity = cap;
+    g.stored_form = stored;
+    Kvtier__Request rq = KVTIER__REQUEST__INIT;
+    rq.op_case = KVTIER__REQUEST__OP_GET_RANGE;
+    rq.get_range = &g;
+    return raw_call(r, &rq);
+}
+
+/* Ranges of q8 and q4 chunks from disk after a restart: stored-form rows are the kernels'
+ * quantization of those rows alone (groups never span tokens), kvt_form_dequant of them is the
+ * kernels' dequantization and a plain GetRange's rows, which carry the daemon's checksum (from
+ * disk and from a dequantized DRAM copy); a capacity below the rows is E_SMALLBUF with their
+ * size; a flipped byte in a covering block is a counted miss. */
+static void stored_ranges(enum kvt_form form)
+{
+    const char *args[10];
+    args_for(form, args, NULL);
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_client *c = connect_ns(&d, 1, &ns);
+    for (uint32_t i = 0; i < 4; i++) {
+        struct kvt_key k = key_of(i);
+        assert_int_equal(kvt_put(c, ns.handle, &k, data[i], CHUNK_BYTES, 0), 0);
+    }
+    kvt_close(c);
+    kvt_test_daemon_kill(&d);
+    /* Chunk 3, layer 1's first block (rows 0..15): past layer 0's stride in either form. */
+    uint64_t layer_stride = q_body_bytes(bits_of(form), 1, HEADS, HD, TOKENS);
+    assert_int_equal(corrupt_body(d.dir, 3, layer_stride + 100), 0);
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    c = connect_ns(&d, 1, &ns);
+    const uint32_t bits = bits_of(form), n = 35;
+    struct kvt_quant_chunk q1 = chunk_fmt(bits, HD, 1, HEADS);
+    const size_t qbytes = kvt_quant_chunk_bytes(&q1, n), fbytes = (size_t)n * ROW_HALFS * 2;
+    static uint16_t rows[35 * ROW_HALFS], want_q[35 * ROW_HALFS], deq[35 * ROW_HALFS];
+    static uint16_t mine[35 * ROW_HALFS], plain[35 * ROW_HALFS];
+    for (uint32_t i = 0; i < 3; i++) {
+        struct kvt_key k = key_of(i);
+        const uint16_t *src = data[i] + ((size_t)TOKENS + 5) * ROW_HALFS; /* layer 1, row 5 */
+        assert_int_equal(kvt_quant_chunk_f16(NULL, &q1, src, n, (uint8_t *)want_q, sizeof(want_q)),
+                         0);
+        assert_int_equal(kvt_dequant_chunk_f16(NULL, &q1, (const uint8_t *)want_q, qbytes, n, deq),
+                         0);
+        size_t len = 0;
+        enum kvt_form f = KVT_FORM_FP16;
+        enum kvt_tier_id tier;
+        /* Too small a buffer: E_SMALLBUF with the quantized rows' size, nothing read. */
+        assert_int_equal(
+            kvt_get_range_form(c, ns.handle, &k, 0, 1, 5, n, rows, qbytes - 1, &len, &f, &tier),
+            KVT_E_SMALLBUF);
+        assert_int_equal(len, qbytes);
+        assert_int_equal(
+            kvt_get_range_form(c, ns.handle, &k, 0, 1, 5, n, rows, sizeof(rows), &len, &f, &tier),
+            0);
+        assert_int_equal(f, form);
+        assert_int_equal(tier, KVT_TIER_DISK);
+        assert_int_equal(len, qbytes);
+        assert_memory_equal(rows, want_q, qbytes);
+        /* The library's C reference gives the kernels' bytes, and a plain GetRange's. */
+        assert_int_equal(kvt_form_dequant(form, HEADS, HD, n, rows, len, mine, sizeof(mine)), 0);
+        assert_memory_equal(mine, deq, fbytes);
+        assert_int_equal(kvt_form_dequant(form, HEADS, HD, n, rows, len - 1, mine, sizeof(mine)),
+                         KVT_E_INVAL);
+        assert_int_equal(kvt_form_dequant(form, HEADS, HD, n, rows, len, mine, fbytes - 1),
+                         KVT_E_SMALLBUF);
+        assert_int_equal(
+            kvt_get_range(c, ns.handle, &k, 1, 5, n, plain, sizeof(plain), &len, &tier), 0);
+        assert_memory_equal(plain, deq, fbytes);
+    }
+    assert_int_equal(stat_of(c, "get_ranges_stored_form"), 3);
+    assert_int_equal(stat_of(c, "get_ranges_dequantized"), 3);
+    /* Over the wire: the daemon's checksum of dequantized rows, from disk and from DRAM. */
+    struct raw r;
+    raw_open(&r, &d, 1);
+    Kvtier__Response *resp = raw_range(&r, 0, fbytes, 0);
+    assert_int_equal(resp->status, 0);
+    assert_int_equal(resp->get_range->form, KVT_FORM_FP16);
+    assert_non_null(resp->get_range->checksum);
+    assert_int_equal(resp->get_range->checksum->value, kvt_payload_checksum(r.arena, fbytes));
+    kvtier__response__free_unpacked(resp, NULL);
+    static uint16_t whole[CHUNK_HALFS];
+    struct kvt_key k0 = key_of(0);
+    size_t len = 0;
+    enum kvt_tier_id tier;
+    enum kvt_form f;
+    assert_int_equal(kvt_get(c, ns.handle, &k0, whole, sizeof(whole), &len, &tier), 0);
+    resp = raw_range(&r, 0, fbytes, 0); /* from the dequantized DRAM copy now */
+    assert_int_equal(resp->status, 0);
+    assert_int_equal(resp->get_range->tier, KVT_TIER_CPU);
+    assert_non_null(resp->get_range->checksum);
+    assert_int_equal(resp->get_range->checksum->value, kvt_payload_checksum(r.arena, fbytes));
+    kvtier__response__free_unpacked(resp, NULL);
+    /* In DRAM: the stored form of its rows is fp16, what DRAM keeps (and needs fp16 room). */
+    assert_int_equal(
+        kvt_get_range_form(c, ns.handle, &k0, 0, 1, 5, n, rows, qbytes, &len, &f, &tier),
+        KVT_E_SMALLBUF);
+    assert_int_equal(len, fbytes);
+    assert_int_equal(
+        kvt_get_range_form(c, ns.handle, &k0, 0, 1, 5, n, rows, sizeof(rows), &len, &f, &tier), 0);
+    assert_int_equal(f, KVT_FORM_FP16);
+    assert_int_equal(tier, KVT_TIER_CPU);
+    assert_int_equal(kvt_get_range(c, ns.handle, &k0, 1, 5, n, plain, sizeof(plain), &len, &tier),
+                     0);
+    assert_memory_equal(rows, plain, fbytes);
+    /* The flipped byte: a counted miss, never rows, and the object is gone. */
+    uint64_t fails = stat_of(c, "disk.checksum_failures");
+    struct kvt_key k3 = key_of(3);
+    memset(rows, 0, sizeof(rows));
+    assert_int_equal(
+        kvt_get_range_form(c, ns.handle, &k3, 0, 1, 5, n, rows, sizeof(rows), &len, &f, &tier),
+        KVT_E_NOTFOUND);
+    assert_int_equal(stat_of(c, "disk.checksum_failures"), fails + 1);
+    assert_int_equal(kvt_get_range(c, ns.handle, &k3, 1, 5, n, plain, sizeof(plain), &len, &tier),
+                     KVT_E_NOTFOUND);
+    assert_int_equal(stat_of(c, "disk.checksum_failures"), fails + 1);
+    raw_close(&r);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void test_q8_stored_ranges(void **state)
+{
+    (void)state;
+    stored_ranges(KVT_FORM_Q8);
+}
+
+static void test_q4_stored_ranges(void **state)
+{
+    (void)state;
+    stored_ranges(KVT_FORM_Q4);
+}
+
 /* Importance: under write-back, disk.form = q8 and disk.form_cold = q4, the chunk a Select left
  * out is written back (at shutdown) in q4, the chunks it returned in q8. The data follow
  * test_select's: a needle in chunk 2, the sink in chunk 0, the recent window in chunk 3. */
@@ -1004,6 +1151,8 @@ int main(void)
         cmocka_unit_test(test_clustered_variant),
         cmocka_unit_test(test_bytes_per_token),
         cmocka_unit_test(test_promotions_on_workers),
+        cmocka_unit_test(test_q8_stored_ranges),
+        cmocka_unit_test(test_q4_stored_ranges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

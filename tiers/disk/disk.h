@@ -316,6 +316,16 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
                         uint32_t token_first, uint32_t n_tokens, void *dst, size_t cap,
                         kvt_tier_done_fn done, void *arg);
 
+/* kvt_disk_read_range that returns the rows of an object kept in a lossy form as stored:
+ * verified, not dequantized, gathered into the kernels' chunk layout of one layer
+ * (kvt_object_get_rows_stored; head_dim is the chunk's: KVT_E_INVAL when the rows cannot hold
+ * whole heads of it; cap >= n_tokens x the stored row's bytes); any other object's rows as
+ * kvt_disk_read_range returns them. *form_out (valid until done) gets the form returned. */
+int kvt_disk_read_range_stored(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                               uint32_t token_first, uint32_t n_tokens, uint32_t head_dim,
+                               void *dst, size_t cap, uint32_t *form_out, kvt_tier_done_fn done,
+                               void *arg);
+
 /* Lending read, so that checksum verification and decoding can run on a worker thread: the
  * callback receives the stored object itself, still in the store's staging buffer.
  *   owner:  kvt_disk_read_lend(d, &id, done, arg)

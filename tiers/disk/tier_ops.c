@@ -223,6 +223,17 @@ static int dt_read_range(void *tier, const struct kvt_obj_id *id, kvt_tier_loc l
     return rc ? rc : KVT_TIER_LATER;
 }
 
+static int dt_read_range_stored(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                                const struct kvt_tier_range *r, void *dst, size_t cap,
+                                uint32_t *form_out, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_disk_tier *dt = tier;
+    (void)loc;
+    int rc = kvt_disk_read_range_stored(dt->d, id, r->layer, r->first, r->n, r->head_dim, dst, cap,
+                                        form_out, done, arg);
+    return rc ? rc : KVT_TIER_LATER;
+}
+
 static int dt_read_meta(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
                         size_t cap, kvt_tier_done_fn done, void *arg)
 {
@@ -326,6 +337,7 @@ const struct kvt_tier_ops kvt_disk_tier_ops = {
     .read_range = dt_read_range,
     .read_meta = dt_read_meta,
     .read_stored = dt_read_stored,
+    .read_range_stored = dt_read_range_stored,
     .read_lend = dt_read_lend,
     .decode = dt_decode,
     .release = dt_release,
