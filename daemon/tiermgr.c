@@ -1,7 +1,8 @@
 /*
  * Tier manager: write-back and write-through to lower tiers, promotion, eviction decisions,
  * recovery at start and the shutdown flush, over an ordered list of tiers driven only through
- * their operations table. Runs on the loop thread; only the lower tiers' fill runs on workers.
+ * their operations table. Runs on the loop thread; only the lower tiers' fill, and the verification
+ * and decoding of the whole reads a tier lends (read_lend), run on workers.
  *
  * Positions: tier 0 is the memory tier ("DRAM"); 1..n-1 are lower tiers. An entry's at[i] says
  * whether tier i has its copy (WRITING, READY) and loc[i] where.

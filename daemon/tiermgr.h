@@ -30,7 +30,9 @@
  *   tiers without their payloads.
  *
  * Writing to a lower tier (its fill: shuffle + compression + checksum for the disk) runs on the
- * worker pool; the loop only reserves and commits. Every asynchronous completion re-checks the
+ * worker pool; the loop only reserves and commits. So do the verification and decoding of a whole
+ * read from a tier that lends it (read_lend: a promotion, a direct or stored-form read); the loop
+ * only starts the I/O and finishes the read. Every asynchronous completion re-checks the
  * index entry's generation, so a chunk deleted meanwhile is never resurrected. Placement between
  * lower tiers: a write-back goes to the first lower tier that takes the chunk's size; a read
  * comes from the first lower tier with a durable copy.
