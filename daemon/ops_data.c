@@ -401,9 +401,17 @@ static void get_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *o
     Kvtier__GetResp gr = KVTIER__GET_RESP__INIT;
     gr.tier = op->tier;
     if (op->kind == KVTIER__REQUEST__OP_GET_RANGE) {
-        /* Never inline: the rows are at the client's destination already. */
+        /* Never inline: the rows are at the client's destination already. Rows dequantized
+         * from a lossy copy carry the daemon's checksum of them, as a whole Get's do. */
+        Kvtier__Checksum rsum = KVTIER__CHECKSUM__INIT;
         gr.length = op->length;
         gr.n_tokens = op->n_tokens;
+        gr.form = op->form;
+        if (op->lossy_sum) {
+            rsum.value = op->sum;
+            gr.checksum = &rsum;
+            s->st.get_ranges_dequantized++;
+        }
         resp.result_case = KVTIER__RESPONSE__RESULT_GET_RANGE;
         resp.get_range = &gr;
         kvt__server_respond(s, c, op, &resp, 0, NULL);
@@ -446,12 +454,21 @@ static void count_served(struct kvt_server *s, const struct kvt_op *op, const st
 
 void kvt__ops_get_reply_entry(struct kvt_server *s, struct kvt_op *op, const struct kvt_entry *e)
 {
+    int quantized = op->io.form == KVT_FORM_Q8 || op->io.form == KVT_FORM_Q4;
     if (op->stored) {
-        /* A stored-form read straight into the client's buffer: the block and its form. */
+        /* A stored-form read straight into the client's buffer: the block (or rows) and its
+         * form. */
         op->length = op->io.got;
         op->form = op->io.form;
-        if (op->form == KVT_FORM_Q8 || op->form == KVT_FORM_Q4)
+        if (quantized && op->kind == KVTIER__REQUEST__OP_GET_RANGE)
+            s->st.get_ranges_stored_form++;
+        else if (quantized)
             s->st.gets_stored_form++;
+    } else if (op->kind == KVTIER__REQUEST__OP_GET_RANGE && quantized) {
+        /* Rows the disk tier dequantized into the client's buffer: the checksum of what it
+         * wrote there (one layer's rows: small, summed on the loop). */
+        op->lossy_sum = 1;
+        op->sum = kvt_payload_checksum(op->job.dst, op->length);
     }
     count_served(s, op, e);
     get_reply(s, op->conn, op, e, NULL);
@@ -473,13 +490,24 @@ static void lossy_sum_setup(struct kvt_op *op, const struct kvt_entry *e)
 {
     op->stored = 0;
     op->form = e->form_want == KVT_FORM_CLUSTER ? KVT_FORM_CLUSTER : KVT_FORM_FP16;
-    op->lossy_sum = op->kind == KVTIER__REQUEST__OP_GET && e->lossy && !op->rope.on;
+    op->lossy_sum = op->kind != KVTIER__REQUEST__OP_PUT && e->lossy && !op->rope.on;
     op->job.want_sum = op->lossy_sum && !op->want_inline;
 }
+
+static void room_reply(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op, uint64_t needed,
+                       int status);
 
 void kvt__ops_get_deliver(struct kvt_server *s, struct kvt_op *op)
 {
     struct kvt_entry *e = kvt_index_at(&s->idx, op->entry);
+    uint64_t len = op->kind == KVTIER__REQUEST__OP_GET_RANGE ? op->length : e->length;
+    if (!op->want_inline && len > op->io.cap) {
+        /* A stored-form read sized for a quantized copy found the chunk promoted meanwhile by
+         * another read: DRAM answers fp16, which does not fit what the client gave. */
+        kvt_tm_release(s->tm, op->entry);
+        room_reply(s, op->conn, op, len, KVT_E_SMALLBUF);
+        return;
+    }
     count_served(s, op, e);
     const uint8_t *src = kvt_tm_memory_ptr(s->tm, e);
     lossy_sum_setup(op, e);
@@ -718,9 +746,19 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     }
     if (!dest_ok(s, c, op, g->offset, g->capacity))
         return;
+    if (g->stored_form && !ns->allow_lossy) {
+        s->st.lossy_refused++;
+        reply_error(s, c, op, KVT_E_LOSSY,
+                    "this GetRange asks for the stored (lossy) form, and the namespace was "
+                    "registered without allow_lossy: it holds fp16 only, read it with a plain "
+                    "GetRange");
+        return;
+    }
     uint64_t row_bytes = ns->bytes_per_token / ns->layers; /* one layer of one token */
     uint64_t bytes = (uint64_t)g->n_tokens * row_bytes;
-    if (bytes > g->capacity) {
+    /* A stored-form GetRange of quantized rows needs room for those only (below, once the
+     * chunk's copy is known); any other needs the fp16 rows. */
+    if (bytes > g->capacity && !g->stored_form) {
         room_reply(s, c, op, bytes, KVT_E_SMALLBUF);
         return;
     }
@@ -743,11 +781,21 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
         reply_error(s, c, op, KVT_E_GEOMETRY, why);
         return;
     }
+    /* Only a copy kept quantized, with no DRAM copy, answers quantized rows: their bytes are
+     * what one layer's rows take in that form. */
+    uint32_t lform = kvt_tm_in_memory(e) ? KVT_FORM_FP16 : kvt_tm_lower_form(s->tm, e);
+    int quantized = g->stored_form && (lform == KVT_FORM_Q8 || lform == KVT_FORM_Q4);
+    uint64_t need = quantized ? form_bytes(ns, g->n_tokens, lform) / ns->layers : bytes;
+    if (need > g->capacity) {
+        room_reply(s, c, op, need, KVT_E_SMALLBUF);
+        return;
+    }
     if (e->hits < UINT16_MAX)
         e->hits++;
     e->referenced = 1;
     op->tier = tier;
     op->want_inline = 0;
+    op->rope.on = 0;
     op->layer = g->layer;
     op->token_first = g->token_first;
     op->n_tokens = g->n_tokens;
@@ -758,20 +806,24 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     const uint8_t *src = kvt_tm_acquire(s->tm, id); /* pinned until the copy out completes */
     if (!src) {
         kvt_tm_count_miss(s->tm);
+        op->stored = (uint8_t)g->stored_form;
         op->io = (struct kvt_tm_io){.dst = op->job.dst,
-                                    .cap = bytes,
+                                    .cap = need,
                                     .range = 1,
+                                    .stored = g->stored_form,
                                     .r = {.layer = g->layer,
                                           .first = g->token_first,
                                           .n = g->n_tokens,
                                           .n_tokens = e->n_tokens,
-                                          .row_bytes = row_bytes}};
+                                          .row_bytes = row_bytes,
+                                          .head_dim = ns->head_dim}};
         rc = kvt_tm_read(s->tm, &op->io, id);
         if (rc)
             kvt__ops_get_fail(s, op, rc);
         return;
     }
     s->st.get_range_bytes += bytes;
+    lossy_sum_setup(op, e); /* rows of a DRAM copy dequantized from a lossy one: summed */
     op->job.src = src + op->range_off;
     op->job.len = bytes;
     kvt__server_submit(s, op);

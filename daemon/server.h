@@ -128,6 +128,10 @@
       "of those, copies given disk.form_cold because recent Selects ranked the chunk low")         \
     X(A, gets_dequantized, KVT_STAT_COUNTER, "",                                                   \
       "Gets answered with fp16 bytes dequantized from a lossy copy (with their own checksum)")     \
+    X(A, get_ranges_dequantized, KVT_STAT_COUNTER, "",                                             \
+      "GetRanges answered with fp16 rows dequantized from a lossy copy (with their own checksum)") \
+    X(A, get_ranges_stored_form, KVT_STAT_COUNTER, "",                                             \
+      "GetRanges asking for the stored form that were answered with quantized rows")               \
     X(A, gets_stored_form, KVT_STAT_COUNTER, "",                                                   \
       "Gets asking for the stored form that were answered with a lossy block")                     \
     X(A, cluster_puts, KVT_STAT_COUNTER, "", "clustered variants stored (merged entries, counts)") \

@@ -1,7 +1,8 @@
 /*
  * Tier manager: write-back and write-through to lower tiers, promotion, eviction decisions,
  * recovery at start and the shutdown flush, over an ordered list of tiers driven only through
- * their operations table. Runs on the loop thread; only the lower tiers' fill runs on workers.
+ * their operations table. Runs on the loop thread; only the lower tiers' fill, and the verification
+ * and decoding of the whole reads a tier lends (read_lend), run on workers.
  *
  * Positions: tier 0 is the memory tier ("DRAM"); 1..n-1 are lower tiers. An entry's at[i] says
  * whether tier i has its copy (WRITING, READY) and loc[i] where.
@@ -930,6 +931,76 @@ static void direct_done(void *arg, int res)
     }
 }
 
+/* ---- lent whole reads: verified and decoded on a worker --------------------------------------
+ * A tier that lends its reads (read_lend) hands the loop the object as stored; its check (an
+ * XXH3 pass over every block) and its decoding (the dequantization of a q8/q4 copy, lz4/zstd)
+ * run on a worker, into the DRAM slot of a promotion or the client's buffer, and the loop only
+ * releases the loan and finishes the read as the tier's own callback would have. */
+
+static void lend_decode_job(struct kvt_job *job)
+{
+    struct kvt_tm_io *io = job->owner;
+    const struct kvt_tier_ops *ops = ops_of(io->tm, io->src);
+    job->res = ops->decode(&io->loan, job->dst, job->len, io->stored, &io->form);
+}
+
+static void lend_decoded(struct kvt_job *job)
+{
+    struct kvt_tm_io *io = job->owner;
+    struct kvt_tm *tm = io->tm;
+    ops_of(tm, io->src)->release(tm->tiers[io->src].t, &io->loan, job->res);
+    if (!tm->stopping && kvt_workers_stopped(tm->workers)) {
+        /* The daemon's last reap before it stops: an answer would need the workers again (the
+         * copy out), so the read is abandoned as one of a stopped tier manager is. */
+        tm->stopping = 1;
+        io->then(io, job->res);
+        tm->stopping = 0;
+        return;
+    }
+    tm->st.reads_decoded_on_workers++;
+    io->then(io, job->res);
+}
+
+/* The tier's callback: the object is lent (res 0), or the read failed. */
+static void lend_done(void *arg, int res)
+{
+    struct kvt_tm_io *io = arg;
+    struct kvt_tm *tm = io->tm;
+    if (res < 0) {
+        io->then(io, res);
+        return;
+    }
+    if (tm->stopping) {
+        ops_of(tm, io->src)->release(tm->tiers[io->src].t, &io->loan, 0);
+        io->then(io, 0); /* abandoned */
+        return;
+    }
+    kvt_workers_submit(tm->workers, &io->job);
+}
+
+/* Starts a whole read of e from lower tier ti into dst through a loan when the tier lends, with
+ * then (promote_done or direct_done) to finish it; otherwise as read or read_stored. */
+static int whole_read(struct kvt_tm *tm, struct kvt_tm_io *io, const struct kvt_entry *e,
+                      uint32_t ti, void *dst, uint64_t cap, kvt_tier_done_fn then)
+{
+    const struct kvt_tier_ops *ops = ops_of(tm, ti);
+    void *t = tm->tiers[ti].t;
+    if (ops->read_lend && ops->decode && ops->release && tm->workers) {
+        memset(&io->job, 0, sizeof(io->job));
+        io->job.fn = lend_decode_job;
+        io->job.done = lend_decoded;
+        io->job.ctx = tm;
+        io->job.owner = io;
+        io->job.dst = dst;
+        io->job.len = cap;
+        io->then = then;
+        return ops->read_lend(t, &e->id, e->loc[ti], &io->loan, lend_done, io);
+    }
+    if (io->stored && ops->read_stored)
+        return ops->read_stored(t, &e->id, e->loc[ti], dst, cap, &io->form, then, io);
+    return ops->read(t, &e->id, e->loc[ti], dst, cap, then, io);
+}
+
 /* Settles a tier call that may complete at once (0: run its callback now). */
 static int settle(int rc, kvt_tier_done_fn done, void *arg, int res_now)
 {
@@ -968,11 +1039,16 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
     io->src = ti; /* a failure concerns this copy, whatever happened to the others meanwhile */
     int rc;
     io->form = e->form[ti];
-    if (io->stored && ops->read_stored) {
+    if (io->stored && !io->range && ops->read_stored) {
         /* The copy as stored, straight into the destination (a quantized block is not what
          * DRAM serves: never promoted). */
-        rc = ops->read_stored(t, &e->id, e->loc[ti], io->dst, io->cap, &io->form, direct_done, io);
+        rc = whole_read(tm, io, e, ti, io->dst, io->cap, direct_done);
         rc = settle(rc, direct_done, io, (int)e->length);
+    } else if (io->range && io->stored && ops->read_range_stored) {
+        /* The rows as the copy keeps them (quantized rows are not what DRAM serves). */
+        rc = ops->read_range_stored(t, &e->id, e->loc[ti], &io->r, io->dst, io->cap, &io->form,
+                                    direct_done, io);
+        rc = settle(rc, direct_done, io, (int)(io->r.n * io->r.row_bytes));
     } else if (io->range) {
         /* Only the rows, straight into the destination (never promoted: a few rows do not make
          * the chunk hot). */
@@ -988,8 +1064,8 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
             e->promoting = 1;
             e->at[MEM] = KVT_AT_WRITING;
             e->loc[MEM] = w.loc;
-            rc = ops->read(t, &e->id, e->loc[ti], ops_of(tm, MEM)->ptr(tm->tiers[MEM].t, w.loc),
-                           e->length, promote_done, io);
+            rc = whole_read(tm, io, e, ti, ops_of(tm, MEM)->ptr(tm->tiers[MEM].t, w.loc), e->length,
+                            promote_done);
             if (rc == KVT_TIER_LATER || rc == 0)
                 return settle(rc, promote_done, io, (int)e->length);
             e->promoting = 0;
@@ -998,7 +1074,7 @@ static int read_start(struct kvt_tm *tm, struct kvt_tm_io *io)
         }
         if (rc != KVT_E_NOTFOUND && !io->want_dram) {
             /* No DRAM slot (or a promotion already running): read into the client's buffer. */
-            rc = ops->read(t, &e->id, e->loc[ti], io->dst, io->cap, direct_done, io);
+            rc = whole_read(tm, io, e, ti, io->dst, io->cap, direct_done);
             rc = settle(rc, direct_done, io, (int)e->length);
             if (rc == 0)
                 return 0;

@@ -30,7 +30,9 @@
  *   tiers without their payloads.
  *
  * Writing to a lower tier (its fill: shuffle + compression + checksum for the disk) runs on the
- * worker pool; the loop only reserves and commits. Every asynchronous completion re-checks the
+ * worker pool; the loop only reserves and commits. So do the verification and decoding of a whole
+ * read from a tier that lends it (read_lend: a promotion, a direct or stored-form read); the loop
+ * only starts the I/O and finishes the read. Every asynchronous completion re-checks the
  * index entry's generation, so a chunk deleted meanwhile is never resurrected. Placement between
  * lower tiers: a write-back goes to the first lower tier that takes the chunk's size; a read
  * comes from the first lower tier with a durable copy.
@@ -56,6 +58,8 @@ struct kvt_loop;
     X(A, disk_direct_reads, KVT_STAT_COUNTER, "",                                                  \
       "Gets served straight from disk without a copy in DRAM")                                     \
     X(A, disk_read_misses, KVT_STAT_COUNTER, "", "reads of chunks the disk tier no longer had")    \
+    X(A, reads_decoded_on_workers, KVT_STAT_COUNTER, "",                                           \
+      "whole reads from a lower tier verified and decoded on a worker, not on the loop")           \
     X(A, evicted_to_disk, KVT_STAT_COUNTER, "", "CPU tier evictions of chunks that stay on disk")  \
     X(A, dropped_dirty, KVT_STAT_COUNTER, "",                                                      \
       "chunks evicted from DRAM before they were written to disk")                                 \
@@ -126,8 +130,9 @@ struct kvt_tm_io {
     uint64_t cap;  /* bytes at dst */
     int want_dram; /* the answer needs the chunk in DRAM (an inline reply): never dst */
     int range;     /* a read of rows of one layer (r), straight into dst */
-    int stored;    /* a whole read of a lower-tier copy as stored (its lossy form, undecoded),
-                      straight into dst; a chunk in DRAM is served from there as usual */
+    int stored;    /* a read of a lower-tier copy as stored (its lossy form, undecoded: the
+                      whole chunk, or with range its rows), straight into dst; a chunk in DRAM is
+                      served from there as usual */
     struct kvt_tier_range r;
     /* outputs: the tier a read came from; the form of the copy it was read from and, for direct
      * reads, the bytes it returned (a stored read: the stored block's) */
@@ -140,6 +145,11 @@ struct kvt_tm_io {
     uint32_t src; /* position of the tier a read was started on */
     struct kvt_tm *tm;
     struct kvt_tm_io *next;
+    /* A whole read from a tier that lends (read_lend): the object lent to loan, verified and
+     * decoded into job.dst by job on a worker, then finished by then on the loop. */
+    struct kvt_tier_loan loan;
+    struct kvt_job job;
+    kvt_tier_done_fn then;
 };
 
 /* Opaque metadata the daemon stores with a chunk's lower-tier copy (its span abstract): len bytes

@@ -139,6 +139,12 @@ void kvt_workers_stop(struct kvt_workers *w)
     w->n = 0;
 }
 
+int kvt_workers_stopped(const struct kvt_workers *w)
+{
+    /* Set by the owner thread itself (kvt_workers_stop), which is the only reader. */
+    return w->n == 0;
+}
+
 void kvt_workers_destroy(struct kvt_workers *w)
 {
     if (!w)

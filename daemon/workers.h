@@ -41,6 +41,8 @@ int kvt_workers_create(uint32_t n, struct kvt_workers **out);
 /* Stops the threads after the queued jobs ran; finished jobs stay on the done list for a last
  * kvt_workers_reap. Idempotent. */
 void kvt_workers_stop(struct kvt_workers *w);
+/* Whether kvt_workers_stop ran: a job submitted now would never run (the owner thread only). */
+int kvt_workers_stopped(const struct kvt_workers *w);
 /* Stops the threads and frees the pool. NULL-safe. */
 void kvt_workers_destroy(struct kvt_workers *w);
 /* eventfd that becomes readable when jobs are done. */

@@ -151,13 +151,28 @@ struct kvt_tier_sync {
     void *arg;
 };
 
-/* Rows [first, first + n) of one layer of a chunk of n_tokens tokens, row_bytes each. */
+/* A lending read in progress (read_lend), in the caller's storage until release: the object as
+ * stored stays in the tier's buffer, so that its verification and decoding (decode) run on
+ * whatever thread the caller picks, never on the loop that reaps the I/O. */
+#define KVT_TIER_LOAN_PRIV_BYTES 96
+struct kvt_tier_loan {
+    union {
+        uint64_t align;
+        unsigned char bytes[KVT_TIER_LOAN_PRIV_BYTES];
+    } priv; /* tier-private */
+    kvt_tier_done_fn done;
+    void *arg;
+};
+
+/* Rows [first, first + n) of one layer of a chunk of n_tokens tokens, row_bytes each (fp16).
+ * head_dim: the chunk's, which a stored read of quantized rows gathers by (0: unknown). */
 struct kvt_tier_range {
     uint32_t layer;
     uint32_t first;
     uint32_t n;
     uint32_t n_tokens;
     uint64_t row_bytes;
+    uint32_t head_dim;
 };
 
 /* Asked before a memory tier reclaims an object: 0 lets it go (the owner forgets loc; the tier
@@ -210,6 +225,26 @@ struct kvt_tier_ops {
      * error). Errors as read's. */
     int (*read_stored)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc, void *dst,
                        size_t cap, uint32_t *form_out, kvt_tier_done_fn done, void *arg);
+    /* Tiers whose reads verify and decode on the loop (NULL otherwise): read's whole object, or
+     * read_stored's, with that work left to the caller's thread. read_lend starts the I/O: 0 or
+     * KVT_TIER_LATER, then done(arg, 0 or error) on the loop; on 0 the object is lent to loan
+     * (valid until release). decode (any thread; touches only the loan and dst) verifies it and
+     * writes what read (stored 0) or read_stored (stored 1, with *form_out) would have: bytes or
+     * KVT_E_CORRUPT, KVT_E_SMALLBUF. release (the loop) hands the buffer back with decode's
+     * result; KVT_E_CORRUPT drops the object as a failed read would. Synchronous errors as
+     * read's. Every loan is released before the tier is destroyed. */
+    int (*read_lend)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                     struct kvt_tier_loan *loan, kvt_tier_done_fn done, void *arg);
+    int (*decode)(struct kvt_tier_loan *loan, void *dst, size_t cap, int stored,
+                  uint32_t *form_out);
+    void (*release)(void *tier, struct kvt_tier_loan *loan, int status);
+    /* Tiers that keep forms (NULL otherwise): read_range's rows as stored: rows of a quantized
+     * copy in the kernels' chunk layout of one layer (kvt_quant_chunk_f16 of those rows alone,
+     * n x the stored row's bytes), verified, not dequantized; rows of any other copy as
+     * read_range returns them. *form_out (borrowed until done) gets the copy's form. */
+    int (*read_range_stored)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                             const struct kvt_tier_range *r, void *dst, size_t cap,
+                             uint32_t *form_out, kvt_tier_done_fn done, void *arg);
     /* Forgets an object: 0, KVT_E_NOTFOUND, KVT_E_BUSY (too many removals pending: retry). */
     int (*remove)(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc);
     /* A barrier: 0 when every removal made before it is already durable (or the tier keeps

@@ -970,6 +970,14 @@ void kvt__cl_finish_xfer(struct kvt_client *c, enum xfer_kind kind, struct kvt_i
         } else if (r->status && r->status != KVT_E_SMALLBUF) {
             it->len = 0;
         }
+        if (!r->status && !it->status && g->form) {
+            it->status = KVT_E_PROTO; /* a plain GetRange is answered in fp16 */
+            it->len = 0;
+        } else if (!r->status && !it->status && g->checksum &&
+                   kvt_payload_checksum(it->buf, g->length) != g->checksum->value) {
+            /* Rows dequantized from a lossy copy come with the daemon's checksum of them. */
+            it->status = KVT_E_CHECKSUM;
+        }
     } else if (kind == XFER_PUT && r->result_case == KVTIER__RESPONSE__RESULT_PUT) {
         it->tier = (enum kvt_tier_id)r->put->tier;
     } else {

@@ -354,6 +354,33 @@ KVT_API int kvt_get_form(struct kvt_client *c, uint32_t ns, const struct kvt_key
                          uint32_t variant, void *buf, size_t cap, size_t *len_out,
                          enum kvt_form *form_out, enum kvt_tier_id *tier_out);
 
+/* kvt_get_range_v that returns the rows as the daemon's copy keeps them (docs/lossy.md): a chunk
+ * only in a lower tier kept in q8 or q4 comes back as its quantized rows of the layer, undecoded,
+ * in the packed chunk layout of kernels/quant.h for one layer (2 x n_kv_heads blocks, keys then
+ * values of each KV head, each n_tokens rows of codes followed by their groups' fp16 scale and
+ * minimum; groups of kvt_form_group(head_dim) channels), *form_out KVT_FORM_Q8 or KVT_FORM_Q4;
+ * kvt_form_dequant turns them into the fp16 rows a plain kvt_get_range returns. A chunk with a
+ * DRAM copy, or stored as fp16, comes back as fp16 rows (*form_out KVT_FORM_FP16, with the
+ * daemon's checksum verified when the rows were dequantized). cap must hold what is returned
+ * (KVT_E_SMALLBUF otherwise, *len_out the bytes needed). KVT_E_LOSSY in a namespace registered
+ * without allow_lossy, KVT_E_INVAL for a clustered variant, KVT_E_GEOMETRY for rows the chunk
+ * does not have; nothing is read then. buf as for kvt_get_rotated. */
+KVT_API int kvt_get_range_form(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
+                               uint32_t variant, uint32_t layer, uint32_t token_first,
+                               uint32_t n_tokens, void *buf, size_t cap, size_t *len_out,
+                               enum kvt_form *form_out, enum kvt_tier_id *tier_out);
+
+/* The C reference dequantization of quantized rows as kvt_get_range_form returns them: n_tokens
+ * rows of one layer (src, exactly len bytes) in form (KVT_FORM_Q8 or KVT_FORM_Q4) of a namespace
+ * of n_kv_heads KV heads of head_dim dims into fp16 rows [token][k|v][kv_head][head_dim] at dst
+ * (dst_cap >= n_tokens x 2 x n_kv_heads x head_dim x 2 bytes), bit for bit what the daemon's
+ * kernels dequantize: x = fp16(min + q x scale), a group with a NaN scale reads as NaN (0x7e00).
+ * Returns 0, or KVT_E_INVAL (another form, a head_dim without groups, len not the rows' size)
+ * or KVT_E_SMALLBUF, with nothing written. */
+KVT_API int kvt_form_dequant(enum kvt_form form, uint32_t n_kv_heads, uint32_t head_dim,
+                             uint32_t n_tokens, const void *src, size_t len, void *dst,
+                             size_t dst_cap);
+
 /* The group size along head_dim of the q8 and q4 forms: the largest power of two up to 32 that
  * divides head_dim (32 for every common model), 0 when head_dim is odd (no lossy form). */
 KVT_API uint32_t kvt_form_group(uint32_t head_dim);

@@ -620,6 +620,125 @@ static void test_lossy_and_budget_frames(void **state)
     assert_daemon_healthy();
 }
 
+/* A stored-form GetRange of rows [first, first + n) of layer into arena[off, off + cap): the
+ * answer's status; *len_out its GetResp length (the room needed with E_SMALLBUF). */
+static int stored_range_status(int fd, uint64_t id, uint32_t ns, const Kvtier__Key *k,
+                               uint32_t layer, uint32_t first, uint32_t n, uint64_t off,
+                               uint64_t cap, uint64_t *len_out)
+{
+    Kvtier__GetRangeReq g = KVTIER__GET_RANGE_REQ__INIT;
+    g.ns = ns;
+    g.key = (Kvtier__Key *)k;
+    g.layer = layer;
+    g.token_first = first;
+    g.n_tokens = n;
+    g.offset = off;
+    g.capacity = cap;
+    g.stored_form = 1;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = id;
+    req.op_case = KVTIER__REQUEST__OP_GET_RANGE;
+    req.get_range = &g;
+    send_request(fd, &req);
+    Kvtier__Response *r = read_response(fd);
+    assert_non_null(r);
+    assert_int_equal(r->id, id);
+    int st = r->status;
+    assert_true(st == 0 || st == KVT_E_SMALLBUF || (r->error && *r->error)); /* says why */
+    if (len_out)
+        *len_out = r->result_case == KVTIER__RESPONSE__RESULT_GET_RANGE ? r->get_range->length : 0;
+    kvtier__response__free_unpacked(r, NULL);
+    return st;
+}
+
+/* Stored-form GetRange frames that must be refused with nothing changed (the destination
+ * untouched): in a namespace without allow_lossy (E_LOSSY, even of a chunk that is there); in a
+ * lossy-allowed one, rows outside the chunk (E_GEOMETRY), no rows (E_INVAL), a clustered
+ * variant (E_INVAL: entries, not rows) and too small a buffer (E_SMALLBUF with the room the
+ * rows need: fp16 ones here, the chunk is in DRAM). The chunk still reads back afterwards. */
+static void test_stored_range_frames(void **state)
+{
+    (void)state;
+    uint8_t *arena = NULL;
+    uint32_t ns = 0;
+    int fd = raw_session(1 << 20, &arena, &ns, NULL);
+    kvt_test_fill(arena, CHUNK_BYTES, 78);
+    uint64_t id = 400;
+    uint8_t *dst = arena + 4 * CHUNK_BYTES;
+    const uint64_t row = CHUNK_BYTES / 16 / 2; /* one token of one layer: 64 bytes */
+    assert_int_equal(put_status(fd, ++id, ns, arena, 0, CHUNK_BYTES, 0), 0);
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = id * 1000 + 1;
+    k.hi = 99;
+    memset(dst, 0x3c, CHUNK_BYTES);
+    assert_int_equal(
+        stored_range_status(fd, ++id, ns, &k, 0, 0, 4, 4 * CHUNK_BYTES, CHUNK_BYTES, NULL),
+        KVT_E_LOSSY);
+    /* A lossy-allowed namespace of the same shape (a namespace of its own), the same bytes. */
+    struct kvt_ns_spec lspec = spec;
+    lspec.allow_lossy = 1;
+    uint32_t lns = register_ns_id(fd, ++id, &lspec);
+    assert_int_equal(put_status(fd, ++id, lns, arena, 0, CHUNK_BYTES, 0), 0);
+    Kvtier__Key lk = KVTIER__KEY__INIT;
+    lk.lo = id * 1000 + 1;
+    lk.hi = 99;
+    uint64_t len = 0;
+    assert_int_equal(
+        stored_range_status(fd, ++id, lns, &lk, 2, 0, 4, 4 * CHUNK_BYTES, CHUNK_BYTES, NULL),
+        KVT_E_GEOMETRY);
+    assert_int_equal(
+        stored_range_status(fd, ++id, lns, &lk, 1, 10, 7, 4 * CHUNK_BYTES, CHUNK_BYTES, NULL),
+        KVT_E_GEOMETRY);
+    assert_int_equal(stored_range_status(fd, ++id, lns, &lk, 1, 0xffffffffu, 2, 4 * CHUNK_BYTES,
+                                         CHUNK_BYTES, NULL),
+                     KVT_E_GEOMETRY);
+    assert_int_equal(
+        stored_range_status(fd, ++id, lns, &lk, 0, 0, 0, 4 * CHUNK_BYTES, CHUNK_BYTES, NULL),
+        KVT_E_INVAL);
+    assert_int_equal(
+        stored_range_status(fd, ++id, lns, &lk, 0, 0, 4, 4 * CHUNK_BYTES, 4 * row - 1, &len),
+        KVT_E_SMALLBUF);
+    assert_int_equal(len, 4 * row);
+    /* A clustered variant (8 entries for 16 tokens, every count 2) of the same key. */
+    uint8_t *cl = arena + 2 * CHUNK_BYTES;
+    const uint64_t cl_len = 8 * (CHUNK_BYTES / 16 + 4 * 2 * 2);
+    kvt_test_fill(cl, cl_len, 79);
+    for (uint32_t i = 0; i < 2 * 2 * 8; i++) {
+        uint32_t two = 2;
+        memcpy(cl + 8 * (CHUNK_BYTES / 16) + 4 * i, &two, 4);
+    }
+    Kvtier__PutReq p = KVTIER__PUT_REQ__INIT;
+    Kvtier__Checksum ck = KVTIER__CHECKSUM__INIT;
+    Kvtier__Key vk = lk;
+    vk.variant = 1;
+    ck.value = kvt_payload_checksum(cl, cl_len);
+    p.ns = lns;
+    p.key = &vk;
+    p.offset = 2 * CHUNK_BYTES;
+    p.length = cl_len;
+    p.n_tokens = 16;
+    p.form = 3;
+    p.checksum = &ck;
+    Kvtier__Request req = KVTIER__REQUEST__INIT;
+    req.id = ++id;
+    req.op_case = KVTIER__REQUEST__OP_PUT;
+    req.put = &p;
+    send_request(fd, &req);
+    assert_int_equal(expect_status(fd, id), 0);
+    assert_int_equal(
+        stored_range_status(fd, ++id, lns, &vk, 0, 0, 4, 4 * CHUNK_BYTES, CHUNK_BYTES, NULL),
+        KVT_E_INVAL);
+    for (size_t i = 0; i < CHUNK_BYTES; i++)
+        assert_int_equal(dst[i], 0x3c);
+    /* Nothing changed: the chunk's rows come back (fp16, from DRAM), where they were asked. */
+    assert_int_equal(
+        stored_range_status(fd, ++id, lns, &lk, 1, 2, 4, 4 * CHUNK_BYTES, 4 * row, &len), 0);
+    assert_int_equal(len, 4 * row);
+    assert_memory_equal(dst, arena + CHUNK_BYTES / 2 + 2 * row, 4 * row);
+    close(fd);
+    assert_daemon_healthy();
+}
+
 static void test_get_missing_key(void **state)
 {
     (void)state;
@@ -1059,6 +1178,7 @@ static uint32_t register_ns_id(int fd, uint64_t id, const struct kvt_ns_spec *sp
     sp.head_dim = sp_in->head_dim;
     sp.dtype = sp_in->dtype;
     sp.tokens_per_chunk = sp_in->tokens_per_chunk;
+    sp.allow_lossy = sp_in->allow_lossy;
     rr.spec = &sp;
     Kvtier__Request req = KVTIER__REQUEST__INIT;
     req.id = id;
@@ -1457,6 +1577,7 @@ int main(void)
         cmocka_unit_test_setup(test_objects_quota_per_tenant, use_shared_daemon),
         cmocka_unit_test_setup(test_reuse_and_hold_frames, use_shared_daemon),
         cmocka_unit_test_setup(test_lossy_and_budget_frames, use_shared_daemon),
+        cmocka_unit_test_setup(test_stored_range_frames, use_shared_daemon),
         cmocka_unit_test_setup(test_max_clients_checked_against_nofile, use_shared_daemon),
         cmocka_unit_test_setup(test_sighup_reloads_config, use_shared_daemon),
         cmocka_unit_test_setup(test_hugetlb_and_file_arenas_refused, use_shared_daemon),

@@ -346,6 +346,9 @@ static void round_trip(enum kvt_form form)
            worst);
     assert_true(stat_of(c, "gets_dequantized") >= N_CHUNKS);
     assert_int_equal(stat_of(c, "gets_stored_form"), N_CHUNKS / 2);
+    /* Every whole read (the stored blocks and the promotions) was verified and decoded on a
+     * worker, not on the loop; the bytes above are the kernels' to the bit all the same. */
+    assert_int_equal(stat_of(c, "tier.reads_decoded_on_workers"), N_CHUNKS + N_CHUNKS / 2);
 
     /* The checksum on the wire is kvt_payload_checksum of the bytes returned. */
     struct raw r;
@@ -363,6 +366,110 @@ static void round_trip(enum kvt_form form)
                      kvt_payload_checksum(resp->get->inline_data.data, CHUNK_BYTES));
     kvtier__response__free_unpacked(resp, NULL);
     raw_close(&r);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+/* CPU time of the daemon's loop thread (its main thread: tid = pid) so far, in ns. */
+static uint64_t loop_cpu_ns(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    unsigned long long ns = 0;
+    if (!f || fscanf(f, "%llu", &ns) != 1)
+        fail_msg("cannot read %s", path);
+    fclose(f);
+    return ns;
+}
+
+/* 1 MiB q8 chunks (8 layers x 8 KV heads x 128 dims, 32 tokens) promoted from disk after a
+ * restart: the bytes are the kernels' dequantization, every promotion is decoded on a worker,
+ * and the loop thread's CPU time per promotion is printed against a Get of the same chunk from
+ * DRAM (the figures of docs/lossy.md; KVT_BUILD may name another daemon to compare). */
+#define MIB_LAYERS 8u
+#define MIB_HEADS 8u
+#define MIB_HD 128u
+#define MIB_TOKENS 32u
+#define MIB_HALFS (MIB_LAYERS * MIB_TOKENS * 2u * MIB_HEADS * MIB_HD)
+#define MIB_CHUNKS 24u
+static void test_promotions_on_workers(void **state)
+{
+    (void)state;
+    const char *args[] = {"--tier.write_policy=write-through",
+                          "--disk.bytes=256M",
+                          "--cpu.arena_bytes=64M",
+                          "--cpu.page_bytes=2M",
+                          "--disk.form=q8",
+                          "--busy_poll_us=0", /* the loop's CPU time is its work, not spinning */
+                          NULL};
+    struct kvt_test_daemon d = {0};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_connect_opts o = {
+        .socket_path = d.socket_path, .arena_bytes = 8 << 20, .timeout_ms = 10000};
+    struct kvt_ns_spec sp = {.model_id = "lossy-mib",
+                             .layers = MIB_LAYERS,
+                             .kv_heads = MIB_HEADS,
+                             .head_dim = MIB_HD,
+                             .dtype = KVT_DTYPE_FP16,
+                             .tokens_per_chunk = MIB_TOKENS,
+                             .allow_lossy = 1};
+    struct kvt_client *c = NULL;
+    struct kvt_ns_info ns;
+    static uint16_t src[MIB_HALFS], got[MIB_HALFS], deq[MIB_HALFS];
+    static uint8_t q[MIB_HALFS * 2];
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &sp, &ns), 0);
+    for (uint32_t i = 0; i < MIB_CHUNKS; i++) {
+        kvt_test_fill(src, sizeof(src), 0x3b + i);
+        for (size_t j = 0; j < MIB_HALFS; j++) /* finite values: random bits make NaN groups */
+            src[j] = kvt_f32_to_f16((float)(src[j] % 2001) / 1000.0f - 1.0f);
+        struct kvt_key k = key_of(100 + i);
+        assert_int_equal(kvt_put(c, ns.handle, &k, src, sizeof(src), 0), 0);
+    }
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    assert_int_equal(kvt_register(c, &sp, &ns), 0);
+    uint8_t *buf = kvt_arena_alloc(c, sizeof(got));
+    assert_non_null(buf);
+    struct kvt_quant_chunk qc = chunk_fmt(8, MIB_HD, MIB_LAYERS, MIB_HEADS);
+    size_t qbytes = kvt_quant_chunk_bytes(&qc, MIB_TOKENS);
+    uint64_t ns_disk = 0, ns_dram = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t t0 = loop_cpu_ns(d.pid);
+        for (uint32_t i = 0; i < MIB_CHUNKS; i++) {
+            struct kvt_key k = key_of(100 + i);
+            size_t len = 0;
+            enum kvt_tier_id tier;
+            assert_int_equal(kvt_get(c, ns.handle, &k, buf, sizeof(got), &len, &tier), 0);
+            assert_int_equal(len, sizeof(got));
+            assert_int_equal(tier, pass == 0 ? KVT_TIER_DISK : KVT_TIER_CPU);
+        }
+        uint64_t spent = loop_cpu_ns(d.pid) - t0;
+        *(pass == 0 ? &ns_disk : &ns_dram) = spent / MIB_CHUNKS;
+    }
+    /* The bytes: the kernels' dequantization of the kernels' quantization of the Put's. */
+    struct kvt_key k = key_of(100 + MIB_CHUNKS - 1);
+    size_t len = 0;
+    enum kvt_tier_id tier;
+    kvt_test_fill(src, sizeof(src), 0x3b + MIB_CHUNKS - 1);
+    for (size_t j = 0; j < MIB_HALFS; j++)
+        src[j] = kvt_f32_to_f16((float)(src[j] % 2001) / 1000.0f - 1.0f);
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &qc, src, MIB_TOKENS, q, sizeof(q)), 0);
+    assert_int_equal(kvt_dequant_chunk_f16(NULL, &qc, q, qbytes, MIB_TOKENS, deq), 0);
+    assert_int_equal(kvt_get(c, ns.handle, &k, got, sizeof(got), &len, &tier), 0);
+    assert_memory_equal(got, deq, sizeof(got));
+    kvt_arena_free(c, buf);
+    uint64_t on_workers = kvt_test_stat(c, "tier.reads_decoded_on_workers");
+    printf("  1 MiB q8 Gets: loop thread CPU %.1f us per promotion from disk, %.1f us per Get "
+           "from DRAM; %llu of %u promotions decoded on workers\n",
+           ns_disk / 1e3, ns_dram / 1e3,
+           (unsigned long long)(on_workers == UINT64_MAX ? 0 : on_workers), MIB_CHUNKS);
+    if (!getenv("KVT_BUILD"))
+        assert_int_equal(on_workers, MIB_CHUNKS);
     kvt_close(c);
     assert_int_equal(kvt_test_daemon_stop(&d), 0);
     kvt_test_daemon_cleanup(&d);
@@ -584,6 +691,153 @@ static void test_corrupt_quantized_object(void **state)
     kvt_close(c);
     assert_int_equal(kvt_test_daemon_stop(&d), 0);
     kvt_test_daemon_cleanup(&d);
+}
+
+/* A raw GetRange of rows [5, 40) of layer 1 into the arena at 0: the response, to be freed. */
+static Kvtier__Response *raw_range(struct raw *r, uint32_t i, uint64_t cap, int stored)
+{
+    struct kvt_key key = key_of(i);
+    Kvtier__Key k = KVTIER__KEY__INIT;
+    k.lo = key.lo;
+    k.hi = key.hi;
+    Kvtier__GetRangeReq g = KVTIER__GET_RANGE_REQ__INIT;
+    g.ns = r->ns;
+    g.key = &k;
+    g.layer = 1;
+    g.token_first = 5;
+    g.n_tokens = 35;
+    g.capacity = cap;
+    g.stored_form = stored;
+    Kvtier__Request rq = KVTIER__REQUEST__INIT;
+    rq.op_case = KVTIER__REQUEST__OP_GET_RANGE;
+    rq.get_range = &g;
+    return raw_call(r, &rq);
+}
+
+/* Ranges of q8 and q4 chunks from disk after a restart: stored-form rows are the kernels'
+ * quantization of those rows alone (groups never span tokens), kvt_form_dequant of them is the
+ * kernels' dequantization and a plain GetRange's rows, which carry the daemon's checksum (from
+ * disk and from a dequantized DRAM copy); a capacity below the rows is E_SMALLBUF with their
+ * size; a flipped byte in a covering block is a counted miss. */
+static void stored_ranges(enum kvt_form form)
+{
+    const char *args[10];
+    args_for(form, args, NULL);
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_client *c = connect_ns(&d, 1, &ns);
+    for (uint32_t i = 0; i < 4; i++) {
+        struct kvt_key k = key_of(i);
+        assert_int_equal(kvt_put(c, ns.handle, &k, data[i], CHUNK_BYTES, 0), 0);
+    }
+    kvt_close(c);
+    kvt_test_daemon_kill(&d);
+    /* Chunk 3, layer 1's first block (rows 0..15): past layer 0's stride in either form. */
+    uint64_t layer_stride = q_body_bytes(bits_of(form), 1, HEADS, HD, TOKENS);
+    assert_int_equal(corrupt_body(d.dir, 3, layer_stride + 100), 0);
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    c = connect_ns(&d, 1, &ns);
+    const uint32_t bits = bits_of(form), n = 35;
+    struct kvt_quant_chunk q1 = chunk_fmt(bits, HD, 1, HEADS);
+    const size_t qbytes = kvt_quant_chunk_bytes(&q1, n), fbytes = (size_t)n * ROW_HALFS * 2;
+    static uint16_t rows[35 * ROW_HALFS], want_q[35 * ROW_HALFS], deq[35 * ROW_HALFS];
+    static uint16_t mine[35 * ROW_HALFS], plain[35 * ROW_HALFS];
+    for (uint32_t i = 0; i < 3; i++) {
+        struct kvt_key k = key_of(i);
+        const uint16_t *src = data[i] + ((size_t)TOKENS + 5) * ROW_HALFS; /* layer 1, row 5 */
+        assert_int_equal(kvt_quant_chunk_f16(NULL, &q1, src, n, (uint8_t *)want_q, sizeof(want_q)),
+                         0);
+        assert_int_equal(kvt_dequant_chunk_f16(NULL, &q1, (const uint8_t *)want_q, qbytes, n, deq),
+                         0);
+        size_t len = 0;
+        enum kvt_form f = KVT_FORM_FP16;
+        enum kvt_tier_id tier;
+        /* Too small a buffer: E_SMALLBUF with the quantized rows' size, nothing read. */
+        assert_int_equal(
+            kvt_get_range_form(c, ns.handle, &k, 0, 1, 5, n, rows, qbytes - 1, &len, &f, &tier),
+            KVT_E_SMALLBUF);
+        assert_int_equal(len, qbytes);
+        assert_int_equal(
+            kvt_get_range_form(c, ns.handle, &k, 0, 1, 5, n, rows, sizeof(rows), &len, &f, &tier),
+            0);
+        assert_int_equal(f, form);
+        assert_int_equal(tier, KVT_TIER_DISK);
+        assert_int_equal(len, qbytes);
+        assert_memory_equal(rows, want_q, qbytes);
+        /* The library's C reference gives the kernels' bytes, and a plain GetRange's. */
+        assert_int_equal(kvt_form_dequant(form, HEADS, HD, n, rows, len, mine, sizeof(mine)), 0);
+        assert_memory_equal(mine, deq, fbytes);
+        assert_int_equal(kvt_form_dequant(form, HEADS, HD, n, rows, len - 1, mine, sizeof(mine)),
+                         KVT_E_INVAL);
+        assert_int_equal(kvt_form_dequant(form, HEADS, HD, n, rows, len, mine, fbytes - 1),
+                         KVT_E_SMALLBUF);
+        assert_int_equal(
+            kvt_get_range(c, ns.handle, &k, 1, 5, n, plain, sizeof(plain), &len, &tier), 0);
+        assert_memory_equal(plain, deq, fbytes);
+    }
+    assert_int_equal(stat_of(c, "get_ranges_stored_form"), 3);
+    assert_int_equal(stat_of(c, "get_ranges_dequantized"), 3);
+    /* Over the wire: the daemon's checksum of dequantized rows, from disk and from DRAM. */
+    struct raw r;
+    raw_open(&r, &d, 1);
+    Kvtier__Response *resp = raw_range(&r, 0, fbytes, 0);
+    assert_int_equal(resp->status, 0);
+    assert_int_equal(resp->get_range->form, KVT_FORM_FP16);
+    assert_non_null(resp->get_range->checksum);
+    assert_int_equal(resp->get_range->checksum->value, kvt_payload_checksum(r.arena, fbytes));
+    kvtier__response__free_unpacked(resp, NULL);
+    static uint16_t whole[CHUNK_HALFS];
+    struct kvt_key k0 = key_of(0);
+    size_t len = 0;
+    enum kvt_tier_id tier;
+    enum kvt_form f;
+    assert_int_equal(kvt_get(c, ns.handle, &k0, whole, sizeof(whole), &len, &tier), 0);
+    resp = raw_range(&r, 0, fbytes, 0); /* from the dequantized DRAM copy now */
+    assert_int_equal(resp->status, 0);
+    assert_int_equal(resp->get_range->tier, KVT_TIER_CPU);
+    assert_non_null(resp->get_range->checksum);
+    assert_int_equal(resp->get_range->checksum->value, kvt_payload_checksum(r.arena, fbytes));
+    kvtier__response__free_unpacked(resp, NULL);
+    /* In DRAM: the stored form of its rows is fp16, what DRAM keeps (and needs fp16 room). */
+    assert_int_equal(
+        kvt_get_range_form(c, ns.handle, &k0, 0, 1, 5, n, rows, qbytes, &len, &f, &tier),
+        KVT_E_SMALLBUF);
+    assert_int_equal(len, fbytes);
+    assert_int_equal(
+        kvt_get_range_form(c, ns.handle, &k0, 0, 1, 5, n, rows, sizeof(rows), &len, &f, &tier), 0);
+    assert_int_equal(f, KVT_FORM_FP16);
+    assert_int_equal(tier, KVT_TIER_CPU);
+    assert_int_equal(kvt_get_range(c, ns.handle, &k0, 1, 5, n, plain, sizeof(plain), &len, &tier),
+                     0);
+    assert_memory_equal(rows, plain, fbytes);
+    /* The flipped byte: a counted miss, never rows, and the object is gone. */
+    uint64_t fails = stat_of(c, "disk.checksum_failures");
+    struct kvt_key k3 = key_of(3);
+    memset(rows, 0, sizeof(rows));
+    assert_int_equal(
+        kvt_get_range_form(c, ns.handle, &k3, 0, 1, 5, n, rows, sizeof(rows), &len, &f, &tier),
+        KVT_E_NOTFOUND);
+    assert_int_equal(stat_of(c, "disk.checksum_failures"), fails + 1);
+    assert_int_equal(kvt_get_range(c, ns.handle, &k3, 1, 5, n, plain, sizeof(plain), &len, &tier),
+                     KVT_E_NOTFOUND);
+    assert_int_equal(stat_of(c, "disk.checksum_failures"), fails + 1);
+    raw_close(&r);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+static void test_q8_stored_ranges(void **state)
+{
+    (void)state;
+    stored_ranges(KVT_FORM_Q8);
+}
+
+static void test_q4_stored_ranges(void **state)
+{
+    (void)state;
+    stored_ranges(KVT_FORM_Q4);
 }
 
 /* Importance: under write-back, disk.form = q8 and disk.form_cold = q4, the chunk a Select left
@@ -896,6 +1150,9 @@ int main(void)
         cmocka_unit_test(test_cold_chunks_get_form_cold),
         cmocka_unit_test(test_clustered_variant),
         cmocka_unit_test(test_bytes_per_token),
+        cmocka_unit_test(test_promotions_on_workers),
+        cmocka_unit_test(test_q8_stored_ranges),
+        cmocka_unit_test(test_q4_stored_ranges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

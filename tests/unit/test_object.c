@@ -623,6 +623,37 @@ static void test_lossy_object(void **state)
     memset(out, 0, sizeof(out));
     assert_int_equal(kvt_object_get_rows(body + off, off, (size_t)rlen, &m, 1, 2, 20, 10, out), 0);
     assert_memory_equal(out, (const uint8_t *)want + ((size_t)TOKENS + 20) * ROW, 10 * ROW);
+    /* The same rows as stored (a stored-form GetRange): the kernels' quantization of those rows
+     * alone as a one-layer chunk, from the same bytes; a head_dim the rows cannot have is
+     * refused, and so are rows the object does not have. */
+    struct kvt_quant_chunk q1 = qc;
+    q1.n_layer = 1;
+    static uint8_t want_rows[RAW], rows_st[RAW];
+    assert_int_equal(kvt_quant_chunk_f16(NULL, &q1, x + ((size_t)TOKENS + 20) * (ROW / 2), 10,
+                                         want_rows, sizeof(want_rows)),
+                     0);
+    assert_int_equal(kvt_quant_chunk_bytes(&q1, 10), 10 * (size_t)m.row_bytes);
+    memset(rows_st, 0, sizeof(rows_st));
+    assert_int_equal(
+        kvt_object_get_rows_stored(body + off, off, (size_t)rlen, &m, 1, 20, 10, 8, rows_st), 0);
+    assert_memory_equal(rows_st, want_rows, 10 * (size_t)m.row_bytes);
+    assert_int_equal(
+        kvt_object_get_rows_stored(body + off, off, (size_t)rlen, &m, 1, 20, 10, 6, rows_st),
+        KVT_E_INVAL);
+    assert_int_equal(
+        kvt_object_get_rows_stored(body + off, off, (size_t)rlen, &m, 1, 35, 10, 8, rows_st),
+        KVT_E_INVAL);
+    assert_int_equal(
+        kvt_object_get_rows_stored(body + off, off, (size_t)rlen, &m, 3, 20, 10, 8, rows_st),
+        KVT_E_INVAL);
+    /* A flipped bit in the covering blocks (their rows or trailers) is refused too. */
+    for (size_t byte = 0; byte < rlen; byte += 5) {
+        body[off + byte] ^= 0x10;
+        assert_int_equal(
+            kvt_object_get_rows_stored(body + off, off, (size_t)rlen, &m, 1, 20, 10, 8, rows_st),
+            KVT_E_CORRUPT);
+        body[off + byte] ^= 0x10;
+    }
     /* Every flipped bit, header or body (not the padding after a layer's last trailer), is refused
      * by every reader. */
     size_t layer_used = (size_t)TOKENS * m.row_bytes + 3 * 8;

@@ -446,9 +446,31 @@ static void ient_meta(const struct ient *e, const struct kvt_obj_id *id, struct 
     (void)kvt_object_layout(m);
 }
 
+static int range_submit(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                        uint32_t token_first, uint32_t n_tokens, uint32_t head_dim, void *dst,
+                        size_t cap, uint32_t *form_out, kvt_tier_done_fn done, void *arg);
+
 int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
                         uint32_t token_first, uint32_t n_tokens, void *dst, size_t cap,
                         kvt_tier_done_fn done, void *arg)
+{
+    return range_submit(d, id, layer, token_first, n_tokens, 0, dst, cap, NULL, done, arg);
+}
+
+int kvt_disk_read_range_stored(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                               uint32_t token_first, uint32_t n_tokens, uint32_t head_dim,
+                               void *dst, size_t cap, uint32_t *form_out, kvt_tier_done_fn done,
+                               void *arg)
+{
+    if (!form_out)
+        return KVT_E_INVAL;
+    return range_submit(d, id, layer, token_first, n_tokens, head_dim, dst, cap, form_out, done,
+                        arg);
+}
+
+static int range_submit(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                        uint32_t token_first, uint32_t n_tokens, uint32_t head_dim, void *dst,
+                        size_t cap, uint32_t *form_out, kvt_tier_done_fn done, void *arg)
 {
     struct kvt_object_meta m;
     uint64_t off = 0, len = 0, a0, a1, need;
@@ -469,7 +491,12 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
         n_tokens > e->n_tokens - token_first)
         return KVT_E_INVAL;
     ient_meta(e, id, &m);
-    if (cap < (uint64_t)n_tokens * kvt_object_out_row_bytes(&m))
+    /* A stored read of a quantized object returns the stored rows (gathered by head), whose
+     * size is the stored row's; of any other object, the rows as a plain range read does. */
+    int stored = form_out && KVT_CODEC_ID_FORM(e->codec) != 0 && kvt_object_blocked(e->codec);
+    if (stored && (!head_dim || (kvt_object_out_row_bytes(&m) / 2) % (2ull * head_dim)))
+        return KVT_E_INVAL;
+    if (cap < (uint64_t)n_tokens * (stored ? m.row_bytes : kvt_object_out_row_bytes(&m)))
         return KVT_E_SMALLBUF;
     if (kvt_object_blocked(e->codec)) {
         /* Only the covering blocks and their trailers, rounded out to whole 4 KiB pages. */
@@ -491,6 +518,11 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
     o = &d->ops[i];
     o->kind = OP_READ;
     o->range = 1;
+    o->stored = (uint8_t)stored;
+    o->head_dim = head_dim;
+    o->form_out = form_out;
+    if (form_out)
+        *form_out = stored ? KVT_CODEC_ID_FORM(e->codec) : 0;
     o->m = m;
     o->layer = layer;
     o->t0 = token_first;
@@ -587,6 +619,24 @@ int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, v
     return 0;
 }
 
+int kvt_disk_decode_stored(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
+                           size_t cap, uint32_t *form_out, size_t *len_out)
+{
+    struct kvt_object_meta m;
+    size_t len = 0;
+
+    if (!codec || !form_out || !len_out || (!dst && cap))
+        return KVT_E_INVAL;
+    int rc = kvt_object_decode_stored(codec, lent->buf, lent->bytes, dst, cap, &m, &len);
+    if (rc == KVT_E_SMALLBUF)
+        return rc;
+    if (rc != 0 || !kvt__disk_object_matches(&m, &lent->id, lent->seq, lent->raw_len))
+        return KVT_E_CORRUPT;
+    *form_out = KVT_CODEC_ID_FORM(m.codec);
+    *len_out = len;
+    return 0;
+}
+
 void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status)
 {
     uint32_t i = lent->handle;
@@ -597,7 +647,7 @@ void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent,
         kvt__disk_drop_corrupt(d, &d->ops[i]);
     } else {
         d->st.tier.hits++;
-        d->st.tier.promotions++;
+        d->st.tier.promotions += !lent->stored;
     }
     d->lent--;
     kvt__disk_op_put(d, i);

@@ -316,6 +316,16 @@ int kvt_disk_read_range(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_
                         uint32_t token_first, uint32_t n_tokens, void *dst, size_t cap,
                         kvt_tier_done_fn done, void *arg);
 
+/* kvt_disk_read_range that returns the rows of an object kept in a lossy form as stored:
+ * verified, not dequantized, gathered into the kernels' chunk layout of one layer
+ * (kvt_object_get_rows_stored; head_dim is the chunk's: KVT_E_INVAL when the rows cannot hold
+ * whole heads of it; cap >= n_tokens x the stored row's bytes); any other object's rows as
+ * kvt_disk_read_range returns them. *form_out (valid until done) gets the form returned. */
+int kvt_disk_read_range_stored(struct kvt_disk *d, const struct kvt_obj_id *id, uint32_t layer,
+                               uint32_t token_first, uint32_t n_tokens, uint32_t head_dim,
+                               void *dst, size_t cap, uint32_t *form_out, kvt_tier_done_fn done,
+                               void *arg);
+
 /* Lending read, so that checksum verification and decoding can run on a worker thread: the
  * callback receives the stored object itself, still in the store's staging buffer.
  *   owner:  kvt_disk_read_lend(d, &id, done, arg)
@@ -332,6 +342,8 @@ struct kvt_disk_lent {
     struct kvt_obj_id id;
     uint64_t seq;
     uint64_t raw_len;
+    uint8_t stored; /* the borrower's: set when it decoded the stored form (release counts no
+                       promotion then) */
 };
 typedef void (*kvt_disk_lent_fn)(void *arg, int res, const struct kvt_disk_lent *lent);
 
@@ -342,6 +354,10 @@ int kvt_disk_read_lend(struct kvt_disk *d, const struct kvt_obj_id *id, kvt_disk
  * and the lent bytes: safe on any thread. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
 int kvt_disk_decode(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
                     size_t cap);
+/* kvt_disk_decode of the stored form, as kvt_disk_read_stored returns it: *len_out the bytes
+ * written, *form_out the object's form. Returns 0, KVT_E_CORRUPT, KVT_E_SMALLBUF. */
+int kvt_disk_decode_stored(struct kvt_codec *codec, const struct kvt_disk_lent *lent, void *dst,
+                           size_t cap, uint32_t *form_out, size_t *len_out);
 void kvt_disk_read_release(struct kvt_disk *d, const struct kvt_disk_lent *lent, int status);
 
 /* Reads the metadata section of object id alone (no byte of the header or the payload) into dst

@@ -74,12 +74,14 @@ struct op {
     uint8_t kind, state, file;
     uint8_t range;  /* a range read: rows [t0, t0 + n_rows) of one layer */
     uint8_t meta;   /* a read of the metadata section alone */
-    uint8_t stored; /* a whole read that returns a lossy object as stored (kvt_disk_read_stored) */
+    uint8_t stored; /* a read that returns a lossy object as stored (kvt_disk_read_stored, and
+                       kvt_disk_read_range_stored) */
     uint32_t next;
     uint32_t codec, n_tokens, blocks;
     uint32_t sp_start, sp_pages; /* staging pages */
     uint64_t io_off, io_bytes;   /* the transfer, relative to the extent */
     uint32_t layer, t0, n_rows;
+    uint32_t head_dim;        /* stored range reads of a quantized object: the chunk's head_dim */
     struct kvt_object_meta m; /* writes: the layout; range reads: the layout from the index */
     struct kvt_obj_id id;
     uint64_t start, seq, raw_len, stored_len;

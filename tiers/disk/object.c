@@ -607,6 +607,47 @@ int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes
     return 0;
 }
 
+int kvt_object_get_rows_stored(const void *buf, uint64_t buf_off, size_t buf_bytes,
+                               const struct kvt_object_meta *m, uint32_t layer, uint32_t t0,
+                               uint32_t n, uint32_t head_dim, void *dst)
+{
+    struct rowfmt rf;
+    if (!is_lossy_rows(m->codec) || lossy_rows_of(m, &rf) != 0 || !head_dim ||
+        rf.f.head_dim % head_dim || head_dim % rf.f.group || (rf.in_row / 2) % (2 * head_dim))
+        return KVT_E_INVAL;
+    if (layer >= m->g.n_layers || t0 > m->n_tokens || n > m->n_tokens - t0 || !n)
+        return KVT_E_INVAL;
+    int rc = kvt_object_get_rows(buf, buf_off, buf_bytes, m, layer, layer + 1, t0, n, NULL);
+    if (rc)
+        return rc;
+    /* A head's hd channels lie inside one piece of a row (its codes one byte run, its groups'
+     * parameters another), since pieces are whole multiples of head_dim. */
+    const unsigned char *p = buf;
+    const uint32_t hd = head_dim, kh_n = (uint32_t)(rf.in_row / 2 / hd), bt = m->g.block_tokens;
+    const uint32_t bits = rf.f.bits, G = rf.f.group;
+    const size_t code_h = (size_t)hd * bits / 8, par_h = (size_t)hd / G * KVT_QUANT_PARAM_BYTES;
+    const size_t blk = (code_h + par_h) * n, piece = rf.f.head_dim;
+    const size_t piece_codes = piece * bits / 8;
+    unsigned char *o = dst;
+    for (uint32_t t = t0; t < t0 + n; t++) {
+        uint32_t b = t / bt;
+        uint64_t off;
+        size_t len;
+        block_span(m, b, &off, &len);
+        const unsigned char *row = p + ((uint64_t)layer * m->layer_stride + off - buf_off) +
+                                   (uint64_t)(t - b * bt) * m->row_bytes;
+        for (uint32_t kh = 0; kh < kh_n; kh++) {
+            size_t e0 = (size_t)kh * hd, pc = e0 / piece, in = e0 % piece;
+            const unsigned char *pp = row + pc * rf.piece_q;
+            unsigned char *bd = o + (size_t)kh * blk;
+            memcpy(bd + (size_t)(t - t0) * code_h, pp + in * bits / 8, code_h);
+            memcpy(bd + (size_t)n * code_h + (size_t)(t - t0) * par_h,
+                   pp + piece_codes + in / G * KVT_QUANT_PARAM_BYTES, par_h);
+        }
+    }
+    return 0;
+}
+
 int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
                              size_t cap, struct kvt_object_meta *out, size_t *len_out)
 {
@@ -630,35 +671,14 @@ int kvt_object_decode_stored(struct kvt_codec *codec, const void *buf, size_t bu
     size_t bytes = kvt_quant_chunk_bytes(&qc, m.n_tokens);
     if (cap < bytes)
         return KVT_E_SMALLBUF;
-    if (kvt_object_get_rows(p + HDR, 0, (size_t)m.stored_len, &m, 0, m.g.n_layers, 0, m.n_tokens,
-                            NULL) != 0)
-        return KVT_E_CORRUPT;
-    /* Verified: gather every (layer, k|v, KV head) block of the kernels' chunk layout from the
-     * stored rows. A head's hd channels lie inside one piece of a row (its codes one byte run, its
-     * groups' parameters another), since pieces are whole multiples of head_dim. */
-    const uint32_t L = m.g.n_layers, H = m.g.n_kv_heads, hd = m.g.head_dim, T = m.n_tokens;
-    const uint32_t bits = qc.keys.bits, G = qc.keys.group, bt = m.g.block_tokens;
-    const size_t code_h = (size_t)hd * bits / 8, par_h = (size_t)hd / G * KVT_QUANT_PARAM_BYTES;
-    const size_t blk = kvt_quant_bytes(&qc.keys, T), piece = rf.f.head_dim;
-    const size_t piece_codes = piece * bits / 8;
-    unsigned char *o = dst;
-    for (uint32_t l = 0; l < L; l++)
-        for (uint32_t t = 0; t < T; t++) {
-            uint32_t b = t / bt;
-            uint64_t off;
-            size_t len;
-            block_span(&m, b, &off, &len);
-            const unsigned char *row =
-                p + HDR + (uint64_t)l * m.layer_stride + off + (uint64_t)(t - b * bt) * m.row_bytes;
-            for (uint32_t kh = 0; kh < 2 * H; kh++) {
-                size_t e0 = (size_t)kh * hd, pc = e0 / piece, in = e0 % piece;
-                const unsigned char *pp = row + pc * rf.piece_q;
-                unsigned char *bd = o + ((size_t)l * 2 * H + kh) * blk;
-                memcpy(bd + (size_t)t * code_h, pp + in * bits / 8, code_h);
-                memcpy(bd + (size_t)T * code_h + (size_t)t * par_h,
-                       pp + piece_codes + in / G * KVT_QUANT_PARAM_BYTES, par_h);
-            }
-        }
+    /* Every layer's (k|v, KV head) blocks, gathered from its stored rows once they verified. */
+    for (uint32_t l = 0; l < m.g.n_layers; l++) {
+        int rc = kvt_object_get_rows_stored(
+            p + HDR, 0, (size_t)m.stored_len, &m, l, 0, m.n_tokens, m.g.head_dim,
+            (unsigned char *)dst + (size_t)l * m.n_tokens * m.row_bytes);
+        if (rc)
+            return KVT_E_CORRUPT;
+    }
     *out = m;
     *len_out = bytes;
     return 0;

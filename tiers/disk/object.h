@@ -189,6 +189,17 @@ int kvt_object_verify(const void *buf, size_t buf_bytes, struct kvt_object_meta 
 int kvt_object_decode(struct kvt_codec *codec, const void *buf, size_t buf_bytes, void *dst,
                       size_t cap, struct kvt_object_meta *out);
 
+/* Verifies the blocks of layer covering tokens [t0, t0 + n) of a quantized (q8/q4) object m and
+ * gathers those rows' codes and parameters, as stored, into the kernels' chunk layout of one
+ * layer (kvt_quant_chunk_f16 of those n rows: 2 x n_kv_heads blocks, keys then values per head,
+ * each n rows of codes then their groups' parameters) at dst: n x m->row_bytes bytes. buf holds
+ * body bytes [buf_off, buf_off + buf_bytes); head_dim is the chunk's (the object's rows do not
+ * say where a head ends). Returns 0, KVT_E_CORRUPT (a check failed, a block is not in buf),
+ * KVT_E_INVAL (not a quantized object, or a head_dim its rows cannot have). */
+int kvt_object_get_rows_stored(const void *buf, uint64_t buf_off, size_t buf_bytes,
+                               const struct kvt_object_meta *m, uint32_t layer, uint32_t t0,
+                               uint32_t n, uint32_t head_dim, void *dst);
+
 /* kvt_object_decode, except that a quantized object (form q8/q4 in its codec id) is verified and
  * returned as the kernels' quantized chunk (kvt_quant_chunk_f16's layout, gathered from its rows),
  * not dequantized: *len_out gets the bytes written to dst (that chunk's size, n_layers x n_tokens

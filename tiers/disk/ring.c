@@ -101,7 +101,14 @@ static void range_done(struct kvt_disk *d, uint32_t i, unsigned char *slot, size
     struct kvt_object_meta h;
     int rc;
 
-    if (kvt_object_blocked(m->codec)) {
+    if (o->stored) {
+        /* A quantized object's rows as stored: verified, gathered by head, not dequantized. */
+        want = (uint64_t)o->n_rows * m->row_bytes;
+        rc = kvt_object_get_rows_stored(slot, o->io_off - KVT_OBJECT_HEADER_BYTES, got, m, o->layer,
+                                        o->t0, o->n_rows, o->head_dim, o->dst);
+        if (rc == KVT_E_INVAL)
+            rc = KVT_E_CORRUPT; /* the index's geometry no longer fits the rows it names */
+    } else if (kvt_object_blocked(m->codec)) {
         rc = kvt_object_get_rows(slot, o->io_off - KVT_OBJECT_HEADER_BYTES, got, m, o->layer,
                                  o->layer + 1, o->t0, o->n_rows, o->dst);
     } else {

@@ -157,6 +157,62 @@ static int dt_read_stored(void *tier, const struct kvt_obj_id *id, kvt_tier_loc 
     return rc ? rc : KVT_TIER_LATER;
 }
 
+/* A loan of the store's, with what decode needs off the loop (the codec's config). */
+struct disk_loan {
+    struct kvt_disk_lent lent;
+    const struct kvt_codec_config *codec;
+};
+_Static_assert(sizeof(struct disk_loan) <= KVT_TIER_LOAN_PRIV_BYTES, "disk loan state");
+
+static void dt_lent(void *arg, int res, const struct kvt_disk_lent *lent)
+{
+    struct kvt_tier_loan *loan = arg;
+    if (res >= 0 && lent) {
+        ((struct disk_loan *)loan->priv.bytes)->lent = *lent;
+        res = 0;
+    } else if (res >= 0) {
+        res = KVT_E_IO; /* a loan without its object: never reported by the store */
+    }
+    loan->done(loan->arg, res);
+}
+
+static int dt_read_lend(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                        struct kvt_tier_loan *loan, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_disk_tier *dt = tier;
+    struct disk_loan *dl = (struct disk_loan *)loan->priv.bytes;
+    (void)loc;
+    memset(dl, 0, sizeof(*dl));
+    dl->codec = &dt->codec;
+    loan->done = done;
+    loan->arg = arg;
+    int rc = kvt_disk_read_lend(dt->d, id, dt_lent, loan);
+    return rc ? rc : KVT_TIER_LATER;
+}
+
+static int dt_decode(struct kvt_tier_loan *loan, void *dst, size_t cap, int stored,
+                     uint32_t *form_out)
+{
+    struct disk_loan *dl = (struct disk_loan *)loan->priv.bytes;
+    struct kvt_codec *codec = thread_codec(dl->codec);
+    if (!codec)
+        return KVT_E_NOMEM;
+    dl->lent.stored = (uint8_t)(stored != 0);
+    if (stored) {
+        size_t len = 0;
+        int rc = kvt_disk_decode_stored(codec, &dl->lent, dst, cap, form_out, &len);
+        return rc ? rc : (int)len;
+    }
+    int rc = kvt_disk_decode(codec, &dl->lent, dst, cap);
+    return rc ? rc : (int)dl->lent.raw_len;
+}
+
+static void dt_release(void *tier, struct kvt_tier_loan *loan, int status)
+{
+    struct kvt_disk_tier *dt = tier;
+    kvt_disk_read_release(dt->d, &((struct disk_loan *)loan->priv.bytes)->lent, status);
+}
+
 static int dt_read_range(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
                          const struct kvt_tier_range *r, void *dst, size_t cap,
                          kvt_tier_done_fn done, void *arg)
@@ -164,6 +220,17 @@ static int dt_read_range(void *tier, const struct kvt_obj_id *id, kvt_tier_loc l
     struct kvt_disk_tier *dt = tier;
     (void)loc;
     int rc = kvt_disk_read_range(dt->d, id, r->layer, r->first, r->n, dst, cap, done, arg);
+    return rc ? rc : KVT_TIER_LATER;
+}
+
+static int dt_read_range_stored(void *tier, const struct kvt_obj_id *id, kvt_tier_loc loc,
+                                const struct kvt_tier_range *r, void *dst, size_t cap,
+                                uint32_t *form_out, kvt_tier_done_fn done, void *arg)
+{
+    struct kvt_disk_tier *dt = tier;
+    (void)loc;
+    int rc = kvt_disk_read_range_stored(dt->d, id, r->layer, r->first, r->n, r->head_dim, dst, cap,
+                                        form_out, done, arg);
     return rc ? rc : KVT_TIER_LATER;
 }
 
@@ -270,6 +337,10 @@ const struct kvt_tier_ops kvt_disk_tier_ops = {
     .read_range = dt_read_range,
     .read_meta = dt_read_meta,
     .read_stored = dt_read_stored,
+    .read_range_stored = dt_read_range_stored,
+    .read_lend = dt_read_lend,
+    .decode = dt_decode,
+    .release = dt_release,
     .remove = dt_remove,
     .sync = dt_sync,
     .enumerate = dt_enumerate,
