@@ -209,7 +209,7 @@ static const struct kvt_cfg_entry entries[] = {
     BYTES("reuse.bytes_max", reuse_bytes_max, "64M", 0, 64.0 * GIB, ADMIN,
           "DRAM for version info (prefix keys and attention statistics); past it VersionSet "
           "answers E_FULL"),
-    BYTES("reuse.log_bytes_max", reuse_log_bytes_max, "1G", 1024.0 * KIB, 64.0 * GIB, 0,
+    BYTES("reuse.log_bytes_max", reuse_log_bytes_max, "1G", 1024.0 * KIB, 4.0 * GIB, 0,
           "Size of the version log (data_dir/kvtier-versions.log: version info of chunks on "
           "disk) between two starts, which compact it; past it new records are dropped "
           "(version_log_dropped) and kept in DRAM only"),

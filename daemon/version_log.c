@@ -18,9 +18,9 @@
 #include "daemon/version_io.h"
 #include "kvtier/errors.h"
 
-/* A log larger than this at start is not read (it could not have been written by this code
- * between two starts with the default limits); it is dropped and rewritten. */
-#define LOADED_MAX (1ull << 32)
+/* A log larger than this at start is not read: reuse.log_bytes_max (at most 4G) keeps this code
+ * from writing one between two starts (plus one buffer); a larger file is not ours. */
+#define LOADED_MAX ((1ull << 32) + 2u * KVT_VERSION_LOG_BUFFER_BYTES)
 
 static int write_all(int fd, const unsigned char *p, size_t n)
 {

@@ -6,6 +6,7 @@
  * prior), restored from the version log alone: no payload byte is read. A deleted version, one
  * evicted by reuse.versions_max and one whose chunk was Put again stay gone. A flipped byte in a
  * log record costs that chunk its version only (refused and counted; the chunk is still served).
+ * A full log drops (and counts) what does not fit, never a VersionSet.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -434,6 +435,46 @@ static void test_corrupt_record(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* A log at reuse.log_bytes_max: VersionSets are still answered (DRAM), the records past it are
+ * dropped and counted, the restart restores the last version that was logged, and compacts. */
+static void test_log_full(void **state)
+{
+    (void)state;
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    const char *args[] = {
+        wt_args[0], wt_args[1], wt_args[2], wt_args[3], "--reuse.log_bytes_max=1M", NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_client *c = connect_ns(&d, &ns);
+    assert_int_equal(kvt_put_v(c, ns.handle, &P[3].key, 0, P[3].kv, bytes_of(&P[3]), P[3].n), 0);
+    uint32_t i = 0;
+    while (stat_of(c, "version_log_dropped") == 0 && i < 5000) {
+        assert_int_equal(set_version(c, ns.handle, 3, 0, 1000 + i, NULL, 0, 0, 0.5f), 0);
+        i++;
+    }
+    uint64_t logged = stat_of(c, "version_log_appends");
+    assert_int_equal(stat_of(c, "version_log_dropped"), 1);
+    assert_int_equal(logged, i - 1);
+    assert_true(stat_of(c, "version_log_bytes") <= 1u << 20);
+    wait_synced(c);
+    kvt_close(c);
+    kvt_test_daemon_kill(&d);
+
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    c = connect_ns(&d, &ns);
+    assert_int_equal(stat_of(c, "versions_restored"), 1);
+    assert_int_equal(stat_of(c, "version_records_corrupt"), 0);
+    assert_true(stat_of(c, "version_log_bytes") < 1024); /* compacted to one record */
+    uint64_t at = 0;
+    struct kvt_reuse_plan plan = {0};
+    assert_int_equal(kvt_chunk_lookup(c, ns.handle, &P[3].key, &at, 1, 0, &plan), 0);
+    assert_true(plan.found);
+    assert_int_equal(plan.old_start, 1000 + logged - 1);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_replaced_version),
         cmocka_unit_test(test_gone_stays_gone),
         cmocka_unit_test(test_corrupt_record),
+        cmocka_unit_test(test_log_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
