@@ -243,8 +243,11 @@ void kvt__server_versions_restore(struct kvt_server *s)
     if (kvt_vlog_rewrite_begin(&s->vlog) == 0) {
         for (uint32_t id = 0; id < s->versions.cap; id++) {
             const struct kvt_version *v = kvt_version_store_get(&s->versions, id);
-            if (v &&
-                kvt_vlog_rewrite_add(&s->vlog, v, &kvt_index_at(&s->idx, id)->id, v->logged_stamp))
+            if (!v)
+                continue;
+            int r =
+                kvt_vlog_rewrite_add(&s->vlog, v, &kvt_index_at(&s->idx, id)->id, v->logged_stamp);
+            if (r && r != KVT_E_TOOBIG) /* TOOBIG: never logged; it stays in DRAM */
                 break;
         }
         kvt_vlog_rewrite_end(&s->vlog);
