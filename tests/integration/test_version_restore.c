@@ -475,6 +475,63 @@ static void test_log_full(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
+/* 2,000 versions (after 4 passages each) written back by the SIGTERM flush and restored: the
+ * time of the restore as the daemon logs it, printed. */
+static void test_restore_2000_versions(void **state)
+{
+    (void)state;
+    enum { N = 2000, TOK = 16 };
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    assert_int_equal(kvt_test_daemon_start(&d, wb_args), 0);
+    struct kvt_client *c = connect_ns(&d, &ns);
+    static struct kvt_key keys[N];
+    float rows[LAYERS * 5], tm[TOK];
+    for (uint32_t l = 0; l < LAYERS; l++)
+        for (uint32_t j = 0; j < 5; j++)
+            rows[l * 5 + j] = 0.15f;
+    for (uint32_t t = 0; t < TOK; t++)
+        tm[t] = (float)t / TOK;
+    for (uint32_t i = 0; i < N; i++) {
+        int32_t toks[TOK];
+        for (uint32_t t = 0; t < TOK; t++)
+            toks[t] = (int32_t)(100000 + i * TOK + t);
+        assert_int_equal(kvt_passage_key(&ns, toks, TOK, &keys[i]), 0);
+        assert_int_equal(kvt_put_v(c, ns.handle, &keys[i], 0, P[0].kv,
+                                   (size_t)LAYERS * TOK * ROW * sizeof(uint16_t), TOK),
+                         0);
+        struct kvt_version_info vi = {.start_pos = 16u * (i % 5),
+                                      .prefix = i >= 4 ? &keys[i - 4] : keys,
+                                      .n_prefix = i >= 4 ? 4 : 0,
+                                      .layers = LAYERS,
+                                      .n_tokens = TOK,
+                                      .layer_mass = rows,
+                                      .token_mass = tm};
+        assert_int_equal(kvt_version_set(c, ns.handle, &keys[i], 0, &vi), 0);
+    }
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+
+    assert_int_equal(kvt_test_daemon_start(&d, wb_args), 0);
+    c = connect_ns(&d, &ns);
+    assert_int_equal(stat_of(c, "versions_restored"), N);
+    assert_int_equal(stat_of(c, "disk.bytes_read"), 0);
+    uint64_t log_bytes = stat_of(c, "version_log_bytes");
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    FILE *f = fopen(d.log_path, "r");
+    assert_non_null(f);
+    char line[512], last[512] = "";
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, "versions restored="))
+            snprintf(last, sizeof(last), "%s", line);
+    fclose(f);
+    assert_true(last[0] != 0);
+    printf("restore of %d versions (log %llu bytes): %s", N, (unsigned long long)log_bytes,
+           strstr(last, "versions restored="));
+    kvt_test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -484,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_gone_stays_gone),
         cmocka_unit_test(test_corrupt_record),
         cmocka_unit_test(test_log_full),
+        cmocka_unit_test(test_restore_2000_versions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
