@@ -330,6 +330,8 @@ static int demote_start(struct kvt_tm *tm, uint32_t id, struct kvt_tm_io *io)
     if (rc == KVT_E_EXISTS) {
         e->at[ti] = KVT_AT_READY;
         e->loc[ti] = d->w.loc;
+        if (tm->cb->copied)
+            tm->cb->copied(tm->cb_arg, id, ti);
         return rc;
     }
     if (rc)

@@ -112,7 +112,7 @@ static int dt_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_
     dw->elem_bytes = o->elem_bytes ? o->elem_bytes : 1;
     /* The store names objects by id; the handle it gives is the copy's sequence number, a
      * stamp no other copy of any object in this store has, so that what the caller keeps about
-     * this copy elsewhere (the daemon's version log) is matched to it alone after a restart. */
+     * this copy elsewhere is matched to it alone after a restart (enumerate gives it back). */
     w->loc = dw->ws.seq;
     w->length = o->length;
     w->form = 0;
