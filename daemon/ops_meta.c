@@ -126,6 +126,33 @@ static uint64_t copy_stamp(const struct kvt_server *s, const struct kvt_entry *e
     return t && e->at[t] == KVT_AT_READY ? e->loc[t] : 0;
 }
 
+/* The log reached half of reuse.log_bytes_max: a snapshot of the records still live (each
+ * version logged for its chunk's current copy) becomes the new log. Serializing is CPU work on
+ * the loop (bounded by reuse.bytes_max); the file is written by a worker. */
+static void version_log_compact(void *arg)
+{
+    struct kvt_server *s = arg;
+    size_t bytes = 0;
+    for (uint32_t id = 0; id < s->versions.cap; id++) {
+        const struct kvt_version *v = kvt_version_store_get(&s->versions, id);
+        if (v && v->logged_stamp && v->logged_stamp == copy_stamp(s, kvt_index_at(&s->idx, id)))
+            bytes += kvt_version_log_record_bytes(v);
+    }
+    unsigned char *snap = kvt_malloc(KVT_ALLOC_INDEX, bytes ? bytes : 1);
+    if (!snap)
+        return; /* tried again at the next append */
+    size_t at = 0;
+    for (uint32_t id = 0; id < s->versions.cap; id++) {
+        const struct kvt_version *v = kvt_version_store_get(&s->versions, id);
+        const struct kvt_entry *e = kvt_index_at(&s->idx, id);
+        if (!v || !v->logged_stamp || v->logged_stamp != copy_stamp(s, e))
+            continue;
+        kvt_version_log_record_write(v, &e->id, v->logged_stamp, snap + at);
+        at += kvt_version_log_record_bytes(v);
+    }
+    kvt_vlog_compact(&s->vlog, snap, at);
+}
+
 static void version_log(struct kvt_server *s, uint32_t id)
 {
     struct kvt_version *v = kvt_version_store_get(&s->versions, id);
@@ -133,6 +160,8 @@ static void version_log(struct kvt_server *s, uint32_t id)
     uint64_t stamp = v ? copy_stamp(s, e) : 0;
     if (!stamp || v->logged_stamp == stamp)
         return;
+    if (kvt_vlog_compact_due(&s->vlog))
+        version_log_compact(s);
     if (kvt_vlog_append(&s->vlog, v, &e->id, stamp) == 0) {
         v->logged_stamp = stamp;
         s->st.version_log_appends++;
@@ -232,7 +261,9 @@ void kvt__server_versions_restore(struct kvt_server *s)
     struct kvt_vlog_config vc = {.dir = cfg->data_dir,
                                  .workers = s->workers,
                                  .buffer_bytes = KVT_VERSION_LOG_BUFFER_BYTES,
-                                 .bytes_max = cfg->reuse_log_bytes_max};
+                                 .bytes_max = cfg->reuse_log_bytes_max,
+                                 .snapshot = version_log_compact,
+                                 .snapshot_arg = s};
     int rc = kvt_vlog_open(&s->vlog, &vc);
     if (rc)
         KVT_WARN("reuse", "version log %s not read: %s", s->vlog.path, kvt_strerror(rc));

@@ -49,9 +49,11 @@ static int fsync_dir(const char *dir)
 int kvt_vlog_open(struct kvt_vlog *l, const struct kvt_vlog_config *cfg)
 {
     memset(l, 0, sizeof(*l));
-    l->fd = l->tmp_fd = -1;
+    l->fd = l->tmp_fd = l->new_fd = -1;
     l->opened = 1;
     l->workers = cfg->workers;
+    l->snapshot = cfg->snapshot;
+    l->snapshot_arg = cfg->snapshot_arg;
     l->bytes_max = cfg->bytes_max;
     l->cap = cfg->buffer_bytes;
     if (snprintf(l->dir, sizeof(l->dir), "%s", cfg->dir) >= (int)sizeof(l->dir))
@@ -186,6 +188,7 @@ int kvt_vlog_rewrite_end(struct kvt_vlog *l)
     }
     if (rc)
         latch_failed(l, "cannot be rewritten:", rc);
+    l->compacted_bytes = l->file_bytes;
     return rc;
 }
 
@@ -199,10 +202,14 @@ static void vlog_write_job(struct kvt_job *job)
         job->res = -errno;
 }
 
+static void vlog_write_done(struct kvt_job *job);
+
 static void vlog_kick(struct kvt_vlog *l)
 {
     if (l->inflight || l->stopping || l->failed || !l->len[l->cur] || !l->workers)
         return;
+    l->job.fn = vlog_write_job;
+    l->job.done = vlog_write_done;
     l->cur ^= 1u;
     l->batch_records = l->records[l->cur ^ 1u];
     l->records[l->cur ^ 1u] = 0;
@@ -228,6 +235,9 @@ static void vlog_write_done(struct kvt_job *job)
         return;
     }
     l->synced += records;
+    /* Between two writes: the one moment a compaction can start under a steady stream. */
+    if (kvt_vlog_compact_due(l) && l->snapshot)
+        l->snapshot(l->snapshot_arg);
     vlog_kick(l);
 }
 
@@ -252,10 +262,93 @@ int kvt_vlog_append(struct kvt_vlog *l, const struct kvt_version *v, const struc
     l->records[c]++;
     l->file_bytes += n;
     l->appended++;
-    l->job.fn = vlog_write_job;
-    l->job.done = vlog_write_done;
     vlog_kick(l);
     return 0;
+}
+
+int kvt_vlog_compact_due(const struct kvt_vlog *l)
+{
+    return l->opened && !l->failed && !l->compact_failed && !l->inflight && !l->stopping &&
+           l->workers && l->fd >= 0 && l->file_bytes >= l->bytes_max / 2 &&
+           l->file_bytes >= 2 * l->compacted_bytes;
+}
+
+/* Worker: the snapshot becomes the new log; the loop swaps the descriptors when it is reaped. */
+static void vlog_compact_job(struct kvt_job *job)
+{
+    struct kvt_vlog *l = (struct kvt_vlog *)job;
+    int fd = open(l->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = fd < 0 ? -errno : write_all(fd, l->snap, l->snap_len);
+    if (rc == 0 && fdatasync(fd))
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    l->compact_renamed = 0;
+    if (rc == 0 && rename(l->tmp_path, l->path))
+        rc = -errno;
+    if (rc == 0) {
+        l->compact_renamed = 1;
+        rc = fsync_dir(l->dir);
+    }
+    l->new_fd = -1;
+    if (rc == 0) {
+        l->new_fd = open(l->path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        if (l->new_fd < 0)
+            rc = -errno;
+    }
+    if (rc && !l->compact_renamed)
+        unlink(l->tmp_path);
+    job->res = rc;
+}
+
+static void vlog_compact_done(struct kvt_job *job)
+{
+    struct kvt_vlog *l = (struct kvt_vlog *)job;
+    l->inflight = 0;
+    kvt_free(KVT_ALLOC_INDEX, l->snap);
+    l->snap = NULL;
+    if (job->res == 0) {
+        close(l->fd);
+        l->fd = l->new_fd;
+        l->new_fd = -1;
+        l->file_bytes = l->snap_len + l->len[l->cur];
+        l->compacted_bytes = l->snap_len;
+        l->compactions++;
+    } else {
+        if (l->new_fd >= 0)
+            close(l->new_fd);
+        l->new_fd = -1;
+        /* Renamed: the old descriptor appends to a file that is gone. */
+        if (l->compact_renamed) {
+            l->failed = 1;
+            KVT_ERR("reuse",
+                    "version log %s: compacted but not reopened: %s; no more version "
+                    "info is logged",
+                    l->path, kvt_strerror(job->res));
+        } else {
+            l->compact_failed = 1;
+            KVT_WARN("reuse",
+                     "version log %s: compaction failed: %s; the log grows to "
+                     "reuse.log_bytes_max",
+                     l->path, kvt_strerror(job->res));
+        }
+    }
+    vlog_kick(l);
+}
+
+void kvt_vlog_compact(struct kvt_vlog *l, unsigned char *snap, size_t len)
+{
+    if (!kvt_vlog_compact_due(l)) {
+        kvt_free(KVT_ALLOC_INDEX, snap);
+        return;
+    }
+    l->snap = snap;
+    l->snap_len = len;
+    l->inflight = 1;
+    l->job.fn = vlog_compact_job;
+    l->job.done = vlog_compact_done;
+    l->job.ctx = l;
+    kvt_workers_submit(l->workers, &l->job);
 }
 
 void kvt_vlog_close(struct kvt_vlog *l)
@@ -290,4 +383,6 @@ void kvt_vlog_close(struct kvt_vlog *l)
     }
     kvt_free(KVT_ALLOC_INDEX, l->loaded);
     l->loaded = NULL;
+    kvt_free(KVT_ALLOC_INDEX, l->snap);
+    l->snap = NULL;
 }

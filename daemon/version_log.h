@@ -10,7 +10,9 @@
  * Appends are serialized into a bounded buffer on the loop thread and written by one worker job
  * at a time (write, then fdatasync), in order; the loop never blocks on the file. The log is read
  * back and rewritten with only the records that still match (compacted) at start, before the
- * loop runs, where blocking I/O is allowed; shutdown writes what is still buffered.
+ * loop runs, where blocking I/O is allowed, and while running when it reaches half of
+ * reuse.log_bytes_max (from a snapshot the loop serializes, written by a worker); shutdown writes
+ * what is still buffered.
  */
 #ifndef KVT_DAEMON_VERSION_LOG_H
 #define KVT_DAEMON_VERSION_LOG_H
@@ -37,6 +39,14 @@ struct kvt_vlog {
     uint64_t records[2], batch_records; /* records in each buffer; in the write in flight */
     uint32_t cur;
     int opened, inflight, stopping, failed;
+    /* Compaction while running (kvt_vlog_compact): the snapshot being written, the new file's
+     * descriptor the worker opened, the log's size after the last compaction. */
+    unsigned char *snap;
+    size_t snap_len;
+    int new_fd, compact_failed, compact_renamed;
+    uint64_t compacted_bytes, compactions;
+    void (*snapshot)(void *arg); /* asked for a compaction's snapshot (kvt_vlog_compact) */
+    void *snapshot_arg;
     uint64_t file_bytes, bytes_max;
     /* Start: the file read back (until kvt_vlog_replay). */
     unsigned char *loaded;
@@ -50,6 +60,10 @@ struct kvt_vlog_config {
     struct kvt_workers *workers; /* borrowed until kvt_vlog_close */
     size_t buffer_bytes;         /* each of the two append buffers */
     uint64_t bytes_max;          /* the file's size limit between starts */
+    /* Called on the loop thread when a compaction is due and no write is in flight: the owner
+     * serializes the live records and hands them to kvt_vlog_compact (or does nothing). */
+    void (*snapshot)(void *arg);
+    void *snapshot_arg;
 };
 
 /* Start: reads the log back into memory (blocking). 0 (also when there is no log), KVT_E_NOMEM,
@@ -74,6 +88,14 @@ int kvt_vlog_rewrite_end(struct kvt_vlog *l);
  * KVT_E_TIERFAILED (the log is failed or closed). */
 int kvt_vlog_append(struct kvt_vlog *l, const struct kvt_version *v, const struct kvt_obj_id *id,
                     uint64_t stamp);
+/* Loop thread: whether the log should be compacted now (it reached half of its limit and
+ * doubled since it was last compacted, and no write is in flight). */
+int kvt_vlog_compact_due(const struct kvt_vlog *l);
+/* Loop thread: replaces the log with the len bytes of records at snap (transferred: freed when
+ * done), a worker writing them to a temporary file (fdatasync, rename, directory fsync) that then
+ * takes the appends; records appended meanwhile wait in the buffer and go to the new file. A
+ * compaction that fails leaves the old log as it was (counted, logged; no further attempt). */
+void kvt_vlog_compact(struct kvt_vlog *l, unsigned char *snap, size_t len);
 /* Shutdown, after the workers stopped: writes what is still buffered (blocking), closes the file
  * and frees the buffers. NULL-safe and idempotent. */
 void kvt_vlog_close(struct kvt_vlog *l);

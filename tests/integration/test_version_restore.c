@@ -6,7 +6,8 @@
  * prior), restored from the version log alone: no payload byte is read. A deleted version, one
  * evicted by reuse.versions_max and one whose chunk was Put again stay gone. A flipped byte in a
  * log record costs that chunk its version only (refused and counted; the chunk is still served).
- * A full log drops (and counts) what does not fit, never a VersionSet.
+ * The log is compacted while running; a full one drops (and counts) what does not fit, never a
+ * VersionSet.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -435,9 +436,10 @@ static void test_corrupt_record(void **state)
     kvt_test_daemon_cleanup(&d);
 }
 
-/* A log at reuse.log_bytes_max: VersionSets are still answered (DRAM), the records past it are
- * dropped and counted, the restart restores the last version that was logged, and compacts. */
-static void test_log_full(void **state)
+/* One version replaced 3,000 times on a chunk on disk (a record each, 1.2 MB in all) under
+ * reuse.log_bytes_max=1M: the log is compacted while running, nothing is dropped, and the restart
+ * restores the last one. */
+static void test_log_compacted_while_running(void **state)
 {
     (void)state;
     struct kvt_test_daemon d = {0};
@@ -447,15 +449,13 @@ static void test_log_full(void **state)
     assert_int_equal(kvt_test_daemon_start(&d, args), 0);
     struct kvt_client *c = connect_ns(&d, &ns);
     assert_int_equal(kvt_put_v(c, ns.handle, &P[3].key, 0, P[3].kv, bytes_of(&P[3]), P[3].n), 0);
-    uint32_t i = 0;
-    while (stat_of(c, "version_log_dropped") == 0 && i < 5000) {
+    enum { SETS = 3000 };
+    for (uint32_t i = 0; i < SETS; i++)
         assert_int_equal(set_version(c, ns.handle, 3, 0, 1000 + i, NULL, 0, 0, 0.5f), 0);
-        i++;
-    }
-    uint64_t logged = stat_of(c, "version_log_appends");
-    assert_int_equal(stat_of(c, "version_log_dropped"), 1);
-    assert_int_equal(logged, i - 1);
-    assert_true(stat_of(c, "version_log_bytes") <= 1u << 20);
+    assert_int_equal(stat_of(c, "version_log_appends"), SETS);
+    assert_int_equal(stat_of(c, "version_log_dropped"), 0);
+    assert_true(stat_of(c, "version_log_compactions") >= 1);
+    assert_true(stat_of(c, "version_log_bytes") < 1u << 20);
     wait_synced(c);
     kvt_close(c);
     kvt_test_daemon_kill(&d);
@@ -469,7 +469,63 @@ static void test_log_full(void **state)
     struct kvt_reuse_plan plan = {0};
     assert_int_equal(kvt_chunk_lookup(c, ns.handle, &P[3].key, &at, 1, 0, &plan), 0);
     assert_true(plan.found);
-    assert_int_equal(plan.old_start, 1000 + logged - 1);
+    assert_int_equal(plan.old_start, 1000 + SETS - 1);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&d), 0);
+    kvt_test_daemon_cleanup(&d);
+}
+
+/* More live version info than reuse.log_bytes_max holds (200 versions after 256 passages, 6 KB
+ * each): VersionSets are still answered (DRAM), the records past the limit are dropped and
+ * counted, and the restart restores exactly the ones logged. */
+static void test_log_full(void **state)
+{
+    (void)state;
+    enum { N = 200, NPRE = 256, TOK = 16 };
+    struct kvt_test_daemon d = {0};
+    struct kvt_ns_info ns;
+    const char *args[] = {
+        wt_args[0], wt_args[1], wt_args[2], wt_args[3], "--reuse.log_bytes_max=1M", NULL};
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    struct kvt_client *c = connect_ns(&d, &ns);
+    static struct kvt_key pre[NPRE];
+    static float rows[LAYERS * (NPRE + 1)];
+    float tm[TOK] = {0};
+    for (uint32_t j = 0; j < NPRE; j++)
+        pre[j] = (struct kvt_key){.lo = 0x77000 + j, .hi = 5};
+    for (uint32_t k = 0; k < LAYERS * (NPRE + 1); k++)
+        rows[k] = 0.001f;
+    for (uint32_t i = 0; i < N; i++) {
+        int32_t toks[TOK];
+        struct kvt_key key;
+        for (uint32_t t = 0; t < TOK; t++)
+            toks[t] = (int32_t)(500000 + i * TOK + t);
+        assert_int_equal(kvt_passage_key(&ns, toks, TOK, &key), 0);
+        assert_int_equal(kvt_put_v(c, ns.handle, &key, 0, P[0].kv,
+                                   (size_t)LAYERS * TOK * ROW * sizeof(uint16_t), TOK),
+                         0);
+        struct kvt_version_info vi = {.start_pos = 9,
+                                      .prefix = pre,
+                                      .n_prefix = NPRE,
+                                      .layers = LAYERS,
+                                      .n_tokens = TOK,
+                                      .layer_mass = rows,
+                                      .token_mass = tm};
+        assert_int_equal(kvt_version_set(c, ns.handle, &key, 0, &vi), 0);
+    }
+    uint64_t logged = stat_of(c, "version_log_appends");
+    assert_int_equal(stat_of(c, "versions"), N);
+    assert_true(stat_of(c, "version_log_dropped") > 0);
+    assert_int_equal(logged + stat_of(c, "version_log_dropped"), N);
+    assert_true(stat_of(c, "version_log_bytes") <= 1u << 20);
+    wait_synced(c);
+    kvt_close(c);
+    kvt_test_daemon_kill(&d);
+
+    assert_int_equal(kvt_test_daemon_start(&d, args), 0);
+    c = connect_ns(&d, &ns);
+    assert_int_equal(stat_of(c, "versions_restored"), logged);
+    assert_int_equal(stat_of(c, "version_records_corrupt"), 0);
     kvt_close(c);
     assert_int_equal(kvt_test_daemon_stop(&d), 0);
     kvt_test_daemon_cleanup(&d);
@@ -540,6 +596,7 @@ int main(void)
         cmocka_unit_test(test_replaced_version),
         cmocka_unit_test(test_gone_stays_gone),
         cmocka_unit_test(test_corrupt_record),
+        cmocka_unit_test(test_log_compacted_while_running),
         cmocka_unit_test(test_log_full),
         cmocka_unit_test(test_restore_2000_versions),
     };
