@@ -209,6 +209,10 @@ static const struct kvt_cfg_entry entries[] = {
     BYTES("reuse.bytes_max", reuse_bytes_max, "64M", 0, 64.0 * GIB, ADMIN,
           "DRAM for version info (prefix keys and attention statistics); past it VersionSet "
           "answers E_FULL"),
+    BYTES("reuse.log_bytes_max", reuse_log_bytes_max, "1G", 1024.0 * KIB, 4.0 * GIB, 0,
+          "Size limit of the version log (data_dir/kvtier-versions.log: version info of chunks "
+          "on disk), compacted at start and when it reaches half of this; past it new records "
+          "are dropped (version_log_dropped) and kept in DRAM only"),
     U64("hold.max", hold_max, "4096", 1, 1u << 20, 0,
         "Most Lookup holds open at once (a Lookup asking for one past it answers E_FULL)"),
     U64("hold.pins_max", hold_pins_max, "262144", 1, 1u << 26, 0,

@@ -77,6 +77,7 @@ struct kvt_dconfig {
     uint64_t reuse_versions_max;
     double reuse_alpha;
     uint64_t reuse_bytes_max;
+    uint64_t reuse_log_bytes_max;
     uint64_t hold_max;
     uint64_t hold_pins_max;
     uint64_t hold_ttl_ms;

@@ -226,3 +226,13 @@ void kvt_ns_note_version(struct kvt_ns_table *t, const struct kvt_ns *ns, double
     w->seen_passage_mass_sum += passage_mass;
     w->seen_versions++;
 }
+
+void kvt_ns_add_seen(struct kvt_ns_table *t, const struct kvt_ns *ns, double cci_sum,
+                     double passage_mass_sum, uint64_t n)
+{
+    struct kvt_ns *w = &t->v[kvt_ns_slot(ns)];
+    KVT_ASSERT(w == ns);
+    w->seen_cci_sum += cci_sum;
+    w->seen_passage_mass_sum += passage_mass_sum;
+    w->seen_versions += n;
+}

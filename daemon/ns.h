@@ -82,6 +82,10 @@ static inline uint32_t kvt_ns_slot(const struct kvt_ns *ns)
 void kvt_ns_note_version(struct kvt_ns_table *t, const struct kvt_ns *ns, double cci,
                          double passage_mass);
 
+/* Adds the sums of n versions' observations (versions restored at start) to ns's. */
+void kvt_ns_add_seen(struct kvt_ns_table *t, const struct kvt_ns *ns, double cci_sum,
+                     double passage_mass_sum, uint64_t n);
+
 /* A connection registered (hold) or let go of (release) the namespace in slot. */
 void kvt_ns_hold(struct kvt_ns_table *t, uint32_t slot);
 void kvt_ns_release(struct kvt_ns_table *t, uint32_t slot);

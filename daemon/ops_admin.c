@@ -122,6 +122,12 @@ static void stats_fill(struct kvt_server *s, struct stats_buf *b)
     stat_add(b, "", "contexts", g, "", "contexts open", s->ctx.n);
     stat_add(b, "", "versions", g, "", "chunk versions with version info (reuse)", s->versions.n);
     stat_add(b, "", "version_bytes", g, "bytes", "DRAM held by version info", s->versions.bytes);
+    stat_add(b, "", "version_log_synced", KVT_STAT_COUNTER, "",
+             "version log records written and synced to disk", s->vlog.synced);
+    stat_add(b, "", "version_log_compactions", KVT_STAT_COUNTER, "",
+             "version log compactions while running", s->vlog.compactions);
+    stat_add(b, "", "version_log_bytes", g, "bytes",
+             "bytes in the version log since start (its compaction)", s->vlog.file_bytes);
     stat_add(b, "", "holds", g, "", "Lookup holds open", s->holds.n);
     stat_add(b, "", "hold_pins", g, "", "chunks pinned by Lookup holds", s->holds.pins);
     stat_add(b, "", "holds_made", KVT_STAT_COUNTER, "", "Lookup holds made", s->holds.made);

@@ -1034,4 +1034,5 @@ const struct kvt_tm_callbacks kvt__ops_tm_callbacks = {
     .meta_release = kvt__ops_meta_release,
     .meta_want = kvt__ops_meta_want,
     .meta_loaded = kvt__ops_meta_loaded,
+    .copied = kvt__ops_copied,
 };

@@ -161,6 +161,7 @@ void kvt__ops_version_set(struct kvt_server *s, struct kvt_conn *c, struct kvt_o
                     rc == KVT_E_FULL ? "no room for more version info (reuse.bytes_max)" : NULL);
         return;
     }
+    kvt__server_version_to_disk(s, id);
     double cci, passage_mass;
     if (kvt_reuse_observe(kvt_version_store_get(&s->versions, id), &cci, &passage_mass))
         kvt_ns_note_version(&s->ns, ns, cci, passage_mass);

@@ -193,6 +193,8 @@ void kvt__ops_register(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *
         reply_error(s, c, op, rc, why);
         return;
     }
+    if (s->n_prior_pending)
+        kvt__server_prior_apply(s, ns); /* what the versions restored at start showed */
     /* The connection holds the namespace until it closes: a held namespace is never reclaimed. */
     uint32_t slot = kvt_ns_slot(ns);
     int held = 0;

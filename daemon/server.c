@@ -1185,6 +1185,7 @@ void kvt_server_destroy(struct kvt_server *s)
      * loop never reaped still count as in flight; settle them so every connection can go. */
     if (s->workers) {
         s->destroying = 1;
+        s->vlog.stopping = 1; /* its last batch is written by kvt_vlog_close */
         kvt_workers_stop(s->workers);
         for (struct kvt_job *j = kvt_workers_reap(s->workers), *next; j; j = next) {
             next = j->next;
@@ -1198,6 +1199,7 @@ void kvt_server_destroy(struct kvt_server *s)
     s->destroying = 1;
     kvt_hold_table_deinit(&s->holds); /* unpins through the tier manager: before it goes */
     kvt__server_tiers_close(s); /* waits for disk I/O; its callbacks only release what they hold */
+    kvt_vlog_close(&s->vlog);   /* after the last copies landed and logged their versions */
     while (s->closed) {
         struct kvt_conn *c = s->closed;
         s->closed = c->next;

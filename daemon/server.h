@@ -23,6 +23,7 @@
 #include "daemon/ns.h"
 #include "daemon/select.h"
 #include "daemon/version.h"
+#include "daemon/version_log.h"
 #include "daemon/tiermgr.h"
 #include "daemon/workers.h"
 #include "kvtier.pb-c.h"
@@ -32,6 +33,7 @@
 #define KVT_PROTO_VERSION 1
 #define KVT_CONN_NS_MAX 64          /* namespaces one connection may hold */
 #define KVT_ERROR_RESERVE_BYTES 512 /* output reserved for an answer that is only an error */
+#define KVT_PRIOR_PENDING_MAX 64    /* namespaces whose restored versions wait to be registered */
 
 /* Daemon counters; every rejection has one. */
 /* name, type, unit, help: see common/stats.h. The help is one line of docs/stats.md. */
@@ -119,6 +121,18 @@
       "tokens ChunkLookups told the engine to recompute")                                          \
     X(A, versions_evicted, KVT_STAT_COUNTER, "",                                                   \
       "versions deleted to keep a key within reuse.versions_max")                                  \
+    X(A, versions_restored, KVT_STAT_COUNTER, "",                                                  \
+      "version info read back at start from disk copies' metadata and the version log")            \
+    X(A, version_records_corrupt, KVT_STAT_COUNTER, "",                                            \
+      "version records refused at start (a check failed; the chunk is served as a plain chunk)")   \
+    X(A, version_records_stale, KVT_STAT_COUNTER, "",                                              \
+      "version log records at start whose disk copy is gone (deleted, evicted or rewritten)")      \
+    X(A, versions_not_restored, KVT_STAT_COUNTER, "",                                              \
+      "version records at start that did not fit in reuse.bytes_max")                              \
+    X(A, version_log_appends, KVT_STAT_COUNTER, "",                                                \
+      "version info logged for chunks already on disk (daemon/version_log.h)")                     \
+    X(A, version_log_dropped, KVT_STAT_COUNTER, "",                                                \
+      "version info of chunks on disk not logged (log full or failed): kept in DRAM only")         \
     X(A, gets_rotated, KVT_STAT_COUNTER, "", "Gets whose keys were re-rotated to a new position")  \
     X(A, lossy_refused, KVT_STAT_COUNTER, "",                                                      \
       "Puts and Gets asking for a lossy form in a namespace without allow_lossy (E_LOSSY)")        \
@@ -307,8 +321,18 @@ struct kvt_server {
     struct kvt_ctx_table ctx;          /* open contexts */
     struct kvt_hold_table holds;       /* Lookup hits pinned until loaded */
     struct kvt_version_store versions; /* reuse: version info by index entry */
-    struct kvt_sel_scratch sel;        /* Select's working memory */
-    struct kvt_span_policy span_dflt;  /* abstract.* settings */
+    struct kvt_vlog vlog;              /* reuse: version info of chunks already on disk */
+    uint32_t vlog_tier;                /* tier position the log's stamps are of; 0: no log */
+    /* Start: what the restored versions say about their namespaces' priors (daemon/reuse.h),
+     * added to a namespace when it is registered again. */
+    struct kvt_prior_pending {
+        uint64_t seed;
+        double cci_sum, passage_mass_sum;
+        uint64_t n;
+    } prior_pending[KVT_PRIOR_PENDING_MAX];
+    uint32_t n_prior_pending;
+    struct kvt_sel_scratch sel;       /* Select's working memory */
+    struct kvt_span_policy span_dflt; /* abstract.* settings */
     struct kvt_dstats st;
     /* Tenants with counters of their own, and [KVT_TENANT_STATS_MAX]: "_other". */
     struct kvt_tenant_stats tenants[KVT_TENANT_STATS_MAX + 1];
@@ -341,8 +365,8 @@ void kvt__ops_complete(struct kvt_server *s, struct kvt_op *op);
 size_t kvt__ops_reserve(const struct kvt_server *s, const Kvtier__Request *req);
 /* The tier manager's completions, answered by the request handlers (ops_data.c). */
 extern const struct kvt_tm_callbacks kvt__ops_tm_callbacks;
-/* Its metadata callbacks (ops_meta.c): a chunk's span abstract, serialized, beside its disk copy,
- * and back into the abstract store at start. */
+/* Its metadata callbacks (ops_meta.c): a chunk's span abstract and version info, serialized,
+ * beside its disk copy, and back into the abstract and version stores at start. */
 int kvt__ops_meta_pin(void *arg, uint32_t id, struct kvt_tm_meta *out);
 void kvt__ops_meta_release(void *arg, struct kvt_tm_meta *m);
 int kvt__ops_meta_want(void *arg, uint32_t id, uint32_t want_len);
@@ -351,6 +375,18 @@ void kvt__ops_meta_loaded(void *arg, uint32_t id, uint32_t want_len, const void 
 /* Start, after the tiers opened: the abstracts of the chunks on disk, read without their
  * payloads (kvt_tm_load_meta), bounded by abstract.bytes_max; logs what it restored. */
 void kvt__server_abstracts_restore(struct kvt_server *s);
+/* A durable lower-tier copy landed (ops_meta.c): version info set after its write started is
+ * logged for it. */
+void kvt__ops_copied(void *arg, uint32_t id, uint32_t tier);
+/* Reuse versions across restarts (ops_meta.c). Start, after kvt__server_abstracts_restore: opens
+ * the version log, restores its records over what the metadata gave, rewrites it, and computes
+ * the namespaces' pending priors. */
+void kvt__server_versions_restore(struct kvt_server *s);
+/* VersionSet: entry id's new record goes to its disk copy (now, through the log, when the copy
+ * is already written; else with the write to come). */
+void kvt__server_version_to_disk(struct kvt_server *s, uint32_t id);
+/* Register: a namespace gets what its restored versions say about the prior. */
+void kvt__server_prior_apply(struct kvt_server *s, const struct kvt_ns *ns);
 
 /* The counters of tenant (found or added; "_other" when the table is full): ops_admin.c. */
 struct kvt_tenant_stats *kvt__server_tenant_stats(struct kvt_server *s, const char *tenant);

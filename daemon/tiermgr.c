@@ -221,6 +221,8 @@ static void demote_durable(void *arg, int res)
         e->form[d->tier] = (uint8_t)d->w.form;
         e->referenced = 1;
         tm->st.demotions++;
+        if (tm->cb->copied)
+            tm->cb->copied(tm->cb_arg, d->entry, d->tier);
     } else {
         e->at[d->tier] = KVT_AT_NONE;
         tm->writeback_idle = 0; /* dirty again */
@@ -322,12 +324,15 @@ static int demote_start(struct kvt_tm *tm, uint32_t id, struct kvt_tm_io *io)
     } else {
         memset(&d->meta, 0, sizeof(d->meta));
     }
+    d->w.loc = 0; /* a tier that finds the object there may say where it is */
     int rc = ops_of(tm, ti)->reserve(tm->tiers[ti].t, &o, &d->w);
     if (rc)
         meta_unpin(tm, d);
     if (rc == KVT_E_EXISTS) {
         e->at[ti] = KVT_AT_READY;
-        e->loc[ti] = 0;
+        e->loc[ti] = d->w.loc;
+        if (tm->cb->copied)
+            tm->cb->copied(tm->cb_arg, id, ti);
         return rc;
     }
     if (rc)

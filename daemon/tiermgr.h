@@ -199,6 +199,9 @@ struct kvt_tm_callbacks {
      * for again later. */
     void (*meta_loaded)(void *arg, uint32_t id, uint32_t want_len, const void *bytes, size_t len,
                         int status);
+    /* Entry id's copy on lower tier `tier` is durable now (its loc recorded), written or found
+     * there already (reserve said KVT_E_EXISTS). May be NULL. */
+    void (*copied)(void *arg, uint32_t id, uint32_t tier);
 };
 
 struct kvt_tm;

@@ -161,8 +161,10 @@ int kvt__server_tiers_open(struct kvt_server *s)
         KVT_ERR("tier", "tier manager: %s", kvt_strerror(rc));
         return rc;
     }
-    if (s->disk)
+    if (s->disk) {
         kvt__server_abstracts_restore(s);
+        kvt__server_versions_restore(s);
+    }
     /* Injected faults given at start count from the first I/O after recovery. */
     kvt__server_tiers_config_changed(s);
     if (s->disk) {

@@ -3,8 +3,9 @@
  * and after what it was computed, and the attention statistics the engine reported for it.
  * One optional record per index entry (it leaves with the entry), counted against a byte limit
  * (reuse.bytes_max); a record that does not fit is refused (KVT_E_FULL), never half-kept.
- * Records live in DRAM only: a version whose daemon restarted is a plain chunk again until the
- * engine reports it anew.
+ * Records live in DRAM and, for chunks with a disk copy, in the version log
+ * (daemon/version_log.h), from which a restarted daemon reads them back (kvt_version_store_keep;
+ * docs/reuse.md, "Across restarts").
  */
 #ifndef KVT_DAEMON_VERSION_H
 #define KVT_DAEMON_VERSION_H
@@ -26,6 +27,9 @@ struct kvt_version {
     float *layer_mass;      /* layers x (n_prefix + 1) */
     float *token_mass;      /* n_tokens */
     size_t bytes;
+    /* The stamp of the disk copy this record was logged for (daemon/version_log.h), 0: none
+     * yet. A copy that lands with another stamp logs the record again. */
+    uint64_t logged_stamp;
 };
 
 struct kvt_version_store {
@@ -44,6 +48,12 @@ void kvt_version_store_deinit(struct kvt_version_store *st);
 int kvt_version_store_set(struct kvt_version_store *st, uint32_t id, uint64_t start_pos,
                           const struct kvt_key *prefix, uint32_t n_prefix, uint32_t layers,
                           uint32_t n_tokens, const float *layer_mass, const float *token_mass);
+/* A record of this geometry laid out in one allocation (KVT_ALLOC_INDEX; bytes set, the values
+ * not), or NULL. */
+struct kvt_version *kvt_version_alloc(uint32_t n_prefix, uint32_t layers, uint32_t n_tokens);
+/* Gives entry id the record v (transferred: kept, or freed on failure), replacing one it had:
+ * 0, KVT_E_FULL (reuse.bytes_max has no room; counted in refused), KVT_E_INVAL. */
+int kvt_version_store_keep(struct kvt_version_store *st, uint32_t id, struct kvt_version *v);
 /* The entry's record (borrowed), or NULL. */
 static inline struct kvt_version *kvt_version_store_get(const struct kvt_version_store *st,
                                                         uint32_t id)

@@ -79,7 +79,11 @@ typedef void (*kvt_tier_done_fn)(void *arg, int res);
 /* Returned by a call whose callback will run later. */
 #define KVT_TIER_LATER 1
 
-/* Where a tier keeps one object: its own handle, recorded by the caller. */
+/* Where a tier keeps one object: its own handle, recorded by the caller. A persistent tier that
+ * names objects by id may give instead a stamp of the copy that no other copy it ever stores has
+ * (the disk tier: the object's sequence number), set by reserve (also when it answers
+ * KVT_E_EXISTS) and listed again by enumerate, so that a caller can tie what it keeps beside the
+ * copy to that copy alone. */
 typedef uint64_t kvt_tier_loc;
 
 enum kvt_tier_caps {

@@ -570,7 +570,8 @@ struct kvt_version_info {
  * one more deletes the least recently planned other one. KVT_E_GEOMETRY when layers or n_tokens
  * disagree with the namespace and the chunk; KVT_E_INVAL for a share outside [0, 1] or a layer
  * summing past 1; KVT_E_FULL when reuse.bytes_max is reached. Version info lives in the daemon's
- * DRAM: after a restart the chunks are plain chunks until reported again. */
+ * DRAM and, for chunks on disk, in its version log: a restarted daemon plans with it again (a
+ * crash may lose the reports of its last moments: those chunks are plain until reported again). */
 KVT_API int kvt_version_set(struct kvt_client *c, uint32_t ns, const struct kvt_key *key,
                             uint32_t variant, const struct kvt_version_info *vi);
 

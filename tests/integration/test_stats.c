@@ -94,14 +94,20 @@ static void test_every_stat_once(void **state)
 #define DDH(name, unit, help) EXPECT("disk.", name, KVT_STAT_HISTOGRAM, unit, help)
     KVT_DISK_HISTS(DDH)
     /* The levels kvt__ops_stats reads on demand, and one byte count per allocation tag. */
-    static const char *const extra[] = {"uptime_ms",         "connections",     "namespaces",
-                                        "index_objects",     "index_capacity",  "workers",
-                                        "log_lines_dropped", "cpu.page_moves",  "contexts",
-                                        "contexts_expired",  "abstracts",       "abstracts_dropped",
-                                        "abstract_bytes",    "holds",           "hold_pins",
-                                        "holds_made",        "holds_released",  "holds_expired",
-                                        "versions",          "version_bytes",   "cpu.serving",
-                                        "disk.serving",      "disk.configured", "disk.start_errno"};
+    static const char *const extra[] = {"uptime_ms",          "connections",
+                                        "namespaces",         "index_objects",
+                                        "index_capacity",     "workers",
+                                        "log_lines_dropped",  "cpu.page_moves",
+                                        "contexts",           "contexts_expired",
+                                        "abstracts",          "abstracts_dropped",
+                                        "abstract_bytes",     "holds",
+                                        "hold_pins",          "holds_made",
+                                        "holds_released",     "holds_expired",
+                                        "versions",           "version_bytes",
+                                        "version_log_synced", "version_log_compactions",
+                                        "version_log_bytes",  "cpu.serving",
+                                        "disk.serving",       "disk.configured",
+                                        "disk.start_errno"};
     for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++, want++)
         assert_true(strlen(find(st, n, extra[i])->help) > 0);
     /* This connection's tenant: its counters and its namespace levels. */

@@ -39,7 +39,7 @@ struct env {
     int last_status;
     enum kvt_tier_id last_tier;
     /* metadata */
-    int meta_pins, meta_releases, meta_wants, meta_want_max, meta_ok, meta_failed;
+    int meta_pins, meta_releases, meta_wants, meta_want_max, meta_ok, meta_failed, copied;
     uint64_t meta_failed_key; /* the key and status of the last failure */
     int meta_failed_status;
     uint64_t meta_ctx[256]; /* by entry id: the key whose metadata a pinned write writes */
@@ -167,6 +167,15 @@ static void cb_meta_loaded(void *arg, uint32_t id, uint32_t want_len, const void
     e->meta_ok++;
 }
 
+/* A lower-tier copy landed: it is readable there, at the place the tier gave. */
+static void cb_copied(void *arg, uint32_t id, uint32_t tier)
+{
+    struct env *e = arg;
+    assert_true(tier > 0);
+    assert_int_equal(kvt_index_at(&e->idx, id)->at[tier], KVT_AT_READY);
+    e->copied++;
+}
+
 static const struct kvt_tm_callbacks cbs = {
     .put_done = cb_put_done,
     .get_failed = cb_get_failed,
@@ -179,6 +188,7 @@ static const struct kvt_tm_callbacks cbs = {
     .meta_release = cb_meta_release,
     .meta_want = cb_meta_want,
     .meta_loaded = cb_meta_loaded,
+    .copied = cb_copied,
 };
 
 static int open_tm(struct env *e)
@@ -489,6 +499,7 @@ static void test_metadata_written_and_loaded(void **state)
     pump(e);
     assert_int_equal(e->meta_pins, 6);
     assert_int_equal(e->meta_releases, 6);
+    assert_int_equal(e->copied, 6);
     struct kvt_obj_id bad = oid(21, 0);
     assert_int_equal(kvt_test_tier_corrupt_meta(e->tt, &bad), 0);
 

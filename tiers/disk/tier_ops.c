@@ -98,6 +98,11 @@ static int dt_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_
     uint32_t meta_len = o->meta_write ? o->meta_len : 0;
     int rc =
         kvt_disk_write_reserve_meta(dt->d, &o->id, o->length, o->n_tokens, gp, meta_len, &dw->ws);
+    if (rc == KVT_E_EXISTS) {
+        /* The copy there is the caller's: its stamp, as below. */
+        struct kvt_disk_obj_info info;
+        w->loc = kvt_disk_lookup(dt->d, &o->id, &info) == 0 ? info.seq : 0;
+    }
     if (rc)
         return rc;
     dw->meta_write = o->meta_write;
@@ -105,7 +110,10 @@ static int dt_reserve(void *tier, const struct kvt_tier_obj *o, struct kvt_tier_
     dw->form = o->form; /* q8/q4 apply only where the geometry is known (kvt_disk_encode) */
     dw->codec = &dt->codec;
     dw->elem_bytes = o->elem_bytes ? o->elem_bytes : 1;
-    w->loc = 0;
+    /* The store names objects by id; the handle it gives is the copy's sequence number, a
+     * stamp no other copy of any object in this store has, so that what the caller keeps about
+     * this copy elsewhere is matched to it alone after a restart (enumerate gives it back). */
+    w->loc = dw->ws.seq;
     w->length = o->length;
     w->form = 0;
     return 0;
@@ -276,7 +284,7 @@ static int dt_enum_one(void *arg, const struct kvt_disk_obj_info *info)
                              .n_tokens = info->n_tokens,
                              .meta_len = info->meta_bytes_max,
                              .form = KVT_CODEC_ID_FORM(info->codec)};
-    return ec->fn(ec->arg, &o, 0);
+    return ec->fn(ec->arg, &o, info->seq);
 }
 
 static size_t dt_enumerate(void *tier, kvt_tier_enum_fn fn, void *arg)
