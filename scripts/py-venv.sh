@@ -51,6 +51,14 @@ llama)
     # llama.cpp is compiled with -march=native: a wheel is only good for this CPU and compiler.
     # The multimodal library is not needed (and is a good part of the build).
     export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}"
+    # A CPU that lists AMX under a kernel or hypervisor that does not grant its tile state (a
+    # Firecracker VM on a Sapphire Rapids host does this) crashes llama.cpp's AMX matmul with
+    # SIGSEGV on its first ldtilecfg: build without AMX there (the -mno flags win over the
+    # -march=native that comes after them).
+    if grep -m1 '^flags' /proc/cpuinfo | grep -qw amx_tile; then
+        noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        CMAKE_ARGS="$CMAKE_ARGS -DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'"
+    fi
     key=$( { echo "$CMAKE_ARGS"; c++ --version 2>/dev/null | head -n1;
              grep -m1 '^flags' /proc/cpuinfo; } | sha256sum | cut -c1-12)
     cache=${KVT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvtier/wheels}/llama-cpp-python-$ver-$key
