@@ -120,7 +120,7 @@ static const struct kvt_cfg_entry entries[] = {
         "(lower latency for busy clients; 0 = always block)"),
     U64("max_namespaces", max_namespaces, "256", 1, 65536, 0, "Most registered namespaces"),
     U64("index.max_objects", index_max_objects, "262144", 16, 1u << 30, 0,
-        "Most chunks the index tracks across all tiers (about 80 bytes each, allocated at start)"),
+        "Most chunks the index tracks across all tiers (about 128 bytes each, allocated at start)"),
     BYTES("cpu.arena_bytes", cpu_arena_bytes, "1G", 64 * KIB, 4096 * GIB, 0,
           "Size of the CPU tier's shared-memory arena"),
     BYTES("cpu.page_bytes", cpu_page_bytes, "32M", 4 * KIB, 4 * GIB, 0,
@@ -184,6 +184,19 @@ static const struct kvt_cfg_entry entries[] = {
     ENUM("tier.dirty_full", dirty_full, "drop", dirty_full_policies, ADMIN,
          "Write-back, DRAM full of chunks not yet on disk: drop the coldest of them (counted in "
          "tier.dropped_dirty) or reject the Put with E_DIRTYFULL until the disk catches up"),
+    BOOL("tier.select_promote", select_promote, "true", 0,
+         "Learn from selections (docs/sparse.md): a chunk on disk whose rows Selects keep "
+         "choosing (or GetRange keeps reading) is promoted into DRAM in the background, taking "
+         "only free memory or clean chunks less often selected"),
+    DOUBLE("tier.select_promote_ratio", select_promote_ratio, "1.0", 0.01, 64.0, 0,
+           "Promote once the rows of a chunk chosen from disk within tier.select_window_ms add "
+           "up to this many times the chunk's size (1.0: when reading it whole would have cost "
+           "no more)"),
+    U64("tier.select_window_ms", select_window_ms, "10000", 10, 3600000, 0,
+        "Window of the selection evidence; the previous window's counts at half weight"),
+    U64("tier.select_promote_inflight", select_promote_inflight, "2", 1, 16, 0,
+        "Most background selection promotions reading from disk at once (client reads go "
+        "first)"),
     BYTES("abstract.bytes_max", abstract_bytes_max, "256M", 0, 1024.0 * GIB, ADMIN,
           "DRAM for span abstracts (docs/sparse.md), kept for chunks in every tier; a chunk "
           "whose abstract does not fit has none (Select keeps it whole); 0 = no abstracts"),

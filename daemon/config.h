@@ -68,6 +68,10 @@ struct kvt_dconfig {
     char disk_admission[16];
     char eviction[8];
     char dirty_full[8];
+    int select_promote;
+    double select_promote_ratio;
+    uint64_t select_window_ms;
+    uint64_t select_promote_inflight;
     uint64_t abstract_bytes_max;
     char abstract_spans[12];
     uint64_t abstract_block_tokens;

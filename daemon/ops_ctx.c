@@ -288,6 +288,19 @@ void kvt__ops_select(struct kvt_server *s, struct kvt_conn *c, struct kvt_op *op
         pb[i].mass = out[i].mass;
         if (t == KVT_TIER_DISK)
             s->st.select_disk_tokens_selected += out[i].n_tokens;
+        if (t == KVT_TIER_DISK)
+            s->st.select_runs_disk++;
+        else if (t == KVT_TIER_CPU)
+            s->st.select_runs_dram++;
+        /* The selection is evidence for the tier manager (tier.select_promote): the bytes of the
+         * rows it chose, one layer of n_tokens tokens. */
+        if (id != KVT_INDEX_NIL) {
+            const struct kvt_entry *e = kvt_index_at(&s->idx, id);
+            if (e->n_tokens && x->n_layers)
+                kvt_tm_note_rows(
+                    s->tm, id, e->length / ((uint64_t)e->n_tokens * x->n_layers) * out[i].n_tokens,
+                    1);
+        }
         kvtier__key__init(&pk[i]);
         pk[i].lo = ch->id.key.lo;
         pk[i].hi = ch->id.key.hi;

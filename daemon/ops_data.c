@@ -803,10 +803,12 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
     op->length = bytes;
     op->job.dst = c->arena + g->offset;
     op->entry = id;
+    kvt_tm_note_rows(s->tm, id, bytes, 0);          /* evidence for tier.select_promote */
     const uint8_t *src = kvt_tm_acquire(s->tm, id); /* pinned until the copy out completes */
     if (!src) {
         kvt_tm_count_miss(s->tm);
         op->stored = (uint8_t)g->stored_form;
+        s->st.gets_range_disk++;
         op->io = (struct kvt_tm_io){.dst = op->job.dst,
                                     .cap = need,
                                     .range = 1,
@@ -822,6 +824,7 @@ void kvt__ops_get_range(struct kvt_server *s, struct kvt_conn *c, struct kvt_op 
             kvt__ops_get_fail(s, op, rc);
         return;
     }
+    s->st.gets_range_dram++;
     s->st.get_range_bytes += bytes;
     lossy_sum_setup(op, e); /* rows of a DRAM copy dequantized from a lossy one: summed */
     op->job.src = src + op->range_off;

@@ -76,6 +76,9 @@
     X(A, get_bytes, KVT_STAT_COUNTER, "bytes", "bytes returned by Gets")                           \
     X(A, gets_range, KVT_STAT_COUNTER, "", "GetRange requests that passed validation")             \
     X(A, get_range_bytes, KVT_STAT_COUNTER, "bytes", "bytes returned by GetRanges")                \
+    X(A, gets_range_dram, KVT_STAT_COUNTER, "", "GetRanges served from a chunk in DRAM")           \
+    X(A, gets_range_disk, KVT_STAT_COUNTER, "",                                                    \
+      "GetRanges read from disk (a range read of the blocks that cover the rows)")                 \
     X(A, lookups, KVT_STAT_COUNTER, "", "Lookup requests")                                         \
     X(A, lookup_keys, KVT_STAT_COUNTER, "", "keys named by Lookups")                               \
     X(A, lookup_hits, KVT_STAT_COUNTER, "", "leading keys Lookups found cached")                   \
@@ -111,6 +114,10 @@
       "context tokens on disk when Selects ranked them")                                           \
     X(A, select_disk_tokens_selected, KVT_STAT_COUNTER, "",                                        \
       "tokens on disk that Selects chose (the rest were never read)")                              \
+    X(A, select_runs_dram, KVT_STAT_COUNTER, "",                                                   \
+      "runs Selects returned from chunks in DRAM (their rows are read without the disk)")          \
+    X(A, select_runs_disk, KVT_STAT_COUNTER, "",                                                   \
+      "runs Selects returned from chunks only on disk (each a range read when fetched)")           \
     X(A, chunk_lookups, KVT_STAT_COUNTER, "", "ChunkLookup requests answered")                     \
     X(A, chunk_lookup_passages, KVT_STAT_COUNTER, "", "passages ChunkLookups planned")             \
     X(A, chunk_lookup_found, KVT_STAT_COUNTER, "", "passages ChunkLookups found a version of")     \

@@ -82,6 +82,18 @@ struct kvt_tm {
     uint32_t del_off;    /* ring offset handed out by the last kvt_tm_delete_begin */
     uint32_t del_staged; /* tiers (bit per position) that staged a removal since begin */
     int32_t immediate[KVT_TM_DEL_KEYS_MAX];
+    /* Learning from selections: chunks waiting for a background promotion (a ring of entry ids
+     * with their generations), the reads' descriptors, and while a promotion reserves DRAM, the
+     * worth a chunk must be below to be evicted for it. */
+    struct {
+        uint32_t id, gen;
+    } sel_q[KVT_TM_SEL_QUEUE];
+    uint32_t sel_q_head, sel_q_n;
+    struct kvt_tm_io sel_io[KVT_TM_SEL_INFLIGHT_MAX];
+    struct kvt_tm_io *sel_free;
+    uint32_t sel_inflight;
+    int sel_reserving;
+    double sel_floor;
     struct kvt_tm_stats st;
 };
 
@@ -573,6 +585,7 @@ static int writeback_candidate(void *arg, uint32_t id)
 }
 
 static void drain_reads(struct kvt_tm *tm);
+static void promote_selected(struct kvt_tm *tm);
 
 void kvt_tm_tick(struct kvt_tm *tm)
 {
@@ -581,6 +594,8 @@ void kvt_tm_tick(struct kvt_tm *tm)
     for (uint32_t i = 1; i < tm->n_tiers; i++)
         evict_lower(tm, i);
     drain_reads(tm); /* reads first: a client waits on them */
+    if (!tm->flushing)
+        promote_selected(tm); /* after them: only when no read waits for a buffer */
     drain_write_through(tm);
     if (!tm->free_demotes)
         return;
@@ -627,8 +642,8 @@ int kvt_tm_busy(const struct kvt_tm *tm)
     for (uint32_t i = 1; i < tm->n_tiers; i++)
         if (ops_of(tm, i)->inflight(tm->tiers[i].t) > 0)
             return 1;
-    return tm->demotes_inflight > 0 || tm->wt_head || tm->rd_head || tm->del_head ||
-           (tm->flushing && tm->flush_cursor < tm->idx->cap);
+    return tm->demotes_inflight > 0 || tm->sel_inflight > 0 || tm->wt_head || tm->rd_head ||
+           tm->del_head || (tm->flushing && tm->flush_cursor < tm->idx->cap);
 }
 
 void kvt_tm_flush(struct kvt_tm *tm)
@@ -653,6 +668,7 @@ void kvt_tm_stop(struct kvt_tm *tm)
             tm->cb->abandoned(tm->cb_arg, io);
         }
         tm->rd_tail = tm->wt_tail = NULL;
+        tm->sel_q_n = 0; /* background promotions answer nobody: they are simply not started */
         /* Waiting Deletes stay listed (their barriers still complete) but answer nobody. */
         for (struct kvt_tm_del *d = tm->del_head; d; d = d->next) {
             if (d->ctx && tm->cb->delete_abandoned)
@@ -684,12 +700,15 @@ static uint64_t obj_hash(const struct kvt_obj_id *o)
  * old ones fade) for the expected reuse and its tokens for the recompute a hit saves. Among
  * chunks of one model this ranks by recent popularity; across models a chunk of more tokens per
  * byte is worth more. */
+/* With tier.select_promote, the chunk's selection heat (chunks' worth of its rows chosen per
+ * window) counts as reads too: a chunk whose rows are selected every step is kept like one read
+ * whole as often. */
 static double tm_value(void *arg, uint32_t id)
 {
     struct kvt_tm *tm = arg;
     const struct kvt_entry *e = entry(tm, id);
     double reads = (double)kvt_freq_estimate(&tm->freq, obj_hash(&e->id));
-    return (reads + 1.0) * (double)(e->n_tokens ? e->n_tokens : 1) /
+    return (reads + 1.0 + kvt_tm_sel_heat(tm, e)) * (double)(e->n_tokens ? e->n_tokens : 1) /
            (double)(e->length ? e->length : 1);
 }
 
@@ -697,6 +716,16 @@ void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id)
 {
     if (tm->freq.count)
         kvt_freq_add(&tm->freq, obj_hash(id));
+}
+
+/* What a selection promotion compares: a chunk's selection heat, plus its reads in the frequency
+ * sketch under cost-aware eviction. */
+static double sel_worth(const struct kvt_tm *tm, const struct kvt_entry *e)
+{
+    double w = kvt_tm_sel_heat(tm, e);
+    if (tm->freq.count)
+        w += (double)kvt_freq_estimate(&tm->freq, obj_hash(&e->id));
+    return w;
 }
 
 /* The memory tier's eviction callback (cookie = entry id). */
@@ -707,6 +736,15 @@ static int tm_evict(void *arg, uint32_t cookie, kvt_tier_loc loc)
     (void)loc;
     if (e->refs || e->state != KVT_ENTRY_READY)
         return 1;
+    if (tm->sel_reserving) {
+        /* A background promotion takes only clean chunks worth less than the chunk it brings
+         * in: it never costs a dirty chunk, nor one hotter than itself. */
+        if (!lower_at(tm, e, KVT_AT_READY) || sel_worth(tm, e) >= tm->sel_floor)
+            return 1;
+        e->at[MEM] = KVT_AT_NONE;
+        tm->st.evicted_to_disk++;
+        return 0;
+    }
     uint32_t writing = lower_at(tm, e, KVT_AT_WRITING);
     if (lower_at(tm, e, KVT_AT_READY) || (writing && tm->evict_force)) {
         /* Clean: DRAM can let go at once. A chunk whose write is still in flight is let go only
@@ -1144,6 +1182,181 @@ static void drain_reads(struct kvt_tm *tm)
     }
 }
 
+/* ---- learning from selections -------------------------------------------------------------- */
+
+static uint64_t tm_now_ms(const struct kvt_tm *tm)
+{
+    if (tm->cfg.clock)
+        return tm->cfg.clock(tm->cfg.clock_arg);
+    return tm->loop ? kvt_loop_now_ms(tm->loop) : kvt_now_ms();
+}
+
+static uint32_t sel_epoch(const struct kvt_tm *tm)
+{
+    return (uint32_t)(tm_now_ms(tm) / tm->cfg.select_window_ms);
+}
+
+/* Evidence of entry e in window `epoch`: the current window's, plus the previous one's at half
+ * weight (a sliding window of about 1.5 windows at the cost of one stamp per entry). */
+static uint64_t heat_bytes(const struct kvt_entry *e, uint32_t epoch)
+{
+    uint64_t b = e->heat_sel_bytes > e->heat_read_bytes ? e->heat_sel_bytes : e->heat_read_bytes;
+    if (e->heat_epoch == epoch)
+        return b;
+    return e->heat_epoch + 1u == epoch ? b / 2 : 0;
+}
+
+static void heat_roll(struct kvt_entry *e, uint32_t epoch)
+{
+    if (e->heat_epoch == epoch)
+        return;
+    if (e->heat_epoch + 1u == epoch) {
+        e->heat_sel_bytes /= 2;
+        e->heat_read_bytes /= 2;
+    } else {
+        e->heat_sel_bytes = e->heat_read_bytes = 0;
+    }
+    e->heat_epoch = epoch;
+    if (e->sel_queued == 2)
+        e->sel_queued = 0; /* refused in an earlier window: it may try again */
+}
+
+double kvt_tm_sel_heat(const struct kvt_tm *tm, const struct kvt_entry *e)
+{
+    if (!tm->cfg.select_promote || !e->length)
+        return 0;
+    return (double)heat_bytes(e, sel_epoch(tm)) / (double)e->length;
+}
+
+void kvt_tm_note_rows(struct kvt_tm *tm, uint32_t id, uint64_t bytes, int selected)
+{
+    struct kvt_entry *e = entry(tm, id);
+    if (!tm->cfg.select_promote || e->state != KVT_ENTRY_READY)
+        return;
+    uint32_t epoch = sel_epoch(tm);
+    heat_roll(e, epoch);
+    uint32_t *c = selected ? &e->heat_sel_bytes : &e->heat_read_bytes;
+    *c = bytes >= (uint64_t)(UINT32_MAX - *c) ? UINT32_MAX : *c + (uint32_t)bytes;
+    if (e->at[MEM] == KVT_AT_READY) {
+        /* Recently used: under LRU, what Selects keep choosing stays in DRAM. */
+        if (selected)
+            ops_of(tm, MEM)->touch(tm->tiers[MEM].t, e->loc[MEM]);
+        return;
+    }
+    if (e->sel_queued || e->promoting || e->at[MEM] != KVT_AT_NONE || !read_source(tm, e) ||
+        (double)heat_bytes(e, epoch) < tm->cfg.select_promote_ratio * (double)e->length)
+        return;
+    if (tm->sel_q_n == KVT_TM_SEL_QUEUE) {
+        tm->st.sel_promote_dropped++;
+        return;
+    }
+    uint32_t at = (tm->sel_q_head + tm->sel_q_n++) % KVT_TM_SEL_QUEUE;
+    tm->sel_q[at].id = id;
+    tm->sel_q[at].gen = e->gen;
+    e->sel_queued = 1;
+    tm->st.sel_promotes_queued++;
+}
+
+static void sel_io_put(struct kvt_tm *tm, struct kvt_tm_io *io)
+{
+    io->next = tm->sel_free;
+    tm->sel_free = io;
+    tm->sel_inflight--;
+}
+
+static void sel_promote_done(void *arg, int res)
+{
+    struct kvt_tm_io *io = arg;
+    struct kvt_tm *tm = io->tm;
+    struct kvt_entry *e = entry(tm, io->entry);
+    e->promoting = 0;
+    e->refs--;
+    if (tm->stopping || res < 0) {
+        ops_of(tm, MEM)->remove(tm->tiers[MEM].t, NULL, io->slot);
+        e->at[MEM] = KVT_AT_NONE;
+        if (!tm->stopping) {
+            tm->st.sel_promote_dropped++;
+            read_miss(tm, io->entry, io->src, res);
+        }
+        sel_io_put(tm, io);
+        return;
+    }
+    e->at[MEM] = KVT_AT_READY;
+    e->loc[MEM] = io->slot;
+    if (e->form[io->src] == 1 || e->form[io->src] == 2)
+        e->lossy = 1; /* dequantized from a q8 or q4 copy, as promote_done says */
+    tm->st.promotions++;
+    tm->st.sel_promotions++;
+    sel_io_put(tm, io);
+}
+
+/* The background work of learning from selections: starts the queued promotions, oldest first,
+ * while fewer than select_promote_inflight run and no client read waits for a lower tier's
+ * buffer. Each takes DRAM only if free memory or clean chunks worth less than it can be had
+ * (tm_evict while sel_reserving); one that finds none is not tried again in this window. Bounded:
+ * at most KVT_TM_SEL_QUEUE entries are looked at per call. */
+static void promote_selected(struct kvt_tm *tm)
+{
+    uint32_t max = tm->cfg.select_promote_inflight;
+    for (uint32_t n = 0; n < KVT_TM_SEL_QUEUE && tm->sel_q_n && tm->sel_free && !tm->rd_head &&
+                         tm->sel_inflight < max;
+         n++) {
+        uint32_t id = tm->sel_q[tm->sel_q_head].id, gen = tm->sel_q[tm->sel_q_head].gen;
+        tm->sel_q_head = (tm->sel_q_head + 1) % KVT_TM_SEL_QUEUE;
+        tm->sel_q_n--;
+        struct kvt_entry *e = entry(tm, id);
+        if (e->gen != gen || e->state != KVT_ENTRY_READY || e->sel_queued != 1)
+            continue; /* gone (its slot reused) meanwhile */
+        e->sel_queued = 0;
+        uint32_t ti = read_source(tm, e);
+        if (e->at[MEM] != KVT_AT_NONE || e->promoting || !ti)
+            continue; /* promoted by a Get meanwhile, or no readable copy below */
+        struct kvt_tier_write w;
+        tm->sel_floor = sel_worth(tm, e);
+        tm->sel_reserving = 1;
+        int rc = mem_reserve(tm, id, &w);
+        tm->sel_reserving = 0;
+        if (rc) {
+            tm->st.sel_promote_no_room++;
+            e->sel_queued = 2;
+            continue;
+        }
+        struct kvt_tm_io *io = tm->sel_free;
+        tm->sel_free = io->next;
+        tm->sel_inflight++;
+        memset(io, 0, sizeof(*io));
+        io->tm = tm;
+        io->entry = id;
+        io->gen = e->gen;
+        io->slot = w.loc;
+        io->src = ti;
+        e->promoting = 1;
+        e->at[MEM] = KVT_AT_WRITING;
+        e->loc[MEM] = w.loc;
+        e->refs++; /* the read fills the slot: nothing may evict, delete or drop the chunk */
+        const struct kvt_tier_ops *ops = ops_of(tm, ti);
+        rc = ops->read(tm->tiers[ti].t, &e->id, e->loc[ti],
+                       ops_of(tm, MEM)->ptr(tm->tiers[MEM].t, w.loc), e->length, sel_promote_done,
+                       io);
+        if (rc == KVT_TIER_LATER)
+            continue;
+        if (rc == 0) {
+            sel_promote_done(io, (int)e->length);
+            continue;
+        }
+        e->promoting = 0;
+        e->at[MEM] = KVT_AT_NONE;
+        e->refs--;
+        ops_of(tm, MEM)->cancel(tm->tiers[MEM].t, &w);
+        sel_io_put(tm, io);
+        tm->st.sel_promote_dropped++;
+        if (rc == KVT_E_BUSY)
+            return; /* every lower-tier buffer is taken: the next tick */
+        if (rc == KVT_E_NOTFOUND || rc == KVT_E_CORRUPT)
+            read_miss(tm, id, ti, rc);
+    }
+}
+
 /* ---- deletes ------------------------------------------------------------------------------- */
 
 int kvt_tm_delete(struct kvt_tm *tm, uint32_t id)
@@ -1575,6 +1788,16 @@ int kvt_tm_create(const struct kvt_tm_config *cfg, struct kvt_index *idx,
     tm->loop = loop;
     tm->cb = cb;
     tm->cb_arg = cb_arg;
+    if (tm->cfg.select_window_ms == 0)
+        tm->cfg.select_window_ms = 1;
+    if (tm->cfg.select_promote_inflight == 0)
+        tm->cfg.select_promote_inflight = 1;
+    if (tm->cfg.select_promote_inflight > KVT_TM_SEL_INFLIGHT_MAX)
+        tm->cfg.select_promote_inflight = KVT_TM_SEL_INFLIGHT_MAX;
+    for (uint32_t i = 0; i < KVT_TM_SEL_INFLIGHT_MAX; i++) {
+        tm->sel_io[i].next = tm->sel_free;
+        tm->sel_free = &tm->sel_io[i];
+    }
     ops_of(tm, MEM)->set_evict(tm->tiers[MEM].t, tm_evict, tm);
     int rc = KVT_E_NOMEM;
     if (cfg->eviction_cost) {

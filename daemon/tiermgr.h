@@ -87,7 +87,15 @@ struct kvt_loop;
     X(A, meta_load_failures, KVT_STAT_COUNTER, "",                                                 \
       "metadata reads at start that failed (corrupt, I/O error): the chunk has none")              \
     X(A, meta_load_bytes, KVT_STAT_COUNTER, "bytes", "bytes of metadata read back at start")       \
-    X(A, meta_load_ms, KVT_STAT_GAUGE, "ms", "time reading the metadata back at start took")
+    X(A, meta_load_ms, KVT_STAT_GAUGE, "ms", "time reading the metadata back at start took")       \
+    X(A, sel_promotions, KVT_STAT_COUNTER, "",                                                     \
+      "chunks promoted into DRAM in the background because Selects kept choosing their rows")      \
+    X(A, sel_promotes_queued, KVT_STAT_COUNTER, "",                                                \
+      "chunks whose selected rows on disk crossed tier.select_promote_ratio within the window")    \
+    X(A, sel_promote_no_room, KVT_STAT_COUNTER, "",                                                \
+      "selection promotions given up: DRAM had no room without evicting a hotter or dirty chunk")  \
+    X(A, sel_promote_dropped, KVT_STAT_COUNTER, "",                                                \
+      "selection promotions not queued or not started: queue full, chunk gone or a read failed")
 #define KVT_TM_STATS(A) KVT_TM_STATS_DEF(KVT_STAT_NAME_ONLY, A)
 
 struct kvt_tm_stats {
@@ -102,6 +110,11 @@ struct kvt_tm_stats {
 #define KVT_TM_DELS_MAX 256u
 #define KVT_TM_DEL_KEYS_MAX 65536u
 #define KVT_TM_DEL_STATUS_MAX (2u * KVT_TM_DEL_KEYS_MAX)
+
+/* Selection promotions: at most KVT_TM_SEL_QUEUE chunks waiting, KVT_TM_SEL_INFLIGHT_MAX reading.
+ */
+#define KVT_TM_SEL_QUEUE 64u
+#define KVT_TM_SEL_INFLIGHT_MAX 16u
 
 /* Per tier: how full it may get and what it takes. */
 struct kvt_tm_tier_policy {
@@ -119,6 +132,18 @@ struct kvt_tm_config {
     int eviction_cost;       /* evict by value (reads x tokens / bytes) among the coldest few,
                                 in DRAM and in the lower tiers, instead of plain LRU / CLOCK */
     uint32_t writes_max;     /* writes to lower tiers in flight at once (>= 1) */
+    /* Learning from selections (kvt_tm_note_rows): a chunk only in a lower tier whose rows chosen
+     * by Selects (or read by GetRange) within a window add up to select_promote_ratio times its
+     * size is promoted into DRAM in the background, at most select_promote_inflight at a time,
+     * taking only free DRAM or clean chunks less hot than itself. */
+    int select_promote;
+    double select_promote_ratio;      /* > 0 */
+    uint64_t select_window_ms;        /* >= 1 */
+    uint32_t select_promote_inflight; /* 1..KVT_TM_SEL_INFLIGHT_MAX */
+    /* Milliseconds on a monotonic clock (tests inject one); NULL: the loop's, else CLOCK_MONOTONIC
+     */
+    uint64_t (*clock)(void *arg);
+    void *clock_arg;
     struct kvt_tm_tier_policy tier[KVT_TM_TIERS_MAX];
 };
 
@@ -293,6 +318,16 @@ void kvt_tm_count_miss(struct kvt_tm *tm);
 /* A client asked to read object id, stored or not: with tier.eviction = cost, its read count
  * (daemon/freq.h) is what cost-aware eviction expects of its reuse. */
 void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id);
+/* Evidence for learning from selections (tier.select_promote): bytes of entry id's rows that a
+ * Select chose (selected = 1) or a GetRange read (selected = 0), from whatever tier. The two are
+ * counted apart and the larger counts, so a SelectFetch (a Select, then the GetRanges of its runs)
+ * is not counted twice. A chunk in DRAM is marked recently used; a chunk only in a lower tier
+ * whose evidence within the window reaches select_promote_ratio times its length is queued for a
+ * background promotion (kvt_tm_tick). Cheap: a few compares and adds, no I/O. */
+void kvt_tm_note_rows(struct kvt_tm *tm, uint32_t id, uint64_t bytes, int selected);
+/* How hot entry e is by selection: its evidence in the current window (the previous window's at
+ * half weight) over its length, in chunks' worth. 0 with tier.select_promote off. */
+double kvt_tm_sel_heat(const struct kvt_tm *tm, const struct kvt_entry *e);
 /* Reads entry id from a lower tier for io: the whole chunk (promoted into DRAM when a slot can be
  * had, else straight into io->dst unless want_dram), or rows (io->range: only what covers them,
  * verified, into io->dst; KVT_E_GEOMETRY when the copy's rows cannot be addressed). A copy that

@@ -647,6 +647,211 @@ static void test_clock_lower_eviction(void **state)
     assert_true(hot_left_lower(e, 0) < 3);
 }
 
+/* ---- learning from selections ---- */
+
+static uint64_t fake_now_ms;
+static uint64_t fake_clock(void *arg)
+{
+    (void)arg;
+    return fake_now_ms;
+}
+
+/* A tier manager that learns from selections: promotion at 1.0 chunk's worth of rows within
+ * windows of 1000 ms of the injected clock. */
+static void reopen_sel(struct env *e, int on, int write_through)
+{
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    e->cfg.select_promote = on;
+    e->cfg.select_promote_ratio = 1.0;
+    e->cfg.select_window_ms = 1000;
+    e->cfg.select_promote_inflight = 2;
+    e->cfg.write_through = write_through;
+    e->cfg.clock = fake_clock;
+    fake_now_ms = 5000;
+    assert_int_equal(open_tm(e), 0);
+}
+
+static int in_dram(struct env *e, uint32_t id)
+{
+    return kvt_tm_in_memory(kvt_index_at(&e->idx, id));
+}
+
+/* Chunk k stored (write-through: durable once pumped) and let go of by DRAM: only the lower
+ * tier has it. */
+static uint32_t put_lower(struct env *e, uint32_t k)
+{
+    struct kvt_tm_io io = {0};
+    int later;
+    uint32_t id = put(e, k, 0, &io, &later);
+    pump(e);
+    evict_all(e);
+    assert_false(in_dram(e, id));
+    return id;
+}
+
+static void test_selection_promotes_after_threshold(void **state)
+{
+    struct env *e = *state;
+    reopen_sel(e, 1, 1); /* write-through: every chunk is clean once stored */
+    uint32_t a = put_lower(e, 200), b = put_lower(e, 201);
+    struct kvt_tm_stats st;
+    /* Three quarters of A's rows chosen: below the threshold. */
+    for (int i = 0; i < 3; i++)
+        kvt_tm_note_rows(e->tm, a, CHUNK / 4, 1);
+    pump(e);
+    assert_false(in_dram(e, a));
+    assert_true(kvt_tm_sel_heat(e->tm, kvt_index_at(&e->idx, a)) == 0.75);
+    /* The GetRanges of the same rows are the same evidence, not more. */
+    for (int i = 0; i < 3; i++)
+        kvt_tm_note_rows(e->tm, a, CHUNK / 4, 0);
+    pump(e);
+    assert_false(in_dram(e, a));
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued, 0);
+    /* One more quarter: a chunk's worth, promoted in the background, whole and unpinned. */
+    kvt_tm_note_rows(e->tm, a, CHUNK / 4, 1);
+    pump(e);
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued, 1);
+    assert_int_equal(st.sel_promotions, 1);
+    assert_int_equal(st.promotions, 1);
+    assert_true(in_dram(e, a));
+    uint8_t want[CHUNK];
+    fill(200, want, CHUNK);
+    assert_memory_equal(kvt_tm_memory_ptr(e->tm, kvt_index_at(&e->idx, a)), want, CHUNK);
+    assert_int_equal(kvt_index_at(&e->idx, a)->refs, 0);
+    assert_int_equal(kvt_index_at(&e->idx, a)->promoting, 0);
+    assert_int_equal(e->in_dram + e->direct + e->get_failed, 0); /* nobody was answered */
+    assert_false(in_dram(e, b));                                 /* never selected: stays below */
+
+    /* Evidence fades: half of B two windows ago counts nothing... */
+    kvt_tm_note_rows(e->tm, b, CHUNK / 2, 1);
+    fake_now_ms += 2000;
+    kvt_tm_note_rows(e->tm, b, CHUNK / 2, 1);
+    pump(e);
+    assert_false(in_dram(e, b));
+    /* ...and the previous window's counts half: 1/4 + 3/4 reaches a chunk's worth. */
+    fake_now_ms += 1000;
+    assert_true(kvt_tm_sel_heat(e->tm, kvt_index_at(&e->idx, b)) == 0.25);
+    kvt_tm_note_rows(e->tm, b, 3 * CHUNK / 4, 1);
+    pump(e);
+    assert_true(in_dram(e, b));
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotions, 2);
+}
+
+static void test_selection_off_promotes_nothing(void **state)
+{
+    struct env *e = *state;
+    reopen_sel(e, 0, 1);
+    uint32_t a = put_lower(e, 210);
+    for (int i = 0; i < 64; i++) {
+        kvt_tm_note_rows(e->tm, a, CHUNK, 1);
+        kvt_tm_note_rows(e->tm, a, CHUNK, 0);
+    }
+    pump(e);
+    assert_false(in_dram(e, a));
+    assert_true(kvt_tm_sel_heat(e->tm, kvt_index_at(&e->idx, a)) == 0);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued + st.sel_promotions + st.promotions, 0);
+}
+
+/* DRAM full of clean chunks hotter than the candidate: nothing is evicted for it, and it is not
+ * tried again in that window; a window later it is the hotter one and takes one slot. */
+static void test_selection_never_evicts_hotter(void **state)
+{
+    struct env *e = *state;
+    reopen_sel(e, 1, 1);
+    enum { N = 40 };
+    uint32_t ids[N];
+    struct kvt_tm_io io[N];
+    memset(io, 0, sizeof(io));
+    for (uint32_t k = 0; k < N; k++) {
+        int later;
+        ids[k] = put(e, 300 + k, 0, &io[k], &later);
+        pump(e); /* durable, so clean: the next Puts may evict it */
+    }
+    assert_false(in_dram(e, ids[0])); /* the arena holds fewer than N */
+    int resident = 0;
+    for (uint32_t k = 0; k < N; k++)
+        if (in_dram(e, ids[k])) {
+            kvt_tm_note_rows(e->tm, ids[k], 2 * CHUNK, 1);
+            resident++;
+        }
+    assert_true(resident > 8);
+    kvt_tm_note_rows(e->tm, ids[0], 3 * CHUNK / 2, 1);
+    pump(e);
+    struct kvt_tm_stats st;
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued, 1);
+    assert_int_equal(st.sel_promote_no_room, 1);
+    assert_int_equal(st.sel_promotions, 0);
+    assert_false(in_dram(e, ids[0]));
+    int now = 0;
+    for (uint32_t k = 0; k < N; k++)
+        now += in_dram(e, ids[k]);
+    assert_int_equal(now, resident);
+    /* Hotter now (3 > 2), but refused in this window: not queued again. */
+    kvt_tm_note_rows(e->tm, ids[0], 3 * CHUNK / 2, 1);
+    pump(e);
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued, 1);
+    /* Next window: the residents count 1, the candidate 1.5 + 0.5. */
+    fake_now_ms += 1000;
+    kvt_tm_note_rows(e->tm, ids[0], CHUNK / 2, 1);
+    pump(e);
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued, 2);
+    assert_int_equal(st.sel_promotions, 1);
+    assert_true(in_dram(e, ids[0]));
+    now = 0;
+    for (uint32_t k = 0; k < N; k++)
+        now += in_dram(e, ids[k]);
+    assert_int_equal(now, resident); /* one resident went for it: capacity held */
+}
+
+/* DRAM full of chunks not yet written back: a selection promotion never drops one. */
+static void test_selection_never_evicts_dirty(void **state)
+{
+    struct env *e = *state;
+    reopen_sel(e, 1, 1);
+    struct kvt_obj_id co = oid(400, 0);
+    put_lower(e, 400);
+    /* Write-back from now on, and no write-back under pressure: DRAM stays dirty. The chunk on
+     * the lower tier is indexed again at start. */
+    kvt_tm_stop(e->tm);
+    kvt_tm_destroy(e->tm);
+    e->cfg.write_through = 0;
+    e->cfg.tier[0].high_watermark = 1.0;
+    assert_int_equal(open_tm(e), 0);
+    uint32_t c = kvt_index_find(&e->idx, &co);
+    assert_int_not_equal(c, KVT_INDEX_NIL);
+    for (uint32_t k = 0; k < 48; k++) {
+        struct kvt_tm_io io = {0};
+        int later;
+        put(e, 500 + k, 0, &io, &later);
+    }
+    /* (No pump: the write-back would start once a Put found DRAM short of chunks that can go.) */
+    int dirty = 0;
+    for (uint32_t i = 0; i < e->idx.cap; i++) {
+        const struct kvt_entry *en = kvt_index_at(&e->idx, i);
+        dirty += en->state == KVT_ENTRY_READY && kvt_tm_in_memory(en) && en->at[1] == KVT_AT_NONE;
+    }
+    assert_true(dirty > 8);
+    struct kvt_tm_stats st0, st;
+    kvt_tm_stats(e->tm, &st0);
+    kvt_tm_note_rows(e->tm, c, 4 * CHUNK, 1);
+    pump(e);
+    kvt_tm_stats(e->tm, &st);
+    assert_int_equal(st.sel_promotes_queued, 1);
+    assert_int_equal(st.sel_promote_no_room, 1);
+    assert_int_equal(st.dropped_dirty, st0.dropped_dirty);
+    assert_int_equal(st.sel_promotions, 0);
+    assert_false(in_dram(e, c));
+}
+
 static void test_create_refuses_bad_lists(void **state)
 {
     struct env *e = *state;
@@ -678,6 +883,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_abandons_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_refuses_bad_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metadata_written_and_loaded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_selection_promotes_after_threshold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_selection_off_promotes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_selection_never_evicts_hotter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_selection_never_evicts_dirty, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
