@@ -5,9 +5,10 @@
  * are deterministic; variable spans merge where the keys are alike and never in the fine
  * layers; abstracts outlive the bytes they describe (the CPU tier evicts, the context still
  * scores); SelectFetch delivers exactly the selected rows, from DRAM and, once the chunks were
- * pushed out of it, by range reads from disk; AppendChunks is all or nothing; a lease that nobody
- * renews expires; every bad input gets its error and changes nothing; another tenant's context is
- * refused.
+ * pushed out of it, by range reads from disk; chunks that selections keep choosing from disk are
+ * promoted and then served from DRAM (and with tier.select_promote off are not); AppendChunks is
+ * all or nothing; a lease that nobody renews expires; every bad input gets its error and changes
+ * nothing; another tenant's context is refused.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -526,6 +527,121 @@ static void test_select_fetch_dram_and_disk(void **state)
     kvt_test_daemon_cleanup(&dd);
 }
 
+/* Learning from selections (tier.select_promote, docs/sparse.md): a daemon like the one above
+ * (CPU tier of 16 chunks, write-through disk), the context pushed out to disk by filler; then
+ * SelectFetch steps that keep choosing the same three runs (the sink of chunk 0, the needle of
+ * chunk 2, the recent window of chunk 3), 2 KiB of each 16 KiB chunk per step. With the feature
+ * on, the first 7 steps read from disk, and once a chunk's worth was chosen (8 steps) the three
+ * are promoted and served from DRAM: the disk's range reads stop growing, chunk 1 (never chosen)
+ * stays on disk, and the CPU tier stays within its capacity. Off: every step reads from disk. */
+static void hot_spans(int on)
+{
+    struct kvt_test_daemon dd = {0};
+    const char *args[] = {"--disk.bytes=64M",
+                          "--disk.codec=none",
+                          "--tier.write_policy=write-through",
+                          "--cpu.arena_bytes=256K",
+                          "--cpu.page_bytes=64K",
+                          on ? "--tier.select_promote=true" : "--tier.select_promote=false",
+                          NULL};
+    assert_int_equal(kvt_test_daemon_start(&dd, args), 0);
+    struct kvt_connect_opts o = {
+        .socket_path = dd.socket_path, .arena_bytes = 1 << 20, .timeout_ms = 5000};
+    struct kvt_client *c = NULL;
+    assert_int_equal(kvt_connect(&o, &c), 0);
+    struct kvt_ns_info ns, fns;
+    assert_int_equal(kvt_register(c, &spec, &ns), 0);
+    put_all(c, ns.handle, keys);
+    struct kvt_ns_spec fs = spec;
+    fs.model_id = "select-filler";
+    assert_int_equal(kvt_register(c, &fs, &fns), 0);
+    for (uint32_t i = 0; i < 64; i++) {
+        struct kvt_key k = {0x9000 + i, 9};
+        assert_int_equal(kvt_put(c, fns.handle, &k, chunks[i % N_CHUNKS], sizeof(chunks[0]), 0), 0);
+    }
+    uint64_t ctx;
+    assert_int_equal(kvt_context_open(c, ns.handle, 0, &ctx), 0);
+    assert_int_equal(kvt_context_append(c, ctx, keys, NULL, starts, N_CHUNKS, NULL), 0);
+    size_t row = ROW_HALFS * 2, cap = N_CHUNKS * TOKENS * row;
+    uint8_t *dst = kvt_arena_alloc(c, cap);
+    assert_non_null(dst);
+    struct kvt_select_req q = sel_req(1, 48);
+    struct kvt_span_sel sp[64];
+    struct kvt_select_info si;
+    uint64_t promotions0 = kvt_test_stat(c, "tier.promotions");
+    int step, all_dram = 0;
+    for (step = 1; step <= 16 && !all_dram; step++) {
+        uint64_t reads0 = kvt_test_stat(c, "disk.range_reads");
+        assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, cap, &si), 0);
+        assert_int_equal(si.n_spans, 3);
+        int from_disk = 0, from_dram = 0;
+        for (size_t i = 0; i < si.n_spans; i++) {
+            assert_int_equal(sp[i].status, 0);
+            assert_int_not_equal(sp[i].chunk, 1);
+            assert_memory_equal(dst + sp[i].dst_off, rows_of(&sp[i], 1), sp[i].n_tokens * row);
+            from_disk += sp[i].served_from == KVT_TIER_DISK;
+            from_dram += sp[i].served_from == KVT_TIER_CPU;
+        }
+        if (step < 8 || !on) {
+            /* Below the threshold (or off): every run is a range read from disk. */
+            assert_int_equal(from_disk, 3);
+            assert_true(kvt_test_stat(c, "disk.range_reads") - reads0 >= 3);
+        }
+        all_dram = from_dram == 3;
+        if (!on && step == 12)
+            break;
+    }
+    if (on) {
+        assert_true(all_dram);
+        /* The 8th Select crosses the threshold; its own range reads may still find the
+         * promotions in flight. */
+        assert_true(step - 1 >= 8 && step - 1 <= 10);
+        assert_int_equal(kvt_test_stat(c, "tier.sel_promotions"), 3);
+        assert_true(kvt_test_stat(c, "select_runs_dram") >= 3);
+        /* From now on nothing of them is read from disk. */
+        uint64_t reads = kvt_test_stat(c, "disk.range_reads");
+        uint64_t disk_gets = kvt_test_stat(c, "gets_range_disk");
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, cap, &si), 0);
+            for (size_t j = 0; j < si.n_spans; j++) {
+                assert_int_equal(sp[j].served_from, KVT_TIER_CPU);
+                assert_memory_equal(dst + sp[j].dst_off, rows_of(&sp[j], 1), sp[j].n_tokens * row);
+            }
+        }
+        assert_int_equal(kvt_test_stat(c, "disk.range_reads"), reads);
+        assert_int_equal(kvt_test_stat(c, "gets_range_disk"), disk_gets);
+    } else {
+        assert_false(all_dram);
+        assert_int_equal(kvt_test_stat(c, "tier.sel_promotions"), 0);
+        assert_int_equal(kvt_test_stat(c, "tier.sel_promotes_queued"), 0);
+        assert_int_equal(kvt_test_stat(c, "tier.promotions"), promotions0);
+        assert_int_equal(kvt_test_stat(c, "select_runs_dram"), 0);
+    }
+    /* Chunk 1, never chosen, is still only on disk (a whole-context Select says where each is). */
+    struct kvt_select_req all = sel_req(1, N_CHUNKS * TOKENS);
+    assert_int_equal(kvt_select(c, ctx, &all, sp, 64, &si), 0);
+    for (size_t i = 0; i < si.n_spans; i++)
+        if (sp[i].chunk == 1)
+            assert_int_equal(sp[i].tier, KVT_TIER_DISK);
+    assert_true(kvt_test_stat(c, "cpu.bytes_used") <= kvt_test_stat(c, "cpu.bytes_capacity"));
+    kvt_arena_free(c, dst);
+    kvt_close(c);
+    assert_int_equal(kvt_test_daemon_stop(&dd), 0);
+    kvt_test_daemon_cleanup(&dd);
+}
+
+static void test_hot_spans_promoted(void **state)
+{
+    (void)state;
+    hot_spans(1);
+}
+
+static void test_hot_spans_off(void **state)
+{
+    (void)state;
+    hot_spans(0);
+}
+
 /* Sends req on a raw session and returns the answer's status; every error says why. */
 static int raw_call(int fd, Kvtier__Request *req)
 {
@@ -636,6 +752,8 @@ int main(void)
         cmocka_unit_test(test_variable_spans),
         cmocka_unit_test(test_abstracts_outlive_the_bytes),
         cmocka_unit_test(test_select_fetch_dram_and_disk),
+        cmocka_unit_test(test_hot_spans_promoted),
+        cmocka_unit_test(test_hot_spans_off),
         cmocka_unit_test(test_raw_frames),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
