@@ -24,6 +24,11 @@
  * - When the disk fills past disk.high_watermark, chunks that are only on disk leave it, coldest
  *   first by a CLOCK sweep over the index (a chunk read or written since the hand last passed
  *   gets a second chance): the disk is a cache too.
+ * - Learning from selections (tier.select_promote): the daemon reports the rows Selects choose and
+ *   GetRanges read (kvt_tm_note_rows); a chunk only on disk whose rows chosen within a window add
+ *   up to a chunk's worth (tier.select_promote_ratio) is promoted into DRAM in the background,
+ *   taking only free memory or clean chunks less often selected, and the evidence keeps it there
+ *   (recently used under LRU, worth more under cost-aware eviction).
  * - At start the disk's objects are enumerated into the index, so a restarted daemon serves them.
  * - A lower-tier copy carries opaque metadata the daemon hands over (its span abstract; the tier
  *   manager never looks inside), and kvt_tm_load_meta gives it back at start, read from the lower
