@@ -59,7 +59,7 @@ struct kvt_entry {
     uint8_t sel_seen;
     /* Learning from selections (the tier manager's kvt_tm_note_rows): bytes of rows Selects chose
      * and GetRanges read in window heat_epoch (saturating), and whether the chunk is queued for a
-     * selection promotion (1) or was refused one in this window (2). */
+     * selection promotion. */
     uint8_t sel_queued;
     uint32_t heat_sel_bytes;
     uint32_t heat_read_bytes;

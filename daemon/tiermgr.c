@@ -7,6 +7,7 @@
  * Positions: tier 0 is the memory tier ("DRAM"); 1..n-1 are lower tiers. An entry's at[i] says
  * whether tier i has its copy (WRITING, READY) and loc[i] where.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1217,8 +1218,6 @@ static void heat_roll(struct kvt_entry *e, uint32_t epoch)
         e->heat_sel_bytes = e->heat_read_bytes = 0;
     }
     e->heat_epoch = epoch;
-    if (e->sel_queued == 2)
-        e->sel_queued = 0; /* refused in an earlier window: it may try again */
 }
 
 double kvt_tm_sel_heat(const struct kvt_tm *tm, const struct kvt_entry *e)
@@ -1235,6 +1234,7 @@ void kvt_tm_note_rows(struct kvt_tm *tm, uint32_t id, uint64_t bytes, int select
         return;
     uint32_t epoch = sel_epoch(tm);
     heat_roll(e, epoch);
+    uint64_t before = heat_bytes(e, epoch);
     uint32_t *c = selected ? &e->heat_sel_bytes : &e->heat_read_bytes;
     *c = bytes >= (uint64_t)(UINT32_MAX - *c) ? UINT32_MAX : *c + (uint32_t)bytes;
     if (e->at[MEM] == KVT_AT_READY) {
@@ -1243,8 +1243,12 @@ void kvt_tm_note_rows(struct kvt_tm *tm, uint32_t id, uint64_t bytes, int select
             ops_of(tm, MEM)->touch(tm->tiers[MEM].t, e->loc[MEM]);
         return;
     }
-    if (e->sel_queued || e->promoting || e->at[MEM] != KVT_AT_NONE || !read_source(tm, e) ||
-        (double)heat_bytes(e, epoch) < tm->cfg.select_promote_ratio * (double)e->length)
+    /* Queued when the evidence crosses the threshold, and again at each further multiple of it:
+     * a promotion that found no room is tried again only once the chunk got that much hotter. */
+    double th = tm->cfg.select_promote_ratio * (double)e->length;
+    if (e->sel_queued || e->promoting || e->at[MEM] != KVT_AT_NONE || th <= 0 ||
+        floor((double)heat_bytes(e, epoch) / th) <= floor((double)before / th) ||
+        (double)heat_bytes(e, epoch) < th || !read_source(tm, e))
         return;
     if (tm->sel_q_n == KVT_TM_SEL_QUEUE) {
         tm->st.sel_promote_dropped++;
@@ -1293,7 +1297,7 @@ static void sel_promote_done(void *arg, int res)
 /* The background work of learning from selections: starts the queued promotions, oldest first,
  * while fewer than select_promote_inflight run and no client read waits for a lower tier's
  * buffer. Each takes DRAM only if free memory or clean chunks worth less than it can be had
- * (tm_evict while sel_reserving); one that finds none is not tried again in this window. Bounded:
+ * (tm_evict while sel_reserving); one that finds none waits for its next multiple. Bounded:
  * at most KVT_TM_SEL_QUEUE entries are looked at per call. */
 static void promote_selected(struct kvt_tm *tm)
 {
@@ -1318,7 +1322,6 @@ static void promote_selected(struct kvt_tm *tm)
         tm->sel_reserving = 0;
         if (rc) {
             tm->st.sel_promote_no_room++;
-            e->sel_queued = 2;
             continue;
         }
         struct kvt_tm_io *io = tm->sel_free;

@@ -327,8 +327,9 @@ void kvt_tm_note_read(struct kvt_tm *tm, const struct kvt_obj_id *id);
  * Select chose (selected = 1) or a GetRange read (selected = 0), from whatever tier. The two are
  * counted apart and the larger counts, so a SelectFetch (a Select, then the GetRanges of its runs)
  * is not counted twice. A chunk in DRAM is marked recently used; a chunk only in a lower tier
- * whose evidence within the window reaches select_promote_ratio times its length is queued for a
- * background promotion (kvt_tm_tick). Cheap: a few compares and adds, no I/O. */
+ * whose evidence within the window reaches select_promote_ratio times its length, and again each
+ * further multiple of it, is queued for a background promotion (kvt_tm_tick). Cheap: a few
+ * compares and adds, no I/O. */
 void kvt_tm_note_rows(struct kvt_tm *tm, uint32_t id, uint64_t bytes, int selected);
 /* How hot entry e is by selection: its evidence in the current window (the previous window's at
  * half weight) over its length, in chunks' worth. 0 with tier.select_promote off. */

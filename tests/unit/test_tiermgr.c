@@ -759,7 +759,8 @@ static void test_selection_off_promotes_nothing(void **state)
 }
 
 /* DRAM full of clean chunks hotter than the candidate: nothing is evicted for it, and it is not
- * tried again in that window; a window later it is the hotter one and takes one slot. */
+ * tried again before it crossed the next multiple of the threshold; then it is the hotter one and
+ * takes one slot. */
 static void test_selection_never_evicts_hotter(void **state)
 {
     struct env *e = *state;
@@ -793,17 +794,17 @@ static void test_selection_never_evicts_hotter(void **state)
     for (uint32_t k = 0; k < N; k++)
         now += in_dram(e, ids[k]);
     assert_int_equal(now, resident);
-    /* Hotter now (3 > 2), but refused in this window: not queued again. */
-    kvt_tm_note_rows(e->tm, ids[0], 3 * CHUNK / 2, 1);
+    /* A little hotter (1.75): not tried again before its next multiple of the threshold. */
+    kvt_tm_note_rows(e->tm, ids[0], CHUNK / 4, 1);
     pump(e);
     kvt_tm_stats(e->tm, &st);
     assert_int_equal(st.sel_promotes_queued, 1);
-    /* Next window: the residents count 1, the candidate 1.5 + 0.5. */
-    fake_now_ms += 1000;
+    /* 2.25 crosses 2, and is hotter than the residents: it takes one slot. */
     kvt_tm_note_rows(e->tm, ids[0], CHUNK / 2, 1);
     pump(e);
     kvt_tm_stats(e->tm, &st);
     assert_int_equal(st.sel_promotes_queued, 2);
+    assert_int_equal(st.sel_promote_no_room, 1);
     assert_int_equal(st.sel_promotions, 1);
     assert_true(in_dram(e, ids[0]));
     now = 0;
