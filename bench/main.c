@@ -107,8 +107,9 @@ int main(int argc, char **argv)
          "span scoring (Quest bound) and top-k per layer, Llama-3-8B geometry, vs memcpy",
          "8k, 32k, 128k (context tokens)", NULL},
         {"sparse", kvt_bench_sparse,
-         "decode on the real model: sparse retrieval vs offload and resident, KL vs q8", NULL,
-         NULL},
+         "decode on the real model: sparse retrieval vs offload and resident, KL vs q8, with and "
+         "without learning from selections",
+         NULL, "--cpu-share F (the CPU tier's share of the context's KV; 0.1)"},
         {"capacity", kvt_bench_capacity,
          "many clients, Zipf reuse, tiers far below the working set; LRU vs cost-aware, vs "
          "DRAM-only "
