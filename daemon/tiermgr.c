@@ -700,10 +700,9 @@ static uint64_t obj_hash(const struct kvt_obj_id *o)
  * is stored is read at least once; the sketch remembers reads from before an eviction and lets
  * old ones fade) for the expected reuse and its tokens for the recompute a hit saves. Among
  * chunks of one model this ranks by recent popularity; across models a chunk of more tokens per
- * byte is worth more. */
-/* With tier.select_promote, the chunk's selection heat (chunks' worth of its rows chosen per
- * window) counts as reads too: a chunk whose rows are selected every step is kept like one read
- * whole as often. */
+ * byte is worth more. With tier.select_promote, the chunk's selection heat (chunks' worth of its
+ * rows chosen per window) counts as reads too: a chunk whose rows are selected every step is kept
+ * like one read whole as often. */
 static double tm_value(void *arg, uint32_t id)
 {
     struct kvt_tm *tm = arg;

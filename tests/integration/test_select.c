@@ -570,7 +570,7 @@ static void hot_spans(int on)
     struct kvt_select_info si;
     uint64_t promotions0 = kvt_test_stat(c, "tier.promotions");
     int step, all_dram = 0;
-    for (step = 1; step <= 16 && !all_dram; step++) {
+    for (step = 1; step <= 40 && !all_dram; step++) {
         uint64_t reads0 = kvt_test_stat(c, "disk.range_reads");
         assert_int_equal(kvt_select_fetch(c, ns.handle, ctx, &q, sp, 64, dst, cap, &si), 0);
         assert_int_equal(si.n_spans, 3);
@@ -593,11 +593,11 @@ static void hot_spans(int on)
     }
     if (on) {
         assert_true(all_dram);
-        /* The 8th Select crosses the threshold; its own range reads may still find the
-         * promotions in flight. */
-        assert_true(step - 1 >= 8 && step - 1 <= 10);
+        /* The 8th Select crosses the threshold; its own range reads, and on a busy machine a
+         * few more, may still find the promotions in flight. */
+        assert_true(step - 1 >= 8);
         assert_int_equal(kvt_test_stat(c, "tier.sel_promotions"), 3);
-        assert_true(kvt_test_stat(c, "select_runs_dram") >= 3);
+        uint64_t runs_dram = kvt_test_stat(c, "select_runs_dram");
         /* From now on nothing of them is read from disk. */
         uint64_t reads = kvt_test_stat(c, "disk.range_reads");
         uint64_t disk_gets = kvt_test_stat(c, "gets_range_disk");
@@ -610,6 +610,7 @@ static void hot_spans(int on)
         }
         assert_int_equal(kvt_test_stat(c, "disk.range_reads"), reads);
         assert_int_equal(kvt_test_stat(c, "gets_range_disk"), disk_gets);
+        assert_int_equal(kvt_test_stat(c, "select_runs_dram") - runs_dram, 4 * 3);
     } else {
         assert_false(all_dram);
         assert_int_equal(kvt_test_stat(c, "tier.sel_promotions"), 0);
