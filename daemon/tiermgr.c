@@ -1336,10 +1336,10 @@ static void promote_selected(struct kvt_tm *tm)
         e->at[MEM] = KVT_AT_WRITING;
         e->loc[MEM] = w.loc;
         e->refs++; /* the read fills the slot: nothing may evict, delete or drop the chunk */
-        const struct kvt_tier_ops *ops = ops_of(tm, ti);
-        rc = ops->read(tm->tiers[ti].t, &e->id, e->loc[ti],
-                       ops_of(tm, MEM)->ptr(tm->tiers[MEM].t, w.loc), e->length, sel_promote_done,
-                       io);
+        /* As a Get's promotion reads: through a loan verified and decoded on a worker when the
+         * tier lends. */
+        rc = whole_read(tm, io, e, ti, ops_of(tm, MEM)->ptr(tm->tiers[MEM].t, w.loc), e->length,
+                        sel_promote_done);
         if (rc == KVT_TIER_LATER)
             continue;
         if (rc == 0) {

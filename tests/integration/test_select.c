@@ -569,6 +569,7 @@ static void hot_spans(int on)
     struct kvt_span_sel sp[64];
     struct kvt_select_info si;
     uint64_t promotions0 = kvt_test_stat(c, "tier.promotions");
+    uint64_t decoded0 = kvt_test_stat(c, "tier.reads_decoded_on_workers");
     int step, all_dram = 0;
     for (step = 1; step <= 40 && !all_dram; step++) {
         uint64_t reads0 = kvt_test_stat(c, "disk.range_reads");
@@ -597,6 +598,8 @@ static void hot_spans(int on)
          * few more, may still find the promotions in flight. */
         assert_true(step - 1 >= 8);
         assert_int_equal(kvt_test_stat(c, "tier.sel_promotions"), 3);
+        /* Read as a Get's promotion is: verified on a worker, not on the loop. */
+        assert_true(kvt_test_stat(c, "tier.reads_decoded_on_workers") - decoded0 >= 3);
         uint64_t runs_dram = kvt_test_stat(c, "select_runs_dram");
         /* From now on nothing of them is read from disk. */
         uint64_t reads = kvt_test_stat(c, "disk.range_reads");
